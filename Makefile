@@ -1,0 +1,169 @@
+# memlock-shim build. `make` builds everything, `make test` runs every test,
+# `make demo` runs a real program under the shim, `make bench` prints benchmark ratios.
+# Packages are installed by scripts/install-deps.sh (a no-op when they are present).
+
+VERSION := $(shell cat VERSION)
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= $(PREFIX)/etc
+DATADIR ?= $(PREFIX)/share
+DESTDIR ?=
+
+CC ?= gcc
+CXX ?= g++
+B := build
+
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wundef -Werror
+CFLAGS_COMMON := -O2 -g -fPIC $(WARN) -D_GNU_SOURCE -DMEMLOCK_VERSION='"$(VERSION)"'
+CXXSTD := -std=c++17
+CORE_INC := -Icore/include
+
+# The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
+# initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
+SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt
+SHIM_LDFLAGS := -shared -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
+	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
+
+SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
+CORE_SRC := $(wildcard core/src/*.cpp)
+CORE_OBJ := $(CORE_SRC:%.cpp=$(B)/%.o)
+# shim sources: hooks.cpp is the injected part; everything else is plain code unit tests link.
+SHIM_LIB_SRC := $(filter-out shim/hooks.cpp,$(wildcard shim/*.cpp))
+SHIM_LIB_OBJ := $(SHIM_LIB_SRC:%.cpp=$(B)/%.o)
+
+TEST_CORE_SRC := $(wildcard tests/core/*.cpp)
+TEST_SHIM_SRC := $(wildcard tests/shim/*.cpp)
+PROG_C_SRC := $(wildcard tests/progs/*.c)
+PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
+PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
+
+TOOLS := $(B)/memlock-run
+EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
+
+.PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
+	install uninstall clean
+
+all: deps core shim tools examples
+
+deps:
+	@sh scripts/install-deps.sh
+
+core: $(B)/libmemlock.a $(B)/libmemlock.so $(B)/memlock.pc
+shim: $(B)/libmemlock_shim.so
+tools: $(TOOLS)
+examples: $(EXAMPLES)
+progs: $(PROGS)
+
+# ---- core -------------------------------------------------------------------------------
+$(B)/core/src/%.o: core/src/%.cpp core/include/memlock.h core/include/memlock.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -fvisibility=hidden -c $< -o $@
+
+$(B)/libmemlock.a: $(CORE_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/libmemlock.so.0: $(CORE_OBJ)
+	$(CXX) -shared -Wl,-soname,libmemlock.so.0 -Wl,--no-undefined $^ -o $@
+
+$(B)/libmemlock.so: $(B)/libmemlock.so.0
+	ln -sf libmemlock.so.0 $@
+
+$(B)/memlock.pc: core/memlock.pc.in VERSION Makefile
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+$(B)/examples/minimal: core/examples/minimal.c $(B)/libmemlock.a
+	@mkdir -p $(@D)
+	$(CC) -std=c11 $(CFLAGS_COMMON) $(CORE_INC) $< $(B)/libmemlock.a -lstdc++ -o $@
+
+$(B)/examples/locked_buffer: core/examples/locked_buffer.cpp $(B)/libmemlock.a
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) $< $(B)/libmemlock.a -o $@
+
+# ---- shim -------------------------------------------------------------------------------
+$(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
+	@mkdir -p $(@D)
+	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
+
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
+
+# ---- tools ------------------------------------------------------------------------------
+$(B)/memlock-run: tools/memlock-run.cpp $(SHIM_LIB_OBJ) $(CORE_OBJ)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
+
+# ---- tests ------------------------------------------------------------------------------
+$(B)/progs/%: tests/progs/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+$(B)/progs/%: tests/progs/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) -O1 -g $(WARN) $< -o $@ -lpthread -ldl
+
+$(B)/tests/test_core: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
+
+$(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
+
+$(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard shim/*.hpp)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
+	    -o $@ -lcriterion -lpthread
+
+# Criterion runs each test in its own process; -j2 uses both cores.
+CRITERION_ARGS ?= --jobs=2
+
+test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+	$(B)/examples/minimal > /dev/null
+	$(B)/examples/locked_buffer > /dev/null
+	$(B)/tests/test_core $(CRITERION_ARGS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
+	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
+
+test-core: $(B)/tests/test_core $(B)/tests/test_core_san
+	$(B)/tests/test_core $(CRITERION_ARGS)
+	$(B)/tests/test_core_san $(CRITERION_ARGS)
+
+test-shim: all progs $(B)/tests/test_shim
+	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
+
+# ---- demo and bench ---------------------------------------------------------------------
+demo: all
+	sh scripts/demo.sh $(B)
+
+bench: all progs
+	sh scripts/bench.sh $(B)
+
+# ---- install ----------------------------------------------------------------------------
+install: all
+	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
+	    $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
+	install -m 644 $(B)/libmemlock.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(B)/libmemlock.so.0 $(DESTDIR)$(LIBDIR)/
+	ln -sf libmemlock.so.0 $(DESTDIR)$(LIBDIR)/libmemlock.so
+	install -m 755 $(B)/libmemlock_shim.so $(DESTDIR)$(LIBDIR)/
+	install -m 644 core/include/memlock.h core/include/memlock.hpp $(DESTDIR)$(INCLUDEDIR)/
+	install -m 644 $(B)/memlock.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
+	install -m 644 config/*.json $(DESTDIR)$(SYSCONFDIR)/memlock-shim/
+	install -m 644 README.md CHANGELOG.md LICENSE-APACHE LICENSE-MIT docs/*.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libmemlock.a $(DESTDIR)$(LIBDIR)/libmemlock.so $(DESTDIR)$(LIBDIR)/libmemlock.so.0 \
+	    $(DESTDIR)$(LIBDIR)/libmemlock_shim.so $(DESTDIR)$(LIBDIR)/pkgconfig/memlock.pc \
+	    $(DESTDIR)$(INCLUDEDIR)/memlock.h $(DESTDIR)$(INCLUDEDIR)/memlock.hpp \
+	    $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS)))
+	rm -rf $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
+
+clean:
+	rm -rf $(B)
