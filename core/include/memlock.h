@@ -1,0 +1,123 @@
+/*
+ * memlock.h - the operating-system boundary of memlock-shim (C ABI).
+ *
+ * What this API promises
+ *   - Thin wrappers over mlock(2), munlock(2) and madvise(2) with MADV_DONTDUMP /
+ *     MADV_DODUMP, mirroring the Rust crate os-memlock: the address and length are passed
+ *     through unchanged, and a length of 0 succeeds without any system call.
+ *   - Every function returns 0 on success, the errno value of the failed system call
+ *     (unchanged, never lost), or MEMLOCK_EUNSUPPORTED when the platform lacks the call
+ *     (decided at compile time: dontdump/dodump are Linux-only, everything is unsupported
+ *     on non-Unix systems). Nothing is printed, nothing is swallowed, errno is not relied on.
+ *   - Page-granular variants (*_pages) round a byte range out to whole pages first.
+ *   - A seam (memlock_set_syscalls) through which tests replace the system calls.
+ *   - Anonymous mapping helpers (reserve, commit, release) for the shim's arena, so that
+ *     every memory-management system call of the project lives in this library.
+ *
+ * What it does not promise
+ *   - Locks do not stack: one munlock unlocks a page for every object on it. The *_pages
+ *     functions therefore affect every byte that shares a page with the range: the caller
+ *     must own those whole pages (a page-aligned allocation) or accept the effect on its
+ *     neighbours. Plain heap pointers share pages with unrelated data.
+ *   - mlock keeps pages out of swap; it does not keep them from root, ptrace, /proc/PID/mem,
+ *     hibernation images or the kernel. MADV_DONTDUMP keeps pages out of core dumps written
+ *     by the kernel and by gcore; it does not hide them from a live reader.
+ *   - Locks are not inherited across fork(2); MADV_DONTDUMP is.
+ *
+ * Thread safety: every function may be called from any thread. memlock_set_syscalls must not
+ * race with calls that use the seam (tests set it while single-threaded).
+ */
+#ifndef MEMLOCK_H
+#define MEMLOCK_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define MEMLOCK_API __attribute__((visibility("default")))
+#else
+#define MEMLOCK_API
+#endif
+
+/* Returned when the platform does not provide the operation. Never a valid errno value. */
+#define MEMLOCK_EUNSUPPORTED (-1)
+
+/* ---- thin wrappers: address and length passed through unchanged ---------------------- */
+
+/* mlock(addr, len). pre: none (the kernel rounds to pages itself). */
+MEMLOCK_API int memlock_lock(void *addr, size_t len);
+/* munlock(addr, len). */
+MEMLOCK_API int memlock_unlock(void *addr, size_t len);
+/* madvise(addr, len, MADV_DONTDUMP). pre: addr page-aligned, else EINVAL from the kernel. */
+MEMLOCK_API int memlock_dontdump(void *addr, size_t len);
+/* madvise(addr, len, MADV_DODUMP), the reverse of memlock_dontdump. Same precondition. */
+MEMLOCK_API int memlock_dodump(void *addr, size_t len);
+
+/* ---- page-granular helpers ------------------------------------------------------------
+ * Round [addr, addr+len) out to [page_floor(addr), page_ceil(addr+len)) and apply the call
+ * to that range. Every byte on those pages is affected, including data that is not the
+ * caller's: see "What it does not promise" above. len == 0 makes no system call. */
+MEMLOCK_API int memlock_lock_pages(void *addr, size_t len);
+MEMLOCK_API int memlock_unlock_pages(void *addr, size_t len);
+MEMLOCK_API int memlock_dontdump_pages(void *addr, size_t len);
+MEMLOCK_API int memlock_dodump_pages(void *addr, size_t len);
+
+/* The system page size (cached after the first call). */
+MEMLOCK_API size_t memlock_page_size(void);
+
+/* ---- anonymous mappings ----------------------------------------------------------------
+ * memlock_reserve: maps len bytes (rounded up to pages) of inaccessible address space
+ * (PROT_NONE, MAP_NORESERVE): costs no memory until committed. On success *out holds the
+ * page-aligned start. pre: out != NULL. len == 0 is EINVAL.
+ * memlock_commit: makes [addr, addr+len) readable and writable. pre: inside a reservation,
+ * page-aligned.
+ * memlock_release: unmaps [addr, addr+len). pre: page-aligned. */
+MEMLOCK_API int memlock_reserve(size_t len, void **out);
+MEMLOCK_API int memlock_commit(void *addr, size_t len);
+MEMLOCK_API int memlock_release(void *addr, size_t len);
+
+/* ---- wiping ---------------------------------------------------------------------------- */
+
+/* Writes len zero bytes at p in a way the compiler cannot remove. len == 0 is a no-op. */
+MEMLOCK_API void memlock_wipe(void *p, size_t len);
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+/* A static, human-readable description of a value returned by this API
+ * (0, an errno value, or MEMLOCK_EUNSUPPORTED). Async-signal-safe; never NULL. */
+MEMLOCK_API const char *memlock_strerror(int err);
+
+/* ---- core dumps ------------------------------------------------------------------------
+ * Sets RLIMIT_CORE to 0 (soft and hard untouched above it: only the soft limit is lowered)
+ * and stores the previous limit in *saved (two rlim_t values: soft, hard).
+ * memlock_restore_core_dumps puts that limit back. */
+typedef struct memlock_core_limit {
+    unsigned long long soft;
+    unsigned long long hard;
+} memlock_core_limit;
+MEMLOCK_API int memlock_disable_core_dumps(memlock_core_limit *saved);
+MEMLOCK_API int memlock_restore_core_dumps(const memlock_core_limit *saved);
+
+/* ---- the system-call seam (for tests) --------------------------------------------------
+ * Each provider function returns 0 or an errno value (not -1). A NULL member, or a NULL
+ * table, selects the real system call. Returns nothing; memlock_get_syscalls copies the
+ * table in force, so a test can restore it. */
+typedef struct memlock_syscalls {
+    int (*mlock)(const void *addr, size_t len);
+    int (*munlock)(const void *addr, size_t len);
+    int (*madvise)(void *addr, size_t len, int advice);
+} memlock_syscalls;
+MEMLOCK_API void memlock_set_syscalls(const memlock_syscalls *table);
+MEMLOCK_API void memlock_get_syscalls(memlock_syscalls *out);
+
+/* ---- version --------------------------------------------------------------------------- */
+MEMLOCK_API const char *memlock_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEMLOCK_H */
