@@ -1,0 +1,121 @@
+// arena.hpp - SecureArena: the memory that matching allocations live in.
+//
+// What it promises
+//   - One reservation of address space, split into up to kMaxPools pools, one per distinct
+//     action set of the rules (lock / dontdump / wipe). The reservation is marked
+//     MADV_DONTDUMP before any block is handed out (for pools with that action); memory is
+//     committed and mlocked in slabs of at least 64 KiB, never per allocation.
+//   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
+//     runs (memory is reused, not returned), so no lock is lost under a live secret.
+//   - Blocks are wiped on free (pools with the wipe action). Every free block is zero except
+//     its first 16 bytes (a list link and a double-free marker), which are cleared when the
+//     block is handed out: blocks of wiping pools come out zero-filled.
+//   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
+//     size class through a per-page table in O(1).
+//   - A double free, or a pointer into the arena that is not a live block, is fatal.
+//   - Thread caches keep the common path free of locks and atomic read-modify-writes.
+//
+// It never calls malloc: it runs inside the interposed allocation functions.
+#ifndef MEMLOCK_SHIM_ARENA_HPP
+#define MEMLOCK_SHIM_ARENA_HPP
+
+#include <pthread.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "config.hpp"
+#include "stats.hpp"
+
+namespace mlshim {
+
+constexpr unsigned kMaxPools = 8;
+constexpr unsigned kNumClasses = 44;              // 16..128 by 16, then 4 per doubling to 64 KiB
+constexpr std::size_t kMaxSmall = 64 * 1024;      // larger blocks are page runs
+constexpr std::size_t kMinSlab = 64 * 1024;
+
+struct ArenaOptions {
+    std::size_t pool_bytes = 1u << 30;  // address space per pool (rounded up to a power of 2)
+    std::size_t max_locked = 64u << 20;
+    LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
+    std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
+};
+
+// Something the arena wants an operator to know. Called without arena locks held.
+using ArenaReporter = void (*)(LogLevel level, const char *what, int err);
+
+class SecureArena {
+public:
+    // Reserves the address space and prepares one pool per entry of `pool_actions`.
+    // Returns 0 or an errno value (the arena is unusable then).
+    int init(const ArenaOptions &opts, const unsigned *pool_actions, unsigned npools,
+             StatsPage *stats, ArenaReporter reporter) noexcept;
+
+    bool owns(const void *p) const noexcept {
+        return reinterpret_cast<std::uintptr_t>(p) - base_ < span_;
+    }
+
+    // A block of at least n bytes aligned to `align` (a power of two, >= 16) from pool
+    // `pool`. nullptr with errno = ENOMEM when the pool is full or the lock policy denies.
+    void *alloc(unsigned pool, std::size_t n, std::size_t align = 16) noexcept;
+    // pre: owns(p). Fatal on a double or invalid free. Preserves errno.
+    void free(void *p) noexcept;
+    // pre: owns(p). The bytes usable at p.
+    std::size_t usable_size(const void *p) const noexcept;
+    // pre: owns(p). Which pool p belongs to.
+    unsigned pool_of(const void *p) const noexcept {
+        return static_cast<unsigned>((reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_);
+    }
+    // Does p's pool wipe on free?
+    bool wipes(const void *p) const noexcept;
+
+    // fork(2) support: take every lock before fork, release after; in the child, re-lock
+    // the pages that were locked (mlock is not inherited) and reset the thread caches of
+    // the threads that do not exist there.
+    void prefork() noexcept;
+    void postfork_parent() noexcept;
+    void postfork_child() noexcept;
+    // Thread exit: returns the calling thread's cached blocks to the pools.
+    void thread_exit() noexcept;
+
+    StatsPage *stats() const noexcept { return stats_; }
+    void set_stats(StatsPage *s) noexcept { stats_ = s; }
+
+    static std::size_t class_size(unsigned cls) noexcept;
+    static unsigned class_of(std::size_t n) noexcept;  // pre: n <= kMaxSmall
+
+    struct PageMeta;
+    struct Pool;
+
+private:
+    Pool *pool_at(unsigned i) const noexcept;
+    void *alloc_small(unsigned pool, unsigned cls) noexcept;
+    void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
+    void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    bool refill(unsigned pool, unsigned cls) noexcept;
+    void flush(unsigned pool, unsigned cls, unsigned keep) noexcept;
+    unsigned char *carve(Pool &pool, std::size_t bytes, bool &locked) noexcept;
+    int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes, bool &locked) noexcept;
+    [[noreturn]] void bad_pointer(const void *p, const char *what) const noexcept;
+
+    std::uintptr_t base_ = 0;
+    std::uintptr_t span_ = 0;
+    unsigned pool_shift_ = 0;
+    std::size_t page_ = 4096;
+    unsigned npools_ = 0;
+    ArenaOptions opts_{};
+    StatsPage *stats_ = nullptr;
+    ArenaReporter reporter_ = nullptr;
+    PageMeta *meta_ = nullptr;       // one entry per page of the whole reservation
+    Pool *pools_ = nullptr;          // npools_ entries, in a mapping of their own
+    std::uint64_t canary_ = 0;       // double-free marker key
+    pthread_mutex_t budget_lock_ = PTHREAD_MUTEX_INITIALIZER;
+    std::uint64_t locked_total_ = 0;  // under budget_lock_
+    std::atomic<bool> warned_lock_failure_{false};
+    std::atomic<bool> warned_full_{false};
+};
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_ARENA_HPP

@@ -1,0 +1,25 @@
+// fatal.hpp - the shim's single fatal path and its logger.
+//
+// fatal() writes "memlock-shim: fatal: <what>[: <detail>][ <pointer>]\n" to stderr with
+// write(2) and aborts. It uses no stdio and no heap, so it is safe inside the allocator.
+// The texts passed to it are stable: tests assert them byte for byte.
+#ifndef MEMLOCK_SHIM_FATAL_HPP
+#define MEMLOCK_SHIM_FATAL_HPP
+
+#include "config.hpp"
+
+namespace mlshim {
+
+[[noreturn]] void fatal(const char *what, const char *detail = nullptr,
+                        const void *pointer = nullptr) noexcept;
+
+// Where log lines go and which are kept. Default: stderr, warn.
+void log_configure(LogLevel level, int fd) noexcept;
+bool log_enabled(LogLevel level) noexcept;
+// Writes "memlock-shim: <level>: <formatted>\n" with one write(2). Formats into a stack
+// buffer (vsnprintf with %s/%d/%zu-style conversions only, which do not allocate).
+void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_FATAL_HPP

@@ -1,0 +1,125 @@
+// hooks.cpp - the functions libmemlock_shim.so exports (see exports.map).
+//
+// Each hook checks the libc contract's arguments, sends sizes outside the match window
+// straight to the next allocator, and hands the rest to the runtime. Blocks are routed by
+// address: arena blocks to the arena, everything else to where it came from.
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+
+#include "runtime.hpp"
+
+using namespace mlshim;
+
+#define SHIM_EXPORT extern "C" __attribute__((visibility("default")))
+
+namespace {
+
+constexpr std::size_t kMinAlign = 16;  // glibc's MALLOC_ALIGNMENT on x86_64
+constexpr std::size_t kPage = 4096;
+
+bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
+
+// glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.
+void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t, std::size_t)) {
+    if (!may_match(n)) return next(align, n);
+    if (align <= kMinAlign) {
+        int pool = match(n);
+        return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+    }
+    if (align > SIZE_MAX / 2 + 1) {
+        errno = EINVAL;
+        return nullptr;
+    }
+    if (!is_pow2(align)) align = std::size_t{1} << (64 - __builtin_clzll(align));
+    int pool = match(n);
+    return pool < 0 ? next(align, n) : arena_alloc(pool, n, align, false);
+}
+
+}  // namespace
+
+__attribute__((constructor(101))) static void shim_init() { runtime_init(); }
+__attribute__((destructor(101))) static void shim_fini() { runtime_fini(); }
+
+SHIM_EXPORT void *malloc(std::size_t n) {
+    if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
+    int pool = match(n);
+    return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+}
+
+SHIM_EXPORT void free(void *p) {
+    if (g_arena.owns(p)) return g_arena.free(p);
+    free_other(p);
+}
+
+SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
+    std::size_t n;
+    if (__builtin_mul_overflow(count, size, &n) || __builtin_expect(!may_match(n), 1))
+        return g_next.calloc(count, size);  // the next allocator reports the overflow itself
+    int pool = match(n);
+    return pool < 0 ? g_next.calloc(count, size) : arena_alloc(pool, n, kMinAlign, true);
+}
+
+SHIM_EXPORT void *realloc(void *p, std::size_t n) {
+    if (!p) return malloc(n);
+    if (__builtin_expect(!g_arena.owns(p) && !may_match(n) && !in_bootstrap(p), 1))
+        return g_next.realloc(p, n);
+    return slow_realloc(p, n);
+}
+
+SHIM_EXPORT void *reallocarray(void *p, std::size_t count, std::size_t size) {
+    std::size_t n;
+    if (__builtin_mul_overflow(count, size, &n)) {
+        errno = ENOMEM;
+        return nullptr;
+    }
+    return realloc(p, n);
+}
+
+SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) {
+    if (__builtin_expect(!may_match(n), 1)) return g_next.posix_memalign(memptr, align, n);
+    if (align % sizeof(void *) || !is_pow2(align)) return EINVAL;
+    int pool = match(n);
+    if (pool < 0) return g_next.posix_memalign(memptr, align, n);
+    int saved = errno;
+    void *q = arena_alloc(pool, n, align < kMinAlign ? kMinAlign : align, false);
+    errno = saved;
+    if (!q) return ENOMEM;  // *memptr untouched
+    *memptr = q;
+    return 0;
+}
+
+SHIM_EXPORT void *aligned_alloc(std::size_t align, std::size_t n) {
+    return memalign_impl(align, n, g_next.aligned_alloc);
+}
+
+SHIM_EXPORT void *memalign(std::size_t align, std::size_t n) {
+    return memalign_impl(align, n, g_next.memalign);
+}
+
+SHIM_EXPORT void *valloc(std::size_t n) {
+    if (__builtin_expect(!may_match(n), 1)) return g_next.valloc(n);
+    return memalign_impl(kPage, n, [](std::size_t, std::size_t m) { return g_next.valloc(m); });
+}
+
+SHIM_EXPORT void *pvalloc(std::size_t n) {
+    std::size_t rounded;
+    if (__builtin_add_overflow(n, kPage - 1, &rounded)) {
+        errno = ENOMEM;
+        return nullptr;
+    }
+    rounded &= ~(kPage - 1);
+    if (rounded == 0) rounded = kPage;
+    if (__builtin_expect(!may_match(rounded), 1)) return g_next.pvalloc(n);
+    return memalign_impl(kPage, rounded, [](std::size_t, std::size_t m) { return g_next.pvalloc(m); });
+}
+
+SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
+    if (!p) return 0;
+    if (g_arena.owns(p)) return g_arena.usable_size(p);
+    return usable_other(p);
+}
+
+// C23 / glibc 2.43: the size and alignment are hints; the block is freed as by free().
+SHIM_EXPORT void free_sized(void *p, std::size_t) { free(p); }
+SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p); }

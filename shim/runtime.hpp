@@ -1,0 +1,66 @@
+// runtime.hpp - the shim's state and the slow paths behind the interposed functions.
+//
+// shim/hooks.cpp exports the allocation functions and only forwards: a size outside the
+// match window goes straight to the next allocator (g_next); everything else comes here.
+// This file owns start-up (config, arena, fork and exit handling), the bootstrap pool that
+// serves allocations made while the next allocator is being looked up, and the libc
+// semantics of the matched paths.
+#ifndef MEMLOCK_SHIM_RUNTIME_HPP
+#define MEMLOCK_SHIM_RUNTIME_HPP
+
+#include <cstddef>
+#include <cstdint>
+
+#include "arena.hpp"
+
+namespace mlshim {
+
+// The allocation functions that come after the shim in the lookup order (glibc's, or a
+// preloaded allocator's). Until they are looked up, each member points to a bootstrap
+// function that looks them up first.
+struct NextAllocator {
+    void *(*malloc)(std::size_t);
+    void (*free)(void *);
+    void *(*calloc)(std::size_t, std::size_t);
+    void *(*realloc)(void *, std::size_t);
+    void *(*reallocarray)(void *, std::size_t, std::size_t);
+    int (*posix_memalign)(void **, std::size_t, std::size_t);
+    void *(*aligned_alloc)(std::size_t, std::size_t);
+    void *(*memalign)(std::size_t, std::size_t);
+    void *(*valloc)(std::size_t);
+    void *(*pvalloc)(std::size_t);
+    std::size_t (*malloc_usable_size)(void *);
+};
+extern NextAllocator g_next;
+
+// Sizes n with n - lo <= span may match a rule; all others pass through untouched.
+struct MatchWindow {
+    std::size_t lo;
+    std::size_t span;
+};
+extern MatchWindow g_window;
+inline bool may_match(std::size_t n) noexcept { return n - g_window.lo <= g_window.span; }
+
+extern SecureArena g_arena;
+
+// Is p a block of the bootstrap pool?
+bool in_bootstrap(const void *p) noexcept;
+
+void runtime_init() noexcept;   // from the library constructor
+void runtime_fini() noexcept;   // from the library destructor
+
+// The pool a candidate size goes to, or -1: pass it through (no rule matches, or the
+// shim itself is allocating).
+int match(std::size_t n) noexcept;
+// A block from the arena. pre: pool from match(), align a power of two. nullptr with
+// errno = ENOMEM when the arena or the lock policy refuses. zero: the block is zero-filled.
+void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept;
+// realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
+void *slow_realloc(void *p, std::size_t n) noexcept;
+// free and malloc_usable_size for blocks that are not in the arena.
+void free_other(void *p) noexcept;
+std::size_t usable_other(void *p) noexcept;
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_RUNTIME_HPP

@@ -1,0 +1,154 @@
+#include "stats.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <new>
+
+namespace mlshim {
+
+namespace {
+
+constexpr std::size_t kPageBytes = (sizeof(StatsPage) + 4095) & ~std::size_t{4095};
+
+void add_into(StatsTotals &t, const ThreadCounters &c) noexcept {
+    t.allocs += c.allocs.load(std::memory_order_relaxed);
+    t.frees += c.frees.load(std::memory_order_relaxed);
+    t.alloc_bytes += c.alloc_bytes.load(std::memory_order_relaxed);
+    t.free_bytes += c.free_bytes.load(std::memory_order_relaxed);
+}
+
+void fold(ThreadCounters &into, const ThreadCounters &from) noexcept {
+    into.allocs.fetch_add(from.allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    into.frees.fetch_add(from.frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    into.alloc_bytes.fetch_add(from.alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    into.free_bytes.fetch_add(from.free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
+void clear(ThreadCounters &c) noexcept {
+    c.allocs.store(0, std::memory_order_relaxed);
+    c.frees.store(0, std::memory_order_relaxed);
+    c.alloc_bytes.store(0, std::memory_order_relaxed);
+    c.free_bytes.store(0, std::memory_order_relaxed);
+    c.owner.store(0, std::memory_order_release);
+}
+
+// Maps a fresh page: the shared file for `pid` when asked and possible, else anonymous.
+StatsPage *map_page(int pid, bool shared_file) noexcept {
+    void *mem = MAP_FAILED;
+    if (shared_file) {
+        char path[64];
+        stats_path(pid, path, sizeof path);
+        int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd >= 0) {
+            if (::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0)
+                mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            ::close(fd);
+            if (mem == MAP_FAILED) ::unlink(path);
+        }
+    }
+    if (mem == MAP_FAILED)
+        mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) return nullptr;
+    auto *page = new (mem) StatsPage();
+    std::memcpy(page->magic, kStatsMagic, sizeof page->magic);
+    page->layout = kStatsLayout;
+    page->pid = pid;
+    return page;
+}
+
+}  // namespace
+
+StatsTotals StatsPage::totals() const noexcept {
+    StatsTotals t{0, 0, 0, 0};
+    add_into(t, retired);
+    add_into(t, shared);
+    for (const auto &s : slots) add_into(t, s);
+    return t;
+}
+
+const char *stats_path(int pid, char *buf, std::size_t len) noexcept {
+    std::snprintf(buf, len, "/dev/shm/memlock-shim.%d", pid);
+    return buf;
+}
+
+StatsPage *stats_create(bool shared_file) noexcept {
+    return map_page(static_cast<int>(::getpid()), shared_file);
+}
+
+StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
+    int pid = static_cast<int>(::getpid());
+    StatsPage *page = map_page(pid, old != nullptr);
+    if (!page || !old) return page;
+    page->max_locked = old->max_locked;
+    page->on_lock_failure = old->on_lock_failure;
+    page->rules = old->rules;
+    page->active.store(old->active.load());
+    page->reserved_bytes.store(old->reserved_bytes.load());
+    page->committed_bytes.store(old->committed_bytes.load());
+    page->locked_bytes.store(old->locked_bytes.load());
+    page->unlocked_bytes.store(old->unlocked_bytes.load());
+    page->lock_failures.store(old->lock_failures.load());
+    page->fallbacks.store(old->fallbacks.load());
+    page->denied.store(old->denied.load());
+    page->out_bytes.store(old->out_bytes.load());
+    page->peak_bytes.store(old->peak_bytes.load());
+    // The child's history starts from the parent's totals; only its forking thread lives on,
+    // and its slot is re-claimed by the arena.
+    fold(page->retired, old->retired);
+    fold(page->retired, old->shared);
+    for (const auto &s : old->slots) fold(page->retired, s);
+    ::munmap(old, kPageBytes);
+    return page;
+}
+
+void stats_unlink(const StatsPage *page) noexcept {
+    if (!page) return;
+    char path[64];
+    stats_path(page->pid, path, sizeof path);
+    ::unlink(path);
+}
+
+ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept {
+    for (auto &s : page->slots) {
+        std::int32_t expected = 0;
+        if (s.owner.load(std::memory_order_relaxed) == 0 &&
+            s.owner.compare_exchange_strong(expected, tid, std::memory_order_acq_rel))
+            return &s;
+    }
+    return &page->shared;
+}
+
+void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept {
+    if (!page || !slot || slot == &page->shared) return;
+    fold(page->retired, *slot);
+    clear(*slot);
+}
+
+std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept {
+    static const char *const policies[] = {"fallback", "deny", "abort"};
+    StatsTotals t = page.totals();
+    auto u = [](const std::atomic<std::uint64_t> &a) {
+        return static_cast<unsigned long long>(a.load(std::memory_order_relaxed));
+    };
+    int n = std::snprintf(
+        buf, len,
+        "{\"pid\": %d, \"active\": %s, \"rules\": %u, \"matched_allocations\": %llu, "
+        "\"frees\": %llu, \"live_bytes\": %llu, \"peak_bytes\": %llu, \"reserved_bytes\": %llu, "
+        "\"committed_bytes\": %llu, \"locked_bytes\": %llu, \"unlocked_bytes\": %llu, "
+        "\"max_locked\": %llu, \"lock_failures\": %llu, \"fallbacks\": %llu, \"denied\": %llu, "
+        "\"on_lock_failure\": \"%s\"}\n",
+        page.pid, page.active.load() ? "true" : "false", page.rules,
+        static_cast<unsigned long long>(t.allocs), static_cast<unsigned long long>(t.frees),
+        static_cast<unsigned long long>(t.live_bytes()), u(page.peak_bytes), u(page.reserved_bytes),
+        u(page.committed_bytes), u(page.locked_bytes), u(page.unlocked_bytes),
+        static_cast<unsigned long long>(page.max_locked), u(page.lock_failures), u(page.fallbacks),
+        u(page.denied), policies[page.on_lock_failure < 3 ? page.on_lock_failure : 0]);
+    if (n < 0) return 0;
+    return static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1;
+}
+
+}  // namespace mlshim

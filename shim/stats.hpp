@@ -1,0 +1,89 @@
+// stats.hpp - the shim's counters, laid out in one page that other processes can read.
+//
+// The page lives in a shared mapping of /dev/shm/memlock-shim.<pid> (or an anonymous
+// mapping when that file cannot be created), so memlock-inspect reads the counters of a
+// running process without stopping it. The layout below is the interface between the two:
+// bump kStatsLayout when it changes.
+//
+// Hot-path counters are per thread: each thread owns one ThreadCounters slot and is its
+// only writer (plain load + store, no locked instructions). Readers sum every slot plus
+// `retired` (slots of threads that exited) and `shared` (threads beyond kStatsSlots, which
+// update it with atomic read-modify-write). The sums are exact once the process is quiet
+// and never off by more than the operations in flight.
+#ifndef MEMLOCK_SHIM_STATS_HPP
+#define MEMLOCK_SHIM_STATS_HPP
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace mlshim {
+
+constexpr std::uint32_t kStatsLayout = 1;
+constexpr unsigned kStatsSlots = 128;
+constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
+
+struct alignas(64) ThreadCounters {
+    std::atomic<std::uint64_t> allocs{0};       // blocks handed out by the arena
+    std::atomic<std::uint64_t> frees{0};        // blocks returned
+    std::atomic<std::uint64_t> alloc_bytes{0};  // usable bytes handed out
+    std::atomic<std::uint64_t> free_bytes{0};   // usable bytes returned
+    std::atomic<std::int32_t> owner{0};         // tid of the owning thread, 0 = free
+
+    // Single-writer increment: the owner is the only thread that writes this slot.
+    static void bump(std::atomic<std::uint64_t> &c, std::uint64_t by) noexcept {
+        c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+    }
+};
+
+struct StatsTotals {
+    std::uint64_t allocs, frees, alloc_bytes, free_bytes;
+    std::uint64_t live_bytes() const noexcept { return alloc_bytes - free_bytes; }
+};
+
+struct StatsPage {
+    char magic[8];
+    std::uint32_t layout;
+    std::int32_t pid;
+    std::uint64_t max_locked;          // from the config
+    std::uint32_t on_lock_failure;     // 0 fallback, 1 deny, 2 abort
+    std::uint32_t rules;               // number of rules in force
+    std::atomic<std::uint32_t> active; // 1 while the arena serves matching allocations
+    std::uint32_t pad0;
+    std::atomic<std::uint64_t> reserved_bytes;   // address space reserved for the arena
+    std::atomic<std::uint64_t> committed_bytes;  // arena memory in use by slabs and runs
+    std::atomic<std::uint64_t> locked_bytes;     // of which mlocked
+    std::atomic<std::uint64_t> unlocked_bytes;   // of which served unlocked (fallback)
+    std::atomic<std::uint64_t> lock_failures;    // mlock calls that failed or hit max_locked
+    std::atomic<std::uint64_t> fallbacks;        // chunks served unlocked under "fallback"
+    std::atomic<std::uint64_t> denied;           // matching allocations refused (ENOMEM)
+    std::atomic<std::uint64_t> out_bytes;        // bytes handed from the arena's central lists
+    std::atomic<std::uint64_t> peak_bytes;       // high-water mark of out_bytes
+    ThreadCounters retired;
+    ThreadCounters shared;
+    ThreadCounters slots[kStatsSlots];
+
+    StatsTotals totals() const noexcept;
+};
+
+// Creates the page for this process (shared file when possible). Never allocates.
+// pre: called once, single-threaded. Returns nullptr only when no mapping could be made.
+StatsPage *stats_create(bool shared_file) noexcept;
+// In a forked child: gives the child a page of its own, starting from the parent's values.
+StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept;
+// Removes the shared file (at exit).
+void stats_unlink(const StatsPage *page) noexcept;
+// "/dev/shm/memlock-shim.<pid>" into buf. Returns buf.
+const char *stats_path(int pid, char *buf, std::size_t len) noexcept;
+
+// Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
+ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;
+// Folds a slot into `retired` and frees it (thread exit).
+void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept;
+
+// Writes the counters as one JSON object into buf (no allocation). Returns bytes written.
+std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept;
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_STATS_HPP
