@@ -21,6 +21,13 @@ enum Action : unsigned {
     kActionAll = kActionLock | kActionDontdump | kActionWipe,
 };
 
+// Limits the parser enforces (docs/config.md).
+constexpr std::size_t kConfigMaxFileSize = std::size_t{1} << 20;  // load_config_file: 1 MiB
+constexpr unsigned kConfigMaxDepth = 64;                           // nested arrays and objects
+constexpr unsigned kRuleMaxDepth = 64;                             // Rule::depth: 1..64
+constexpr std::size_t kConfigMinArena = std::size_t{1} << 20;      // policy.max_arena >= 1 MiB
+constexpr std::size_t kConfigMaxArena = std::size_t{64} << 30;     // policy.max_arena <= 64 GiB
+
 enum class LockFailurePolicy { fallback, deny, abort };
 enum class LogLevel { error = 0, warn = 1, info = 2, debug = 3 };
 
