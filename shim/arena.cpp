@@ -15,8 +15,11 @@ namespace mlshim {
 namespace {
 
 constexpr std::uint16_t kLargeClass = 0xffff;
+constexpr unsigned kCacheCap = 32;  // blocks a thread caches per size class, at most
 
 enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
+// Block states, one byte per 16-byte granule (at the block's first granule).
+enum : std::uint8_t { kNeverUsed = 0, kLive = 1, kFreed = 2 };
 
 struct ClassInfo {
     std::uint32_t size;
@@ -38,7 +41,7 @@ struct ClassTable {
             std::size_t size = compute_class_size(c);
             std::size_t slab = 8 * size < kMinSlab ? kMinSlab : (8 * size + kMinSlab - 1) / kMinSlab * kMinSlab;
             std::size_t cache = 16384 / size;
-            cache = cache > 64 ? 64 : cache < 2 ? 2 : cache;
+            cache = cache > kCacheCap ? kCacheCap : cache < 2 ? 2 : cache;
             info[c] = ClassInfo{static_cast<std::uint32_t>(size), static_cast<std::uint32_t>(slab),
                                 static_cast<std::uint32_t>(cache),
                                 ((std::uint64_t{1} << 40) + size - 1) / size};
@@ -49,47 +52,7 @@ struct ClassTable {
 constexpr ClassTable kClasses;
 static_assert(compute_class_size(kNumClasses - 1) == kMaxSmall, "class table ends at kMaxSmall");
 
-// ---- thread caches -----------------------------------------------------------------------
-
-struct Bin {
-    void *head;
-    std::uint32_t count;
-    std::uint32_t pad;
-};
-
-struct ThreadCache {
-    const SecureArena *arena;  // the arena these bins belong to (nullptr: not registered)
-    ThreadCounters *slot;
-    bool slot_shared;          // slot is the shared overflow slot: use atomic updates
-    bool dead;                 // thread is exiting: bypass the cache
-    Bin bins[kMaxPools][kNumClasses];
-};
-
-thread_local ThreadCache t_cache __attribute__((tls_model("initial-exec")));
-
-pthread_key_t g_exit_key;
-SecureArena *g_key_arena = nullptr;  // the arena whose caches the exit key flushes
-
-void on_thread_exit(void *) { if (g_key_arena) g_key_arena->thread_exit(); }
-
-int current_tid() noexcept { return static_cast<int>(::syscall(SYS_gettid)); }
-
-inline void count(ThreadCache &tc, std::atomic<std::uint64_t> ThreadCounters::*ops,
-                  std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    if (!tc.slot) return;
-    if (tc.slot_shared) {
-        (tc.slot->*ops).fetch_add(1, std::memory_order_relaxed);
-        (tc.slot->*bytes).fetch_add(n, std::memory_order_relaxed);
-    } else {
-        ThreadCounters::bump(tc.slot->*ops, 1);
-        ThreadCounters::bump(tc.slot->*bytes, n);
-    }
-}
-
-inline void *&link_of(void *block) noexcept { return *static_cast<void **>(block); }
-inline std::uint64_t &mark_of(void *block) noexcept {
-    return *reinterpret_cast<std::uint64_t *>(static_cast<char *>(block) + sizeof(void *));
-}
+std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
 
 class Guard {
 public:
@@ -102,18 +65,17 @@ private:
     pthread_mutex_t &m_;
 };
 
-std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
-
 }  // namespace
 
-// ---- per-page and per-pool state ---------------------------------------------------------
+// ---- per-page, per-pool and per-thread state ---------------------------------------------
 
 struct SecureArena::PageMeta {
-    std::uint32_t head;    // page index of the slab or run this page belongs to
-    std::uint32_t npages;  // at the head: pages in the slab or run
-    std::uint16_t cls;     // size class, or kLargeClass
-    std::uint8_t kind;     // kUnused, kSlab, kRun, kFreeRun
-    std::uint8_t locked;   // the page was mlocked
+    std::uint32_t head;       // page index of the slab or run this page belongs to
+    std::uint32_t npages;     // at the head: pages in the slab or run
+    std::uint32_t next_free;  // at a free run's head: next free run's head + 1 (0: none)
+    std::uint16_t cls;        // size class, or kLargeClass
+    std::uint8_t kind;        // kUnused, kSlab, kRun, kFreeRun
+    std::uint8_t locked;      // the page was mlocked
 };
 
 struct SecureArena::Pool {
@@ -122,14 +84,74 @@ struct SecureArena::Pool {
     std::uintptr_t start, end;   // the pool's address range
     std::uintptr_t frontier;     // first byte never carved
     std::uintptr_t committed;    // first byte not committed (prealloc commits ahead)
-    void *free_runs;             // freed page runs, linked through their first word
+    std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     struct Central {
-        void *head;              // freed blocks, linked through their first word
+        void **stack;            // freed blocks (a reserved region, committed as it grows)
+        std::size_t count;       // blocks on the stack
+        std::size_t capacity;    // committed entries
+        std::size_t carved;      // blocks ever carved: the stack never holds more
         std::uintptr_t bump, bump_end;  // the uncarved rest of the newest slab
     } central[kNumClasses];
 };
 
-SecureArena::Pool *SecureArena::pool_at(unsigned i) const noexcept { return &pools_[i]; }
+struct SecureArena::PoolCache {
+    struct Bin {
+        std::uint32_t count;
+        std::uint32_t pad;
+        void *blocks[kCacheCap];
+    };
+    PoolCache *next_spare;
+    Bin bins[kNumClasses];
+};
+
+namespace {
+
+struct ThreadState {
+    const SecureArena *arena;                      // owner of the caches (nullptr: none yet)
+    SecureArena::PoolCache *caches[kMaxPools];
+    ThreadCounters *slot;
+    bool slot_shared;                              // slot is shared: atomic updates
+    bool dead;                                     // thread is exiting: no caching
+};
+
+thread_local ThreadState t_state __attribute__((tls_model("initial-exec")));
+
+pthread_key_t g_exit_key;
+SecureArena *g_key_arena = nullptr;  // the arena whose caches the exit key flushes
+
+void on_thread_exit(void *) { if (g_key_arena) g_key_arena->thread_exit(); }
+
+int current_tid() noexcept { return static_cast<int>(::syscall(SYS_gettid)); }
+
+// Registers the calling thread with `arena`: a stats slot and the exit hook. False when the
+// thread belongs to another arena (only in tests that build several) or is exiting.
+bool thread_ready(const SecureArena *arena, StatsPage *stats) noexcept {
+    ThreadState &ts = t_state;
+    if (ts.arena == arena) return !ts.dead;
+    if (ts.arena) return false;
+    ts.arena = arena;
+    if (stats) {
+        ts.slot = stats_claim_slot(stats, current_tid());
+        ts.slot_shared = ts.slot == &stats->shared;
+    }
+    if (g_key_arena == arena) pthread_setspecific(g_exit_key, &ts);
+    return true;
+}
+
+inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
+                  std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
+    ThreadState &ts = t_state;
+    if (!ts.slot) return;
+    if (ts.slot_shared) {
+        (ts.slot->*ops).fetch_add(1, std::memory_order_relaxed);
+        (ts.slot->*bytes).fetch_add(n, std::memory_order_relaxed);
+    } else {
+        ThreadCounters::bump(ts.slot->*ops, 1);
+        ThreadCounters::bump(ts.slot->*bytes, n);
+    }
+}
+
+}  // namespace
 
 std::size_t SecureArena::class_size(unsigned cls) noexcept { return kClasses.info[cls].size; }
 
@@ -140,6 +162,8 @@ unsigned SecureArena::class_of(std::size_t n) noexcept {
     unsigned idx = static_cast<unsigned>((above + (std::size_t{1} << (b - 2)) - 1) >> (b - 2)) - 1;
     return 8 + (b - 7) * 4 + idx;
 }
+
+// ---- set-up --------------------------------------------------------------------------------
 
 int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, unsigned npools,
                       StatsPage *stats, ArenaReporter reporter) noexcept {
@@ -153,39 +177,50 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
     std::size_t total = pool_bytes * npools;
 
-    void *mem = nullptr;
-    int rc = memlock_reserve(total, &mem);
-    if (rc) return rc;
+    // Side regions: page table and granule states (committed now, touched as used), the
+    // pool records, and per pool and class a stack of freed blocks (committed as it grows).
     std::size_t meta_bytes = round_up(total / page_ * sizeof(PageMeta), page_);
-    void *meta = nullptr;
+    std::size_t state_bytes = round_up(total / 16, page_);
     std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    void *pools = nullptr;
-    if ((rc = memlock_reserve(meta_bytes, &meta)) || (rc = memlock_commit(meta, meta_bytes)) ||
-        (rc = memlock_reserve(pools_bytes, &pools)) || (rc = memlock_commit(pools, pools_bytes))) {
-        memlock_release(mem, total);
+    std::size_t stack_bytes = 0;
+    for (const ClassInfo &ci : kClasses.info) stack_bytes += round_up(pool_bytes / ci.size * sizeof(void *), page_);
+    void *mem = nullptr, *meta = nullptr, *state = nullptr, *pools = nullptr, *stacks = nullptr;
+    int rc = memlock_reserve(total, &mem);
+    if (!rc) rc = memlock_reserve(meta_bytes, &meta);
+    if (!rc) rc = memlock_commit(meta, meta_bytes);
+    if (!rc) rc = memlock_reserve(state_bytes, &state);
+    if (!rc) rc = memlock_commit(state, state_bytes);
+    if (!rc) rc = memlock_reserve(pools_bytes, &pools);
+    if (!rc) rc = memlock_commit(pools, pools_bytes);
+    if (!rc) rc = memlock_reserve(stack_bytes * npools, &stacks);
+    if (rc) {
+        if (mem) memlock_release(mem, total);
         if (meta) memlock_release(meta, meta_bytes);
+        if (state) memlock_release(state, state_bytes);
+        if (pools) memlock_release(pools, pools_bytes);
         return rc;
     }
     base_ = reinterpret_cast<std::uintptr_t>(mem);
     meta_ = static_cast<PageMeta *>(meta);
+    state_ = static_cast<std::uint8_t *>(state);
     pools_ = static_cast<Pool *>(pools);
     npools_ = npools;
+    auto *stack_at = static_cast<unsigned char *>(stacks);
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
         p->start = p->frontier = p->committed = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
-        // Dontdump is a property of the whole pool, set before any block exists.
-        if ((p->actions & kActionDontdump) && (rc = memlock_dontdump(reinterpret_cast<void *>(p->start), pool_bytes))) {
-            memlock_release(mem, total);
-            return rc;
+        for (unsigned c = 0; c < kNumClasses; ++c) {
+            p->central[c].stack = reinterpret_cast<void **>(stack_at);
+            stack_at += round_up(pool_bytes / kClasses.info[c].size * sizeof(void *), page_);
         }
+        // Dontdump is a property of the whole pool, set before any block exists.
+        if ((p->actions & kActionDontdump) &&
+            (rc = memlock_dontdump(reinterpret_cast<void *>(p->start), pool_bytes)))
+            return rc;
     }
-    std::uint64_t seed = reinterpret_cast<std::uintptr_t>(this) ^ base_;
-    seed ^= static_cast<std::uint64_t>(::getpid()) << 32;
-    seed ^= static_cast<std::uint64_t>(__builtin_ia32_rdtsc());
-    canary_ = seed * 0x9e3779b97f4a7c15ull | 1;
     if (stats_) {
         stats_->reserved_bytes.store(total);
         stats_->max_locked = opts.max_locked;
@@ -212,6 +247,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     return 0;
 }
 
+// ---- growing a pool --------------------------------------------------------------------------
+
 // Commits [from, from+bytes) and locks it as the pool's actions and the lock policy say.
 // pre: pool.lock held; page-aligned. Returns 0, or ENOMEM when the memory cannot be
 // committed or the policy denies it. `locked` tells whether the memory is mlocked.
@@ -220,13 +257,13 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     void *start = reinterpret_cast<void *>(from);
     if (memlock_commit(start, bytes)) return ENOMEM;
     if (!(pool.actions & kActionLock)) return 0;
-    pthread_mutex_lock(&budget_lock_);
+    pthread_mutex_lock(&misc_lock_);
     int err = locked_total_ + bytes > opts_.max_locked ? ENOMEM : memlock_lock(start, bytes);
     if (!err) {
         locked_total_ += bytes;
         if (stats_) stats_->locked_bytes.fetch_add(bytes);
     }
-    pthread_mutex_unlock(&budget_lock_);
+    pthread_mutex_unlock(&misc_lock_);
     locked = err == 0;
     if (!err) return 0;
     if (stats_) stats_->lock_failures.fetch_add(1);
@@ -254,8 +291,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
 // Carves `bytes` (a multiple of the page size) off the pool's frontier. Memory committed
 // ahead (prealloc) is used as it is; the rest is committed and locked now. pre: pool.lock
 // held. nullptr with errno ENOMEM: pool full, or the lock policy denied.
-unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes, bool &locked) noexcept {
-    locked = false;
+unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     if (pool.end - pool.frontier < bytes) {
         if (!warned_full_.exchange(true) && reporter_)
             reporter_(LogLevel::error, "the arena's address space is exhausted (raise policy.max_arena)", ENOMEM);
@@ -264,208 +300,177 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes, bool &locked) n
         return nullptr;
     }
     std::uintptr_t from = pool.frontier, to = from + bytes;
-    std::size_t first_page = (from - base_) / page_;
-    bool ahead_locked = from < pool.committed ? meta_[first_page].locked : true;
-    bool fresh_locked = true;
     if (to > pool.committed) {
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
-        if (commit_and_lock(pool, fresh, to - fresh, fresh_locked)) {
+        bool locked = false;
+        if (commit_and_lock(pool, fresh, to - fresh, locked)) {
             if (stats_) stats_->denied.fetch_add(1);
             errno = ENOMEM;
             return nullptr;
         }
-        for (std::uintptr_t a = fresh; a < to; a += page_) meta_[(a - base_) / page_].locked = fresh_locked;
+        for (std::uintptr_t a = fresh; a < to; a += page_) meta_[(a - base_) / page_].locked = locked;
         pool.committed = to;
     }
-    locked = (pool.actions & kActionLock) && ahead_locked && fresh_locked;
-    for (std::size_t pg = first_page; pg < (to - base_) / page_; ++pg)
-        meta_[pg].head = static_cast<std::uint32_t>(first_page);
     pool.frontier = to;
-    if (stats_) {
-        stats_->committed_bytes.fetch_add(bytes);
-        stats_->out_bytes.fetch_add(bytes);
-    }
+    if (stats_) stats_->committed_bytes.fetch_add(bytes);
     return reinterpret_cast<unsigned char *>(from);
+}
+
+void SecureArena::note_peak() noexcept {
+    std::uint64_t out = stats_->out_bytes.load(std::memory_order_relaxed);
+    std::uint64_t peak = stats_->peak_bytes.load(std::memory_order_relaxed);
+    while (out > peak && !stats_->peak_bytes.compare_exchange_weak(peak, out)) {}
 }
 
 // ---- small blocks --------------------------------------------------------------------------
 
-bool SecureArena::refill(unsigned pool_index, unsigned cls) noexcept {
-    Pool &pool = pools_[pool_index];
+// Takes up to `want` free blocks of class `cls` into out[]: freed ones first, then new ones
+// from the newest slab, then a new slab. pre: pool.lock held. Returns how many.
+unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept {
     const ClassInfo &ci = kClasses.info[cls];
-    Bin &bin = t_cache.bins[pool_index][cls];
-    unsigned want = ci.cache_max / 2 ? ci.cache_max / 2 : 1;
-    Guard g(pool.lock);
     Pool::Central &c = pool.central[cls];
     unsigned got = 0;
-    while (got < want && c.head) {
-        void *b = c.head;
-        c.head = link_of(b);
-        link_of(b) = bin.head;
-        bin.head = b;
-        ++got;
-    }
+    while (got < want && c.count) out[got++] = c.stack[--c.count];
     while (got < want) {
         if (c.bump == c.bump_end) {
-            bool locked;
-            unsigned char *slab = carve(pool, ci.slab_bytes, locked);
+            std::size_t blocks = ci.slab_bytes / ci.size;
+            std::size_t need = round_up((c.carved + blocks) * sizeof(void *), page_);
+            if (need > c.capacity * sizeof(void *)) {
+                if (memlock_commit(c.stack, need)) break;
+                c.capacity = need / sizeof(void *);
+            }
+            unsigned char *slab = carve(pool, ci.slab_bytes);
             if (!slab) break;
             std::size_t head = (reinterpret_cast<std::uintptr_t>(slab) - base_) / page_;
             for (std::size_t i = 0; i < ci.slab_bytes / page_; ++i) {
                 PageMeta &m = meta_[head + i];
+                m.head = static_cast<std::uint32_t>(head);
                 m.kind = kSlab;
                 m.cls = static_cast<std::uint16_t>(cls);
             }
             meta_[head].npages = static_cast<std::uint32_t>(ci.slab_bytes / page_);
-            if (stats_) stats_->out_bytes.fetch_sub(ci.slab_bytes);  // counted per block below
+            c.carved += blocks;
             c.bump = reinterpret_cast<std::uintptr_t>(slab);
-            c.bump_end = c.bump + ci.slab_bytes / ci.size * ci.size;
+            c.bump_end = c.bump + blocks * ci.size;
         }
-        // Fresh blocks are zero; give them the free-block marker like every cached block.
-        void *b = reinterpret_cast<void *>(c.bump);
+        out[got++] = reinterpret_cast<void *>(c.bump);
         c.bump += ci.size;
-        mark_of(b) = canary_ ^ reinterpret_cast<std::uintptr_t>(b);
-        link_of(b) = bin.head;
-        bin.head = b;
-        ++got;
     }
-    bin.count += got;
     if (stats_ && got) {
-        std::uint64_t out = stats_->out_bytes.fetch_add(std::uint64_t{got} * ci.size) + std::uint64_t{got} * ci.size;
-        std::uint64_t peak = stats_->peak_bytes.load(std::memory_order_relaxed);
-        while (out > peak && !stats_->peak_bytes.compare_exchange_weak(peak, out)) {}
+        stats_->out_bytes.fetch_add(std::uint64_t{got} * ci.size, std::memory_order_relaxed);
+        note_peak();
     }
-    return got > 0;
+    return got;
 }
 
-void SecureArena::flush(unsigned pool_index, unsigned cls, unsigned keep) noexcept {
-    Pool &pool = pools_[pool_index];
-    Bin &bin = t_cache.bins[pool_index][cls];
-    if (bin.count <= keep) return;
-    unsigned moved = 0;
-    Guard g(pool.lock);
+// Returns n blocks of class `cls` to the pool. pre: pool.lock held.
+void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
     Pool::Central &c = pool.central[cls];
-    while (bin.count > keep) {
-        void *b = bin.head;
-        bin.head = link_of(b);
-        link_of(b) = c.head;
-        c.head = b;
-        --bin.count;
-        ++moved;
-    }
-    if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{moved} * kClasses.info[cls].size);
+    for (unsigned i = 0; i < n; ++i) c.stack[c.count++] = blocks[i];
+    if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * kClasses.info[cls].size, std::memory_order_relaxed);
 }
 
-namespace {
-
-// Registers the calling thread's cache with `arena`. False when the cache belongs to
-// another arena (only in tests that build several) or the thread is exiting.
-bool cache_ready(const SecureArena *arena, StatsPage *stats) noexcept {
-    ThreadCache &tc = t_cache;
-    if (tc.arena == arena) return !tc.dead;
-    if (tc.arena) return false;
-    tc.arena = arena;
-    if (stats) {
-        tc.slot = stats_claim_slot(stats, current_tid());
-        tc.slot_shared = tc.slot == &stats->shared;
+// The calling thread's cache for `pool`, made on first use. nullptr: the thread cannot
+// cache (exiting, or registered with another arena) or no memory for a cache.
+SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
+    if (!thread_ready(this, stats_)) return nullptr;
+    ThreadState &ts = t_state;
+    if (ts.caches[pool]) return ts.caches[pool];
+    PoolCache *pc = nullptr;
+    {
+        Guard g(misc_lock_);
+        if ((pc = spare_caches_)) spare_caches_ = pc->next_spare;
     }
-    if (g_key_arena == arena) pthread_setspecific(g_exit_key, &tc);
-    return true;
+    if (!pc) {
+        void *mem = nullptr;
+        std::size_t bytes = round_up(sizeof(PoolCache), page_);
+        if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
+        pc = static_cast<PoolCache *>(mem);
+    }
+    pc->next_spare = nullptr;
+    return ts.caches[pool] = pc;
 }
 
-}  // namespace
+void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept {
+    Pool &pool = pools_[pool_index];
+    void *b = nullptr;
+    if (PoolCache *pc = cache_for(pool_index)) {
+        PoolCache::Bin &bin = pc->bins[cls];
+        unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
+        Guard g(pool.lock);
+        bin.count = refill(pool, cls, bin.blocks, want);
+        if (!bin.count) return nullptr;
+        b = bin.blocks[--bin.count];
+    } else {
+        Guard g(pool.lock);
+        if (!refill(pool, cls, &b, 1)) return nullptr;
+    }
+    return b;
+}
 
 void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
-    ThreadCache &tc = t_cache;
+    ThreadState &ts = t_state;
+    PoolCache *pc;
     void *b;
-    if (__builtin_expect(cache_ready(this, stats_), 1)) {
-        Bin &bin = tc.bins[pool_index][cls];
-        if (__builtin_expect(!bin.head, 0) && !refill(pool_index, cls)) return nullptr;
-        b = bin.head;
-        bin.head = link_of(b);
-        --bin.count;
-    } else {
-        // No cache: go through the central list (one block at a time).
-        Pool &pool = pools_[pool_index];
-        Bin saved = tc.bins[pool_index][cls];
-        tc.bins[pool_index][cls] = Bin{nullptr, 0, 0};
-        bool ok = refill(pool_index, cls);
-        Bin got = tc.bins[pool_index][cls];
-        tc.bins[pool_index][cls] = saved;
-        if (!ok) return nullptr;
-        b = got.head;
-        if (void *rest = link_of(b)) {
-            Guard g(pool.lock);
-            void *last = rest;
-            while (link_of(last)) last = link_of(last);
-            link_of(last) = pool.central[cls].head;
-            pool.central[cls].head = rest;
-            if (stats_) stats_->out_bytes.fetch_sub((got.count - 1) * std::uint64_t{kClasses.info[cls].size});
-        }
+    if (__builtin_expect(ts.arena == this && !ts.dead && (pc = ts.caches[pool_index]) &&
+                             pc->bins[cls].count,
+                         1)) {
+        PoolCache::Bin &bin = pc->bins[cls];
+        b = bin.blocks[--bin.count];
+    } else if (!(b = alloc_small_slow(pool_index, cls))) {
+        return nullptr;
     }
-    link_of(b) = nullptr;
-    mark_of(b) = 0;
-    count(tc, &ThreadCounters::allocs, &ThreadCounters::alloc_bytes, kClasses.info[cls].size);
+    state_of(b) = kLive;
+    count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, kClasses.info[cls].size);
     return b;
 }
 
 // ---- large blocks (page runs) --------------------------------------------------------------
 
+void SecureArena::free_run_push(Pool &pool, std::size_t head, std::size_t npages) noexcept {
+    for (std::size_t i = 0; i < npages; ++i) {
+        PageMeta &m = meta_[head + i];
+        m.head = static_cast<std::uint32_t>(head);
+        m.kind = kFreeRun;
+        m.cls = kLargeClass;
+    }
+    meta_[head].npages = static_cast<std::uint32_t>(npages);
+    meta_[head].next_free = pool.free_runs;
+    pool.free_runs = static_cast<std::uint32_t>(head + 1);
+}
+
 void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align) noexcept {
     Pool &pool = pools_[pool_index];
-    if (n > pool.end - pool.start) {
+    if (n > pool.end - pool.start || align > pool.end - pool.start) {
         errno = ENOMEM;
         return nullptr;
     }
     std::size_t bytes = round_up(n ? n : 1, page_);
-    std::size_t extra = align > page_ ? align - page_ : 0;
-    std::size_t want = bytes + extra;
-    unsigned char *run = nullptr;
-    std::size_t run_bytes = 0;
+    std::size_t want = bytes + (align > page_ ? align - page_ : 0);
+    std::uintptr_t run = 0, run_end = 0, at = 0;
     {
         Guard g(pool.lock);
         // First fit among freed runs.
-        void **prev = &pool.free_runs;
-        for (void *r = pool.free_runs; r; prev = &link_of(r), r = link_of(r)) {
-            PageMeta &m = meta_[(reinterpret_cast<std::uintptr_t>(r) - base_) / page_];
-            if (m.npages * page_ >= want) {
-                *prev = link_of(r);
-                link_of(r) = nullptr;
-                mark_of(r) = 0;
-                run = static_cast<unsigned char *>(r);
-                run_bytes = m.npages * page_;
-                if (stats_) stats_->out_bytes.fetch_add(run_bytes);
+        for (std::uint32_t *link = &pool.free_runs; *link; link = &meta_[*link - 1].next_free) {
+            PageMeta &m = meta_[*link - 1];
+            if (std::size_t{m.npages} * page_ >= want) {
+                run = base_ + std::size_t{*link - 1} * page_;
+                run_end = run + std::size_t{m.npages} * page_;
+                *link = m.next_free;
+                m.next_free = 0;
                 break;
             }
         }
         if (!run) {
-            bool locked;
-            run = carve(pool, want, locked);
-            if (!run) return nullptr;
-            run_bytes = want;
+            unsigned char *fresh = carve(pool, want);
+            if (!fresh) return nullptr;
+            run = reinterpret_cast<std::uintptr_t>(fresh);
+            run_end = run + want;
         }
-        // Trim to the aligned start and the size asked for; the rest goes back as free runs.
-        std::uintptr_t at = (reinterpret_cast<std::uintptr_t>(run) + align - 1) & ~(align - 1);
-        if (align <= page_) at = reinterpret_cast<std::uintptr_t>(run);
-        std::uintptr_t run_end = reinterpret_cast<std::uintptr_t>(run) + run_bytes;
-        auto give_back = [&](std::uintptr_t from, std::uintptr_t to) {
-            if (from >= to) return;
-            std::size_t head = (from - base_) / page_, np = (to - from) / page_;
-            for (std::size_t i = 0; i < np; ++i) {
-                PageMeta &m = meta_[head + i];
-                m.head = static_cast<std::uint32_t>(head);
-                m.kind = kFreeRun;
-                m.cls = kLargeClass;
-            }
-            meta_[head].npages = static_cast<std::uint32_t>(np);
-            void *r = reinterpret_cast<void *>(from);
-            link_of(r) = pool.free_runs;
-            mark_of(r) = canary_ ^ from;
-            pool.free_runs = r;
-            if (stats_) stats_->out_bytes.fetch_sub(to - from);
-        };
-        give_back(reinterpret_cast<std::uintptr_t>(run), at);
-        give_back(at + bytes, run_end);
+        // Keep the aligned part asked for; the pages around it go back as free runs.
+        at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
+        if (at > run) free_run_push(pool, (run - base_) / page_, (at - run) / page_);
+        if (run_end > at + bytes) free_run_push(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
         std::size_t head = (at - base_) / page_, np = bytes / page_;
         for (std::size_t i = 0; i < np; ++i) {
             PageMeta &m = meta_[head + i];
@@ -474,37 +479,29 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
             m.cls = kLargeClass;
         }
         meta_[head].npages = static_cast<std::uint32_t>(np);
-        run = reinterpret_cast<unsigned char *>(at);
         if (stats_) {
-            std::uint64_t out = stats_->out_bytes.load();
-            std::uint64_t peak = stats_->peak_bytes.load();
-            while (out > peak && !stats_->peak_bytes.compare_exchange_weak(peak, out)) {}
+            stats_->out_bytes.fetch_add(bytes, std::memory_order_relaxed);
+            note_peak();
         }
     }
-    // A wiping pool's free runs are zero but for their link and marker words.
-    link_of(run) = nullptr;
-    mark_of(run) = 0;
-    ThreadCache &tc = t_cache;
-    if (cache_ready(this, stats_) || tc.arena == this)
-        count(tc, &ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
-    return run;
+    void *p = reinterpret_cast<void *>(at);
+    state_of(p) = kLive;
+    if (thread_ready(this, stats_) || t_state.arena == this)
+        count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+    return p;
 }
 
 void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     std::size_t bytes = std::size_t{head.npages} * page_;
     if (pool.actions & kActionWipe) memlock_wipe(p, bytes);
+    state_of(p) = kFreed;
     {
         Guard g(pool.lock);
-        std::size_t first = static_cast<std::size_t>(&head - meta_);
-        for (std::size_t i = 0; i < head.npages; ++i) meta_[first + i].kind = kFreeRun;
-        link_of(p) = pool.free_runs;
-        mark_of(p) = canary_ ^ reinterpret_cast<std::uintptr_t>(p);
-        pool.free_runs = p;
-        if (stats_) stats_->out_bytes.fetch_sub(bytes);
+        free_run_push(pool, static_cast<std::size_t>(&head - meta_), head.npages);
+        if (stats_) stats_->out_bytes.fetch_sub(bytes, std::memory_order_relaxed);
     }
-    ThreadCache &tc = t_cache;
-    if (cache_ready(this, stats_) || tc.arena == this)
-        count(tc, &ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+    if (thread_ready(this, stats_) || t_state.arena == this)
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
 }
 
 // ---- the public operations ---------------------------------------------------------------
@@ -526,48 +523,57 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
 }
 
 void SecureArena::free(void *p) noexcept {
-    int saved_errno = errno;
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off / page_];
-    Pool &pool = pools_[off >> pool_shift_];
-    if (__builtin_expect(m.kind == kSlab, 1)) {
+    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
+    Pool &pool = pools_[pool_index];
+    std::uint8_t &state = state_[off >> 4];
+    if (__builtin_expect(m.kind == kSlab && state == kLive, 1)) {
         const ClassInfo &ci = kClasses.info[m.cls];
         std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-        std::uint64_t idx = (in_slab * ci.magic) >> 40;
-        if (idx * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
-        if (mark_of(p) == (canary_ ^ reinterpret_cast<std::uintptr_t>(p)))
-            fatal("free(): double free", "block of the secure arena freed twice", p);
+        if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
         if (pool.actions & kActionWipe) memlock_wipe(p, ci.size);
-        mark_of(p) = canary_ ^ reinterpret_cast<std::uintptr_t>(p);
-        ThreadCache &tc = t_cache;
-        unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
-        if (__builtin_expect(cache_ready(this, stats_), 1)) {
-            Bin &bin = tc.bins[pool_index][m.cls];
-            link_of(p) = bin.head;
-            bin.head = p;
-            if (++bin.count > ci.cache_max) flush(pool_index, m.cls, ci.cache_max / 2);
+        state = kFreed;
+        ThreadState &ts = t_state;
+        PoolCache *pc;
+        if (__builtin_expect(ts.arena == this && !ts.dead && (pc = ts.caches[pool_index]), 1)) {
+            PoolCache::Bin &bin = pc->bins[m.cls];
+            if (__builtin_expect(bin.count == ci.cache_max, 0)) {
+                unsigned keep = ci.cache_max / 2;
+                int saved = errno;
+                Guard g(pool.lock);
+                flush(pool, m.cls, bin.blocks + keep, bin.count - keep);
+                bin.count = keep;
+                errno = saved;
+            }
+            bin.blocks[bin.count++] = p;
         } else {
+            int saved = errno;
             Guard g(pool.lock);
-            link_of(p) = pool.central[m.cls].head;
-            pool.central[m.cls].head = p;
-            if (stats_) stats_->out_bytes.fetch_sub(ci.size);
+            flush(pool, m.cls, &p, 1);
+            errno = saved;
         }
-        if (tc.arena == this) count(tc, &ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-    } else if (m.kind == kRun && m.head == off / page_ && (off % page_) == 0) {
-        free_large(pool, m, p);
-    } else if (m.kind == kFreeRun && m.head == off / page_ && (off % page_) == 0) {
-        fatal("free(): double free", "block of the secure arena freed twice", p);
-    } else {
-        bad_pointer(p, "free(): invalid pointer");
+        if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+        return;
     }
-    errno = saved_errno;
+    if (state == kFreed && (m.kind == kSlab || m.kind == kFreeRun || m.kind == kRun))
+        fatal("free(): double free", "block of the secure arena freed twice", p);
+    if (m.kind == kRun && state == kLive && m.head == off / page_ && off % page_ == 0) {
+        int saved = errno;
+        free_large(pool, m, p);
+        errno = saved;
+        return;
+    }
+    bad_pointer(p, "free(): invalid pointer");
 }
 
 std::size_t SecureArena::usable_size(const void *p) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off / page_];
-    if (m.kind == kSlab) return kClasses.info[m.cls].size;
-    if (m.kind == kRun && m.head == off / page_) return std::size_t{meta_[m.head].npages} * page_;
+    if (state_[off >> 4] == kLive) {
+        if (m.kind == kSlab) return kClasses.info[m.cls].size;
+        if (m.kind == kRun && m.head == off / page_) return std::size_t{m.npages} * page_;
+    }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
 }
 
@@ -578,27 +584,26 @@ bool SecureArena::wipes(const void *p) const noexcept {
 // ---- fork and thread exit ------------------------------------------------------------------
 
 void SecureArena::prefork() noexcept {
-    pthread_mutex_lock(&budget_lock_);
+    pthread_mutex_lock(&misc_lock_);
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
 }
 
 void SecureArena::postfork_parent() noexcept {
     for (unsigned i = npools_; i-- > 0;) pthread_mutex_unlock(&pools_[i].lock);
-    pthread_mutex_unlock(&budget_lock_);
+    pthread_mutex_unlock(&misc_lock_);
 }
 
 void SecureArena::postfork_child() noexcept {
-    pthread_mutex_init(&budget_lock_, nullptr);
+    pthread_mutex_init(&misc_lock_, nullptr);
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_init(&pools_[i].lock, nullptr);
-    // mlock is not inherited: lock again every page that was locked in the parent.
+    // mlock is not inherited: lock again every run of pages that was locked in the parent.
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         std::size_t first = (pool.start - base_) / page_, last = (pool.committed - base_) / page_;
         std::size_t run = first;
         for (std::size_t pg = first; pg <= last; ++pg) {
-            bool in = pg < last && meta_[pg].locked;
-            if (in) continue;
+            if (pg < last && meta_[pg].locked) continue;
             if (pg > run) {
                 int rc = memlock_lock(reinterpret_cast<void *>(base_ + run * page_), (pg - run) * page_);
                 if (rc) failed = rc;
@@ -610,27 +615,42 @@ void SecureArena::postfork_child() noexcept {
         if (stats_) stats_->lock_failures.fetch_add(1);
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
-        if (reporter_) reporter_(LogLevel::warn, "cannot lock arena memory after fork; it stays wiped and out of core dumps", failed);
+        if (reporter_)
+            reporter_(LogLevel::warn, "cannot lock arena memory after fork; it stays wiped and out of core dumps",
+                      failed);
     }
-    // The forking thread is the only one left. Its slot (if any) now belongs to a new tid.
-    ThreadCache &tc = t_cache;
-    if (tc.arena == this && stats_) {
-        tc.slot = stats_claim_slot(stats_, current_tid());
-        tc.slot_shared = tc.slot == &stats_->shared;
+    // The forking thread is the only one left, with a new tid and a new stats page.
+    ThreadState &ts = t_state;
+    if (ts.arena == this && stats_ && !ts.dead) {
+        ts.slot = stats_claim_slot(stats_, current_tid());
+        ts.slot_shared = ts.slot == &stats_->shared;
     }
 }
 
 void SecureArena::thread_exit() noexcept {
-    ThreadCache &tc = t_cache;
-    if (tc.arena != this) return;
-    for (unsigned p = 0; p < npools_; ++p)
-        for (unsigned c = 0; c < kNumClasses; ++c) flush(p, c, 0);
-    if (stats_ && tc.slot) stats_release_slot(stats_, tc.slot);
-    // Whatever the thread still frees or allocates on its way out is counted in the
-    // shared slot, and goes straight to the central lists.
-    tc.slot = stats_ ? &stats_->shared : nullptr;
-    tc.slot_shared = true;
-    tc.dead = true;
+    ThreadState &ts = t_state;
+    if (ts.arena != this) return;
+    for (unsigned p = 0; p < npools_; ++p) {
+        PoolCache *pc = ts.caches[p];
+        if (!pc) continue;
+        {
+            Guard g(pools_[p].lock);
+            for (unsigned c = 0; c < kNumClasses; ++c) {
+                flush(pools_[p], c, pc->bins[c].blocks, pc->bins[c].count);
+                pc->bins[c].count = 0;
+            }
+        }
+        Guard g(misc_lock_);
+        pc->next_spare = spare_caches_;
+        spare_caches_ = pc;
+        ts.caches[p] = nullptr;
+    }
+    if (stats_ && ts.slot) stats_release_slot(stats_, ts.slot);
+    // What the thread still frees or allocates on its way out goes straight to the pools and
+    // is counted in the shared slot.
+    ts.slot = stats_ ? &stats_->shared : nullptr;
+    ts.slot_shared = true;
+    ts.dead = true;
 }
 
 }  // namespace mlshim

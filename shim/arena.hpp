@@ -7,11 +7,12 @@
 //     committed and mlocked in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs (memory is reused, not returned), so no lock is lost under a live secret.
-//   - Blocks are wiped on free (pools with the wipe action). Every free block is zero except
-//     its first 16 bytes (a list link and a double-free marker), which are cleared when the
-//     block is handed out: blocks of wiping pools come out zero-filled.
+//   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
+//     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
+//     and blocks of wiping pools come out zero-filled.
 //   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
-//     size class through a per-page table in O(1).
+//     size class through a per-page table in O(1), and its state (live, freed, never
+//     handed out) through a byte per 16-byte granule.
 //   - A double free, or a pointer into the arena that is not a live block, is fatal.
 //   - Thread caches keep the common path free of locks and atomic read-modify-writes.
 //
@@ -87,16 +88,23 @@ public:
 
     struct PageMeta;
     struct Pool;
+    struct PoolCache;
 
 private:
-    Pool *pool_at(unsigned i) const noexcept;
     void *alloc_small(unsigned pool, unsigned cls) noexcept;
+    void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
     void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
     void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
-    bool refill(unsigned pool, unsigned cls) noexcept;
-    void flush(unsigned pool, unsigned cls, unsigned keep) noexcept;
-    unsigned char *carve(Pool &pool, std::size_t bytes, bool &locked) noexcept;
+    unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
+    void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
+    PoolCache *cache_for(unsigned pool) noexcept;
+    unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes, bool &locked) noexcept;
+    void free_run_push(Pool &pool, std::size_t head, std::size_t npages) noexcept;
+    void note_peak() noexcept;
+    std::uint8_t &state_of(const void *p) const noexcept {
+        return state_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> 4];
+    }
     [[noreturn]] void bad_pointer(const void *p, const char *what) const noexcept;
 
     std::uintptr_t base_ = 0;
@@ -107,11 +115,12 @@ private:
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;
     ArenaReporter reporter_ = nullptr;
-    PageMeta *meta_ = nullptr;       // one entry per page of the whole reservation
+    PageMeta *meta_ = nullptr;       // one entry per page of the reservation
+    std::uint8_t *state_ = nullptr;  // one byte per 16-byte granule of the reservation
     Pool *pools_ = nullptr;          // npools_ entries, in a mapping of their own
-    std::uint64_t canary_ = 0;       // double-free marker key
-    pthread_mutex_t budget_lock_ = PTHREAD_MUTEX_INITIALIZER;
-    std::uint64_t locked_total_ = 0;  // under budget_lock_
+    PoolCache *spare_caches_ = nullptr;  // caches of exited threads, under misc_lock_
+    pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // lock budget, spare caches
+    std::uint64_t locked_total_ = 0;     // under misc_lock_
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};
 };
