@@ -410,8 +410,12 @@ T get_choice(const json &v, const std::string &path, Choices<T> choices) {
     if (v.is_string())
         for (const auto &c : choices)
             if (v.get_ref<const std::string &>() == c.first) return c.second;
-    std::string expected = "one of ";
-    for (const auto &c : choices) expected += (expected.size() > 7 ? ", \"" : "\"") + std::string(c.first) + "\"";
+    std::string expected = "one of";
+    const char *separator = " \"";
+    for (const auto &c : choices) {
+        expected += separator + std::string(c.first) + "\"";
+        separator = ", \"";
+    }
     fail_expected(path, expected, v);
 }
 
