@@ -238,7 +238,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         bool locked = false;
         if (commit_and_lock(p0, p0.start, bytes, locked)) {
             // Denied by the lock policy: later allocations try again, one slab at a time.
-            if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated arena", ENOMEM);
+            if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated memory up front", "denied by policy");
             return 0;
         }
         for (std::size_t i = 0; i < bytes / page_; ++i) meta_[(p0.start - base_) / page_ + i].locked = locked;
@@ -258,7 +258,8 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     if (memlock_commit(start, bytes)) return ENOMEM;
     if (!(pool.actions & kActionLock)) return 0;
     pthread_mutex_lock(&misc_lock_);
-    int err = locked_total_ + bytes > opts_.max_locked ? ENOMEM : memlock_lock(start, bytes);
+    bool over_budget = locked_total_ + bytes > opts_.max_locked;
+    int err = over_budget ? ENOMEM : memlock_lock(start, bytes);
     if (!err) {
         locked_total_ += bytes;
         if (stats_) stats_->locked_bytes.fetch_add(bytes);
@@ -267,18 +268,19 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     locked = err == 0;
     if (!err) return 0;
     if (stats_) stats_->lock_failures.fetch_add(1);
+    const char *why = over_budget ? "policy.max_locked reached" : memlock_strerror(err);
     switch (opts_.on_lock_failure) {
     case LockFailurePolicy::abort:
-        fatal("cannot lock arena memory (policy on_lock_failure=abort)", memlock_strerror(err));
+        fatal("cannot lock arena memory (policy on_lock_failure=abort)", why);
     case LockFailurePolicy::deny:
         if (!warned_lock_failure_.exchange(true) && reporter_)
-            reporter_(LogLevel::warn, "cannot lock arena memory; refusing matching allocations (policy deny)", err);
+            reporter_(LogLevel::warn, "cannot lock arena memory (policy deny: matching allocations fail with ENOMEM)", why);
         return ENOMEM;
     case LockFailurePolicy::fallback:
         if (!warned_lock_failure_.exchange(true) && reporter_)
             reporter_(LogLevel::warn,
-                      "cannot lock arena memory; serving matching allocations unlocked but "
-                      "still excluded from core dumps and wiped (policy fallback)", err);
+                      "cannot lock arena memory (policy fallback: matching allocations are served "
+                      "unlocked, still out of core dumps and wiped)", why);
         if (stats_) {
             stats_->fallbacks.fetch_add(1);
             stats_->unlocked_bytes.fetch_add(bytes);
@@ -294,7 +296,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
 unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     if (pool.end - pool.frontier < bytes) {
         if (!warned_full_.exchange(true) && reporter_)
-            reporter_(LogLevel::error, "the arena's address space is exhausted (raise policy.max_arena)", ENOMEM);
+            reporter_(LogLevel::error, "arena address space exhausted (matching allocations fail with ENOMEM)", "raise policy.max_arena");
         if (stats_) stats_->denied.fetch_add(1);
         errno = ENOMEM;
         return nullptr;
@@ -535,8 +537,9 @@ void SecureArena::free(void *p) noexcept {
         if (pool.actions & kActionWipe) memlock_wipe(p, ci.size);
         state = kFreed;
         ThreadState &ts = t_state;
-        PoolCache *pc;
-        if (__builtin_expect(ts.arena == this && !ts.dead && (pc = ts.caches[pool_index]), 1)) {
+        PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+        if (__builtin_expect(!pc, 0)) pc = cache_for(pool_index);  // registers the thread
+        if (__builtin_expect(pc != nullptr, 1)) {
             PoolCache::Bin &bin = pc->bins[m.cls];
             if (__builtin_expect(bin.count == ci.cache_max, 0)) {
                 unsigned keep = ci.cache_max / 2;
@@ -616,8 +619,8 @@ void SecureArena::postfork_child() noexcept {
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
         if (reporter_)
-            reporter_(LogLevel::warn, "cannot lock arena memory after fork; it stays wiped and out of core dumps",
-                      failed);
+            reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
+                      memlock_strerror(failed));
     }
     // The forking thread is the only one left, with a new tid and a new stats page.
     ThreadState &ts = t_state;

@@ -43,8 +43,9 @@ struct ArenaOptions {
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
 };
 
-// Something the arena wants an operator to know. Called without arena locks held.
-using ArenaReporter = void (*)(LogLevel level, const char *what, int err);
+// Something the arena wants an operator to know: "<what>: <why>". It may be called with a
+// pool lock held, so it must not allocate from the arena.
+using ArenaReporter = void (*)(LogLevel level, const char *what, const char *why);
 
 class SecureArena {
 public:

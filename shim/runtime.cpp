@@ -158,10 +158,9 @@ Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
 
-void report(LogLevel level, const char *what, int err) noexcept {
+void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
-    if (err) log_msg(level, "%s: %s", what, memlock_strerror(err));
-    else log_msg(level, "%s", what);
+    log_msg(level, "%s: %s", what, why);
 }
 
 void atfork_prepare() { if (g_active) g_arena.prefork(); }

@@ -1,0 +1,285 @@
+// Unit tests of SecureArena, linked directly (no preload). Criterion runs each test in a
+// process of its own, so every test builds a fresh arena.
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "arena.hpp"
+#include "helpers.hpp"
+#include "memlock.h"
+
+using mlshim::SecureArena;
+using namespace memlock_test;
+
+namespace {
+
+SecureArena arena;
+mlshim::StatsPage *stats;
+
+void make_arena(std::size_t max_locked = 64u << 20,
+                mlshim::LockFailurePolicy policy = mlshim::LockFailurePolicy::fallback,
+                std::size_t prealloc = 0, unsigned actions = mlshim::kActionAll) {
+    stats = mlshim::stats_create(false);
+    cr_assert_not_null(stats);
+    mlshim::ArenaOptions o;
+    o.pool_bytes = 64u << 20;
+    o.max_locked = max_locked;
+    o.on_lock_failure = policy;
+    o.prealloc = prealloc;
+    cr_assert_eq(arena.init(o, &actions, 1, stats, nullptr), 0);
+}
+
+bool all_zero(const void *p, std::size_t n) {
+    auto *c = static_cast<const unsigned char *>(p);
+    for (std::size_t i = 0; i < n; ++i)
+        if (c[i]) return false;
+    return true;
+}
+
+}  // namespace
+
+Test(arena_classes, every_size_gets_the_smallest_class_that_fits) {
+    for (std::size_t n = 0; n <= mlshim::kMaxSmall; ++n) {
+        unsigned c = SecureArena::class_of(n);
+        cr_assert_lt(c, mlshim::kNumClasses, "size %zu", n);
+        cr_assert_geq(SecureArena::class_size(c), n, "size %zu", n);
+        if (c > 0) cr_assert_lt(SecureArena::class_size(c - 1), n, "size %zu", n);
+    }
+    // Waste above 128 bytes is at most a quarter of the block.
+    for (unsigned c = 8; c < mlshim::kNumClasses; ++c)
+        cr_assert_leq(SecureArena::class_size(c) - SecureArena::class_size(c - 1), SecureArena::class_size(c) / 4);
+}
+
+Test(arena, blocks_are_zeroed_locked_and_not_dumped) {
+    make_arena();
+    const std::size_t sizes[] = {1, 16, 32, 100, 4096, 65536, 65537, 1u << 20};
+    for (std::size_t n : sizes) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+        cr_assert_not_null(p, "size %zu", n);
+        cr_assert(arena.owns(p));
+        cr_assert_geq(arena.usable_size(p), n);
+        cr_assert(all_zero(p, arena.usable_size(p)), "fresh block of %zu bytes is zero", n);
+        cr_assert(range_has_flag(p, n, "lo"), "size %zu locked", n);
+        cr_assert(range_has_flag(p, n, "dd"), "size %zu dontdump", n);
+        std::memset(p, 0xa5, n);
+    }
+    cr_assert_gt(vm_locked_kb(), 0);
+    cr_assert_gt(stats->locked_bytes.load(), 0u);
+}
+
+Test(arena, a_freed_block_reads_as_zero_and_comes_back_zero) {
+    make_arena();
+    for (std::size_t n : {32u, 1000u, 70000u}) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+        std::memset(p, 0x5a, n);
+        arena.free(p);
+        cr_assert(all_zero(p, n), "freed block of %zu bytes wiped", n);
+        auto *q = static_cast<unsigned char *>(arena.alloc(0, n));
+        cr_assert_eq(q, p, "the freed block is reused");
+        cr_assert(all_zero(q, n));
+        arena.free(q);
+    }
+}
+
+Test(arena, a_pool_without_wipe_keeps_contents) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionLock | mlshim::kActionDontdump);
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, 64));
+    std::memset(p, 0x77, 64);
+    cr_assert_not(arena.wipes(p));
+    arena.free(p);
+    cr_assert_eq(p[10], 0x77);
+}
+
+Test(arena, every_power_of_two_alignment) {
+    make_arena();
+    for (std::size_t align = 16; align <= (1u << 20); align <<= 1) {
+        for (std::size_t n : {std::size_t{1}, align / 2 + 1, align, 3 * align + 5}) {
+            void *p = arena.alloc(0, n, align);
+            cr_assert_not_null(p);
+            cr_assert_eq(reinterpret_cast<std::uintptr_t>(p) % align, 0u, "align %zu size %zu", align, n);
+            cr_assert_geq(arena.usable_size(p), n);
+            arena.free(p);
+        }
+    }
+}
+
+Test(arena, errno_is_preserved_by_free) {
+    make_arena();
+    void *small = arena.alloc(0, 40), *large = arena.alloc(0, 200000);
+    errno = 1234;
+    arena.free(small);
+    arena.free(large);
+    cr_assert_eq(errno, 1234);
+}
+
+Test(arena, double_free_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    void *p = arena.alloc(0, 32);
+    arena.free(p);
+    arena.free(p);
+}
+
+Test(arena, double_free_of_a_large_block_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    void *p = arena.alloc(0, 300000);
+    arena.free(p);
+    arena.free(p);
+}
+
+Test(arena, interior_pointer_free_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    auto *p = static_cast<char *>(arena.alloc(0, 64));
+    arena.free(p + 16);
+}
+
+Test(arena, never_allocated_pointer_free_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    auto *p = static_cast<char *>(arena.alloc(0, 64));
+    arena.free(p + 64 * 100);  // a block of the same slab never handed out
+}
+
+Test(arena, ten_thousand_small_secrets_lock_at_most_125_percent_of_their_bytes) {
+    make_arena();
+    // Warm up one block so the first slab's lock is not charged to the measurement alone.
+    void *warm = arena.alloc(0, 32);
+    std::uint64_t before = stats->locked_bytes.load();
+    std::vector<void *> blocks;
+    for (int i = 0; i < 10000; ++i) blocks.push_back(arena.alloc(0, 32));
+    std::uint64_t grown = stats->locked_bytes.load() - before;
+    cr_assert_leq(grown * 100, 10000u * 32 * 125, "locked %llu bytes for 320000", (unsigned long long)grown);
+    for (void *b : blocks) arena.free(b);
+    arena.free(warm);
+}
+
+Test(arena, max_locked_reached_under_deny_refuses_with_enomem) {
+    make_arena(128 * 1024, mlshim::LockFailurePolicy::deny);
+    std::vector<void *> got;
+    void *p;
+    errno = 0;
+    while ((p = arena.alloc(0, 4096)) != nullptr && got.size() < 100000) got.push_back(p);
+    cr_assert_null(p);
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_gt(got.size(), 0u);
+    cr_assert_leq(stats->locked_bytes.load(), 128u * 1024);
+    cr_assert_geq(stats->lock_failures.load(), 1u);
+    cr_assert_geq(stats->denied.load(), 1u);
+    // Memory already handed out stays usable and locked.
+    cr_assert(range_has_flag(got[0], 4096, "lo"));
+}
+
+Test(arena, max_locked_reached_under_fallback_serves_unlocked_but_dontdump) {
+    make_arena(128 * 1024, mlshim::LockFailurePolicy::fallback);
+    void *last = nullptr;
+    for (int i = 0; i < 200; ++i) last = arena.alloc(0, 4096);
+    cr_assert_not_null(last);
+    cr_assert_geq(stats->fallbacks.load(), 1u);
+    cr_assert_gt(stats->unlocked_bytes.load(), 0u);
+    cr_assert_leq(stats->locked_bytes.load(), 128u * 1024);
+    cr_assert(range_has_flag(last, 4096, "dd"));
+    cr_assert(range_has_flag(last, 4096, "lo", false));
+}
+
+Test(arena, max_locked_reached_under_abort_is_fatal, .signal = SIGABRT) {
+    make_arena(128 * 1024, mlshim::LockFailurePolicy::abort);
+    for (int i = 0; i < 200; ++i) arena.alloc(0, 4096);
+}
+
+namespace {
+int failing_mlock(const void *, std::size_t) { return EPERM; }
+}  // namespace
+
+Test(arena, an_mlock_error_follows_the_policy) {
+    memlock_syscalls fake{failing_mlock, nullptr, nullptr};
+    memlock_set_syscalls(&fake);
+    make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
+    errno = 0;
+    cr_assert_null(arena.alloc(0, 32));
+    cr_assert_eq(errno, ENOMEM);
+    memlock_set_syscalls(nullptr);
+    cr_assert_not_null(arena.alloc(0, 32), "a later attempt locks again");
+}
+
+Test(arena, prealloc_locks_up_front) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 1u << 20);
+    std::uint64_t locked = stats->locked_bytes.load();
+    cr_assert_geq(locked, 1u << 20);
+    void *p = arena.alloc(0, 32);
+    cr_assert(range_has_flag(p, 32, "lo"));
+    cr_assert_eq(stats->locked_bytes.load(), locked, "served from the preallocated memory");
+}
+
+Test(arena, counters_follow_allocations) {
+    make_arena();
+    void *a = arena.alloc(0, 32), *b = arena.alloc(0, 100), *c = arena.alloc(0, 100000);
+    mlshim::StatsTotals t = stats->totals();
+    cr_assert_eq(t.allocs, 3u);
+    cr_assert_eq(t.live_bytes(), 32u + 112u + 102400u);
+    arena.free(a);
+    arena.free(b);
+    arena.free(c);
+    t = stats->totals();
+    cr_assert_eq(t.frees, 3u);
+    cr_assert_eq(t.live_bytes(), 0u);
+    cr_assert_geq(stats->peak_bytes.load(), 32u + 112u + 102400u);
+}
+
+namespace {
+
+void *churn(void *arg) {
+    auto *shared = static_cast<std::vector<void *> *>(arg);
+    std::vector<void *> mine;
+    for (int round = 0; round < 200; ++round) {
+        for (int i = 0; i < 100; ++i) {
+            auto *p = static_cast<unsigned char *>(arena.alloc(0, 16 + (i * 37) % 3000));
+            if (!p) abort();
+            p[0] = 1;
+            mine.push_back(p);
+        }
+        for (void *p : mine) arena.free(p);
+        mine.clear();
+    }
+    for (int i = 0; i < 1000; ++i) shared->push_back(arena.alloc(0, 48));
+    return nullptr;
+}
+
+}  // namespace
+
+Test(arena, threads_share_the_arena_and_free_each_others_blocks) {
+    make_arena();
+    std::vector<void *> from[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; ++i) pthread_create(&t[i], nullptr, churn, &from[i]);
+    for (auto &th : t) pthread_join(th, nullptr);
+    // Free what the (now exited) threads allocated, from this thread.
+    for (auto &v : from)
+        for (void *p : v) arena.free(p);
+    mlshim::StatsTotals s = stats->totals();
+    cr_assert_eq(s.allocs, 2u * (200 * 100 + 1000));
+    cr_assert_eq(s.allocs, s.frees);
+    cr_assert_eq(s.live_bytes(), 0u);
+}
+
+Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
+    make_arena();
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, 32));
+    p[0] = 42;
+    arena.prefork();
+    pid_t pid = fork();
+    if (pid == 0) {
+        arena.postfork_child();
+        bool ok = range_has_flag(p, 32, "lo") && range_has_flag(p, 32, "dd") && p[0] == 42;
+        arena.free(p);
+        void *q = arena.alloc(0, 32);
+        _exit(ok && q == p ? 0 : 1);
+    }
+    arena.postfork_parent();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    cr_assert_eq(p[0], 42, "the parent's block is untouched");
+}
