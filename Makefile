@@ -45,7 +45,7 @@ TOOLS := $(B)/memlock-run
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
-	install uninstall clean
+	install uninstall clean FORCE
 
 all: deps core shim tools examples
 
@@ -68,12 +68,15 @@ $(B)/libmemlock.a: $(CORE_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 $(B)/libmemlock.so.0: $(CORE_OBJ)
+	@mkdir -p $(@D)
 	$(CXX) -shared -Wl,-soname,libmemlock.so.0 -Wl,--no-undefined $^ -o $@
 
 $(B)/libmemlock.so: $(B)/libmemlock.so.0
 	ln -sf libmemlock.so.0 $@
 
-$(B)/memlock.pc: core/memlock.pc.in VERSION Makefile
+# FORCE: regenerated every time, so that PREFIX/LIBDIR given to `make install` are the ones used.
+$(B)/memlock.pc: core/memlock.pc.in VERSION Makefile FORCE
+	@mkdir -p $(@D)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' $< > $@
 
@@ -167,3 +170,5 @@ uninstall:
 
 clean:
 	rm -rf $(B)
+
+FORCE:

@@ -9,6 +9,7 @@
  *     (unchanged, never lost), or MEMLOCK_EUNSUPPORTED when the platform lacks the call
  *     (decided at compile time: dontdump/dodump are Linux-only, everything is unsupported
  *     on non-Unix systems). Nothing is printed, nothing is swallowed, errno is not relied on.
+ *   - The caller's errno is preserved by every function.
  *   - Page-granular variants (*_pages) round a byte range out to whole pages first.
  *   - A seam (memlock_set_syscalls) through which tests replace the system calls.
  *   - Anonymous mapping helpers (reserve, commit, release) for the shim's arena, so that
@@ -60,6 +61,7 @@ MEMLOCK_API int memlock_dodump(void *addr, size_t len);
  * Round [addr, addr+len) out to [page_floor(addr), page_ceil(addr+len)) and apply the call
  * to that range. Every byte on those pages is affected, including data that is not the
  * caller's: see "What it does not promise" above. len == 0 makes no system call. */
+/* EINVAL, without a system call, if the rounded range would wrap the address space. */
 MEMLOCK_API int memlock_lock_pages(void *addr, size_t len);
 MEMLOCK_API int memlock_unlock_pages(void *addr, size_t len);
 MEMLOCK_API int memlock_dontdump_pages(void *addr, size_t len);
@@ -72,9 +74,11 @@ MEMLOCK_API size_t memlock_page_size(void);
  * memlock_reserve: maps len bytes (rounded up to pages) of inaccessible address space
  * (PROT_NONE, MAP_NORESERVE): costs no memory until committed. On success *out holds the
  * page-aligned start. pre: out != NULL. len == 0 is EINVAL.
- * memlock_commit: makes [addr, addr+len) readable and writable. pre: inside a reservation,
- * page-aligned.
- * memlock_release: unmaps [addr, addr+len). pre: page-aligned. */
+ * memlock_commit: makes [addr, addr+len) readable and writable (mprotect). pre: inside a
+ * reservation, page-aligned. Fresh pages read as zero.
+ * memlock_release: unmaps [addr, addr+len) (munmap). pre: page-aligned.
+ * For commit and release, len == 0 succeeds without a system call. These three calls do not
+ * go through the seam below. */
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
@@ -91,9 +95,12 @@ MEMLOCK_API void memlock_wipe(void *p, size_t len);
 MEMLOCK_API const char *memlock_strerror(int err);
 
 /* ---- core dumps ------------------------------------------------------------------------
- * Sets RLIMIT_CORE to 0 (soft and hard untouched above it: only the soft limit is lowered)
- * and stores the previous limit in *saved (two rlim_t values: soft, hard).
- * memlock_restore_core_dumps puts that limit back. */
+ * memlock_disable_core_dumps lowers only the SOFT RLIMIT_CORE to 0; the hard limit is left
+ * as it was, so the previous soft limit can be restored without privileges. The previous
+ * limit (soft, hard) is stored in *saved. pre: saved != NULL (else EINVAL).
+ * memlock_restore_core_dumps sets RLIMIT_CORE back to *saved (EINVAL if saved is NULL, or
+ * the kernel's error, e.g. EPERM when raising a hard limit without CAP_SYS_RESOURCE).
+ * Process-wide: not thread-safe against other changes of RLIMIT_CORE. */
 typedef struct memlock_core_limit {
     unsigned long long soft;
     unsigned long long hard;
@@ -103,8 +110,9 @@ MEMLOCK_API int memlock_restore_core_dumps(const memlock_core_limit *saved);
 
 /* ---- the system-call seam (for tests) --------------------------------------------------
  * Each provider function returns 0 or an errno value (not -1). A NULL member, or a NULL
- * table, selects the real system call. Returns nothing; memlock_get_syscalls copies the
- * table in force, so a test can restore it. */
+ * table, selects the real system call. memlock_get_syscalls copies the table in force
+ * (real providers appear as non-NULL pointers), so a test can restore it or call through
+ * to the previous provider. The table is read with relaxed atomic loads: one load per call. */
 typedef struct memlock_syscalls {
     int (*mlock)(const void *addr, size_t len);
     int (*munlock)(const void *addr, size_t len);
@@ -114,6 +122,7 @@ MEMLOCK_API void memlock_set_syscalls(const memlock_syscalls *table);
 MEMLOCK_API void memlock_get_syscalls(memlock_syscalls *out);
 
 /* ---- version --------------------------------------------------------------------------- */
+/* The library's version, e.g. "0.1.0" (the file VERSION at build time). */
 MEMLOCK_API const char *memlock_version(void);
 
 #ifdef __cplusplus

@@ -17,7 +17,10 @@
 //     left mapped.
 //   - best_effort: a failed or unsupported lock or dontdump still yields a usable buffer;
 //     locked() / dontdump() say what took and lock_error() / dontdump_error() say why not.
-//   Mapping failures (ENOMEM from mmap) fail creation under either policy.
+//   Mapping failures (ENOMEM from mmap) fail creation under either policy, and so does
+//   size == 0 (EINVAL). Order on creation: map, MADV_DONTDUMP, mlock (as libsodium).
+//   memlock::category() has name "memlock"; errc::unsupported is equivalent to
+//   std::errc::not_supported.
 #ifndef MEMLOCK_HPP
 #define MEMLOCK_HPP
 
@@ -30,25 +33,25 @@ namespace memlock {
 
 enum class errc { unsupported = 1 };
 
-const std::error_category &category() noexcept;
-std::error_code make_error_code(errc e) noexcept;
+MEMLOCK_API const std::error_category &category() noexcept;
+MEMLOCK_API std::error_code make_error_code(errc e) noexcept;
 
 // Converts a value returned by the C API (0, errno, MEMLOCK_EUNSUPPORTED) to an error_code.
-std::error_code to_error_code(int rc) noexcept;
+MEMLOCK_API std::error_code to_error_code(int rc) noexcept;
 
-std::error_code lock(void *addr, std::size_t len) noexcept;
-std::error_code unlock(void *addr, std::size_t len) noexcept;
-std::error_code dontdump(void *addr, std::size_t len) noexcept;
-std::error_code dodump(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code lock(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code unlock(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code dontdump(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code dodump(void *addr, std::size_t len) noexcept;
 
-std::error_code lock_pages(void *addr, std::size_t len) noexcept;
-std::error_code unlock_pages(void *addr, std::size_t len) noexcept;
-std::error_code dontdump_pages(void *addr, std::size_t len) noexcept;
-std::error_code dodump_pages(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code lock_pages(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code unlock_pages(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code dontdump_pages(void *addr, std::size_t len) noexcept;
+MEMLOCK_API std::error_code dodump_pages(void *addr, std::size_t len) noexcept;
 
 enum class LockPolicy { require, best_effort };
 
-class LockedBuffer {
+class MEMLOCK_API LockedBuffer {
 public:
     // Creates a buffer of `size` bytes (size > 0), zero-filled. On failure returns an empty
     // buffer (data() == nullptr) and sets ec; on success clears ec.
@@ -72,7 +75,8 @@ public:
     std::error_code lock_error() const noexcept { return lock_error_; }
     std::error_code dontdump_error() const noexcept { return dontdump_error_; }
 
-    // Wipes, re-enables dumping, unlocks and unmaps now; the buffer becomes empty.
+    // Wipes all mapped bytes, then unlocks, then unmaps (the MADV_DONTDUMP mark goes with
+    // the mapping); the buffer becomes empty. The destructor does the same.
     void reset() noexcept;
 
 private:
@@ -85,9 +89,10 @@ private:
     std::error_code dontdump_error_;
 };
 
-class CoreDumpGuard {
+class MEMLOCK_API CoreDumpGuard {
 public:
-    // Lowers RLIMIT_CORE to 0. active() tells whether it did; error() why not.
+    // Lowers the soft RLIMIT_CORE to 0 (memlock_disable_core_dumps). active() tells whether
+    // it did; error() why not. The destructor restores the previous limit if active().
     CoreDumpGuard() noexcept;
     ~CoreDumpGuard();
     CoreDumpGuard(const CoreDumpGuard &) = delete;

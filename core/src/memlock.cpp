@@ -1,0 +1,304 @@
+// memlock.cpp - the C ABI of memlock.h: every memory-management system call of the project.
+//
+// Rules for this file: no heap (malloc/new), no stdio, no exceptions. The shim calls these
+// functions from inside its malloc. Every function preserves the caller's errno.
+#include "memlock.h"
+
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__unix__) || defined(__APPLE__)
+#define MEMLOCK_HAVE_UNIX 1
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
+#else
+#define MEMLOCK_HAVE_UNIX 0
+#endif
+
+#if MEMLOCK_HAVE_UNIX && defined(__linux__) && defined(MADV_DONTDUMP) && defined(MADV_DODUMP)
+#define MEMLOCK_HAVE_DONTDUMP 1
+#else
+#define MEMLOCK_HAVE_DONTDUMP 0
+#endif
+
+#ifndef MEMLOCK_VERSION
+#error "MEMLOCK_VERSION must be defined by the build (-DMEMLOCK_VERSION='\"x.y.z\"')"
+#endif
+
+namespace {
+
+// Restores errno on scope exit: the library never changes the caller's errno.
+class ErrnoKeeper {
+public:
+    ErrnoKeeper() noexcept : saved_(errno) {}
+    ~ErrnoKeeper() { errno = saved_; }
+    ErrnoKeeper(const ErrnoKeeper &) = delete;
+    ErrnoKeeper &operator=(const ErrnoKeeper &) = delete;
+
+private:
+    int saved_;
+};
+
+// ---- real providers: 0 or errno, errno preserved ------------------------------------------
+// On Linux the kernel is called through syscall(2), not the libc wrappers: sanitizer runtimes
+// intercept mlock/munlock as silent no-ops, and an interposing allocator must not depend on
+// whatever else interposes those names.
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+int real_mlock(const void *addr, size_t len) {
+    ErrnoKeeper keep;
+    return ::syscall(SYS_mlock, addr, len) == 0 ? 0 : errno;
+}
+int real_munlock(const void *addr, size_t len) {
+    ErrnoKeeper keep;
+    return ::syscall(SYS_munlock, addr, len) == 0 ? 0 : errno;
+}
+int real_madvise(void *addr, size_t len, int advice) {
+    ErrnoKeeper keep;
+    return ::syscall(SYS_madvise, addr, len, advice) == 0 ? 0 : errno;
+}
+#elif MEMLOCK_HAVE_UNIX
+int real_mlock(const void *addr, size_t len) {
+    ErrnoKeeper keep;
+    return ::mlock(addr, len) == 0 ? 0 : errno;
+}
+int real_munlock(const void *addr, size_t len) {
+    ErrnoKeeper keep;
+    return ::munlock(addr, len) == 0 ? 0 : errno;
+}
+int real_madvise(void *addr, size_t len, int advice) {
+    ErrnoKeeper keep;
+    return ::madvise(addr, len, advice) == 0 ? 0 : errno;
+}
+#else
+int real_mlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
+int real_munlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
+int real_madvise(void *, size_t, int) { return MEMLOCK_EUNSUPPORTED; }
+#endif
+
+// ---- the seam: one relaxed atomic load per call ------------------------------------------
+using MlockFn = int (*)(const void *, size_t);
+using MadviseFn = int (*)(void *, size_t, int);
+
+std::atomic<MlockFn> g_mlock{&real_mlock};
+std::atomic<MlockFn> g_munlock{&real_munlock};
+std::atomic<MadviseFn> g_madvise{&real_madvise};
+
+int call_mlock(void *addr, size_t len) { return g_mlock.load(std::memory_order_relaxed)(addr, len); }
+int call_munlock(void *addr, size_t len) {
+    return g_munlock.load(std::memory_order_relaxed)(addr, len);
+}
+#if MEMLOCK_HAVE_DONTDUMP
+int call_madvise(void *addr, size_t len, int advice) {
+    return g_madvise.load(std::memory_order_relaxed)(addr, len, advice);
+}
+#endif
+
+// ---- page rounding ------------------------------------------------------------------------
+// Rounds [addr, addr+len) out to whole pages. pre: len > 0. false if the range wraps.
+bool round_to_pages(void *addr, size_t len, void **start, size_t *rounded) {
+    const uintptr_t page = memlock_page_size();
+    const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+    if (len > UINTPTR_MAX - a) return false;
+    const uintptr_t end = a + len;
+    if (end > UINTPTR_MAX - (page - 1)) return false;
+    const uintptr_t lo = a & ~(page - 1);
+    const uintptr_t hi = (end + page - 1) & ~(page - 1);
+    *start = reinterpret_cast<void *>(lo);
+    *rounded = hi - lo;
+    return true;
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- thin wrappers --------------------------------------------------------------------------
+int memlock_lock(void *addr, size_t len) { return len == 0 ? 0 : call_mlock(addr, len); }
+
+int memlock_unlock(void *addr, size_t len) { return len == 0 ? 0 : call_munlock(addr, len); }
+
+int memlock_dontdump(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_DONTDUMP
+    return call_madvise(addr, len, MADV_DONTDUMP);
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_dodump(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_DONTDUMP
+    return call_madvise(addr, len, MADV_DODUMP);
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+// ---- page-granular helpers ------------------------------------------------------------------
+#define MEMLOCK_PAGES_BODY(thin)                                    \
+    if (len == 0) return 0;                                         \
+    void *start;                                                    \
+    size_t rounded;                                                 \
+    if (!round_to_pages(addr, len, &start, &rounded)) return EINVAL; \
+    return thin(start, rounded)
+
+int memlock_lock_pages(void *addr, size_t len) { MEMLOCK_PAGES_BODY(memlock_lock); }
+int memlock_unlock_pages(void *addr, size_t len) { MEMLOCK_PAGES_BODY(memlock_unlock); }
+int memlock_dontdump_pages(void *addr, size_t len) { MEMLOCK_PAGES_BODY(memlock_dontdump); }
+int memlock_dodump_pages(void *addr, size_t len) { MEMLOCK_PAGES_BODY(memlock_dodump); }
+
+#undef MEMLOCK_PAGES_BODY
+
+size_t memlock_page_size(void) {
+    static std::atomic<size_t> cached{0};
+    size_t page = cached.load(std::memory_order_relaxed);
+    if (page != 0) return page;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    const long v = ::sysconf(_SC_PAGESIZE);
+    page = v > 0 ? static_cast<size_t>(v) : 4096;
+#else
+    page = 4096;
+#endif
+    cached.store(page, std::memory_order_relaxed);
+    return page;
+}
+
+// ---- anonymous mappings -------------------------------------------------------------------
+int memlock_reserve(size_t len, void **out) {
+    if (out == nullptr || len == 0) return EINVAL;
+#if MEMLOCK_HAVE_UNIX
+    const size_t page = memlock_page_size();
+    if (len > SIZE_MAX - (page - 1)) return ENOMEM;
+    const size_t rounded = (len + page - 1) & ~(page - 1);
+    ErrnoKeeper keep;
+    void *p = ::mmap(nullptr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return errno;
+    *out = p;
+    return 0;
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_commit(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    return ::mprotect(addr, len, PROT_READ | PROT_WRITE) == 0 ? 0 : errno;
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_release(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    return ::munmap(addr, len) == 0 ? 0 : errno;
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+// ---- wiping -------------------------------------------------------------------------------
+void memlock_wipe(void *p, size_t len) {
+    if (len == 0) return;
+#if defined(__GLIBC__)
+    ::explicit_bzero(p, len);  // glibc >= 2.25: never elided
+#else
+    std::memset(p, 0, len);
+    // The compiler must assume the asm reads *p, so the stores above stay.
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+#endif
+}
+
+// ---- errors -------------------------------------------------------------------------------
+// Async-signal-safe: static strings only.
+const char *memlock_strerror(int err) {
+    switch (err) {
+    case 0: return "success";
+    case MEMLOCK_EUNSUPPORTED: return "operation not supported on this platform";
+    case ENOMEM: return "ENOMEM: out of memory, RLIMIT_MEMLOCK reached, or range not mapped";
+    case EPERM: return "EPERM: operation not permitted (locking needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)";
+    case EAGAIN: return "EAGAIN: some or all of the range could not be locked";
+    case EINVAL: return "EINVAL: invalid argument (unaligned address, bad length or advice)";
+    case ENOSYS: return "ENOSYS: system call not implemented";
+    case EFAULT: return "EFAULT: bad address";
+    case EACCES: return "EACCES: permission denied";
+    case EBADF: return "EBADF: bad file descriptor";
+    case ENODEV: return "ENODEV: no such device";
+    case EOVERFLOW: return "EOVERFLOW: value too large";
+    case EEXIST: return "EEXIST: already exists";
+    case EBUSY: return "EBUSY: resource busy";
+    case EINTR: return "EINTR: interrupted system call";
+    default: return "unknown error";
+    }
+}
+
+// ---- core dumps ---------------------------------------------------------------------------
+int memlock_disable_core_dumps(memlock_core_limit *saved) {
+    if (saved == nullptr) return EINVAL;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    struct rlimit rl;
+    if (::getrlimit(RLIMIT_CORE, &rl) != 0) return errno;
+    saved->soft = rl.rlim_cur;
+    saved->hard = rl.rlim_max;
+    rl.rlim_cur = 0;  // soft only: the hard limit stays, so restoring needs no privilege
+    if (::setrlimit(RLIMIT_CORE, &rl) != 0) return errno;
+    return 0;
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_restore_core_dumps(const memlock_core_limit *saved) {
+    if (saved == nullptr) return EINVAL;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    struct rlimit rl;
+    rl.rlim_cur = static_cast<rlim_t>(saved->soft);
+    rl.rlim_max = static_cast<rlim_t>(saved->hard);
+    return ::setrlimit(RLIMIT_CORE, &rl) == 0 ? 0 : errno;
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+// ---- the seam -----------------------------------------------------------------------------
+void memlock_set_syscalls(const memlock_syscalls *table) {
+    MlockFn l = &real_mlock, u = &real_munlock;
+    MadviseFn m = &real_madvise;
+    if (table != nullptr) {
+        if (table->mlock != nullptr) l = table->mlock;
+        if (table->munlock != nullptr) u = table->munlock;
+        if (table->madvise != nullptr) m = table->madvise;
+    }
+    g_mlock.store(l, std::memory_order_relaxed);
+    g_munlock.store(u, std::memory_order_relaxed);
+    g_madvise.store(m, std::memory_order_relaxed);
+}
+
+void memlock_get_syscalls(memlock_syscalls *out) {
+    if (out == nullptr) return;
+    out->mlock = g_mlock.load(std::memory_order_relaxed);
+    out->munlock = g_munlock.load(std::memory_order_relaxed);
+    out->madvise = g_madvise.load(std::memory_order_relaxed);
+}
+
+// ---- version ------------------------------------------------------------------------------
+const char *memlock_version(void) { return MEMLOCK_VERSION; }
+
+}  // extern "C"

@@ -1,0 +1,431 @@
+// helpers.hpp - test utilities shared by every test binary of memlock-shim.
+//
+// Header-only, C++17 + POSIX (Linux /proc), no test-framework dependency: functions report
+// failure through their return values (empty optional, -1, ok == false), never by aborting,
+// so each test decides what to assert.
+//
+//   read_smaps(pid)            mappings of a process, with Locked and VmFlags
+//   find_mapping(addr, pid)    the mapping that contains an address
+//   range_has_flag(...)        every byte of a range lies in mappings carrying a VmFlags token
+//   status_kb(pid, "VmLck")    a "kB" field of /proc/PID/status (vm_locked_kb: VmLck)
+//   run_program(opts)          fork+execve with extra env, child setup, cwd, full stdout/stderr
+//   with_memlock_limit(...)    argv that runs a command without CAP_IPC_LOCK under a low
+//                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
+//   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences
+#ifndef MEMLOCK_TESTS_HELPERS_HPP
+#define MEMLOCK_TESTS_HELPERS_HPP
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+extern char **environ;
+
+namespace memlock_test {
+
+// ---- /proc/PID/smaps --------------------------------------------------------------------
+
+struct Mapping {
+    std::uintptr_t start = 0;
+    std::uintptr_t end = 0;       // exclusive
+    std::string perms;            // e.g. "rw-p"
+    std::string path;             // "" for anonymous, "[heap]", a file path, ...
+    std::size_t size_kb = 0;      // "Size:"
+    std::size_t rss_kb = 0;       // "Rss:"
+    std::size_t locked_kb = 0;    // "Locked:"
+    std::set<std::string> flags;  // "VmFlags:" tokens, e.g. "lo", "dd"
+
+    bool has_flag(const std::string &f) const { return flags.count(f) != 0; }
+    bool contains(const void *p) const {
+        const auto a = reinterpret_cast<std::uintptr_t>(p);
+        return a >= start && a < end;
+    }
+};
+
+// "/proc/self" for pid 0, else "/proc/<pid>".
+inline std::string proc_dir(pid_t pid = 0) {
+    return pid == 0 ? std::string("/proc/self") : "/proc/" + std::to_string(pid);
+}
+
+namespace detail {
+// True for a smaps header line "start-end perms offset dev inode [path]".
+inline bool parse_smaps_header(const std::string &line, Mapping &m) {
+    std::istringstream in(line);
+    std::string range, offset, dev, inode;
+    if (!(in >> range >> m.perms >> offset >> dev >> inode)) return false;
+    const auto dash = range.find('-');
+    if (dash == std::string::npos || dash == 0 || dash + 1 == range.size()) return false;
+    if (range.find_first_not_of("0123456789abcdef-") != std::string::npos) return false;
+    m.start = static_cast<std::uintptr_t>(std::stoull(range.substr(0, dash), nullptr, 16));
+    m.end = static_cast<std::uintptr_t>(std::stoull(range.substr(dash + 1), nullptr, 16));
+    std::string rest;
+    std::getline(in, rest);
+    const auto first = rest.find_first_not_of(' ');
+    m.path = first == std::string::npos ? std::string() : rest.substr(first);
+    return true;
+}
+
+// "Key:   123 kB" -> 123 when line starts with key + ':'.
+inline std::optional<std::size_t> parse_kb_field(const std::string &line, const std::string &key) {
+    if (line.size() <= key.size() || line.compare(0, key.size(), key) != 0 || line[key.size()] != ':')
+        return std::nullopt;
+    return static_cast<std::size_t>(std::strtoull(line.c_str() + key.size() + 1, nullptr, 10));
+}
+}  // namespace detail
+
+// All mappings of a process (pid 0 = this process), in address order. Empty if unreadable.
+inline std::vector<Mapping> read_smaps(pid_t pid = 0) {
+    std::vector<Mapping> out;
+    std::ifstream in(proc_dir(pid) + "/smaps");
+    std::string line;
+    while (std::getline(in, line)) {
+        Mapping m;
+        if (detail::parse_smaps_header(line, m)) {
+            out.push_back(std::move(m));
+            continue;
+        }
+        if (out.empty()) continue;
+        Mapping &cur = out.back();
+        if (auto v = detail::parse_kb_field(line, "Size")) cur.size_kb = *v;
+        else if (auto r = detail::parse_kb_field(line, "Rss")) cur.rss_kb = *r;
+        else if (auto l = detail::parse_kb_field(line, "Locked")) cur.locked_kb = *l;
+        else if (line.compare(0, 8, "VmFlags:") == 0) {
+            std::istringstream fl(line.substr(8));
+            std::string tok;
+            while (fl >> tok) cur.flags.insert(tok);
+        }
+    }
+    return out;
+}
+
+// The mapping that contains addr, if any.
+inline std::optional<Mapping> find_mapping(const std::vector<Mapping> &maps, const void *addr) {
+    for (const auto &m : maps)
+        if (m.contains(addr)) return m;
+    return std::nullopt;
+}
+inline std::optional<Mapping> find_mapping(const void *addr, pid_t pid = 0) {
+    return find_mapping(read_smaps(pid), addr);
+}
+
+// Mappings overlapping [addr, addr+len). pre: len > 0.
+inline std::vector<Mapping> mappings_overlapping(const std::vector<Mapping> &maps, const void *addr,
+                                                 std::size_t len) {
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    std::vector<Mapping> out;
+    for (const auto &m : maps)
+        if (m.start < a + len && a < m.end) out.push_back(m);
+    return out;
+}
+
+// True iff [addr, addr+len) is fully mapped and every mapping over it has `flag` (or, with
+// want == false, none of them has it). A locked or advised range may span several VMAs.
+inline bool range_has_flag(const void *addr, std::size_t len, const std::string &flag, bool want = true,
+                           pid_t pid = 0) {
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    const auto maps = mappings_overlapping(read_smaps(pid), addr, len);
+    std::uintptr_t covered = a;
+    for (const auto &m : maps) {
+        if (m.start > covered) return false;  // hole
+        if (m.has_flag(flag) != want) return false;
+        covered = m.end;
+    }
+    return !maps.empty() && covered >= a + len;
+}
+
+// ---- /proc/PID/status -------------------------------------------------------------------
+
+// A "kB" field of /proc/PID/status (e.g. "VmLck", "VmRSS"); -1 if absent.
+inline long status_kb(pid_t pid, const std::string &key) {
+    std::ifstream in(proc_dir(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (auto v = detail::parse_kb_field(line, key)) return static_cast<long>(*v);
+    return -1;
+}
+inline long vm_locked_kb(pid_t pid = 0) { return status_kb(pid, "VmLck"); }
+
+// ---- files ------------------------------------------------------------------------------
+
+inline bool write_file(const std::string &path, const std::string &content, mode_t mode = 0644) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return false;
+    std::size_t done = 0;
+    while (done < content.size()) {
+        const ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            ::close(fd);
+            return false;
+        }
+        done += static_cast<std::size_t>(n);
+    }
+    return ::close(fd) == 0;
+}
+
+// Whole file as bytes; nullopt if it cannot be opened.
+inline std::optional<std::string> read_file(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+inline bool file_exists(const std::string &path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// Non-overlapping occurrences of needle in haystack. pre: !needle.empty().
+inline std::size_t count_occurrences(const std::string &haystack, const std::string &needle) {
+    std::size_t n = 0;
+    for (auto pos = haystack.find(needle); pos != std::string::npos;
+         pos = haystack.find(needle, pos + needle.size()))
+        ++n;
+    return n;
+}
+
+// A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
+class TempDir {
+public:
+    explicit TempDir(const std::string &prefix = "memlock-test") {
+        const char *base = std::getenv("TMPDIR");
+        std::string tmpl = std::string(base && *base ? base : "/tmp") + "/" + prefix + ".XXXXXX";
+        if (::mkdtemp(&tmpl[0]) != nullptr) path_ = tmpl;
+    }
+    ~TempDir() {
+        if (!path_.empty()) {
+            std::error_code ec;
+            std::filesystem::remove_all(path_, ec);
+        }
+    }
+    TempDir(const TempDir &) = delete;
+    TempDir &operator=(const TempDir &) = delete;
+
+    bool ok() const { return !path_.empty(); }
+    const std::string &path() const { return path_; }
+    std::string file(const std::string &name) const { return path_ + "/" + name; }
+
+private:
+    std::string path_;
+};
+
+// Absolute path of the running executable (for re-executing a test binary in a child mode).
+inline std::string self_exe() {
+    std::error_code ec;
+    auto p = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return ec ? std::string() : p.string();
+}
+
+// Quotes s for /bin/sh: 'it'\''s'.
+inline std::string shell_quote(const std::string &s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
+// ---- child processes --------------------------------------------------------------------
+
+struct RunOptions {
+    std::vector<std::string> argv;                          // argv[0] is searched in PATH if it has no '/'
+    std::vector<std::pair<std::string, std::string>> env;   // added to (or replacing in) the environment
+    std::vector<std::string> unset_env;                     // removed from the environment
+    bool inherit_env = true;                                // start from this process's environ
+    std::string cwd;                                        // "" = unchanged
+    std::string stdin_data;                                 // written to the child's stdin, then closed
+    // Runs in the child after fork, before execve (setrlimit, prctl...). Must not allocate
+    // if the parent has threads. Return false to make the child exit with status 126.
+    std::function<bool()> setup;
+    int timeout_ms = 60000;                                 // SIGKILL after this; <= 0 = none
+};
+
+struct RunResult {
+    bool started = false;   // fork and execve succeeded
+    int exec_errno = 0;     // errno of a failed execve (started == false)
+    int exit_code = -1;     // exit status if the child exited, else -1
+    int term_signal = 0;    // terminating signal if killed, else 0
+    bool core_dumped = false;
+    bool timed_out = false;
+    std::string out;        // everything written to stdout
+    std::string err;        // everything written to stderr
+
+    bool exited_with(int code) const { return started && term_signal == 0 && exit_code == code; }
+    bool killed_by(int sig) const { return started && term_signal == sig; }
+    // One line for assertion messages.
+    std::string describe() const {
+        std::string s = "started=" + std::to_string(started) + " exit=" + std::to_string(exit_code) +
+                        " signal=" + std::to_string(term_signal);
+        if (exec_errno) s += std::string(" exec_error=") + std::strerror(exec_errno);
+        if (timed_out) s += " TIMED-OUT";
+        return s + "\n--- stdout ---\n" + out + "--- stderr ---\n" + err;
+    }
+};
+
+namespace detail {
+inline std::string resolve_in_path(const std::string &prog) {
+    if (prog.find('/') != std::string::npos) return prog;
+    const char *path = std::getenv("PATH");
+    std::istringstream dirs(path ? path : "/usr/local/bin:/usr/bin:/bin");
+    std::string dir;
+    while (std::getline(dirs, dir, ':')) {
+        const std::string cand = (dir.empty() ? "." : dir) + "/" + prog;
+        if (::access(cand.c_str(), X_OK) == 0) return cand;
+    }
+    return prog;
+}
+
+inline void write_all_fd(int fd, const char *p, std::size_t n) {
+    while (n > 0) {
+        const ssize_t w = ::write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        p += w;
+        n -= static_cast<std::size_t>(w);
+    }
+}
+}  // namespace detail
+
+// Runs opts.argv in a child and waits for it, capturing stdout and stderr completely.
+inline RunResult run_program(const RunOptions &opts) {
+    RunResult r;
+    if (opts.argv.empty()) return r;
+
+    // Everything the child needs is built before fork: the child does not allocate.
+    const std::string exe = detail::resolve_in_path(opts.argv[0]);
+    std::vector<char *> argv;
+    for (const auto &a : opts.argv) argv.push_back(const_cast<char *>(a.c_str()));
+    argv.push_back(nullptr);
+
+    std::vector<std::string> env_store;
+    auto overridden = [&](const std::string &entry) {
+        const std::string key = entry.substr(0, entry.find('='));
+        for (const auto &kv : opts.env)
+            if (kv.first == key) return true;
+        for (const auto &u : opts.unset_env)
+            if (u == key) return true;
+        return false;
+    };
+    if (opts.inherit_env)
+        for (char **e = environ; e && *e; ++e)
+            if (!overridden(*e)) env_store.emplace_back(*e);
+    for (const auto &kv : opts.env) env_store.push_back(kv.first + "=" + kv.second);
+    std::vector<char *> envp;
+    for (auto &s : env_store) envp.push_back(&s[0]);
+    envp.push_back(nullptr);
+
+    int out_p[2], err_p[2], in_p[2], exec_p[2];
+    if (::pipe2(out_p, O_CLOEXEC) || ::pipe2(err_p, O_CLOEXEC) || ::pipe2(in_p, O_CLOEXEC) ||
+        ::pipe2(exec_p, O_CLOEXEC))
+        return r;
+
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) return r;
+    if (pid == 0) {
+        ::dup2(in_p[0], 0);
+        ::dup2(out_p[1], 1);
+        ::dup2(err_p[1], 2);
+        ::signal(SIGPIPE, SIG_DFL);
+        if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) ::_exit(126);
+        if (opts.setup && !opts.setup()) ::_exit(126);
+        ::execve(exe.c_str(), argv.data(), envp.data());
+        const int e = errno;
+        detail::write_all_fd(exec_p[1], reinterpret_cast<const char *>(&e), sizeof e);
+        ::_exit(127);
+    }
+    ::close(out_p[1]);
+    ::close(err_p[1]);
+    ::close(in_p[0]);
+    ::close(exec_p[1]);
+
+    // stdin: small payloads only (tests); a large one could block before the child reads.
+    detail::write_all_fd(in_p[1], opts.stdin_data.data(), opts.stdin_data.size());
+    ::close(in_p[1]);
+
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.timeout_ms);
+    struct pollfd fds[2] = {{out_p[0], POLLIN, 0}, {err_p[0], POLLIN, 0}};
+    std::string *sinks[2] = {&r.out, &r.err};
+    int open_fds = 2;
+    char buf[65536];
+    while (open_fds > 0) {
+        int wait_ms = -1;
+        if (opts.timeout_ms > 0) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                ::kill(pid, SIGKILL);
+                r.timed_out = true;
+                break;
+            }
+            wait_ms = static_cast<int>(left.count());
+        }
+        const int n = ::poll(fds, 2, wait_ms);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) break;
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+            const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+            if (got > 0) {
+                sinks[i]->append(buf, static_cast<std::size_t>(got));
+            } else if (got == 0 || errno != EINTR) {
+                ::close(fds[i].fd);
+                fds[i].fd = -1;
+                --open_fds;
+            }
+        }
+    }
+    for (auto &f : fds)
+        if (f.fd >= 0) ::close(f.fd);
+
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    int e = 0;
+    if (::read(exec_p[0], &e, sizeof e) == static_cast<ssize_t>(sizeof e)) r.exec_errno = e;
+    ::close(exec_p[0]);
+
+    r.started = r.exec_errno == 0;
+    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) {
+        r.term_signal = WTERMSIG(status);
+        r.core_dumped = WCOREDUMP(status);
+    }
+    return r;
+}
+
+// argv that runs `argv` with CAP_IPC_LOCK dropped and RLIMIT_MEMLOCK (soft and hard) set to
+// `memlock_bytes`: prlimit --memlock=N:N capsh --drop=cap_ipc_lock -- -c 'exec ARGV...'.
+// Needs root (capsh drops from the bounding set) and the prlimit and capsh tools.
+inline std::vector<std::string> with_memlock_limit(std::size_t memlock_bytes,
+                                                   const std::vector<std::string> &argv) {
+    std::string cmd = "exec";
+    for (const auto &a : argv) cmd += " " + shell_quote(a);
+    const std::string n = std::to_string(memlock_bytes);
+    return {"prlimit", "--memlock=" + n + ":" + n, "capsh", "--drop=cap_ipc_lock", "--", "-c", cmd};
+}
+
+// True if the tool is found in PATH.
+inline bool have_program(const std::string &name) {
+    return detail::resolve_in_path(name).find('/') != std::string::npos &&
+           ::access(detail::resolve_in_path(name).c_str(), X_OK) == 0;
+}
+
+}  // namespace memlock_test
+
+#endif  // MEMLOCK_TESTS_HELPERS_HPP
