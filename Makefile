@@ -110,11 +110,11 @@ $(B)/progs/%: tests/progs/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) -O1 -g $(WARN) $< -o $@ -lpthread -ldl
 
-$(B)/tests/test_core: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp
+$(B)/tests/test_core: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
 
-$(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp
+$(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
 
