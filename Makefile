@@ -41,7 +41,7 @@ PROG_C_SRC := $(wildcard tests/progs/*.c)
 PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
-TOOLS := $(B)/memlock-run
+TOOLS := $(B)/memlock-run $(B)/memlock-inspect
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
@@ -97,7 +97,9 @@ $(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/expo
 	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
 
 # ---- tools ------------------------------------------------------------------------------
-$(B)/memlock-run: tools/memlock-run.cpp $(SHIM_LIB_OBJ) $(CORE_OBJ)
+# Each tool is one source file linked with the shim's plain code (its config parser, its
+# stats layout), so the tools and the shim cannot disagree.
+$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
 	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
 
@@ -105,6 +107,11 @@ $(B)/memlock-run: tools/memlock-run.cpp $(SHIM_LIB_OBJ) $(CORE_OBJ)
 $(B)/progs/%: tests/progs/%.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+# A program the dynamic loader never sees (memlock-run must refuse it).
+$(B)/progs/tools_static: tests/progs/tools_static.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 $(WARN) -static $< -o $@
 
 $(B)/progs/%: tests/progs/%.cpp
 	@mkdir -p $(@D)

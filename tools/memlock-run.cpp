@@ -1,0 +1,436 @@
+// memlock-run - starts a program under the memlock shim, or says why it cannot be protected.
+//
+// It validates the config with the shim's own parser, compares what the config needs with
+// the locked-memory limit and CAP_IPC_LOCK the program will have, refuses programs the
+// dynamic loader would silently run without the preload (static, setuid/setgid, file
+// capabilities), then sets LD_PRELOAD and MEMLOCK_SHIM_CONFIG and execs the program in its
+// own place, so it keeps the PID (PID 1 in a container) and receives signals directly.
+// Exit statuses: see usage() and docs/operators.md.
+#include <elf.h>
+#include <limits.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "tool.hpp"
+
+#ifndef MEMLOCK_SHIM_LIBDIR
+#define MEMLOCK_SHIM_LIBDIR "/usr/local/lib"
+#endif
+
+using mltool::die;
+using mltool::human_bytes;
+using mltool::usage_error;
+using mltool::warn;
+
+namespace {
+
+constexpr int kExitUnavailable = 69;  // EX_UNAVAILABLE: the shim library is missing
+constexpr int kExitNoPerm = 77;       // EX_NOPERM: limits too low and policy "abort"
+constexpr int kExitCannotRun = 126;   // the program cannot be preloaded or executed
+constexpr int kExitNotFound = 127;    // the program does not exist
+constexpr const char *kShimName = "libmemlock_shim.so";
+
+void usage() {
+    std::printf(
+        "Usage: memlock-run [--config FILE] [--shim PATH] [--check] [--quiet] [--] PROGRAM [ARGS...]\n"
+        "       memlock-run [--config FILE] --check [[--] PROGRAM]\n"
+        "\n"
+        "Runs PROGRAM with the memlock shim preloaded: allocations matching the config's rules are\n"
+        "served from locked, MADV_DONTDUMP, wiped memory. PROGRAM replaces memlock-run (same PID).\n"
+        "\n"
+        "  --config FILE  the config (default: $MEMLOCK_SHIM_CONFIG); see docs/config.md\n"
+        "  --shim PATH    the shim library (default: $MEMLOCK_SHIM_LIB, else ../lib/%s next to\n"
+        "                 this executable, else %s/%s)\n"
+        "  --check        validate the config, the limits and PROGRAM (if given); run nothing\n"
+        "  --quiet        no warnings (errors are still printed)\n"
+        "  --help, --version\n"
+        "\n"
+        "Before starting PROGRAM, the soft RLIMIT_MEMLOCK is raised toward the hard limit when the\n"
+        "config needs more. If the program still cannot lock policy.max_locked bytes, memlock-run says\n"
+        "what to change and follows policy.on_lock_failure: fallback and deny start the program,\n"
+        "abort refuses to.\n"
+        "\n"
+        "Exit status (when PROGRAM is not started; otherwise PROGRAM's own):\n"
+        "  0    --check: everything is in order (warnings aside)\n"
+        "  64   usage error\n"
+        "  69   the shim library was not found\n"
+        "  77   locked-memory limit too low and policy.on_lock_failure is \"abort\"\n"
+        "  78   no config, or the config is invalid or unreadable\n"
+        "  126  PROGRAM cannot be preloaded (static, setuid/setgid, file capabilities, 32-bit)\n"
+        "       or is not executable\n"
+        "  127  PROGRAM not found\n",
+        kShimName, MEMLOCK_SHIM_LIBDIR, kShimName);
+}
+
+struct Options {
+    std::string config;
+    std::string shim;
+    bool check = false;
+    std::vector<std::string> argv;  // PROGRAM [ARGS...]
+};
+
+Options parse_args(int argc, char **argv) {
+    Options o;
+    int i = 1;
+    auto value = [&](const std::string &opt) -> std::string {
+        if (i + 1 >= argc) usage_error(opt + " needs a value");
+        return argv[++i];
+    };
+    for (; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--") {
+            ++i;
+            break;
+        }
+        if (a.empty() || a[0] != '-') break;
+        if (a == "--help" || a == "-h") {
+            usage();
+            std::exit(0);
+        } else if (a == "--version") {
+            std::printf("memlock-run %s\n", MEMLOCK_VERSION);
+            std::exit(0);
+        } else if (a == "--config") {
+            o.config = value(a);
+        } else if (a.rfind("--config=", 0) == 0) {
+            o.config = a.substr(9);
+        } else if (a == "--shim") {
+            o.shim = value(a);
+        } else if (a.rfind("--shim=", 0) == 0) {
+            o.shim = a.substr(7);
+        } else if (a == "--check") {
+            o.check = true;
+        } else if (a == "--quiet" || a == "-q") {
+            mltool::g_quiet = true;
+        } else {
+            usage_error("unknown option " + a);
+        }
+    }
+    for (; i < argc; ++i) o.argv.emplace_back(argv[i]);
+    if (o.argv.empty() && !o.check) usage_error("no program to run");
+    if (o.argv.size() > 1 && o.check) usage_error("--check takes at most the program, not its arguments");
+    return o;
+}
+
+std::string env(const char *name) {
+    const char *v = std::getenv(name);
+    return v ? v : "";
+}
+
+std::string dir_of(const std::string &path) {
+    const auto slash = path.rfind('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string absolute(const std::string &path) {
+    char buf[PATH_MAX];
+    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+bool is_regular(const std::string &path) {
+    struct stat st;
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// ---- ELF ------------------------------------------------------------------------------------
+
+struct Elf {
+    bool ok = false;           // an ELF64 file whose headers could be read
+    unsigned char elf_class = 0;
+    std::uint16_t type = 0;    // ET_EXEC, ET_DYN
+    std::uint16_t machine = 0;
+    bool has_interp = false;   // a PT_INTERP program header: started by the dynamic loader
+};
+
+// Reads the ELF header and program headers of `path`. Handles ELF64 little-endian only
+// (everything else is reported through elf_class / ok).
+Elf read_elf(const std::string &path) {
+    Elf e;
+    std::ifstream in(path, std::ios::binary);
+    Elf64_Ehdr h{};
+    if (!in.read(reinterpret_cast<char *>(&h), sizeof h) || std::memcmp(h.e_ident, ELFMAG, SELFMAG) != 0)
+        return e;
+    e.elf_class = h.e_ident[EI_CLASS];
+    if (e.elf_class != ELFCLASS64 || h.e_ident[EI_DATA] != ELFDATA2LSB || h.e_phentsize != sizeof(Elf64_Phdr))
+        return e;
+    e.type = h.e_type;
+    e.machine = h.e_machine;
+    in.seekg(static_cast<std::streamoff>(h.e_phoff));
+    for (unsigned i = 0; i < h.e_phnum; ++i) {
+        Elf64_Phdr ph{};
+        if (!in.read(reinterpret_cast<char *>(&ph), sizeof ph)) return e;
+        if (ph.p_type == PT_INTERP) e.has_interp = true;
+    }
+    e.ok = true;
+    return e;
+}
+
+// ---- the shim --------------------------------------------------------------------------------
+
+// --shim, $MEMLOCK_SHIM_LIB, ../lib next to this executable (installed), the same directory
+// (build tree), the configured LIBDIR. The result is absolute and is an ELF64 shared object.
+std::string locate_shim(const std::string &requested, Elf &elf) {
+    std::vector<std::string> candidates;
+    std::string source;
+    if (!requested.empty()) {
+        candidates = {requested};
+        source = "--shim";
+    } else if (!env("MEMLOCK_SHIM_LIB").empty()) {
+        candidates = {env("MEMLOCK_SHIM_LIB")};
+        source = "MEMLOCK_SHIM_LIB";
+    } else {
+        const std::string here = dir_of(absolute("/proc/self/exe"));
+        candidates = {here + "/../lib/" + kShimName, here + "/" + kShimName,
+                      std::string(MEMLOCK_SHIM_LIBDIR) + "/" + kShimName};
+    }
+    for (const auto &c : candidates) {
+        if (!is_regular(c)) continue;
+        const std::string path = absolute(c);
+        elf = read_elf(path);
+        if (!elf.ok || elf.type != ET_DYN)
+            die(kExitUnavailable, path + ": not a 64-bit shared library; point --shim or MEMLOCK_SHIM_LIB at " +
+                                      kShimName);
+        if (path.find_first_of(": ") != std::string::npos)
+            die(kExitUnavailable, path + ": LD_PRELOAD cannot name a path containing ':' or ' '; install the "
+                                         "shim elsewhere");
+        return path;
+    }
+    std::string tried;
+    for (const auto &c : candidates) tried += (tried.empty() ? "" : ", ") + c;
+    die(kExitUnavailable, "cannot find the shim library (" + (source.empty() ? "tried " : source + ": ") + tried +
+                              "); install it (make install) or pass --shim PATH");
+}
+
+// ---- the program -----------------------------------------------------------------------------
+
+// Finds argv[0] as execvp would: a name with '/' as given, others in $PATH.
+std::string find_program(const std::string &name) {
+    if (name.find('/') != std::string::npos) {
+        if (::access(name.c_str(), F_OK) != 0) die(kExitNotFound, name + ": " + std::strerror(errno));
+        return name;
+    }
+    std::string path = env("PATH");
+    if (path.empty()) path = "/usr/local/bin:/usr/bin:/bin";
+    std::string first_found;
+    std::size_t from = 0;
+    while (from <= path.size()) {
+        std::size_t to = path.find(':', from);
+        if (to == std::string::npos) to = path.size();
+        const std::string dir = to == from ? "." : path.substr(from, to - from);
+        const std::string cand = dir + "/" + name;
+        if (is_regular(cand)) {
+            if (::access(cand.c_str(), X_OK) == 0) return cand;
+            if (first_found.empty()) first_found = cand;
+        }
+        from = to + 1;
+    }
+    if (!first_found.empty()) return first_found;  // reported as not executable
+    die(kExitNotFound, name + ": command not found in PATH (" + path + ")");
+}
+
+// The executable the kernel will load for `path` (the interpreter, for a script), after
+// checking that the dynamic loader will honour LD_PRELOAD for it. Exits 126 otherwise.
+std::string check_preloadable(const std::string &path, const Elf &shim, int depth = 0) {
+    auto refuse = [&](const std::string &why) -> void {
+        die(kExitCannotRun, path + ": " + why);
+    };
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) die(kExitNotFound, path + ": " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) refuse("not a regular file");
+    if (::access(path.c_str(), X_OK) != 0) refuse("not executable (chmod +x, or check the mount's noexec)");
+    const char *secure = "; the dynamic loader ignores LD_PRELOAD for such programs, so it would run "
+                         "unprotected";
+    if (st.st_mode & S_ISUID) refuse(std::string("setuid") + secure);
+    if (st.st_mode & S_ISGID) refuse(std::string("setgid") + secure);
+    if (::getxattr(path.c_str(), "security.capability", nullptr, 0) > 0)
+        refuse(std::string("has file capabilities (see getcap)") + secure);
+
+    char head[256] = {};
+    std::ifstream in(path, std::ios::binary);
+    in.read(head, sizeof head - 1);
+    if (head[0] == '#' && head[1] == '!') {
+        // "#!interpreter [arg]": the interpreter is what loads the shim.
+        std::string line(head + 2, std::strcspn(head + 2, "\n"));
+        const auto b = line.find_first_not_of(" \t");
+        if (b == std::string::npos) refuse("script without an interpreter after #!");
+        const std::string interp = line.substr(b, line.find_first_of(" \t", b) - b);
+        if (depth >= 4) refuse("too many levels of script interpreters");
+        return check_preloadable(interp, shim, depth + 1);
+    }
+    const Elf e = read_elf(path);
+    if (e.elf_class == ELFCLASS32) refuse("a 32-bit program; the shim is 64-bit");
+    if (!e.ok) refuse("not an ELF executable or a #! script");
+    if (e.machine != shim.machine) refuse("built for another CPU architecture than the shim");
+    if (!e.has_interp)
+        refuse("statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, so it "
+               "would run unprotected");
+    return absolute(path);
+}
+
+// ---- limits ----------------------------------------------------------------------------------
+
+// Would the program hold CAP_IPC_LOCK after execve? (capabilities(7), "Transformation of
+// capabilities during execve"): a root process gets its bounding set, others only their
+// ambient set (file capabilities are refused above).
+bool program_gets_ipc_lock() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    const std::string want = ::geteuid() == 0 ? "CapBnd:" : "CapAmb:";
+    while (std::getline(in, line))
+        if (line.rfind(want, 0) == 0)
+            return (std::strtoull(line.c_str() + want.size(), nullptr, 16) >> 14) & 1;  // CAP_IPC_LOCK
+    return false;
+}
+
+std::string rlim_text(rlim_t v) { return v == RLIM_INFINITY ? "unlimited" : human_bytes(v); }
+
+const char *policy_name(mlshim::LockFailurePolicy p) {
+    switch (p) {
+    case mlshim::LockFailurePolicy::deny: return "deny";
+    case mlshim::LockFailurePolicy::abort: return "abort";
+    case mlshim::LockFailurePolicy::fallback: break;
+    }
+    return "fallback";
+}
+
+// Reports (to stdout under --check) what the config needs and what the program will have,
+// raises the soft limit when that helps, and applies the policy to a shortfall.
+void check_limits(const mlshim::Config &c, bool report) {
+    bool locks = false;
+    for (const auto &r : c.rules) locks |= (r.actions & mlshim::kActionLock) != 0;
+    const std::uint64_t need = c.policy.max_locked;
+    const char *policy = policy_name(c.policy.on_lock_failure);
+    if (report) {
+        if (locks)
+            std::printf("needs:   up to %s locked (policy.max_locked), %s locked at start-up (policy.prealloc), "
+                        "on_lock_failure %s\n",
+                        human_bytes(need).c_str(), human_bytes(c.policy.prealloc).c_str(), policy);
+        else
+            std::printf("needs:   no locked memory (no rule has the lock action)\n");
+    }
+
+    struct rlimit rl;
+    if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0) rl.rlim_cur = rl.rlim_max = 0;
+    const bool cap = program_gets_ipc_lock();
+    const rlim_t was = rl.rlim_cur;
+    if (locks && !cap && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+        if (::setrlimit(RLIMIT_MEMLOCK, &rl) != 0) rl.rlim_cur = was;
+    }
+    if (report) {
+        std::printf("has:     RLIMIT_MEMLOCK soft %s, hard %s; CAP_IPC_LOCK %s\n", rlim_text(rl.rlim_cur).c_str(),
+                    rlim_text(rl.rlim_max).c_str(), cap ? "yes" : "no");
+        if (rl.rlim_cur != was)
+            std::printf("raised:  soft RLIMIT_MEMLOCK from %s to %s (the program inherits it)\n",
+                        rlim_text(was).c_str(), rlim_text(rl.rlim_cur).c_str());
+    } else if (rl.rlim_cur != was) {
+        warn("raised the soft RLIMIT_MEMLOCK from " + rlim_text(was) + " to " + rlim_text(rl.rlim_cur));
+    }
+
+    const bool enough = !locks || cap || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need;
+    if (report) std::printf("limits:  %s\n", enough ? "sufficient" : "INSUFFICIENT");
+    if (enough) return;
+
+    const std::string n = std::to_string(need);
+    std::string msg = "the config may lock up to " + human_bytes(need) +
+                      " (policy.max_locked) but the program can lock only " + rlim_text(rl.rlim_cur) +
+                      " (RLIMIT_MEMLOCK soft " + rlim_text(rl.rlim_cur) + ", hard " + rlim_text(rl.rlim_max) +
+                      "; no CAP_IPC_LOCK)";
+    if (c.policy.prealloc > rl.rlim_cur)
+        msg += "\neven policy.prealloc (" + human_bytes(c.policy.prealloc) + ") is over the limit";
+    msg += "\nto fix, raise the memlock limit to at least " + n +
+           " bytes or grant CAP_IPC_LOCK (or lower policy.max_locked):"
+           "\n  docker run --ulimit memlock=" + n + ":" + n + " ...   or   docker run --cap-add IPC_LOCK ..."
+           "\n  systemd unit: LimitMEMLOCK=" + n + "   or   AmbientCapabilities=CAP_IPC_LOCK"
+           "\n  Kubernetes container: securityContext: {capabilities: {add: [\"IPC_LOCK\"]}}"
+           "\n  shell: ulimit -l " + std::to_string((need + 1023) / 1024) + " (KiB; up to the hard limit)";
+    switch (c.policy.on_lock_failure) {
+    case mlshim::LockFailurePolicy::abort:
+        die(kExitNoPerm, msg + "\npolicy.on_lock_failure is abort: refusing to start (exit 77)");
+    case mlshim::LockFailurePolicy::deny:
+        warn(msg + "\npolicy.on_lock_failure is deny: starting anyway; matching allocations "
+                   "beyond the limit will fail (ENOMEM)");
+        break;
+    case mlshim::LockFailurePolicy::fallback:
+        warn(msg + "\npolicy.on_lock_failure is fallback: starting anyway; memory beyond the "
+                   "limit is served unlocked (still excluded from core dumps and wiped)");
+        break;
+    }
+}
+
+// ---- environment -----------------------------------------------------------------------------
+
+// LD_PRELOAD with the shim first, keeping the other entries; any other copy of the shim is
+// dropped (two shims would both start up in one process).
+std::string preload_with(const std::string &shim, const std::string &old) {
+    std::string out = shim;
+    std::size_t from = 0;
+    while (from < old.size()) {
+        std::size_t to = old.find_first_of(": ", from);
+        if (to == std::string::npos) to = old.size();
+        const std::string entry = old.substr(from, to - from);
+        const std::string base = entry.substr(entry.rfind('/') == std::string::npos ? 0 : entry.rfind('/') + 1);
+        if (!entry.empty() && base != kShimName) out += ":" + entry;
+        from = to + 1;
+    }
+    return out;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    mltool::g_tool = "memlock-run";
+    const Options o = parse_args(argc, argv);
+
+    std::string config_path = o.config.empty() ? env("MEMLOCK_SHIM_CONFIG") : o.config;
+    if (config_path.empty())
+        die(mltool::kExitConfig, "no config: pass --config FILE or set MEMLOCK_SHIM_CONFIG");
+    config_path = absolute(config_path);
+    mlshim::Config config;
+    std::string error;
+    const bool valid = mlshim::load_config_file(config_path, config, error);
+    if (!valid) {
+        if (o.check || env("MEMLOCK_SHIM_ON_CONFIG_ERROR") != "run-unprotected")
+            die(mltool::kExitConfig, error + "\nfix the config (see docs/config.md); nothing was started");
+        warn(error + "\nMEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected: the program runs UNPROTECTED");
+    }
+    if (o.check)
+        std::printf("config:  %s: valid (%zu rule%s, programs: %s)\n", config_path.c_str(), config.rules.size(),
+                    config.rules.size() == 1 ? "" : "s",
+                    config.programs.empty() ? "any" : std::to_string(config.programs.size()).c_str());
+
+    Elf shim_elf;
+    const std::string shim = locate_shim(o.shim, shim_elf);
+    if (o.check) std::printf("shim:    %s\n", shim.c_str());
+
+    std::string program, loaded;
+    if (!o.argv.empty()) {
+        program = find_program(o.argv[0]);
+        loaded = check_preloadable(program, shim_elf);
+        if (valid && !mlshim::program_matches(config, loaded.c_str()))
+            warn("the config's programs list does not include " + loaded +
+                 ": the shim will pass every allocation through (unprotected)");
+        if (o.check) std::printf("program: %s: can be preloaded (loads %s)\n", program.c_str(), loaded.c_str());
+    }
+    if (valid) check_limits(config, o.check);
+    std::fflush(stdout);
+    if (o.check) return 0;
+
+    ::setenv("LD_PRELOAD", preload_with(shim, env("LD_PRELOAD")).c_str(), 1);
+    ::setenv("MEMLOCK_SHIM_CONFIG", config_path.c_str(), 1);
+    std::vector<char *> args;
+    for (const auto &a : o.argv) args.push_back(const_cast<char *>(a.c_str()));
+    args.push_back(nullptr);
+    ::execv(program.c_str(), args.data());
+    die(errno == ENOENT ? kExitNotFound : kExitCannotRun, program + ": cannot execute: " + std::strerror(errno));
+}
