@@ -23,8 +23,8 @@ CORE_INC := -Icore/include
 # The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
 # initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
-	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt
-SHIM_LDFLAGS := -shared -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects
+SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -151,10 +151,15 @@ test-shim: all progs $(B)/tests/test_shim
 demo: all
 	sh scripts/demo.sh $(B)
 
-bench: all progs
-	sh scripts/bench.sh $(B)
+$(B)/bench/%: bench/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
+
+bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets
+	python3 scripts/bench.py $(B)
 
 # ---- install ----------------------------------------------------------------------------
+# Configs already in SYSCONFDIR/memlock-shim are kept (an operator may have edited them).
 install: all
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
@@ -165,8 +170,15 @@ install: all
 	install -m 644 core/include/memlock.h core/include/memlock.hpp $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 $(B)/memlock.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
-	install -m 644 config/*.json $(DESTDIR)$(SYSCONFDIR)/memlock-shim/
-	install -m 644 README.md CHANGELOG.md LICENSE-APACHE LICENSE-MIT docs/*.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/
+	for f in config/*.json; do \
+	    [ -e $(DESTDIR)$(SYSCONFDIR)/memlock-shim/$${f#config/} ] || \
+	    install -m 644 $$f $(DESTDIR)$(SYSCONFDIR)/memlock-shim/ || exit 1; done
+	install -m 644 $(wildcard README.md CHANGELOG.md LICENSE-APACHE LICENSE-MIT) docs/*.md \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container
+	install -m 644 deploy/README.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/
+	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
+	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmemlock.a $(DESTDIR)$(LIBDIR)/libmemlock.so $(DESTDIR)$(LIBDIR)/libmemlock.so.0 \

@@ -121,10 +121,6 @@ void resolve_next() noexcept {
 
 // ---- reentrancy ----------------------------------------------------------------------------
 
-// Set while the shim itself runs (arena calls, logging): allocations made meanwhile, by
-// anything the shim calls, pass through to the next allocator and never re-enter the arena.
-thread_local bool t_busy __attribute__((tls_model("initial-exec"))) = false;
-
 class BusyScope {
 public:
     BusyScope() noexcept : was_(t_busy) { t_busy = true; }
@@ -135,22 +131,6 @@ public:
 private:
     bool was_;
 };
-
-// ---- rules ---------------------------------------------------------------------------------
-
-struct SizeRule {
-    std::size_t min, max;
-    unsigned pool;
-};
-constexpr unsigned kMaxRules = 256;
-SizeRule g_rules[kMaxRules];
-unsigned g_nrules = 0;
-
-int match_pool(std::size_t n) noexcept {
-    for (unsigned i = 0; i < g_nrules; ++i)
-        if (n >= g_rules[i].min && n <= g_rules[i].max) return static_cast<int>(g_rules[i].pool);
-    return -1;
-}
 
 // ---- state ---------------------------------------------------------------------------------
 
@@ -336,6 +316,10 @@ void write_stats_file() noexcept {
 
 }  // namespace
 
+SizeRule g_rules[kMaxRules];
+unsigned g_nrules = 0;
+thread_local bool t_busy __attribute__((tls_model("initial-exec"))) = false;
+
 NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_realloc,
                         boot_reallocarray, boot_posix_memalign, boot_aligned_alloc, boot_memalign,
                         boot_valloc,  boot_pvalloc,       boot_usable};
@@ -364,10 +348,8 @@ void runtime_fini() noexcept {
 
 // ---- slow paths ----------------------------------------------------------------------------
 
-int match(std::size_t n) noexcept { return t_busy ? -1 : match_pool(n); }
-
+// No BusyScope here: the arena never allocates, and reports through report(), which sets it.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
-    BusyScope busy;
     void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
     if (p && zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;

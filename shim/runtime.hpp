@@ -49,9 +49,27 @@ bool in_bootstrap(const void *p) noexcept;
 void runtime_init() noexcept;   // from the library constructor
 void runtime_fini() noexcept;   // from the library destructor
 
+// The size rules, in config order: the first that holds picks the pool.
+struct SizeRule {
+    std::size_t min, max;
+    unsigned pool;
+};
+constexpr unsigned kMaxRules = 256;
+extern SizeRule g_rules[kMaxRules];
+extern unsigned g_nrules;
+
+// Set while the shim itself runs (start-up, logging): allocations made meanwhile, by
+// anything the shim calls, pass through to the next allocator and never re-enter the arena.
+extern thread_local bool t_busy __attribute__((tls_model("initial-exec")));
+
 // The pool a candidate size goes to, or -1: pass it through (no rule matches, or the
 // shim itself is allocating).
-int match(std::size_t n) noexcept;
+inline int match(std::size_t n) noexcept {
+    if (t_busy) return -1;
+    for (unsigned i = 0; i < g_nrules; ++i)
+        if (n >= g_rules[i].min && n <= g_rules[i].max) return static_cast<int>(g_rules[i].pool);
+    return -1;
+}
 // A block from the arena. pre: pool from match(), align a power of two. nullptr with
 // errno = ENOMEM when the arena or the lock policy refuses. zero: the block is zero-filled.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept;

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""make bench: costs of the shim, side by side with baselines measured in the same run.
+
+Prints ratios; asserts nothing (these machines are noisy: each figure is the best of
+several runs). usage: scripts/bench.py BUILD_DIR
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIM = os.path.join(BUILD, "libmemlock_shim.so")
+PAIRS = os.path.join(BUILD, "bench", "alloc_pairs")
+LIVE = os.path.join(BUILD, "bench", "live_secrets")
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+ITER = int(os.environ.get("BENCH_ITERATIONS", "10000000"))
+
+work = tempfile.mkdtemp(prefix="memlock-bench.")
+
+
+def config(name, rules, **extra):
+    path = os.path.join(work, name + ".json")
+    body = {"version": 1, "rules": rules}
+    body.update(extra)
+    with open(path, "w") as f:
+        json.dump(body, f)
+    return path
+
+
+NONE = config("none", [{"name": "never-in-this-benchmark", "size": 1000003}])
+SMALL = config("small", [{"name": "keys", "size": 32}, {"name": "pages", "size": 4096}])
+ALL = config("all", [{"name": "everything", "min_size": 0}])
+TYPICAL = config("typical", [{"name": "keys", "size": 32}, {"name": "keys64", "size": 64}])
+
+
+def env_for(cfg):
+    env = dict(os.environ)
+    if cfg:
+        env["LD_PRELOAD"] = SHIM
+        env["MEMLOCK_SHIM_CONFIG"] = cfg
+    return env
+
+
+def best(argv, cfg, runs=RUNS):
+    """Best (lowest) figure a benchmark program prints over `runs` runs."""
+    out = []
+    for _ in range(runs):
+        r = subprocess.run(argv, env=env_for(cfg), capture_output=True, text=True, check=True)
+        out.append(float(r.stdout.split()[0]))
+    return min(out)
+
+
+def pairs(size, threads, cfg, extra=(), iterations=ITER):
+    return best([PAIRS, str(size), str(iterations), str(threads), *extra], cfg)
+
+
+def row(label, value, base, unit="ns/pair"):
+    print(f"  {label:<46} {value:10.2f} {unit:<8} {value / base:7.2f}x  (+{value - base:.2f})")
+
+
+print(f"== allocate + write + free, per pair (best of {RUNS} runs, {ITER} pairs each)")
+g32 = pairs(32, 1, None)
+row("glibc malloc+free, 32 B (baseline)", g32, g32)
+row("shim, no matching rule, 32 B", pairs(32, 1, NONE), g32)
+row("shim, matching rule, 32 B", pairs(32, 1, SMALL), g32)
+g4k = pairs(4096, 1, None)
+row("glibc malloc+free, 4 KiB (baseline)", g4k, g4k)
+row("shim, matching rule, 4 KiB", pairs(4096, 1, SMALL), g4k)
+naive = pairs(32, 1, None, ["naive"], iterations=max(ITER // 200, 1000))
+row("naive per-allocation mlock/madvise, 32 B", naive, g32)
+print("== the same on 2 threads (wall time per pair and thread)")
+g2 = pairs(32, 2, None)
+row("glibc, 32 B, 2 threads (baseline)", g2, g2)
+row("shim, no matching rule, 32 B, 2 threads", pairs(32, 2, NONE), g2)
+row("shim, matching rule, 32 B, 2 threads", pairs(32, 2, SMALL), g2)
+
+print("== locked memory for 10,000 more live 32-byte secrets")
+asked, locked = (int(x) for x in subprocess.run(
+    [LIVE, "10000", "32"], env=env_for(SMALL), capture_output=True, text=True, check=True).stdout.split())
+print(f"  {asked} bytes asked, VmLck grew by {locked} bytes: {locked / asked:.2f}x "
+      f"(a page per secret would be {10000 * 4096 / asked:.0f}x)")
+
+
+def wall(argv, cfg, runs=RUNS, stdin=None):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(argv, env=env_for(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       stdin=stdin, check=True)
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+print(f"== real programs, wall time (best of {RUNS} runs) with the shim over without")
+sort_input = os.path.join(work, "lines.txt")
+with open(sort_input, "w") as f:
+    for i in range(400000):
+        f.write(f"{(i * 7919) % 1000003:07d} line {i}\n")
+py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+programs = [
+    ("python3 (json, sort, dict)", [py, "-c",
+        "import json; d=[{'k': str(i), 'v': list(range(i % 20))} for i in range(150000)];"
+        "s=json.dumps(d); json.loads(s); sorted(str(i * 7919 % 100003) for i in range(300000))"]),
+    ("sort (400k lines)", ["sort", sort_input]),
+    ("openssl genpkey RSA-2048 x1", ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+    ("perl (hash of 300k keys)", ["perl", "-e", "my %h; $h{$_ * 7919 % 1000003} = $_ for 1..300000; print scalar(keys %h)"]),
+]
+for label, argv in programs:
+    base = wall(argv, None)
+    print(f"  {label}: without {base:.3f}s; "
+          f"match-none {wall(argv, NONE) / base:.3f}x; typical size rule {wall(argv, TYPICAL) / base:.3f}x; "
+          f"match-all {wall(argv, ALL) / base:.3f}x")
