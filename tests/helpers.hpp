@@ -12,6 +12,8 @@
 //   with_memlock_limit(...)    argv that runs a command without CAP_IPC_LOCK under a low
 //                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
 //   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences
+//   shim_build_dir / shim_program / shim_env / start_program_into (LiveProgram) / split_lines /
+//   line_value / json_uint   end-to-end runs of the built shim (see that section)
 #ifndef MEMLOCK_TESTS_HELPERS_HPP
 #define MEMLOCK_TESTS_HELPERS_HPP
 
@@ -424,6 +426,242 @@ inline std::vector<std::string> with_memlock_limit(std::size_t memlock_bytes,
 inline bool have_program(const std::string &name) {
     return detail::resolve_in_path(name).find('/') != std::string::npos &&
            ::access(detail::resolve_in_path(name).c_str(), X_OK) == 0;
+}
+
+// ---- end-to-end runs of the built shim ------------------------------------------------------
+//
+//   shim_build_dir()           $MEMLOCK_TEST_BUILD, else "build" under the working directory
+//   shim_library() / shim_program(name)   build/libmemlock_shim.so, build/progs/NAME
+//   shim_env(config)           LD_PRELOAD + MEMLOCK_SHIM_CONFIG for RunOptions::env
+//   start_program(opts)        a child that keeps running while the test inspects it
+//   split_lines / line_value / json_uint   reading what children print
+
+// Absolute build directory of the project (where libmemlock_shim.so and progs/ live).
+inline std::string shim_build_dir() {
+    const char *env = std::getenv("MEMLOCK_TEST_BUILD");
+    std::error_code ec;
+    std::filesystem::path p = env && *env ? std::filesystem::path(env) : std::filesystem::current_path(ec) / "build";
+    auto abs = std::filesystem::absolute(p, ec);
+    return ec ? p.string() : abs.lexically_normal().string();
+}
+inline std::string shim_library() { return shim_build_dir() + "/libmemlock_shim.so"; }
+inline std::string shim_program(const std::string &name) { return shim_build_dir() + "/progs/" + name; }
+
+// Environment that preloads the shim with a config file ("" = MEMLOCK_SHIM_CONFIG unset:
+// the caller must also list it in RunOptions::unset_env).
+inline std::vector<std::pair<std::string, std::string>> shim_env(const std::string &config) {
+    std::vector<std::pair<std::string, std::string>> env{{"LD_PRELOAD", shim_library()}};
+    if (!config.empty()) env.emplace_back("MEMLOCK_SHIM_CONFIG", config);
+    return env;
+}
+
+// Lines of text without their '\n' (a last line without '\n' counts too).
+inline std::vector<std::string> split_lines(const std::string &text) {
+    std::vector<std::string> lines;
+    std::size_t at = 0;
+    while (at < text.size()) {
+        const auto nl = text.find('\n', at);
+        if (nl == std::string::npos) {
+            lines.push_back(text.substr(at));
+            break;
+        }
+        lines.push_back(text.substr(at, nl - at));
+        at = nl + 1;
+    }
+    return lines;
+}
+
+// The rest of the first line that starts with "key " ("pid 123" -> "123"); nullopt if none.
+inline std::optional<std::string> line_value(const std::string &text, const std::string &key) {
+    for (const auto &l : split_lines(text))
+        if (l.size() > key.size() && l.compare(0, key.size(), key) == 0 && l[key.size()] == ' ')
+            return l.substr(key.size() + 1);
+    return std::nullopt;
+}
+
+// Every value of lines "key VALUE..." (first word after the key), in order.
+inline std::vector<std::string> line_values(const std::string &text, const std::string &key) {
+    std::vector<std::string> out;
+    for (const auto &l : split_lines(text))
+        if (l.size() > key.size() && l.compare(0, key.size(), key) == 0 && l[key.size()] == ' ') {
+            std::istringstream in(l.substr(key.size() + 1));
+            std::string word;
+            in >> word;
+            out.push_back(word);
+        }
+    return out;
+}
+
+// "0x7f..." (as printf %p writes it) -> pointer value; nullptr if it does not parse.
+inline const void *parse_pointer(const std::string &s) {
+    char *end = nullptr;
+    const unsigned long long v = std::strtoull(s.c_str(), &end, 16);
+    return end && *end == '\0' && !s.empty() ? reinterpret_cast<const void *>(static_cast<std::uintptr_t>(v))
+                                             : nullptr;
+}
+
+// An unsigned integer member of a flat JSON object ({"key": 123, ...}); nullopt if absent.
+inline std::optional<unsigned long long> json_uint(const std::string &json, const std::string &key) {
+    const std::string quoted = "\"" + key + "\"";
+    auto at = json.find(quoted);
+    if (at == std::string::npos) return std::nullopt;
+    at = json.find(':', at + quoted.size());
+    if (at == std::string::npos) return std::nullopt;
+    ++at;
+    while (at < json.size() && json[at] == ' ') ++at;
+    if (at >= json.size() || json[at] < '0' || json[at] > '9') return std::nullopt;
+    return std::strtoull(json.c_str() + at, nullptr, 10);
+}
+
+// A child started by start_program: stdin, stdout and stderr are pipes held by the test, so
+// the test can wait for a line, inspect /proc/PID, then let the child finish.
+class LiveProgram {
+public:
+    LiveProgram() = default;
+    LiveProgram(const LiveProgram &) = delete;
+    LiveProgram &operator=(const LiveProgram &) = delete;
+    ~LiveProgram() {
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            int st;
+            while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+            }
+        }
+        for (int fd : {in_, out_, err_})
+            if (fd >= 0) ::close(fd);
+    }
+
+    bool started() const { return pid_ > 0; }
+    pid_t pid() const { return pid_; }
+    const std::string &out() const { return out_text_; }
+    const std::string &err() const { return err_text_; }
+
+    // Reads the child's output until stdout holds a line equal to `line`. False on EOF of
+    // stdout or after timeout_ms (a hang guard, not a measurement).
+    bool wait_for_line(const std::string &line, int timeout_ms = 60000) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            for (const auto &l : split_lines(out_text_))
+                if (l == line && out_text_.find(line + "\n") != std::string::npos) return true;
+            if (out_ < 0) return false;
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) return false;
+            pump(static_cast<int>(left.count()));
+        }
+    }
+
+    // Closes the child's stdin, reads its remaining output and waits for it.
+    RunResult finish(int timeout_ms = 60000) {
+        RunResult r;
+        if (pid_ <= 0) return r;
+        if (in_ >= 0) {
+            ::close(in_);
+            in_ = -1;
+        }
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        while (out_ >= 0 || err_ >= 0) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                ::kill(pid_, SIGKILL);
+                r.timed_out = true;
+                break;
+            }
+            pump(static_cast<int>(left.count()));
+        }
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        reaped_ = true;
+        r.started = true;
+        if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) {
+            r.term_signal = WTERMSIG(status);
+            r.core_dumped = WCOREDUMP(status);
+        }
+        r.out = out_text_;
+        r.err = err_text_;
+        return r;
+    }
+
+private:
+    friend LiveProgram *start_program_into(LiveProgram &, const RunOptions &);
+
+    // One poll round over stdout and stderr.
+    void pump(int wait_ms) {
+        struct pollfd fds[2] = {{out_, POLLIN, 0}, {err_, POLLIN, 0}};
+        const int n = ::poll(fds, 2, wait_ms);
+        if (n <= 0) return;
+        char buf[65536];
+        int *own[2] = {&out_, &err_};
+        std::string *sink[2] = {&out_text_, &err_text_};
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+            const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
+            if (got > 0) {
+                sink[i]->append(buf, static_cast<std::size_t>(got));
+            } else if (got == 0 || errno != EINTR) {
+                ::close(*own[i]);
+                *own[i] = -1;
+            }
+        }
+    }
+
+    pid_t pid_ = -1;
+    bool reaped_ = false;
+    int in_ = -1, out_ = -1, err_ = -1;
+    std::string out_text_, err_text_;
+};
+
+// Starts opts.argv (same environment rules as run_program; stdin_data and timeout_ms are not
+// used) into `child`. Returns &child, or nullptr if the child could not be started.
+inline LiveProgram *start_program_into(LiveProgram &child, const RunOptions &opts) {
+    if (opts.argv.empty()) return nullptr;
+    const std::string exe = detail::resolve_in_path(opts.argv[0]);
+    std::vector<char *> argv;
+    for (const auto &a : opts.argv) argv.push_back(const_cast<char *>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<std::string> env_store;
+    auto overridden = [&](const std::string &entry) {
+        const std::string key = entry.substr(0, entry.find('='));
+        for (const auto &kv : opts.env)
+            if (kv.first == key) return true;
+        for (const auto &u : opts.unset_env)
+            if (u == key) return true;
+        return false;
+    };
+    if (opts.inherit_env)
+        for (char **e = environ; e && *e; ++e)
+            if (!overridden(*e)) env_store.emplace_back(*e);
+    for (const auto &kv : opts.env) env_store.push_back(kv.first + "=" + kv.second);
+    std::vector<char *> envp;
+    for (auto &s : env_store) envp.push_back(&s[0]);
+    envp.push_back(nullptr);
+
+    int in_p[2], out_p[2], err_p[2];
+    if (::pipe2(in_p, O_CLOEXEC) || ::pipe2(out_p, O_CLOEXEC) || ::pipe2(err_p, O_CLOEXEC)) return nullptr;
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    if (pid < 0) return nullptr;
+    if (pid == 0) {
+        ::dup2(in_p[0], 0);
+        ::dup2(out_p[1], 1);
+        ::dup2(err_p[1], 2);
+        ::signal(SIGPIPE, SIG_DFL);
+        if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) ::_exit(126);
+        if (opts.setup && !opts.setup()) ::_exit(126);
+        ::execve(exe.c_str(), argv.data(), envp.data());
+        ::_exit(127);
+    }
+    ::close(in_p[0]);
+    ::close(out_p[1]);
+    ::close(err_p[1]);
+    child.pid_ = pid;
+    child.in_ = in_p[1];
+    child.out_ = out_p[0];
+    child.err_ = err_p[0];
+    return &child;
 }
 
 }  // namespace memlock_test

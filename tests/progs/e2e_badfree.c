@@ -1,0 +1,34 @@
+/* e2e_badfree.c - frees an arena block wrongly; the shim must abort.
+ *
+ *   e2e_badfree double    malloc(32), free, free again
+ *   e2e_badfree interior  malloc(1000), free(p + 16)
+ *
+ * Expects rules {size 32} and {min 512..2048}. Prints "block ADDR" (the pointer passed to the
+ * bad free) before the bad free. Exits 0 only if the bad free returned (a shim bug).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IONBF, 0);
+    if (argc != 2) return 2;
+    if (strcmp(argv[1], "double") == 0) {
+        char *p = malloc(32);
+        if (!p) return 2;
+        memset(p, 7, 32);
+        free(p);
+        printf("block %p\n", (void *)p);
+        free(p);
+    } else if (strcmp(argv[1], "interior") == 0) {
+        char *p = malloc(1000);
+        if (!p) return 2;
+        memset(p, 7, 1000);
+        printf("block %p\n", (void *)(p + 16));
+        free(p + 16);
+    } else {
+        return 2;
+    }
+    printf("returned\n");
+    return 0;
+}
