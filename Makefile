@@ -160,7 +160,7 @@ bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets
 
 # ---- install ----------------------------------------------------------------------------
 # Configs already in SYSCONFDIR/memlock-shim are kept (an operator may have edited them).
-install: all
+install: core shim tools
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
 	    $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
 	install -m 644 $(B)/libmemlock.a $(DESTDIR)$(LIBDIR)/

@@ -1,6 +1,5 @@
 // tools_hold: allocates blocks the test configs match (32 bytes and 1 KiB), writes to them,
-// prints "ready <pid>" and waits to be killed. memlock-inspect tests inspect it while it waits.
-#include <signal.h>
+// prints "ready" and waits for its stdin to close. memlock-inspect tests inspect it meanwhile.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,11 +9,15 @@ static void *volatile g_blocks[512];
 
 int main(void) {
     for (int i = 0; i < 512; ++i) {
-        g_blocks[i] = malloc(i % 2 ? 32 : 1024);
+        const size_t n = i % 2 ? 32 : 1024;
+        g_blocks[i] = malloc(n);
         if (!g_blocks[i]) return 1;
-        memset(g_blocks[i], 0x5a, i % 2 ? 32 : 1024);
+        memset(g_blocks[i], 0x5a, n);
     }
-    printf("ready %d\n", (int)getpid());
+    printf("ready\n");
     fflush(stdout);
-    for (;;) pause();
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {
+    }
+    return 0;
 }

@@ -1,0 +1,498 @@
+// The operators' tools, run for real: memlock-run (config, limits, programs it must refuse,
+// exec in place), memlock-inspect (on live shimmed processes, checked against smaps) and
+// `make install` into a temporary DESTDIR.
+#include <criterion/criterion.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <climits>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "helpers.hpp"
+
+using namespace memlock_test;
+
+// Compares whole texts and shows both on failure.
+#define assert_text(actual, expected)                                                              \
+    do {                                                                                           \
+        const std::string got_ = (actual), want_ = (expected);                                     \
+        cr_assert(got_ == want_, "got:\n%s\nexpected:\n%s", got_.c_str(), want_.c_str());         \
+    } while (0)
+
+namespace {
+
+std::string tool(const std::string &name) { return shim_build_dir() + "/" + name; }
+std::string source_dir() { return shim_build_dir() + "/.."; }
+std::string config(const std::string &name) { return source_dir() + "/config/" + name; }
+
+std::string real(const std::string &path) {
+    char buf[PATH_MAX];
+    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+// The tools' environment: nothing inherited that would choose the shim or config for them.
+RunOptions tool_opts(std::vector<std::string> argv) {
+    RunOptions o;
+    o.argv = std::move(argv);
+    o.unset_env = {"MEMLOCK_SHIM_LIB", "MEMLOCK_SHIM_CONFIG", "LD_PRELOAD", "MEMLOCK_SHIM_ON_CONFIG_ERROR",
+                   "MAKEFLAGS", "MFLAGS", "MAKELEVEL"};
+    return o;
+}
+
+RunResult run(std::vector<std::string> argv) { return run_program(tool_opts(std::move(argv))); }
+
+// memlock-run --config CONFIG [extra...] -- PROGRAM...
+std::vector<std::string> wrap(const std::string &cfg, std::vector<std::string> program,
+                              std::vector<std::string> extra = {}) {
+    std::vector<std::string> argv{tool("memlock-run"), "--config", cfg};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    argv.push_back("--");
+    argv.insert(argv.end(), program.begin(), program.end());
+    return argv;
+}
+
+bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
+
+std::string version() {
+    auto v = read_file(source_dir() + "/VERSION");
+    return v ? v->substr(0, v->find('\n')) : "?";
+}
+
+// A copy of config/default.json with another on_lock_failure (and max_locked).
+std::string policy_config(const TempDir &dir, const std::string &policy, const std::string &max_locked = "64MiB") {
+    const std::string path = dir.file(policy + ".json");
+    write_file(path, "{\"version\": 1, \"rules\": [{\"name\": \"keys\", \"size\": 32}, {\"name\": \"pages\", "
+                     "\"size\": 1024}], \"policy\": {\"max_locked\": \"" + max_locked +
+                         "\", \"on_lock_failure\": \"" + policy + "\"}}");
+    return path;
+}
+
+}  // namespace
+
+TestSuite(tools, .timeout = 120);
+
+// ---- memlock-run: options ------------------------------------------------------------------
+
+Test(tools, run_version_and_help) {
+    auto r = run({tool("memlock-run"), "--version"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.out, "memlock-run " + version() + "\n");
+    r = run({tool("memlock-run"), "--help"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    for (const char *part : {"Usage: memlock-run", "--check", "64   usage error", "77   locked-memory limit",
+                             "78   no config", "126  PROGRAM cannot be preloaded", "127  PROGRAM not found"})
+        cr_assert(contains(r.out, part), "--help lacks \"%s\":\n%s", part, r.out.c_str());
+}
+
+Test(tools, run_usage_errors_exit_64) {
+    auto r = run({tool("memlock-run"), "--config", config("default.json")});
+    cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: no program to run (see memlock-run --help)\n");
+    r = run({tool("memlock-run"), "--frobnicate", "true"});
+    cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: unknown option --frobnicate (see memlock-run --help)\n");
+    r = run({tool("memlock-run"), "--config"});
+    cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+}
+
+// ---- memlock-run: configs --------------------------------------------------------------------
+
+Test(tools, run_invalid_config_gives_the_parsers_message_and_exit_78) {
+    TempDir dir;
+    const std::string bad = real(dir.path()) + "/bad.json";
+    write_file(bad, "{\"version\": 1, \"rules\": [{\"name\": \"k\", \"sise\": 32}]}");
+    // The message is the shared parser's own.
+    mlshim::Config c;
+    std::string error;
+    cr_assert(!mlshim::load_config_file(bad, c, error));
+    assert_text(error, bad + ": rules[0]: unknown key \"sise\"");
+
+    for (bool check : {false, true}) {
+        auto argv = check ? std::vector<std::string>{tool("memlock-run"), "--config", bad, "--check"}
+                          : wrap(bad, {shim_program("tools_pid")});
+        auto r = run(argv);
+        cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+        assert_text(r.err, "memlock-run: " + error +
+                               "\nmemlock-run: fix the config (see docs/config.md); nothing was started\n");
+        cr_assert(!contains(r.out, "pid="), "the program ran: %s", r.out.c_str());
+    }
+}
+
+Test(tools, run_syntax_error_and_missing_config) {
+    TempDir dir;
+    const std::string bad = real(dir.path()) + "/syntax.json";
+    write_file(bad, "{\"version\": 1,\n \"rules\": [}\n");
+    auto r = run(wrap(bad, {"true"}));
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-run: " + bad + ":2:"), "%s", r.err.c_str());
+
+    const std::string missing = real(dir.path()) + "/missing.json";
+    r = run(wrap(missing, {"true"}));
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-run: " + missing + ": No such file or directory\n"), "%s", r.err.c_str());
+}
+
+Test(tools, run_without_config_exits_78_and_takes_it_from_the_environment) {
+    auto r = run({tool("memlock-run"), "--", shim_program("tools_pid")});
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: no config: pass --config FILE or set MEMLOCK_SHIM_CONFIG\n");
+
+    auto o = tool_opts({tool("memlock-run"), "--check"});
+    o.env = {{"MEMLOCK_SHIM_CONFIG", config("size-only.json")}};
+    r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "config:  " + real(config("size-only.json")) + ": valid (2 rules, programs: any)\n"),
+              "%s", r.out.c_str());
+}
+
+Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
+    auto r = run({tool("memlock-run"), "--config", config("default.json"), "--check", "--",
+                  shim_program("tools_pid")});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    struct rlimit rl;
+    ::getrlimit(RLIMIT_MEMLOCK, &rl);
+    const std::string expected =
+        "config:  " + real(config("default.json")) + ": valid (2 rules, programs: any)\n" +
+        "shim:    " + real(tool("libmemlock_shim.so")) + "\n" +
+        "program: " + shim_program("tools_pid") + ": can be preloaded (loads " + real(shim_program("tools_pid")) +
+        ")\n" +
+        "needs:   up to 64 MiB locked (policy.max_locked), 0 B locked at start-up (policy.prealloc), "
+        "on_lock_failure fallback\n";
+    cr_assert(r.out.rfind(expected, 0) == 0, "got:\n%s\nexpected to start with:\n%s", r.out.c_str(),
+              expected.c_str());
+    cr_assert(contains(r.out, "; CAP_IPC_LOCK yes\nlimits:  sufficient\n"), "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "pid="), "--check ran the program");
+    assert_text(r.err, "");
+}
+
+// ---- memlock-run: limits and CAP_IPC_LOCK ----------------------------------------------------
+
+Test(tools, run_low_limit_without_cap_says_what_to_change_and_follows_fallback) {
+    TempDir dir;
+    auto r = run(with_memlock_limit(65536, wrap(policy_config(dir, "fallback"), {shim_program("tools_pid")})));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "shim=" + real(tool("libmemlock_shim.so"))), "%s", r.describe().c_str());
+    for (const char *part :
+         {"memlock-run: the config may lock up to 64 MiB (policy.max_locked) but the program can lock only 64 KiB "
+          "(RLIMIT_MEMLOCK soft 64 KiB, hard 64 KiB; no CAP_IPC_LOCK)\n",
+          "memlock-run:   docker run --ulimit memlock=67108864:67108864 ...   or   docker run --cap-add IPC_LOCK "
+          "...\n",
+          "memlock-run:   systemd unit: LimitMEMLOCK=67108864   or   AmbientCapabilities=CAP_IPC_LOCK\n",
+          "memlock-run:   Kubernetes container: securityContext: {capabilities: {add: [\"IPC_LOCK\"]}}\n",
+          "memlock-run: policy.on_lock_failure is fallback: starting anyway"})
+        cr_assert(contains(r.err, part), "stderr lacks \"%s\":\n%s", part, r.err.c_str());
+
+    // --quiet keeps the warnings out.
+    r = run(with_memlock_limit(65536, wrap(policy_config(dir, "fallback"), {shim_program("tools_pid")}, {"--quiet"})));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(!contains(r.err, "memlock-run:"), "%s", r.err.c_str());
+}
+
+Test(tools, run_low_limit_check_output) {
+    TempDir dir;
+    auto r = run(with_memlock_limit(65536, {tool("memlock-run"), "--config", policy_config(dir, "fallback"), "--check"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "has:     RLIMIT_MEMLOCK soft 64 KiB, hard 64 KiB; CAP_IPC_LOCK no\n"
+                              "limits:  INSUFFICIENT\n"),
+              "%s", r.out.c_str());
+}
+
+Test(tools, run_low_limit_under_deny_runs_and_under_abort_refuses_with_77) {
+    TempDir dir;
+    auto r = run(with_memlock_limit(65536, wrap(policy_config(dir, "deny"), {shim_program("tools_pid")})));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "pid="), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-run: policy.on_lock_failure is deny: starting anyway; matching allocations "
+                              "beyond the limit will fail (ENOMEM)\n"),
+              "%s", r.err.c_str());
+
+    r = run(with_memlock_limit(65536, wrap(policy_config(dir, "abort"), {shim_program("tools_pid")})));
+    cr_assert(r.exited_with(77), "%s", r.describe().c_str());
+    assert_text(r.out, "");
+    const std::string last = "memlock-run: policy.on_lock_failure is abort: refusing to start (exit 77)\n";
+    cr_assert(r.err.size() > last.size() && r.err.compare(r.err.size() - last.size(), last.size(), last) == 0, "%s",
+              r.err.c_str());
+}
+
+Test(tools, run_raises_the_soft_limit_toward_the_hard_one) {
+    struct rlimit rl;
+    ::getrlimit(RLIMIT_MEMLOCK, &rl);
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < (2u << 20)) cr_skip_test("hard RLIMIT_MEMLOCK below 2 MiB");
+    TempDir dir;
+    const std::string cfg = policy_config(dir, "abort", "1MiB");
+    const std::string limit = "--memlock=65536:" + std::to_string(2u << 20);
+    auto argv = with_memlock_limit(65536, {tool("memlock-run"), "--config", cfg, "--check"});
+    argv[1] = limit;
+    auto r = run(argv);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "has:     RLIMIT_MEMLOCK soft 1 MiB, hard 2 MiB; CAP_IPC_LOCK no\n"
+                              "raised:  soft RLIMIT_MEMLOCK from 64 KiB to 1 MiB (the program inherits it)\n"
+                              "limits:  sufficient\n"),
+              "%s", r.out.c_str());
+
+    // The program inherits the raised limit (sh prints it in KiB).
+    argv = with_memlock_limit(65536, wrap(cfg, {"/bin/sh", "-c", "ulimit -l"}));
+    argv[1] = limit;
+    r = run(argv);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.out, "1024\n");
+    assert_text(r.err, "memlock-run: raised the soft RLIMIT_MEMLOCK from 64 KiB to 1 MiB\n");
+}
+
+// ---- memlock-run: programs a preload cannot reach --------------------------------------------
+
+Test(tools, run_refuses_a_static_program_with_126) {
+    const std::string prog = shim_program("tools_static");
+    auto r = run(wrap(config("default.json"), {prog}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + prog +
+                           ": statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, "
+                           "so it would run unprotected\n");
+    assert_text(r.out, "");
+}
+
+Test(tools, run_refuses_setuid_setgid_and_file_capabilities_with_126) {
+    TempDir dir;
+    const std::string copy = dir.file("tools_pid");
+    auto bytes = read_file(shim_program("tools_pid"));
+    cr_assert(bytes && write_file(copy, *bytes, 0755));
+    const std::string tail = "; the dynamic loader ignores LD_PRELOAD for such programs, so it would run unprotected\n";
+
+    cr_assert(::chmod(copy.c_str(), 04755) == 0);
+    auto r = run(wrap(config("default.json"), {copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": setuid" + tail);
+
+    cr_assert(::chmod(copy.c_str(), 02755) == 0);
+    r = run(wrap(config("default.json"), {copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": setgid" + tail);
+
+    cr_assert(::chmod(copy.c_str(), 0755) == 0);
+    if (!have_program("setcap")) return;
+    cr_assert(run({"setcap", "cap_net_raw+ep", copy}).exited_with(0));
+    r = run(wrap(config("default.json"), {copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": has file capabilities (see getcap)" + tail);
+}
+
+Test(tools, run_missing_and_not_executable_programs) {
+    auto r = run(wrap(config("default.json"), {"/nonexistent/program"}));
+    cr_assert(r.exited_with(127), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: /nonexistent/program: No such file or directory\n");
+
+    auto o = tool_opts(wrap(config("default.json"), {"no-such-program-here"}));
+    o.env = {{"PATH", "/usr/bin:/bin"}};
+    r = run_program(o);
+    cr_assert(r.exited_with(127), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: no-such-program-here: command not found in PATH (/usr/bin:/bin)\n");
+
+    TempDir dir;
+    const std::string plain = dir.file("plain");
+    write_file(plain, "#!/bin/sh\necho hi\n", 0644);
+    r = run(wrap(config("default.json"), {plain}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + plain + ": not executable (chmod +x, or check the mount's noexec)\n");
+}
+
+Test(tools, run_checks_a_scripts_interpreter) {
+    TempDir dir;
+    const std::string ok = dir.file("ok.sh");
+    write_file(ok, "#!/bin/sh\necho \"script $LD_PRELOAD\"\n", 0755);
+    auto r = run(wrap(config("default.json"), {ok}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.out, "script " + real(tool("libmemlock_shim.so")) + "\n");
+
+    const std::string bad = dir.file("static-interp");
+    write_file(bad, "#!" + shim_program("tools_static") + " -x\n", 0755);
+    r = run(wrap(config("default.json"), {bad}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-run: " + shim_program("tools_static") + ": statically linked"), "%s",
+              r.err.c_str());
+}
+
+// ---- memlock-run: the exec -------------------------------------------------------------------
+
+Test(tools, run_keeps_the_pid_and_loads_the_shim) {
+    LiveProgram child;
+    cr_assert(start_program_into(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_pid")}))));
+    const RunResult r = child.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.out, "pid=" + std::to_string(child.pid()) + "\nshim=" + real(tool("libmemlock_shim.so")) + "\n");
+}
+
+Test(tools, run_prepends_the_shim_to_ld_preload_and_sets_an_absolute_config) {
+    auto o = tool_opts({tool("memlock-run"), "--config", "config/size-only.json", "--", "/bin/sh", "-c",
+                        "echo \"$LD_PRELOAD\"; echo \"$MEMLOCK_SHIM_CONFIG\""});
+    o.cwd = source_dir();
+    // An older copy of the shim is dropped; other preloads are kept (this one does not exist:
+    // the loader warns and goes on).
+    o.env = {{"LD_PRELOAD", "/old/lib/libmemlock_shim.so /nonexistent/libkeep.so"}};
+    auto r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.out,
+                real(tool("libmemlock_shim.so")) + ":/nonexistent/libkeep.so\n" + real(config("size-only.json")) + "\n");
+}
+
+Test(tools, run_shim_option_and_missing_shim) {
+    auto r = run({tool("memlock-run"), "--config", config("default.json"), "--shim", "/nonexistent/libmemlock_shim.so",
+                  "--", "true"});
+    cr_assert(r.exited_with(69), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: cannot find the shim library (--shim: /nonexistent/libmemlock_shim.so); "
+                       "install it (make install) or pass --shim PATH\n");
+    r = run({tool("memlock-run"), "--config", config("default.json"), "--shim", "/etc/passwd", "--", "true"});
+    cr_assert(r.exited_with(69), "%s", r.describe().c_str());
+}
+
+// ---- memlock-inspect ---------------------------------------------------------------------------
+
+namespace {
+
+// Sums over the arena as smaps shows it: anonymous mappings with VmFlags dd.
+struct SmapsArena {
+    std::size_t regions = 0, locked_kb = 0, unlocked_rss_kb = 0;
+};
+SmapsArena smaps_arena(pid_t pid) {
+    SmapsArena a;
+    for (const auto &m : read_smaps(pid)) {
+        if (!m.path.empty() || !m.has_flag("dd")) continue;
+        ++a.regions;
+        a.locked_kb += m.locked_kb;
+        if (!m.has_flag("lo") && m.perms[0] == 'r') a.unlocked_rss_kb += m.rss_kb;
+    }
+    return a;
+}
+
+}  // namespace
+
+Test(tools, inspect_a_protected_process_matches_smaps) {
+    LiveProgram child;
+    cr_assert(start_program_into(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_hold")}))));
+    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
+    const std::string pid = std::to_string(child.pid());
+
+    auto text = run({tool("memlock-inspect"), pid});
+    auto js = run({tool("memlock-inspect"), "--json", pid});
+    const SmapsArena smaps = smaps_arena(child.pid());
+    child.finish();
+
+    cr_assert(text.exited_with(0), "%s", text.describe().c_str());
+    cr_assert(text.out.rfind("pid " + pid + " (" + real(shim_program("tools_hold")) + "): protected\n", 0) == 0, "%s",
+              text.out.c_str());
+    cr_assert(contains(text.out, "lock failures 0, fallbacks 0, denied 0\n"), "%s", text.out.c_str());
+    cr_assert(!contains(text.out, "WARNING"), "%s", text.out.c_str());
+
+    cr_assert(js.exited_with(0), "%s", js.describe().c_str());
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
+    cr_assert_eq(j["pid"].get<int>(), child.pid());
+    assert_text(j["status"].get<std::string>(), "protected");
+    cr_assert_eq(j["exit_status"].get<int>(), 0);
+    cr_assert_geq(j["counters"]["matched_allocations"].get<unsigned long long>(), 512u);
+    cr_assert_eq(j["arena"]["regions"].size(), smaps.regions);
+    cr_assert_gt(smaps.locked_kb, 0u);
+    cr_assert_eq(j["arena"]["locked_kb"].get<std::size_t>(), smaps.locked_kb);
+    cr_assert_eq(j["counters"]["locked_bytes"].get<std::size_t>(), smaps.locked_kb * 1024);
+    cr_assert_eq(j["arena"]["unlocked_kb"].get<std::size_t>(), 0u);
+    cr_assert_eq(j["warnings"].size(), 0u);
+}
+
+Test(tools, inspect_a_degraded_process_exits_1) {
+    LiveProgram child;
+    auto o = tool_opts(with_memlock_limit(
+        65536, wrap(config("size-only.json"), {shim_program("tools_hold")}, {"--quiet"})));
+    cr_assert(start_program_into(child, o));
+    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
+    const std::string pid = std::to_string(child.pid());
+    auto text = run({tool("memlock-inspect"), pid});
+    auto js = run({tool("memlock-inspect"), "--json", pid});
+    const SmapsArena smaps = smaps_arena(child.pid());
+    child.finish();
+
+    cr_assert(text.exited_with(1), "%s", text.describe().c_str());
+    cr_assert(contains(text.out, "): degraded\n"), "%s", text.out.c_str());
+    cr_assert(contains(text.out, "  WARNING: "), "%s", text.out.c_str());
+    cr_assert(contains(text.out, "fallback(s): arena memory served unlocked"), "%s", text.out.c_str());
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
+    assert_text(j["status"].get<std::string>(), "degraded");
+    cr_assert_gt(j["counters"]["fallbacks"].get<unsigned long long>(), 0u);
+    cr_assert_gt(smaps.unlocked_rss_kb, 0u);
+    cr_assert_eq(j["arena"]["unlocked_kb"].get<std::size_t>(), smaps.unlocked_rss_kb);
+    cr_assert_eq(j["arena"]["locked_kb"].get<std::size_t>(), smaps.locked_kb);
+}
+
+Test(tools, inspect_all_lists_shimmed_processes) {
+    LiveProgram child;
+    cr_assert(start_program_into(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_hold")}))));
+    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
+    auto js = run({tool("memlock-inspect"), "--all", "--json"});
+    child.finish();
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded() && j.is_array(), "%s", js.describe().c_str());
+    bool found = false;
+    for (const auto &p : j) found |= p["pid"].get<int>() == child.pid();
+    cr_assert(found, "pid %d missing from:\n%s", child.pid(), js.out.c_str());
+}
+
+Test(tools, inspect_unshimmed_missing_and_usage) {
+    auto r = run({tool("memlock-inspect"), std::to_string(::getpid())});
+    cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "): not protected: the shim is not loaded (start the program with memlock-run)\n"), "%s",
+              r.out.c_str());
+
+    auto pid_max = read_file("/proc/sys/kernel/pid_max");
+    const std::string gone = std::to_string(std::stol(pid_max ? *pid_max : "4194304") + 1);
+    r = run({tool("memlock-inspect"), "--json", gone});
+    cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+    const auto j = nlohmann::json::parse(r.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "%s", r.out.c_str());
+    assert_text(j["reason"].get<std::string>(), "no such process");
+
+    for (std::vector<std::string> argv : {std::vector<std::string>{}, {"abc"}, {"1", "2"}, {"--all", "1"}}) {
+        argv.insert(argv.begin(), tool("memlock-inspect"));
+        r = run(argv);
+        cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+    }
+    r = run({tool("memlock-inspect"), "--version"});
+    assert_text(r.out, "memlock-inspect " + version() + "\n");
+    r = run({tool("memlock-inspect"), "--help"});
+    cr_assert(r.exited_with(0) && contains(r.out, "1   degraded"), "%s", r.describe().c_str());
+}
+
+// ---- make install ------------------------------------------------------------------------------
+
+Test(tools, install_into_destdir_then_run_through_the_installed_wrapper) {
+    TempDir dir;
+    const std::string dest = real(dir.path());
+    auto install = [&] {
+        return run({"make", "--no-print-directory", "-C", source_dir(), "install", "DESTDIR=" + dest,
+                    "PREFIX=/usr/local"});
+    };
+    auto r = install();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string root = dest + "/usr/local";
+    for (const char *f : {"/bin/memlock-run", "/bin/memlock-inspect", "/lib/libmemlock_shim.so",
+                          "/etc/memlock-shim/default.json", "/etc/memlock-shim/size-only.json",
+                          "/share/doc/memlock-shim/operators.md", "/share/doc/memlock-shim/config.md",
+                          "/share/doc/memlock-shim/deploy/systemd/memlock-shim.conf",
+                          "/share/doc/memlock-shim/deploy/container/Dockerfile"})
+        cr_assert(file_exists(root + f), "%s%s was not installed", root.c_str(), f);
+
+    // The installed wrapper finds the installed shim through ../lib, with nothing set.
+    const std::string cfg = root + "/etc/memlock-shim/size-only.json";
+    r = run({root + "/bin/memlock-run", "--config", cfg, "--", shim_program("tools_pid")});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "shim=" + root + "/lib/libmemlock_shim.so\n"), "%s", r.describe().c_str());
+
+    // A config the operator edited survives a second install.
+    const std::string edited = "{\"version\": 1, \"rules\": []}\n";
+    cr_assert(write_file(root + "/etc/memlock-shim/default.json", edited));
+    r = install();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(read_file(root + "/etc/memlock-shim/default.json").value_or(""), edited);
+}
