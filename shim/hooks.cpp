@@ -12,6 +12,8 @@
 using namespace mlshim;
 
 #define SHIM_EXPORT extern "C" __attribute__((visibility("default")))
+// The allocation's depth-1 caller, for caller rules.
+#define CALLER __builtin_return_address(0)
 
 namespace {
 
@@ -21,10 +23,10 @@ constexpr std::size_t kPage = 4096;
 bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
 
 // glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.
-void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t, std::size_t)) {
+void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t, std::size_t), const void *ra) {
     if (!may_match(n)) return next(align, n);
     if (align <= kMinAlign) {
-        int pool = match(n);
+        int pool = match(n, ra);
         return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
     }
     if (align > SIZE_MAX / 2 + 1) {
@@ -32,7 +34,7 @@ void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t,
         return nullptr;
     }
     if (!is_pow2(align)) align = std::size_t{1} << (64 - __builtin_clzll(align));
-    int pool = match(n);
+    int pool = match(n, ra);
     return pool < 0 ? next(align, n) : arena_alloc(pool, n, align, false);
 }
 
@@ -43,7 +45,7 @@ __attribute__((destructor(101))) static void shim_fini() { runtime_fini(); }
 
 SHIM_EXPORT void *malloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
-    int pool = match(n);
+    int pool = match(n, CALLER);
     return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
 }
 
@@ -56,16 +58,26 @@ SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
     std::size_t n;
     if (__builtin_mul_overflow(count, size, &n) || __builtin_expect(!may_match(n), 1))
         return g_next.calloc(count, size);  // the next allocator reports the overflow itself
-    int pool = match(n);
+    int pool = match(n, CALLER);
     return pool < 0 ? g_next.calloc(count, size) : arena_alloc(pool, n, kMinAlign, true);
 }
 
-SHIM_EXPORT void *realloc(void *p, std::size_t n) {
-    if (!p) return malloc(n);
+namespace {
+
+void *realloc_impl(void *p, std::size_t n, const void *ra) {
+    if (!p) {
+        if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
+        int pool = match(n, ra);
+        return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+    }
     if (__builtin_expect(!g_arena.owns(p) && !may_match(n) && !in_bootstrap(p), 1))
         return g_next.realloc(p, n);
-    return slow_realloc(p, n);
+    return slow_realloc(p, n, ra);
 }
+
+}  // namespace
+
+SHIM_EXPORT void *realloc(void *p, std::size_t n) { return realloc_impl(p, n, CALLER); }
 
 SHIM_EXPORT void *reallocarray(void *p, std::size_t count, std::size_t size) {
     std::size_t n;
@@ -73,13 +85,13 @@ SHIM_EXPORT void *reallocarray(void *p, std::size_t count, std::size_t size) {
         errno = ENOMEM;
         return nullptr;
     }
-    return realloc(p, n);
+    return realloc_impl(p, n, CALLER);
 }
 
 SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.posix_memalign(memptr, align, n);
     if (align % sizeof(void *) || !is_pow2(align)) return EINVAL;
-    int pool = match(n);
+    int pool = match(n, CALLER);
     if (pool < 0) return g_next.posix_memalign(memptr, align, n);
     int saved = errno;
     void *q = arena_alloc(pool, n, align < kMinAlign ? kMinAlign : align, false);
@@ -90,16 +102,16 @@ SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) 
 }
 
 SHIM_EXPORT void *aligned_alloc(std::size_t align, std::size_t n) {
-    return memalign_impl(align, n, g_next.aligned_alloc);
+    return memalign_impl(align, n, g_next.aligned_alloc, CALLER);
 }
 
 SHIM_EXPORT void *memalign(std::size_t align, std::size_t n) {
-    return memalign_impl(align, n, g_next.memalign);
+    return memalign_impl(align, n, g_next.memalign, CALLER);
 }
 
 SHIM_EXPORT void *valloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.valloc(n);
-    return memalign_impl(kPage, n, [](std::size_t, std::size_t m) { return g_next.valloc(m); });
+    return memalign_impl(kPage, n, [](std::size_t, std::size_t m) { return g_next.valloc(m); }, CALLER);
 }
 
 SHIM_EXPORT void *pvalloc(std::size_t n) {
@@ -111,7 +123,7 @@ SHIM_EXPORT void *pvalloc(std::size_t n) {
     rounded &= ~(kPage - 1);
     if (rounded == 0) rounded = kPage;
     if (__builtin_expect(!may_match(rounded), 1)) return g_next.pvalloc(n);
-    return memalign_impl(kPage, rounded, [](std::size_t, std::size_t m) { return g_next.pvalloc(m); });
+    return memalign_impl(kPage, rounded, [](std::size_t, std::size_t m) { return g_next.pvalloc(m); }, CALLER);
 }
 
 SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
@@ -123,3 +135,6 @@ SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
 // C23 / glibc 2.43: the size and alignment are hints; the block is freed as by free().
 SHIM_EXPORT void free_sized(void *p, std::size_t) { free(p); }
 SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p); }
+
+// Caller rules index the loaded objects; an unloaded object's ranges must go with it.
+SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }

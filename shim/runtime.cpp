@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "callers.hpp"
 #include "config.hpp"
 #include "fatal.hpp"
 #include "memlock.h"
@@ -220,13 +221,6 @@ void runtime_start() {
         log_msg(LogLevel::info, "%s: config %s does not apply to this program", exe.c_str(), path);
         return;
     }
-    for (const Rule &r : config->rules)
-        if (!r.symbol.empty() || !r.module.empty())
-            return startup_error(kExitConfig,
-                                 std::string(path) + ": rule \"" + r.name +
-                                     "\": caller conditions (symbol, module) are not supported by this "
-                                     "build",
-                                 exe);
     if (config->rules.size() > kMaxRules)
         return startup_error(kExitConfig, std::string(path) + ": more than 256 rules", exe);
 
@@ -245,11 +239,23 @@ void runtime_start() {
     unsigned actions[kMaxPools];
     unsigned npools = 0;
     std::size_t lo = SIZE_MAX, hi = 0;
+    std::vector<CallerCondition> conditions;
     for (const Rule &r : config->rules) {
         unsigned pool = 0;
         while (pool < npools && actions[pool] != r.actions) ++pool;
         if (pool == npools) actions[npools++] = r.actions;
-        g_rules[g_nrules++] = SizeRule{r.min_size, r.max_size, pool};
+        int caller = -1;
+        if (!r.symbol.empty() || !r.module.empty()) {
+            CallerCondition c;
+            c.name = r.name;
+            c.symbol = r.symbol;
+            c.module = r.module;
+            c.symbol_depth = r.depth ? r.depth : kDefaultSymbolDepth;
+            c.module_depth = r.depth ? r.depth : kDefaultModuleDepth;
+            caller = static_cast<int>(conditions.size());
+            conditions.push_back(c);
+        }
+        g_rules[g_nrules++] = SizeRule{r.min_size, r.max_size, pool, caller};
         if (r.min_size < lo) lo = r.min_size;
         if (r.max_size > hi) hi = r.max_size;
     }
@@ -259,6 +265,10 @@ void runtime_start() {
         return;
     }
 
+    if (!conditions.empty()) {
+        std::string why = callers_init(conditions, [](const char *text) { log_msg(LogLevel::warn, "%s", text); });
+        if (!why.empty()) return startup_error(kExitOsErr, why, exe);
+    }
     sweep_stale_stats();
     g_stats = stats_create(true);
     if (g_stats) g_stats->rules = g_nrules;
@@ -348,6 +358,26 @@ void runtime_fini() noexcept {
 
 // ---- slow paths ----------------------------------------------------------------------------
 
+int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
+    BusyScope busy;  // the unwinder and the indexer allocate: those pass through
+    CallerFrames frames;
+    for (unsigned i = from; i < g_nrules; ++i) {
+        const SizeRule &r = g_rules[i];
+        if (n < r.min || n > r.max) continue;
+        if (r.caller < 0 || caller_matches(static_cast<unsigned>(r.caller), ra, frames))
+            return static_cast<int>(r.pool);
+    }
+    return -1;
+}
+
+int shim_dlclose(void *handle) noexcept {
+    static int (*next)(void *) = nullptr;
+    if (!next) next = reinterpret_cast<int (*)(void *)>(dlsym(RTLD_NEXT, "dlclose"));
+    int rc = next ? next(handle) : -1;
+    callers_objects_changed();
+    return rc;
+}
+
 // No BusyScope here: the arena never allocates, and reports through report(), which sets it.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
     void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
@@ -365,7 +395,7 @@ void free_other(void *p) noexcept {
     g_next.free(p);
 }
 
-void *slow_realloc(void *p, std::size_t n) noexcept {
+void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
     if (g_arena.owns(p)) {
         // A matched block stays in the arena, whatever size it grows or shrinks to.
         if (n == 0) {  // glibc: realloc(p, 0) frees p and returns NULL
@@ -380,7 +410,7 @@ void *slow_realloc(void *p, std::size_t n) noexcept {
         g_arena.free(p);  // wipes the old copy
         return q;
     }
-    int pool = n == 0 || !may_match(n) ? -1 : match(n);
+    int pool = n == 0 || !may_match(n) ? -1 : match(n, ra);
     if (pool < 0) {
         if (!in_bootstrap(p)) return g_next.realloc(p, n);
         void *q = g_next.malloc(n);

@@ -53,6 +53,7 @@ void runtime_fini() noexcept;   // from the library destructor
 struct SizeRule {
     std::size_t min, max;
     unsigned pool;
+    int caller;  // caller condition (callers.hpp), or -1: size alone decides
 };
 constexpr unsigned kMaxRules = 256;
 extern SizeRule g_rules[kMaxRules];
@@ -62,19 +63,26 @@ extern unsigned g_nrules;
 // anything the shim calls, pass through to the next allocator and never re-enter the arena.
 extern thread_local bool t_busy __attribute__((tls_model("initial-exec")));
 
+// match() from rule `from` on, which has a caller condition: walks the callers.
+int match_callers(std::size_t n, const void *ra, unsigned from) noexcept;
+
 // The pool a candidate size goes to, or -1: pass it through (no rule matches, or the
-// shim itself is allocating).
-inline int match(std::size_t n) noexcept {
+// shim itself is allocating). `ra` is the interposed function's return address: the
+// allocation's depth-1 caller. Size conditions first; callers only for sizes that fit.
+inline int match(std::size_t n, const void *ra) noexcept {
     if (t_busy) return -1;
     for (unsigned i = 0; i < g_nrules; ++i)
-        if (n >= g_rules[i].min && n <= g_rules[i].max) return static_cast<int>(g_rules[i].pool);
+        if (n >= g_rules[i].min && n <= g_rules[i].max)
+            return g_rules[i].caller < 0 ? static_cast<int>(g_rules[i].pool) : match_callers(n, ra, i);
     return -1;
 }
 // A block from the arena. pre: pool from match(), align a power of two. nullptr with
 // errno = ENOMEM when the arena or the lock policy refuses. zero: the block is zero-filled.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept;
 // realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
-void *slow_realloc(void *p, std::size_t n) noexcept;
+void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
+// dlclose, through to the next definition; caller rules re-index after it.
+int shim_dlclose(void *handle) noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;

@@ -1,0 +1,365 @@
+#include "callers.hpp"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+#include "config.hpp"
+#include "fatal.hpp"
+
+namespace mlshim {
+
+namespace {
+
+struct Range {
+    std::uintptr_t lo, hi;  // [lo, hi)
+    bool operator<(const Range &o) const { return lo < o.lo; }
+};
+
+// Immutable once published. Replaced (and the old one kept: readers may still hold it)
+// when the set of loaded objects changes.
+struct Index {
+    std::vector<std::vector<Range>> symbol_ranges;  // per condition
+    std::vector<std::vector<Range>> module_ranges;  // per condition
+    std::vector<Range> objects;                     // every loaded object's segments
+    unsigned long long adds = 0, subs = 0;          // dl_iterate_phdr's load/unload counters
+};
+
+// Made by callers_init. The shim's constructor runs before C++ dynamic initialisers, so
+// every global here must be constant-initialised: no std::vector or std::string at
+// namespace scope.
+struct State {
+    std::vector<CallerCondition> conditions;
+    std::vector<char> reported;  // per condition: "matches nothing yet" said
+};
+State *g_state = nullptr;
+std::atomic<const Index *> g_index{nullptr};
+std::atomic<bool> g_changed{false};
+pthread_mutex_t g_build_lock = PTHREAD_MUTEX_INITIALIZER;
+void (*g_warn)(const char *) = nullptr;
+using BacktraceFn = int (*)(void **, int);
+// Frames of the shim itself between the unwinder and the allocation's caller (the
+// interposed function, the rule matcher and this file's own): unwound and skipped.
+constexpr unsigned kShimFrames = 6;
+BacktraceFn g_backtrace = nullptr;
+unsigned g_unwind_depth = 1;
+
+void sort_merge(std::vector<Range> &v) {
+    std::sort(v.begin(), v.end());
+    std::size_t out = 0;
+    for (const Range &r : v) {
+        if (out && r.lo <= v[out - 1].hi) v[out - 1].hi = std::max(v[out - 1].hi, r.hi);
+        else v[out++] = r;
+    }
+    v.resize(out);
+}
+
+bool contains(const std::vector<Range> &v, std::uintptr_t pc) noexcept {
+    auto it = std::upper_bound(v.begin(), v.end(), Range{pc, 0});
+    return it != v.begin() && pc < (it - 1)->hi;
+}
+
+// ---- loaded objects ----------------------------------------------------------------------
+
+struct Object {
+    std::string path;
+    std::uintptr_t bias;
+    std::vector<Range> segments;  // PT_LOAD
+    std::vector<Range> code;      // PT_LOAD with PF_X
+};
+
+struct Collected {
+    std::vector<Object> objects;
+    unsigned long long adds = 0, subs = 0;
+};
+
+bool has_counters(std::size_t size) {
+    return size >= offsetof(dl_phdr_info, dlpi_subs) + sizeof(dl_phdr_info::dlpi_subs);
+}
+
+int collect_object(dl_phdr_info *info, std::size_t size, void *arg) {
+    auto *c = static_cast<Collected *>(arg);
+    if (has_counters(size)) {
+        c->adds = info->dlpi_adds;
+        c->subs = info->dlpi_subs;
+    }
+    Object o;
+    o.path = info->dlpi_name ? info->dlpi_name : "";
+    o.bias = info->dlpi_addr;
+    for (int i = 0; i < info->dlpi_phnum; ++i) {
+        const ElfW(Phdr) &ph = info->dlpi_phdr[i];
+        if (ph.p_type != PT_LOAD) continue;
+        Range r{o.bias + ph.p_vaddr, o.bias + ph.p_vaddr + ph.p_memsz};
+        o.segments.push_back(r);
+        if (ph.p_flags & PF_X) o.code.push_back(r);
+    }
+    if (!o.segments.empty()) c->objects.push_back(std::move(o));
+    return 0;
+}
+
+int read_counters(dl_phdr_info *info, std::size_t size, void *arg) {
+    auto *c = static_cast<Collected *>(arg);
+    if (has_counters(size)) {
+        c->adds = info->dlpi_adds;
+        c->subs = info->dlpi_subs;
+    }
+    return 1;  // the counters are global: the first object is enough
+}
+
+std::string self_exe_path() {
+    char buf[4096];
+    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+}
+
+// A read-only view of an ELF64 file on disk, bounds-checked.
+class ElfView {
+public:
+    explicit ElfView(const std::string &path) {
+        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        struct stat st;
+        if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+            void *m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+            if (m != MAP_FAILED) {
+                data_ = static_cast<const unsigned char *>(m);
+                size_ = static_cast<std::size_t>(st.st_size);
+            }
+        }
+        ::close(fd);
+        const auto *eh = at<ElfW(Ehdr)>(0);
+        if (!eh || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+            eh->e_shentsize != sizeof(ElfW(Shdr)) || !array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum)) {
+            unmap();
+            return;
+        }
+        sections_ = array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum);
+        nsections_ = eh->e_shnum;
+    }
+    ~ElfView() { unmap(); }
+    ElfView(const ElfView &) = delete;
+    ElfView &operator=(const ElfView &) = delete;
+
+    bool ok() const { return sections_ != nullptr; }
+
+    template <typename T> const T *at(std::size_t off) const {
+        return data_ && off <= size_ && size_ - off >= sizeof(T) ? reinterpret_cast<const T *>(data_ + off) : nullptr;
+    }
+    template <typename T> const T *array(std::size_t off, std::size_t n) const {
+        return data_ && off <= size_ && n <= (size_ - off) / sizeof(T) ? reinterpret_cast<const T *>(data_ + off)
+                                                                        : nullptr;
+    }
+    // A NUL-terminated string at `off` inside section `strtab`, or nullptr.
+    const char *string(unsigned strtab, std::size_t off) const {
+        if (strtab >= nsections_) return nullptr;
+        const ElfW(Shdr) &s = sections_[strtab];
+        if (off >= s.sh_size || s.sh_offset > size_ || s.sh_size > size_ - s.sh_offset) return nullptr;
+        const char *p = reinterpret_cast<const char *>(data_ + s.sh_offset + off);
+        return std::memchr(p, 0, s.sh_size - off) ? p : nullptr;
+    }
+
+    // Calls f(name, value, size) for every defined function symbol of .dynsym and .symtab.
+    template <typename F> void each_function(F f) const {
+        for (unsigned i = 0; i < nsections_; ++i) {
+            const ElfW(Shdr) &s = sections_[i];
+            if (s.sh_type != SHT_SYMTAB && s.sh_type != SHT_DYNSYM) continue;
+            const auto *syms = array<ElfW(Sym)>(s.sh_offset, s.sh_size / sizeof(ElfW(Sym)));
+            if (!syms) continue;
+            for (std::size_t k = 0; k < s.sh_size / sizeof(ElfW(Sym)); ++k) {
+                const ElfW(Sym) &sym = syms[k];
+                unsigned type = ELF64_ST_TYPE(sym.st_info);
+                if ((type != STT_FUNC && type != STT_GNU_IFUNC) || sym.st_shndx == SHN_UNDEF || sym.st_size == 0)
+                    continue;
+                if (const char *name = string(s.sh_link, sym.st_name)) f(name, sym.st_value, sym.st_size);
+            }
+        }
+    }
+
+    // DT_SONAME, or "".
+    std::string soname() const {
+        for (unsigned i = 0; i < nsections_; ++i) {
+            const ElfW(Shdr) &s = sections_[i];
+            if (s.sh_type != SHT_DYNAMIC) continue;
+            const auto *dyn = array<ElfW(Dyn)>(s.sh_offset, s.sh_size / sizeof(ElfW(Dyn)));
+            for (std::size_t k = 0; dyn && k < s.sh_size / sizeof(ElfW(Dyn)) && dyn[k].d_tag != DT_NULL; ++k)
+                if (dyn[k].d_tag == DT_SONAME)
+                    if (const char *n = string(s.sh_link, dyn[k].d_un.d_val)) return n;
+        }
+        return std::string();
+    }
+
+private:
+    void unmap() {
+        if (data_) ::munmap(const_cast<unsigned char *>(data_), size_);
+        data_ = nullptr;
+        sections_ = nullptr;
+    }
+    const unsigned char *data_ = nullptr;
+    std::size_t size_ = 0;
+    const ElfW(Shdr) *sections_ = nullptr;
+    unsigned nsections_ = 0;
+};
+
+bool module_matches(const std::string &glob, const std::string &path, const std::string &soname) {
+    std::size_t slash = path.rfind('/');
+    std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+    return glob_match(glob.c_str(), path.c_str()) || glob_match(glob.c_str(), base.c_str()) ||
+           (!soname.empty() && glob_match(glob.c_str(), soname.c_str()));
+}
+
+Index *build_index() {
+    Collected c;
+    dl_iterate_phdr(collect_object, &c);
+    auto *idx = new Index();
+    idx->adds = c.adds;
+    idx->subs = c.subs;
+    const std::vector<CallerCondition> &conditions = g_state->conditions;
+    std::size_t n = conditions.size();
+    idx->symbol_ranges.resize(n);
+    idx->module_ranges.resize(n);
+    bool want_symbols = false;
+    for (const auto &cond : conditions) want_symbols |= !cond.symbol.empty();
+    std::string exe = self_exe_path();
+    for (Object &o : c.objects) {
+        idx->objects.insert(idx->objects.end(), o.segments.begin(), o.segments.end());
+        // The main executable has an empty name; the vDSO has no file.
+        std::string path = o.path.empty() ? exe : o.path;
+        ElfView elf(path);
+        std::string soname = elf.ok() ? elf.soname() : std::string();
+        for (std::size_t i = 0; i < n; ++i) {
+            const CallerCondition &cond = conditions[i];
+            if (!cond.module.empty() && module_matches(cond.module, path, soname))
+                idx->module_ranges[i].insert(idx->module_ranges[i].end(), o.code.begin(), o.code.end());
+        }
+        if (!want_symbols || !elf.ok()) continue;
+        elf.each_function([&](const char *name, std::uintptr_t value, std::size_t size) {
+            for (std::size_t i = 0; i < n; ++i) {
+                const std::string &glob = conditions[i].symbol;
+                if (!glob.empty() && glob_match(glob.c_str(), name))
+                    idx->symbol_ranges[i].push_back(Range{o.bias + value, o.bias + value + size});
+            }
+        });
+    }
+    sort_merge(idx->objects);
+    for (std::size_t i = 0; i < n; ++i) {
+        sort_merge(idx->symbol_ranges[i]);
+        sort_merge(idx->module_ranges[i]);
+        const CallerCondition &cond = conditions[i];
+        bool empty = (!cond.symbol.empty() && idx->symbol_ranges[i].empty()) ||
+                     (!cond.module.empty() && idx->module_ranges[i].empty());
+        if (empty && !g_state->reported[i] && g_warn) {
+            g_state->reported[i] = 1;
+            std::string what = !cond.symbol.empty() && idx->symbol_ranges[i].empty()
+                                   ? "no loaded function matches \"" + cond.symbol + "\""
+                                   : "no loaded object matches \"" + cond.module + "\"";
+            g_warn(("rule \"" + cond.name + "\": " + what + " yet (it may be loaded later)").c_str());
+        }
+    }
+    return idx;
+}
+
+// Re-indexes when the loaded objects changed since `seen` (or `force`). Returns the index
+// in force.
+const Index *refresh(const Index *seen, bool force) noexcept {
+    pthread_mutex_lock(&g_build_lock);
+    const Index *now = g_index.load(std::memory_order_acquire);
+    if (now == seen) {
+        Collected c;
+        if (!force) dl_iterate_phdr(read_counters, &c);
+        if (force || c.adds != now->adds || c.subs != now->subs) {
+            g_changed.store(false, std::memory_order_relaxed);
+            try {
+                now = build_index();
+            } catch (...) {
+                fatal("out of memory while indexing the loaded objects for caller rules");
+            }
+            g_index.store(now, std::memory_order_release);
+        }
+    }
+    pthread_mutex_unlock(&g_build_lock);
+    return now;
+}
+
+std::uintptr_t frame_at(unsigned depth, const void *ra, CallerFrames &frames) {
+    if (depth == 1) return reinterpret_cast<std::uintptr_t>(ra);
+    if (!frames.unwound) {
+        frames.unwound = true;
+        frames.n = 0;
+        void *buf[kMaxCallerDepth + kShimFrames];
+        int got = g_backtrace ? g_backtrace(buf, static_cast<int>(g_unwind_depth + kShimFrames)) : 0;
+        // Skip the shim's own frames: the stack proper starts at the depth-1 return address.
+        int start = -1;
+        for (int i = 0; i < got && start < 0; ++i)
+            if (buf[i] == ra) start = i;
+        if (start >= 0)
+            for (int i = start; i < got && frames.n < kMaxCallerDepth; ++i)
+                frames.pc[frames.n++] = reinterpret_cast<std::uintptr_t>(buf[i]);
+    }
+    return depth <= frames.n ? frames.pc[depth - 1] : 0;
+}
+
+// Is one of the `depth` innermost callers inside `ranges` (of condition `id`, kind `which`)?
+bool in_frames(const Index *&idx, std::vector<std::vector<Range>> Index::*which, unsigned id, unsigned depth, const void *ra,
+               CallerFrames &frames) {
+    for (unsigned d = 1; d <= depth; ++d) {
+        std::uintptr_t pc = frame_at(d, ra, frames);
+        if (!pc) return false;
+        --pc;  // a return address may be one past its function's end
+        if (contains((idx->*which)[id], pc)) return true;
+        if (!contains(idx->objects, pc)) {
+            // Code no indexed object covers: something was loaded since. Look again.
+            const Index *fresh = refresh(idx, false);
+            if (fresh != idx) {
+                idx = fresh;
+                if (contains((idx->*which)[id], pc)) return true;
+            }
+        }
+    }
+    return false;
+}
+
+}  // namespace
+
+std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *)) {
+    g_state = new State{conditions, std::vector<char>(conditions.size(), 0)};
+    g_warn = warn;
+    g_unwind_depth = 1;
+    for (const auto &c : conditions) {
+        if (!c.symbol.empty()) g_unwind_depth = std::max(g_unwind_depth, c.symbol_depth);
+        if (!c.module.empty()) g_unwind_depth = std::max(g_unwind_depth, c.module_depth);
+    }
+    if (g_unwind_depth > 1) {
+        // Private to the shim: its _Unwind_* and backtrace must not interpose on the program's.
+        void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+        if (lib) g_backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
+        if (!g_backtrace)
+            return "caller rules deeper than depth 1 need libunwind.so.8 (Debian package libunwind8)";
+        void *warm[kMaxCallerDepth + kShimFrames];
+        g_backtrace(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // first call allocates its caches
+    }
+    g_index.store(build_index(), std::memory_order_release);
+    return std::string();
+}
+
+bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept {
+    const Index *idx = g_index.load(std::memory_order_acquire);
+    if (!idx) return false;
+    if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx, true);
+    const CallerCondition &c = g_state->conditions[id];
+    if (!c.symbol.empty() && !in_frames(idx, &Index::symbol_ranges, id, c.symbol_depth, ra, frames)) return false;
+    if (!c.module.empty() && !in_frames(idx, &Index::module_ranges, id, c.module_depth, ra, frames)) return false;
+    return true;
+}
+
+void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }
+
+}  // namespace mlshim

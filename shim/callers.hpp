@@ -1,0 +1,59 @@
+// callers.hpp - rules by caller: which function or loaded object made an allocation.
+//
+// What it promises
+//   - Names and objects are resolved to address ranges ahead of time, never per allocation:
+//     at start-up for the objects loaded then, and again when the set of loaded objects
+//     changes (an allocation from an address no indexed object covers, after a dlopen; any
+//     dlclose, which the shim interposes).
+//   - Function names come from each object's on-disk symbol tables (.dynsym and, where the
+//     file has one, .symtab); objects match a module glob by path, basename or soname.
+//   - The immediate caller (depth 1) costs one lookup: it is the interposed function's return
+//     address. Deeper frames come from libunwind's cached unw_backtrace, loaded privately
+//     (RTLD_LOCAL, so its _Unwind_* and backtrace symbols never interpose on the program's)
+//     and warmed up at start-up, only when some rule looks deeper than depth 1.
+//   - Everything here runs with the shim's busy flag set: its own allocations pass through.
+#ifndef MEMLOCK_SHIM_CALLERS_HPP
+#define MEMLOCK_SHIM_CALLERS_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace mlshim {
+
+constexpr unsigned kDefaultSymbolDepth = 4;
+constexpr unsigned kDefaultModuleDepth = 1;
+constexpr unsigned kMaxCallerDepth = 64;
+
+// The caller conditions of one rule. An empty glob is no condition.
+struct CallerCondition {
+    std::string name;      // the rule's, for messages
+    std::string symbol;
+    unsigned symbol_depth = kDefaultSymbolDepth;
+    std::string module;
+    unsigned module_depth = kDefaultModuleDepth;
+};
+
+// The return addresses of one allocation's callers, unwound at most once per allocation.
+struct CallerFrames {
+    std::uintptr_t pc[kMaxCallerDepth];
+    unsigned n = 0;
+    bool unwound = false;
+};
+
+// Indexes the loaded objects for `conditions` (condition i is caller rule i). Returns an
+// empty string, or why caller rules cannot work here (e.g. libunwind missing).
+// Globs that match nothing yet are reported through `warn` (once each).
+std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *text));
+
+// Does caller rule `id` hold? `ra` is the return address of the interposed function (the
+// depth-1 caller); `frames` caches the unwound stack across the rules of one allocation.
+bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept;
+
+// The set of loaded objects changed (dlclose): re-index before the next lookup.
+void callers_objects_changed() noexcept;
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_CALLERS_HPP
