@@ -1,0 +1,51 @@
+/* e2e_policy.c - allocates more matching memory than may be locked.
+ *
+ *   e2e_policy COUNT [hold]
+ *
+ * Allocates COUNT blocks of 1000 bytes (matched by a rule {min 512..2048}), writing to each.
+ * Stops at the first NULL and prints "null errno=ENOMEM at I" (or the errno number if it is
+ * not ENOMEM); else prints "allocated COUNT". With "hold", then prints "pid N",
+ * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. Frees everything, prints
+ * "done" and exits 0; exits 1 if a block lost its contents.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    long count = atol(argv[1]);
+    int hold = argc > 2 && strcmp(argv[2], "hold") == 0;
+    unsigned char **blocks = calloc((size_t)count, sizeof *blocks); /* unmatched size */
+    if (!blocks) return 2;
+    long got = 0;
+    for (; got < count; ++got) {
+        errno = 0;
+        blocks[got] = malloc(1000);
+        if (!blocks[got]) {
+            if (errno == ENOMEM) printf("null errno=ENOMEM at %ld\n", got);
+            else printf("null errno=%d at %ld\n", errno, got);
+            break;
+        }
+        memset(blocks[got], (int)(got & 0xff), 1000);
+    }
+    if (got == count) printf("allocated %ld\n", got);
+    if (hold && got > 0) {
+        printf("pid %d\nfirst %p\nlast %p\nready\n", (int)getpid(), (void *)blocks[0], (void *)blocks[got - 1]);
+        fflush(stdout);
+        char buf[64];
+        while (read(0, buf, sizeof buf) > 0) {
+        }
+    }
+    int bad = 0;
+    for (long i = 0; i < got; ++i) {
+        for (int j = 0; j < 1000; ++j)
+            if (blocks[i][j] != (unsigned char)(i & 0xff)) bad = 1;
+        free(blocks[i]);
+    }
+    free(blocks);
+    printf("done\n");
+    return bad;
+}

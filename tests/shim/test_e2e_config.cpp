@@ -1,0 +1,201 @@
+// End-to-end: what a shimmed program does with every class of bad config (and with none).
+// The program never starts with an invalid config: exit status 78 and exactly two lines on
+// stderr, unless MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected (docs/config.md).
+#include <criterion/criterion.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <linux/capability.h>
+
+#include <filesystem>
+#include <string>
+
+#include "helpers.hpp"
+
+using namespace memlock_test;
+
+namespace {
+
+const char *const kOverride = "MEMLOCK_SHIM_ON_CONFIG_ERROR";
+
+std::string hello() {
+    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
+    cr_assert(file_exists(shim_program("e2e_hello")), "%s missing: run `make progs`",
+              shim_program("e2e_hello").c_str());
+    return shim_program("e2e_hello");
+}
+
+// The path the shim names: /proc/self/exe of the program.
+std::string exe_path() {
+    std::error_code ec;
+    const auto p = std::filesystem::canonical(hello(), ec);
+    cr_assert(!ec);
+    return p.string();
+}
+
+RunResult run_hello(const std::string &config, const char *override_value = nullptr,
+                    std::function<bool()> setup = nullptr) {
+    RunOptions opts;
+    opts.argv = {hello()};
+    opts.env = shim_env(config);
+    opts.unset_env = {kOverride};
+    if (override_value) opts.env.emplace_back(kOverride, override_value);
+    opts.setup = std::move(setup);
+    return run_program(opts);
+}
+
+std::string refusal(const std::string &error) {
+    return "memlock-shim: " + error + "\nmemlock-shim: refusing to run " + exe_path() +
+           " unprotected (exit 78); fix this or set MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected\n";
+}
+
+// Fails closed with exactly `error`; runs (exit 0) with the override, logging the error.
+void expect_config_error(const std::string &config, const std::string &error,
+                         std::function<bool()> setup = nullptr) {
+    const RunResult r = run_hello(config, nullptr, setup);
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert_str_empty(r.out.c_str(), "the program ran: %s", r.out.c_str());
+    const std::string refused = refusal(error);
+    cr_assert_str_eq(r.err.c_str(), refused.c_str());
+
+    const RunResult u = run_hello(config, "run-unprotected", setup);
+    cr_assert(u.exited_with(0), "%s", u.describe().c_str());
+    cr_assert_str_eq(u.out.c_str(), "hello 3\n");
+    const std::string expected = "memlock-shim: error: " + error + "\nmemlock-shim: warning: running " + exe_path() +
+                                 " UNPROTECTED (MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected)\n";
+    cr_assert_str_eq(u.err.c_str(), expected.c_str());
+}
+
+std::string config_with(const TempDir &dir, const std::string &text) {
+    cr_assert(dir.ok());
+    const std::string path = dir.file("rules.json");
+    cr_assert(write_file(path, text));
+    return path;
+}
+
+}  // namespace
+
+Test(e2e_config, missing_file) {
+    TempDir dir;
+    const std::string path = dir.file("absent.json");
+    expect_config_error(path, path + ": No such file or directory");
+}
+
+Test(e2e_config, directory_instead_of_file) {
+    TempDir dir;
+    cr_assert(dir.ok());
+    expect_config_error(dir.path(), dir.path() + ": Is a directory");
+}
+
+// Root reads any file: the child loses CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (bounding
+// set, so execve does not give them back) before the program starts.
+Test(e2e_config, unreadable_file) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": []})");
+    cr_assert_eq(::chmod(path.c_str(), 0), 0);
+    const auto drop_dac = [] {
+        return ::prctl(PR_CAPBSET_DROP, CAP_DAC_OVERRIDE, 0, 0, 0) == 0 &&
+               ::prctl(PR_CAPBSET_DROP, CAP_DAC_READ_SEARCH, 0, 0, 0) == 0;
+    };
+    expect_config_error(path, path + ": Permission denied", drop_dac);
+}
+
+Test(e2e_config, syntax_error) {
+    TempDir dir;
+    const std::string path = config_with(dir, "{\"version\": 1,\n \"rules\": [}\n");
+    expect_config_error(path, path + ":2:12: unexpected '}' (expected a value)");
+}
+
+Test(e2e_config, truncated_document) {
+    TempDir dir;
+    const std::string path = config_with(dir, "{\"version\": 1, \"rules\": [\n");
+    expect_config_error(path, path + ":2:1: unexpected end of input (expected a value)");
+}
+
+Test(e2e_config, unknown_key) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "k", "sise": 32}]})");
+    expect_config_error(path, path + ": rules[0]: unknown key \"sise\"");
+}
+
+Test(e2e_config, unknown_top_level_key) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": [], "polcy": {}})");
+    expect_config_error(path, path + ": unknown key \"polcy\"");
+}
+
+Test(e2e_config, wrong_type) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": {"name": "k"}})");
+    expect_config_error(path, path + ": rules: expected an array of rules, got an object");
+}
+
+Test(e2e_config, bad_size_string) {
+    TempDir dir;
+    const std::string path =
+        config_with(dir, R"({"version": 1, "rules": [{"name": "k", "min_size": "12 parsecs"}]})");
+    expect_config_error(path, path + ": rules[0].min_size: expected a size (bytes as an integer or a string like "
+                                     "\"64KiB\"), got \"12 parsecs\"");
+}
+
+Test(e2e_config, bad_policy_value) {
+    TempDir dir;
+    const std::string path =
+        config_with(dir, R"({"version": 1, "rules": [], "policy": {"on_lock_failure": "explode"}})");
+    expect_config_error(path, path + ": policy.on_lock_failure: expected one of \"fallback\", \"deny\", \"abort\", "
+                                     "got \"explode\"");
+}
+
+Test(e2e_config, empty_file) {
+    TempDir dir;
+    const std::string path = config_with(dir, "");
+    expect_config_error(path, path + ": empty file (expected a JSON object)");
+}
+
+Test(e2e_config, missing_version) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"rules": []})");
+    expect_config_error(path, path + ": missing required key \"version\"");
+}
+
+Test(e2e_config, invalid_override_value_is_refused_too) {
+    TempDir dir;
+    const std::string path = config_with(dir, "");
+    const RunResult r = run_hello(path, "yes");
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert_str_empty(r.out.c_str());
+    const std::string expected = refusal(path + ": empty file (expected a JSON object) (and "
+                                                "MEMLOCK_SHIM_ON_CONFIG_ERROR=\"yes\" is not \"run-unprotected\" "
+                                                "or \"fail\")");
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+}
+
+Test(e2e_config, override_fail_is_the_default) {
+    TempDir dir;
+    const std::string path = config_with(dir, "");
+    const RunResult r = run_hello(path, "fail");
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    const std::string expected = refusal(path + ": empty file (expected a JSON object)");
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+}
+
+Test(e2e_config, no_config_runs_and_says_so_once) {
+    hello();
+    RunOptions opts;
+    opts.argv = {hello()};
+    opts.env = shim_env("");
+    opts.unset_env = {"MEMLOCK_SHIM_CONFIG", kOverride};
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\n");
+    cr_assert_str_eq(r.err.c_str(), "memlock-shim: warning: MEMLOCK_SHIM_CONFIG is not set: nothing is protected, "
+                                    "every allocation passes through\n");
+}
+
+Test(e2e_config, valid_config_runs_silently) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
+    const RunResult r = run_hello(path);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\n");
+    cr_assert_str_empty(r.err.c_str());
+}
