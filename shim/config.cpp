@@ -463,6 +463,8 @@ Rule get_rule(const json &v, const std::string &path) {
 
 std::vector<Rule> get_rules(const json &v, const std::string &path) {
     if (!v.is_array()) fail_expected(path, "an array of rules", v);
+    if (v.size() > kConfigMaxRules)
+        fail(path, "at most " + std::to_string(kConfigMaxRules) + " rules, got " + std::to_string(v.size()));
     std::vector<Rule> rules;
     for (std::size_t i = 0; i < v.size(); ++i) {
         Rule rule = get_rule(v[i], index_path(path, i));

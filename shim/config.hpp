@@ -25,6 +25,7 @@ enum Action : unsigned {
 constexpr std::size_t kConfigMaxFileSize = std::size_t{1} << 20;  // load_config_file: 1 MiB
 constexpr unsigned kConfigMaxDepth = 64;                           // nested arrays and objects
 constexpr unsigned kRuleMaxDepth = 64;                             // Rule::depth: 1..64
+constexpr std::size_t kConfigMaxRules = 256;                       // rules in one config
 constexpr std::size_t kConfigMinArena = std::size_t{1} << 20;      // policy.max_arena >= 1 MiB
 constexpr std::size_t kConfigMaxArena = std::size_t{64} << 30;     // policy.max_arena <= 64 GiB
 

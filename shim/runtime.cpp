@@ -221,8 +221,6 @@ void runtime_start() {
         log_msg(LogLevel::info, "%s: config %s does not apply to this program", exe.c_str(), path);
         return;
     }
-    if (config->rules.size() > kMaxRules)
-        return startup_error(kExitConfig, std::string(path) + ": more than 256 rules", exe);
 
     int log_fd = STDERR_FILENO;
     if (config->log_file != "stderr") {

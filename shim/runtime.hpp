@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "arena.hpp"
+#include "config.hpp"
 
 namespace mlshim {
 
@@ -55,7 +56,7 @@ struct SizeRule {
     unsigned pool;
     int caller;  // caller condition (callers.hpp), or -1: size alone decides
 };
-constexpr unsigned kMaxRules = 256;
+constexpr unsigned kMaxRules = kConfigMaxRules;
 extern SizeRule g_rules[kMaxRules];
 extern unsigned g_nrules;
 

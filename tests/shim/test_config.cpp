@@ -409,7 +409,7 @@ Test(config_hostile, long_strings_are_cut_in_messages) {
 Test(config_hostile, many_rules) {
     std::string rules;
     for (int i = 0; i < 5000; ++i) rules += (i ? "," : "") + std::string("{\"name\": \"r") + std::to_string(i) + "\", \"size\": " + std::to_string(i) + "}";
-    cr_assert_eq(parse_ok(with_rule(rules)).rules.size(), 5000u);
+    EXPECT_ERROR(with_rule(rules), "x.json: rules: at most 256 rules, got 5000");
 }
 
 Test(config_hostile, nul_in_strings) {
@@ -783,4 +783,14 @@ Test(config_file, shipped_examples_parse) {
         std::string error;
         cr_assert(load_config_file(dir + "/" + name, c, error), "%s", error.c_str());
     }
+}
+
+Test(config_document, at_most_256_rules) {
+    auto rules_text = [](int n) {
+        std::string t = R"({"version": 1, "rules": [)";
+        for (int i = 0; i < n; ++i) t += (i ? "," : "") + std::string(R"({"name": "r)") + std::to_string(i) + R"(", "size": 32})";
+        return t + "]}";
+    };
+    cr_assert_eq(parse_ok(rules_text(256)).rules.size(), 256u);
+    EXPECT_ERROR(rules_text(257), "x.json: rules: at most 256 rules, got 257");
 }
