@@ -10,11 +10,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <atomic>
 #include <cstring>
 
 #include "config.hpp"
 #include "fatal.hpp"
+#include "runtime.hpp"
 
 namespace mlshim {
 
@@ -47,9 +49,11 @@ std::atomic<bool> g_changed{false};
 pthread_mutex_t g_build_lock = PTHREAD_MUTEX_INITIALIZER;
 void (*g_warn)(const char *) = nullptr;
 using BacktraceFn = int (*)(void **, int);
-// Frames of the shim itself between the unwinder and the allocation's caller (the
-// interposed function, the rule matcher and this file's own): unwound and skipped.
-constexpr unsigned kShimFrames = 6;
+// Frames of the shim itself between the unwinder and the allocation's caller: match_callers
+// and the interposed function. When there are more (a helper that was not inlined), the
+// unwind is repeated with room for kShimFramesMore.
+constexpr unsigned kShimFrames = 2;
+constexpr unsigned kShimFramesMore = 8;
 BacktraceFn g_backtrace = nullptr;
 unsigned g_unwind_depth = 1;
 
@@ -289,26 +293,33 @@ const Index *refresh(const Index *seen, bool force) noexcept {
     return now;
 }
 
-std::uintptr_t frame_at(unsigned depth, const void *ra, CallerFrames &frames) {
-    if (depth == 1) return reinterpret_cast<std::uintptr_t>(ra);
-    if (!frames.unwound) {
-        frames.unwound = true;
-        frames.n = 0;
-        void *buf[kMaxCallerDepth + kShimFrames];
-        int got = g_backtrace ? g_backtrace(buf, static_cast<int>(g_unwind_depth + kShimFrames)) : 0;
+// Unwinds the stack into `frames`, from the allocation's depth-1 caller (return address
+// `ra`) on. Always inlined: every frame between here and the interposed function costs.
+__attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
+    frames.unwound = true;
+    frames.n = 0;
+    if (!g_backtrace) return;
+    void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
+    for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
+        int got = g_backtrace(buf, static_cast<int>(g_unwind_depth + extra));
         // Skip the shim's own frames: the stack proper starts at the depth-1 return address.
-        int start = -1;
-        for (int i = 0; i < got && start < 0; ++i)
-            if (buf[i] == ra) start = i;
-        if (start >= 0)
-            for (int i = start; i < got && frames.n < kMaxCallerDepth; ++i)
-                frames.pc[frames.n++] = reinterpret_cast<std::uintptr_t>(buf[i]);
+        for (int i = 0; i < got; ++i) {
+            if (buf[i] != ra) continue;
+            for (int k = i; k < got && frames.n < kMaxCallerDepth; ++k)
+                frames.pc[frames.n++] = reinterpret_cast<std::uintptr_t>(buf[k]);
+            return;
+        }
     }
+}
+
+__attribute__((always_inline)) inline std::uintptr_t frame_at(unsigned depth, const void *ra, CallerFrames &frames) {
+    if (depth == 1) return reinterpret_cast<std::uintptr_t>(ra);
+    if (!frames.unwound) unwind(ra, frames);
     return depth <= frames.n ? frames.pc[depth - 1] : 0;
 }
 
 // Is one of the `depth` innermost callers inside `ranges` (of condition `id`, kind `which`)?
-bool in_frames(const Index *&idx, std::vector<std::vector<Range>> Index::*which, unsigned id, unsigned depth, const void *ra,
+__attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vector<std::vector<Range>> Index::*which, unsigned id, unsigned depth, const void *ra,
                CallerFrames &frames) {
     for (unsigned d = 1; d <= depth; ++d) {
         std::uintptr_t pc = frame_at(d, ra, frames);
@@ -350,7 +361,7 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
     return std::string();
 }
 
-bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept {
+__attribute__((always_inline)) inline bool caller_holds(unsigned id, const void *ra, CallerFrames &frames) noexcept {
     const Index *idx = g_index.load(std::memory_order_acquire);
     if (!idx) return false;
     if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx, true);
@@ -358,6 +369,22 @@ bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept 
     if (!c.symbol.empty() && !in_frames(idx, &Index::symbol_ranges, id, c.symbol_depth, ra, frames)) return false;
     if (!c.module.empty() && !in_frames(idx, &Index::module_ranges, id, c.module_depth, ra, frames)) return false;
     return true;
+}
+
+bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept {
+    return caller_holds(id, ra, frames);
+}
+
+int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
+    BusyScope busy;  // the unwinder and the indexer allocate: those pass through
+    CallerFrames frames;
+    for (unsigned i = from; i < g_nrules; ++i) {
+        const SizeRule &r = g_rules[i];
+        if (n < r.min || n > r.max) continue;
+        if (r.caller < 0 || caller_holds(static_cast<unsigned>(r.caller), ra, frames))
+            return static_cast<int>(r.pool);
+    }
+    return -1;
 }
 
 void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }

@@ -120,19 +120,6 @@ void resolve_next() noexcept {
     pthread_mutex_unlock(&lock);
 }
 
-// ---- reentrancy ----------------------------------------------------------------------------
-
-class BusyScope {
-public:
-    BusyScope() noexcept : was_(t_busy) { t_busy = true; }
-    ~BusyScope() { t_busy = was_; }
-    BusyScope(const BusyScope &) = delete;
-    BusyScope &operator=(const BusyScope &) = delete;
-
-private:
-    bool was_;
-};
-
 // ---- state ---------------------------------------------------------------------------------
 
 Config *g_config = nullptr;   // kept for the life of the process
@@ -355,18 +342,6 @@ void runtime_fini() noexcept {
 }
 
 // ---- slow paths ----------------------------------------------------------------------------
-
-int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
-    BusyScope busy;  // the unwinder and the indexer allocate: those pass through
-    CallerFrames frames;
-    for (unsigned i = from; i < g_nrules; ++i) {
-        const SizeRule &r = g_rules[i];
-        if (n < r.min || n > r.max) continue;
-        if (r.caller < 0 || caller_matches(static_cast<unsigned>(r.caller), ra, frames))
-            return static_cast<int>(r.pool);
-    }
-    return -1;
-}
 
 int shim_dlclose(void *handle) noexcept {
     static int (*next)(void *) = nullptr;

@@ -64,7 +64,21 @@ extern unsigned g_nrules;
 // anything the shim calls, pass through to the next allocator and never re-enter the arena.
 extern thread_local bool t_busy __attribute__((tls_model("initial-exec")));
 
-// match() from rule `from` on, which has a caller condition: walks the callers.
+// Sets t_busy for its lifetime.
+class BusyScope {
+public:
+    BusyScope() noexcept : was_(t_busy) { t_busy = true; }
+    ~BusyScope() { t_busy = was_; }
+    BusyScope(const BusyScope &) = delete;
+    BusyScope &operator=(const BusyScope &) = delete;
+
+private:
+    bool was_;
+};
+
+// match() from rule `from` on, which has a caller condition: walks the callers
+// (callers.cpp). Called directly by the interposed functions, so that the stack it unwinds
+// holds as few of the shim's own frames as possible.
 int match_callers(std::size_t n, const void *ra, unsigned from) noexcept;
 
 // The pool a candidate size goes to, or -1: pass it through (no rule matches, or the
