@@ -147,6 +147,31 @@ test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 test-shim: all progs $(B)/tests/test_shim
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 
+# ---- caller-rule test programs ------------------------------------------------------------
+# tests/libs/NAME.c -> build/libs/libNAME.so, and the programs tests/progs/callers_*.c that
+# call them (tests/shim/test_e2e_callers.cpp). No inlining, no tail calls in the libraries
+# (see their sources): the test rules count stack frames. callers_dlopen loads its library at
+# run time, so it is not linked against it.
+CALLER_LIB_SRC := $(wildcard tests/libs/*.c)
+CALLER_LIBS := $(CALLER_LIB_SRC:tests/libs/%.c=$(B)/libs/lib%.so)
+CALLER_PROG_SRC := $(wildcard tests/progs/callers_*.c)
+CALLER_TEST_BINS := $(CALLER_LIBS) $(CALLER_PROG_SRC:tests/progs/%.c=$(B)/progs/%)
+
+$(B)/libs/lib%.so: tests/libs/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin -Wl,-soname,lib$*.so $< -o $@
+
+$(B)/progs/callers_dlopen: tests/progs/callers_dlopen.c tests/progs/callers_common.h $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -ldl
+
+$(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
+
+progs: $(CALLER_TEST_BINS)
+# ---- end of caller-rule test programs ----------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
@@ -155,7 +180,7 @@ $(B)/bench/%: bench/%.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
 
-bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets
+bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs
 	python3 scripts/bench.py $(B)
 
 # ---- install ----------------------------------------------------------------------------

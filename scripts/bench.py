@@ -15,6 +15,7 @@ BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = os.path.join(BUILD, "libmemlock_shim.so")
 PAIRS = os.path.join(BUILD, "bench", "alloc_pairs")
+CALLER_PAIRS = os.path.join(BUILD, "bench", "caller_pairs")
 LIVE = os.path.join(BUILD, "bench", "live_secrets")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 ITER = int(os.environ.get("BENCH_ITERATIONS", "10000000"))
@@ -85,6 +86,28 @@ print(f"  {asked} bytes asked, VmLck grew by {locked} bytes: {locked / asked:.2f
       f"(a page per secret would be {10000 * 4096 / asked:.0f}x)")
 
 
+print("== caller rules: malloc(48) + free made 20 frames deep, per pair")
+CALLER_ITER = max(ITER // 5, 1000)
+size_only = config("size48", [{"name": "size-only", "size": 48}])
+gc = best([CALLER_PAIRS, "48", str(CALLER_ITER)], None)
+row("glibc (baseline)", gc, gc)
+sc = best([CALLER_PAIRS, "48", str(CALLER_ITER)], size_only)
+row("shim, size-only rule", sc, gc)
+for depth in (1, 8, 16):
+    # A function at exactly `depth` (worst case for a miss: every frame is looked at).
+    hit = config(f"hit{depth}", [{"name": "chain", "symbol": f"chain_{20 - depth}", "depth": depth, "size": 48}])
+    miss = config(f"miss{depth}", [{"name": "absent", "symbol": "no_such_function", "depth": depth, "size": 48}])
+    h = best([CALLER_PAIRS, "48", str(CALLER_ITER)], hit)
+    m = best([CALLER_PAIRS, "48", str(CALLER_ITER)], miss)
+    print(f"  symbol rule, depth {depth:>2}: matched {h:8.2f} ns/pair (+{h - sc:.2f} over size-only), "
+          f"not matched {m:8.2f} ns/pair (+{m - gc:.2f} over glibc)")
+ruled_out = best([CALLER_PAIRS, "64", str(CALLER_ITER)], config("miss16", [
+    {"name": "absent", "symbol": "no_such_function", "depth": 16, "size": 48}]))
+g64 = best([CALLER_PAIRS, "64", str(CALLER_ITER)], None)
+print(f"  ruled out by size (64 B under a depth-16 rule for 48 B): {ruled_out:.2f} ns/pair "
+      f"vs glibc {g64:.2f} (+{ruled_out - g64:.2f})")
+
+
 def wall(argv, cfg, runs=RUNS, stdin=None):
     times = []
     for _ in range(runs):
@@ -100,13 +123,19 @@ sort_input = os.path.join(work, "lines.txt")
 with open(sort_input, "w") as f:
     for i in range(400000):
         f.write(f"{(i * 7919) % 1000003:07d} line {i}\n")
+big_file = os.path.join(work, "big.bin")
+with open(big_file, "wb") as f:
+    f.write(bytes(range(256)) * (20 * 4096))
+rsa_key = os.path.join(work, "key.pem")
+subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", rsa_key],
+               check=True, capture_output=True)
 py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 programs = [
     ("python3 (json, sort, dict)", [py, "-c",
         "import json; d=[{'k': str(i), 'v': list(range(i % 20))} for i in range(150000)];"
         "s=json.dumps(d); json.loads(s); sorted(str(i * 7919 % 100003) for i in range(300000))"]),
     ("sort (400k lines)", ["sort", sort_input]),
-    ("openssl genpkey RSA-2048 x1", ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+    ("openssl (sign 20 MB, RSA-2048)", ["openssl", "dgst", "-sha256", "-sign", rsa_key, big_file]),
     ("perl (hash of 300k keys)", ["perl", "-e", "my %h; $h{$_ * 7919 % 1000003} = $_ for 1..300000; print scalar(keys %h)"]),
 ]
 for label, argv in programs:
