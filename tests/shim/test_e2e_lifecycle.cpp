@@ -109,3 +109,19 @@ Test(e2e_lifecycle, threads_stress_with_cross_thread_frees) {
     cr_assert_leq(stat_value(s, "live_bytes"), 4096u, "%s", s.c_str());
     cr_assert_eq(stat_value(s, "denied"), 0u, "%s", s.c_str());
 }
+
+// fork while other threads allocate: the arena's locks are consistent in every child, which
+// allocates, frees and frees a block from before the fork (a lock left held would hang it).
+Test(e2e_lifecycle, fork_while_threads_allocate) {
+    TempDir dir;
+    const std::string config = prepare(dir, "e2e_forkthreads");
+    RunOptions opts;
+    opts.argv = {shim_program("e2e_forkthreads"), "100"};
+    opts.env = shim_env(config);
+    opts.timeout_ms = 120000;
+    const RunResult r = run_program(opts);
+    cr_assert_not(r.timed_out, "a child hung after fork: %s", r.describe().c_str());
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "forks 100 ok\n");
+    cr_assert_str_empty(r.err.c_str());
+}

@@ -1,0 +1,192 @@
+// End-to-end: real programs under the shim (a C++ program, python3, the libc contract
+// checker), and what the built library exports and links.
+#include <criterion/criterion.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "helpers.hpp"
+
+using namespace memlock_test;
+
+namespace {
+
+void need_built(const std::string &prog) {
+    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
+    if (!prog.empty())
+        cr_assert(file_exists(shim_program(prog)), "%s missing: run `make progs`", shim_program(prog).c_str());
+}
+
+std::string write_config(const TempDir &dir, const std::string &rules) {
+    cr_assert(dir.ok());
+    const std::string path = dir.file("rules.json");
+    cr_assert(write_file(path, R"({"version": 1, "rules": [)" + rules + R"(],
+  "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})"));
+    return path;
+}
+
+const char *const kMatchAll = R"({"name": "everything", "min_size": 0})";
+
+// Runs argv with the shim (config non-empty) or without it; returns the result and the pid's
+// stats file (empty without the shim).
+struct Shimmed {
+    RunResult result;
+    std::string stats;
+};
+
+Shimmed run_with(const TempDir &dir, const std::vector<std::string> &argv, const std::string &config,
+                 std::vector<std::pair<std::string, std::string>> extra_env = {}) {
+    RunOptions opts;
+    opts.argv = argv;
+    opts.env = std::move(extra_env);
+    opts.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
+    if (!config.empty())
+        for (auto &kv : shim_env(config)) opts.env.push_back(kv);
+    opts.timeout_ms = 120000;
+    LiveProgram prog;
+    cr_assert_not_null(start_program_into(prog, opts), "cannot start %s", argv[0].c_str());
+    const pid_t pid = prog.pid();
+    Shimmed s{prog.finish(120000), {}};
+    if (!config.empty()) {
+        const auto text = read_file(dir.file("stats." + std::to_string(pid) + ".json"));
+        cr_assert(text.has_value(), "no stats file for %s (pid %d)\n%s", argv[0].c_str(), static_cast<int>(pid),
+                  s.result.describe().c_str());
+        s.stats = *text;
+    }
+    return s;
+}
+
+unsigned long long stat_value(const std::string &json, const char *key) {
+    const auto v = json_uint(json, key);
+    cr_assert(v.has_value(), "stats have no \"%s\": %s", key, json.c_str());
+    return *v;
+}
+
+// The real interpreter: /usr/bin/python3, else what `python3` reports (it may be a pyenv
+// shim script, which would put the shim into a shell and python3 twice).
+std::string python3() {
+    if (::access("/usr/bin/python3", X_OK) == 0) return "/usr/bin/python3";
+    RunOptions o;
+    o.argv = {"python3", "-c", "import sys; print(sys.executable)"};
+    o.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG"};
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "no python3: %s", r.describe().c_str());
+    std::string exe = r.out;
+    while (!exe.empty() && (exe.back() == '\n' || exe.back() == '\r')) exe.pop_back();
+    return exe;
+}
+
+const char *const kPythonWorkload = R"(
+import hashlib, json, random
+random.seed(12345)
+items = [random.random() for _ in range(200000)]
+items.sort()
+print(hashlib.sha256(repr(items[:1000]).encode()).hexdigest(), items[0] <= items[-1])
+doc = {"k%d" % i: [i, str(i) * (i % 50), {"x": i * 1.5}] for i in range(20000)}
+text = json.dumps(doc, sort_keys=True)
+print(json.loads(text) == doc, len(text))
+h = hashlib.sha256()
+for i in range(20000):
+    h.update(hashlib.sha512(("%d" % i).encode() * 20).digest())
+print(h.hexdigest())
+words = sorted(("w%07d" % random.randrange(10**7) for _ in range(200000)), key=lambda s: s[::-1])
+print(words[0], words[-1], len(set(words)))
+)";
+
+}  // namespace
+
+Test(e2e_programs, cxx_new_delete_and_string_are_served_by_the_arena) {
+    need_built("e2e_cxx");
+    TempDir dir;
+    const std::string config = write_config(dir, R"({"name": "cxx", "min_size": 24, "max_size": 4096})");
+    const Shimmed with = run_with(dir, {shim_program("e2e_cxx"), "2000"}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_empty(with.result.err.c_str());
+    const auto allocations = line_value(with.result.out, "allocations");
+    cr_assert(allocations.has_value() && with.result.out.find("\nok\n") != std::string::npos, "%s",
+              with.result.describe().c_str());
+    // Every new, string and vector allocation of the program matches the rule.
+    cr_assert_geq(stat_value(with.stats, "matched_allocations"), std::stoull(*allocations), "%s",
+                  with.stats.c_str());
+    cr_assert_geq(stat_value(with.stats, "frees"), std::stoull(*allocations) - 16, "%s", with.stats.c_str());
+    cr_assert_gt(stat_value(with.stats, "locked_bytes"), 0u, "%s", with.stats.c_str());
+
+    const Shimmed without = run_with(dir, {shim_program("e2e_cxx"), "2000"}, "");
+    cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
+}
+
+Test(e2e_programs, python3_workload_under_match_all_rule) {
+    need_built("");
+    TempDir dir;
+    const std::string config = write_config(dir, kMatchAll);
+    const std::string py = python3();
+    const std::vector<std::pair<std::string, std::string>> env = {{"PYTHONHASHSEED", "0"},
+                                                                   {"PYTHONDONTWRITEBYTECODE", "1"}};
+    const Shimmed without = run_with(dir, {py, "-c", kPythonWorkload}, "", env);
+    cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
+    cr_assert_eq(split_lines(without.result.out).size(), 4u, "%s", without.result.describe().c_str());
+    const Shimmed with = run_with(dir, {py, "-c", kPythonWorkload}, config, env);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
+    cr_assert_str_empty(with.result.err.c_str());
+    cr_assert_geq(stat_value(with.stats, "matched_allocations"), 1000u, "%s", with.stats.c_str());
+    cr_assert_gt(stat_value(with.stats, "frees"), 0u, "%s", with.stats.c_str());
+    cr_assert_eq(stat_value(with.stats, "denied"), 0u, "%s", with.stats.c_str());
+}
+
+// Same checks, same verdicts, with every call in the arena and without the shim.
+Test(e2e_programs, libc_contract_with_and_without_shim) {
+    need_built("e2e_libc");
+    TempDir dir;
+    const std::string config = write_config(dir, kMatchAll);
+    const Shimmed without = run_with(dir, {shim_program("e2e_libc")}, "");
+    cr_assert(without.result.exited_with(0), "without the shim:\n%s", without.result.describe().c_str());
+    const Shimmed with = run_with(dir, {shim_program("e2e_libc")}, config);
+    cr_assert(with.result.exited_with(0), "with the shim:\n%s", with.result.describe().c_str());
+    cr_assert(with.result.out.find("FAIL") == std::string::npos, "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
+    const auto summary = line_value(with.result.out, "passed");
+    cr_assert(summary.has_value() && summary->find(" failed 0") != std::string::npos, "%s",
+              with.result.out.c_str());
+    cr_assert_str_empty(with.result.err.c_str());
+    cr_assert_geq(stat_value(with.stats, "matched_allocations"), 300u, "%s", with.stats.c_str());
+}
+
+// Only the hooks are exported: no C++ runtime, no JSON library. dlclose is interposed too
+// (shim/exports.map: caller rules forget the address ranges of an unloaded object).
+Test(e2e_programs, exports_only_the_interposed_functions) {
+    need_built("");
+    RunOptions o;
+    o.argv = {"nm", "-D", "--defined-only", shim_library()};
+    o.unset_env = {"LD_PRELOAD"};
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    std::vector<std::string> names;
+    for (const auto &line : split_lines(r.out)) {
+        std::istringstream in(line);
+        std::string addr, type, name;
+        if (in >> addr >> type >> name) names.push_back(name);
+    }
+    std::sort(names.begin(), names.end());
+    std::string got;
+    for (const auto &n : names) got += n + " ";
+    const std::string expected =
+        "aligned_alloc calloc dlclose free free_aligned_sized free_sized malloc malloc_usable_size memalign "
+        "posix_memalign pvalloc realloc reallocarray valloc ";
+    cr_assert_str_eq(got.c_str(), expected.c_str());
+}
+
+Test(e2e_programs, links_no_cxx_runtime) {
+    need_built("");
+    RunOptions o;
+    o.argv = {"ldd", shim_library()};
+    o.unset_env = {"LD_PRELOAD"};
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.find("libc.so") != std::string::npos, "%s", r.out.c_str());
+    cr_assert(r.out.find("libstdc++") == std::string::npos, "links the C++ runtime:\n%s", r.out.c_str());
+    cr_assert(r.out.find("libgcc_s") == std::string::npos, "links libgcc_s:\n%s", r.out.c_str());
+}
