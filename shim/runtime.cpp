@@ -220,36 +220,14 @@ void runtime_start() {
     }
     log_configure(config->log_level, log_fd);
 
-    // One pool per distinct action set, in rule order.
-    unsigned actions[kMaxPools];
-    unsigned npools = 0;
-    std::size_t lo = SIZE_MAX, hi = 0;
-    std::vector<CallerCondition> conditions;
-    for (const Rule &r : config->rules) {
-        unsigned pool = 0;
-        while (pool < npools && actions[pool] != r.actions) ++pool;
-        if (pool == npools) actions[npools++] = r.actions;
-        int caller = -1;
-        if (!r.symbol.empty() || !r.module.empty()) {
-            CallerCondition c;
-            c.name = r.name;
-            c.symbol = r.symbol;
-            c.module = r.module;
-            c.symbol_depth = r.depth ? r.depth : kDefaultSymbolDepth;
-            c.module_depth = r.depth ? r.depth : kDefaultModuleDepth;
-            caller = static_cast<int>(conditions.size());
-            conditions.push_back(c);
-        }
-        g_rules[g_nrules++] = SizeRule{r.min_size, r.max_size, pool, caller};
-        if (r.min_size < lo) lo = r.min_size;
-        if (r.max_size > hi) hi = r.max_size;
-    }
+    RuleTable table = compile_rules(config->rules);
     g_config = config;
-    if (npools == 0) {
+    if (table.rules.empty()) {
         log_msg(LogLevel::info, "config %s has no rules: nothing to protect", path);
         return;
     }
-
+    for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
+    const std::vector<CallerCondition> &conditions = table.conditions;
     if (!conditions.empty()) {
         std::string why = callers_init(conditions, [](const char *text) { log_msg(LogLevel::warn, "%s", text); });
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
@@ -265,7 +243,8 @@ void runtime_start() {
     int rc;
     {
         BusyScope busy;
-        rc = g_arena.init(opts, actions, npools, g_stats, report);
+        rc = g_arena.init(opts, table.pool_actions.data(), static_cast<unsigned>(table.pool_actions.size()),
+                          g_stats, report);
     }
     if (rc)
         return startup_error(kExitOsErr, std::string("cannot set up the secure arena: ") + memlock_strerror(rc),
@@ -275,8 +254,8 @@ void runtime_start() {
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
     // Publish the window last: from here on matching sizes take the slow path.
-    g_window.lo = lo;
-    g_window.span = hi - lo;
+    g_window.lo = table.lo;
+    g_window.span = table.hi - table.lo;
 }
 
 void write_stats_file() noexcept {

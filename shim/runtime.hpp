@@ -13,6 +13,7 @@
 
 #include "arena.hpp"
 #include "config.hpp"
+#include "rules.hpp"
 
 namespace mlshim {
 
@@ -50,12 +51,7 @@ bool in_bootstrap(const void *p) noexcept;
 void runtime_init() noexcept;   // from the library constructor
 void runtime_fini() noexcept;   // from the library destructor
 
-// The size rules, in config order: the first that holds picks the pool.
-struct SizeRule {
-    std::size_t min, max;
-    unsigned pool;
-    int caller;  // caller condition (callers.hpp), or -1: size alone decides
-};
+// The rules in force (rules.hpp), in config order: the first that holds picks the pool.
 constexpr unsigned kMaxRules = kConfigMaxRules;
 extern SizeRule g_rules[kMaxRules];
 extern unsigned g_nrules;
