@@ -157,3 +157,40 @@ Test(e2e_protection, invalid_free_of_arena_pointer_aborts_with_exact_message) {
         "memlock-shim: fatal: free(): invalid pointer: not a live block of the secure arena " + *block + "\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
 }
+
+// A rule's actions choose what its blocks get: 32-byte blocks only dontdump (+ wipe), the
+// 512..2048 range only lock (+ wipe). Each action set is a pool of its own.
+Test(e2e_protection, rule_actions_select_lock_and_dontdump) {
+    TempDir dir;
+    prepare(dir, "e2e_layout");
+    const std::string config = dir.file("actions.json");
+    cr_assert(write_file(config, R"({"version": 1, "rules": [
+        {"name": "keys", "size": 32, "actions": ["dontdump", "wipe"]},
+        {"name": "buffers", "min_size": 512, "max_size": 2048, "actions": ["lock", "wipe"]}]})"));
+    RunOptions opts;
+    opts.argv = {shim_program("e2e_layout")};
+    opts.env = shim_env(config);
+    LiveProgram child;
+    cr_assert_not_null(start_program_into(child, opts));
+    cr_assert(child.wait_for_line("ready"), "stdout: %s\nstderr: %s", child.out().c_str(), child.err().c_str());
+    const pid_t pid = child.pid();
+    unsigned keys = 0, buffers = 0;
+    for (const auto &line : split_lines(child.out())) {
+        std::istringstream in(line);
+        std::string kind, addr_text;
+        std::size_t size = 0;
+        if (!(in >> kind >> addr_text >> size) || kind != "match") continue;
+        const void *addr = parse_pointer(addr_text);
+        const bool key = size == 32;
+        cr_assert(range_has_flag(addr, size, "dd", key, pid), "%s: dd should be %s", line.c_str(),
+                  key ? "set" : "absent");
+        cr_assert(range_has_flag(addr, size, "lo", !key, pid), "%s: lo should be %s", line.c_str(),
+                  key ? "absent" : "set");
+        ++(key ? keys : buffers);
+    }
+    cr_assert_eq(keys, 2u);
+    cr_assert_eq(buffers, 3u);
+    const RunResult r = child.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_empty(r.err.c_str());
+}
