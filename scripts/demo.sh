@@ -39,9 +39,9 @@ LD_PRELOAD="$shim" MEMLOCK_SHIM_CONFIG="$work/config.json" \
     openssl dgst -sha256 -hmac "$key" < "$work/input" > "$work/mac" &
 pid=$!
 exec 3> "$work/input"
-# Wait until the shim's arena is mapped (it is set up before main runs).
+# Wait until openssl has set up its key and blocks reading its input: read(0, ...).
 tries=0
-until grep -q ' dd' "/proc/$pid/smaps" 2>/dev/null || [ $tries -ge 100 ]; do
+until [ "$(cut -d' ' -f1,2 "/proc/$pid/syscall" 2>/dev/null)" = "0 0x0" ] || [ $tries -ge 200 ]; do
     tries=$((tries + 1))
     sleep 0.05
 done
@@ -61,9 +61,9 @@ wait $pid
 echo "  openssl output: $(cat "$work/mac")"
 echo
 
-# 2. A whole key generation, counted.
-echo "== counted: openssl genpkey RSA-2048 under the shim"
-LD_PRELOAD="$shim" MEMLOCK_SHIM_CONFIG="$work/config.json" \
+# 2. A whole key generation, counted, started through the wrapper an entrypoint would use.
+echo "== counted: memlock-run --config ... -- openssl genpkey RSA-2048"
+"$build/memlock-run" --quiet --config "$work/config.json" -- \
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/key.pem" 2>/dev/null
 stats=$(ls "$work"/stats.*.json | tail -n 1)
 python3 - "$stats" <<'EOF'
