@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -85,9 +86,11 @@ struct SecureArena::PageMeta {
     std::uint32_t head;       // page index of the slab or run this page belongs to
     std::uint32_t npages;     // at the head: pages in the slab or run
     std::uint32_t next_free;  // at a free run's head: next free run's head + 1 (0: none)
+    std::uint32_t prev_free;  // at a free run's head: previous free run's head + 1 (0: none)
     std::uint16_t cls;        // size class, or kLargeClass
     std::uint8_t kind;        // kUnused, kSlab, kRun, kFreeRun
     std::uint8_t locked;      // the page was mlocked
+    std::uint8_t pad[3];
 };
 
 struct SecureArena::Pool {
@@ -212,6 +215,12 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         if (pools) memlock_release(pools, pools_bytes);
         return rc;
     }
+    // The side regions hold no secrets, but nothing of use in a core dump either: keep
+    // them (and their untouched reservations) out, so dumps stay small.
+    memlock_dontdump(meta, meta_bytes);
+    memlock_dontdump(state, state_bytes);
+    memlock_dontdump(pools, pools_bytes);
+    memlock_dontdump(stacks, stack_bytes * npools);
     base_ = reinterpret_cast<std::uintptr_t>(mem);
     meta_ = static_cast<PageMeta *>(meta);
     state_ = static_cast<std::uint8_t *>(state);
@@ -235,6 +244,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     }
     if (stats_) {
         stats_->reserved_bytes.store(total);
+        stats_->arena_start = base_;
         stats_->max_locked = opts.max_locked;
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
     }
@@ -271,7 +281,8 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     if (!(pool.actions & kActionLock)) return 0;
     pthread_mutex_lock(&misc_lock_);
     bool over_budget = locked_total_ + bytes > opts_.max_locked;
-    int err = over_budget ? ENOMEM : memlock_lock(start, bytes);
+    // Locked as touched: a large block that is mostly unused costs only what is used.
+    int err = over_budget ? ENOMEM : memlock_lock_onfault(start, bytes);
     if (!err) {
         locked_total_ += bytes;
         if (stats_) stats_->locked_bytes.fetch_add(bytes);
@@ -325,6 +336,8 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
         for (std::uintptr_t a = fresh; a < to; a += page_) meta_[(a - base_) / page_].locked = locked;
         pool.committed = to;
     }
+    // Memory handed back to the frontier earlier may carry old block states.
+    if (from < pool.committed) std::memset(state_ + ((from - base_) >> 4), 0, (std::min(to, pool.committed) - from) >> 4);
     pool.frontier = to;
     if (stats_) stats_->committed_bytes.fetch_add(bytes);
     return reinterpret_cast<unsigned char *>(from);
@@ -399,6 +412,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         void *mem = nullptr;
         std::size_t bytes = round_up(sizeof(PoolCache), page_);
         if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
+        memlock_dontdump(mem, bytes);
         pc = static_cast<PoolCache *>(mem);
     }
     pc->next_spare = nullptr;
@@ -441,21 +455,46 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
 
 // ---- large blocks (page runs) --------------------------------------------------------------
 
-void SecureArena::free_run_push(Pool &pool, std::size_t head, std::size_t npages) noexcept {
-    for (std::size_t i = 0; i < npages; ++i) {
-        PageMeta &m = meta_[head + i];
+// Free runs form a doubly linked list through the page table (never through the memory,
+// which stays zero). Only a free run's first and last pages are marked: the first for the
+// list, the last so that a run freed just after it can find it and merge.
+void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
+    PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
+    tail.head = h.head = static_cast<std::uint32_t>(head);
+    tail.kind = h.kind = kFreeRun;
+    tail.cls = h.cls = kLargeClass;
+    h.npages = static_cast<std::uint32_t>(npages);
+    h.prev_free = 0;
+    h.next_free = pool.free_runs;
+    if (pool.free_runs) meta_[pool.free_runs - 1].prev_free = static_cast<std::uint32_t>(head + 1);
+    pool.free_runs = static_cast<std::uint32_t>(head + 1);
+}
+
+void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
+    PageMeta &h = meta_[head];
+    if (h.prev_free) meta_[h.prev_free - 1].next_free = h.next_free;
+    else pool.free_runs = h.next_free;
+    if (h.next_free) meta_[h.next_free - 1].prev_free = h.prev_free;
+    h.next_free = h.prev_free = 0;
+}
+
+// Marks pages [head, head+npages) as one live run. pre: pool.lock held.
+void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept {
+    for (std::size_t i = first; i < first + npages; ++i) {
+        PageMeta &m = meta_[i];
         m.head = static_cast<std::uint32_t>(head);
-        m.kind = kFreeRun;
+        m.kind = kRun;
         m.cls = kLargeClass;
     }
-    meta_[head].npages = static_cast<std::uint32_t>(npages);
-    meta_[head].next_free = pool.free_runs;
-    pool.free_runs = static_cast<std::uint32_t>(head + 1);
 }
 
 void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align) noexcept {
     Pool &pool = pools_[pool_index];
     if (n > pool.end - pool.start || align > pool.end - pool.start) {
+        if (!warned_full_.exchange(true) && reporter_)
+            reporter_(LogLevel::warn, "a matching allocation is larger than the arena (it fails with ENOMEM)",
+                      "raise policy.max_arena");
+        if (stats_) stats_->denied.fetch_add(1);
         errno = ENOMEM;
         return nullptr;
     }
@@ -465,13 +504,12 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     {
         Guard g(pool.lock);
         // First fit among freed runs.
-        for (std::uint32_t *link = &pool.free_runs; *link; link = &meta_[*link - 1].next_free) {
-            PageMeta &m = meta_[*link - 1];
+        for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
+            PageMeta &m = meta_[r - 1];
             if (std::size_t{m.npages} * page_ >= want) {
-                run = base_ + std::size_t{*link - 1} * page_;
+                run = base_ + std::size_t{r - 1} * page_;
                 run_end = run + std::size_t{m.npages} * page_;
-                *link = m.next_free;
-                m.next_free = 0;
+                free_run_remove(pool, r - 1);
                 break;
             }
         }
@@ -483,15 +521,10 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
         }
         // Keep the aligned part asked for; the pages around it go back as free runs.
         at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
-        if (at > run) free_run_push(pool, (run - base_) / page_, (at - run) / page_);
-        if (run_end > at + bytes) free_run_push(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
+        if (at > run) free_run_insert(pool, (run - base_) / page_, (at - run) / page_);
+        if (run_end > at + bytes) free_run_insert(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
         std::size_t head = (at - base_) / page_, np = bytes / page_;
-        for (std::size_t i = 0; i < np; ++i) {
-            PageMeta &m = meta_[head + i];
-            m.head = static_cast<std::uint32_t>(head);
-            m.kind = kRun;
-            m.cls = kLargeClass;
-        }
+        mark_run(head, head, np);
         meta_[head].npages = static_cast<std::uint32_t>(np);
         if (stats_) {
             stats_->out_bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -505,17 +538,96 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     return p;
 }
 
+// Wipes a page run. A locked page that is not resident was never touched (locked pages are
+// never swapped out), so it holds nothing: only resident pages are written, and a large,
+// mostly unused block is not paged in just to be zeroed. Unlocked pages are always wiped.
+void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
+    auto *at = static_cast<unsigned char *>(p);
+    std::size_t first = (reinterpret_cast<std::uintptr_t>(p) - base_) / page_;
+    constexpr std::size_t kChunkPages = 1024;
+    unsigned char resident[kChunkPages];
+    for (std::size_t done = 0; done < bytes; done += kChunkPages * page_) {
+        std::size_t chunk = std::min(bytes - done, kChunkPages * page_);
+        if (memlock_resident(at + done, chunk, resident)) {
+            memlock_wipe(at + done, chunk);
+            continue;
+        }
+        for (std::size_t i = 0; i < chunk / page_; ++i)
+            if ((resident[i] & 1) || !meta_[first + done / page_ + i].locked)
+                memlock_wipe(at + done + i * page_, page_);
+    }
+}
+
 void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     std::size_t bytes = std::size_t{head.npages} * page_;
-    if (pool.actions & kActionWipe) memlock_wipe(p, bytes);
+    if (pool.actions & kActionWipe) wipe_run(p, bytes);
     state_of(p) = kFreed;
     {
         Guard g(pool.lock);
-        free_run_push(pool, static_cast<std::size_t>(&head - meta_), head.npages);
+        std::size_t first = static_cast<std::size_t>(&head - meta_), np = head.npages;
+        std::size_t pool_first = (pool.start - base_) / page_, frontier = (pool.frontier - base_) / page_;
+        // Merge with the free runs on either side, so that freed memory is one run again.
+        std::size_t after = first + np;
+        if (after < frontier && meta_[after].kind == kFreeRun && meta_[after].head == after) {
+            np += meta_[after].npages;
+            free_run_remove(pool, after);
+        }
+        if (first > pool_first && meta_[first - 1].kind == kFreeRun) {
+            std::size_t before = meta_[first - 1].head;
+            np += meta_[before].npages;
+            free_run_remove(pool, before);
+            first = before;
+        }
+        if (first + np == frontier) {
+            // The run ends at the frontier: give the pages back to it (they stay committed
+            // and locked, and are carved again without a system call).
+            meta_[first].kind = kUnused;
+            pool.frontier = base_ + first * page_;
+            if (stats_) stats_->committed_bytes.fetch_sub(np * page_, std::memory_order_relaxed);
+        } else {
+            free_run_insert(pool, first, np);
+        }
         if (stats_) stats_->out_bytes.fetch_sub(bytes, std::memory_order_relaxed);
     }
     if (thread_ready(this, stats_) || t_state.arena == this)
         count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+}
+
+bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    std::size_t head = off / page_;
+    PageMeta &m = meta_[head];
+    if (m.kind != kRun || m.head != head || state_of(p) != kLive || n > span_) return false;
+    std::size_t need = round_up(n, page_) / page_, have = m.npages;
+    if (need <= have) return true;
+    std::size_t extra = need - have, next = head + have;
+    Pool &pool = pools_[off >> pool_shift_];
+    {
+        Guard g(pool.lock);
+        std::size_t frontier = (pool.frontier - base_) / page_;
+        if (next == frontier) {
+            if (!carve(pool, extra * page_)) return false;
+        } else if (next < frontier && meta_[next].kind == kFreeRun && meta_[next].head == next &&
+                   meta_[next].npages >= extra) {
+            std::size_t rest = meta_[next].npages - extra;
+            free_run_remove(pool, next);
+            if (rest) free_run_insert(pool, next + extra, rest);
+        } else {
+            return false;
+        }
+        mark_run(head, next, extra);
+        m.npages = static_cast<std::uint32_t>(need);
+        if (stats_) {
+            stats_->out_bytes.fetch_add(extra * page_, std::memory_order_relaxed);
+            note_peak();
+        }
+    }
+    ThreadState &ts = t_state;
+    if (ts.arena == this && ts.slot) {
+        if (ts.slot_shared) ts.slot->alloc_bytes.fetch_add(extra * page_, std::memory_order_relaxed);
+        else ThreadCounters::bump(ts.slot->alloc_bytes, extra * page_);
+    }
+    return true;
 }
 
 // ---- the public operations ---------------------------------------------------------------
@@ -620,7 +732,7 @@ void SecureArena::postfork_child() noexcept {
         for (std::size_t pg = first; pg <= last; ++pg) {
             if (pg < last && meta_[pg].locked) continue;
             if (pg > run) {
-                int rc = memlock_lock(reinterpret_cast<void *>(base_ + run * page_), (pg - run) * page_);
+                int rc = memlock_lock_onfault(reinterpret_cast<void *>(base_ + run * page_), (pg - run) * page_);
                 if (rc) failed = rc;
             }
             run = pg + 1;

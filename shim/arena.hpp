@@ -63,6 +63,9 @@ public:
     void *alloc(unsigned pool, std::size_t n, std::size_t align = 16) noexcept;
     // pre: owns(p). Fatal on a double or invalid free. Preserves errno.
     void free(void *p) noexcept;
+    // pre: owns(p). Grows a page run in place to at least n bytes when the pages after it
+    // are free; false (nothing changed) otherwise, and for small blocks.
+    bool grow_in_place(void *p, std::size_t n) noexcept;
     // pre: owns(p). The bytes usable at p.
     std::size_t usable_size(const void *p) const noexcept;
     // pre: owns(p). Which pool p belongs to.
@@ -96,12 +99,15 @@ private:
     void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
     void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
     void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    void wipe_run(void *p, std::size_t bytes) const noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     PoolCache *cache_for(unsigned pool) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes, bool &locked) noexcept;
-    void free_run_push(Pool &pool, std::size_t head, std::size_t npages) noexcept;
+    void free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept;
+    void free_run_remove(Pool &pool, std::size_t head) noexcept;
+    void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
     void note_peak() noexcept;
     std::uint8_t &state_of(const void *p) const noexcept {
         return state_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> 4];

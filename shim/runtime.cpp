@@ -356,6 +356,7 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         }
         std::size_t have = g_arena.usable_size(p);
         if (n <= have && (n > have / 2 || have <= 16)) return p;
+        if (n > have && g_arena.grow_in_place(p, n)) return p;
         void *q = arena_alloc(static_cast<int>(g_arena.pool_of(p)), n, 16, false);
         if (!q) return nullptr;  // errno = ENOMEM, p untouched
         std::memcpy(q, p, n < have ? n : have);

@@ -86,6 +86,7 @@ StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
     page->max_locked = old->max_locked;
     page->on_lock_failure = old->on_lock_failure;
     page->rules = old->rules;
+    page->arena_start = old->arena_start;
     page->active.store(old->active.load());
     page->reserved_bytes.store(old->reserved_bytes.load());
     page->committed_bytes.store(old->committed_bytes.load());
@@ -136,12 +137,12 @@ std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len)
     };
     int n = std::snprintf(
         buf, len,
-        "{\"pid\": %d, \"active\": %s, \"rules\": %u, \"matched_allocations\": %llu, "
+        "{\"pid\": %d, \"active\": %s, \"rules\": %u, \"arena_start\": %llu, \"matched_allocations\": %llu, "
         "\"frees\": %llu, \"live_bytes\": %llu, \"peak_bytes\": %llu, \"reserved_bytes\": %llu, "
         "\"committed_bytes\": %llu, \"locked_bytes\": %llu, \"unlocked_bytes\": %llu, "
         "\"max_locked\": %llu, \"lock_failures\": %llu, \"fallbacks\": %llu, \"denied\": %llu, "
         "\"on_lock_failure\": \"%s\"}\n",
-        page.pid, page.active.load() ? "true" : "false", page.rules,
+        page.pid, page.active.load() ? "true" : "false", page.rules, static_cast<unsigned long long>(page.arena_start),
         static_cast<unsigned long long>(t.allocs), static_cast<unsigned long long>(t.frees),
         static_cast<unsigned long long>(t.live_bytes()), u(page.peak_bytes), u(page.reserved_bytes),
         u(page.committed_bytes), u(page.locked_bytes), u(page.unlocked_bytes),

@@ -19,7 +19,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 1;
+constexpr std::uint32_t kStatsLayout = 2;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 
@@ -50,6 +50,7 @@ struct StatsPage {
     std::uint32_t rules;               // number of rules in force
     std::atomic<std::uint32_t> active; // 1 while the arena serves matching allocations
     std::uint32_t pad0;
+    std::uint64_t arena_start;         // the arena's reservation: [arena_start, +reserved_bytes)
     std::atomic<std::uint64_t> reserved_bytes;   // address space reserved for the arena
     std::atomic<std::uint64_t> committed_bytes;  // arena memory in use by slabs and runs
     std::atomic<std::uint64_t> locked_bytes;     // of which mlocked

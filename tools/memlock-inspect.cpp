@@ -3,7 +3,8 @@
 //
 // Sources: /proc/PID/maps (which stats file the process maps), the stats page itself
 // (/dev/shm/memlock-shim.<pid>, mapped read-only; layout in shim/stats.hpp), /proc/PID/smaps
-// (the arena: anonymous mappings with VmFlags dd, their Locked kB and lo flag) and the
+// (the arena: the mappings inside the reservation the shim publishes, their Locked kB and
+// lo/dd flags) and the
 // config named by /proc/PID/environ (does every rule lock?). Nothing is written.
 //
 // Exit status: 0 protected as configured, 1 degraded, 2 not shimmed or no such process,
@@ -77,6 +78,8 @@ struct Report {
     std::optional<json> counters; // the stats page, as the shim formats it
     std::vector<Region> arena;
     std::uint64_t resident_kb = 0, locked_kb = 0, unlocked_kb = 0;
+    std::uint64_t locked_range_kb = 0;  // arena mappings flagged lo (pages lock as they are touched)
+    std::uint64_t dumpable_kb = 0;      // arena mappings without dd
     std::vector<std::string> warnings;  // each makes the status degraded
     std::vector<std::string> notes;
 };
@@ -113,15 +116,16 @@ MapsInfo read_maps(int pid) {
     return m;
 }
 
-// Anonymous mappings marked dd: the arena (reserved and committed parts).
-std::vector<Region> read_arena(int pid) {
+// The mappings inside the arena's reservation [start, end) (reserved and committed parts),
+// as the shim publishes it in its counters.
+std::vector<Region> read_arena(int pid, std::uint64_t arena_start, std::uint64_t arena_end) {
     std::vector<Region> out;
     std::ifstream in(proc(pid, "smaps"));
     std::string line;
     Region cur;
     bool have = false, anon = false;
     auto flush = [&] {
-        if (have && anon && cur.dd) out.push_back(cur);
+        if (have && anon && cur.start >= arena_start && cur.end <= arena_end) out.push_back(cur);
     };
     while (std::getline(in, line)) {
         std::istringstream f(line);
@@ -228,11 +232,16 @@ Report inspect(int pid) {
         return r;
     }
     r.counters = read_counters(pid, *maps.stats_inode, r);
-    r.arena = read_arena(pid);
+    if (r.counters) {
+        const std::uint64_t start = (*r.counters)["arena_start"].get<std::uint64_t>();
+        r.arena = read_arena(pid, start, start + (*r.counters)["reserved_bytes"].get<std::uint64_t>());
+    }
     for (const auto &g : r.arena) {
         r.resident_kb += g.rss_kb;
         r.locked_kb += g.locked_kb;
+        if (g.lo) r.locked_range_kb += g.size_kb;
         if (!g.lo && g.perms[0] == 'r') r.unlocked_kb += g.rss_kb;
+        if (!g.dd) r.dumpable_kb += g.size_kb;
     }
     if (!r.counters) {
         r.status = kDegraded;
@@ -259,9 +268,14 @@ Report inspect(int pid) {
         if (all_lock.value_or(true)) r.warnings.push_back(what);
         else r.notes.push_back(what + " (expected: some rules do not have the lock action)");
     }
-    if (r.locked_kb * 1024 < count("locked_bytes"))
-        r.warnings.push_back("the kernel reports " + human_bytes(r.locked_kb * 1024) + " locked in the arena, the shim " +
-                             "locked " + human_bytes(count("locked_bytes")));
+    // The arena locks on fault: the kernel's Locked kB count the pages touched so far, the lo
+    // flag the whole locked range, which must cover what the shim locked.
+    if (r.locked_range_kb * 1024 < count("locked_bytes"))
+        r.warnings.push_back("the kernel has " + human_bytes(r.locked_range_kb * 1024) + " of the arena locked, the " +
+                             "shim locked " + human_bytes(count("locked_bytes")));
+    if (r.dumpable_kb > 0 && all_lock.value_or(true))
+        r.notes.push_back(human_bytes(r.dumpable_kb * 1024) + " of the arena is not excluded from core dumps "
+                          "(expected only for rules without the dontdump action)");
     const std::uint64_t max_locked = count("max_locked");
     if (max_locked > 0 && count("locked_bytes") * 10 >= max_locked * 9)
         r.notes.push_back("locked memory is at " + std::to_string(count("locked_bytes") * 100 / max_locked) +
@@ -312,7 +326,7 @@ void print_text(const Report &r) {
         std::printf("    lock failures %s, fallbacks %s, denied %s\n", u("lock_failures").c_str(),
                     u("fallbacks").c_str(), u("denied").c_str());
     }
-    std::printf("  arena mappings (smaps: anonymous, dd):\n");
+    std::printf("  arena mappings (smaps, inside the arena's reservation):\n");
     for (const auto &g : r.arena)
         std::printf("    %s-%s %s %10s  rss %-10s locked %-10s %s\n", hex(g.start).c_str(), hex(g.end).c_str(),
                     g.perms.c_str(), human_bytes(g.size_kb * 1024).c_str(), human_bytes(g.rss_kb * 1024).c_str(),

@@ -52,6 +52,11 @@ extern "C" {
 MEMLOCK_API int memlock_lock(void *addr, size_t len);
 /* munlock(addr, len). */
 MEMLOCK_API int memlock_unlock(void *addr, size_t len);
+/* mlock2(addr, len, MLOCK_ONFAULT): locks pages as they are first touched instead of
+ * populating the whole range now (a large, sparsely used range costs only what is used).
+ * The whole range counts against RLIMIT_MEMLOCK at once, as with mlock. Where the kernel
+ * lacks mlock2 or MLOCK_ONFAULT (ENOSYS, EINVAL) it falls back to mlock. */
+MEMLOCK_API int memlock_lock_onfault(void *addr, size_t len);
 /* madvise(addr, len, MADV_DONTDUMP). pre: addr page-aligned, else EINVAL from the kernel. */
 MEMLOCK_API int memlock_dontdump(void *addr, size_t len);
 /* madvise(addr, len, MADV_DODUMP), the reverse of memlock_dontdump. Same precondition. */
@@ -82,6 +87,10 @@ MEMLOCK_API size_t memlock_page_size(void);
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
+
+/* mincore(addr, len, vec): vec[i] & 1 tells whether page i of the range is resident.
+ * pre: addr page-aligned; vec holds (len + page - 1) / page bytes. len == 0 makes no call. */
+MEMLOCK_API int memlock_resident(void *addr, size_t len, unsigned char *vec);
 
 /* ---- wiping ---------------------------------------------------------------------------- */
 
@@ -117,6 +126,7 @@ typedef struct memlock_syscalls {
     int (*mlock)(const void *addr, size_t len);
     int (*munlock)(const void *addr, size_t len);
     int (*madvise)(void *addr, size_t len, int advice);
+    int (*mlock2)(const void *addr, size_t len, unsigned flags);
 } memlock_syscalls;
 MEMLOCK_API void memlock_set_syscalls(const memlock_syscalls *table);
 MEMLOCK_API void memlock_get_syscalls(memlock_syscalls *out);

@@ -62,6 +62,15 @@ int real_madvise(void *addr, size_t len, int advice) {
     ErrnoKeeper keep;
     return ::syscall(SYS_madvise, addr, len, advice) == 0 ? 0 : errno;
 }
+int real_mlock2(const void *addr, size_t len, unsigned flags) {
+    ErrnoKeeper keep;
+#ifdef SYS_mlock2
+    return ::syscall(SYS_mlock2, addr, len, flags) == 0 ? 0 : errno;
+#else
+    (void)addr, (void)len, (void)flags;
+    return ENOSYS;
+#endif
+}
 #elif MEMLOCK_HAVE_UNIX
 int real_mlock(const void *addr, size_t len) {
     ErrnoKeeper keep;
@@ -75,19 +84,23 @@ int real_madvise(void *addr, size_t len, int advice) {
     ErrnoKeeper keep;
     return ::madvise(addr, len, advice) == 0 ? 0 : errno;
 }
+int real_mlock2(const void *, size_t, unsigned) { return ENOSYS; }
 #else
 int real_mlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
 int real_munlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
 int real_madvise(void *, size_t, int) { return MEMLOCK_EUNSUPPORTED; }
+int real_mlock2(const void *, size_t, unsigned) { return MEMLOCK_EUNSUPPORTED; }
 #endif
 
 // ---- the seam: one relaxed atomic load per call ------------------------------------------
 using MlockFn = int (*)(const void *, size_t);
 using MadviseFn = int (*)(void *, size_t, int);
+using Mlock2Fn = int (*)(const void *, size_t, unsigned);
 
 std::atomic<MlockFn> g_mlock{&real_mlock};
 std::atomic<MlockFn> g_munlock{&real_munlock};
 std::atomic<MadviseFn> g_madvise{&real_madvise};
+std::atomic<Mlock2Fn> g_mlock2{&real_mlock2};
 
 int call_mlock(void *addr, size_t len) { return g_mlock.load(std::memory_order_relaxed)(addr, len); }
 int call_munlock(void *addr, size_t len) {
@@ -122,6 +135,16 @@ extern "C" {
 int memlock_lock(void *addr, size_t len) { return len == 0 ? 0 : call_mlock(addr, len); }
 
 int memlock_unlock(void *addr, size_t len) { return len == 0 ? 0 : call_munlock(addr, len); }
+
+int memlock_lock_onfault(void *addr, size_t len) {
+    if (len == 0) return 0;
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
+    int rc = g_mlock2.load(std::memory_order_relaxed)(addr, len, MLOCK_ONFAULT);
+    if (rc == ENOSYS || rc == EINVAL) rc = call_mlock(addr, len);  // kernels before 4.4
+    return rc;
+}
 
 int memlock_dontdump(void *addr, size_t len) {
     if (len == 0) return 0;
@@ -212,6 +235,17 @@ int memlock_release(void *addr, size_t len) {
 #endif
 }
 
+int memlock_resident(void *addr, size_t len, unsigned char *vec) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_UNIX
+    ErrnoKeeper keep;
+    return ::mincore(addr, len, vec) == 0 ? 0 : errno;
+#else
+    (void)addr, (void)vec;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
 // ---- wiping -------------------------------------------------------------------------------
 void memlock_wipe(void *p, size_t len) {
     if (len == 0) return;
@@ -281,14 +315,17 @@ int memlock_restore_core_dumps(const memlock_core_limit *saved) {
 void memlock_set_syscalls(const memlock_syscalls *table) {
     MlockFn l = &real_mlock, u = &real_munlock;
     MadviseFn m = &real_madvise;
+    Mlock2Fn l2 = &real_mlock2;
     if (table != nullptr) {
         if (table->mlock != nullptr) l = table->mlock;
         if (table->munlock != nullptr) u = table->munlock;
         if (table->madvise != nullptr) m = table->madvise;
+        if (table->mlock2 != nullptr) l2 = table->mlock2;
     }
     g_mlock.store(l, std::memory_order_relaxed);
     g_munlock.store(u, std::memory_order_relaxed);
     g_madvise.store(m, std::memory_order_relaxed);
+    g_mlock2.store(l2, std::memory_order_relaxed);
 }
 
 void memlock_get_syscalls(memlock_syscalls *out) {
@@ -296,6 +333,7 @@ void memlock_get_syscalls(memlock_syscalls *out) {
     out->mlock = g_mlock.load(std::memory_order_relaxed);
     out->munlock = g_munlock.load(std::memory_order_relaxed);
     out->madvise = g_madvise.load(std::memory_order_relaxed);
+    out->mlock2 = g_mlock2.load(std::memory_order_relaxed);
 }
 
 // ---- version ------------------------------------------------------------------------------

@@ -50,6 +50,14 @@ int fake_madvise(void *addr, std::size_t len, int advice) {
     if (g_fake.result == 0 && g_fake.forward) return g_real.madvise(addr, len, advice);
     return g_fake.result;
 }
+int fake_mlock2(const void *addr, std::size_t len, unsigned flags) {
+    ++g_fake.mlock2_calls;
+    g_fake.last_addr = addr;
+    g_fake.last_len = len;
+    g_fake.last_flags = flags;
+    if (g_fake.result == 0 && g_fake.forward) return g_real.mlock2(addr, len, flags);
+    return g_fake.result;
+}
 }  // namespace
 
 const memlock_syscalls &real_syscalls() { return g_real; }
@@ -57,7 +65,7 @@ const memlock_syscalls &real_syscalls() { return g_real; }
 void install_fakes(int result) {
     g_fake = FakeState{};
     g_fake.result = result;
-    const memlock_syscalls t{&fake_mlock, &fake_munlock, &fake_madvise};
+    const memlock_syscalls t{&fake_mlock, &fake_munlock, &fake_madvise, &fake_mlock2};
     memlock_set_syscalls(&t);
 }
 

@@ -16,6 +16,8 @@ struct FakeState {
     int mlock_calls = 0;
     int munlock_calls = 0;
     int madvise_calls = 0;
+    int mlock2_calls = 0;
+    unsigned last_flags = 0;    // mlock2's
     const void *last_addr = nullptr;
     std::size_t last_len = 0;
     int last_advice = -1;
@@ -23,7 +25,7 @@ struct FakeState {
 };
 extern FakeState g_fake;
 
-// Installs the counting fakes (all three members) with g_fake reset and g_fake.result = result.
+// Installs the counting fakes (all four members) with g_fake reset and g_fake.result = result.
 void install_fakes(int result);
 // Restores the real system calls (memlock_set_syscalls(nullptr)). Criterion .fini for seam tests.
 void restore_syscalls();

@@ -52,7 +52,9 @@ int calls_of(Sys s) {
     return -1;
 }
 
-int total_calls() { return g_fake.mlock_calls + g_fake.munlock_calls + g_fake.madvise_calls; }
+int total_calls() {
+    return g_fake.mlock_calls + g_fake.munlock_calls + g_fake.madvise_calls + g_fake.mlock2_calls;
+}
 
 void fakes_ok() { install_fakes(0); }
 

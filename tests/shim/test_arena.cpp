@@ -191,10 +191,11 @@ Test(arena, max_locked_reached_under_abort_is_fatal, .signal = SIGABRT) {
 
 namespace {
 int failing_mlock(const void *, std::size_t) { return EPERM; }
+int failing_mlock2(const void *, std::size_t, unsigned) { return EPERM; }
 }  // namespace
 
 Test(arena, an_mlock_error_follows_the_policy) {
-    memlock_syscalls fake{failing_mlock, nullptr, nullptr};
+    memlock_syscalls fake{failing_mlock, nullptr, nullptr, failing_mlock2};
     memlock_set_syscalls(&fake);
     make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
     errno = 0;
@@ -282,4 +283,78 @@ Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
     cr_assert_eq(p[0], 42, "the parent's block is untouched");
+}
+
+Test(arena, freed_neighbouring_runs_merge_and_are_reused) {
+    make_arena();
+    void *a = arena.alloc(0, 100000), *b = arena.alloc(0, 100000), *c = arena.alloc(0, 100000);
+    cr_assert_eq(static_cast<char *>(b), static_cast<char *>(a) + arena.usable_size(a));
+    arena.free(a);
+    arena.free(b);
+    // One merged run serves a block as large as both.
+    void *ab = arena.alloc(0, 2 * arena.usable_size(c));
+    cr_assert_eq(ab, a);
+    cr_assert(all_zero(ab, 2 * arena.usable_size(c)));
+    arena.free(ab);
+    arena.free(c);
+}
+
+Test(arena, a_run_freed_at_the_frontier_is_carved_again_without_growing) {
+    make_arena();
+    void *warm = arena.alloc(0, 32);
+    void *big = arena.alloc(0, 1u << 20);
+    std::uint64_t committed = stats->committed_bytes.load(), locked = stats->locked_bytes.load();
+    arena.free(big);
+    cr_assert_lt(stats->committed_bytes.load(), committed);
+    void *again = arena.alloc(0, 1u << 20);
+    cr_assert_eq(again, big);
+    cr_assert_eq(stats->locked_bytes.load(), locked, "no new locking for memory given back");
+    cr_assert(range_has_flag(again, 1u << 20, "lo"));
+    arena.free(again);
+    arena.free(warm);
+}
+
+Test(arena, a_run_grows_in_place) {
+    make_arena();
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, 100000));
+    std::memset(p, 0x11, 100000);
+    cr_assert(arena.grow_in_place(p, 300000));
+    cr_assert_geq(arena.usable_size(p), 300000u);
+    cr_assert_eq(p[99999], 0x11);
+    cr_assert(all_zero(p + 100000, 200000), "the new part is zero");
+    cr_assert(range_has_flag(p, 300000, "lo"));
+    cr_assert(range_has_flag(p, 300000, "dd"));
+    mlshim::StatsTotals t = stats->totals();
+    cr_assert_eq(t.live_bytes(), arena.usable_size(p));
+    // Blocked by a neighbour: no growth, nothing changed.
+    void *q = arena.alloc(0, 100000);
+    std::size_t before = arena.usable_size(p);
+    cr_assert_not(arena.grow_in_place(p, before + 100000));
+    cr_assert_eq(arena.usable_size(p), before);
+    cr_assert_not(arena.grow_in_place(arena.alloc(0, 64), 200000), "small blocks do not grow");
+    arena.free(q);
+    arena.free(p);
+    cr_assert_eq(stats->totals().live_bytes(), 64u);
+}
+
+Test(arena, a_large_block_costs_only_the_pages_used_and_is_still_wiped) {
+    make_arena();
+    const std::size_t page = memlock_page_size(), n = 32u << 20;
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+    cr_assert_not_null(p);
+    cr_assert(range_has_flag(p, n, "lo"), "locked as a whole");
+    p[0] = 0x42;
+    p[n / 2] = 0x42;
+    std::vector<unsigned char> vec(n / page);
+    cr_assert_eq(memlock_resident(p, n, vec.data()), 0);
+    std::size_t resident = 0;
+    for (unsigned char v : vec) resident += v & 1;
+    cr_assert_eq(resident, 2u, "only the two touched pages are resident");
+    arena.free(p);
+    cr_assert_eq(p[0], 0);
+    cr_assert_eq(p[n / 2], 0);
+    cr_assert_eq(memlock_resident(p, n, vec.data()), 0);
+    resident = 0;
+    for (unsigned char v : vec) resident += v & 1;
+    cr_assert_eq(resident, 2u, "wiping paged nothing in");
 }

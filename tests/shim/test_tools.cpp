@@ -352,16 +352,22 @@ Test(tools, run_shim_option_and_missing_shim) {
 
 namespace {
 
-// Sums over the arena as smaps shows it: anonymous mappings with VmFlags dd.
+// Sums over the arena as smaps shows it: the mappings inside the reservation the shim
+// publishes in its counters (arena_start, reserved_bytes).
 struct SmapsArena {
     std::size_t regions = 0, locked_kb = 0, unlocked_rss_kb = 0;
+    std::size_t locked_range_bytes = 0;  // mappings flagged lo (they lock pages as touched)
 };
-SmapsArena smaps_arena(pid_t pid) {
+SmapsArena smaps_arena(pid_t pid, const nlohmann::json &counters) {
+    const auto start = counters["arena_start"].get<std::uintptr_t>();
+    const auto end = start + counters["reserved_bytes"].get<std::uintptr_t>();
     SmapsArena a;
     for (const auto &m : read_smaps(pid)) {
-        if (!m.path.empty() || !m.has_flag("dd")) continue;
+        if (!m.path.empty() || m.start < start || m.end > end) continue;
+        cr_assert(m.has_flag("dd"), "arena mapping %lx without dd", static_cast<unsigned long>(m.start));
         ++a.regions;
         a.locked_kb += m.locked_kb;
+        if (m.has_flag("lo")) a.locked_range_bytes += m.end - m.start;
         if (!m.has_flag("lo") && m.perms[0] == 'r') a.unlocked_rss_kb += m.rss_kb;
     }
     return a;
@@ -377,7 +383,9 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
 
     auto text = run({tool("memlock-inspect"), pid});
     auto js = run({tool("memlock-inspect"), "--json", pid});
-    const SmapsArena smaps = smaps_arena(child.pid());
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
+    const SmapsArena smaps = smaps_arena(child.pid(), j["counters"]);
     child.finish();
 
     cr_assert(text.exited_with(0), "%s", text.describe().c_str());
@@ -387,8 +395,6 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
     cr_assert(!contains(text.out, "WARNING"), "%s", text.out.c_str());
 
     cr_assert(js.exited_with(0), "%s", js.describe().c_str());
-    const auto j = nlohmann::json::parse(js.out, nullptr, false);
-    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
     cr_assert_eq(j["pid"].get<int>(), child.pid());
     assert_text(j["status"].get<std::string>(), "protected");
     cr_assert_eq(j["exit_status"].get<int>(), 0);
@@ -396,7 +402,8 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
     cr_assert_eq(j["arena"]["regions"].size(), smaps.regions);
     cr_assert_gt(smaps.locked_kb, 0u);
     cr_assert_eq(j["arena"]["locked_kb"].get<std::size_t>(), smaps.locked_kb);
-    cr_assert_eq(j["counters"]["locked_bytes"].get<std::size_t>(), smaps.locked_kb * 1024);
+    // Pages lock as they are touched: Locked kB count the touched ones, the lo ranges all.
+    cr_assert_eq(j["counters"]["locked_bytes"].get<std::size_t>(), smaps.locked_range_bytes);
     cr_assert_eq(j["arena"]["unlocked_kb"].get<std::size_t>(), 0u);
     cr_assert_eq(j["warnings"].size(), 0u);
 }
@@ -410,15 +417,15 @@ Test(tools, inspect_a_degraded_process_exits_1) {
     const std::string pid = std::to_string(child.pid());
     auto text = run({tool("memlock-inspect"), pid});
     auto js = run({tool("memlock-inspect"), "--json", pid});
-    const SmapsArena smaps = smaps_arena(child.pid());
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
+    const SmapsArena smaps = smaps_arena(child.pid(), j["counters"]);
     child.finish();
 
     cr_assert(text.exited_with(1), "%s", text.describe().c_str());
     cr_assert(contains(text.out, "): degraded\n"), "%s", text.out.c_str());
     cr_assert(contains(text.out, "  WARNING: "), "%s", text.out.c_str());
     cr_assert(contains(text.out, "fallback(s): arena memory served unlocked"), "%s", text.out.c_str());
-    const auto j = nlohmann::json::parse(js.out, nullptr, false);
-    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
     assert_text(j["status"].get<std::string>(), "degraded");
     cr_assert_gt(j["counters"]["fallbacks"].get<unsigned long long>(), 0u);
     cr_assert_gt(smaps.unlocked_rss_kb, 0u);
