@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="build-essential pkg-config libcriterion-dev nlohmann-json3-dev libunwind-dev \
-gdb libcap2-bin util-linux python3 perl git binutils file openssl"
+gdb libcap2-bin util-linux python3 perl git binutils file openssl libjemalloc2"
 
 missing=""
 for p in $PACKAGES; do
