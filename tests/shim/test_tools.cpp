@@ -503,3 +503,28 @@ Test(tools, install_into_destdir_then_run_through_the_installed_wrapper) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     assert_text(read_file(root + "/etc/memlock-shim/default.json").value_or(""), edited);
 }
+
+// The core library as a C program's build sees it: headers, libraries and memlock.pc from a
+// DESTDIR install, found through pkg-config; the example links (shared and static) and runs.
+Test(tools, install_core_then_link_a_c_program_through_pkg_config) {
+    TempDir dir;
+    const std::string dest = real(dir.path());
+    auto r = run({"make", "--no-print-directory", "-C", source_dir(), "install", "DESTDIR=" + dest, "PREFIX=/usr/local"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string lib = dest + "/usr/local/lib";
+    const std::string pc = "export PKG_CONFIG_PATH=" + lib + "/pkgconfig PKG_CONFIG_SYSROOT_DIR=" + dest + "; ";
+    const std::string example = source_dir() + "/core/examples/minimal.c";
+    r = run({"sh", "-c", pc + "cc -std=c11 -Wall -Werror $(pkg-config --cflags memlock) " + shell_quote(example) +
+                             " -o " + dir.file("shared") + " $(pkg-config --libs memlock)"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    r = run({"sh", "-c", "LD_LIBRARY_PATH=" + lib + " " + dir.file("shared")});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    r = run({"sh", "-c", "LD_LIBRARY_PATH=" + lib + " ldd " + dir.file("shared") + " | grep -q " + shell_quote(lib + "/libmemlock.so.0")});
+    cr_assert(r.exited_with(0), "the program does not use the installed libmemlock.so.0");
+    // Static: Libs.private brings what libmemlock.a needs.
+    r = run({"sh", "-c", pc + "cc -std=c11 $(pkg-config --cflags memlock) " + shell_quote(example) + " -o " +
+                             dir.file("static") + " " + lib + "/libmemlock.a $(pkg-config --static --libs-only-l memlock | sed 's/-lmemlock//')"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    r = run({dir.file("static")});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+}
