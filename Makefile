@@ -125,7 +125,7 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
 
-$(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard shim/*.hpp)
+$(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
 	    -o $@ -lcriterion -lpthread

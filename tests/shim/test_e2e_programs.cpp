@@ -1,5 +1,5 @@
-// End-to-end: real programs under the shim (a C++ program, python3, the libc contract
-// checker), and what the built library exports and links.
+// End-to-end: real programs under the shim (a C++ program, python3), and what the built
+// library exports and links. The libc contract runs three ways in test_e2e_conformance.cpp.
 #include <criterion/criterion.h>
 
 #include <algorithm>
@@ -135,28 +135,6 @@ Test(e2e_programs, python3_workload_under_match_all_rule) {
     cr_assert_geq(stat_value(with.stats, "matched_allocations"), 1000u, "%s", with.stats.c_str());
     cr_assert_gt(stat_value(with.stats, "frees"), 0u, "%s", with.stats.c_str());
     cr_assert_eq(stat_value(with.stats, "denied"), 0u, "%s", with.stats.c_str());
-}
-
-// Same checks, same verdicts, with every call in the arena and without the shim.
-Test(e2e_programs, libc_contract_with_and_without_shim) {
-    need_built("e2e_libc");
-    TempDir dir;
-    const std::string config = write_config(dir, kMatchAll);
-    const Shimmed without = run_with(dir, {shim_program("e2e_libc")}, "");
-    cr_assert(without.result.exited_with(0), "without the shim:\n%s", without.result.describe().c_str());
-    const Shimmed with = run_with(dir, {shim_program("e2e_libc")}, config);
-    cr_assert(with.result.exited_with(0), "with the shim:\n%s", with.result.describe().c_str());
-    cr_assert(with.result.out.find("FAIL") == std::string::npos, "%s", with.result.describe().c_str());
-    cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
-    const auto summary = line_value(with.result.out, "passed");
-    cr_assert(summary.has_value() && summary->find(" failed 0") != std::string::npos, "%s",
-              with.result.out.c_str());
-    // The contract's huge requests (malloc(SIZE_MAX) and the like) match too, and fail with
-    // ENOMEM as glibc's do; the shim says so once.
-    cr_assert_str_eq(with.result.err.c_str(),
-                     "memlock-shim: warning: a matching allocation is larger than the arena (it fails with "
-                     "ENOMEM): raise policy.max_arena\n");
-    cr_assert_geq(stat_value(with.stats, "matched_allocations"), 300u, "%s", with.stats.c_str());
 }
 
 // Only the hooks are exported: no C++ runtime, no JSON library. dlclose is interposed too
