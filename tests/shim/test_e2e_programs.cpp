@@ -1,5 +1,6 @@
-// End-to-end: real programs under the shim (a C++ program, python3), and what the built
-// library exports and links. The libc contract runs three ways in test_e2e_conformance.cpp.
+// End-to-end: a C++ program under the shim, and what the built library exports and links.
+// The libc contract and real programs (python3, perl, sort, git, g++) run three ways in
+// test_e2e_conformance.cpp and test_e2e_realprogs.cpp.
 #include <criterion/criterion.h>
 
 #include <algorithm>
@@ -26,8 +27,6 @@ std::string write_config(const TempDir &dir, const std::string &rules) {
   "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})"));
     return path;
 }
-
-const char *const kMatchAll = R"({"name": "everything", "min_size": 0})";
 
 // Runs argv with the shim (config non-empty) or without it; returns the result and the pid's
 // stats file (empty without the shim).
@@ -64,37 +63,6 @@ unsigned long long stat_value(const std::string &json, const char *key) {
     return *v;
 }
 
-// The real interpreter: /usr/bin/python3, else what `python3` reports (it may be a pyenv
-// shim script, which would put the shim into a shell and python3 twice).
-std::string python3() {
-    if (::access("/usr/bin/python3", X_OK) == 0) return "/usr/bin/python3";
-    RunOptions o;
-    o.argv = {"python3", "-c", "import sys; print(sys.executable)"};
-    o.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG"};
-    const RunResult r = run_program(o);
-    cr_assert(r.exited_with(0), "no python3: %s", r.describe().c_str());
-    std::string exe = r.out;
-    while (!exe.empty() && (exe.back() == '\n' || exe.back() == '\r')) exe.pop_back();
-    return exe;
-}
-
-const char *const kPythonWorkload = R"(
-import hashlib, json, random
-random.seed(12345)
-items = [random.random() for _ in range(200000)]
-items.sort()
-print(hashlib.sha256(repr(items[:1000]).encode()).hexdigest(), items[0] <= items[-1])
-doc = {"k%d" % i: [i, str(i) * (i % 50), {"x": i * 1.5}] for i in range(20000)}
-text = json.dumps(doc, sort_keys=True)
-print(json.loads(text) == doc, len(text))
-h = hashlib.sha256()
-for i in range(20000):
-    h.update(hashlib.sha512(("%d" % i).encode() * 20).digest())
-print(h.hexdigest())
-words = sorted(("w%07d" % random.randrange(10**7) for _ in range(200000)), key=lambda s: s[::-1])
-print(words[0], words[-1], len(set(words)))
-)";
-
 }  // namespace
 
 Test(e2e_programs, cxx_new_delete_and_string_are_served_by_the_arena) {
@@ -116,25 +84,6 @@ Test(e2e_programs, cxx_new_delete_and_string_are_served_by_the_arena) {
     const Shimmed without = run_with(dir, {shim_program("e2e_cxx"), "2000"}, "");
     cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
     cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
-}
-
-Test(e2e_programs, python3_workload_under_match_all_rule) {
-    need_built("");
-    TempDir dir;
-    const std::string config = write_config(dir, kMatchAll);
-    const std::string py = python3();
-    const std::vector<std::pair<std::string, std::string>> env = {{"PYTHONHASHSEED", "0"},
-                                                                   {"PYTHONDONTWRITEBYTECODE", "1"}};
-    const Shimmed without = run_with(dir, {py, "-c", kPythonWorkload}, "", env);
-    cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
-    cr_assert_eq(split_lines(without.result.out).size(), 4u, "%s", without.result.describe().c_str());
-    const Shimmed with = run_with(dir, {py, "-c", kPythonWorkload}, config, env);
-    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
-    cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
-    cr_assert_str_empty(with.result.err.c_str());
-    cr_assert_geq(stat_value(with.stats, "matched_allocations"), 1000u, "%s", with.stats.c_str());
-    cr_assert_gt(stat_value(with.stats, "frees"), 0u, "%s", with.stats.c_str());
-    cr_assert_eq(stat_value(with.stats, "denied"), 0u, "%s", with.stats.c_str());
 }
 
 // Only the hooks are exported: no C++ runtime, no JSON library. dlclose is interposed too
