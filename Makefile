@@ -133,12 +133,13 @@ $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
 
-test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim $(ROBUSTNESS_TESTS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
+	$(ROBUSTNESS_RUN)
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -171,6 +172,83 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 
 progs: $(CALLER_TEST_BINS)
 # ---- end of caller-rule test programs ----------------------------------------------------
+
+# ---- robustness: fuzzer, sanitizer and TSan builds, stress and fault tests ------------------
+# fuzz/config_fuzzer.cpp: libFuzzer over the config parser, the rule compiler and the globs.
+# `make fuzz` runs it for FUZZ_SECONDS into build/fuzz/corpus (seeded by fuzz/corpus, which it
+# never writes); `make test` runs a bounded, seeded smoke run of FUZZ_SMOKE_RUNS inputs.
+# test_shim_san: the shim's tests (unit and end-to-end) under ASan+UBSan; the injected
+# library itself is never sanitized. test_tsan: the arena and the rules under threads, with
+# ThreadSanitizer (clang). test_stress: the arena's mlock/madvise failures through the core
+# seam, under ASan+UBSan. The end-to-end storms and faults (tests/shim/test_e2e_stress.cpp)
+# run in test_shim, with the stress_* programs and libfailalloc.so.
+FUZZ_CXX ?= clang++-14
+FUZZ_SECONDS ?= 600
+FUZZ_SMOKE_RUNS ?= 100000
+FUZZ_FLAGS := $(CXXSTD) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_GNU_SOURCE \
+	$(WARN) $(CORE_INC) -Ishim
+FUZZ_RUN_FLAGS := -dict=fuzz/config.dict -timeout=10 -rss_limit_mb=2048 -artifact_prefix=$(B)/fuzz/artifacts/
+TSAN_CXX ?= clang++-14
+TSAN_FLAGS := $(CXXSTD) -g -O1 -fsanitize=thread -fno-omit-frame-pointer -D_GNU_SOURCE $(WARN) $(CORE_INC) \
+	-Ishim -Itests -DMEMLOCK_VERSION='"$(VERSION)"'
+STRESS_SRC := tests/stress/test_faults.cpp
+ROBUSTNESS_TESTS := $(B)/tests/test_shim_san $(B)/tests/test_tsan $(B)/tests/test_stress $(B)/libs/libfailalloc.so \
+	$(B)/fuzz/config_fuzzer
+
+.PHONY: fuzz fuzz-smoke test-robustness
+
+$(B)/fuzz/config_fuzzer: fuzz/config_fuzzer.cpp shim/config.cpp shim/rules.cpp $(wildcard shim/*.hpp)
+	@mkdir -p $(@D)
+	$(FUZZ_CXX) $(FUZZ_FLAGS) fuzz/config_fuzzer.cpp shim/config.cpp shim/rules.cpp -o $@
+
+fuzz: $(B)/fuzz/config_fuzzer
+	@mkdir -p $(B)/fuzz/corpus $(B)/fuzz/artifacts
+	$< $(FUZZ_RUN_FLAGS) -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $(B)/fuzz/corpus fuzz/corpus
+
+# The first corpus directory receives new inputs: a scratch one, emptied each run.
+fuzz-smoke: $(B)/fuzz/config_fuzzer
+	@rm -rf $(B)/fuzz/smoke && mkdir -p $(B)/fuzz/smoke $(B)/fuzz/artifacts
+	$< $(FUZZ_RUN_FLAGS) -runs=$(FUZZ_SMOKE_RUNS) -seed=1 -print_final_stats=1 $(B)/fuzz/smoke fuzz/corpus
+
+# Sanitized objects, one per source (so that `make -j` builds them side by side and an edit
+# recompiles one file): build/san/<source path>.o.
+SAN_HEADERS := tests/helpers.hpp $(wildcard shim/*.hpp) $(wildcard core/include/*.h*) $(wildcard tests/shim/*.hpp)
+$(B)/san/%.o: %.cpp $(SAN_HEADERS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) -O1 $(CORE_INC) -Ishim -Itests -c $< -o $@
+SAN_LIB_OBJ := $(patsubst %.cpp,$(B)/san/%.o,$(SHIM_LIB_SRC) $(CORE_SRC))
+
+$(B)/tests/test_shim_san: $(patsubst %.cpp,$(B)/san/%.o,$(TEST_SHIM_SRC)) $(SAN_LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CXX) $(SAN) $^ -o $@ -lcriterion -lpthread -ldl
+
+$(B)/tests/test_tsan: tests/stress/test_tsan.cpp $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard shim/*.hpp)
+	@mkdir -p $(@D)
+	$(TSAN_CXX) $(TSAN_FLAGS) $< $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lpthread -ldl
+
+$(B)/tests/test_stress: $(patsubst %.cpp,$(B)/san/%.o,$(STRESS_SRC)) $(SAN_LIB_OBJ)
+	@mkdir -p $(@D)
+	$(CXX) $(SAN) $^ -o $@ -lcriterion -lpthread -ldl
+
+# The allocator after the shim that fails on request (tests/stress/failalloc.c).
+$(B)/libs/libfailalloc.so: tests/stress/failalloc.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin $< -o $@ -ldl
+
+progs: $(B)/libs/libfailalloc.so
+
+# Run by `make test` (after test_shim) and by `make test-robustness` alone.
+define ROBUSTNESS_RUN
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) \
+	    $(B)/tests/test_shim_san $(CRITERION_ARGS)
+TSAN_OPTIONS=halt_on_error=1 MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_tsan
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_stress $(CRITERION_ARGS)
+$(MAKE) --no-print-directory fuzz-smoke
+endef
+
+test-robustness: all progs $(ROBUSTNESS_TESTS)
+	$(ROBUSTNESS_RUN)
+# ---- end of robustness ------------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all

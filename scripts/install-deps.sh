@@ -4,7 +4,8 @@
 set -eu
 
 PACKAGES="build-essential pkg-config libcriterion-dev nlohmann-json3-dev libunwind-dev \
-gdb libcap2-bin util-linux python3 perl git binutils file openssl libjemalloc2"
+gdb libcap2-bin util-linux python3 perl git binutils file openssl libjemalloc2 \
+clang-14 libclang-rt-14-dev"
 
 missing=""
 for p in $PACKAGES; do
