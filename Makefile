@@ -133,7 +133,7 @@ $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
 
-test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim $(ROBUSTNESS_TESTS)
+test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -239,15 +239,18 @@ progs: $(B)/libs/libfailalloc.so
 
 # Run by `make test` (after test_shim) and by `make test-robustness` alone.
 define ROBUSTNESS_RUN
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) \
-	    $(B)/tests/test_shim_san $(CRITERION_ARGS)
+$(MAKE) --no-print-directory fuzz-smoke
 TSAN_OPTIONS=halt_on_error=1 MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_tsan
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_stress $(CRITERION_ARGS)
-$(MAKE) --no-print-directory fuzz-smoke
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) \
+	    $(B)/tests/test_shim_san $(CRITERION_ARGS)
 endef
 
 test-robustness: all progs $(ROBUSTNESS_TESTS)
 	$(ROBUSTNESS_RUN)
+
+# Prerequisites are expanded where a rule is read: ROBUSTNESS_TESTS exists only from here on.
+test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------

@@ -239,8 +239,19 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         }
         // Dontdump is a property of the whole pool, set before any block exists.
         if ((p->actions & kActionDontdump) &&
-            (rc = memlock_dontdump(reinterpret_cast<void *>(p->start), pool_bytes)))
+            (rc = memlock_dontdump(reinterpret_cast<void *>(p->start), pool_bytes))) {
+            memlock_release(mem, total);
+            memlock_release(meta, meta_bytes);
+            memlock_release(state, state_bytes);
+            memlock_release(pools, pools_bytes);
+            memlock_release(stacks, stack_bytes * npools);
+            base_ = 0;
+            meta_ = nullptr;
+            state_ = nullptr;
+            pools_ = nullptr;
+            npools_ = 0;
             return rc;
+        }
     }
     if (stats_) {
         stats_->reserved_bytes.store(total);
@@ -265,6 +276,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         }
         for (std::size_t i = 0; i < bytes / page_; ++i) meta_[(p0.start - base_) / page_ + i].locked = locked;
         p0.committed = p0.start + bytes;
+        if (stats_) stats_->committed_bytes.fetch_add(bytes);
     }
     return 0;
 }
@@ -335,11 +347,11 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
         }
         for (std::uintptr_t a = fresh; a < to; a += page_) meta_[(a - base_) / page_].locked = locked;
         pool.committed = to;
+        if (stats_) stats_->committed_bytes.fetch_add(to - fresh);
     }
     // Memory handed back to the frontier earlier may carry old block states.
     if (from < pool.committed) std::memset(state_ + ((from - base_) >> 4), 0, (std::min(to, pool.committed) - from) >> 4);
     pool.frontier = to;
-    if (stats_) stats_->committed_bytes.fetch_add(bytes);
     return reinterpret_cast<unsigned char *>(from);
 }
 
@@ -583,7 +595,6 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
             // and locked, and are carved again without a system call).
             meta_[first].kind = kUnused;
             pool.frontier = base_ + first * page_;
-            if (stats_) stats_->committed_bytes.fetch_sub(np * page_, std::memory_order_relaxed);
         } else {
             free_run_insert(pool, first, np);
         }
@@ -710,14 +721,16 @@ bool SecureArena::wipes(const void *p) const noexcept {
 
 // ---- fork and thread exit ------------------------------------------------------------------
 
+// Lock order: a pool's lock, then misc_lock_ (carve -> commit_and_lock holds the one and takes
+// the other). fork takes them in that order too.
 void SecureArena::prefork() noexcept {
-    pthread_mutex_lock(&misc_lock_);
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
+    pthread_mutex_lock(&misc_lock_);
 }
 
 void SecureArena::postfork_parent() noexcept {
-    for (unsigned i = npools_; i-- > 0;) pthread_mutex_unlock(&pools_[i].lock);
     pthread_mutex_unlock(&misc_lock_);
+    for (unsigned i = npools_; i-- > 0;) pthread_mutex_unlock(&pools_[i].lock);
 }
 
 void SecureArena::postfork_child() noexcept {

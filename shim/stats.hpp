@@ -52,7 +52,7 @@ struct StatsPage {
     std::uint32_t pad0;
     std::uint64_t arena_start;         // the arena's reservation: [arena_start, +reserved_bytes)
     std::atomic<std::uint64_t> reserved_bytes;   // address space reserved for the arena
-    std::atomic<std::uint64_t> committed_bytes;  // arena memory in use by slabs and runs
+    std::atomic<std::uint64_t> committed_bytes;  // arena memory committed (it never shrinks)
     std::atomic<std::uint64_t> locked_bytes;     // of which mlocked
     std::atomic<std::uint64_t> unlocked_bytes;   // of which served unlocked (fallback)
     std::atomic<std::uint64_t> lock_failures;    // mlock calls that failed or hit max_locked
