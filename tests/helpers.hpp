@@ -9,11 +9,13 @@
 //   range_has_flag(...)        every byte of a range lies in mappings carrying a VmFlags token
 //   status_kb(pid, "VmLck")    a "kB" field of /proc/PID/status (vm_locked_kb: VmLck)
 //   run_program(opts)          fork+execve with extra env, child setup, cwd, full stdout/stderr
+//   start_program_into(child, opts)   the same child kept running (LiveProgram) while the test
+//                              inspects it; run_program is start + finish
 //   with_memlock_limit(...)    argv that runs a command without CAP_IPC_LOCK under a low
 //                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
-//   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences
-//   shim_build_dir / shim_program / shim_env / start_program_into (LiveProgram) / split_lines /
-//   line_value / json_uint   end-to-end runs of the built shim (see that section)
+//   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences / split_lines
+//   shim_build_dir / shim_program / shim_env / line_value / json_uint   end-to-end runs of the
+//                              built shim (see that section)
 #ifndef MEMLOCK_TESTS_HELPERS_HPP
 #define MEMLOCK_TESTS_HELPERS_HPP
 
@@ -203,6 +205,22 @@ inline std::size_t count_occurrences(const std::string &haystack, const std::str
     return n;
 }
 
+// Lines of text without their '\n' (a last line without '\n' counts too).
+inline std::vector<std::string> split_lines(const std::string &text) {
+    std::vector<std::string> lines;
+    std::size_t at = 0;
+    while (at < text.size()) {
+        const auto nl = text.find('\n', at);
+        if (nl == std::string::npos) {
+            lines.push_back(text.substr(at));
+            break;
+        }
+        lines.push_back(text.substr(at, nl - at));
+        at = nl + 1;
+    }
+    return lines;
+}
+
 // A fresh directory under $TMPDIR (or /tmp), removed with its contents on destruction.
 class TempDir {
 public:
@@ -301,15 +319,23 @@ inline void write_all_fd(int fd, const char *p, std::size_t n) {
         n -= static_cast<std::size_t>(w);
     }
 }
-}  // namespace detail
 
-// Runs opts.argv in a child and waits for it, capturing stdout and stderr completely.
-inline RunResult run_program(const RunOptions &opts) {
-    RunResult r;
-    if (opts.argv.empty()) return r;
+// A forked child whose stdin, stdout and stderr are pipes held by the parent.
+struct Spawned {
+    pid_t pid = -1;        // < 0: a pipe or fork failed (nothing is left open)
+    int in = -1, out = -1, err = -1;
+    int exec_errno = -1;   // read end that receives a failed execve's errno (-1 unless asked for)
+};
+
+// Forks and execs opts.argv with the environment, cwd and setup RunOptions describes
+// (stdin_data and timeout_ms are the caller's). With report_exec_errno, a failed execve
+// writes its errno to Spawned::exec_errno; the child exits 127 either way.
+inline Spawned spawn(const RunOptions &opts, bool report_exec_errno) {
+    Spawned child;
+    if (opts.argv.empty()) return child;
 
     // Everything the child needs is built before fork: the child does not allocate.
-    const std::string exe = detail::resolve_in_path(opts.argv[0]);
+    const std::string exe = resolve_in_path(opts.argv[0]);
     std::vector<char *> argv;
     for (const auto &a : opts.argv) argv.push_back(const_cast<char *>(a.c_str()));
     argv.push_back(nullptr);
@@ -331,14 +357,24 @@ inline RunResult run_program(const RunOptions &opts) {
     for (auto &s : env_store) envp.push_back(&s[0]);
     envp.push_back(nullptr);
 
-    int out_p[2], err_p[2], in_p[2], exec_p[2];
-    if (::pipe2(out_p, O_CLOEXEC) || ::pipe2(err_p, O_CLOEXEC) || ::pipe2(in_p, O_CLOEXEC) ||
-        ::pipe2(exec_p, O_CLOEXEC))
-        return r;
+    int in_p[2] = {-1, -1}, out_p[2] = {-1, -1}, err_p[2] = {-1, -1}, exec_p[2] = {-1, -1};
+    auto close_all = [&] {
+        for (int *p : {in_p, out_p, err_p, exec_p})
+            for (int i = 0; i < 2; ++i)
+                if (p[i] >= 0) ::close(p[i]);
+    };
+    if (::pipe2(in_p, O_CLOEXEC) || ::pipe2(out_p, O_CLOEXEC) || ::pipe2(err_p, O_CLOEXEC) ||
+        (report_exec_errno && ::pipe2(exec_p, O_CLOEXEC))) {
+        close_all();
+        return child;
+    }
 
     std::fflush(nullptr);
     const pid_t pid = ::fork();
-    if (pid < 0) return r;
+    if (pid < 0) {
+        close_all();
+        return child;
+    }
     if (pid == 0) {
         ::dup2(in_p[0], 0);
         ::dup2(out_p[1], 1);
@@ -347,68 +383,165 @@ inline RunResult run_program(const RunOptions &opts) {
         if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) ::_exit(126);
         if (opts.setup && !opts.setup()) ::_exit(126);
         ::execve(exe.c_str(), argv.data(), envp.data());
-        const int e = errno;
-        detail::write_all_fd(exec_p[1], reinterpret_cast<const char *>(&e), sizeof e);
+        if (exec_p[1] >= 0) {
+            const int e = errno;
+            write_all_fd(exec_p[1], reinterpret_cast<const char *>(&e), sizeof e);
+        }
         ::_exit(127);
     }
+    ::close(in_p[0]);
     ::close(out_p[1]);
     ::close(err_p[1]);
-    ::close(in_p[0]);
-    ::close(exec_p[1]);
+    if (exec_p[1] >= 0) ::close(exec_p[1]);
+    child.pid = pid;
+    child.in = in_p[1];
+    child.out = out_p[0];
+    child.err = err_p[0];
+    child.exec_errno = exec_p[0];
+    return child;
+}
+}  // namespace detail
 
-    // stdin: small payloads only (tests); a large one could block before the child reads.
-    detail::write_all_fd(in_p[1], opts.stdin_data.data(), opts.stdin_data.size());
-    ::close(in_p[1]);
+// A child started by start_program (or run_program): stdin, stdout and stderr are pipes held
+// by the test, so the test can wait for a line, inspect /proc/PID, then let the child finish.
+class LiveProgram {
+public:
+    LiveProgram() = default;
+    LiveProgram(const LiveProgram &) = delete;
+    LiveProgram &operator=(const LiveProgram &) = delete;
+    ~LiveProgram() {
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            int st;
+            while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+            }
+        }
+        for (int fd : {in_, out_, err_, exec_errno_})
+            if (fd >= 0) ::close(fd);
+    }
 
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(opts.timeout_ms);
-    struct pollfd fds[2] = {{out_p[0], POLLIN, 0}, {err_p[0], POLLIN, 0}};
-    std::string *sinks[2] = {&r.out, &r.err};
-    int open_fds = 2;
-    char buf[65536];
-    while (open_fds > 0) {
-        int wait_ms = -1;
-        if (opts.timeout_ms > 0) {
+    bool started() const { return pid_ > 0; }
+    pid_t pid() const { return pid_; }
+    const std::string &out() const { return out_text_; }
+    const std::string &err() const { return err_text_; }
+
+    // Reads the child's output until stdout holds a line equal to `line`. False on EOF of
+    // stdout or after timeout_ms (a hang guard, not a measurement).
+    bool wait_for_line(const std::string &line, int timeout_ms = 60000) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        for (;;) {
+            for (const auto &l : split_lines(out_text_))
+                if (l == line && out_text_.find(line + "\n") != std::string::npos) return true;
+            if (out_ < 0) return false;
             const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                 deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) {
-                ::kill(pid, SIGKILL);
-                r.timed_out = true;
-                break;
-            }
-            wait_ms = static_cast<int>(left.count());
+            if (left.count() <= 0) return false;
+            pump(static_cast<int>(left.count()));
         }
+    }
+
+    // Closes the child's stdin, reads its remaining output and waits for it. SIGKILL after
+    // timeout_ms (<= 0 = no limit).
+    RunResult finish(int timeout_ms = 60000) {
+        RunResult r;
+        if (pid_ <= 0) return r;
+        if (in_ >= 0) {
+            ::close(in_);
+            in_ = -1;
+        }
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+        while (out_ >= 0 || err_ >= 0) {
+            int wait_ms = -1;
+            if (timeout_ms > 0) {
+                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now());
+                if (left.count() <= 0) {
+                    ::kill(pid_, SIGKILL);
+                    r.timed_out = true;
+                    break;
+                }
+                wait_ms = static_cast<int>(left.count());
+            }
+            if (!pump(wait_ms)) break;
+        }
+        int status = 0;
+        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+        }
+        reaped_ = true;
+        if (exec_errno_ >= 0) {
+            int e = 0;
+            if (::read(exec_errno_, &e, sizeof e) == static_cast<ssize_t>(sizeof e)) r.exec_errno = e;
+            ::close(exec_errno_);
+            exec_errno_ = -1;
+        }
+        r.started = r.exec_errno == 0;
+        if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+        if (WIFSIGNALED(status)) {
+            r.term_signal = WTERMSIG(status);
+            r.core_dumped = WCOREDUMP(status);
+        }
+        r.out = out_text_;
+        r.err = err_text_;
+        return r;
+    }
+
+private:
+    friend LiveProgram *start_program_into(LiveProgram &, const RunOptions &);
+    friend RunResult run_program(const RunOptions &);
+
+    // Takes over a spawned child. False if it did not start.
+    bool adopt(const detail::Spawned &s) {
+        if (s.pid < 0) return false;
+        pid_ = s.pid;
+        in_ = s.in;
+        out_ = s.out;
+        err_ = s.err;
+        exec_errno_ = s.exec_errno;
+        return true;
+    }
+
+    // One poll round over stdout and stderr; false if poll failed.
+    bool pump(int wait_ms) {
+        struct pollfd fds[2] = {{out_, POLLIN, 0}, {err_, POLLIN, 0}};
         const int n = ::poll(fds, 2, wait_ms);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) break;
+        if (n < 0) return errno == EINTR;
+        if (n == 0) return true;
+        char buf[65536];
+        int *own[2] = {&out_, &err_};
+        std::string *sink[2] = {&out_text_, &err_text_};
         for (int i = 0; i < 2; ++i) {
             if (fds[i].fd < 0 || fds[i].revents == 0) continue;
             const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
             if (got > 0) {
-                sinks[i]->append(buf, static_cast<std::size_t>(got));
+                sink[i]->append(buf, static_cast<std::size_t>(got));
             } else if (got == 0 || errno != EINTR) {
-                ::close(fds[i].fd);
-                fds[i].fd = -1;
-                --open_fds;
+                ::close(*own[i]);
+                *own[i] = -1;
             }
         }
+        return true;
     }
-    for (auto &f : fds)
-        if (f.fd >= 0) ::close(f.fd);
 
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    int e = 0;
-    if (::read(exec_p[0], &e, sizeof e) == static_cast<ssize_t>(sizeof e)) r.exec_errno = e;
-    ::close(exec_p[0]);
+    pid_t pid_ = -1;
+    bool reaped_ = false;
+    int in_ = -1, out_ = -1, err_ = -1;
+    int exec_errno_ = -1;  // see detail::Spawned::exec_errno
+    std::string out_text_, err_text_;
+};
 
-    r.started = r.exec_errno == 0;
-    if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) {
-        r.term_signal = WTERMSIG(status);
-        r.core_dumped = WCOREDUMP(status);
-    }
-    return r;
+// Starts opts.argv (same environment rules as run_program; stdin_data and timeout_ms are not
+// used) into `child`. Returns &child, or nullptr if the child could not be started.
+inline LiveProgram *start_program_into(LiveProgram &child, const RunOptions &opts) {
+    return child.adopt(detail::spawn(opts, false)) ? &child : nullptr;
+}
+
+// Runs opts.argv in a child and waits for it, capturing stdout and stderr completely.
+inline RunResult run_program(const RunOptions &opts) {
+    LiveProgram child;
+    if (!child.adopt(detail::spawn(opts, true))) return RunResult{};
+    // stdin: small payloads only (tests); a large one could block before the child reads.
+    detail::write_all_fd(child.in_, opts.stdin_data.data(), opts.stdin_data.size());
+    return child.finish(opts.timeout_ms);
 }
 
 // argv that runs `argv` with CAP_IPC_LOCK dropped and RLIMIT_MEMLOCK (soft and hard) set to
@@ -433,8 +566,7 @@ inline bool have_program(const std::string &name) {
 //   shim_build_dir()           $MEMLOCK_TEST_BUILD, else "build" under the working directory
 //   shim_library() / shim_program(name)   build/libmemlock_shim.so, build/progs/NAME
 //   shim_env(config)           LD_PRELOAD + MEMLOCK_SHIM_CONFIG for RunOptions::env
-//   start_program(opts)        a child that keeps running while the test inspects it
-//   split_lines / line_value / json_uint   reading what children print
+//   line_value / json_uint     reading what children print (split_lines: see files)
 
 // Absolute build directory of the project (where libmemlock_shim.so and progs/ live).
 inline std::string shim_build_dir() {
@@ -453,22 +585,6 @@ inline std::vector<std::pair<std::string, std::string>> shim_env(const std::stri
     std::vector<std::pair<std::string, std::string>> env{{"LD_PRELOAD", shim_library()}};
     if (!config.empty()) env.emplace_back("MEMLOCK_SHIM_CONFIG", config);
     return env;
-}
-
-// Lines of text without their '\n' (a last line without '\n' counts too).
-inline std::vector<std::string> split_lines(const std::string &text) {
-    std::vector<std::string> lines;
-    std::size_t at = 0;
-    while (at < text.size()) {
-        const auto nl = text.find('\n', at);
-        if (nl == std::string::npos) {
-            lines.push_back(text.substr(at));
-            break;
-        }
-        lines.push_back(text.substr(at, nl - at));
-        at = nl + 1;
-    }
-    return lines;
 }
 
 // The rest of the first line that starts with "key " ("pid 123" -> "123"); nullopt if none.
@@ -511,157 +627,6 @@ inline std::optional<unsigned long long> json_uint(const std::string &json, cons
     while (at < json.size() && json[at] == ' ') ++at;
     if (at >= json.size() || json[at] < '0' || json[at] > '9') return std::nullopt;
     return std::strtoull(json.c_str() + at, nullptr, 10);
-}
-
-// A child started by start_program: stdin, stdout and stderr are pipes held by the test, so
-// the test can wait for a line, inspect /proc/PID, then let the child finish.
-class LiveProgram {
-public:
-    LiveProgram() = default;
-    LiveProgram(const LiveProgram &) = delete;
-    LiveProgram &operator=(const LiveProgram &) = delete;
-    ~LiveProgram() {
-        if (pid_ > 0 && !reaped_) {
-            ::kill(pid_, SIGKILL);
-            int st;
-            while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-            }
-        }
-        for (int fd : {in_, out_, err_})
-            if (fd >= 0) ::close(fd);
-    }
-
-    bool started() const { return pid_ > 0; }
-    pid_t pid() const { return pid_; }
-    const std::string &out() const { return out_text_; }
-    const std::string &err() const { return err_text_; }
-
-    // Reads the child's output until stdout holds a line equal to `line`. False on EOF of
-    // stdout or after timeout_ms (a hang guard, not a measurement).
-    bool wait_for_line(const std::string &line, int timeout_ms = 60000) {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-        for (;;) {
-            for (const auto &l : split_lines(out_text_))
-                if (l == line && out_text_.find(line + "\n") != std::string::npos) return true;
-            if (out_ < 0) return false;
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) return false;
-            pump(static_cast<int>(left.count()));
-        }
-    }
-
-    // Closes the child's stdin, reads its remaining output and waits for it.
-    RunResult finish(int timeout_ms = 60000) {
-        RunResult r;
-        if (pid_ <= 0) return r;
-        if (in_ >= 0) {
-            ::close(in_);
-            in_ = -1;
-        }
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-        while (out_ >= 0 || err_ >= 0) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                deadline - std::chrono::steady_clock::now());
-            if (left.count() <= 0) {
-                ::kill(pid_, SIGKILL);
-                r.timed_out = true;
-                break;
-            }
-            pump(static_cast<int>(left.count()));
-        }
-        int status = 0;
-        while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
-        }
-        reaped_ = true;
-        r.started = true;
-        if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-        if (WIFSIGNALED(status)) {
-            r.term_signal = WTERMSIG(status);
-            r.core_dumped = WCOREDUMP(status);
-        }
-        r.out = out_text_;
-        r.err = err_text_;
-        return r;
-    }
-
-private:
-    friend LiveProgram *start_program_into(LiveProgram &, const RunOptions &);
-
-    // One poll round over stdout and stderr.
-    void pump(int wait_ms) {
-        struct pollfd fds[2] = {{out_, POLLIN, 0}, {err_, POLLIN, 0}};
-        const int n = ::poll(fds, 2, wait_ms);
-        if (n <= 0) return;
-        char buf[65536];
-        int *own[2] = {&out_, &err_};
-        std::string *sink[2] = {&out_text_, &err_text_};
-        for (int i = 0; i < 2; ++i) {
-            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-            const ssize_t got = ::read(fds[i].fd, buf, sizeof buf);
-            if (got > 0) {
-                sink[i]->append(buf, static_cast<std::size_t>(got));
-            } else if (got == 0 || errno != EINTR) {
-                ::close(*own[i]);
-                *own[i] = -1;
-            }
-        }
-    }
-
-    pid_t pid_ = -1;
-    bool reaped_ = false;
-    int in_ = -1, out_ = -1, err_ = -1;
-    std::string out_text_, err_text_;
-};
-
-// Starts opts.argv (same environment rules as run_program; stdin_data and timeout_ms are not
-// used) into `child`. Returns &child, or nullptr if the child could not be started.
-inline LiveProgram *start_program_into(LiveProgram &child, const RunOptions &opts) {
-    if (opts.argv.empty()) return nullptr;
-    const std::string exe = detail::resolve_in_path(opts.argv[0]);
-    std::vector<char *> argv;
-    for (const auto &a : opts.argv) argv.push_back(const_cast<char *>(a.c_str()));
-    argv.push_back(nullptr);
-    std::vector<std::string> env_store;
-    auto overridden = [&](const std::string &entry) {
-        const std::string key = entry.substr(0, entry.find('='));
-        for (const auto &kv : opts.env)
-            if (kv.first == key) return true;
-        for (const auto &u : opts.unset_env)
-            if (u == key) return true;
-        return false;
-    };
-    if (opts.inherit_env)
-        for (char **e = environ; e && *e; ++e)
-            if (!overridden(*e)) env_store.emplace_back(*e);
-    for (const auto &kv : opts.env) env_store.push_back(kv.first + "=" + kv.second);
-    std::vector<char *> envp;
-    for (auto &s : env_store) envp.push_back(&s[0]);
-    envp.push_back(nullptr);
-
-    int in_p[2], out_p[2], err_p[2];
-    if (::pipe2(in_p, O_CLOEXEC) || ::pipe2(out_p, O_CLOEXEC) || ::pipe2(err_p, O_CLOEXEC)) return nullptr;
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
-    if (pid < 0) return nullptr;
-    if (pid == 0) {
-        ::dup2(in_p[0], 0);
-        ::dup2(out_p[1], 1);
-        ::dup2(err_p[1], 2);
-        ::signal(SIGPIPE, SIG_DFL);
-        if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) ::_exit(126);
-        if (opts.setup && !opts.setup()) ::_exit(126);
-        ::execve(exe.c_str(), argv.data(), envp.data());
-        ::_exit(127);
-    }
-    ::close(in_p[0]);
-    ::close(out_p[1]);
-    ::close(err_p[1]);
-    child.pid_ = pid;
-    child.in_ = in_p[1];
-    child.out_ = out_p[0];
-    child.err_ = err_p[0];
-    return &child;
 }
 
 }  // namespace memlock_test
