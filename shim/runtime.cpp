@@ -292,7 +292,7 @@ void write_stats_file() noexcept {
 
 SizeRule g_rules[kMaxRules];
 unsigned g_nrules = 0;
-thread_local bool t_busy __attribute__((tls_model("initial-exec"))) = false;
+__thread bool t_busy __attribute__((tls_model("initial-exec"))) = false;
 
 NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_realloc,
                         boot_reallocarray, boot_posix_memalign, boot_aligned_alloc, boot_memalign,

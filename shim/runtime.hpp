@@ -58,7 +58,8 @@ extern unsigned g_nrules;
 
 // Set while the shim itself runs (start-up, logging): allocations made meanwhile, by
 // anything the shim calls, pass through to the next allocator and never re-enter the arena.
-extern thread_local bool t_busy __attribute__((tls_model("initial-exec")));
+// __thread, not thread_local: a constant-initialised flag needs no TLS wrapper call.
+extern __thread bool t_busy __attribute__((tls_model("initial-exec")));
 
 // Sets t_busy for its lifetime.
 class BusyScope {
