@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
 
@@ -26,10 +26,9 @@ constexpr std::size_t kBlocksPerRound = 4;
 std::string secretlib() { return shim_build_dir() + "/libs/libsecretlib.so"; }
 
 void need_build(const std::vector<std::string> &programs) {
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
+    need_built("");
     cr_assert(file_exists(secretlib()), "%s missing: run `make progs`", secretlib().c_str());
-    for (const auto &p : programs)
-        cr_assert(file_exists(shim_program(p)), "%s missing: run `make progs`", shim_program(p).c_str());
+    for (const auto &p : programs) need_built(p);
 }
 
 struct Setup {
@@ -49,13 +48,7 @@ Setup write_config(const TempDir &dir, const std::string &rules) {
     return s;
 }
 
-unsigned long long matched(const Setup &s) {
-    const auto text = read_file(s.stats);
-    cr_assert(text.has_value(), "no stats file %s", s.stats.c_str());
-    const auto v = json_uint(*text, "matched_allocations");
-    cr_assert(v.has_value(), "stats have no matched_allocations: %s", text->c_str());
-    return *v;
-}
+unsigned long long matched(const Setup &s) { return stat_value(read_stats(s.stats), "matched_allocations"); }
 
 std::string warning(const std::string &rule, const std::string &what) {
     return "memlock-shim: warning: rule \"" + rule + "\": " + what + " yet (it may be loaded later)\n";
@@ -96,15 +89,6 @@ void expect_placement(pid_t pid, const std::vector<const void *> &blocks, bool i
     }
 }
 
-// 32 hex digits -> 16 bytes.
-std::string marker_bytes(const std::string &out, const char *key) {
-    const auto hex = line_value(out, key);
-    cr_assert(hex.has_value() && hex->size() == 32, "no %s in: %s", key, out.c_str());
-    std::string bytes;
-    for (std::size_t i = 0; i < 32; i += 2) bytes += static_cast<char>(std::stoul(hex->substr(i, 2), nullptr, 16));
-    return bytes;
-}
-
 // gcore of the live child; the copies of each marker in the dump.
 struct DumpCounts {
     std::size_t secret, plain, own;
@@ -131,12 +115,9 @@ DumpCounts gcore_counts(const TempDir &dir, const LiveProgram &child) {
 
 // Starts a libsecretlib program under `s` and waits until its blocks are filled.
 void start(LiveProgram &child, const Setup &s, std::vector<std::string> argv) {
-    RunOptions opts;
-    opts.argv = std::move(argv);
-    opts.env = shim_env(s.config);
+    RunOptions opts = shim_options(s.config, std::move(argv));
     opts.unset_env = {"MEMLOCK_SHIM_ON_CONFIG_ERROR"};
-    cr_assert_not_null(start_program_into(child, opts));
-    cr_assert(child.wait_for_line("ready"), "stdout: %s\nstderr: %s", child.out().c_str(), child.err().c_str());
+    start_until_ready(child, opts);
 }
 
 // Lets the child free its blocks and exit; it must end cleanly with `err` on stderr.
@@ -173,9 +154,7 @@ std::vector<std::string> enc_argv(const std::string &input) {
 
 // `argv` without the shim (config "") or under it.
 RunResult run_openssl(const std::vector<std::string> &argv, const std::string &config) {
-    RunOptions opts;
-    opts.argv = argv;
-    opts.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
+    RunOptions opts = plain_env(argv);
     if (!config.empty()) opts.env = shim_env(config);
     const RunResult r = run_program(opts);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
@@ -413,9 +392,7 @@ Test(e2e_callers, malformed_glob_is_a_config_error) {
     for (const auto &c : cases) {
         const std::string config = dir.file("rules.json");
         cr_assert(write_file(config, std::string(R"({"version": 1, "rules": [)") + c.rule + "]}"));
-        RunOptions opts;
-        opts.argv = {shim_program("callers_linked")};
-        opts.env = shim_env(config);
+        RunOptions opts = shim_options(config, {shim_program("callers_linked")});
         opts.unset_env = {"MEMLOCK_SHIM_ON_CONFIG_ERROR"};
         const RunResult r = run_program(opts);
         cr_assert(r.exited_with(78), "%s", r.describe().c_str());

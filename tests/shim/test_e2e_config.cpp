@@ -9,7 +9,7 @@
 #include <filesystem>
 #include <string>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
 
@@ -17,12 +17,7 @@ namespace {
 
 const char *const kOverride = "MEMLOCK_SHIM_ON_CONFIG_ERROR";
 
-std::string hello() {
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
-    cr_assert(file_exists(shim_program("e2e_hello")), "%s missing: run `make progs`",
-              shim_program("e2e_hello").c_str());
-    return shim_program("e2e_hello");
-}
+std::string hello() { return need_built("e2e_hello"); }
 
 // The path the shim names: /proc/self/exe of the program.
 std::string exe_path() {
@@ -34,9 +29,7 @@ std::string exe_path() {
 
 RunResult run_hello(const std::string &config, const char *override_value = nullptr,
                     std::function<bool()> setup = nullptr) {
-    RunOptions opts;
-    opts.argv = {hello()};
-    opts.env = shim_env(config);
+    RunOptions opts = shim_options(config, {hello()});
     opts.unset_env = {kOverride};
     if (override_value) opts.env.emplace_back(kOverride, override_value);
     opts.setup = std::move(setup);

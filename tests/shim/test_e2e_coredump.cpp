@@ -7,31 +7,11 @@
 
 #include <string>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
 
 namespace {
-
-std::string prepare(const TempDir &dir) {
-    cr_assert(dir.ok(), "no temp dir");
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
-    cr_assert(file_exists(shim_program("e2e_secrets")), "%s missing: run `make progs`",
-              shim_program("e2e_secrets").c_str());
-    const std::string config = dir.file("rules.json");
-    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "keys", "size": 32},
-        {"name": "buffers", "min_size": 512, "max_size": 2048}]})"));
-    return config;
-}
-
-// 32 hex digits -> 16 bytes.
-std::string marker_bytes(const std::string &out, const char *key) {
-    const auto hex = line_value(out, key);
-    cr_assert(hex.has_value() && hex->size() == 32, "no %s marker in: %s", key, out.c_str());
-    std::string bytes;
-    for (std::size_t i = 0; i < 32; i += 2) bytes += static_cast<char>(std::stoul(hex->substr(i, 2), nullptr, 16));
-    return bytes;
-}
 
 // The secret is absent, the public marker present (1024 copies are in one heap block).
 void check_dump(const std::string &dump, const std::string &out, const char *what) {
@@ -46,12 +26,9 @@ void check_dump(const std::string &dump, const std::string &out, const char *wha
 // Runs gcore on a live e2e_secrets and checks the dump; the process survives and exits 0.
 void gcore_check(const TempDir &dir, const std::string &config) {
     cr_assert(have_program("gcore"), "gcore is not installed");
-    RunOptions opts;
-    opts.argv = {shim_program("e2e_secrets"), "wait"};
-    opts.env = shim_env(config);
+    RunOptions opts = shim_options(config, {shim_program("e2e_secrets"), "wait"});
     LiveProgram child;
-    cr_assert_not_null(start_program_into(child, opts));
-    cr_assert(child.wait_for_line("ready"), "stdout: %s\nstderr: %s", child.out().c_str(), child.err().c_str());
+    start_until_ready(child, opts);
     const std::string prefix = dir.file("gcore");
     RunOptions g;
     g.argv = {"gcore", "-o", prefix, std::to_string(child.pid())};
@@ -75,7 +52,7 @@ std::string core_pattern() {
 
 Test(e2e_coredump, kernel_core_dump_holds_no_secret) {
     TempDir dir;
-    const std::string config = prepare(dir);
+    const std::string config = prepare_e2e(dir, "e2e_secrets", false);
     const std::string pattern = core_pattern();
     if (!pattern.empty() && pattern[0] == '|') {
         // Cores go to a helper program, not to a file: prove it with gcore instead.
@@ -83,9 +60,7 @@ Test(e2e_coredump, kernel_core_dump_holds_no_secret) {
         gcore_check(dir, config);
         return;
     }
-    RunOptions opts;
-    opts.argv = {shim_program("e2e_secrets"), "abort"};
-    opts.env = shim_env(config);
+    RunOptions opts = shim_options(config, {shim_program("e2e_secrets"), "abort"});
     opts.cwd = dir.path();
     opts.setup = [] {
         struct rlimit rl;
@@ -111,5 +86,5 @@ Test(e2e_coredump, kernel_core_dump_holds_no_secret) {
 
 Test(e2e_coredump, gcore_of_live_process_holds_no_secret) {
     TempDir dir;
-    gcore_check(dir, prepare(dir));
+    gcore_check(dir, prepare_e2e(dir, "e2e_secrets", false));
 }

@@ -4,48 +4,18 @@
 #include <string>
 #include <vector>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
-
-namespace {
-
-std::string prepare(const TempDir &dir, const std::string &prog) {
-    cr_assert(dir.ok(), "no temp dir");
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
-    cr_assert(file_exists(shim_program(prog)), "%s missing: run `make progs`", shim_program(prog).c_str());
-    const std::string config = dir.file("rules.json");
-    cr_assert(write_file(config, R"({"version": 1,
-  "rules": [{"name": "keys", "size": 32}, {"name": "buffers", "min_size": 512, "max_size": 2048}],
-  "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})"));
-    return config;
-}
-
-std::string stats_of(const TempDir &dir, const std::string &pid) {
-    const auto text = read_file(dir.file("stats." + pid + ".json"));
-    cr_assert(text.has_value(), "no stats file for pid %s", pid.c_str());
-    return *text;
-}
-
-unsigned long long stat_value(const std::string &json, const char *key) {
-    const auto v = json_uint(json, key);
-    cr_assert(v.has_value(), "stats have no \"%s\": %s", key, json.c_str());
-    return *v;
-}
-
-}  // namespace
 
 // mlock is not inherited: the child's arena pages are locked again by the shim, and the child
 // reads and frees the blocks its parent allocated.
 Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
     TempDir dir;
-    const std::string config = prepare(dir, "e2e_fork");
-    RunOptions opts;
-    opts.argv = {shim_program("e2e_fork")};
-    opts.env = shim_env(config);
+    const std::string config = prepare_e2e(dir, "e2e_fork");
+    RunOptions opts = shim_options(config, {shim_program("e2e_fork")});
     LiveProgram prog;
-    cr_assert_not_null(start_program_into(prog, opts));
-    cr_assert(prog.wait_for_line("ready"), "stdout: %s\nstderr: %s", prog.out().c_str(), prog.err().c_str());
+    start_until_ready(prog, opts);
     const auto child_pid = line_value(prog.out(), "child");
     const auto parent_pid = line_value(prog.out(), "parent");
     cr_assert(child_pid.has_value() && parent_pid.has_value(), "%s", prog.out().c_str());
@@ -73,12 +43,12 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
     cr_assert_str_empty(r.err.c_str());
 
     // The child's counters start from the parent's and end with every block returned.
-    const std::string cs = stats_of(dir, *child_pid);
+    const std::string cs = stats_of(dir, child);
     cr_assert_geq(stat_value(cs, "matched_allocations"), 64u + 2000u, "%s", cs.c_str());
     cr_assert_geq(stat_value(cs, "frees"), 64u + 2000u, "%s", cs.c_str());
     cr_assert_leq(stat_value(cs, "live_bytes"), 4096u, "%s", cs.c_str());
     cr_assert_eq(stat_value(cs, "lock_failures"), 0u, "%s", cs.c_str());
-    const std::string ps = stats_of(dir, *parent_pid);
+    const std::string ps = stats_of(dir, static_cast<pid_t>(std::stol(*parent_pid)));
     cr_assert_geq(stat_value(ps, "matched_allocations"), 64u, "%s", ps.c_str());
     cr_assert_leq(stat_value(ps, "live_bytes"), 4096u, "%s", ps.c_str());
 }
@@ -86,10 +56,8 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
 // 4 threads x 200k rounds of matched and unmatched allocations, some freed by another thread.
 Test(e2e_lifecycle, threads_stress_with_cross_thread_frees) {
     TempDir dir;
-    const std::string config = prepare(dir, "e2e_threads");
-    RunOptions opts;
-    opts.argv = {shim_program("e2e_threads"), "200000"};
-    opts.env = shim_env(config);
+    const std::string config = prepare_e2e(dir, "e2e_threads");
+    RunOptions opts = shim_options(config, {shim_program("e2e_threads"), "200000"});
     opts.timeout_ms = 120000;
     LiveProgram prog;
     cr_assert_not_null(start_program_into(prog, opts));
@@ -102,7 +70,7 @@ Test(e2e_lifecycle, threads_stress_with_cross_thread_frees) {
     cr_assert(matched.has_value());
     const unsigned long long expected = std::stoull(*matched);
     cr_assert_geq(expected, 4u * 200000u);
-    const std::string s = stats_of(dir, std::to_string(pid));
+    const std::string s = stats_of(dir, pid);
     cr_assert_geq(stat_value(s, "matched_allocations"), expected, "%s", s.c_str());
     cr_assert_geq(stat_value(s, "frees"), expected, "%s", s.c_str());
     cr_assert_leq(stat_value(s, "matched_allocations") - stat_value(s, "frees"), 4u, "%s", s.c_str());
@@ -114,10 +82,8 @@ Test(e2e_lifecycle, threads_stress_with_cross_thread_frees) {
 // allocates, frees and frees a block from before the fork (a lock left held would hang it).
 Test(e2e_lifecycle, fork_while_threads_allocate) {
     TempDir dir;
-    const std::string config = prepare(dir, "e2e_forkthreads");
-    RunOptions opts;
-    opts.argv = {shim_program("e2e_forkthreads"), "100"};
-    opts.env = shim_env(config);
+    const std::string config = prepare_e2e(dir, "e2e_forkthreads");
+    RunOptions opts = shim_options(config, {shim_program("e2e_forkthreads"), "100"});
     opts.timeout_ms = 120000;
     const RunResult r = run_program(opts);
     cr_assert_not(r.timed_out, "a child hung after fork: %s", r.describe().c_str());

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 #include "memlock.h"
 
 using namespace memlock_test;
@@ -18,6 +18,7 @@ namespace {
 
 constexpr std::size_t kRlimit = 131072;
 const char *const kBlocks = "1024";  // x 1000 bytes
+const char *const kMaxLocked64K = R"(, "max_locked": "64KiB")";
 
 struct Setup {
     std::string config;
@@ -27,9 +28,7 @@ struct Setup {
 // policy_extra: members added to "policy" (after on_lock_failure).
 Setup prepare(const TempDir &dir, const std::string &policy, const std::string &policy_extra = "") {
     cr_assert(dir.ok(), "no temp dir");
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
-    cr_assert(file_exists(shim_program("e2e_policy")), "%s missing: run `make progs`",
-              shim_program("e2e_policy").c_str());
+    need_built("e2e_policy");
     Setup s{dir.file("rules.json"), dir.file("stats.json")};
     cr_assert(write_file(s.config, R"({"version": 1,
   "rules": [{"name": "buffers", "min_size": 512, "max_size": 2048}],
@@ -39,37 +38,16 @@ Setup prepare(const TempDir &dir, const std::string &policy, const std::string &
 }
 
 // argv that runs e2e_policy (args appended) with the shim under RLIMIT_MEMLOCK = 128 KiB and
-// without CAP_IPC_LOCK. Only the program is shimmed: env sets the preload after prlimit and
-// capsh have run.
+// without CAP_IPC_LOCK.
 std::vector<std::string> limited(const Setup &s, const std::vector<std::string> &args) {
-    std::vector<std::string> cmd = {"env", "LD_PRELOAD=" + shim_library(), "MEMLOCK_SHIM_CONFIG=" + s.config,
-                                    shim_program("e2e_policy")};
-    cmd.insert(cmd.end(), args.begin(), args.end());
-    return with_memlock_limit(kRlimit, cmd);
+    return shimmed_under_memlock_limit(kRlimit, s.config, shim_program("e2e_policy"), args);
 }
 
-RunOptions plain_env(std::vector<std::string> argv) {
-    RunOptions o;
-    o.argv = std::move(argv);
-    o.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
-    return o;
-}
-
-void need_tools() {
-    cr_assert(have_program("prlimit") && have_program("capsh") && have_program("env"),
-              "prlimit, capsh and env are needed");
-}
-
-unsigned long long stat_value(const std::string &json, const char *key) {
-    const auto v = json_uint(json, key);
-    cr_assert(v.has_value(), "stats have no \"%s\": %s", key, json.c_str());
-    return *v;
-}
-
-std::string stats_file(const Setup &s) {
-    const auto text = read_file(s.stats);
-    cr_assert(text.has_value(), "no stats file %s", s.stats.c_str());
-    return *text;
+// e2e_policy kBlocks under the shim with `s`, no limits changed.
+RunResult run_shimmed(const Setup &s) {
+    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks});
+    opts.env = shim_env(s.config);
+    return run_program(opts);
 }
 
 bool starts_with(const std::string &s, const std::string &prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
@@ -77,14 +55,29 @@ bool ends_with(const std::string &s, const std::string &suffix) {
     return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// stderr is exactly one warning line about the lock failure, ending with `why`.
-void expect_one_lock_warning(const RunResult &r, const std::string &why) {
+const std::string kLockWarning = "memlock-shim: warning: cannot lock arena memory";
+
+// stderr is exactly one line; returns it.
+std::string single_stderr_line(const RunResult &r) {
     const auto lines = split_lines(r.err);
     cr_assert_eq(lines.size(), 1u, "expected one line on stderr:\n%s", r.describe().c_str());
+    return lines[0];
+}
+
+// stderr is exactly one warning line about the lock failure, ending with `why`.
+void expect_one_lock_warning(const RunResult &r, const std::string &why) {
+    const std::string line = single_stderr_line(r);
     cr_assert(ends_with(r.err, "\n"), "%s", r.describe().c_str());
-    cr_assert(starts_with(lines[0], "memlock-shim: warning: cannot lock arena memory"), "%s", r.describe().c_str());
-    cr_assert(ends_with(lines[0], ": " + why), "warning does not end with \": %s\":\n%s", why.c_str(),
+    cr_assert(starts_with(line, kLockWarning), "%s", r.describe().c_str());
+    cr_assert(ends_with(line, ": " + why), "warning does not end with \": %s\":\n%s", why.c_str(),
               r.describe().c_str());
+}
+
+// A matching malloc failed with ENOMEM before all kBlocks were allocated.
+void expect_denied_before_the_end(const RunResult &r) {
+    const auto at = line_value(r.out, "null errno=ENOMEM at");
+    cr_assert(at.has_value(), "no matching malloc failed with ENOMEM:\n%s", r.describe().c_str());
+    cr_assert_lt(std::stol(*at), 1024);
 }
 
 const std::string kFatalPrefix = "memlock-shim: fatal: cannot lock arena memory (policy on_lock_failure=abort): ";
@@ -92,13 +85,12 @@ const std::string kFatalPrefix = "memlock-shim: fatal: cannot lock arena memory 
 }  // namespace
 
 Test(e2e_policy, fallback_under_rlimit_serves_unlocked_dontdump_memory_and_warns_once) {
-    need_tools();
+    need_limit_tools();
     TempDir dir;
     const Setup s = prepare(dir, "fallback");
     RunOptions opts = plain_env(limited(s, {kBlocks, "hold"}));
     LiveProgram prog;
-    cr_assert_not_null(start_program_into(prog, opts));
-    cr_assert(prog.wait_for_line("ready"), "stdout: %s\nstderr: %s", prog.out().c_str(), prog.err().c_str());
+    start_until_ready(prog, opts);
     const auto pid_text = line_value(prog.out(), "pid");
     const auto first = line_value(prog.out(), "first"), last = line_value(prog.out(), "last");
     cr_assert(pid_text && first && last, "%s", prog.out().c_str());
@@ -114,7 +106,7 @@ Test(e2e_policy, fallback_under_rlimit_serves_unlocked_dontdump_memory_and_warns
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("allocated 1024\n") != std::string::npos, "%s", r.describe().c_str());
     expect_one_lock_warning(r, memlock_strerror(ENOMEM));
-    const std::string st = stats_file(s);
+    const std::string st = read_stats(s.stats);
     cr_assert_geq(stat_value(st, "fallbacks"), 1u, "%s", st.c_str());
     cr_assert_geq(stat_value(st, "lock_failures"), 1u, "%s", st.c_str());
     cr_assert_geq(stat_value(st, "matched_allocations"), 1024u, "%s", st.c_str());
@@ -124,17 +116,15 @@ Test(e2e_policy, fallback_under_rlimit_serves_unlocked_dontdump_memory_and_warns
 }
 
 Test(e2e_policy, deny_under_rlimit_returns_null_with_enomem) {
-    need_tools();
+    need_limit_tools();
     TempDir dir;
     const Setup s = prepare(dir, "deny");
     const RunResult r = run_program(plain_env(limited(s, {kBlocks})));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    const auto at = line_value(r.out, "null errno=ENOMEM at");
-    cr_assert(at.has_value(), "no matching malloc failed with ENOMEM:\n%s", r.describe().c_str());
-    cr_assert_lt(std::stol(*at), 1024);
+    expect_denied_before_the_end(r);
     cr_assert(r.out.find("\ndone\n") != std::string::npos, "%s", r.describe().c_str());
     expect_one_lock_warning(r, memlock_strerror(ENOMEM));
-    const std::string st = stats_file(s);
+    const std::string st = read_stats(s.stats);
     cr_assert_geq(stat_value(st, "denied"), 1u, "%s", st.c_str());
     cr_assert_geq(stat_value(st, "lock_failures"), 1u, "%s", st.c_str());
     cr_assert_eq(stat_value(st, "fallbacks"), 0u, "%s", st.c_str());
@@ -142,7 +132,7 @@ Test(e2e_policy, deny_under_rlimit_returns_null_with_enomem) {
 }
 
 Test(e2e_policy, abort_under_rlimit_dies_with_exact_fatal_line) {
-    need_tools();
+    need_limit_tools();
     TempDir dir;
     const Setup s = prepare(dir, "abort");
     const RunResult r = run_program(plain_env(limited(s, {kBlocks})));
@@ -154,18 +144,15 @@ Test(e2e_policy, abort_under_rlimit_dies_with_exact_fatal_line) {
 // policy.max_locked below what the program needs: the same three paths, no limits changed.
 Test(e2e_policy, fallback_when_max_locked_is_reached) {
     TempDir dir;
-    const Setup s = prepare(dir, "fallback", R"(, "max_locked": "64KiB")");
-    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks});
-    opts.env = shim_env(s.config);
-    const RunResult r = run_program(opts);
+    const Setup s = prepare(dir, "fallback", kMaxLocked64K);
+    const RunResult r = run_shimmed(s);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("allocated 1024\n") != std::string::npos, "%s", r.describe().c_str());
-    const auto lines = split_lines(r.err);
-    cr_assert_eq(lines.size(), 1u, "%s", r.describe().c_str());
-    cr_assert(starts_with(lines[0], "memlock-shim: warning: cannot lock arena memory"), "%s", r.describe().c_str());
-    cr_assert(lines[0].find("max_locked") != std::string::npos, "warning does not name max_locked: %s",
+    const std::string warning = single_stderr_line(r);
+    cr_assert(starts_with(warning, kLockWarning), "%s", r.describe().c_str());
+    cr_assert(warning.find("max_locked") != std::string::npos, "warning does not name max_locked: %s",
               r.describe().c_str());
-    const std::string st = stats_file(s);
+    const std::string st = read_stats(s.stats);
     cr_assert_geq(stat_value(st, "fallbacks"), 1u, "%s", st.c_str());
     cr_assert_geq(stat_value(st, "lock_failures"), 1u, "%s", st.c_str());
     cr_assert_leq(stat_value(st, "locked_bytes"), 65536u, "%s", st.c_str());
@@ -174,31 +161,22 @@ Test(e2e_policy, fallback_when_max_locked_is_reached) {
 
 Test(e2e_policy, deny_when_max_locked_is_reached) {
     TempDir dir;
-    const Setup s = prepare(dir, "deny", R"(, "max_locked": "64KiB")");
-    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks});
-    opts.env = shim_env(s.config);
-    const RunResult r = run_program(opts);
+    const Setup s = prepare(dir, "deny", kMaxLocked64K);
+    const RunResult r = run_shimmed(s);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    const auto at = line_value(r.out, "null errno=ENOMEM at");
-    cr_assert(at.has_value(), "no matching malloc failed with ENOMEM:\n%s", r.describe().c_str());
-    cr_assert_lt(std::stol(*at), 1024);
-    const auto lines = split_lines(r.err);
-    cr_assert_eq(lines.size(), 1u, "%s", r.describe().c_str());
-    cr_assert(starts_with(lines[0], "memlock-shim: warning: cannot lock arena memory"), "%s", r.describe().c_str());
-    const std::string st = stats_file(s);
+    expect_denied_before_the_end(r);
+    cr_assert(starts_with(single_stderr_line(r), kLockWarning), "%s", r.describe().c_str());
+    const std::string st = read_stats(s.stats);
     cr_assert_geq(stat_value(st, "denied"), 1u, "%s", st.c_str());
     cr_assert_leq(stat_value(st, "locked_bytes"), 65536u, "%s", st.c_str());
 }
 
 Test(e2e_policy, abort_when_max_locked_is_reached) {
     TempDir dir;
-    const Setup s = prepare(dir, "abort", R"(, "max_locked": "64KiB")");
-    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks});
-    opts.env = shim_env(s.config);
-    const RunResult r = run_program(opts);
+    const Setup s = prepare(dir, "abort", kMaxLocked64K);
+    const RunResult r = run_shimmed(s);
     cr_assert(r.killed_by(SIGABRT), "%s", r.describe().c_str());
-    const auto lines = split_lines(r.err);
-    cr_assert_eq(lines.size(), 1u, "%s", r.describe().c_str());
+    const std::string fatal = single_stderr_line(r);
     cr_assert(starts_with(r.err, kFatalPrefix), "%s", r.describe().c_str());
-    cr_assert(lines[0].find("max_locked") != std::string::npos, "%s", r.describe().c_str());
+    cr_assert(fatal.find("max_locked") != std::string::npos, "%s", r.describe().c_str());
 }

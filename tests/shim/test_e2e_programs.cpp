@@ -8,17 +8,11 @@
 #include <string>
 #include <vector>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
 
 namespace {
-
-void need_built(const std::string &prog) {
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
-    if (!prog.empty())
-        cr_assert(file_exists(shim_program(prog)), "%s missing: run `make progs`", shim_program(prog).c_str());
-}
 
 std::string write_config(const TempDir &dir, const std::string &rules) {
     cr_assert(dir.ok());
@@ -37,10 +31,8 @@ struct Shimmed {
 
 Shimmed run_with(const TempDir &dir, const std::vector<std::string> &argv, const std::string &config,
                  std::vector<std::pair<std::string, std::string>> extra_env = {}) {
-    RunOptions opts;
-    opts.argv = argv;
+    RunOptions opts = plain_env(argv);
     opts.env = std::move(extra_env);
-    opts.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
     if (!config.empty())
         for (auto &kv : shim_env(config)) opts.env.push_back(kv);
     opts.timeout_ms = 120000;
@@ -55,12 +47,6 @@ Shimmed run_with(const TempDir &dir, const std::vector<std::string> &argv, const
         s.stats = *text;
     }
     return s;
-}
-
-unsigned long long stat_value(const std::string &json, const char *key) {
-    const auto v = json_uint(json, key);
-    cr_assert(v.has_value(), "stats have no \"%s\": %s", key, json.c_str());
-    return *v;
 }
 
 }  // namespace

@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "helpers.hpp"
+#include "e2e.hpp"
 #include "memlock.h"
 
 using namespace memlock_test;
@@ -30,7 +30,7 @@ constexpr std::size_t kRlimit = 131072;
 // The stress programs' rules: sizes 77 and 1500..1600 are secret, nothing else.
 std::string write_config(const TempDir &dir, const std::string &policy, const std::string &stats_file) {
     cr_assert(dir.ok(), "no temp dir");
-    cr_assert(file_exists(shim_library()), "%s missing: run `make shim progs`", shim_library().c_str());
+    need_built("");
     const std::string path = dir.file("stress.json");
     cr_assert(write_file(path, R"({"version": 1,
   "rules": [{"name": "stress-small", "size": 77},
@@ -40,39 +40,11 @@ std::string write_config(const TempDir &dir, const std::string &policy, const st
     return path;
 }
 
-std::string program(const std::string &name) {
-    const std::string p = shim_program(name);
-    cr_assert(file_exists(p), "%s missing: run `make progs`", p.c_str());
-    return p;
-}
-
-RunOptions plain_env(std::vector<std::string> argv) {
-    RunOptions o;
-    o.argv = std::move(argv);
-    o.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
-    return o;
-}
-
 // argv that runs PROG ARGS with the shim under RLIMIT_MEMLOCK = kRlimit, without CAP_IPC_LOCK.
 std::vector<std::string> limited(const std::string &config, const std::string &prog,
                                   const std::vector<std::string> &args) {
-    cr_assert(have_program("prlimit") && have_program("capsh") && have_program("env"),
-              "prlimit, capsh and env are needed");
-    std::vector<std::string> cmd = {"env", "LD_PRELOAD=" + shim_library(), "MEMLOCK_SHIM_CONFIG=" + config, prog};
-    cmd.insert(cmd.end(), args.begin(), args.end());
-    return with_memlock_limit(kRlimit, cmd);
-}
-
-unsigned long long stat_value(const std::string &json, const char *key) {
-    const auto v = json_uint(json, key);
-    cr_assert(v.has_value(), "stats have no \"%s\": %s", key, json.c_str());
-    return *v;
-}
-
-std::string read_stats(const std::string &path) {
-    const auto text = read_file(path);
-    cr_assert(text.has_value(), "no stats file %s", path.c_str());
-    return *text;
+    need_limit_tools();
+    return shimmed_under_memlock_limit(kRlimit, config, prog, args);
 }
 
 long out_number(const RunResult &r, const std::string &key) {
@@ -107,7 +79,7 @@ Test(e2e_stress, threads_fork_exec_storm_all_exit_zero_and_counters_agree) {
     TempDir dir;
     const std::string config = write_config(dir, "fallback", dir.file("stats.%p.json"));
     const int rounds = 50;
-    RunOptions opts = plain_env({program("stress_storm"), std::to_string(rounds), "/bin/true"});
+    RunOptions opts = plain_env({need_built("stress_storm"), std::to_string(rounds), "/bin/true"});
     opts.env = shim_env(config);
     const RunResult r = run_program(opts);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
@@ -136,7 +108,7 @@ Test(e2e_stress, storm_under_rlimit_memlock_with_fallback_survives) {
     const std::string config = write_config(dir, "fallback", dir.file("stats.%p.json"));
     // After a fork the child locks the arena again; under the limit that fails and the
     // fallback policy carries on unlocked (one warning per process at most).
-    RunOptions opts = plain_env(limited(config, program("stress_storm"), {"20", "/bin/true"}));
+    RunOptions opts = plain_env(limited(config, need_built("stress_storm"), {"20", "/bin/true"}));
     const RunResult r = run_program(opts);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(has_line(r, "storm ok 20"), "%s", r.describe().c_str());
@@ -151,10 +123,9 @@ Test(e2e_stress, memlock_exhausted_under_fallback_completes_unlocked_dontdump_an
     TempDir dir;
     const std::string stats = dir.file("stats.json");
     const std::string config = write_config(dir, "fallback", stats);
-    RunOptions opts = plain_env(limited(config, program("stress_memlimit"), {"400", "hold"}));
+    RunOptions opts = plain_env(limited(config, need_built("stress_memlimit"), {"400", "hold"}));
     LiveProgram prog;
-    cr_assert_not_null(start_program_into(prog, opts));
-    cr_assert(prog.wait_for_line("ready"), "stdout: %s\nstderr: %s", prog.out().c_str(), prog.err().c_str());
+    start_until_ready(prog, opts);
     const pid_t pid = static_cast<pid_t>(std::stol(*line_value(prog.out(), "pid")));
     cr_assert_eq(pid, prog.pid(), "prlimit/capsh/sh should exec the program in place");
     const void *first = parse_pointer(*line_value(prog.out(), "first"));
@@ -184,7 +155,7 @@ Test(e2e_stress, memlock_exhausted_under_deny_fails_cleanly_and_keeps_earlier_bl
     TempDir dir;
     const std::string stats = dir.file("stats.json");
     const std::string config = write_config(dir, "deny", stats);
-    const RunResult r = run_program(plain_env(limited(config, program("stress_memlimit"), {"400"})));
+    const RunResult r = run_program(plain_env(limited(config, need_built("stress_memlimit"), {"400"})));
     cr_assert(r.exited_with(0), "earlier blocks intact, freed blocks wiped: %s", r.describe().c_str());
     const auto at = line_value(r.out, "null errno=ENOMEM at");
     cr_assert(at.has_value(), "no matched malloc failed with ENOMEM:\n%s", r.describe().c_str());
@@ -203,7 +174,7 @@ Test(e2e_stress, memlock_exhausted_under_deny_fails_cleanly_and_keeps_earlier_bl
 Test(e2e_stress, memlock_exhausted_under_abort_dies_with_the_exact_fatal_line) {
     TempDir dir;
     const std::string config = write_config(dir, "abort", dir.file("stats.json"));
-    const RunResult r = run_program(plain_env(limited(config, program("stress_memlimit"), {"400"})));
+    const RunResult r = run_program(plain_env(limited(config, need_built("stress_memlimit"), {"400"})));
     cr_assert(r.killed_by(SIGABRT), "%s", r.describe().c_str());
     const std::string expected = kFatalPrefix + memlock_strerror(ENOMEM) + "\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
@@ -217,7 +188,7 @@ RunResult run_failing(const TempDir &dir, const std::string &stats, const std::s
     const std::string config = write_config(dir, "fallback", stats);
     const std::string fail_lib = shim_build_dir() + "/libs/libfailalloc.so";
     cr_assert(file_exists(fail_lib), "%s missing: run `make %s`", fail_lib.c_str(), "build/libs/libfailalloc.so");
-    RunOptions opts = plain_env({program("stress_failalloc"), every, rounds});
+    RunOptions opts = plain_env({need_built("stress_failalloc"), every, rounds});
     opts.env = {{"LD_PRELOAD", shim_library() + " " + fail_lib}, {"MEMLOCK_SHIM_CONFIG", config}};
     return run_program(opts);
 }

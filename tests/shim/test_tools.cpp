@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "config.hpp"
-#include "helpers.hpp"
+#include "e2e.hpp"
 
 using namespace memlock_test;
 
@@ -373,20 +373,43 @@ SmapsArena smaps_arena(pid_t pid, const nlohmann::json &counters) {
     return a;
 }
 
+// Starts tools_hold through memlock-run with config/size-only.json (extra: memlock-run's
+// options; memlock_limit > 0: under that RLIMIT_MEMLOCK without CAP_IPC_LOCK) and waits
+// until it holds its blocks.
+void start_hold(LiveProgram &child, std::vector<std::string> extra = {}, std::size_t memlock_limit = 0) {
+    auto argv = wrap(config("size-only.json"), {shim_program("tools_hold")}, std::move(extra));
+    start_until_ready(child, tool_opts(memlock_limit > 0 ? with_memlock_limit(memlock_limit, argv) : argv));
+}
+
+// memlock-inspect PID and --json PID on a live child, its arena as smaps shows it meanwhile;
+// then the child is let go.
+struct Inspection {
+    RunResult text, js;
+    nlohmann::json j;
+    SmapsArena smaps;
+};
+Inspection inspect(LiveProgram &child) {
+    const std::string pid = std::to_string(child.pid());
+    Inspection in;
+    in.text = run({tool("memlock-inspect"), pid});
+    in.js = run({tool("memlock-inspect"), "--json", pid});
+    in.j = nlohmann::json::parse(in.js.out, nullptr, false);
+    cr_assert(!in.j.is_discarded(), "not JSON:\n%s", in.js.out.c_str());
+    in.smaps = smaps_arena(child.pid(), in.j["counters"]);
+    child.finish();
+    return in;
+}
+
 }  // namespace
 
 Test(tools, inspect_a_protected_process_matches_smaps) {
     LiveProgram child;
-    cr_assert(start_program_into(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_hold")}))));
-    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
+    start_hold(child);
     const std::string pid = std::to_string(child.pid());
-
-    auto text = run({tool("memlock-inspect"), pid});
-    auto js = run({tool("memlock-inspect"), "--json", pid});
-    const auto j = nlohmann::json::parse(js.out, nullptr, false);
-    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
-    const SmapsArena smaps = smaps_arena(child.pid(), j["counters"]);
-    child.finish();
+    const Inspection in = inspect(child);
+    const RunResult &text = in.text, &js = in.js;
+    const nlohmann::json &j = in.j;
+    const SmapsArena &smaps = in.smaps;
 
     cr_assert(text.exited_with(0), "%s", text.describe().c_str());
     cr_assert(text.out.rfind("pid " + pid + " (" + real(shim_program("tools_hold")) + "): protected\n", 0) == 0, "%s",
@@ -410,17 +433,11 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
 
 Test(tools, inspect_a_degraded_process_exits_1) {
     LiveProgram child;
-    auto o = tool_opts(with_memlock_limit(
-        65536, wrap(config("size-only.json"), {shim_program("tools_hold")}, {"--quiet"})));
-    cr_assert(start_program_into(child, o));
-    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
-    const std::string pid = std::to_string(child.pid());
-    auto text = run({tool("memlock-inspect"), pid});
-    auto js = run({tool("memlock-inspect"), "--json", pid});
-    const auto j = nlohmann::json::parse(js.out, nullptr, false);
-    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
-    const SmapsArena smaps = smaps_arena(child.pid(), j["counters"]);
-    child.finish();
+    start_hold(child, {"--quiet"}, 65536);
+    const Inspection in = inspect(child);
+    const RunResult &text = in.text;
+    const nlohmann::json &j = in.j;
+    const SmapsArena &smaps = in.smaps;
 
     cr_assert(text.exited_with(1), "%s", text.describe().c_str());
     cr_assert(contains(text.out, "): degraded\n"), "%s", text.out.c_str());
@@ -435,8 +452,7 @@ Test(tools, inspect_a_degraded_process_exits_1) {
 
 Test(tools, inspect_all_lists_shimmed_processes) {
     LiveProgram child;
-    cr_assert(start_program_into(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_hold")}))));
-    cr_assert(child.wait_for_line("ready"), "%s", child.err().c_str());
+    start_hold(child);
     auto js = run({tool("memlock-inspect"), "--all", "--json"});
     child.finish();
     const auto j = nlohmann::json::parse(js.out, nullptr, false);
