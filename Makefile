@@ -104,7 +104,7 @@ $(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM
 	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
-$(B)/progs/%: tests/progs/%.c
+$(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
 

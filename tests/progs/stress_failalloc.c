@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "stress_common.h"
+
 #define THREADS 3
 #define KEPT 4
 
@@ -34,18 +36,6 @@ static pthread_barrier_t start;
 
 static void fail(const char *what, long detail) {
     if (__atomic_exchange_n(&failed, 1, __ATOMIC_RELAXED) == 0) printf("FAIL %s (%ld)\n", what, detail);
-}
-
-static int all_zero(const volatile unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n; ++i)
-        if (p[i]) return 0;
-    return 1;
-}
-
-static int filled(const unsigned char *p, size_t n, unsigned char v) {
-    for (size_t i = 0; i < n; ++i)
-        if (p[i] != v) return 0;
-    return 1;
 }
 
 /* An unmatched result: NULL must come with ENOMEM (err: errno read after the call). */

@@ -19,18 +19,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "stress_common.h"
+
 #define SIZE 1536
 #define KEPT 3
 
 static int failures = 0;
 
 static unsigned char pattern(long i) { return (unsigned char)(0x80 | (i * 37 & 0x7f)); }
-
-static int all_zero(const volatile unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n; ++i)
-        if (p[i]) return 0;
-    return 1;
-}
 
 static long wiped = 0;
 

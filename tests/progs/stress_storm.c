@@ -21,6 +21,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "stress_common.h"
+
 #define THREADS 4
 #define KEPT 10
 
@@ -35,18 +37,6 @@ static void fail(const char *what, long detail) {
 }
 
 static int matched(size_t n) { return n == 77 || (n >= 1500 && n <= 1600); }
-
-static int all_zero(const volatile unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n; ++i)
-        if (p[i]) return 0;
-    return 1;
-}
-
-static int filled(const unsigned char *p, size_t n, unsigned char v) {
-    for (size_t i = 0; i < n; ++i)
-        if (p[i] != v) return 0;
-    return 1;
-}
 
 /* Frees p (n bytes, filled with v) after checking it; a matched block must read zero after. */
 static void check_free(unsigned char *p, size_t n, unsigned char v, const char *who) {

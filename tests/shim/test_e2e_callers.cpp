@@ -89,6 +89,18 @@ void expect_placement(pid_t pid, const std::vector<const void *> &blocks, bool i
     }
 }
 
+constexpr bool kInArena = true, kOutside = false;
+
+// Where the child's blocks of `rounds` rounds are: load_secret_key's, load_plain_data's and
+// the program's own (own_what names them), each in the arena or outside it.
+void expect_blocks(const LiveProgram &child, std::size_t rounds, bool secret, bool plain, bool own,
+                   const char *own_what = "the program's own") {
+    const Blocks b = blocks_of(child.out(), rounds);
+    expect_placement(child.pid(), b.secret, secret, "load_secret_key");
+    expect_placement(child.pid(), b.plain, plain, "load_plain_data");
+    expect_placement(child.pid(), b.own, own, own_what);
+}
+
 // gcore of the live child; the copies of each marker in the dump.
 struct DumpCounts {
     std::size_t secret, plain, own;
@@ -185,10 +197,7 @@ Test(e2e_callers, symbol_depth_2_puts_only_the_secret_loaders_blocks_in_the_aren
     const Setup s = write_config(dir, R"({"name": "keys", "symbol": "load_secret*", "depth": 2})");
     LiveProgram child;
     start(child, s, {shim_program("callers_linked")});
-    const Blocks b = blocks_of(child.out(), 1);
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, false, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own");
+    expect_blocks(child, 1, kInArena, kOutside, kOutside);
     const DumpCounts c = gcore_counts(dir, child);
     cr_expect_eq(c.secret, 0u, "the dump holds %zu copies of the secret marker", c.secret);
     cr_expect_geq(c.plain, 1u, "the dump holds no copy of the plain marker (the search would miss)");
@@ -220,10 +229,7 @@ Test(e2e_callers, symbol_rule_on_the_shared_helper_matches_both_loaders) {
     const Setup s = write_config(dir, R"({"name": "all", "symbol": "alloc_helper", "depth": 1})");
     LiveProgram child;
     start(child, s, {shim_program("callers_linked")});
-    const Blocks b = blocks_of(child.out(), 1);
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, true, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own");
+    expect_blocks(child, 1, kInArena, kInArena, kOutside);
     finish(child, "");
     cr_assert_eq(matched(s), 2 * kBlocksPerRound);
 }
@@ -239,10 +245,7 @@ Test(e2e_callers, symbol_rule_covers_a_library_dlopened_later) {
     // Said once, at start-up (before the program's first line).
     const std::string warned = warning("keys", "no loaded function matches \"load_secret*\"");
     cr_assert_str_eq(child.err().c_str(), warned.c_str());
-    const Blocks b = blocks_of(child.out(), 1);
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, false, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own");
+    expect_blocks(child, 1, kInArena, kOutside, kOutside);
     const DumpCounts c = gcore_counts(dir, child);
     cr_expect_eq(c.secret, 0u, "the dump holds %zu copies of the secret marker", c.secret);
     cr_expect_geq(c.plain, 1u);
@@ -261,10 +264,7 @@ Test(e2e_callers, symbol_rule_survives_dlclose_and_a_new_dlopen) {
     const Setup s = write_config(dir, R"({"name": "keys", "symbol": "load_secret*", "depth": 2})");
     LiveProgram child;
     start(child, s, {shim_program("callers_dlopen"), secretlib(), copy});
-    const Blocks b = blocks_of(child.out(), 2);  // round 1 from the closed library, round 2 from the copy
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, false, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own");
+    expect_blocks(child, 2, kInArena, kOutside, kOutside);  // round 1 from the closed library, round 2 from the copy
     finish(child, warning("keys", "no loaded function matches \"load_secret*\""));
     cr_assert_eq(matched(s), 2 * kBlocksPerRound);
 }
@@ -281,10 +281,7 @@ Test(e2e_callers, module_rule_survives_dlclose_and_a_new_dlopen) {
     start(child, s, {shim_program("callers_dlopen"), secretlib(), copy});
     const std::string warned = warning("lib", "no loaded object matches \"libsecretlib.so*\"");
     cr_assert_str_eq(child.err().c_str(), warned.c_str());
-    const Blocks b = blocks_of(child.out(), 2);
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, true, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own");
+    expect_blocks(child, 2, kInArena, kInArena, kOutside);
     finish(child, warned);
     cr_assert_eq(matched(s), 4 * kBlocksPerRound);
 }
@@ -297,10 +294,7 @@ Test(e2e_callers, module_rule_takes_everything_the_library_allocates_and_nothing
     const Setup s = write_config(dir, R"({"name": "lib", "module": "libsecretlib.so*"})");
     LiveProgram child;
     start(child, s, {shim_program("callers_linked")});
-    const Blocks b = blocks_of(child.out(), 1);
-    expect_placement(child.pid(), b.secret, true, "load_secret_key");
-    expect_placement(child.pid(), b.plain, true, "load_plain_data");
-    expect_placement(child.pid(), b.own, false, "the program's own (same size)");
+    expect_blocks(child, 1, kInArena, kInArena, kOutside, "the program's own (same size)");
     const DumpCounts c = gcore_counts(dir, child);
     cr_expect_eq(c.secret, 0u, "the dump holds %zu copies of the secret marker", c.secret);
     cr_expect_eq(c.plain, 0u, "the dump holds %zu copies of the plain marker", c.plain);
@@ -317,10 +311,7 @@ Test(e2e_callers, module_rule_combines_with_a_size_range) {
         {"name": "own", "module": "callers_linked", "min_size": 900, "max_size": 1100})");
     LiveProgram child;
     start(child, s, {shim_program("callers_linked")});
-    const Blocks b = blocks_of(child.out(), 1);
-    expect_placement(child.pid(), b.secret, false, "load_secret_key");
-    expect_placement(child.pid(), b.plain, false, "load_plain_data");
-    expect_placement(child.pid(), b.own, true, "the program's own (module = the main executable)");
+    expect_blocks(child, 1, kOutside, kOutside, kInArena, "the program's own (module = the main executable)");
     finish(child, "");
     // The program's blocks, and the one it allocates (and frees) at start-up to bind malloc.
     cr_assert_eq(matched(s), kBlocksPerRound + 1);
