@@ -357,8 +357,13 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         std::size_t have = g_arena.usable_size(p);
         if (n <= have && (n > have / 2 || have <= 16)) return p;
         if (n > have && g_arena.grow_in_place(p, n)) return p;
+        int saved = errno;
         void *q = arena_alloc(static_cast<int>(g_arena.pool_of(p)), n, 16, false);
-        if (!q) return nullptr;  // errno = ENOMEM, p untouched
+        if (!q) {
+            if (n > have) return nullptr;  // errno = ENOMEM, p untouched
+            errno = saved;                 // a shrink never fails: keep the block as it is
+            return p;
+        }
         std::memcpy(q, p, n < have ? n : have);
         g_arena.free(p);  // wipes the old copy
         return q;
@@ -366,6 +371,7 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
     int pool = n == 0 || !may_match(n) ? -1 : match(n, ra);
     if (pool < 0) {
         if (!in_bootstrap(p)) return g_next.realloc(p, n);
+        if (n == 0) return nullptr;  // as glibc: realloc(p, 0) frees (bootstrap blocks are never reused)
         void *q = g_next.malloc(n);
         if (q) std::memcpy(q, p, n < boot_size(p) ? n : boot_size(p));
         return q;
