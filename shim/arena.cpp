@@ -264,7 +264,14 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 
     if (opts.prealloc > 0) {
         // Commit and lock ahead (a daemon may drop the privilege to lock later).
-        Pool &p0 = pools_[0];
+        // Into the first pool that locks (a pool without the lock action has nothing to lock).
+        unsigned first_locking = 0;
+        while (first_locking < npools && !(pools_[first_locking].actions & kActionLock)) ++first_locking;
+        if (first_locking == npools) {
+            if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: ignored", "no rule has the lock action");
+            return 0;
+        }
+        Pool &p0 = pools_[first_locking];
         Guard g(p0.lock);
         std::size_t bytes = round_up(opts.prealloc, page_);
         if (bytes > p0.end - p0.start) return EINVAL;
@@ -375,7 +382,10 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
             std::size_t blocks = ci.slab_bytes / ci.size;
             std::size_t need = round_up((c.carved + blocks) * sizeof(void *), page_);
             if (need > c.capacity * sizeof(void *)) {
-                if (memlock_commit(c.stack, need)) break;
+                if (memlock_commit(c.stack, need)) {
+                    errno = ENOMEM;
+                    break;
+                }
                 c.capacity = need / sizeof(void *);
             }
             unsigned char *slab = carve(pool, ci.slab_bytes);
@@ -694,7 +704,7 @@ void SecureArena::free(void *p) noexcept {
         if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
         return;
     }
-    if (state == kFreed && (m.kind == kSlab || m.kind == kFreeRun || m.kind == kRun))
+    if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
     if (m.kind == kRun && state == kLive && m.head == off / page_ && off % page_ == 0) {
         int saved = errno;
@@ -746,7 +756,12 @@ void SecureArena::postfork_child() noexcept {
             if (pg < last && meta_[pg].locked) continue;
             if (pg > run) {
                 int rc = memlock_lock_onfault(reinterpret_cast<void *>(base_ + run * page_), (pg - run) * page_);
-                if (rc) failed = rc;
+                if (rc) {
+                    failed = rc;
+                    // Not locked in this process: such pages may be swapped, so they are
+                    // always wiped in full (wipe_run skips only locked, non-resident pages).
+                    for (std::size_t q = run; q < pg; ++q) meta_[q].locked = 0;
+                }
             }
             run = pg + 1;
         }

@@ -301,11 +301,15 @@ __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &
     if (!g_backtrace) return;
     void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
     for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
-        int got = g_backtrace(buf, static_cast<int>(g_unwind_depth + extra));
+        const int want = static_cast<int>(g_unwind_depth + extra);
+        const int got = g_backtrace(buf, want);
         // Skip the shim's own frames: the stack proper starts at the depth-1 return address.
-        for (int i = 0; i < got; ++i) {
-            if (buf[i] != ra) continue;
-            for (int k = i; k < got && frames.n < kMaxCallerDepth; ++k)
+        int start = 0;
+        while (start < got && buf[start] != ra) ++start;
+        // Found with every frame the rules look at, or the stack ends before them: done.
+        // Otherwise there were more shim frames than expected: unwind again, deeper.
+        if (start < got && (got - start >= static_cast<int>(g_unwind_depth) || got < want)) {
+            for (int k = start; k < got && frames.n < kMaxCallerDepth; ++k)
                 frames.pc[frames.n++] = reinterpret_cast<std::uintptr_t>(buf[k]);
             return;
         }
@@ -386,6 +390,9 @@ int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
     }
     return -1;
 }
+
+void callers_prefork() noexcept { pthread_mutex_lock(&g_build_lock); }
+void callers_postfork() noexcept { pthread_mutex_unlock(&g_build_lock); }
 
 void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }
 

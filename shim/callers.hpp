@@ -54,6 +54,11 @@ bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept;
 // The set of loaded objects changed (dlclose): re-index before the next lookup.
 void callers_objects_changed() noexcept;
 
+// fork(2): hold the index's build lock across the fork, so that neither process inherits it
+// held by a thread that does not exist there. postfork releases it (parent and child).
+void callers_prefork() noexcept;
+void callers_postfork() noexcept;
+
 }  // namespace mlshim
 
 #endif  // MEMLOCK_SHIM_CALLERS_HPP

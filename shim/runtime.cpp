@@ -70,14 +70,27 @@ void *boot_calloc(std::size_t a, std::size_t b) {
     resolve_next();
     return g_next.calloc(a, b);
 }
-void *boot_realloc(void *p, std::size_t n) { resolve_next(); return g_next.realloc(p, n); }
-void *boot_reallocarray(void *p, std::size_t a, std::size_t b) { resolve_next(); return g_next.reallocarray(p, a, b); }
-int boot_posix_memalign(void **m, std::size_t a, std::size_t n) { resolve_next(); return g_next.posix_memalign(m, a, n); }
-void *boot_aligned_alloc(std::size_t a, std::size_t n) { resolve_next(); return g_next.aligned_alloc(a, n); }
-void *boot_memalign(std::size_t a, std::size_t n) { resolve_next(); return g_next.memalign(a, n); }
-void *boot_valloc(std::size_t n) { resolve_next(); return g_next.valloc(n); }
-void *boot_pvalloc(std::size_t n) { resolve_next(); return g_next.pvalloc(n); }
-std::size_t boot_usable(void *p) { resolve_next(); return g_next.malloc_usable_size(p); }
+// The lookup itself only ever uses malloc, calloc and free: anything else during it fails
+// cleanly rather than re-entering the lookup.
+#define BOOT_OR_FAIL(fail)  \
+    if (t_resolving) {      \
+        errno = ENOMEM;     \
+        return fail;        \
+    }                       \
+    resolve_next()
+void *boot_realloc(void *p, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.realloc(p, n); }
+void *boot_reallocarray(void *p, std::size_t a, std::size_t b) { BOOT_OR_FAIL(nullptr); return g_next.reallocarray(p, a, b); }
+int boot_posix_memalign(void **m, std::size_t a, std::size_t n) { BOOT_OR_FAIL(ENOMEM); return g_next.posix_memalign(m, a, n); }
+void *boot_aligned_alloc(std::size_t a, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.aligned_alloc(a, n); }
+void *boot_memalign(std::size_t a, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.memalign(a, n); }
+void *boot_valloc(std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.valloc(n); }
+void *boot_pvalloc(std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.pvalloc(n); }
+std::size_t boot_usable(void *p) {
+    if (in_bootstrap(p)) return boot_size(p);
+    BOOT_OR_FAIL(0);
+    return g_next.malloc_usable_size(p);
+}
+#undef BOOT_OR_FAIL
 
 // Stand-ins for functions an allocator further down may lack.
 void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) {
@@ -131,10 +144,21 @@ void report(LogLevel level, const char *what, const char *why) noexcept {
     log_msg(level, "%s: %s", what, why);
 }
 
-void atfork_prepare() { if (g_active) g_arena.prefork(); }
-void atfork_parent() { if (g_active) g_arena.postfork_parent(); }
+// Lock order across fork: the caller index's build lock, then the arena's locks (an index
+// rebuild allocates, so it may take arena locks while holding the build lock).
+void atfork_prepare() {
+    if (!g_active) return;
+    callers_prefork();
+    g_arena.prefork();
+}
+void atfork_parent() {
+    if (!g_active) return;
+    g_arena.postfork_parent();
+    callers_postfork();
+}
 void atfork_child() {
     if (!g_active) return;
+    callers_postfork();
     g_stats = stats_recreate_after_fork(g_stats);
     g_arena.set_stats(g_stats);
     g_arena.postfork_child();

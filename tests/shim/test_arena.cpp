@@ -398,3 +398,10 @@ Test(arena, fork_while_another_thread_grows_the_arena, .timeout = 120) {
     pthread_join(t, nullptr);
     cr_assert_gt(forks, 0);
 }
+
+Test(arena, double_free_of_a_run_given_back_to_the_frontier_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    void *p = arena.alloc(0, 300000);  // the newest run: freeing it gives it back to the frontier
+    arena.free(p);
+    arena.free(p);
+}

@@ -395,3 +395,18 @@ Test(e2e_callers, malformed_glob_is_a_config_error) {
         cr_assert_str_eq(r.err.c_str(), expected.c_str());
     }
 }
+
+// fork while another thread rebuilds the caller index (dlclose makes it rebuild): the index's
+// build lock is held across fork, so no child inherits it locked.
+Test(e2e_callers, fork_while_the_index_is_rebuilt_does_not_hang_the_child) {
+    need_build({"callers_forkdl"});
+    TempDir dir;
+    const Setup s = write_config(dir, R"({"name": "s", "symbol": "secret_maker", "depth": 1, "size": 40})");
+    RunOptions opts;
+    opts.argv = {shim_program("callers_forkdl")};
+    opts.env = shim_env(s.config);
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hung 0\n");
+    cr_assert_geq(matched(s), 1u);
+}
