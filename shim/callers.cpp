@@ -375,10 +375,6 @@ __attribute__((always_inline)) inline bool caller_holds(unsigned id, const void 
     return true;
 }
 
-bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept {
-    return caller_holds(id, ra, frames);
-}
-
 int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
     BusyScope busy;  // the unwinder and the indexer allocate: those pass through
     CallerFrames frames;

@@ -35,7 +35,8 @@ struct CallerCondition {
     unsigned module_depth = kDefaultModuleDepth;
 };
 
-// The return addresses of one allocation's callers, unwound at most once per allocation.
+// The return addresses of one allocation's callers, unwound at most once per allocation
+// (match_callers in runtime.hpp walks the rules with one of these).
 struct CallerFrames {
     std::uintptr_t pc[kMaxCallerDepth];
     unsigned n = 0;
@@ -46,10 +47,6 @@ struct CallerFrames {
 // empty string, or why caller rules cannot work here (e.g. libunwind missing).
 // Globs that match nothing yet are reported through `warn` (once each).
 std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *text));
-
-// Does caller rule `id` hold? `ra` is the return address of the interposed function (the
-// depth-1 caller); `frames` caches the unwound stack across the rules of one allocation.
-bool caller_matches(unsigned id, const void *ra, CallerFrames &frames) noexcept;
 
 // The set of loaded objects changed (dlclose): re-index before the next lookup.
 void callers_objects_changed() noexcept;
