@@ -153,17 +153,19 @@ bool thread_ready(const SecureArena *arena, StatsPage *stats) noexcept {
     return true;
 }
 
-inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
-                  std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
+// Adds n to one counter of the calling thread's stats slot: a plain store in its own slot,
+// an atomic add in the shared one.
+inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::uint64_t n) noexcept {
     ThreadState &ts = t_state;
     if (!ts.slot) return;
-    if (ts.slot_shared) {
-        (ts.slot->*ops).fetch_add(1, std::memory_order_relaxed);
-        (ts.slot->*bytes).fetch_add(n, std::memory_order_relaxed);
-    } else {
-        ThreadCounters::bump(ts.slot->*ops, 1);
-        ThreadCounters::bump(ts.slot->*bytes, n);
-    }
+    if (ts.slot_shared) (ts.slot->*field).fetch_add(n, std::memory_order_relaxed);
+    else ThreadCounters::bump(ts.slot->*field, n);
+}
+
+inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
+                  std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
+    add_to_slot(ops, 1);
+    add_to_slot(bytes, n);
 }
 
 }  // namespace
@@ -555,8 +557,8 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     }
     void *p = reinterpret_cast<void *>(at);
     state_of(p) = kLive;
-    if (thread_ready(this, stats_) || t_state.arena == this)
-        count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+    thread_ready(this, stats_);  // registers the thread (an exiting one counts in the shared slot)
+    if (t_state.arena == this) count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
     return p;
 }
 
@@ -610,8 +612,8 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
         }
         if (stats_) stats_->out_bytes.fetch_sub(bytes, std::memory_order_relaxed);
     }
-    if (thread_ready(this, stats_) || t_state.arena == this)
-        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+    thread_ready(this, stats_);
+    if (t_state.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
 }
 
 bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
@@ -643,11 +645,7 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
             note_peak();
         }
     }
-    ThreadState &ts = t_state;
-    if (ts.arena == this && ts.slot) {
-        if (ts.slot_shared) ts.slot->alloc_bytes.fetch_add(extra * page_, std::memory_order_relaxed);
-        else ThreadCounters::bump(ts.slot->alloc_bytes, extra * page_);
-    }
+    if (t_state.arena == this) add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
     return true;
 }
 
