@@ -22,13 +22,18 @@ constexpr std::size_t kPage = 4096;
 
 bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
 
+// malloc of a size that may match, for the depth-1 caller ra (malloc itself, realloc(NULL,
+// n), small-alignment memalign). pre: may_match(n). The callers test the window first, so
+// that the fast path does not compute ra.
+inline void *malloc_matching(std::size_t n, const void *ra) {
+    int pool = match(n, ra);
+    return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+}
+
 // glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.
 void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t, std::size_t), const void *ra) {
     if (!may_match(n)) return next(align, n);
-    if (align <= kMinAlign) {
-        int pool = match(n, ra);
-        return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
-    }
+    if (align <= kMinAlign) return malloc_matching(n, ra);
     if (align > SIZE_MAX / 2 + 1) {
         errno = EINVAL;
         return nullptr;
@@ -45,8 +50,7 @@ __attribute__((destructor(101))) static void shim_fini() { runtime_fini(); }
 
 SHIM_EXPORT void *malloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
-    int pool = match(n, CALLER);
-    return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+    return malloc_matching(n, CALLER);
 }
 
 SHIM_EXPORT void free(void *p) {
@@ -65,11 +69,7 @@ SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
 namespace {
 
 void *realloc_impl(void *p, std::size_t n, const void *ra) {
-    if (!p) {
-        if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
-        int pool = match(n, ra);
-        return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
-    }
+    if (!p) return may_match(n) ? malloc_matching(n, ra) : g_next.malloc(n);
     if (__builtin_expect(!g_arena.owns(p) && !may_match(n) && !in_bootstrap(p), 1))
         return g_next.realloc(p, n);
     return slow_realloc(p, n, ra);
