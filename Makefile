@@ -49,6 +49,13 @@ EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 all: deps core shim tools examples
 
+# The packages are installed before any rule runs (so that `make -j` never compiles while
+# apt is still installing a header). install-deps.sh is a quick no-op once they are there.
+ifeq ($(filter clean deps,$(MAKECMDGOALS)),)
+ifneq ($(shell sh scripts/install-deps.sh >&2; echo $$?),0)
+$(error scripts/install-deps.sh failed: see the messages above)
+endif
+endif
 deps:
 	@sh scripts/install-deps.sh
 

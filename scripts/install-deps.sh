@@ -1,11 +1,15 @@
 #!/bin/sh
 # Installs the Debian packages that building and testing memlock-shim need.
 # Does nothing (and needs no privileges) when they are all present already.
+# One group per line, so that each part of the project lists its own.
 set -eu
 
-PACKAGES="build-essential pkg-config libcriterion-dev nlohmann-json3-dev libunwind-dev \
-gdb libcap2-bin util-linux python3 perl git binutils file openssl libjemalloc2 \
-clang-14 libclang-rt-14-dev"
+PACKAGES="
+build-essential pkg-config binutils file git python3 perl
+libcriterion-dev nlohmann-json3-dev libunwind-dev
+clang-14 libclang-rt-14-dev
+gdb libcap2-bin util-linux openssl libjemalloc2
+"
 
 missing=""
 for p in $PACKAGES; do
@@ -23,6 +27,13 @@ else
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Daemons installed for the tests must not start as system services: the tests start their
+# own instances on loopback. policy-rc.d tells the packages' scripts not to start them.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# memlock-shim tests: installed packages do not start services\nexit 101\n' |
+        $SUDO tee /usr/sbin/policy-rc.d > /dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+fi
 $SUDO apt-get update -q
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -q --no-install-recommends $missing
+$SUDO apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=600 $missing
