@@ -432,3 +432,20 @@ Test(e2e_security, sandboxed_fork_child_exits_without_forbidden_calls) {
     cr_assert_str_eq(r.out.c_str(), "child exited 0\n");
     cr_assert_str_empty(r.err.c_str());
 }
+
+// ---- no memfd_create (kernels before 3.17) --------------------------------------------------------
+
+// Under a seccomp filter that answers ENOSYS to memfd_create, the counters live in a shared
+// anonymous page: the program is protected and memlock-inspect still finds them.
+Test(e2e_security, counters_without_memfd_create) {
+    SharedDir d;
+    const std::string config = prepare_e2e(d.dir, "security_enosys", false);
+    const RunResult r = sh(start_hold(d, q(need_built("security_enosys")) + " " + shimmed(config) + q(hold())) +
+                           "grep -c memfd: /proc/$P/maps || true\n" + q(inspect_tool()) +
+                           " $P && echo rc=0 || echo rc=$?\n" + kEndHold);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.rfind("0\n", 0) == 0, "the program maps a memfd: %s", r.out.c_str());
+    cr_assert(contains(r.out, "): protected\n") && contains(r.out, "matched allocations 64,") &&
+                  contains(r.out, "rc=0\n"),
+              "%s", r.describe().c_str());
+}
