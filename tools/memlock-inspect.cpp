@@ -245,7 +245,7 @@ bool collect_as_target(int pid, ProcessView &v) {
         ProcessView w;
         collect(pid, w);
         std::string out(1, static_cast<char>(w.access));
-        const std::string page_at = std::to_string(w.page_at);
+        std::string page_at = std::to_string(w.page_at);
         for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why, &page_at}) put(out, *f);
         for (std::size_t at = 0; at < out.size();) {
             const ssize_t n = ::write(fds[1], out.data() + at, out.size() - at);
