@@ -260,6 +260,27 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
+# ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
+# container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
+# (opt/memlock-shim/ = the tree, and the static copier the layer image runs). test-containers:
+# the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
+# manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
+.PHONY: container-layer test-containers
+$(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
+
+container-layer: core shim tools $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/layer PREFIX=/opt/memlock-shim > /dev/null
+	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
+
+test-containers: container-layer
+	sh tests/containers/test-kubernetes.sh $(B)
+	sh tests/containers/test-image.sh $(B)
+	sh tests/containers/test-systemd.sh $(B)
+# ---- end of containers ----------------------------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
