@@ -13,7 +13,8 @@ PODMAN_ROOT=$BUILD/podman
 # The Debian 12 root the systemd test boots (also the fallback base of the image test).
 SYSTEMD_ROOT="bookworm systemd systemd-sysv nginx procps"
 # runc: crun refuses this machine's hybrid cgroups. The ulimits: without them the runtime
-# cannot set its defaults above the sandbox's hard limits.
+# cannot set its defaults above the sandbox's hard limits. The tests' containers also run with
+# --network none: nothing needs a network, and podman then needs no network plugin.
 PODMAN_RUN_OPTS="--runtime /usr/sbin/runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096"
 
 pm() {

@@ -52,7 +52,7 @@ sleep 1 while 1;'
 on_exit "pm rm -f -t 0 $CTR > /dev/null 2>&1"
 step "running it with --cap-add IPC_LOCK"
 # shellcheck disable=SC2086
-pm run -d --name "$CTR" $PODMAN_RUN_OPTS --cap-add IPC_LOCK "$IMAGE" perl -e "$PROGRAM" > /dev/null ||
+pm run -d --name "$CTR" $PODMAN_RUN_OPTS --network none --cap-add IPC_LOCK "$IMAGE" perl -e "$PROGRAM" > /dev/null ||
     fail "podman run failed"
 wait_for 100 sh -c "podman --root '$PODMAN_ROOT/storage' --runroot '$PODMAN_ROOT/run' logs $CTR 2>&1 | grep -q 'program: ready'" ||
     { pm logs "$CTR" >&2; fail "the program did not start"; }
@@ -91,7 +91,7 @@ step "the layer image's copier (what the Kubernetes initContainer runs)"
 out_dir=$BUILD/container/copied
 rm -rf "$out_dir" && mkdir -p "$out_dir"
 # shellcheck disable=SC2086
-pm run --rm $PODMAN_RUN_OPTS -v "$out_dir:/out" "$LAYER" > /dev/null || fail "the layer image's copier failed"
+pm run --rm $PODMAN_RUN_OPTS --network none -v "$out_dir:/out" "$LAYER" > /dev/null || fail "the layer image's copier failed"
 diff -r "$TREE" "$out_dir" > /dev/null || fail "the copied tree differs from the layer's"
 [ -x "$out_dir/bin/memlock-run" ] || fail "the copied memlock-run is not executable"
 
