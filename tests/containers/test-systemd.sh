@@ -22,6 +22,16 @@ CTR=memlock-test-systemd-$$
 
 mkdir -p "$(dirname "$DROPIN")"
 cp "$TOP/deploy/systemd/memlock-shim.conf" "$DROPIN"
+# A second service with the same drop-in, whose program (as nobody) keeps 12 MiB of matched
+# 32-byte blocks: more than the 8 MiB systemd can give it. Started by the test, not at boot.
+LIMIT_UNIT=$OVERLAY/etc/systemd/system/memlock-limit.service
+mkdir -p "$LIMIT_UNIT.d"
+cp "$TOP/deploy/systemd/memlock-shim.conf" "$LIMIT_UNIT.d/"
+cat > "$LIMIT_UNIT" << 'UNIT'
+[Service]
+User=nobody
+ExecStart=/usr/bin/perl -e '$$| = 1; @k = map { sprintf("%%030d", $$_) } 1 .. 400000; print "ready\n"; sleep 1 while 1'
+UNIT
 
 step "base image: a Debian 12 root with systemd and nginx (debootstrap, cached)"
 # shellcheck disable=SC2086
@@ -101,6 +111,24 @@ for hp in $hostpids; do
 done
 [ "$memfd" = yes ] ||
     step "NOTE: counters are files in the container's /dev/shm: host-side memlock-inspect (host PIDs) not asserted yet"
+
+step "memlock-limit.service: the drop-in's LimitMEMLOCK=64M, 12 MiB of matched blocks, as nobody"
+in_ctr systemctl start memlock-limit.service
+wait_for 40 pm exec "$CTR" sh -c 'journalctl -u memlock-limit.service | grep -q ready' ||
+    fail "memlock-limit.service did not start: $(in_ctr systemctl status --no-pager memlock-limit.service)"
+lpid=$(in_ctr systemctl show -p MainPID --value memlock-limit.service)
+llimit=$(in_ctr sh -c "sed -n 's/^Max locked memory *\\([0-9a-z]*\\) .*/\\1/p' /proc/$lpid/limits")
+[ "$llimit" = "$want" ] || fail "memlock-limit.service's RLIMIT_MEMLOCK is $llimit, expected $want"
+# The shim locks up to the limit, then serves matched blocks unlocked (policy fallback: still
+# out of core dumps, still wiped), warns once, and memlock-inspect says degraded (exit 1).
+status=0
+out=$(nsenter -t "$hostpid1" -m -p /usr/local/bin/memlock-inspect "$lpid") || status=$?
+[ "$status" = 1 ] || fail "memlock-inspect $lpid: exit $status, expected 1 (degraded): $out"
+printf '%s\n' "$out" | grep -qx "pid $lpid (/usr/bin/perl): degraded" || fail "memlock-inspect $lpid said: $out"
+printf '%s\n' "$out" | grep -q 'fallback(s): arena memory served unlocked' || fail "no fallbacks reported: $out"
+in_ctr journalctl -u memlock-limit.service | grep -q 'memlock-shim: warning: cannot lock arena memory (policy fallback' ||
+    fail "the shim's warning is not in the service's journal"
+step "at the limit: $(printf '%s\n' "$out" | grep -m1 'fallback(s)' | sed 's/^ *//')"
 
 step "stopping the container (systemd shuts down)"
 pm stop -t 30 "$CTR" > /dev/null || fail "podman stop failed"
