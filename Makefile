@@ -176,6 +176,7 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
+	$(MAKE) --no-print-directory test-containers
 
 # The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
 check-abi: $(B)/libmemlock_shim.so $(TOOLS)
@@ -293,6 +294,29 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
+# ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
+# container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
+# (opt/memlock-shim/ = the tree, and the static copier the layer image runs). test-containers:
+# the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
+# manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
+.PHONY: container-layer test-containers
+$(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
+
+container-layer: core shim tools $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/layer PREFIX=/opt/memlock-shim > /dev/null
+	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
+
+test-containers: container-layer
+	rm -rf $(B)/container/systemd-root
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/systemd-root > /dev/null
+	sh tests/containers/test-kubernetes.sh $(B)
+	sh tests/containers/test-image.sh $(B)
+	sh tests/containers/test-systemd.sh $(B)
+# ---- end of containers ----------------------------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
@@ -324,7 +348,10 @@ install: core shim tools
 	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container
 	install -m 644 deploy/README.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
-	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -m 644 deploy/container/Dockerfile deploy/container/Dockerfile.layer deploy/container/Dockerfile.example \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes
+	install -m 644 deploy/kubernetes/*.yaml $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes/
 
 # ---- dist: the relocatable tarball ----------------------------------------------------------
 # dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
