@@ -143,6 +143,13 @@ $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
 
+# A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
+MUSL_CC ?= musl-gcc
+$(B)/progs/musl_probe: tests/musl/musl_probe.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) -std=gnu11 -O1 $(WARN) $< -o $@
+progs: $(B)/progs/musl_probe
+
 # A program the dynamic loader never sees (memlock-run must refuse it).
 $(B)/progs/tools_static: tests/progs/tools_static.c
 	@mkdir -p $(@D)

@@ -226,9 +226,14 @@ Report inspect(int pid) {
         return r;
     }
     if (!maps.stats_inode) {
-        r.verdict = maps.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, "
-                                       "the config's programs do not match, or /dev/shm is not writable)"
-                                     : "the shim is not loaded (start the program with memlock-run)";
+        if (maps.shim_loaded)
+            r.verdict = "the shim is loaded but not protecting anything (no config, no rules, the config's "
+                        "programs do not match, or /dev/shm is not writable)";
+        else if (mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe"))))
+            r.verdict = "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
+                        "glibc build of the program)";
+        else
+            r.verdict = "the shim is not loaded (start the program with memlock-run)";
         return r;
     }
     r.counters = read_counters(pid, *maps.stats_inode, r);
