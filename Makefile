@@ -184,6 +184,7 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
 	$(MAKE) --no-print-directory test-containers
+	$(MAKE) --no-print-directory test-reach
 
 # The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
 check-abi: $(B)/libmemlock_shim.so $(TOOLS)
@@ -323,6 +324,14 @@ test-containers: container-layer
 	sh tests/containers/test-image.sh $(B)
 	sh tests/containers/test-systemd.sh $(B)
 # ---- end of containers ----------------------------------------------------------------------
+
+# ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
+# test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
+# build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
+.PHONY: test-reach
+test-reach: dist
+	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+# ---- end of older systems ------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
