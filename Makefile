@@ -43,6 +43,11 @@ SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--ve
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
 TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
+# What the shipped objects (the shim, the tools) link besides their own code, so that they
+# load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
+# symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
+COMPAT_OBJ := $(B)/compat/glibc_compat.o
+GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -62,7 +67,7 @@ TOOLS := $(B)/memlock-run $(B)/memlock-inspect
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
-	install uninstall clean FORCE
+	install uninstall clean check-abi FORCE
 
 all: deps core shim tools examples
 
@@ -117,21 +122,34 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	@mkdir -p $(@D)
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
-$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+
+# Not LTO-compiled: its symbol versions must reach the linker as written.
+$(B)/compat/%.o: compat/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -c $< -o $@
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
 # stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
 # that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
-$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
+$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
+	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(TOOL_LDFLAGS) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+# A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
+MUSL_CC ?= musl-gcc
+$(B)/progs/musl_probe: tests/musl/musl_probe.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) -std=gnu11 -O1 $(WARN) $< -o $@
+progs: $(B)/progs/musl_probe
 
 # A program the dynamic loader never sees (memlock-run must refuse it).
 $(B)/progs/tools_static: tests/progs/tools_static.c
@@ -159,12 +177,19 @@ $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers
 CRITERION_ARGS ?= --jobs=2
 
 test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+	scripts/check-abi $(B)/libmemlock_shim.so $(TOOLS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
+	$(MAKE) --no-print-directory test-containers
+	$(MAKE) --no-print-directory test-reach
+
+# The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
+check-abi: $(B)/libmemlock_shim.so $(TOOLS)
+	scripts/check-abi $^
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -278,6 +303,37 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
+# ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
+# container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
+# (opt/memlock-shim/ = the tree, and the static copier the layer image runs). test-containers:
+# the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
+# manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
+.PHONY: container-layer test-containers
+$(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
+
+container-layer: core shim tools $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/layer PREFIX=/opt/memlock-shim > /dev/null
+	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
+
+test-containers: container-layer
+	rm -rf $(B)/container/systemd-root
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/systemd-root > /dev/null
+	sh tests/containers/test-kubernetes.sh $(B)
+	sh tests/containers/test-image.sh $(B)
+	sh tests/containers/test-systemd.sh $(B)
+# ---- end of containers ----------------------------------------------------------------------
+
+# ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
+# test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
+# build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
+.PHONY: test-reach
+test-reach: dist
+	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+# ---- end of older systems ------------------------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
@@ -310,7 +366,10 @@ install: core shim tools
 	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container
 	install -m 644 deploy/README.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
-	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -m 644 deploy/container/Dockerfile deploy/container/Dockerfile.layer deploy/container/Dockerfile.example \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes
+	install -m 644 deploy/kubernetes/*.yaml $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes/
 
 # ---- dist: the relocatable tarball ----------------------------------------------------------
 # dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
@@ -352,3 +411,4 @@ clean:
 	rm -rf $(B) dist
 
 FORCE:
+.SECONDARY:
