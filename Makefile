@@ -37,7 +37,8 @@ CORE_INC := -Icore/include $(EXTRA_INC)
 # The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
 # initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
-	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects \
+	-DMEMLOCK_SHIM_SYSCONFDIR='"$(SYSCONFDIR)"'
 SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
@@ -151,8 +152,8 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 
 $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
-	    -o $@ -lcriterion -lpthread
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' \
+	    $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lcriterion -lpthread
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
