@@ -43,6 +43,11 @@ SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--ve
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
 TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
+# What the shipped objects (the shim, the tools) link besides their own code, so that they
+# load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
+# symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
+COMPAT_OBJ := $(B)/compat/glibc_compat.o
+GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -62,7 +67,7 @@ TOOLS := $(B)/memlock-run $(B)/memlock-inspect
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
-	install uninstall clean FORCE
+	install uninstall clean check-abi FORCE
 
 all: deps core shim tools examples
 
@@ -117,21 +122,34 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	@mkdir -p $(@D)
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
-$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+
+# Not LTO-compiled: its symbol versions must reach the linker as written.
+$(B)/compat/%.o: compat/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -c $< -o $@
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
 # stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
 # that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
-$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
+$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
+	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(TOOL_LDFLAGS) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+# A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
+MUSL_CC ?= musl-gcc
+$(B)/progs/musl_probe: tests/musl/musl_probe.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) -std=gnu11 -O1 $(WARN) $< -o $@
+progs: $(B)/progs/musl_probe
 
 # A program the dynamic loader never sees (memlock-run must refuse it).
 $(B)/progs/tools_static: tests/progs/tools_static.c
@@ -159,6 +177,7 @@ $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers
 CRITERION_ARGS ?= --jobs=2
 
 test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+	scripts/check-abi $(B)/libmemlock_shim.so $(TOOLS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -166,6 +185,10 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
 	$(MAKE) --no-print-directory test-containers
+
+# The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
+check-abi: $(B)/libmemlock_shim.so $(TOOLS)
+	scripts/check-abi $^
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -380,3 +403,4 @@ clean:
 	rm -rf $(B) dist
 
 FORCE:
+.SECONDARY:

@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <unwind.h>
 
 #include <algorithm>
 #include <initializer_list>
@@ -51,13 +52,11 @@ std::atomic<const Index *> g_index{nullptr};
 std::atomic<bool> g_changed{false};
 pthread_mutex_t g_build_lock = PTHREAD_MUTEX_INITIALIZER;
 void (*g_warn)(const char *) = nullptr;
-using BacktraceFn = int (*)(void **, int);
 // Frames of the shim itself between the unwinder and the allocation's caller: match_callers
 // and the interposed function. When there are more (a helper that was not inlined), the
 // unwind is repeated with room for kShimFramesMore.
 constexpr unsigned kShimFrames = 2;
 constexpr unsigned kShimFramesMore = 8;
-BacktraceFn g_backtrace = nullptr;
 unsigned g_unwind_depth = 1;
 
 void sort_merge(std::vector<Range> &v) {
@@ -341,16 +340,36 @@ const Index *refresh(const Index *seen) noexcept {
     return now;
 }
 
+struct Trace {
+    void **buf;
+    int n, max;
+};
+
+_Unwind_Reason_Code trace_frame(_Unwind_Context *ctx, void *arg) {
+    auto *t = static_cast<Trace *>(arg);
+    if (t->n >= t->max) return _URC_END_OF_STACK;
+    t->buf[t->n++] = reinterpret_cast<void *>(_Unwind_GetIP(ctx));
+    return _URC_NO_REASON;
+}
+
+// The return addresses of the innermost `max` frames, from the function this is inlined
+// into outwards. libgcc's unwinder, linked into the shim (static libgcc_eh, hidden): it needs
+// no other library, reads each object's .eh_frame_hdr and never allocates.
+__attribute__((always_inline)) inline int backtrace_into(void **buf, int max) {
+    Trace t{buf, 0, max};
+    _Unwind_Backtrace(trace_frame, &t);
+    return t.n;
+}
+
 // Unwinds the stack into `frames`, from the allocation's depth-1 caller (return address
 // `ra`) on. Always inlined: every frame between here and the interposed function costs.
 __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
     frames.unwound = true;
     frames.n = 0;
-    if (!g_backtrace) return;
     void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
     for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
         const int want = static_cast<int>(g_unwind_depth + extra);
-        const int got = g_backtrace(buf, want);
+        const int got = backtrace_into(buf, want);
         // Skip the shim's own frames: the stack proper starts at the depth-1 return address.
         int start = 0;
         while (start < got && buf[start] != ra) ++start;
@@ -401,13 +420,8 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
         if (!c.module.empty()) g_unwind_depth = std::max(g_unwind_depth, c.module_depth);
     }
     if (g_unwind_depth > 1) {
-        // Private to the shim: its _Unwind_* and backtrace must not interpose on the program's.
-        void *lib = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
-        if (lib) g_backtrace = reinterpret_cast<BacktraceFn>(dlsym(lib, "unw_backtrace"));
-        if (!g_backtrace)
-            return "caller rules deeper than depth 1 need libunwind.so.8 (Debian package libunwind8)";
         void *warm[kMaxCallerDepth + kShimFrames];
-        g_backtrace(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // first call allocates its caches
+        backtrace_into(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // resolves what it uses once
     }
     g_index.store(build_index(), std::memory_order_release);
     return std::string();

@@ -419,7 +419,10 @@ Report inspect(int pid) {
         } else {
             r.verdict = v.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, or "
                                         "the config's programs do not match)"
-                                      : "the shim is not loaded (start the program with memlock-run)";
+                        : mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe")))
+                            ? "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
+                              "glibc build of the program)"
+                            : "the shim is not loaded (start the program with memlock-run)";
         }
         return r;
     }

@@ -68,7 +68,8 @@ void usage() {
         "  69   the shim library was not found\n"
         "  77   locked-memory limit too low and policy.on_lock_failure is \"abort\"\n"
         "  78   no config, or the config is invalid or unreadable\n"
-        "  126  PROGRAM cannot be preloaded (static, setuid/setgid, file capabilities, 32-bit)\n"
+        "  126  PROGRAM cannot be preloaded (static, setuid/setgid, file capabilities, 32-bit,\n"
+        "       musl libc)\n"
         "       or is not executable\n"
         "  127  PROGRAM not found\n",
         kShimName, MEMLOCK_SHIM_LIBDIR, kShimName);
@@ -319,6 +320,11 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
     if (!e.has_interp)
         refuse("statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, so it "
                "would run unprotected");
+    const std::string interp = mltool::elf_interpreter(path);
+    if (mltool::is_musl_loader(interp))
+        refuse("a musl libc program (loaded by " + interp + "); the shim is built for glibc and musl's loader "
+               "cannot load it, so it would fail to start. Use a glibc build of the program (e.g. from a "
+               "Debian- or Ubuntu-based image instead of Alpine); musl programs are not supported");
     return absolute(path);
 }
 
