@@ -10,7 +10,7 @@
 set -eu
 
 PODMAN_ROOT=$BUILD/podman
-# The Debian 12 root the systemd test boots (also the fallback base of the image test).
+# The Debian 12 root the systemd and Kubernetes tests run.
 SYSTEMD_ROOT="bookworm systemd systemd-sysv nginx procps"
 # runc: crun refuses this machine's hybrid cgroups. The ulimits: without them the runtime
 # cannot set its defaults above the sandbox's hard limits. The tests' containers also run with
