@@ -305,7 +305,7 @@ test: $(ROBUSTNESS_TESTS)
 
 # ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
 # container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
-# (opt/memlock-shim/ = the tree, and the static copier the layer image runs). test-containers:
+# (opt/memlock-shim/ = the unpacked `make dist` tarball, and the static copier the layer runs). test-containers:
 # the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
 # manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
 .PHONY: container-layer test-containers
@@ -313,9 +313,10 @@ $(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
 
-container-layer: core shim tools $(B)/container/memlock-shim-copy
-	rm -rf $(B)/container/layer
-	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/layer PREFIX=/opt/memlock-shim > /dev/null
+container-layer: dist $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer && mkdir -p $(B)/container/layer/opt
+	tar -C $(B)/container/layer/opt -xzf $(DIST_TAR)
+	mv $(B)/container/layer/opt/$(DIST_NAME) $(B)/container/layer/opt/memlock-shim
 	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
 
 test-containers: container-layer

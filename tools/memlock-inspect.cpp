@@ -441,14 +441,18 @@ Report inspect(int pid) {
         return r;
     }
     if (!v.page_at) {
-        if (v.shim_loaded)
-            r.verdict = "the shim is loaded but not protecting anything (no config, no rules, or the config's "
-                        "programs do not match)";
-        else if (mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe"))))
-            r.verdict = "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
-                        "glibc build of the program)";
-        else
-            r.verdict = "the shim is not loaded (start the program with memlock-run)";
+        if (v.shim_loaded && !memfd_works()) {
+            r.status = kUnknown;
+            r.verdict = "the shim is loaded, but this kernel has no memfd_create: its counters are in an anonymous "
+                        "page no other process can find (check /proc/" + std::to_string(pid) + "/smaps for lo dd)";
+        } else {
+            r.verdict = v.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, or "
+                                        "the config's programs do not match)"
+                        : mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe")))
+                            ? "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
+                              "glibc build of the program)"
+                            : "the shim is not loaded (start the program with memlock-run)";
+        }
         return r;
     }
     r.page_kind = v.memfd && v.page_at == v.candidates[0]

@@ -10,16 +10,19 @@
 set -eu
 
 PODMAN_ROOT=$BUILD/podman
-# The Debian 12 root the systemd test boots (also the fallback base of the image test).
+# The Debian 12 root the systemd and Kubernetes tests run.
 SYSTEMD_ROOT="bookworm systemd systemd-sysv nginx procps"
 # runc: crun refuses this machine's hybrid cgroups. The ulimits: without them the runtime
 # cannot set its defaults above the sandbox's hard limits. The tests' containers also run with
 # --network none: nothing needs a network, and podman then needs no network plugin.
 PODMAN_RUN_OPTS="--runtime /usr/sbin/runc --ulimit nofile=20000:20000 --ulimit nproc=4096:4096"
 
+# Images persist under the build folder; the run state goes to a tmpfs (/run), one per build
+# folder, so that after a reboot podman finds it gone and starts afresh.
+PODMAN_RUN=/run/memlock-shim-podman-$(printf '%s' "$BUILD" | sha256sum | cut -c1-12)
 pm() {
-    podman --root "$PODMAN_ROOT/storage" --runroot "$PODMAN_ROOT/run" --storage-driver overlay \
-        --cgroup-manager cgroupfs --events-backend file --runtime /usr/sbin/runc "$@"
+    podman --root "$PODMAN_ROOT/storage" --runroot "$PODMAN_RUN/run" --tmpdir "$PODMAN_RUN/tmp" \
+        --storage-driver overlay --cgroup-manager cgroupfs --events-backend file --runtime /usr/sbin/runc "$@"
 }
 
 step() { printf '%s: %s\n' "$TEST_NAME" "$*" >&2; }
