@@ -327,6 +327,14 @@ std::string refused_remedy(const ProcessView &v) {
            "memlock-inspect in the process's own namespace or on the host";
 }
 
+// Can this kernel (and this process) create a memfd? When not, a shim's counters are in an
+// anonymous page that no other process can find.
+bool memfd_works() {
+    const int fd = static_cast<int>(::syscall(SYS_memfd_create, "memlock-inspect-probe", 1u /* MFD_CLOEXEC */));
+    if (fd >= 0) ::close(fd);
+    return fd >= 0 || errno != ENOSYS;
+}
+
 struct Report {
     int pid = 0;
     std::string exe;
