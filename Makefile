@@ -41,7 +41,7 @@ PROG_C_SRC := $(wildcard tests/progs/*.c)
 PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
-TOOLS := $(B)/memlock-run $(B)/memlock-inspect
+TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
@@ -108,7 +108,9 @@ $(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/expo
 # stats layout), so the tools and the shim cannot disagree.
 $(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@ $(TOOL_LIBS)
+# memlock-discover reads private keys through libcrypto (the shim never links it).
+$(B)/memlock-discover: TOOL_LIBS := -lcrypto
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
@@ -178,6 +180,11 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 
 progs: $(CALLER_TEST_BINS)
+
+# memlock-discover's test program allocates through libsecretlib too.
+$(B)/progs/discover_secrets: tests/progs/discover_secrets.c $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -lpthread -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 # ---- end of caller-rule test programs ----------------------------------------------------
 
 # ---- robustness: fuzzer, sanitizer and TSan builds, stress and fault tests ------------------

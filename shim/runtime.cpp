@@ -19,6 +19,7 @@
 #include "config.hpp"
 #include "fatal.hpp"
 #include "memlock.h"
+#include "trace.hpp"
 
 namespace mlshim {
 
@@ -138,6 +139,7 @@ void resolve_next() noexcept {
 Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
+bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
@@ -221,6 +223,7 @@ void runtime_start() {
     std::string exe = self_exe();
     const char *path = std::getenv("MEMLOCK_SHIM_CONFIG");
     if (!path || !*path) {
+        if (g_tracing) return;  // memlock-discover traces the program without protecting it
         log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
                                 "passes through");
         return;
@@ -330,6 +333,7 @@ bool in_bootstrap(const void *p) noexcept {
 
 void runtime_init() noexcept {
     resolve_next();
+    g_tracing = trace_init();
     try {
         runtime_start();
     } catch (...) {
@@ -342,6 +346,7 @@ void runtime_fini() noexcept {
     BusyScope busy;
     write_stats_file();
     if (g_stats) stats_unlink(g_stats);
+    if (g_tracing) trace_exit();
 }
 
 // ---- slow paths ----------------------------------------------------------------------------
