@@ -307,9 +307,14 @@ private:
 
 // ---- the traced processes ------------------------------------------------------------------
 
+constexpr std::size_t kMaxPrior = 4;
+
 struct Block {
     std::uint64_t size = 0;
     std::vector<std::uint64_t> frames;
+    // Freed blocks this one was allocated over (oldest first): a copy inside it may be one
+    // of theirs, left unwiped (malloc does not clear what it hands out).
+    std::vector<Block> prior;
 };
 using BlockTable = std::map<std::uint64_t, Block>;
 
@@ -320,11 +325,18 @@ struct Process {
     bool scanned = false;
 };
 
-// Removes the entries of `t` that overlap [lo, hi).
-void erase_overlapping(BlockTable &t, std::uint64_t lo, std::uint64_t hi) {
+// Moves the entries of `t` that overlap [lo, hi) into `prior` (with their own history).
+void take_overlapping(BlockTable &t, std::uint64_t lo, std::uint64_t hi, std::vector<Block> &prior) {
     auto it = t.upper_bound(lo);
     if (it != t.begin() && std::prev(it)->first + std::prev(it)->second.size > lo) --it;
-    while (it != t.end() && it->first < hi) it = t.erase(it);
+    while (it != t.end() && it->first < hi) {
+        Block &b = it->second;
+        for (Block &older : b.prior) prior.push_back(std::move(older));
+        b.prior.clear();
+        prior.push_back(std::move(b));
+        it = t.erase(it);
+    }
+    if (prior.size() > kMaxPrior) prior.erase(prior.begin(), prior.end() - kMaxPrior);
 }
 
 const BlockTable::value_type *find_block(const BlockTable &t, std::uint64_t addr) {
@@ -514,6 +526,11 @@ struct Copy {
     std::string where;              // the human description
     std::uint64_t block = 0, block_size = 0;
     std::vector<Frame> frames;      // heap and freed-heap: the allocation's callers
+    struct Earlier {
+        std::uint64_t size;
+        std::vector<Frame> frames;
+    };
+    std::vector<Earlier> earlier;   // blocks freed unwiped at this place before (Block::prior)
 };
 
 struct Snapshot {
@@ -608,6 +625,17 @@ public:
     }
 
 private:
+    // The earlier blocks at this address that could have left the copy (newest first, at most
+    // two). Information for the operator: the rules cover the block that holds the copy, and
+    // --verify shows whether the writer was an earlier one.
+    void add_earlier(Copy &c, const Block &b, const std::vector<Mapping> &maps, std::unordered_map<std::uint64_t, Frame> &cache) {
+        for (auto it = b.prior.rbegin(); it != b.prior.rend() && c.earlier.size() < 2; ++it) {
+            c.earlier.push_back({it->size, symbolize(sym_, maps, it->frames, cache)});
+            c.where += "\n      reused memory: earlier a block of " + std::to_string(it->size) + " bytes allocated by " +
+                       frames_text(c.earlier.back().frames);
+        }
+    }
+
     void place(int pid, const Process &proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
                const Mapping &m, std::uint64_t addr, std::size_t k, std::map<std::pair<std::uint64_t, int>, Copy> &found,
                std::unordered_map<std::uint64_t, Frame> &cache) {
@@ -627,6 +655,7 @@ private:
             c.block_size = b->second.size;
             c.frames = symbolize(sym_, maps, b->second.frames, cache);
             c.where = "heap block of " + std::to_string(c.block_size) + " bytes allocated by " + frames_text(c.frames);
+            add_earlier(c, b->second, maps, cache);
         } else if (const auto *fb = find_block(proc.freed, addr)) {
             c.place = Place::freed;
             key = fb->first;
@@ -635,6 +664,7 @@ private:
             c.frames = symbolize(sym_, maps, fb->second.frames, cache);
             c.where = "freed (not wiped) heap block of " + std::to_string(c.block_size) + " bytes allocated by " +
                       frames_text(c.frames);
+            add_earlier(c, fb->second, maps, cache);
         } else if (m.path == "[stack]") {
             c.place = Place::stack;
             c.where = "the main thread's stack";
@@ -815,7 +845,7 @@ private:
             b.size = r.size;
             const std::size_t n = std::min<std::size_t>(r.nframes, (len - mlshim::kTraceHeaderBytes) / 8);
             b.frames.assign(r.frames, r.frames + n);
-            erase_overlapping(p.freed, r.addr, r.addr + std::max<std::uint64_t>(r.size, 1));
+            take_overlapping(p.freed, r.addr, r.addr + std::max<std::uint64_t>(r.size, 1), b.prior);
             p.live[r.addr] = std::move(b);
             break;
         }
@@ -1014,30 +1044,35 @@ std::vector<Candidate> propose(const Snapshot &s) {
     for (const Copy &c : s.copies)
         if ((c.place == Place::heap || c.place == Place::freed) && !c.frames.empty()) targets.push_back(&c);
     std::map<std::tuple<bool, std::string, unsigned>, Candidate> cands;
-    for (const Copy *t : targets)
-        for (unsigned d = 1; d <= kMaxRuleDepth && d <= t->frames.size(); ++d) {
-            const Frame &f = t->frames[d - 1];
+    auto add_candidates = [&](const std::vector<Frame> &frames) {
+        for (unsigned d = 1; d <= kMaxRuleDepth && d <= frames.size(); ++d) {
+            const Frame &f = frames[d - 1];
             if (!f.module.empty() && f.module != "?" && f.module[0] != '[')
                 cands[{true, f.module, d}] = Candidate{true, f.module, d, 0, UINT64_MAX, {}, 0, 0};
             if (!f.function.empty()) cands[{false, f.function, d}] = Candidate{false, f.function, d, 0, UINT64_MAX, {}, 0, 0};
         }
+    };
+    for (const Copy *t : targets) add_candidates(t->frames);
     std::vector<Candidate> pool;
-    for (auto &e : cands) {
-        Candidate &c = e.second;
-        for (std::size_t i = 0; i < targets.size(); ++i)
-            if (frame_matches(c, targets[i]->frames, targets[i]->block_size)) c.covers.push_back(i);
-        measure(c, s);
-        // The same rule limited to the sizes it must cover (with room for other key sizes).
-        Candidate bounded = c;
+    for (auto &entry : cands) {
+        Candidate &c = entry.second;
+        // Limited to the sizes it covers, with room for keys of other sizes: every allocation of
+        // a size no rule names passes straight through, so the limits save each other call the
+        // caller lookup (and, deeper than depth 1, the unwind).
         std::uint64_t lo = UINT64_MAX, hi = 0;
-        for (std::size_t i : c.covers) {
-            lo = std::min(lo, targets[i]->block_size);
-            hi = std::max(hi, targets[i]->block_size);
+        auto widen = [&](std::uint64_t size) {
+            lo = std::min(lo, size);
+            hi = std::max(hi, size);
+        };
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+            if (!frame_matches(c, targets[i]->frames, targets[i]->block_size)) continue;
+            c.covers.push_back(i);
+            widen(targets[i]->block_size);
         }
-        bounded.min_size = pow2_floor(lo) / 2;
-        bounded.max_size = pow2_ceil(hi) * 2;
-        measure(bounded, s);
-        pool.push_back(bounded.other_bytes * 4 < c.other_bytes * 3 ? bounded : c);
+        c.min_size = pow2_floor(lo) / 2;
+        c.max_size = pow2_ceil(hi) * 2;
+        measure(c, s);
+        pool.push_back(c);
     }
     auto cost = [](const Candidate &c) {
         return 1.0 + static_cast<double>(c.other_bytes) / 65536.0 + 0.05 * (c.depth - 1) + (c.by_module ? 0 : 0.01);
