@@ -742,6 +742,12 @@ bool wait_stopped(int pid) {
     return false;
 }
 
+std::string seconds_text(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g s", s);
+    return buf;
+}
+
 double now_seconds() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -805,14 +811,17 @@ public:
                 }
             }
             if (deadline > 0 && !snapshot_taken_ && now_seconds() >= deadline)
-                snapshot_all("after " + std::to_string(o_.after).erase(std::to_string(o_.after).find_last_not_of("0.") + 1) + " s");
+                snapshot_all("after " + seconds_text(o_.after));
             if (ending_ && !child_done && now_seconds() > kill_at_) {
                 ::kill(-child_, SIGKILL);
                 kill_at_ = 1e300;
             }
         }
         drain(false);
-        ::close(sock_);
+        ::close(sock_);  // from here on a process's exit record fails to send, and it does not stop
+        // A descendant that sent its exit record after the last read is stopped: resume it.
+        for (const auto &entry : procs_)
+            if (proc_state(entry.first) == 'T') ::kill(entry.first, SIGCONT);
         ::close(sfd);
         sigprocmask(SIG_UNBLOCK, &set, nullptr);
         if (!records_)

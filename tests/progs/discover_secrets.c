@@ -1,7 +1,7 @@
 /* discover_secrets - known secrets in known places, for memlock-discover
  * (tests/shim/test_discover.cpp).
  *
- *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD     (each a hex byte string)
+ *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit]    (each a hex byte string)
  *
  *   LIBHEAP   a 48-byte heap block: main -> load_secret_key -> alloc_helper -> malloc
  *             (libsecretlib.so), among 200 other 48-byte blocks the same helper allocates
@@ -11,7 +11,8 @@
  *   STACK     main's stack          STATIC  a zero-initialised global (.bss)
  *   THREAD    a second thread's stack
  * Each is decoded straight into its place (no other copy). Then it sends SIGUSR1 to its parent
- * (memlock-discover takes its snapshot) and waits to be terminated.
+ * (memlock-discover takes its snapshot) and waits to be terminated; with "exit" it exits
+ * instead (the heap blocks are still live: memlock-discover scans the process as it exits).
  */
 #include <pthread.h>
 #include <signal.h>
@@ -63,8 +64,9 @@ static void *thread_main(void *hex) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 6) {
-        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD\n");
+    const int exit_mode = argc == 7 && strcmp(argv[6], "exit") == 0;
+    if (argc != 6 && !exit_mode) {
+        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit]\n");
         return 2;
     }
     for (int i = 0; i < 200; ++i) memset(load_plain_data(48), 0x5a, 48);
@@ -80,6 +82,7 @@ int main(int argc, char **argv) {
     pthread_barrier_wait(&g_ready);
     printf("ready %p %p\n", (void *)lib_block, prog_block);
     fflush(stdout);
+    if (exit_mode) exit(0);
     kill(getppid(), SIGUSR1);
     for (;;) pause();
 }

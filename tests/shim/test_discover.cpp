@@ -71,7 +71,7 @@ void expect_summary(const std::string &out, const std::string &want) {
 struct Secrets {
     std::string lib_heap = random_hex(48), prog_heap = random_hex(64), stack = random_hex(64),
                 static_data = random_hex(64), thread = random_hex(64);
-    std::vector<std::string> args(const std::vector<std::string> &options) const {
+    std::vector<std::string> args(const std::vector<std::string> &options, const std::string &mode = "") const {
         std::vector<std::string> a = {discover()};
         for (const auto &s : {lib_heap, prog_heap, stack, static_data, thread}) {
             a.push_back("--secret-hex");
@@ -80,6 +80,7 @@ struct Secrets {
         a.insert(a.end(), options.begin(), options.end());
         for (const auto &s : {std::string("--"), shim_program("discover_secrets"), lib_heap, prog_heap, stack, static_data, thread})
             a.push_back(s);
+        if (!mode.empty()) a.push_back(mode);
         return a;
     }
 };
@@ -129,6 +130,21 @@ Test(discover, places_every_copy_and_its_config_leaves_no_heap_copy) {
     r = run_program(tool_run(s.args({"--verify", "--config", none})));
     cr_assert(r.exited_with(1), "%s", r.describe().c_str());
     cr_expect(r.out.find("verify: 3 heap copies left outside the arena\n") != std::string::npos, "%s", r.out.c_str());
+}
+
+// Without SIGUSR1 or --after, a process is scanned as it exits (stopped in the shim's
+// destructor): the blocks it never freed are still there.
+Test(discover, scans_a_process_as_it_exits) {
+    need_built("discover_secrets");
+    const Secrets s;
+    const RunResult r = run_program(tool_run(s.args({}, "exit")));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const auto scanned = line_values(r.out, "scanned");
+    cr_assert_eq(scanned.size(), 1u, "%s", r.out.c_str());
+    cr_expect(r.out.find(") at exit\n") != std::string::npos, "%s", r.out.c_str());
+    expect_copy(r.out, "[heap]", "hex#1", "heap block of 48 bytes allocated by alloc_helper <- load_secret_key <- main");
+    expect_copy(r.out, "[heap]", "hex#2", "heap block of 64 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(r.out, "[static]", "hex#4", "in static data");
 }
 
 Test(discover, rejects_bad_input_with_a_clear_message) {
