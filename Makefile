@@ -290,9 +290,10 @@ demo: all
 
 $(B)/bench/%: bench/%.c
 	@mkdir -p $(@D)
-	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
+	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread -ldl
 
-bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs
+bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/fork_cost \
+       $(B)/bench/dl_cycle
 	python3 scripts/bench.py $(B)
 
 # ---- install ----------------------------------------------------------------------------
