@@ -106,7 +106,7 @@ $(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/expo
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
 # stats layout), so the tools and the shim cannot disagree.
-$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
+$(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
 	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
 
