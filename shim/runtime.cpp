@@ -3,6 +3,8 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <gnu/lib-names.h>
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -99,8 +101,49 @@ void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) {
     return g_next.realloc(p, n);
 }
 
-template <typename F> F lookup(const char *name, F fallback) {
-    void *f = dlsym(RTLD_NEXT, name);
+// The version libc's own definition of `name` carries ("GLIBC_2.2.5" for malloc on x86-64,
+// "GLIBC_2.17" on arm64, "GLIBC_2.16" for aligned_alloc...), read from libc's version
+// tables at run time; nullptr if it has none.
+const char *libc_version_of(void *libc, const char *name) noexcept {
+    void *f = libc ? dlsym(libc, name) : nullptr;
+    Dl_info info;
+    void *symp = nullptr, *mapp = nullptr;
+    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP) ||
+        !mapp)
+        return nullptr;
+    const auto *sym = static_cast<const ElfW(Sym) *>(symp);
+    const auto *map = static_cast<const link_map *>(mapp);
+    const ElfW(Sym) *symtab = nullptr;
+    const ElfW(Half) *versym = nullptr;
+    const ElfW(Verdef) *verdef = nullptr;
+    const char *strtab = nullptr;
+    // The loader relocates these entries in place on most CPUs; where it does not, they
+    // are still offsets from the load address.
+    auto at = [map](ElfW(Addr) a) { return a < map->l_addr ? a + map->l_addr : a; };
+    for (const ElfW(Dyn) *d = map->l_ld; d && d->d_tag != DT_NULL; ++d) {
+        if (d->d_tag == DT_SYMTAB) symtab = reinterpret_cast<const ElfW(Sym) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERSYM) versym = reinterpret_cast<const ElfW(Half) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERDEF) verdef = reinterpret_cast<const ElfW(Verdef) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_STRTAB) strtab = reinterpret_cast<const char *>(at(d->d_un.d_ptr));
+    }
+    if (!symtab || !versym || !verdef || !strtab || sym < symtab) return nullptr;
+    const ElfW(Half) ndx = versym[sym - symtab] & 0x7fff;
+    for (const ElfW(Verdef) *v = verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
+                                               reinterpret_cast<const char *>(v) + v->vd_next)) {
+        if (v->vd_ndx == ndx && !(v->vd_flags & VER_FLG_BASE))
+            return strtab + reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
+        if (!v->vd_next) return nullptr;
+    }
+}
+
+// The next definition of `name`. An allocator that exports only versioned symbols (glibc's
+// libc_malloc_debug.so) is invisible to an unversioned lookup, so the version libc's own
+// definition carries is asked for first; unversioned definitions (jemalloc, mimalloc) match
+// a versioned lookup too.
+template <typename F> F lookup(void *libc, const char *name, F fallback) {
+    const char *version = libc_version_of(libc, name);
+    void *f = version ? dlvsym(RTLD_NEXT, name, version) : nullptr;
+    if (!f) f = dlsym(RTLD_NEXT, name);
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 
@@ -111,19 +154,20 @@ void resolve_next() noexcept {
     pthread_mutex_lock(&lock);
     if (!done.load(std::memory_order_relaxed)) {
         t_resolving = true;
+        void *libc = dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD);
         NextAllocator n{};
-        n.malloc = lookup<decltype(n.malloc)>("malloc", nullptr);
-        n.free = lookup<decltype(n.free)>("free", nullptr);
-        n.calloc = lookup<decltype(n.calloc)>("calloc", nullptr);
-        n.realloc = lookup<decltype(n.realloc)>("realloc", nullptr);
-        n.reallocarray = lookup<decltype(n.reallocarray)>("reallocarray", fallback_reallocarray);
-        n.posix_memalign = lookup<decltype(n.posix_memalign)>("posix_memalign", nullptr);
-        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>("aligned_alloc", nullptr);
-        n.memalign = lookup<decltype(n.memalign)>("memalign", nullptr);
-        n.valloc = lookup<decltype(n.valloc)>("valloc", nullptr);
-        n.pvalloc = lookup<decltype(n.pvalloc)>("pvalloc", nullptr);
-        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>("malloc_usable_size", nullptr);
-        t_resolving = false;
+        n.malloc = lookup<decltype(n.malloc)>(libc, "malloc", nullptr);
+        n.free = lookup<decltype(n.free)>(libc, "free", nullptr);
+        n.calloc = lookup<decltype(n.calloc)>(libc, "calloc", nullptr);
+        n.realloc = lookup<decltype(n.realloc)>(libc, "realloc", nullptr);
+        n.reallocarray = lookup<decltype(n.reallocarray)>(libc, "reallocarray", fallback_reallocarray);
+        n.posix_memalign = lookup<decltype(n.posix_memalign)>(libc, "posix_memalign", nullptr);
+        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>(libc, "aligned_alloc", nullptr);
+        n.memalign = lookup<decltype(n.memalign)>(libc, "memalign", nullptr);
+        n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
+        n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
+        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
+        t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
             fatal("cannot find the next allocator's functions (dlsym RTLD_NEXT failed)");
@@ -144,21 +188,69 @@ void report(LogLevel level, const char *what, const char *why) noexcept {
     log_msg(level, "%s: %s", what, why);
 }
 
-// Lock order across fork: the caller index's build lock, then the arena's locks (an index
-// rebuild allocates, so it may take arena locks while holding the build lock).
+// ---- fork ------------------------------------------------------------------------------
+//
+// glibc's fork runs the prepare handlers, then takes the stdio list lock, then its own
+// allocator's locks (malloc/arena.c, __malloc_fork_lock_parent), so that a thread holding a
+// FILE lock while it allocates never waits for a forking thread that waits for that FILE.
+// The shim's prepare handler runs before that point, so it takes the stdio list lock first
+// itself (it is recursive: fork takes it again in the same thread), then the caller index's
+// build lock, then the arena's locks: the order glibc's own allocator has. Like glibc, it
+// takes no lock at all when the process is single-threaded (fork from a signal handler that
+// interrupted an allocation then behaves as under glibc), and none in a fork nested inside a
+// fork of the same thread (a signal handler that forks while fork runs): the outer fork
+// holds them, and signals are blocked while they are taken and released, so they are held
+// either all or none. docs/shim.md gives the argument in full.
+extern "C" void _IO_list_lock(void);
+extern "C" void _IO_list_unlock(void);
+extern "C" void _IO_list_resetlock(void);
+
+const char *g_single_threaded = nullptr;  // glibc's __libc_single_threaded (2.32 and later)
+__thread unsigned t_fork_depth __attribute__((tls_model("initial-exec"))) = 0;
+__thread bool t_fork_locked __attribute__((tls_model("initial-exec"))) = false;
+
+bool single_threaded() noexcept { return g_single_threaded && *g_single_threaded; }
+
 void atfork_prepare() {
     if (!g_active) return;
+    if (t_fork_depth++ > 0 || single_threaded()) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    _IO_list_lock();
     callers_prefork();
     g_arena.prefork();
+    t_fork_locked = true;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_parent() {
     if (!g_active) return;
+    if (t_fork_depth > 1 || !t_fork_locked) {
+        --t_fork_depth;
+        return;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     g_arena.postfork_parent();
     callers_postfork();
+    _IO_list_unlock();
+    t_fork_locked = false;
+    --t_fork_depth;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_child() {
     if (!g_active) return;
-    callers_postfork();
+    // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
+    // them to the outer fork, which releases them in this process too.
+    bool outermost = t_fork_depth == 1;
+    --t_fork_depth;
+    if (outermost && t_fork_locked) {
+        t_fork_locked = false;
+        callers_postfork_child();
+        g_arena.postfork_child_locks();
+        _IO_list_resetlock();
+    }
     g_stats = stats_recreate_after_fork(g_stats);
     g_arena.set_stats(g_stats);
     g_arena.postfork_child();
@@ -273,6 +365,7 @@ void runtime_start() {
     if (rc)
         return startup_error(kExitOsErr, std::string("cannot set up the secure arena: ") + memlock_strerror(rc),
                              exe);
+    g_single_threaded = static_cast<const char *>(dlsym(RTLD_DEFAULT, "__libc_single_threaded"));
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (g_stats) g_stats->active.store(1);
     g_active = true;
