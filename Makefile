@@ -42,11 +42,17 @@ CORE_INC := -Icore/include $(EXTRA_INC)
 # The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
 # initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
-	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects \
+	-DMEMLOCK_SHIM_SYSCONFDIR='"$(SYSCONFDIR)"'
 SHIM_LDFLAGS := -shared -Wl,-soname,libmemlock_shim.so -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
 TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
+# What the shipped objects (the shim, the tools) link besides their own code, so that they
+# load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
+# symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
+COMPAT_OBJ := $(B)/compat/glibc_compat.o
+GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -62,11 +68,11 @@ PROG_C_SRC := $(wildcard tests/progs/*.c)
 PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
-TOOLS := $(B)/memlock-run $(B)/memlock-inspect
+TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
-	install uninstall clean FORCE
+	install uninstall clean check-abi FORCE
 
 all: deps core shim tools examples man
 
@@ -121,22 +127,38 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	@mkdir -p $(@D)
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
-$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+
+# Not LTO-compiled: its symbol versions must reach the linker as written.
+$(B)/compat/%.o: compat/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -c $< -o $@
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
 # stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
 # that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
-$(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
+$(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
+	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
 	    -DMEMLOCK_SHIM_MULTIARCH='"$(MULTIARCH)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(TOOL_LDFLAGS) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@ \
+	    $(TOOL_LIBS)
+# memlock-discover reads private keys through libcrypto (the shim never links it).
+$(B)/memlock-discover: TOOL_LIBS := -lcrypto
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+# A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
+MUSL_CC ?= musl-gcc
+$(B)/progs/musl_probe: tests/musl/musl_probe.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) -std=gnu11 -O1 $(WARN) $< -o $@
+progs: $(B)/progs/musl_probe
 
 # A program the dynamic loader never sees (memlock-run must refuse it).
 $(B)/progs/tools_static: tests/progs/tools_static.c
@@ -157,19 +179,28 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 
 $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
-	    -o $@ -lcriterion -lpthread
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' \
+	    $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lcriterion -lpthread
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
 
 test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+	scripts/check-abi $(ABI_OBJECTS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
+	$(MAKE) --no-print-directory test-containers
+	$(MAKE) --no-print-directory test-reach
+
+# The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
+# memlock-discover is the exception: it parses private keys with the system's libcrypto 3.
+ABI_OBJECTS := $(B)/libmemlock_shim.so $(B)/memlock-run $(B)/memlock-inspect
+check-abi: $(ABI_OBJECTS)
+	scripts/check-abi $^
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -201,6 +232,11 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 
 progs: $(CALLER_TEST_BINS)
+
+# memlock-discover's test program allocates through libsecretlib too.
+$(B)/progs/discover_secrets: tests/progs/discover_secrets.c $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -lpthread -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 # ---- end of caller-rule test programs ----------------------------------------------------
 
 # ---- robustness: fuzzer, sanitizer and TSan builds, stress and fault tests ------------------
@@ -283,6 +319,38 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
+# ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
+# container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
+# (opt/memlock-shim/ = the unpacked `make dist` tarball, and the static copier the layer runs). test-containers:
+# the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
+# manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
+.PHONY: container-layer test-containers
+$(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
+
+container-layer: dist $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer && mkdir -p $(B)/container/layer/opt
+	tar -C $(B)/container/layer/opt -xzf $(DIST_TAR)
+	mv $(B)/container/layer/opt/$(DIST_NAME) $(B)/container/layer/opt/memlock-shim
+	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
+
+test-containers: container-layer
+	rm -rf $(B)/container/systemd-root
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/systemd-root > /dev/null
+	sh tests/containers/test-kubernetes.sh $(B)
+	sh tests/containers/test-image.sh $(B)
+	sh tests/containers/test-systemd.sh $(B)
+# ---- end of containers ----------------------------------------------------------------------
+
+# ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
+# test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
+# build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
+.PHONY: test-reach
+test-reach: dist
+	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+# ---- end of older systems ------------------------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
@@ -346,7 +414,10 @@ install: core shim tools man
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
 	install -m 644 deploy/prometheus/memlock-shim-metrics.service deploy/prometheus/memlock-shim-metrics.timer \
 	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/prometheus/
-	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -m 644 deploy/container/Dockerfile deploy/container/Dockerfile.layer deploy/container/Dockerfile.example \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes
+	install -m 644 deploy/kubernetes/*.yaml $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes/
 
 # ---- dist: the relocatable tarball ----------------------------------------------------------
 # dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
@@ -390,3 +461,4 @@ clean:
 	rm -rf $(B) dist
 
 FORCE:
+.SECONDARY:

@@ -10,9 +10,9 @@
 //   - Function names come from each object's on-disk symbol tables (.dynsym and, where the
 //     file has one, .symtab); objects match a module glob by path, basename or soname.
 //   - The immediate caller (depth 1) costs one lookup: it is the interposed function's return
-//     address. Deeper frames come from libunwind's cached unw_backtrace, loaded privately
-//     (RTLD_LOCAL, so its _Unwind_* and backtrace symbols never interpose on the program's)
-//     and warmed up at start-up, only when some rule looks deeper than depth 1.
+//     address. Deeper frames come from libgcc's _Unwind_Backtrace, linked into the shim and
+//     hidden (so it needs no unwinding library on the system and never interposes on the
+//     program's), warmed up at start-up, only when some rule looks deeper than depth 1.
 //   - Everything here runs with the shim's busy flag set: its own allocations pass through.
 #ifndef MEMLOCK_SHIM_CALLERS_HPP
 #define MEMLOCK_SHIM_CALLERS_HPP
@@ -46,7 +46,7 @@ struct CallerFrames {
 };
 
 // Indexes the loaded objects for `conditions` (condition i is caller rule i). Returns an
-// empty string, or why caller rules cannot work here (e.g. libunwind missing).
+// empty string, or why caller rules cannot work here.
 // Globs that match nothing yet are reported through `warn` (once each).
 std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *text));
 

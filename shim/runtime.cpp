@@ -7,6 +7,8 @@
 #include <link.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/auxv.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +23,7 @@
 #include "config.hpp"
 #include "fatal.hpp"
 #include "memlock.h"
+#include "trace.hpp"
 
 namespace mlshim {
 
@@ -182,6 +185,7 @@ void resolve_next() noexcept {
 Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
+bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
@@ -256,88 +260,167 @@ void atfork_child() {
     g_arena.postfork_child();
 }
 
-// Removes stats files of processes that no longer exist.
-void sweep_stale_stats() noexcept {
-    DIR *d = opendir("/dev/shm");
-    if (!d) return;
-    while (dirent *e = readdir(d)) {
-        const char *prefix = "memlock-shim.";
-        if (std::strncmp(e->d_name, prefix, std::strlen(prefix)) != 0) continue;
-        char *end = nullptr;
-        long pid = std::strtol(e->d_name + std::strlen(prefix), &end, 10);
-        if (pid <= 0 || *end) continue;
-        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-        char path[64];
-        ::unlink(stats_path(static_cast<int>(pid), path, sizeof path));
-    }
-    closedir(d);
-}
-
+// The executable: /proc/self/exe, else what the loader was given (AT_EXECFN, which exists
+// without /proc). Empty when neither is known.
 std::string self_exe() {
     char buf[4096];
     ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0) return std::string();
-    buf[n] = '\0';
-    return std::string(buf);
+    if (n > 0) {
+        buf[n] = '\0';
+        return std::string(buf);
+    }
+    const char *execfn = reinterpret_cast<const char *>(::getauxval(AT_EXECFN));
+    return execfn ? std::string(execfn) : std::string();
 }
+
+// The process that read the config (its fork children are not): the only one that writes
+// stats.file at exit.
+pid_t g_config_pid = 0;
+
+// Is `path` a regular file, and its directory, owned by root and writable by nobody else?
+// Used for the system configuration, the only one a secure-execution process reads.
+bool root_owned_config(const char *path) noexcept {
+    struct stat st;
+    char dir[4096];
+    const char *slash = std::strrchr(path, '/');
+    std::size_t dlen = slash ? static_cast<std::size_t>(slash - path) : 0;
+    if (dlen == 0 || dlen >= sizeof dir) return false;
+    std::memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+    auto safe = [&](const char *p, bool want_dir) {
+        return ::lstat(p, &st) == 0 && st.st_uid == 0 && !(st.st_mode & (S_IWGRP | S_IWOTH)) &&
+               (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode));
+    };
+    return safe(dir, true) && safe(path, false);
+}
+
+// Opens a log or stats destination: no symlink followed, no blocking on a FIFO, created
+// 0600, regular files only. Returns the fd or -1 with errno (ELOOP: a symlink; EINVAL or
+// ENXIO, a FIFO nobody reads: not a regular file).
+int open_output(const char *path, int extra_flags) noexcept {
+    const int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags,
+                          0600);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
+#ifndef MEMLOCK_SHIM_SYSCONFDIR
+#define MEMLOCK_SHIM_SYSCONFDIR "/usr/local/etc"
+#endif
+// The system configuration: used when MEMLOCK_SHIM_CONFIG is not set (system-wide mode), and
+// the only one a secure-execution process reads. Fixed at build time (SYSCONFDIR).
+constexpr const char *kSystemConfig = MEMLOCK_SHIM_SYSCONFDIR "/memlock-shim/config.json";
 
 // Documented exit statuses of a program the shim refuses to start.
 constexpr int kExitConfig = 78;  // EX_CONFIG: the config is missing or invalid
 constexpr int kExitOsErr = 71;   // EX_OSERR: the arena could not be set up
 
+// A copy of s with control characters escaped (fatal.hpp, escape_into).
+std::string escaped(const std::string &s) {
+    std::string out(s.size() * 4, '\0');
+    out.resize(escape_into(&out[0], out.size(), s.data(), s.size()));
+    return out;
+}
+
 [[noreturn]] void refuse(int status, const std::string &why, const std::string &exe) {
-    std::string msg = "memlock-shim: " + why + "\nmemlock-shim: refusing to run " + exe +
-                      " unprotected (exit " + std::to_string(status) +
+    std::string msg = "memlock-shim: " + escaped(why) + "\nmemlock-shim: refusing to run " + escaped(exe) +
+                      " (pid " + std::to_string(::getpid()) + ") unprotected (exit " + std::to_string(status) +
                       "); fix this or set MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected\n";
     ssize_t ignored = ::write(STDERR_FILENO, msg.data(), msg.size());
     (void)ignored;
     ::_exit(status);
 }
 
+// MEMLOCK_SHIM_ON_CONFIG_ERROR, read and checked at every start (ignored under secure
+// execution): true = run-unprotected. A value other than "fail", "run-unprotected" or empty
+// is reported and the default (fail) applies.
+bool g_run_unprotected = false;
+
+void read_config_error_policy(bool secure) {
+    const char *v = secure ? nullptr : std::getenv("MEMLOCK_SHIM_ON_CONFIG_ERROR");
+    if (!v || !*v || std::strcmp(v, "fail") == 0) return;
+    if (std::strcmp(v, "run-unprotected") == 0) {
+        g_run_unprotected = true;
+        return;
+    }
+    log_msg(LogLevel::warn, "MEMLOCK_SHIM_ON_CONFIG_ERROR=\"%.64s\" is not \"run-unprotected\" or \"fail\": a "
+                            "config error will stop this program (fail)", v);
+}
+
 // Fails closed unless the operator asked to run unprotected.
 void startup_error(int status, const std::string &why, const std::string &exe) {
-    const char *override_env = std::getenv("MEMLOCK_SHIM_ON_CONFIG_ERROR");
-    if (override_env && std::strcmp(override_env, "run-unprotected") == 0) {
+    if (g_run_unprotected) {
         log_msg(LogLevel::error, "%s", why.c_str());
         log_msg(LogLevel::warn, "running %s UNPROTECTED (MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected)",
                 exe.c_str());
         return;
     }
-    if (override_env && *override_env && std::strcmp(override_env, "fail") != 0)
-        refuse(status, why + " (and MEMLOCK_SHIM_ON_CONFIG_ERROR=\"" + override_env +
-                           "\" is not \"run-unprotected\" or \"fail\")", exe);
     refuse(status, why, exe);
 }
 
 void runtime_start() {
     std::string exe = self_exe();
-    const char *path = std::getenv("MEMLOCK_SHIM_CONFIG");
+    // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
+    // programs): the environment belongs to the caller. Only the system config counts.
+    const bool secure = ::getauxval(AT_SECURE) != 0;
+    read_config_error_policy(secure);
+    const char *env_path = secure ? nullptr : std::getenv("MEMLOCK_SHIM_CONFIG");
+    const char *path = env_path;
     if (!path || !*path) {
-        log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
-                                "passes through");
-        return;
+        if (g_tracing) return;  // memlock-discover traces the program without protecting it
+        struct stat st;
+        if (::lstat(kSystemConfig, &st) != 0) {
+            // Silent when loaded system-wide (/etc/ld.so.preload): every program on the host
+            // would say it.
+            const char *preload = secure ? nullptr : std::getenv("LD_PRELOAD");
+            if (preload && std::strstr(preload, "libmemlock_shim"))
+                log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
+                                        "passes through");
+            return;
+        }
+        if (!root_owned_config(kSystemConfig)) {
+            // One line, and nothing read from the file.
+            log_msg(LogLevel::warn, "%s: ignored (it and its directory must be owned by root and not writable by "
+                                    "group or others): running unprotected", kSystemConfig);
+            return;
+        }
+        path = kSystemConfig;
     }
     auto *config = new Config();
     std::string error;
     if (!load_config_file(path, *config, error)) return startup_error(kExitConfig, error, exe);
-    if (!program_matches(*config, exe.c_str())) {
+    if (exe.empty() && !config->programs.empty())
+        log_msg(LogLevel::warn, "cannot tell which program this is (no /proc/self/exe, no AT_EXECFN): applying %s, "
+                                "whose programs list may not name it", path);
+    else if (!program_matches(*config, exe.c_str())) {
         log_msg(LogLevel::info, "%s: config %s does not apply to this program", exe.c_str(), path);
         return;
     }
 
     int log_fd = STDERR_FILENO;
     if (config->log_file != "stderr") {
-        log_fd = ::open(config->log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (log_fd < 0)
+        log_fd = open_output(config->log_file.c_str(), O_APPEND);
+        if (log_fd < 0) {
+            const int err = errno;
             return startup_error(kExitConfig,
                                  std::string(path) + ": log.file: cannot open " + config->log_file + ": " +
-                                     memlock_strerror(errno),
+                                     (err == ELOOP                    ? "it is a symbolic link"
+                                      : err == EINVAL || err == ENXIO ? "not a regular file"
+                                                                      : memlock_strerror(err)),
                                  exe);
+        }
     }
     log_configure(config->log_level, log_fd);
 
     RuleTable table = compile_rules(config->rules);
     g_config = config;
+    g_config_pid = ::getpid();
     if (table.rules.empty()) {
         log_msg(LogLevel::info, "config %s has no rules: nothing to protect", path);
         return;
@@ -348,9 +431,13 @@ void runtime_start() {
         std::string why = callers_init(conditions, [](const char *text) { log_msg(LogLevel::warn, "%s", text); });
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }
-    sweep_stale_stats();
     g_stats = stats_create(true);
-    if (g_stats) g_stats->rules = g_nrules;
+    if (g_stats) {
+        g_stats->rules = g_nrules;
+        bool all_lock = true;
+        for (const auto &r : config->rules) all_lock &= (r.actions & kActionLock) != 0;
+        if (all_lock) g_stats->flags |= kStatsAllRulesLock;
+    }
     ArenaOptions opts;
     opts.pool_bytes = config->policy.max_arena;
     opts.max_locked = config->policy.max_locked;
@@ -375,13 +462,16 @@ void runtime_start() {
     g_window.span = table.hi - table.lo;
 }
 
+// Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
+// renamed into place, so that no reader sees it half written. Only in the process that read
+// the config: a fork child may run in a sandbox (sshd's seccomp child) that kills it for an
+// open or a rename, so its exit path makes no system call malloc would not make.
 void write_stats_file() noexcept {
-    if (!g_config || g_config->stats_file.empty() || !g_stats) return;
-    // Expand %p to the pid (and %% to %).
+    if (!g_config || g_config->stats_file.empty() || !g_stats || ::getpid() != g_config_pid) return;
     char path[4096];
     std::size_t used = 0;
     const std::string &pattern = g_config->stats_file;
-    for (std::size_t i = 0; i < pattern.size() && used + 24 < sizeof path; ++i) {
+    for (std::size_t i = 0; i < pattern.size() && used + 24 < sizeof path - 32; ++i) {
         if (pattern[i] == '%' && i + 1 < pattern.size() && pattern[i + 1] == 'p') {
             used += static_cast<std::size_t>(std::snprintf(path + used, sizeof path - used, "%d", ::getpid()));
             ++i;
@@ -393,16 +483,20 @@ void write_stats_file() noexcept {
         }
     }
     path[used] = '\0';
+    char tmp[sizeof path];
+    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
     char json[2048];
     std::size_t len = stats_format_json(*g_stats, json, sizeof json);
-    int fd = ::open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(errno));
-        return;
+    int fd = open_output(tmp, O_EXCL);
+    bool ok = fd >= 0 && ::write(fd, json, len) == static_cast<ssize_t>(len);
+    int err = errno;
+    if (fd >= 0) {
+        ok = ::close(fd) == 0 && ok;
+        if (ok) ok = ::rename(tmp, path) == 0;
+        err = errno;
+        if (!ok) ::unlink(tmp);
     }
-    ssize_t ignored = ::write(fd, json, len);
-    (void)ignored;
-    ::close(fd);
+    if (!ok) log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(err));
 }
 
 }  // namespace
@@ -423,6 +517,8 @@ bool in_bootstrap(const void *p) noexcept {
 
 void runtime_init() noexcept {
     resolve_next();
+    // Never in secure execution: the environment (and the socket it names) is the caller's.
+    g_tracing = ::getauxval(AT_SECURE) == 0 && trace_init();
     try {
         runtime_start();
     } catch (...) {
@@ -431,10 +527,12 @@ void runtime_init() noexcept {
     }
 }
 
+// Makes no system call in a fork child (see write_stats_file); nothing to remove: the
+// counters live in a memfd the kernel frees with the process.
 void runtime_fini() noexcept {
     BusyScope busy;
     write_stats_file();
-    if (g_stats) stats_unlink(g_stats);
+    if (g_tracing) trace_exit();
 }
 
 // ---- slow paths ----------------------------------------------------------------------------
@@ -449,6 +547,9 @@ int shim_dlclose(void *handle) noexcept {
 
 // No BusyScope here: the arena never allocates, and reports through report(), which sets it.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
+    // A size no allocator can serve (glibc refuses it too): ENOMEM, and neither counted as
+    // denied nor reported, since it says nothing about the arena.
+    if (n > static_cast<std::size_t>(PTRDIFF_MAX)) return errno = ENOMEM, nullptr;
     void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
     if (p && zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;
