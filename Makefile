@@ -9,7 +9,12 @@ INCLUDEDIR ?= $(PREFIX)/include
 BINDIR ?= $(PREFIX)/bin
 SYSCONFDIR ?= $(PREFIX)/etc
 DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+# The configs `make install` puts in SYSCONFDIR/memlock-shim (the package: debian/config.json).
+ETC_CONFIGS ?= $(wildcard config/*.json)
 DESTDIR ?=
+# The Debian multiarch triplet (lib/x86_64-linux-gnu): where the package puts the libraries.
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 CC ?= gcc
 CXX ?= g++
@@ -39,7 +44,7 @@ CORE_INC := -Icore/include $(EXTRA_INC)
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
 	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects \
 	-DMEMLOCK_SHIM_SYSCONFDIR='"$(SYSCONFDIR)"'
-SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
+SHIM_LDFLAGS := -shared -Wl,-soname,libmemlock_shim.so -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
 
 TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
@@ -69,7 +74,7 @@ EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
 	install uninstall clean check-abi FORCE
 
-all: deps core shim tools examples
+all: deps core shim tools examples man
 
 # The packages are installed before any rule runs (so that `make -j` never compiles while
 # apt is still installing a header). install-deps.sh is a quick no-op once they are there.
@@ -134,9 +139,10 @@ $(B)/compat/%.o: compat/%.c
 # Each tool is one source file linked with the shim's plain code (its config parser, its
 # stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
 # that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
-$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
+$(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
 	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
+	    -DMEMLOCK_SHIM_MULTIARCH='"$(MULTIARCH)"' \
 	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@ \
 	    $(TOOL_LIBS)
 # memlock-discover reads private keys through libcrypto (the shim never links it).
@@ -357,11 +363,35 @@ bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/calle
        $(B)/bench/dl_cycle
 	python3 scripts/bench.py $(B)
 
+# ---- man pages, bash completion, Debian package ------------------------------------------
+# docs/man/NAME.SECTION.scd -> build/man/NAME.SECTION (scdoc). `make deb` builds the package
+# with dpkg tools (scripts/build-deb.sh: its own build for PREFIX=/usr, the multiarch LIBDIR
+# and /etc); tests/packaging/run.sh checks pages, completion, the package and its install.
+MAN_SRC := $(wildcard docs/man/*.scd)
+MAN_PAGES := $(MAN_SRC:docs/man/%.scd=$(B)/man/%)
+DEB_VERSION := $(VERSION)-1
+.PHONY: man deb test-packaging
+
+man: $(MAN_PAGES)
+$(B)/man/%: docs/man/%.scd
+	@mkdir -p $(@D)
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) scdoc < $< > $@.tmp && mv $@.tmp $@
+
+deb: all
+	sh scripts/build-deb.sh $(B) $(DEB_VERSION) $(MULTIARCH)
+
+test-packaging: deb
+	sh tests/packaging/run.sh $(B) $(DEB_VERSION)
+
+test: test-packaging
+
 # ---- install ----------------------------------------------------------------------------
 # Configs already in SYSCONFDIR/memlock-shim are kept (an operator may have edited them).
-install: core shim tools
+install: core shim tools man
 	install -d $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) \
-	    $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
+	    $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim \
+	    $(DESTDIR)$(DATADIR)/memlock-shim $(DESTDIR)$(DATADIR)/bash-completion/completions \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 644 $(B)/libmemlock.a $(DESTDIR)$(LIBDIR)/
 	install -m 755 $(B)/libmemlock.so.0 $(DESTDIR)$(LIBDIR)/
 	ln -sf libmemlock.so.0 $(DESTDIR)$(LIBDIR)/libmemlock.so
@@ -369,14 +399,21 @@ install: core shim tools
 	install -m 644 core/include/memlock.h core/include/memlock.hpp $(DESTDIR)$(INCLUDEDIR)/
 	install -m 644 $(B)/memlock.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
-	for f in config/*.json; do \
-	    [ -e $(DESTDIR)$(SYSCONFDIR)/memlock-shim/$${f#config/} ] || \
+	for f in $(ETC_CONFIGS); do \
+	    [ -e $(DESTDIR)$(SYSCONFDIR)/memlock-shim/$${f##*/} ] || \
 	    install -m 644 $$f $(DESTDIR)$(SYSCONFDIR)/memlock-shim/ || exit 1; done
+	install -m 644 config/*.json $(DESTDIR)$(DATADIR)/memlock-shim/
+	for p in $(MAN_PAGES); do install -m 644 $$p $(DESTDIR)$(MANDIR)/man$${p##*.}/ || exit 1; done
+	install -m 644 tools/bash-completion/memlock-run tools/bash-completion/memlock-inspect \
+	    $(DESTDIR)$(DATADIR)/bash-completion/completions/
 	install -m 644 $(wildcard README.md CHANGELOG.md LICENSE-APACHE LICENSE-MIT) docs/*.md \
 	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/
-	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/prometheus
 	install -m 644 deploy/README.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
+	install -m 644 deploy/prometheus/memlock-shim-metrics.service deploy/prometheus/memlock-shim-metrics.timer \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/prometheus/
 	install -m 644 deploy/container/Dockerfile deploy/container/Dockerfile.layer deploy/container/Dockerfile.example \
 	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
 	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes
@@ -415,8 +452,10 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmemlock.a $(DESTDIR)$(LIBDIR)/libmemlock.so $(DESTDIR)$(LIBDIR)/libmemlock.so.0 \
 	    $(DESTDIR)$(LIBDIR)/libmemlock_shim.so $(DESTDIR)$(LIBDIR)/pkgconfig/memlock.pc \
 	    $(DESTDIR)$(INCLUDEDIR)/memlock.h $(DESTDIR)$(INCLUDEDIR)/memlock.hpp \
-	    $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS)))
-	rm -rf $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
+	    $(addprefix $(DESTDIR)$(BINDIR)/,$(notdir $(TOOLS))) \
+	    $(addprefix $(DESTDIR)$(DATADIR)/bash-completion/completions/,memlock-run memlock-inspect) \
+	    $(foreach p,$(MAN_PAGES),$(DESTDIR)$(MANDIR)/man$(subst .,,$(suffix $(p)))/$(notdir $(p)))
+	rm -rf $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim $(DESTDIR)$(DATADIR)/memlock-shim
 
 clean:
 	rm -rf $(B) dist

@@ -12,6 +12,7 @@ gdb libcap2-bin util-linux openssl libjemalloc2
 musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
 podman runc debootstrap python3-yaml
 libssl-dev libunwind8
+scdoc groff-base man-db lintian dpkg-dev debootstrap prometheus bash-completion
 "
 
 missing=""

@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "prometheus.hpp"
 #include "stats.hpp"
 #include "tool.hpp"
 
@@ -58,8 +59,8 @@ constexpr int kUnknown = 3;
 
 void usage() {
     std::printf(
-        "Usage: memlock-inspect [--json] PID\n"
-        "       memlock-inspect [--json] --all\n"
+        "Usage: memlock-inspect [--json | --prometheus] PID\n"
+        "       memlock-inspect [--json | --prometheus] --all\n"
         "\n"
         "Shows what the memlock shim protects in a running process: the arena's mappings from\n"
         "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; Locked kB), the shim's\n"
@@ -68,6 +69,7 @@ void usage() {
         "the kernel does not let it see. Reading another user's process needs root (or its user).\n"
         "\n"
         "  --json          one JSON object (an array with --all) instead of text\n"
+        "  --prometheus    the Prometheus text format (node_exporter's textfile collector)\n"
         "  --help, --version\n"
         "\n"
         "Exit status (for health checks; with --all, the worst over all processes):\n"
@@ -540,6 +542,19 @@ json to_json(const Report &r) {
     return j;
 }
 
+mltool::ProcessMetrics to_metrics(const Report &r) {
+    mltool::ProcessMetrics m;
+    m.pid = r.pid;
+    m.program = r.exe;
+    m.status = r.status;
+    m.counters = r.counters ? &*r.counters : nullptr;
+    m.arena_resident_bytes = r.resident_kb * 1024;
+    m.arena_locked_bytes = r.locked_kb * 1024;
+    m.arena_unlocked_bytes = r.unlocked_kb * 1024;
+    m.warnings = r.warnings.size();
+    return m;
+}
+
 void print_text(const Report &r) {
     const bool short_form = r.status == kNotShimmed || r.status == kUnknown;
     std::printf("pid %d (%s): %s\n", r.pid, r.exe.empty() ? "?" : r.exe.c_str(),
@@ -595,7 +610,7 @@ std::vector<int> shimmed_processes() {
 
 int main(int argc, char **argv) {
     mltool::g_tool = "memlock-inspect";
-    bool as_json = false, all = false;
+    bool as_json = false, as_prometheus = false, all = false;
     std::vector<int> pids;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -607,6 +622,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (a == "--json") {
             as_json = true;
+        } else if (a == "--prometheus") {
+            as_prometheus = true;
         } else if (a == "--all") {
             all = true;
         } else {
@@ -617,19 +634,30 @@ int main(int argc, char **argv) {
         }
     }
     if (all == !pids.empty() || pids.size() > 1) usage_error("give one PID or --all");
+    if (as_json && as_prometheus) usage_error("give --json or --prometheus, not both");
     if (all) {
         pids = shimmed_processes();
-        if (pids.empty() && !as_json) die(kNotShimmed, "no process maps a memlock-shim counters page");
+        if (pids.empty() && !as_json && !as_prometheus)
+            die(kNotShimmed, "no process maps a memlock-shim counters page");
     }
 
     int worst = pids.empty() ? kNotShimmed : kProtected;
     json array = json::array();
+    std::vector<Report> reports;
     for (int pid : pids) {
-        const Report r = inspect(pid);
+        Report r = inspect(pid);
         worst = std::max(worst, r.status);
         if (as_json) array.push_back(to_json(r));
+        else if (as_prometheus) reports.push_back(std::move(r));
         else print_text(r);
     }
     if (as_json) std::printf("%s\n", (all ? array : array[0]).dump(2).c_str());
+    if (as_prometheus) {
+        // Only the processes the shim runs in: a PID that is not shimmed adds no series.
+        std::vector<mltool::ProcessMetrics> metrics;
+        for (const auto &r : reports)
+            if (r.status != kNotShimmed || r.counters) metrics.push_back(to_metrics(r));
+        std::fputs(mltool::format_prometheus(metrics).c_str(), stdout);
+    }
     return worst;
 }

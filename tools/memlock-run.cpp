@@ -28,6 +28,9 @@
 #ifndef MEMLOCK_SHIM_LIBDIR
 #define MEMLOCK_SHIM_LIBDIR "/usr/local/lib"
 #endif
+#ifndef MEMLOCK_SHIM_MULTIARCH
+#define MEMLOCK_SHIM_MULTIARCH "x86_64-linux-gnu"  // gcc -print-multiarch: the Debian package's lib/<triplet>
+#endif
 
 using mltool::die;
 using mltool::human_bytes;
@@ -51,8 +54,8 @@ void usage() {
         "served from locked, MADV_DONTDUMP, wiped memory. PROGRAM replaces memlock-run (same PID).\n"
         "\n"
         "  --config FILE  the config (default: $MEMLOCK_SHIM_CONFIG); see docs/config.md\n"
-        "  --shim PATH    the shim library (default: $MEMLOCK_SHIM_LIB, else ../lib/%s next to\n"
-        "                 this executable, else %s/%s)\n"
+        "  --shim PATH    the shim library (default: $MEMLOCK_SHIM_LIB, else ../lib/%s/%s or\n"
+        "                 ../lib/%s next to this executable, else %s/%s)\n"
         "  --check        validate the config, the limits and PROGRAM (if given); run nothing\n"
         "  --quiet        no warnings (errors are still printed)\n"
         "  --help, --version\n"
@@ -72,7 +75,7 @@ void usage() {
         "       musl libc)\n"
         "       or is not executable\n"
         "  127  PROGRAM not found\n",
-        kShimName, MEMLOCK_SHIM_LIBDIR, kShimName);
+        MEMLOCK_SHIM_MULTIARCH, kShimName, kShimName, MEMLOCK_SHIM_LIBDIR, kShimName);
 }
 
 struct Options {
@@ -179,8 +182,8 @@ Elf read_elf(const std::string &path) {
 
 // ---- the shim --------------------------------------------------------------------------------
 
-// --shim, $MEMLOCK_SHIM_LIB, ../lib next to this executable (installed), the same directory
-// (build tree), the configured LIBDIR. The result is absolute and is an ELF64 shared object.
+// --shim, $MEMLOCK_SHIM_LIB, ../lib/<multiarch> (the Debian package) or ../lib (make install)
+// next to this executable, the same directory (build tree), the configured LIBDIR. The result is absolute and is an ELF64 shared object.
 std::string locate_shim(const std::string &requested, Elf &elf) {
     std::vector<std::string> candidates;
     std::string source;
@@ -192,7 +195,8 @@ std::string locate_shim(const std::string &requested, Elf &elf) {
         source = "MEMLOCK_SHIM_LIB";
     } else {
         const std::string here = dir_of(absolute("/proc/self/exe"));
-        candidates = {here + "/../lib/" + kShimName, here + "/" + kShimName,
+        candidates = {here + "/../lib/" MEMLOCK_SHIM_MULTIARCH "/" + kShimName, here + "/../lib/" + kShimName,
+                      here + "/" + kShimName,
                       std::string(MEMLOCK_SHIM_LIBDIR) + "/" + kShimName};
     }
     for (const auto &c : candidates) {

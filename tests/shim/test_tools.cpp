@@ -462,6 +462,52 @@ Test(tools, inspect_all_lists_shimmed_processes) {
     cr_assert(found, "pid %d missing from:\n%s", child.pid(), js.out.c_str());
 }
 
+// --all --prometheus over two protected processes and a degraded one: promtool accepts the
+// text, and each process's samples carry its pid, program and memlock-inspect's verdict.
+Test(tools, inspect_all_prometheus_covers_protected_and_degraded_processes) {
+    cr_assert(have_program("promtool"), "promtool (package prometheus) is needed");
+    LiveProgram ok1, ok2, degraded;
+    start_hold(ok1);
+    start_hold(ok2);
+    start_hold(degraded, {"--quiet"}, 65536);
+    const auto prom = run({tool("memlock-inspect"), "--all", "--prometheus"});
+    const auto js = run({tool("memlock-inspect"), "--all", "--json"});
+    for (LiveProgram *c : {&ok1, &ok2, &degraded}) c->finish();
+    // The worst status on the host: at least degraded (other shimmed processes may be worse).
+    cr_assert(prom.exited_with(1) || prom.exited_with(2), "%s", prom.describe().c_str());
+    RunOptions check = tool_opts({"promtool", "check", "metrics"});
+    check.stdin_data = prom.out;
+    const auto lint = run_program(check);
+    cr_assert(lint.exited_with(0) && lint.err.empty() && lint.out.empty(), "promtool: %s\n%s",
+              lint.describe().c_str(), prom.out.c_str());
+
+    const auto all = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!all.is_discarded(), "%s", js.describe().c_str());
+    auto series = [&](const char *name, const LiveProgram &c) {
+        const std::string head = std::string(name) + "{pid=\"" + std::to_string(c.pid()) + "\",program=\"" +
+                                 real(shim_program("tools_hold")) + "\"} ";
+        const auto at = prom.out.find("\n" + head);
+        cr_assert(at != std::string::npos, "no %s in:\n%s", head.c_str(), prom.out.c_str());
+        return std::stoull(prom.out.substr(at + 1 + head.size()));
+    };
+    for (const LiveProgram *c : {&ok1, &ok2, &degraded}) {
+        const bool bad = c == &degraded;
+        cr_assert_eq(series("memlock_shim_status", *c), bad ? 1u : 0u);
+        nlohmann::json mine;
+        for (const auto &p : all)
+            if (p["pid"].get<int>() == c->pid()) mine = p;
+        cr_assert(mine.is_object(), "pid %d missing from --json", c->pid());
+        for (const char *key : {"matched_allocations", "fallbacks", "lock_failures"})
+            cr_assert_eq(series(("memlock_shim_" + std::string(key) + "_total").c_str(), *c),
+                         mine["counters"][key].get<unsigned long long>(), "%s", key);
+        cr_assert_eq(series("memlock_shim_arena_locked_bytes", *c), mine["arena"]["locked_kb"].get<unsigned long long>() * 1024);
+        cr_assert_eq(series("memlock_shim_warnings", *c), mine["warnings"].size());
+    }
+    cr_assert_gt(series("memlock_shim_fallbacks_total", degraded), 0u);
+    cr_assert_gt(series("memlock_shim_arena_unlocked_bytes", degraded), 0u);
+    cr_assert_eq(count_occurrences(prom.out, "# TYPE memlock_shim_status gauge\n"), 1u);
+}
+
 Test(tools, inspect_unshimmed_missing_and_usage) {
     auto r = run({tool("memlock-inspect"), std::to_string(::getpid())});
     cr_assert(r.exited_with(2), "%s", r.describe().c_str());
@@ -476,7 +522,8 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
     cr_assert(!j.is_discarded(), "%s", r.out.c_str());
     assert_text(j["reason"].get<std::string>(), "no such process");
 
-    for (std::vector<std::string> argv : {std::vector<std::string>{}, {"abc"}, {"1", "2"}, {"--all", "1"}}) {
+    for (std::vector<std::string> argv :
+         {std::vector<std::string>{}, {"abc"}, {"1", "2"}, {"--all", "1"}, {"--json", "--prometheus", "1"}}) {
         argv.insert(argv.begin(), tool("memlock-inspect"));
         r = run(argv);
         cr_assert(r.exited_with(64), "%s", r.describe().c_str());

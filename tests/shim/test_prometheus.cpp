@@ -1,0 +1,82 @@
+// The Prometheus formatter of memlock-inspect (tools/prometheus.hpp) on counters built here:
+// label escaping, a process whose counters could not be read, per-rule counters, an empty
+// host; promtool (package prometheus) checks each text.
+#include <criterion/criterion.h>
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "../../tools/prometheus.hpp"
+#include "helpers.hpp"
+
+using namespace memlock_test;
+using mltool::format_prometheus;
+using mltool::ProcessMetrics;
+
+namespace {
+
+void assert_promtool_accepts(const std::string &text) {
+    cr_assert(have_program("promtool"), "promtool (package prometheus) is needed");
+    RunOptions o;
+    o.argv = {"promtool", "check", "metrics"};
+    o.stdin_data = text;
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0) && r.out.empty() && r.err.empty(), "%s\n%s", r.describe().c_str(), text.c_str());
+}
+
+bool has_line(const std::string &text, const std::string &line) {
+    return ("\n" + text).find("\n" + line + "\n") != std::string::npos;
+}
+
+const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"({
+  "pid": 42, "active": true, "rules": 2, "matched_allocations": 7, "frees": 3, "live_bytes": 128,
+  "peak_bytes": 256, "reserved_bytes": 1048576, "committed_bytes": 65536, "locked_bytes": 65536,
+  "unlocked_bytes": 0, "max_locked": 67108864, "lock_failures": 0, "fallbacks": 0, "denied": 0,
+  "on_lock_failure": "fallback", "some_future_field": 5,
+  "per_rule": [{"name": "keys", "matched_allocations": 5, "live_bytes": 96},
+               {"name": "bu\"ffers", "matched_allocations": 2, "live_bytes": 32}]})");
+
+}  // namespace
+
+Test(prometheus, labels_escaped_per_rule_series_and_unreadable_counters) {
+    ProcessMetrics good;
+    good.pid = 42;
+    good.program = "/opt/we\"ird\\dir/da\nemon";
+    good.status = 0;
+    good.counters = &kCounters;
+    good.arena_locked_bytes = 8192;
+    ProcessMetrics unreadable;
+    unreadable.pid = 43;
+    unreadable.program = "/usr/sbin/sshd";
+    unreadable.status = 1;
+    unreadable.warnings = 1;
+    const std::string text = format_prometheus({good, unreadable});
+    assert_promtool_accepts(text);
+
+    const std::string g = R"({pid="42",program="/opt/we\"ird\\dir/da\nemon")";
+    cr_assert(has_line(text, "memlock_shim_processes 2"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_status" + g + "} 0"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_matched_allocations_total" + g + "} 7"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_max_locked_bytes" + g + "} 67108864"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_arena_locked_bytes" + g + "} 8192"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_rule_matched_allocations_total" + g + ",rule=\"keys\"} 5"), "%s",
+              text.c_str());
+    cr_assert(has_line(text, "memlock_shim_rule_live_bytes" + g + ",rule=\"bu\\\"ffers\"} 32"), "%s", text.c_str());
+    cr_assert(has_line(text, "# TYPE memlock_shim_rule_live_bytes gauge"), "%s", text.c_str());
+    cr_assert(text.find("some_future_field") == std::string::npos, "%s", text.c_str());
+
+    // The process without counters has its verdict and arena series, no counter series.
+    const std::string u = R"({pid="43",program="/usr/sbin/sshd"})";
+    cr_assert(has_line(text, "memlock_shim_status" + u + " 1"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_warnings" + u + " 1"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_arena_resident_bytes" + u + " 0"), "%s", text.c_str());
+    cr_assert(text.find("memlock_shim_frees_total" + u) == std::string::npos, "%s", text.c_str());
+}
+
+Test(prometheus, an_empty_host_still_reports_zero_processes) {
+    const std::string text = format_prometheus({});
+    assert_promtool_accepts(text);
+    cr_assert(has_line(text, "memlock_shim_processes 0"), "%s", text.c_str());
+    cr_assert(has_line(text, "# TYPE memlock_shim_status gauge"), "%s", text.c_str());
+    cr_assert(text.find("memlock_shim_rule_") == std::string::npos, "%s", text.c_str());
+}
