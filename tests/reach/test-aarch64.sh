@@ -37,7 +37,7 @@ vmlck_while_holding() {
     exec 7> "$fifo"
     on_exit "kill $qpid 2> /dev/null"
     wait_for 300 grep -q '^ready$' "$WORK/out" || fail "the program did not start: $(cat "$WORK/out")"
-    sed -n 's/^VmLck: *\([0-9]*\) kB/\1/p' "/proc/$qpid/status"
+    sed -n 's/^VmLck:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$qpid/status"
     exec 7>&-
     wait "$qpid" || fail "the program failed: $(cat "$WORK/out")"
     grep -q '^done$' "$WORK/out" || fail "the program did not finish: $(cat "$WORK/out")"
