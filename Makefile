@@ -346,9 +346,17 @@ test-containers: container-layer
 # ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
 # test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
 # build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
-.PHONY: test-reach
+# test-aarch64 (when the cross compiler is installed): the aarch64 tarball's shim in an
+# aarch64 program under qemu-aarch64.
+.PHONY: test-reach test-aarch64
 test-reach: dist
 	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+	if command -v aarch64-linux-gnu-g++ > /dev/null; then $(MAKE) --no-print-directory test-aarch64; \
+	else echo "test-reach: no aarch64 cross compiler: the arm64 test did not run"; fi
+
+test-aarch64:
+	$(MAKE) --no-print-directory dist ARCH=aarch64
+	sh tests/reach/test-aarch64.sh build/aarch64 dist/memlock-shim-$(VERSION)-aarch64-linux-gnu.tar.gz
 # ---- end of older systems ------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------

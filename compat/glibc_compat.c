@@ -43,12 +43,12 @@
 // PIN(ret, name, (params), (args)): `name` in this link is a hidden function that calls
 // name@BASE_VERSION. compat_<name> carries the symbol `name` (its C name stays free for the
 // system header's declaration).
-#define PIN_AT(ret, name, target, version, params, args)                          \
+#define PIN_VERSION(ret, name, target, version, params, args)                      \
     ret compat_old_##name params;                                                 \
     __asm__(".symver compat_old_" #name ", " #target "@" version);                \
     HIDDEN ret compat_##name params __asm__(#name);                               \
     ret compat_##name params { return compat_old_##name args; }
-#define PIN_AS(ret, name, target, params, args) PIN_AT(ret, name, target, BASE_VERSION, params, args)
+#define PIN_AS(ret, name, target, params, args) PIN_VERSION(ret, name, target, BASE_VERSION, params, args)
 #define PIN(ret, name, params, args) PIN_AS(ret, name, name, params, args)
 
 // ---- libdl (in libc since 2.34) --------------------------------------------------------------
@@ -60,12 +60,12 @@ PIN(void *, dlvsym, (void *handle, const char *name, const char *version), (hand
 PIN(char *, dlerror, (void), ())
 PIN(int, dladdr, (const void *addr, Dl_info *info), (addr, info))
 #if defined(__x86_64__)
-#define DLADDR1_VERSION "GLIBC_2.3.3"  // dladdr1 came after the x86-64 baseline
+#define DLADDR1_VERSION "GLIBC_2.3.3"  // younger than the x86-64 baseline
 #else
 #define DLADDR1_VERSION BASE_VERSION
 #endif
-PIN_AT(int, dladdr1, dladdr1, DLADDR1_VERSION, (const void *addr, Dl_info *info, void **extra, int flags),
-       (addr, info, extra, flags))
+PIN_VERSION(int, dladdr1, dladdr1, DLADDR1_VERSION, (const void *addr, Dl_info *info, void **extra, int flags),
+            (addr, info, extra, flags))
 
 // ---- libpthread (in libc since 2.34) -----------------------------------------------------------
 PIN(int, pthread_once, (pthread_once_t *once, void (*init)(void)), (once, init))
@@ -74,6 +74,7 @@ PIN(int, __pthread_key_create, (pthread_key_t *key, void (*destructor)(void *)),
 PIN(int, pthread_key_delete, (pthread_key_t key), (key))
 PIN(int, pthread_setspecific, (pthread_key_t key, const void *value), (key, value))
 PIN(void *, pthread_getspecific, (pthread_key_t key), (key))
+// A new version in 2.32 (same function).
 PIN(int, pthread_sigmask, (int how, const sigset_t *set, sigset_t *old), (how, set, old))
 
 // ---- stat family (real functions since 2.33; before, inline calls of __xstat and friends) ------
