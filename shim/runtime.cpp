@@ -481,7 +481,10 @@ void write_stats_file() noexcept {
     }
     path[used] = '\0';
     char tmp[sizeof path];
-    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
+    if (std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid()) >= static_cast<int>(sizeof tmp)) {
+        log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(ENAMETOOLONG));
+        return;
+    }
     char json[2048];
     std::size_t len = stats_format_json(*g_stats, json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
