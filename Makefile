@@ -63,7 +63,7 @@ PROG_C_SRC := $(wildcard tests/progs/*.c)
 PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
-TOOLS := $(B)/memlock-run $(B)/memlock-inspect
+TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
@@ -137,7 +137,10 @@ $(B)/compat/%.o: compat/%.c
 $(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
 	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@ \
+	    $(TOOL_LIBS)
+# memlock-discover reads private keys through libcrypto (the shim never links it).
+$(B)/memlock-discover: TOOL_LIBS := -lcrypto
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
@@ -177,7 +180,7 @@ $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers
 CRITERION_ARGS ?= --jobs=2
 
 test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
-	scripts/check-abi $(B)/libmemlock_shim.so $(TOOLS)
+	scripts/check-abi $(ABI_OBJECTS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -185,9 +188,12 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
 	$(MAKE) --no-print-directory test-containers
+	$(MAKE) --no-print-directory test-reach
 
 # The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
-check-abi: $(B)/libmemlock_shim.so $(TOOLS)
+# memlock-discover is the exception: it parses private keys with the system's libcrypto 3.
+ABI_OBJECTS := $(B)/libmemlock_shim.so $(B)/memlock-run $(B)/memlock-inspect
+check-abi: $(ABI_OBJECTS)
 	scripts/check-abi $^
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
@@ -220,6 +226,11 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 
 progs: $(CALLER_TEST_BINS)
+
+# memlock-discover's test program allocates through libsecretlib too.
+$(B)/progs/discover_secrets: tests/progs/discover_secrets.c $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -lpthread -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 # ---- end of caller-rule test programs ----------------------------------------------------
 
 # ---- robustness: fuzzer, sanitizer and TSan builds, stress and fault tests ------------------
@@ -325,6 +336,14 @@ test-containers: container-layer
 	sh tests/containers/test-image.sh $(B)
 	sh tests/containers/test-systemd.sh $(B)
 # ---- end of containers ----------------------------------------------------------------------
+
+# ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
+# test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
+# build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
+.PHONY: test-reach
+test-reach: dist
+	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+# ---- end of older systems ------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all

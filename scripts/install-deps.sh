@@ -11,6 +11,7 @@ clang-14 libclang-rt-14-dev
 gdb libcap2-bin util-linux openssl libjemalloc2
 musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
 podman runc debootstrap python3-yaml
+libssl-dev libunwind8
 "
 
 missing=""

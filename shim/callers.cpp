@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "config.hpp"
+#include "elf.hpp"
 #include "fatal.hpp"
 #include "runtime.hpp"
 
@@ -126,94 +127,6 @@ std::string self_exe_path() {
     ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
     return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
-
-// A read-only view of an ELF64 file on disk, bounds-checked.
-class ElfView {
-public:
-    explicit ElfView(const std::string &path) {
-        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) return;
-        struct stat st;
-        if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-            void *m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-            if (m != MAP_FAILED) {
-                data_ = static_cast<const unsigned char *>(m);
-                size_ = static_cast<std::size_t>(st.st_size);
-            }
-        }
-        ::close(fd);
-        const auto *eh = at<ElfW(Ehdr)>(0);
-        if (!eh || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
-            eh->e_shentsize != sizeof(ElfW(Shdr)) || !array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum)) {
-            unmap();
-            return;
-        }
-        sections_ = array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum);
-        nsections_ = eh->e_shnum;
-    }
-    ~ElfView() { unmap(); }
-    ElfView(const ElfView &) = delete;
-    ElfView &operator=(const ElfView &) = delete;
-
-    bool ok() const { return sections_ != nullptr; }
-
-    template <typename T> const T *at(std::size_t off) const {
-        return data_ && off <= size_ && size_ - off >= sizeof(T) ? reinterpret_cast<const T *>(data_ + off) : nullptr;
-    }
-    template <typename T> const T *array(std::size_t off, std::size_t n) const {
-        return data_ && off <= size_ && n <= (size_ - off) / sizeof(T) ? reinterpret_cast<const T *>(data_ + off)
-                                                                        : nullptr;
-    }
-    // A NUL-terminated string at `off` inside section `strtab`, or nullptr.
-    const char *string(unsigned strtab, std::size_t off) const {
-        if (strtab >= nsections_) return nullptr;
-        const ElfW(Shdr) &s = sections_[strtab];
-        if (off >= s.sh_size || s.sh_offset > size_ || s.sh_size > size_ - s.sh_offset) return nullptr;
-        const char *p = reinterpret_cast<const char *>(data_ + s.sh_offset + off);
-        return std::memchr(p, 0, s.sh_size - off) ? p : nullptr;
-    }
-
-    // Calls f(name, value, size) for every defined function symbol of .dynsym and .symtab.
-    template <typename F> void each_function(F f) const {
-        for (unsigned i = 0; i < nsections_; ++i) {
-            const ElfW(Shdr) &s = sections_[i];
-            if (s.sh_type != SHT_SYMTAB && s.sh_type != SHT_DYNSYM) continue;
-            const auto *syms = array<ElfW(Sym)>(s.sh_offset, s.sh_size / sizeof(ElfW(Sym)));
-            if (!syms) continue;
-            for (std::size_t k = 0; k < s.sh_size / sizeof(ElfW(Sym)); ++k) {
-                const ElfW(Sym) &sym = syms[k];
-                unsigned type = ELF64_ST_TYPE(sym.st_info);
-                if ((type != STT_FUNC && type != STT_GNU_IFUNC) || sym.st_shndx == SHN_UNDEF || sym.st_size == 0)
-                    continue;
-                if (const char *name = string(s.sh_link, sym.st_name)) f(name, sym.st_value, sym.st_size);
-            }
-        }
-    }
-
-    // DT_SONAME, or "".
-    std::string soname() const {
-        for (unsigned i = 0; i < nsections_; ++i) {
-            const ElfW(Shdr) &s = sections_[i];
-            if (s.sh_type != SHT_DYNAMIC) continue;
-            const auto *dyn = array<ElfW(Dyn)>(s.sh_offset, s.sh_size / sizeof(ElfW(Dyn)));
-            for (std::size_t k = 0; dyn && k < s.sh_size / sizeof(ElfW(Dyn)) && dyn[k].d_tag != DT_NULL; ++k)
-                if (dyn[k].d_tag == DT_SONAME)
-                    if (const char *n = string(s.sh_link, dyn[k].d_un.d_val)) return n;
-        }
-        return std::string();
-    }
-
-private:
-    void unmap() {
-        if (data_) ::munmap(const_cast<unsigned char *>(data_), size_);
-        data_ = nullptr;
-        sections_ = nullptr;
-    }
-    const unsigned char *data_ = nullptr;
-    std::size_t size_ = 0;
-    const ElfW(Shdr) *sections_ = nullptr;
-    unsigned nsections_ = 0;
-};
 
 bool module_matches(const std::string &glob, const std::string &path, const std::string &soname) {
     std::size_t slash = path.rfind('/');

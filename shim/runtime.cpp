@@ -23,6 +23,7 @@
 #include "config.hpp"
 #include "fatal.hpp"
 #include "memlock.h"
+#include "trace.hpp"
 
 namespace mlshim {
 
@@ -184,6 +185,7 @@ void resolve_next() noexcept {
 Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
+bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
@@ -371,6 +373,7 @@ void runtime_start() {
     const char *env_path = secure ? nullptr : std::getenv("MEMLOCK_SHIM_CONFIG");
     const char *path = env_path;
     if (!path || !*path) {
+        if (g_tracing) return;  // memlock-discover traces the program without protecting it
         struct stat st;
         if (::lstat(kSystemConfig, &st) != 0) {
             // Silent when loaded system-wide (/etc/ld.so.preload): every program on the host
@@ -517,6 +520,8 @@ bool in_bootstrap(const void *p) noexcept {
 
 void runtime_init() noexcept {
     resolve_next();
+    // Never in secure execution: the environment (and the socket it names) is the caller's.
+    g_tracing = ::getauxval(AT_SECURE) == 0 && trace_init();
     try {
         runtime_start();
     } catch (...) {
@@ -530,6 +535,7 @@ void runtime_init() noexcept {
 void runtime_fini() noexcept {
     BusyScope busy;
     write_stats_file();
+    if (g_tracing) trace_exit();
 }
 
 // ---- slow paths ----------------------------------------------------------------------------

@@ -26,7 +26,7 @@ constexpr std::size_t kPageBytes = kStatsPageBytes;
 #define MFD_ALLOW_SEALING 0x0002U
 #endif
 
-bool g_visible = false;  // the page of this process is a memfd mapping
+bool g_shared = false;  // the page of this process is visible: a memfd or shared anonymous mapping
 
 void add_into(StatsTotals &t, const ThreadCounters &c) noexcept {
     t.allocs += c.allocs.load(std::memory_order_relaxed);
@@ -64,10 +64,12 @@ void *map_memfd() noexcept {
     return mem;
 }
 
-// Maps a fresh page: a memfd when asked and possible, else anonymous.
+// Maps a fresh page: when visible, a memfd if possible, else a shared anonymous mapping
+// (which /proc/PID/maps shows as "/dev/zero (deleted)"); otherwise a private one.
 StatsPage *map_page(int pid, bool visible) noexcept {
     void *mem = visible ? map_memfd() : MAP_FAILED;
-    g_visible = mem != MAP_FAILED;
+    if (mem == MAP_FAILED && visible)
+        mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED)
         mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) return nullptr;
@@ -88,13 +90,15 @@ StatsTotals StatsPage::totals() const noexcept {
     return t;
 }
 
-StatsPage *stats_create(bool visible) noexcept { return map_page(static_cast<int>(::getpid()), visible); }
+StatsPage *stats_create(bool visible) noexcept {
+    g_shared = visible;
+    return map_page(static_cast<int>(::getpid()), visible);
+}
 
-bool stats_visible(const StatsPage *page) noexcept { return page && g_visible; }
 
 StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
     int pid = static_cast<int>(::getpid());
-    StatsPage *page = map_page(pid, old != nullptr && g_visible);
+    StatsPage *page = map_page(pid, old != nullptr && g_shared);
     if (!page || !old) return page;
     page->max_locked = old->max_locked;
     page->on_lock_failure = old->on_lock_failure;

@@ -6,8 +6,9 @@
 // size is sealed (nobody can shrink it under the mapping), and its descriptor is closed once
 // mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
 // the process's memory (the kernel's ptrace access check) see it. Where memfd_create is
-// missing (ENOSYS before Linux 3.17, or a seccomp filter) the page is anonymous: the counters
-// work but no other process can find them.
+// missing (ENOSYS before Linux 3.17, or a seccomp filter) the page is a shared anonymous
+// mapping, "/dev/zero (deleted)" in /proc/PID/maps: memlock-inspect finds it among those of
+// its size by its magic, layout and pid.
 // The layout below is the interface between the shim and the tools: bump kStatsLayout when
 // it changes; readers validate magic, layout and size and bound every value they use.
 //
@@ -80,15 +81,13 @@ struct StatsPage {
 // Bytes the page occupies (whole pages).
 constexpr std::size_t kStatsPageBytes = (sizeof(StatsPage) + 4095) & ~std::size_t{4095};
 
-// Creates the page for this process: a memfd mapping when `visible` and memfd_create works,
-// else anonymous. Never allocates. pre: called once, single-threaded. Returns nullptr only
+// Creates the page for this process: when `visible`, a memfd mapping if memfd_create works,
+// else a shared anonymous one; otherwise (unit tests) a private anonymous one. Never allocates. pre: called once, single-threaded. Returns nullptr only
 // when no mapping could be made.
 StatsPage *stats_create(bool visible) noexcept;
 // In a forked child: gives the child a page of its own (the same kind as the parent's),
 // starting from the parent's values. Unmaps the parent's page.
 StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept;
-// Is `page` the memfd mapping (visible to memlock-inspect)?
-bool stats_visible(const StatsPage *page) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;

@@ -107,7 +107,10 @@ struct ProcessView {
     bool switched = false;          // read as the target's user
     std::string maps, smaps;        // the texts, as read
     bool shim_loaded = false;       // maps names libmemlock_shim.so
-    std::uint64_t page_at = 0;      // the counters page's address (0: no such mapping)
+    std::vector<std::uint64_t> candidates;  // where the counters page may be: the memfd, then
+                                            // shared anonymous pages of its size (no memfd_create)
+    bool memfd = false;             // candidates[0] is the memfd mapping
+    std::uint64_t page_at = 0;      // the counters page's address (0: none found)
     std::string page;               // its bytes (sizeof StatsPage) when read
     std::string why;                // when refused or the page could not be read: the errno text
 };
@@ -125,10 +128,13 @@ bool readable_text(const std::string &path, std::string &out, int &err) {
     return n >= 0;
 }
 
-// The counters page and whether the shim is mapped, from the text of /proc/PID/maps.
+// Where the counters page may be, and whether the shim is mapped, from the text of
+// /proc/PID/maps: the memfd mapping first, then (for a shim on a kernel without memfd_create)
+// shared anonymous mappings of the page's size. At most 16 candidates.
 void parse_maps(ProcessView &v) {
     std::istringstream in(v.maps);
     const std::string memfd = std::string("/memfd:") + mlshim::kStatsMemfdName + " (deleted)";
+    std::vector<std::uint64_t> fallback;
     std::string line;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
@@ -136,12 +142,16 @@ void parse_maps(ProcessView &v) {
         fields >> range >> perms >> offset >> dev >> inode;
         std::getline(fields >> std::ws, path);
         if (path.find("libmemlock_shim.so") != std::string::npos) v.shim_loaded = true;
-        if (path != memfd || v.page_at || perms.size() < 4 || perms[3] != 's') continue;
+        if ((path != memfd && path != "/dev/zero (deleted)") || perms.size() < 4 || perms[3] != 's') continue;
         const auto dash = range.find('-');
         const std::uint64_t start = std::strtoull(range.c_str(), nullptr, 16);
         const std::uint64_t end = dash == std::string::npos ? 0 : std::strtoull(range.c_str() + dash + 1, nullptr, 16);
-        if (end > start && end - start >= sizeof(mlshim::StatsPage)) v.page_at = start;
+        if (end <= start || end - start < sizeof(mlshim::StatsPage)) continue;
+        if (path == memfd && !v.memfd) v.candidates.push_back(start), v.memfd = true;
+        else if (end - start == mlshim::kStatsPageBytes) fallback.push_back(start);
     }
+    v.candidates.insert(v.candidates.end(), fallback.begin(), fallback.end());
+    if (v.candidates.size() > 16) v.candidates.resize(16);
 }
 
 bool denied(int err) { return err == EACCES || err == EPERM; }
@@ -159,20 +169,43 @@ void collect(int pid, ProcessView &v) {
     }
     v.access = ProcessView::ok;
     parse_maps(v);
-    if (!v.page_at) return;
+    if (v.candidates.empty()) return;
     if (!readable_text(proc(pid, "smaps"), v.smaps, err) && denied(err)) {
         v.access = ProcessView::refused;
         v.why = std::strerror(err);
         return;
     }
     const int fd = ::open(proc(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC);
-    std::string page(sizeof(mlshim::StatsPage), '\0');
-    const ssize_t got = fd < 0 ? -1 : ::pread(fd, &page[0], page.size(), static_cast<off_t>(v.page_at));
-    err = errno;
-    if (fd >= 0) ::close(fd);
-    if (got == static_cast<ssize_t>(page.size())) v.page = std::move(page);
-    else if (got < 0 && denied(err)) v.access = ProcessView::refused, v.why = std::strerror(err);
-    else v.why = got < 0 ? std::strerror(err) : "short read";
+    if (fd < 0) {
+        if (denied(errno)) v.access = ProcessView::refused;
+        v.why = std::strerror(errno);
+        v.page_at = v.candidates[0];
+        return;
+    }
+    // The memfd is the page; a shared anonymous candidate only if it starts with the magic.
+    for (std::size_t i = 0; i < v.candidates.size(); ++i) {
+        std::string page(sizeof(mlshim::StatsPage), '\0');
+        const ssize_t got = ::pread(fd, &page[0], page.size(), static_cast<off_t>(v.candidates[i]));
+        err = errno;
+        const bool memfd = i == 0 && v.memfd;
+        if (got == static_cast<ssize_t>(page.size()) &&
+            (memfd || std::memcmp(page.data(), mlshim::kStatsMagic, sizeof mlshim::kStatsMagic) == 0)) {
+            v.page_at = v.candidates[i];
+            v.page = std::move(page);
+            break;
+        }
+        if (got < 0 && denied(err)) {
+            v.access = ProcessView::refused;
+            v.why = std::strerror(err);
+            break;
+        }
+        if (memfd) {
+            v.page_at = v.candidates[i];
+            v.why = got < 0 ? std::strerror(err) : "short read";
+            break;
+        }
+    }
+    ::close(fd);
 }
 
 // Serialises the fields collect() fills, for the child that reads as the target's user.
@@ -212,7 +245,8 @@ bool collect_as_target(int pid, ProcessView &v) {
         ProcessView w;
         collect(pid, w);
         std::string out(1, static_cast<char>(w.access));
-        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why}) put(out, *f);
+        std::string page_at = std::to_string(w.page_at);
+        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why, &page_at}) put(out, *f);
         for (std::size_t at = 0; at < out.size();) {
             const ssize_t n = ::write(fds[1], out.data() + at, out.size() - at);
             if (n <= 0) ::_exit(1);
@@ -233,14 +267,16 @@ bool collect_as_target(int pid, ProcessView &v) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || in.empty()) return false;
     ProcessView w = v;
     std::size_t at = 1;
+    std::string page_at;
     w.access = static_cast<ProcessView::Access>(in[0]);
-    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why})
+    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why, &page_at})
         if (!take(in, at, *f)) return false;
     if (w.access == ProcessView::ok && w.page.size() != sizeof(mlshim::StatsPage)) w.page.clear();
     w.switched = true;
-    w.shim_loaded = false;
-    w.page_at = 0;
+    w.shim_loaded = w.memfd = false;
+    w.candidates.clear();
     parse_maps(w);
+    w.page_at = std::strtoull(page_at.c_str(), nullptr, 10);
     if (w.access != ProcessView::refused && w.exe.empty()) w.exe = v.exe;
     v = std::move(w);
     return true;
@@ -305,6 +341,7 @@ struct Report {
     std::vector<int> nspids;
     bool switched = false;
     int uid = -1;
+    std::string page_kind;        // where the counters were: the memfd, or a shared anonymous page
     int status = kNotShimmed;
     std::string verdict;          // one line: why this status
     std::optional<json> counters; // the stats page, as the shim formats it
@@ -426,6 +463,9 @@ Report inspect(int pid) {
         }
         return r;
     }
+    r.page_kind = v.memfd && v.page_at == v.candidates[0]
+                      ? std::string("/memfd:") + mlshim::kStatsMemfdName
+                      : "a shared anonymous page (no memfd_create)";
     r.counters = parse_counters(v, r);
     if (r.counters) {
         const std::uint64_t start = (*r.counters)["arena_start"].get<std::uint64_t>();
@@ -511,8 +551,8 @@ void print_text(const Report &r) {
         const json &c = *r.counters;
         auto b = [&](const char *key) { return human_bytes(c[key].get<std::uint64_t>()); };
         auto u = [&](const char *key) { return std::to_string(c[key].get<std::uint64_t>()); };
-        std::printf("  counters (/memfd:%s, through /proc/%d/mem%s): %u rule(s), on_lock_failure %s\n",
-                    mlshim::kStatsMemfdName, r.pid, r.switched ? (", as uid " + std::to_string(r.uid)).c_str() : "",
+        std::printf("  counters (%s, through /proc/%d/mem%s): %u rule(s), on_lock_failure %s\n",
+                    r.page_kind.c_str(), r.pid, r.switched ? (", as uid " + std::to_string(r.uid)).c_str() : "",
                     c["rules"].get<unsigned>(), c["on_lock_failure"].get<std::string>().c_str());
         std::printf("    matched allocations %s, frees %s, live %s, peak %s\n", u("matched_allocations").c_str(),
                     u("frees").c_str(), b("live_bytes").c_str(), b("peak_bytes").c_str());

@@ -186,7 +186,7 @@ Test(e2e_security, p03_planted_directories_do_not_hide_protection) {
     SharedDir d;
     const std::string config = prepare_e2e(d.dir, "security_hold", false);
     const RunResult r = in_private_pid_ns(
-        kNobody + "sh -c 'for i in $(seq 2 40); do mkdir /dev/shm/memlock-shim.$i; done'\n" +
+        kNobody + "sh -c 'cd /dev/shm && mkdir $(seq -f memlock-shim.%g 2 200)'\n" +
         start_hold(d, shimmed(config) + q(hold())) + q(inspect_tool()) + " $P\n" + kEndHold);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "): protected\n"), "%s", r.out.c_str());
@@ -347,18 +347,22 @@ Test(e2e_security, p09_memlock_run_follows_env_to_a_static_program) {
 
 // ---- 10. memlock-inspect opens nothing the target chose ---------------------------------------------
 
-// The target's config path (from its environment) becomes a FIFO: memlock-inspect must not
-// open it (it would hang, with root's privileges).
+// The target's config path (from its environment) becomes a FIFO with a writer waiting (as
+// nobody) for a reader: memlock-inspect, as root, must not open it (a device node would be
+// opened the same way).
 Test(e2e_security, p10_inspect_never_opens_the_targets_config) {
     SharedDir d;
     const std::string pub = d.pub();
-    const std::string config = pub + "/rules.json";
+    const std::string config = pub + "/rules.json", opened = pub + "/opened";
     const RunResult r = sh(kNobody + "sh -c " + q("cat > " + q(config) + " <<'EOF'\n" + e2e_rules_config("") + "\nEOF\n") +
                            "\n" + start_hold(d, kNobody + shimmed(config) + q(hold())) + kNobody + "sh -c " +
-                           q("rm " + q(config) + "; mkfifo " + q(config)) + "\ntimeout 20 " + q(inspect_tool()) +
-                           " $P && echo rc=0 || echo rc=$?\n" + kEndHold);
+                           q("rm " + q(config) + "; mkfifo " + q(config)) + "\n" + kNobody + "sh -c " +
+                           q("echo x > " + q(config) + " && touch " + q(opened)) + " & W=$!\ntimeout 20 " +
+                           q(inspect_tool()) + " $P && echo rc=0 || echo rc=$?\nsleep 0.5\n[ -e " + q(opened) +
+                           " ] && echo opened || echo not opened\nkill $W 2>/dev/null || true\n" + kEndHold);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "): protected\n") && contains(r.out, "rc=0\n"), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "): protected\n") && contains(r.out, "rc=0\n") && contains(r.out, "not opened\n"), "%s",
+              r.describe().c_str());
 }
 
 // ---- 11. MEMLOCK_SHIM_ON_CONFIG_ERROR is checked at every start ---------------------------------------
@@ -431,4 +435,21 @@ Test(e2e_security, sandboxed_fork_child_exits_without_forbidden_calls) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_eq(r.out.c_str(), "child exited 0\n");
     cr_assert_str_empty(r.err.c_str());
+}
+
+// ---- no memfd_create (kernels before 3.17) --------------------------------------------------------
+
+// Under a seccomp filter that answers ENOSYS to memfd_create, the counters live in a shared
+// anonymous page: the program is protected and memlock-inspect still finds them.
+Test(e2e_security, counters_without_memfd_create) {
+    SharedDir d;
+    const std::string config = prepare_e2e(d.dir, "security_enosys", false);
+    const RunResult r = sh(start_hold(d, q(need_built("security_enosys")) + " " + shimmed(config) + q(hold())) +
+                           "grep -c memfd: /proc/$P/maps || true\n" + q(inspect_tool()) +
+                           " $P && echo rc=0 || echo rc=$?\n" + kEndHold);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.rfind("0\n", 0) == 0, "the program maps a memfd: %s", r.out.c_str());
+    cr_assert(contains(r.out, "): protected\n") && contains(r.out, "matched allocations 64,") &&
+                  contains(r.out, "rc=0\n"),
+              "%s", r.describe().c_str());
 }

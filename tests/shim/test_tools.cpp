@@ -499,7 +499,7 @@ Test(tools, install_into_destdir_then_run_through_the_installed_wrapper) {
     auto r = install();
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     const std::string root = dest + "/usr/local";
-    for (const char *f : {"/bin/memlock-run", "/bin/memlock-inspect", "/lib/libmemlock_shim.so",
+    for (const char *f : {"/bin/memlock-run", "/bin/memlock-inspect", "/bin/memlock-discover", "/lib/libmemlock_shim.so",
                           "/etc/memlock-shim/default.json", "/etc/memlock-shim/size-only.json",
                           "/share/doc/memlock-shim/operators.md", "/share/doc/memlock-shim/config.md",
                           "/share/doc/memlock-shim/deploy/systemd/memlock-shim.conf",

@@ -1,0 +1,271 @@
+// memlock-discover, run for real: on tests/progs/discover_secrets (known secrets in heap
+// blocks from a library and from the program, a freed block, the main stack, a thread's
+// stack and static data: each must be placed where it is) and on nginx serving HTTPS with an
+// RSA key. In both, the config it proposes must leave no heap copy when verified, and the
+// same verification without those rules must find the copies (so the check can fail).
+#include <criterion/criterion.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "config.hpp"
+#include "e2e.hpp"
+
+using namespace memlock_test;
+
+namespace {
+
+std::string discover() { return shim_build_dir() + "/memlock-discover"; }
+
+std::string random_hex(std::size_t bytes) {
+    std::ifstream in("/dev/urandom", std::ios::binary);
+    std::string hex;
+    char digits[] = "0123456789abcdef";
+    for (std::size_t i = 0; i < bytes; ++i) {
+        const auto b = static_cast<unsigned char>(in.get());
+        hex += digits[b >> 4];
+        hex += digits[b & 15];
+    }
+    return hex;
+}
+
+RunOptions tool_run(std::vector<std::string> argv) {
+    RunOptions o = plain_env(std::move(argv));
+    o.timeout_ms = 120000;
+    return o;
+}
+
+// The report lines of one kind ("[heap]", "[stack]", ...) that mention `secret`.
+std::vector<std::string> copies_of(const std::string &out, const std::string &tag, const std::string &secret) {
+    std::vector<std::string> found;
+    for (const auto &line : split_lines(out))
+        if (line.rfind("  " + tag + " ", 0) == 0 && line.find(" " + secret + ":") != std::string::npos)
+            found.push_back(line);
+    return found;
+}
+
+void expect_copy(const std::string &out, const std::string &tag, const std::string &secret, const std::string &where) {
+    const auto lines = copies_of(out, tag, secret);
+    cr_assert(lines.size() == 1, "expected one %s copy of %s, got %zu in:\n%s", tag.c_str(), secret.c_str(), lines.size(),
+              out.c_str());
+    cr_expect(lines[0].find(where) != std::string::npos, "%s copy of %s: expected \"%s\" in:\n%s", tag.c_str(),
+              secret.c_str(), where.c_str(), lines[0].c_str());
+}
+
+std::string summary(const std::string &out) {
+    for (const auto &line : split_lines(out))
+        if (line.rfind("summary: ", 0) == 0) return line;
+    return "(no summary line)";
+}
+
+void expect_summary(const std::string &out, const std::string &want) {
+    const std::string got = summary(out);
+    cr_expect(got == want, "expected\n%s\ngot\n%s\nin:\n%s", want.c_str(), got.c_str(), out.c_str());
+}
+
+// ---- the program of known secrets ----------------------------------------------------------------
+
+struct Secrets {
+    std::string lib_heap = random_hex(48), prog_heap = random_hex(64), stack = random_hex(64),
+                static_data = random_hex(64), thread = random_hex(64);
+    std::vector<std::string> args(const std::vector<std::string> &options, const std::string &mode = "") const {
+        std::vector<std::string> a = {discover()};
+        for (const auto &s : {lib_heap, prog_heap, stack, static_data, thread}) {
+            a.push_back("--secret-hex");
+            a.push_back(s);
+        }
+        a.insert(a.end(), options.begin(), options.end());
+        for (const auto &s : {std::string("--"), shim_program("discover_secrets"), lib_heap, prog_heap, stack, static_data, thread})
+            a.push_back(s);
+        if (!mode.empty()) a.push_back(mode);
+        return a;
+    }
+};
+
+}  // namespace
+
+Test(discover, places_every_copy_and_its_config_leaves_no_heap_copy) {
+    need_built("discover_secrets");
+    TempDir dir;
+    const Secrets s;
+    const std::string proposed = dir.file("proposed.json");
+    RunResult r = run_program(tool_run(s.args({"--config-out", proposed})));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string &out = r.out;
+    expect_copy(out, "[heap]", "hex#1",
+                "heap block of 48 bytes allocated by alloc_helper <- load_secret_key <- main <- ");
+    expect_copy(out, "[heap]", "hex#1", "(libsecretlib.so <- discover_secrets <- ");
+    expect_copy(out, "[heap]", "hex#2", "heap block of 64 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(out, "[freed-heap]", "hex#2",
+                "freed (not wiped) heap block of 128 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(out, "[stack]", "hex#3", "in the main thread's stack");
+    expect_copy(out, "[static]", "hex#4", "in static data");
+    expect_copy(out, "[static]", "hex#4", "discover_secrets");
+    expect_copy(out, "[stack]", "hex#5", "in the stack of thread ");
+    expect_summary(out, "summary: copies=6 protected=0 outside=6 heap=2 freed-heap=1 stack=2 static=1 file=0 anon=0");
+    cr_expect(out.find("3 copies on stacks or in static data: no rule can reach them") != std::string::npos, "%s",
+              out.c_str());
+
+    // The proposal is a valid config (the shim's own parser) with at least one rule.
+    mlshim::Config config;
+    std::string error;
+    cr_assert(mlshim::load_config_file(proposed, config, error), "%s", error.c_str());
+    cr_assert(!config.rules.empty());
+
+    // Under it every heap copy is in the arena; the stack and static copies stay where they are.
+    r = run_program(tool_run(s.args({"--verify", "--config", proposed})));
+    cr_assert(r.exited_with(0), "%s\n--- config ---\n%s", r.describe().c_str(), read_file(proposed).value_or("").c_str());
+    expect_summary(r.out, "summary: copies=5 protected=2 outside=3 heap=0 freed-heap=0 stack=2 static=1 file=0 anon=0");
+    cr_expect(r.out.find("verify: 0 heap copies left outside the arena: every heap copy is protected\n") != std::string::npos,
+              "%s", r.out.c_str());
+    cr_expect_eq(copies_of(r.out, "[arena]", "hex#1").size(), 1u, "%s", r.out.c_str());
+    cr_expect_eq(copies_of(r.out, "[arena]", "hex#2").size(), 1u, "%s", r.out.c_str());
+
+    // Verifying a config that protects nothing finds the heap copies and fails.
+    const std::string none = dir.file("none.json");
+    cr_assert(write_file(none, R"({"version": 1, "rules": []})"));
+    r = run_program(tool_run(s.args({"--verify", "--config", none})));
+    cr_assert(r.exited_with(1), "%s", r.describe().c_str());
+    cr_expect(r.out.find("verify: 3 heap copies left outside the arena\n") != std::string::npos, "%s", r.out.c_str());
+}
+
+// Without SIGUSR1 or --after, a process is scanned as it exits (stopped in the shim's
+// destructor): the blocks it never freed are still there.
+Test(discover, scans_a_process_as_it_exits) {
+    need_built("discover_secrets");
+    const Secrets s;
+    const RunResult r = run_program(tool_run(s.args({}, "exit")));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const auto scanned = line_values(r.out, "scanned");
+    cr_assert_eq(scanned.size(), 1u, "%s", r.out.c_str());
+    cr_expect(r.out.find(") at exit\n") != std::string::npos, "%s", r.out.c_str());
+    expect_copy(r.out, "[heap]", "hex#1", "heap block of 48 bytes allocated by alloc_helper <- load_secret_key <- main");
+    expect_copy(r.out, "[heap]", "hex#2", "heap block of 64 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(r.out, "[static]", "hex#4", "in static data");
+}
+
+Test(discover, rejects_bad_input_with_a_clear_message) {
+    struct Case {
+        std::vector<std::string> args;
+        int status;
+        std::string err;
+    };
+    TempDir dir;
+    const std::string junk = dir.file("junk.pem");
+    cr_assert(write_file(junk, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n"));
+    const Case cases[] = {
+        {{"--secret-hex", "00112233445566", "--", "true"}, 64,
+         "memlock-discover: --secret-hex #1: 7 bytes is too short to search for (at least 8) (see memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556g77", "--", "true"}, 64,
+         "memlock-discover: --secret-hex #1: not hex: \"0011223344556g77\" (see memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556677"}, 64,
+         "memlock-discover: no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS]) (see memlock-discover --help)\n"},
+        {{"--", "true"}, 64,
+         "memlock-discover: nothing to look for: give --key FILE or --secret-hex HEX (see memlock-discover --help)\n"},
+        {{"--verify", "--secret-hex", "0011223344556677", "--", "true"}, 64,
+         "memlock-discover: --verify and --config FILE go together (see memlock-discover --help)\n"},
+        {{"--key", dir.file("missing.pem"), "--", "true"}, 66,
+         "memlock-discover: --key " + dir.file("missing.pem") + ": No such file or directory\n"},
+    };
+    for (const Case &c : cases) {
+        std::vector<std::string> argv = {discover()};
+        argv.insert(argv.end(), c.args.begin(), c.args.end());
+        const RunResult r = run_program(tool_run(argv));
+        cr_expect(r.exited_with(c.status), "%s: %s", c.args[0].c_str(), r.describe().c_str());
+        cr_expect_str_eq(r.err.c_str(), c.err.c_str());
+    }
+    const RunResult r = run_program(tool_run({discover(), "--key", junk, "--", "true"}));
+    cr_expect(r.exited_with(66), "%s", r.describe().c_str());
+    cr_expect(r.err.rfind("memlock-discover: --key " + junk + ": not a private key libcrypto can read (", 0) == 0, "%s",
+              r.err.c_str());
+}
+
+// ---- nginx serving HTTPS with an RSA key ----------------------------------------------------------
+
+namespace {
+
+constexpr const char *kNginxPort = "20443";
+
+// A fixed place (under the build folder) so that the fini fixture can find the pid file even
+// when an assertion ended the test early.
+std::string nginx_dir() { return shim_build_dir() + "/discover-nginx"; }
+
+void stop_nginx() {
+    const auto pid = read_file(nginx_dir() + "/nginx.pid");
+    if (pid && std::atoi(pid->c_str()) > 0) ::kill(-std::atoi(pid->c_str()), SIGKILL);  // its process group
+}
+
+void write_nginx_setup() {
+    const std::string d = nginx_dir();
+    cr_assert(run_program(plain_env({"sh", "-c", "rm -rf " + d + " && mkdir -p " + d})).exited_with(0));
+    const RunResult key = run_program(plain_env(
+        {"sh", "-c", "cd " + d + " && openssl genrsa -out key.pem 2048 && openssl req -new -x509 -key key.pem "
+                                 "-out cert.pem -days 2 -subj /CN=localhost"}));
+    cr_assert(key.exited_with(0), "%s", key.describe().c_str());
+    cr_assert(write_file(d + "/nginx.conf", "daemon off;\nmaster_process on;\nworker_processes 1;\npid " + d +
+                                                "/nginx.pid;\nerror_log " + d +
+                                                "/error.log;\nevents { worker_connections 64; }\nhttp {\n  access_log off;\n"
+                                                "  client_body_temp_path " + d + "/body;\n  proxy_temp_path " + d +
+                                                "/proxy;\n  fastcgi_temp_path " + d + "/fcgi;\n  uwsgi_temp_path " + d +
+                                                "/uwsgi;\n  scgi_temp_path " + d + "/scgi;\n  server {\n    listen 127.0.0.1:" +
+                                                kNginxPort + " ssl;\n    ssl_certificate " + d +
+                                                "/cert.pem;\n    ssl_certificate_key " + d +
+                                                "/key.pem;\n    location / { return 200 \"hello\\n\"; }\n  }\n}\n"));
+}
+
+bool https_ok() {
+    const RunResult r = run_program(plain_env({"curl", "-sk", "--max-time", "5", std::string("https://127.0.0.1:") + kNginxPort + "/"}));
+    return r.exited_with(0) && r.out == "hello\n";
+}
+
+// Runs memlock-discover on nginx, waits until nginx serves HTTPS, makes a request, then asks
+// for the snapshot (SIGUSR1). Returns the tool's result.
+RunResult discover_nginx(const std::vector<std::string> &options) {
+    std::vector<std::string> argv = {discover(), "--key", nginx_dir() + "/key.pem"};
+    argv.insert(argv.end(), options.begin(), options.end());
+    for (const auto &a : {std::string("--"), std::string("/usr/sbin/nginx"), std::string("-c"), nginx_dir() + "/nginx.conf",
+                          std::string("-e"), nginx_dir() + "/error.log"})
+        argv.push_back(a);
+    LiveProgram tool;
+    cr_assert_not_null(start_program_into(tool, tool_run(argv)));
+    bool served = false;
+    for (int i = 0; i < 300 && !(served = https_ok()); ++i) ::usleep(100000);
+    cr_assert(served, "nginx never served HTTPS under memlock-discover\n%s", read_file(nginx_dir() + "/error.log").value_or("").c_str());
+    cr_assert(https_ok());
+    ::kill(tool.pid(), SIGUSR1);
+    return tool.finish(120000);
+}
+
+}  // namespace
+
+Test(discover, nginx_key_copies_and_a_config_that_moves_them_all, .fini = stop_nginx, .timeout = 300) {
+    need_built("");
+    if (!have_program("nginx") && ::access("/usr/sbin/nginx", X_OK) != 0) cr_skip_test("nginx is not installed");
+    cr_assert(have_program("curl") && have_program("openssl"), "curl and openssl are needed");
+    write_nginx_setup();
+    const std::string proposed = nginx_dir() + "/proposed.json";
+
+    RunResult r = discover_nginx({"--config-out", proposed});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    // Both processes are scanned, and the key's parts are found in heap blocks libcrypto allocated.
+    cr_expect_eq(line_values(r.out, "scanned").size(), 2u, "%s", r.out.c_str());
+    cr_expect(r.out.find("(libcrypto.so.3") != std::string::npos, "%s", r.out.c_str());
+    for (const char *part : {"rsa p (little-endian)", "rsa q (little-endian)", "rsa d (little-endian)"})
+        cr_expect(!copies_of(r.out, "[heap]", part).empty(), "no heap copy of %s in:\n%s", part, r.out.c_str());
+    cr_expect(r.out.find(" heap=0 ") == std::string::npos, "%s", summary(r.out).c_str());
+    cr_expect(r.out.find("note: nginx has no local symbols (stripped)") != std::string::npos ||
+                  r.out.find("note: libcrypto.so.3 has no local symbols (stripped)") != std::string::npos,
+              "%s", r.out.c_str());
+    mlshim::Config config;
+    std::string error;
+    cr_assert(mlshim::load_config_file(proposed, config, error), "%s", error.c_str());
+
+    // Under the proposed config nginx still serves, and no copy is left in the heap.
+    r = discover_nginx({"--verify", "--config", proposed});
+    cr_assert(r.exited_with(0), "%s\n--- config ---\n%s", r.describe().c_str(), read_file(proposed).value_or("").c_str());
+    cr_expect(summary(r.out).find(" heap=0 freed-heap=0 ") != std::string::npos, "%s", r.out.c_str());
+    cr_expect(summary(r.out).find(" protected=0 ") == std::string::npos, "%s", r.out.c_str());
+}
