@@ -268,7 +268,7 @@ $(B)/bench/%: bench/%.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
 
-bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs
+bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/phases
 	python3 scripts/bench.py $(B)
 
 # ---- install ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 2;
+constexpr std::uint32_t kStatsLayout = 3;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 
@@ -60,6 +60,9 @@ struct StatsPage {
     std::atomic<std::uint64_t> denied;           // matching allocations refused (ENOMEM)
     std::atomic<std::uint64_t> out_bytes;        // bytes handed from the arena's central lists
     std::atomic<std::uint64_t> peak_bytes;       // high-water mark of out_bytes
+    std::atomic<std::uint64_t> overflows;        // matching allocations served by the next allocator
+                                                 // (arena full, policy fallback)
+    std::atomic<std::uint64_t> purged_bytes;     // arena memory given back to the kernel (wiped first)
     ThreadCounters retired;
     ThreadCounters shared;
     ThreadCounters slots[kStatsSlots];
