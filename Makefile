@@ -15,17 +15,39 @@ CC ?= gcc
 CXX ?= g++
 B := build
 
+# ARCH=aarch64 cross-builds everything into build/aarch64 with Debian's cross compiler
+# (g++-aarch64-linux-gnu); nlohmann_json (header only) still comes from /usr/include.
+ARCH ?= x86_64
+STRIP := strip
+ifeq ($(ARCH),aarch64)
+CC := aarch64-linux-gnu-gcc
+CXX := aarch64-linux-gnu-g++
+STRIP := aarch64-linux-gnu-strip
+B := build/aarch64
+EXTRA_INC := -idirafter /usr/include
+else ifneq ($(ARCH),x86_64)
+$(error ARCH=$(ARCH): only x86_64 and aarch64 are supported)
+endif
+
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wundef -Werror
 CFLAGS_COMMON := -O2 -g -fPIC $(WARN) -D_GNU_SOURCE -DMEMLOCK_VERSION='"$(VERSION)"'
 CXXSTD := -std=c++17
-CORE_INC := -Icore/include
+CORE_INC := -Icore/include $(EXTRA_INC)
 
 # The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
 # initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
-	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects \
+	-DMEMLOCK_SHIM_SYSCONFDIR='"$(SYSCONFDIR)"'
 SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
+
+TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
+# What the shipped objects (the shim, the tools) link besides their own code, so that they
+# load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
+# symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
+COMPAT_OBJ := $(B)/compat/glibc_compat.o
+GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -45,7 +67,7 @@ TOOLS := $(B)/memlock-run $(B)/memlock-inspect
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
-	install uninstall clean FORCE
+	install uninstall clean check-abi FORCE
 
 all: deps core shim tools examples
 
@@ -100,20 +122,34 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	@mkdir -p $(@D)
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
-$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) -ldl -lpthread -o $@
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+
+# Not LTO-compiled: its symbol versions must reach the linker as written.
+$(B)/compat/%.o: compat/%.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -c $< -o $@
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
-# stats layout), so the tools and the shim cannot disagree.
-$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
+# stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
+# that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
+$(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ) \
+	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
+
+# A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
+MUSL_CC ?= musl-gcc
+$(B)/progs/musl_probe: tests/musl/musl_probe.c
+	@mkdir -p $(@D)
+	$(MUSL_CC) -std=gnu11 -O1 $(WARN) $< -o $@
+progs: $(B)/progs/musl_probe
 
 # A program the dynamic loader never sees (memlock-run must refuse it).
 $(B)/progs/tools_static: tests/progs/tools_static.c
@@ -134,19 +170,26 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 
 $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
-	    -o $@ -lcriterion -lpthread
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' \
+	    $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lcriterion -lpthread
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
 
 test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_shim
+	scripts/check-abi $(B)/libmemlock_shim.so $(TOOLS)
 	$(B)/examples/minimal > /dev/null
 	$(B)/examples/locked_buffer > /dev/null
 	$(B)/tests/test_core $(CRITERION_ARGS)
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
+	$(MAKE) --no-print-directory test-containers
+	$(MAKE) --no-print-directory test-reach
+
+# The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
+check-abi: $(B)/libmemlock_shim.so $(TOOLS)
+	scripts/check-abi $^
 
 test-core: $(B)/tests/test_core $(B)/tests/test_core_san
 	$(B)/tests/test_core $(CRITERION_ARGS)
@@ -260,15 +303,47 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
 
+# ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
+# container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
+# (opt/memlock-shim/ = the tree, and the static copier the layer image runs). test-containers:
+# the layer and an image built and run with podman, systemd booted in podman, the Kubernetes
+# manifests. Debian roots and podman images are cached under build/ (roots/, podman/).
+.PHONY: container-layer test-containers
+$(B)/container/memlock-shim-copy: deploy/container/memlock-shim-copy.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -Os -static $(WARN) $< -o $@
+
+container-layer: core shim tools $(B)/container/memlock-shim-copy
+	rm -rf $(B)/container/layer
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/layer PREFIX=/opt/memlock-shim > /dev/null
+	cp $(B)/container/memlock-shim-copy $(B)/container/layer/
+
+test-containers: container-layer
+	rm -rf $(B)/container/systemd-root
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(B))/container/systemd-root > /dev/null
+	sh tests/containers/test-kubernetes.sh $(B)
+	sh tests/containers/test-image.sh $(B)
+	sh tests/containers/test-systemd.sh $(B)
+# ---- end of containers ----------------------------------------------------------------------
+
+# ---- older systems and other CPUs (tests/reach/) ------------------------------------------------
+# test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
+# build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
+.PHONY: test-reach
+test-reach: dist
+	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
+# ---- end of older systems ------------------------------------------------------------------
+
 # ---- demo and bench ---------------------------------------------------------------------
 demo: all
 	sh scripts/demo.sh $(B)
 
 $(B)/bench/%: bench/%.c
 	@mkdir -p $(@D)
-	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
+	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread -ldl
 
-bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/phases
+bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/fork_cost \
+       $(B)/bench/dl_cycle $(B)/bench/phases
 	python3 scripts/bench.py $(B)
 
 # ---- install ----------------------------------------------------------------------------
@@ -291,7 +366,39 @@ install: core shim tools
 	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container
 	install -m 644 deploy/README.md $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
-	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -m 644 deploy/container/Dockerfile deploy/container/Dockerfile.layer deploy/container/Dockerfile.example \
+	    $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
+	install -d $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes
+	install -m 644 deploy/kubernetes/*.yaml $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/kubernetes/
+
+# ---- dist: the relocatable tarball ----------------------------------------------------------
+# dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
+# unpacked (the tools find ../lib/libmemlock_shim.so beside their own directory):
+#   bin/        memlock-run, memlock-inspect
+#   lib/        libmemlock_shim.so (it loads nothing but libc's libraries)
+# (debug info stripped; the symbol tables stay)
+#   etc/memlock-shim/  the shipped configs
+#   share/doc/memlock-shim/  README, docs, deploy examples;  LICENSE-*  at the top
+# Reproducible: sorted, owned by root, dated by the last commit, gzip without a name.
+DIST_NAME := memlock-shim-$(VERSION)-$(ARCH)-linux-gnu
+DIST_TREE := $(B)/dist/$(DIST_NAME)
+DIST_TAR := dist/$(DIST_NAME).tar.gz
+DIST_DATE := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+.PHONY: dist
+dist: $(B)/libmemlock_shim.so $(TOOLS)
+	rm -rf $(DIST_TREE) && mkdir -p dist
+	install -d $(DIST_TREE)/bin $(DIST_TREE)/lib $(DIST_TREE)/etc/memlock-shim \
+	    $(DIST_TREE)/share/doc/memlock-shim/deploy
+	install -m 755 $(TOOLS) $(DIST_TREE)/bin/
+	install -m 755 $(B)/libmemlock_shim.so $(DIST_TREE)/lib/
+	$(STRIP) --strip-debug $(DIST_TREE)/bin/* $(DIST_TREE)/lib/*
+	install -m 644 config/*.json $(DIST_TREE)/etc/memlock-shim/
+	install -m 644 LICENSE-APACHE LICENSE-MIT $(DIST_TREE)/
+	install -m 644 README.md CHANGELOG.md docs/*.md $(DIST_TREE)/share/doc/memlock-shim/
+	cp -R deploy/. $(DIST_TREE)/share/doc/memlock-shim/deploy/
+	tar -C $(B)/dist --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$(DIST_DATE) \
+	    -cf - $(DIST_NAME) | gzip -9n > $(DIST_TAR).tmp && mv $(DIST_TAR).tmp $(DIST_TAR)
+	@echo "dist: $(DIST_TAR)"
 
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmemlock.a $(DESTDIR)$(LIBDIR)/libmemlock.so $(DESTDIR)$(LIBDIR)/libmemlock.so.0 \
@@ -301,6 +408,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
 
 clean:
-	rm -rf $(B)
+	rm -rf $(B) dist
 
 FORCE:
+.SECONDARY:

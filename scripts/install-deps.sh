@@ -6,9 +6,11 @@ set -eu
 
 PACKAGES="
 build-essential pkg-config binutils file git python3 perl
-libcriterion-dev nlohmann-json3-dev libunwind-dev
+libcriterion-dev nlohmann-json3-dev
 clang-14 libclang-rt-14-dev
 gdb libcap2-bin util-linux openssl libjemalloc2
+musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
+podman runc debootstrap python3-yaml
 "
 
 missing=""

@@ -877,9 +877,12 @@ void SecureArena::postfork_parent() noexcept {
     for (unsigned i = npools_; i-- > 0;) pthread_mutex_unlock(&pools_[i].lock);
 }
 
-void SecureArena::postfork_child() noexcept {
+void SecureArena::postfork_child_locks() noexcept {
     pthread_mutex_init(&misc_lock_, nullptr);
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_init(&pools_[i].lock, nullptr);
+}
+
+void SecureArena::postfork_child() noexcept {
     // mlock is not inherited: lock again the range each pool locked at start-up (one call
     // per pool; the pages in use fault in locked, the others lock as they are touched).
     int failed = 0;

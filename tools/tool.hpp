@@ -1,13 +1,18 @@
 // tool.hpp - what the operators' tools (memlock-run, memlock-inspect) share: one way to
-// report an error and exit, warnings, and byte counts written for people.
+// report an error and exit, warnings, byte counts written for people, and which loader an
+// executable names (musl programs cannot be shimmed).
 //
 // Messages go to stderr, every line prefixed with "<tool>: ", and say what to do next.
 #ifndef MEMLOCK_TOOLS_TOOL_HPP
 #define MEMLOCK_TOOLS_TOOL_HPP
 
+#include <elf.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 #include <string>
 
 namespace mltool {
@@ -62,6 +67,33 @@ inline std::string human_bytes(std::uint64_t n) {
     else
         std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(n) / static_cast<double>(scale), units[u]);
     return buf;
+}
+
+// The dynamic loader an ELF64 little-endian executable names (PT_INTERP), or "" (none, not
+// such a file, unreadable).
+inline std::string elf_interpreter(const std::string &path) {
+    std::ifstream in(path, std::ios::binary);
+    Elf64_Ehdr h{};
+    if (!in.read(reinterpret_cast<char *>(&h), sizeof h) || std::memcmp(h.e_ident, ELFMAG, SELFMAG) != 0 ||
+        h.e_ident[EI_CLASS] != ELFCLASS64 || h.e_ident[EI_DATA] != ELFDATA2LSB || h.e_phentsize != sizeof(Elf64_Phdr))
+        return "";
+    for (unsigned i = 0; i < h.e_phnum; ++i) {
+        Elf64_Phdr ph{};
+        in.seekg(static_cast<std::streamoff>(h.e_phoff + i * sizeof ph));
+        if (!in.read(reinterpret_cast<char *>(&ph), sizeof ph)) return "";
+        if (ph.p_type != PT_INTERP || ph.p_filesz == 0 || ph.p_filesz > 4096) continue;
+        std::string interp(ph.p_filesz, '\0');
+        in.seekg(static_cast<std::streamoff>(ph.p_offset));
+        return in.read(&interp[0], static_cast<std::streamsize>(interp.size())) ? std::string(interp.c_str()) : "";
+    }
+    return "";
+}
+
+// musl's dynamic loader (/lib/ld-musl-ARCH.so.1) cannot load the glibc-built shim: the
+// program would fail to start with relocation errors.
+inline bool is_musl_loader(const std::string &interp) {
+    const auto slash = interp.rfind('/');
+    return interp.compare(slash == std::string::npos ? 0 : slash + 1, 7, "ld-musl") == 0;
 }
 
 }  // namespace mltool
