@@ -481,7 +481,11 @@ void write_stats_file() noexcept {
     }
     path[used] = '\0';
     char tmp[sizeof path];
-    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
+    int n = std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
+    if (n < 0 || static_cast<std::size_t>(n) >= sizeof tmp) {
+        log_msg(LogLevel::warn, "stats.file: path too long: %s", path);
+        return;
+    }
     char json[2048];
     std::size_t len = stats_format_json(*g_stats, json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
