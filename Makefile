@@ -368,7 +368,7 @@ $(B)/bench/%: bench/%.c
 	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread -ldl
 
 bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/fork_cost \
-       $(B)/bench/dl_cycle
+       $(B)/bench/dl_cycle $(B)/bench/phases
 	python3 scripts/bench.py $(B)
 
 # ---- man pages, bash completion, Debian package ------------------------------------------

@@ -17,6 +17,7 @@ SHIM = os.path.join(BUILD, "libmemlock_shim.so")
 PAIRS = os.path.join(BUILD, "bench", "alloc_pairs")
 CALLER_PAIRS = os.path.join(BUILD, "bench", "caller_pairs")
 LIVE = os.path.join(BUILD, "bench", "live_secrets")
+PHASES = os.path.join(BUILD, "bench", "phases")
 RUNS = int(os.environ.get("BENCH_RUNS", "5"))
 ITER = int(os.environ.get("BENCH_ITERATIONS", "10000000"))
 
@@ -85,6 +86,15 @@ asked, locked = (int(x) for x in subprocess.run(
 print(f"  {asked} bytes asked, VmLck grew by {locked} bytes: {locked / asked:.2f}x "
       f"(a page per secret would be {10000 * 4096 / asked:.0f}x)")
 
+
+print("== memory through mixed phases (16, 200, 3000, 40, 100000 B; 48 MiB each), match-all vs glibc")
+MiB = 1 << 20
+for label, cfg in (("glibc", None), ("shim, match-all", os.path.join(TOP, "config", "match-all.json"))):
+    live, rss, locked, rss_after, locked_after = (int(x) for x in subprocess.run(
+        [PHASES], env=env_for(cfg), capture_output=True, text=True, check=True).stdout.split())
+    print(f"  {label:<18} peak live {live / MiB:7.1f} MiB, resident at peak {rss / MiB:7.1f} MiB "
+          f"({rss / live:.2f}x), locked {locked / MiB:7.1f} MiB; after the data goes: resident "
+          f"{rss_after / MiB:6.1f} MiB, locked {locked_after / MiB:6.1f} MiB")
 
 print("== caller rules: malloc(48) + free made 20 frames deep, per pair")
 CALLER_ITER = max(ITER // 5, 1000)

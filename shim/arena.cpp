@@ -1,6 +1,7 @@
 #include "arena.hpp"
 
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +20,9 @@ constexpr std::uint16_t kLargeClass = 0xffff;
 constexpr unsigned kCacheCap = 32;  // blocks a thread caches per size class, at most
 
 enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
+// Page flags: kLockedPage: inside a locked range; kInUse: committed and possibly resident
+// (a slab, a live run, or a free run not yet given back to the kernel).
+enum : std::uint8_t { kLockedPage = 1, kInUse = 2 };
 // Block states, one byte per 16-byte granule (at the block's first granule).
 enum : std::uint8_t { kNeverUsed = 0, kLive = 1, kFreed = 2 };
 
@@ -85,13 +89,15 @@ private:
 struct SecureArena::PageMeta {
     std::uint32_t head;       // page index of the slab or run this page belongs to
     std::uint32_t npages;     // at the head: pages in the slab or run
-    std::uint32_t next_free;  // at a free run's head: next free run's head + 1 (0: none)
-    std::uint32_t prev_free;  // at a free run's head: previous free run's head + 1 (0: none)
+    std::uint32_t next_free;  // at a free run's head: next free run's head + 1 (0: none);
+                              // at a slab's head: next partial slab of its class
+    std::uint32_t prev_free;  // the same, backwards
+    std::uint32_t nfree;      // at a slab's head: its free blocks (in the bitmap)
     std::uint16_t cls;        // size class, or kLargeClass
     std::uint8_t kind;        // kUnused, kSlab, kRun, kFreeRun
-    std::uint8_t locked;      // the page was mlocked
-    std::uint8_t pad[3];
+    std::uint8_t flags;       // kLockedPage, kInUse
 };
+static_assert(sizeof(SecureArena::PageMeta) == 24, "page table entry");
 
 struct SecureArena::Pool {
     pthread_mutex_t lock;
@@ -99,14 +105,12 @@ struct SecureArena::Pool {
     std::uintptr_t start, end;   // the pool's address range
     std::uintptr_t frontier;     // first byte never carved
     std::uintptr_t committed;    // first byte not committed (prealloc commits ahead)
+    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
-    struct Central {
-        void **stack;            // freed blocks (a reserved region, committed as it grows)
-        std::size_t count;       // blocks on the stack
-        std::size_t capacity;    // committed entries
-        std::size_t carved;      // blocks ever carved: the stack never holds more
-        std::uintptr_t bump, bump_end;  // the uncarved rest of the newest slab
-    } central[kNumClasses];
+    std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
+    std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
+    bool purge_stuck;            // the last purge left more than slack + burst
+    std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
 struct SecureArena::PoolCache {
@@ -194,69 +198,48 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
     std::size_t total = pool_bytes * npools;
 
-    // Side regions: page table and granule states (committed now, touched as used), the
-    // pool records, and per pool and class a stack of freed blocks (committed as it grows).
+    // One side region (committed now, its pages touched as used): the page table, the block
+    // states (a byte per 16-byte granule), the free-block bitmap of the slabs (a bit per
+    // granule) and the pool records. Together 7.7% of the arena's address space.
     std::size_t meta_bytes = round_up(total / page_ * sizeof(PageMeta), page_);
     std::size_t state_bytes = round_up(total / 16, page_);
+    std::size_t bits_bytes = round_up(total / 128, page_);
     std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    std::size_t stack_bytes = 0;
-    for (const ClassInfo &ci : kClasses.info) stack_bytes += round_up(pool_bytes / ci.size * sizeof(void *), page_);
-    void *mem = nullptr, *meta = nullptr, *state = nullptr, *pools = nullptr, *stacks = nullptr;
+    std::size_t side_bytes = meta_bytes + state_bytes + bits_bytes + pools_bytes;
+    void *mem = nullptr, *side = nullptr;
     int rc = memlock_reserve(total, &mem);
-    if (!rc) rc = memlock_reserve(meta_bytes, &meta);
-    if (!rc) rc = memlock_commit(meta, meta_bytes);
-    if (!rc) rc = memlock_reserve(state_bytes, &state);
-    if (!rc) rc = memlock_commit(state, state_bytes);
-    if (!rc) rc = memlock_reserve(pools_bytes, &pools);
-    if (!rc) rc = memlock_commit(pools, pools_bytes);
-    if (!rc) rc = memlock_reserve(stack_bytes * npools, &stacks);
+    if (!rc) rc = memlock_reserve(side_bytes, &side);
+    if (!rc) rc = memlock_commit(side, side_bytes);
+    // Dontdump is a property of the whole pool, set before any block exists. The side region
+    // holds no secrets, but nothing of use in a core dump either: it stays out too.
+    for (unsigned i = 0; i < npools && !rc; ++i)
+        if (pool_actions[i] & kActionDontdump)
+            rc = memlock_dontdump(static_cast<unsigned char *>(mem) + i * pool_bytes, pool_bytes);
+    if (!rc) memlock_dontdump(side, side_bytes);
     if (rc) {
         if (mem) memlock_release(mem, total);
-        if (meta) memlock_release(meta, meta_bytes);
-        if (state) memlock_release(state, state_bytes);
-        if (pools) memlock_release(pools, pools_bytes);
+        if (side) memlock_release(side, side_bytes);
         return rc;
     }
-    // The side regions hold no secrets, but nothing of use in a core dump either: keep
-    // them (and their untouched reservations) out, so dumps stay small.
-    memlock_dontdump(meta, meta_bytes);
-    memlock_dontdump(state, state_bytes);
-    memlock_dontdump(pools, pools_bytes);
-    memlock_dontdump(stacks, stack_bytes * npools);
     base_ = reinterpret_cast<std::uintptr_t>(mem);
-    meta_ = static_cast<PageMeta *>(meta);
-    state_ = static_cast<std::uint8_t *>(state);
-    pools_ = static_cast<Pool *>(pools);
+    auto *at = static_cast<unsigned char *>(side);
+    meta_ = reinterpret_cast<PageMeta *>(at);
+    state_ = at + meta_bytes;
+    bits_ = reinterpret_cast<std::uint64_t *>(at + meta_bytes + state_bytes);
+    pools_ = reinterpret_cast<Pool *>(at + meta_bytes + state_bytes + bits_bytes);
     npools_ = npools;
-    auto *stack_at = static_cast<unsigned char *>(stacks);
+    unsigned locking = 0;
+    for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
-        p->start = p->frontier = p->committed = base_ + i * pool_bytes;
+        p->start = p->frontier = p->committed = p->lock_end = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
-        for (unsigned c = 0; c < kNumClasses; ++c) {
-            p->central[c].stack = reinterpret_cast<void **>(stack_at);
-            stack_at += round_up(pool_bytes / kClasses.info[c].size * sizeof(void *), page_);
-        }
-        // Dontdump is a property of the whole pool, set before any block exists.
-        if ((p->actions & kActionDontdump) &&
-            (rc = memlock_dontdump(reinterpret_cast<void *>(p->start), pool_bytes))) {
-            memlock_release(mem, total);
-            memlock_release(meta, meta_bytes);
-            memlock_release(state, state_bytes);
-            memlock_release(pools, pools_bytes);
-            memlock_release(stacks, stack_bytes * npools);
-            base_ = 0;
-            meta_ = nullptr;
-            state_ = nullptr;
-            pools_ = nullptr;
-            npools_ = 0;
-            return rc;
-        }
+        if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
     }
     if (stats_) {
-        stats_->reserved_bytes.store(total);
+        stats_->reserved_bytes.store(total + side_bytes);
         stats_->arena_start = base_;
         stats_->max_locked = opts.max_locked;
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
@@ -277,89 +260,123 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         Guard g(p0.lock);
         std::size_t bytes = round_up(opts.prealloc, page_);
         if (bytes > p0.end - p0.start) return EINVAL;
-        bool locked = false;
-        if (commit_and_lock(p0, p0.start, bytes, locked)) {
+        if (commit_and_lock(p0, p0.start, bytes)) {
             // Denied by the lock policy: later allocations try again, one slab at a time.
             if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated memory up front", "denied by policy");
             return 0;
         }
-        for (std::size_t i = 0; i < bytes / page_; ++i) meta_[(p0.start - base_) / page_ + i].locked = locked;
         p0.committed = p0.start + bytes;
-        if (stats_) stats_->committed_bytes.fetch_add(bytes);
     }
     return 0;
 }
 
 // ---- growing a pool --------------------------------------------------------------------------
 
-// Commits [from, from+bytes) and locks it as the pool's actions and the lock policy say.
-// pre: pool.lock held; page-aligned. Returns 0, or ENOMEM when the memory cannot be
-// committed or the policy denies it. `locked` tells whether the memory is mlocked.
-int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes, bool &locked) noexcept {
-    locked = false;
-    void *start = reinterpret_cast<void *>(from);
-    if (memlock_commit(start, bytes)) return ENOMEM;
-    if (!(pool.actions & kActionLock)) return 0;
-    pthread_mutex_lock(&misc_lock_);
-    bool over_budget = locked_total_ + bytes > opts_.max_locked;
-    // Locked as touched: a large block that is mostly unused costs only what is used.
-    int err = over_budget ? ENOMEM : memlock_lock_onfault(start, bytes);
-    if (!err) {
-        locked_total_ += bytes;
-        if (stats_) stats_->locked_bytes.fetch_add(bytes);
-    }
-    pthread_mutex_unlock(&misc_lock_);
-    locked = err == 0;
-    if (!err) return 0;
-    if (stats_) stats_->lock_failures.fetch_add(1);
-    const char *why = over_budget ? "policy.max_locked reached" : memlock_strerror(err);
-    switch (opts_.on_lock_failure) {
-    case LockFailurePolicy::abort:
-        fatal("cannot lock arena memory (policy on_lock_failure=abort)", why);
-    case LockFailurePolicy::deny:
-        if (!warned_lock_failure_.exchange(true) && reporter_)
-            reporter_(LogLevel::warn, "cannot lock arena memory (policy deny: matching allocations fail with ENOMEM)", why);
-        return ENOMEM;
-    case LockFailurePolicy::fallback:
-        if (!warned_lock_failure_.exchange(true) && reporter_)
-            reporter_(LogLevel::warn,
-                      "cannot lock arena memory (policy fallback: matching allocations are served "
-                      "unlocked, still out of core dumps and wiped)", why);
-        if (stats_) {
-            stats_->fallbacks.fetch_add(1);
-            stats_->unlocked_bytes.fetch_add(bytes);
+// Locks [pool.start, +budget) on fault, once, at start-up. Pages committed inside that range
+// later are locked as they are first touched, without an mlock call: after start-up the
+// arena makes no system call that glibc's malloc would not make itself (a seccomp sandbox
+// installed later may forbid mlock). Where the limit refuses the whole budget, the largest
+// halving of it that the kernel accepts.
+void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
+    std::size_t len = std::min(budget, pool.end - pool.start) / page_ * page_;
+    for (; len >= kMinSlab; len = len / 2 / page_ * page_) {
+        int err = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), len);
+        if (!err) {
+            pool.lock_end = pool.start + len;
+            locked_total_ += len;
+            return;
         }
-        break;
+        if (!lock_error_) lock_error_ = err;
     }
+}
+
+// Adds (sign 1) or removes (sign -1) pages [first, first+n) in the committed, locked and
+// unlocked counters.
+void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept {
+    if (!stats_ || !n) return;
+    std::size_t locked = 0;
+    for (std::size_t i = first; i < first + n; ++i) locked += meta_[i].flags & kLockedPage;
+    std::uint64_t all = n * page_, lo = locked * page_;
+    std::uint64_t unlo = (pool.actions & kActionLock) ? all - lo : 0;
+    if (sign > 0) {
+        stats_->committed_bytes.fetch_add(all);
+        stats_->locked_bytes.fetch_add(lo);
+        stats_->unlocked_bytes.fetch_add(unlo);
+    } else {
+        stats_->committed_bytes.fetch_sub(all);
+        stats_->locked_bytes.fetch_sub(lo);
+        stats_->unlocked_bytes.fetch_sub(unlo);
+    }
+}
+
+// Commits [from, from+bytes). Pages inside the range locked at start-up are locked; the rest
+// follow the lock policy. pre: pool.lock held; page-aligned. Returns 0, or ENOMEM when the
+// memory cannot be committed or the policy denies it.
+int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
+    std::uintptr_t to = from + bytes;
+    std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
+    if ((pool.actions & kActionLock) && lock_to < to) {
+        if (stats_) stats_->lock_failures.fetch_add(1);
+        const char *why = lock_error_ ? memlock_strerror(lock_error_) : "policy.max_locked reached";
+        switch (opts_.on_lock_failure) {
+        case LockFailurePolicy::abort:
+            fatal("cannot lock arena memory (policy on_lock_failure=abort)", why);
+        case LockFailurePolicy::deny:
+            if (!warned_lock_failure_.exchange(true) && reporter_)
+                reporter_(LogLevel::warn, "cannot lock arena memory (policy deny: matching allocations fail with ENOMEM)", why);
+            return ENOMEM;
+        case LockFailurePolicy::fallback:
+            if (!warned_lock_failure_.exchange(true) && reporter_)
+                reporter_(LogLevel::warn,
+                          "cannot lock arena memory (policy fallback: matching allocations are served "
+                          "unlocked, still out of core dumps and wiped)", why);
+            if (stats_) stats_->fallbacks.fetch_add(1);
+            break;
+        }
+    }
+    if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+    std::size_t first = (from - base_) / page_, n = bytes / page_;
+    for (std::size_t i = 0; i < n; ++i)
+        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? kLockedPage : 0));
+    account(pool, first, n, 1);
     return 0;
 }
 
-// Carves `bytes` (a multiple of the page size) off the pool's frontier. Memory committed
-// ahead (prealloc) is used as it is; the rest is committed and locked now. pre: pool.lock
-// held. nullptr with errno ENOMEM: pool full, or the lock policy denied.
-unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
-    if (pool.end - pool.frontier < bytes) {
+// The pool cannot serve a block (its address space is used up, or the block is larger than
+// the pool). Under fallback the caller serves it from the next allocator (it reports that);
+// deny refuses it, abort stops. Returns nullptr with errno = ENOMEM.
+void *SecureArena::out_of_space(const char *what) noexcept {
+    switch (opts_.on_lock_failure) {
+    case LockFailurePolicy::abort:
+        fatal(what, "raise policy.max_arena (policy on_lock_failure=abort)");
+    case LockFailurePolicy::deny:
         if (!warned_full_.exchange(true) && reporter_)
-            reporter_(LogLevel::error, "arena address space exhausted (matching allocations fail with ENOMEM)", "raise policy.max_arena");
+            reporter_(LogLevel::error, what, "matching allocations fail with ENOMEM (policy deny): raise policy.max_arena");
         if (stats_) stats_->denied.fetch_add(1);
-        errno = ENOMEM;
-        return nullptr;
+        break;
+    case LockFailurePolicy::fallback:
+        break;
     }
+    errno = ENOMEM;
+    return nullptr;
+}
+
+// Carves `bytes` (a multiple of the page size) off the pool's frontier. Memory committed
+// ahead (prealloc) is used as it is; the rest is committed now. pre: pool.lock held.
+// nullptr with errno ENOMEM: pool full, or the lock policy denied.
+unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
+    if (pool.end - pool.frontier < bytes)
+        return static_cast<unsigned char *>(out_of_space("arena address space exhausted"));
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
-        bool locked = false;
-        if (commit_and_lock(pool, fresh, to - fresh, locked)) {
+        if (commit_and_lock(pool, fresh, to - fresh)) {
             if (stats_) stats_->denied.fetch_add(1);
             errno = ENOMEM;
             return nullptr;
         }
-        for (std::uintptr_t a = fresh; a < to; a += page_) meta_[(a - base_) / page_].locked = locked;
         pool.committed = to;
-        if (stats_) stats_->committed_bytes.fetch_add(to - fresh);
     }
-    // Memory handed back to the frontier earlier may carry old block states.
-    if (from < pool.committed) std::memset(state_ + ((from - base_) >> 4), 0, (std::min(to, pool.committed) - from) >> 4);
     pool.frontier = to;
     return reinterpret_cast<unsigned char *>(from);
 }
@@ -370,42 +387,215 @@ void SecureArena::note_peak() noexcept {
     while (out > peak && !stats_->peak_bytes.compare_exchange_weak(peak, out)) {}
 }
 
-// ---- small blocks --------------------------------------------------------------------------
+// ---- free pages: lists, reuse, giving back -------------------------------------------------
 
-// Takes up to `want` free blocks of class `cls` into out[]: freed ones first, then new ones
-// from the newest slab, then a new slab. pre: pool.lock held. Returns how many.
+// Lists of slabs and free runs are linked through the page table (never through the memory,
+// which stays zero): entries hold a head page + 1, 0 ends the list.
+void SecureArena::list_push(std::uint32_t &list, std::size_t head) noexcept {
+    PageMeta &h = meta_[head];
+    h.prev_free = 0;
+    h.next_free = list;
+    if (list) meta_[list - 1].prev_free = static_cast<std::uint32_t>(head + 1);
+    list = static_cast<std::uint32_t>(head + 1);
+}
+
+void SecureArena::list_remove(std::uint32_t &list, std::size_t head) noexcept {
+    PageMeta &h = meta_[head];
+    if (h.prev_free) meta_[h.prev_free - 1].next_free = h.next_free;
+    else list = h.next_free;
+    if (h.next_free) meta_[h.next_free - 1].prev_free = h.prev_free;
+    h.next_free = h.prev_free = 0;
+}
+
+// Only a free run's first and last pages are marked: the first for the list, the last so
+// that a run freed just after it can find it and merge. The run's committed pages count as
+// dirty (not given back yet).
+void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
+    PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
+    tail.head = h.head = static_cast<std::uint32_t>(head);
+    tail.kind = h.kind = kFreeRun;
+    tail.cls = h.cls = kLargeClass;
+    h.npages = static_cast<std::uint32_t>(npages);
+    list_push(pool.free_runs, head);
+    pool.dirty_bytes += in_use_pages(head, npages) * page_;
+}
+
+void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
+    list_remove(pool.free_runs, head);
+    pool.dirty_bytes -= in_use_pages(head, meta_[head].npages) * page_;
+}
+
+std::size_t SecureArena::in_use_pages(std::size_t first, std::size_t n) const noexcept {
+    std::size_t used = 0;
+    for (std::size_t i = first; i < first + n; ++i) used += (meta_[i].flags & kInUse) != 0;
+    return used;
+}
+
+// Pages taken from a free run that were given back to the kernel are committed again (they
+// stay mapped: the next touch faults in a zero page, locked if the range is).
+void SecureArena::claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept {
+    for (std::size_t i = first; i < first + n; ++i) {
+        if (meta_[i].flags & kInUse) continue;
+        meta_[i].flags |= kInUse;
+        account(pool, i, 1, 1);
+    }
+}
+
+// `bytes` of pages aligned to `align`, from a free run (first fit; runs inside the range
+// locked at start-up first) or from the frontier. pre: pool.lock held. 0 with errno ENOMEM.
+std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept {
+    std::size_t want = bytes + (align > page_ ? align - page_ : 0);
+    std::uintptr_t run = 0, run_end = 0;
+    for (int pass = pool.lock_end > pool.start ? 0 : 1; pass < 2 && !run; ++pass) {
+        for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
+            PageMeta &m = meta_[r - 1];
+            if (std::size_t{m.npages} * page_ >= want && (pass || (m.flags & kLockedPage))) {
+                run = base_ + std::size_t{r - 1} * page_;
+                run_end = run + std::size_t{m.npages} * page_;
+                free_run_remove(pool, r - 1);
+                break;
+            }
+        }
+    }
+    if (!run) {
+        unsigned char *fresh = carve(pool, want);
+        if (!fresh) return 0;
+        run = reinterpret_cast<std::uintptr_t>(fresh);
+        run_end = run + want;
+    }
+    // Keep the aligned part asked for; the pages around it go back as free runs.
+    std::uintptr_t at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
+    if (at > run) free_run_insert(pool, (run - base_) / page_, (at - run) / page_);
+    if (run_end > at + bytes) free_run_insert(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
+    claim_pages(pool, (at - base_) / page_, bytes / page_);
+    return at;
+}
+
+// Pages [first, first+n) are free: one run with the free runs on either side. pre: pool.lock held.
+void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
+    std::size_t pool_first = (pool.start - base_) / page_, frontier = (pool.frontier - base_) / page_;
+    std::size_t after = first + n;
+    if (after < frontier && meta_[after].kind == kFreeRun && meta_[after].head == after) {
+        n += meta_[after].npages;
+        free_run_remove(pool, after);
+    }
+    if (first > pool_first && meta_[first - 1].kind == kFreeRun) {
+        std::size_t before = meta_[first - 1].head;
+        n += meta_[before].npages;
+        free_run_remove(pool, before);
+        first = before;
+    }
+    free_run_insert(pool, first, n);
+}
+
+std::uint64_t SecureArena::now_ns() noexcept {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // the vDSO: no system call
+    return std::uint64_t(ts.tv_sec) * 1000000000u + std::uint64_t(ts.tv_nsec);
+}
+
+// Gives free pages back to the kernel once the pool holds more than the slack of them:
+// after the purge delay (a busy program reuses its pages instead), at once beyond slack +
+// burst (an idle program keeps at most that). Runs freed last are kept, older ones go.
+// pre: pool.lock held.
+void SecureArena::maybe_purge(Pool &pool) noexcept {
+    if (pool.dirty_bytes <= opts_.purge_slack) return;
+    std::uint64_t now = now_ns();
+    bool urgent = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst && !pool.purge_stuck;
+    if (!urgent && now - pool.last_purge_ns < opts_.purge_delay_ns) return;
+    pool.last_purge_ns = now;
+    std::size_t kept = 0;
+    for (std::uint32_t r = pool.free_runs; r && pool.dirty_bytes > opts_.purge_slack;) {
+        std::size_t head = r - 1, n = meta_[head].npages;
+        r = meta_[head].next_free;
+        std::size_t dirty = in_use_pages(head, n) * page_;
+        if (kept + dirty <= opts_.purge_slack) {
+            kept += dirty;
+            continue;
+        }
+        discard_pages(pool, head, n);
+    }
+    pool.purge_stuck = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst;
+}
+
+// Gives the committed pages of free run [first, first+n) back to the kernel. They were wiped
+// when their blocks were freed (pools with the wipe action). Locked pages stay locked
+// (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without an mlock call);
+// where the kernel refuses that, they stay committed and locked. pre: pool.lock held.
+void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
+    for (std::size_t i = first; i < first + n;) {
+        std::uint8_t f = meta_[i].flags;
+        std::size_t j = i + 1;
+        if (!(f & kInUse)) {
+            i = j;
+            continue;
+        }
+        while (j < first + n && meta_[j].flags == f) ++j;
+        void *at = reinterpret_cast<void *>(base_ + i * page_);
+        bool locked = f & kLockedPage;
+        int rc = !locked ? memlock_discard(at, (j - i) * page_)
+                 : discard_locked_ok_.load(std::memory_order_relaxed) ? memlock_discard_locked(at, (j - i) * page_)
+                                                                      : EINVAL;
+        if (rc == 0) {
+            account(pool, i, j - i, -1);
+            for (std::size_t k = i; k < j; ++k) meta_[k].flags &= static_cast<std::uint8_t>(~kInUse);
+            pool.dirty_bytes -= (j - i) * page_;
+            if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
+        } else if (locked && discard_locked_ok_.exchange(false) && reporter_) {
+            reporter_(LogLevel::info, "locked arena memory that is freed stays committed and locked",
+                      "the kernel refuses MADV_DONTNEED_LOCKED (Linux < 5.18, or a seccomp filter)");
+        }
+        i = j;
+    }
+}
+
+// ---- small blocks --------------------------------------------------------------------------
+// A slab serves one size class. Its free blocks are bits in bits_ (a bit per 16-byte granule,
+// set at a free block's first granule); partly free slabs of a class form a list. A slab
+// whose blocks are all free goes back to the free runs (any class or page run can use its
+// pages), unless it is the class's last partly free slab.
+
+bool SecureArena::new_slab(Pool &pool, unsigned cls) noexcept {
+    const ClassInfo &ci = kClasses.info[cls];
+    std::uintptr_t at = take_pages(pool, ci.slab_bytes, page_);
+    if (!at) return false;
+    std::size_t head = (at - base_) / page_, np = ci.slab_bytes / page_, blocks = ci.slab_bytes / ci.size;
+    for (std::size_t i = head; i < head + np; ++i) {
+        meta_[i].head = static_cast<std::uint32_t>(head);
+        meta_[i].kind = kSlab;
+        meta_[i].cls = static_cast<std::uint16_t>(cls);
+    }
+    meta_[head].npages = static_cast<std::uint32_t>(np);
+    meta_[head].nfree = static_cast<std::uint32_t>(blocks);
+    std::uintptr_t off = at - base_;
+    std::memset(state_ + (off >> 4), 0, ci.slab_bytes >> 4);
+    for (std::size_t b = 0; b < blocks; ++b) {
+        std::uintptr_t o = off + b * ci.size;
+        bits_[o >> 10] |= std::uint64_t{1} << ((o >> 4) & 63);
+    }
+    list_push(pool.partial[cls], head);
+    return true;
+}
+
+// Takes up to `want` free blocks of class `cls` into out[]. pre: pool.lock held. Returns how many.
 unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept {
     const ClassInfo &ci = kClasses.info[cls];
-    Pool::Central &c = pool.central[cls];
     unsigned got = 0;
-    while (got < want && c.count) out[got++] = c.stack[--c.count];
-    while (got < want) {
-        if (c.bump == c.bump_end) {
-            std::size_t blocks = ci.slab_bytes / ci.size;
-            std::size_t need = round_up((c.carved + blocks) * sizeof(void *), page_);
-            if (need > c.capacity * sizeof(void *)) {
-                if (memlock_commit(c.stack, need)) {
-                    errno = ENOMEM;
-                    break;
-                }
-                c.capacity = need / sizeof(void *);
+    while (got < want && (pool.partial[cls] || new_slab(pool, cls))) {
+        std::size_t head = pool.partial[cls] - 1;
+        PageMeta &h = meta_[head];
+        std::uintptr_t word0 = (head * page_) >> 10;  // 64 granules, 1 KiB, per word
+        for (std::size_t i = 0; i < (ci.slab_bytes >> 10) && got < want; ++i) {
+            std::uint64_t w = bits_[word0 + i];
+            while (w && got < want) {
+                unsigned b = static_cast<unsigned>(__builtin_ctzll(w));
+                w &= w - 1;
+                out[got++] = reinterpret_cast<void *>(base_ + ((word0 + i) << 10) + (std::uintptr_t{b} << 4));
+                --h.nfree;
             }
-            unsigned char *slab = carve(pool, ci.slab_bytes);
-            if (!slab) break;
-            std::size_t head = (reinterpret_cast<std::uintptr_t>(slab) - base_) / page_;
-            for (std::size_t i = 0; i < ci.slab_bytes / page_; ++i) {
-                PageMeta &m = meta_[head + i];
-                m.head = static_cast<std::uint32_t>(head);
-                m.kind = kSlab;
-                m.cls = static_cast<std::uint16_t>(cls);
-            }
-            meta_[head].npages = static_cast<std::uint32_t>(ci.slab_bytes / page_);
-            c.carved += blocks;
-            c.bump = reinterpret_cast<std::uintptr_t>(slab);
-            c.bump_end = c.bump + blocks * ci.size;
+            bits_[word0 + i] = w;
         }
-        out[got++] = reinterpret_cast<void *>(c.bump);
-        c.bump += ci.size;
+        if (!h.nfree) list_remove(pool.partial[cls], head);
     }
     if (stats_ && got) {
         stats_->out_bytes.fetch_add(std::uint64_t{got} * ci.size, std::memory_order_relaxed);
@@ -414,15 +604,28 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
     return got;
 }
 
-// Returns n blocks of class `cls` to the pool. pre: pool.lock held.
+// Returns n blocks of class `cls` to their slabs. pre: pool.lock held.
 void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
-    Pool::Central &c = pool.central[cls];
-    for (unsigned i = 0; i < n; ++i) c.stack[c.count++] = blocks[i];
-    if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * kClasses.info[cls].size, std::memory_order_relaxed);
+    const ClassInfo &ci = kClasses.info[cls];
+    const std::size_t per_slab = ci.slab_bytes / ci.size;
+    bool released = false;
+    for (unsigned i = 0; i < n; ++i) {
+        std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
+        bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
+        std::size_t head = meta_[off / page_].head;
+        PageMeta &h = meta_[head];
+        if (h.nfree++ == 0) list_push(pool.partial[cls], head);
+        if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
+            list_remove(pool.partial[cls], head);
+            std::memset(bits_ + ((head * page_) >> 10), 0, ci.slab_bytes >> 7);
+            release_pages(pool, head, h.npages);
+            released = true;
+        }
+    }
+    if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
+    if (released) maybe_purge(pool);
 }
 
-// The calling thread's cache for `pool`, made on first use. nullptr: the thread cannot
-// cache (exiting, or registered with another arena) or no memory for a cache.
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     if (!thread_ready(this, stats_)) return nullptr;
     ThreadState &ts = t_state;
@@ -479,30 +682,7 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
 
 // ---- large blocks (page runs) --------------------------------------------------------------
 
-// Free runs form a doubly linked list through the page table (never through the memory,
-// which stays zero). Only a free run's first and last pages are marked: the first for the
-// list, the last so that a run freed just after it can find it and merge.
-void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
-    PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
-    tail.head = h.head = static_cast<std::uint32_t>(head);
-    tail.kind = h.kind = kFreeRun;
-    tail.cls = h.cls = kLargeClass;
-    h.npages = static_cast<std::uint32_t>(npages);
-    h.prev_free = 0;
-    h.next_free = pool.free_runs;
-    if (pool.free_runs) meta_[pool.free_runs - 1].prev_free = static_cast<std::uint32_t>(head + 1);
-    pool.free_runs = static_cast<std::uint32_t>(head + 1);
-}
-
-void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
-    PageMeta &h = meta_[head];
-    if (h.prev_free) meta_[h.prev_free - 1].next_free = h.next_free;
-    else pool.free_runs = h.next_free;
-    if (h.next_free) meta_[h.next_free - 1].prev_free = h.prev_free;
-    h.next_free = h.prev_free = 0;
-}
-
-// Marks pages [head, head+npages) as one live run. pre: pool.lock held.
+// Marks pages [first, first+npages) as part of the live run at `head`. pre: pool.lock held.
 void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept {
     for (std::size_t i = first; i < first + npages; ++i) {
         PageMeta &m = meta_[i];
@@ -514,39 +694,13 @@ void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npag
 
 void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align) noexcept {
     Pool &pool = pools_[pool_index];
-    if (n > pool.end - pool.start || align > pool.end - pool.start) {
-        if (!warned_full_.exchange(true) && reporter_)
-            reporter_(LogLevel::warn, "a matching allocation is larger than the arena (it fails with ENOMEM)",
-                      "raise policy.max_arena");
-        if (stats_) stats_->denied.fetch_add(1);
-        errno = ENOMEM;
-        return nullptr;
-    }
+    if (n > pool.end - pool.start || align > pool.end - pool.start)
+        return out_of_space("a matching allocation is larger than the arena");
     std::size_t bytes = round_up(n ? n : 1, page_);
-    std::size_t want = bytes + (align > page_ ? align - page_ : 0);
-    std::uintptr_t run = 0, run_end = 0, at = 0;
+    std::uintptr_t at = 0;
     {
         Guard g(pool.lock);
-        // First fit among freed runs.
-        for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
-            PageMeta &m = meta_[r - 1];
-            if (std::size_t{m.npages} * page_ >= want) {
-                run = base_ + std::size_t{r - 1} * page_;
-                run_end = run + std::size_t{m.npages} * page_;
-                free_run_remove(pool, r - 1);
-                break;
-            }
-        }
-        if (!run) {
-            unsigned char *fresh = carve(pool, want);
-            if (!fresh) return nullptr;
-            run = reinterpret_cast<std::uintptr_t>(fresh);
-            run_end = run + want;
-        }
-        // Keep the aligned part asked for; the pages around it go back as free runs.
-        at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
-        if (at > run) free_run_insert(pool, (run - base_) / page_, (at - run) / page_);
-        if (run_end > at + bytes) free_run_insert(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
+        if (!(at = take_pages(pool, bytes, align))) return nullptr;
         std::size_t head = (at - base_) / page_, np = bytes / page_;
         mark_run(head, head, np);
         meta_[head].npages = static_cast<std::uint32_t>(np);
@@ -562,9 +716,10 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     return p;
 }
 
-// Wipes a page run. A locked page that is not resident was never touched (locked pages are
-// never swapped out), so it holds nothing: only resident pages are written, and a large,
-// mostly unused block is not paged in just to be zeroed. Unlocked pages are always wiped.
+// Wipes a page run. A locked page that is not resident was never touched or was given back
+// (locked pages are never swapped out), so it holds nothing: only resident pages are written,
+// and a large, mostly unused block is not paged in just to be zeroed. Unlocked pages are
+// always wiped.
 void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
     auto *at = static_cast<unsigned char *>(p);
     std::size_t first = (reinterpret_cast<std::uintptr_t>(p) - base_) / page_;
@@ -577,7 +732,7 @@ void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
             continue;
         }
         for (std::size_t i = 0; i < chunk / page_; ++i)
-            if ((resident[i] & 1) || !meta_[first + done / page_ + i].locked)
+            if ((resident[i] & 1) || !(meta_[first + done / page_ + i].flags & kLockedPage))
                 memlock_wipe(at + done + i * page_, page_);
     }
 }
@@ -588,29 +743,9 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     state_of(p) = kFreed;
     {
         Guard g(pool.lock);
-        std::size_t first = static_cast<std::size_t>(&head - meta_), np = head.npages;
-        std::size_t pool_first = (pool.start - base_) / page_, frontier = (pool.frontier - base_) / page_;
-        // Merge with the free runs on either side, so that freed memory is one run again.
-        std::size_t after = first + np;
-        if (after < frontier && meta_[after].kind == kFreeRun && meta_[after].head == after) {
-            np += meta_[after].npages;
-            free_run_remove(pool, after);
-        }
-        if (first > pool_first && meta_[first - 1].kind == kFreeRun) {
-            std::size_t before = meta_[first - 1].head;
-            np += meta_[before].npages;
-            free_run_remove(pool, before);
-            first = before;
-        }
-        if (first + np == frontier) {
-            // The run ends at the frontier: give the pages back to it (they stay committed
-            // and locked, and are carved again without a system call).
-            meta_[first].kind = kUnused;
-            pool.frontier = base_ + first * page_;
-        } else {
-            free_run_insert(pool, first, np);
-        }
+        release_pages(pool, static_cast<std::size_t>(&head - meta_), head.npages);
         if (stats_) stats_->out_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+        maybe_purge(pool);
     }
     thread_ready(this, stats_);
     if (t_state.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
@@ -629,12 +764,13 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
         Guard g(pool.lock);
         std::size_t frontier = (pool.frontier - base_) / page_;
         if (next == frontier) {
-            if (!carve(pool, extra * page_)) return false;
+            if (pool.end - pool.frontier < extra * page_ || !carve(pool, extra * page_)) return false;
         } else if (next < frontier && meta_[next].kind == kFreeRun && meta_[next].head == next &&
                    meta_[next].npages >= extra) {
             std::size_t rest = meta_[next].npages - extra;
             free_run_remove(pool, next);
             if (rest) free_run_insert(pool, next + extra, rest);
+            claim_pages(pool, next, extra);
         } else {
             return false;
         }
@@ -729,8 +865,8 @@ bool SecureArena::wipes(const void *p) const noexcept {
 
 // ---- fork and thread exit ------------------------------------------------------------------
 
-// Lock order: a pool's lock, then misc_lock_ (carve -> commit_and_lock holds the one and takes
-// the other). fork takes them in that order too.
+// Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
+// fork takes them in that order too.
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
     pthread_mutex_lock(&misc_lock_);
@@ -747,25 +883,24 @@ void SecureArena::postfork_child_locks() noexcept {
 }
 
 void SecureArena::postfork_child() noexcept {
-    // mlock is not inherited: lock again every run of pages that was locked in the parent.
+    // mlock is not inherited: lock again the range each pool locked at start-up (one call
+    // per pool; the pages in use fault in locked, the others lock as they are touched).
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        std::size_t first = (pool.start - base_) / page_, last = (pool.committed - base_) / page_;
-        std::size_t run = first;
-        for (std::size_t pg = first; pg <= last; ++pg) {
-            if (pg < last && meta_[pg].locked) continue;
-            if (pg > run) {
-                int rc = memlock_lock_onfault(reinterpret_cast<void *>(base_ + run * page_), (pg - run) * page_);
-                if (rc) {
-                    failed = rc;
-                    // Not locked in this process: such pages may be swapped, so they are
-                    // always wiped in full (wipe_run skips only locked, non-resident pages).
-                    for (std::size_t q = run; q < pg; ++q) meta_[q].locked = 0;
-                }
-            }
-            run = pg + 1;
+        if (pool.lock_end == pool.start) continue;
+        int rc = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
+        if (!rc) continue;
+        failed = rc;
+        // Not locked in this process: such pages may be swapped, so they are always wiped in
+        // full (wipe_run skips only locked, non-resident pages), and count as unlocked.
+        std::size_t first = (pool.start - base_) / page_, last = (pool.lock_end - base_) / page_;
+        for (std::size_t pg = first; pg < last; ++pg) {
+            if (meta_[pg].flags & kInUse) account(pool, pg, 1, -1);
+            meta_[pg].flags &= static_cast<std::uint8_t>(~kLockedPage);
+            if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
         }
+        pool.lock_end = pool.start;
     }
     if (failed) {
         if (stats_) stats_->lock_failures.fetch_add(1);

@@ -3,10 +3,16 @@
 // What it promises
 //   - One reservation of address space, split into up to kMaxPools pools, one per distinct
 //     action set of the rules (lock / dontdump / wipe). The reservation is marked
-//     MADV_DONTDUMP before any block is handed out (for pools with that action); memory is
-//     committed and mlocked in slabs of at least 64 KiB, never per allocation.
+//     MADV_DONTDUMP before any block is handed out (for pools with that action). A pool with
+//     the lock action locks its share of max_locked on fault at start-up; after start-up the
+//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them).
+//     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
-//     runs (memory is reused, not returned), so no lock is lost under a live secret.
+//     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
+//     are all free, which any class can then use) beyond a slack go back to the kernel after
+//     a delay (MADV_DONTNEED, or MADV_DONTNEED_LOCKED: they stay reserved, dontdump, locked).
+//   - A block the pool cannot hold (address space used up, larger than the pool) fails;
+//     under policy fallback the caller serves it elsewhere (serves_overflow()).
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -41,6 +47,11 @@ struct ArenaOptions {
     std::size_t max_locked = 64u << 20;
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
+    // Giving memory back: free pages beyond purge_slack go back to the kernel once
+    // purge_delay_ns has passed since the last purge, at once beyond purge_slack + purge_burst.
+    std::size_t purge_slack = 4u << 20;
+    std::size_t purge_burst = 28u << 20;
+    std::uint64_t purge_delay_ns = 100'000'000;
 };
 
 // Something the arena wants an operator to know: "<what>: <why>". It may be called with a
@@ -61,6 +72,9 @@ public:
     // A block of at least n bytes aligned to `align` (a power of two, >= 16) from pool
     // `pool`. nullptr with errno = ENOMEM when the pool is full or the lock policy denies.
     void *alloc(unsigned pool, std::size_t n, std::size_t align = 16) noexcept;
+    // Under policy fallback a block the arena cannot hold (address space used up, larger than
+    // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
+    bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }
     // pre: owns(p). Fatal on a double or invalid free. Preserves errno.
     void free(void *p) noexcept;
     // pre: owns(p). Grows a page run in place to at least n bytes when the pages after it
@@ -101,13 +115,26 @@ private:
     void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
     void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;
+    bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     PoolCache *cache_for(unsigned pool) noexcept;
+    void lock_at_start(Pool &pool, std::size_t budget) noexcept;
+    void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
-    int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes, bool &locked) noexcept;
+    int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
+    void *out_of_space(const char *what) noexcept;
+    void list_push(std::uint32_t &list, std::size_t head) noexcept;
+    void list_remove(std::uint32_t &list, std::size_t head) noexcept;
     void free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept;
     void free_run_remove(Pool &pool, std::size_t head) noexcept;
+    std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
+    void claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
+    std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
+    void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    void maybe_purge(Pool &pool) noexcept;
+    void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
     void note_peak() noexcept;
     std::uint8_t &state_of(const void *p) const noexcept {
@@ -125,10 +152,13 @@ private:
     ArenaReporter reporter_ = nullptr;
     PageMeta *meta_ = nullptr;       // one entry per page of the reservation
     std::uint8_t *state_ = nullptr;  // one byte per 16-byte granule of the reservation
+    std::uint64_t *bits_ = nullptr;  // one bit per granule: free blocks of the slabs
     Pool *pools_ = nullptr;          // npools_ entries, in a mapping of their own
     PoolCache *spare_caches_ = nullptr;  // caches of exited threads, under misc_lock_
-    pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // lock budget, spare caches
-    std::uint64_t locked_total_ = 0;     // under misc_lock_
+    pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
+    std::uint64_t locked_total_ = 0;     // bytes locked at start-up
+    int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
+    std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};
 };

@@ -545,13 +545,34 @@ int shim_dlclose(void *handle) noexcept {
     return rc;
 }
 
+// A matching allocation the arena cannot hold (its address space is used up, or the block is
+// larger than the arena) under policy fallback: the next allocator serves it, unprotected,
+// as it would without the shim. Counted, and reported once per process.
+void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
+    static std::atomic<bool> warned{false};
+    if (g_stats) g_stats->overflows.fetch_add(1);
+    if (!warned.exchange(true)) {
+        BusyScope busy;
+        char exe[256];
+        ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[len > 0 ? len : 0] = '\0';
+        log_msg(LogLevel::warn,
+                "%s (pid %d): the secure arena is full: matching allocations are served by the program's "
+                "allocator, unprotected (counted in overflows): raise policy.max_arena",
+                len > 0 ? exe : "?", static_cast<int>(::getpid()));
+    }
+    if (align <= 16) return zero ? g_next.calloc(1, n) : g_next.malloc(n);
+    return g_next.memalign(align, n);
+}
+
 // No BusyScope here: the arena never allocates, and reports through report(), which sets it.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
     // A size no allocator can serve (glibc refuses it too): ENOMEM, and neither counted as
     // denied nor reported, since it says nothing about the arena.
     if (n > static_cast<std::size_t>(PTRDIFF_MAX)) return errno = ENOMEM, nullptr;
     void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
-    if (p && zero && !g_arena.wipes(p)) std::memset(p, 0, n);
+    if (!p) return g_arena.serves_overflow() ? serve_from_next(n, align, zero) : nullptr;
+    if (zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;
 }
 

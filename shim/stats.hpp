@@ -71,6 +71,9 @@ struct StatsPage {
     std::atomic<std::uint64_t> denied;           // matching allocations refused (ENOMEM)
     std::atomic<std::uint64_t> out_bytes;        // bytes handed from the arena's central lists
     std::atomic<std::uint64_t> peak_bytes;       // high-water mark of out_bytes
+    std::atomic<std::uint64_t> overflows;        // matching allocations served by the next allocator
+                                                 // (arena full, policy fallback)
+    std::atomic<std::uint64_t> purged_bytes;     // arena memory given back to the kernel (wiped first)
     ThreadCounters retired;
     ThreadCounters shared;
     ThreadCounters slots[kStatsSlots];

@@ -440,6 +440,9 @@ public:
         }
     }
 
+    // Writes text to the child's stdin, which stays open. pre: started().
+    void send(const std::string &text) { detail::write_all_fd(in_, text.data(), text.size()); }
+
     // Closes the child's stdin, reads its remaining output and waits for it. SIGKILL after
     // timeout_ms (<= 0 = no limit).
     RunResult finish(int timeout_ms = 60000) {

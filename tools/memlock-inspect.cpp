@@ -74,7 +74,7 @@ void usage() {
         "\n"
         "Exit status (for health checks; with --all, the worst over all processes):\n"
         "  0   protected as configured\n"
-        "  1   degraded: lock failures, fallbacks, denied allocations or unlocked arena pages\n"
+        "  1   degraded: lock failures, fallbacks, denied or overflowing allocations, unlocked arena pages\n"
         "  2   not protected: no such process, the shim is not loaded or not active (with --all:\n"
         "      no shimmed process)\n"
         "  3   unknown: the kernel refuses to show the process (not dumpable, and no CAP_SYS_PTRACE);\n"
@@ -499,6 +499,8 @@ Report inspect(int pid) {
     check("fallbacks", "fallback(s): arena memory served unlocked (" + human_bytes(count("unlocked_bytes")) +
                            "; still excluded from core dumps and wiped)");
     check("denied", "matching allocation(s) refused (ENOMEM)");
+    check("overflows", "matching allocation(s) served by the program's allocator, unprotected: the arena was "
+                       "full (raise policy.max_arena)");
     const std::optional<bool> all_lock = c["all_rules_lock"].get<bool>();
     if (r.unlocked_kb > 0) {
         const std::string what = human_bytes(r.unlocked_kb * 1024) + " of arena memory is resident but not locked";
@@ -574,8 +576,9 @@ void print_text(const Report &r) {
         std::printf("    arena reserved %s, committed %s, locked %s of max_locked %s, unlocked %s\n",
                     b("reserved_bytes").c_str(), b("committed_bytes").c_str(), b("locked_bytes").c_str(),
                     b("max_locked").c_str(), b("unlocked_bytes").c_str());
-        std::printf("    lock failures %s, fallbacks %s, denied %s\n", u("lock_failures").c_str(),
-                    u("fallbacks").c_str(), u("denied").c_str());
+        std::printf("    lock failures %s, fallbacks %s, denied %s, overflows %s\n", u("lock_failures").c_str(),
+                    u("fallbacks").c_str(), u("denied").c_str(), u("overflows").c_str());
+        std::printf("    given back to the kernel %s\n", b("purged_bytes").c_str());
     }
     std::printf("  arena mappings (smaps, inside the arena's reservation):\n");
     for (const auto &g : r.arena)

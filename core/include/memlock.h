@@ -62,6 +62,16 @@ MEMLOCK_API int memlock_dontdump(void *addr, size_t len);
 /* madvise(addr, len, MADV_DODUMP), the reverse of memlock_dontdump. Same precondition. */
 MEMLOCK_API int memlock_dodump(void *addr, size_t len);
 
+/* madvise(addr, len, MADV_DONTNEED): gives the pages back to the kernel; the range stays
+ * mapped and reads as zero afterwards. The kernel refuses it (EINVAL) on locked pages.
+ * pre: addr page-aligned. */
+MEMLOCK_API int memlock_discard(void *addr, size_t len);
+/* madvise(addr, len, MADV_DONTNEED_LOCKED) (Linux >= 5.18): the same for locked pages,
+ * without unlocking them: the range stays locked (and charged to RLIMIT_MEMLOCK), and pages
+ * touched again are locked as they fault in, with no mlock call. EINVAL where the kernel
+ * lacks it (or a seccomp filter refuses the advice). pre: addr page-aligned. */
+MEMLOCK_API int memlock_discard_locked(void *addr, size_t len);
+
 /* ---- page-granular helpers ------------------------------------------------------------
  * Round [addr, addr+len) out to [page_floor(addr), page_ceil(addr+len)) and apply the call
  * to that range. Every byte on those pages is affected, including data that is not the

@@ -166,6 +166,30 @@ int memlock_dodump(void *addr, size_t len) {
 #endif
 }
 
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24
+#endif
+
+int memlock_discard(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_DONTDUMP
+    return call_madvise(addr, len, MADV_DONTNEED);
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_discard_locked(void *addr, size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_DONTDUMP
+    return call_madvise(addr, len, MADV_DONTNEED_LOCKED);
+#else
+    (void)addr;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
 // ---- page-granular helpers ------------------------------------------------------------------
 #define MEMLOCK_PAGES_BODY(thin)                                    \
     if (len == 0) return 0;                                         \

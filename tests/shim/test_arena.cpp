@@ -2,9 +2,11 @@
 // process of its own, so every test builds a fresh arena.
 #include <criterion/criterion.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstring>
@@ -22,6 +24,9 @@ namespace {
 SecureArena arena;
 mlshim::StatsPage *stats;
 
+// Purging as soon as anything is free (the unit tests' default is the shim's: 4 MiB of slack).
+bool g_purge_at_once = false;
+
 void make_arena(std::size_t max_locked = 64u << 20,
                 mlshim::LockFailurePolicy policy = mlshim::LockFailurePolicy::fallback,
                 std::size_t prealloc = 0, unsigned actions = mlshim::kActionAll) {
@@ -29,6 +34,7 @@ void make_arena(std::size_t max_locked = 64u << 20,
     cr_assert_not_null(stats);
     mlshim::ArenaOptions o;
     o.pool_bytes = 64u << 20;
+    if (g_purge_at_once) o.purge_slack = o.purge_burst = 0, o.purge_delay_ns = 0;
     o.max_locked = max_locked;
     o.on_lock_failure = policy;
     o.prealloc = prealloc;
@@ -195,15 +201,126 @@ int failing_mlock(const void *, std::size_t) { return EPERM; }
 int failing_mlock2(const void *, std::size_t, unsigned) { return EPERM; }
 }  // namespace
 
-Test(arena, an_mlock_error_follows_the_policy) {
+Test(arena, an_mlock_error_at_start_up_follows_the_policy) {
     memlock_syscalls fake{failing_mlock, nullptr, nullptr, failing_mlock2};
     memlock_set_syscalls(&fake);
     make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
     errno = 0;
     cr_assert_null(arena.alloc(0, 32));
     cr_assert_eq(errno, ENOMEM);
+    cr_assert_geq(stats->denied.load(), 1u);
+}
+
+namespace {
+std::atomic<int> g_lock_calls{0};
+int counting_mlock(const void *, std::size_t) { return ++g_lock_calls, 0; }
+int counting_mlock2(const void *a, std::size_t n, unsigned flags) {
+    ++g_lock_calls;
+    return static_cast<int>(::syscall(SYS_mlock2, a, n, flags)) ? errno : 0;
+}
+}  // namespace
+
+// A seccomp sandbox installed after start-up may kill on mlock: the arena locks its budget
+// once, at start-up, and after that neither new slabs, page runs, nor giving memory back
+// make a lock or unlock call.
+Test(arena, no_lock_call_after_start_up) {
+    memlock_syscalls fake{counting_mlock, counting_mlock, nullptr, counting_mlock2};
+    memlock_set_syscalls(&fake);
+    g_purge_at_once = true;
+    make_arena();
+    int at_start = g_lock_calls.load();
+    cr_assert_eq(at_start, 1, "one lock call for the pool's budget");
+    std::vector<void *> blocks;
+    for (int round = 0; round < 3; ++round) {
+        for (int i = 0; i < 20000; ++i) blocks.push_back(arena.alloc(0, i % 2 ? 48 : 3000));
+        for (int i = 0; i < 20; ++i) blocks.push_back(arena.alloc(0, 1u << 20));
+        for (void *b : blocks) arena.free(b);
+        blocks.clear();
+    }
+    cr_assert_eq(g_lock_calls.load(), at_start);
+    cr_assert_gt(stats->purged_bytes.load(), 0u);
     memlock_set_syscalls(nullptr);
-    cr_assert_not_null(arena.alloc(0, 32), "a later attempt locks again");
+}
+
+// Freed memory beyond the slack goes back to the kernel: it stays reserved, dontdump and
+// locked (on fault), and comes back zero-filled and locked.
+Test(arena, freed_memory_goes_back_to_the_kernel_and_returns_locked) {
+    g_purge_at_once = true;
+    make_arena();
+    std::vector<void *> blocks;
+    for (int i = 0; i < 20000; ++i) {
+        void *b = arena.alloc(0, 1000);
+        std::memset(b, 0x5a, 1000);
+        blocks.push_back(b);
+    }
+    void *big = arena.alloc(0, 8u << 20);
+    std::memset(big, 0x5a, 8u << 20);
+    std::uint64_t peak_committed = stats->committed_bytes.load();
+    cr_assert_geq(peak_committed, 20000u * 1000 + (8u << 20));
+    for (void *b : blocks) arena.free(b);
+    arena.free(big);
+    // What stays: the thread cache's blocks and the slabs they are in.
+    cr_assert_leq(stats->committed_bytes.load(), 1u << 20, "committed %llu after freeing everything",
+                  (unsigned long long)stats->committed_bytes.load());
+    cr_assert_leq(stats->locked_bytes.load(), stats->committed_bytes.load());
+    cr_assert_geq(stats->purged_bytes.load(), peak_committed - (1u << 20));
+    cr_assert(range_has_flag(big, 8u << 20, "dd"));
+    cr_assert(range_has_flag(big, 8u << 20, "lo"));
+    unsigned char resident[16];
+    cr_assert_eq(memlock_resident(big, 16 * 4096, resident), 0);
+    for (unsigned char r : resident) cr_assert_eq(r & 1, 0, "given back");
+    void *again = arena.alloc(0, 8u << 20);
+    cr_assert(all_zero(again, 8u << 20));
+    cr_assert(range_has_flag(again, 8u << 20, "lo"));
+    cr_assert_geq(stats->committed_bytes.load(), 8u << 20);
+    arena.free(again);
+}
+
+// A slab freed by one size class serves any other, and page runs: mixed phases stay within
+// 1.3x of their live bytes.
+Test(arena, slabs_freed_by_one_class_serve_another) {
+    make_arena();
+    const std::size_t sizes[] = {16, 200, 3000, 40, 100000};
+    std::uint64_t worst = 0;
+    for (std::size_t n : sizes) {
+        std::vector<void *> blocks;
+        std::size_t count = (24u << 20) / n;
+        for (std::size_t i = 0; i < count; ++i) blocks.push_back(arena.alloc(0, n));
+        std::uint64_t live = stats->out_bytes.load(), committed = stats->committed_bytes.load();
+        cr_assert_leq(committed * 10, live * 13, "size %zu: committed %llu for %llu live", n,
+                      (unsigned long long)committed, (unsigned long long)live);
+        worst = std::max<std::uint64_t>(worst, committed);
+        for (void *b : blocks) arena.free(b);
+    }
+    cr_assert_leq(worst, 40u << 20);
+}
+
+Test(arena, address_space_beyond_the_arena_is_a_few_percent) {
+    make_arena();
+    cr_assert_leq(stats->reserved_bytes.load(), (std::uint64_t{64} << 20) * 108 / 100, "reserved %llu for a 64 MiB arena",
+                  (unsigned long long)stats->reserved_bytes.load());
+}
+
+Test(arena, a_block_larger_than_the_arena_is_left_to_the_next_allocator_under_fallback) {
+    make_arena();
+    errno = 0;
+    cr_assert_null(arena.alloc(0, 128u << 20));
+    cr_assert(arena.serves_overflow());
+    cr_assert_eq(stats->denied.load(), 0u);
+}
+
+Test(arena, a_block_larger_than_the_arena_is_denied_under_deny) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
+    errno = 0;
+    cr_assert_null(arena.alloc(0, 128u << 20));
+    cr_assert_eq(errno, ENOMEM);
+    cr_assert_not(arena.serves_overflow());
+    cr_assert_eq(stats->denied.load(), 1u);
+}
+
+Test(arena, a_block_larger_than_the_arena_is_fatal_under_abort, .signal = SIGABRT) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::abort);
+    arena.alloc(0, 128u << 20);
 }
 
 Test(arena, prealloc_locks_up_front) {

@@ -1,0 +1,152 @@
+/* e2e_memory.c - arena memory that follows the live data.
+ *
+ *   e2e_memory phases ROUNDS    mixed-size phases (16, 200, 3000, 40 and 100000 bytes, 48 MiB
+ *                               each), each freed before the next. At each phase's peak prints
+ *                               "phase R.P live BYTES" (blocks and their pointer array), at
+ *                               the end of each round "drained R", and waits for a line on
+ *                               stdin (the test reads /proc/PID/smaps meanwhile)
+ *   e2e_memory huge BYTES       malloc(BYTES), then realloc of a small block to BYTES and back;
+ *                               checks the contents, prints "huge ok"
+ *   e2e_memory sandbox          installs a seccomp filter that kills the process on mlock,
+ *                               mlock2, munlock, mlockall and munlockall and answers EINVAL to
+ *                               madvise advice outside sshd's list (OpenSSH
+ *                               sandbox-seccomp-filter.c), then allocates and frees matched
+ *                               blocks through slab reuse, page runs and purging; prints
+ *                               "survived"
+ *
+ * Prints "pid N" first. Exits 1 if a block lost its contents.
+ */
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static int check(const unsigned char *p, size_t n, unsigned char v) {
+    for (size_t i = 0; i < n; i += 61)
+        if (p[i] != v) return 0;
+    return p[n - 1] == v;
+}
+
+static int phases(int rounds) {
+    static const size_t sizes[] = {16, 200, 3000, 40, 100000};
+    enum { kBytesPerPhase = 48 << 20 };
+    char line[16];
+    for (int r = 0; r < rounds; ++r) {
+        for (unsigned ph = 0; ph < sizeof sizes / sizeof *sizes; ++ph) {
+            size_t n = sizes[ph], count = kBytesPerPhase / n;
+            unsigned char **b = malloc(count * sizeof *b);
+            if (!b) return 2;
+            for (size_t i = 0; i < count; ++i) {
+                b[i] = malloc(n);
+                if (!b[i]) return 3;
+                memset(b[i], (int)(i & 0xff), n);
+            }
+            printf("phase %d.%u live %zu\n", r, ph, count * (n + sizeof *b));
+            fflush(stdout);
+            if (!fgets(line, sizeof line, stdin)) return 0;
+            int bad = 0;
+            for (size_t i = 0; i < count; ++i) {
+                bad |= !check(b[i], n, (unsigned char)(i & 0xff));
+                free(b[i]);
+            }
+            free(b);
+            if (bad) return 1;
+        }
+        printf("drained %d\n", r);
+        fflush(stdout);
+        if (!fgets(line, sizeof line, stdin)) return 0;
+    }
+    return 0;
+}
+
+static int huge(size_t n) {
+    unsigned char *p = malloc(n);
+    if (!p) { printf("malloc(%zu) failed: errno %d\n", n, errno); return 1; }
+    p[0] = 1, p[n - 1] = 2;
+    free(p);
+    unsigned char *q = malloc(100);
+    if (!q) return 1;
+    memset(q, 7, 100);
+    q = realloc(q, n);
+    if (!q) { printf("realloc(%zu) failed: errno %d\n", n, errno); return 1; }
+    if (!check(q, 100, 7)) return 1;
+    q[n - 1] = 3;
+    q = realloc(q, 200);
+    if (!q || !check(q, 100, 7)) return 1;
+    free(q);
+    printf("huge ok\n");
+    return 0;
+}
+
+#define KILL_ON(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS)
+
+static int install_filter(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        KILL_ON(__NR_mlock), KILL_ON(__NR_mlock2), KILL_ON(__NR_munlock), KILL_ON(__NR_mlockall),
+        KILL_ON(__NR_munlockall),
+        /* madvise: sshd allows NORMAL, DONTNEED, FREE, DONTFORK, DONTDUMP, WIPEONFORK; EINVAL otherwise */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 7),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_NORMAL, 5, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_DONTNEED, 4, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_FREE, 3, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_DONTDUMP, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_DONTFORK, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof *f), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+static int sandbox(void) {
+    if (install_filter()) { printf("seccomp: errno %d\n", errno); return 2; }
+    printf("filter installed\n");
+    fflush(stdout);
+    enum { kCount = 20000 };
+    static unsigned char *b[kCount];
+    for (int round = 0; round < 3; ++round) {
+        /* small blocks of several classes, then page runs: new slabs, slabs that empty and go
+           back to the free runs, runs merged and given back to the kernel */
+        for (int i = 0; i < kCount; ++i) {
+            size_t n = i % 3 == 0 ? 32 : i % 3 == 1 ? 1000 : 1500;
+            if (!(b[i] = malloc(n))) return 3;
+            memset(b[i], i & 0xff, n);
+        }
+        for (int i = 0; i < kCount; ++i) {
+            size_t n = i % 3 == 0 ? 32 : i % 3 == 1 ? 1000 : 1500;
+            if (!check(b[i], n, (unsigned char)(i & 0xff))) return 1;
+            free(b[i]);
+        }
+        for (int i = 0; i < 64; ++i) {
+            if (!(b[i] = malloc(1u << 20))) return 3;
+            memset(b[i], i, 1u << 20);
+        }
+        for (int i = 0; i < 64; ++i) free(b[i]);
+    }
+    printf("survived\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return 2;
+    printf("pid %d\n", (int)getpid());
+    fflush(stdout);
+    if (!strcmp(argv[1], "phases") && argc > 2) return phases(atoi(argv[2]));
+    if (!strcmp(argv[1], "huge") && argc > 2) return huge(strtoull(argv[2], NULL, 0));
+    if (!strcmp(argv[1], "sandbox")) return sandbox();
+    return 2;
+}
