@@ -44,7 +44,7 @@ PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%
 TOOLS := $(B)/memlock-run $(B)/memlock-inspect
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
-.PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
+.PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench proof-keys \
 	install uninstall clean FORCE
 
 all: deps core shim tools examples
@@ -270,6 +270,11 @@ $(B)/bench/%: bench/%.c
 
 bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs
 	python3 scripts/bench.py $(B)
+	python3 scripts/bench_daemons.py $(B)
+
+# The table of private-key copies in real daemons' dumps: no shim, size rules, the profiles.
+proof-keys: all
+	python3 scripts/keyproof.py --table --build $(B)
 
 # ---- install ----------------------------------------------------------------------------
 # Configs already in SYSCONFDIR/memlock-shim are kept (an operator may have edited them).

@@ -9,6 +9,7 @@ build-essential pkg-config binutils file git python3 perl
 libcriterion-dev nlohmann-json3-dev libunwind-dev
 clang-14 libclang-rt-14-dev
 gdb libcap2-bin util-linux openssl libjemalloc2
+nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-client curl wrk apache2-utils
 "
 
 missing=""
