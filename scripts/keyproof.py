@@ -515,7 +515,7 @@ def table(args, daemons):
             args.config = cfg or profile.get(d, os.path.join(TOP, "config", "openssl.json"))
             res = prove(args, d, args.port + 10 * i, False)
             if not res["ok"]:
-                cells[label] = {"*": "fails: " + res["error"][:80]}
+                cells[label] = {"*": "fails: " + res["error"].split(";")[0].split("\n")[0][:60]}
                 continue
             for dump in res["dumps"]:
                 cells.setdefault(label, {})[dump["process"]] = "%d + %d PEM" % (dump["components"], dump["pem"])

@@ -48,7 +48,8 @@ void usage() {
         "       memlock-inspect [--json] --all\n"
         "\n"
         "Shows what the memlock shim protects in a running process: the arena's mappings from\n"
-        "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; Locked kB), the shim's\n"
+        "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; the resident kB of\n"
+        "locked mappings), the shim's\n"
         "live counters (/dev/shm/memlock-shim.PID) and warnings. --all inspects every process that\n"
         "maps a /dev/shm/memlock-shim.* file. Reading another user's process needs root.\n"
         "\n"
@@ -146,14 +147,16 @@ std::vector<Region> read_arena(int pid, std::uint64_t arena_start, std::uint64_t
             f >> cur.size_kb;
         } else if (first == "Rss:") {
             f >> cur.rss_kb;
-        } else if (first == "Locked:") {
-            f >> cur.locked_kb;
         } else if (first == "VmFlags:") {
             std::string flag;
             while (f >> flag) {
                 cur.lo |= flag == "lo";
                 cur.dd |= flag == "dd";
             }
+            // Every resident page of a locked mapping is locked in this process. (smaps' own
+            // Locked: is a proportional share: a forked worker that shares pages with its
+            // parent would show a fraction of what it holds locked.)
+            cur.locked_kb = cur.lo ? cur.rss_kb : 0;
         }
     }
     flush();
