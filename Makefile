@@ -15,17 +15,34 @@ CC ?= gcc
 CXX ?= g++
 B := build
 
+# ARCH=aarch64 cross-builds everything into build/aarch64 with Debian's cross compiler
+# (g++-aarch64-linux-gnu); nlohmann_json (header only) still comes from /usr/include.
+ARCH ?= x86_64
+STRIP := strip
+ifeq ($(ARCH),aarch64)
+CC := aarch64-linux-gnu-gcc
+CXX := aarch64-linux-gnu-g++
+STRIP := aarch64-linux-gnu-strip
+B := build/aarch64
+EXTRA_INC := -idirafter /usr/include
+else ifneq ($(ARCH),x86_64)
+$(error ARCH=$(ARCH): only x86_64 and aarch64 are supported)
+endif
+
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wundef -Werror
 CFLAGS_COMMON := -O2 -g -fPIC $(WARN) -D_GNU_SOURCE -DMEMLOCK_VERSION='"$(VERSION)"'
 CXXSTD := -std=c++17
-CORE_INC := -Icore/include
+CORE_INC := -Icore/include $(EXTRA_INC)
 
 # The injected library: no builtin allocation folding (malloc+memset -> calloc would recurse),
 # initial-exec TLS, nothing exported but the hooks, its C++ runtime linked in and hidden.
 SHIM_CXXFLAGS := $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -fno-builtin -ftls-model=initial-exec \
-	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects
+	-fvisibility=hidden -fvisibility-inlines-hidden -fno-plt -flto=auto -ffat-lto-objects \
+	-DMEMLOCK_SHIM_SYSCONFDIR='"$(SYSCONFDIR)"'
 SHIM_LDFLAGS := -shared -flto=auto -O2 -static-libstdc++ -static-libgcc -Wl,--version-script=shim/exports.map \
 	-Wl,-z,now -Wl,-z,relro -Wl,--no-undefined -Wl,-Bsymbolic
+
+TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 
@@ -105,10 +122,11 @@ $(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) shim/expo
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
-# stats layout), so the tools and the shim cannot disagree.
+# stats layout), so the tools and the shim cannot disagree. The C++ runtime is linked in, so
+# that a tool copied onto an older system needs nothing but its libc (scripts/check-abi).
 $(B)/memlock-%: tools/memlock-%.cpp tools/tool.hpp $(wildcard shim/*.hpp) $(SHIM_LIB_OBJ) $(CORE_OBJ)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) -o $@
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(TOOL_LDFLAGS) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
@@ -134,8 +152,8 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 
 $(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) \
-	    -o $@ -lcriterion -lpthread
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' \
+	    $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lcriterion -lpthread
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
@@ -266,9 +284,10 @@ demo: all
 
 $(B)/bench/%: bench/%.c
 	@mkdir -p $(@D)
-	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread
+	$(CC) -std=gnu11 -O2 $(WARN) -fno-builtin $< -o $@ -lpthread -ldl
 
-bench: all $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs
+bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/fork_cost \
+       $(B)/bench/dl_cycle
 	python3 scripts/bench.py $(B)
 	python3 scripts/bench_daemons.py $(B)
 
@@ -298,6 +317,35 @@ install: core shim tools
 	install -m 644 deploy/systemd/memlock-shim.conf $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/systemd/
 	install -m 644 deploy/container/Dockerfile $(DESTDIR)$(DATADIR)/doc/memlock-shim/deploy/container/
 
+# ---- dist: the relocatable tarball ----------------------------------------------------------
+# dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
+# unpacked (the tools find ../lib/libmemlock_shim.so beside their own directory):
+#   bin/        memlock-run, memlock-inspect
+#   lib/        libmemlock_shim.so (it loads nothing but libc's libraries)
+# (debug info stripped; the symbol tables stay)
+#   etc/memlock-shim/  the shipped configs
+#   share/doc/memlock-shim/  README, docs, deploy examples;  LICENSE-*  at the top
+# Reproducible: sorted, owned by root, dated by the last commit, gzip without a name.
+DIST_NAME := memlock-shim-$(VERSION)-$(ARCH)-linux-gnu
+DIST_TREE := $(B)/dist/$(DIST_NAME)
+DIST_TAR := dist/$(DIST_NAME).tar.gz
+DIST_DATE := $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+.PHONY: dist
+dist: $(B)/libmemlock_shim.so $(TOOLS)
+	rm -rf $(DIST_TREE) && mkdir -p dist
+	install -d $(DIST_TREE)/bin $(DIST_TREE)/lib $(DIST_TREE)/etc/memlock-shim \
+	    $(DIST_TREE)/share/doc/memlock-shim/deploy
+	install -m 755 $(TOOLS) $(DIST_TREE)/bin/
+	install -m 755 $(B)/libmemlock_shim.so $(DIST_TREE)/lib/
+	$(STRIP) --strip-debug $(DIST_TREE)/bin/* $(DIST_TREE)/lib/*
+	install -m 644 config/*.json $(DIST_TREE)/etc/memlock-shim/
+	install -m 644 LICENSE-APACHE LICENSE-MIT $(DIST_TREE)/
+	install -m 644 README.md CHANGELOG.md docs/*.md $(DIST_TREE)/share/doc/memlock-shim/
+	cp -R deploy/. $(DIST_TREE)/share/doc/memlock-shim/deploy/
+	tar -C $(B)/dist --sort=name --owner=0 --group=0 --numeric-owner --mtime=@$(DIST_DATE) \
+	    -cf - $(DIST_NAME) | gzip -9n > $(DIST_TAR).tmp && mv $(DIST_TAR).tmp $(DIST_TAR)
+	@echo "dist: $(DIST_TAR)"
+
 uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libmemlock.a $(DESTDIR)$(LIBDIR)/libmemlock.so $(DESTDIR)$(LIBDIR)/libmemlock.so.0 \
 	    $(DESTDIR)$(LIBDIR)/libmemlock_shim.so $(DESTDIR)$(LIBDIR)/pkgconfig/memlock.pc \
@@ -306,6 +354,6 @@ uninstall:
 	rm -rf $(DESTDIR)$(SYSCONFDIR)/memlock-shim $(DESTDIR)$(DATADIR)/doc/memlock-shim
 
 clean:
-	rm -rf $(B)
+	rm -rf $(B) dist
 
 FORCE:

@@ -108,6 +108,32 @@ print(f"  ruled out by size (64 B under a depth-16 rule for 48 B): {ruled_out:.2
       f"vs glibc {g64:.2f} (+{ruled_out - g64:.2f})")
 
 
+print("== fork with about 4 MiB of matched 1 KiB blocks live: CPU per fork + child _exit + wait")
+FORK_COST = os.path.join(BUILD, "bench", "fork_cost")
+FORKS = int(os.environ.get("BENCH_FORKS", "300"))
+k1k = config("k1k", [{"name": "buffers", "size": 1024}])
+gf = best([FORK_COST, "4", str(FORKS)], None)
+row("glibc (baseline)", gf, gf, "us/fork")
+row("shim, match-none", best([FORK_COST, "4", str(FORKS)], NONE), gf, "us/fork")
+row("shim, size rule matching the blocks", best([FORK_COST, "4", str(FORKS)], k1k), gf, "us/fork")
+
+print("== dlopen + matching malloc + free + dlclose of a small library, libLLVM-14 loaded")
+DL_CYCLE = os.path.join(BUILD, "bench", "dl_cycle")
+SMALL_LIB = os.path.join(BUILD, "libs", "libsecretlib.so")
+LLVM = "/usr/lib/x86_64-linux-gnu/libLLVM-14.so.1"
+if os.path.exists(LLVM):
+    # One rule that matches the library's allocation and 15 that match nothing.
+    rules16 = [{"name": "helper", "symbol": "alloc_helper", "depth": 1, "size": 32}] + [
+        {"name": f"absent{i}", "symbol": f"no_such_function_{i}*", "depth": 1, "size": 32} for i in range(1, 16)]
+    sixteen = config("symbols16", rules16)
+    cyc = [DL_CYCLE, SMALL_LIB, "200", LLVM]
+    gd = best(cyc, None)
+    row("glibc (baseline)", gd, gd, "us/cycle")
+    row("shim, 16 symbol rules", best(cyc, sixteen), gd, "us/cycle")
+else:
+    print(f"  skipped: {LLVM} missing (package libllvm14)")
+
+
 def wall(argv, cfg, runs=RUNS, stdin=None):
     times = []
     for _ in range(runs):

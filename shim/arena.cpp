@@ -780,9 +780,12 @@ void SecureArena::postfork_parent() noexcept {
     for (unsigned i = npools_; i-- > 0;) pthread_mutex_unlock(&pools_[i].lock);
 }
 
-void SecureArena::postfork_child() noexcept {
+void SecureArena::postfork_child_locks() noexcept {
     pthread_mutex_init(&misc_lock_, nullptr);
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_init(&pools_[i].lock, nullptr);
+}
+
+void SecureArena::postfork_child() noexcept {
     // mlock is not inherited: lock again every run of pages that was locked in the parent.
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {

@@ -75,11 +75,12 @@ public:
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
 
-    // fork(2) support: take every lock before fork, release after; in the child, re-lock
-    // the pages that were locked (mlock is not inherited) and reset the thread caches of
-    // the threads that do not exist there.
+    // fork(2) support: take every lock before fork, release after (postfork_parent), or make
+    // them new in the child (postfork_child_locks). postfork_child re-locks the pages that
+    // were locked (mlock is not inherited) and gives the forking thread a stats slot.
     void prefork() noexcept;
     void postfork_parent() noexcept;
+    void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
     // Thread exit: returns the calling thread's cached blocks to the pools.
     void thread_exit() noexcept;

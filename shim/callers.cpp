@@ -39,9 +39,12 @@ struct Index {
 // Made by callers_init. The shim's constructor runs before C++ dynamic initialisers, so
 // every global here must be constant-initialised: no std::vector or std::string at
 // namespace scope.
+struct ObjectIndex;
 struct State {
     std::vector<CallerCondition> conditions;
     std::vector<char> reported;  // per condition: "matches nothing yet" said
+    std::vector<ObjectIndex> objects;  // what each loaded object adds, under g_build_lock
+    unsigned long long objects_read = 0;  // objects whose files were read, ever
 };
 State *g_state = nullptr;
 std::atomic<const Index *> g_index{nullptr};
@@ -220,39 +223,84 @@ bool module_matches(const std::string &glob, const std::string &path, const std:
            (!soname.empty() && glob_match(glob.c_str(), soname.c_str()));
 }
 
-Index *build_index() {
-    Collected c;
-    dl_iterate_phdr(collect_object, &c);
-    auto *idx = new Index();
-    idx->adds = c.adds;
-    idx->subs = c.subs;
-    const std::vector<CallerCondition> &conditions = g_state->conditions;
-    std::size_t n = conditions.size();
-    idx->symbol_ranges.resize(n);
-    idx->module_ranges.resize(n);
-    bool want_symbols = false;
-    for (const auto &cond : conditions) want_symbols |= !cond.symbol.empty();
-    std::string exe = self_exe_path();
-    for (Object &o : c.objects) {
-        idx->objects.insert(idx->objects.end(), o.segments.begin(), o.segments.end());
-        // The main executable has an empty name; the vDSO has no file.
-        std::string path = o.path.empty() ? exe : o.path;
-        ElfView elf(path);
-        std::string soname = elf.ok() ? elf.soname() : std::string();
-        for (std::size_t i = 0; i < n; ++i) {
-            const CallerCondition &cond = conditions[i];
-            if (!cond.module.empty() && module_matches(cond.module, path, soname))
-                idx->module_ranges[i].insert(idx->module_ranges[i].end(), o.code.begin(), o.code.end());
-        }
-        if (!want_symbols || !elf.ok()) continue;
+// What one loaded object adds to the index: read from its file once, while it stays loaded.
+struct ObjectIndex {
+    std::string path;
+    std::uintptr_t bias;
+    std::vector<Range> segments;
+    std::vector<std::vector<Range>> symbol_ranges;  // per condition
+    std::vector<std::vector<Range>> module_ranges;  // per condition
+};
+
+ObjectIndex read_object(Object &o, const std::vector<CallerCondition> &conditions, bool want_symbols) {
+    ObjectIndex oi{o.path, o.bias, std::move(o.segments), {}, {}};
+    const std::size_t n = conditions.size();
+    oi.symbol_ranges.resize(n);
+    oi.module_ranges.resize(n);
+    // The main executable has an empty name; the vDSO has no file.
+    std::string path = o.path.empty() ? self_exe_path() : o.path;
+    ElfView elf(path);
+    std::string soname = elf.ok() ? elf.soname() : std::string();
+    for (std::size_t i = 0; i < n; ++i) {
+        const CallerCondition &cond = conditions[i];
+        if (!cond.module.empty() && module_matches(cond.module, path, soname))
+            oi.module_ranges[i] = o.code;
+    }
+    if (want_symbols && elf.ok())
         elf.each_function([&](const char *name, std::uintptr_t value, std::size_t size) {
             for (std::size_t i = 0; i < n; ++i) {
                 const std::string &glob = conditions[i].symbol;
                 if (!glob.empty() && glob_match(glob.c_str(), name))
-                    idx->symbol_ranges[i].push_back(Range{o.bias + value, o.bias + value + size});
+                    oi.symbol_ranges[i].push_back(Range{o.bias + value, o.bias + value + size});
             }
         });
+    return oi;
+}
+
+// An index of the objects loaded now. Objects indexed before (same name, same load address)
+// are reused as they are; only objects loaded since are read. pre: g_build_lock held.
+Index *build_index() {
+    Collected c;
+    dl_iterate_phdr(collect_object, &c);
+    const std::vector<CallerCondition> &conditions = g_state->conditions;
+    const std::size_t n = conditions.size();
+    bool want_symbols = false;
+    for (const auto &cond : conditions) want_symbols |= !cond.symbol.empty();
+
+    std::vector<ObjectIndex> &known = g_state->objects;
+    std::vector<char> kept(known.size(), 0);
+    std::vector<ObjectIndex> now;
+    now.reserve(c.objects.size());
+    unsigned read = 0;
+    for (Object &o : c.objects) {
+        std::size_t k = 0;
+        while (k < known.size() && (kept[k] || known[k].bias != o.bias || known[k].path != o.path)) ++k;
+        if (k < known.size()) {
+            kept[k] = 1;
+            now.push_back(std::move(known[k]));
+        } else {
+            now.push_back(read_object(o, conditions, want_symbols));
+            ++read;
+        }
     }
+    known.swap(now);
+    g_state->objects_read += read;
+
+    auto *idx = new Index();
+    idx->adds = c.adds;
+    idx->subs = c.subs;
+    idx->symbol_ranges.resize(n);
+    idx->module_ranges.resize(n);
+    for (const ObjectIndex &oi : known) {
+        idx->objects.insert(idx->objects.end(), oi.segments.begin(), oi.segments.end());
+        for (std::size_t i = 0; i < n; ++i) {
+            idx->symbol_ranges[i].insert(idx->symbol_ranges[i].end(), oi.symbol_ranges[i].begin(),
+                                         oi.symbol_ranges[i].end());
+            idx->module_ranges[i].insert(idx->module_ranges[i].end(), oi.module_ranges[i].begin(),
+                                         oi.module_ranges[i].end());
+        }
+    }
+    log_msg(LogLevel::debug, "caller index: %zu loaded object(s), %u read", known.size(), read);
     sort_merge(idx->objects);
     for (std::size_t i = 0; i < n; ++i) {
         sort_merge(idx->symbol_ranges[i]);
@@ -271,16 +319,16 @@ Index *build_index() {
     return idx;
 }
 
-// Re-indexes when the loaded objects changed since `seen` (or `force`). Returns the index
-// in force.
-const Index *refresh(const Index *seen, bool force) noexcept {
+// Re-indexes when the loaded objects changed since `seen` (the loader's load and unload
+// counters moved). Returns the index in force.
+const Index *refresh(const Index *seen) noexcept {
     pthread_mutex_lock(&g_build_lock);
     const Index *now = g_index.load(std::memory_order_acquire);
     if (now == seen) {
+        g_changed.store(false, std::memory_order_relaxed);
         Collected c;
-        if (!force) dl_iterate_phdr(read_counters, &c);
-        if (force || c.adds != now->adds || c.subs != now->subs) {
-            g_changed.store(false, std::memory_order_relaxed);
+        dl_iterate_phdr(read_counters, &c);
+        if (c.adds != now->adds || c.subs != now->subs) {
             try {
                 now = build_index();
             } catch (...) {
@@ -332,7 +380,7 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vec
         if (contains((idx->*which)[id], pc)) return true;
         if (!contains(idx->objects, pc)) {
             // Code no indexed object covers: something was loaded since. Look again.
-            const Index *fresh = refresh(idx, false);
+            const Index *fresh = refresh(idx);
             if (fresh != idx) {
                 idx = fresh;
                 if (contains((idx->*which)[id], pc)) return true;
@@ -345,7 +393,7 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vec
 }  // namespace
 
 std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *)) {
-    g_state = new State{conditions, std::vector<char>(conditions.size(), 0)};
+    g_state = new State{conditions, std::vector<char>(conditions.size(), 0), {}, 0};
     g_warn = warn;
     g_unwind_depth = 1;
     for (const auto &c : conditions) {
@@ -368,7 +416,7 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
 __attribute__((always_inline)) inline bool caller_holds(unsigned id, const void *ra, CallerFrames &frames) noexcept {
     const Index *idx = g_index.load(std::memory_order_acquire);
     if (!idx) return false;
-    if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx, true);
+    if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx);
     const CallerCondition &c = g_state->conditions[id];
     if (!c.symbol.empty() && !in_frames(idx, &Index::symbol_ranges, id, c.symbol_depth, ra, frames)) return false;
     if (!c.module.empty() && !in_frames(idx, &Index::module_ranges, id, c.module_depth, ra, frames)) return false;
@@ -389,7 +437,16 @@ int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
 
 void callers_prefork() noexcept { pthread_mutex_lock(&g_build_lock); }
 void callers_postfork() noexcept { pthread_mutex_unlock(&g_build_lock); }
+void callers_postfork_child() noexcept { pthread_mutex_init(&g_build_lock, nullptr); }
 
 void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }
+
+unsigned long long callers_objects_read() noexcept {
+    if (!g_state) return 0;
+    pthread_mutex_lock(&g_build_lock);
+    unsigned long long n = g_state->objects_read;
+    pthread_mutex_unlock(&g_build_lock);
+    return n;
+}
 
 }  // namespace mlshim

@@ -3,8 +3,10 @@
 // What it promises
 //   - Names and objects are resolved to address ranges ahead of time, never per allocation:
 //     at start-up for the objects loaded then, and again when the set of loaded objects
-//     changes (an allocation from an address no indexed object covers, after a dlopen; any
-//     dlclose, which the shim interposes).
+//     changes (an allocation from an address no indexed object covers, after a dlopen; a
+//     dlclose, which the shim interposes, that unloaded something). Only objects loaded
+//     since the last index are read from disk; the others' ranges are kept while they stay
+//     loaded, and a dlclose that unloads nothing changes nothing.
 //   - Function names come from each object's on-disk symbol tables (.dynsym and, where the
 //     file has one, .symtab); objects match a module glob by path, basename or soname.
 //   - The immediate caller (depth 1) costs one lookup: it is the interposed function's return
@@ -48,13 +50,19 @@ struct CallerFrames {
 // Globs that match nothing yet are reported through `warn` (once each).
 std::string callers_init(const std::vector<CallerCondition> &conditions, void (*warn)(const char *text));
 
-// The set of loaded objects changed (dlclose): re-index before the next lookup.
+// The set of loaded objects may have changed (dlclose): the next lookup checks the loader's
+// load and unload counters, and re-indexes if they moved.
 void callers_objects_changed() noexcept;
 
+// How many loaded objects were read from disk to index them, since callers_init.
+unsigned long long callers_objects_read() noexcept;
+
 // fork(2): hold the index's build lock across the fork, so that neither process inherits it
-// held by a thread that does not exist there. postfork releases it (parent and child).
+// held by a thread that does not exist there. postfork releases it in the parent;
+// postfork_child makes it new in the child.
 void callers_prefork() noexcept;
 void callers_postfork() noexcept;
+void callers_postfork_child() noexcept;
 
 }  // namespace mlshim
 

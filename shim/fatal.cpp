@@ -81,17 +81,41 @@ void log_configure(LogLevel level, int fd) noexcept {
 
 bool log_enabled(LogLevel level) noexcept { return level <= g_level; }
 
+std::size_t escape_into(char *out, std::size_t cap, const char *in, std::size_t len) noexcept {
+    std::size_t used = 0;
+    for (std::size_t i = 0; i < len; ++i) {
+        const unsigned char c = static_cast<unsigned char>(in[i]);
+        if (c >= 0x20 && c != 0x7f && c != '\\') {
+            if (used + 1 > cap) break;
+            out[used++] = static_cast<char>(c);
+        } else {
+            if (used + 4 > cap) break;
+            out[used++] = '\\';
+            out[used++] = 'x';
+            out[used++] = "0123456789abcdef"[c >> 4];
+            out[used++] = "0123456789abcdef"[c & 0xf];
+        }
+    }
+    return used;
+}
+
 void log_msg(LogLevel level, const char *fmt, ...) noexcept {
     if (!log_enabled(level)) return;
     int saved = errno;
-    char buf[1024];
-    int head = std::snprintf(buf, sizeof buf, "memlock-shim: %s: ", level_name(level));
+    char body[768];
     va_list ap;
     va_start(ap, fmt);
-    int body = std::vsnprintf(buf + head, sizeof buf - static_cast<std::size_t>(head) - 1, fmt, ap);
+    int n = std::vsnprintf(body, sizeof body, fmt, ap);
     va_end(ap);
-    std::size_t len = static_cast<std::size_t>(head);
-    if (body > 0) len += std::min(static_cast<std::size_t>(body), sizeof buf - len - 2);
+    std::size_t body_len = n < 0 ? 0 : std::min(static_cast<std::size_t>(n), sizeof body - 1);
+    char buf[1024];
+    std::size_t len = static_cast<std::size_t>(
+        std::snprintf(buf, sizeof buf, "memlock-shim: %s: ", level_name(level)));
+    len += escape_into(buf + len, sizeof buf - len - 96, body, body_len);
+    len += static_cast<std::size_t>(std::snprintf(buf + len, 32, " (program "));
+    const char *prog = program_invocation_short_name ? program_invocation_short_name : "?";
+    len += escape_into(buf + len, 48, prog, std::strlen(prog));
+    len += static_cast<std::size_t>(std::snprintf(buf + len, 24, ", pid %d)", static_cast<int>(::getpid())));
     buf[len++] = '\n';
     write_all(g_fd, buf, len);
     errno = saved;

@@ -16,9 +16,15 @@ namespace mlshim {
 // Where log lines go and which are kept. Default: stderr, warn.
 void log_configure(LogLevel level, int fd) noexcept;
 bool log_enabled(LogLevel level) noexcept;
-// Writes "memlock-shim: <level>: <formatted>\n" with one write(2). Formats into a stack
-// buffer (vsnprintf with %s/%d/%zu-style conversions only, which do not allocate).
+// Writes "memlock-shim: <level>: <formatted> (program <name>, pid <pid>)\n" with one write(2).
+// Formats into a stack buffer (vsnprintf with %s/%d/%zu-style conversions only, which do not
+// allocate). Control characters, DEL and backslashes of the formatted text and of the
+// program's name are written as \xNN, so no string from a config or the environment can
+// start a line of its own or hide in one.
 void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+// Copies in[0, len) into out (at most cap bytes), escaping as log_msg does. Returns bytes written.
+std::size_t escape_into(char *out, std::size_t cap, const char *in, std::size_t len) noexcept;
 
 }  // namespace mlshim
 

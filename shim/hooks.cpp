@@ -95,8 +95,8 @@ SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) 
     if (pool < 0) return g_next.posix_memalign(memptr, align, n);
     int saved = errno;
     void *q = arena_alloc(pool, n, align < kMinAlign ? kMinAlign : align, false);
+    if (!q) return ENOMEM;  // errno = ENOMEM too, as glibc's; *memptr untouched
     errno = saved;
-    if (!q) return ENOMEM;  // *memptr untouched
     *memptr = q;
     return 0;
 }

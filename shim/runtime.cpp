@@ -3,8 +3,12 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <gnu/lib-names.h>
+#include <link.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/auxv.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -99,8 +103,49 @@ void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) {
     return g_next.realloc(p, n);
 }
 
-template <typename F> F lookup(const char *name, F fallback) {
-    void *f = dlsym(RTLD_NEXT, name);
+// The version libc's own definition of `name` carries ("GLIBC_2.2.5" for malloc on x86-64,
+// "GLIBC_2.17" on arm64, "GLIBC_2.16" for aligned_alloc...), read from libc's version
+// tables at run time; nullptr if it has none.
+const char *libc_version_of(void *libc, const char *name) noexcept {
+    void *f = libc ? dlsym(libc, name) : nullptr;
+    Dl_info info;
+    void *symp = nullptr, *mapp = nullptr;
+    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP) ||
+        !mapp)
+        return nullptr;
+    const auto *sym = static_cast<const ElfW(Sym) *>(symp);
+    const auto *map = static_cast<const link_map *>(mapp);
+    const ElfW(Sym) *symtab = nullptr;
+    const ElfW(Half) *versym = nullptr;
+    const ElfW(Verdef) *verdef = nullptr;
+    const char *strtab = nullptr;
+    // The loader relocates these entries in place on most CPUs; where it does not, they
+    // are still offsets from the load address.
+    auto at = [map](ElfW(Addr) a) { return a < map->l_addr ? a + map->l_addr : a; };
+    for (const ElfW(Dyn) *d = map->l_ld; d && d->d_tag != DT_NULL; ++d) {
+        if (d->d_tag == DT_SYMTAB) symtab = reinterpret_cast<const ElfW(Sym) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERSYM) versym = reinterpret_cast<const ElfW(Half) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERDEF) verdef = reinterpret_cast<const ElfW(Verdef) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_STRTAB) strtab = reinterpret_cast<const char *>(at(d->d_un.d_ptr));
+    }
+    if (!symtab || !versym || !verdef || !strtab || sym < symtab) return nullptr;
+    const ElfW(Half) ndx = versym[sym - symtab] & 0x7fff;
+    for (const ElfW(Verdef) *v = verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
+                                               reinterpret_cast<const char *>(v) + v->vd_next)) {
+        if (v->vd_ndx == ndx && !(v->vd_flags & VER_FLG_BASE))
+            return strtab + reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
+        if (!v->vd_next) return nullptr;
+    }
+}
+
+// The next definition of `name`. An allocator that exports only versioned symbols (glibc's
+// libc_malloc_debug.so) is invisible to an unversioned lookup, so the version libc's own
+// definition carries is asked for first; unversioned definitions (jemalloc, mimalloc) match
+// a versioned lookup too.
+template <typename F> F lookup(void *libc, const char *name, F fallback) {
+    const char *version = libc_version_of(libc, name);
+    void *f = version ? dlvsym(RTLD_NEXT, name, version) : nullptr;
+    if (!f) f = dlsym(RTLD_NEXT, name);
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 
@@ -111,19 +156,20 @@ void resolve_next() noexcept {
     pthread_mutex_lock(&lock);
     if (!done.load(std::memory_order_relaxed)) {
         t_resolving = true;
+        void *libc = dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD);
         NextAllocator n{};
-        n.malloc = lookup<decltype(n.malloc)>("malloc", nullptr);
-        n.free = lookup<decltype(n.free)>("free", nullptr);
-        n.calloc = lookup<decltype(n.calloc)>("calloc", nullptr);
-        n.realloc = lookup<decltype(n.realloc)>("realloc", nullptr);
-        n.reallocarray = lookup<decltype(n.reallocarray)>("reallocarray", fallback_reallocarray);
-        n.posix_memalign = lookup<decltype(n.posix_memalign)>("posix_memalign", nullptr);
-        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>("aligned_alloc", nullptr);
-        n.memalign = lookup<decltype(n.memalign)>("memalign", nullptr);
-        n.valloc = lookup<decltype(n.valloc)>("valloc", nullptr);
-        n.pvalloc = lookup<decltype(n.pvalloc)>("pvalloc", nullptr);
-        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>("malloc_usable_size", nullptr);
-        t_resolving = false;
+        n.malloc = lookup<decltype(n.malloc)>(libc, "malloc", nullptr);
+        n.free = lookup<decltype(n.free)>(libc, "free", nullptr);
+        n.calloc = lookup<decltype(n.calloc)>(libc, "calloc", nullptr);
+        n.realloc = lookup<decltype(n.realloc)>(libc, "realloc", nullptr);
+        n.reallocarray = lookup<decltype(n.reallocarray)>(libc, "reallocarray", fallback_reallocarray);
+        n.posix_memalign = lookup<decltype(n.posix_memalign)>(libc, "posix_memalign", nullptr);
+        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>(libc, "aligned_alloc", nullptr);
+        n.memalign = lookup<decltype(n.memalign)>(libc, "memalign", nullptr);
+        n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
+        n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
+        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
+        t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
             fatal("cannot find the next allocator's functions (dlsym RTLD_NEXT failed)");
@@ -144,108 +190,234 @@ void report(LogLevel level, const char *what, const char *why) noexcept {
     log_msg(level, "%s: %s", what, why);
 }
 
-// Lock order across fork: the caller index's build lock, then the arena's locks (an index
-// rebuild allocates, so it may take arena locks while holding the build lock).
+// ---- fork ------------------------------------------------------------------------------
+//
+// glibc's fork runs the prepare handlers, then takes the stdio list lock, then its own
+// allocator's locks (malloc/arena.c, __malloc_fork_lock_parent), so that a thread holding a
+// FILE lock while it allocates never waits for a forking thread that waits for that FILE.
+// The shim's prepare handler runs before that point, so it takes the stdio list lock first
+// itself (it is recursive: fork takes it again in the same thread), then the caller index's
+// build lock, then the arena's locks: the order glibc's own allocator has. Like glibc, it
+// takes no lock at all when the process is single-threaded (fork from a signal handler that
+// interrupted an allocation then behaves as under glibc), and none in a fork nested inside a
+// fork of the same thread (a signal handler that forks while fork runs): the outer fork
+// holds them, and signals are blocked while they are taken and released, so they are held
+// either all or none. docs/shim.md gives the argument in full.
+extern "C" void _IO_list_lock(void);
+extern "C" void _IO_list_unlock(void);
+extern "C" void _IO_list_resetlock(void);
+
+const char *g_single_threaded = nullptr;  // glibc's __libc_single_threaded (2.32 and later)
+__thread unsigned t_fork_depth __attribute__((tls_model("initial-exec"))) = 0;
+__thread bool t_fork_locked __attribute__((tls_model("initial-exec"))) = false;
+
+bool single_threaded() noexcept { return g_single_threaded && *g_single_threaded; }
+
 void atfork_prepare() {
     if (!g_active) return;
+    if (t_fork_depth++ > 0 || single_threaded()) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    _IO_list_lock();
     callers_prefork();
     g_arena.prefork();
+    t_fork_locked = true;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_parent() {
     if (!g_active) return;
+    if (t_fork_depth > 1 || !t_fork_locked) {
+        --t_fork_depth;
+        return;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     g_arena.postfork_parent();
     callers_postfork();
+    _IO_list_unlock();
+    t_fork_locked = false;
+    --t_fork_depth;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_child() {
     if (!g_active) return;
-    callers_postfork();
+    // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
+    // them to the outer fork, which releases them in this process too.
+    bool outermost = t_fork_depth == 1;
+    --t_fork_depth;
+    if (outermost && t_fork_locked) {
+        t_fork_locked = false;
+        callers_postfork_child();
+        g_arena.postfork_child_locks();
+        _IO_list_resetlock();
+    }
     g_stats = stats_recreate_after_fork(g_stats);
     g_arena.set_stats(g_stats);
     g_arena.postfork_child();
 }
 
-// Removes stats files of processes that no longer exist.
-void sweep_stale_stats() noexcept {
-    DIR *d = opendir("/dev/shm");
-    if (!d) return;
-    while (dirent *e = readdir(d)) {
-        const char *prefix = "memlock-shim.";
-        if (std::strncmp(e->d_name, prefix, std::strlen(prefix)) != 0) continue;
-        char *end = nullptr;
-        long pid = std::strtol(e->d_name + std::strlen(prefix), &end, 10);
-        if (pid <= 0 || *end) continue;
-        if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;
-        char path[64];
-        ::unlink(stats_path(static_cast<int>(pid), path, sizeof path));
-    }
-    closedir(d);
-}
-
+// The executable: /proc/self/exe, else what the loader was given (AT_EXECFN, which exists
+// without /proc). Empty when neither is known.
 std::string self_exe() {
     char buf[4096];
     ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-    if (n <= 0) return std::string();
-    buf[n] = '\0';
-    return std::string(buf);
+    if (n > 0) {
+        buf[n] = '\0';
+        return std::string(buf);
+    }
+    const char *execfn = reinterpret_cast<const char *>(::getauxval(AT_EXECFN));
+    return execfn ? std::string(execfn) : std::string();
 }
+
+// The process that read the config (its fork children are not): the only one that writes
+// stats.file at exit.
+pid_t g_config_pid = 0;
+
+// Is `path` a regular file, and its directory, owned by root and writable by nobody else?
+// Used for the system configuration, the only one a secure-execution process reads.
+bool root_owned_config(const char *path) noexcept {
+    struct stat st;
+    char dir[4096];
+    const char *slash = std::strrchr(path, '/');
+    std::size_t dlen = slash ? static_cast<std::size_t>(slash - path) : 0;
+    if (dlen == 0 || dlen >= sizeof dir) return false;
+    std::memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+    auto safe = [&](const char *p, bool want_dir) {
+        return ::lstat(p, &st) == 0 && st.st_uid == 0 && !(st.st_mode & (S_IWGRP | S_IWOTH)) &&
+               (want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode));
+    };
+    return safe(dir, true) && safe(path, false);
+}
+
+// Opens a log or stats destination: no symlink followed, no blocking on a FIFO, created
+// 0600, regular files only. Returns the fd or -1 with errno (ELOOP: a symlink; EINVAL or
+// ENXIO, a FIFO nobody reads: not a regular file).
+int open_output(const char *path, int extra_flags) noexcept {
+    const int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags,
+                          0600);
+    if (fd < 0) return -1;
+    struct stat st;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
+#ifndef MEMLOCK_SHIM_SYSCONFDIR
+#define MEMLOCK_SHIM_SYSCONFDIR "/usr/local/etc"
+#endif
+// The system configuration: used when MEMLOCK_SHIM_CONFIG is not set (system-wide mode), and
+// the only one a secure-execution process reads. Fixed at build time (SYSCONFDIR).
+constexpr const char *kSystemConfig = MEMLOCK_SHIM_SYSCONFDIR "/memlock-shim/config.json";
 
 // Documented exit statuses of a program the shim refuses to start.
 constexpr int kExitConfig = 78;  // EX_CONFIG: the config is missing or invalid
 constexpr int kExitOsErr = 71;   // EX_OSERR: the arena could not be set up
 
+// A copy of s with control characters escaped (fatal.hpp, escape_into).
+std::string escaped(const std::string &s) {
+    std::string out(s.size() * 4, '\0');
+    out.resize(escape_into(&out[0], out.size(), s.data(), s.size()));
+    return out;
+}
+
 [[noreturn]] void refuse(int status, const std::string &why, const std::string &exe) {
-    std::string msg = "memlock-shim: " + why + "\nmemlock-shim: refusing to run " + exe +
-                      " unprotected (exit " + std::to_string(status) +
+    std::string msg = "memlock-shim: " + escaped(why) + "\nmemlock-shim: refusing to run " + escaped(exe) +
+                      " (pid " + std::to_string(::getpid()) + ") unprotected (exit " + std::to_string(status) +
                       "); fix this or set MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected\n";
     ssize_t ignored = ::write(STDERR_FILENO, msg.data(), msg.size());
     (void)ignored;
     ::_exit(status);
 }
 
+// MEMLOCK_SHIM_ON_CONFIG_ERROR, read and checked at every start (ignored under secure
+// execution): true = run-unprotected. A value other than "fail", "run-unprotected" or empty
+// is reported and the default (fail) applies.
+bool g_run_unprotected = false;
+
+void read_config_error_policy(bool secure) {
+    const char *v = secure ? nullptr : std::getenv("MEMLOCK_SHIM_ON_CONFIG_ERROR");
+    if (!v || !*v || std::strcmp(v, "fail") == 0) return;
+    if (std::strcmp(v, "run-unprotected") == 0) {
+        g_run_unprotected = true;
+        return;
+    }
+    log_msg(LogLevel::warn, "MEMLOCK_SHIM_ON_CONFIG_ERROR=\"%.64s\" is not \"run-unprotected\" or \"fail\": a "
+                            "config error will stop this program (fail)", v);
+}
+
 // Fails closed unless the operator asked to run unprotected.
 void startup_error(int status, const std::string &why, const std::string &exe) {
-    const char *override_env = std::getenv("MEMLOCK_SHIM_ON_CONFIG_ERROR");
-    if (override_env && std::strcmp(override_env, "run-unprotected") == 0) {
+    if (g_run_unprotected) {
         log_msg(LogLevel::error, "%s", why.c_str());
         log_msg(LogLevel::warn, "running %s UNPROTECTED (MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected)",
                 exe.c_str());
         return;
     }
-    if (override_env && *override_env && std::strcmp(override_env, "fail") != 0)
-        refuse(status, why + " (and MEMLOCK_SHIM_ON_CONFIG_ERROR=\"" + override_env +
-                           "\" is not \"run-unprotected\" or \"fail\")", exe);
     refuse(status, why, exe);
 }
 
 void runtime_start() {
     std::string exe = self_exe();
-    const char *path = std::getenv("MEMLOCK_SHIM_CONFIG");
+    // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
+    // programs): the environment belongs to the caller. Only the system config counts.
+    const bool secure = ::getauxval(AT_SECURE) != 0;
+    read_config_error_policy(secure);
+    const char *env_path = secure ? nullptr : std::getenv("MEMLOCK_SHIM_CONFIG");
+    const char *path = env_path;
     if (!path || !*path) {
-        log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
-                                "passes through");
-        return;
+        struct stat st;
+        if (::lstat(kSystemConfig, &st) != 0) {
+            // Silent when loaded system-wide (/etc/ld.so.preload): every program on the host
+            // would say it.
+            const char *preload = secure ? nullptr : std::getenv("LD_PRELOAD");
+            if (preload && std::strstr(preload, "libmemlock_shim"))
+                log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
+                                        "passes through");
+            return;
+        }
+        if (!root_owned_config(kSystemConfig)) {
+            // One line, and nothing read from the file.
+            log_msg(LogLevel::warn, "%s: ignored (it and its directory must be owned by root and not writable by "
+                                    "group or others): running unprotected", kSystemConfig);
+            return;
+        }
+        path = kSystemConfig;
     }
     auto *config = new Config();
     std::string error;
     if (!load_config_file(path, *config, error)) return startup_error(kExitConfig, error, exe);
-    if (!program_matches(*config, exe.c_str())) {
+    if (exe.empty() && !config->programs.empty())
+        log_msg(LogLevel::warn, "cannot tell which program this is (no /proc/self/exe, no AT_EXECFN): applying %s, "
+                                "whose programs list may not name it", path);
+    else if (!program_matches(*config, exe.c_str())) {
         log_msg(LogLevel::info, "%s: config %s does not apply to this program", exe.c_str(), path);
         return;
     }
 
     int log_fd = STDERR_FILENO;
     if (config->log_file != "stderr") {
-        log_fd = ::open(config->log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
-        if (log_fd < 0)
+        log_fd = open_output(config->log_file.c_str(), O_APPEND);
+        if (log_fd < 0) {
+            const int err = errno;
             return startup_error(kExitConfig,
                                  std::string(path) + ": log.file: cannot open " + config->log_file + ": " +
-                                     memlock_strerror(errno),
+                                     (err == ELOOP                    ? "it is a symbolic link"
+                                      : err == EINVAL || err == ENXIO ? "not a regular file"
+                                                                      : memlock_strerror(err)),
                                  exe);
+        }
     }
     log_configure(config->log_level, log_fd);
 
     RuleTable table = compile_rules(config->rules);
     g_config = config;
+    g_config_pid = ::getpid();
     if (table.rules.empty()) {
         log_msg(LogLevel::info, "config %s has no rules: nothing to protect", path);
         return;
@@ -256,9 +428,13 @@ void runtime_start() {
         std::string why = callers_init(conditions, [](const char *text) { log_msg(LogLevel::warn, "%s", text); });
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }
-    sweep_stale_stats();
     g_stats = stats_create(true);
-    if (g_stats) g_stats->rules = g_nrules;
+    if (g_stats) {
+        g_stats->rules = g_nrules;
+        bool all_lock = true;
+        for (const auto &r : config->rules) all_lock &= (r.actions & kActionLock) != 0;
+        if (all_lock) g_stats->flags |= kStatsAllRulesLock;
+    }
     ArenaOptions opts;
     opts.pool_bytes = config->policy.max_arena;
     opts.max_locked = config->policy.max_locked;
@@ -273,6 +449,7 @@ void runtime_start() {
     if (rc)
         return startup_error(kExitOsErr, std::string("cannot set up the secure arena: ") + memlock_strerror(rc),
                              exe);
+    g_single_threaded = static_cast<const char *>(dlsym(RTLD_DEFAULT, "__libc_single_threaded"));
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (g_stats) g_stats->active.store(1);
     g_active = true;
@@ -282,13 +459,16 @@ void runtime_start() {
     g_window.span = table.hi - table.lo;
 }
 
+// Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
+// renamed into place, so that no reader sees it half written. Only in the process that read
+// the config: a fork child may run in a sandbox (sshd's seccomp child) that kills it for an
+// open or a rename, so its exit path makes no system call malloc would not make.
 void write_stats_file() noexcept {
-    if (!g_config || g_config->stats_file.empty() || !g_stats) return;
-    // Expand %p to the pid (and %% to %).
+    if (!g_config || g_config->stats_file.empty() || !g_stats || ::getpid() != g_config_pid) return;
     char path[4096];
     std::size_t used = 0;
     const std::string &pattern = g_config->stats_file;
-    for (std::size_t i = 0; i < pattern.size() && used + 24 < sizeof path; ++i) {
+    for (std::size_t i = 0; i < pattern.size() && used + 24 < sizeof path - 32; ++i) {
         if (pattern[i] == '%' && i + 1 < pattern.size() && pattern[i + 1] == 'p') {
             used += static_cast<std::size_t>(std::snprintf(path + used, sizeof path - used, "%d", ::getpid()));
             ++i;
@@ -300,16 +480,20 @@ void write_stats_file() noexcept {
         }
     }
     path[used] = '\0';
+    char tmp[sizeof path];
+    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
     char json[2048];
     std::size_t len = stats_format_json(*g_stats, json, sizeof json);
-    int fd = ::open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(errno));
-        return;
+    int fd = open_output(tmp, O_EXCL);
+    bool ok = fd >= 0 && ::write(fd, json, len) == static_cast<ssize_t>(len);
+    int err = errno;
+    if (fd >= 0) {
+        ok = ::close(fd) == 0 && ok;
+        if (ok) ok = ::rename(tmp, path) == 0;
+        err = errno;
+        if (!ok) ::unlink(tmp);
     }
-    ssize_t ignored = ::write(fd, json, len);
-    (void)ignored;
-    ::close(fd);
+    if (!ok) log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(err));
 }
 
 }  // namespace
@@ -338,10 +522,11 @@ void runtime_init() noexcept {
     }
 }
 
+// Makes no system call in a fork child (see write_stats_file); nothing to remove: the
+// counters live in a memfd the kernel frees with the process.
 void runtime_fini() noexcept {
     BusyScope busy;
     write_stats_file();
-    if (g_stats) stats_unlink(g_stats);
 }
 
 // ---- slow paths ----------------------------------------------------------------------------
@@ -356,6 +541,9 @@ int shim_dlclose(void *handle) noexcept {
 
 // No BusyScope here: the arena never allocates, and reports through report(), which sets it.
 void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
+    // A size no allocator can serve (glibc refuses it too): ENOMEM, and neither counted as
+    // denied nor reported, since it says nothing about the arena.
+    if (n > static_cast<std::size_t>(PTRDIFF_MAX)) return errno = ENOMEM, nullptr;
     void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
     if (p && zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -12,7 +13,20 @@ namespace mlshim {
 
 namespace {
 
-constexpr std::size_t kPageBytes = (sizeof(StatsPage) + 4095) & ~std::size_t{4095};
+constexpr std::size_t kPageBytes = kStatsPageBytes;
+
+#ifndef F_ADD_SEALS  // headers older than glibc 2.27
+#define F_ADD_SEALS 1033
+#define F_SEAL_SEAL 0x0001
+#define F_SEAL_SHRINK 0x0002
+#define F_SEAL_GROW 0x0004
+#endif
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#define MFD_ALLOW_SEALING 0x0002U
+#endif
+
+bool g_visible = false;  // the page of this process is a memfd mapping
 
 void add_into(StatsTotals &t, const ThreadCounters &c) noexcept {
     t.allocs += c.allocs.load(std::memory_order_relaxed);
@@ -36,20 +50,24 @@ void clear(ThreadCounters &c) noexcept {
     c.owner.store(0, std::memory_order_release);
 }
 
-// Maps a fresh page: the shared file for `pid` when asked and possible, else anonymous.
-StatsPage *map_page(int pid, bool shared_file) noexcept {
+// A shared mapping of a fresh memfd whose size is sealed, or MAP_FAILED. The descriptor is
+// closed before returning: the mapping keeps the memory, and nothing else refers to it.
+// (syscall, not glibc's memfd_create wrapper: that needs glibc 2.27.)
+void *map_memfd() noexcept {
+    const int fd = static_cast<int>(::syscall(SYS_memfd_create, kStatsMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (fd < 0) return MAP_FAILED;
     void *mem = MAP_FAILED;
-    if (shared_file) {
-        char path[64];
-        stats_path(pid, path, sizeof path);
-        int fd = ::open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd >= 0) {
-            if (::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0)
-                mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-            ::close(fd);
-            if (mem == MAP_FAILED) ::unlink(path);
-        }
-    }
+    if (::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0 &&
+        ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+        mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    return mem;
+}
+
+// Maps a fresh page: a memfd when asked and possible, else anonymous.
+StatsPage *map_page(int pid, bool visible) noexcept {
+    void *mem = visible ? map_memfd() : MAP_FAILED;
+    g_visible = mem != MAP_FAILED;
     if (mem == MAP_FAILED)
         mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) return nullptr;
@@ -70,22 +88,18 @@ StatsTotals StatsPage::totals() const noexcept {
     return t;
 }
 
-const char *stats_path(int pid, char *buf, std::size_t len) noexcept {
-    std::snprintf(buf, len, "/dev/shm/memlock-shim.%d", pid);
-    return buf;
-}
+StatsPage *stats_create(bool visible) noexcept { return map_page(static_cast<int>(::getpid()), visible); }
 
-StatsPage *stats_create(bool shared_file) noexcept {
-    return map_page(static_cast<int>(::getpid()), shared_file);
-}
+bool stats_visible(const StatsPage *page) noexcept { return page && g_visible; }
 
 StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
     int pid = static_cast<int>(::getpid());
-    StatsPage *page = map_page(pid, old != nullptr);
+    StatsPage *page = map_page(pid, old != nullptr && g_visible);
     if (!page || !old) return page;
     page->max_locked = old->max_locked;
     page->on_lock_failure = old->on_lock_failure;
     page->rules = old->rules;
+    page->flags = old->flags;
     page->arena_start = old->arena_start;
     page->active.store(old->active.load());
     page->reserved_bytes.store(old->reserved_bytes.load());
@@ -104,13 +118,6 @@ StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
     for (const auto &s : old->slots) fold(page->retired, s);
     ::munmap(old, kPageBytes);
     return page;
-}
-
-void stats_unlink(const StatsPage *page) noexcept {
-    if (!page) return;
-    char path[64];
-    stats_path(page->pid, path, sizeof path);
-    ::unlink(path);
 }
 
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept {
@@ -141,13 +148,14 @@ std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len)
         "\"frees\": %llu, \"live_bytes\": %llu, \"peak_bytes\": %llu, \"reserved_bytes\": %llu, "
         "\"committed_bytes\": %llu, \"locked_bytes\": %llu, \"unlocked_bytes\": %llu, "
         "\"max_locked\": %llu, \"lock_failures\": %llu, \"fallbacks\": %llu, \"denied\": %llu, "
-        "\"on_lock_failure\": \"%s\"}\n",
+        "\"on_lock_failure\": \"%s\", \"all_rules_lock\": %s}\n",
         page.pid, page.active.load() ? "true" : "false", page.rules, static_cast<unsigned long long>(page.arena_start),
         static_cast<unsigned long long>(t.allocs), static_cast<unsigned long long>(t.frees),
         static_cast<unsigned long long>(t.live_bytes()), u(page.peak_bytes), u(page.reserved_bytes),
         u(page.committed_bytes), u(page.locked_bytes), u(page.unlocked_bytes),
         static_cast<unsigned long long>(page.max_locked), u(page.lock_failures), u(page.fallbacks),
-        u(page.denied), policies[page.on_lock_failure < 3 ? page.on_lock_failure : 0]);
+        u(page.denied), policies[page.on_lock_failure < 3 ? page.on_lock_failure : 0],
+        (page.flags & kStatsAllRulesLock) ? "true" : "false");
     if (n < 0) return 0;
     return static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1;
 }

@@ -1,9 +1,15 @@
 // stats.hpp - the shim's counters, laid out in one page that other processes can read.
 //
-// The page lives in a shared mapping of /dev/shm/memlock-shim.<pid> (or an anonymous
-// mapping when that file cannot be created), so memlock-inspect reads the counters of a
-// running process without stopping it. The layout below is the interface between the two:
-// bump kStatsLayout when it changes.
+// The page lives in a memfd_create mapping named kStatsMemfdName, which /proc/PID/maps shows
+// as "/memfd:memlock-shim (deleted)". Nothing is in any directory: nothing to plant, nothing
+// left behind however the process ends, no name shared across PID namespaces. The memfd's
+// size is sealed (nobody can shrink it under the mapping), and its descriptor is closed once
+// mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
+// the process's memory (the kernel's ptrace access check) see it. Where memfd_create is
+// missing (ENOSYS before Linux 3.17, or a seccomp filter) the page is anonymous: the counters
+// work but no other process can find them.
+// The layout below is the interface between the shim and the tools: bump kStatsLayout when
+// it changes; readers validate magic, layout and size and bound every value they use.
 //
 // Hot-path counters are per thread: each thread owns one ThreadCounters slot and is its
 // only writer (plain load + store, no locked instructions). Readers sum every slot plus
@@ -19,9 +25,13 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 2;
+constexpr std::uint32_t kStatsLayout = 3;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
+constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
+
+// StatsPage::flags
+constexpr std::uint32_t kStatsAllRulesLock = 1;  // every rule in force has the lock action
 
 struct alignas(64) ThreadCounters {
     std::atomic<std::uint64_t> allocs{0};       // blocks handed out by the arena
@@ -44,12 +54,12 @@ struct StatsTotals {
 struct StatsPage {
     char magic[8];
     std::uint32_t layout;
-    std::int32_t pid;
+    std::int32_t pid;                  // as the process sees itself (its own PID namespace)
     std::uint64_t max_locked;          // from the config
     std::uint32_t on_lock_failure;     // 0 fallback, 1 deny, 2 abort
     std::uint32_t rules;               // number of rules in force
     std::atomic<std::uint32_t> active; // 1 while the arena serves matching allocations
-    std::uint32_t pad0;
+    std::uint32_t flags;               // kStats* flags above
     std::uint64_t arena_start;         // the arena's reservation: [arena_start, +reserved_bytes)
     std::atomic<std::uint64_t> reserved_bytes;   // address space reserved for the arena
     std::atomic<std::uint64_t> committed_bytes;  // arena memory committed (it never shrinks)
@@ -67,15 +77,18 @@ struct StatsPage {
     StatsTotals totals() const noexcept;
 };
 
-// Creates the page for this process (shared file when possible). Never allocates.
-// pre: called once, single-threaded. Returns nullptr only when no mapping could be made.
-StatsPage *stats_create(bool shared_file) noexcept;
-// In a forked child: gives the child a page of its own, starting from the parent's values.
+// Bytes the page occupies (whole pages).
+constexpr std::size_t kStatsPageBytes = (sizeof(StatsPage) + 4095) & ~std::size_t{4095};
+
+// Creates the page for this process: a memfd mapping when `visible` and memfd_create works,
+// else anonymous. Never allocates. pre: called once, single-threaded. Returns nullptr only
+// when no mapping could be made.
+StatsPage *stats_create(bool visible) noexcept;
+// In a forked child: gives the child a page of its own (the same kind as the parent's),
+// starting from the parent's values. Unmaps the parent's page.
 StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept;
-// Removes the shared file (at exit).
-void stats_unlink(const StatsPage *page) noexcept;
-// "/dev/shm/memlock-shim.<pid>" into buf. Returns buf.
-const char *stats_path(int pid, char *buf, std::size_t len) noexcept;
+// Is `page` the memfd mapping (visible to memlock-inspect)?
+bool stats_visible(const StatsPage *page) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;

@@ -1,18 +1,32 @@
 // memlock-inspect - what the memlock shim protects in a running process, and whether it
 // protects it as configured.
 //
-// Sources: /proc/PID/maps (which stats file the process maps), the stats page itself
-// (/dev/shm/memlock-shim.<pid>, mapped read-only; layout in shim/stats.hpp), /proc/PID/smaps
-// (the arena: the mappings inside the reservation the shim publishes, their Locked kB and
-// lo/dd flags) and the
-// config named by /proc/PID/environ (does every rule lock?). Nothing is written.
+// Everything comes from /proc/PID, which is the kernel's view whatever namespace the target
+// runs in: /proc/PID/status (its user, its PIDs in each PID namespace, NSpid), /proc/PID/maps
+// (the shim's counters page, the memfd mapping "/memfd:memlock-shim (deleted)"), that page
+// read through /proc/PID/mem (layout in shim/stats.hpp) and /proc/PID/smaps (the arena: the
+// mappings inside the reservation the shim publishes, their Locked kB and lo/dd flags).
+// Nothing is written, and no path the target chose is ever opened.
+//
+// Reading maps, smaps and mem passes the kernel's ptrace access check. When it refuses and
+// memlock-inspect may change user (it runs as root), a child switches to the target's user
+// and group and reads them there (a container's root has no CAP_SYS_PTRACE, but may become
+// www-data). When the kernel still refuses (a target that is not dumpable, and no
+// CAP_SYS_PTRACE), the status is "unknown", never "not protected".
+//
+// Every value read from the target is copied first, then validated (magic, layout, pid,
+// bounds): the target may change or unmap it at any moment.
 //
 // Exit status: 0 protected as configured, 1 degraded, 2 not shimmed or no such process,
-// 64 usage. With --all, the worst status of all shimmed processes (2 if there are none).
+// 3 unknown (the kernel refuses the look), 64 usage. With --all, the worst status of all
+// processes that are shimmed or that cannot be seen (2 if there are none).
 #include <dirent.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,7 +34,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -41,6 +54,7 @@ namespace {
 constexpr int kProtected = 0;
 constexpr int kDegraded = 1;
 constexpr int kNotShimmed = 2;
+constexpr int kUnknown = 3;
 
 void usage() {
     std::printf(
@@ -49,9 +63,10 @@ void usage() {
         "\n"
         "Shows what the memlock shim protects in a running process: the arena's mappings from\n"
         "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; the resident kB of\n"
-        "locked mappings), the shim's\n"
-        "live counters (/dev/shm/memlock-shim.PID) and warnings. --all inspects every process that\n"
-        "maps a /dev/shm/memlock-shim.* file. Reading another user's process needs root.\n"
+        "locked mappings), the shim's live counters (its \"/memfd:memlock-shim\" page, read through\n"
+        "/proc/PID/mem) and warnings. --all inspects every process that maps such a page, in any\n"
+        "container, and every process the kernel does not let it see. Reading another user's\n"
+        "process needs root (or its user).\n"
         "\n"
         "  --json          one JSON object (an array with --all) instead of text\n"
         "  --help, --version\n"
@@ -61,6 +76,8 @@ void usage() {
         "  1   degraded: lock failures, fallbacks, denied allocations or unlocked arena pages\n"
         "  2   not protected: no such process, the shim is not loaded or not active (with --all:\n"
         "      no shimmed process)\n"
+        "  3   unknown: the kernel refuses to show the process (not dumpable, and no CAP_SYS_PTRACE);\n"
+        "      the message says what to run instead\n"
         "  64  usage error\n");
 }
 
@@ -71,9 +88,224 @@ struct Region {
     bool lo = false, dd = false;
 };
 
+
+std::string hex(std::uint64_t v) {
+    char buf[24];
+    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
+    return buf;
+}
+
+std::string proc(int pid, const char *what) { return "/proc/" + std::to_string(pid) + "/" + what; }
+
+// What memlock-inspect reads of one process (copies, taken as this process or as the
+// target's user). read_process() fills it; everything after works on it alone.
+struct ProcessView {
+    enum Access : int { gone = 0, ok = 1, refused = 2 } access = gone;
+    std::string name;               // status Name: (readable without ptrace access)
+    std::string exe;                // /proc/PID/exe, if readable
+    std::vector<int> nspids;        // NSpid: its PID in each namespace, ours first, its own last
+    int uid = -1, gid = -1;         // effective ids (status)
+    bool switched = false;          // read as the target's user
+    std::string maps, smaps;        // the texts, as read
+    bool shim_loaded = false;       // maps names libmemlock_shim.so
+    std::uint64_t page_at = 0;      // the counters page's address (0: no such mapping)
+    std::string page;               // its bytes (sizeof StatsPage) when read
+    std::string why;                // when refused or the page could not be read: the errno text
+};
+
+bool readable_text(const std::string &path, std::string &out, int &err) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return err = errno, false;
+    out.clear();
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0 && out.size() < (std::size_t{256} << 20))
+        out.append(buf, static_cast<std::size_t>(n));
+    err = n < 0 ? errno : 0;
+    ::close(fd);
+    return n >= 0;
+}
+
+// The counters page and whether the shim is mapped, from the text of /proc/PID/maps.
+void parse_maps(ProcessView &v) {
+    std::istringstream in(v.maps);
+    const std::string memfd = std::string("/memfd:") + mlshim::kStatsMemfdName + " (deleted)";
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string range, perms, offset, dev, inode, path;
+        fields >> range >> perms >> offset >> dev >> inode;
+        std::getline(fields >> std::ws, path);
+        if (path.find("libmemlock_shim.so") != std::string::npos) v.shim_loaded = true;
+        if (path != memfd || v.page_at || perms.size() < 4 || perms[3] != 's') continue;
+        const auto dash = range.find('-');
+        const std::uint64_t start = std::strtoull(range.c_str(), nullptr, 16);
+        const std::uint64_t end = dash == std::string::npos ? 0 : std::strtoull(range.c_str() + dash + 1, nullptr, 16);
+        if (end > start && end - start >= sizeof(mlshim::StatsPage)) v.page_at = start;
+    }
+}
+
+bool denied(int err) { return err == EACCES || err == EPERM; }
+
+// Reads maps, smaps and the counters page of `pid` with this process's credentials.
+void collect(int pid, ProcessView &v) {
+    char exe[4096];
+    const ssize_t n = ::readlink(proc(pid, "exe").c_str(), exe, sizeof exe - 1);
+    if (n > 0) v.exe.assign(exe, static_cast<std::size_t>(n));
+    int err = 0;
+    if (!readable_text(proc(pid, "maps"), v.maps, err) || (v.maps.empty() && denied(err))) {
+        v.access = denied(err) ? ProcessView::refused : ProcessView::gone;
+        v.why = std::strerror(err);
+        return;
+    }
+    v.access = ProcessView::ok;
+    parse_maps(v);
+    if (!v.page_at) return;
+    if (!readable_text(proc(pid, "smaps"), v.smaps, err) && denied(err)) {
+        v.access = ProcessView::refused;
+        v.why = std::strerror(err);
+        return;
+    }
+    const int fd = ::open(proc(pid, "mem").c_str(), O_RDONLY | O_CLOEXEC);
+    std::string page(sizeof(mlshim::StatsPage), '\0');
+    const ssize_t got = fd < 0 ? -1 : ::pread(fd, &page[0], page.size(), static_cast<off_t>(v.page_at));
+    err = errno;
+    if (fd >= 0) ::close(fd);
+    if (got == static_cast<ssize_t>(page.size())) v.page = std::move(page);
+    else if (got < 0 && denied(err)) v.access = ProcessView::refused, v.why = std::strerror(err);
+    else v.why = got < 0 ? std::strerror(err) : "short read";
+}
+
+// Serialises the fields collect() fills, for the child that reads as the target's user.
+void put(std::string &out, const std::string &s) {
+    const std::uint64_t n = s.size();
+    out.append(reinterpret_cast<const char *>(&n), sizeof n);
+    out += s;
+}
+bool take(const std::string &in, std::size_t &at, std::string &s) {
+    std::uint64_t n;
+    if (in.size() - at < sizeof n) return false;
+    std::memcpy(&n, in.data() + at, sizeof n);
+    at += sizeof n;
+    if (in.size() - at < n) return false;
+    s.assign(in, at, n);
+    at += n;
+    return true;
+}
+
+// collect() in a child that first becomes the target's user and group (no supplementary
+// groups). false when the switch is not allowed or the child failed.
+bool collect_as_target(int pid, ProcessView &v) {
+    if (v.uid < 0 || v.gid < 0) return false;
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return false;
+    const pid_t child = ::fork();
+    if (child < 0) {
+        ::close(fds[0]);
+        ::close(fds[1]);
+        return false;
+    }
+    if (child == 0) {
+        ::close(fds[0]);
+        if (::setgroups(0, nullptr) != 0 || ::setresgid(v.gid, v.gid, v.gid) != 0 ||
+            ::setresuid(v.uid, v.uid, v.uid) != 0)
+            ::_exit(1);
+        ProcessView w;
+        collect(pid, w);
+        std::string out(1, static_cast<char>(w.access));
+        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why}) put(out, *f);
+        for (std::size_t at = 0; at < out.size();) {
+            const ssize_t n = ::write(fds[1], out.data() + at, out.size() - at);
+            if (n <= 0) ::_exit(1);
+            at += static_cast<std::size_t>(n);
+        }
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    std::string in;
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0) in.append(buf, static_cast<std::size_t>(n));
+    ::close(fds[0]);
+    int status = 0;
+    while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || in.empty()) return false;
+    ProcessView w = v;
+    std::size_t at = 1;
+    w.access = static_cast<ProcessView::Access>(in[0]);
+    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why})
+        if (!take(in, at, *f)) return false;
+    if (w.access == ProcessView::ok && w.page.size() != sizeof(mlshim::StatsPage)) w.page.clear();
+    w.switched = true;
+    w.shim_loaded = false;
+    w.page_at = 0;
+    parse_maps(w);
+    if (w.access != ProcessView::refused && w.exe.empty()) w.exe = v.exe;
+    v = std::move(w);
+    return true;
+}
+
+// Reads what memlock-inspect needs of `pid`: the one place that touches the process.
+ProcessView read_process(int pid) {
+    ProcessView v;
+    std::string status;
+    int err = 0;
+    if (!readable_text(proc(pid, "status"), status, err)) return v;  // gone
+    std::istringstream in(status);
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream f(line);
+        std::string key;
+        f >> key;
+        int a = -1, b = -1;
+        if (key == "Name:") std::getline(f >> std::ws, v.name);
+        else if (key == "Uid:" && (f >> a >> b)) v.uid = b;
+        else if (key == "Gid:" && (f >> a >> b)) v.gid = b;
+        else if (key == "NSpid:")
+            while (f >> a) v.nspids.push_back(a);
+    }
+    collect(pid, v);
+    if (v.access == ProcessView::refused && static_cast<int>(::geteuid()) != v.uid) collect_as_target(pid, v);
+    return v;
+}
+
+bool have_cap_sys_ptrace() {
+    std::string status;
+    int err;
+    if (!readable_text("/proc/self/status", status, err)) return false;
+    const auto at = status.find("CapEff:");
+    return at != std::string::npos && ((std::strtoull(status.c_str() + at + 7, nullptr, 16) >> 19) & 1);
+}
+
+// What to do when the kernel refuses to show a process.
+std::string refused_remedy(const ProcessView &v) {
+    if (::geteuid() != 0)
+        return "run memlock-inspect as root (or as the process's user, uid " + std::to_string(v.uid) + ")";
+    if (!have_cap_sys_ptrace())
+        return "the process is not dumpable (it changed user or called prctl(PR_SET_DUMPABLE, 0)) or holds "
+               "capabilities memlock-inspect lacks, and memlock-inspect has no CAP_SYS_PTRACE: run it with "
+               "CAP_SYS_PTRACE (as root on the host, or with `podman exec --privileged` / `docker exec "
+               "--privileged` in a container)";
+    return "it refuses even with CAP_SYS_PTRACE (another user namespace, or a security module): run "
+           "memlock-inspect in the process's own namespace or on the host";
+}
+
+// Can this kernel (and this process) create a memfd? When not, a shim's counters are in an
+// anonymous page that no other process can find.
+bool memfd_works() {
+    const int fd = static_cast<int>(::syscall(SYS_memfd_create, "memlock-inspect-probe", 1u /* MFD_CLOEXEC */));
+    if (fd >= 0) ::close(fd);
+    return fd >= 0 || errno != ENOSYS;
+}
+
 struct Report {
     int pid = 0;
     std::string exe;
+    std::vector<int> nspids;
+    bool switched = false;
+    int uid = -1;
     int status = kNotShimmed;
     std::string verdict;          // one line: why this status
     std::optional<json> counters; // the stats page, as the shim formats it
@@ -85,43 +317,11 @@ struct Report {
     std::vector<std::string> notes;
 };
 
-std::string proc(int pid, const char *what) { return "/proc/" + std::to_string(pid) + "/" + what; }
-
-std::string stats_file(int pid) {
-    char buf[64];
-    return mlshim::stats_path(pid, buf, sizeof buf);
-}
-
-// The inode through which `pid` maps its own stats file, and whether it maps the shim.
-struct MapsInfo {
-    bool readable = false;
-    bool shim_loaded = false;
-    std::optional<unsigned long> stats_inode;
-};
-
-MapsInfo read_maps(int pid) {
-    MapsInfo m;
-    std::ifstream in(proc(pid, "maps"));
-    const std::string own = stats_file(pid);
-    std::string line;
-    while (std::getline(in, line)) {
-        m.readable = true;
-        std::istringstream fields(line);
-        std::string range, perms, offset, dev, path;
-        unsigned long inode = 0;
-        fields >> range >> perms >> offset >> dev >> inode;
-        std::getline(fields >> std::ws, path);
-        if (path == own) m.stats_inode = inode;
-        if (path.find("libmemlock_shim.so") != std::string::npos) m.shim_loaded = true;
-    }
-    return m;
-}
-
 // The mappings inside the arena's reservation [start, end) (reserved and committed parts),
-// as the shim publishes it in its counters.
-std::vector<Region> read_arena(int pid, std::uint64_t arena_start, std::uint64_t arena_end) {
+// from the text of /proc/PID/smaps.
+std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_start, std::uint64_t arena_end) {
     std::vector<Region> out;
-    std::ifstream in(proc(pid, "smaps"));
+    std::istringstream in(smaps);
     std::string line;
     Region cur;
     bool have = false, anon = false;
@@ -163,81 +363,73 @@ std::vector<Region> read_arena(int pid, std::uint64_t arena_start, std::uint64_t
     return out;
 }
 
-// Does every rule of the process's config lock its blocks? nullopt when it cannot be read.
-std::optional<bool> config_locks_everything(int pid) {
-    std::ifstream in(proc(pid, "environ"), std::ios::binary);
-    std::string entry, path;
-    while (std::getline(in, entry, '\0'))
-        if (entry.rfind("MEMLOCK_SHIM_CONFIG=", 0) == 0) path = entry.substr(20);
-    mlshim::Config config;
-    std::string error;
-    if (path.empty() || !mlshim::load_config_file(path, config, error)) return std::nullopt;
-    for (const auto &r : config.rules)
-        if (!(r.actions & mlshim::kActionLock)) return false;
-    return true;
-}
-
-// The counters of `pid`, from the stats file it maps (checked: same inode, magic, layout,
-// pid). Sets r.verdict and returns nullopt when they cannot be read.
-std::optional<json> read_counters(int pid, unsigned long inode, Report &r) {
-    const std::string path = stats_file(pid);
-    const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || ::fstat(fd, &st) != 0) {
-        r.verdict = path + ": " + std::strerror(errno) + (errno == EACCES ? " (run as root or as its user)" : "");
-        if (fd >= 0) ::close(fd);
+// The counters, from the copy of the page: checked (magic, layout, its pid among the
+// target's PIDs, bounds) before use. Sets r.verdict and returns nullopt when they are not valid.
+std::optional<json> parse_counters(const ProcessView &v, Report &r) {
+    const std::string where = "counters page at " + hex(v.page_at);
+    if (v.page.size() != sizeof(mlshim::StatsPage)) {
+        r.verdict = where + ": cannot read it through /proc/" + std::to_string(r.pid) + "/mem: " + v.why;
         return std::nullopt;
     }
-    void *mem = MAP_FAILED;
-    if (st.st_ino == inode && static_cast<std::size_t>(st.st_size) >= sizeof(mlshim::StatsPage))
-        mem = ::mmap(nullptr, sizeof(mlshim::StatsPage), PROT_READ, MAP_SHARED, fd, 0);
-    ::close(fd);
-    if (mem == MAP_FAILED) {
-        r.verdict = path + ": not the file the process maps, or too short";
-        return std::nullopt;
-    }
-    const auto &page = *static_cast<const mlshim::StatsPage *>(mem);
-    std::optional<json> out;
+    alignas(mlshim::StatsPage) unsigned char copy[sizeof(mlshim::StatsPage)];
+    std::memcpy(copy, v.page.data(), sizeof copy);
+    const auto &page = *reinterpret_cast<const mlshim::StatsPage *>(copy);
+    const bool own_pid = std::find(v.nspids.begin(), v.nspids.end(), page.pid) != v.nspids.end() ||
+                         (v.nspids.empty() && page.pid == r.pid);
+    const std::uint64_t reserved = page.reserved_bytes.load();
     if (std::memcmp(page.magic, mlshim::kStatsMagic, sizeof page.magic) != 0)
-        r.verdict = path + ": not a memlock-shim stats page";
+        r.verdict = where + ": not a memlock-shim stats page";
     else if (page.layout != mlshim::kStatsLayout)
-        r.verdict = path + ": stats layout " + std::to_string(page.layout) + ", this memlock-inspect reads " +
+        r.verdict = where + ": stats layout " + std::to_string(page.layout) + ", this memlock-inspect reads " +
                     std::to_string(mlshim::kStatsLayout) + " (use the memlock-inspect of the shim's release)";
-    else if (page.pid != pid)
-        r.verdict = path + ": written by pid " + std::to_string(page.pid);
+    else if (!own_pid)
+        r.verdict = where + ": written by pid " + std::to_string(page.pid) + ", not by this process";
+    else if (page.rules > mlshim::kConfigMaxRules || reserved > (std::uint64_t{1} << 57) ||
+             page.arena_start > (std::uint64_t{1} << 57))
+        r.verdict = where + ": values out of range";
     else {
         char buf[2048];
         const std::size_t n = mlshim::stats_format_json(page, buf, sizeof buf);
-        out = json::parse(std::string(buf, n), nullptr, false);
-        if (out->is_discarded()) out.reset();
+        std::optional<json> out = json::parse(std::string(buf, n), nullptr, false);
+        if (!out->is_discarded()) return out;
+        r.verdict = where + ": cannot format it";
     }
-    ::munmap(mem, sizeof(mlshim::StatsPage));
-    return out;
+    return std::nullopt;
 }
 
 Report inspect(int pid) {
     Report r;
     r.pid = pid;
-    char exe[4096];
-    const ssize_t n = ::readlink(proc(pid, "exe").c_str(), exe, sizeof exe - 1);
-    if (n > 0) r.exe.assign(exe, static_cast<std::size_t>(n));
-
-    const MapsInfo maps = read_maps(pid);
-    if (!maps.readable) {
-        r.verdict = ::access(proc(pid, "").c_str(), F_OK) == 0 ? "cannot read " + proc(pid, "maps") + " (run as root)"
-                                                               : "no such process";
+    const ProcessView v = read_process(pid);
+    r.exe = v.exe.empty() ? v.name : v.exe;
+    r.nspids = v.nspids;
+    r.switched = v.switched;
+    r.uid = v.uid;
+    if (v.access == ProcessView::gone) {
+        r.verdict = "no such process";
         return r;
     }
-    if (!maps.stats_inode) {
-        r.verdict = maps.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, "
-                                       "the config's programs do not match, or /dev/shm is not writable)"
-                                     : "the shim is not loaded (start the program with memlock-run)";
+    if (v.access == ProcessView::refused) {
+        r.status = kUnknown;
+        r.verdict = "the kernel refuses to show its memory (" + v.why + "): " + refused_remedy(v);
         return r;
     }
-    r.counters = read_counters(pid, *maps.stats_inode, r);
+    if (!v.page_at) {
+        if (v.shim_loaded && !memfd_works()) {
+            r.status = kUnknown;
+            r.verdict = "the shim is loaded, but this kernel has no memfd_create: its counters are in an anonymous "
+                        "page no other process can find (check /proc/" + std::to_string(pid) + "/smaps for lo dd)";
+        } else {
+            r.verdict = v.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, or "
+                                        "the config's programs do not match)"
+                                      : "the shim is not loaded (start the program with memlock-run)";
+        }
+        return r;
+    }
+    r.counters = parse_counters(v, r);
     if (r.counters) {
         const std::uint64_t start = (*r.counters)["arena_start"].get<std::uint64_t>();
-        r.arena = read_arena(pid, start, start + (*r.counters)["reserved_bytes"].get<std::uint64_t>());
+        r.arena = read_arena(v.smaps, start, start + (*r.counters)["reserved_bytes"].get<std::uint64_t>());
     }
     for (const auto &g : r.arena) {
         r.resident_kb += g.rss_kb;
@@ -265,7 +457,7 @@ Report inspect(int pid) {
     check("fallbacks", "fallback(s): arena memory served unlocked (" + human_bytes(count("unlocked_bytes")) +
                            "; still excluded from core dumps and wiped)");
     check("denied", "matching allocation(s) refused (ENOMEM)");
-    const std::optional<bool> all_lock = config_locks_everything(pid);
+    const std::optional<bool> all_lock = c["all_rules_lock"].get<bool>();
     if (r.unlocked_kb > 0) {
         const std::string what = human_bytes(r.unlocked_kb * 1024) + " of arena memory is resident but not locked";
         if (all_lock.value_or(true)) r.warnings.push_back(what);
@@ -288,17 +480,14 @@ Report inspect(int pid) {
     return r;
 }
 
-const char *status_name(int s) { return s == kProtected ? "protected" : s == kDegraded ? "degraded" : "not protected"; }
-
-std::string hex(std::uint64_t v) {
-    char buf[24];
-    std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
-    return buf;
+const char *status_name(int s) {
+    return s == kProtected ? "protected" : s == kDegraded ? "degraded" : s == kUnknown ? "unknown" : "not protected";
 }
 
 json to_json(const Report &r) {
     json j = {{"pid", r.pid}, {"executable", r.exe}, {"status", status_name(r.status)},
-              {"exit_status", r.status}, {"reason", r.verdict}};
+              {"exit_status", r.status}, {"reason", r.verdict}, {"nspid", r.nspids}};
+    if (r.switched) j["read_as_uid"] = r.uid;
     if (r.counters) j["counters"] = *r.counters;
     json regions = json::array();
     for (const auto &g : r.arena)
@@ -312,14 +501,18 @@ json to_json(const Report &r) {
 }
 
 void print_text(const Report &r) {
+    const bool short_form = r.status == kNotShimmed || r.status == kUnknown;
     std::printf("pid %d (%s): %s\n", r.pid, r.exe.empty() ? "?" : r.exe.c_str(),
-                r.status == kNotShimmed ? ("not protected: " + r.verdict).c_str() : status_name(r.status));
-    if (r.status == kNotShimmed) return;
+                short_form ? (std::string(status_name(r.status)) + ": " + r.verdict).c_str() : status_name(r.status));
+    if (r.nspids.size() > 1)
+        std::printf("  pid %d in its own PID namespace\n", r.nspids.back());
+    if (short_form) return;
     if (r.counters) {
         const json &c = *r.counters;
         auto b = [&](const char *key) { return human_bytes(c[key].get<std::uint64_t>()); };
         auto u = [&](const char *key) { return std::to_string(c[key].get<std::uint64_t>()); };
-        std::printf("  counters (%s): %u rule(s), on_lock_failure %s\n", stats_file(r.pid).c_str(),
+        std::printf("  counters (/memfd:%s, through /proc/%d/mem%s): %u rule(s), on_lock_failure %s\n",
+                    mlshim::kStatsMemfdName, r.pid, r.switched ? (", as uid " + std::to_string(r.uid)).c_str() : "",
                     c["rules"].get<unsigned>(), c["on_lock_failure"].get<std::string>().c_str());
         std::printf("    matched allocations %s, frees %s, live %s, peak %s\n", u("matched_allocations").c_str(),
                     u("frees").c_str(), b("live_bytes").c_str(), b("peak_bytes").c_str());
@@ -340,7 +533,8 @@ void print_text(const Report &r) {
     for (const auto &n : r.notes) std::printf("  note: %s\n", n.c_str());
 }
 
-// Every process (but this one) that maps its /dev/shm/memlock-shim.<pid> file.
+// Every process (but this one) that maps a counters page, in any PID namespace, and every
+// process the kernel does not let this one see (it may be shimmed: never left out).
 std::vector<int> shimmed_processes() {
     std::vector<int> pids;
     DIR *d = ::opendir("/proc");
@@ -349,7 +543,8 @@ std::vector<int> shimmed_processes() {
         char *end = nullptr;
         const long pid = std::strtol(e->d_name, &end, 10);
         if (pid <= 0 || *end || pid == ::getpid()) continue;
-        if (read_maps(static_cast<int>(pid)).stats_inode) pids.push_back(static_cast<int>(pid));
+        const ProcessView v = read_process(static_cast<int>(pid));
+        if (v.page_at || v.access == ProcessView::refused) pids.push_back(static_cast<int>(pid));
     }
     ::closedir(d);
     std::sort(pids.begin(), pids.end());
@@ -384,7 +579,7 @@ int main(int argc, char **argv) {
     if (all == !pids.empty() || pids.size() > 1) usage_error("give one PID or --all");
     if (all) {
         pids = shimmed_processes();
-        if (pids.empty() && !as_json) die(kNotShimmed, "no process maps a /dev/shm/memlock-shim.* file");
+        if (pids.empty() && !as_json) die(kNotShimmed, "no process maps a memlock-shim counters page");
     }
 
     int worst = pids.empty() ? kNotShimmed : kProtected;

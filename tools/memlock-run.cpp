@@ -20,6 +20,7 @@
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <sstream>
 #include <vector>
 
 #include "config.hpp"
@@ -245,6 +246,44 @@ std::string find_program(const std::string &name) {
     die(kExitNotFound, name + ": command not found in PATH (" + path + ")");
 }
 
+std::string base_name(const std::string &path) {
+    const auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// The program env(1) runs for the text after "#!/usr/bin/env" (which the kernel passes as
+// one argument): "NAME", or with -S/--split-string the words of the text, where env's
+// options and NAME=VALUE assignments come before the program. "" if there is none.
+std::string env_program(const std::string &text) {
+    std::vector<std::string> words;
+    std::string rest = text;
+    const auto b = rest.find_first_not_of(" \t");
+    rest = b == std::string::npos ? "" : rest.substr(b, rest.find_last_not_of(" \t") + 1 - b);
+    bool split = false;
+    for (const char *opt : {"--split-string=", "--split-string", "-S"})
+        if (rest.rfind(opt, 0) == 0) {
+            rest = rest.substr(std::strlen(opt));
+            split = true;
+            break;
+        }
+    if (!split) {
+        if (!rest.empty()) words.push_back(rest);
+    } else {
+        std::istringstream in(rest);
+        for (std::string w; in >> w;) words.push_back(w);
+    }
+    for (std::size_t i = 0; i < words.size(); ++i) {
+        const std::string &w = words[i];
+        if (w == "-u" || w == "-C" || w == "--unset" || w == "--chdir") {
+            ++i;  // takes a value
+            continue;
+        }
+        if (w == "-" || w[0] == '-' || (w.find('=') != std::string::npos && w[0] != '/')) continue;
+        return w;
+    }
+    return "";
+}
+
 // The executable the kernel will load for `path` (the interpreter, for a script), after
 // checking that the dynamic loader will honour LD_PRELOAD for it. Exits 126 otherwise.
 std::string check_preloadable(const std::string &path, const Elf &shim, int depth = 0) {
@@ -270,9 +309,15 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
         std::string line(head + 2, std::strcspn(head + 2, "\n"));
         const auto b = line.find_first_not_of(" \t");
         if (b == std::string::npos) refuse("script without an interpreter after #!");
-        const std::string interp = line.substr(b, line.find_first_of(" \t", b) - b);
+        const auto e = line.find_first_of(" \t", b);
+        const std::string interp = line.substr(b, e - b);
         if (depth >= 4) refuse("too many levels of script interpreters");
-        return check_preloadable(interp, shim, depth + 1);
+        const std::string loaded = check_preloadable(interp, shim, depth + 1);
+        // "#!/usr/bin/env NAME": env then runs NAME, which must take the preload as well.
+        if (base_name(interp) != "env") return loaded;
+        const std::string next = env_program(e == std::string::npos ? "" : line.substr(e));
+        if (next.empty()) refuse("#!" + interp + " names no program for env to run");
+        return check_preloadable(find_program(next), shim, depth + 1);
     }
     const Elf e = read_elf(path);
     if (e.elf_class == ELFCLASS32) refuse("a 32-bit program; the shim is 64-bit");

@@ -11,6 +11,8 @@
 //   start_until_ready(child, opts)   start a LiveProgram and wait for its "ready" line
 //   marker_bytes(out, key)        a marker the child printed in hex
 //   printed_blocks(out)           the "match|plain ADDR SIZE" lines e2e_layout prints
+//   without_origin(err)           the shim's stderr without " (program NAME, pid N)" / " (pid N)"
+//   assert_log_eq(err, expected)  cr_assert_str_eq on without_origin(err)
 //
 // Helpers end the test (cr_assert) on a failure of their own.
 #ifndef MEMLOCK_TESTS_E2E_HPP
@@ -146,6 +148,31 @@ inline std::vector<PrintedBlock> printed_blocks(const std::string &out) {
     return blocks;
 }
 
+// The shim's log lines end with " (program NAME, pid N)" and its refusal names " (pid N)"
+// after the program: `err` without them, for tests that compare the rest exactly.
+inline std::string without_origin(const std::string &err) {
+    if (err.empty()) return err;
+    std::string out;
+    for (const auto &line : split_lines(err)) {
+        std::string l = line;
+        const auto tail = l.rfind(" (program ");
+        if (tail != std::string::npos && l.back() == ')' && l.find(", pid ", tail) != std::string::npos)
+            l.erase(tail);
+        const auto refusal = l.find(" (pid ");
+        if (l.rfind("memlock-shim: refusing to run ", 0) == 0 && refusal != std::string::npos)
+            l.erase(refusal, l.find(')', refusal) + 1 - refusal);
+        out += l + "\n";
+    }
+    return out;
+}
+
 }  // namespace memlock_test
+
+// cr_assert_str_eq on the shim's stderr without the origins (without_origin).
+#define assert_log_eq(err, expected, ...)                                       \
+    do {                                                                        \
+        const std::string got_log_ = memlock_test::without_origin(err);         \
+        cr_assert_str_eq(got_log_.c_str(), expected, ##__VA_ARGS__);            \
+    } while (0)
 
 #endif  // MEMLOCK_TESTS_E2E_HPP

@@ -137,7 +137,7 @@ void finish(LiveProgram &child, const std::string &err) {
     const RunResult r = child.finish();
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("\ndone\n") != std::string::npos, "%s", r.describe().c_str());
-    cr_assert_str_eq(r.err.c_str(), err.c_str());
+    assert_log_eq(r.err, err.c_str());
 }
 
 // ---- openssl ------------------------------------------------------------------------------
@@ -181,7 +181,7 @@ unsigned long long shimmed_openssl(const TempDir &dir, const std::vector<std::st
     const RunResult r = run_openssl(argv, s.config);
     cr_assert(r.out == plain.out, "output changed under rules %s: %zu bytes, %zu without the shim", rules.c_str(),
               r.out.size(), plain.out.size());
-    cr_assert_str_eq(r.err.c_str(), err.c_str(), "rules %s", rules.c_str());
+    assert_log_eq(r.err, err.c_str(), "rules %s", rules.c_str());
     const unsigned long long n = matched(s);
     cr_log_info("rules %s: %llu matched allocations", rules.c_str(), n);
     return n;
@@ -244,7 +244,7 @@ Test(e2e_callers, symbol_rule_covers_a_library_dlopened_later) {
     start(child, s, {shim_program("callers_dlopen"), secretlib()});
     // Said once, at start-up (before the program's first line).
     const std::string warned = warning("keys", "no loaded function matches \"load_secret*\"");
-    cr_assert_str_eq(child.err().c_str(), warned.c_str());
+    assert_log_eq(child.err(), warned.c_str());
     expect_blocks(child, 1, kInArena, kOutside, kOutside);
     const DumpCounts c = gcore_counts(dir, child);
     cr_expect_eq(c.secret, 0u, "the dump holds %zu copies of the secret marker", c.secret);
@@ -280,7 +280,7 @@ Test(e2e_callers, module_rule_survives_dlclose_and_a_new_dlopen) {
     LiveProgram child;
     start(child, s, {shim_program("callers_dlopen"), secretlib(), copy});
     const std::string warned = warning("lib", "no loaded object matches \"libsecretlib.so*\"");
-    cr_assert_str_eq(child.err().c_str(), warned.c_str());
+    assert_log_eq(child.err(), warned.c_str());
     expect_blocks(child, 2, kInArena, kInArena, kOutside);
     finish(child, warned);
     cr_assert_eq(matched(s), 4 * kBlocksPerRound);
@@ -392,7 +392,7 @@ Test(e2e_callers, malformed_glob_is_a_config_error) {
                                      exe +
                                      " unprotected (exit 78); fix this or set "
                                      "MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected\n";
-        cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    assert_log_eq(r.err, expected.c_str());
     }
 }
 

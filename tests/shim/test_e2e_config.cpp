@@ -48,14 +48,14 @@ void expect_config_error(const std::string &config, const std::string &error,
     cr_assert(r.exited_with(78), "%s", r.describe().c_str());
     cr_assert_str_empty(r.out.c_str(), "the program ran: %s", r.out.c_str());
     const std::string refused = refusal(error);
-    cr_assert_str_eq(r.err.c_str(), refused.c_str());
+    assert_log_eq(r.err, refused.c_str());
 
     const RunResult u = run_hello(config, "run-unprotected", setup);
     cr_assert(u.exited_with(0), "%s", u.describe().c_str());
     cr_assert_str_eq(u.out.c_str(), "hello 3\n");
     const std::string expected = "memlock-shim: error: " + error + "\nmemlock-shim: warning: running " + exe_path() +
                                  " UNPROTECTED (MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected)\n";
-    cr_assert_str_eq(u.err.c_str(), expected.c_str());
+    assert_log_eq(u.err, expected.c_str());
 }
 
 std::string config_with(const TempDir &dir, const std::string &text) {
@@ -150,16 +150,28 @@ Test(e2e_config, missing_version) {
     expect_config_error(path, path + ": missing required key \"version\"");
 }
 
-Test(e2e_config, invalid_override_value_is_refused_too) {
+// A bad MEMLOCK_SHIM_ON_CONFIG_ERROR is reported at every start, whether the config is good or
+// bad, and the default (fail) applies.
+const char *const kBadOverride = "memlock-shim: warning: MEMLOCK_SHIM_ON_CONFIG_ERROR=\"yes\" is not "
+                                 "\"run-unprotected\" or \"fail\": a config error will stop this program (fail)\n";
+
+Test(e2e_config, invalid_override_value_is_reported_and_fails_closed) {
     TempDir dir;
     const std::string path = config_with(dir, "");
     const RunResult r = run_hello(path, "yes");
     cr_assert(r.exited_with(78), "%s", r.describe().c_str());
     cr_assert_str_empty(r.out.c_str());
-    const std::string expected = refusal(path + ": empty file (expected a JSON object) (and "
-                                                "MEMLOCK_SHIM_ON_CONFIG_ERROR=\"yes\" is not \"run-unprotected\" "
-                                                "or \"fail\")");
-    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    const std::string expected = kBadOverride + refusal(path + ": empty file (expected a JSON object)");
+    assert_log_eq(r.err, expected.c_str());
+}
+
+Test(e2e_config, invalid_override_value_is_reported_with_a_good_config) {
+    TempDir dir;
+    const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
+    const RunResult r = run_hello(path, "yes");
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\n");
+    assert_log_eq(r.err, kBadOverride);
 }
 
 Test(e2e_config, override_fail_is_the_default) {
@@ -168,7 +180,7 @@ Test(e2e_config, override_fail_is_the_default) {
     const RunResult r = run_hello(path, "fail");
     cr_assert(r.exited_with(78), "%s", r.describe().c_str());
     const std::string expected = refusal(path + ": empty file (expected a JSON object)");
-    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    assert_log_eq(r.err, expected.c_str());
 }
 
 Test(e2e_config, no_config_runs_and_says_so_once) {
@@ -180,7 +192,7 @@ Test(e2e_config, no_config_runs_and_says_so_once) {
     const RunResult r = run_program(opts);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_eq(r.out.c_str(), "hello 3\n");
-    cr_assert_str_eq(r.err.c_str(), "memlock-shim: warning: MEMLOCK_SHIM_CONFIG is not set: nothing is protected, "
+    assert_log_eq(r.err, "memlock-shim: warning: MEMLOCK_SHIM_CONFIG is not set: nothing is protected, "
                                     "every allocation passes through\n");
 }
 

@@ -105,6 +105,8 @@ struct ThreeWayOptions {
     // Runs before each of the three runs (e.g. to reset a working copy the command changes).
     std::function<void(Mode)> before;
     int timeout_ms = 60000;
+    // Preloaded in all three runs, after the shim where there is one (e.g. libc_malloc_debug.so.0).
+    std::string preload_after;
 };
 
 namespace detail {
@@ -157,6 +159,11 @@ inline ThreeWays run_three_ways(const std::vector<std::string> &argv, const Thre
             const std::string config =
                 detail::derived_config(dir, m == Mode::match_all ? "match-all.json" : "match-none.json", stats_dir);
             for (auto &kv : shim_env(config)) opts.env.push_back(kv);
+        }
+        if (!o.preload_after.empty()) {
+            auto it = std::find_if(opts.env.begin(), opts.env.end(), [](const auto &kv) { return kv.first == "LD_PRELOAD"; });
+            if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", o.preload_after);
+            else it->second += " " + o.preload_after;
         }
         if (o.before) o.before(m);
         t.runs[i].mode = m;

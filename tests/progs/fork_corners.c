@@ -1,0 +1,159 @@
+// fork_corners: libc contract corners around fork and the allocator, one per mode. Each mode
+// prints the same lines with or without the shim; a hang is caught by the test's watchdog.
+//
+//   signal   fork from a signal handler that interrupts fork (a single-threaded process, as
+//            glibc supports it): "nested forks during fork: yes"
+//   stdio    a fork loop against two getline readers of a 1 MiB line and an fflush(NULL)
+//            loop (glibc bug 19431's lock order): "forks: N"
+//   errno    posix_memalign that cannot be served: its return value and errno
+//   debug    malloc_usable_size(malloc(7)): 7 under glibc's debugging allocator
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void reap(pid_t pid) {
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+}
+
+// ---- signal ------------------------------------------------------------------------------
+
+static volatile sig_atomic_t g_in_fork;      // forks between this program's prepare and parent handlers
+static volatile sig_atomic_t g_in_handler;
+static volatile sig_atomic_t g_nested;       // forks made by the handler while g_in_fork
+static volatile sig_atomic_t g_round;
+static volatile sig_atomic_t g_armed;       // this program's prepare handler has returned
+
+// This program's handlers were registered after the shim's: its prepare runs first and its
+// parent handler last. The timer armed here expires tens of microseconds later, mostly inside
+// the fork system call, and the signal is delivered when that returns: between the shim's
+// prepare and parent handlers.
+static void fork_prepare(void) {
+    g_in_fork++;
+    if (g_in_handler) return;
+    struct itimerval it = {{0, 0}, {0, 20 + (g_round * 37) % 400}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    g_armed = 1;
+}
+static void fork_parent(void) {
+    g_armed = 0;
+    g_in_fork--;
+}
+
+static void on_alarm(int sig) {
+    (void)sig;
+    int saved = errno;
+    g_in_handler = 1;
+    int during = g_in_fork > 0 && g_armed;
+    pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    if (pid > 0) {
+        reap(pid);
+        if (during) g_nested++;
+    }
+    g_in_handler = 0;
+    errno = saved;
+}
+
+static int mode_signal(void) {
+    pthread_atfork(fork_prepare, fork_parent, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    for (g_round = 0; g_round < 2000 && g_nested < 5; ++g_round) {
+        free(malloc(32));
+        pid_t pid = fork();
+        if (pid == 0) _exit(0);
+        if (pid > 0) reap(pid);
+    }
+    printf("nested forks during fork: %s\n", g_nested > 0 ? "yes" : "no");
+    return 0;
+}
+
+// ---- stdio -------------------------------------------------------------------------------
+
+static volatile int g_stop;
+static char g_path[64];
+
+static void *reader(void *arg) {
+    (void)arg;
+    FILE *f = fopen(g_path, "r");
+    if (!f) return NULL;
+    while (!g_stop) {
+        char *line = NULL;
+        size_t cap = 0;
+        rewind(f);
+        if (getline(&line, &cap, f) < 0) break;
+        free(line);
+    }
+    fclose(f);
+    return NULL;
+}
+
+static void *flusher(void *arg) {
+    (void)arg;
+    while (!g_stop) fflush(NULL);
+    return NULL;
+}
+
+static int mode_stdio(void) {
+    snprintf(g_path, sizeof g_path, "/tmp/fork_corners.%d", (int)getpid());
+    FILE *w = fopen(g_path, "w");
+    if (!w) return 2;
+    for (int i = 0; i < (1 << 20); ++i) fputc('a' + i % 26, w);
+    fputc('\n', w);
+    fclose(w);
+    pthread_t t[3];
+    pthread_create(&t[0], NULL, reader, NULL);
+    pthread_create(&t[1], NULL, reader, NULL);
+    pthread_create(&t[2], NULL, flusher, NULL);
+    const int forks = 100;
+    for (int i = 0; i < forks; ++i) {
+        pid_t pid = fork();
+        if (pid == 0) _exit(0);
+        if (pid > 0) reap(pid);
+    }
+    g_stop = 1;
+    for (int i = 0; i < 3; ++i) pthread_join(t[i], NULL);
+    unlink(g_path);
+    printf("forks: %d\n", forks);
+    return 0;
+}
+
+// ---- errno and the debugging allocator -----------------------------------------------------
+
+static int mode_errno(void) {
+    void *p = &p;
+    errno = 0;
+    int rc = posix_memalign(&p, 64, (size_t)1 << 50);  // more than any address space here
+    printf("posix_memalign: %s, errno %s, memptr %s\n", rc == ENOMEM ? "ENOMEM" : "other",
+           errno == ENOMEM ? "ENOMEM" : "other", p == &p ? "untouched" : "changed");
+    return 0;
+}
+
+static int mode_debug(void) {
+    void *p = malloc(7);
+    printf("usable %zu\n", malloc_usable_size(p));
+    free(p);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (!strcmp(mode, "signal")) return mode_signal();
+    if (!strcmp(mode, "stdio")) return mode_stdio();
+    if (!strcmp(mode, "errno")) return mode_errno();
+    if (!strcmp(mode, "debug")) return mode_debug();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug\n");
+    return 2;
+}

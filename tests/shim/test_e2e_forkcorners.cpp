@@ -1,0 +1,63 @@
+// End-to-end: fork and libc contract corners (tests/progs/fork_corners.c), each run without
+// the shim, with match-none and with match-all. A hang is a failure: run_three_ways kills a
+// run after its timeout and fails the test, whatever the machine's speed.
+#include <criterion/criterion.h>
+
+#include <string>
+
+#include "helpers.hpp"
+#include "three_ways.hpp"
+
+using namespace memlock_test;
+
+namespace {
+
+ThreeWays corners(const char *mode, ThreeWayOptions o = {}) {
+    const std::string prog = shim_program("fork_corners");
+    cr_assert(file_exists(prog), "%s missing: run `make progs`", prog.c_str());
+    o.timeout_ms = 300000;  // a watchdog for a hang, far above a slow run
+    return run_three_ways({prog, mode}, o);
+}
+
+}  // namespace
+
+// fork is async-signal-safe: a handler that forks while the program is inside fork (after
+// every prepare handler, before the parent handlers) must not find the shim's locks taken.
+Test(e2e_fork_corners, fork_from_a_signal_handler_during_fork_never_hangs) {
+    const ThreeWays t = corners("signal");
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "nested forks during fork: yes\n");
+}
+
+// glibc bug 19431's pattern: getline holds a FILE lock and reallocates, fflush(NULL) holds the
+// stdio list lock and waits for that FILE lock, and fork takes the list lock after the
+// prepare handlers. Under match-all getline's buffers are arena blocks.
+Test(e2e_fork_corners, fork_against_getline_and_fflush_never_hangs) {
+    const ThreeWays t = corners("stdio");
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "forks: 100\n");
+    cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
+}
+
+// posix_memalign returns ENOMEM and sets errno to ENOMEM, as glibc's does, on the arena path too.
+Test(e2e_fork_corners, posix_memalign_failure_sets_errno) {
+    const ThreeWays t = corners("errno");
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "posix_memalign: ENOMEM, errno ENOMEM, memptr untouched\n");
+}
+
+// glibc's debugging allocator exports only versioned symbols: calls the shim passes through
+// must still reach it. With MALLOC_CHECK_=3 it reports the size asked for as usable; under
+// match-all the block is the arena's, which rounds to its 16-byte granule.
+Test(e2e_fork_corners, passed_through_calls_reach_glibc_debugging_allocator) {
+    const std::string debug = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
+    cr_assert(file_exists(debug), "%s missing (package libc6)", debug.c_str());
+    ThreeWayOptions o;
+    o.preload_after = debug;
+    o.env = {{"MALLOC_CHECK_", "3"}};
+    const ThreeWays t = corners("debug", o);
+    for (const auto &r : t.runs) cr_assert(r.result.exited_with(0), "%s\n%s", mode_name(r.mode), r.result.describe().c_str());
+    cr_assert_str_eq(t.without().result.out.c_str(), "usable 7\n");
+    cr_assert_str_eq(t.none().result.out.c_str(), "usable 7\n");
+    cr_assert_str_eq(t.all().result.out.c_str(), "usable 16\n");
+}
