@@ -71,7 +71,7 @@ PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%
 TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
-.PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench \
+.PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench proof-keys \
 	install uninstall clean check-abi FORCE
 
 all: deps core shim tools examples man
@@ -370,6 +370,11 @@ $(B)/bench/%: bench/%.c
 bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/caller_pairs $(B)/bench/fork_cost \
        $(B)/bench/dl_cycle $(B)/bench/phases
 	python3 scripts/bench.py $(B)
+	python3 scripts/bench_daemons.py $(B)
+
+# The table of private-key copies in real daemons' dumps: no shim, size rules, the profiles.
+proof-keys: all
+	python3 scripts/keyproof.py --table --build $(B)
 
 # ---- man pages, bash completion, Debian package ------------------------------------------
 # docs/man/NAME.SECTION.scd -> build/man/NAME.SECTION (scdoc). `make deb` builds the package

@@ -59,6 +59,43 @@ static_assert(compute_class_size(kNumClasses - 1) == kMaxSmall, "class table end
 
 std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
 
+// Zeroes the vector registers of the calling thread. memcpy and friends move a secret through
+// them (glibc's AVX2/EVEX copies use ymm0-15 or ymm16-31), and what they leave there is
+// written into a core dump with the thread's registers. All vector registers are call-
+// clobbered in the SysV ABI, so a free() may clear them. noinline: no live vector values of
+// the caller can be in them at the call.
+__attribute__((noinline)) void clear_vector_registers() noexcept {
+#if defined(__x86_64__)
+    static const bool avx = __builtin_cpu_supports("avx");
+    static const bool avx512 = __builtin_cpu_supports("avx512f");
+    if (avx512) {
+        __asm__ __volatile__(
+            "vzeroall\n\t"
+            "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+            "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+            "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
+            "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
+            "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
+            "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
+            "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
+            "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31\n\t"
+            "vzeroupper" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+            "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    } else if (avx) {
+        __asm__ __volatile__("vzeroall" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                             "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+    } else {
+        __asm__ __volatile__(
+            "pxor %%xmm0, %%xmm0\n\tpxor %%xmm1, %%xmm1\n\tpxor %%xmm2, %%xmm2\n\tpxor %%xmm3, %%xmm3\n\t"
+            "pxor %%xmm4, %%xmm4\n\tpxor %%xmm5, %%xmm5\n\tpxor %%xmm6, %%xmm6\n\tpxor %%xmm7, %%xmm7\n\t"
+            "pxor %%xmm8, %%xmm8\n\tpxor %%xmm9, %%xmm9\n\tpxor %%xmm10, %%xmm10\n\tpxor %%xmm11, %%xmm11\n\t"
+            "pxor %%xmm12, %%xmm12\n\tpxor %%xmm13, %%xmm13\n\tpxor %%xmm14, %%xmm14\n\tpxor %%xmm15, %%xmm15"
+            ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+            "xmm12", "xmm13", "xmm14", "xmm15");
+    }
+#endif
+}
+
 // Zeroes a block. Small blocks take inline stores (a call costs more than the stores); the
 // empty asm tells the compiler the memory is read afterwards, so the stores stay.
 inline void wipe_block(void *p, std::size_t size) noexcept {
@@ -68,6 +105,7 @@ inline void wipe_block(void *p, std::size_t size) noexcept {
         __asm__ __volatile__("" : : "r"(p) : "memory");
     } else {
         memlock_wipe(p, size);
+        clear_vector_registers();  // a block this size was copied through them
     }
 }
 
@@ -735,6 +773,7 @@ void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
             if ((resident[i] & 1) || !(meta_[first + done / page_ + i].flags & kLockedPage))
                 memlock_wipe(at + done + i * page_, page_);
     }
+    clear_vector_registers();
 }
 
 void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {

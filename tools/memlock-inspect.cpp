@@ -63,10 +63,11 @@ void usage() {
         "       memlock-inspect [--json | --prometheus] --all\n"
         "\n"
         "Shows what the memlock shim protects in a running process: the arena's mappings from\n"
-        "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; Locked kB), the shim's\n"
-        "live counters (its \"/memfd:memlock-shim\" page, read through /proc/PID/mem) and warnings.\n"
-        "--all inspects every process that maps such a page, in any container, and every process\n"
-        "the kernel does not let it see. Reading another user's process needs root (or its user).\n"
+        "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; the resident kB of\n"
+        "locked mappings), the shim's live counters (its \"/memfd:memlock-shim\" page, read through\n"
+        "/proc/PID/mem) and warnings. --all inspects every process that maps such a page, in any\n"
+        "container, and every process the kernel does not let it see. Reading another user's\n"
+        "process needs root (or its user).\n"
         "\n"
         "  --json          one JSON object (an array with --all) instead of text\n"
         "  --prometheus    the Prometheus text format (node_exporter's textfile collector)\n"
@@ -385,14 +386,16 @@ std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_sta
             f >> cur.size_kb;
         } else if (first == "Rss:") {
             f >> cur.rss_kb;
-        } else if (first == "Locked:") {
-            f >> cur.locked_kb;
         } else if (first == "VmFlags:") {
             std::string flag;
             while (f >> flag) {
                 cur.lo |= flag == "lo";
                 cur.dd |= flag == "dd";
             }
+            // Every resident page of a locked mapping is locked in this process. (smaps' own
+            // Locked: is a proportional share: a forked worker that shares pages with its
+            // parent would show a fraction of what it holds locked.)
+            cur.locked_kb = cur.lo ? cur.rss_kb : 0;
         }
     }
     flush();

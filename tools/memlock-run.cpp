@@ -8,6 +8,7 @@
 // Exit statuses: see usage() and docs/operators.md.
 #include <elf.h>
 #include <limits.h>
+#include <pwd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -48,7 +49,7 @@ constexpr const char *kShimName = "libmemlock_shim.so";
 void usage() {
     std::printf(
         "Usage: memlock-run [--config FILE] [--shim PATH] [--check] [--quiet] [--] PROGRAM [ARGS...]\n"
-        "       memlock-run [--config FILE] --check [[--] PROGRAM]\n"
+        "       memlock-run [--config FILE] --check [--user NAME] [[--] PROGRAM]\n"
         "\n"
         "Runs PROGRAM with the memlock shim preloaded: allocations matching the config's rules are\n"
         "served from locked, MADV_DONTDUMP, wiped memory. PROGRAM replaces memlock-run (same PID).\n"
@@ -57,6 +58,8 @@ void usage() {
         "  --shim PATH    the shim library (default: $MEMLOCK_SHIM_LIB, else ../lib/%s/%s or\n"
         "                 ../lib/%s next to this executable, else %s/%s)\n"
         "  --check        validate the config, the limits and PROGRAM (if given); run nothing\n"
+        "  --user NAME    with --check: also report what a process that drops to user NAME after\n"
+        "                 start-up (a daemon's workers) can lock, and suggest policy.prealloc\n"
         "  --quiet        no warnings (errors are still printed)\n"
         "  --help, --version\n"
         "\n"
@@ -82,6 +85,7 @@ struct Options {
     std::string config;
     std::string shim;
     bool check = false;
+    std::string user;               // --check --user: the user the workers drop to
     std::vector<std::string> argv;  // PROGRAM [ARGS...]
 };
 
@@ -115,6 +119,8 @@ Options parse_args(int argc, char **argv) {
             o.shim = a.substr(7);
         } else if (a == "--check") {
             o.check = true;
+        } else if (a == "--user") {
+            o.user = value(a);
         } else if (a == "--quiet" || a == "-q") {
             mltool::g_quiet = true;
         } else {
@@ -124,6 +130,7 @@ Options parse_args(int argc, char **argv) {
     for (; i < argc; ++i) o.argv.emplace_back(argv[i]);
     if (o.argv.empty() && !o.check) usage_error("no program to run");
     if (o.argv.size() > 1 && o.check) usage_error("--check takes at most the program, not its arguments");
+    if (!o.user.empty() && !o.check) usage_error("--user goes with --check");
     return o;
 }
 
@@ -423,6 +430,35 @@ void check_limits(const mlshim::Config &c, bool report) {
     }
 }
 
+// --check --user NAME: a process that switches to a non-root user (setuid, as daemons' workers
+// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)); memory it locked before the
+// switch stays locked. Reports what the arena can lock after the switch and suggests prealloc.
+void check_user(const mlshim::Config &c, const std::string &user) {
+    const struct passwd *pw = ::getpwnam(user.c_str());
+    if (!pw) usage_error("--user: no such user: " + user);
+    struct rlimit rl;
+    if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0) rl.rlim_cur = rl.rlim_max = 0;
+    const bool root = pw->pw_uid == 0;
+    const bool cap = root && program_gets_ipc_lock();
+    const bool unlimited = cap || rl.rlim_cur == RLIM_INFINITY;
+    std::printf("user:    %s (uid %u): RLIMIT_MEMLOCK soft %s, hard %s (kept across the switch); CAP_IPC_LOCK %s\n",
+                user.c_str(), static_cast<unsigned>(pw->pw_uid), rlim_text(rl.rlim_cur).c_str(),
+                rlim_text(rl.rlim_max).c_str(), cap ? "yes" : root ? "no" : "no (dropped with the switch)");
+    const std::uint64_t can = unlimited ? c.policy.max_locked : std::min<std::uint64_t>(rl.rlim_cur, c.policy.max_locked);
+    std::printf("worker:  can lock %s of max_locked %s after the switch%s\n", human_bytes(can).c_str(),
+                human_bytes(c.policy.max_locked).c_str(),
+                can < c.policy.max_locked ? "; beyond that on_lock_failure applies" : "");
+    if (unlimited) return;
+    // Locked before the switch = prealloc; a forked worker re-locks its arena pages at fork.
+    const std::uint64_t suggest = std::min<std::uint64_t>(rl.rlim_cur / 2, c.policy.max_locked) & ~std::uint64_t{0xfffff};
+    if (c.policy.prealloc >= suggest || suggest == 0)
+        std::printf("prealloc: %s is locked at start-up, before the switch\n", human_bytes(c.policy.prealloc).c_str());
+    else
+        std::printf("suggest: \"prealloc\": \"%lluMiB\" in policy: locked at start-up, before the switch (half of "
+                    "RLIMIT_MEMLOCK, leaving room for growth after it)\n",
+                    static_cast<unsigned long long>(suggest >> 20));
+}
+
 // ---- environment -----------------------------------------------------------------------------
 
 // LD_PRELOAD with the shim first, keeping the other entries; any other copy of the shim is
@@ -478,6 +514,7 @@ int main(int argc, char **argv) {
         if (o.check) std::printf("program: %s: can be preloaded (loads %s)\n", program.c_str(), loaded.c_str());
     }
     if (valid) check_limits(config, o.check);
+    if (valid && !o.user.empty()) check_user(config, o.user);
     std::fflush(stdout);
     if (o.check) return 0;
 

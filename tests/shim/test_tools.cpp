@@ -169,6 +169,26 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
     assert_text(r.err, "");
 }
 
+// A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
+// --check --user says what it can lock and suggests a prealloc made before the switch.
+Test(tools, run_check_user_reports_what_the_workers_can_lock) {
+    auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", config("openssl.json"),
+                  "--check", "--user", "nobody"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
+                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n"
+                              "worker:  can lock 8 MiB of max_locked 64 MiB after the switch; beyond that "
+                              "on_lock_failure applies\n"
+                              "suggest: \"prealloc\": \"4MiB\" in policy: locked at start-up, before the switch"),
+              "%s", r.out.c_str());
+    r = run({tool("memlock-run"), "--config", config("openssl.json"), "--check", "--user", "no-such-user-here"});
+    cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: --user: no such user: no-such-user-here (see memlock-run --help)\n");
+    r = run({tool("memlock-run"), "--config", config("openssl.json"), "--user", "nobody", "true"});
+    cr_assert(r.exited_with(64), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: --user goes with --check (see memlock-run --help)\n");
+}
+
 // ---- memlock-run: limits and CAP_IPC_LOCK ----------------------------------------------------
 
 Test(tools, run_low_limit_without_cap_says_what_to_change_and_follows_fallback) {

@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""make bench (daemons): throughput of real daemons with the key profile vs without the shim.
+
+Two instances of each daemon run side by side (one under memlock-run with config/default.json,
+one plain, each on its own port); their measurements are interleaved (plain, profile, plain,
+profile, ...) and each figure is the median of 3. Prints requests (or transactions) per second
+and the ratio profile/plain; asserts nothing.
+
+usage: bench_daemons.py BUILD_DIR [PORT]
+  nginx HTTPS keep-alive (wrk), nginx HTTPS full handshakes (ab, a new connection per request),
+  pgbench over TLS (sslmode=require, select-only).
+"""
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import keyproof  # noqa: E402
+
+SECONDS = os.environ.get("BENCH_DAEMON_SECONDS", "5")
+ROUNDS = 3
+
+
+def measure(argv, pattern):
+    out = keyproof.run(argv, timeout=300)
+    m = re.search(pattern, out)
+    if not m:
+        raise keyproof.Failure("no figure in the output of %s:\n%s" % (" ".join(argv), out[-800:]))
+    return float(m.group(1))
+
+
+def compare(title, runs):
+    """runs: {"plain": [...], "profile": [...]} filled in interleaved order."""
+    a, b = statistics.median(runs["plain"]), statistics.median(runs["profile"])
+    print("| %s | %.0f | %.0f | %.3fx |" % (title, a, b, b / a if a else 0.0), flush=True)
+
+
+def start(kind, build, port, config):
+    class A:
+        pass
+    args = A()
+    args.build, args.config, args.keep = build, config, False
+    work = tempfile.mkdtemp(prefix="bench-%s-" % kind)
+    r = keyproof.Run(args, work, port)
+    try:
+        keyproof.SERVE[kind](r)
+    except BaseException:
+        stop(r)
+        raise
+    return r
+
+
+def stop(r):
+    for d in reversed(r.started):
+        d.stop()
+    shutil.rmtree(r.work, ignore_errors=True)
+
+
+def interleave(runs, plain_argv, profile_argv, pattern):
+    for _ in range(ROUNDS):
+        runs["plain"].append(measure(plain_argv, pattern))
+        runs["profile"].append(measure(profile_argv, pattern))
+
+
+def main():
+    build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 21500
+    profile = os.path.join(keyproof.TOP, "config", "default.json")
+    print("| workload (median of %d, %ss each, interleaved) | plain /s | profile /s | profile/plain |" % (ROUNDS, SECONDS))
+    print("| --- | --- | --- | --- |")
+    instances = []
+    try:
+        plain = start("nginx", build, port, "none")
+        instances.append(plain)
+        prof = start("nginx", build, port + 10, profile)
+        instances.append(prof)
+        url = "https://127.0.0.1:%d/"
+        runs = {"plain": [], "profile": []}
+        interleave(runs, ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % plain.port],
+                   ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % prof.port], r"Requests/sec:\s*([\d.]+)")
+        compare("nginx HTTPS keep-alive (wrk -t1 -c8)", runs)
+        runs = {"plain": [], "profile": []}
+        ab = ["ab", "-q", "-t", SECONDS, "-n", "1000000", "-c", "4"]
+        interleave(runs, ab + [url % plain.port], ab + [url % prof.port], r"Requests per second:\s*([\d.]+)")
+        compare("nginx HTTPS full handshakes (ab -c4)", runs)
+        for r in instances:
+            stop(r)
+        instances = []
+        plain = start("postgres", build, port + 20, "none")
+        instances.append(plain)
+        prof = start("postgres", build, port + 30, profile)
+        instances.append(prof)
+        conn = "host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require"
+        pg = ["pgbench", "-S", "-c", "2", "-j", "2", "-T", SECONDS]
+        runs = {"plain": [], "profile": []}
+        interleave(runs, pg + [conn % plain.port], pg + [conn % prof.port], r"tps = ([\d.]+)")
+        compare("pgbench -S over TLS (-c2)", runs)
+        runs = {"plain": [], "profile": []}
+        interleave(runs, pg + ["-C", conn % plain.port], pg + ["-C", conn % prof.port], r"tps = ([\d.]+)")
+        compare("pgbench -S -C over TLS: a TLS connection per transaction", runs)
+    finally:
+        for r in instances:
+            stop(r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
