@@ -480,7 +480,7 @@ void write_stats_file() noexcept {
         }
     }
     path[used] = '\0';
-    char tmp[sizeof path];
+    char tmp[sizeof path + 32];
     std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
     char json[2048];
     std::size_t len = stats_format_json(*g_stats, json, sizeof json);
