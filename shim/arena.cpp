@@ -248,6 +248,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     int rc = memlock_reserve(total, &mem);
     if (!rc) rc = memlock_reserve(side_bytes, &side);
     if (!rc) rc = memlock_commit(side, side_bytes);
+    side_bytes_ = side_bytes;
     // Dontdump is a property of the whole pool, set before any block exists. The side region
     // holds no secrets, but nothing of use in a core dump either: it stays out too.
     for (unsigned i = 0; i < npools && !rc; ++i)
@@ -277,7 +278,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
     }
     if (stats_) {
-        stats_->reserved_bytes.store(total + side_bytes);
+        stats_->reserved_bytes.store(total);  // where blocks live: what memlock-inspect checks
         stats_->arena_start = base_;
         stats_->max_locked = opts.max_locked;
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);

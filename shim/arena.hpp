@@ -100,6 +100,8 @@ public:
     void thread_exit() noexcept;
 
     StatsPage *stats() const noexcept { return stats_; }
+    // Address space reserved beside the blocks' reservation (page table, states, pools).
+    std::size_t side_bytes() const noexcept { return side_bytes_; }
     void set_stats(StatsPage *s) noexcept { stats_ = s; }
 
     static std::size_t class_size(unsigned cls) noexcept;
@@ -143,6 +145,7 @@ private:
     [[noreturn]] void bad_pointer(const void *p, const char *what) const noexcept;
 
     std::uintptr_t base_ = 0;
+    std::size_t side_bytes_ = 0;
     std::uintptr_t span_ = 0;
     unsigned pool_shift_ = 0;
     std::size_t page_ = 4096;

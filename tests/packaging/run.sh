@@ -64,7 +64,7 @@ mkfifo "$TMP/hold"
 "$B/memlock-run" -q --config "$SRC/config/size-only.json" -- "$B/progs/tools_hold" < "$TMP/hold" > "$TMP/hold.out" &
 exec 3> "$TMP/hold"
 while ! grep -q ready "$TMP/hold.out"; do sleep 0.1; done
-TEXTFILE_DIR=$TMP/textfile PATH=$B:$PATH sh -c "$cmd" || [ $? -le 2 ] || fail "the service's command failed"
+TEXTFILE_DIR=$TMP/textfile PATH=$B:$PATH sh -c "$cmd" || [ $? -le 3 ] || fail "the service's command failed"
 exec 3>&-
 wait
 [ "$(ls -A "$TMP/textfile")" = memlock_shim.prom ] || fail "textfile dir holds: $(ls -A "$TMP/textfile")"
@@ -80,7 +80,7 @@ for f in /usr/lib/$MULTIARCH/libmemlock_shim.so /usr/lib/$MULTIARCH/libmemlock.s
     /usr/lib/$MULTIARCH/libmemlock.so /usr/lib/$MULTIARCH/libmemlock.a /usr/lib/$MULTIARCH/pkgconfig/memlock.pc \
     /usr/include/memlock.h /usr/include/memlock.hpp /usr/bin/memlock-run /usr/bin/memlock-inspect \
     /etc/memlock-shim/config.json /usr/share/memlock-shim/default.json /usr/share/memlock-shim/match-none.json \
-    /usr/share/man/man1/memlock-run.1.gz /usr/share/man/man1/memlock-inspect.1.gz \
+    /usr/share/man/man1/memlock-run.1.gz /usr/share/man/man1/memlock-inspect.1.gz /usr/share/man/man1/memlock-discover.1.gz \
     /usr/share/man/man5/memlock-shim.json.5.gz /usr/share/man/man8/memlock-shim.8.gz \
     /usr/share/bash-completion/completions/memlock-run /usr/share/bash-completion/completions/memlock-inspect \
     /usr/share/doc/memlock-shim/copyright /usr/share/doc/memlock-shim/changelog.Debian.gz \
