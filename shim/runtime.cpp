@@ -140,13 +140,15 @@ const char *libc_version_of(void *libc, const char *name) noexcept {
 }
 
 // The next definition of `name`. An allocator that exports only versioned symbols (glibc's
-// libc_malloc_debug.so) is invisible to an unversioned lookup, so the version libc's own
-// definition carries is asked for first; unversioned definitions (jemalloc, mimalloc) match
-// a versioned lookup too.
+// libc_malloc_debug.so) is invisible to an unversioned lookup, and an unversioned one
+// (jemalloc, mimalloc, a test's) to a versioned lookup: the unversioned lookup wins unless it
+// lands on libc's own definition, in which case the versioned one (which may be earlier in
+// the order) is taken.
 template <typename F> F lookup(void *libc, const char *name, F fallback) {
+    void *f = dlsym(RTLD_NEXT, name);
     const char *version = libc_version_of(libc, name);
-    void *f = version ? dlvsym(RTLD_NEXT, name, version) : nullptr;
-    if (!f) f = dlsym(RTLD_NEXT, name);
+    if (version && (!f || f == dlsym(libc, name)))
+        if (void *v = dlvsym(RTLD_NEXT, name, version)) f = v;
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 

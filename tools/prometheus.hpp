@@ -79,7 +79,7 @@ inline std::string format_prometheus(const std::vector<ProcessMetrics> &procs) {
     sample("memlock_shim_processes", "", procs.size());
 
     family("memlock_shim_status", "gauge",
-           "memlock-inspect's verdict: 0 protected as configured, 1 degraded, 2 not protected.");
+           "memlock-inspect's verdict: 0 protected as configured, 1 degraded, 2 not protected, 3 unknown (memlock-inspect may not look).");
     for (const auto &p : procs) sample("memlock_shim_status", labels(p), static_cast<std::uint64_t>(p.status));
     family("memlock_shim_warnings", "gauge", "Warnings memlock-inspect reports for the process (each degrades it).");
     for (const auto &p : procs) sample("memlock_shim_warnings", labels(p), p.warnings);

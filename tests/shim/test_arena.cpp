@@ -391,6 +391,7 @@ Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
     arena.prefork();
     pid_t pid = fork();
     if (pid == 0) {
+        arena.postfork_child_locks();
         arena.postfork_child();
         bool ok = range_has_flag(p, 32, "lo") && range_has_flag(p, 32, "dd") && p[0] == 42;
         arena.free(p);
@@ -504,6 +505,7 @@ Test(arena, fork_while_another_thread_grows_the_arena, .timeout = 120) {
         arena.prefork();
         pid_t pid = fork();
         if (pid == 0) {
+            arena.postfork_child_locks();
             arena.postfork_child();
             _exit(arena.alloc(0, 300000) ? 0 : 1);
         }

@@ -42,12 +42,9 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
         cr_assert(r.out.find(line) != std::string::npos, "missing %s in\n%s", line + 1, r.describe().c_str());
     cr_assert_str_empty(r.err.c_str());
 
-    // The child's counters start from the parent's and end with every block returned.
-    const std::string cs = stats_of(dir, child);
-    cr_assert_geq(stat_value(cs, "matched_allocations"), 64u + 2000u, "%s", cs.c_str());
-    cr_assert_geq(stat_value(cs, "frees"), 64u + 2000u, "%s", cs.c_str());
-    cr_assert_leq(stat_value(cs, "live_bytes"), 4096u, "%s", cs.c_str());
-    cr_assert_eq(stat_value(cs, "lock_failures"), 0u, "%s", cs.c_str());
+    // stats.file is written by the process that read the config only (a fork child may be
+    // sandboxed: docs/shim.md), so the child leaves none.
+    cr_assert(::access(dir.file("stats." + *child_pid + ".json").c_str(), F_OK) != 0, "the fork child wrote a stats file");
     const std::string ps = stats_of(dir, static_cast<pid_t>(std::stol(*parent_pid)));
     cr_assert_geq(stat_value(ps, "matched_allocations"), 64u, "%s", ps.c_str());
     cr_assert_leq(stat_value(ps, "live_bytes"), 4096u, "%s", ps.c_str());

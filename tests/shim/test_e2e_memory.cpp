@@ -91,7 +91,8 @@ Test(e2e_memory, blocks_larger_than_the_arena_are_served_by_the_next_allocator_u
     cr_assert_eq(count_occurrences(r.err, "the secure arena is full"), 1u, "%s", r.err.c_str());
     cr_assert(contains(r.err, real(shim_program("e2e_memory")) + " (pid " + pid + "): the secure arena is full: "
                                   "matching allocations are served by the program's allocator, unprotected "
-                                  "(counted in overflows): raise policy.max_arena\n"),
+                                  "(counted in overflows): raise policy.max_arena (program e2e_memory, pid " +
+                                  pid + ")\n"),
               "%s", r.err.c_str());
     const std::string stats = stats_of(dir, std::stoi(pid));
     cr_assert_geq(stat_value(stats, "overflows"), 2u, "%s", stats.c_str());

@@ -66,7 +66,8 @@ std::string single_stderr_line(const RunResult &r) {
 
 // stderr is exactly one warning line about the lock failure, ending with `why`.
 void expect_one_lock_warning(const RunResult &r, const std::string &why) {
-    const std::string line = single_stderr_line(r);
+    std::string line = without_origin(single_stderr_line(r));
+    if (!line.empty() && line.back() == '\n') line.pop_back();
     cr_assert(ends_with(r.err, "\n"), "%s", r.describe().c_str());
     cr_assert(starts_with(line, kLockWarning), "%s", r.describe().c_str());
     cr_assert(ends_with(line, ": " + why), "warning does not end with \": %s\":\n%s", why.c_str(),

@@ -301,6 +301,7 @@ void fork_with_failing_relock(LockFailurePolicy policy, int &status, std::string
             waitpid(pid, &st, 0);
             _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
         }
+        arena.postfork_child_locks();
         arena.postfork_child();
         for (std::size_t i = 0; i < blocks.size(); ++i) {
             const std::size_t n = i % 2 ? 48 : 5000;
