@@ -240,7 +240,8 @@ Test(e2e_security, p05_same_pid_in_two_pid_namespaces) {
     for (LiveProgram *c : {&a, &b}) {
         const pid_t pid = only_child(c->pid());
         const auto j = inspect_json(pid);
-        cr_assert_str_eq(j["status"].get<std::string>().c_str(), "protected", "%s", j.dump(2).c_str());
+        const std::string status = j["status"].get<std::string>();
+        cr_assert_str_eq(status.c_str(), "protected", "%s", j.dump(2).c_str());
         cr_assert_eq(j["nspid"].back().get<int>(), 1, "%s", j.dump(2).c_str());
         cr_assert_eq(j["counters"]["pid"].get<int>(), 1);
         cr_assert_eq(j["counters"]["matched_allocations"].get<int>(), 64);
@@ -388,7 +389,8 @@ Test(e2e_security, p12_malloc_size_max_under_match_all_is_not_denied) {
     const auto j = nlohmann::json::parse(r.out.substr(0, r.out.rfind("rc=")), nullptr, false);
     cr_assert(!j.is_discarded(), "%s", r.out.c_str());
     cr_assert_eq(j["counters"]["denied"].get<int>(), 0);
-    cr_assert_str_eq(j["status"].get<std::string>().c_str(), "protected");
+    const std::string status = j["status"].get<std::string>();
+    cr_assert_str_eq(status.c_str(), "protected");
 }
 
 // ---- memlock-inspect across users --------------------------------------------------------------------
