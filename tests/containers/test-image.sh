@@ -38,7 +38,7 @@ pm build -q -f "$TOP/deploy/container/Dockerfile.example" --build-arg "BASE=$BAS
     -t "$IMAGE" "$ctx" > /dev/null || fail "podman build of Dockerfile.example failed"
 
 # The program: perl from the base (so, the base's glibc and libraries), keeping many small
-# strings (32 and 64-byte blocks, which default.json matches) and exiting 3 on SIGTERM.
+# strings (32 and 64-byte blocks, which size-rules.json matches: default.json, the OpenSSL key profile, matches nothing in perl) and exiting 3 on SIGTERM.
 PROGRAM='$| = 1;
 $SIG{TERM} = sub { print "program: SIGTERM handled, exiting 3\n"; exit 3 };
 my @keys = map { sprintf("%030d", $_) } 1 .. 4000;
@@ -48,7 +48,8 @@ sleep 1 while 1;'
 on_exit "pm rm -f -t 0 $CTR > /dev/null 2>&1"
 step "running it with --cap-add IPC_LOCK"
 # shellcheck disable=SC2086
-pm run -d --name "$CTR" $PODMAN_RUN_OPTS --network none --cap-add IPC_LOCK "$IMAGE" perl -e "$PROGRAM" > /dev/null ||
+pm run -d --name "$CTR" $PODMAN_RUN_OPTS --network none --cap-add IPC_LOCK \
+    -e MEMLOCK_SHIM_CONFIG=/opt/memlock-shim/etc/memlock-shim/size-rules.json "$IMAGE" perl -e "$PROGRAM" > /dev/null ||
     fail "podman run failed"
 printed() { pm logs "$CTR" 2>&1 | grep -q "$1"; }
 wait_for 100 printed 'program: ready' ||
