@@ -69,6 +69,10 @@ PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
 TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
+ifeq ($(ARCH),aarch64)
+# memlock-discover links the system's libcrypto, which the cross toolchain does not have.
+TOOLS := $(filter-out $(B)/memlock-discover,$(TOOLS))
+endif
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench proof-keys \

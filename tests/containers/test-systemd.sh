@@ -26,6 +26,9 @@ cp "$TOP/deploy/systemd/memlock-shim.conf" "$DROPIN"
 LIMIT_UNIT=$OVERLAY/etc/systemd/system/memlock-limit.service
 mkdir -p "$LIMIT_UNIT.d"
 cp "$TOP/deploy/systemd/memlock-shim.conf" "$LIMIT_UNIT.d/"
+# perl's strings are not keys: the size rules match them (default.json is the OpenSSL profile).
+printf '[Service]\nEnvironment=MEMLOCK_SHIM_CONFIG=/usr/local/etc/memlock-shim/size-rules.json\n' \
+    > "$LIMIT_UNIT.d/zz-size-rules.conf"
 cat > "$LIMIT_UNIT" << 'UNIT'
 [Service]
 User=nobody
