@@ -143,7 +143,9 @@ struct SecureArena::Pool {
     std::uintptr_t start, end;   // the pool's address range
     std::uintptr_t frontier;     // first byte never carved
     std::uintptr_t committed;    // first byte not committed (prealloc commits ahead)
-    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up
+    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up (or,
+                                 // without lock-on-fault, is locked as it is committed)
+    std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
@@ -273,7 +275,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
-        p->start = p->frontier = p->committed = p->lock_end = base_ + i * pool_bytes;
+        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
         if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
     }
@@ -315,11 +317,18 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 // later are locked as they are first touched, without an mlock call: after start-up the
 // arena makes no system call that glibc's malloc would not make itself (a seccomp sandbox
 // installed later may forbid mlock). Where the limit refuses the whole budget, the largest
-// halving of it that the kernel accepts.
+// halving of it that the kernel accepts. Without lock-on-fault the range is locked piece by
+// piece as it is committed (mlock calls after start-up: see docs/shim.md, "Old kernels").
 void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
     std::size_t len = std::min(budget, pool.end - pool.start) / page_ * page_;
     for (; len >= kMinSlab; len = len / 2 / page_ * page_) {
         int err = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), len);
+        if (err == ENOSYS || err == EINVAL) {
+            // No lock-on-fault (Linux < 4.4, qemu-user): commit_and_lock mlocks the pages of
+            // the range as they are committed.
+            lock_on_commit_ = true;
+            err = 0;
+        }
         if (!err) {
             pool.lock_end = pool.start + len;
             locked_total_ += len;
@@ -354,6 +363,20 @@ void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, in
 int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
+    bool committed = false;
+    if (lock_on_commit_ && lock_to > from) {
+        // No lock-on-fault: mlock what is committed inside the budget (mlock populates it).
+        // Refused (the limit, or a sandbox that answers EPERM), the rest of the budget is
+        // given up and the pages follow the lock policy below.
+        if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+        committed = true;
+        if (int err = memlock_lock(reinterpret_cast<void *>(from), lock_to - from)) {
+            lock_error_ = err;
+            pool.lock_end = lock_to = from;
+        } else {
+            pool.locked_to = std::max(pool.locked_to, lock_to);
+        }
+    }
     if ((pool.actions & kActionLock) && lock_to < to) {
         if (stats_) stats_->lock_failures.fetch_add(1);
         const char *why = lock_error_ ? memlock_strerror(lock_error_) : "policy.max_locked reached";
@@ -373,7 +396,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
             break;
         }
     }
-    if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+    if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
     std::size_t first = (from - base_) / page_, n = bytes / page_;
     for (std::size_t i = 0; i < n; ++i)
         meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? kLockedPage : 0));
@@ -929,7 +952,8 @@ void SecureArena::postfork_child() noexcept {
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         if (pool.lock_end == pool.start) continue;
-        int rc = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
+        int rc = lock_on_commit_ ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
+                                 : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
         if (!rc) continue;
         failed = rc;
         // Not locked in this process: such pages may be swapped, so they are always wiped in
@@ -940,7 +964,7 @@ void SecureArena::postfork_child() noexcept {
             meta_[pg].flags &= static_cast<std::uint8_t>(~kLockedPage);
             if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
         }
-        pool.lock_end = pool.start;
+        pool.lock_end = pool.locked_to = pool.start;
     }
     if (failed) {
         if (stats_) stats_->lock_failures.fetch_add(1);

@@ -5,7 +5,9 @@
 //     action set of the rules (lock / dontdump / wipe). The reservation is marked
 //     MADV_DONTDUMP before any block is handed out (for pools with that action). A pool with
 //     the lock action locks its share of max_locked on fault at start-up; after start-up the
-//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them).
+//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
+//     without lock-on-fault (Linux < 4.4, qemu-user): then the budget's pages are mlocked
+//     as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
@@ -161,6 +163,7 @@ private:
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
+    bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

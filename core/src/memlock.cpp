@@ -141,9 +141,7 @@ int memlock_lock_onfault(void *addr, size_t len) {
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 0x01
 #endif
-    int rc = g_mlock2.load(std::memory_order_relaxed)(addr, len, MLOCK_ONFAULT);
-    if (rc == ENOSYS || rc == EINVAL) rc = call_mlock(addr, len);  // kernels before 4.4
-    return rc;
+    return g_mlock2.load(std::memory_order_relaxed)(addr, len, MLOCK_ONFAULT);
 }
 
 int memlock_dontdump(void *addr, size_t len) {
