@@ -97,6 +97,9 @@ MEMLOCK_API size_t memlock_page_size(void);
  * For commit and release, len == 0 succeeds without a system call. These three calls do not
  * go through the seam below. */
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
+/* The same at exactly addr (page-aligned), never over an existing mapping: EEXIST when part
+ * of [addr, addr+len) is mapped already (nothing is left mapped then). */
+MEMLOCK_API int memlock_reserve_at(void *addr, size_t len);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
 
