@@ -572,13 +572,14 @@ def dump_while_signing(r, listener, ssh):
     client's key exchange is held back (relay) until gdb waits in the monitor at the signing
     functions of libcrypto (RSA_sign up to OpenSSH 9.3, EVP_DigestSign from 9.4)."""
     before = set(children(listener))
-    relay = "%s %s --relay %d 10" % (sys.executable, os.path.abspath(__file__), r.port)
-    login = subprocess.Popen(ssh[:-1] + ["-o", "ProxyCommand=" + relay, ssh[-1], "echo", "signed login ok"],
+    go = os.path.join(r.work, "signing.go")
+    relay_cmd = "%s %s --relay %d %s" % (sys.executable, os.path.abspath(__file__), r.port, go)
+    login = subprocess.Popen(ssh[:-1] + ["-o", "ProxyCommand=" + relay_cmd, ssh[-1], "echo", "signed login ok"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              start_new_session=True)
     r.started.append(_Popen(login))
     monitor = None
-    deadline = time.time() + 8
+    deadline = time.time() + 30
     while monitor is None and time.time() < deadline:
         new = [p for p in children(listener) if p not in before and comm(p) == "sshd: [accepted]"]
         monitor = new[0] if new else None
@@ -587,16 +588,16 @@ def dump_while_signing(r, listener, ssh):
         raise Failure("no monitor for the signing login")
     path = os.path.join(r.work, "signing.core")
     run(["gdb", "-p", str(monitor), "-batch", "-nx", "-ex", "break RSA_sign", "-ex", "break EVP_DigestSign",
-         "-ex", "continue", "-ex", "gcore " + path], timeout=120)
+         "-ex", "shell touch " + go, "-ex", "continue", "-ex", "gcore " + path], timeout=180)
     out = login.communicate(timeout=60)[0].decode(errors="replace")
     if "signed login ok" not in out or not os.path.exists(path):
         raise Failure("the login dumped while signing failed: %r" % out[-300:])
     return monitor, path
 
 
-def relay(port, delay):
-    """ssh's ProxyCommand for dump_while_signing: stdin/stdout to 127.0.0.1:port, with the
-    client's data after its version line held back for delay seconds."""
+def relay(port, go):
+    """ssh's ProxyCommand for dump_while_signing: stdin/stdout to 127.0.0.1:port; the client's
+    data after its version line waits until the file go exists (at most 120 s)."""
     s = socket.create_connection(("127.0.0.1", port))
 
     def down():
@@ -615,7 +616,9 @@ def relay(port, delay):
             line = data.index(b"\n") + 1
             s.sendall(data[:line])
             data = data[line:]
-            time.sleep(delay)
+            deadline = time.time() + 120
+            while not os.path.exists(go) and time.time() < deadline:
+                time.sleep(0.05)
             held = False
         s.sendall(data)
     s.shutdown(socket.SHUT_WR)
@@ -703,7 +706,7 @@ def prove(args, daemon, port, kernel):
 
 def main():
     if sys.argv[1:2] == ["--relay"]:
-        return relay(int(sys.argv[2]), float(sys.argv[3]))
+        return relay(int(sys.argv[2]), sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(TOP, "build"))
     ap.add_argument("--config", default=os.path.join(TOP, "config", "default.json"))
