@@ -3,11 +3,10 @@
 // its stdin to close. memlock-inspect must refuse the page with a clear message.
 #define _GNU_SOURCE
 #include <stdint.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
-#include <unistd.h>
+
+#include "hold_common.h"
 
 #define BYTES (1024 * 1024)  // larger than any layout's page
 
@@ -21,10 +20,5 @@ int main(void) {
     memcpy(p, "MLSHIMS1", 8);
     memcpy(p + 8, &layout, 4);
     memcpy(p + 12, &pid, 4);
-    printf("ready\n");
-    fflush(stdout);
-    char buf[64];
-    while (read(0, buf, sizeof buf) > 0) {
-    }
-    return 0;
+    return ready_until_eof();
 }

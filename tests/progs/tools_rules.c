@@ -5,10 +5,7 @@
 //   10 x malloc(64) in rulestats_make_secret    (live 640, peak 640)
 //   20000 x malloc(200) + free, from main       (never from rulestats_never_called)
 // then prints "ready" and waits for its stdin to close.
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
+#include "hold_common.h"
 
 static void *volatile g_keep[128];
 
@@ -45,10 +42,5 @@ int main(int argc, char **argv) {
         p[0] = 1;
         free(p);
     }
-    printf("ready\n");
-    fflush(stdout);
-    char buf[64];
-    while (read(0, buf, sizeof buf) > 0) {
-    }
-    return 0;
+    return ready_until_eof();
 }

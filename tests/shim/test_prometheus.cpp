@@ -28,7 +28,7 @@ bool has_line(const std::string &text, const std::string &line) {
     return ("\n" + text).find("\n" + line + "\n") != std::string::npos;
 }
 
-const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"({
+const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"js({
   "pid": 42, "active": true, "rules": 2, "matched_allocations": 7, "frees": 3, "live_bytes": 128,
   "peak_bytes": 256, "reserved_bytes": 1048576, "committed_bytes": 65536, "locked_bytes": 65536,
   "unlocked_bytes": 0, "max_locked": 67108864, "lock_failures": 0, "fallbacks": 0, "denied": 0,
@@ -38,7 +38,7 @@ const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"({
                {"name": "lib\\crypto\nrule", "caller": "module libcrypto.so* depth 1", "truncated": true,
                 "matched_allocations": 0, "live_bytes": 0, "peak_bytes": 0, "consulted": 12000},
                {"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 1,
-                "live_bytes": 16, "peak_bytes": 16}]})");
+                "live_bytes": 16, "peak_bytes": 16}]})js");
 
 }  // namespace
 
@@ -78,7 +78,7 @@ Test(prometheus, labels_escaped_per_rule_series_and_unreadable_counters) {
               "%s", text.c_str());
     cr_assert(has_line(text, "memlock_shim_rule_live_bytes" + g + ",rule=\"other rules\"} 16"), "%s", text.c_str());
     cr_assert_eq(count_occurrences(text, "# HELP memlock_shim_rule_live_bytes "), 1u, "%s", text.c_str());
-    for (const char *absent : {"covers", "caller", "truncated"})
+    for (const char *absent : {"covers", "counted together", "module libcrypto", "truncated"})
         cr_assert(text.find(absent) == std::string::npos, "%s in:\n%s", absent, text.c_str());
     cr_assert(text.find("some_future_field") == std::string::npos, "%s", text.c_str());
 
