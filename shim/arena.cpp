@@ -224,7 +224,6 @@ inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
 // bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
 inline void count_rule(StatsPage *stats, unsigned rule, std::int64_t bytes, bool match) noexcept {
     ThreadState &ts = t_state;
-    if (!ts.slot) return;
     StatsRuleTotal &t = stats->rule_totals[rule];
     if (__builtin_expect(ts.rules != nullptr, 1)) {
         StatsRuleCount &c = ts.rules->rule[rule];
@@ -237,6 +236,7 @@ inline void count_rule(StatsPage *stats, unsigned rule, std::int64_t bytes, bool
         }
         return;
     }
+    if (!ts.slot) return;
     if (match) t.matches.fetch_add(1, std::memory_order_relaxed);
     const std::int64_t now = t.live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
     if (bytes > 0) stats_raise_peak(t, now);
