@@ -18,7 +18,8 @@
 //     and blocks of wiping pools come out zero-filled.
 //   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
 //     size class through a per-page table in O(1), and its state (live, freed, never
-//     handed out) through a byte per 16-byte granule.
+//     handed out; a live block also its rule entry, for the per-rule counters) through a
+//     byte per 16-byte granule.
 //   - A double free, or a pointer into the arena that is not a live block, is fatal.
 //   - Thread caches keep the common path free of locks and atomic read-modify-writes.
 //
