@@ -117,6 +117,18 @@ StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
     page->peak_bytes.store(old->peak_bytes.load());
     page->overflows.store(old->overflows.load());
     page->purged_bytes.store(old->purged_bytes.load());
+    const unsigned rules = stats_rule_entries(*old);
+    for (unsigned i = 0; i < rules; ++i) {
+        page->rule_info[i] = old->rule_info[i];
+        StatsRuleTotal &t = page->rule_totals[i];
+        const StatsRuleTotal &o = old->rule_totals[i];
+        t.matches.store(o.matches.load());
+        t.consulted.store(o.consulted.load());
+        t.live.store(o.live.load());
+        t.peak.store(o.peak.load());
+    }
+    for (unsigned i = 0; i < kStatsSlots; ++i)
+        if (old->slots[i].owner.load() != 0) stats_publish_row(page, stats_rule_rows(old) + i, rules);
     // The child's history starts from the parent's totals; only its forking thread lives on,
     // and its slot is re-claimed by the arena.
     fold(page->retired, old->retired);
@@ -139,7 +151,46 @@ ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept {
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept {
     if (!page || !slot || slot == &page->shared) return;
     fold(page->retired, *slot);
+    if (StatsRuleRow *row = stats_rule_row(page, slot)) stats_publish_row(page, row, stats_rule_entries(*page));
     clear(*slot);
+}
+
+void stats_publish_row(StatsPage *page, StatsRuleRow *row, unsigned rules) noexcept {
+    for (unsigned i = 0; i < rules; ++i) {
+        StatsRuleCount &c = row->rule[i];
+        const std::uint64_t m = c.matches.load(std::memory_order_relaxed);
+        const std::uint64_t k = c.consulted.load(std::memory_order_relaxed);
+        const std::int64_t l = c.live.load(std::memory_order_relaxed);
+        if (!m && !k && !l) continue;
+        StatsRuleTotal &t = page->rule_totals[i];
+        if (m) t.matches.fetch_add(m, std::memory_order_relaxed);
+        if (k) t.consulted.fetch_add(k, std::memory_order_relaxed);
+        if (l) t.live.fetch_add(l, std::memory_order_relaxed);
+        c.matches.store(0, std::memory_order_relaxed);
+        c.consulted.store(0, std::memory_order_relaxed);
+        c.live.store(0, std::memory_order_relaxed);
+    }
+}
+
+StatsRuleFigures stats_rule_figures(const StatsPage &page, unsigned index, const StatsRuleRow *const *rows,
+                                    unsigned nrows) noexcept {
+    const StatsRuleTotal &t = page.rule_totals[index];
+    std::uint64_t matches = t.matches.load(std::memory_order_relaxed);
+    std::uint64_t consulted = t.consulted.load(std::memory_order_relaxed);
+    std::int64_t live = t.live.load(std::memory_order_relaxed);
+    for (unsigned i = 0; i < nrows; ++i) {
+        if (!rows[i]) continue;
+        const StatsRuleCount &c = rows[i]->rule[index];
+        matches += c.matches.load(std::memory_order_relaxed);
+        consulted += c.consulted.load(std::memory_order_relaxed);
+        live += c.live.load(std::memory_order_relaxed);
+    }
+    // Mid-publish a row may be counted twice or not at all: never report below zero, and the
+    // peak is at least what is live now.
+    if (live < 0) live = 0;
+    std::int64_t peak = t.peak.load(std::memory_order_relaxed);
+    if (peak < live) peak = live;
+    return StatsRuleFigures{matches, consulted, static_cast<std::uint64_t>(live), static_cast<std::uint64_t>(peak)};
 }
 
 std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept {

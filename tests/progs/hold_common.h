@@ -7,6 +7,16 @@
 #include <string.h>
 #include <unistd.h>
 
+// Prints "ready" and waits for stdin to close. Returns 0.
+static int ready_until_eof(void) {
+    printf("ready\n");
+    fflush(stdout);
+    char buf[64];
+    while (read(0, buf, sizeof buf) > 0) {
+    }
+    return 0;
+}
+
 // Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[],
 // writes to each, prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
 // failed.
@@ -17,12 +27,7 @@ static int hold_blocks_until_eof(void *volatile *blocks, int n) {
         if (!blocks[i]) return 1;
         memset(blocks[i], 0x5a, size);
     }
-    printf("ready\n");
-    fflush(stdout);
-    char buf[64];
-    while (read(0, buf, sizeof buf) > 0) {
-    }
-    return 0;
+    return ready_until_eof();
 }
 
 #endif  // MEMLOCK_TESTS_HOLD_COMMON_H
