@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 // Prints "ready" and waits for stdin to close. Returns 0.
-static int ready_until_eof(void) {
+static inline int ready_until_eof(void) {
     printf("ready\n");
     fflush(stdout);
     char buf[64];
@@ -20,7 +20,7 @@ static int ready_until_eof(void) {
 // Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[],
 // writes to each, prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
 // failed.
-static int hold_blocks_until_eof(void *volatile *blocks, int n) {
+static inline int hold_blocks_until_eof(void *volatile *blocks, int n) {
     for (int i = 0; i < n; ++i) {
         const size_t size = i % 2 ? 32 : 1024;
         blocks[i] = malloc(size);
