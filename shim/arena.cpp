@@ -206,8 +206,16 @@ inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::
 
 inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
                   std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    add_to_slot(ops, 1);
-    add_to_slot(bytes, n);
+    ThreadState &ts = t_state;
+    ThreadCounters *slot = ts.slot;
+    if (!slot) return;
+    if (__builtin_expect(!ts.slot_shared, 1)) {
+        ThreadCounters::bump(slot->*ops, 1);
+        ThreadCounters::bump(slot->*bytes, n);
+    } else {
+        (slot->*ops).fetch_add(1, std::memory_order_relaxed);
+        (slot->*bytes).fetch_add(n, std::memory_order_relaxed);
+    }
 }
 
 }  // namespace
@@ -231,6 +239,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     stats_ = stats;
     reporter_ = reporter;
     page_ = memlock_page_size();
+    page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
@@ -651,7 +660,7 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
-        std::size_t head = meta_[off / page_].head;
+        std::size_t head = meta_[off >> page_shift_].head;
         PageMeta &h = meta_[head];
         if (h.nfree++ == 0) list_push(pool.partial[cls], head);
         if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
@@ -663,6 +672,13 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
     if (released) maybe_purge(pool);
+}
+
+void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
+    int saved = errno;
+    Guard g(pool.lock);
+    flush(pool, cls, blocks, n);
+    errno = saved;
 }
 
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
@@ -833,7 +849,7 @@ void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align) noexce
         unsigned cls = class_of(n < align ? align : n);
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
-        while (kClasses.info[cls].size % align) ++cls;
+        while (kClasses.info[cls].size & (align - 1)) ++cls;
         return alloc_small(pool, cls);
     }
     return alloc_large(pool, n, align);
@@ -845,7 +861,7 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
 
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    PageMeta &m = meta_[off / page_];
+    PageMeta &m = meta_[off >> page_shift_];
     unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
     Pool &pool = pools_[pool_index];
     std::uint8_t &state = state_[off >> 4];
@@ -862,25 +878,19 @@ void SecureArena::free(void *p) noexcept {
             PoolCache::Bin &bin = pc->bins[m.cls];
             if (__builtin_expect(bin.count == ci.cache_max, 0)) {
                 unsigned keep = ci.cache_max / 2;
-                int saved = errno;
-                Guard g(pool.lock);
-                flush(pool, m.cls, bin.blocks + keep, bin.count - keep);
+                flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
                 bin.count = keep;
-                errno = saved;
             }
             bin.blocks[bin.count++] = p;
         } else {
-            int saved = errno;
-            Guard g(pool.lock);
-            flush(pool, m.cls, &p, 1);
-            errno = saved;
+            flush_locked(pool, m.cls, &p, 1);
         }
         if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
         return;
     }
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
-    if (m.kind == kRun && state == kLive && m.head == off / page_ && off % page_ == 0) {
+    if (m.kind == kRun && state == kLive && m.head == off >> page_shift_ && off % page_ == 0) {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
@@ -891,10 +901,10 @@ void SecureArena::free(void *p) noexcept {
 
 std::size_t SecureArena::usable_size(const void *p) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    const PageMeta &m = meta_[off / page_];
+    const PageMeta &m = meta_[off >> page_shift_];
     if (state_[off >> 4] == kLive) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
-        if (m.kind == kRun && m.head == off / page_) return std::size_t{m.npages} * page_;
+        if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
 }
@@ -950,12 +960,17 @@ void SecureArena::postfork_child() noexcept {
             reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
                       memlock_strerror(failed));
     }
-    // The forking thread is the only one left, with a new tid and a new stats page.
+    // The forking thread is the only one left. It keeps its stats slot when the child's page
+    // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
-    if (ts.arena == this && stats_ && !ts.dead) {
+    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
         ts.slot = stats_claim_slot(stats_, current_tid());
         ts.slot_shared = ts.slot == &stats_->shared;
     }
+}
+
+ThreadCounters *SecureArena::thread_slot() const noexcept {
+    return t_state.arena == this ? t_state.slot : nullptr;
 }
 
 void SecureArena::thread_exit() noexcept {
