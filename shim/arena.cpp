@@ -96,13 +96,21 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 #endif
 }
 
-// Zeroes a block. Small blocks take inline stores (a call costs more than the stores); the
-// empty asm tells the compiler the memory is read afterwards, so the stores stay.
+constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
+// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
+// memory is read afterwards, so the stores stay.
+inline void wipe_small(void *p, std::size_t size) noexcept {
+    auto *w = static_cast<std::uint64_t *>(p);
+    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+// Zeroes a block.
 inline void wipe_block(void *p, std::size_t size) noexcept {
-    if (size <= 128) {
-        auto *w = static_cast<std::uint64_t *>(p);
-        for (std::size_t i = 0; i < size / 8; ++i) w[i] = 0;
-        __asm__ __volatile__("" : : "r"(p) : "memory");
+    if (size <= kInlineWipe) {
+        wipe_small(p, size);
     } else {
         memlock_wipe(p, size);
         clear_vector_registers();  // a block this size was copied through them
@@ -859,35 +867,60 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
+// The common case makes no call: a small live block goes into the calling thread's cache,
+// which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
     unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
-    Pool &pool = pools_[pool_index];
     std::uint8_t &state = state_[off >> 4];
-    if (__builtin_expect(m.kind == kSlab && state == kLive, 1)) {
-        const ClassInfo &ci = kClasses.info[m.cls];
-        std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-        if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
-        if (pool.actions & kActionWipe) wipe_block(p, ci.size);
-        state = kFreed;
-        ThreadState &ts = t_state;
-        PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
-        if (__builtin_expect(!pc, 0)) pc = cache_for(pool_index);  // registers the thread
-        if (__builtin_expect(pc != nullptr, 1)) {
-            PoolCache::Bin &bin = pc->bins[m.cls];
-            if (__builtin_expect(bin.count == ci.cache_max, 0)) {
-                unsigned keep = ci.cache_max / 2;
-                flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
-                bin.count = keep;
-            }
-            bin.blocks[bin.count++] = p;
-        } else {
-            flush_locked(pool, m.cls, &p, 1);
+    if (__builtin_expect(m.kind != kSlab || state != kLive, 0)) return free_not_slab(p);
+    const ClassInfo &ci = kClasses.info[m.cls];
+    std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
+    if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (__builtin_expect(!pc || ci.size > kInlineWipe || pc->bins[m.cls].count == ci.cache_max, 0))
+        return free_small_slow(p);
+    if (pools_[pool_index].actions & kActionWipe) wipe_small(p, ci.size);
+    state = kFreed;
+    PoolCache::Bin &bin = pc->bins[m.cls];
+    bin.blocks[bin.count++] = p;
+    count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+}
+
+// A live slab block that the common path of free() does not take.
+void SecureArena::free_small_slow(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
+    Pool &pool = pools_[pool_index];
+    const ClassInfo &ci = kClasses.info[m.cls];
+    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
+    state_of(p) = kFreed;
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (!pc) pc = cache_for(pool_index);  // registers the thread
+    if (pc) {
+        PoolCache::Bin &bin = pc->bins[m.cls];
+        if (bin.count == ci.cache_max) {
+            unsigned keep = ci.cache_max / 2;
+            flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
+            bin.count = keep;
         }
-        if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-        return;
+        bin.blocks[bin.count++] = p;
+    } else {
+        flush_locked(pool, m.cls, &p, 1);
     }
+    if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+}
+
+// Not a live slab block: a page run, a double free, or not a block at all.
+void SecureArena::free_not_slab(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    Pool &pool = pools_[off >> pool_shift_];
+    std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
     if (m.kind == kRun && state == kLive && m.head == off >> page_shift_ && off % page_ == 0) {

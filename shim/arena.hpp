@@ -120,6 +120,8 @@ private:
     __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
     __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
     __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    __attribute__((noinline)) void free_small_slow(void *p) noexcept;
+    __attribute__((noinline)) void free_not_slab(void *p) noexcept;
     // flush() under the pool's lock; preserves errno.
     __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;

@@ -555,7 +555,7 @@ int shim_dlclose(void *handle) noexcept {
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
 // larger than the arena) under policy fallback: the next allocator serves it, unprotected,
 // as it would without the shim. Counted, and reported once per process.
-void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
+__attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     static std::atomic<bool> warned{false};
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {
