@@ -102,13 +102,21 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 #endif
 }
 
-// Zeroes a block. Small blocks take inline stores (a call costs more than the stores); the
-// empty asm tells the compiler the memory is read afterwards, so the stores stay.
+constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
+// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
+// memory is read afterwards, so the stores stay.
+inline void wipe_small(void *p, std::size_t size) noexcept {
+    auto *w = static_cast<std::uint64_t *>(p);
+    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+// Zeroes a block.
 inline void wipe_block(void *p, std::size_t size) noexcept {
-    if (size <= 128) {
-        auto *w = static_cast<std::uint64_t *>(p);
-        for (std::size_t i = 0; i < size / 8; ++i) w[i] = 0;
-        __asm__ __volatile__("" : : "r"(p) : "memory");
+    if (size <= kInlineWipe) {
+        wipe_small(p, size);
     } else {
         memlock_wipe(p, size);
         clear_vector_registers();  // a block this size was copied through them
@@ -214,8 +222,16 @@ inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::
 
 inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
                   std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    add_to_slot(ops, 1);
-    add_to_slot(bytes, n);
+    ThreadState &ts = t_state;
+    ThreadCounters *slot = ts.slot;
+    if (!slot) return;
+    if (__builtin_expect(!ts.slot_shared, 1)) {
+        ThreadCounters::bump(slot->*ops, 1);
+        ThreadCounters::bump(slot->*bytes, n);
+    } else {
+        (slot->*ops).fetch_add(1, std::memory_order_relaxed);
+        (slot->*bytes).fetch_add(n, std::memory_order_relaxed);
+    }
 }
 
 // Counts `bytes` (> 0 allocated, < 0 freed) of rule entry `rule` for the calling thread, and
@@ -269,6 +285,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     stats_ = stats;
     reporter_ = reporter;
     page_ = memlock_page_size();
+    page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
@@ -689,7 +706,7 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
-        std::size_t head = meta_[off / page_].head;
+        std::size_t head = meta_[off >> page_shift_].head;
         PageMeta &h = meta_[head];
         if (h.nfree++ == 0) list_push(pool.partial[cls], head);
         if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
@@ -701,6 +718,13 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
     if (released) maybe_purge(pool);
+}
+
+void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
+    int saved = errno;
+    Guard g(pool.lock);
+    flush(pool, cls, blocks, n);
+    errno = saved;
 }
 
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
@@ -889,7 +913,7 @@ void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align, unsign
         unsigned cls = class_of(n < align ? align : n);
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
-        while (kClasses.info[cls].size % align) ++cls;
+        while (kClasses.info[cls].size & (align - 1)) ++cls;
         return alloc_small(pool, cls, rule);
     }
     return alloc_large(pool, n, align, rule);
@@ -899,49 +923,70 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
+// The common case makes no call: a small live block goes into the calling thread's cache,
+// which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    PageMeta &m = meta_[off / page_];
+    PageMeta &m = meta_[off >> page_shift_];
+    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
+    std::uint8_t &state = state_[off >> 4];
+    if (__builtin_expect(m.kind != kSlab || (state & kStateMask) != kLive, 0)) return free_not_slab(p);
+    const ClassInfo &ci = kClasses.info[m.cls];
+    std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
+    if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (__builtin_expect(!pc || ci.size > kInlineWipe || pc->bins[m.cls].count == ci.cache_max, 0))
+        return free_small_slow(p);
+    const unsigned rule = state >> kRuleShift;
+    if (pools_[pool_index].actions & kActionWipe) wipe_small(p, ci.size);
+    state = kFreed;
+    PoolCache::Bin &bin = pc->bins[m.cls];
+    bin.blocks[bin.count++] = p;
+    count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+    if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+}
+
+// A live slab block that the common path of free() does not take.
+void SecureArena::free_small_slow(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
     unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
     Pool &pool = pools_[pool_index];
-    std::uint8_t &state = state_[off >> 4];
-    if (__builtin_expect(m.kind == kSlab && (state & kStateMask) == kLive, 1)) {
-        const ClassInfo &ci = kClasses.info[m.cls];
-        const unsigned rule = state >> kRuleShift;
-        std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-        if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
-        if (pool.actions & kActionWipe) wipe_block(p, ci.size);
-        state = kFreed;
-        ThreadState &ts = t_state;
-        PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
-        if (__builtin_expect(!pc, 0)) pc = cache_for(pool_index);  // registers the thread
-        if (__builtin_expect(pc != nullptr, 1)) {
-            PoolCache::Bin &bin = pc->bins[m.cls];
-            if (__builtin_expect(bin.count == ci.cache_max, 0)) {
-                unsigned keep = ci.cache_max / 2;
-                int saved = errno;
-                if (stats_ && ts.arena == this) publish_rules(stats_);
-                Guard g(pool.lock);
-                flush(pool, m.cls, bin.blocks + keep, bin.count - keep);
-                bin.count = keep;
-                errno = saved;
-            }
-            bin.blocks[bin.count++] = p;
-        } else {
-            int saved = errno;
-            Guard g(pool.lock);
-            flush(pool, m.cls, &p, 1);
-            errno = saved;
+    const ClassInfo &ci = kClasses.info[m.cls];
+    const unsigned rule = state_of(p) >> kRuleShift;
+    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
+    state_of(p) = kFreed;
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (!pc) pc = cache_for(pool_index);  // registers the thread
+    if (pc) {
+        PoolCache::Bin &bin = pc->bins[m.cls];
+        if (bin.count == ci.cache_max) {
+            unsigned keep = ci.cache_max / 2;
+            if (stats_ && ts.arena == this) publish_rules(stats_);
+            flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
+            bin.count = keep;
         }
-        if (ts.arena == this) {
-            count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-            if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
-        }
-        return;
+        bin.blocks[bin.count++] = p;
+    } else {
+        flush_locked(pool, m.cls, &p, 1);
     }
+    if (ts.arena == this) {
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+        if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+    }
+}
+
+// Not a live slab block: a page run, a double free, or not a block at all.
+void SecureArena::free_not_slab(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    Pool &pool = pools_[off >> pool_shift_];
+    std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
-    if (m.kind == kRun && (state & kStateMask) == kLive && m.head == off / page_ && off % page_ == 0) {
+    if (m.kind == kRun && (state & kStateMask) == kLive && m.head == off >> page_shift_ && off % page_ == 0) {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
@@ -952,10 +997,10 @@ void SecureArena::free(void *p) noexcept {
 
 std::size_t SecureArena::usable_size(const void *p) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    const PageMeta &m = meta_[off / page_];
+    const PageMeta &m = meta_[off >> page_shift_];
     if ((state_[off >> 4] & kStateMask) == kLive) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
-        if (m.kind == kRun && m.head == off / page_) return std::size_t{m.npages} * page_;
+        if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
 }
@@ -1011,13 +1056,18 @@ void SecureArena::postfork_child() noexcept {
             reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
                       memlock_strerror(failed));
     }
-    // The forking thread is the only one left, with a new tid and a new stats page.
+    // The forking thread is the only one left. It keeps its stats slot when the child's page
+    // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
-    if (ts.arena == this && stats_ && !ts.dead) {
+    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
         ts.slot = stats_claim_slot(stats_, current_tid());
         ts.slot_shared = ts.slot == &stats_->shared;
         ts.rules = stats_rule_row(stats_, ts.slot);
     }
+}
+
+ThreadCounters *SecureArena::thread_slot() const noexcept {
+    return t_state.arena == this ? t_state.slot : nullptr;
 }
 
 void SecureArena::thread_exit() noexcept {

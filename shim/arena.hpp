@@ -103,6 +103,8 @@ public:
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
+    // The calling thread's stats slot (nullptr: none).
+    ThreadCounters *thread_slot() const noexcept;
     // Thread exit: returns the calling thread's cached blocks to the pools.
     void thread_exit() noexcept;
 
@@ -119,15 +121,21 @@ public:
     struct PoolCache;
 
 private:
+    // The thread-cache paths (alloc_small, free) are inline; what they call rarely is kept out
+    // of line, so that the common path saves no registers and sets up no frame.
     void *alloc_small(unsigned pool, unsigned cls, unsigned rule) noexcept;
-    void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
-    void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
-    void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
+    __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
+    __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    __attribute__((noinline)) void free_small_slow(void *p) noexcept;
+    __attribute__((noinline)) void free_not_slab(void *p) noexcept;
+    // flush() under the pool's lock; preserves errno.
+    __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;
     bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
-    PoolCache *cache_for(unsigned pool) noexcept;
+    __attribute__((noinline)) PoolCache *cache_for(unsigned pool) noexcept;
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
@@ -156,6 +164,7 @@ private:
     std::uintptr_t span_ = 0;
     unsigned pool_shift_ = 0;
     std::size_t page_ = 4096;
+    unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;

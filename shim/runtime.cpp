@@ -217,9 +217,11 @@ __thread bool t_fork_locked __attribute__((tls_model("initial-exec"))) = false;
 
 bool single_threaded() noexcept { return g_single_threaded && *g_single_threaded; }
 
+// A single-threaded fork (not nested in another) counts nothing: the parent's handler then
+// writes no memory, as every page the parent writes after fork costs a copy-on-write fault.
 void atfork_prepare() {
-    if (!g_active) return;
-    if (t_fork_depth++ > 0 || single_threaded()) return;
+    if (!g_active || (t_fork_depth == 0 && single_threaded())) return;
+    if (t_fork_depth++ > 0) return;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -230,7 +232,7 @@ void atfork_prepare() {
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_parent() {
-    if (!g_active) return;
+    if (!g_active || t_fork_depth == 0) return;
     if (t_fork_depth > 1 || !t_fork_locked) {
         --t_fork_depth;
         return;
@@ -250,15 +252,18 @@ void atfork_child() {
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
     bool outermost = t_fork_depth == 1;
-    --t_fork_depth;
+    bool other_threads = t_fork_locked || !single_threaded();
+    if (t_fork_depth > 0) --t_fork_depth;
     if (outermost && t_fork_locked) {
         t_fork_locked = false;
         callers_postfork_child();
         g_arena.postfork_child_locks();
         _IO_list_resetlock();
     }
-    g_stats = stats_recreate_after_fork(g_stats);
-    g_arena.set_stats(g_stats);
+    if (StatsPage *own = stats_after_fork(g_stats, g_arena.thread_slot(), other_threads); own != g_stats) {
+        g_stats = own;
+        g_arena.set_stats(own);
+    }
     g_arena.postfork_child();
 }
 
@@ -584,7 +589,7 @@ int shim_dlclose(void *handle) noexcept {
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
 // larger than the arena) under policy fallback: the next allocator serves it, unprotected,
 // as it would without the shim. Counted, and reported once per process.
-void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
+__attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     static std::atomic<bool> warned{false};
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {

@@ -1,10 +1,10 @@
 // stats.hpp - the shim's counters, laid out in one page that other processes can read.
 //
-// The page lives in a memfd_create mapping named kStatsMemfdName, which /proc/PID/maps shows
-// as "/memfd:memlock-shim (deleted)". Nothing is in any directory: nothing to plant, nothing
-// left behind however the process ends, no name shared across PID namespaces. The memfd's
-// size is sealed (nobody can shrink it under the mapping), and its descriptor is closed once
-// mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
+// The page lives in a private memfd_create mapping named kStatsMemfdName, which /proc/PID/maps
+// shows as "/memfd:memlock-shim (deleted)"; a fork child's copy-on-write copy is its own page.
+// Nothing is in any directory: nothing to plant, nothing left behind however the process
+// ends, no name shared across PID namespaces. The memfd's size is sealed (nobody can shrink
+// it under the mapping), and its descriptor is closed once mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
 // the process's memory (the kernel's ptrace access check) see it. Where memfd_create is
 // missing (ENOSYS before Linux 3.17, or a seccomp filter) the page is a shared anonymous
 // mapping, "/dev/zero (deleted)" in /proc/PID/maps: memlock-inspect finds it among those of
@@ -169,12 +169,22 @@ inline unsigned stats_rule_entries(const StatsPage &page) noexcept {
 // else a shared anonymous one; otherwise (unit tests) a private anonymous one. Never allocates. pre: called once, single-threaded. Returns nullptr only
 // when no mapping could be made.
 StatsPage *stats_create(bool visible) noexcept;
-// In a forked child: gives the child a page of its own (the same kind as the parent's),
-// starting from the parent's values. Unmaps the parent's page.
-StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept;
+// In a forked child: the child's page, starting from the parent's values, with the slots of
+// the threads that did not survive the fork folded into `retired` (when `other_threads`: the
+// parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
+// own. A memfd page is private: the child's copy-on-write copy is its own page already (no
+// system call but getpid and gettid; a single-threaded parent's child reads and writes no
+// slot but its own). A shared anonymous page (no memfd_create) is copied into a new one,
+// all its slots folded.
+StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;
+// Is `slot` one of page's (a thread's own or the shared one)?
+inline bool stats_has_slot(const StatsPage &page, const ThreadCounters *slot) noexcept {
+    const auto at = reinterpret_cast<std::uintptr_t>(slot), first = reinterpret_cast<std::uintptr_t>(page.slots);
+    return slot == &page.shared || (at >= first && at < first + sizeof page.slots);
+}
 // Folds a slot into `retired` (and its rule row into the rule totals) and frees it (thread exit).
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept;
 

@@ -162,7 +162,8 @@ void parse_maps(ProcessView &v) {
         fields >> range >> perms >> offset >> dev >> inode;
         std::getline(fields >> std::ws, path);
         if (path.find("libmemlock_shim.so") != std::string::npos) v.shim_loaded = true;
-        if ((path != memfd && path != "/dev/zero (deleted)") || perms.size() < 4 || perms[3] != 's') continue;
+        // The memfd mapping is private (older shims mapped it shared), the anonymous page shared.
+        if (path != memfd && (path != "/dev/zero (deleted)" || perms.size() < 4 || perms[3] != 's')) continue;
         const auto dash = range.find('-');
         const std::uint64_t start = std::strtoull(range.c_str(), nullptr, 16);
         const std::uint64_t end = dash == std::string::npos ? 0 : std::strtoull(range.c_str() + dash + 1, nullptr, 16);
