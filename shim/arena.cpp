@@ -23,8 +23,14 @@ enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // Page flags: kLockedPage: inside a locked range; kInUse: committed and possibly resident
 // (a slab, a live run, or a free run not yet given back to the kernel).
 enum : std::uint8_t { kLockedPage = 1, kInUse = 2 };
-// Block states, one byte per 16-byte granule (at the block's first granule).
+// Block states, one byte per 16-byte granule (at the block's first granule). A live block's
+// byte also holds its rule's counters entry (stats_rule_index) in the bits above kStateMask,
+// so that free() finds the rule to count without another table.
 enum : std::uint8_t { kNeverUsed = 0, kLive = 1, kFreed = 2 };
+constexpr std::uint8_t kStateMask = 3;
+constexpr unsigned kRuleShift = 2;
+static_assert(kStatsRules << kRuleShift <= 256, "a rule entry fits the state byte");
+inline std::uint8_t live_state(unsigned rule) noexcept { return static_cast<std::uint8_t>(kLive | rule << kRuleShift); }
 
 struct ClassInfo {
     std::uint32_t size;
@@ -96,13 +102,21 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 #endif
 }
 
-// Zeroes a block. Small blocks take inline stores (a call costs more than the stores); the
-// empty asm tells the compiler the memory is read afterwards, so the stores stay.
+constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
+// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
+// memory is read afterwards, so the stores stay.
+inline void wipe_small(void *p, std::size_t size) noexcept {
+    auto *w = static_cast<std::uint64_t *>(p);
+    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+// Zeroes a block.
 inline void wipe_block(void *p, std::size_t size) noexcept {
-    if (size <= 128) {
-        auto *w = static_cast<std::uint64_t *>(p);
-        for (std::size_t i = 0; i < size / 8; ++i) w[i] = 0;
-        __asm__ __volatile__("" : : "r"(p) : "memory");
+    if (size <= kInlineWipe) {
+        wipe_small(p, size);
     } else {
         memlock_wipe(p, size);
         clear_vector_registers();  // a block this size was copied through them
@@ -169,6 +183,7 @@ struct ThreadState {
     const SecureArena *arena;                      // owner of the caches (nullptr: none yet)
     SecureArena::PoolCache *caches[kMaxPools];
     ThreadCounters *slot;
+    StatsRuleRow *rules;                           // slot's rule row (nullptr: the shared slot)
     bool slot_shared;                              // slot is shared: atomic updates
     bool dead;                                     // thread is exiting: no caching
 };
@@ -192,6 +207,7 @@ bool thread_ready(const SecureArena *arena, StatsPage *stats) noexcept {
     if (stats) {
         ts.slot = stats_claim_slot(stats, current_tid());
         ts.slot_shared = ts.slot == &stats->shared;
+        ts.rules = stats_rule_row(stats, ts.slot);
     }
     if (g_key_arena == arena) pthread_setspecific(g_exit_key, &ts);
     return true;
@@ -208,8 +224,46 @@ inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::
 
 inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
                   std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    add_to_slot(ops, 1);
-    add_to_slot(bytes, n);
+    ThreadState &ts = t_state;
+    ThreadCounters *slot = ts.slot;
+    if (!slot) return;
+    if (__builtin_expect(!ts.slot_shared, 1)) {
+        ThreadCounters::bump(slot->*ops, 1);
+        ThreadCounters::bump(slot->*bytes, n);
+    } else {
+        (slot->*ops).fetch_add(1, std::memory_order_relaxed);
+        (slot->*bytes).fetch_add(n, std::memory_order_relaxed);
+    }
+}
+
+// Counts `bytes` (> 0 allocated, < 0 freed) of rule entry `rule` for the calling thread, and
+// one match when `match`: plain stores in its own rule row; atomic adds on the totals for a
+// thread in the shared slot. An allocation raises the rule's peak when the published live
+// bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
+inline void count_rule(StatsPage *stats, unsigned rule, std::int64_t bytes, bool match) noexcept {
+    ThreadState &ts = t_state;
+    StatsRuleTotal &t = stats->rule_totals[rule];
+    if (__builtin_expect(ts.rules != nullptr, 1)) {
+        StatsRuleCount &c = ts.rules->rule[rule];
+        if (match) ThreadCounters::bump(c.matches, 1);
+        const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
+        c.live.store(mine, std::memory_order_relaxed);
+        if (bytes > 0) {
+            const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
+            if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
+        }
+        return;
+    }
+    if (!ts.slot) return;
+    if (match) t.matches.fetch_add(1, std::memory_order_relaxed);
+    const std::int64_t now = t.live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    if (bytes > 0) stats_raise_peak(t, now);
+}
+
+// Publishes the calling thread's rule row (slow paths only).
+inline void publish_rules(StatsPage *stats) noexcept {
+    ThreadState &ts = t_state;
+    if (ts.rules) stats_publish_row(stats, ts.rules, stats_rule_entries(*stats));
 }
 
 }  // namespace
@@ -237,6 +291,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     stats_ = stats;
     reporter_ = reporter;
     page_ = memlock_page_size();
+    page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
@@ -754,7 +809,7 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
-        std::size_t head = meta_[off / page_].head;
+        std::size_t head = meta_[off >> page_shift_].head;
         PageMeta &h = meta_[head];
         if (h.nfree++ == 0) list_push(pool.partial[cls], head);
         if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
@@ -766,6 +821,13 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
     if (released) maybe_purge(pool);
+}
+
+void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
+    int saved = errno;
+    Guard g(pool.lock);
+    flush(pool, cls, blocks, n);
+    errno = saved;
 }
 
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
@@ -791,6 +853,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
 void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept {
     Pool &pool = pools_[pool_index];
     void *b = nullptr;
+    if (stats_ && t_state.arena == this) publish_rules(stats_);
     if (PoolCache *pc = cache_for(pool_index)) {
         PoolCache::Bin &bin = pc->bins[cls];
         unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
@@ -805,7 +868,7 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept 
     return b;
 }
 
-void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
+void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
     ThreadState &ts = t_state;
     PoolCache *pc;
     void *b;
@@ -817,8 +880,9 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
     } else if (!(b = alloc_small_slow(pool_index, cls))) {
         return nullptr;
     }
-    state_of(b) = kLive;
+    state_of(b) = live_state(rule);
     count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, kClasses.info[cls].size);
+    if (stats_) count_rule(stats_, rule, kClasses.info[cls].size, true);
     return b;
 }
 
@@ -834,7 +898,7 @@ void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npag
     }
 }
 
-void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align) noexcept {
+void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align, unsigned rule) noexcept {
     Pool &pool = pools_[pool_index];
     if (n > cap_span_ || align > cap_span_)
         return out_of_space("a matching allocation is larger than the arena's growth cap");
@@ -852,9 +916,15 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
         }
     }
     void *p = reinterpret_cast<void *>(at);
-    state_of(p) = kLive;
+    state_of(p) = live_state(rule);
     thread_ready(this, stats_);  // registers the thread (an exiting one counts in the shared slot)
-    if (t_state.arena == this) count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+    if (t_state.arena == this) {
+        count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+        if (stats_) {
+            count_rule(stats_, rule, static_cast<std::int64_t>(bytes), true);
+            publish_rules(stats_);
+        }
+    }
     return p;
 }
 
@@ -882,6 +952,7 @@ void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
 
 void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     std::size_t bytes = std::size_t{head.npages} * page_;
+    const unsigned rule = state_of(p) >> kRuleShift;
     if (pool.actions & kActionWipe) wipe_run(p, bytes);
     state_of(p) = kFreed;
     {
@@ -891,14 +962,20 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
         maybe_purge(pool);
     }
     thread_ready(this, stats_);
-    if (t_state.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+    if (t_state.arena == this) {
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+        if (stats_) {
+            count_rule(stats_, rule, -static_cast<std::int64_t>(bytes), false);
+            publish_rules(stats_);
+        }
+    }
 }
 
 bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     std::size_t head = off / page_;
     PageMeta &m = meta_[head];
-    if (m.kind != kRun || m.head != head || state_of(p) != kLive || n > cap_span_) return false;
+    if (m.kind != kRun || m.head != head || (state_of(p) & kStateMask) != kLive || n > cap_span_) return false;
     std::size_t need = round_up(n, page_) / page_, have = m.npages;
     if (need <= have) return true;
     std::size_t extra = need - have, next = head + have;
@@ -924,66 +1001,95 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
             note_peak();
         }
     }
-    if (t_state.arena == this) add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
+    if (t_state.arena == this) {
+        add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
+        if (stats_) count_rule(stats_, state_of(p) >> kRuleShift, static_cast<std::int64_t>(extra * page_), false);
+    }
     return true;
 }
 
 // ---- the public operations ---------------------------------------------------------------
 
-void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align) noexcept {
+void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept {
     if (align < 16) align = 16;
     if (n <= kMaxSmall && align <= page_) {
         unsigned cls = class_of(n < align ? align : n);
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
-        while (kClasses.info[cls].size % align) ++cls;
-        return alloc_small(pool, cls);
+        while (kClasses.info[cls].size & (align - 1)) ++cls;
+        return alloc_small(pool, cls, rule);
     }
-    return alloc_large(pool, n, align);
+    return alloc_large(pool, n, align, rule);
 }
 
 void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
+// The common case makes no call: a small live block goes into the calling thread's cache,
+// which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    PageMeta &m = meta_[off / page_];
+    PageMeta &m = meta_[off >> page_shift_];
+    unsigned pool_index = region_pool_[off >> pool_shift_];
+    std::uint8_t &state = state_[off >> 4];
+    if (__builtin_expect(m.kind != kSlab || (state & kStateMask) != kLive, 0)) return free_not_slab(p);
+    const ClassInfo &ci = kClasses.info[m.cls];
+    std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
+    if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (__builtin_expect(!pc || ci.size > kInlineWipe || pc->bins[m.cls].count == ci.cache_max, 0))
+        return free_small_slow(p);
+    const unsigned rule = state >> kRuleShift;
+    if (pools_[pool_index].actions & kActionWipe) wipe_small(p, ci.size);
+    state = kFreed;
+    PoolCache::Bin &bin = pc->bins[m.cls];
+    bin.blocks[bin.count++] = p;
+    count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+    if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+}
+
+// A live slab block that the common path of free() does not take.
+void SecureArena::free_small_slow(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
     unsigned pool_index = region_pool_[off >> pool_shift_];
     Pool &pool = pools_[pool_index];
-    std::uint8_t &state = state_[off >> 4];
-    if (__builtin_expect(m.kind == kSlab && state == kLive, 1)) {
-        const ClassInfo &ci = kClasses.info[m.cls];
-        std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-        if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
-        if (pool.actions & kActionWipe) wipe_block(p, ci.size);
-        state = kFreed;
-        ThreadState &ts = t_state;
-        PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
-        if (__builtin_expect(!pc, 0)) pc = cache_for(pool_index);  // registers the thread
-        if (__builtin_expect(pc != nullptr, 1)) {
-            PoolCache::Bin &bin = pc->bins[m.cls];
-            if (__builtin_expect(bin.count == ci.cache_max, 0)) {
-                unsigned keep = ci.cache_max / 2;
-                int saved = errno;
-                Guard g(pool.lock);
-                flush(pool, m.cls, bin.blocks + keep, bin.count - keep);
-                bin.count = keep;
-                errno = saved;
-            }
-            bin.blocks[bin.count++] = p;
-        } else {
-            int saved = errno;
-            Guard g(pool.lock);
-            flush(pool, m.cls, &p, 1);
-            errno = saved;
+    const ClassInfo &ci = kClasses.info[m.cls];
+    const unsigned rule = state_of(p) >> kRuleShift;
+    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
+    state_of(p) = kFreed;
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (!pc) pc = cache_for(pool_index);  // registers the thread
+    if (pc) {
+        PoolCache::Bin &bin = pc->bins[m.cls];
+        if (bin.count == ci.cache_max) {
+            unsigned keep = ci.cache_max / 2;
+            if (stats_ && ts.arena == this) publish_rules(stats_);
+            flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
+            bin.count = keep;
         }
-        if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-        return;
+        bin.blocks[bin.count++] = p;
+    } else {
+        flush_locked(pool, m.cls, &p, 1);
     }
+    if (ts.arena == this) {
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+        if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+    }
+}
+
+// Not a live slab block: a page run, a double free, or not a block at all.
+void SecureArena::free_not_slab(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
+    std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
-    if (m.kind == kRun && state == kLive && m.head == off / page_ && off % page_ == 0) {
+    if (m.kind == kRun && (state & kStateMask) == kLive && m.head == off >> page_shift_ && off % page_ == 0) {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
@@ -994,10 +1100,10 @@ void SecureArena::free(void *p) noexcept {
 
 std::size_t SecureArena::usable_size(const void *p) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    const PageMeta &m = meta_[off / page_];
-    if (state_[off >> 4] == kLive) {
+    const PageMeta &m = meta_[off >> page_shift_];
+    if ((state_[off >> 4] & kStateMask) == kLive) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
-        if (m.kind == kRun && m.head == off / page_) return std::size_t{m.npages} * page_;
+        if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
 }
@@ -1054,12 +1160,18 @@ void SecureArena::postfork_child() noexcept {
             reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
                       memlock_strerror(failed));
     }
-    // The forking thread is the only one left, with a new tid and a new stats page.
+    // The forking thread is the only one left. It keeps its stats slot when the child's page
+    // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
-    if (ts.arena == this && stats_ && !ts.dead) {
+    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
         ts.slot = stats_claim_slot(stats_, current_tid());
         ts.slot_shared = ts.slot == &stats_->shared;
+        ts.rules = stats_rule_row(stats_, ts.slot);
     }
+}
+
+ThreadCounters *SecureArena::thread_slot() const noexcept {
+    return t_state.arena == this ? t_state.slot : nullptr;
 }
 
 void SecureArena::thread_exit() noexcept {
@@ -1084,8 +1196,20 @@ void SecureArena::thread_exit() noexcept {
     // What the thread still frees or allocates on its way out goes straight to the pools and
     // is counted in the shared slot.
     ts.slot = stats_ ? &stats_->shared : nullptr;
+    ts.rules = nullptr;
     ts.slot_shared = true;
     ts.dead = true;
 }
+
+// ---- per-rule counters ---------------------------------------------------------------------
+
+void SecureArena::count_consulted(unsigned rule) noexcept {
+    if (!stats_ || !thread_ready(this, stats_)) return;
+    ThreadState &ts = t_state;
+    if (ts.rules) ThreadCounters::bump(ts.rules->rule[rule].consulted, 1);
+    else if (ts.slot) stats_->rule_totals[rule].consulted.fetch_add(1, std::memory_order_relaxed);
+}
+
+unsigned SecureArena::rule_of(const void *p) const noexcept { return state_of(p) >> kRuleShift; }
 
 }  // namespace mlshim

@@ -21,7 +21,8 @@
 //     and blocks of wiping pools come out zero-filled.
 //   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
 //     size class through a per-page table in O(1), and its state (live, freed, never
-//     handed out) through a byte per 16-byte granule.
+//     handed out; a live block also its rule entry, for the per-rule counters) through a
+//     byte per 16-byte granule.
 //   - A double free, or a pointer into the arena that is not a live block, is fatal.
 //   - Thread caches keep the common path free of locks and atomic read-modify-writes.
 //
@@ -77,8 +78,9 @@ public:
     }
 
     // A block of at least n bytes aligned to `align` (a power of two, >= 16) from pool
-    // `pool`. nullptr with errno = ENOMEM when the pool is full or the lock policy denies.
-    void *alloc(unsigned pool, std::size_t n, std::size_t align = 16) noexcept;
+    // `pool`, counted for rule entry `rule` (< kStatsRules: stats_rule_index). nullptr with
+    // errno = ENOMEM when the pool is full or the lock policy denies.
+    void *alloc(unsigned pool, std::size_t n, std::size_t align = 16, unsigned rule = 0) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
     bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }
@@ -95,6 +97,11 @@ public:
     }
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
+    // pre: owns(p), p live. The rule entry p was allocated for.
+    unsigned rule_of(const void *p) const noexcept;
+    // Counts one allocation whose callers caller rule entry `rule` checked (for the calling
+    // thread; no-op without a stats page).
+    void count_consulted(unsigned rule) noexcept;
 
     // fork(2) support: take every lock before fork, release after (postfork_parent), or make
     // them new in the child (postfork_child_locks). postfork_child re-locks the pages that
@@ -103,6 +110,8 @@ public:
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
+    // The calling thread's stats slot (nullptr: none).
+    ThreadCounters *thread_slot() const noexcept;
     // Thread exit: returns the calling thread's cached blocks to the pools.
     void thread_exit() noexcept;
 
@@ -119,15 +128,21 @@ public:
     struct PoolCache;
 
 private:
-    void *alloc_small(unsigned pool, unsigned cls) noexcept;
-    void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
-    void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
-    void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    // The thread-cache paths (alloc_small, free) are inline; what they call rarely is kept out
+    // of line, so that the common path saves no registers and sets up no frame.
+    void *alloc_small(unsigned pool, unsigned cls, unsigned rule) noexcept;
+    __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
+    __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
+    __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    __attribute__((noinline)) void free_small_slow(void *p) noexcept;
+    __attribute__((noinline)) void free_not_slab(void *p) noexcept;
+    // flush() under the pool's lock; preserves errno.
+    __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;
     bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
-    PoolCache *cache_for(unsigned pool) noexcept;
+    __attribute__((noinline)) PoolCache *cache_for(unsigned pool) noexcept;
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
@@ -165,6 +180,7 @@ private:
     std::uint8_t region_pool_[kMaxRegions] = {};  // the pool each region of the reservation serves
     unsigned pool_shift_ = 0;
     std::size_t page_ = 4096;
+    unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;

@@ -421,6 +421,47 @@ Test(arena, threads_share_the_arena_and_free_each_others_blocks) {
     cr_assert_eq(s.live_bytes(), 0u);
 }
 
+namespace {
+
+void *alloc_for_rule_3(void *arg) {
+    auto *out = static_cast<std::vector<void *> *>(arg);
+    for (int i = 0; i < 1000; ++i) out->push_back(arena.alloc(0, 40, 16, 3));
+    return nullptr;
+}
+
+mlshim::StatsRuleFigures rule_figures(unsigned rule) {
+    const mlshim::StatsRuleRow *rows[mlshim::kStatsSlots];
+    for (unsigned i = 0; i < mlshim::kStatsSlots; ++i) rows[i] = mlshim::stats_rule_rows(stats) + i;
+    return mlshim::stats_rule_figures(*stats, rule, rows, mlshim::kStatsSlots);
+}
+
+}  // namespace
+
+// Per-rule counts follow a block from the thread that allocated it (and exited: its row is
+// published) to the thread that frees it; a page run counts too. 40 bytes are a 48-byte block.
+Test(arena, per_rule_counts_follow_blocks_across_threads) {
+    make_arena();
+    std::vector<void *> from[2];
+    for (auto &v : from) {  // one after the other: the second sees the first's published total
+        pthread_t t;
+        pthread_create(&t, nullptr, alloc_for_rule_3, &v);
+        pthread_join(t, nullptr);
+    }
+    for (void *p : from[0]) arena.free(p);
+    for (std::size_t i = 0; i < from[1].size(); i += 2) arena.free(from[1][i]);
+    void *big = arena.alloc(0, 100000, 16, 7);
+    arena.free(big);
+    const mlshim::StatsRuleFigures f = rule_figures(3);
+    cr_assert_eq(f.matches, 2000u);
+    cr_assert_eq(f.live_bytes, 500u * 48);
+    cr_assert_eq(f.peak_bytes, 2000u * 48);
+    const mlshim::StatsRuleFigures g = rule_figures(7);
+    cr_assert_eq(g.matches, 1u);
+    cr_assert_eq(g.live_bytes, 0u);
+    cr_assert_eq(g.peak_bytes, 25u * 4096);
+    cr_assert_eq(rule_figures(0).matches, 0u);
+}
+
 Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
     make_arena();
     auto *p = static_cast<unsigned char *>(arena.alloc(0, 32));
