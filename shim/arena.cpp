@@ -157,7 +157,9 @@ struct SecureArena::Pool {
     std::uintptr_t start, end;   // the pool's address range
     std::uintptr_t frontier;     // first byte never carved
     std::uintptr_t committed;    // first byte not committed (prealloc commits ahead)
-    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up
+    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up (or,
+                                 // without lock-on-fault, is locked as it is committed)
+    std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
@@ -278,6 +280,10 @@ unsigned SecureArena::class_of(std::size_t n) noexcept {
 
 // ---- set-up --------------------------------------------------------------------------------
 
+std::size_t SecureArena::meta_len(std::size_t span) const noexcept { return round_up(span / page_ * sizeof(PageMeta), page_); }
+std::size_t SecureArena::state_len(std::size_t span) const noexcept { return round_up(span / 16, page_); }
+std::size_t SecureArena::bits_len(std::size_t span) const noexcept { return round_up(span / 128, page_); }
+
 int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, unsigned npools,
                       StatsPage *stats, ArenaReporter reporter) noexcept {
     if (npools == 0 || npools > kMaxPools) return EINVAL;
@@ -290,37 +296,68 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
     std::size_t total = pool_bytes * npools;
+    region_pages_ = pool_bytes / page_;
 
-    // One side region (committed now, its pages touched as used): the page table, the block
-    // states (a byte per 16-byte granule), the free-block bitmap of the slabs (a bit per
-    // granule) and the pool records. Together 7.7% of the arena's address space.
-    std::size_t meta_bytes = round_up(total / page_ * sizeof(PageMeta), page_);
-    std::size_t state_bytes = round_up(total / 16, page_);
-    std::size_t bits_bytes = round_up(total / 128, page_);
+    // The arena grows by regions of pool_bytes appended to its reservation, so that owns()
+    // stays one comparison and the side tables stay arrays indexed by offset. Address space
+    // is found once for the largest arena allowed (the growth cap) and all of it but the
+    // first regions is unmapped again: [bits | state | meta | blocks], each at the bottom of
+    // a room it can grow into. The kernel places new mappings top-down, in the highest gap
+    // that fits, so other mappings fill the blocks' room from its top first, and the side
+    // tables' rooms only after it. Where the whole cap does not fit (RLIMIT_AS), half of it.
+    std::size_t cap = std::max(opts.max_reserve ? opts.max_reserve : total * kGrowthFactor, total);
+    cap = std::min(cap, std::size_t{kMaxRegions} * pool_bytes) / pool_bytes * pool_bytes;
     std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    std::size_t side_bytes = meta_bytes + state_bytes + bits_bytes + pools_bytes;
-    void *mem = nullptr, *side = nullptr;
-    int rc = memlock_reserve(total, &mem);
-    if (!rc) rc = memlock_reserve(side_bytes, &side);
-    if (!rc) rc = memlock_commit(side, side_bytes);
-    side_bytes_ = side_bytes;
-    // Dontdump is a property of the whole pool, set before any block exists. The side region
-    // holds no secrets, but nothing of use in a core dump either: it stays out too.
+    void *mem = nullptr, *pools_mem = nullptr;
+    int rc = 0;
+    for (;; cap = std::max(total, cap / 2 / pool_bytes * pool_bytes)) {
+        rc = memlock_reserve(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, &mem);
+        if (!rc || cap == total) break;
+    }
+    auto *room = static_cast<unsigned char *>(mem);
+    auto give_back_room = [&](std::size_t used, std::size_t all) {
+        memlock_release(room + used, all - used);
+        room += all;
+    };
+    if (!rc) {
+        bits_ = reinterpret_cast<std::uint64_t *>(room);
+        give_back_room(bits_len(total), bits_len(cap));
+        state_ = room;
+        give_back_room(state_len(total), state_len(cap));
+        meta_ = reinterpret_cast<PageMeta *>(room);
+        give_back_room(meta_len(total), meta_len(cap));
+        mem = room;
+        give_back_room(total, cap);
+        rc = memlock_reserve(pools_bytes, &pools_mem);
+    }
+    // The side tables (7.7% of the arena) hold no secrets, but nothing of use in a core dump
+    // either: they stay out too.
+    for (void *side : {static_cast<void *>(bits_), static_cast<void *>(state_), static_cast<void *>(meta_), pools_mem}) {
+        std::size_t len = side == bits_ ? bits_len(total) : side == state_ ? state_len(total)
+                          : side == meta_ ? meta_len(total) : pools_bytes;
+        if (!rc) rc = memlock_commit(side, len);
+        if (!rc) memlock_dontdump(side, len);
+    }
+    // Dontdump is a property of the whole pool, set before any block exists.
     for (unsigned i = 0; i < npools && !rc; ++i)
         if (pool_actions[i] & kActionDontdump)
             rc = memlock_dontdump(static_cast<unsigned char *>(mem) + i * pool_bytes, pool_bytes);
-    if (!rc) memlock_dontdump(side, side_bytes);
     if (rc) {
-        if (mem) memlock_release(mem, total);
-        if (side) memlock_release(side, side_bytes);
+        if (meta_) {
+            memlock_release(bits_, bits_len(total));
+            memlock_release(state_, state_len(total));
+            memlock_release(meta_, meta_len(total));
+            memlock_release(mem, total);
+        }
+        if (pools_mem) memlock_release(pools_mem, pools_bytes);
+        meta_ = nullptr, state_ = nullptr, bits_ = nullptr;
         return rc;
     }
+    cap_span_ = cap;
+    side_span_ = total;
+    side_bytes_ = bits_len(total) + state_len(total) + meta_len(total) + pools_bytes;
     base_ = reinterpret_cast<std::uintptr_t>(mem);
-    auto *at = static_cast<unsigned char *>(side);
-    meta_ = reinterpret_cast<PageMeta *>(at);
-    state_ = at + meta_bytes;
-    bits_ = reinterpret_cast<std::uint64_t *>(at + meta_bytes + state_bytes);
-    pools_ = reinterpret_cast<Pool *>(at + meta_bytes + state_bytes + bits_bytes);
+    pools_ = static_cast<Pool *>(pools_mem);
     npools_ = npools;
     unsigned locking = 0;
     for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
@@ -328,8 +365,9 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
-        p->start = p->frontier = p->committed = p->lock_end = base_ + i * pool_bytes;
+        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
+        region_pool_[i] = static_cast<std::uint8_t>(i);
         if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
     }
     if (stats_) {
@@ -339,7 +377,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
     }
     if (!g_key_arena && pthread_key_create(&g_exit_key, on_thread_exit) == 0) g_key_arena = this;
-    span_ = total;  // publish: owns() answers from here on
+    __atomic_store_n(&span_, total, __ATOMIC_RELEASE);  // publish: owns() answers from here on
 
     if (opts.prealloc > 0) {
         // Commit and lock ahead (a daemon may drop the privilege to lock later).
@@ -370,11 +408,18 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 // later are locked as they are first touched, without an mlock call: after start-up the
 // arena makes no system call that glibc's malloc would not make itself (a seccomp sandbox
 // installed later may forbid mlock). Where the limit refuses the whole budget, the largest
-// halving of it that the kernel accepts.
+// halving of it that the kernel accepts. Without lock-on-fault the range is locked piece by
+// piece as it is committed (mlock calls after start-up: see docs/shim.md, "Old kernels").
 void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
     std::size_t len = std::min(budget, pool.end - pool.start) / page_ * page_;
     for (; len >= kMinSlab; len = len / 2 / page_ * page_) {
         int err = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), len);
+        if (err == ENOSYS || err == EINVAL) {
+            // No lock-on-fault (Linux < 4.4, qemu-user): commit_and_lock mlocks the pages of
+            // the range as they are committed.
+            lock_on_commit_ = true;
+            err = 0;
+        }
         if (!err) {
             pool.lock_end = pool.start + len;
             locked_total_ += len;
@@ -409,6 +454,20 @@ void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, in
 int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
+    bool committed = false;
+    if (lock_on_commit_ && lock_to > from) {
+        // No lock-on-fault: mlock what is committed inside the budget (mlock populates it).
+        // Refused (the limit, or a sandbox that answers EPERM), the rest of the budget is
+        // given up and the pages follow the lock policy below.
+        if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+        committed = true;
+        if (int err = memlock_lock(reinterpret_cast<void *>(from), lock_to - from)) {
+            lock_error_ = err;
+            pool.lock_end = lock_to = from;
+        } else {
+            pool.locked_to = std::max(pool.locked_to, lock_to);
+        }
+    }
     if ((pool.actions & kActionLock) && lock_to < to) {
         if (stats_) stats_->lock_failures.fetch_add(1);
         const char *why = lock_error_ ? memlock_strerror(lock_error_) : "policy.max_locked reached";
@@ -428,7 +487,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
             break;
         }
     }
-    if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+    if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
     std::size_t first = (from - base_) / page_, n = bytes / page_;
     for (std::size_t i = 0; i < n; ++i)
         meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? kLockedPage : 0));
@@ -459,7 +518,7 @@ void *SecureArena::out_of_space(const char *what) noexcept {
 // ahead (prealloc) is used as it is; the rest is committed now. pre: pool.lock held.
 // nullptr with errno ENOMEM: pool full, or the lock policy denied.
 unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
-    if (pool.end - pool.frontier < bytes)
+    if (pool.end - pool.frontier < bytes && !grow(pool, bytes))
         return static_cast<unsigned char *>(out_of_space("arena address space exhausted"));
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
@@ -473,6 +532,49 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     }
     pool.frontier = to;
     return reinterpret_cast<unsigned char *>(from);
+}
+
+// Appends a region of at least `bytes` (whole regions) to the reservation for `pool`, which
+// carves from it from now on; what was left of its previous region stays unused. Fails
+// (false) past the growth cap, or when another mapping took the address space above the
+// arena. pre: pool.lock held.
+bool SecureArena::grow(Pool &pool, std::size_t bytes) noexcept {
+    Guard g(misc_lock_);
+    std::size_t span = span_, size = round_up(bytes, region_pages_ * page_);
+    if (bytes > cap_span_ || size > cap_span_ - span) return false;
+    std::size_t new_span = span + size;
+    if (new_span > side_span_) {
+        // The side tables first: a table that grew and an arena that could not stay
+        // consistent (the tables only cover more than the blocks).
+        auto extend = [](void *table, std::size_t from, std::size_t to) {
+            if (to <= from) return 0;
+            void *at = static_cast<unsigned char *>(table) + from;
+            int rc = memlock_reserve_at(at, to - from);
+            if (!rc) rc = memlock_commit(at, to - from);
+            if (!rc) memlock_dontdump(at, to - from);
+            return rc;
+        };
+        if (extend(bits_, bits_len(side_span_), bits_len(new_span)) ||
+            extend(state_, state_len(side_span_), state_len(new_span)) ||
+            extend(meta_, meta_len(side_span_), meta_len(new_span)))
+            return false;
+        side_bytes_ += bits_len(new_span) + state_len(new_span) + meta_len(new_span) -
+                       bits_len(side_span_) - state_len(side_span_) - meta_len(side_span_);
+        side_span_ = new_span;
+    }
+    void *at = reinterpret_cast<void *>(base_ + span);
+    if (memlock_reserve_at(at, size)) return false;
+    if ((pool.actions & kActionDontdump) && memlock_dontdump(at, size)) {
+        memlock_release(at, size);
+        return false;
+    }
+    for (std::size_t r = span / (region_pages_ * page_); r < new_span / (region_pages_ * page_); ++r)
+        region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
+    pool.frontier = pool.committed = base_ + span;
+    pool.end = base_ + new_span;
+    __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
+    if (stats_) stats_->reserved_bytes.store(new_span);
+    return true;
 }
 
 void SecureArena::note_peak() noexcept {
@@ -567,13 +669,14 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
 
 // Pages [first, first+n) are free: one run with the free runs on either side. pre: pool.lock held.
 void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
-    std::size_t pool_first = (pool.start - base_) / page_, frontier = (pool.frontier - base_) / page_;
+    // Never across a region's border: the next region may be another pool's. Pages never
+    // carved are kUnused.
     std::size_t after = first + n;
-    if (after < frontier && meta_[after].kind == kFreeRun && meta_[after].head == after) {
+    if (after % region_pages_ && meta_[after].kind == kFreeRun && meta_[after].head == after) {
         n += meta_[after].npages;
         free_run_remove(pool, after);
     }
-    if (first > pool_first && meta_[first - 1].kind == kFreeRun) {
+    if (first % region_pages_ && meta_[first - 1].kind == kFreeRun) {
         std::size_t before = meta_[first - 1].head;
         n += meta_[before].npages;
         free_run_remove(pool, before);
@@ -797,8 +900,8 @@ void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npag
 
 void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align, unsigned rule) noexcept {
     Pool &pool = pools_[pool_index];
-    if (n > pool.end - pool.start || align > pool.end - pool.start)
-        return out_of_space("a matching allocation is larger than the arena");
+    if (n > cap_span_ || align > cap_span_)
+        return out_of_space("a matching allocation is larger than the arena's growth cap");
     std::size_t bytes = round_up(n ? n : 1, page_);
     std::uintptr_t at = 0;
     {
@@ -872,11 +975,11 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     std::size_t head = off / page_;
     PageMeta &m = meta_[head];
-    if (m.kind != kRun || m.head != head || (state_of(p) & kStateMask) != kLive || n > span_) return false;
+    if (m.kind != kRun || m.head != head || (state_of(p) & kStateMask) != kLive || n > cap_span_) return false;
     std::size_t need = round_up(n, page_) / page_, have = m.npages;
     if (need <= have) return true;
     std::size_t extra = need - have, next = head + have;
-    Pool &pool = pools_[off >> pool_shift_];
+    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
     {
         Guard g(pool.lock);
         std::size_t frontier = (pool.frontier - base_) / page_;
@@ -928,7 +1031,7 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
+    unsigned pool_index = region_pool_[off >> pool_shift_];
     std::uint8_t &state = state_[off >> 4];
     if (__builtin_expect(m.kind != kSlab || (state & kStateMask) != kLive, 0)) return free_not_slab(p);
     const ClassInfo &ci = kClasses.info[m.cls];
@@ -951,7 +1054,7 @@ void SecureArena::free(void *p) noexcept {
 void SecureArena::free_small_slow(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
+    unsigned pool_index = region_pool_[off >> pool_shift_];
     Pool &pool = pools_[pool_index];
     const ClassInfo &ci = kClasses.info[m.cls];
     const unsigned rule = state_of(p) >> kRuleShift;
@@ -982,7 +1085,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
 void SecureArena::free_not_slab(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    Pool &pool = pools_[off >> pool_shift_];
+    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
     std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
@@ -1035,7 +1138,8 @@ void SecureArena::postfork_child() noexcept {
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         if (pool.lock_end == pool.start) continue;
-        int rc = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
+        int rc = lock_on_commit_ ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
+                                 : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
         if (!rc) continue;
         failed = rc;
         // Not locked in this process: such pages may be swapped, so they are always wiped in
@@ -1046,7 +1150,7 @@ void SecureArena::postfork_child() noexcept {
             meta_[pg].flags &= static_cast<std::uint8_t>(~kLockedPage);
             if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
         }
-        pool.lock_end = pool.start;
+        pool.lock_end = pool.locked_to = pool.start;
     }
     if (failed) {
         if (stats_) stats_->lock_failures.fetch_add(1);

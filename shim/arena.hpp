@@ -2,17 +2,20 @@
 //
 // What it promises
 //   - One reservation of address space, split into up to kMaxPools pools, one per distinct
-//     action set of the rules (lock / dontdump / wipe). The reservation is marked
+//     action set of the rules (lock / dontdump / wipe), grown by regions appended to it for
+//     one pool (up to a cap found free at start-up). The reservation is marked
 //     MADV_DONTDUMP before any block is handed out (for pools with that action). A pool with
 //     the lock action locks its share of max_locked on fault at start-up; after start-up the
-//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them).
+//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
+//     without lock-on-fault (Linux < 4.4, qemu-user): then the budget's pages are mlocked
+//     as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
 //     are all free, which any class can then use) beyond a slack go back to the kernel after
 //     a delay (MADV_DONTNEED, or MADV_DONTNEED_LOCKED: they stay reserved, dontdump, locked).
-//   - A block the pool cannot hold (address space used up, larger than the pool) fails;
-//     under policy fallback the caller serves it elsewhere (serves_overflow()).
+//   - A block the arena cannot hold (past the growth cap, or the space above it taken)
+//     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -42,6 +45,8 @@ constexpr unsigned kMaxPools = 8;
 constexpr unsigned kNumClasses = 44;              // 16..128 by 16, then 4 per doubling to 64 KiB
 constexpr std::size_t kMaxSmall = 64 * 1024;      // larger blocks are page runs
 constexpr std::size_t kMinSlab = 64 * 1024;
+constexpr unsigned kMaxRegions = 256;             // the reservation grows by up to this many regions
+constexpr unsigned kGrowthFactor = 16;            // default growth cap: 16 x the first reservation
 
 struct ArenaOptions {
     std::size_t pool_bytes = 1u << 30;  // address space per pool (rounded up to a power of 2)
@@ -53,6 +58,8 @@ struct ArenaOptions {
     std::size_t purge_slack = 4u << 20;
     std::size_t purge_burst = 28u << 20;
     std::uint64_t purge_delay_ns = 100'000'000;
+    // Address space the arena may grow to, in all (0: kGrowthFactor x pool_bytes x pools).
+    std::size_t max_reserve = 0;
 };
 
 // Something the arena wants an operator to know: "<what>: <why>". It may be called with a
@@ -67,7 +74,7 @@ public:
              StatsPage *stats, ArenaReporter reporter) noexcept;
 
     bool owns(const void *p) const noexcept {
-        return reinterpret_cast<std::uintptr_t>(p) - base_ < span_;
+        return reinterpret_cast<std::uintptr_t>(p) - base_ < __atomic_load_n(&span_, __ATOMIC_RELAXED);
     }
 
     // A block of at least n bytes aligned to `align` (a power of two, >= 16) from pool
@@ -86,7 +93,7 @@ public:
     std::size_t usable_size(const void *p) const noexcept;
     // pre: owns(p). Which pool p belongs to.
     unsigned pool_of(const void *p) const noexcept {
-        return static_cast<unsigned>((reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_);
+        return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_];
     }
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
@@ -139,6 +146,11 @@ private:
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
+    bool grow(Pool &pool, std::size_t bytes) noexcept;
+    // Side table bytes for `span` bytes of arena.
+    std::size_t meta_len(std::size_t span) const noexcept;
+    std::size_t state_len(std::size_t span) const noexcept;
+    std::size_t bits_len(std::size_t span) const noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
     void *out_of_space(const char *what) noexcept;
     void list_push(std::uint32_t &list, std::size_t head) noexcept;
@@ -161,7 +173,11 @@ private:
 
     std::uintptr_t base_ = 0;
     std::size_t side_bytes_ = 0;
-    std::uintptr_t span_ = 0;
+    std::uintptr_t span_ = 0;          // reserved for blocks: [base_, base_ + span_); grows
+    std::size_t cap_span_ = 0;         // span_ grows up to this (address space found at start-up)
+    std::size_t side_span_ = 0;        // the side tables cover [base_, base_ + side_span_)
+    std::size_t region_pages_ = 0;     // pages per region (pool_bytes)
+    std::uint8_t region_pool_[kMaxRegions] = {};  // the pool each region of the reservation serves
     unsigned pool_shift_ = 0;
     std::size_t page_ = 4096;
     unsigned page_shift_ = 12;       // log2(page_)
@@ -177,6 +193,7 @@ private:
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
+    bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

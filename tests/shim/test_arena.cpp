@@ -302,12 +302,49 @@ Test(arena, address_space_beyond_the_arena_is_a_few_percent) {
                   (unsigned long long)reserved);
 }
 
-Test(arena, a_block_larger_than_the_arena_is_left_to_the_next_allocator_under_fallback) {
+// Past its first reservation the arena grows by regions appended to it: blocks there are
+// arena blocks like any other (owned, dontdump, wiped, freed, grown in place), and a block
+// larger than the arena gets a region of its own.
+Test(arena, the_arena_grows_by_regions_beyond_its_first_reservation) {
+    make_arena(1u << 20);
+    std::vector<unsigned char *> small;
+    for (std::size_t i = 0; i < (80u << 20) / 4096; ++i) {  // 80 MiB of 4 KiB blocks
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, 4096));
+        cr_assert_not_null(p, "block %zu", i);
+        std::memset(p, 0x5a, 4096);
+        small.push_back(p);
+    }
+    cr_assert_geq(stats->reserved_bytes.load(), 128u << 20, "a second region");
+    unsigned char *later = small.back();
+    cr_assert(arena.owns(later));
+    cr_assert_eq(arena.pool_of(later), 0u);
+    cr_assert(range_has_flag(later, 4096, "dd"), "a later region is dontdump");
+    auto *big = static_cast<unsigned char *>(arena.alloc(0, 128u << 20));
+    cr_assert_not_null(big, "a block twice the arena's size");
+    cr_assert(arena.owns(big));
+    cr_assert_geq(arena.usable_size(big), 128u << 20);
+    cr_assert(range_has_flag(big, 128u << 20, "dd"));
+    big[0] = 1, big[(128u << 20) - 1] = 2;
+    cr_assert_geq(stats->reserved_bytes.load(), 256u << 20);
+    for (unsigned char *p : small) arena.free(p);
+    arena.free(big);
+    cr_assert_eq(stats->overflows.load() + stats->denied.load(), 0u);
+    // Freed memory of the later regions serves again, zeroed.
+    auto *again = static_cast<unsigned char *>(arena.alloc(0, 96u << 20));
+    cr_assert_not_null(again);
+    cr_assert(all_zero(again, 4096) && all_zero(again + (96u << 20) - 4096, 4096));
+    arena.free(again);
+}
+
+// Past the growth cap (16 times the first reservation) the arena refuses; under fallback
+// the caller serves the block from the next allocator.
+Test(arena, past_the_growth_cap_a_block_is_left_to_the_next_allocator_under_fallback) {
     make_arena();
     errno = 0;
-    cr_assert_null(arena.alloc(0, 128u << 20));
+    cr_assert_null(arena.alloc(0, std::size_t{2} << 30));
     cr_assert(arena.serves_overflow());
     cr_assert_eq(stats->denied.load(), 0u);
+    cr_assert_leq(stats->reserved_bytes.load(), std::uint64_t{16} * (64u << 20));
 }
 
 Test(arena, a_block_larger_than_the_arena_is_denied_under_deny) {
