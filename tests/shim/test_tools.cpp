@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <climits>
 #include <cstdlib>
@@ -171,23 +172,57 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
-// --check --user says what it can lock and suggests a prealloc made before the switch.
+// --check --user says that it keeps the budget locked on fault at start-up, that a process it
+// forks cannot lock that budget again under its limit, and that prealloc is not needed.
 Test(tools, run_check_user_reports_what_the_workers_can_lock) {
+    const std::string user = "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
+                             "switch); CAP_IPC_LOCK no (dropped with the switch)\n";
     auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", config("openssl.json"),
                   "--check", "--user", "nobody"});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
-                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n"
-                              "worker:  can lock 8 MiB of max_locked 64 MiB after the switch; beyond that "
-                              "on_lock_failure applies\n"
-                              "suggest: \"prealloc\": \"4MiB\" in policy: locked at start-up, before the switch"),
+    cr_assert(contains(r.out, user +
+                                  "worker:  keeps the 64 MiB locked on fault at start-up, before the switch "
+                                  "(policy.max_locked 64 MiB): the arena memory it commits there locks as it is "
+                                  "touched, without an mlock call; beyond it on_lock_failure applies\n"
+                                  "forked:  a process forked after the switch cannot lock the 64 MiB again under the "
+                                  "user's RLIMIT_MEMLOCK (8 MiB): its arena is not locked (still out of core dumps and "
+                                  "wiped; memlock-inspect says degraded); if the workers fork, set \"max_locked\": "
+                                  "\"8MiB\" in policy or raise the limit to 64 MiB\n"
+                                  "prealloc: not needed (this kernel locks on fault)\n"),
               "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "suggest:"), "%s", r.out.c_str());
+    // A budget within the limit: forked processes lock it again.
+    TempDir dir;
+    const std::string small = dir.file("small.json");
+    cr_assert(write_file(small, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"max_locked": "4MiB"}})"));
+    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", small, "--check", "--user",
+             "nobody"});
+    cr_assert(contains(r.out, "forked:  a process forked after the switch locks the 4 MiB again within the user's limit\n"),
+              "%s", r.out.c_str());
+
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--check", "--user", "no-such-user-here"});
     cr_assert(r.exited_with(64), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: --user: no such user: no-such-user-here (see memlock-run --help)\n");
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--user", "nobody", "true"});
     cr_assert(r.exited_with(64), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: --user goes with --check (see memlock-run --help)\n");
+}
+
+// Without lock-on-fault (mlock2 answering ENOSYS, as before Linux 4.4) the arena mlocks memory
+// as it commits it, bounded by the limit after the switch: --check --user suggests prealloc.
+Test(tools, run_check_user_without_lock_on_fault_suggests_prealloc) {
+    const std::string launcher = shim_program("enosys_exec");
+    cr_assert(file_exists(launcher), "%s is not built (make progs)", launcher.c_str());
+    auto r = run({"prlimit", "--memlock=8388608:8388608", launcher, std::to_string(SYS_mlock2), tool("memlock-run"),
+                  "--config", config("openssl.json"), "--check", "--user", "nobody"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nworker:  can lock 8 MiB of max_locked 64 MiB: this kernel has no lock-on-fault (mlock2 "
+                              "MLOCK_ONFAULT), so the arena mlocks memory as it commits it, and after the switch only up "
+                              "to RLIMIT_MEMLOCK in all; beyond that on_lock_failure applies\n"
+                              "suggest: \"prealloc\": \"8MiB\" in policy: committed and locked at start-up, before the "
+                              "switch and before any sandbox that forbids mlock (sshd's preauth child is killed by it); "
+                              "resident from the start\n"),
+              "%s", r.out.c_str());
 }
 
 // ---- memlock-run: limits and CAP_IPC_LOCK ----------------------------------------------------
