@@ -599,17 +599,18 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
 namespace {
 
 // tools_rules (its allocation patterns are in its header) under memlock-run with `rules`
-// (JSON array text); returns memlock-inspect's text, --json and --prometheus on it, then
-// lets it go.
+// (JSON array text) and a stats.file; returns memlock-inspect's text, --json and --prometheus
+// on it, then lets it go and reads the counters it wrote to its stats.file at exit.
 struct RuleInspection {
     RunResult text, js, prom;
-    nlohmann::json j;
+    nlohmann::json j, file;
     std::string pid, program;
 };
 RuleInspection inspect_rules(const std::string &rules, const std::string &prog = "tools_rules") {
     TempDir dir;
     const std::string cfg = dir.file("rules.json");
-    cr_assert(write_file(cfg, "{\"version\": 1, \"rules\": " + rules + "}"));
+    cr_assert(write_file(cfg, "{\"version\": 1, \"rules\": " + rules + ", \"stats\": {\"file\": \"" +
+                                  dir.file("stats.%p.json") + "\"}}"));
     LiveProgram child;
     start_until_ready(child, tool_opts(wrap(cfg, {shim_program(prog)}, {"--quiet"})));
     RuleInspection in;
@@ -618,9 +619,14 @@ RuleInspection inspect_rules(const std::string &rules, const std::string &prog =
     in.text = run({tool("memlock-inspect"), in.pid});
     in.js = run({tool("memlock-inspect"), "--json", in.pid});
     in.prom = run({tool("memlock-inspect"), "--prometheus", in.pid});
-    child.finish();
+    const RunResult exited = child.finish();
+    cr_assert(exited.exited_with(0), "%s", exited.describe().c_str());
     in.j = nlohmann::json::parse(in.js.out, nullptr, false);
     cr_assert(!in.j.is_discarded(), "not JSON:\n%s", in.js.describe().c_str());
+    const auto file = read_file(dir.file("stats." + in.pid + ".json"));
+    cr_assert(file, "no stats.file %s", dir.file("stats." + in.pid + ".json").c_str());
+    in.file = nlohmann::json::parse(*file, nullptr, false);
+    cr_assert(!in.file.is_discarded(), "stats.file is not JSON:\n%s", file->c_str());
     return in;
 }
 
@@ -663,6 +669,51 @@ Test(tools, inspect_counts_matches_live_and_peak_per_rule) {
     cr_assert(contains(in.text.out, "  rules (matched allocations, live, peak):\n"), "%s", in.text.out.c_str());
     cr_assert(contains(in.text.out, "    pages                              10        0 B     30 KiB\n"), "%s",
               in.text.out.c_str());
+}
+
+// stats.file carries the per-rule counters under the names memlock-inspect --json uses: the
+// program is idle from "ready" to its exit, so the file written at exit equals what inspect
+// read while it ran. Names and caller texts with quotes, backslashes and control characters
+// stay valid JSON and read back unchanged.
+Test(tools, stats_file_has_the_per_rule_counters_inspect_shows) {
+    const RuleInspection in = inspect_rules(
+        R"([{"name": "k\"e\\ys\t1", "size": 40}, {"name": "pages", "size": 3000},
+            {"name": "secret", "symbol": "rulestats_make_secret", "size": 64},
+            {"name": "ghost", "module": "no\"such*", "size": 200}])");
+    const nlohmann::json &rules = in.file["per_rule"];
+    cr_assert_eq(rules.size(), 4u, "%s", in.file.dump(2).c_str());
+    cr_assert_eq(rules, in.j["counters"]["per_rule"], "stats.file:\n%s\nmemlock-inspect:\n%s", rules.dump(2).c_str(),
+                 in.j["counters"]["per_rule"].dump(2).c_str());
+    assert_text(rules[0]["name"].get<std::string>(), "k\"e\\ys\t1");
+    cr_assert_eq(rules[0]["matched_allocations"].get<unsigned long long>(), 100u, "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[0]["live_bytes"].get<unsigned long long>(), 50u * 48, "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[0]["peak_bytes"].get<unsigned long long>(), 100u * 48, "%s", rules[0].dump().c_str());
+    cr_assert(!rules[0].contains("consulted") && !rules[0].contains("caller"), "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[1]["live_bytes"].get<unsigned long long>(), 0u, "%s", rules[1].dump().c_str());
+    cr_assert_eq(rules[1]["peak_bytes"].get<unsigned long long>(), 10u * 3072, "%s", rules[1].dump().c_str());
+    assert_text(rules[2]["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4");
+    cr_assert_eq(rules[2]["consulted"].get<unsigned long long>(), 10u, "%s", rules[2].dump().c_str());
+    cr_assert_eq(rules[2]["live_bytes"].get<unsigned long long>(), 640u, "%s", rules[2].dump().c_str());
+    assert_text(rules[3]["caller"].get<std::string>(), "module no\"such* depth 1");
+    cr_assert_eq(rules[3]["consulted"].get<unsigned long long>(), 20000u, "%s", rules[3].dump().c_str());
+    cr_assert_eq(rules[3]["matched_allocations"].get<unsigned long long>(), 0u, "%s", rules[3].dump().c_str());
+    cr_assert_eq(in.file["matched_allocations"].get<unsigned long long>(), 120u, "%s", in.file.dump(2).c_str());
+}
+
+// Rules beyond the 63rd share the last entry, "other rules", in stats.file as in memlock-inspect.
+Test(tools, stats_file_counts_rules_beyond_the_63rd_together) {
+    std::string rules = R"([{"name": "keys", "size": 40})";
+    for (int i = 1; i < 69; ++i) rules += R"(, {"name": "r)" + std::to_string(i) + R"(", "size": )" + std::to_string(5000 + i) + "}";
+    rules += R"(, {"name": "pages", "size": 3000}])";
+    const RuleInspection in = inspect_rules(rules);
+    const nlohmann::json &per_rule = in.file["per_rule"];
+    cr_assert_eq(per_rule.size(), 64u, "%s", in.file.dump().c_str());
+    cr_assert_eq(per_rule, in.j["counters"]["per_rule"], "stats.file:\n%s\nmemlock-inspect:\n%s",
+                 per_rule.dump().c_str(), in.j["counters"]["per_rule"].dump().c_str());
+    const nlohmann::json want = nlohmann::json::parse(
+        R"({"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 10,
+            "live_bytes": 0, "peak_bytes": 30720})");
+    cr_assert_eq(per_rule[63], want, "%s", per_rule[63].dump().c_str());
 }
 
 // A symbol rule naming a function the program never calls, while the program makes 20000
