@@ -48,7 +48,7 @@ def start(kind, build, port, config):
     class A:
         pass
     args = A()
-    args.build, args.config, args.keep = build, config, False
+    args.build, args.config, args.keep, args.no_ipc_lock = build, config, False, None
     work = tempfile.mkdtemp(prefix="bench-%s-" % kind)
     r = keyproof.Run(args, work, port)
     try:
