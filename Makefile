@@ -76,7 +76,7 @@ endif
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench proof-keys \
-	install uninstall clean check-abi FORCE
+	install uninstall clean check-abi
 
 all: deps core shim tools examples man
 
@@ -112,11 +112,12 @@ $(B)/libmemlock.so.0: $(CORE_OBJ)
 $(B)/libmemlock.so: $(B)/libmemlock.so.0
 	ln -sf libmemlock.so.0 $@
 
-# FORCE: regenerated every time, so that PREFIX/LIBDIR given to `make install` are the ones used.
-$(B)/memlock.pc: core/memlock.pc.in VERSION Makefile FORCE
+# `make install` writes its own copy with the PREFIX/LIBDIR it is given (PC_SUBST).
+PC_SUBST = sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' core/memlock.pc.in
+$(B)/memlock.pc: core/memlock.pc.in VERSION Makefile
 	@mkdir -p $(@D)
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
-	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+	$(PC_SUBST) > $@
 
 $(B)/examples/minimal: core/examples/minimal.c $(B)/libmemlock.a
 	@mkdir -p $(@D)
@@ -153,7 +154,7 @@ $(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hp
 $(B)/memlock-discover: TOOL_LIBS := -lcrypto
 
 # ---- tests ------------------------------------------------------------------------------
-$(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h
+$(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h tests/progs/hold_common.h
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
 
@@ -173,18 +174,25 @@ $(B)/progs/%: tests/progs/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) -O1 -g $(WARN) $< -o $@ -lpthread -ldl
 
-$(B)/tests/test_core: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
+# Test objects, one per source (an edit recompiles one file; `make -j` builds them side by
+# side), compiled as plain code: build/tobj/<source path>.o. The shipped objects are built apart.
+TEST_HEADERS := tests/helpers.hpp $(wildcard shim/*.hpp) $(wildcard core/include/*.h*) $(wildcard tests/shim/*.hpp) \
+	$(wildcard tests/core/*.hpp)
+$(B)/tobj/%.o: %.cpp $(TEST_HEADERS)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' -c $< -o $@
+
+$(B)/tests/test_core: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_CORE_SRC) $(CORE_SRC))
+	@mkdir -p $(@D)
+	$(CXX) $^ -o $@ -lcriterion
 
 $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
 
-$(B)/tests/test_shim: $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/shim/*.hpp) $(wildcard shim/*.hpp)
+$(B)/tests/test_shim: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC))
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' \
-	    $(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lcriterion -lpthread
+	$(CXX) $^ -o $@ -lcriterion -lpthread
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
@@ -414,7 +422,8 @@ install: core shim tools man
 	ln -sf libmemlock.so.0 $(DESTDIR)$(LIBDIR)/libmemlock.so
 	install -m 755 $(B)/libmemlock_shim.so $(DESTDIR)$(LIBDIR)/
 	install -m 644 core/include/memlock.h core/include/memlock.hpp $(DESTDIR)$(INCLUDEDIR)/
-	install -m 644 $(B)/memlock.pc $(DESTDIR)$(LIBDIR)/pkgconfig/
+	$(PC_SUBST) > $(DESTDIR)$(LIBDIR)/pkgconfig/memlock.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/memlock.pc
 	install -m 755 $(TOOLS) $(DESTDIR)$(BINDIR)/
 	for f in $(ETC_CONFIGS); do \
 	    [ -e $(DESTDIR)$(SYSCONFDIR)/memlock-shim/$${f##*/} ] || \
@@ -477,5 +486,4 @@ uninstall:
 clean:
 	rm -rf $(B) dist
 
-FORCE:
 .SECONDARY:

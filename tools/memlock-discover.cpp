@@ -636,6 +636,18 @@ private:
         }
     }
 
+    // Fills c for a copy inside a traced heap block (live or freed). Returns the block's address.
+    std::uint64_t heap_copy(Copy &c, Place place, const char *what, const BlockTable::value_type &b, const std::vector<Mapping> &maps,
+                            std::unordered_map<std::uint64_t, Frame> &cache) {
+        c.place = place;
+        c.block = b.first;
+        c.block_size = b.second.size;
+        c.frames = symbolize(sym_, maps, b.second.frames, cache);
+        c.where = what + std::to_string(c.block_size) + " bytes allocated by " + frames_text(c.frames);
+        add_earlier(c, b.second, maps, cache);
+        return b.first;
+    }
+
     void place(int pid, const Process &proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
                const Mapping &m, std::uint64_t addr, std::size_t k, std::map<std::pair<std::uint64_t, int>, Copy> &found,
                std::unordered_map<std::uint64_t, Frame> &cache) {
@@ -649,22 +661,9 @@ private:
             c.place = Place::arena;
             c.where = std::string("protected memory (never dumped") + (m.locked ? ", locked" : ", NOT locked") + ")";
         } else if (const auto *b = find_block(proc.live, addr)) {
-            c.place = Place::heap;
-            key = b->first;
-            c.block = b->first;
-            c.block_size = b->second.size;
-            c.frames = symbolize(sym_, maps, b->second.frames, cache);
-            c.where = "heap block of " + std::to_string(c.block_size) + " bytes allocated by " + frames_text(c.frames);
-            add_earlier(c, b->second, maps, cache);
+            key = heap_copy(c, Place::heap, "heap block of ", *b, maps, cache);
         } else if (const auto *fb = find_block(proc.freed, addr)) {
-            c.place = Place::freed;
-            key = fb->first;
-            c.block = fb->first;
-            c.block_size = fb->second.size;
-            c.frames = symbolize(sym_, maps, fb->second.frames, cache);
-            c.where = "freed (not wiped) heap block of " + std::to_string(c.block_size) + " bytes allocated by " +
-                      frames_text(c.frames);
-            add_earlier(c, fb->second, maps, cache);
+            key = heap_copy(c, Place::freed, "freed (not wiped) heap block of ", *fb, maps, cache);
         } else if (m.path == "[stack]") {
             c.place = Place::stack;
             c.where = "the main thread's stack";

@@ -216,49 +216,34 @@ int memlock_lock_onfault(void *addr, size_t len) {
     return rc;
 }
 
-int memlock_dontdump(void *addr, size_t len) {
-    if (len == 0) return 0;
 #if MEMLOCK_HAVE_DONTDUMP
-    return call_madvise(addr, len, MADV_DONTDUMP);
-#else
-    (void)addr;
-    return MEMLOCK_EUNSUPPORTED;
-#endif
-}
-
-int memlock_dodump(void *addr, size_t len) {
-    if (len == 0) return 0;
-#if MEMLOCK_HAVE_DONTDUMP
-    return call_madvise(addr, len, MADV_DODUMP);
-#else
-    (void)addr;
-    return MEMLOCK_EUNSUPPORTED;
-#endif
-}
-
 #ifndef MADV_DONTNEED_LOCKED
 #define MADV_DONTNEED_LOCKED 24
 #endif
+#else  // advise() reports MEMLOCK_EUNSUPPORTED whatever the advice
+#define MADV_DONTDUMP 0
+#define MADV_DODUMP 0
+#define MADV_DONTNEED 0
+#define MADV_DONTNEED_LOCKED 0
+#endif
 
-int memlock_discard(void *addr, size_t len) {
+// The madvise wrappers below: len 0 is a no-op, and platforms without MADV_DONTDUMP (the
+// marker of the Linux madvise family used here) report MEMLOCK_EUNSUPPORTED.
+static int advise(void *addr, size_t len, int advice) {
     if (len == 0) return 0;
 #if MEMLOCK_HAVE_DONTDUMP
-    return call_madvise(addr, len, MADV_DONTNEED);
+    return call_madvise(addr, len, advice);
 #else
     (void)addr;
+    (void)advice;
     return MEMLOCK_EUNSUPPORTED;
 #endif
 }
 
-int memlock_discard_locked(void *addr, size_t len) {
-    if (len == 0) return 0;
-#if MEMLOCK_HAVE_DONTDUMP
-    return call_madvise(addr, len, MADV_DONTNEED_LOCKED);
-#else
-    (void)addr;
-    return MEMLOCK_EUNSUPPORTED;
-#endif
-}
+int memlock_dontdump(void *addr, size_t len) { return advise(addr, len, MADV_DONTDUMP); }
+int memlock_dodump(void *addr, size_t len) { return advise(addr, len, MADV_DODUMP); }
+int memlock_discard(void *addr, size_t len) { return advise(addr, len, MADV_DONTNEED); }
+int memlock_discard_locked(void *addr, size_t len) { return advise(addr, len, MADV_DONTNEED_LOCKED); }
 
 // ---- page-granular helpers ------------------------------------------------------------------
 #define MEMLOCK_PAGES_BODY(thin)                                    \

@@ -28,8 +28,8 @@ case "$need" in
 2.[0-9] | 2.[12][0-9] | 2.3[01]) ;;
 *) fail "the tree needs GLIBC_${need:-?}: it cannot run in a Debian 11 image (glibc 2.31); see scripts/check-abi" ;;
 esac
-step "base image: a Debian 11 root (debootstrap, cached)"
-BASE=$(base_image bullseye)
+step "base image: a Debian 11 root (debootstrap, cached; the same root as tests/reach/test-bullseye.sh)"
+BASE=$(base_image bullseye openssl)
 
 step "building the program image (deploy/container/Dockerfile.example, BASE=$BASE)"
 ctx=$BUILD/container/empty-context

@@ -10,6 +10,8 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include "hold_common.h"
+
 static void *volatile g_blocks[64];
 
 int main(int argc, char **argv) {
@@ -26,16 +28,5 @@ int main(int argc, char **argv) {
             if (prctl(PR_SET_DUMPABLE, 0) != 0) return 4;
         }
     }
-    for (int i = 0; i < 64; ++i) {
-        const size_t n = i % 2 ? 32 : 1024;
-        g_blocks[i] = malloc(n);
-        if (!g_blocks[i]) return 1;
-        memset(g_blocks[i], 0x5a, n);
-    }
-    printf("ready\n");
-    fflush(stdout);
-    char buf[64];
-    while (read(0, buf, sizeof buf) > 0) {
-    }
-    return 0;
+    return hold_blocks_until_eof(g_blocks, 64);
 }
