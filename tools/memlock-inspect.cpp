@@ -356,8 +356,8 @@ struct Report {
     std::vector<std::string> notes;
 };
 
-// The mappings inside the arena's reservation [start, end) (reserved and committed parts),
-// from the text of /proc/PID/smaps.
+// The mappings inside the arena's reservation [start, end) (reserved and committed parts,
+// anonymous or memfd_secret), from the text of /proc/PID/smaps.
 std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_start, std::uint64_t arena_end) {
     std::vector<Region> out;
     std::istringstream in(smaps);
@@ -381,7 +381,7 @@ std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_sta
             std::string offset, dev, inode, path;
             f >> cur.perms >> offset >> dev >> inode;
             std::getline(f >> std::ws, path);
-            anon = path.empty();
+            anon = path.empty() || path == "/secretmem (deleted)";  // policy.backing secretmem
         } else if (first == "Size:") {
             f >> cur.size_kb;
         } else if (first == "Rss:") {
@@ -582,6 +582,9 @@ void print_text(const Report &r) {
         std::printf("    lock failures %s, fallbacks %s, denied %s, overflows %s\n", u("lock_failures").c_str(),
                     u("fallbacks").c_str(), u("denied").c_str(), u("overflows").c_str());
         std::printf("    given back to the kernel %s\n", b("purged_bytes").c_str());
+        if (c.contains("backing"))
+            std::printf("    backing %s, in memfd_secret memory %s\n", c["backing"].get<std::string>().c_str(),
+                        b("secret_bytes").c_str());
     }
     std::printf("  arena mappings (smaps, inside the arena's reservation):\n");
     for (const auto &g : r.arena)
