@@ -182,9 +182,12 @@ $(B)/tobj/%.o: %.cpp $(TEST_HEADERS)
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -Itests -DMEMLOCK_TEST_SYSCONFDIR='"$(SYSCONFDIR)"' -c $< -o $@
 
+# CRITERION_LIB: how the test binaries link Criterion (the aarch64 unit run links the arm64
+# library from a cached Debian root; tests/reach/test-aarch64-units.sh).
+CRITERION_LIB ?= -lcriterion
 $(B)/tests/test_core: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_CORE_SRC) $(CORE_SRC))
 	@mkdir -p $(@D)
-	$(CXX) $^ -o $@ -lcriterion
+	$(CXX) $^ -o $@ $(CRITERION_LIB)
 
 $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
 	@mkdir -p $(@D)
@@ -192,7 +195,13 @@ $(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildc
 
 $(B)/tests/test_shim: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC))
 	@mkdir -p $(@D)
-	$(CXX) $^ -o $@ -lcriterion -lpthread
+	$(CXX) $^ -o $@ $(CRITERION_LIB) -lpthread
+
+# The config and rule unit tests alone: what the aarch64 unit run adds to test_core under qemu-user.
+UNIT_SRC := tests/shim/test_config.cpp tests/shim/test_rules.cpp
+$(B)/tests/test_units: $(patsubst %.cpp,$(B)/tobj/%.o,$(UNIT_SRC) $(SHIM_LIB_SRC) $(CORE_SRC))
+	@mkdir -p $(@D)
+	$(CXX) $^ -o $@ $(CRITERION_LIB) -lpthread -ldl
 
 # Criterion runs each test in its own process; -j2 uses both cores.
 CRITERION_ARGS ?= --jobs=2
@@ -359,7 +368,7 @@ test-containers: container-layer
 # test-bullseye: the tarball in a Debian 11 root (glibc 2.31, OpenSSL 1.1.1), cached under
 # build/roots; about half a minute once the root exists (the first debootstrap takes minutes).
 # test-aarch64 (when the cross compiler is installed): the aarch64 tarball's shim in an
-# aarch64 program under qemu-aarch64.
+# aarch64 program under qemu-aarch64, and the core, config and rule unit tests under qemu-user.
 .PHONY: test-reach test-aarch64
 test-reach: dist
 	sh tests/reach/test-bullseye.sh $(B) $(DIST_TAR)
@@ -369,6 +378,7 @@ test-reach: dist
 test-aarch64:
 	$(MAKE) --no-print-directory dist ARCH=aarch64
 	sh tests/reach/test-aarch64.sh build/aarch64 dist/memlock-shim-$(VERSION)-aarch64-linux-gnu.tar.gz
+	sh tests/reach/test-aarch64-units.sh
 # ---- end of older systems ------------------------------------------------------------------
 
 # ---- demo and bench ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ libcriterion-dev nlohmann-json3-dev
 clang-14 libclang-rt-14-dev
 gdb libcap2-bin util-linux openssl libjemalloc2
 musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
+mmdebstrap qemu-user-static
 podman runc debootstrap python3-yaml
 libssl-dev libunwind8
 scdoc groff-base man-db lintian dpkg-dev debootstrap prometheus bash-completion

@@ -14,6 +14,7 @@
 //   with_memlock_limit(...)    argv that runs a command without CAP_IPC_LOCK under a low
 //                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
 //   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences / split_lines
+//   under_qemu_user / SKIP_UNDER_QEMU_USER   the aarch64 unit run under qemu-user
 //   shim_build_dir / shim_program / shim_env / line_value / json_uint   end-to-end runs of the
 //                              built shim (see that section)
 #ifndef MEMLOCK_TESTS_HELPERS_HPP
@@ -139,6 +140,19 @@ inline std::vector<Mapping> mappings_overlapping(const std::vector<Mapping> &map
         if (m.start < a + len && a < m.end) out.push_back(m);
     return out;
 }
+
+// Under qemu-user (the aarch64 unit run of tests/reach/test-aarch64-units.sh, which sets
+// MEMLOCK_TEST_QEMU_USER=1) a guest's madvise never reaches the kernel and mlock2's
+// MLOCK_ONFAULT is not passed through, so nothing in /proc shows their effect; tests that
+// assert it skip there with SKIP_UNDER_QEMU_USER (Criterion's cr_skip_test).
+inline bool under_qemu_user() {
+    const char *v = std::getenv("MEMLOCK_TEST_QEMU_USER");
+    return v && std::strcmp(v, "1") == 0;
+}
+#define SKIP_UNDER_QEMU_USER(why)                                                      \
+    do {                                                                                \
+        if (memlock_test::under_qemu_user()) cr_skip_test("under qemu-user: %s", why); \
+    } while (0)
 
 // True iff [addr, addr+len) is fully mapped and every mapping over it has `flag` (or, with
 // want == false, none of them has it). A locked or advised range may span several VMAs.

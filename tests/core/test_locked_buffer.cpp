@@ -45,6 +45,7 @@ int watching_munlock(const void *addr, std::size_t len) {
 }  // namespace
 
 Test(locked_buffer, zero_filled_locked_dontdump_on_its_own_pages) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     const std::size_t n = 10000;
     const long before = vm_locked_kb();
     std::error_code ec = std::make_error_code(std::errc::io_error);  // must be cleared
@@ -181,6 +182,7 @@ Test(locked_buffer, require_fails_when_dontdump_fails, .fini = core_test::restor
 }
 
 Test(locked_buffer, best_effort_gives_a_usable_unlocked_buffer, .fini = core_test::restore_syscalls) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     core_test::install_fakes(ENOMEM);
     memlock_syscalls t{};
     memlock_get_syscalls(&t);

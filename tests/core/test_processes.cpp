@@ -181,6 +181,7 @@ void skip_unless_plain_core_files() {
 }  // namespace
 
 Test(core_dumps, locked_buffer_pages_stay_out_of_a_real_core_dump) {
+    SKIP_UNDER_QEMU_USER("the core dump is written by qemu, not the kernel");
     skip_unless_plain_core_files();
     const std::string secret = random_hex_marker(), plain = random_hex_marker();
     const DumpRun d = run_dump_child(secret, plain, false);

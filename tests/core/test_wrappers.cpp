@@ -69,6 +69,7 @@ Test(wrappers, cxx_lock_and_unlock_act_like_c) {
 }
 
 Test(wrappers, dontdump_shows_dd_and_dodump_removes_it) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     Region r(4);
     cr_assert(range_has_flag(r.data, r.len, "dd", false));
     cr_assert_eq(memlock_dontdump(r.data, r.len), 0);
@@ -83,6 +84,7 @@ Test(wrappers, dontdump_shows_dd_and_dodump_removes_it) {
 }
 
 Test(wrappers, dontdump_marks_only_the_given_pages) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     Region r(4);
     const std::size_t page = memlock_page_size();
     cr_assert_eq(memlock_dontdump(r.data + page, page), 0);
@@ -92,6 +94,7 @@ Test(wrappers, dontdump_marks_only_the_given_pages) {
 }
 
 Test(wrappers, unaligned_madvise_is_kernel_einval_but_pages_helper_succeeds) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     Region r(4);
     const std::size_t page = memlock_page_size();
     unsigned char *inside = r.data + page + 100;  // unaligned, inside page 1
@@ -111,6 +114,7 @@ Test(wrappers, unaligned_madvise_is_kernel_einval_but_pages_helper_succeeds) {
 }
 
 Test(wrappers, pages_helpers_round_out_across_a_page_boundary) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     Region r(4);
     const std::size_t page = memlock_page_size();
     unsigned char *p = r.data + page - 1;  // last byte of page 0 and first byte of page 1
@@ -145,6 +149,7 @@ Test(wrappers, pages_helper_rejects_a_wrapping_range) {
 }
 
 Test(wrappers, kernel_error_for_unmapped_range_comes_back_unchanged_and_errno_kept) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
     void *p = nullptr;
     const std::size_t page = memlock_page_size();
     cr_assert_eq(memlock_reserve(page, &p), 0);
