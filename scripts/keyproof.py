@@ -6,7 +6,10 @@ For each daemon it makes a fresh RSA-2048 key and certificate, starts the daemon
 with its real client (curl, psql/pgbench, ssh), dumps the serving processes (gdb's gcore;
 --kernel-core also makes one process abort and reads the kernel's core file), and counts in
 each dump the first 16 bytes of the key's private components (RSA p, q, d, dp, dq, qinv; big
-endian as in DER and byte-reversed as OpenSSL's BIGNUM limbs) and the lines of its PEM text.
+endian as in DER and byte-reversed as OpenSSL's BIGNUM limbs) and the lines of the key file's
+text (PEM, or OpenSSH's format for sshd). Under the shim it also asks memlock-inspect about each
+dumped process. For sshd, which keeps its host keys shielded (encrypted under a 16 KiB random
+prekey), it finds the prekey in the live process (random_blocks) and counts it in the dumps.
 Every daemon it starts is killed before it returns, also on failure.
 
 usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--json] DAEMON...
@@ -14,19 +17,23 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
 DAEMON: nginx haproxy stunnel postgres sshd
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
-"pid", "how", "components", "pem"}]}. Exit status 0 when every daemon served correctly.
+"pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
+"prekey"}]}. Exit status 0 when every daemon served correctly.
 """
 import argparse
 import json
+import math
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,8 +61,9 @@ def make_key(work, ssh=False):
     return key, cert
 
 
-def key_needles(key_pem):
-    """(component needles, PEM line needles) of an RSA key file in PEM (PKCS#8 or PKCS#1)."""
+def key_needles(key_pem, key_text=None):
+    """(component needles, text line needles) of an RSA key file in PEM (PKCS#8 or PKCS#1); the
+    text lines are those of key_text (the same key in another format) when given."""
     text = run(["openssl", "rsa", "-in", key_pem, "-text", "-noout"])
     comps = {}
     name = None
@@ -74,7 +82,8 @@ def key_needles(key_pem):
         raw = raw.lstrip(b"\0")
         head = raw[:16]
         needles += [head, head[::-1]]
-    pem = [ln.encode() for ln in open(key_pem).read().splitlines() if len(ln) == 64]
+    lines = open(key_text or key_pem).read().splitlines()
+    pem = [ln.encode() for ln in lines if len(ln) >= 60 and not ln.startswith("-----")]
     return needles, pem
 
 
@@ -83,6 +92,72 @@ def count_copies(path, needles, pem):
     comps = sum(data.count(n) for n in needles)
     pem_copies = max((data.count(line) for line in pem), default=0)
     return comps, pem_copies
+
+
+# ---------------------------------------------------------------- sshd's shielding prekey
+
+PAGE = 4096
+
+
+def random_page(page):
+    """A page of uniformly random bytes (Shannon entropy of its byte values > 7.9 bits; 4096
+    random bytes give 7.95, text, code, pointers and tables far less)."""
+    counts = {}
+    for b in page:
+        counts[b] = counts.get(b, 0) + 1
+    if len(counts) < 200:
+        return False
+    n = float(len(page))
+    return -sum(c / n * math.log2(c / n) for c in counts.values()) > 7.9
+
+
+def random_blocks(pid):
+    """Runs of at least 3 consecutive random pages in the process's private writable memory
+    (heap, anonymous mappings, the shim's arena), as [{"pages": [bytes], "protected": bool}].
+
+    OpenSSH (8.2 and later) shields each private key in memory under a key derived from a
+    16 KiB random prekey (SSHKEY_SHIELD_PREKEY_LEN, one malloc block per loaded key): 16 KiB
+    cover at least 3 whole pages wherever the block starts, and nothing else sshd keeps is
+    that much random data (checked on Debian 12's sshd: each run found is a 16384-byte glibc
+    heap block, or a 16 KiB arena block under the shim, one per host key). protected: every
+    page of the run lies in a mapping that is locked and MADV_DONTDUMP (smaps `lo` and `dd`)."""
+    maps = []
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$", line)
+            if m:
+                maps.append([int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(4).strip(), []])
+            elif line.startswith("VmFlags:") and maps:
+                maps[-1][4] = line.split()[1:]
+    blocks = []
+    with open("/proc/%d/mem" % pid, "rb", 0) as mem:
+        for lo, hi, perms, name, flags in maps:
+            if not perms.startswith("rw") or (name.startswith("/") and not name.startswith("/memfd:")) or \
+                    name.startswith("[v") or name.startswith("[stack"):
+                continue
+            try:
+                mem.seek(lo)
+                data = mem.read(hi - lo)
+            except OSError:
+                continue
+            run = []
+            for off in range(0, len(data) - PAGE + 1, PAGE):
+                page = data[off:off + PAGE]
+                if random_page(page):
+                    run.append(page)
+                    continue
+                if len(run) >= 3:
+                    blocks.append({"pages": run, "protected": "lo" in flags and "dd" in flags})
+                run = []
+            if len(run) >= 3:
+                blocks.append({"pages": run, "protected": "lo" in flags and "dd" in flags})
+    return blocks
+
+
+def count_blocks(path, blocks):
+    """Copies of the random blocks in a dump: for each block, how often its most frequent page is there."""
+    data = open(path, "rb").read()
+    return sum(max(data.count(p) for p in b["pages"]) for b in blocks)
 
 
 # ---------------------------------------------------------------- processes
@@ -116,6 +191,13 @@ def descendants(pid):
     return out
 
 
+def pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def comm(pid):
     try:
         return open("/proc/%d/cmdline" % pid, "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -137,7 +219,13 @@ def kernel_core(pid, cwd):
     pattern = open("/proc/sys/kernel/core_pattern").read().strip()
     if pattern.startswith("|") or "/" in pattern:
         return None
-    # pre: the process's RLIMIT_CORE allows the dump (nginx: worker_rlimit_core)
+    # pre: the process's RLIMIT_CORE allows the dump (nginx: worker_rlimit_core; Run.start)
+    if os.path.realpath("/proc/%d/cwd" % pid) != os.path.realpath(cwd):
+        # A daemon that changed to / (sshd) would dump into the machine's root directory: move
+        # it into cwd first (gdb calls chdir in it, then detaches; nothing else changes).
+        run(["gdb", "-p", str(pid), "-batch", "-nx", "-ex", "call (int) chdir(\"%s\")" % cwd], timeout=120)
+        if os.path.realpath("/proc/%d/cwd" % pid) != os.path.realpath(cwd):
+            raise Failure("process %d did not change to %s" % (pid, cwd))
     os.kill(pid, signal.SIGABRT)
     deadline = time.time() + 60
     while time.time() < deadline:  # the core is complete once the process is gone (or a zombie)
@@ -157,14 +245,15 @@ def kernel_core(pid, cwd):
 class Daemon:
     """One started process group; stop() kills the whole group."""
 
-    def __init__(self, argv, work, name, env=None, user=None):
+    def __init__(self, argv, work, name, env=None, user=None, core=False):
         self.name = name
         self.log = open(os.path.join(work, name + ".log"), "wb")
-        pre = None
-        if user:
-            pw = pwd.getpwnam(user)
+        pw = pwd.getpwnam(user) if user else None
 
-            def pre():  # noqa: E306
+        def pre():
+            if core:  # the kernel may write a core file (kernel_core)
+                resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            if pw:
                 os.setgid(pw.pw_gid)
                 os.initgroups(user, pw.pw_gid)
                 os.setuid(pw.pw_uid)
@@ -179,6 +268,10 @@ class Daemon:
             return ""
 
     def stop(self):
+        # Children that leave the process group (sshd's per-connection processes call setsid)
+        # are killed after the group.
+        strays = [p for p in descendants(self.proc.pid) if pgid(p) not in (None, self.proc.pid)] \
+            if self.proc.poll() is None else []
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -193,6 +286,11 @@ class Daemon:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+        for pid in strays:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.log.close()
 
 
@@ -222,7 +320,10 @@ class Run:
         self.args, self.work, self.port = args, work, port
         self.started = []
         self.dumps = []  # (label, pid)
-        self.kernel = None  # (label, pid) aborted for the kernel core
+        self.kernel = None  # (label, pid, cwd) aborted for the kernel core
+        self.key_text = None  # the key file the daemon reads, when not the PEM file returned
+        self.shielded = False  # the daemon shields its keys (sshd): look for the prekey
+        self.made = []  # (label, how, pid, path): dumps the daemon's serve function made itself
 
     def prefix(self):
         if self.args.config == "none":
@@ -234,8 +335,9 @@ class Run:
         e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MEMLOCK_SHIM_CONFIG")}
         return e
 
-    def start(self, argv, name, user=None):
-        d = Daemon(self.prefix() + argv, self.work, name, env=self.env(), user=user)
+    def start(self, argv, name, user=None, wrap=(), core=False):
+        """Starts prefix() + argv, behind wrap (a command that execs its arguments)."""
+        d = Daemon(list(wrap) + self.prefix() + argv, self.work, name, env=self.env(), user=user, core=core)
         self.started.append(d)
         return d
 
@@ -339,7 +441,12 @@ def serve_postgres(r):
         os.chown(tmp, pw.pw_uid, pw.pw_gid)
         run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", PG_BIN + "/initdb", "-D", tmp,
              "-A", "trust", "-U", "postgres"], timeout=120)
-        os.rename(tmp, cache)
+        try:
+            os.rename(tmp, cache)
+        except OSError:  # a run beside this one (make test runs tests in parallel) made it first
+            if not os.path.isdir(cache):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     run(["cp", "-a", cache, data])
     for f in (key, cert):
         os.chown(f, pw.pw_uid, pw.pw_gid)
@@ -381,42 +488,155 @@ def serve_postgres(r):
     return key
 
 
+SSH_USER = "memlock-keyproof"  # exists only in the /etc/passwd of sshd's mount namespace
+
+
 def serve_sshd(r):
+    """sshd with an RSA host key in OpenSSH's own format, in a private mount namespace whose
+    /etc/passwd adds SSH_USER: a login that is not root gets a privileged monitor and an
+    unprivileged session child (root's session stays in one process)."""
+    twin = os.path.join(r.work, "host_key.pem")  # the same key in PEM, for openssl's -text
+    run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", twin])
     key = os.path.join(r.work, "ssh_host_rsa_key")
-    run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "", "-f", key])
+    shutil.copy(twin, key)
+    run(["ssh-keygen", "-q", "-p", "-N", "", "-P", "", "-f", key])  # rewritten in OpenSSH's format
+    r.key_text = key
+    r.shielded = True
     user_key = os.path.join(r.work, "id_ed25519")
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", user_key])
     auth = os.path.join(r.work, "authorized_keys")
     shutil.copy(user_key + ".pub", auth)
     os.chmod(r.work, 0o755)
     os.chmod(auth, 0o644)
-    os.makedirs("/run/sshd", exist_ok=True)
+    uid = 64100
+    while any(line.split(":")[2] == str(uid) for line in open("/etc/passwd") if line.count(":") >= 6):
+        uid += 1
+    home = os.path.join(r.work, "home")
+    os.makedirs(home)
+    os.chown(home, uid, 65534)
+    passwd = os.path.join(r.work, "passwd")
+    with open(passwd, "w") as f:
+        f.write(open("/etc/passwd").read() + "%s:x:%d:65534::%s:/bin/sh\n" % (SSH_USER, uid, home))
+    os.makedirs("/run/sshd", exist_ok=True)  # the privilege-separation chroot
     conf = os.path.join(r.work, "sshd_config")
     with open(conf, "w") as f:
         f.write("Port %d\nListenAddress 127.0.0.1\nHostKey %s\nPidFile %s/sshd.pid\nAuthorizedKeysFile %s\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin yes\n"
-                "StrictModes no\n" % (r.port, key, r.work, auth))
-    d = r.start(["/usr/sbin/sshd", "-D", "-e", "-f", conf], "sshd")
+                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+                "LogLevel VERBOSE\n" % (r.port, key, r.work, auth))
+    namespace = ["unshare", "-m", "--propagation", "private", "--", "sh", "-c",
+                 'mount --bind "$0" /etc/passwd && exec "$@"', passwd]
+    d = r.start(["/usr/sbin/sshd", "-D", "-e", "-f", conf], "sshd", wrap=namespace, core=True)
     wait_port(r.port, d.proc, "sshd")
     ssh = ["ssh", "-i", user_key, "-p", str(r.port), "-o", "StrictHostKeyChecking=no", "-o",
-           "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
-    for _ in range(2):
-        out = run(ssh + ["echo", "ssh login ok"], timeout=30, check=False)
-        if "ssh login ok" not in out:
-            raise Failure("ssh login failed: %r; sshd log: %s" % (out, d.log_text()))
-    # A session kept open while it is dumped: its privileged monitor holds the host key too.
+           "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", SSH_USER + "@127.0.0.1"]
+    logins = 3
+    for i in range(logins):
+        out = run(ssh + ["echo", "ssh login %d ok as" % i, "$(id -un)"], timeout=30, check=False)
+        if "ssh login %d ok as %s" % (i, SSH_USER) not in out:
+            raise Failure("ssh login %d failed: %r; sshd log: %s" % (i, out, d.log_text()))
+    r.made.append(("signing", "gcore at the signature") + dump_while_signing(r, d.proc.pid, ssh))
+    # One connection held before authentication: its child runs in the seccomp sandbox.
+    held = socket.create_connection(("127.0.0.1", r.port), timeout=10)
+    held.recv(256)
+    held.sendall(b"SSH-2.0-keyproof\r\n")
+    r.started.append(_Socket(held))
+    # One session held open: its privileged monitor holds the host key.
     hold = subprocess.Popen(ssh + ["sleep", "600"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
     r.started.append(_Popen(hold))
-    session = None
-    for _ in range(100):
-        kids = children(d.proc.pid)
-        if kids:
-            session = kids[0]
-            break
+    # Each by its title and its parent's (a session's shell is forked with its parent's title).
+    titles = {"monitor": (d.proc.pid, "sshd: %s [priv]" % SSH_USER),
+              "session": ("monitor", "sshd: %s@notty" % SSH_USER),
+              "accepted": (d.proc.pid, "sshd: [accepted]"), "preauth": ("accepted", "sshd: [net]")}
+    found = {}
+    deadline = time.time() + 30
+    while len(found) < len(titles) and time.time() < deadline:
+        for label, (parent, title) in titles.items():
+            parent = found.get(parent) if isinstance(parent, str) else parent
+            for pid in children(parent) if parent else []:
+                if comm(pid) == title:
+                    found[label] = pid
         time.sleep(0.1)
-    r.dumps = [("listener", d.proc.pid)] + ([("session", session)] if session else [])
-    return key
+    if len(found) < len(titles):
+        raise Failure("sshd processes missing: %s; sshd log: %s" % (
+            ", ".join(t for label, (_, t) in titles.items() if label not in found), d.log_text()))
+    seccomp = open("/proc/%d/status" % found["preauth"]).read().split("Seccomp:")[1].split()[0]
+    if seccomp != "2":
+        raise Failure("sshd's pre-authentication child is not in its seccomp sandbox (Seccomp: %s)" % seccomp)
+    log = open(d.log.name, errors="replace").read()
+    if log.count("Accepted publickey for %s" % SSH_USER) < logins or "by signal" in log:
+        raise Failure("sshd log: %s" % log[-1500:])
+    r.dumps = [("listener", d.proc.pid)] + [(label, found[label]) for label in ("monitor", "session", "preauth")]
+    r.kernel = ("listener", d.proc.pid, r.work)
+    return twin
+
+
+def dump_while_signing(r, listener, ssh):
+    """(pid, dump path) of a connection's monitor dumped while it signs the key exchange with
+    the host key, the moment its plaintext private key exists (sshd unshields it for that). The
+    client's key exchange is held back (relay) until gdb waits in the monitor at the signing
+    functions of libcrypto (RSA_sign up to OpenSSH 9.3, EVP_DigestSign from 9.4)."""
+    before = set(children(listener))
+    go = os.path.join(r.work, "signing.go")
+    relay_cmd = "%s %s --relay %d %s" % (sys.executable, os.path.abspath(__file__), r.port, go)
+    login = subprocess.Popen(ssh[:-1] + ["-o", "ProxyCommand=" + relay_cmd, ssh[-1], "echo", "signed login ok"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    r.started.append(_Popen(login))
+    monitor = None
+    deadline = time.time() + 30
+    while monitor is None and time.time() < deadline:
+        new = [p for p in children(listener) if p not in before and comm(p) == "sshd: [accepted]"]
+        monitor = new[0] if new else None
+        time.sleep(0.05)
+    if monitor is None:
+        raise Failure("no monitor for the signing login")
+    path = os.path.join(r.work, "signing.core")
+    run(["gdb", "-p", str(monitor), "-batch", "-nx", "-ex", "break RSA_sign", "-ex", "break EVP_DigestSign",
+         "-ex", "shell touch " + go, "-ex", "continue", "-ex", "gcore " + path], timeout=180)
+    out = login.communicate(timeout=60)[0].decode(errors="replace")
+    if "signed login ok" not in out or not os.path.exists(path):
+        raise Failure("the login dumped while signing failed: %r" % out[-300:])
+    return monitor, path
+
+
+def relay(port, go):
+    """ssh's ProxyCommand for dump_while_signing: stdin/stdout to 127.0.0.1:port; the client's
+    data after its version line waits until the file go exists (at most 120 s)."""
+    s = socket.create_connection(("127.0.0.1", port))
+
+    def down():
+        while True:
+            data = s.recv(65536)
+            if not data:
+                os._exit(0)
+            os.write(1, data)
+    threading.Thread(target=down, daemon=True).start()
+    held = True
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        if held and b"\n" in data:
+            line = data.index(b"\n") + 1
+            s.sendall(data[:line])
+            data = data[line:]
+            deadline = time.time() + 120
+            while not os.path.exists(go) and time.time() < deadline:
+                time.sleep(0.05)
+            held = False
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    time.sleep(60)  # until the server closes (down exits)
+    return 0
+
+
+class _Socket:
+    def __init__(self, s):
+        self.s = s
+
+    def stop(self):
+        self.s.close()
 
 
 class _Popen:
@@ -435,24 +655,48 @@ SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunne
          "postgres": serve_postgres, "sshd": serve_sshd}
 
 
+def inspect(args, pid):
+    """memlock-inspect's verdict on pid ("protected", "not protected: ...", ...)."""
+    out = run([os.path.join(args.build, "memlock-inspect"), str(pid)], check=False)
+    first = out.splitlines()[0] if out else ""
+    return first.split("): ", 1)[1] if "): " in first else first
+
+
+def counted(dump, path, needles, pem, blocks):
+    """dump with the copies found in the dump file at path."""
+    dump["components"], dump["pem"] = count_copies(path, needles, pem)
+    if blocks is not None:
+        dump["prekey_live"] = len(blocks)
+        dump["prekey_protected"] = sum(b["protected"] for b in blocks)
+        dump["prekey"] = count_blocks(path, blocks)
+    return dump
+
+
 def prove(args, daemon, port, kernel):
     work = tempfile.mkdtemp(prefix="keyproof-%s-" % daemon)
     r = Run(args, work, port)
     result = {"daemon": daemon, "config": args.config, "ok": False, "error": "", "dumps": []}
     try:
         key = SERVE[daemon](r)
-        needles, pem = key_needles(key)
+        needles, pem = key_needles(key, r.key_text)
+        blocks = {}
         for label, pid in r.dumps:
+            dump = {"process": label, "pid": pid, "how": "gcore"}
+            if args.config != "none":
+                dump["inspect"] = inspect(args, pid)
+            if r.shielded:
+                blocks[pid] = random_blocks(pid)
             path = gcore(pid, os.path.join(work, "gcore"))
-            c, p = count_copies(path, needles, pem)
+            result["dumps"].append(counted(dump, path, needles, pem, blocks.get(pid)))
             os.unlink(path)
-            result["dumps"].append({"process": label, "pid": pid, "how": "gcore", "components": c, "pem": p})
+        for label, how, pid, path in r.made:
+            result["dumps"].append(counted({"process": label, "pid": pid, "how": how}, path, needles, pem, None))
         if kernel and r.kernel:
             label, pid, cwd = r.kernel
             path = kernel_core(pid, cwd)
             if path:
-                c, p = count_copies(path, needles, pem)
-                result["dumps"].append({"process": label, "pid": pid, "how": "kernel", "components": c, "pem": p})
+                dump = {"process": label, "pid": pid, "how": "kernel"}
+                result["dumps"].append(counted(dump, path, needles, pem, blocks.get(pid)))
         result["ok"] = True
     except (Failure, subprocess.TimeoutExpired, OSError) as e:
         logs = "; ".join("%s: %s" % (d.name, d.log_text()) for d in r.started if isinstance(d, Daemon))
@@ -466,6 +710,8 @@ def prove(args, daemon, port, kernel):
 
 
 def main():
+    if sys.argv[1:2] == ["--relay"]:
+        return relay(int(sys.argv[2]), sys.argv[3])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(TOP, "build"))
     ap.add_argument("--config", default=os.path.join(TOP, "config", "default.json"))
@@ -499,8 +745,17 @@ def main():
 def describe(res):
     if not res["ok"]:
         return "%s: FAILED: %s" % (res["daemon"], res["error"])
-    return "%s: %s" % (res["daemon"], ", ".join("%s (%s) %d components, %d PEM" % (
-        d["process"], d["how"], d["components"], d["pem"]) for d in res["dumps"]))
+    return "%s: %s" % (res["daemon"], ", ".join("%s (%s) %s%s" % (
+        d["process"], d["how"], cell(d), " [%s]" % d["inspect"] if "inspect" in d else "") for d in res["dumps"]))
+
+
+def cell(dump):
+    """components + PEM text copies in one dump, and for sshd the prekey's copies (of those
+    found live, how many lay in locked, dontdump memory)."""
+    text = "%d + %d PEM" % (dump["components"], dump["pem"])
+    if "prekey" in dump:
+        text += " + %d prekey (%d/%d live in lo+dd)" % (dump["prekey"], dump["prekey_protected"], dump["prekey_live"])
+    return text
 
 
 def table(args, daemons):
@@ -518,7 +773,7 @@ def table(args, daemons):
                 cells[label] = {"*": "fails: " + res["error"].split(";")[0].split("\n")[0][:60]}
                 continue
             for dump in res["dumps"]:
-                cells.setdefault(label, {})[dump["process"]] = "%d + %d PEM" % (dump["components"], dump["pem"])
+                cells.setdefault(label, {})[dump["process"]] = cell(dump)
         processes = []
         for c in cells.values():
             processes += [p for p in c if p not in processes and p != "*"]

@@ -32,8 +32,14 @@ enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // (a slab, a live run, or a free run not yet given back to the kernel); kSecretPage: in a
 // memfd_secret mapping (locked too).
 enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4 };
-// Block states, one byte per 16-byte granule (at the block's first granule).
+// Block states, one byte per 16-byte granule (at the block's first granule). A live block's
+// byte also holds its rule's counters entry (stats_rule_index) in the bits above kStateMask,
+// so that free() finds the rule to count without another table.
 enum : std::uint8_t { kNeverUsed = 0, kLive = 1, kFreed = 2 };
+constexpr std::uint8_t kStateMask = 3;
+constexpr unsigned kRuleShift = 2;
+static_assert(kStatsRules << kRuleShift <= 256, "a rule entry fits the state byte");
+inline std::uint8_t live_state(unsigned rule) noexcept { return static_cast<std::uint8_t>(kLive | rule << kRuleShift); }
 
 struct ClassInfo {
     std::uint32_t size;
@@ -105,13 +111,21 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 #endif
 }
 
-// Zeroes a block. Small blocks take inline stores (a call costs more than the stores); the
-// empty asm tells the compiler the memory is read afterwards, so the stores stay.
+constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
+// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
+// memory is read afterwards, so the stores stay.
+inline void wipe_small(void *p, std::size_t size) noexcept {
+    auto *w = static_cast<std::uint64_t *>(p);
+    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    __asm__ __volatile__("" : : "r"(p) : "memory");
+}
+
+// Zeroes a block.
 inline void wipe_block(void *p, std::size_t size) noexcept {
-    if (size <= 128) {
-        auto *w = static_cast<std::uint64_t *>(p);
-        for (std::size_t i = 0; i < size / 8; ++i) w[i] = 0;
-        __asm__ __volatile__("" : : "r"(p) : "memory");
+    if (size <= kInlineWipe) {
+        wipe_small(p, size);
     } else {
         memlock_wipe(p, size);
         clear_vector_registers();  // a block this size was copied through them
@@ -152,7 +166,9 @@ struct SecureArena::Pool {
     std::uintptr_t start, end;   // the pool's address range
     std::uintptr_t frontier;     // first byte never carved
     std::uintptr_t committed;    // first byte not committed (prealloc commits ahead)
-    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up
+    std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up (or,
+                                 // without lock-on-fault, is locked as it is committed)
+    std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     bool secret;                 // [start, lock_end) is a memfd_secret mapping
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
@@ -177,6 +193,7 @@ struct ThreadState {
     const SecureArena *arena;                      // owner of the caches (nullptr: none yet)
     SecureArena::PoolCache *caches[kMaxPools];
     ThreadCounters *slot;
+    StatsRuleRow *rules;                           // slot's rule row (nullptr: the shared slot)
     bool slot_shared;                              // slot is shared: atomic updates
     bool dead;                                     // thread is exiting: no caching
 };
@@ -200,6 +217,7 @@ bool thread_ready(const SecureArena *arena, StatsPage *stats) noexcept {
     if (stats) {
         ts.slot = stats_claim_slot(stats, current_tid());
         ts.slot_shared = ts.slot == &stats->shared;
+        ts.rules = stats_rule_row(stats, ts.slot);
     }
     if (g_key_arena == arena) pthread_setspecific(g_exit_key, &ts);
     return true;
@@ -216,8 +234,46 @@ inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::
 
 inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
                   std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    add_to_slot(ops, 1);
-    add_to_slot(bytes, n);
+    ThreadState &ts = t_state;
+    ThreadCounters *slot = ts.slot;
+    if (!slot) return;
+    if (__builtin_expect(!ts.slot_shared, 1)) {
+        ThreadCounters::bump(slot->*ops, 1);
+        ThreadCounters::bump(slot->*bytes, n);
+    } else {
+        (slot->*ops).fetch_add(1, std::memory_order_relaxed);
+        (slot->*bytes).fetch_add(n, std::memory_order_relaxed);
+    }
+}
+
+// Counts `bytes` (> 0 allocated, < 0 freed) of rule entry `rule` for the calling thread, and
+// one match when `match`: plain stores in its own rule row; atomic adds on the totals for a
+// thread in the shared slot. An allocation raises the rule's peak when the published live
+// bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
+inline void count_rule(StatsPage *stats, unsigned rule, std::int64_t bytes, bool match) noexcept {
+    ThreadState &ts = t_state;
+    StatsRuleTotal &t = stats->rule_totals[rule];
+    if (__builtin_expect(ts.rules != nullptr, 1)) {
+        StatsRuleCount &c = ts.rules->rule[rule];
+        if (match) ThreadCounters::bump(c.matches, 1);
+        const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
+        c.live.store(mine, std::memory_order_relaxed);
+        if (bytes > 0) {
+            const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
+            if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
+        }
+        return;
+    }
+    if (!ts.slot) return;
+    if (match) t.matches.fetch_add(1, std::memory_order_relaxed);
+    const std::int64_t now = t.live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+    if (bytes > 0) stats_raise_peak(t, now);
+}
+
+// Publishes the calling thread's rule row (slow paths only).
+inline void publish_rules(StatsPage *stats) noexcept {
+    ThreadState &ts = t_state;
+    if (ts.rules) stats_publish_row(stats, ts.rules, stats_rule_entries(*stats));
 }
 
 }  // namespace
@@ -234,6 +290,10 @@ unsigned SecureArena::class_of(std::size_t n) noexcept {
 
 // ---- set-up --------------------------------------------------------------------------------
 
+std::size_t SecureArena::meta_len(std::size_t span) const noexcept { return round_up(span / page_ * sizeof(PageMeta), page_); }
+std::size_t SecureArena::state_len(std::size_t span) const noexcept { return round_up(span / 16, page_); }
+std::size_t SecureArena::bits_len(std::size_t span) const noexcept { return round_up(span / 128, page_); }
+
 int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, unsigned npools,
                       StatsPage *stats, ArenaReporter reporter) noexcept {
     if (npools == 0 || npools > kMaxPools) return EINVAL;
@@ -242,41 +302,73 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     reporter_ = reporter;
     secret_ = opts.backing != Backing::anonymous;
     page_ = memlock_page_size();
+    page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
     pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
     std::size_t total = pool_bytes * npools;
+    region_pages_ = pool_bytes / page_;
 
-    // One side region (committed now, its pages touched as used): the page table, the block
-    // states (a byte per 16-byte granule), the free-block bitmap of the slabs (a bit per
-    // granule) and the pool records. Together 7.7% of the arena's address space.
-    std::size_t meta_bytes = round_up(total / page_ * sizeof(PageMeta), page_);
-    std::size_t state_bytes = round_up(total / 16, page_);
-    std::size_t bits_bytes = round_up(total / 128, page_);
+    // The arena grows by regions of pool_bytes appended to its reservation, so that owns()
+    // stays one comparison and the side tables stay arrays indexed by offset. Address space
+    // is found once for the largest arena allowed (the growth cap) and all of it but the
+    // first regions is unmapped again: [bits | state | meta | blocks], each at the bottom of
+    // a room it can grow into. The kernel places new mappings top-down, in the highest gap
+    // that fits, so other mappings fill the blocks' room from its top first, and the side
+    // tables' rooms only after it. Where the whole cap does not fit (RLIMIT_AS), half of it.
+    std::size_t cap = std::max(opts.max_reserve ? opts.max_reserve : total * kGrowthFactor, total);
+    cap = std::min(cap, std::size_t{kMaxRegions} * pool_bytes) / pool_bytes * pool_bytes;
     std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    std::size_t side_bytes = meta_bytes + state_bytes + bits_bytes + pools_bytes;
-    void *mem = nullptr, *side = nullptr;
-    int rc = memlock_reserve(total, &mem);
-    if (!rc) rc = memlock_reserve(side_bytes, &side);
-    if (!rc) rc = memlock_commit(side, side_bytes);
-    side_bytes_ = side_bytes;
-    // Dontdump is a property of the whole pool, set before any block exists. The side region
-    // holds no secrets, but nothing of use in a core dump either: it stays out too.
+    void *mem = nullptr, *pools_mem = nullptr;
+    int rc = 0;
+    for (;; cap = std::max(total, cap / 2 / pool_bytes * pool_bytes)) {
+        rc = memlock_reserve(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, &mem);
+        if (!rc || cap == total) break;
+    }
+    auto *room = static_cast<unsigned char *>(mem);
+    auto give_back_room = [&](std::size_t used, std::size_t all) {
+        memlock_release(room + used, all - used);
+        room += all;
+    };
+    if (!rc) {
+        bits_ = reinterpret_cast<std::uint64_t *>(room);
+        give_back_room(bits_len(total), bits_len(cap));
+        state_ = room;
+        give_back_room(state_len(total), state_len(cap));
+        meta_ = reinterpret_cast<PageMeta *>(room);
+        give_back_room(meta_len(total), meta_len(cap));
+        mem = room;
+        give_back_room(total, cap);
+        rc = memlock_reserve(pools_bytes, &pools_mem);
+    }
+    // The side tables (7.7% of the arena) hold no secrets, but nothing of use in a core dump
+    // either: they stay out too.
+    for (void *side : {static_cast<void *>(bits_), static_cast<void *>(state_), static_cast<void *>(meta_), pools_mem}) {
+        std::size_t len = side == bits_ ? bits_len(total) : side == state_ ? state_len(total)
+                          : side == meta_ ? meta_len(total) : pools_bytes;
+        if (!rc) rc = memlock_commit(side, len);
+        if (!rc) memlock_dontdump(side, len);
+    }
+    // Dontdump is a property of the whole pool, set before any block exists.
     for (unsigned i = 0; i < npools && !rc; ++i)
         if (pool_actions[i] & kActionDontdump)
             rc = memlock_dontdump(static_cast<unsigned char *>(mem) + i * pool_bytes, pool_bytes);
-    if (!rc) memlock_dontdump(side, side_bytes);
     if (rc) {
-        if (mem) memlock_release(mem, total);
-        if (side) memlock_release(side, side_bytes);
+        if (meta_) {
+            memlock_release(bits_, bits_len(total));
+            memlock_release(state_, state_len(total));
+            memlock_release(meta_, meta_len(total));
+            memlock_release(mem, total);
+        }
+        if (pools_mem) memlock_release(pools_mem, pools_bytes);
+        meta_ = nullptr, state_ = nullptr, bits_ = nullptr;
         return rc;
     }
+    cap_span_ = cap;
+    side_span_ = total;
+    side_bytes_ = bits_len(total) + state_len(total) + meta_len(total) + pools_bytes;
     base_ = reinterpret_cast<std::uintptr_t>(mem);
-    auto *at = static_cast<unsigned char *>(side);
-    meta_ = reinterpret_cast<PageMeta *>(at);
-    state_ = at + meta_bytes;
-    bits_ = reinterpret_cast<std::uint64_t *>(at + meta_bytes + state_bytes);
-    pools_ = reinterpret_cast<Pool *>(at + meta_bytes + state_bytes + bits_bytes);
+    pools_ = static_cast<Pool *>(pools_mem);
     npools_ = npools;
     unsigned locking = 0;
     for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
@@ -284,8 +376,9 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
-        p->start = p->frontier = p->committed = p->lock_end = base_ + i * pool_bytes;
+        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
+        region_pool_[i] = static_cast<std::uint8_t>(i);
         if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
     }
     if (stats_) {
@@ -296,7 +389,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         stats_->backing = secret_ ? kStatsBackingSecretmem : kStatsBackingAnonymous;
     }
     if (!g_key_arena && pthread_key_create(&g_exit_key, on_thread_exit) == 0) g_key_arena = this;
-    span_ = total;  // publish: owns() answers from here on
+    __atomic_store_n(&span_, total, __ATOMIC_RELEASE);  // publish: owns() answers from here on
 
     if (opts.prealloc > 0) {
         // Commit and lock ahead (a daemon may drop the privilege to lock later).
@@ -328,6 +421,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 // touched, without an mlock call: after start-up the arena makes no system call that glibc's
 // malloc would not make itself (a seccomp sandbox installed later may forbid mlock). Where
 // the limit refuses the whole budget, the largest halving of it that the kernel accepts.
+// Without lock-on-fault the range is locked piece by piece as it is committed (mlock calls
+// after start-up: see docs/shim.md, "Old kernels").
 void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
     pool.secret = false;
     if (secret_missing_) return;  // deny or abort: nothing is locked, commit_and_lock decides
@@ -335,6 +430,12 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
     std::size_t len = std::min(budget, pool.end - pool.start) / page_ * page_;
     while (len >= kMinSlab) {
         int err = backing_lock(secret, reinterpret_cast<void *>(pool.start), len);
+        if (!secret && (err == ENOSYS || err == EINVAL)) {
+            // No lock-on-fault (Linux < 4.4, qemu-user): commit_and_lock mlocks the pages of
+            // the range as they are committed.
+            lock_on_commit_ = true;
+            err = 0;
+        }
         if (!err) {
             pool.lock_end = pool.start + len;
             pool.secret = secret;
@@ -414,6 +515,20 @@ void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, in
 int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
+    bool committed = false;
+    if (lock_on_commit_ && !pool.secret && lock_to > from) {
+        // No lock-on-fault: mlock what is committed inside the budget (mlock populates it).
+        // Refused (the limit, or a sandbox that answers EPERM), the rest of the budget is
+        // given up and the pages follow the lock policy below.
+        if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+        committed = true;
+        if (int err = memlock_lock(reinterpret_cast<void *>(from), lock_to - from)) {
+            lock_error_ = err;
+            pool.lock_end = lock_to = from;
+        } else {
+            pool.locked_to = std::max(pool.locked_to, lock_to);
+        }
+    }
     if ((pool.actions & kActionLock) && lock_to < to) {
         if (stats_) stats_->lock_failures.fetch_add(1);
         const char *why = lock_why();
@@ -433,7 +548,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
             break;
         }
     }
-    if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+    if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
     std::size_t first = (from - base_) / page_, n = bytes / page_;
     const std::uint8_t in_lock = pool.secret ? kLockedPage | kSecretPage : kLockedPage;
     for (std::size_t i = 0; i < n; ++i)
@@ -465,7 +580,7 @@ void *SecureArena::out_of_space(const char *what) noexcept {
 // ahead (prealloc) is used as it is; the rest is committed now. pre: pool.lock held.
 // nullptr with errno ENOMEM: pool full, or the lock policy denied.
 unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
-    if (pool.end - pool.frontier < bytes)
+    if (pool.end - pool.frontier < bytes && !grow(pool, bytes))
         return static_cast<unsigned char *>(out_of_space("arena address space exhausted"));
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
@@ -479,6 +594,49 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     }
     pool.frontier = to;
     return reinterpret_cast<unsigned char *>(from);
+}
+
+// Appends a region of at least `bytes` (whole regions) to the reservation for `pool`, which
+// carves from it from now on; what was left of its previous region stays unused. Fails
+// (false) past the growth cap, or when another mapping took the address space above the
+// arena. pre: pool.lock held.
+bool SecureArena::grow(Pool &pool, std::size_t bytes) noexcept {
+    Guard g(misc_lock_);
+    std::size_t span = span_, size = round_up(bytes, region_pages_ * page_);
+    if (bytes > cap_span_ || size > cap_span_ - span) return false;
+    std::size_t new_span = span + size;
+    if (new_span > side_span_) {
+        // The side tables first: a table that grew and an arena that could not stay
+        // consistent (the tables only cover more than the blocks).
+        auto extend = [](void *table, std::size_t from, std::size_t to) {
+            if (to <= from) return 0;
+            void *at = static_cast<unsigned char *>(table) + from;
+            int rc = memlock_reserve_at(at, to - from);
+            if (!rc) rc = memlock_commit(at, to - from);
+            if (!rc) memlock_dontdump(at, to - from);
+            return rc;
+        };
+        if (extend(bits_, bits_len(side_span_), bits_len(new_span)) ||
+            extend(state_, state_len(side_span_), state_len(new_span)) ||
+            extend(meta_, meta_len(side_span_), meta_len(new_span)))
+            return false;
+        side_bytes_ += bits_len(new_span) + state_len(new_span) + meta_len(new_span) -
+                       bits_len(side_span_) - state_len(side_span_) - meta_len(side_span_);
+        side_span_ = new_span;
+    }
+    void *at = reinterpret_cast<void *>(base_ + span);
+    if (memlock_reserve_at(at, size)) return false;
+    if ((pool.actions & kActionDontdump) && memlock_dontdump(at, size)) {
+        memlock_release(at, size);
+        return false;
+    }
+    for (std::size_t r = span / (region_pages_ * page_); r < new_span / (region_pages_ * page_); ++r)
+        region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
+    pool.frontier = pool.committed = base_ + span;
+    pool.end = base_ + new_span;
+    __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
+    if (stats_) stats_->reserved_bytes.store(new_span);
+    return true;
 }
 
 void SecureArena::note_peak() noexcept {
@@ -573,13 +731,14 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
 
 // Pages [first, first+n) are free: one run with the free runs on either side. pre: pool.lock held.
 void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
-    std::size_t pool_first = (pool.start - base_) / page_, frontier = (pool.frontier - base_) / page_;
+    // Never across a region's border: the next region may be another pool's. Pages never
+    // carved are kUnused.
     std::size_t after = first + n;
-    if (after < frontier && meta_[after].kind == kFreeRun && meta_[after].head == after) {
+    if (after % region_pages_ && meta_[after].kind == kFreeRun && meta_[after].head == after) {
         n += meta_[after].npages;
         free_run_remove(pool, after);
     }
-    if (first > pool_first && meta_[first - 1].kind == kFreeRun) {
+    if (first % region_pages_ && meta_[first - 1].kind == kFreeRun) {
         std::size_t before = meta_[first - 1].head;
         n += meta_[before].npages;
         free_run_remove(pool, before);
@@ -719,7 +878,7 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
-        std::size_t head = meta_[off / page_].head;
+        std::size_t head = meta_[off >> page_shift_].head;
         PageMeta &h = meta_[head];
         if (h.nfree++ == 0) list_push(pool.partial[cls], head);
         if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
@@ -731,6 +890,13 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
     if (released) maybe_purge(pool);
+}
+
+void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
+    int saved = errno;
+    Guard g(pool.lock);
+    flush(pool, cls, blocks, n);
+    errno = saved;
 }
 
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
@@ -756,6 +922,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
 void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept {
     Pool &pool = pools_[pool_index];
     void *b = nullptr;
+    if (stats_ && t_state.arena == this) publish_rules(stats_);
     if (PoolCache *pc = cache_for(pool_index)) {
         PoolCache::Bin &bin = pc->bins[cls];
         unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
@@ -770,7 +937,7 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept 
     return b;
 }
 
-void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
+void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
     ThreadState &ts = t_state;
     PoolCache *pc;
     void *b;
@@ -782,8 +949,9 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls) noexcept {
     } else if (!(b = alloc_small_slow(pool_index, cls))) {
         return nullptr;
     }
-    state_of(b) = kLive;
+    state_of(b) = live_state(rule);
     count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, kClasses.info[cls].size);
+    if (stats_) count_rule(stats_, rule, kClasses.info[cls].size, true);
     return b;
 }
 
@@ -799,10 +967,10 @@ void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npag
     }
 }
 
-void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align) noexcept {
+void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align, unsigned rule) noexcept {
     Pool &pool = pools_[pool_index];
-    if (n > pool.end - pool.start || align > pool.end - pool.start)
-        return out_of_space("a matching allocation is larger than the arena");
+    if (n > cap_span_ || align > cap_span_)
+        return out_of_space("a matching allocation is larger than the arena's growth cap");
     std::size_t bytes = round_up(n ? n : 1, page_);
     std::uintptr_t at = 0;
     {
@@ -817,9 +985,15 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
         }
     }
     void *p = reinterpret_cast<void *>(at);
-    state_of(p) = kLive;
+    state_of(p) = live_state(rule);
     thread_ready(this, stats_);  // registers the thread (an exiting one counts in the shared slot)
-    if (t_state.arena == this) count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+    if (t_state.arena == this) {
+        count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
+        if (stats_) {
+            count_rule(stats_, rule, static_cast<std::int64_t>(bytes), true);
+            publish_rules(stats_);
+        }
+    }
     return p;
 }
 
@@ -847,6 +1021,7 @@ void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
 
 void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     std::size_t bytes = std::size_t{head.npages} * page_;
+    const unsigned rule = state_of(p) >> kRuleShift;
     if (pool.actions & kActionWipe) wipe_run(p, bytes);
     state_of(p) = kFreed;
     {
@@ -856,18 +1031,24 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
         maybe_purge(pool);
     }
     thread_ready(this, stats_);
-    if (t_state.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+    if (t_state.arena == this) {
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
+        if (stats_) {
+            count_rule(stats_, rule, -static_cast<std::int64_t>(bytes), false);
+            publish_rules(stats_);
+        }
+    }
 }
 
 bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     std::size_t head = off / page_;
     PageMeta &m = meta_[head];
-    if (m.kind != kRun || m.head != head || state_of(p) != kLive || n > span_) return false;
+    if (m.kind != kRun || m.head != head || (state_of(p) & kStateMask) != kLive || n > cap_span_) return false;
     std::size_t need = round_up(n, page_) / page_, have = m.npages;
     if (need <= have) return true;
     std::size_t extra = need - have, next = head + have;
-    Pool &pool = pools_[off >> pool_shift_];
+    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
     {
         Guard g(pool.lock);
         std::size_t frontier = (pool.frontier - base_) / page_;
@@ -889,66 +1070,95 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
             note_peak();
         }
     }
-    if (t_state.arena == this) add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
+    if (t_state.arena == this) {
+        add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
+        if (stats_) count_rule(stats_, state_of(p) >> kRuleShift, static_cast<std::int64_t>(extra * page_), false);
+    }
     return true;
 }
 
 // ---- the public operations ---------------------------------------------------------------
 
-void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align) noexcept {
+void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept {
     if (align < 16) align = 16;
     if (n <= kMaxSmall && align <= page_) {
         unsigned cls = class_of(n < align ? align : n);
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
-        while (kClasses.info[cls].size % align) ++cls;
-        return alloc_small(pool, cls);
+        while (kClasses.info[cls].size & (align - 1)) ++cls;
+        return alloc_small(pool, cls, rule);
     }
-    return alloc_large(pool, n, align);
+    return alloc_large(pool, n, align, rule);
 }
 
 void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
+// The common case makes no call: a small live block goes into the calling thread's cache,
+// which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    PageMeta &m = meta_[off / page_];
-    unsigned pool_index = static_cast<unsigned>(off >> pool_shift_);
-    Pool &pool = pools_[pool_index];
+    PageMeta &m = meta_[off >> page_shift_];
+    unsigned pool_index = region_pool_[off >> pool_shift_];
     std::uint8_t &state = state_[off >> 4];
-    if (__builtin_expect(m.kind == kSlab && state == kLive, 1)) {
-        const ClassInfo &ci = kClasses.info[m.cls];
-        std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-        if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
-        if (pool.actions & kActionWipe) wipe_block(p, ci.size);
-        state = kFreed;
-        ThreadState &ts = t_state;
-        PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
-        if (__builtin_expect(!pc, 0)) pc = cache_for(pool_index);  // registers the thread
-        if (__builtin_expect(pc != nullptr, 1)) {
-            PoolCache::Bin &bin = pc->bins[m.cls];
-            if (__builtin_expect(bin.count == ci.cache_max, 0)) {
-                unsigned keep = ci.cache_max / 2;
-                int saved = errno;
-                Guard g(pool.lock);
-                flush(pool, m.cls, bin.blocks + keep, bin.count - keep);
-                bin.count = keep;
-                errno = saved;
-            }
-            bin.blocks[bin.count++] = p;
-        } else {
-            int saved = errno;
-            Guard g(pool.lock);
-            flush(pool, m.cls, &p, 1);
-            errno = saved;
+    if (__builtin_expect(m.kind != kSlab || (state & kStateMask) != kLive, 0)) return free_not_slab(p);
+    const ClassInfo &ci = kClasses.info[m.cls];
+    std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
+    if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (__builtin_expect(!pc || ci.size > kInlineWipe || pc->bins[m.cls].count == ci.cache_max, 0))
+        return free_small_slow(p);
+    const unsigned rule = state >> kRuleShift;
+    if (pools_[pool_index].actions & kActionWipe) wipe_small(p, ci.size);
+    state = kFreed;
+    PoolCache::Bin &bin = pc->bins[m.cls];
+    bin.blocks[bin.count++] = p;
+    count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+    if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+}
+
+// A live slab block that the common path of free() does not take.
+void SecureArena::free_small_slow(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    unsigned pool_index = region_pool_[off >> pool_shift_];
+    Pool &pool = pools_[pool_index];
+    const ClassInfo &ci = kClasses.info[m.cls];
+    const unsigned rule = state_of(p) >> kRuleShift;
+    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
+    state_of(p) = kFreed;
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    if (!pc) pc = cache_for(pool_index);  // registers the thread
+    if (pc) {
+        PoolCache::Bin &bin = pc->bins[m.cls];
+        if (bin.count == ci.cache_max) {
+            unsigned keep = ci.cache_max / 2;
+            if (stats_ && ts.arena == this) publish_rules(stats_);
+            flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
+            bin.count = keep;
         }
-        if (ts.arena == this) count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-        return;
+        bin.blocks[bin.count++] = p;
+    } else {
+        flush_locked(pool, m.cls, &p, 1);
     }
+    if (ts.arena == this) {
+        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
+        if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+    }
+}
+
+// Not a live slab block: a page run, a double free, or not a block at all.
+void SecureArena::free_not_slab(void *p) noexcept {
+    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    PageMeta &m = meta_[off >> page_shift_];
+    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
+    std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
-    if (m.kind == kRun && state == kLive && m.head == off / page_ && off % page_ == 0) {
+    if (m.kind == kRun && (state & kStateMask) == kLive && m.head == off >> page_shift_ && off % page_ == 0) {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
@@ -959,10 +1169,10 @@ void SecureArena::free(void *p) noexcept {
 
 std::size_t SecureArena::usable_size(const void *p) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    const PageMeta &m = meta_[off / page_];
-    if (state_[off >> 4] == kLive) {
+    const PageMeta &m = meta_[off >> page_shift_];
+    if ((state_[off >> 4] & kStateMask) == kLive) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
-        if (m.kind == kRun && m.head == off / page_) return std::size_t{m.npages} * page_;
+        if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
 }
@@ -996,8 +1206,14 @@ void SecureArena::postfork_child() noexcept {
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        if (pool.lock_end == pool.start || (pool.secret && unshare_after_fork(pool))) continue;
-        int rc = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
+        if (pool.lock_end == pool.start) continue;
+        // A secretmem pool gets a file of its own, or else a private anonymous copy that is
+        // locked on fault like any other pool.
+        const bool was_secret = pool.secret;
+        if (was_secret && unshare_after_fork(pool)) continue;
+        int rc = lock_on_commit_ && !was_secret
+                     ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
+                     : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
         if (!rc) continue;
         failed = rc;
         // Not locked in this process: such pages may be swapped, so they are always wiped in
@@ -1008,7 +1224,7 @@ void SecureArena::postfork_child() noexcept {
             meta_[pg].flags &= static_cast<std::uint8_t>(~kLockedPage);
             if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
         }
-        pool.lock_end = pool.start;
+        pool.lock_end = pool.locked_to = pool.start;
     }
     if (failed) {
         if (stats_) stats_->lock_failures.fetch_add(1);
@@ -1018,11 +1234,13 @@ void SecureArena::postfork_child() noexcept {
             reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
                       memlock_strerror(failed));
     }
-    // The forking thread is the only one left, with a new tid and a new stats page.
+    // The forking thread is the only one left. It keeps its stats slot when the child's page
+    // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
-    if (ts.arena == this && stats_ && !ts.dead) {
+    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
         ts.slot = stats_claim_slot(stats_, current_tid());
         ts.slot_shared = ts.slot == &stats_->shared;
+        ts.rules = stats_rule_row(stats_, ts.slot);
     }
 }
 
@@ -1065,6 +1283,10 @@ void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
     if (stats_) stats_->backing = any ? kStatsBackingSecretmem : kStatsBackingAnonymous;
 }
 
+ThreadCounters *SecureArena::thread_slot() const noexcept {
+    return t_state.arena == this ? t_state.slot : nullptr;
+}
+
 void SecureArena::thread_exit() noexcept {
     ThreadState &ts = t_state;
     if (ts.arena != this) return;
@@ -1087,8 +1309,20 @@ void SecureArena::thread_exit() noexcept {
     // What the thread still frees or allocates on its way out goes straight to the pools and
     // is counted in the shared slot.
     ts.slot = stats_ ? &stats_->shared : nullptr;
+    ts.rules = nullptr;
     ts.slot_shared = true;
     ts.dead = true;
 }
+
+// ---- per-rule counters ---------------------------------------------------------------------
+
+void SecureArena::count_consulted(unsigned rule) noexcept {
+    if (!stats_ || !thread_ready(this, stats_)) return;
+    ThreadState &ts = t_state;
+    if (ts.rules) ThreadCounters::bump(ts.rules->rule[rule].consulted, 1);
+    else if (ts.slot) stats_->rule_totals[rule].consulted.fetch_add(1, std::memory_order_relaxed);
+}
+
+unsigned SecureArena::rule_of(const void *p) const noexcept { return state_of(p) >> kRuleShift; }
 
 }  // namespace mlshim

@@ -2,17 +2,20 @@
 //
 // What it promises
 //   - One reservation of address space, split into up to kMaxPools pools, one per distinct
-//     action set of the rules (lock / dontdump / wipe). The reservation is marked
+//     action set of the rules (lock / dontdump / wipe), grown by regions appended to it for
+//     one pool (up to a cap found free at start-up). The reservation is marked
 //     MADV_DONTDUMP before any block is handed out (for pools with that action). A pool with
 //     the lock action locks its share of max_locked on fault at start-up; after start-up the
-//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them).
+//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
+//     without lock-on-fault (Linux < 4.4, qemu-user): then the budget's pages are mlocked
+//     as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
 //     are all free, which any class can then use) beyond a slack go back to the kernel after
 //     a delay (MADV_DONTNEED, or MADV_DONTNEED_LOCKED: they stay reserved, dontdump, locked).
-//   - A block the pool cannot hold (address space used up, larger than the pool) fails;
-//     under policy fallback the caller serves it elsewhere (serves_overflow()).
+//   - A block the arena cannot hold (past the growth cap, or the space above it taken)
+//     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
 //   - policy.backing "secretmem": the locked range of each locking pool is a memfd_secret file
 //     (backing.hpp) instead of mlocked anonymous memory; a fork child copies it into a file of
 //     its own before the program runs in it. Its free pages cannot be given back.
@@ -21,7 +24,8 @@
 //     and blocks of wiping pools come out zero-filled.
 //   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
 //     size class through a per-page table in O(1), and its state (live, freed, never
-//     handed out) through a byte per 16-byte granule.
+//     handed out; a live block also its rule entry, for the per-rule counters) through a
+//     byte per 16-byte granule.
 //   - A double free, or a pointer into the arena that is not a live block, is fatal.
 //   - Thread caches keep the common path free of locks and atomic read-modify-writes.
 //
@@ -44,6 +48,8 @@ constexpr unsigned kMaxPools = 8;
 constexpr unsigned kNumClasses = 44;              // 16..128 by 16, then 4 per doubling to 64 KiB
 constexpr std::size_t kMaxSmall = 64 * 1024;      // larger blocks are page runs
 constexpr std::size_t kMinSlab = 64 * 1024;
+constexpr unsigned kMaxRegions = 256;             // the reservation grows by up to this many regions
+constexpr unsigned kGrowthFactor = 16;            // default growth cap: 16 x the first reservation
 
 struct ArenaOptions {
     std::size_t pool_bytes = 1u << 30;  // address space per pool (rounded up to a power of 2)
@@ -56,6 +62,8 @@ struct ArenaOptions {
     std::size_t purge_slack = 4u << 20;
     std::size_t purge_burst = 28u << 20;
     std::uint64_t purge_delay_ns = 100'000'000;
+    // Address space the arena may grow to, in all (0: kGrowthFactor x pool_bytes x pools).
+    std::size_t max_reserve = 0;
 };
 
 // Something the arena wants an operator to know: "<what>: <why>". It may be called with a
@@ -70,12 +78,13 @@ public:
              StatsPage *stats, ArenaReporter reporter) noexcept;
 
     bool owns(const void *p) const noexcept {
-        return reinterpret_cast<std::uintptr_t>(p) - base_ < span_;
+        return reinterpret_cast<std::uintptr_t>(p) - base_ < __atomic_load_n(&span_, __ATOMIC_RELAXED);
     }
 
     // A block of at least n bytes aligned to `align` (a power of two, >= 16) from pool
-    // `pool`. nullptr with errno = ENOMEM when the pool is full or the lock policy denies.
-    void *alloc(unsigned pool, std::size_t n, std::size_t align = 16) noexcept;
+    // `pool`, counted for rule entry `rule` (< kStatsRules: stats_rule_index). nullptr with
+    // errno = ENOMEM when the pool is full or the lock policy denies.
+    void *alloc(unsigned pool, std::size_t n, std::size_t align = 16, unsigned rule = 0) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
     bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }
@@ -88,10 +97,15 @@ public:
     std::size_t usable_size(const void *p) const noexcept;
     // pre: owns(p). Which pool p belongs to.
     unsigned pool_of(const void *p) const noexcept {
-        return static_cast<unsigned>((reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_);
+        return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_];
     }
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
+    // pre: owns(p), p live. The rule entry p was allocated for.
+    unsigned rule_of(const void *p) const noexcept;
+    // Counts one allocation whose callers caller rule entry `rule` checked (for the calling
+    // thread; no-op without a stats page).
+    void count_consulted(unsigned rule) noexcept;
 
     // fork(2) support: take every lock before fork, release after (postfork_parent), or make
     // them new in the child (postfork_child_locks). postfork_child re-locks the pages that
@@ -100,6 +114,8 @@ public:
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
+    // The calling thread's stats slot (nullptr: none).
+    ThreadCounters *thread_slot() const noexcept;
     // Thread exit: returns the calling thread's cached blocks to the pools.
     void thread_exit() noexcept;
 
@@ -116,15 +132,21 @@ public:
     struct PoolCache;
 
 private:
-    void *alloc_small(unsigned pool, unsigned cls) noexcept;
-    void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
-    void *alloc_large(unsigned pool, std::size_t n, std::size_t align) noexcept;
-    void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    // The thread-cache paths (alloc_small, free) are inline; what they call rarely is kept out
+    // of line, so that the common path saves no registers and sets up no frame.
+    void *alloc_small(unsigned pool, unsigned cls, unsigned rule) noexcept;
+    __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
+    __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
+    __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
+    __attribute__((noinline)) void free_small_slow(void *p) noexcept;
+    __attribute__((noinline)) void free_not_slab(void *p) noexcept;
+    // flush() under the pool's lock; preserves errno.
+    __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;
     bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
-    PoolCache *cache_for(unsigned pool) noexcept;
+    __attribute__((noinline)) PoolCache *cache_for(unsigned pool) noexcept;
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
@@ -132,6 +154,11 @@ private:
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
+    bool grow(Pool &pool, std::size_t bytes) noexcept;
+    // Side table bytes for `span` bytes of arena.
+    std::size_t meta_len(std::size_t span) const noexcept;
+    std::size_t state_len(std::size_t span) const noexcept;
+    std::size_t bits_len(std::size_t span) const noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
     void *out_of_space(const char *what) noexcept;
     void list_push(std::uint32_t &list, std::size_t head) noexcept;
@@ -154,9 +181,14 @@ private:
 
     std::uintptr_t base_ = 0;
     std::size_t side_bytes_ = 0;
-    std::uintptr_t span_ = 0;
+    std::uintptr_t span_ = 0;          // reserved for blocks: [base_, base_ + span_); grows
+    std::size_t cap_span_ = 0;         // span_ grows up to this (address space found at start-up)
+    std::size_t side_span_ = 0;        // the side tables cover [base_, base_ + side_span_)
+    std::size_t region_pages_ = 0;     // pages per region (pool_bytes)
+    std::uint8_t region_pool_[kMaxRegions] = {};  // the pool each region of the reservation serves
     unsigned pool_shift_ = 0;
     std::size_t page_ = 4096;
+    unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;
@@ -172,6 +204,7 @@ private:
     bool secret_ = false;                // lock pools' budgets are memfd_secret memory
     bool secret_missing_ = false;        // memfd_secret is missing and the policy refused anonymous
     std::atomic<bool> warned_secret_kept_{false};
+    bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

@@ -356,8 +356,9 @@ int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
     for (unsigned i = from; i < g_nrules; ++i) {
         const SizeRule &r = g_rules[i];
         if (n < r.min || n > r.max) continue;
-        if (r.caller < 0 || caller_holds(static_cast<unsigned>(r.caller), ra, frames))
-            return static_cast<int>(r.pool);
+        if (r.caller < 0) return static_cast<int>(i);
+        g_arena.count_consulted(stats_rule_index(i));
+        if (caller_holds(static_cast<unsigned>(r.caller), ra, frames)) return static_cast<int>(i);
     }
     return -1;
 }

@@ -26,8 +26,8 @@ bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
 // n), small-alignment memalign). pre: may_match(n). The callers test the window first, so
 // that the fast path does not compute ra.
 inline void *malloc_matching(std::size_t n, const void *ra) {
-    int pool = match(n, ra);
-    return pool < 0 ? g_next.malloc(n) : arena_alloc(pool, n, kMinAlign, false);
+    int rule = match(n, ra);
+    return rule < 0 ? g_next.malloc(n) : arena_alloc(rule, n, kMinAlign, false);
 }
 
 // glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.
@@ -39,8 +39,8 @@ void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t,
         return nullptr;
     }
     if (!is_pow2(align)) align = std::size_t{1} << (64 - __builtin_clzll(align));
-    int pool = match(n, ra);
-    return pool < 0 ? next(align, n) : arena_alloc(pool, n, align, false);
+    int rule = match(n, ra);
+    return rule < 0 ? next(align, n) : arena_alloc(rule, n, align, false);
 }
 
 }  // namespace
@@ -62,8 +62,8 @@ SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
     std::size_t n;
     if (__builtin_mul_overflow(count, size, &n) || __builtin_expect(!may_match(n), 1))
         return g_next.calloc(count, size);  // the next allocator reports the overflow itself
-    int pool = match(n, CALLER);
-    return pool < 0 ? g_next.calloc(count, size) : arena_alloc(pool, n, kMinAlign, true);
+    int rule = match(n, CALLER);
+    return rule < 0 ? g_next.calloc(count, size) : arena_alloc(rule, n, kMinAlign, true);
 }
 
 namespace {
@@ -91,10 +91,10 @@ SHIM_EXPORT void *reallocarray(void *p, std::size_t count, std::size_t size) {
 SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.posix_memalign(memptr, align, n);
     if (align % sizeof(void *) || !is_pow2(align)) return EINVAL;
-    int pool = match(n, CALLER);
-    if (pool < 0) return g_next.posix_memalign(memptr, align, n);
+    int rule = match(n, CALLER);
+    if (rule < 0) return g_next.posix_memalign(memptr, align, n);
     int saved = errno;
-    void *q = arena_alloc(pool, n, align < kMinAlign ? kMinAlign : align, false);
+    void *q = arena_alloc(rule, n, align < kMinAlign ? kMinAlign : align, false);
     if (!q) return ENOMEM;  // errno = ENOMEM too, as glibc's; *memptr untouched
     errno = saved;
     *memptr = q;

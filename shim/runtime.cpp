@@ -217,9 +217,11 @@ __thread bool t_fork_locked __attribute__((tls_model("initial-exec"))) = false;
 
 bool single_threaded() noexcept { return g_single_threaded && *g_single_threaded; }
 
+// A single-threaded fork (not nested in another) counts nothing: the parent's handler then
+// writes no memory, as every page the parent writes after fork costs a copy-on-write fault.
 void atfork_prepare() {
-    if (!g_active) return;
-    if (t_fork_depth++ > 0 || single_threaded()) return;
+    if (!g_active || (t_fork_depth == 0 && single_threaded())) return;
+    if (t_fork_depth++ > 0) return;
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -230,7 +232,7 @@ void atfork_prepare() {
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_parent() {
-    if (!g_active) return;
+    if (!g_active || t_fork_depth == 0) return;
     if (t_fork_depth > 1 || !t_fork_locked) {
         --t_fork_depth;
         return;
@@ -250,15 +252,18 @@ void atfork_child() {
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
     bool outermost = t_fork_depth == 1;
-    --t_fork_depth;
+    bool other_threads = t_fork_locked || !single_threaded();
+    if (t_fork_depth > 0) --t_fork_depth;
     if (outermost && t_fork_locked) {
         t_fork_locked = false;
         callers_postfork_child();
         g_arena.postfork_child_locks();
         _IO_list_resetlock();
     }
-    g_stats = stats_recreate_after_fork(g_stats);
-    g_arena.set_stats(g_stats);
+    if (StatsPage *own = stats_after_fork(g_stats, g_arena.thread_slot(), other_threads); own != g_stats) {
+        g_stats = own;
+        g_arena.set_stats(own);
+    }
     g_arena.postfork_child();
 }
 
@@ -366,6 +371,39 @@ void startup_error(int status, const std::string &why, const std::string &exe) {
     refuse(status, why, exe);
 }
 
+// Copies text into out[size] (NUL-terminated); when it is cut, never inside a UTF-8 sequence.
+void copy_utf8(char *out, std::size_t size, const char *text) noexcept {
+    std::size_t n = std::strlen(text);
+    if (n >= size) {
+        n = size - 1;
+        while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
+    }
+    std::memcpy(out, text, n);
+    out[n] = '\0';
+}
+
+// Names the rules in the counters page, for memlock-inspect: entry i is rule i, and the last
+// entry the last rule that has one of its own (later rules share its counters).
+void describe_rules(const Config &config, StatsPage &page) noexcept {
+    const unsigned n = stats_rule_entries(page);
+    for (unsigned i = 0; i < n; ++i) {
+        const Rule &r = config.rules[i];
+        StatsRuleInfo &info = page.rule_info[i];
+        char caller[256] = "";
+        int used = 0;
+        if (!r.module.empty())
+            used = std::snprintf(caller, sizeof caller, "module %s depth %u", r.module.c_str(),
+                                 r.depth ? r.depth : kDefaultModuleDepth);
+        if (!r.symbol.empty() && used >= 0 && static_cast<std::size_t>(used) < sizeof caller)
+            std::snprintf(caller + used, sizeof caller - static_cast<std::size_t>(used), "%ssymbol %s depth %u",
+                          used ? ", " : "", r.symbol.c_str(), r.depth ? r.depth : kDefaultSymbolDepth);
+        const bool cut = r.name.size() >= sizeof info.name || std::strlen(caller) >= sizeof info.caller;
+        copy_utf8(info.name, sizeof info.name, r.name.c_str());
+        copy_utf8(info.caller, sizeof info.caller, caller);
+        info.flags = (caller[0] ? kStatsRuleCaller : 0) | (cut ? kStatsRuleTruncated : 0);
+    }
+}
+
 void runtime_start() {
     std::string exe = self_exe();
     // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
@@ -439,6 +477,7 @@ void runtime_start() {
         bool all_lock = true;
         for (const auto &r : config->rules) all_lock &= (r.actions & kActionLock) != 0;
         if (all_lock) g_stats->flags |= kStatsAllRulesLock;
+        describe_rules(*config, *g_stats);
     }
     ArenaOptions opts;
     opts.pool_bytes = config->policy.max_arena;
@@ -551,7 +590,7 @@ int shim_dlclose(void *handle) noexcept {
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
 // larger than the arena) under policy fallback: the next allocator serves it, unprotected,
 // as it would without the shim. Counted, and reported once per process.
-void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
+__attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     static std::atomic<bool> warned{false};
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {
@@ -568,15 +607,21 @@ void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     return g_next.memalign(align, n);
 }
 
-// No BusyScope here: the arena never allocates, and reports through report(), which sets it.
-void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept {
+// A block from pool `pool`, counted for rule entry `rule`. No BusyScope here: the arena never
+// allocates, and reports through report(), which sets it.
+void *alloc_in(unsigned pool, unsigned rule, std::size_t n, std::size_t align, bool zero) noexcept {
     // A size no allocator can serve (glibc refuses it too): ENOMEM, and neither counted as
     // denied nor reported, since it says nothing about the arena.
     if (n > static_cast<std::size_t>(PTRDIFF_MAX)) return errno = ENOMEM, nullptr;
-    void *p = g_arena.alloc(static_cast<unsigned>(pool), n, align);
+    void *p = g_arena.alloc(pool, n, align, rule);
     if (!p) return g_arena.serves_overflow() ? serve_from_next(n, align, zero) : nullptr;
     if (zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;
+}
+
+void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcept {
+    const auto r = static_cast<unsigned>(rule);
+    return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
 }
 
 std::size_t usable_other(void *p) noexcept {
@@ -600,7 +645,7 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         if (n <= have && (n > have / 2 || have <= 16)) return p;
         if (n > have && g_arena.grow_in_place(p, n)) return p;
         int saved = errno;
-        void *q = arena_alloc(static_cast<int>(g_arena.pool_of(p)), n, 16, false);
+        void *q = alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false);
         if (!q) {
             if (n > have) return nullptr;  // errno = ENOMEM, p untouched
             errno = saved;                 // a shrink never fails: keep the block as it is
@@ -610,8 +655,8 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         g_arena.free(p);  // wipes the old copy
         return q;
     }
-    int pool = n == 0 || !may_match(n) ? -1 : match(n, ra);
-    if (pool < 0) {
+    int rule = n == 0 || !may_match(n) ? -1 : match(n, ra);
+    if (rule < 0) {
         if (!in_bootstrap(p)) return g_next.realloc(p, n);
         if (n == 0) return nullptr;  // as glibc: realloc(p, 0) frees (bootstrap blocks are never reused)
         void *q = g_next.malloc(n);
@@ -619,7 +664,7 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         return q;
     }
     // The block comes to match: move it into the arena and wipe the copy left behind.
-    void *q = arena_alloc(pool, n, 16, false);
+    void *q = arena_alloc(rule, n, 16, false);
     if (!q) return nullptr;
     if (p) {
         std::size_t have = usable_other(p);

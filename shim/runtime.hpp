@@ -74,23 +74,26 @@ private:
 };
 
 // match() from rule `from` on, which has a caller condition: walks the callers
-// (callers.cpp). Called directly by the interposed functions, so that the stack it unwinds
-// holds as few of the shim's own frames as possible.
+// (callers.cpp), and counts each caller rule it checks (SecureArena::count_consulted).
+// Called directly by the interposed functions, so that the stack it unwinds holds as few of
+// the shim's own frames as possible.
 int match_callers(std::size_t n, const void *ra, unsigned from) noexcept;
 
-// The pool a candidate size goes to, or -1: pass it through (no rule matches, or the
-// shim itself is allocating). `ra` is the interposed function's return address: the
-// allocation's depth-1 caller. Size conditions first; callers only for sizes that fit.
+// The rule (index into g_rules) a candidate size matches, or -1: pass it through (no rule
+// matches, or the shim itself is allocating). `ra` is the interposed function's return
+// address: the allocation's depth-1 caller. Size conditions first; callers only for sizes
+// that fit.
 inline int match(std::size_t n, const void *ra) noexcept {
     if (t_busy) return -1;
     for (unsigned i = 0; i < g_nrules; ++i)
         if (n >= g_rules[i].min && n <= g_rules[i].max)
-            return g_rules[i].caller < 0 ? static_cast<int>(g_rules[i].pool) : match_callers(n, ra, i);
+            return g_rules[i].caller < 0 ? static_cast<int>(i) : match_callers(n, ra, i);
     return -1;
 }
-// A block from the arena. pre: pool from match(), align a power of two. nullptr with
-// errno = ENOMEM when the arena or the lock policy refuses. zero: the block is zero-filled.
-void *arena_alloc(int pool, std::size_t n, std::size_t align, bool zero) noexcept;
+// A block from the arena, in the rule's pool and counted for it. pre: rule from match(),
+// align a power of two. nullptr with errno = ENOMEM when the arena or the lock policy
+// refuses. zero: the block is zero-filled.
+void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcept;
 // realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.

@@ -26,7 +26,11 @@ constexpr std::size_t kPageBytes = kStatsPageBytes;
 #define MFD_ALLOW_SEALING 0x0002U
 #endif
 
-bool g_shared = false;  // the page of this process is visible: a memfd or shared anonymous mapping
+// What kind of page this process counts in. A private mapping of a memfd is findable (its name
+// in /proc/PID/maps) and becomes a fork child's own page by copy-on-write; a shared anonymous
+// one (no memfd_create) is shared with fork children, which need a new one.
+enum class PageKind { private_anonymous, memfd, shared_anonymous };
+PageKind g_kind = PageKind::private_anonymous;
 
 void add_into(StatsTotals &t, const ThreadCounters &c) noexcept {
     t.allocs += c.allocs.load(std::memory_order_relaxed);
@@ -50,8 +54,9 @@ void clear(ThreadCounters &c) noexcept {
     c.owner.store(0, std::memory_order_release);
 }
 
-// A shared mapping of a fresh memfd whose size is sealed, or MAP_FAILED. The descriptor is
+// A private mapping of a fresh memfd whose size is sealed, or MAP_FAILED. The descriptor is
 // closed before returning: the mapping keeps the memory, and nothing else refers to it.
+// Private: a fork child gets its own copy of the page without a system call.
 // (syscall, not glibc's memfd_create wrapper: that needs glibc 2.27.)
 void *map_memfd() noexcept {
     const int fd = static_cast<int>(::syscall(SYS_memfd_create, kStatsMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING));
@@ -59,7 +64,7 @@ void *map_memfd() noexcept {
     void *mem = MAP_FAILED;
     if (::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0 &&
         ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
-        mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     ::close(fd);
     return mem;
 }
@@ -68,10 +73,15 @@ void *map_memfd() noexcept {
 // (which /proc/PID/maps shows as "/dev/zero (deleted)"); otherwise a private one.
 StatsPage *map_page(int pid, bool visible) noexcept {
     void *mem = visible ? map_memfd() : MAP_FAILED;
-    if (mem == MAP_FAILED && visible)
+    g_kind = PageKind::memfd;
+    if (mem == MAP_FAILED && visible) {
         mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
+        g_kind = PageKind::shared_anonymous;
+    }
+    if (mem == MAP_FAILED) {
         mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        g_kind = PageKind::private_anonymous;
+    }
     if (mem == MAP_FAILED) return nullptr;
     auto *page = new (mem) StatsPage();
     std::memcpy(page->magic, kStatsMagic, sizeof page->magic);
@@ -91,40 +101,30 @@ StatsTotals StatsPage::totals() const noexcept {
 }
 
 StatsPage *stats_create(bool visible) noexcept {
-    g_shared = visible;
     return map_page(static_cast<int>(::getpid()), visible);
 }
 
-
-StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept {
-    int pid = static_cast<int>(::getpid());
-    StatsPage *page = map_page(pid, old != nullptr && g_shared);
-    if (!page || !old) return page;
-    page->max_locked = old->max_locked;
-    page->on_lock_failure = old->on_lock_failure;
-    page->rules = old->rules;
-    page->flags = old->flags;
-    page->arena_start = old->arena_start;
-    page->active.store(old->active.load());
-    page->reserved_bytes.store(old->reserved_bytes.load());
-    page->committed_bytes.store(old->committed_bytes.load());
-    page->locked_bytes.store(old->locked_bytes.load());
-    page->unlocked_bytes.store(old->unlocked_bytes.load());
-    page->lock_failures.store(old->lock_failures.load());
-    page->fallbacks.store(old->fallbacks.load());
-    page->denied.store(old->denied.load());
-    page->out_bytes.store(old->out_bytes.load());
-    page->peak_bytes.store(old->peak_bytes.load());
-    page->overflows.store(old->overflows.load());
-    page->purged_bytes.store(old->purged_bytes.load());
-    page->backing = old->backing;
-    page->secret_bytes.store(old->secret_bytes.load());
-    // The child's history starts from the parent's totals; only its forking thread lives on,
-    // and its slot is re-claimed by the arena.
-    fold(page->retired, old->retired);
-    fold(page->retired, old->shared);
-    for (const auto &s : old->slots) fold(page->retired, s);
-    ::munmap(old, kPageBytes);
+StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept {
+    if (!page) return nullptr;
+    if (g_kind == PageKind::shared_anonymous) {
+        StatsPage *own = map_page(static_cast<int>(::getpid()), true);
+        if (!own) return nullptr;
+        std::memcpy(static_cast<void *>(own), page, kPageBytes);  // the page and its rule rows
+        own->pid = static_cast<int>(::getpid());
+        ::munmap(page, kPageBytes);
+        page = own;
+        keep = nullptr;  // the slot was in the parent's page
+        other_threads = true;
+    } else {
+        page->pid = static_cast<int>(::getpid());
+    }
+    // The child's history starts from the parent's totals. Only the forking thread lives on:
+    // the other threads' slots are folded into `retired`, their rule rows into the rule totals.
+    if (keep && keep != &page->shared)
+        keep->owner.store(static_cast<std::int32_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+    if (other_threads)
+        for (auto &s : page->slots)
+            if (&s != keep && s.owner.load(std::memory_order_relaxed) != 0) stats_release_slot(page, &s);
     return page;
 }
 
@@ -141,7 +141,46 @@ ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept {
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept {
     if (!page || !slot || slot == &page->shared) return;
     fold(page->retired, *slot);
+    if (StatsRuleRow *row = stats_rule_row(page, slot)) stats_publish_row(page, row, stats_rule_entries(*page));
     clear(*slot);
+}
+
+void stats_publish_row(StatsPage *page, StatsRuleRow *row, unsigned rules) noexcept {
+    for (unsigned i = 0; i < rules; ++i) {
+        StatsRuleCount &c = row->rule[i];
+        const std::uint64_t m = c.matches.load(std::memory_order_relaxed);
+        const std::uint64_t k = c.consulted.load(std::memory_order_relaxed);
+        const std::int64_t l = c.live.load(std::memory_order_relaxed);
+        if (!m && !k && !l) continue;
+        StatsRuleTotal &t = page->rule_totals[i];
+        if (m) t.matches.fetch_add(m, std::memory_order_relaxed);
+        if (k) t.consulted.fetch_add(k, std::memory_order_relaxed);
+        if (l) t.live.fetch_add(l, std::memory_order_relaxed);
+        c.matches.store(0, std::memory_order_relaxed);
+        c.consulted.store(0, std::memory_order_relaxed);
+        c.live.store(0, std::memory_order_relaxed);
+    }
+}
+
+StatsRuleFigures stats_rule_figures(const StatsPage &page, unsigned index, const StatsRuleRow *const *rows,
+                                    unsigned nrows) noexcept {
+    const StatsRuleTotal &t = page.rule_totals[index];
+    std::uint64_t matches = t.matches.load(std::memory_order_relaxed);
+    std::uint64_t consulted = t.consulted.load(std::memory_order_relaxed);
+    std::int64_t live = t.live.load(std::memory_order_relaxed);
+    for (unsigned i = 0; i < nrows; ++i) {
+        if (!rows[i]) continue;
+        const StatsRuleCount &c = rows[i]->rule[index];
+        matches += c.matches.load(std::memory_order_relaxed);
+        consulted += c.consulted.load(std::memory_order_relaxed);
+        live += c.live.load(std::memory_order_relaxed);
+    }
+    // Mid-publish a row may be counted twice or not at all: never report below zero, and the
+    // peak is at least what is live now.
+    if (live < 0) live = 0;
+    std::int64_t peak = t.peak.load(std::memory_order_relaxed);
+    if (peak < live) peak = live;
+    return StatsRuleFigures{matches, consulted, static_cast<std::uint64_t>(live), static_cast<std::uint64_t>(peak)};
 }
 
 std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept {

@@ -1,10 +1,10 @@
 // stats.hpp - the shim's counters, laid out in one page that other processes can read.
 //
-// The page lives in a memfd_create mapping named kStatsMemfdName, which /proc/PID/maps shows
-// as "/memfd:memlock-shim (deleted)". Nothing is in any directory: nothing to plant, nothing
-// left behind however the process ends, no name shared across PID namespaces. The memfd's
-// size is sealed (nobody can shrink it under the mapping), and its descriptor is closed once
-// mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
+// The page lives in a private memfd_create mapping named kStatsMemfdName, which /proc/PID/maps
+// shows as "/memfd:memlock-shim (deleted)"; a fork child's copy-on-write copy is its own page.
+// Nothing is in any directory: nothing to plant, nothing left behind however the process
+// ends, no name shared across PID namespaces. The memfd's size is sealed (nobody can shrink
+// it under the mapping), and its descriptor is closed once mapped. memlock-inspect reads the page through /proc/PID/mem, so only those who may read
 // the process's memory (the kernel's ptrace access check) see it. Where memfd_create is
 // missing (ENOSYS before Linux 3.17, or a seccomp filter) the page is a shared anonymous
 // mapping, "/dev/zero (deleted)" in /proc/PID/maps: memlock-inspect finds it among those of
@@ -17,6 +17,16 @@
 // `retired` (slots of threads that exited) and `shared` (threads beyond kStatsSlots, which
 // update it with atomic read-modify-write). The sums are exact once the process is quiet
 // and never off by more than the operations in flight.
+//
+// Per-rule counters: the first kStatsRules - 1 rules in force have counters of their own,
+// all later rules share the last entry ("other rules"). Each thread with a slot also owns a
+// RuleRow (after the StatsPage, in the same mapping: stats_rule_rows) where it counts its
+// matches, the bytes it allocated minus those it freed, and the caller-rule checks it made,
+// single-writer like its slot. On its slow paths (a thread cache refilled or flushed, a
+// page run, thread exit) it publishes the row: adds it into the page's RuleTotals and zeroes
+// it. A rule's live bytes are its total plus every row; its peak is raised by the allocating
+// thread from the total plus its own row (exact with one thread; with several, off by at
+// most what the other threads have not yet published, a thread cache's worth each).
 #ifndef MEMLOCK_SHIM_STATS_HPP
 #define MEMLOCK_SHIM_STATS_HPP
 
@@ -26,7 +36,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 3;
+constexpr std::uint32_t kStatsLayout = 4;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
@@ -37,6 +47,40 @@ constexpr std::uint32_t kStatsBackingSecretmem = 1;
 
 // StatsPage::flags
 constexpr std::uint32_t kStatsAllRulesLock = 1;  // every rule in force has the lock action
+
+// Per-rule counters: rules 0 .. kStatsRules - 2 have their own, the rest share the last.
+constexpr unsigned kStatsRules = 64;
+constexpr unsigned kStatsOtherRules = kStatsRules - 1;
+inline unsigned stats_rule_index(unsigned rule) noexcept { return rule < kStatsOtherRules ? rule : kStatsOtherRules; }
+
+// StatsRuleInfo::flags
+constexpr std::uint32_t kStatsRuleCaller = 1;     // the rule has a caller condition (module, symbol)
+constexpr std::uint32_t kStatsRuleTruncated = 2;  // name or caller text cut to fit
+
+struct StatsRuleInfo {
+    char name[48];    // NUL-terminated, cut to fit (kStatsRuleTruncated)
+    char caller[72];  // "module GLOB depth N, symbol GLOB depth N", or empty
+    std::uint32_t flags;
+    std::uint32_t reserved;
+};
+
+// A rule's published counters (atomic read-modify-writes, only on slow paths).
+struct StatsRuleTotal {
+    std::atomic<std::uint64_t> matches{0};    // blocks it placed in the arena
+    std::atomic<std::uint64_t> consulted{0};  // caller rules: allocations whose callers it checked
+    std::atomic<std::int64_t> live{0};        // bytes allocated minus bytes freed (published part)
+    std::atomic<std::int64_t> peak{0};        // high-water mark of live bytes
+};
+
+// A thread's unpublished per-rule counts (single writer: the thread).
+struct StatsRuleCount {
+    std::atomic<std::uint64_t> matches{0};
+    std::atomic<std::uint64_t> consulted{0};
+    std::atomic<std::int64_t> live{0};
+};
+struct StatsRuleRow {
+    StatsRuleCount rule[kStatsRules];
+};
 
 struct alignas(64) ThreadCounters {
     std::atomic<std::uint64_t> allocs{0};       // blocks handed out by the arena
@@ -84,24 +128,71 @@ struct StatsPage {
     std::uint32_t backing;                       // kStatsBacking* above
     std::uint32_t reserved2;
     std::atomic<std::uint64_t> secret_bytes;     // of committed_bytes, in memfd_secret memory
+    StatsRuleInfo rule_info[kStatsRules];  // min(rules, kStatsRules) entries used
+    StatsRuleTotal rule_totals[kStatsRules];
 
     StatsTotals totals() const noexcept;
 };
 
-// Bytes the page occupies (whole pages).
-constexpr std::size_t kStatsPageBytes = (sizeof(StatsPage) + 4095) & ~std::size_t{4095};
+// The per-thread rule rows follow the page: row i belongs to slots[i]. A reader reads the
+// rows of the slots that have an owner (the rest are zero), so that it does not make the
+// target's kernel allocate the untouched part of the mapping.
+constexpr std::size_t kStatsRowsOffset = (sizeof(StatsPage) + 63) & ~std::size_t{63};
+// Bytes the mapping occupies (whole pages).
+constexpr std::size_t kStatsPageBytes =
+    (kStatsRowsOffset + sizeof(StatsRuleRow) * kStatsSlots + 4095) & ~std::size_t{4095};
+
+inline StatsRuleRow *stats_rule_rows(StatsPage *page) noexcept {
+    return reinterpret_cast<StatsRuleRow *>(reinterpret_cast<unsigned char *>(page) + kStatsRowsOffset);
+}
+// The row of a thread's slot, or nullptr for the shared slot (threads beyond kStatsSlots
+// update the totals directly).
+inline StatsRuleRow *stats_rule_row(StatsPage *page, ThreadCounters *slot) noexcept {
+    const std::size_t i = static_cast<std::size_t>(slot - page->slots);
+    return i < kStatsSlots ? stats_rule_rows(page) + i : nullptr;
+}
+
+// One rule's figures: its totals plus the rows given (nullptr entries are skipped).
+struct StatsRuleFigures {
+    std::uint64_t matches, consulted, live_bytes, peak_bytes;
+};
+StatsRuleFigures stats_rule_figures(const StatsPage &page, unsigned index, const StatsRuleRow *const *rows,
+                                    unsigned nrows) noexcept;
+
+// Adds a row into the totals and zeroes it (its owner, or anyone once the owner is gone).
+// `rules`: entries in use, at most kStatsRules.
+void stats_publish_row(StatsPage *page, StatsRuleRow *row, unsigned rules) noexcept;
+// Raises a rule's peak to `live` if it is higher.
+inline void stats_raise_peak(StatsRuleTotal &t, std::int64_t live) noexcept {
+    std::int64_t peak = t.peak.load(std::memory_order_relaxed);
+    while (live > peak && !t.peak.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {}
+}
+// Entries of rule_info / rule_totals in use.
+inline unsigned stats_rule_entries(const StatsPage &page) noexcept {
+    return page.rules < kStatsRules ? page.rules : kStatsRules;
+}
 
 // Creates the page for this process: when `visible`, a memfd mapping if memfd_create works,
 // else a shared anonymous one; otherwise (unit tests) a private anonymous one. Never allocates. pre: called once, single-threaded. Returns nullptr only
 // when no mapping could be made.
 StatsPage *stats_create(bool visible) noexcept;
-// In a forked child: gives the child a page of its own (the same kind as the parent's),
-// starting from the parent's values. Unmaps the parent's page.
-StatsPage *stats_recreate_after_fork(StatsPage *old) noexcept;
+// In a forked child: the child's page, starting from the parent's values, with the slots of
+// the threads that did not survive the fork folded into `retired` (when `other_threads`: the
+// parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
+// own. A memfd page is private: the child's copy-on-write copy is its own page already (no
+// system call but getpid and gettid; a single-threaded parent's child reads and writes no
+// slot but its own). A shared anonymous page (no memfd_create) is copied into a new one,
+// all its slots folded.
+StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;
-// Folds a slot into `retired` and frees it (thread exit).
+// Is `slot` one of page's (a thread's own or the shared one)?
+inline bool stats_has_slot(const StatsPage &page, const ThreadCounters *slot) noexcept {
+    const auto at = reinterpret_cast<std::uintptr_t>(slot), first = reinterpret_cast<std::uintptr_t>(page.slots);
+    return slot == &page.shared || (at >= first && at < first + sizeof page.slots);
+}
+// Folds a slot into `retired` (and its rule row into the rule totals) and frees it (thread exit).
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept;
 
 // Writes the counters as one JSON object into buf (no allocation). Returns bytes written.

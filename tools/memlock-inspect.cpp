@@ -18,8 +18,9 @@
 // bounds): the target may change or unmap it at any moment.
 //
 // Exit status: 0 protected as configured, 1 degraded, 2 not shimmed or no such process,
-// 3 unknown (the kernel refuses the look), 64 usage. With --all, the worst status of all
-// processes that are shimmed or that cannot be seen (2 if there are none).
+// 3 unknown (the kernel refuses the look), 4 nothing matched yet (the shim is active but no
+// rule has matched an allocation), 64 usage. With --all, the worst status of all processes
+// that are shimmed or that cannot be seen (2 if there are none), worst first: 3, 2, 1, 4, 0.
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -56,6 +57,18 @@ constexpr int kProtected = 0;
 constexpr int kDegraded = 1;
 constexpr int kNotShimmed = 2;
 constexpr int kUnknown = 3;
+constexpr int kNothingMatched = 4;
+
+// How bad a status is, for --all's worst status.
+int severity(int status) {
+    static const int rank[] = {0, 2, 3, 4, 1};  // indexed by status
+    return status >= 0 && status <= 4 ? rank[status] : 5;
+}
+
+// A caller rule that has checked at least kQuietChecks allocations and matched none gets a
+// warning; one that matched fewer than 1 in kFewMatchesPer of them, a note.
+constexpr std::uint64_t kQuietChecks = 10000;
+constexpr std::uint64_t kFewMatchesPer = 10000;
 
 void usage() {
     std::printf(
@@ -80,6 +93,8 @@ void usage() {
         "      no shimmed process)\n"
         "  3   unknown: the kernel refuses to show the process (not dumpable, and no CAP_SYS_PTRACE);\n"
         "      the message says what to run instead\n"
+        "  4   nothing matched yet: the shim is active, but no rule has matched an allocation, so\n"
+        "      nothing is protected so far (with --all, ranked between protected and degraded)\n"
         "  64  usage error\n");
 }
 
@@ -115,6 +130,8 @@ struct ProcessView {
     bool memfd = false;             // candidates[0] is the memfd mapping
     std::uint64_t page_at = 0;      // the counters page's address (0: none found)
     std::string page;               // its bytes (sizeof StatsPage) when read
+    std::string rows;               // the rule rows of the slots with an owner (kStatsSlots rows,
+                                    // zero where not read), when the page was read
     std::string why;                // when refused or the page could not be read: the errno text
 };
 
@@ -145,7 +162,8 @@ void parse_maps(ProcessView &v) {
         fields >> range >> perms >> offset >> dev >> inode;
         std::getline(fields >> std::ws, path);
         if (path.find("libmemlock_shim.so") != std::string::npos) v.shim_loaded = true;
-        if ((path != memfd && path != "/dev/zero (deleted)") || perms.size() < 4 || perms[3] != 's') continue;
+        // The memfd mapping is private (older shims mapped it shared), the anonymous page shared.
+        if (path != memfd && (path != "/dev/zero (deleted)" || perms.size() < 4 || perms[3] != 's')) continue;
         const auto dash = range.find('-');
         const std::uint64_t start = std::strtoull(range.c_str(), nullptr, 16);
         const std::uint64_t end = dash == std::string::npos ? 0 : std::strtoull(range.c_str() + dash + 1, nullptr, 16);
@@ -158,6 +176,23 @@ void parse_maps(ProcessView &v) {
 }
 
 bool denied(int err) { return err == EACCES || err == EPERM; }
+
+// Reads the rule rows of the slots that have an owner (the others are zero: reading them
+// would only make the target's kernel allocate the pages). Rows that cannot be read stay zero.
+void read_rule_rows(int fd, ProcessView &v) {
+    alignas(mlshim::StatsPage) unsigned char copy[sizeof(mlshim::StatsPage)];
+    std::memcpy(copy, v.page.data(), sizeof copy);
+    const auto &page = *reinterpret_cast<const mlshim::StatsPage *>(copy);
+    const std::size_t used = mlshim::stats_rule_entries(page) * sizeof(mlshim::StatsRuleCount);
+    v.rows.assign(sizeof(mlshim::StatsRuleRow) * mlshim::kStatsSlots, '\0');
+    for (unsigned i = 0; i < mlshim::kStatsSlots && used; ++i) {
+        if (page.slots[i].owner.load() == 0) continue;
+        const std::size_t at = sizeof(mlshim::StatsRuleRow) * i;
+        if (::pread(fd, &v.rows[at], used, static_cast<off_t>(v.page_at + mlshim::kStatsRowsOffset + at)) !=
+            static_cast<ssize_t>(used))
+            std::memset(&v.rows[at], 0, used);
+    }
+}
 
 // Reads maps, smaps and the counters page of `pid` with this process's credentials.
 void collect(int pid, ProcessView &v) {
@@ -195,6 +230,7 @@ void collect(int pid, ProcessView &v) {
             (memfd || std::memcmp(page.data(), mlshim::kStatsMagic, sizeof mlshim::kStatsMagic) == 0)) {
             v.page_at = v.candidates[i];
             v.page = std::move(page);
+            read_rule_rows(fd, v);
             break;
         }
         if (got < 0 && denied(err)) {
@@ -249,7 +285,7 @@ bool collect_as_target(int pid, ProcessView &v) {
         collect(pid, w);
         std::string out(1, static_cast<char>(w.access));
         std::string page_at = std::to_string(w.page_at);
-        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why, &page_at}) put(out, *f);
+        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at}) put(out, *f);
         for (std::size_t at = 0; at < out.size();) {
             const ssize_t n = ::write(fds[1], out.data() + at, out.size() - at);
             if (n <= 0) ::_exit(1);
@@ -272,9 +308,10 @@ bool collect_as_target(int pid, ProcessView &v) {
     std::size_t at = 1;
     std::string page_at;
     w.access = static_cast<ProcessView::Access>(in[0]);
-    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.why, &page_at})
+    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at})
         if (!take(in, at, *f)) return false;
     if (w.access == ProcessView::ok && w.page.size() != sizeof(mlshim::StatsPage)) w.page.clear();
+    if (w.page.empty() || w.rows.size() != sizeof(mlshim::StatsRuleRow) * mlshim::kStatsSlots) w.rows.clear();
     w.switched = true;
     w.shim_loaded = w.memfd = false;
     w.candidates.clear();
@@ -356,8 +393,65 @@ struct Report {
     std::vector<std::string> notes;
 };
 
-// The mappings inside the arena's reservation [start, end) (reserved and committed parts,
-// anonymous or memfd_secret), from the text of /proc/PID/smaps.
+// The per-rule counters (shim/stats.hpp) as "per_rule" entries: name, caller condition,
+// matched_allocations, live_bytes, peak_bytes, and for caller rules consulted (allocations
+// whose callers the rule checked). With more rules than kStatsRules, the last entry sums
+// the rest: "other rules".
+json per_rule(const mlshim::StatsPage &page, const std::string &rows) {
+    const mlshim::StatsRuleRow *ptrs[mlshim::kStatsSlots] = {};
+    std::vector<mlshim::StatsRuleRow> copy(rows.empty() ? 0 : mlshim::kStatsSlots);
+    if (!rows.empty()) std::memcpy(static_cast<void *>(copy.data()), rows.data(), rows.size());
+    for (std::size_t i = 0; i < copy.size(); ++i) ptrs[i] = &copy[i];
+    json out = json::array();
+    const unsigned n = mlshim::stats_rule_entries(page);
+    for (unsigned i = 0; i < n; ++i) {
+        const mlshim::StatsRuleInfo &info = page.rule_info[i];
+        const bool other = i == mlshim::kStatsOtherRules && page.rules > mlshim::kStatsRules;
+        const auto f = mlshim::stats_rule_figures(page, i, ptrs, mlshim::kStatsSlots);
+        json e;
+        if (other) {
+            e["name"] = "other rules";
+            e["covers"] = "rules " + std::to_string(mlshim::kStatsRules) + " to " + std::to_string(page.rules) +
+                          " (counted together)";
+        } else {
+            e["name"] = std::string(info.name, ::strnlen(info.name, sizeof info.name));
+            if (info.flags & mlshim::kStatsRuleTruncated) e["truncated"] = true;
+            if (info.flags & mlshim::kStatsRuleCaller)
+                e["caller"] = std::string(info.caller, ::strnlen(info.caller, sizeof info.caller));
+        }
+        e["matched_allocations"] = f.matches;
+        e["live_bytes"] = f.live_bytes;
+        e["peak_bytes"] = f.peak_bytes;
+        if (!other && (info.flags & mlshim::kStatsRuleCaller)) e["consulted"] = f.consulted;
+        out.push_back(std::move(e));
+    }
+    return out;
+}
+
+// Caller rules that have matched nothing (a warning) or almost nothing (a note) of the
+// allocations they checked: their module or symbol may not be where this program allocates.
+void check_rules(const json &rules, Report &r) {
+    const std::string where = (r.exe.empty() ? "?" : r.exe) + " (pid " + std::to_string(r.pid) + ")";
+    for (const auto &e : rules) {
+        if (!e.contains("consulted")) continue;
+        const std::uint64_t checked = e["consulted"].get<std::uint64_t>();
+        const std::uint64_t matched = e["matched_allocations"].get<std::uint64_t>();
+        if (checked < kQuietChecks) continue;
+        const std::string rule = "caller rule \"" + e["name"].get<std::string>() + "\" (" +
+                                 e["caller"].get<std::string>() + ")";
+        if (matched == 0)
+            r.warnings.push_back(rule + " has matched none of the " + std::to_string(checked) +
+                                 " allocations it checked in " + where +
+                                 ": no allocation comes from that module or symbol (check the name; memlock-discover "
+                                 "shows where this program allocates its secrets)");
+        else if (matched < checked / kFewMatchesPer)
+            r.notes.push_back(rule + " has matched only " + std::to_string(matched) + " of the " +
+                              std::to_string(checked) + " allocations it checked in " + where);
+    }
+}
+
+// The mappings inside the arena's reservation [start, end) (reserved and committed parts),
+// from the text of /proc/PID/smaps.
 std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_start, std::uint64_t arena_end) {
     std::vector<Region> out;
     std::istringstream in(smaps);
@@ -430,7 +524,10 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
         char buf[2048];
         const std::size_t n = mlshim::stats_format_json(page, buf, sizeof buf);
         std::optional<json> out = json::parse(std::string(buf, n), nullptr, false);
-        if (!out->is_discarded()) return out;
+        if (!out->is_discarded()) {
+            (*out)["per_rule"] = per_rule(page, v.rows);
+            return out;
+        }
         r.verdict = where + ": cannot format it";
     }
     return std::nullopt;
@@ -518,17 +615,31 @@ Report inspect(int pid) {
     if (r.dumpable_kb > 0 && all_lock.value_or(true))
         r.notes.push_back(human_bytes(r.dumpable_kb * 1024) + " of the arena is not excluded from core dumps "
                           "(expected only for rules without the dontdump action)");
+    check_rules(c["per_rule"], r);
     const std::uint64_t max_locked = count("max_locked");
     if (max_locked > 0 && count("locked_bytes") * 10 >= max_locked * 9)
         r.notes.push_back("locked memory is at " + std::to_string(count("locked_bytes") * 100 / max_locked) +
                           "% of policy.max_locked (" + human_bytes(max_locked) + "): consider raising it");
-    r.status = r.warnings.empty() ? kProtected : kDegraded;
-    r.verdict = r.warnings.empty() ? "protected" : "degraded";
+    if (!r.warnings.empty()) {
+        r.status = kDegraded;
+        r.verdict = "degraded";
+    } else if (count("matched_allocations") == 0) {
+        // Active, but nothing is in the arena: "protected" would claim what has not happened.
+        r.status = kNothingMatched;
+        r.verdict = "the shim is active, but no rule has matched an allocation yet: nothing is protected so far";
+    } else {
+        r.status = kProtected;
+        r.verdict = "protected";
+    }
     return r;
 }
 
 const char *status_name(int s) {
-    return s == kProtected ? "protected" : s == kDegraded ? "degraded" : s == kUnknown ? "unknown" : "not protected";
+    return s == kProtected        ? "protected"
+           : s == kDegraded       ? "degraded"
+           : s == kUnknown        ? "unknown"
+           : s == kNothingMatched ? "nothing matched"
+                                  : "not protected";
 }
 
 json to_json(const Report &r) {
@@ -562,8 +673,9 @@ mltool::ProcessMetrics to_metrics(const Report &r) {
 
 void print_text(const Report &r) {
     const bool short_form = r.status == kNotShimmed || r.status == kUnknown;
+    const bool with_reason = short_form || r.status == kNothingMatched;
     std::printf("pid %d (%s): %s\n", r.pid, r.exe.empty() ? "?" : r.exe.c_str(),
-                short_form ? (std::string(status_name(r.status)) + ": " + r.verdict).c_str() : status_name(r.status));
+                with_reason ? (std::string(status_name(r.status)) + ": " + r.verdict).c_str() : status_name(r.status));
     if (r.nspids.size() > 1)
         std::printf("  pid %d in its own PID namespace\n", r.nspids.back());
     if (short_form) return;
@@ -585,6 +697,19 @@ void print_text(const Report &r) {
         if (c.contains("backing"))
             std::printf("    backing %s, in memfd_secret memory %s\n", c["backing"].get<std::string>().c_str(),
                         b("secret_bytes").c_str());
+        std::printf("  rules (matched allocations, live, peak):\n");
+        for (const auto &e : c["per_rule"]) {
+            std::string name = e["name"].get<std::string>() + (e.contains("truncated") ? "..." : "");
+            std::printf("    %-24s %12llu %10s %10s", name.c_str(),
+                        static_cast<unsigned long long>(e["matched_allocations"].get<std::uint64_t>()),
+                        human_bytes(e["live_bytes"].get<std::uint64_t>()).c_str(),
+                        human_bytes(e["peak_bytes"].get<std::uint64_t>()).c_str());
+            if (e.contains("caller"))
+                std::printf("  %s, checked %llu", e["caller"].get<std::string>().c_str(),
+                            static_cast<unsigned long long>(e["consulted"].get<std::uint64_t>()));
+            if (e.contains("covers")) std::printf("  %s", e["covers"].get<std::string>().c_str());
+            std::printf("\n");
+        }
     }
     std::printf("  arena mappings (smaps, inside the arena's reservation):\n");
     for (const auto &g : r.arena)
@@ -655,12 +780,13 @@ int main(int argc, char **argv) {
     std::vector<Report> reports;
     for (int pid : pids) {
         Report r = inspect(pid);
-        worst = std::max(worst, r.status);
+        if (severity(r.status) > severity(worst)) worst = r.status;
         if (as_json) array.push_back(to_json(r));
         else if (as_prometheus) reports.push_back(std::move(r));
         else print_text(r);
     }
-    if (as_json) std::printf("%s\n", (all ? array : array[0]).dump(2).c_str());
+    if (as_json)
+        std::printf("%s\n", (all ? array : array[0]).dump(2, ' ', false, json::error_handler_t::replace).c_str());
     if (as_prometheus) {
         // Only the processes the shim runs in: a PID that is not shimmed adds no series.
         std::vector<mltool::ProcessMetrics> metrics;

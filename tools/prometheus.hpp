@@ -24,7 +24,7 @@ namespace mltool {
 struct ProcessMetrics {
     int pid = 0;
     std::string program;                          // the executable's path ("" if unknown)
-    int status = 2;                               // memlock-inspect's exit status for it: 0, 1 or 2
+    int status = 2;                               // memlock-inspect's exit status for it: 0 to 4
     const nlohmann::ordered_json *counters = nullptr;  // nullptr: the counters could not be read
     std::uint64_t arena_resident_bytes = 0, arena_locked_bytes = 0, arena_unlocked_bytes = 0;
     std::size_t warnings = 0;
@@ -79,7 +79,7 @@ inline std::string format_prometheus(const std::vector<ProcessMetrics> &procs) {
     sample("memlock_shim_processes", "", procs.size());
 
     family("memlock_shim_status", "gauge",
-           "memlock-inspect's verdict: 0 protected as configured, 1 degraded, 2 not protected, 3 unknown (memlock-inspect may not look).");
+           "memlock-inspect's verdict: 0 protected as configured, 1 degraded, 2 not protected, 3 unknown (memlock-inspect may not look), 4 nothing matched yet (active, no rule has matched).");
     for (const auto &p : procs) sample("memlock_shim_status", labels(p), static_cast<std::uint64_t>(p.status));
     family("memlock_shim_warnings", "gauge", "Warnings memlock-inspect reports for the process (each degrades it).");
     for (const auto &p : procs) sample("memlock_shim_warnings", labels(p), p.warnings);
@@ -140,10 +140,19 @@ inline std::string format_prometheus(const std::vector<ProcessMetrics> &procs) {
                     if (v.is_number_integer() && std::find(rule_keys.begin(), rule_keys.end(), k) == rule_keys.end())
                         rule_keys.push_back(k);
     }
+    static const std::pair<const char *, const char *> rule_help[] = {
+        {"matched_allocations", "Allocations the rule placed in the secure arena."},
+        {"live_bytes", "Bytes in live arena blocks the rule placed."},
+        {"peak_bytes", "High-water mark of the rule's live bytes."},
+        {"consulted", "Allocations whose callers the caller rule checked (its size condition held)."},
+    };
     for (const auto &k : rule_keys) {
         const bool bytes = k.size() > 6 && k.compare(k.size() - 6, 6, "_bytes") == 0;
         const std::string name = "memlock_shim_rule_" + k + (bytes ? "" : "_total");
-        family(name, bytes ? "gauge" : "counter", "Per-rule " + k + " of the shim's counters.");
+        std::string help = "Per-rule " + k + " of the shim's counters.";
+        for (const auto &[key, text] : rule_help)
+            if (k == key) help = text;
+        family(name, bytes ? "gauge" : "counter", help);
         for (const auto &p : procs) {
             if (!p.counters || !p.counters->contains("per_rule") || !(*p.counters)["per_rule"].is_array()) continue;
             for (const auto &r : (*p.counters)["per_rule"]) {

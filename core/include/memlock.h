@@ -62,7 +62,9 @@ MEMLOCK_API int memlock_unlock(void *addr, size_t len);
 /* mlock2(addr, len, MLOCK_ONFAULT): locks pages as they are first touched instead of
  * populating the whole range now (a large, sparsely used range costs only what is used).
  * The whole range counts against RLIMIT_MEMLOCK at once, as with mlock. Where the kernel
- * lacks mlock2 or MLOCK_ONFAULT (ENOSYS, EINVAL) it falls back to mlock. */
+ * lacks mlock2 or MLOCK_ONFAULT (before Linux 4.4, some emulators) it returns ENOSYS or
+ * EINVAL and locks nothing: plain mlock populates the whole range, and fails (ENOMEM) on
+ * pages that are not accessible yet, so the caller locks memory as it commits it instead. */
 MEMLOCK_API int memlock_lock_onfault(void *addr, size_t len);
 /* madvise(addr, len, MADV_DONTDUMP). pre: addr page-aligned, else EINVAL from the kernel. */
 MEMLOCK_API int memlock_dontdump(void *addr, size_t len);
@@ -102,6 +104,9 @@ MEMLOCK_API size_t memlock_page_size(void);
  * For commit and release, len == 0 succeeds without a system call. These three calls do not
  * go through the seam below. */
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
+/* The same at exactly addr (page-aligned), never over an existing mapping: EEXIST when part
+ * of [addr, addr+len) is mapped already (nothing is left mapped then). */
+MEMLOCK_API int memlock_reserve_at(void *addr, size_t len);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
 

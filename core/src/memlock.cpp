@@ -211,9 +211,7 @@ int memlock_lock_onfault(void *addr, size_t len) {
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 0x01
 #endif
-    int rc = g_mlock2.load(std::memory_order_relaxed)(addr, len, MLOCK_ONFAULT);
-    if (rc == ENOSYS || rc == EINVAL) rc = call_mlock(addr, len);  // kernels before 4.4
-    return rc;
+    return g_mlock2.load(std::memory_order_relaxed)(addr, len, MLOCK_ONFAULT);
 }
 
 #if MEMLOCK_HAVE_DONTDUMP
@@ -288,6 +286,31 @@ int memlock_reserve(size_t len, void **out) {
     *out = p;
     return 0;
 #else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_reserve_at(void *addr, size_t len) {
+    if (len == 0) return EINVAL;
+#if MEMLOCK_HAVE_UNIX
+    const size_t page = memlock_page_size();
+    if (len > SIZE_MAX - (page - 1)) return ENOMEM;
+    const size_t rounded = (len + page - 1) & ~(page - 1);
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+    ErrnoKeeper keep;
+    // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and take addr as a hint.
+    void *p = ::mmap(addr, rounded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE,
+                     -1, 0);
+    if (p == MAP_FAILED) return errno;
+    if (p != addr) {
+        ::munmap(p, rounded);
+        return EEXIST;
+    }
+    return 0;
+#else
+    (void)addr;
     return MEMLOCK_EUNSUPPORTED;
 #endif
 }

@@ -64,7 +64,7 @@ mkfifo "$TMP/hold"
 "$B/memlock-run" -q --config "$SRC/config/size-only.json" -- "$B/progs/tools_hold" < "$TMP/hold" > "$TMP/hold.out" &
 exec 3> "$TMP/hold"
 while ! grep -q ready "$TMP/hold.out"; do sleep 0.1; done
-TEXTFILE_DIR=$TMP/textfile PATH=$B:$PATH sh -c "$cmd" || [ $? -le 3 ] || fail "the service's command failed"
+TEXTFILE_DIR=$TMP/textfile PATH=$B:$PATH sh -c "$cmd" || [ $? -le 4 ] || fail "the service's command failed"
 exec 3>&-
 wait
 [ "$(ls -A "$TMP/textfile")" = memlock_shim.prom ] || fail "textfile dir holds: $(ls -A "$TMP/textfile")"

@@ -7,6 +7,11 @@
  *                               stdin (the test reads /proc/PID/smaps meanwhile)
  *   e2e_memory huge BYTES       malloc(BYTES), then realloc of a small block to BYTES and back;
  *                               checks the contents, prints "huge ok"
+ *   e2e_memory grow N BYTES     N blocks of BYTES, each reallocated to 1.5 x BYTES; prints
+ *                               "block ADDR SIZE" for the first and the last, "ready", and
+ *                               waits for a line on stdin; then forks: the child checks and
+ *                               frees every block (exit 0 if all held); the parent waits for
+ *                               it, does the same, prints "grow ok"
  *   e2e_memory sandbox          installs a seccomp filter that kills the process on mlock,
  *                               mlock2, munlock, mlockall and munlockall and answers EINVAL to
  *                               madvise advice outside sshd's list (OpenSSH
@@ -27,6 +32,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int check(const unsigned char *p, size_t n, unsigned char v) {
@@ -83,6 +89,49 @@ static int huge(size_t n) {
     if (!q || !check(q, 100, 7)) return 1;
     free(q);
     printf("huge ok\n");
+    return 0;
+}
+
+/* Checks and frees every block of `grow`. */
+static int check_and_free(unsigned char **b, int n, size_t size) {
+    int bad = 0;
+    for (int i = 0; i < n; ++i) {
+        bad |= !check(b[i], size, (unsigned char)(i * 7 + 1));
+        free(b[i]);
+    }
+    return bad;
+}
+
+static int grow(int n, size_t size) {
+    unsigned char **b = calloc((size_t)n, sizeof *b);
+    if (!b) return 1;
+    for (int i = 0; i < n; ++i) {
+        if (!(b[i] = malloc(size))) { printf("malloc(%zu) failed: errno %d\n", size, errno); return 1; }
+        memset(b[i], i * 7 + 1, size);
+    }
+    size_t bigger = size + size / 2;
+    for (int i = 0; i < n; ++i) {
+        unsigned char *q = realloc(b[i], bigger);
+        if (!q) { printf("realloc(%zu) failed: errno %d\n", bigger, errno); return 1; }
+        if (!check(q, size, (unsigned char)(i * 7 + 1))) return 1;
+        memset(q + size, i * 7 + 1, bigger - size);
+        b[i] = q;
+    }
+    printf("block %p %zu\nblock %p %zu\nready\n", (void *)b[0], bigger, (void *)b[n - 1], bigger);
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin)) return 1;
+    pid_t child = fork();
+    if (child < 0) return 1;
+    if (child == 0) _exit(check_and_free(b, n, bigger));
+    int status = 0;
+    if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status)) {
+        printf("the child lost blocks: status %d\n", status);
+        return 1;
+    }
+    if (check_and_free(b, n, bigger)) return 1;
+    free(b);
+    printf("grow ok\n");
     return 0;
 }
 
@@ -147,6 +196,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (!strcmp(argv[1], "phases") && argc > 2) return phases(atoi(argv[2]));
     if (!strcmp(argv[1], "huge") && argc > 2) return huge(strtoull(argv[2], NULL, 0));
+    if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
     return 2;
 }

@@ -7,22 +7,27 @@
 #include <string.h>
 #include <unistd.h>
 
-// Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[],
-// writes to each, prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
-// failed.
-static int hold_blocks_until_eof(void *volatile *blocks, int n) {
-    for (int i = 0; i < n; ++i) {
-        const size_t size = i % 2 ? 32 : 1024;
-        blocks[i] = malloc(size);
-        if (!blocks[i]) return 1;
-        memset(blocks[i], 0x5a, size);
-    }
+// Prints "ready" and waits for stdin to close. Returns 0.
+static inline int ready_until_eof(void) {
     printf("ready\n");
     fflush(stdout);
     char buf[64];
     while (read(0, buf, sizeof buf) > 0) {
     }
     return 0;
+}
+
+// Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[],
+// writes to each, prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
+// failed.
+static inline int hold_blocks_until_eof(void *volatile *blocks, int n) {
+    for (int i = 0; i < n; ++i) {
+        const size_t size = i % 2 ? 32 : 1024;
+        blocks[i] = malloc(size);
+        if (!blocks[i]) return 1;
+        memset(blocks[i], 0x5a, size);
+    }
+    return ready_until_eof();
 }
 
 #endif  // MEMLOCK_TESTS_HOLD_COMMON_H

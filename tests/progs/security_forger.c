@@ -11,7 +11,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define BYTES (3 * 4096)
+#define BYTES (256 * 4096)  // larger than the counters page of any layout
 
 int main(void) {
     char path[64];

@@ -2,7 +2,8 @@
 # The aarch64 tarball under qemu-user: an aarch64 program (tests/progs/e2e_layout.c, cross-
 # compiled) runs under qemu-aarch64 with the unpacked tarball's shim preloaded; while it holds
 # its blocks, the qemu process has memory locked (VmLck; none without the shim), and at exit
-# the shim's own counters report its matched blocks served locked. What qemu-user cannot show
+# the shim's own counters report its matched blocks served locked, with no lock failure
+# (qemu-user has no MLOCK_ONFAULT: the arena mlocks its slabs as it commits them). What qemu-user cannot show
 # (the guest's MADV_DONTDUMP in a core dump) stays with the x86-64 tests.
 # Usage: test-aarch64.sh AARCH64_BUILD_DIR TARBALL
 TEST_NAME=test-aarch64
@@ -55,13 +56,6 @@ matched=$(printf '%s' "$stats" | sed -n 's/.*"matched_allocations": \([0-9]*\).*
 locked=$(printf '%s' "$stats" | sed -n 's/.*"locked_bytes": \([0-9]*\).*/\1/p')
 failures=$(printf '%s' "$stats" | sed -n 's/.*"lock_failures": \([0-9]*\).*/\1/p')
 [ "${matched:-0}" -ge 5 ] || fail "the shim's counters do not show the 5 matched blocks: $stats"
-fallbacks=$(printf '%s' "$stats" | sed -n 's/.*"fallbacks": \([0-9]*\).*/\1/p')
-if [ "${locked:-0}" -eq 0 ] && [ "${fallbacks:-0}" -gt 0 ]; then
-    # Known gap (docs/shim.md, Sandboxes): the start-up lock needs MLOCK_ONFAULT, which
-    # qemu-user does not pass through; the blocks are served unlocked under fallback.
-    step "known gap: no MLOCK_ONFAULT under qemu-user: the blocks were served unlocked (fallback)"
-    exit 0
-fi
 [ "${locked:-0}" -gt 0 ] && [ "${failures:-1}" -eq 0 ] ||
     fail "the shim's counters do not show the 5 blocks served locked: $stats"
 step "passed: $matched matched allocations, $locked bytes locked, no lock failure"

@@ -302,12 +302,49 @@ Test(arena, address_space_beyond_the_arena_is_a_few_percent) {
                   (unsigned long long)reserved);
 }
 
-Test(arena, a_block_larger_than_the_arena_is_left_to_the_next_allocator_under_fallback) {
+// Past its first reservation the arena grows by regions appended to it: blocks there are
+// arena blocks like any other (owned, dontdump, wiped, freed, grown in place), and a block
+// larger than the arena gets a region of its own.
+Test(arena, the_arena_grows_by_regions_beyond_its_first_reservation) {
+    make_arena(1u << 20);
+    std::vector<unsigned char *> small;
+    for (std::size_t i = 0; i < (80u << 20) / 4096; ++i) {  // 80 MiB of 4 KiB blocks
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, 4096));
+        cr_assert_not_null(p, "block %zu", i);
+        std::memset(p, 0x5a, 4096);
+        small.push_back(p);
+    }
+    cr_assert_geq(stats->reserved_bytes.load(), 128u << 20, "a second region");
+    unsigned char *later = small.back();
+    cr_assert(arena.owns(later));
+    cr_assert_eq(arena.pool_of(later), 0u);
+    cr_assert(range_has_flag(later, 4096, "dd"), "a later region is dontdump");
+    auto *big = static_cast<unsigned char *>(arena.alloc(0, 128u << 20));
+    cr_assert_not_null(big, "a block twice the arena's size");
+    cr_assert(arena.owns(big));
+    cr_assert_geq(arena.usable_size(big), 128u << 20);
+    cr_assert(range_has_flag(big, 128u << 20, "dd"));
+    big[0] = 1, big[(128u << 20) - 1] = 2;
+    cr_assert_geq(stats->reserved_bytes.load(), 256u << 20);
+    for (unsigned char *p : small) arena.free(p);
+    arena.free(big);
+    cr_assert_eq(stats->overflows.load() + stats->denied.load(), 0u);
+    // Freed memory of the later regions serves again, zeroed.
+    auto *again = static_cast<unsigned char *>(arena.alloc(0, 96u << 20));
+    cr_assert_not_null(again);
+    cr_assert(all_zero(again, 4096) && all_zero(again + (96u << 20) - 4096, 4096));
+    arena.free(again);
+}
+
+// Past the growth cap (16 times the first reservation) the arena refuses; under fallback
+// the caller serves the block from the next allocator.
+Test(arena, past_the_growth_cap_a_block_is_left_to_the_next_allocator_under_fallback) {
     make_arena();
     errno = 0;
-    cr_assert_null(arena.alloc(0, 128u << 20));
+    cr_assert_null(arena.alloc(0, std::size_t{2} << 30));
     cr_assert(arena.serves_overflow());
     cr_assert_eq(stats->denied.load(), 0u);
+    cr_assert_leq(stats->reserved_bytes.load(), std::uint64_t{16} * (64u << 20));
 }
 
 Test(arena, a_block_larger_than_the_arena_is_denied_under_deny) {
@@ -382,6 +419,47 @@ Test(arena, threads_share_the_arena_and_free_each_others_blocks) {
     cr_assert_eq(s.allocs, 2u * (200 * 100 + 1000));
     cr_assert_eq(s.allocs, s.frees);
     cr_assert_eq(s.live_bytes(), 0u);
+}
+
+namespace {
+
+void *alloc_for_rule_3(void *arg) {
+    auto *out = static_cast<std::vector<void *> *>(arg);
+    for (int i = 0; i < 1000; ++i) out->push_back(arena.alloc(0, 40, 16, 3));
+    return nullptr;
+}
+
+mlshim::StatsRuleFigures rule_figures(unsigned rule) {
+    const mlshim::StatsRuleRow *rows[mlshim::kStatsSlots];
+    for (unsigned i = 0; i < mlshim::kStatsSlots; ++i) rows[i] = mlshim::stats_rule_rows(stats) + i;
+    return mlshim::stats_rule_figures(*stats, rule, rows, mlshim::kStatsSlots);
+}
+
+}  // namespace
+
+// Per-rule counts follow a block from the thread that allocated it (and exited: its row is
+// published) to the thread that frees it; a page run counts too. 40 bytes are a 48-byte block.
+Test(arena, per_rule_counts_follow_blocks_across_threads) {
+    make_arena();
+    std::vector<void *> from[2];
+    for (auto &v : from) {  // one after the other: the second sees the first's published total
+        pthread_t t;
+        pthread_create(&t, nullptr, alloc_for_rule_3, &v);
+        pthread_join(t, nullptr);
+    }
+    for (void *p : from[0]) arena.free(p);
+    for (std::size_t i = 0; i < from[1].size(); i += 2) arena.free(from[1][i]);
+    void *big = arena.alloc(0, 100000, 16, 7);
+    arena.free(big);
+    const mlshim::StatsRuleFigures f = rule_figures(3);
+    cr_assert_eq(f.matches, 2000u);
+    cr_assert_eq(f.live_bytes, 500u * 48);
+    cr_assert_eq(f.peak_bytes, 2000u * 48);
+    const mlshim::StatsRuleFigures g = rule_figures(7);
+    cr_assert_eq(g.matches, 1u);
+    cr_assert_eq(g.live_bytes, 0u);
+    cr_assert_eq(g.peak_bytes, 25u * 4096);
+    cr_assert_eq(rule_figures(0).matches, 0u);
 }
 
 Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {

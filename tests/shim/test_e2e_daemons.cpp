@@ -1,8 +1,11 @@
 // End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd serve their real
 // clients (curl, psql and pgbench, ssh) through memlock-run with the shipped key profiles, and
-// dumps of their serving processes (gcore; a kernel core dump of an nginx worker) hold no copy
-// of the private key's components (RSA p, q, d, dp, dq, qinv, both byte orders) or of its PEM
-// text. The same runs without the shim find copies, so the search can see them.
+// dumps of their serving processes (gcore; a kernel core dump of an nginx worker and of the sshd
+// listener) hold no copy of the private key's components (RSA p, q, d, dp, dq, qinv, both byte
+// orders) or of its key file's text. The same runs without the shim find copies, so the search
+// can see them. sshd keeps its host key shielded (encrypted under a 16 KiB random prekey), so
+// there the prekey is what is counted: found in the live process, locked and dontdump with the
+// profile, absent from its dumps; in the dumps without the shim.
 //
 // scripts/keyproof.py does the work (also for `make proof-keys`): it makes a fresh key, starts
 // the daemon on 127.0.0.1 in this engineer's port range, dumps, counts and kills every process
@@ -23,6 +26,9 @@ std::string source_dir() { return shim_build_dir() + "/.."; }
 struct Dump {
     std::string process, how;
     unsigned long long components = 0, pem = 0;
+    std::string inspect;  // memlock-inspect's verdict (gcore dumps under the shim)
+    // sshd: prekeys found in the live process, of them in locked dontdump memory, copies in the dump
+    unsigned long long prekey_live = 0, prekey_protected = 0, prekey = 0;
 };
 
 // The value of "key": in one flat JSON object (numbers and simple strings only).
@@ -51,16 +57,22 @@ std::vector<Dump> prove(const std::string &daemon, const std::string &config, in
     cr_assert(list != std::string::npos, "no dumps in: %s", r.out.c_str());
     for (auto at = r.out.find('{', list); at != std::string::npos; at = r.out.find('{', at + 1)) {
         const std::string obj = r.out.substr(at, r.out.find('}', at) - at + 1);
-        dumps.push_back({json_field(obj, "process"), json_field(obj, "how"), std::stoull(json_field(obj, "components")),
-                         std::stoull(json_field(obj, "pem"))});
+        const auto number = [&obj](const char *key) {
+            const std::string v = json_field(obj, key);
+            return v.empty() ? 0ull : std::stoull(v);
+        };
+        dumps.push_back({json_field(obj, "process"), json_field(obj, "how"), number("components"), number("pem"),
+                         json_field(obj, "inspect"), number("prekey_live"), number("prekey_protected"),
+                         number("prekey")});
     }
     cr_assert(!dumps.empty(), "no dumps in: %s", r.out.c_str());
     return dumps;
 }
 
 // With the profile: every dump holds no copy, and every expected process was dumped.
-void expect_protected(const std::string &daemon, const std::string &config, int port,
-                      const std::vector<std::string> &processes, bool kernel_core = false) {
+// Returns the dumps.
+std::vector<Dump> expect_protected(const std::string &daemon, const std::string &config, int port,
+                                   const std::vector<std::string> &processes, bool kernel_core = false) {
     const auto dumps = prove(daemon, config, port, kernel_core);
     for (const auto &p : processes) {
         bool seen = false;
@@ -80,6 +92,7 @@ void expect_protected(const std::string &daemon, const std::string &config, int 
     const auto pattern = read_file("/proc/sys/kernel/core_pattern").value_or("|");
     if (kernel_core && pattern[0] != '|' && pattern.find('/') == std::string::npos)
         cr_assert(kernel_seen, "%s: no kernel core dump was read", daemon.c_str());
+    return dumps;
 }
 
 // Without the shim: some dump holds copies (so the search would have seen a leak).
@@ -92,7 +105,7 @@ void expect_copies_without_shim(const std::string &daemon, int port) {
 
 }  // namespace
 
-// Ports: 21100.. in steps of 10 (each run uses its port and the next one).
+// Ports: 21100..21199 in steps of 10 (each run uses its port and the next one).
 Test(e2e_daemons, nginx_master_and_worker_hold_no_key_copy, .timeout = 300) {
     expect_protected("nginx", "openssl.json", 21100, {"master", "worker"}, true);
 }
@@ -116,6 +129,56 @@ Test(e2e_daemons, postgres_postmaster_and_backend_hold_no_key_copy, .timeout = 3
 }
 Test(e2e_daemons, postgres_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("postgres", 21170);
+}
+
+// sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that
+// is not root, so a session has a privileged monitor and an unprivileged child), logs in once
+// more with the monitor dumped while it signs the key exchange (its plaintext host key exists
+// then), holds one session and one connection before authentication open (its child runs in
+// sshd's seccomp sandbox: keyproof.py checks it and that sshd logged no child killed by a
+// signal), dumps the listener, the session's monitor and child and the sandboxed child, then
+// aborts the listener for a kernel core dump.
+Test(e2e_daemons, sshd_logins_work_and_no_process_holds_the_host_key, .timeout = 300) {
+    const auto dumps =
+        expect_protected("sshd", "openssh.json", 21180, {"listener", "monitor", "session", "preauth", "signing"}, true);
+    for (const auto &d : dumps) {
+        if (d.how == "gcore")
+            cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on sshd's %s: %s", d.process.c_str(),
+                         d.inspect.c_str());
+        // The processes that hold the private host key hold its prekey; it must be found
+        // (or the 0 copies prove nothing) and lie in locked, dontdump memory only.
+        if (d.process == "listener" || d.process == "monitor") {
+            cr_expect_geq(d.prekey_live, 1u, "sshd %s: no shielding prekey found in the live process",
+                          d.process.c_str());
+            cr_expect_eq(d.prekey_protected, d.prekey_live,
+                         "sshd %s: %llu of %llu prekeys outside locked dontdump memory", d.process.c_str(),
+                         d.prekey_live - d.prekey_protected, d.prekey_live);
+        }
+        cr_expect_eq(d.prekey, 0u, "sshd %s (%s) holds %llu copies of the host key's prekey", d.process.c_str(),
+                     d.how.c_str(), d.prekey);
+    }
+}
+
+// Without the shim, Debian 12's sshd (OpenSSH 9.2) leaves no plaintext copy of its shielded
+// host key after use, but the prekey that unshields it is in the dumps of the listener and the
+// monitor, and the plaintext components are in the monitor's dump while it signs.
+Test(e2e_daemons, sshd_without_shim_holds_the_host_key, .timeout = 300) {
+    unsigned seen = 0;
+    for (const auto &d : prove("sshd", "none", 21190, false)) {
+        if (d.process == "signing") {
+            ++seen;
+            cr_expect_gt(d.components, 0u, "sshd without the shim: no key component in the monitor while it signs");
+        }
+        if (d.process != "listener" && d.process != "monitor") continue;
+        ++seen;
+        cr_expect_geq(d.prekey_live, 1u, "sshd %s without the shim: no prekey found", d.process.c_str());
+        cr_expect_eq(d.prekey_protected, 0u, "sshd %s without the shim: a prekey in locked dontdump memory",
+                     d.process.c_str());
+        cr_expect_geq(d.prekey, d.prekey_live,
+                      "sshd %s without the shim: the dump holds %llu of %llu prekeys, so the search proves nothing",
+                      d.process.c_str(), d.prekey, d.prekey_live);
+    }
+    cr_assert_eq(seen, 3u, "sshd without the shim: the listener, the monitor or the signing monitor was not dumped");
 }
 
 // What the demo and the docs lead with is the OpenSSL key profile.

@@ -6,7 +6,10 @@
 
 #include <climits>
 #include <cstdlib>
+#include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "e2e.hpp"
 
@@ -78,8 +81,8 @@ std::string limited_config(const TempDir &dir, const std::string &policy) {
 
 }  // namespace
 
-// malloc and realloc beyond the arena's size: under fallback the program's allocator serves
-// them, counted, with one warning naming the program and its PID.
+// malloc and realloc beyond the arena's growth cap (16 x max_arena): under fallback the
+// program's allocator serves them, counted, with one warning naming the program and its PID.
 Test(e2e_memory, blocks_larger_than_the_arena_are_served_by_the_next_allocator_under_fallback) {
     TempDir dir;
     need_built("e2e_memory");
@@ -97,6 +100,41 @@ Test(e2e_memory, blocks_larger_than_the_arena_are_served_by_the_next_allocator_u
     const std::string stats = stats_of(dir, std::stoi(pid));
     cr_assert_geq(stat_value(stats, "overflows"), 2u, "%s", stats.c_str());
     cr_assert_eq(stat_value(stats, "denied"), 0u, "%s", stats.c_str());
+}
+
+// Beyond its first 1 MiB the arena grows by further regions: 6 MiB of blocks, reallocated
+// to 1.5 times their size, all stay arena blocks (dontdump in smaps, later regions too),
+// nothing overflows, and a fork child reads and frees blocks of every region.
+Test(e2e_memory, the_arena_grows_by_regions_and_keeps_blocks_protected) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::string config = limited_config(dir, R"({"max_locked": "1MiB", "max_arena": "1MiB"})");
+    LiveProgram child;
+    cr_assert_not_null(
+        start_program_into(child, shim_options(config, {shim_program("e2e_memory"), "grow", "100", "40000"})));
+    cr_assert(child.wait_for_line("ready"), "%s\n%s", child.out().c_str(), child.err().c_str());
+    std::vector<std::pair<const void *, std::size_t>> blocks;
+    for (const auto &line : split_lines(child.out())) {
+        std::istringstream in(line);
+        std::string word, addr;
+        std::size_t size = 0;
+        if (in >> word >> addr >> size && word == "block") blocks.emplace_back(parse_pointer(addr), size);
+    }
+    cr_assert_eq(blocks.size(), 2u, "%s", child.out().c_str());
+    const auto first = reinterpret_cast<std::uintptr_t>(blocks[0].first);
+    const auto last = reinterpret_cast<std::uintptr_t>(blocks[1].first);
+    cr_assert_geq(last > first ? last - first : first - last, std::uintptr_t{1} << 20,
+                  "the blocks lie in different regions: %s", child.out().c_str());
+    for (const auto &b : blocks)
+        cr_assert(range_has_flag(b.first, b.second, "dd", true, child.pid()), "block %p: dd", b.first);
+    child.send("\n");
+    const RunResult r = child.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "grow ok\n"), "%s", r.describe().c_str());
+    const std::string stats = stats_of(dir, std::stoi(*line_value(r.out, "pid")));
+    cr_assert_eq(stat_value(stats, "overflows"), 0u, "%s", stats.c_str());
+    cr_assert_gt(stat_value(stats, "reserved_bytes"), 6u << 20, "%s", stats.c_str());
+    cr_assert_lt(stat_value(stats, "live_bytes"), 1u << 20, "every block freed: %s", stats.c_str());
 }
 
 Test(e2e_memory, blocks_larger_than_the_arena_fail_with_enomem_under_deny) {

@@ -429,7 +429,9 @@ Test(e2e_security, inspect_across_users_and_unknown) {
 // ---- a sandboxed fork child exits cleanly ----------------------------------------------------------
 
 // sshd's preauth child installs a seccomp filter after fork; the shim's exit path in it makes no
-// open, unlink or rename (stats.file is written only by the process that read the config).
+// open, unlink or rename (stats.file is written only by the process that read the config), and
+// a fork inside the sandbox creates nothing (the child's counters page is its copy-on-write
+// copy of the parent's, no new memfd).
 Test(e2e_security, sandboxed_fork_child_exits_without_forbidden_calls) {
     SharedDir d;
     const std::string config = prepare_e2e(d.dir, "security_sandbox", true);

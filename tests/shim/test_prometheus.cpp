@@ -28,13 +28,17 @@ bool has_line(const std::string &text, const std::string &line) {
     return ("\n" + text).find("\n" + line + "\n") != std::string::npos;
 }
 
-const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"({
+const nlohmann::ordered_json kCounters = nlohmann::ordered_json::parse(R"js({
   "pid": 42, "active": true, "rules": 2, "matched_allocations": 7, "frees": 3, "live_bytes": 128,
   "peak_bytes": 256, "reserved_bytes": 1048576, "committed_bytes": 65536, "locked_bytes": 65536,
   "unlocked_bytes": 0, "max_locked": 67108864, "lock_failures": 0, "fallbacks": 0, "denied": 0,
   "on_lock_failure": "fallback", "some_future_field": 5,
-  "per_rule": [{"name": "keys", "matched_allocations": 5, "live_bytes": 96},
-               {"name": "bu\"ffers", "matched_allocations": 2, "live_bytes": 32}]})");
+  "per_rule": [{"name": "keys", "matched_allocations": 5, "live_bytes": 96, "peak_bytes": 128},
+               {"name": "bu\"ffers", "matched_allocations": 2, "live_bytes": 32, "peak_bytes": 64},
+               {"name": "lib\\crypto\nrule", "caller": "module libcrypto.so* depth 1", "truncated": true,
+                "matched_allocations": 0, "live_bytes": 0, "peak_bytes": 0, "consulted": 12000},
+               {"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 1,
+                "live_bytes": 16, "peak_bytes": 16}]})js");
 
 }  // namespace
 
@@ -51,6 +55,7 @@ Test(prometheus, labels_escaped_per_rule_series_and_unreadable_counters) {
     unreadable.status = 1;
     unreadable.warnings = 1;
     const std::string text = format_prometheus({good, unreadable});
+    cr_assert(text.find("4 nothing matched yet") != std::string::npos, "%s", text.c_str());
     assert_promtool_accepts(text);
 
     const std::string g = R"({pid="42",program="/opt/we\"ird\\dir/da\nemon")";
@@ -63,6 +68,18 @@ Test(prometheus, labels_escaped_per_rule_series_and_unreadable_counters) {
               text.c_str());
     cr_assert(has_line(text, "memlock_shim_rule_live_bytes" + g + ",rule=\"bu\\\"ffers\"} 32"), "%s", text.c_str());
     cr_assert(has_line(text, "# TYPE memlock_shim_rule_live_bytes gauge"), "%s", text.c_str());
+    // Every per-rule family has its HELP and TYPE once; strings and flags add no series;
+    // backslashes and newlines in rule names are escaped.
+    cr_assert(has_line(text, "# HELP memlock_shim_rule_peak_bytes High-water mark of the rule's live bytes."), "%s",
+              text.c_str());
+    cr_assert(has_line(text, "# TYPE memlock_shim_rule_consulted_total counter"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_rule_peak_bytes" + g + ",rule=\"keys\"} 128"), "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_rule_consulted_total" + g + ",rule=\"lib\\\\crypto\\nrule\"} 12000"),
+              "%s", text.c_str());
+    cr_assert(has_line(text, "memlock_shim_rule_live_bytes" + g + ",rule=\"other rules\"} 16"), "%s", text.c_str());
+    cr_assert_eq(count_occurrences(text, "# HELP memlock_shim_rule_live_bytes "), 1u, "%s", text.c_str());
+    for (const char *absent : {"covers", "counted together", "module libcrypto", "truncated"})
+        cr_assert(text.find(absent) == std::string::npos, "%s in:\n%s", absent, text.c_str());
     cr_assert(text.find("some_future_field") == std::string::npos, "%s", text.c_str());
 
     // The process without counters has its verdict and arena series, no counter series.

@@ -106,11 +106,6 @@ Test(reach, enosys_exec_takes_the_listed_calls_away) {
 // Before Linux 4.4 there is no mlock2: the arena locks with mlock, and the matched blocks
 // are locked and excluded from dumps as on a new kernel.
 Test(reach, without_mlock2_matched_blocks_are_still_locked) {
-    // Known gap: the arena locks its budget once at start-up with MLOCK_ONFAULT (no mlock on
-    // the matched path, for sandboxed children); plain mlock cannot lock memory that is not
-    // committed yet, so without mlock2 (Linux < 4.4) the arena serves unlocked under the
-    // fallback policy. docs/shim.md ("Sandboxes") says so; locking per slab there is open.
-    cr_skip_test("without mlock2 the arena does not lock yet (docs/shim.md, Sandboxes)");
     TempDir dir;
     const std::string config_path = prepare_e2e(dir, "e2e_layout");
     need_built("enosys_exec");

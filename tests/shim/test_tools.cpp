@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "stats.hpp"
 #include "e2e.hpp"
 
 using namespace memlock_test;
@@ -554,7 +555,153 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
     r = run({tool("memlock-inspect"), "--version"});
     assert_text(r.out, "memlock-inspect " + version() + "\n");
     r = run({tool("memlock-inspect"), "--help"});
-    cr_assert(r.exited_with(0) && contains(r.out, "1   degraded"), "%s", r.describe().c_str());
+    cr_assert(r.exited_with(0) && contains(r.out, "1   degraded") && contains(r.out, "4   nothing matched yet"), "%s",
+              r.describe().c_str());
+}
+
+// ---- memlock-inspect: per-rule counters and an honest status ----------------------------------
+
+namespace {
+
+// tools_rules (its allocation patterns are in its header) under memlock-run with `rules`
+// (JSON array text); returns memlock-inspect's text, --json and --prometheus on it, then
+// lets it go.
+struct RuleInspection {
+    RunResult text, js, prom;
+    nlohmann::json j;
+    std::string pid, program;
+};
+RuleInspection inspect_rules(const std::string &rules, const std::string &prog = "tools_rules") {
+    TempDir dir;
+    const std::string cfg = dir.file("rules.json");
+    cr_assert(write_file(cfg, "{\"version\": 1, \"rules\": " + rules + "}"));
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(cfg, {shim_program(prog)}, {"--quiet"})));
+    RuleInspection in;
+    in.pid = std::to_string(child.pid());
+    in.program = real(shim_program(prog));
+    in.text = run({tool("memlock-inspect"), in.pid});
+    in.js = run({tool("memlock-inspect"), "--json", in.pid});
+    in.prom = run({tool("memlock-inspect"), "--prometheus", in.pid});
+    child.finish();
+    in.j = nlohmann::json::parse(in.js.out, nullptr, false);
+    cr_assert(!in.j.is_discarded(), "not JSON:\n%s", in.js.describe().c_str());
+    return in;
+}
+
+const char *const kKnownRules =
+    R"([{"name": "keys", "size": 40}, {"name": "pages", "size": 3000},
+        {"name": "secret", "symbol": "rulestats_make_secret", "size": 64}])";
+
+// The per_rule entry named `name`.
+nlohmann::json rule_entry(const nlohmann::json &j, const std::string &name) {
+    for (const auto &e : j["counters"]["per_rule"])
+        if (e["name"] == name) return e;
+    cr_assert_fail("no rule %s in:\n%s", name.c_str(), j.dump(2).c_str());
+    return {};
+}
+
+}  // namespace
+
+// Usable sizes: malloc(40) is a 48-byte block, malloc(3000) a 3072-byte one.
+Test(tools, inspect_counts_matches_live_and_peak_per_rule) {
+    const RuleInspection in = inspect_rules(kKnownRules);
+    cr_assert(in.text.exited_with(0), "%s", in.text.describe().c_str());
+    cr_assert(in.text.out.rfind("pid " + in.pid + " (" + in.program + "): protected\n", 0) == 0, "%s",
+              in.text.out.c_str());
+    cr_assert_eq(in.j["counters"]["per_rule"].size(), 3u, "%s", in.js.out.c_str());
+    struct Want {
+        const char *name;
+        unsigned long long matches, live, peak;
+    };
+    for (const Want &w : {Want{"keys", 100, 50 * 48, 100 * 48}, Want{"pages", 10, 0, 10 * 3072},
+                          Want{"secret", 10, 10 * 64, 10 * 64}}) {
+        const nlohmann::json e = rule_entry(in.j, w.name);
+        cr_assert_eq(e["matched_allocations"].get<unsigned long long>(), w.matches, "%s: %s", w.name, e.dump().c_str());
+        cr_assert_eq(e["live_bytes"].get<unsigned long long>(), w.live, "%s: %s", w.name, e.dump().c_str());
+        cr_assert_eq(e["peak_bytes"].get<unsigned long long>(), w.peak, "%s: %s", w.name, e.dump().c_str());
+    }
+    const nlohmann::json secret = rule_entry(in.j, "secret");
+    assert_text(secret["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4");
+    cr_assert_eq(secret["consulted"].get<unsigned long long>(), 10u, "%s", secret.dump().c_str());
+    cr_assert(!rule_entry(in.j, "keys").contains("consulted"));
+    cr_assert(contains(in.text.out, "  rules (matched allocations, live, peak):\n"), "%s", in.text.out.c_str());
+    cr_assert(contains(in.text.out, "    pages                              10        0 B     30 KiB\n"), "%s",
+              in.text.out.c_str());
+}
+
+// A symbol rule naming a function the program never calls, while the program makes 20000
+// allocations the rule checks: a warning naming the rule, the program and its pid; degraded.
+Test(tools, inspect_warns_about_a_caller_rule_that_matches_nothing) {
+    const RuleInspection in = inspect_rules(
+        R"([{"name": "keys", "size": 40}, {"name": "ghost", "symbol": "rulestats_never_called", "size": 200}])");
+    const std::string warning = "caller rule \"ghost\" (symbol rulestats_never_called depth 4) has matched none of "
+                                "the 20000 allocations it checked in " + in.program + " (pid " + in.pid +
+                                "): no allocation comes from that module or symbol (check the name; memlock-discover "
+                                "shows where this program allocates its secrets)";
+    cr_assert(in.text.exited_with(1), "%s", in.text.describe().c_str());
+    cr_assert(contains(in.text.out, "): degraded\n"), "%s", in.text.out.c_str());
+    cr_assert(contains(in.text.out, "  WARNING: " + warning + "\n"), "%s", in.text.out.c_str());
+    cr_assert(in.js.exited_with(1), "%s", in.js.describe().c_str());
+    cr_assert_eq(in.j["warnings"].size(), 1u, "%s", in.js.out.c_str());
+    assert_text(in.j["warnings"][0].get<std::string>(), warning);
+    cr_assert_eq(rule_entry(in.j, "ghost")["consulted"].get<unsigned long long>(), 20000u);
+    cr_assert_eq(rule_entry(in.j, "keys")["matched_allocations"].get<unsigned long long>(), 100u);
+}
+
+// Every rule matched nothing: not "protected", but "nothing matched", exit 4.
+Test(tools, inspect_says_nothing_matched_rather_than_protected) {
+    const RuleInspection in = inspect_rules(R"([{"name": "odd", "size": 12345}])", "tools_hold");
+    cr_assert(in.text.exited_with(4), "%s", in.text.describe().c_str());
+    cr_assert(in.text.out.rfind("pid " + in.pid + " (" + in.program +
+                                    "): nothing matched: the shim is active, but no rule has matched an allocation "
+                                    "yet: nothing is protected so far\n",
+                                0) == 0,
+              "%s", in.text.out.c_str());
+    cr_assert(!contains(in.text.out, "protected\n"), "%s", in.text.out.c_str());
+    cr_assert(in.js.exited_with(4), "%s", in.js.describe().c_str());
+    assert_text(in.j["status"].get<std::string>(), "nothing matched");
+    cr_assert_eq(in.j["exit_status"].get<int>(), 4);
+    cr_assert(contains(in.prom.out, "\nmemlock_shim_status{pid=\"" + in.pid + "\",program=\"" + in.program + "\"} 4\n"),
+              "%s", in.prom.out.c_str());
+}
+
+// --prometheus on a live process: per-rule series with a rule label, escaped, that promtool accepts.
+Test(tools, inspect_prometheus_has_per_rule_series) {
+    cr_assert(have_program("promtool"), "promtool (package prometheus) is needed");
+    const RuleInspection in = inspect_rules(
+        R"([{"name": "k\"e\\ys", "size": 40}, {"name": "ghost", "symbol": "rulestats_never_called", "size": 200}])");
+    cr_assert(in.prom.exited_with(1), "%s", in.prom.describe().c_str());
+    RunOptions check = tool_opts({"promtool", "check", "metrics"});
+    check.stdin_data = in.prom.out;
+    const auto lint = run_program(check);
+    cr_assert(lint.exited_with(0) && lint.err.empty() && lint.out.empty(), "promtool: %s\n%s",
+              lint.describe().c_str(), in.prom.out.c_str());
+    const std::string labels = "{pid=\"" + in.pid + "\",program=\"" + in.program + "\",rule=";
+    for (const std::string &line :
+         {std::string("# TYPE memlock_shim_rule_peak_bytes gauge"), "memlock_shim_rule_matched_allocations_total" + labels +
+                                                           "\"k\\\"e\\\\ys\"} 100",
+          "memlock_shim_rule_live_bytes" + labels + "\"k\\\"e\\\\ys\"} 2400",
+          "memlock_shim_rule_peak_bytes" + labels + "\"k\\\"e\\\\ys\"} 4800",
+          "memlock_shim_rule_consulted_total" + labels + "\"ghost\"} 20000"})
+        cr_assert(contains(in.prom.out, "\n" + line + "\n"), "no line %s in:\n%s", line.c_str(), in.prom.out.c_str());
+}
+
+// A counters page of another layout (an older shim's) is refused, and says which memlock-inspect to use.
+Test(tools, inspect_refuses_a_counters_page_of_another_layout) {
+    LiveProgram child;
+    start_until_ready(child, tool_opts({shim_program("tools_oldlayout")}));
+    const std::string pid = std::to_string(child.pid());
+    const RunResult text = run({tool("memlock-inspect"), pid});
+    child.finish();
+    cr_assert(text.exited_with(1), "%s", text.describe().c_str());
+    const auto at = text.out.find("  WARNING: cannot read the counters: counters page at ");
+    cr_assert(at != std::string::npos, "%s", text.out.c_str());
+    cr_assert(contains(text.out.substr(at), ": stats layout 3, this memlock-inspect reads " +
+                                                std::to_string(mlshim::kStatsLayout) +
+                                                " (use the memlock-inspect of the shim's release)\n"),
+              "%s", text.out.c_str());
+    cr_assert_neq(mlshim::kStatsLayout, 3u);
 }
 
 // ---- make install ------------------------------------------------------------------------------
