@@ -711,8 +711,8 @@ Test(tools, stats_file_counts_rules_beyond_the_63rd_together) {
     cr_assert_eq(per_rule, in.j["counters"]["per_rule"], "stats.file:\n%s\nmemlock-inspect:\n%s",
                  per_rule.dump().c_str(), in.j["counters"]["per_rule"].dump().c_str());
     const nlohmann::json want = nlohmann::json::parse(
-        R"({"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 10,
-            "live_bytes": 0, "peak_bytes": 30720})");
+        R"json({"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 10,
+                "live_bytes": 0, "peak_bytes": 30720})json");
     cr_assert_eq(per_rule[63], want, "%s", per_rule[63].dump().c_str());
 }
 
