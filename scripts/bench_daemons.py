@@ -3,10 +3,11 @@
 
 Two instances of each daemon run side by side (one under memlock-run with config/default.json,
 one plain, each on its own port); their measurements are interleaved (plain, profile, plain,
-profile, ...) and each figure is the median of 3. Prints requests (or transactions) per second
-and the ratio profile/plain; asserts nothing.
+profile, ...) and each figure is the median of BENCH_DAEMON_ROUNDS (default 3), with the lowest
+and highest run beside it (the spread). Prints requests (or transactions) per second and the
+ratio of the medians profile/plain; asserts nothing.
 
-usage: bench_daemons.py BUILD_DIR [PORT]
+usage: bench_daemons.py BUILD_DIR [PORT]   (PORT .. PORT + 31 are used; default 21500)
   nginx HTTPS keep-alive (wrk), nginx HTTPS full handshakes (ab, a new connection per request),
   pgbench over TLS (sslmode=require, select-only).
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keyproof  # noqa: E402
 
 SECONDS = os.environ.get("BENCH_DAEMON_SECONDS", "5")
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_DAEMON_ROUNDS", "3"))
 
 
 def measure(argv, pattern):
@@ -36,14 +37,18 @@ def measure(argv, pattern):
 def compare(title, runs):
     """runs: {"plain": [...], "profile": [...]} filled in interleaved order."""
     a, b = statistics.median(runs["plain"]), statistics.median(runs["profile"])
-    print("| %s | %.0f | %.0f | %.3fx |" % (title, a, b, b / a if a else 0.0), flush=True)
+
+    def spread(xs):
+        return "%.0f (%.0f-%.0f)" % (statistics.median(xs), min(xs), max(xs))
+    print("| %s | %s | %s | %.3fx |" % (title, spread(runs["plain"]), spread(runs["profile"]), b / a if a else 0.0),
+          flush=True)
 
 
 def start(kind, build, port, config):
     class A:
         pass
     args = A()
-    args.build, args.config, args.keep = build, config, False
+    args.build, args.config, args.keep, args.no_ipc_lock = build, config, False, None
     work = tempfile.mkdtemp(prefix="bench-%s-" % kind)
     r = keyproof.Run(args, work, port)
     try:
@@ -70,7 +75,8 @@ def main():
     build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 21500
     profile = os.path.join(keyproof.TOP, "config", "default.json")
-    print("| workload (median of %d, %ss each, interleaved) | plain /s | profile /s | profile/plain |" % (ROUNDS, SECONDS))
+    print("| workload (median of %d, %ss each, interleaved) | plain /s (min-max) | profile /s (min-max) "
+          "| profile/plain |" % (ROUNDS, SECONDS))
     print("| --- | --- | --- | --- |")
     instances = []
     try:

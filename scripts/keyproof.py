@@ -12,7 +12,10 @@ dumped process. For sshd, which keeps its host keys shielded (encrypted under a 
 prekey), it finds the prekey in the live process (random_blocks) and counts it in the dumps.
 Every daemon it starts is killed before it returns, also on failure.
 
-usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--json] DAEMON...
+usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--json]
+                   [--no-ipc-lock BYTES] DAEMON...
+       --no-ipc-lock BYTES: the daemon (and memlock-run) run without CAP_IPC_LOCK under
+       RLIMIT_MEMLOCK BYTES (soft and hard), as a service without the capability would
        keyproof.py --table --build DIR --port N   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd
 
@@ -335,9 +338,18 @@ class Run:
         e = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MEMLOCK_SHIM_CONFIG")}
         return e
 
+    def no_ipc_lock(self):
+        """The command that drops CAP_IPC_LOCK (from the bounding set, so no later exec gets it
+        back) and sets RLIMIT_MEMLOCK, then execs its arguments; empty unless --no-ipc-lock."""
+        if self.args.no_ipc_lock is None:
+            return []
+        limit = "--memlock=%d:%d" % (self.args.no_ipc_lock, self.args.no_ipc_lock)
+        return ["prlimit", limit, "capsh", "--drop=cap_ipc_lock", "--", "-c", 'exec "$0" "$@"']
+
     def start(self, argv, name, user=None, wrap=(), core=False):
         """Starts prefix() + argv, behind wrap (a command that execs its arguments)."""
-        d = Daemon(list(wrap) + self.prefix() + argv, self.work, name, env=self.env(), user=user, core=core)
+        d = Daemon(list(wrap) + self.no_ipc_lock() + self.prefix() + argv, self.work, name, env=self.env(), user=user,
+                   core=core)
         self.started.append(d)
         return d
 
@@ -719,6 +731,8 @@ def main():
     ap.add_argument("--kernel-core", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--no-ipc-lock", type=int, metavar="BYTES",
+                    help="run the daemon without CAP_IPC_LOCK under RLIMIT_MEMLOCK BYTES")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("daemons", nargs="*")
     args = ap.parse_args()

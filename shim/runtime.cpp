@@ -527,8 +527,12 @@ void write_stats_file() noexcept {
     path[used] = '\0';
     char tmp[sizeof path + 32];  // room for ".tmp.PID" after any path
     std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
-    char json[2048];
-    std::size_t len = stats_format_json(*g_stats, json, sizeof json);
+    // The rows of the threads that have a slot: their counts not yet published.
+    const StatsRuleRow *rows[kStatsSlots] = {};
+    for (unsigned i = 0; i < kStatsSlots; ++i)
+        if (g_stats->slots[i].owner.load(std::memory_order_relaxed) != 0) rows[i] = stats_rule_rows(g_stats) + i;
+    static char json[kStatsJsonBytes];  // too large for a small thread stack; only this process's exit writes it
+    std::size_t len = stats_format_json(*g_stats, rows, kStatsSlots, json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
     bool ok = fd >= 0 && ::write(fd, json, len) == static_cast<ssize_t>(len);
     int err = errno;

@@ -183,7 +183,52 @@ StatsRuleFigures stats_rule_figures(const StatsPage &page, unsigned index, const
     return StatsRuleFigures{matches, consulted, static_cast<std::uint64_t>(live), static_cast<std::uint64_t>(peak)};
 }
 
-std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept {
+namespace {
+
+// Appends to a fixed buffer, cutting at its end (and always NUL-terminated).
+struct JsonOut {
+    char *buf;
+    std::size_t len, used;
+
+    void raw(const char *s, std::size_t n) noexcept {
+        if (len == 0) return;
+        if (n > len - 1 - used) n = len - 1 - used;
+        std::memcpy(buf + used, s, n);
+        used += n;
+        buf[used] = '\0';
+    }
+    void text(const char *s) noexcept { raw(s, std::strlen(s)); }
+    void num(const char *key, unsigned long long v) noexcept {
+        char tmp[64];
+        const int n = std::snprintf(tmp, sizeof tmp, ", \"%s\": %llu", key, v);
+        if (n > 0) raw(tmp, static_cast<std::size_t>(n));
+    }
+    // `s` (at most `max` bytes, valid UTF-8: describe_rules cuts on a character boundary) as
+    // a JSON string: quote, backslash and control characters escaped.
+    void str(const char *s, std::size_t max) noexcept {
+        raw("\"", 1);
+        for (std::size_t i = 0; i < max && s[i]; ++i) {
+            const unsigned char c = static_cast<unsigned char>(s[i]);
+            char esc[8];
+            if (c == '"' || c == '\\') {
+                esc[0] = '\\';
+                esc[1] = static_cast<char>(c);
+                raw(esc, 2);
+            } else if (c < 0x20) {
+                std::snprintf(esc, sizeof esc, "\\u%04x", c);
+                raw(esc, 6);
+            } else {
+                raw(s + i, 1);
+            }
+        }
+        raw("\"", 1);
+    }
+};
+
+}  // namespace
+
+std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *const *rows, unsigned nrows, char *buf,
+                              std::size_t len) noexcept {
     static const char *const policies[] = {"fallback", "deny", "abort"};
     StatsTotals t = page.totals();
     auto u = [](const std::atomic<std::uint64_t> &a) {
@@ -196,7 +241,7 @@ std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len)
         "\"committed_bytes\": %llu, \"locked_bytes\": %llu, \"unlocked_bytes\": %llu, "
         "\"max_locked\": %llu, \"lock_failures\": %llu, \"fallbacks\": %llu, \"denied\": %llu, "
         "\"overflows\": %llu, \"purged_bytes\": %llu, \"on_lock_failure\": \"%s\", \"all_rules_lock\": %s, "
-        "\"backing\": \"%s\", \"secret_bytes\": %llu}\n",
+        "\"backing\": \"%s\", \"secret_bytes\": %llu, \"per_rule\": [",
         page.pid, page.active.load() ? "true" : "false", page.rules, static_cast<unsigned long long>(page.arena_start),
         static_cast<unsigned long long>(t.allocs), static_cast<unsigned long long>(t.frees),
         static_cast<unsigned long long>(t.live_bytes()), u(page.peak_bytes), u(page.reserved_bytes),
@@ -205,8 +250,36 @@ std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len)
         u(page.denied), u(page.overflows), u(page.purged_bytes), policies[page.on_lock_failure < 3 ? page.on_lock_failure : 0],
         (page.flags & kStatsAllRulesLock) ? "true" : "false",
         page.backing == kStatsBackingSecretmem ? "secretmem" : "anonymous", u(page.secret_bytes));
-    if (n < 0) return 0;
-    return static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1;
+    if (n < 0 || len == 0) return 0;
+    JsonOut out{buf, len, static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1};
+    const unsigned entries = stats_rule_entries(page);
+    for (unsigned i = 0; i < entries; ++i) {
+        const StatsRuleInfo &info = page.rule_info[i];
+        const bool other = i == kStatsOtherRules && page.rules > kStatsRules;
+        const bool caller = !other && (info.flags & kStatsRuleCaller);
+        const StatsRuleFigures f = stats_rule_figures(page, i, rows, nrows);
+        out.text(i ? ", {\"name\": " : "{\"name\": ");
+        if (other) {
+            char covers[96];
+            std::snprintf(covers, sizeof covers, "rules %u to %u (counted together)", kStatsRules, page.rules);
+            out.text("\"other rules\", \"covers\": ");
+            out.str(covers, sizeof covers);
+        } else {
+            out.str(info.name, sizeof info.name);
+            if (info.flags & kStatsRuleTruncated) out.text(", \"truncated\": true");
+            if (caller) {
+                out.text(", \"caller\": ");
+                out.str(info.caller, sizeof info.caller);
+            }
+        }
+        out.num("matched_allocations", f.matches);
+        out.num("live_bytes", f.live_bytes);
+        out.num("peak_bytes", f.peak_bytes);
+        if (caller) out.num("consulted", f.consulted);
+        out.text("}");
+    }
+    out.text("]}\n");
+    return out.used;
 }
 
 }  // namespace mlshim

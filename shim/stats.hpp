@@ -195,8 +195,14 @@ inline bool stats_has_slot(const StatsPage &page, const ThreadCounters *slot) no
 // Folds a slot into `retired` (and its rule row into the rule totals) and frees it (thread exit).
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept;
 
-// Writes the counters as one JSON object into buf (no allocation). Returns bytes written.
-std::size_t stats_format_json(const StatsPage &page, char *buf, std::size_t len) noexcept;
+// Writes the counters as one JSON object into buf (no allocation), ending with "per_rule":
+// one entry per rule (name, "truncated" when cut, "caller" for caller rules, or for the
+// shared last entry "other rules" and "covers"; matched_allocations, live_bytes,
+// peak_bytes, and consulted for caller rules), its figures summed over `rows`
+// (stats_rule_figures). Returns bytes written; with len >= kStatsJsonBytes it is never cut.
+constexpr std::size_t kStatsJsonBytes = 2048 + kStatsRules * 1024;
+std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *const *rows, unsigned nrows, char *buf,
+                              std::size_t len) noexcept;
 
 }  // namespace mlshim
 

@@ -393,41 +393,6 @@ struct Report {
     std::vector<std::string> notes;
 };
 
-// The per-rule counters (shim/stats.hpp) as "per_rule" entries: name, caller condition,
-// matched_allocations, live_bytes, peak_bytes, and for caller rules consulted (allocations
-// whose callers the rule checked). With more rules than kStatsRules, the last entry sums
-// the rest: "other rules".
-json per_rule(const mlshim::StatsPage &page, const std::string &rows) {
-    const mlshim::StatsRuleRow *ptrs[mlshim::kStatsSlots] = {};
-    std::vector<mlshim::StatsRuleRow> copy(rows.empty() ? 0 : mlshim::kStatsSlots);
-    if (!rows.empty()) std::memcpy(static_cast<void *>(copy.data()), rows.data(), rows.size());
-    for (std::size_t i = 0; i < copy.size(); ++i) ptrs[i] = &copy[i];
-    json out = json::array();
-    const unsigned n = mlshim::stats_rule_entries(page);
-    for (unsigned i = 0; i < n; ++i) {
-        const mlshim::StatsRuleInfo &info = page.rule_info[i];
-        const bool other = i == mlshim::kStatsOtherRules && page.rules > mlshim::kStatsRules;
-        const auto f = mlshim::stats_rule_figures(page, i, ptrs, mlshim::kStatsSlots);
-        json e;
-        if (other) {
-            e["name"] = "other rules";
-            e["covers"] = "rules " + std::to_string(mlshim::kStatsRules) + " to " + std::to_string(page.rules) +
-                          " (counted together)";
-        } else {
-            e["name"] = std::string(info.name, ::strnlen(info.name, sizeof info.name));
-            if (info.flags & mlshim::kStatsRuleTruncated) e["truncated"] = true;
-            if (info.flags & mlshim::kStatsRuleCaller)
-                e["caller"] = std::string(info.caller, ::strnlen(info.caller, sizeof info.caller));
-        }
-        e["matched_allocations"] = f.matches;
-        e["live_bytes"] = f.live_bytes;
-        e["peak_bytes"] = f.peak_bytes;
-        if (!other && (info.flags & mlshim::kStatsRuleCaller)) e["consulted"] = f.consulted;
-        out.push_back(std::move(e));
-    }
-    return out;
-}
-
 // Caller rules that have matched nothing (a warning) or almost nothing (a note) of the
 // allocations they checked: their module or symbol may not be where this program allocates.
 void check_rules(const json &rules, Report &r) {
@@ -521,13 +486,16 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
              page.arena_start > (std::uint64_t{1} << 57))
         r.verdict = where + ": values out of range";
     else {
-        char buf[2048];
-        const std::size_t n = mlshim::stats_format_json(page, buf, sizeof buf);
-        std::optional<json> out = json::parse(std::string(buf, n), nullptr, false);
-        if (!out->is_discarded()) {
-            (*out)["per_rule"] = per_rule(page, v.rows);
-            return out;
-        }
+        // The counters and "per_rule" as the shim writes them to stats.file, summed over the
+        // rule rows read (those of the slots with an owner; an empty copy reads as zero).
+        std::vector<mlshim::StatsRuleRow> rows(v.rows.empty() ? 0 : mlshim::kStatsSlots);
+        if (!v.rows.empty()) std::memcpy(static_cast<void *>(rows.data()), v.rows.data(), v.rows.size());
+        const mlshim::StatsRuleRow *ptrs[mlshim::kStatsSlots] = {};
+        for (std::size_t i = 0; i < rows.size(); ++i) ptrs[i] = &rows[i];
+        std::vector<char> buf(mlshim::kStatsJsonBytes);
+        const std::size_t n = mlshim::stats_format_json(page, ptrs, mlshim::kStatsSlots, buf.data(), buf.size());
+        std::optional<json> out = json::parse(std::string(buf.data(), n), nullptr, false);
+        if (!out->is_discarded()) return out;
         r.verdict = where + ": cannot format it";
     }
     return std::nullopt;

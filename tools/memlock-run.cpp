@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "memlock.h"
 #include "tool.hpp"
 
 #ifndef MEMLOCK_SHIM_LIBDIR
@@ -59,7 +60,7 @@ void usage() {
         "                 ../lib/%s next to this executable, else %s/%s)\n"
         "  --check        validate the config, the limits and PROGRAM (if given); run nothing\n"
         "  --user NAME    with --check: also report what a process that drops to user NAME after\n"
-        "                 start-up (a daemon's workers) can lock, and suggest policy.prealloc\n"
+        "                 start-up (a daemon's workers) keeps locked and what its forks can lock\n"
         "  --quiet        no warnings (errors are still printed)\n"
         "  --help, --version\n"
         "\n"
@@ -430,33 +431,88 @@ void check_limits(const mlshim::Config &c, bool report) {
     }
 }
 
+// Does the kernel lock on fault (mlock2 MLOCK_ONFAULT)? Probed on one page of reserved
+// address space, as the arena locks its budget at start-up. ENOSYS or EINVAL: it does not
+// (Linux < 4.4, qemu-user, a seccomp filter); any other answer (the limit) means it does.
+bool kernel_locks_on_fault() {
+    void *page = nullptr;
+    const std::size_t len = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    if (memlock_reserve(len, &page) != 0) return true;
+    const int err = memlock_lock_onfault(page, len);
+    memlock_release(page, len);
+    return err != ENOSYS && err != EINVAL;
+}
+
+// A size as the config writes it: whole MiB where it is one, else KiB (rounded down).
+std::string config_size(std::uint64_t bytes) {
+    return bytes % (1 << 20) == 0 ? std::to_string(bytes >> 20) + "MiB" : std::to_string(bytes >> 10) + "KiB";
+}
+
+// The lock budget the arena takes at start-up: policy.max_locked, or where the limit refuses
+// it (no CAP_IPC_LOCK), the largest halving of it the limit accepts (none below 64 KiB).
+std::uint64_t startup_budget(std::uint64_t max_locked, rlim_t limit, bool unlimited) {
+    if (unlimited) return max_locked;
+    std::uint64_t len = max_locked & ~std::uint64_t{4095};
+    while (len >= 65536 && len > limit) len = len / 2 & ~std::uint64_t{4095};
+    return len >= 65536 ? len : 0;
+}
+
 // --check --user NAME: a process that switches to a non-root user (setuid, as daemons' workers
-// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)); memory it locked before the
-// switch stays locked. Reports what the arena can lock after the switch and suggests prealloc.
+// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its budget
+// on fault at start-up, before the switch: the worker keeps it, and pages it commits there
+// lock as they are touched, with no further mlock. What the switch limits: a process forked
+// after it (mlock is not inherited: the child locks the budget again, under the user's
+// limit) and, on kernels without lock-on-fault, every lock made after it (prealloc helps).
 void check_user(const mlshim::Config &c, const std::string &user) {
     const struct passwd *pw = ::getpwnam(user.c_str());
     if (!pw) usage_error("--user: no such user: " + user);
     struct rlimit rl;
     if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0) rl.rlim_cur = rl.rlim_max = 0;
     const bool root = pw->pw_uid == 0;
-    const bool cap = root && program_gets_ipc_lock();
+    const bool starter_cap = program_gets_ipc_lock();
+    const bool cap = root && starter_cap;
     const bool unlimited = cap || rl.rlim_cur == RLIM_INFINITY;
     std::printf("user:    %s (uid %u): RLIMIT_MEMLOCK soft %s, hard %s (kept across the switch); CAP_IPC_LOCK %s\n",
                 user.c_str(), static_cast<unsigned>(pw->pw_uid), rlim_text(rl.rlim_cur).c_str(),
                 rlim_text(rl.rlim_max).c_str(), cap ? "yes" : root ? "no" : "no (dropped with the switch)");
-    const std::uint64_t can = unlimited ? c.policy.max_locked : std::min<std::uint64_t>(rl.rlim_cur, c.policy.max_locked);
-    std::printf("worker:  can lock %s of max_locked %s after the switch%s\n", human_bytes(can).c_str(),
-                human_bytes(c.policy.max_locked).c_str(),
-                can < c.policy.max_locked ? "; beyond that on_lock_failure applies" : "");
-    if (unlimited) return;
-    // Locked before the switch = prealloc; a forked worker re-locks its arena pages at fork.
-    const std::uint64_t suggest = std::min<std::uint64_t>(rl.rlim_cur / 2, c.policy.max_locked) & ~std::uint64_t{0xfffff};
-    if (c.policy.prealloc >= suggest || suggest == 0)
-        std::printf("prealloc: %s is locked at start-up, before the switch\n", human_bytes(c.policy.prealloc).c_str());
+    const std::uint64_t max = c.policy.max_locked;
+    if (unlimited) {
+        std::printf("worker:  can lock all of max_locked %s after the switch\n", human_bytes(max).c_str());
+        return;
+    }
+    if (!kernel_locks_on_fault()) {
+        // Each slab is mlocked as it is committed: after the switch, up to the limit in all.
+        const std::uint64_t can = std::min<std::uint64_t>(std::max<std::uint64_t>(rl.rlim_cur, c.policy.prealloc), max);
+        std::printf("worker:  can lock %s of max_locked %s: this kernel has no lock-on-fault (mlock2 MLOCK_ONFAULT), "
+                    "so the arena mlocks memory as it commits it, and after the switch only up to RLIMIT_MEMLOCK in "
+                    "all; beyond that on_lock_failure applies\n",
+                    human_bytes(can).c_str(), human_bytes(max).c_str());
+        const std::uint64_t suggest = std::min<std::uint64_t>(rl.rlim_cur, max) & ~std::uint64_t{0xfffff};
+        if (c.policy.prealloc >= suggest || suggest == 0)
+            std::printf("prealloc: %s is committed and locked at start-up, before the switch\n",
+                        human_bytes(c.policy.prealloc).c_str());
+        else
+            std::printf("suggest: \"prealloc\": \"%s\" in policy: committed and locked at start-up, before the "
+                        "switch and before any sandbox that forbids mlock (sshd's preauth child is killed by it); "
+                        "resident from the start\n",
+                        config_size(suggest).c_str());
+        return;
+    }
+    const std::uint64_t budget = startup_budget(max, rl.rlim_cur, starter_cap);
+    std::printf("worker:  keeps the %s locked on fault at start-up, before the switch (policy.max_locked %s): "
+                "the arena memory it commits there locks as it is touched, without an mlock call; beyond it "
+                "on_lock_failure applies\n",
+                human_bytes(budget).c_str(), human_bytes(max).c_str());
+    if (budget <= rl.rlim_cur)
+        std::printf("forked:  a process forked after the switch locks the %s again within the user's limit\n",
+                    human_bytes(budget).c_str());
     else
-        std::printf("suggest: \"prealloc\": \"%lluMiB\" in policy: locked at start-up, before the switch (half of "
-                    "RLIMIT_MEMLOCK, leaving room for growth after it)\n",
-                    static_cast<unsigned long long>(suggest >> 20));
+        std::printf("forked:  a process forked after the switch cannot lock the %s again under the user's "
+                    "RLIMIT_MEMLOCK (%s): its arena is not locked (still out of core dumps and wiped; memlock-inspect "
+                    "says degraded); if the workers fork, set \"max_locked\": \"%s\" in policy or raise the limit to %s\n",
+                    human_bytes(budget).c_str(), rlim_text(rl.rlim_cur).c_str(), config_size(rl.rlim_cur).c_str(),
+                    human_bytes(budget).c_str());
+    std::printf("prealloc: not needed (this kernel locks on fault)\n");
 }
 
 // ---- environment -----------------------------------------------------------------------------

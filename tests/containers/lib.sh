@@ -11,7 +11,7 @@ set -eu
 
 PODMAN_ROOT=$BUILD/podman
 # The Debian 12 root the systemd and Kubernetes tests run.
-SYSTEMD_ROOT="bookworm systemd systemd-sysv nginx procps"
+SYSTEMD_ROOT="bookworm systemd systemd-sysv nginx procps openssh-server"
 # runc: crun refuses this machine's hybrid cgroups. The ulimits: without them the runtime
 # cannot set its defaults above the sandbox's hard limits. The tests' containers also run with
 # --network none: nothing needs a network, and podman then needs no network plugin.

@@ -6,7 +6,10 @@
 # protected: memlock-inspect inside the container (also --all), memlock-inspect from the host
 # (host PIDs, also --all) and the kernel's lo/dd flags from the host. Also
 # records the RLIMIT_MEMLOCK nginx got for LimitMEMLOCK=64M: the container's 8 MiB hard limit
-# (docs/operators.md says what follows).
+# (docs/operators.md says what follows). sshd (ssh.service) runs under the same drop-in with the
+# OpenSSH profile (docs/operators.md's recipe), without CAP_IPC_LOCK under that 8 MiB limit: a
+# key login works, and the listener, a held connection's monitor and its sandboxed
+# pre-authentication child are protected (memlock-inspect from the host: they are not dumpable).
 # Usage: test-systemd.sh BUILD_DIR   (after make installed into BUILD_DIR/container/systemd-root)
 TEST_NAME=test-systemd
 BUILD=$(cd "$1" && pwd)
@@ -21,6 +24,10 @@ CTR=memlock-test-systemd-$$
 
 mkdir -p "$(dirname "$DROPIN")"
 cp "$TOP/deploy/systemd/memlock-shim.conf" "$DROPIN"
+# sshd: the drop-in with the OpenSSH profile, as docs/operators.md tells.
+mkdir -p "$OVERLAY/etc/systemd/system/ssh.service.d"
+sed 's,default.json,openssh.json,' "$TOP/deploy/systemd/memlock-shim.conf" \
+    > "$OVERLAY/etc/systemd/system/ssh.service.d/memlock-shim.conf"
 # A second service with the same drop-in, whose program (as nobody) keeps 12 MiB of matched
 # 32-byte blocks: more than the 8 MiB systemd can give it. Started by the test, not at boot.
 LIMIT_UNIT=$OVERLAY/etc/systemd/system/memlock-limit.service
@@ -35,7 +42,7 @@ User=nobody
 ExecStart=/usr/bin/perl -e '$$| = 1; @k = map { sprintf("%%030d", $$_) } 1 .. 400000; print "ready\n"; sleep 1 while 1'
 UNIT
 
-step "base image: a Debian 12 root with systemd and nginx (debootstrap, cached)"
+step "base image: a Debian 12 root with systemd, nginx and openssh-server (debootstrap, cached)"
 # shellcheck disable=SC2086
 BASE=$(base_image $SYSTEMD_ROOT)
 step "building the image: the base + make install DESTDIR + the drop-in"
@@ -98,6 +105,46 @@ for hp in $hostpids; do
     printf '%s\n' "$one" | grep -q "^pid $hp (/usr/sbin/nginx): protected" || fail "memlock-inspect $hp said: $one"
     printf '%s\n' "$out" | grep -q "^pid $hp (/usr/sbin/nginx): protected" || fail "memlock-inspect --all left out $hp: $out"
 done
+
+step "ssh.service under the drop-in with config/openssh.json: a key login, then memlock-inspect"
+wait_for 150 pm exec "$CTR" systemctl is-active -q ssh.service || {
+    in_ctr systemctl status --no-pager ssh.service >&2 || true
+    fail "ssh.service is not active"
+}
+in_ctr systemctl show -p Environment --value ssh.service | grep -q 'MEMLOCK_SHIM_CONFIG=/usr/local/etc/memlock-shim/openssh.json' ||
+    fail "the drop-in's MEMLOCK_SHIM_CONFIG is not in ssh.service's environment"
+in_ctr sh -c 'mkdir -p -m 700 /root/.ssh && ssh-keygen -q -t ed25519 -N "" -f /root/.ssh/id_ed25519 &&
+    cp /root/.ssh/id_ed25519.pub /root/.ssh/authorized_keys' || fail "cannot make a login key"
+SSH="ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR root@127.0.0.1"
+reply=$(in_ctr $SSH echo ssh login ok) || true
+[ "$reply" = "ssh login ok" ] || fail "ssh login under the shim failed: '$reply'; $(in_ctr journalctl -u ssh.service | tail -n 20)"
+# A connection held before authentication: its monitor, and the child in sshd's seccomp sandbox.
+in_ctr bash -c 'exec 3<>/dev/tcp/127.0.0.1/22 && printf "SSH-2.0-memlock-test\r\n" >&3 && exec sleep 600' > /dev/null 2>&1 &
+holder=$!
+on_exit "kill $holder 2> /dev/null"
+smain=$(in_ctr systemctl show -p MainPID --value ssh.service)
+wait_for 100 pm exec "$CTR" sh -c "pgrep -f '^sshd: \\[net\\]' > /dev/null" ||
+    fail "no pre-authentication child for the held connection: $(in_ctr ps -eo pid,ppid,user,args)"
+net=$(in_ctr pgrep -f '^sshd: \[net\]' | head -n 1)
+[ "$(in_ctr sh -c "sed -n 's/^Seccomp:[[:space:]]*//p' /proc/$net/status")" = 2 ] ||
+    fail "sshd's pre-authentication child $net is not in its seccomp sandbox"
+# From the host: sshd's per-connection processes are not dumpable, and root in the container
+# has no CAP_SYS_PTRACE, so only the host may read them (docs/operators.md, memlock-inspect).
+shostpids=$(grep -l "libpod-$cid/system.slice/ssh.service\$" /proc/[0-9]*/cgroup 2> /dev/null | sed 's|/proc/\([0-9]*\)/cgroup|\1|')
+[ "$(echo $shostpids | wc -w)" -ge 3 ] || fail "ssh.service has processes $(echo $shostpids), expected the listener, a monitor and its child"
+for hp in $shostpids; do
+    one=$("$BUILD/memlock-inspect" "$hp") || fail "memlock-inspect sshd $hp from the host: $one"
+    printf '%s\n' "$one" | grep -q "^pid $hp (/usr/sbin/sshd): protected" || fail "memlock-inspect sshd $hp said: $one"
+done
+slimit=$(in_ctr sh -c "sed -n 's/^Max locked memory *\\([0-9a-z]*\\) .*/\\1/p' /proc/$smain/limits")
+capeff=$(in_ctr sh -c "sed -n 's/^CapEff:[[:space:]]*//p' /proc/$smain/status")
+[ $(( 0x$capeff >> 14 & 1 )) = 0 ] || fail "sshd has CAP_IPC_LOCK here (CapEff $capeff): the case is not tested"
+vmlck=$(in_ctr sh -c "sed -n 's/^VmLck:[[:space:]]*//p' /proc/$smain/status")
+if in_ctr journalctl -u ssh.service | grep -q 'by signal\|memlock-shim: warning'; then
+    fail "ssh.service's journal: $(in_ctr journalctl -u ssh.service | tail -n 20)"
+fi
+step "sshd: login ok; host PIDs $(echo $shostpids) (listener, monitor, sandboxed child) protected; no CAP_IPC_LOCK, RLIMIT_MEMLOCK $slimit, listener VmLck $vmlck"
+kill $holder 2> /dev/null
 
 step "memlock-limit.service: the drop-in's LimitMEMLOCK=64M, 12 MiB of matched blocks, as nobody"
 in_ctr systemctl start memlock-limit.service

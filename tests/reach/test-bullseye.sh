@@ -41,8 +41,8 @@ mkdir -p "$M/opt/memlock-shim" && tar -C "$M/opt/memlock-shim" --strip-component
 inside() { chroot "$M" "$@"; }
 RUN=/opt/memlock-shim/bin/memlock-run
 INSPECT=/opt/memlock-shim/bin/memlock-inspect
-# A counter of a stats file the shim wrote in the root.
-counter() { sed -n "s/.*\"$2\": \([0-9]*\).*/\1/p" "$M$1"; }
+# A counter of a stats file the shim wrote in the root (the process's, not a rule's in per_rule).
+counter() { sed -e 's/, "per_rule": .*//' -n -e "s/.*\"$2\": \([0-9]*\).*/\1/p" "$M$1"; }
 # Starts COMMAND... in the background inside the root, output in $M/tmp/NAME.log; sets pid
 # (chroot and memlock-run exec: the program's) and kills it when the test ends.
 start() {

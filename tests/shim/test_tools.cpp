@@ -4,6 +4,7 @@
 #include <criterion/criterion.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <climits>
 #include <cstdlib>
@@ -171,23 +172,57 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
-// --check --user says what it can lock and suggests a prealloc made before the switch.
+// --check --user says that it keeps the budget locked on fault at start-up, that a process it
+// forks cannot lock that budget again under its limit, and that prealloc is not needed.
 Test(tools, run_check_user_reports_what_the_workers_can_lock) {
+    const std::string user = "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
+                             "switch); CAP_IPC_LOCK no (dropped with the switch)\n";
     auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", config("openssl.json"),
                   "--check", "--user", "nobody"});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
-                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n"
-                              "worker:  can lock 8 MiB of max_locked 64 MiB after the switch; beyond that "
-                              "on_lock_failure applies\n"
-                              "suggest: \"prealloc\": \"4MiB\" in policy: locked at start-up, before the switch"),
+    cr_assert(contains(r.out, user +
+                                  "worker:  keeps the 64 MiB locked on fault at start-up, before the switch "
+                                  "(policy.max_locked 64 MiB): the arena memory it commits there locks as it is "
+                                  "touched, without an mlock call; beyond it on_lock_failure applies\n"
+                                  "forked:  a process forked after the switch cannot lock the 64 MiB again under the "
+                                  "user's RLIMIT_MEMLOCK (8 MiB): its arena is not locked (still out of core dumps and "
+                                  "wiped; memlock-inspect says degraded); if the workers fork, set \"max_locked\": "
+                                  "\"8MiB\" in policy or raise the limit to 64 MiB\n"
+                                  "prealloc: not needed (this kernel locks on fault)\n"),
               "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "suggest:"), "%s", r.out.c_str());
+    // A budget within the limit: forked processes lock it again.
+    TempDir dir;
+    const std::string small = dir.file("small.json");
+    cr_assert(write_file(small, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"max_locked": "4MiB"}})"));
+    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", small, "--check", "--user",
+             "nobody"});
+    cr_assert(contains(r.out, "forked:  a process forked after the switch locks the 4 MiB again within the user's limit\n"),
+              "%s", r.out.c_str());
+
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--check", "--user", "no-such-user-here"});
     cr_assert(r.exited_with(64), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: --user: no such user: no-such-user-here (see memlock-run --help)\n");
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--user", "nobody", "true"});
     cr_assert(r.exited_with(64), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: --user goes with --check (see memlock-run --help)\n");
+}
+
+// Without lock-on-fault (mlock2 answering ENOSYS, as before Linux 4.4) the arena mlocks memory
+// as it commits it, bounded by the limit after the switch: --check --user suggests prealloc.
+Test(tools, run_check_user_without_lock_on_fault_suggests_prealloc) {
+    const std::string launcher = shim_program("enosys_exec");
+    cr_assert(file_exists(launcher), "%s is not built (make progs)", launcher.c_str());
+    auto r = run({"prlimit", "--memlock=8388608:8388608", launcher, std::to_string(SYS_mlock2), tool("memlock-run"),
+                  "--config", config("openssl.json"), "--check", "--user", "nobody"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nworker:  can lock 8 MiB of max_locked 64 MiB: this kernel has no lock-on-fault (mlock2 "
+                              "MLOCK_ONFAULT), so the arena mlocks memory as it commits it, and after the switch only up "
+                              "to RLIMIT_MEMLOCK in all; beyond that on_lock_failure applies\n"
+                              "suggest: \"prealloc\": \"8MiB\" in policy: committed and locked at start-up, before the "
+                              "switch and before any sandbox that forbids mlock (sshd's preauth child is killed by it); "
+                              "resident from the start\n"),
+              "%s", r.out.c_str());
 }
 
 // ---- memlock-run: limits and CAP_IPC_LOCK ----------------------------------------------------
@@ -564,17 +599,18 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
 namespace {
 
 // tools_rules (its allocation patterns are in its header) under memlock-run with `rules`
-// (JSON array text); returns memlock-inspect's text, --json and --prometheus on it, then
-// lets it go.
+// (JSON array text) and a stats.file; returns memlock-inspect's text, --json and --prometheus
+// on it, then lets it go and reads the counters it wrote to its stats.file at exit.
 struct RuleInspection {
     RunResult text, js, prom;
-    nlohmann::json j;
+    nlohmann::json j, file;
     std::string pid, program;
 };
 RuleInspection inspect_rules(const std::string &rules, const std::string &prog = "tools_rules") {
     TempDir dir;
     const std::string cfg = dir.file("rules.json");
-    cr_assert(write_file(cfg, "{\"version\": 1, \"rules\": " + rules + "}"));
+    cr_assert(write_file(cfg, "{\"version\": 1, \"rules\": " + rules + ", \"stats\": {\"file\": \"" +
+                                  dir.file("stats.%p.json") + "\"}}"));
     LiveProgram child;
     start_until_ready(child, tool_opts(wrap(cfg, {shim_program(prog)}, {"--quiet"})));
     RuleInspection in;
@@ -583,9 +619,14 @@ RuleInspection inspect_rules(const std::string &rules, const std::string &prog =
     in.text = run({tool("memlock-inspect"), in.pid});
     in.js = run({tool("memlock-inspect"), "--json", in.pid});
     in.prom = run({tool("memlock-inspect"), "--prometheus", in.pid});
-    child.finish();
+    const RunResult exited = child.finish();
+    cr_assert(exited.exited_with(0), "%s", exited.describe().c_str());
     in.j = nlohmann::json::parse(in.js.out, nullptr, false);
     cr_assert(!in.j.is_discarded(), "not JSON:\n%s", in.js.describe().c_str());
+    const auto file = read_file(dir.file("stats." + in.pid + ".json"));
+    cr_assert(file, "no stats.file %s", dir.file("stats." + in.pid + ".json").c_str());
+    in.file = nlohmann::json::parse(*file, nullptr, false);
+    cr_assert(!in.file.is_discarded(), "stats.file is not JSON:\n%s", file->c_str());
     return in;
 }
 
@@ -628,6 +669,51 @@ Test(tools, inspect_counts_matches_live_and_peak_per_rule) {
     cr_assert(contains(in.text.out, "  rules (matched allocations, live, peak):\n"), "%s", in.text.out.c_str());
     cr_assert(contains(in.text.out, "    pages                              10        0 B     30 KiB\n"), "%s",
               in.text.out.c_str());
+}
+
+// stats.file carries the per-rule counters under the names memlock-inspect --json uses: the
+// program is idle from "ready" to its exit, so the file written at exit equals what inspect
+// read while it ran. Names and caller texts with quotes, backslashes and control characters
+// stay valid JSON and read back unchanged.
+Test(tools, stats_file_has_the_per_rule_counters_inspect_shows) {
+    const RuleInspection in = inspect_rules(
+        R"([{"name": "k\"e\\ys\t1", "size": 40}, {"name": "pages", "size": 3000},
+            {"name": "secret", "symbol": "rulestats_make_secret", "size": 64},
+            {"name": "ghost", "module": "no\"such*", "size": 200}])");
+    const nlohmann::json &rules = in.file["per_rule"];
+    cr_assert_eq(rules.size(), 4u, "%s", in.file.dump(2).c_str());
+    cr_assert_eq(rules, in.j["counters"]["per_rule"], "stats.file:\n%s\nmemlock-inspect:\n%s", rules.dump(2).c_str(),
+                 in.j["counters"]["per_rule"].dump(2).c_str());
+    assert_text(rules[0]["name"].get<std::string>(), "k\"e\\ys\t1");
+    cr_assert_eq(rules[0]["matched_allocations"].get<unsigned long long>(), 100u, "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[0]["live_bytes"].get<unsigned long long>(), 50u * 48, "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[0]["peak_bytes"].get<unsigned long long>(), 100u * 48, "%s", rules[0].dump().c_str());
+    cr_assert(!rules[0].contains("consulted") && !rules[0].contains("caller"), "%s", rules[0].dump().c_str());
+    cr_assert_eq(rules[1]["live_bytes"].get<unsigned long long>(), 0u, "%s", rules[1].dump().c_str());
+    cr_assert_eq(rules[1]["peak_bytes"].get<unsigned long long>(), 10u * 3072, "%s", rules[1].dump().c_str());
+    assert_text(rules[2]["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4");
+    cr_assert_eq(rules[2]["consulted"].get<unsigned long long>(), 10u, "%s", rules[2].dump().c_str());
+    cr_assert_eq(rules[2]["live_bytes"].get<unsigned long long>(), 640u, "%s", rules[2].dump().c_str());
+    assert_text(rules[3]["caller"].get<std::string>(), "module no\"such* depth 1");
+    cr_assert_eq(rules[3]["consulted"].get<unsigned long long>(), 20000u, "%s", rules[3].dump().c_str());
+    cr_assert_eq(rules[3]["matched_allocations"].get<unsigned long long>(), 0u, "%s", rules[3].dump().c_str());
+    cr_assert_eq(in.file["matched_allocations"].get<unsigned long long>(), 120u, "%s", in.file.dump(2).c_str());
+}
+
+// Rules beyond the 63rd share the last entry, "other rules", in stats.file as in memlock-inspect.
+Test(tools, stats_file_counts_rules_beyond_the_63rd_together) {
+    std::string rules = R"([{"name": "keys", "size": 40})";
+    for (int i = 1; i < 69; ++i) rules += R"(, {"name": "r)" + std::to_string(i) + R"(", "size": )" + std::to_string(5000 + i) + "}";
+    rules += R"(, {"name": "pages", "size": 3000}])";
+    const RuleInspection in = inspect_rules(rules);
+    const nlohmann::json &per_rule = in.file["per_rule"];
+    cr_assert_eq(per_rule.size(), 64u, "%s", in.file.dump().c_str());
+    cr_assert_eq(per_rule, in.j["counters"]["per_rule"], "stats.file:\n%s\nmemlock-inspect:\n%s",
+                 per_rule.dump().c_str(), in.j["counters"]["per_rule"].dump().c_str());
+    const nlohmann::json want = nlohmann::json::parse(
+        R"json({"name": "other rules", "covers": "rules 64 to 70 (counted together)", "matched_allocations": 10,
+                "live_bytes": 0, "peak_bytes": 30720})json");
+    cr_assert_eq(per_rule[63], want, "%s", per_rule[63].dump().c_str());
 }
 
 // A symbol rule naming a function the program never calls, while the program makes 20000
