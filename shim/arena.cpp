@@ -694,7 +694,9 @@ std::uint64_t SecureArena::now_ns() noexcept {
 // Gives free pages back to the kernel once the pool holds more than the slack of them:
 // after the purge delay (a busy program reuses its pages instead), at once beyond slack +
 // burst (an idle program keeps at most that). Runs freed last are kept, older ones go.
-// pre: pool.lock held.
+// Called at the end of every operation under the pool's lock (a thread cache's refill or
+// flush, a page run's allocation or free, a thread's exit); it reads the clock only when
+// there is something to give back. pre: pool.lock held.
 void SecureArena::maybe_purge(Pool &pool) noexcept {
     if (pool.dirty_bytes <= opts_.purge_slack) return;
     std::uint64_t now = now_ns();
@@ -798,6 +800,7 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
         stats_->out_bytes.fetch_add(std::uint64_t{got} * ci.size, std::memory_order_relaxed);
         note_peak();
     }
+    maybe_purge(pool);
     return got;
 }
 
@@ -805,7 +808,6 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
 void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
     const ClassInfo &ci = kClasses.info[cls];
     const std::size_t per_slab = ci.slab_bytes / ci.size;
-    bool released = false;
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
@@ -816,11 +818,10 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
             list_remove(pool.partial[cls], head);
             std::memset(bits_ + ((head * page_) >> 10), 0, ci.slab_bytes >> 7);
             release_pages(pool, head, h.npages);
-            released = true;
         }
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
-    if (released) maybe_purge(pool);
+    maybe_purge(pool);
 }
 
 void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
@@ -914,6 +915,7 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
             stats_->out_bytes.fetch_add(bytes, std::memory_order_relaxed);
             note_peak();
         }
+        maybe_purge(pool);
     }
     void *p = reinterpret_cast<void *>(at);
     state_of(p) = live_state(rule);
