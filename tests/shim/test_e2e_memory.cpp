@@ -179,6 +179,27 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
     cr_assert(contains(r.out, "filter installed\nsurvived\n"), "%s", r.describe().c_str());
 }
 
+// A program that lowers RLIMIT_AS after start-up to what it needs without the shim (here
+// 256 MiB, below the arena's first reservation of 1 GiB and its side tables): the kernel
+// accepts the limit; matched blocks are still served from the reservation (committing
+// memory there maps nothing new); the program's other allocations fail with ENOMEM, as for
+// any process past its limit, and no call crashes. Without the shim the same program gets
+// its 8 MiB block.
+Test(e2e_memory, a_program_that_lowers_rlimit_as_below_the_reservation_keeps_its_matched_blocks) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
+    const std::vector<std::string> argv = {shim_program("e2e_memory"), "aslimit", std::to_string(256u << 20)};
+    const RunResult shimmed = run_program(shim_options(config, argv));
+    cr_assert(shimmed.exited_with(0), "%s", shimmed.describe().c_str());
+    cr_assert(contains(shimmed.out, "unmatched malloc(8388608): failed: errno 12\naslimit ok\n"), "%s",
+              shimmed.describe().c_str());
+    cr_assert(!contains(shimmed.err, "fatal"), "%s", shimmed.err.c_str());
+    const RunResult plain = run_program(plain_env(argv));
+    cr_assert(plain.exited_with(0), "%s", plain.describe().c_str());
+    cr_assert(contains(plain.out, "unmatched malloc(8388608): served\naslimit ok\n"), "%s", plain.describe().c_str());
+}
+
 // ---- redis-server under redis-benchmark -----------------------------------------------------
 
 namespace {
