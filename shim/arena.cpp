@@ -784,6 +784,7 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
 // (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without an mlock call);
 // where the kernel refuses that, they stay committed and locked. pre: pool.lock held.
 void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
+    bool gave_back = false;
     for (std::size_t i = first; i < first + n;) {
         std::uint8_t f = meta_[i].flags;
         std::size_t j = i + 1;
@@ -809,12 +810,28 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             for (std::size_t k = i; k < j; ++k) meta_[k].flags &= static_cast<std::uint8_t>(~kInUse);
             pool.dirty_bytes -= (j - i) * page_;
             if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
+            gave_back = true;
         } else if (locked && discard_locked_ok_.exchange(false) && reporter_) {
             reporter_(LogLevel::info, "locked arena memory that is freed stays committed and locked",
                       "the kernel refuses MADV_DONTNEED_LOCKED (Linux < 5.18, or a seccomp filter)");
         }
         i = j;
     }
+    if (gave_back) discard_side(first, n);
+}
+
+// The side tables' pages that describe only pages of free run [first, first+n) go back to
+// the kernel too (they are never locked): a free page's free-block bits are zero already,
+// and its state bytes read kNeverUsed again instead of kFreed (a later free() of an address
+// there is still fatal, reported as an invalid pointer rather than a double free). The
+// page table (meta_) stays: it marks the run. pre: pool.lock held.
+void SecureArena::discard_side(std::size_t first, std::size_t n) noexcept {
+    auto inside = [&](void *table, std::size_t bytes_per_page) {
+        std::size_t lo = round_up(first * bytes_per_page, page_), hi = (first + n) * bytes_per_page / page_ * page_;
+        if (hi > lo) memlock_discard(static_cast<unsigned char *>(table) + lo, hi - lo);
+    };
+    inside(state_, page_ / 16);
+    inside(bits_, page_ / 128);
 }
 
 // ---- small blocks --------------------------------------------------------------------------

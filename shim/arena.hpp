@@ -172,6 +172,7 @@ private:
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;
     void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    void discard_side(std::size_t first, std::size_t n) noexcept;
     static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
     void note_peak() noexcept;
