@@ -4,9 +4,10 @@
  *
  * Five phases (16, 200, 3000, 40 and 100000-byte blocks, 48 MiB each, with their pointer
  * array), each freed before the next. Prints one line:
- *   PEAK_LIVE RSS_AT_PEAK LOCKED_AT_PEAK RSS_AFTER LOCKED_AFTER   (bytes)
- * where "at peak" is the phase with the most resident memory and "after" is 200 ms after
- * everything was freed, followed by one more allocation and free (allocator activity).
+ *   PEAK_LIVE RSS_AT_PEAK LOCKED_AT_PEAK RSS_AFTER LOCKED_AFTER RSS_IDLE LOCKED_IDLE   (bytes)
+ * where "at peak" is the phase with the most resident memory, "idle" is 200 ms after
+ * everything was freed with no allocator call since, and "after" follows one more
+ * allocation and free (allocator activity).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +42,9 @@ int main(void) {
         free(b);
     }
     usleep(200000);
+    size_t idle_rss = rollup("Rss"), idle_locked = rollup("Locked");
     free(malloc(100000));
-    printf("%zu %zu %zu %zu %zu\n", peak_live, peak_rss, peak_locked, rollup("Rss"), rollup("Locked"));
+    printf("%zu %zu %zu %zu %zu %zu %zu\n", peak_live, peak_rss, peak_locked, rollup("Rss"), rollup("Locked"), idle_rss,
+           idle_locked);
     return 0;
 }

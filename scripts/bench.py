@@ -90,11 +90,12 @@ print(f"  {asked} bytes asked, VmLck grew by {locked} bytes: {locked / asked:.2f
 print("== memory through mixed phases (16, 200, 3000, 40, 100000 B; 48 MiB each), match-all vs glibc")
 MiB = 1 << 20
 for label, cfg in (("glibc", None), ("shim, match-all", os.path.join(TOP, "config", "match-all.json"))):
-    live, rss, locked, rss_after, locked_after = (int(x) for x in subprocess.run(
+    live, rss, locked, rss_after, locked_after, rss_idle, locked_idle = (int(x) for x in subprocess.run(
         [PHASES], env=env_for(cfg), capture_output=True, text=True, check=True).stdout.split())
     print(f"  {label:<18} peak live {live / MiB:7.1f} MiB, resident at peak {rss / MiB:7.1f} MiB "
-          f"({rss / live:.2f}x), locked {locked / MiB:7.1f} MiB; after the data goes: resident "
-          f"{rss_after / MiB:6.1f} MiB, locked {locked_after / MiB:6.1f} MiB")
+          f"({rss / live:.2f}x), locked {locked / MiB:7.1f} MiB; after the data goes, idle: resident "
+          f"{rss_idle / MiB:6.1f} MiB, locked {locked_idle / MiB:6.1f} MiB; after one more allocation: "
+          f"resident {rss_after / MiB:6.1f} MiB, locked {locked_after / MiB:6.1f} MiB")
 
 print("== caller rules: malloc(48) + free made 20 frames deep, per pair")
 CALLER_ITER = max(ITER // 5, 1000)

@@ -756,7 +756,9 @@ std::uint64_t SecureArena::now_ns() noexcept {
 // Gives free pages back to the kernel once the pool holds more than the slack of them:
 // after the purge delay (a busy program reuses its pages instead), at once beyond slack +
 // burst (an idle program keeps at most that). Runs freed last are kept, older ones go.
-// pre: pool.lock held.
+// Called at the end of every operation under the pool's lock (a thread cache's refill or
+// flush, a page run's allocation or free, a thread's exit); it reads the clock only when
+// there is something to give back. pre: pool.lock held.
 void SecureArena::maybe_purge(Pool &pool) noexcept {
     if (pool.dirty_bytes <= opts_.purge_slack) return;
     std::uint64_t now = now_ns();
@@ -782,6 +784,7 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
 // (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without an mlock call);
 // where the kernel refuses that, they stay committed and locked. pre: pool.lock held.
 void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
+    bool gave_back = false;
     for (std::size_t i = first; i < first + n;) {
         std::uint8_t f = meta_[i].flags;
         std::size_t j = i + 1;
@@ -807,12 +810,28 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             for (std::size_t k = i; k < j; ++k) meta_[k].flags &= static_cast<std::uint8_t>(~kInUse);
             pool.dirty_bytes -= (j - i) * page_;
             if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
+            gave_back = true;
         } else if (locked && discard_locked_ok_.exchange(false) && reporter_) {
             reporter_(LogLevel::info, "locked arena memory that is freed stays committed and locked",
                       "the kernel refuses MADV_DONTNEED_LOCKED (Linux < 5.18, or a seccomp filter)");
         }
         i = j;
     }
+    if (gave_back) discard_side(first, n);
+}
+
+// The side tables' pages that describe only pages of free run [first, first+n) go back to
+// the kernel too (they are never locked): a free page's free-block bits are zero already,
+// and its state bytes read kNeverUsed again instead of kFreed (a later free() of an address
+// there is still fatal, reported as an invalid pointer rather than a double free). The
+// page table (meta_) stays: it marks the run. pre: pool.lock held.
+void SecureArena::discard_side(std::size_t first, std::size_t n) noexcept {
+    auto inside = [&](void *table, std::size_t bytes_per_page) {
+        std::size_t lo = round_up(first * bytes_per_page, page_), hi = (first + n) * bytes_per_page / page_ * page_;
+        if (hi > lo) memlock_discard(static_cast<unsigned char *>(table) + lo, hi - lo);
+    };
+    inside(state_, page_ / 16);
+    inside(bits_, page_ / 128);
 }
 
 // ---- small blocks --------------------------------------------------------------------------
@@ -867,6 +886,7 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
         stats_->out_bytes.fetch_add(std::uint64_t{got} * ci.size, std::memory_order_relaxed);
         note_peak();
     }
+    maybe_purge(pool);
     return got;
 }
 
@@ -874,7 +894,6 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
 void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
     const ClassInfo &ci = kClasses.info[cls];
     const std::size_t per_slab = ci.slab_bytes / ci.size;
-    bool released = false;
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
         bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
@@ -885,11 +904,10 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
             list_remove(pool.partial[cls], head);
             std::memset(bits_ + ((head * page_) >> 10), 0, ci.slab_bytes >> 7);
             release_pages(pool, head, h.npages);
-            released = true;
         }
     }
     if (stats_) stats_->out_bytes.fetch_sub(std::uint64_t{n} * ci.size, std::memory_order_relaxed);
-    if (released) maybe_purge(pool);
+    maybe_purge(pool);
 }
 
 void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept {
@@ -983,6 +1001,7 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
             stats_->out_bytes.fetch_add(bytes, std::memory_order_relaxed);
             note_peak();
         }
+        maybe_purge(pool);
     }
     void *p = reinterpret_cast<void *>(at);
     state_of(p) = live_state(rule);

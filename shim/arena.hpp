@@ -57,10 +57,11 @@ struct ArenaOptions {
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
     Backing backing = Backing::anonymous;  // what the locked range of each locking pool is
-    // Giving memory back: free pages beyond purge_slack go back to the kernel once
-    // purge_delay_ns has passed since the last purge, at once beyond purge_slack + purge_burst.
-    std::size_t purge_slack = 4u << 20;
-    std::size_t purge_burst = 28u << 20;
+    // Giving memory back: free pages beyond purge_slack go back to the kernel at the pool's
+    // next operation off the thread cache once purge_delay_ns has passed since the last
+    // purge, and at once beyond purge_slack + purge_burst (what an idle process keeps).
+    std::size_t purge_slack = 2u << 20;
+    std::size_t purge_burst = 2u << 20;
     std::uint64_t purge_delay_ns = 100'000'000;
     // Address space the arena may grow to, in all (0: kGrowthFactor x pool_bytes x pools).
     std::size_t max_reserve = 0;
@@ -171,6 +172,7 @@ private:
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;
     void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    void discard_side(std::size_t first, std::size_t n) noexcept;
     static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
     void note_peak() noexcept;

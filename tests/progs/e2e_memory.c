@@ -12,6 +12,11 @@
  *                               waits for a line on stdin; then forks: the child checks and
  *                               frees every block (exit 0 if all held); the parent waits for
  *                               it, does the same, prints "grow ok"
+ *   e2e_memory aslimit BYTES    lowers RLIMIT_AS to BYTES (below what the shim reserved at
+ *                               start-up), then allocates 1000 blocks of 32 bytes and one of
+ *                               8 MiB; prints "unmatched malloc(8388608): served" or
+ *                               "... failed: errno N", checks and frees the small blocks,
+ *                               prints "aslimit ok" (exit 1 if a 32-byte block failed)
  *   e2e_memory sandbox          installs a seccomp filter that kills the process on mlock,
  *                               mlock2, munlock, mlockall and munlockall and answers EINVAL to
  *                               madvise advice outside sshd's list (OpenSSH
@@ -31,6 +36,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -135,6 +141,30 @@ static int grow(int n, size_t size) {
     return 0;
 }
 
+static int aslimit(size_t limit) {
+    struct rlimit rl = {limit, limit};
+    if (setrlimit(RLIMIT_AS, &rl)) { printf("setrlimit: errno %d\n", errno); return 2; }
+    enum { kKeys = 1000 };
+    static unsigned char *keys[kKeys];
+    for (int i = 0; i < kKeys; ++i) {
+        if (!(keys[i] = malloc(32))) { printf("malloc(32) failed: errno %d\n", errno); return 1; }
+        memset(keys[i], i & 0xff, 32);
+    }
+    errno = 0;
+    unsigned char *big = malloc(8u << 20);
+    if (big) printf("unmatched malloc(%u): served\n", 8u << 20);
+    else printf("unmatched malloc(%u): failed: errno %d\n", 8u << 20, errno);
+    free(big);
+    int bad = 0;
+    for (int i = 0; i < kKeys; ++i) {
+        bad |= !check(keys[i], 32, (unsigned char)(i & 0xff));
+        free(keys[i]);
+    }
+    if (bad) return 1;
+    printf("aslimit ok\n");
+    return 0;
+}
+
 #define KILL_ON(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS)
 
 static int install_filter(void) {
@@ -198,5 +228,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "huge") && argc > 2) return huge(strtoull(argv[2], NULL, 0));
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
+    if (!strcmp(argv[1], "aslimit") && argc > 2) return aslimit(strtoull(argv[2], NULL, 0));
     return 2;
 }

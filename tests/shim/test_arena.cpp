@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <vector>
 
 #include "arena.hpp"
@@ -24,7 +25,7 @@ namespace {
 SecureArena arena;
 mlshim::StatsPage *stats;
 
-// Purging as soon as anything is free (the unit tests' default is the shim's: 4 MiB of slack).
+// Purging as soon as anything is free (the unit tests' default is the shim's: 2 MiB of slack).
 bool g_purge_at_once = false;
 
 void make_arena(std::size_t max_locked = 64u << 20,
@@ -334,6 +335,57 @@ Test(arena, the_arena_grows_by_regions_beyond_its_first_reservation) {
     cr_assert_not_null(again);
     cr_assert(all_zero(again, 4096) && all_zero(again + (96u << 20) - 4096, 4096));
     arena.free(again);
+}
+
+// A program that goes idle right after freeing its data makes no further call that could
+// purge: the free that takes the pool past slack + burst (4 MiB by default, docs/shim.md)
+// gives the pages back at once.
+Test(arena, an_idle_pool_keeps_at_most_slack_and_burst_after_its_data_goes) {
+    make_arena();
+    constexpr std::size_t kIdleBound = 4u << 20;
+    std::vector<void *> runs;
+    for (int i = 0; i < 30; ++i) {
+        runs.push_back(arena.alloc(0, 1u << 20));
+        cr_assert_not_null(runs.back());
+        std::memset(runs.back(), 0x5a, 1u << 20);
+    }
+    for (void *r : runs) arena.free(r);
+    const std::uint64_t committed = stats->committed_bytes.load();
+    cr_assert_leq(committed, kIdleBound, "%llu bytes committed, nothing live",
+                  (unsigned long long)committed);
+    cr_assert_geq(stats->purged_bytes.load(), (30u << 20) - kIdleBound);
+}
+
+// Free pages between the slack and slack + burst wait for the purge delay, then go back at
+// the pool's next operation off the thread cache: here a thread cache's first refill.
+Test(arena, free_pages_beyond_the_slack_go_back_at_a_refill_after_the_delay) {
+    stats = mlshim::stats_create(false);
+    cr_assert_not_null(stats);
+    mlshim::ArenaOptions o;
+    o.pool_bytes = 64u << 20;
+    o.purge_slack = o.purge_burst = 2u << 20;
+    o.purge_delay_ns = 200'000'000;
+    unsigned actions = mlshim::kActionAll;
+    cr_assert_eq(arena.init(o, &actions, 1, stats, nullptr), 0);
+    void *runs[4], *between[4];  // live runs between the freed ones keep them from merging
+    for (int i = 0; i < 4; ++i) {
+        runs[i] = arena.alloc(0, 1u << 20);
+        std::memset(runs[i], 0x5a, 1u << 20);
+        between[i] = arena.alloc(0, 128u << 10);
+    }
+    for (int i = 0; i < 3; ++i) arena.free(runs[i]);  // past the slack: the first purge
+    const std::uint64_t purged = stats->purged_bytes.load();
+    cr_assert_gt(purged, 0u);
+    arena.free(runs[3]);  // past the slack again, within the delay: kept
+    cr_assert_eq(stats->purged_bytes.load(), purged);
+    const timespec pause{0, 300'000'000};
+    nanosleep(&pause, nullptr);
+    void *b = arena.alloc(0, 32);  // the thread's first block of its class: a refill
+    cr_assert_not_null(b);
+    cr_assert_gt(stats->purged_bytes.load(), purged, "the refill after the delay gave the free run back");
+    cr_assert_leq(stats->committed_bytes.load(), o.purge_slack + (1u << 20));
+    arena.free(b);
+    for (void *r : between) arena.free(r);
 }
 
 // Past the growth cap (16 times the first reservation) the arena refuses; under fallback
