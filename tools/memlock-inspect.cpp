@@ -397,10 +397,8 @@ struct Report {
 // matched_allocations, live_bytes, peak_bytes, and for caller rules consulted (allocations
 // whose callers the rule checked). With more rules than kStatsRules, the last entry sums
 // the rest: "other rules".
-json per_rule(const mlshim::StatsPage &page, const std::string &rows) {
+json per_rule(const mlshim::StatsPage &page, const std::vector<mlshim::StatsRuleRow> &copy) {
     const mlshim::StatsRuleRow *ptrs[mlshim::kStatsSlots] = {};
-    std::vector<mlshim::StatsRuleRow> copy(rows.empty() ? 0 : mlshim::kStatsSlots);
-    if (!rows.empty()) std::memcpy(static_cast<void *>(copy.data()), rows.data(), rows.size());
     for (std::size_t i = 0; i < copy.size(); ++i) ptrs[i] = &copy[i];
     json out = json::array();
     const unsigned n = mlshim::stats_rule_entries(page);
@@ -521,11 +519,14 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
              page.arena_start > (std::uint64_t{1} << 57))
         r.verdict = where + ": values out of range";
     else {
+        // The rule rows (kStatsSlots of them, or none when they could not be read), aligned.
+        std::vector<mlshim::StatsRuleRow> rows(v.rows.empty() ? 0 : mlshim::kStatsSlots);
+        if (!rows.empty()) std::memcpy(static_cast<void *>(rows.data()), v.rows.data(), v.rows.size());
         char buf[2048];
-        const std::size_t n = mlshim::stats_format_json(page, buf, sizeof buf);
+        const std::size_t n = mlshim::stats_format_json(page, rows.empty() ? nullptr : rows.data(), buf, sizeof buf);
         std::optional<json> out = json::parse(std::string(buf, n), nullptr, false);
         if (!out->is_discarded()) {
-            (*out)["per_rule"] = per_rule(page, v.rows);
+            (*out)["per_rule"] = per_rule(page, rows);
             return out;
         }
         r.verdict = where + ": cannot format it";
