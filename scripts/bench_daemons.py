@@ -6,7 +6,9 @@ one plain, each on its own port); their measurements are interleaved (plain, pro
 profile, ...) and each figure is the median of 3. Prints requests (or transactions) per second
 and the ratio profile/plain; asserts nothing.
 
-usage: bench_daemons.py BUILD_DIR [PORT]
+usage: bench_daemons.py BUILD_DIR [PORT [CONFIG]]
+  CONFIG: the shim's config for the second instance (default: config/default.json, the key
+  profile; `make bench` also runs config/match-all.json). BENCH_DAEMON_ROUNDS: figures per median.
   nginx HTTPS keep-alive (wrk), nginx HTTPS full handshakes (ab, a new connection per request),
   pgbench over TLS (sslmode=require, select-only).
 """
@@ -22,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keyproof  # noqa: E402
 
 SECONDS = os.environ.get("BENCH_DAEMON_SECONDS", "5")
-ROUNDS = 3
+ROUNDS = int(os.environ.get("BENCH_DAEMON_ROUNDS", "3"))
 
 
 def measure(argv, pattern):
@@ -69,7 +71,8 @@ def interleave(runs, plain_argv, profile_argv, pattern):
 def main():
     build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 21500
-    profile = os.path.join(keyproof.TOP, "config", "default.json")
+    profile = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else os.path.join(keyproof.TOP, "config", "default.json")
+    print("config of the shimmed instances: %s" % os.path.relpath(profile, keyproof.TOP))
     print("| workload (median of %d, %ss each, interleaved) | plain /s | profile /s | profile/plain |" % (ROUNDS, SECONDS))
     print("| --- | --- | --- | --- |")
     instances = []
