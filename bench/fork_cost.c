@@ -1,5 +1,5 @@
 /* fork_cost MIB FORKS
- * Commits about MIB MiB in live 1 KiB blocks (matched by the bench's size rule), then times
+ * Commits about MIB MiB (a fraction: 0.0625 is 64 KiB) in live 1 KiB blocks (matched by the bench's size rule), then times
  * FORKS rounds of fork + the child's _exit + waitpid. Prints the mean CPU microseconds per
  * round, the parent's and the child's together (CPU time, not wall time: on a busy machine
  * the wait for the child to be scheduled would dominate). */
@@ -17,7 +17,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: fork_cost MIB FORKS\n");
         return 2;
     }
-    long blocks = strtol(argv[1], NULL, 10) * 1024, forks = strtol(argv[2], NULL, 10);
+    long blocks = (long)(strtod(argv[1], NULL) * 1024), forks = strtol(argv[2], NULL, 10);
     for (long i = 0; i < blocks; ++i) {
         char *p = malloc(1024);
         if (!p) return 1;

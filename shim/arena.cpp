@@ -9,6 +9,7 @@
 #include <cstring>
 #include <new>
 
+#include "backing.hpp"
 #include "fatal.hpp"
 #include "memlock.h"
 
@@ -17,12 +18,20 @@ namespace mlshim {
 namespace {
 
 constexpr std::uint16_t kLargeClass = 0xffff;
+
+// Why memfd_secret could not be used, for messages.
+const char *lock_why_for(int err) noexcept {
+    if (err == ENOSYS)
+        return "memfd_secret: ENOSYS: the kernel lacks it (Linux < 5.14, CONFIG_SECRETMEM off, or a seccomp filter)";
+    return memlock_strerror(err);
+}
 constexpr unsigned kCacheCap = 32;  // blocks a thread caches per size class, at most
 
 enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // Page flags: kLockedPage: inside a locked range; kInUse: committed and possibly resident
-// (a slab, a live run, or a free run not yet given back to the kernel).
-enum : std::uint8_t { kLockedPage = 1, kInUse = 2 };
+// (a slab, a live run, or a free run not yet given back to the kernel); kSecretPage: in a
+// memfd_secret mapping (locked too).
+enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4 };
 // Block states, one byte per 16-byte granule (at the block's first granule). A live block's
 // byte also holds its rule's counters entry (stats_rule_index) in the bits above kStateMask,
 // so that free() finds the rule to count without another table.
@@ -160,6 +169,7 @@ struct SecureArena::Pool {
     std::uintptr_t lock_end;     // [start, lock_end) was locked on fault at start-up (or,
                                  // without lock-on-fault, is locked as it is committed)
     std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
+    bool secret;                 // [start, lock_end) is a memfd_secret mapping
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
@@ -270,6 +280,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     opts_ = opts;
     stats_ = stats;
     reporter_ = reporter;
+    secret_ = opts.backing != Backing::anonymous;
     page_ = memlock_page_size();
     page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
@@ -357,6 +368,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         stats_->arena_start = base_;
         stats_->max_locked = opts.max_locked;
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
+        stats_->backing = secret_ ? kStatsBackingSecretmem : kStatsBackingAnonymous;
     }
     if (!g_key_arena && pthread_key_create(&g_exit_key, on_thread_exit) == 0) g_key_arena = this;
     __atomic_store_n(&span_, total, __ATOMIC_RELEASE);  // publish: owns() answers from here on
@@ -386,17 +398,21 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 
 // ---- growing a pool --------------------------------------------------------------------------
 
-// Locks [pool.start, +budget) on fault, once, at start-up. Pages committed inside that range
-// later are locked as they are first touched, without an mlock call: after start-up the
-// arena makes no system call that glibc's malloc would not make itself (a seccomp sandbox
-// installed later may forbid mlock). Where the limit refuses the whole budget, the largest
-// halving of it that the kernel accepts. Without lock-on-fault the range is locked piece by
-// piece as it is committed (mlock calls after start-up: see docs/shim.md, "Old kernels").
+// Locks [pool.start, +budget) on fault, once, at start-up (or maps it from a memfd_secret
+// file: backing.hpp). Pages committed inside that range later are locked as they are first
+// touched, without an mlock call: after start-up the arena makes no system call that glibc's
+// malloc would not make itself (a seccomp sandbox installed later may forbid mlock). Where
+// the limit refuses the whole budget, the largest halving of it that the kernel accepts.
+// Without lock-on-fault the range is locked piece by piece as it is committed (mlock calls
+// after start-up: see docs/shim.md, "Old kernels").
 void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
+    pool.secret = false;
+    if (secret_missing_) return;  // deny or abort: nothing is locked, commit_and_lock decides
+    bool secret = secret_;
     std::size_t len = std::min(budget, pool.end - pool.start) / page_ * page_;
-    for (; len >= kMinSlab; len = len / 2 / page_ * page_) {
-        int err = memlock_lock_onfault(reinterpret_cast<void *>(pool.start), len);
-        if (err == ENOSYS || err == EINVAL) {
+    while (len >= kMinSlab) {
+        int err = backing_lock(secret, reinterpret_cast<void *>(pool.start), len);
+        if (!secret && (err == ENOSYS || err == EINVAL)) {
             // No lock-on-fault (Linux < 4.4, qemu-user): commit_and_lock mlocks the pages of
             // the range as they are committed.
             lock_on_commit_ = true;
@@ -404,29 +420,74 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
         }
         if (!err) {
             pool.lock_end = pool.start + len;
+            pool.secret = secret;
             locked_total_ += len;
             return;
         }
+        if (secret && backing_secret_missing(err)) {
+            if (!secret_unavailable(err)) return;
+            secret = false;  // the same length, from anonymous memory
+            continue;
+        }
         if (!lock_error_) lock_error_ = err;
+        len = len / 2 / page_ * page_;
     }
+}
+
+// memfd_secret is missing (err). Under "auto" the arena uses locked anonymous memory and says
+// so at info level. Under "secretmem" the lock-failure policy decides, as for an mlock error:
+// fallback uses anonymous memory after one warning; deny and abort lock nothing, so that
+// commit_and_lock refuses the first matching allocation, or stops the program at it, naming
+// the reason. Returns true to fall back to anonymous memory.
+bool SecureArena::secret_unavailable(int err) noexcept {
+    secret_ = false;
+    if (stats_) stats_->backing = kStatsBackingAnonymous;
+    if (opts_.backing == Backing::automatic) {
+        if (reporter_) reporter_(LogLevel::info, "policy.backing auto: arena memory is locked anonymous memory", lock_why_for(err));
+        return true;
+    }
+    if (stats_) stats_->lock_failures.fetch_add(1);
+    if (opts_.on_lock_failure == LockFailurePolicy::fallback) {
+        if (stats_) stats_->fallbacks.fetch_add(1);
+        if (reporter_)
+            reporter_(LogLevel::warn,
+                      "policy.backing secretmem: memfd_secret is unavailable (policy fallback: arena memory is "
+                      "locked anonymous memory, which root can read through /proc/PID/mem)",
+                      lock_why_for(err));
+        return true;
+    }
+    secret_missing_ = true;
+    lock_error_ = err;
+    return false;
+}
+
+// Why locking at start-up fell short, for messages.
+const char *SecureArena::lock_why() const noexcept {
+    return lock_error_ ? (secret_missing_ ? lock_why_for(lock_error_) : memlock_strerror(lock_error_))
+                       : "policy.max_locked reached";
 }
 
 // Adds (sign 1) or removes (sign -1) pages [first, first+n) in the committed, locked and
 // unlocked counters.
 void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept {
     if (!stats_ || !n) return;
-    std::size_t locked = 0;
-    for (std::size_t i = first; i < first + n; ++i) locked += meta_[i].flags & kLockedPage;
-    std::uint64_t all = n * page_, lo = locked * page_;
+    std::size_t locked = 0, secret = 0;
+    for (std::size_t i = first; i < first + n; ++i) {
+        locked += meta_[i].flags & kLockedPage;
+        secret += (meta_[i].flags & kSecretPage) != 0;
+    }
+    std::uint64_t all = n * page_, lo = locked * page_, sec = secret * page_;
     std::uint64_t unlo = (pool.actions & kActionLock) ? all - lo : 0;
     if (sign > 0) {
         stats_->committed_bytes.fetch_add(all);
         stats_->locked_bytes.fetch_add(lo);
         stats_->unlocked_bytes.fetch_add(unlo);
+        stats_->secret_bytes.fetch_add(sec);
     } else {
         stats_->committed_bytes.fetch_sub(all);
         stats_->locked_bytes.fetch_sub(lo);
         stats_->unlocked_bytes.fetch_sub(unlo);
+        stats_->secret_bytes.fetch_sub(sec);
     }
 }
 
@@ -437,7 +498,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
     bool committed = false;
-    if (lock_on_commit_ && lock_to > from) {
+    if (lock_on_commit_ && !pool.secret && lock_to > from) {
         // No lock-on-fault: mlock what is committed inside the budget (mlock populates it).
         // Refused (the limit, or a sandbox that answers EPERM), the rest of the budget is
         // given up and the pages follow the lock policy below.
@@ -452,7 +513,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     }
     if ((pool.actions & kActionLock) && lock_to < to) {
         if (stats_) stats_->lock_failures.fetch_add(1);
-        const char *why = lock_error_ ? memlock_strerror(lock_error_) : "policy.max_locked reached";
+        const char *why = lock_why();
         switch (opts_.on_lock_failure) {
         case LockFailurePolicy::abort:
             fatal("cannot lock arena memory (policy on_lock_failure=abort)", why);
@@ -471,8 +532,9 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     }
     if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
     std::size_t first = (from - base_) / page_, n = bytes / page_;
+    const std::uint8_t in_lock = pool.secret ? kLockedPage | kSecretPage : kLockedPage;
     for (std::size_t i = 0; i < n; ++i)
-        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? kLockedPage : 0));
+        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? in_lock : 0));
     account(pool, first, n, 1);
     return 0;
 }
@@ -710,6 +772,13 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             continue;
         }
         while (j < first + n && meta_[j].flags == f) ++j;
+        if (!backing_can_discard(f & kSecretPage)) {
+            if (!warned_secret_kept_.exchange(true) && reporter_)
+                reporter_(LogLevel::info, "freed secretmem arena memory stays committed (wiped, locked)",
+                          "the kernel cannot give back part of a memfd_secret file");
+            i = j;
+            continue;
+        }
         void *at = reinterpret_cast<void *>(base_ + i * page_);
         bool locked = f & kLockedPage;
         int rc = !locked ? memlock_discard(at, (j - i) * page_)
@@ -1122,8 +1191,13 @@ void SecureArena::postfork_child() noexcept {
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         if (pool.lock_end == pool.start) continue;
-        int rc = lock_on_commit_ ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
-                                 : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
+        // A secretmem pool gets a file of its own, or else a private anonymous copy that is
+        // locked on fault like any other pool.
+        const bool was_secret = pool.secret;
+        if (was_secret && unshare_after_fork(pool)) continue;
+        int rc = lock_on_commit_ && !was_secret
+                     ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
+                     : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
         if (!rc) continue;
         failed = rc;
         // Not locked in this process: such pages may be swapped, so they are always wiped in
@@ -1152,6 +1226,45 @@ void SecureArena::postfork_child() noexcept {
         ts.slot_shared = ts.slot == &stats_->shared;
         ts.rules = stats_rule_row(stats_, ts.slot);
     }
+}
+
+// A secretmem mapping is shared with the fork child: the child copies it into a file of its
+// own before the program runs in it. True when it did; otherwise (policy permitting) the child
+// copies it into private anonymous memory, which the caller locks as after any fork, and
+// false. Fatal when neither works: the child must not share the parent's arena.
+bool SecureArena::unshare_after_fork(Pool &pool) noexcept {
+    void *at = reinterpret_cast<void *>(pool.start);
+    std::size_t len = pool.lock_end - pool.start, rw = std::min(pool.committed, pool.lock_end) - pool.start;
+    int rc = backing_unshare(at, len, rw, false);
+    clear_vector_registers();  // the copy moved secrets through them
+    if (!rc) return true;
+    if (opts_.on_lock_failure == LockFailurePolicy::abort)
+        fatal("cannot give a fork child secretmem arena memory of its own (policy on_lock_failure=abort)",
+              memlock_strerror(rc));
+    int rc2 = backing_unshare(at, len, rw, true);
+    clear_vector_registers();
+    if (rc2) fatal("cannot give a fork child arena memory of its own", memlock_strerror(rc2));
+    set_secret(pool, false);
+    if (reporter_)
+        reporter_(LogLevel::warn,
+                  "cannot give this fork child secretmem arena memory of its own: it has a private anonymous copy",
+                  memlock_strerror(rc));
+    return false;
+}
+
+// Marks the pool's locked range as memfd_secret memory or not, keeping the counters true.
+void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
+    std::size_t first = (pool.start - base_) / page_, last = (pool.lock_end - base_) / page_;
+    for (std::size_t pg = first; pg < last; ++pg) {
+        if (meta_[pg].flags & kInUse) account(pool, pg, 1, -1);
+        if (secret) meta_[pg].flags |= kSecretPage;
+        else meta_[pg].flags &= static_cast<std::uint8_t>(~kSecretPage);
+        if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
+    }
+    pool.secret = secret;
+    bool any = false;
+    for (unsigned i = 0; i < npools_; ++i) any |= pools_[i].secret;
+    if (stats_) stats_->backing = any ? kStatsBackingSecretmem : kStatsBackingAnonymous;
 }
 
 ThreadCounters *SecureArena::thread_slot() const noexcept {

@@ -16,6 +16,9 @@
 //     a delay (MADV_DONTNEED, or MADV_DONTNEED_LOCKED: they stay reserved, dontdump, locked).
 //   - A block the arena cannot hold (past the growth cap, or the space above it taken)
 //     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
+//   - policy.backing "secretmem": the locked range of each locking pool is a memfd_secret file
+//     (backing.hpp) instead of mlocked anonymous memory; a fork child copies it into a file of
+//     its own before the program runs in it. Its free pages cannot be given back.
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -53,6 +56,7 @@ struct ArenaOptions {
     std::size_t max_locked = 64u << 20;
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
+    Backing backing = Backing::anonymous;  // what the locked range of each locking pool is
     // Giving memory back: free pages beyond purge_slack go back to the kernel once
     // purge_delay_ns has passed since the last purge, at once beyond purge_slack + purge_burst.
     std::size_t purge_slack = 4u << 20;
@@ -154,6 +158,10 @@ private:
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     __attribute__((noinline)) PoolCache *cache_for(unsigned pool) noexcept;
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
+    bool secret_unavailable(int err) noexcept;
+    bool unshare_after_fork(Pool &pool) noexcept;
+    void set_secret(Pool &pool, bool secret) noexcept;
+    const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     bool grow(Pool &pool, std::size_t bytes) noexcept;
@@ -204,6 +212,9 @@ private:
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
+    bool secret_ = false;                // lock pools' budgets are memfd_secret memory
+    bool secret_missing_ = false;        // memfd_secret is missing and the policy refused anonymous
+    std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};

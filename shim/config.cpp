@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -486,7 +487,7 @@ std::vector<std::string> get_programs(const json &v, const std::string &path) {
 
 Policy get_policy(const json &v, const std::string &path) {
     require_object(v, path);
-    reject_unknown_keys(v, path, {"max_locked", "on_lock_failure", "prealloc", "max_arena"});
+    reject_unknown_keys(v, path, {"max_locked", "on_lock_failure", "prealloc", "max_arena", "backing"});
     Policy policy;
     if (const json *m = member(v, "max_locked")) {
         const std::string p = key_path(path, "max_locked");
@@ -500,6 +501,11 @@ Policy get_policy(const json &v, const std::string &path) {
                                                                        {"deny", LockFailurePolicy::deny},
                                                                        {"abort", LockFailurePolicy::abort}});
     if (const json *p = member(v, "prealloc")) policy.prealloc = get_size(*p, key_path(path, "prealloc"));
+    if (const json *b = member(v, "backing"))
+        policy.backing = get_choice(*b, key_path(path, "backing"),
+                                    Choices<Backing>{{"anonymous", Backing::anonymous},
+                                                     {"secretmem", Backing::secretmem},
+                                                     {"auto", Backing::automatic}});
     if (const json *a = member(v, "max_arena")) {
         const std::string p = key_path(path, "max_arena");
         policy.max_arena = get_size(*a, p);
@@ -530,6 +536,10 @@ Config get_config(const json &root) {
     if (!rules) fail("", "missing required key \"rules\"");
     config.rules = get_rules(*rules, "rules");
     if (const json *p = member(root, "policy")) config.policy = get_policy(*p, "policy");
+    // secretmem memory is always locked: it backs only the blocks of rules that lock.
+    if (config.policy.backing == Backing::secretmem && !config.rules.empty() &&
+        std::none_of(config.rules.begin(), config.rules.end(), [](const Rule &r) { return r.actions & kActionLock; }))
+        fail("policy.backing", "\"secretmem\" backs the blocks of rules with the \"lock\" action, and no rule has it");
     if (const json *log = member(root, "log")) {
         require_object(*log, "log");
         reject_unknown_keys(*log, "log", {"level", "file"});

@@ -30,6 +30,9 @@ constexpr std::size_t kConfigMinArena = std::size_t{1} << 20;      // policy.max
 constexpr std::size_t kConfigMaxArena = std::size_t{64} << 30;     // policy.max_arena <= 64 GiB
 
 enum class LockFailurePolicy { fallback, deny, abort };
+// Where the memory of pools that lock comes from (policy.backing). secretmem: memfd_secret(2),
+// out of the kernel's direct map; auto: secretmem where the kernel has it, else anonymous.
+enum class Backing { anonymous, secretmem, automatic };
 enum class LogLevel { error = 0, warn = 1, info = 2, debug = 3 };
 
 struct Rule {
@@ -50,6 +53,7 @@ struct Policy {
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;             // bytes committed and locked at start-up
     std::size_t max_arena = 1u << 30;     // address space reserved for the arena
+    Backing backing = Backing::anonymous;
 };
 
 struct Config {

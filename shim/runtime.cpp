@@ -484,6 +484,7 @@ void runtime_start() {
     opts.max_locked = config->policy.max_locked;
     opts.on_lock_failure = config->policy.on_lock_failure;
     opts.prealloc = config->policy.prealloc;
+    opts.backing = config->policy.backing;
     int rc;
     {
         BusyScope busy;

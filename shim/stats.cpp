@@ -188,14 +188,16 @@ std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *rows, c
         "\"frees\": %llu, \"live_bytes\": %llu, \"peak_bytes\": %llu, \"reserved_bytes\": %llu, "
         "\"committed_bytes\": %llu, \"locked_bytes\": %llu, \"unlocked_bytes\": %llu, "
         "\"max_locked\": %llu, \"lock_failures\": %llu, \"fallbacks\": %llu, \"denied\": %llu, "
-        "\"overflows\": %llu, \"purged_bytes\": %llu, \"on_lock_failure\": \"%s\", \"all_rules_lock\": %s}\n",
+        "\"overflows\": %llu, \"purged_bytes\": %llu, \"on_lock_failure\": \"%s\", \"all_rules_lock\": %s, "
+        "\"backing\": \"%s\", \"secret_bytes\": %llu}\n",
         page.pid, page.active.load() ? "true" : "false", page.rules, static_cast<unsigned long long>(page.arena_start),
         static_cast<unsigned long long>(t.allocs), static_cast<unsigned long long>(t.frees),
         static_cast<unsigned long long>(t.live_bytes()), u(page.peak_bytes), u(page.reserved_bytes),
         u(page.committed_bytes), u(page.locked_bytes), u(page.unlocked_bytes),
         static_cast<unsigned long long>(page.max_locked), u(page.lock_failures), u(page.fallbacks),
         u(page.denied), u(page.overflows), u(page.purged_bytes), policies[page.on_lock_failure < 3 ? page.on_lock_failure : 0],
-        (page.flags & kStatsAllRulesLock) ? "true" : "false");
+        (page.flags & kStatsAllRulesLock) ? "true" : "false",
+        page.backing == kStatsBackingSecretmem ? "secretmem" : "anonymous", u(page.secret_bytes));
     if (n < 0) return 0;
     return static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1;
 }

@@ -41,6 +41,10 @@ constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
 
+// StatsPage::backing: what the locked arena memory is (policy.backing, as it turned out)
+constexpr std::uint32_t kStatsBackingAnonymous = 0;
+constexpr std::uint32_t kStatsBackingSecretmem = 1;
+
 // StatsPage::flags
 constexpr std::uint32_t kStatsAllRulesLock = 1;  // every rule in force has the lock action
 
@@ -121,6 +125,9 @@ struct StatsPage {
     std::atomic<std::uint64_t> purged_bytes;     // arena memory given back to the kernel (wiped first)
     ThreadCounters shared;                 // the threads beyond kStatsSlots (no row)
     ThreadCounters slots[kStatsSlots];
+    std::uint32_t backing;                       // kStatsBacking* above
+    std::uint32_t reserved2;
+    std::atomic<std::uint64_t> secret_bytes;     // of committed_bytes, in memfd_secret memory
     StatsRuleInfo rule_info[kStatsRules];  // min(rules, kStatsRules) entries used
     StatsRuleTotal rule_totals[kStatsRules];
 };

@@ -723,18 +723,38 @@ std::string self_dir() {
     return n > 0 ? dir_of(std::string(buf, static_cast<std::size_t>(n))) : ".";
 }
 
-char proc_state(int pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+// The state letter of a /proc stat file (a process's or one thread's), or 0 when it is gone.
+char stat_state(const std::string &path) {
+    std::ifstream in(path);
     std::string s;
     std::getline(in, s);
     const std::size_t close = s.rfind(')');
     return close == std::string::npos || close + 2 >= s.size() ? 0 : s[close + 2];
 }
 
+char proc_state(int pid) { return stat_state("/proc/" + std::to_string(pid) + "/stat"); }
+
+// Have all threads of pid stopped (a group stop reaches each thread on its own)? A thread
+// that has exited meanwhile counts as stopped.
+bool all_threads_stopped(int pid) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR *d = opendir(dir.c_str());
+    if (!d) return false;
+    bool all = true;
+    while (dirent *e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        const char st = stat_state(dir + "/" + e->d_name + "/stat");
+        if (st != 0 && st != 'T' && st != 't' && st != 'Z' && st != 'X') all = false;
+    }
+    closedir(d);
+    return all;
+}
+
+// Waits until pid and all its threads are stopped; false when it died or did not stop in time.
 bool wait_stopped(int pid) {
     for (int waited = 0; waited < kStopTimeoutMs; waited += 2) {
         const char st = proc_state(pid);
-        if (st == 'T' || st == 't') return true;
+        if ((st == 'T' || st == 't') && all_threads_stopped(pid)) return true;
         if (st == 0 || st == 'Z' || st == 'X') return false;
         ::usleep(2000);
     }

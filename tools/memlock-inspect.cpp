@@ -473,7 +473,7 @@ std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_sta
             std::string offset, dev, inode, path;
             f >> cur.perms >> offset >> dev >> inode;
             std::getline(f >> std::ws, path);
-            anon = path.empty();
+            anon = path.empty() || path == "/secretmem (deleted)";  // policy.backing secretmem
         } else if (first == "Size:") {
             f >> cur.size_kb;
         } else if (first == "Rss:") {
@@ -695,6 +695,9 @@ void print_text(const Report &r) {
         std::printf("    lock failures %s, fallbacks %s, denied %s, overflows %s\n", u("lock_failures").c_str(),
                     u("fallbacks").c_str(), u("denied").c_str(), u("overflows").c_str());
         std::printf("    given back to the kernel %s\n", b("purged_bytes").c_str());
+        if (c.contains("backing"))
+            std::printf("    backing %s, in memfd_secret memory %s\n", c["backing"].get<std::string>().c_str(),
+                        b("secret_bytes").c_str());
         std::printf("  rules (matched allocations, live, peak):\n");
         for (const auto &e : c["per_rule"]) {
             std::string name = e["name"].get<std::string>() + (e.contains("truncated") ? "..." : "");

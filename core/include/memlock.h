@@ -14,6 +14,8 @@
  *   - A seam (memlock_set_syscalls) through which tests replace the system calls.
  *   - Anonymous mapping helpers (reserve, commit, release) for the shim's arena, so that
  *     every memory-management system call of the project lives in this library.
+ *   - memfd_secret(2) helpers (Linux >= 5.14): memory removed from the kernel's direct map,
+ *     which no other process (root included) reads through /proc/PID/mem or ptrace.
  *
  * What it does not promise
  *   - Locks do not stack: one munlock unlocks a page for every object on it. The *_pages
@@ -45,6 +47,11 @@ extern "C" {
 
 /* Returned when the platform does not provide the operation. Never a valid errno value. */
 #define MEMLOCK_EUNSUPPORTED (-1)
+/* Returned by the memfd_secret helpers when the kernel has the call but it is disabled at boot
+ * (secretmem.enable=0 on the kernel command line; before Linux 6.5 that is the default and
+ * secretmem.enable=1 turns it on). Never a valid errno value. A kernel without the call at
+ * all (before 5.14, CONFIG_SECRETMEM off, or a seccomp filter answering ENOSYS) gives ENOSYS. */
+#define MEMLOCK_ESECRET_DISABLED (-2)
 
 /* ---- thin wrappers: address and length passed through unchanged ---------------------- */
 
@@ -103,6 +110,35 @@ MEMLOCK_API int memlock_reserve_at(void *addr, size_t len);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
 
+/* ---- secretmem (memfd_secret) mappings --------------------------------------------------
+ * Pages of a memfd_secret file are removed from the kernel's direct map: reads through
+ * /proc/PID/mem, process_vm_readv and ptrace fail for every other process, root included;
+ * the process itself reads and writes them as usual. A mapping of one is MAP_SHARED (a forked
+ * child shares it), locked (the WHOLE mapped length counts against RLIMIT_MEMLOCK and VmLck
+ * at mmap time: EAGAIN over the limit without CAP_IPC_LOCK) and never dumped; its pages are
+ * allocated on first touch (read or write) and zeroed when the file goes. They cannot be
+ * given back while the file lives: the kernel refuses MADV_DONTNEED, MADV_REMOVE and
+ * fallocate(PUNCH_HOLE) on them, and the size can be set only once. mlock of such a range
+ * fails (ENOMEM) and is not needed.
+ *
+ * memlock_secret_create: a new close-on-exec memfd_secret descriptor in *fd. ENOSYS or
+ * MEMLOCK_ESECRET_DISABLED as described above. Goes through the seam (member memfd_secret).
+ * pre: fd != NULL (else EINVAL).
+ * memlock_secret_map: replaces [addr, addr+len) (a reservation) with a MAP_SHARED, PROT_NONE
+ * mapping of a new memfd_secret file of size len (make it accessible with memlock_commit).
+ * The descriptor is closed: the mapping keeps the file alive. On failure the range is left as
+ * it was. pre: addr and len page-aligned, len > 0 (else EINVAL).
+ * memlock_secret_unshare: gives [addr, addr+len) (a secretmem mapping that a fork shares with
+ * another process) memory of its own: the resident pages of [addr, addr+rw_len) are copied
+ * into it, [addr, addr+rw_len) is readable and writable, the rest PROT_NONE; the other
+ * process no longer sees this one's writes nor this one its. The new memory is a new
+ * memfd_secret file, or, with `anonymous` != 0, private anonymous memory (neither locked nor
+ * dontdump: the caller does that). Made beside the range and moved over it in one mremap, so
+ * on failure the range is left as it was. pre: page-aligned, rw_len <= len, len > 0. */
+MEMLOCK_API int memlock_secret_create(int *fd);
+MEMLOCK_API int memlock_secret_map(void *addr, size_t len);
+MEMLOCK_API int memlock_secret_unshare(void *addr, size_t len, size_t rw_len, int anonymous);
+
 /* mincore(addr, len, vec): vec[i] & 1 tells whether page i of the range is resident.
  * pre: addr page-aligned; vec holds (len + page - 1) / page bytes. len == 0 makes no call. */
 MEMLOCK_API int memlock_resident(void *addr, size_t len, unsigned char *vec);
@@ -142,6 +178,8 @@ typedef struct memlock_syscalls {
     int (*munlock)(const void *addr, size_t len);
     int (*madvise)(void *addr, size_t len, int advice);
     int (*mlock2)(const void *addr, size_t len, unsigned flags);
+    /* memfd_secret(flags): the new descriptor in *fd; ENOSYS or MEMLOCK_ESECRET_DISABLED. */
+    int (*memfd_secret)(unsigned flags, int *fd);
 } memlock_syscalls;
 MEMLOCK_API void memlock_set_syscalls(const memlock_syscalls *table);
 MEMLOCK_API void memlock_get_syscalls(memlock_syscalls *out);

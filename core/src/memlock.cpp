@@ -11,6 +11,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #define MEMLOCK_HAVE_UNIX 1
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -71,6 +72,31 @@ int real_mlock2(const void *addr, size_t len, unsigned flags) {
     return ENOSYS;
 #endif
 }
+// The kernel answers ENOSYS both when it lacks memfd_secret and when secretmem.enable=0:
+// the module parameter tells the two apart.
+bool secretmem_disabled_at_boot() {
+    const int fd = ::open("/sys/module/secretmem/parameters/enable", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char c = 0;
+    const ssize_t n = ::read(fd, &c, 1);
+    ::close(fd);
+    return n == 1 && (c == 'N' || c == 'n' || c == '0');
+}
+int real_memfd_secret(unsigned flags, int *fd) {
+    ErrnoKeeper keep;
+#ifdef SYS_memfd_secret
+    const long r = ::syscall(SYS_memfd_secret, flags);
+    if (r >= 0) {
+        *fd = static_cast<int>(r);
+        return 0;
+    }
+    if (errno == ENOSYS && secretmem_disabled_at_boot()) return MEMLOCK_ESECRET_DISABLED;
+    return errno;
+#else
+    (void)flags, (void)fd;
+    return ENOSYS;
+#endif
+}
 #elif MEMLOCK_HAVE_UNIX
 int real_mlock(const void *addr, size_t len) {
     ErrnoKeeper keep;
@@ -85,22 +111,26 @@ int real_madvise(void *addr, size_t len, int advice) {
     return ::madvise(addr, len, advice) == 0 ? 0 : errno;
 }
 int real_mlock2(const void *, size_t, unsigned) { return ENOSYS; }
+int real_memfd_secret(unsigned, int *) { return ENOSYS; }
 #else
 int real_mlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
 int real_munlock(const void *, size_t) { return MEMLOCK_EUNSUPPORTED; }
 int real_madvise(void *, size_t, int) { return MEMLOCK_EUNSUPPORTED; }
 int real_mlock2(const void *, size_t, unsigned) { return MEMLOCK_EUNSUPPORTED; }
+int real_memfd_secret(unsigned, int *) { return MEMLOCK_EUNSUPPORTED; }
 #endif
 
 // ---- the seam: one relaxed atomic load per call ------------------------------------------
 using MlockFn = int (*)(const void *, size_t);
 using MadviseFn = int (*)(void *, size_t, int);
 using Mlock2Fn = int (*)(const void *, size_t, unsigned);
+using SecretFn = int (*)(unsigned, int *);
 
 std::atomic<MlockFn> g_mlock{&real_mlock};
 std::atomic<MlockFn> g_munlock{&real_munlock};
 std::atomic<MadviseFn> g_madvise{&real_madvise};
 std::atomic<Mlock2Fn> g_mlock2{&real_mlock2};
+std::atomic<SecretFn> g_memfd_secret{&real_memfd_secret};
 
 int call_mlock(void *addr, size_t len) { return g_mlock.load(std::memory_order_relaxed)(addr, len); }
 int call_munlock(void *addr, size_t len) {
@@ -126,6 +156,46 @@ bool round_to_pages(void *addr, size_t len, void **start, size_t *rounded) {
     *rounded = hi - lo;
     return true;
 }
+
+bool page_aligned(const void *addr, size_t len) {
+    const uintptr_t mask = memlock_page_size() - 1;
+    return (reinterpret_cast<uintptr_t>(addr) & mask) == 0 && (len & mask) == 0;
+}
+
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+// len bytes of new memory anywhere in the address space, readable and writable or not: a new
+// memfd_secret file (its descriptor closed once mapped), or private anonymous memory.
+int map_fresh(size_t len, int prot, bool anonymous, void **out) {
+    if (anonymous) {
+        ErrnoKeeper keep;
+        void *p = ::mmap(nullptr, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return errno;
+        *out = p;
+        return 0;
+    }
+    int fd = -1;
+    int rc = memlock_secret_create(&fd);
+    if (rc) return rc;
+    ErrnoKeeper keep;
+    void *p = MAP_FAILED;
+    if (::ftruncate(fd, static_cast<off_t>(len)) != 0) rc = errno;
+    else if ((p = ::mmap(nullptr, len, prot, MAP_SHARED, fd, 0)) == MAP_FAILED) rc = errno;
+    ::close(fd);
+    if (!rc) *out = p;
+    return rc;
+}
+
+// Moves the mapping [from, from+len) over [to, to+len) in one mremap; on failure unmaps it.
+// A mapping made elsewhere first and moved over the target leaves the target as it was when
+// the mapping cannot be made (a failed mmap with MAP_FIXED may leave a hole).
+int move_over(void *from, void *to, size_t len) {
+    ErrnoKeeper keep;
+    if (::mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) != MAP_FAILED) return 0;
+    const int rc = errno;
+    ::munmap(from, len);
+    return rc;
+}
+#endif
 
 }  // namespace
 
@@ -267,6 +337,61 @@ int memlock_release(void *addr, size_t len) {
 #endif
 }
 
+// ---- secretmem mappings ---------------------------------------------------------------------
+int memlock_secret_create(int *fd) {
+    if (fd == nullptr) return EINVAL;
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+    return g_memfd_secret.load(std::memory_order_relaxed)(O_CLOEXEC, fd);
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_secret_map(void *addr, size_t len) {
+    if (len == 0 || !page_aligned(addr, len)) return EINVAL;
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+    void *fresh = nullptr;
+    const int rc = map_fresh(len, PROT_NONE, false, &fresh);
+    return rc ? rc : move_over(fresh, addr, len);
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
+int memlock_secret_unshare(void *addr, size_t len, size_t rw_len, int anonymous) {
+    if (len == 0 || rw_len > len || !page_aligned(addr, len) || !page_aligned(nullptr, rw_len)) return EINVAL;
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+    void *fresh = nullptr;
+    int rc = map_fresh(len, PROT_READ | PROT_WRITE, anonymous != 0, &fresh);
+    if (rc) return rc;
+    // Only resident pages hold anything: a page never touched reads as zero in the copy too,
+    // and touching it here would allocate it in both.
+    const size_t page = memlock_page_size();
+    constexpr size_t kChunk = 512;
+    unsigned char vec[kChunk];
+    auto *from = static_cast<unsigned char *>(addr), *to = static_cast<unsigned char *>(fresh);
+    for (size_t done = 0; done < rw_len; done += kChunk * page) {
+        const size_t n = rw_len - done < kChunk * page ? rw_len - done : kChunk * page;
+        const bool known = memlock_resident(from + done, n, vec) == 0;
+        for (size_t i = 0; i < n / page; ++i)
+            if (!known || (vec[i] & 1)) std::memcpy(to + done + i * page, from + done + i * page, page);
+    }
+    {
+        ErrnoKeeper keep;
+        if (rw_len < len && ::mprotect(to + rw_len, len - rw_len, PROT_NONE) != 0) rc = errno;
+    }
+    if (rc) {
+        memlock_wipe(fresh, rw_len);
+        memlock_release(fresh, len);
+        return rc;
+    }
+    return move_over(fresh, addr, len);
+#else
+    (void)anonymous;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
 int memlock_resident(void *addr, size_t len, unsigned char *vec) {
     if (len == 0) return 0;
 #if MEMLOCK_HAVE_UNIX
@@ -296,11 +421,15 @@ const char *memlock_strerror(int err) {
     switch (err) {
     case 0: return "success";
     case MEMLOCK_EUNSUPPORTED: return "operation not supported on this platform";
+    case MEMLOCK_ESECRET_DISABLED:
+        return "memfd_secret is disabled at boot (kernel parameter secretmem.enable=0; before Linux 6.5 it "
+               "needs secretmem.enable=1)";
     case ENOMEM: return "ENOMEM: out of memory, RLIMIT_MEMLOCK reached, or range not mapped";
     case EPERM: return "EPERM: operation not permitted (locking needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)";
     case EAGAIN: return "EAGAIN: some or all of the range could not be locked";
     case EINVAL: return "EINVAL: invalid argument (unaligned address, bad length or advice)";
     case ENOSYS: return "ENOSYS: system call not implemented";
+    case EOPNOTSUPP: return "EOPNOTSUPP: operation not supported";
     case EFAULT: return "EFAULT: bad address";
     case EACCES: return "EACCES: permission denied";
     case EBADF: return "EBADF: bad file descriptor";
@@ -348,16 +477,19 @@ void memlock_set_syscalls(const memlock_syscalls *table) {
     MlockFn l = &real_mlock, u = &real_munlock;
     MadviseFn m = &real_madvise;
     Mlock2Fn l2 = &real_mlock2;
+    SecretFn sec = &real_memfd_secret;
     if (table != nullptr) {
         if (table->mlock != nullptr) l = table->mlock;
         if (table->munlock != nullptr) u = table->munlock;
         if (table->madvise != nullptr) m = table->madvise;
         if (table->mlock2 != nullptr) l2 = table->mlock2;
+        if (table->memfd_secret != nullptr) sec = table->memfd_secret;
     }
     g_mlock.store(l, std::memory_order_relaxed);
     g_munlock.store(u, std::memory_order_relaxed);
     g_madvise.store(m, std::memory_order_relaxed);
     g_mlock2.store(l2, std::memory_order_relaxed);
+    g_memfd_secret.store(sec, std::memory_order_relaxed);
 }
 
 void memlock_get_syscalls(memlock_syscalls *out) {
@@ -366,6 +498,7 @@ void memlock_get_syscalls(memlock_syscalls *out) {
     out->munlock = g_munlock.load(std::memory_order_relaxed);
     out->madvise = g_madvise.load(std::memory_order_relaxed);
     out->mlock2 = g_mlock2.load(std::memory_order_relaxed);
+    out->memfd_secret = g_memfd_secret.load(std::memory_order_relaxed);
 }
 
 // ---- version ------------------------------------------------------------------------------

@@ -58,6 +58,12 @@ int fake_mlock2(const void *addr, std::size_t len, unsigned flags) {
     if (g_fake.result == 0 && g_fake.forward) return g_real.mlock2(addr, len, flags);
     return g_fake.result;
 }
+int fake_memfd_secret(unsigned flags, int *fd) {
+    ++g_fake.memfd_secret_calls;
+    g_fake.last_flags = flags;
+    if (g_fake.result == 0) return g_real.memfd_secret(flags, fd);  // a made-up fd is of no use
+    return g_fake.result;
+}
 }  // namespace
 
 const memlock_syscalls &real_syscalls() { return g_real; }
@@ -65,7 +71,7 @@ const memlock_syscalls &real_syscalls() { return g_real; }
 void install_fakes(int result) {
     g_fake = FakeState{};
     g_fake.result = result;
-    const memlock_syscalls t{&fake_mlock, &fake_munlock, &fake_madvise, &fake_mlock2};
+    const memlock_syscalls t{&fake_mlock, &fake_munlock, &fake_madvise, &fake_mlock2, &fake_memfd_secret};
     memlock_set_syscalls(&t);
 }
 

@@ -17,6 +17,7 @@ struct FakeState {
     int munlock_calls = 0;
     int madvise_calls = 0;
     int mlock2_calls = 0;
+    int memfd_secret_calls = 0;
     unsigned last_flags = 0;    // mlock2's
     const void *last_addr = nullptr;
     std::size_t last_len = 0;
@@ -25,7 +26,7 @@ struct FakeState {
 };
 extern FakeState g_fake;
 
-// Installs the counting fakes (all four members) with g_fake reset and g_fake.result = result.
+// Installs the counting fakes (all five members) with g_fake reset and g_fake.result = result.
 void install_fakes(int result);
 // Restores the real system calls (memlock_set_syscalls(nullptr)). Criterion .fini for seam tests.
 void restore_syscalls();

@@ -207,7 +207,7 @@ int failing_mlock2(const void *, std::size_t, unsigned) { return EPERM; }
 }  // namespace
 
 Test(arena, an_mlock_error_at_start_up_follows_the_policy) {
-    memlock_syscalls fake{failing_mlock, nullptr, nullptr, failing_mlock2};
+    memlock_syscalls fake{failing_mlock, nullptr, nullptr, failing_mlock2, nullptr};
     memlock_set_syscalls(&fake);
     make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
     errno = 0;
@@ -229,7 +229,7 @@ int counting_mlock2(const void *a, std::size_t n, unsigned flags) {
 // once, at start-up, and after that neither new slabs, page runs, nor giving memory back
 // make a lock or unlock call.
 Test(arena, no_lock_call_after_start_up) {
-    memlock_syscalls fake{counting_mlock, counting_mlock, nullptr, counting_mlock2};
+    memlock_syscalls fake{counting_mlock, counting_mlock, nullptr, counting_mlock2, nullptr};
     memlock_set_syscalls(&fake);
     g_purge_at_once = true;
     make_arena();

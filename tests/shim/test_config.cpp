@@ -523,6 +523,26 @@ Test(config_policy, types) {
                  "x.json: policy.prealloc: expected a size (bytes as an integer or a string like \"64KiB\"), got \"lots\"");
 }
 
+Test(config_policy, backing) {
+    cr_assert(parse_ok(with_policy("{}")).policy.backing == Backing::anonymous, "the default is anonymous");
+    const char *names[] = {"anonymous", "secretmem", "auto"};
+    const Backing expected[] = {Backing::anonymous, Backing::secretmem, Backing::automatic};
+    for (int i = 0; i < 3; ++i)
+        cr_assert(parse_ok(with_policy(std::string(R"({"backing": ")") + names[i] + "\"}")).policy.backing ==
+                  expected[i]);
+    EXPECT_ERROR(with_policy(R"({"backing": "secret"})"),
+                 "x.json: policy.backing: expected one of \"anonymous\", \"secretmem\", \"auto\", got \"secret\"");
+    EXPECT_ERROR(with_policy(R"({"backing": true})"),
+                 "x.json: policy.backing: expected one of \"anonymous\", \"secretmem\", \"auto\", got true");
+    // secretmem is locked memory: with no rule that locks it would back nothing.
+    EXPECT_ERROR(R"({"version": 1, "rules": [{"name": "k", "size": 32, "actions": ["wipe"]}],
+                    "policy": {"backing": "secretmem"}})",
+                 "x.json: policy.backing: \"secretmem\" backs the blocks of rules with the \"lock\" action, and no "
+                 "rule has it");
+    cr_assert(parse_ok(R"({"version": 1, "rules": [{"name": "k", "size": 32, "actions": ["wipe"]}],
+                          "policy": {"backing": "auto"}})").policy.backing == Backing::automatic);
+}
+
 Test(config_policy, max_locked) {
     EXPECT_ERROR(with_policy(R"({"max_locked": 0})"),
                  "x.json: policy.max_locked: expected a size from 1 byte to 64 GiB, got 0");

@@ -1,0 +1,42 @@
+// backing.hpp - where the memory of a pool that locks comes from (policy.backing): the one
+// seam between the arena and the kind of memory under it.
+//
+//   anonymous: the reservation itself (private anonymous), locked on fault at start-up.
+//   secretmem: a memfd_secret(2) file mapped over the reservation: locked by the kernel, out
+//              of its direct map (no other process, root included, reads it through
+//              /proc/PID/mem or ptrace) and out of core dumps.
+//
+// What differs, and nothing else does: how the start-up budget is locked, whether free pages
+// can be given back (a secretmem file's pages cannot, while it is mapped), and what a fork
+// child must do (a secretmem mapping is shared with the child: it copies it into its own).
+// Commit (mprotect), wipe, mincore and the allocator's bookkeeping are the same for both.
+#ifndef MEMLOCK_SHIM_BACKING_HPP
+#define MEMLOCK_SHIM_BACKING_HPP
+
+#include <cstddef>
+
+namespace mlshim {
+
+// Locks [start, start+len) of a reservation for the life of the process: mlock2 on fault, or
+// (secret) a memfd_secret file mapped over it. Either way the whole range counts against
+// RLIMIT_MEMLOCK now and its pages lock as they are first touched. 0 or the error; on error
+// the range is as it was. pre: page-aligned.
+int backing_lock(bool secret, void *start, std::size_t len) noexcept;
+
+// Is `err` from backing_lock(secret = true) a kernel without usable memfd_secret (ENOSYS,
+// disabled at boot, another platform), rather than a limit (EAGAIN, ENOMEM)?
+bool backing_secret_missing(int err) noexcept;
+
+// Can free pages of this kind go back to the kernel (MADV_DONTNEED[_LOCKED])? A secretmem
+// file's pages cannot: the kernel refuses MADV_DONTNEED, MADV_REMOVE and hole punching.
+inline bool backing_can_discard(bool secret) noexcept { return !secret; }
+
+// In a fork child: gives [start, start+len) (secretmem, shared with the parent) memory of its
+// own with the resident pages of [start, start+rw_len) copied: a new memfd_secret file, or
+// with `anonymous` private anonymous memory, marked dontdump (the caller locks it). Parent
+// and child then never see each other's writes. 0 or the error (the range is then still shared).
+int backing_unshare(void *start, std::size_t len, std::size_t rw_len, bool anonymous) noexcept;
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_BACKING_HPP
