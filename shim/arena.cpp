@@ -45,7 +45,6 @@ struct ClassInfo {
     std::uint32_t size;
     std::uint32_t slab_bytes;
     std::uint32_t cache_max;   // blocks a thread keeps
-    std::uint64_t magic;       // ceil(2^40 / size): offset / size == (offset * magic) >> 40
 };
 
 constexpr std::size_t compute_class_size(unsigned c) {
@@ -63,8 +62,7 @@ struct ClassTable {
             std::size_t cache = 16384 / size;
             cache = cache > kCacheCap ? kCacheCap : cache < 2 ? 2 : cache;
             info[c] = ClassInfo{static_cast<std::uint32_t>(size), static_cast<std::uint32_t>(slab),
-                                static_cast<std::uint32_t>(cache),
-                                ((std::uint64_t{1} << 40) + size - 1) / size};
+                                static_cast<std::uint32_t>(cache)};
         }
     }
 };
@@ -1086,12 +1084,12 @@ void SecureArena::free(void *p) noexcept {
     const PageMeta &m = meta_[off >> page_shift_];
     std::uint8_t &state = state_[off >> 4];
     const std::uint8_t was = state;
-    if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive, 0)) return free_not_slab(p);
+    // Inside a slab only the first granule of a block of its class has a state (new_slab
+    // clears them all), so a 16-aligned pointer with a live state is a live block's start.
+    if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
     const unsigned cls = m.cls;
     const ClassInfo &ci = kClasses.info[cls];
     const std::size_t size = ci.size;
-    std::uintptr_t in_slab = off - (std::uintptr_t{m.head} << page_shift_);
-    if (((in_slab * ci.magic) >> 40) * size != in_slab) bad_pointer(p, "free(): invalid pointer");
     const unsigned pool_index = region_pool_[off >> pool_shift_];
     ThreadState &ts = t_state;
     PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
