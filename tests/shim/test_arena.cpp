@@ -149,6 +149,13 @@ Test(arena, interior_pointer_free_is_fatal, .signal = SIGABRT) {
     arena.free(p + 16);
 }
 
+// p + 8 is inside the granule whose state says "live block": only its alignment tells it apart.
+Test(arena, a_pointer_inside_a_blocks_first_granule_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    auto *p = static_cast<char *>(arena.alloc(0, 32));
+    arena.free(p + 8);
+}
+
 Test(arena, never_allocated_pointer_free_is_fatal, .signal = SIGABRT) {
     make_arena();
     auto *p = static_cast<char *>(arena.alloc(0, 64));
