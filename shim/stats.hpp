@@ -24,7 +24,8 @@
 // adds it into the page's RuleTotals and zeroes it. Threads beyond kStatsSlots share the slot
 // `shared`, which has no row: they add to the RuleTotals directly (atomic read-modify-write).
 // A rule's figures are its total plus every row; the sums are exact once the process is
-// quiet and never off by more than the operations in flight. A rule's peak is raised by the
+// quiet, and otherwise off by the operations in flight and, while a row is being published,
+// by that row (counted twice or not at all). A rule's peak is raised by the
 // allocating thread from the total plus its own row (exact with one thread; with several,
 // off by at most what the other threads have not yet published, a thread cache's worth each).
 #ifndef MEMLOCK_SHIM_STATS_HPP
