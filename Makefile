@@ -69,10 +69,6 @@ PROG_CXX_SRC := $(wildcard tests/progs/*.cpp)
 PROGS := $(PROG_C_SRC:tests/progs/%.c=$(B)/progs/%) $(PROG_CXX_SRC:tests/progs/%.cpp=$(B)/progs/%)
 
 TOOLS := $(B)/memlock-run $(B)/memlock-inspect $(B)/memlock-discover
-ifeq ($(ARCH),aarch64)
-# memlock-discover links the system's libcrypto, which the cross toolchain does not have.
-TOOLS := $(filter-out $(B)/memlock-discover,$(TOOLS))
-endif
 EXAMPLES := $(B)/examples/minimal $(B)/examples/locked_buffer
 
 .PHONY: all deps core shim tools examples progs test test-core test-core-san test-shim demo bench proof-keys \
@@ -148,10 +144,7 @@ $(B)/memlock-%: tools/memlock-%.cpp $(wildcard tools/*.hpp) $(wildcard shim/*.hp
 	    $(COMPAT_OBJ) $(B)/compat/glibc_start.o
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(CORE_INC) -Ishim -DMEMLOCK_SHIM_LIBDIR='"$(LIBDIR)"' \
 	    -DMEMLOCK_SHIM_MULTIARCH='"$(MULTIARCH)"' \
-	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@ \
-	    $(TOOL_LIBS)
-# memlock-discover reads private keys through libcrypto (the shim never links it).
-$(B)/memlock-discover: TOOL_LIBS := -lcrypto
+	    $< $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(B)/compat/glibc_start.o $(TOOL_LDFLAGS) $(GLIBC_LIBS) -o $@
 
 # ---- tests ------------------------------------------------------------------------------
 $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h tests/progs/hold_common.h
@@ -176,7 +169,7 @@ $(B)/progs/%: tests/progs/%.cpp
 
 # Test objects, one per source (an edit recompiles one file; `make -j` builds them side by
 # side), compiled as plain code: build/tobj/<source path>.o. The shipped objects are built apart.
-TEST_HEADERS := tests/helpers.hpp $(wildcard shim/*.hpp) $(wildcard core/include/*.h*) $(wildcard tests/shim/*.hpp) \
+TEST_HEADERS := tests/helpers.hpp $(wildcard shim/*.hpp) $(wildcard tools/*.hpp) $(wildcard core/include/*.h*) $(wildcard tests/shim/*.hpp) \
 	$(wildcard tests/core/*.hpp)
 $(B)/tobj/%.o: %.cpp $(TEST_HEADERS)
 	@mkdir -p $(@D)
@@ -218,8 +211,7 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	$(MAKE) --no-print-directory test-reach
 
 # The shipped objects load on glibc 2.17 and need only libc's libraries (scripts/check-abi).
-# memlock-discover is the exception: it parses private keys with the system's libcrypto 3.
-ABI_OBJECTS := $(B)/libmemlock_shim.so $(B)/memlock-run $(B)/memlock-inspect
+ABI_OBJECTS := $(B)/libmemlock_shim.so $(TOOLS)
 check-abi: $(ABI_OBJECTS)
 	scripts/check-abi $^
 
@@ -459,7 +451,7 @@ install: core shim tools man
 # ---- dist: the relocatable tarball ----------------------------------------------------------
 # dist/memlock-shim-VERSION-ARCH-linux-gnu.tar.gz, one top folder that works wherever it is
 # unpacked (the tools find ../lib/libmemlock_shim.so beside their own directory):
-#   bin/        memlock-run, memlock-inspect
+#   bin/        memlock-run, memlock-inspect, memlock-discover
 #   lib/        libmemlock_shim.so (it loads nothing but libc's libraries)
 # (debug info stripped; the symbol tables stay)
 #   etc/memlock-shim/  the shipped configs

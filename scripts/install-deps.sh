@@ -12,7 +12,7 @@ gdb libcap2-bin util-linux openssl libjemalloc2
 musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
 mmdebstrap qemu-user-static
 podman runc debootstrap python3-yaml
-libssl-dev libunwind8
+libunwind8
 scdoc groff-base man-db lintian dpkg-dev debootstrap prometheus bash-completion
 nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-client curl wrk apache2-utils
 "

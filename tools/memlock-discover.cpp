@@ -17,13 +17,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <openssl/bn.h>
-#include <openssl/core_names.h>
-#include <openssl/err.h>
-#include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -38,6 +31,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "keyfile.hpp"
 #include "elf.hpp"
 #include "tool.hpp"
 #include "trace.hpp"
@@ -145,16 +139,6 @@ struct Needle {
     std::string bytes;
 };
 
-std::string openssl_error() {
-    unsigned long e = ERR_get_error();
-    if (!e) return "unknown error";
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof buf);
-    return buf;
-}
-
-int no_password(char *, int, int, void *) { return -1; }
-
 // A component's leading bytes, in both byte orders (BIGNUMs are little-endian limbs in memory).
 void add_component(std::vector<Needle> &out, std::vector<std::string> &skipped, const std::string &name,
                    const std::string &be) {
@@ -165,12 +149,6 @@ void add_component(std::vector<Needle> &out, std::vector<std::string> &skipped, 
     const std::string lead = be.substr(0, std::min(be.size(), kNeedleBytes));
     out.push_back({name, "big-endian", lead});
     out.push_back({name, "little-endian", std::string(lead.rbegin(), lead.rend())});
-}
-
-std::string bn_bytes(const BIGNUM *bn) {
-    std::string s(static_cast<std::size_t>(BN_num_bytes(bn)), '\0');
-    BN_bn2bin(bn, reinterpret_cast<unsigned char *>(s.data()));
-    return s;
 }
 
 // 32-byte windows of the base64 body of every PEM block in `text`.
@@ -193,49 +171,17 @@ std::string load_key(const std::string &path, std::vector<Needle> &out) {
     if (!f) die(kExitNoInput, "--key " + path + ": " + std::strerror(errno));
     const std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
     const bool pem = data.find("-----BEGIN") != std::string::npos;
-    EVP_PKEY *pkey = nullptr;
-    if (pem) {
-        BIO *bio = BIO_new_mem_buf(data.data(), static_cast<int>(data.size()));
-        pkey = PEM_read_bio_PrivateKey(bio, nullptr, no_password, nullptr);
-        BIO_free(bio);
-    } else {
-        const unsigned char *p = reinterpret_cast<const unsigned char *>(data.data());
-        pkey = d2i_AutoPrivateKey(nullptr, &p, static_cast<long>(data.size()));
-    }
-    if (!pkey)
-        die(kExitNoInput, "--key " + path + ": not a private key libcrypto can read (" + openssl_error() +
-                              "); encrypted keys are not supported");
+    keyfile::Key key;
+    const std::string why = keyfile::parse(data, key);
+    if (!why.empty()) die(kExitNoInput, "--key " + path + ": cannot read a private key from it: " + why);
     std::vector<std::string> skipped;
     const std::size_t before = out.size();
-    std::string type = EVP_PKEY_get0_type_name(pkey) ? EVP_PKEY_get0_type_name(pkey) : "key";
-    std::string what;
-    if (EVP_PKEY_is_a(pkey, "RSA") || EVP_PKEY_is_a(pkey, "RSA-PSS")) {
-        const std::pair<const char *, const char *> parts[] = {
-            {"d", OSSL_PKEY_PARAM_RSA_D},           {"p", OSSL_PKEY_PARAM_RSA_FACTOR1},
-            {"q", OSSL_PKEY_PARAM_RSA_FACTOR2},     {"dp", OSSL_PKEY_PARAM_RSA_EXPONENT1},
-            {"dq", OSSL_PKEY_PARAM_RSA_EXPONENT2},  {"qinv", OSSL_PKEY_PARAM_RSA_COEFFICIENT1}};
-        for (const auto &[name, param] : parts) {
-            BIGNUM *bn = nullptr;
-            if (EVP_PKEY_get_bn_param(pkey, param, &bn) && bn) add_component(out, skipped, "rsa " + std::string(name), bn_bytes(bn));
-            BN_free(bn);
-        }
-        what = "RSA-" + std::to_string(EVP_PKEY_get_bits(pkey)) + " d, p, q, dp, dq, qinv";
-    } else {
-        BIGNUM *bn = nullptr;
-        unsigned char raw[256];
-        std::size_t rawlen = sizeof raw;
-        if (EVP_PKEY_get_bn_param(pkey, OSSL_PKEY_PARAM_PRIV_KEY, &bn) && bn) {
-            add_component(out, skipped, type + " private scalar", bn_bytes(bn));
-            what = type + " private scalar";
-        } else if (EVP_PKEY_get_raw_private_key(pkey, raw, &rawlen) == 1) {
-            if (rawlen >= kMinComponent) out.push_back({type + " private key", "", std::string(reinterpret_cast<char *>(raw), rawlen)});
-            else skipped.push_back(type + " private key");
-            OPENSSL_cleanse(raw, sizeof raw);
-            what = type + " raw private key";
-        }
-        BN_clear_free(bn);
+    for (const auto &part : key.parts) {
+        if (part.number) add_component(out, skipped, part.name, part.bytes);
+        else if (part.bytes.size() >= kMinComponent) out.push_back({part.name, "", part.bytes});
+        else skipped.push_back(part.name);
     }
-    EVP_PKEY_free(pkey);
+    const std::string &type = key.type, &what = key.what;
     if (out.size() == before) die(kExitNoInput, "--key " + path + ": no private component of this " + type + " key is long enough to search for");
     if (!skipped.empty()) {
         std::string list;

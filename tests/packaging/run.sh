@@ -78,7 +78,7 @@ ok "deploy/prometheus service writes memlock_shim.prom (promtool accepts it, no 
 dpkg-deb -c "$DEB" | awk '{print $6}' | sed 's|^\./|/|' > "$TMP/contents"
 for f in /usr/lib/$MULTIARCH/libmemlock_shim.so /usr/lib/$MULTIARCH/libmemlock.so.0 \
     /usr/lib/$MULTIARCH/libmemlock.so /usr/lib/$MULTIARCH/libmemlock.a /usr/lib/$MULTIARCH/pkgconfig/memlock.pc \
-    /usr/include/memlock.h /usr/include/memlock.hpp /usr/bin/memlock-run /usr/bin/memlock-inspect \
+    /usr/include/memlock.h /usr/include/memlock.hpp /usr/bin/memlock-run /usr/bin/memlock-inspect /usr/bin/memlock-discover \
     /etc/memlock-shim/config.json /usr/share/memlock-shim/default.json /usr/share/memlock-shim/match-none.json \
     /usr/share/man/man1/memlock-run.1.gz /usr/share/man/man1/memlock-inspect.1.gz /usr/share/man/man1/memlock-discover.1.gz \
     /usr/share/man/man5/memlock-shim.json.5.gz /usr/share/man/man8/memlock-shim.8.gz \
