@@ -45,7 +45,6 @@ struct ClassInfo {
     std::uint32_t size;
     std::uint32_t slab_bytes;
     std::uint32_t cache_max;   // blocks a thread keeps
-    std::uint64_t magic;       // ceil(2^40 / size): offset / size == (offset * magic) >> 40
 };
 
 constexpr std::size_t compute_class_size(unsigned c) {
@@ -63,8 +62,7 @@ struct ClassTable {
             std::size_t cache = 16384 / size;
             cache = cache > kCacheCap ? kCacheCap : cache < 2 ? 2 : cache;
             info[c] = ClassInfo{static_cast<std::uint32_t>(size), static_cast<std::uint32_t>(slab),
-                                static_cast<std::uint32_t>(cache),
-                                ((std::uint64_t{1} << 40) + size - 1) / size};
+                                static_cast<std::uint32_t>(cache)};
         }
     }
 };
@@ -223,51 +221,38 @@ bool thread_ready(const SecureArena *arena, StatsPage *stats) noexcept {
     return true;
 }
 
-// Adds n to one counter of the calling thread's stats slot: a plain store in its own slot,
-// an atomic add in the shared one.
-inline void add_to_slot(std::atomic<std::uint64_t> ThreadCounters::*field, std::uint64_t n) noexcept {
-    ThreadState &ts = t_state;
-    if (!ts.slot) return;
-    if (ts.slot_shared) (ts.slot->*field).fetch_add(n, std::memory_order_relaxed);
-    else ThreadCounters::bump(ts.slot->*field, n);
-}
+// What a count is for: a block handed out, one taken back, a page run grown in place.
+enum class Count { alloc, free, grow };
 
-inline void count(std::atomic<std::uint64_t> ThreadCounters::*ops,
-                  std::atomic<std::uint64_t> ThreadCounters::*bytes, std::uint64_t n) noexcept {
-    ThreadState &ts = t_state;
-    ThreadCounters *slot = ts.slot;
-    if (!slot) return;
-    if (__builtin_expect(!ts.slot_shared, 1)) {
-        ThreadCounters::bump(slot->*ops, 1);
-        ThreadCounters::bump(slot->*bytes, n);
-    } else {
-        (slot->*ops).fetch_add(1, std::memory_order_relaxed);
-        (slot->*bytes).fetch_add(n, std::memory_order_relaxed);
-    }
-}
-
-// Counts `bytes` (> 0 allocated, < 0 freed) of rule entry `rule` for the calling thread, and
-// one match when `match`: plain stores in its own rule row; atomic adds on the totals for a
-// thread in the shared slot. An allocation raises the rule's peak when the published live
-// bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
-inline void count_rule(StatsPage *stats, unsigned rule, std::int64_t bytes, bool match) noexcept {
-    ThreadState &ts = t_state;
+// count() for a thread without a rule row: one in the shared slot (atomic adds on the rule's
+// totals), or none (no stats page, or the thread is not registered: nothing is counted).
+__attribute__((noinline)) void count_shared(StatsPage *stats, unsigned rule, std::int64_t bytes, Count what) noexcept {
+    if (!stats || !t_state.slot) return;
     StatsRuleTotal &t = stats->rule_totals[rule];
-    if (__builtin_expect(ts.rules != nullptr, 1)) {
-        StatsRuleCount &c = ts.rules->rule[rule];
-        if (match) ThreadCounters::bump(c.matches, 1);
-        const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
-        c.live.store(mine, std::memory_order_relaxed);
-        if (bytes > 0) {
-            const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
-            if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
-        }
-        return;
-    }
-    if (!ts.slot) return;
-    if (match) t.matches.fetch_add(1, std::memory_order_relaxed);
+    if (what == Count::alloc) t.matches.fetch_add(1, std::memory_order_relaxed);
+    if (what == Count::free) t.frees.fetch_add(1, std::memory_order_relaxed);
     const std::int64_t now = t.live.fetch_add(bytes, std::memory_order_relaxed) + bytes;
     if (bytes > 0) stats_raise_peak(t, now);
+}
+
+// Counts for the calling thread `bytes` (> 0 allocated, < 0 freed) of rule entry `rule`, and
+// the block (a match or a free) unless `what` is Count::grow. This is the only count the
+// matched path makes (the process totals are sums over the rules): plain loads and stores in
+// the thread's own rule row. An allocation raises the rule's peak when the published live
+// bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
+inline void count(StatsPage *stats, unsigned rule, std::int64_t bytes, Count what) noexcept {
+    StatsRuleRow *row = t_state.rules;
+    if (__builtin_expect(row == nullptr, 0)) return count_shared(stats, rule, bytes, what);
+    StatsRuleCount &c = row->rule[rule];
+    if (what == Count::alloc) ThreadCounters::bump(c.matches, 1);
+    if (what == Count::free) ThreadCounters::bump(c.frees, 1);
+    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
+    c.live.store(mine, std::memory_order_relaxed);
+    if (what != Count::free) {
+        StatsRuleTotal &t = stats->rule_totals[rule];
+        const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
+        if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
+    }
 }
 
 // Publishes the calling thread's rule row (slow paths only).
@@ -280,13 +265,6 @@ inline void publish_rules(StatsPage *stats) noexcept {
 
 std::size_t SecureArena::class_size(unsigned cls) noexcept { return kClasses.info[cls].size; }
 
-unsigned SecureArena::class_of(std::size_t n) noexcept {
-    if (n <= 128) return n == 0 ? 0 : static_cast<unsigned>((n + 15) / 16 - 1);
-    unsigned b = 63u - static_cast<unsigned>(__builtin_clzll(n - 1));  // 2^b < n <= 2^(b+1)
-    std::size_t above = n - (std::size_t{1} << b);
-    unsigned idx = static_cast<unsigned>((above + (std::size_t{1} << (b - 2)) - 1) >> (b - 2)) - 1;
-    return 8 + (b - 7) * 4 + idx;
-}
 
 // ---- set-up --------------------------------------------------------------------------------
 
@@ -371,11 +349,13 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     pools_ = static_cast<Pool *>(pools_mem);
     npools_ = npools;
     unsigned locking = 0;
+    wipe_pools_ = 0;
     for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
+        if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
         p->start = p->frontier = p->committed = p->lock_end = p->locked_to = base_ + i * pool_bytes;
         p->end = p->start + pool_bytes;
         region_pool_[i] = static_cast<std::uint8_t>(i);
@@ -937,40 +917,51 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     return ts.caches[pool] = pc;
 }
 
-void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls) noexcept {
+void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
     Pool &pool = pools_[pool_index];
     void *b = nullptr;
     if (stats_ && t_state.arena == this) publish_rules(stats_);
     if (PoolCache *pc = cache_for(pool_index)) {
         PoolCache::Bin &bin = pc->bins[cls];
-        unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
-        Guard g(pool.lock);
-        bin.count = refill(pool, cls, bin.blocks, want);
-        if (!bin.count) return nullptr;
+        if (!bin.count) {
+            unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
+            Guard g(pool.lock);
+            bin.count = refill(pool, cls, bin.blocks, want);
+            if (!bin.count) return nullptr;
+        }
         b = bin.blocks[--bin.count];
     } else {
         Guard g(pool.lock);
         if (!refill(pool, cls, &b, 1)) return nullptr;
     }
+    state_of(b) = live_state(rule);
+    if (t_state.arena == this) count(stats_, rule, kClasses.info[cls].size, Count::alloc);
+    return b;
+}
+
+// A block of class `cls` from the calling thread's cache for `pool`, or nullptr (no cache, or
+// an empty one). No lock, no call.
+inline void *SecureArena::pop_cached(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    if (__builtin_expect(!pc, 0)) return nullptr;
+    PoolCache::Bin &bin = pc->bins[cls];
+    const unsigned n = bin.count;
+    if (__builtin_expect(!n, 0)) return nullptr;
+    void *b = bin.blocks[n - 1];
+    bin.count = n - 1;
+    state_of(b) = live_state(rule);
+    count(stats_, rule, kClasses.info[cls].size, Count::alloc);
     return b;
 }
 
 void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
-    ThreadState &ts = t_state;
-    PoolCache *pc;
-    void *b;
-    if (__builtin_expect(ts.arena == this && !ts.dead && (pc = ts.caches[pool_index]) &&
-                             pc->bins[cls].count,
-                         1)) {
-        PoolCache::Bin &bin = pc->bins[cls];
-        b = bin.blocks[--bin.count];
-    } else if (!(b = alloc_small_slow(pool_index, cls))) {
-        return nullptr;
-    }
-    state_of(b) = live_state(rule);
-    count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, kClasses.info[cls].size);
-    if (stats_) count_rule(stats_, rule, kClasses.info[cls].size, true);
-    return b;
+    if (void *b = pop_cached(pool_index, cls, rule)) return b;
+    return alloc_small_slow(pool_index, cls, rule);
+}
+
+void *SecureArena::alloc_cached(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
+    return n <= kMaxSmall ? pop_cached(pool_index, class_of(n), rule) : nullptr;
 }
 
 // ---- large blocks (page runs) --------------------------------------------------------------
@@ -1007,11 +998,8 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     state_of(p) = live_state(rule);
     thread_ready(this, stats_);  // registers the thread (an exiting one counts in the shared slot)
     if (t_state.arena == this) {
-        count(&ThreadCounters::allocs, &ThreadCounters::alloc_bytes, bytes);
-        if (stats_) {
-            count_rule(stats_, rule, static_cast<std::int64_t>(bytes), true);
-            publish_rules(stats_);
-        }
+        count(stats_, rule, static_cast<std::int64_t>(bytes), Count::alloc);
+        if (stats_) publish_rules(stats_);
     }
     return p;
 }
@@ -1051,11 +1039,8 @@ void SecureArena::free_large(Pool &pool, PageMeta &head, void *p) noexcept {
     }
     thread_ready(this, stats_);
     if (t_state.arena == this) {
-        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, bytes);
-        if (stats_) {
-            count_rule(stats_, rule, -static_cast<std::int64_t>(bytes), false);
-            publish_rules(stats_);
-        }
+        count(stats_, rule, -static_cast<std::int64_t>(bytes), Count::free);
+        if (stats_) publish_rules(stats_);
     }
 }
 
@@ -1089,10 +1074,7 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
             note_peak();
         }
     }
-    if (t_state.arena == this) {
-        add_to_slot(&ThreadCounters::alloc_bytes, extra * page_);
-        if (stats_) count_rule(stats_, state_of(p) >> kRuleShift, static_cast<std::int64_t>(extra * page_), false);
-    }
+    if (t_state.arena == this) count(stats_, state_of(p) >> kRuleShift, static_cast<std::int64_t>(extra * page_), Count::grow);
     return true;
 }
 
@@ -1118,24 +1100,27 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
 // which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
-    PageMeta &m = meta_[off >> page_shift_];
-    unsigned pool_index = region_pool_[off >> pool_shift_];
+    const PageMeta &m = meta_[off >> page_shift_];
     std::uint8_t &state = state_[off >> 4];
-    if (__builtin_expect(m.kind != kSlab || (state & kStateMask) != kLive, 0)) return free_not_slab(p);
-    const ClassInfo &ci = kClasses.info[m.cls];
-    std::uintptr_t in_slab = off - std::uintptr_t{m.head} * page_;
-    if (((in_slab * ci.magic) >> 40) * ci.size != in_slab) bad_pointer(p, "free(): invalid pointer");
+    const std::uint8_t was = state;
+    // Inside a slab only the first granule of a block of its class has a state (new_slab
+    // clears them all), so a 16-aligned pointer with a live state is a live block's start.
+    if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
+    const unsigned cls = m.cls;
+    const ClassInfo &ci = kClasses.info[cls];
+    const std::size_t size = ci.size;
+    const unsigned pool_index = region_pool_[off >> pool_shift_];
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
-    if (__builtin_expect(!pc || ci.size > kInlineWipe || pc->bins[m.cls].count == ci.cache_max, 0))
-        return free_small_slow(p);
-    const unsigned rule = state >> kRuleShift;
-    if (pools_[pool_index].actions & kActionWipe) wipe_small(p, ci.size);
+    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    if (__builtin_expect(!pc || size > kInlineWipe, 0)) return free_small_slow(p);
+    PoolCache::Bin &bin = pc->bins[cls];
+    const unsigned n = bin.count;
+    if (__builtin_expect(n == ci.cache_max, 0)) return free_small_slow(p);
+    if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
     state = kFreed;
-    PoolCache::Bin &bin = pc->bins[m.cls];
-    bin.blocks[bin.count++] = p;
-    count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-    if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
+    bin.blocks[n] = p;
+    bin.count = n + 1;
+    count(stats_, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
 }
 
 // A live slab block that the common path of free() does not take.
@@ -1163,10 +1148,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
     } else {
         flush_locked(pool, m.cls, &p, 1);
     }
-    if (ts.arena == this) {
-        count(&ThreadCounters::frees, &ThreadCounters::free_bytes, ci.size);
-        if (stats_) count_rule(stats_, rule, -static_cast<std::int64_t>(ci.size), false);
-    }
+    if (ts.arena == this) count(stats_, rule, -static_cast<std::int64_t>(ci.size), Count::free);
 }
 
 // Not a live slab block: a page run, a double free, or not a block at all.

@@ -86,6 +86,9 @@ public:
     // `pool`, counted for rule entry `rule` (< kStatsRules: stats_rule_index). nullptr with
     // errno = ENOMEM when the pool is full or the lock policy denies.
     void *alloc(unsigned pool, std::size_t n, std::size_t align = 16, unsigned rule = 0) noexcept;
+    // malloc's fast path: alloc(pool, n, 16, rule) when the calling thread's cache holds a
+    // block of n's class; nullptr otherwise (nothing changed: call alloc()). No lock, no call.
+    void *alloc_cached(unsigned pool, std::size_t n, unsigned rule) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
     bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }
@@ -126,7 +129,13 @@ public:
     void set_stats(StatsPage *s) noexcept { stats_ = s; }
 
     static std::size_t class_size(unsigned cls) noexcept;
-    static unsigned class_of(std::size_t n) noexcept;  // pre: n <= kMaxSmall
+    static unsigned class_of(std::size_t n) noexcept {  // pre: n <= kMaxSmall
+        if (n <= 128) return n == 0 ? 0 : static_cast<unsigned>((n + 15) / 16 - 1);
+        unsigned b = 63u - static_cast<unsigned>(__builtin_clzll(n - 1));  // 2^b < n <= 2^(b+1)
+        std::size_t above = n - (std::size_t{1} << b);
+        unsigned idx = static_cast<unsigned>((above + (std::size_t{1} << (b - 2)) - 1) >> (b - 2)) - 1;
+        return 8 + (b - 7) * 4 + idx;
+    }
 
     struct PageMeta;
     struct Pool;
@@ -136,7 +145,8 @@ private:
     // The thread-cache paths (alloc_small, free) are inline; what they call rarely is kept out
     // of line, so that the common path saves no registers and sets up no frame.
     void *alloc_small(unsigned pool, unsigned cls, unsigned rule) noexcept;
-    __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls) noexcept;
+    void *pop_cached(unsigned pool, unsigned cls, unsigned rule) noexcept;
+    __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls, unsigned rule) noexcept;
     __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
     __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
     __attribute__((noinline)) void free_small_slow(void *p) noexcept;
@@ -192,6 +202,7 @@ private:
     std::size_t page_ = 4096;
     unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
+    unsigned wipe_pools_ = 0;        // bit i: pool i has the wipe action
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;
     ArenaReporter reporter_ = nullptr;

@@ -27,7 +27,7 @@ bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
 // that the fast path does not compute ra.
 inline void *malloc_matching(std::size_t n, const void *ra) {
     int rule = match(n, ra);
-    return rule < 0 ? g_next.malloc(n) : arena_alloc(rule, n, kMinAlign, false);
+    return rule < 0 ? g_next.malloc(n) : arena_malloc(rule, n);
 }
 
 // glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.

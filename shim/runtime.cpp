@@ -527,12 +527,8 @@ void write_stats_file() noexcept {
     path[used] = '\0';
     char tmp[sizeof path + 32];  // room for ".tmp.PID" after any path
     std::snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, ::getpid());
-    // The rows of the threads that have a slot: their counts not yet published.
-    const StatsRuleRow *rows[kStatsSlots] = {};
-    for (unsigned i = 0; i < kStatsSlots; ++i)
-        if (g_stats->slots[i].owner.load(std::memory_order_relaxed) != 0) rows[i] = stats_rule_rows(g_stats) + i;
     static char json[kStatsJsonBytes];  // too large for a small thread stack; only this process's exit writes it
-    std::size_t len = stats_format_json(*g_stats, rows, kStatsSlots, json, sizeof json);
+    std::size_t len = stats_format_json(*g_stats, stats_rule_rows(g_stats), json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
     bool ok = fd >= 0 && ::write(fd, json, len) == static_cast<ssize_t>(len);
     int err = errno;
@@ -626,6 +622,12 @@ void *alloc_in(unsigned pool, unsigned rule, std::size_t n, std::size_t align, b
 void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcept {
     const auto r = static_cast<unsigned>(rule);
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
+}
+
+void *arena_malloc(int rule, std::size_t n) noexcept {
+    const auto r = static_cast<unsigned>(rule);
+    if (void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r))) return p;
+    return alloc_in(g_rules[r].pool, stats_rule_index(r), n, 16, false);
 }
 
 std::size_t usable_other(void *p) noexcept {

@@ -94,6 +94,8 @@ inline int match(std::size_t n, const void *ra) noexcept {
 // align a power of two. nullptr with errno = ENOMEM when the arena or the lock policy
 // refuses. zero: the block is zero-filled.
 void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcept;
+// arena_alloc(rule, n, 16, false), with the thread cache's common case first.
+void *arena_malloc(int rule, std::size_t n) noexcept;
 // realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.

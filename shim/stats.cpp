@@ -32,28 +32,6 @@ constexpr std::size_t kPageBytes = kStatsPageBytes;
 enum class PageKind { private_anonymous, memfd, shared_anonymous };
 PageKind g_kind = PageKind::private_anonymous;
 
-void add_into(StatsTotals &t, const ThreadCounters &c) noexcept {
-    t.allocs += c.allocs.load(std::memory_order_relaxed);
-    t.frees += c.frees.load(std::memory_order_relaxed);
-    t.alloc_bytes += c.alloc_bytes.load(std::memory_order_relaxed);
-    t.free_bytes += c.free_bytes.load(std::memory_order_relaxed);
-}
-
-void fold(ThreadCounters &into, const ThreadCounters &from) noexcept {
-    into.allocs.fetch_add(from.allocs.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    into.frees.fetch_add(from.frees.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    into.alloc_bytes.fetch_add(from.alloc_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
-    into.free_bytes.fetch_add(from.free_bytes.load(std::memory_order_relaxed), std::memory_order_relaxed);
-}
-
-void clear(ThreadCounters &c) noexcept {
-    c.allocs.store(0, std::memory_order_relaxed);
-    c.frees.store(0, std::memory_order_relaxed);
-    c.alloc_bytes.store(0, std::memory_order_relaxed);
-    c.free_bytes.store(0, std::memory_order_relaxed);
-    c.owner.store(0, std::memory_order_release);
-}
-
 // A private mapping of a fresh memfd whose size is sealed, or MAP_FAILED. The descriptor is
 // closed before returning: the mapping keeps the memory, and nothing else refers to it.
 // Private: a fork child gets its own copy of the page without a system call.
@@ -92,11 +70,24 @@ StatsPage *map_page(int pid, bool visible) noexcept {
 
 }  // namespace
 
-StatsTotals StatsPage::totals() const noexcept {
-    StatsTotals t{0, 0, 0, 0};
-    add_into(t, retired);
-    add_into(t, shared);
-    for (const auto &s : slots) add_into(t, s);
+StatsTotals stats_totals(const StatsPage &page, const StatsRuleRow *rows) noexcept {
+    StatsTotals t{0, 0, 0};
+    const unsigned rules = stats_rule_entries(page);
+    for (unsigned i = 0; i < rules; ++i) {
+        const StatsRuleTotal &r = page.rule_totals[i];
+        t.allocs += r.matches.load(std::memory_order_relaxed);
+        t.frees += r.frees.load(std::memory_order_relaxed);
+        t.live += r.live.load(std::memory_order_relaxed);
+    }
+    for (unsigned s = 0; rows && s < kStatsSlots; ++s) {
+        if (page.slots[s].owner.load(std::memory_order_relaxed) == 0) continue;  // its row is zero
+        for (unsigned i = 0; i < rules; ++i) {
+            const StatsRuleCount &c = rows[s].rule[i];
+            t.allocs += c.matches.load(std::memory_order_relaxed);
+            t.frees += c.frees.load(std::memory_order_relaxed);
+            t.live += c.live.load(std::memory_order_relaxed);
+        }
+    }
     return t;
 }
 
@@ -119,7 +110,7 @@ StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_th
         page->pid = static_cast<int>(::getpid());
     }
     // The child's history starts from the parent's totals. Only the forking thread lives on:
-    // the other threads' slots are folded into `retired`, their rule rows into the rule totals.
+    // the other threads' rule rows are published into the rule totals, their slots freed.
     if (keep && keep != &page->shared)
         keep->owner.store(static_cast<std::int32_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
     if (other_threads)
@@ -140,23 +131,25 @@ ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept {
 
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept {
     if (!page || !slot || slot == &page->shared) return;
-    fold(page->retired, *slot);
     if (StatsRuleRow *row = stats_rule_row(page, slot)) stats_publish_row(page, row, stats_rule_entries(*page));
-    clear(*slot);
+    slot->owner.store(0, std::memory_order_release);
 }
 
 void stats_publish_row(StatsPage *page, StatsRuleRow *row, unsigned rules) noexcept {
     for (unsigned i = 0; i < rules; ++i) {
         StatsRuleCount &c = row->rule[i];
         const std::uint64_t m = c.matches.load(std::memory_order_relaxed);
+        const std::uint64_t f = c.frees.load(std::memory_order_relaxed);
         const std::uint64_t k = c.consulted.load(std::memory_order_relaxed);
         const std::int64_t l = c.live.load(std::memory_order_relaxed);
-        if (!m && !k && !l) continue;
+        if (!m && !f && !k && !l) continue;
         StatsRuleTotal &t = page->rule_totals[i];
         if (m) t.matches.fetch_add(m, std::memory_order_relaxed);
+        if (f) t.frees.fetch_add(f, std::memory_order_relaxed);
         if (k) t.consulted.fetch_add(k, std::memory_order_relaxed);
         if (l) t.live.fetch_add(l, std::memory_order_relaxed);
         c.matches.store(0, std::memory_order_relaxed);
+        c.frees.store(0, std::memory_order_relaxed);
         c.consulted.store(0, std::memory_order_relaxed);
         c.live.store(0, std::memory_order_relaxed);
     }
@@ -227,10 +220,9 @@ struct JsonOut {
 
 }  // namespace
 
-std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *const *rows, unsigned nrows, char *buf,
-                              std::size_t len) noexcept {
+std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *rows, char *buf, std::size_t len) noexcept {
     static const char *const policies[] = {"fallback", "deny", "abort"};
-    StatsTotals t = page.totals();
+    const StatsTotals t = stats_totals(page, rows);
     auto u = [](const std::atomic<std::uint64_t> &a) {
         return static_cast<unsigned long long>(a.load(std::memory_order_relaxed));
     };
@@ -252,12 +244,16 @@ std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *const *
         page.backing == kStatsBackingSecretmem ? "secretmem" : "anonymous", u(page.secret_bytes));
     if (n < 0 || len == 0) return 0;
     JsonOut out{buf, len, static_cast<std::size_t>(n) < len ? static_cast<std::size_t>(n) : len - 1};
+    // The rows of the slots with an owner (the others are zero).
+    const StatsRuleRow *owned[kStatsSlots] = {};
+    for (unsigned s = 0; rows && s < kStatsSlots; ++s)
+        if (page.slots[s].owner.load(std::memory_order_relaxed) != 0) owned[s] = rows + s;
     const unsigned entries = stats_rule_entries(page);
     for (unsigned i = 0; i < entries; ++i) {
         const StatsRuleInfo &info = page.rule_info[i];
         const bool other = i == kStatsOtherRules && page.rules > kStatsRules;
         const bool caller = !other && (info.flags & kStatsRuleCaller);
-        const StatsRuleFigures f = stats_rule_figures(page, i, rows, nrows);
+        const StatsRuleFigures f = stats_rule_figures(page, i, owned, kStatsSlots);
         out.text(i ? ", {\"name\": " : "{\"name\": ");
         if (other) {
             char covers[96];

@@ -12,21 +12,22 @@
 // The layout below is the interface between the shim and the tools: bump kStatsLayout when
 // it changes; readers validate magic, layout and size and bound every value they use.
 //
-// Hot-path counters are per thread: each thread owns one ThreadCounters slot and is its
-// only writer (plain load + store, no locked instructions). Readers sum every slot plus
-// `retired` (slots of threads that exited) and `shared` (threads beyond kStatsSlots, which
-// update it with atomic read-modify-write). The sums are exact once the process is quiet
-// and never off by more than the operations in flight.
-//
-// Per-rule counters: the first kStatsRules - 1 rules in force have counters of their own,
-// all later rules share the last entry ("other rules"). Each thread with a slot also owns a
-// RuleRow (after the StatsPage, in the same mapping: stats_rule_rows) where it counts its
-// matches, the bytes it allocated minus those it freed, and the caller-rule checks it made,
-// single-writer like its slot. On its slow paths (a thread cache refilled or flushed, a
-// page run, thread exit) it publishes the row: adds it into the page's RuleTotals and zeroes
-// it. A rule's live bytes are its total plus every row; its peak is raised by the allocating
-// thread from the total plus its own row (exact with one thread; with several, off by at
-// most what the other threads have not yet published, a thread cache's worth each).
+// Hot-path counters are per thread and per rule: the first kStatsRules - 1 rules in force
+// have counters of their own, all later rules share the last entry ("other rules"). Each
+// thread claims a slot (ThreadCounters: its owner's tid); slot i owns rule row i (after the
+// StatsPage, in the same mapping: stats_rule_rows), where the thread counts, per rule, its
+// matches, its frees, the bytes it allocated minus those it freed, and the caller-rule checks
+// it made: single writer, plain load + store, no locked instructions. This is the only count
+// the matched path makes: the process totals (matched allocations, frees, live bytes) are
+// the sums over the rules (stats_totals). On its slow paths (a thread cache refilled or
+// flushed, a page run, thread exit, a fork that leaves it behind) a thread publishes its row:
+// adds it into the page's RuleTotals and zeroes it. Threads beyond kStatsSlots share the slot
+// `shared`, which has no row: they add to the RuleTotals directly (atomic read-modify-write).
+// A rule's figures are its total plus every row; the sums are exact once the process is
+// quiet, and otherwise off by the operations in flight and, while a row is being published,
+// by that row (counted twice or not at all). A rule's peak is raised by the
+// allocating thread from the total plus its own row (exact with one thread; with several,
+// off by at most what the other threads have not yet published, a thread cache's worth each).
 #ifndef MEMLOCK_SHIM_STATS_HPP
 #define MEMLOCK_SHIM_STATS_HPP
 
@@ -36,7 +37,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 4;
+constexpr std::uint32_t kStatsLayout = 5;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
@@ -67,6 +68,7 @@ struct StatsRuleInfo {
 // A rule's published counters (atomic read-modify-writes, only on slow paths).
 struct StatsRuleTotal {
     std::atomic<std::uint64_t> matches{0};    // blocks it placed in the arena
+    std::atomic<std::uint64_t> frees{0};      // of which freed
     std::atomic<std::uint64_t> consulted{0};  // caller rules: allocations whose callers it checked
     std::atomic<std::int64_t> live{0};        // bytes allocated minus bytes freed (published part)
     std::atomic<std::int64_t> peak{0};        // high-water mark of live bytes
@@ -75,6 +77,7 @@ struct StatsRuleTotal {
 // A thread's unpublished per-rule counts (single writer: the thread).
 struct StatsRuleCount {
     std::atomic<std::uint64_t> matches{0};
+    std::atomic<std::uint64_t> frees{0};
     std::atomic<std::uint64_t> consulted{0};
     std::atomic<std::int64_t> live{0};
 };
@@ -82,22 +85,21 @@ struct StatsRuleRow {
     StatsRuleCount rule[kStatsRules];
 };
 
-struct alignas(64) ThreadCounters {
-    std::atomic<std::uint64_t> allocs{0};       // blocks handed out by the arena
-    std::atomic<std::uint64_t> frees{0};        // blocks returned
-    std::atomic<std::uint64_t> alloc_bytes{0};  // usable bytes handed out
-    std::atomic<std::uint64_t> free_bytes{0};   // usable bytes returned
+// A thread's claim on a rule row (the counts are in the row).
+struct ThreadCounters {
     std::atomic<std::int32_t> owner{0};         // tid of the owning thread, 0 = free
 
-    // Single-writer increment: the owner is the only thread that writes this slot.
+    // Single-writer increment: the owner is the only thread that writes its row.
     static void bump(std::atomic<std::uint64_t> &c, std::uint64_t by) noexcept {
         c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
     }
 };
 
+// The process's figures, summed over the rules.
 struct StatsTotals {
-    std::uint64_t allocs, frees, alloc_bytes, free_bytes;
-    std::uint64_t live_bytes() const noexcept { return alloc_bytes - free_bytes; }
+    std::uint64_t allocs, frees;
+    std::int64_t live;  // bytes allocated minus bytes freed (in flight: may read below zero)
+    std::uint64_t live_bytes() const noexcept { return live > 0 ? static_cast<std::uint64_t>(live) : 0; }
 };
 
 struct StatsPage {
@@ -122,16 +124,13 @@ struct StatsPage {
     std::atomic<std::uint64_t> overflows;        // matching allocations served by the next allocator
                                                  // (arena full, policy fallback)
     std::atomic<std::uint64_t> purged_bytes;     // arena memory given back to the kernel (wiped first)
-    ThreadCounters retired;
-    ThreadCounters shared;
+    ThreadCounters shared;                 // the threads beyond kStatsSlots (no row)
     ThreadCounters slots[kStatsSlots];
     std::uint32_t backing;                       // kStatsBacking* above
     std::uint32_t reserved2;
     std::atomic<std::uint64_t> secret_bytes;     // of committed_bytes, in memfd_secret memory
     StatsRuleInfo rule_info[kStatsRules];  // min(rules, kStatsRules) entries used
     StatsRuleTotal rule_totals[kStatsRules];
-
-    StatsTotals totals() const noexcept;
 };
 
 // The per-thread rule rows follow the page: row i belongs to slots[i]. A reader reads the
@@ -151,6 +150,11 @@ inline StatsRuleRow *stats_rule_row(StatsPage *page, ThreadCounters *slot) noexc
     const std::size_t i = static_cast<std::size_t>(slot - page->slots);
     return i < kStatsSlots ? stats_rule_rows(page) + i : nullptr;
 }
+
+// The process's totals: every rule's published totals plus `rows` (kStatsSlots rows, row i
+// of slots[i], as stats_rule_rows lays them out; only the rows of slots with an owner are
+// read). rows == nullptr: the published totals only.
+StatsTotals stats_totals(const StatsPage &page, const StatsRuleRow *rows) noexcept;
 
 // One rule's figures: its totals plus the rows given (nullptr entries are skipped).
 struct StatsRuleFigures {
@@ -177,12 +181,12 @@ inline unsigned stats_rule_entries(const StatsPage &page) noexcept {
 // when no mapping could be made.
 StatsPage *stats_create(bool visible) noexcept;
 // In a forked child: the child's page, starting from the parent's values, with the slots of
-// the threads that did not survive the fork folded into `retired` (when `other_threads`: the
-// parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
+// the threads that did not survive the fork released, their rows published into the rule
+// totals (when `other_threads`: the parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
 // own. A memfd page is private: the child's copy-on-write copy is its own page already (no
 // system call but getpid and gettid; a single-threaded parent's child reads and writes no
 // slot but its own). A shared anonymous page (no memfd_create) is copied into a new one,
-// all its slots folded.
+// all its slots released.
 StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
@@ -192,17 +196,16 @@ inline bool stats_has_slot(const StatsPage &page, const ThreadCounters *slot) no
     const auto at = reinterpret_cast<std::uintptr_t>(slot), first = reinterpret_cast<std::uintptr_t>(page.slots);
     return slot == &page.shared || (at >= first && at < first + sizeof page.slots);
 }
-// Folds a slot into `retired` (and its rule row into the rule totals) and frees it (thread exit).
+// Publishes a slot's rule row into the rule totals and frees the slot (thread exit).
 void stats_release_slot(StatsPage *page, ThreadCounters *slot) noexcept;
 
 // Writes the counters as one JSON object into buf (no allocation), ending with "per_rule":
 // one entry per rule (name, "truncated" when cut, "caller" for caller rules, or for the
 // shared last entry "other rules" and "covers"; matched_allocations, live_bytes,
-// peak_bytes, and consulted for caller rules), its figures summed over `rows`
-// (stats_rule_figures). Returns bytes written; with len >= kStatsJsonBytes it is never cut.
+// peak_bytes, and consulted for caller rules). `rows`: as for stats_totals. Returns bytes
+// written; with len >= kStatsJsonBytes it is never cut.
 constexpr std::size_t kStatsJsonBytes = 2048 + kStatsRules * 1024;
-std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *const *rows, unsigned nrows, char *buf,
-                              std::size_t len) noexcept;
+std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *rows, char *buf, std::size_t len) noexcept;
 
 }  // namespace mlshim
 

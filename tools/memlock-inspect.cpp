@@ -487,13 +487,12 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
         r.verdict = where + ": values out of range";
     else {
         // The counters and "per_rule" as the shim writes them to stats.file, summed over the
-        // rule rows read (those of the slots with an owner; an empty copy reads as zero).
+        // rule rows read (those of the slots with an owner; none when they could not be read).
         std::vector<mlshim::StatsRuleRow> rows(v.rows.empty() ? 0 : mlshim::kStatsSlots);
-        if (!v.rows.empty()) std::memcpy(static_cast<void *>(rows.data()), v.rows.data(), v.rows.size());
-        const mlshim::StatsRuleRow *ptrs[mlshim::kStatsSlots] = {};
-        for (std::size_t i = 0; i < rows.size(); ++i) ptrs[i] = &rows[i];
+        if (!rows.empty()) std::memcpy(static_cast<void *>(rows.data()), v.rows.data(), v.rows.size());
         std::vector<char> buf(mlshim::kStatsJsonBytes);
-        const std::size_t n = mlshim::stats_format_json(page, ptrs, mlshim::kStatsSlots, buf.data(), buf.size());
+        const std::size_t n =
+            mlshim::stats_format_json(page, rows.empty() ? nullptr : rows.data(), buf.data(), buf.size());
         std::optional<json> out = json::parse(std::string(buf.data(), n), nullptr, false);
         if (!out->is_discarded()) return out;
         r.verdict = where + ": cannot format it";

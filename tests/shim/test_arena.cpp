@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <vector>
@@ -33,6 +34,7 @@ void make_arena(std::size_t max_locked = 64u << 20,
                 std::size_t prealloc = 0, unsigned actions = mlshim::kActionAll) {
     stats = mlshim::stats_create(false);
     cr_assert_not_null(stats);
+    stats->rules = mlshim::kStatsRules;  // every rule entry counted (the shim sets the rules in force)
     mlshim::ArenaOptions o;
     o.pool_bytes = 64u << 20;
     if (g_purge_at_once) o.purge_slack = o.purge_burst = 0, o.purge_delay_ns = 0;
@@ -41,6 +43,9 @@ void make_arena(std::size_t max_locked = 64u << 20,
     o.prealloc = prealloc;
     cr_assert_eq(arena.init(o, &actions, 1, stats, nullptr), 0);
 }
+
+// The process totals, as memlock-inspect sums them (rule totals plus the threads' rows).
+mlshim::StatsTotals totals() { return mlshim::stats_totals(*stats, mlshim::stats_rule_rows(stats)); }
 
 bool all_zero(const void *p, std::size_t n) {
     auto *c = static_cast<const unsigned char *>(p);
@@ -143,6 +148,13 @@ Test(arena, interior_pointer_free_is_fatal, .signal = SIGABRT) {
     make_arena();
     auto *p = static_cast<char *>(arena.alloc(0, 64));
     arena.free(p + 16);
+}
+
+// p + 8 is inside the granule whose state says "live block": only its alignment tells it apart.
+Test(arena, a_pointer_inside_a_blocks_first_granule_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    auto *p = static_cast<char *>(arena.alloc(0, 32));
+    arena.free(p + 8);
 }
 
 Test(arena, never_allocated_pointer_free_is_fatal, .signal = SIGABRT) {
@@ -425,13 +437,13 @@ Test(arena, prealloc_locks_up_front) {
 Test(arena, counters_follow_allocations) {
     make_arena();
     void *a = arena.alloc(0, 32), *b = arena.alloc(0, 100), *c = arena.alloc(0, 100000);
-    mlshim::StatsTotals t = stats->totals();
+    mlshim::StatsTotals t = totals();
     cr_assert_eq(t.allocs, 3u);
     cr_assert_eq(t.live_bytes(), 32u + 112u + 102400u);
     arena.free(a);
     arena.free(b);
     arena.free(c);
-    t = stats->totals();
+    t = totals();
     cr_assert_eq(t.frees, 3u);
     cr_assert_eq(t.live_bytes(), 0u);
     cr_assert_geq(stats->peak_bytes.load(), 32u + 112u + 102400u);
@@ -467,7 +479,7 @@ Test(arena, threads_share_the_arena_and_free_each_others_blocks) {
     // Free what the (now exited) threads allocated, from this thread.
     for (auto &v : from)
         for (void *p : v) arena.free(p);
-    mlshim::StatsTotals s = stats->totals();
+    mlshim::StatsTotals s = totals();
     cr_assert_eq(s.allocs, 2u * (200 * 100 + 1000));
     cr_assert_eq(s.allocs, s.frees);
     cr_assert_eq(s.live_bytes(), 0u);
@@ -512,6 +524,110 @@ Test(arena, per_rule_counts_follow_blocks_across_threads) {
     cr_assert_eq(g.live_bytes, 0u);
     cr_assert_eq(g.peak_bytes, 25u * 4096);
     cr_assert_eq(rule_figures(0).matches, 0u);
+}
+
+namespace {
+
+struct Allocs {
+    unsigned rule, n, freed;  // allocate n 16-byte blocks for `rule`, free `freed` of them
+};
+
+void *allocate_and_keep(void *arg) {
+    const auto *a = static_cast<const Allocs *>(arg);
+    for (unsigned i = 0; i < a->n; ++i) {
+        void *p = arena.alloc(0, 16, 16, a->rule);
+        if (i < a->freed) arena.free(p);
+    }
+    return nullptr;
+}
+
+void run_thread(Allocs a) {
+    pthread_t t;
+    pthread_create(&t, nullptr, allocate_and_keep, &a);
+    pthread_join(t, nullptr);
+}
+
+// The sums over the rule entries of the per-rule figures.
+mlshim::StatsTotals rule_sums() {
+    mlshim::StatsTotals t{0, 0, 0};
+    for (unsigned i = 0; i < mlshim::kStatsRules; ++i) {
+        const mlshim::StatsRuleFigures f = rule_figures(i);
+        t.allocs += f.matches;
+        t.live += static_cast<std::int64_t>(f.live_bytes);
+    }
+    return t;
+}
+
+void assert_totals(std::uint64_t allocs, std::uint64_t frees, std::uint64_t live) {
+    const mlshim::StatsTotals t = totals(), sums = rule_sums();
+    cr_assert_eq(t.allocs, allocs);
+    cr_assert_eq(t.frees, frees);
+    cr_assert_eq(t.live_bytes(), live);
+    cr_assert_eq(sums.allocs, allocs, "the rules' matches add up to the process's");
+    cr_assert_eq(sums.live_bytes(), live, "the rules' live bytes add up to the process's");
+    char json[2048], want[160];
+    mlshim::stats_format_json(*stats, mlshim::stats_rule_rows(stats), json, sizeof json);
+    std::snprintf(want, sizeof want, "\"matched_allocations\": %llu, \"frees\": %llu, \"live_bytes\": %llu,",
+                  static_cast<unsigned long long>(allocs), static_cast<unsigned long long>(frees),
+                  static_cast<unsigned long long>(live));
+    cr_assert(std::strstr(json, want), "%s in %s", want, json);
+}
+
+}  // namespace
+
+// matched_allocations, frees and live_bytes (stats.file, memlock-inspect) are sums over the
+// rule counters: counts of this thread (unpublished), of a thread that exited (published),
+// of threads beyond the slots (counted in the rule totals directly), of a page run, and of a
+// thread that a fork leaves behind (published in the child) all add up.
+Test(arena, process_totals_are_the_sums_of_the_rule_counts) {
+    make_arena();
+    std::vector<void *> mine;
+    for (int i = 0; i < 10; ++i) mine.push_back(arena.alloc(0, 32, 16, 1));
+    for (int i = 0; i < 4; ++i) arena.free(mine[i]);
+    run_thread({2, 5, 0});
+    assert_totals(15, 4, 6 * 32 + 5 * 16);
+
+    // Every slot taken: the next thread counts in the shared slot.
+    for (auto &slot : stats->slots) {
+        std::int32_t none = 0;
+        slot.owner.compare_exchange_strong(none, -1);
+    }
+    run_thread({3, 4, 1});
+    for (auto &slot : stats->slots)
+        if (slot.owner.load() == -1) slot.owner.store(0);
+    void *run = arena.alloc(0, 100000, 16, mlshim::kStatsOtherRules);  // a page run, "other rules"
+    const std::uint64_t live = 6 * 32 + 5 * 16 + 3 * 16 + arena.usable_size(run);
+    assert_totals(20, 5, live);
+
+    // A thread that holds unpublished counts when the process forks.
+    static std::atomic<int> phase{0};
+    pthread_t holder;
+    pthread_create(&holder, nullptr, [](void *) -> void * {
+        arena.free(arena.alloc(0, 64, 16, 4));
+        void *keep = arena.alloc(0, 64, 16, 4);
+        phase.store(1);
+        while (phase.load() != 2) sched_yield();
+        arena.free(keep);
+        return nullptr;
+    }, nullptr);
+    while (phase.load() != 1) sched_yield();
+    assert_totals(22, 6, live + 64);
+    const pid_t pid = fork();
+    if (pid == 0) {
+        // The holder is gone in the child: its row is published, its slot free; nothing is lost.
+        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), true);
+        const mlshim::StatsTotals t = totals();
+        const mlshim::StatsRuleFigures f = mlshim::stats_rule_figures(*stats, 4, nullptr, 0);
+        _exit(t.allocs == 22 && t.frees == 6 && t.live_bytes() == live + 64 && f.matches == 2 ? 0 : 1);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
+    phase.store(2);
+    pthread_join(holder, nullptr);
+    for (std::size_t i = 4; i < mine.size(); ++i) arena.free(mine[i]);
+    arena.free(run);
+    assert_totals(22, 14, 5 * 16 + 3 * 16);
 }
 
 Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
@@ -575,7 +691,7 @@ Test(arena, a_run_grows_in_place) {
     cr_assert(all_zero(p + 100000, 200000), "the new part is zero");
     cr_assert(range_has_flag(p, 300000, "lo"));
     cr_assert(range_has_flag(p, 300000, "dd"));
-    mlshim::StatsTotals t = stats->totals();
+    mlshim::StatsTotals t = totals();
     cr_assert_eq(t.live_bytes(), arena.usable_size(p));
     // Blocked by a neighbour: no growth, nothing changed.
     void *q = arena.alloc(0, 100000);
@@ -585,7 +701,7 @@ Test(arena, a_run_grows_in_place) {
     cr_assert_not(arena.grow_in_place(arena.alloc(0, 64), 200000), "small blocks do not grow");
     arena.free(q);
     arena.free(p);
-    cr_assert_eq(stats->totals().live_bytes(), 64u);
+    cr_assert_eq(totals().live_bytes(), 64u);
 }
 
 Test(arena, a_large_block_costs_only_the_pages_used_and_is_still_wiped) {
