@@ -92,6 +92,7 @@ Test(secret, bad_arguments_are_einval_without_a_system_call) {
 }
 
 Test(secret, a_mapping_is_locked_undumpable_and_unreadable_from_outside) {
+    SKIP_UNDER_QEMU_USER("qemu-user does not implement memfd_secret (ENOSYS)");
     unsigned char *p = reserve();
     cr_assert_eq(memlock_secret_map(p, kLen), 0);
     cr_assert(is_secretmem(p));
@@ -112,6 +113,7 @@ Test(secret, a_mapping_is_locked_undumpable_and_unreadable_from_outside) {
 // Without unsharing, a fork child shares the mapping (the test can fail); with it, neither
 // process sees the other's writes, and what was there before the fork is in both.
 Test(secret, unsharing_after_fork_gives_each_process_its_own_copy) {
+    SKIP_UNDER_QEMU_USER("qemu-user does not implement memfd_secret (ENOSYS)");
     for (int anonymous = -1; anonymous <= 1; ++anonymous) {
         unsigned char *p = reserve();
         cr_assert_eq(memlock_secret_map(p, kLen), 0);
@@ -154,6 +156,7 @@ Test(secret, unsharing_after_fork_gives_each_process_its_own_copy) {
 // The unshared copy keeps the protection split: the committed part is readable and
 // writable, the rest stays inaccessible, and the copy is secretmem again.
 Test(secret, unsharing_keeps_the_committed_part_and_the_secretmem_kind) {
+    SKIP_UNDER_QEMU_USER("qemu-user does not implement memfd_secret (ENOSYS)");
     unsigned char *p = reserve();
     cr_assert_eq(memlock_secret_map(p, kLen), 0);
     const std::size_t page = memlock_page_size();
