@@ -6,9 +6,11 @@
 //
 //   read_smaps(pid)            mappings of a process, with Locked and VmFlags
 //   find_mapping(addr, pid)    the mapping that contains an address
+//   in_secretmem / readable_through_proc_mem   a memfd_secret mapping; a read through /proc/self/mem
 //   range_has_flag(...)        every byte of a range lies in mappings carrying a VmFlags token
 //   status_kb(pid, "VmLck")    a "kB" field of /proc/PID/status (vm_locked_kb: VmLck)
 //   run_program(opts)          fork+execve with extra env, child setup, cwd, full stdout/stderr
+//                              (raise_core_limit: a setup for tests that need a kernel core dump)
 //   start_program_into(child, opts)   the same child kept running (LiveProgram) while the test
 //                              inspects it; run_program is start + finish
 //   with_memlock_limit(...)    argv that runs a command without CAP_IPC_LOCK under a low
@@ -23,6 +25,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -129,6 +132,23 @@ inline std::optional<Mapping> find_mapping(const std::vector<Mapping> &maps, con
 }
 inline std::optional<Mapping> find_mapping(const void *addr, pid_t pid = 0) {
     return find_mapping(read_smaps(pid), addr);
+}
+
+// Is addr in a memfd_secret mapping (smaps names it "/secretmem (deleted)")?
+inline bool in_secretmem(const void *addr) {
+    const auto m = find_mapping(addr);
+    return m && m->path.rfind("/secretmem", 0) == 0;
+}
+
+// Can this process read the byte at addr through /proc/self/mem, as root's debugger would?
+// nullopt when /proc/self/mem cannot be opened (compare with true or false to assert).
+inline std::optional<bool> readable_through_proc_mem(const void *addr) {
+    const int fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    unsigned char c;
+    const bool ok = ::pread(fd, &c, 1, static_cast<off_t>(reinterpret_cast<std::uintptr_t>(addr))) == 1;
+    ::close(fd);
+    return ok;
 }
 
 // Mappings overlapping [addr, addr+len). pre: len > 0.
@@ -288,6 +308,15 @@ struct RunOptions {
     std::function<bool()> setup;
     int timeout_ms = 60000;                                 // SIGKILL after this; <= 0 = none
 };
+
+// A RunOptions::setup that raises the child's RLIMIT_CORE soft limit to its hard limit, so
+// that the kernel writes its core dump.
+inline bool raise_core_limit() {
+    struct rlimit rl;
+    if (::getrlimit(RLIMIT_CORE, &rl) != 0) return false;
+    rl.rlim_cur = rl.rlim_max;
+    return ::setrlimit(RLIMIT_CORE, &rl) == 0;
+}
 
 struct RunResult {
     bool started = false;   // fork and execve succeeded

@@ -30,21 +30,6 @@ unsigned char *reserve() {
     return static_cast<unsigned char *>(p);
 }
 
-bool is_secretmem(const void *p) {
-    auto m = memlock_test::find_mapping(p);
-    return m && m->path.find("secretmem") != std::string::npos;
-}
-
-// Reads one byte of this process through /proc/self/mem: what root's debugger would do.
-bool readable_through_proc_mem(const void *p) {
-    int fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
-    cr_assert_geq(fd, 0);
-    unsigned char c;
-    bool ok = ::pread(fd, &c, 1, static_cast<off_t>(reinterpret_cast<std::uintptr_t>(p))) == 1;
-    ::close(fd);
-    return ok;
-}
-
 void write_byte(int fd, char c) { cr_assert_eq(::write(fd, &c, 1), 1); }
 char read_byte(int fd) {
     char c = 0;
@@ -95,19 +80,19 @@ Test(secret, a_mapping_is_locked_undumpable_and_unreadable_from_outside) {
     SKIP_UNDER_QEMU_USER("qemu-user does not implement memfd_secret (ENOSYS)");
     unsigned char *p = reserve();
     cr_assert_eq(memlock_secret_map(p, kLen), 0);
-    cr_assert(is_secretmem(p));
+    cr_assert(memlock_test::in_secretmem(p));
     cr_assert(!memlock_test::find_mapping(p)->perms.compare(0, 3, "---"), "not PROT_NONE before commit");
     cr_assert_eq(memlock_commit(p, kLen), 0);
     std::memset(p, 0x5a, kLen);
     cr_assert_eq(p[kLen - 1], 0x5a);
     cr_assert(memlock_test::range_has_flag(p, kLen, "lo"));
     cr_assert(memlock_test::range_has_flag(p, kLen, "dd"));
-    cr_assert(!readable_through_proc_mem(p), "secretmem read through /proc/self/mem");
+    cr_assert(memlock_test::readable_through_proc_mem(p) == false, "secretmem read through /proc/self/mem");
     // The check can fail: an anonymous page beside it is readable.
     unsigned char *plain = reserve();
     cr_assert_eq(memlock_commit(plain, kLen), 0);
     plain[0] = 1;
-    cr_assert(readable_through_proc_mem(plain));
+    cr_assert(memlock_test::readable_through_proc_mem(plain) == true);
 }
 
 // Without unsharing, a fork child shares the mapping (the test can fail); with it, neither
@@ -164,8 +149,8 @@ Test(secret, unsharing_keeps_the_committed_part_and_the_secretmem_kind) {
     p[page] = 7;
     cr_assert_eq(memlock_secret_unshare(p, kLen, 2 * page, 0), 0);
     cr_assert_eq(p[page], 7);
-    cr_assert(is_secretmem(p));
-    cr_assert(is_secretmem(p + 2 * page));
+    cr_assert(memlock_test::in_secretmem(p));
+    cr_assert(memlock_test::in_secretmem(p + 2 * page));
     auto head = memlock_test::find_mapping(p), tail = memlock_test::find_mapping(p + 2 * page);
     cr_assert(head->perms.compare(0, 3, "rw-") == 0, "%s", head->perms.c_str());
     cr_assert(tail->perms.compare(0, 3, "---") == 0, "%s", tail->perms.c_str());

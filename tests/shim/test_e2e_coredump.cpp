@@ -3,7 +3,6 @@
 // search would have found the secret). Markers are generated at run time by the child.
 #include <criterion/criterion.h>
 #include <signal.h>
-#include <sys/resource.h>
 
 #include <string>
 
@@ -62,12 +61,7 @@ Test(e2e_coredump, kernel_core_dump_holds_no_secret) {
     }
     RunOptions opts = shim_options(config, {shim_program("e2e_secrets"), "abort"});
     opts.cwd = dir.path();
-    opts.setup = [] {
-        struct rlimit rl;
-        if (::getrlimit(RLIMIT_CORE, &rl) != 0) return false;
-        rl.rlim_cur = rl.rlim_max;
-        return ::setrlimit(RLIMIT_CORE, &rl) == 0;
-    };
+    opts.setup = raise_core_limit;
     const RunResult r = run_program(opts);
     cr_assert(r.killed_by(SIGABRT), "%s", r.describe().c_str());
     cr_assert(r.core_dumped, "no core dumped (RLIMIT_CORE hard limit 0?): %s", r.describe().c_str());

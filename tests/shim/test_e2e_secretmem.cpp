@@ -6,7 +6,6 @@
 #include <criterion/criterion.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/uio.h>
 
 #include <string>
@@ -131,12 +130,7 @@ Test(e2e_secretmem, gcore_and_kernel_core_dump_hold_no_marker) {
     }
     RunOptions opts = shim_options(config, {shim_program("e2e_secrets"), "abort"});
     opts.cwd = dir.path();
-    opts.setup = [] {
-        struct rlimit rl;
-        if (::getrlimit(RLIMIT_CORE, &rl) != 0) return false;
-        rl.rlim_cur = rl.rlim_max;
-        return ::setrlimit(RLIMIT_CORE, &rl) == 0;
-    };
+    opts.setup = raise_core_limit;
     const RunResult r = run_program(opts);
     cr_assert(r.killed_by(SIGABRT) && r.core_dumped, "%s", r.describe().c_str());
     auto core = read_file(dir.file("core." + *line_value(r.out, "pid")));
