@@ -19,6 +19,7 @@
 #include "elf.hpp"
 #include "fatal.hpp"
 #include "runtime.hpp"
+#include "unwind.hpp"
 
 namespace mlshim {
 
@@ -279,6 +280,11 @@ __attribute__((always_inline)) inline int backtrace_into(void **buf, int max) {
 __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
     frames.unwound = true;
     frames.n = 0;
+    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth));
+    if (fast >= 0) {
+        frames.n = static_cast<unsigned>(fast);
+        return;
+    }
     void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
     for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
         const int want = static_cast<int>(g_unwind_depth + extra);
@@ -310,7 +316,11 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vec
         if (!pc) return false;
         --pc;  // a return address may be one past its function's end
         if (contains((idx->*which)[id], pc)) return true;
-        if (!contains(idx->objects, pc)) {
+        const std::uint64_t bit = std::uint64_t{1} << (d - 1);
+        if (frames.indexed & bit) continue;
+        if (contains(idx->objects, pc)) {
+            frames.indexed |= bit;
+        } else {
             // Code no indexed object covers: something was loaded since. Look again.
             const Index *fresh = refresh(idx);
             if (fresh != idx) {
@@ -367,7 +377,10 @@ void callers_prefork() noexcept { pthread_mutex_lock(&g_build_lock); }
 void callers_postfork() noexcept { pthread_mutex_unlock(&g_build_lock); }
 void callers_postfork_child() noexcept { pthread_mutex_init(&g_build_lock, nullptr); }
 
-void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }
+void callers_objects_changed() noexcept {
+    fast_backtrace_forget();
+    g_changed.store(true, std::memory_order_relaxed);
+}
 
 unsigned long long callers_objects_read() noexcept {
     if (!g_state) return 0;
