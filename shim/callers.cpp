@@ -19,6 +19,7 @@
 #include "elf.hpp"
 #include "fatal.hpp"
 #include "runtime.hpp"
+#include "unwind.hpp"
 
 namespace mlshim {
 
@@ -29,13 +30,19 @@ struct Range {
     bool operator<(const Range &o) const { return lo < o.lo; }
 };
 
-// Immutable once published. Replaced (and the old one kept: readers may still hold it)
-// when the set of loaded objects changes.
+// Immutable once published, but for `seen`, a cache of lookups. Replaced (and the old one
+// kept: readers may still hold it) when the set of loaded objects changes.
 struct Index {
     std::vector<std::vector<Range>> symbol_ranges;  // per condition
     std::vector<std::vector<Range>> module_ranges;  // per condition
     std::vector<Range> objects;                     // every loaded object's segments
     unsigned long long adds = 0, subs = 0;          // dl_iterate_phdr's load/unload counters
+    // Return addresses found in `objects` before, direct-mapped: most allocations come
+    // from a few call chains, and one load is cheaper than a binary search per frame.
+    static constexpr unsigned kSeenBits = 10;
+    mutable std::atomic<std::uintptr_t> seen[1u << kSeenBits] = {};
+
+    bool indexed(std::uintptr_t pc) const noexcept;
 };
 
 // Made by callers_init. The shim's constructor runs before C++ dynamic initialisers, so
@@ -70,9 +77,26 @@ void sort_merge(std::vector<Range> &v) {
     v.resize(out);
 }
 
-bool contains(const std::vector<Range> &v, std::uintptr_t pc) noexcept {
-    auto it = std::upper_bound(v.begin(), v.end(), Range{pc, 0});
-    return it != v.begin() && pc < (it - 1)->hi;
+// Binary search without branches on the data (sorted, non-overlapping ranges): it runs for
+// every frame of every checked allocation, where mispredicted branches would cost most.
+__attribute__((always_inline)) inline bool contains(const std::vector<Range> &v, std::uintptr_t pc) noexcept {
+    std::size_t n = v.size();
+    if (n == 0) return false;
+    const Range *base = v.data();
+    while (n > 1) {
+        const std::size_t half = n / 2;
+        base = base[half].lo <= pc ? base + half : base;
+        n -= half;
+    }
+    return base->lo <= pc && pc < base->hi;
+}
+
+bool Index::indexed(std::uintptr_t pc) const noexcept {
+    std::atomic<std::uintptr_t> &slot = seen[(pc * 0x9E3779B97F4A7C15ull) >> (64 - kSeenBits)];
+    if (slot.load(std::memory_order_relaxed) == pc) return true;
+    if (!contains(objects, pc)) return false;
+    slot.store(pc, std::memory_order_relaxed);
+    return true;
 }
 
 // ---- loaded objects ----------------------------------------------------------------------
@@ -279,6 +303,11 @@ __attribute__((always_inline)) inline int backtrace_into(void **buf, int max) {
 __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
     frames.unwound = true;
     frames.n = 0;
+    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth));
+    if (fast >= 0) {
+        frames.n = static_cast<unsigned>(fast);
+        return;
+    }
     void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
     for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
         const int want = static_cast<int>(g_unwind_depth + extra);
@@ -310,7 +339,11 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vec
         if (!pc) return false;
         --pc;  // a return address may be one past its function's end
         if (contains((idx->*which)[id], pc)) return true;
-        if (!contains(idx->objects, pc)) {
+        const std::uint64_t bit = std::uint64_t{1} << (d - 1);
+        if (frames.indexed & bit) continue;
+        if (idx->indexed(pc)) {
+            frames.indexed |= bit;
+        } else {
             // Code no indexed object covers: something was loaded since. Look again.
             const Index *fresh = refresh(idx);
             if (fresh != idx) {
@@ -367,7 +400,10 @@ void callers_prefork() noexcept { pthread_mutex_lock(&g_build_lock); }
 void callers_postfork() noexcept { pthread_mutex_unlock(&g_build_lock); }
 void callers_postfork_child() noexcept { pthread_mutex_init(&g_build_lock, nullptr); }
 
-void callers_objects_changed() noexcept { g_changed.store(true, std::memory_order_relaxed); }
+void callers_objects_changed() noexcept {
+    fast_backtrace_forget();
+    g_changed.store(true, std::memory_order_relaxed);
+}
 
 unsigned long long callers_objects_read() noexcept {
     if (!g_state) return 0;

@@ -10,9 +10,13 @@
 //   - Function names come from each object's on-disk symbol tables (.dynsym and, where the
 //     file has one, .symtab); objects match a module glob by path, basename or soname.
 //   - The immediate caller (depth 1) costs one lookup: it is the interposed function's return
-//     address. Deeper frames come from libgcc's _Unwind_Backtrace, linked into the shim and
-//     hidden (so it needs no unwinding library on the system and never interposes on the
-//     program's), warmed up at start-up, only when some rule looks deeper than depth 1.
+//     address. Deeper frames come from fast_backtrace (unwind.hpp), which reads each frame's
+//     call frame information once and then walks with cached rules (a few loads per frame);
+//     a stack it cannot walk (a signal frame, code without unwind information) goes to
+//     libgcc's _Unwind_Backtrace, linked into the shim and hidden (so it needs no unwinding
+//     library on the system and never interposes on the program's), warmed up at start-up.
+//     Either runs only when some rule looks deeper than depth 1, and each frame is checked
+//     against the index of loaded objects once per allocation, whatever the rules.
 //   - Everything here runs with the shim's busy flag set: its own allocations pass through.
 #ifndef MEMLOCK_SHIM_CALLERS_HPP
 #define MEMLOCK_SHIM_CALLERS_HPP
@@ -43,6 +47,7 @@ struct CallerFrames {
     std::uintptr_t pc[kMaxCallerDepth];
     unsigned n = 0;
     bool unwound = false;
+    std::uint64_t indexed = 0;  // bit d - 1: frame d lies in an object the index covers
 };
 
 // Indexes the loaded objects for `conditions` (condition i is caller rule i). Returns an

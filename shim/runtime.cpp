@@ -24,6 +24,7 @@
 #include "fatal.hpp"
 #include "memlock.h"
 #include "trace.hpp"
+#include "unwind.hpp"
 
 namespace mlshim {
 
@@ -582,6 +583,7 @@ void runtime_fini() noexcept {
 int shim_dlclose(void *handle) noexcept {
     static int (*next)(void *) = nullptr;
     if (!next) next = reinterpret_cast<int (*)(void *)>(dlsym(RTLD_NEXT, "dlclose"));
+    fast_backtrace_forget();  // before the code goes, as well as after (callers_objects_changed)
     int rc = next ? next(handle) : -1;
     callers_objects_changed();
     return rc;

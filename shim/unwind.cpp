@@ -1,0 +1,398 @@
+#include "unwind.hpp"
+
+#include <atomic>
+#include <cstddef>
+#include <cstring>
+
+namespace mlshim {
+
+#if defined(__x86_64__)
+
+namespace {
+
+// libgcc's lookup of the frame description entry covering pc (linked into the shim with the
+// static libgcc_eh, hidden). bases.func is the start of the function it describes.
+struct EhBases {
+    void *tbase, *dbase, *func;
+};
+extern "C" const void *_Unwind_Find_FDE(void *pc, EhBases *bases);
+
+// DWARF register numbers on x86_64.
+constexpr unsigned kRegFp = 6;   // rbp
+constexpr unsigned kRegSp = 7;   // rsp
+constexpr unsigned kRegRa = 16;  // the return address column
+
+// How to find a frame's caller, packed into 64 bits:
+//   bits 0-31   CFA offset (signed)
+//   bits 32-47  where the caller's frame pointer was saved, relative to the CFA (signed;
+//               0: not saved, the register still holds it)
+//   bit  48     the CFA is based on the frame pointer (else on the stack pointer)
+//   bit  49     the stack ends here (the return address is undefined)
+//   bit  50     not walkable here (libgcc must unwind)
+// The return address is always at CFA - 8 (checked when the rule is made).
+constexpr std::uint64_t kOnFp = 1ull << 48;
+constexpr std::uint64_t kEnd = 1ull << 49;
+constexpr std::uint64_t kSlow = 1ull << 50;
+
+std::uint64_t pack(std::int32_t cfa_off, std::int16_t fp_off, bool on_fp) {
+    return static_cast<std::uint32_t>(cfa_off) | static_cast<std::uint64_t>(static_cast<std::uint16_t>(fp_off)) << 32 |
+           (on_fp ? kOnFp : 0);
+}
+
+// ---- reading .eh_frame ---------------------------------------------------------------------
+
+struct Reader {
+    const unsigned char *p, *end;
+    bool ok = true;
+
+    bool has(std::size_t n) {
+        if (static_cast<std::size_t>(end - p) < n) ok = false;
+        return ok;
+    }
+    std::uint8_t u8() { return has(1) ? *p++ : 0; }
+    template <typename T> T fixed() {
+        T v{};
+        if (has(sizeof v)) {
+            std::memcpy(&v, p, sizeof v);
+            p += sizeof v;
+        }
+        return v;
+    }
+    std::uint64_t uleb() {
+        std::uint64_t v = 0;
+        for (unsigned shift = 0; has(1); shift += 7) {
+            std::uint8_t b = *p++;
+            if (shift < 64) v |= static_cast<std::uint64_t>(b & 0x7f) << shift;
+            if (!(b & 0x80)) return v;
+        }
+        return 0;
+    }
+    std::int64_t sleb() {
+        std::int64_t v = 0;
+        unsigned shift = 0;
+        for (; has(1); ) {
+            std::uint8_t b = *p++;
+            if (shift < 64) v |= static_cast<std::int64_t>(static_cast<std::uint64_t>(b & 0x7f) << shift);
+            shift += 7;
+            if (!(b & 0x80)) {
+                if (shift < 64 && (b & 0x40)) v |= -(static_cast<std::int64_t>(1) << shift);
+                return v;
+            }
+        }
+        return 0;
+    }
+    void skip(std::size_t n) {
+        if (has(n)) p += n;
+    }
+    // Skips a pointer in encoding `enc` (DW_EH_PE_*). Only the value's size matters here.
+    void skip_encoded(std::uint8_t enc) {
+        if (enc == 0xff) return;  // DW_EH_PE_omit
+        if ((enc & 0x70) == 0x50) {  // DW_EH_PE_aligned: not emitted for .eh_frame
+            ok = false;
+            return;
+        }
+        switch (enc & 0x0f) {
+        case 0x00: skip(8); break;           // absptr
+        case 0x01: uleb(); break;            // uleb128
+        case 0x09: sleb(); break;            // sleb128
+        case 0x02: case 0x0a: skip(2); break;
+        case 0x03: case 0x0b: skip(4); break;
+        case 0x04: case 0x0c: skip(8); break;
+        default: ok = false;
+        }
+    }
+};
+
+// One register's rule while the CFA program runs.
+struct RegRule {
+    enum Kind : std::uint8_t { same, offset, undefined, other } kind = same;
+    std::int64_t off = 0;
+};
+
+struct Row {
+    unsigned cfa_reg = kRegSp;
+    std::int64_t cfa_off = 8;
+    bool cfa_ok = true;  // false: a CFA expression
+    RegRule fp, ra;
+};
+
+struct Cie {
+    std::uint64_t code_align = 1;
+    std::int64_t data_align = -8;
+    std::uint64_t ra_reg = kRegRa;
+    std::uint8_t fde_enc = 0;  // DW_EH_PE_absptr
+    bool has_aug_data = false;
+    bool signal = false;
+    const unsigned char *insns = nullptr, *end = nullptr;
+};
+
+bool read_cie(const unsigned char *at, Cie &cie) {
+    std::uint32_t len32;
+    std::memcpy(&len32, at, 4);
+    if (len32 == 0 || len32 == 0xffffffffu) return false;  // no 64-bit DWARF in .eh_frame
+    Reader r{at + 4, at + 4 + len32};
+    if (r.fixed<std::uint32_t>() != 0) return false;  // not a CIE
+    std::uint8_t version = r.u8();
+    if (version != 1 && version != 3) return false;
+    const char *aug = reinterpret_cast<const char *>(r.p);
+    std::size_t aug_len = strnlen(aug, static_cast<std::size_t>(r.end - r.p));
+    r.skip(aug_len + 1);
+    if (aug[0] != '\0' && aug[0] != 'z') return false;  // "eh" and other ancient forms
+    cie.code_align = r.uleb();
+    cie.data_align = r.sleb();
+    cie.ra_reg = version == 1 ? r.u8() : r.uleb();
+    if (aug[0] == 'z') {
+        cie.has_aug_data = true;
+        std::uint64_t n = r.uleb();
+        if (!r.has(n)) return false;
+        Reader a{r.p, r.p + n};
+        for (const char *c = aug + 1; *c && a.ok; ++c) {
+            if (*c == 'R') cie.fde_enc = a.u8();
+            else if (*c == 'P') a.skip_encoded(a.u8());
+            else if (*c == 'L') a.u8();
+            else if (*c == 'S') cie.signal = true;
+            else if (*c == 'B' || *c == 'G') continue;
+            else return false;
+        }
+        if (!a.ok) return false;
+        r.p += n;
+    }
+    cie.insns = r.p;
+    cie.end = r.end;
+    return r.ok;
+}
+
+// Runs a CFA program up to (and including) the rows at addresses <= target, from `loc`.
+// Returns false when the program holds something this walker does not follow.
+bool run_program(const unsigned char *p, const unsigned char *end, const Cie &cie, std::uintptr_t loc,
+                 std::uintptr_t target, Row &row, const Row &initial) {
+    constexpr unsigned kStates = 8;
+    Row stack[kStates];
+    unsigned depth = 0;
+    Reader r{p, end};
+    auto reg_rule = [&](std::uint64_t reg) -> RegRule * {
+        if (reg == kRegFp) return &row.fp;
+        if (reg == cie.ra_reg) return &row.ra;
+        return nullptr;
+    };
+    auto set_offset = [&](std::uint64_t reg, std::int64_t off) {
+        if (RegRule *rr = reg_rule(reg)) *rr = RegRule{RegRule::offset, off};
+    };
+    auto set_kind = [&](std::uint64_t reg, RegRule::Kind k) {
+        if (RegRule *rr = reg_rule(reg)) *rr = RegRule{k, 0};
+    };
+    auto restore = [&](std::uint64_t reg) {
+        if (reg == kRegFp) row.fp = initial.fp;
+        else if (reg == cie.ra_reg) row.ra = initial.ra;
+    };
+    while (r.p < r.end && r.ok) {
+        std::uint8_t op = r.u8();
+        std::uint64_t advance = 0;
+        switch (op & 0xc0) {
+        case 0x40: advance = (op & 0x3f) * cie.code_align; break;
+        case 0x80: set_offset(op & 0x3f, static_cast<std::int64_t>(r.uleb()) * cie.data_align); continue;
+        case 0xc0: restore(op & 0x3f); continue;
+        default: break;
+        }
+        if (!advance) switch (op) {
+            case 0x00: continue;  // nop
+            case 0x02: advance = r.u8() * cie.code_align; break;
+            case 0x03: advance = r.fixed<std::uint16_t>() * cie.code_align; break;
+            case 0x04: advance = r.fixed<std::uint32_t>() * cie.code_align; break;
+            case 0x05: {  // offset_extended
+                std::uint64_t reg = r.uleb();
+                set_offset(reg, static_cast<std::int64_t>(r.uleb()) * cie.data_align);
+                continue;
+            }
+            case 0x06: restore(r.uleb()); continue;
+            case 0x07: set_kind(r.uleb(), RegRule::undefined); continue;
+            case 0x08: set_kind(r.uleb(), RegRule::same); continue;
+            case 0x09: set_kind(r.uleb(), RegRule::other); r.uleb(); continue;  // register
+            case 0x0a:  // remember_state
+                if (depth == kStates) return false;
+                stack[depth++] = row;
+                continue;
+            case 0x0b:  // restore_state: the CFA too, as GCC's epilogues expect
+                if (depth == 0) return false;
+                row = stack[--depth];
+                continue;
+            case 0x0c: row.cfa_reg = static_cast<unsigned>(r.uleb()); row.cfa_off = static_cast<std::int64_t>(r.uleb()); row.cfa_ok = true; continue;
+            case 0x0d: row.cfa_reg = static_cast<unsigned>(r.uleb()); row.cfa_ok = true; continue;
+            case 0x0e: row.cfa_off = static_cast<std::int64_t>(r.uleb()); continue;
+            case 0x0f: row.cfa_ok = false; r.skip(r.uleb()); continue;  // def_cfa_expression
+            case 0x10: case 0x16: {  // expression, val_expression
+                set_kind(r.uleb(), RegRule::other);
+                r.skip(r.uleb());
+                continue;
+            }
+            case 0x11: {  // offset_extended_sf
+                std::uint64_t reg = r.uleb();
+                set_offset(reg, r.sleb() * cie.data_align);
+                continue;
+            }
+            case 0x12: row.cfa_reg = static_cast<unsigned>(r.uleb()); row.cfa_off = r.sleb() * cie.data_align; row.cfa_ok = true; continue;
+            case 0x13: row.cfa_off = r.sleb() * cie.data_align; continue;
+            case 0x14: set_kind(r.uleb(), RegRule::other); r.uleb(); continue;  // val_offset
+            case 0x15: set_kind(r.uleb(), RegRule::other); r.sleb(); continue;  // val_offset_sf
+            case 0x2e: r.uleb(); continue;                                        // GNU_args_size
+            case 0x2f: {  // GNU_negative_offset_extended
+                std::uint64_t reg = r.uleb();
+                set_offset(reg, -static_cast<std::int64_t>(r.uleb()) * cie.data_align);
+                continue;
+            }
+            default: return false;  // set_loc, vendor extensions
+            }
+        loc += advance;
+        if (loc > target) return true;
+    }
+    return r.ok;
+}
+
+// The rule for the frame whose code is at pc (a return address: its call is at pc - 1).
+std::uint64_t make_rule(std::uintptr_t pc) {
+    EhBases bases{};
+    const unsigned char *fde = static_cast<const unsigned char *>(_Unwind_Find_FDE(reinterpret_cast<void *>(pc - 1), &bases));
+    if (!fde) return kSlow;
+    std::uint32_t len32, cie_off;
+    std::memcpy(&len32, fde, 4);
+    std::memcpy(&cie_off, fde + 4, 4);
+    if (len32 == 0xffffffffu || cie_off == 0) return kSlow;
+    Cie cie;
+    if (!read_cie(fde + 4 - cie_off, cie) || cie.signal) return kSlow;
+    Reader r{fde + 8, fde + 4 + len32};
+    r.skip_encoded(cie.fde_enc);          // pc_begin: libgcc gave it as bases.func
+    r.skip_encoded(cie.fde_enc & 0x0f);   // pc_range
+    if (cie.has_aug_data) r.skip(r.uleb());
+    if (!r.ok) return kSlow;
+    const std::uintptr_t func = reinterpret_cast<std::uintptr_t>(bases.func);
+    Row initial;
+    initial.ra = RegRule{RegRule::undefined, 0};
+    Row row = initial;
+    if (!run_program(cie.insns, cie.end, cie, func, ~std::uintptr_t{0}, row, initial)) return kSlow;
+    initial = row;
+    if (!run_program(r.p, r.end, cie, func, pc - 1, row, initial)) return kSlow;
+
+    if (row.ra.kind == RegRule::undefined) return kEnd;
+    if (!row.cfa_ok || (row.cfa_reg != kRegSp && row.cfa_reg != kRegFp)) return kSlow;
+    if (row.ra.kind != RegRule::offset || row.ra.off != -8) return kSlow;
+    if (row.cfa_off < 8 || row.cfa_off > INT32_MAX) return kSlow;
+    std::int64_t fp_off = 0;
+    if (row.fp.kind == RegRule::offset) {
+        fp_off = row.fp.off;
+        if (fp_off == 0 || fp_off < INT16_MIN || fp_off > INT16_MAX) return kSlow;
+    } else if (row.fp.kind != RegRule::same) {
+        return kSlow;
+    }
+    return pack(static_cast<std::int32_t>(row.cfa_off), static_cast<std::int16_t>(fp_off), row.cfa_reg == kRegFp);
+}
+
+// ---- the cache -------------------------------------------------------------------------------
+
+// Direct-mapped by return address. A slot is valid for the generation it was filled in.
+struct Slot {
+    std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
+    std::atomic<std::uint32_t> gen{0};
+    std::atomic<std::uint64_t> pc{0};
+    std::atomic<std::uint64_t> rule{0};
+};
+constexpr unsigned kSlotBits = 12;
+Slot g_slots[1u << kSlotBits];
+std::atomic<std::uint32_t> g_gen{1};
+std::atomic<unsigned long long> g_rules_made{0};
+std::atomic<unsigned long long> g_fallbacks{0};
+
+inline Slot &slot_for(std::uintptr_t pc) {
+    return g_slots[(pc * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits)];
+}
+
+inline bool cached(std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
+    Slot &s = slot_for(pc);
+    std::uint32_t s1 = s.seq.load(std::memory_order_acquire);
+    if (s1 & 1) return false;
+    std::uint32_t g = s.gen.load(std::memory_order_relaxed);
+    std::uint64_t k = s.pc.load(std::memory_order_relaxed);
+    rule = s.rule.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return s.seq.load(std::memory_order_relaxed) == s1 && k == pc && g == gen;
+}
+
+void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
+    Slot &s = slot_for(pc);
+    std::uint32_t s1 = s.seq.load(std::memory_order_relaxed);
+    if ((s1 & 1) || !s.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    s.gen.store(gen, std::memory_order_relaxed);
+    s.pc.store(pc, std::memory_order_relaxed);
+    s.rule.store(rule, std::memory_order_relaxed);
+    s.seq.store(s1 + 2, std::memory_order_release);
+}
+
+__attribute__((noinline)) std::uint64_t rule_slow(std::uintptr_t pc, std::uint32_t gen) {
+    std::uint64_t rule = make_rule(pc);
+    g_rules_made.fetch_add(1, std::memory_order_relaxed);
+    store(pc, gen, rule);
+    return rule;
+}
+
+// A word of the stack: the walk reads saved return addresses and frame pointers, which the
+// sanitizers know nothing about.
+__attribute__((no_sanitize_address)) inline std::uintptr_t stack_word(std::uintptr_t at) {
+    return *reinterpret_cast<const std::uintptr_t *>(at);
+}
+
+}  // namespace
+
+// The shim's own frames between here and the allocation's caller, at most.
+constexpr int kMaxOwnFrames = 12;
+
+__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept {
+    std::uintptr_t pc, sp, fp;
+    // Where this frame is: the rule for the address after the lea is the rule for here.
+    asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
+    const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
+    int n = 0, own = 0;
+    while (n < max) {
+        std::uint64_t rule;
+        if (!cached(pc, gen, rule)) rule = rule_slow(pc, gen);
+        if (rule & kSlow) break;
+        if (rule & kEnd) {
+            if (n) return n;
+            break;  // `from` is not on this stack
+        }
+        const std::uintptr_t base = (rule & kOnFp) ? fp : sp;
+        const std::uintptr_t cfa = base + static_cast<std::uintptr_t>(static_cast<std::int64_t>(static_cast<std::int32_t>(rule)));
+        // A caller's frame lies above its callee's: anything else is not a stack to walk.
+        if (cfa <= sp || (cfa & 7)) break;
+        const auto fp_off = static_cast<std::int16_t>(rule >> 32);
+        if (fp_off) fp = stack_word(cfa + static_cast<std::uintptr_t>(static_cast<std::int64_t>(fp_off)));
+        pc = stack_word(cfa - 8);
+        sp = cfa;
+        if (!pc) {
+            if (n) return n;
+            break;
+        }
+        if (n || pc == from) pcs[n++] = pc;
+        else if (++own > kMaxOwnFrames) break;
+    }
+    if (n == max) return n;
+    g_fallbacks.fetch_add(1, std::memory_order_relaxed);
+    return -1;
+}
+
+void fast_backtrace_forget() noexcept { g_gen.fetch_add(1, std::memory_order_acq_rel); }
+
+#else  // no fast walk on this platform: libgcc unwinds
+
+int fast_backtrace(std::uintptr_t, std::uintptr_t *, int) noexcept { return -1; }
+void fast_backtrace_forget() noexcept {}
+namespace {
+std::atomic<unsigned long long> g_rules_made{0};
+std::atomic<unsigned long long> g_fallbacks{0};
+}  // namespace
+
+#endif
+
+FastBacktraceCounts fast_backtrace_counts() noexcept {
+    return {g_rules_made.load(std::memory_order_relaxed), g_fallbacks.load(std::memory_order_relaxed)};
+}
+
+}  // namespace mlshim

@@ -1,0 +1,43 @@
+// unwind.hpp - the return addresses on the calling thread's stack, fast.
+//
+// What it promises
+//   - fast_backtrace walks the stack with the same call frame information (.eh_frame) that
+//     libgcc's unwinder reads, but keeps what it learns: the rule that gives a frame's caller
+//     (CFA from the stack or frame pointer plus an offset, where the return address and the
+//     saved frame pointer are) is worked out once per return address and cached. A walk
+//     whose rules are all cached reads two or three words per frame and calls nothing.
+//   - Only what is exact is cached. A frame whose rule needs more (a DWARF expression, a CFA
+//     in another register, a signal frame), code without call frame information, or a
+//     platform other than x86_64: fast_backtrace returns -1 and the caller unwinds with
+//     libgcc (the answer is then the same, only slower).
+//   - The cache never outlives code: it is dropped (a generation count) around every
+//     dlclose, before the object goes and after, so a rule read from an unloaded object is
+//     never applied to code loaded at its address later.
+//   - Lock-free (a sequence count per cache slot) and allocation-free; it runs inside the
+//     interposed allocation functions, on any thread, and in a fork child.
+#ifndef MEMLOCK_SHIM_UNWIND_HPP
+#define MEMLOCK_SHIM_UNWIND_HPP
+
+#include <cstdint>
+
+namespace mlshim {
+
+// Writes into pcs the return addresses of the stack from the frame whose return address is
+// `from` outwards (pcs[0] == from), at most `max` of them. Returns how many (fewer when the
+// stack ends first), or -1: this stack cannot be walked here (unwind it with libgcc).
+// `from` must be a return address into a frame that calls, directly or through the shim's
+// own frames, this function.
+int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept;
+
+// Code may be unloaded (dlclose): forget every cached rule.
+void fast_backtrace_forget() noexcept;
+
+// Rules cached since start-up, and walks that fell back to libgcc (for tests and benchmarks).
+struct FastBacktraceCounts {
+    unsigned long long rules, fallbacks;
+};
+FastBacktraceCounts fast_backtrace_counts() noexcept;
+
+}  // namespace mlshim
+
+#endif  // MEMLOCK_SHIM_UNWIND_HPP

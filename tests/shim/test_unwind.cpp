@@ -1,0 +1,169 @@
+// The fast stack walk gives the return addresses libgcc's unwinder gives, frame for frame,
+// through frames addressed from the stack pointer and from the frame pointer, deep stacks,
+// threads and after the cache is forgotten; where it cannot walk (a signal frame) it says
+// so instead of guessing.
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unwind.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "unwind.hpp"
+
+using namespace mlshim;
+
+namespace {
+
+struct Walk {
+    int fast_n = 0;
+    std::vector<std::uintptr_t> fast;
+    std::vector<std::uintptr_t> libgcc;  // from the same return address on
+};
+
+struct Collect {
+    std::vector<std::uintptr_t> *out;
+};
+
+_Unwind_Reason_Code collect(_Unwind_Context *ctx, void *arg) {
+    static_cast<Collect *>(arg)->out->push_back(_Unwind_GetIP(ctx));
+    return _URC_NO_REASON;
+}
+
+// Both walks from the return address into walk_here's caller, at most `max` frames.
+__attribute__((noinline)) Walk walk_here(int max) {
+    const auto from = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
+    Walk w;
+    w.fast.resize(static_cast<std::size_t>(max));
+    w.fast_n = fast_backtrace(from, w.fast.data(), max);
+    std::vector<std::uintptr_t> all;
+    Collect c{&all};
+    _Unwind_Backtrace(collect, &c);
+    std::size_t i = 0;
+    while (i < all.size() && all[i] != from) ++i;
+    for (; i < all.size() && w.libgcc.size() < static_cast<std::size_t>(max); ++i)
+        if (all[i]) w.libgcc.push_back(all[i]);
+    return w;
+}
+
+void expect_same(const Walk &w, const char *where) {
+    cr_assert_geq(w.fast_n, 1, "%s: the fast walk gave up (%d)", where, w.fast_n);
+    cr_assert_eq(static_cast<std::size_t>(w.fast_n), w.libgcc.size(), "%s: %d frames, libgcc %zu", where, w.fast_n,
+                 w.libgcc.size());
+    for (int i = 0; i < w.fast_n; ++i)
+        cr_expect_eq(w.fast[static_cast<std::size_t>(i)], w.libgcc[static_cast<std::size_t>(i)],
+                     "%s: frame %d: %#lx, libgcc %#lx", where, i, static_cast<unsigned long>(w.fast[static_cast<std::size_t>(i)]),
+                     static_cast<unsigned long>(w.libgcc[static_cast<std::size_t>(i)]));
+}
+
+volatile int g_sink;
+
+// Frames of different shapes. Each does work after its call, so none is a tail call.
+__attribute__((noinline)) Walk leafish(int max) {
+    Walk w = walk_here(max);
+    g_sink = g_sink + 1;
+    return w;
+}
+
+__attribute__((noinline)) Walk with_array(int max) {
+    volatile char big[3000];
+    big[0] = static_cast<char>(max);
+    Walk w = leafish(max);
+    g_sink = g_sink + big[0];
+    return w;
+}
+
+// A variable-length array: the compiler addresses this frame from the frame pointer.
+__attribute__((noinline)) Walk with_vla(int max, int n) {
+    volatile char vla[n];
+    vla[0] = 1;
+    Walk w = with_array(max);
+    g_sink = g_sink + vla[0];
+    return w;
+}
+
+__attribute__((noinline, optimize("no-omit-frame-pointer"))) Walk with_frame_pointer(int max) {
+    Walk w = with_vla(max, 100 + g_sink % 7);
+    g_sink = g_sink + 2;
+    return w;
+}
+
+__attribute__((noinline)) Walk recurse(int depth, int max) {
+    if (depth == 0) return with_frame_pointer(max);
+    Walk w = recurse(depth - 1, max);
+    g_sink = g_sink + depth;
+    return w;
+}
+
+}  // namespace
+
+Test(unwind, matches_libgcc_through_every_kind_of_frame) {
+    for (int max : {1, 2, 5, 8, 16}) expect_same(recurse(3, max), "shallow");
+}
+
+Test(unwind, walks_to_the_end_of_the_stack) {
+    // More frames asked for than there are: both walks stop at the outermost frame.
+    Walk w = recurse(2, 64);
+    expect_same(w, "whole stack");
+    cr_expect_lt(w.fast_n, 64);
+}
+
+Test(unwind, deep_stacks) {
+    expect_same(recurse(40, 64), "deep");
+}
+
+namespace {
+void *thread_walk(void *arg) {
+    *static_cast<Walk *>(arg) = recurse(5, 64);
+    return nullptr;
+}
+}  // namespace
+
+Test(unwind, in_a_thread) {
+    Walk w;
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, nullptr, thread_walk, &w), 0);
+    pthread_join(t, nullptr);
+    expect_same(w, "thread");
+}
+
+Test(unwind, rules_are_cached_and_forgotten) {
+    // Every walk from one call site, so that each sees the same return addresses.
+    unsigned long long made[5];
+    for (int i = 0; i < 5; ++i) {
+        if (i == 3) fast_backtrace_forget();
+        const unsigned long long before = fast_backtrace_counts().rules;
+        expect_same(recurse(4, 16), "walk");
+        made[i] = fast_backtrace_counts().rules - before;
+    }
+    cr_expect_gt(made[0], 0u, "the first walk made no rules");
+    cr_expect_eq(made[1] + made[2], 0u, "identical walks made new rules");
+    cr_expect_eq(made[3], made[0], "forgotten rules were used again");
+    cr_expect_eq(made[4], 0u, "rules made again were not kept");
+}
+
+namespace {
+Walk g_in_handler;
+void on_signal(int) { g_in_handler = recurse(1, 32); }
+}  // namespace
+
+Test(unwind, signal_frames_fall_back) {
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    cr_assert_eq(sigaction(SIGUSR1, &sa, nullptr), 0);
+    raise(SIGUSR1);
+    const Walk &w = g_in_handler;
+    // libgcc walks through the kernel's signal frame; the fast walk hands such stacks to it.
+    cr_assert_gt(w.libgcc.size(), 8u);
+    cr_expect_eq(w.fast_n, -1, "the fast walk went through a signal frame (%d frames)", w.fast_n);
+    // Within the frames before the signal frame it still agrees.
+    Walk near = {};
+    struct sigaction sb {};
+    sb.sa_handler = [](int) { g_in_handler = recurse(1, 4); };
+    cr_assert_eq(sigaction(SIGUSR1, &sb, nullptr), 0);
+    raise(SIGUSR1);
+    near = g_in_handler;
+    expect_same(near, "inside the handler");
+    cr_expect_gt(fast_backtrace_counts().fallbacks, 0u);
+}
