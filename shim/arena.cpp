@@ -169,7 +169,8 @@ struct SecureArena::Pool {
     std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     bool secret;                 // [start, lock_end) is a memfd_secret mapping
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
-    std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
+    std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel, that can be
+    std::size_t kept_bytes;      // free-run pages that cannot be (secretmem): never purged
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
     bool purge_stuck;            // the last purge left more than slack + burst
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
@@ -647,7 +648,7 @@ void SecureArena::list_remove(std::uint32_t &list, std::size_t head) noexcept {
 
 // Only a free run's first and last pages are marked: the first for the list, the last so
 // that a run freed just after it can find it and merge. The run's committed pages count as
-// dirty (not given back yet).
+// dirty (not given back yet), or as kept where they cannot be (secretmem).
 void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
     PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
     tail.head = h.head = static_cast<std::uint32_t>(head);
@@ -655,18 +656,30 @@ void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npag
     tail.cls = h.cls = kLargeClass;
     h.npages = static_cast<std::uint32_t>(npages);
     list_push(pool.free_runs, head);
-    pool.dirty_bytes += in_use_pages(head, npages) * page_;
+    const std::size_t secret = secret_pages(head, npages);
+    pool.dirty_bytes += (in_use_pages(head, npages) - secret) * page_;
+    pool.kept_bytes += secret * page_;
 }
 
 void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
     list_remove(pool.free_runs, head);
-    pool.dirty_bytes -= in_use_pages(head, meta_[head].npages) * page_;
+    const std::size_t npages = meta_[head].npages, secret = secret_pages(head, npages);
+    pool.dirty_bytes -= (in_use_pages(head, npages) - secret) * page_;
+    pool.kept_bytes -= secret * page_;
 }
 
 std::size_t SecureArena::in_use_pages(std::size_t first, std::size_t n) const noexcept {
     std::size_t used = 0;
     for (std::size_t i = first; i < first + n; ++i) used += (meta_[i].flags & kInUse) != 0;
     return used;
+}
+
+// Committed pages of [first, first+n) that cannot go back to the kernel (secretmem).
+std::size_t SecureArena::secret_pages(std::size_t first, std::size_t n) const noexcept {
+    std::size_t kept = 0;
+    for (std::size_t i = first; i < first + n; ++i)
+        kept += (meta_[i].flags & (kInUse | kSecretPage)) == (kInUse | kSecretPage);
+    return kept;
 }
 
 // Pages taken from a free run that were given back to the kernel are committed again (they
@@ -738,9 +751,14 @@ std::uint64_t SecureArena::now_ns() noexcept {
 // burst (an idle program keeps at most that). Runs freed last are kept, older ones go.
 // Called at the end of every operation under the pool's lock (a thread cache's refill or
 // flush, a page run's allocation or free, a thread's exit); it reads the clock only when
-// there is something to give back. pre: pool.lock held.
+// there is something to give back. Free secretmem pages, which cannot go back, count
+// neither toward the slack nor as left over (kept_bytes). pre: pool.lock held.
 void SecureArena::maybe_purge(Pool &pool) noexcept {
-    if (pool.dirty_bytes <= opts_.purge_slack) return;
+    if (pool.dirty_bytes <= opts_.purge_slack) {
+        // Free secretmem pages cannot go back (backing.hpp): no scan for them, one line saying so.
+        if (pool.kept_bytes && pool.dirty_bytes + pool.kept_bytes > opts_.purge_slack) report_secret_kept();
+        return;
+    }
     std::uint64_t now = now_ns();
     bool urgent = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst && !pool.purge_stuck;
     if (!urgent && now - pool.last_purge_ns < opts_.purge_delay_ns) return;
@@ -749,7 +767,7 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
     for (std::uint32_t r = pool.free_runs; r && pool.dirty_bytes > opts_.purge_slack;) {
         std::size_t head = r - 1, n = meta_[head].npages;
         r = meta_[head].next_free;
-        std::size_t dirty = in_use_pages(head, n) * page_;
+        std::size_t dirty = (in_use_pages(head, n) - secret_pages(head, n)) * page_;
         if (kept + dirty <= opts_.purge_slack) {
             kept += dirty;
             continue;
@@ -757,6 +775,12 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
         discard_pages(pool, head, n);
     }
     pool.purge_stuck = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst;
+}
+
+void SecureArena::report_secret_kept() noexcept {
+    if (!warned_secret_kept_.load(std::memory_order_relaxed) && !warned_secret_kept_.exchange(true) && reporter_)
+        reporter_(LogLevel::info, "freed secretmem arena memory stays committed (wiped, locked)",
+                  "the kernel cannot give back part of a memfd_secret file");
 }
 
 // Gives the committed pages of free run [first, first+n) back to the kernel. They were wiped
@@ -774,9 +798,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
         }
         while (j < first + n && meta_[j].flags == f) ++j;
         if (!backing_can_discard(f & kSecretPage)) {
-            if (!warned_secret_kept_.exchange(true) && reporter_)
-                reporter_(LogLevel::info, "freed secretmem arena memory stays committed (wiped, locked)",
-                          "the kernel cannot give back part of a memfd_secret file");
+            report_secret_kept();
             i = j;
             continue;
         }
@@ -1279,6 +1301,13 @@ void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
         if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
     }
     pool.secret = secret;
+    // The free runs' pages counted again by kind: secretmem ones are kept, others dirty.
+    pool.dirty_bytes = pool.kept_bytes = 0;
+    for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
+        const std::size_t head = r - 1, n = meta_[head].npages, kept = secret_pages(head, n);
+        pool.dirty_bytes += (in_use_pages(head, n) - kept) * page_;
+        pool.kept_bytes += kept * page_;
+    }
     bool any = false;
     for (unsigned i = 0; i < npools_; ++i) any |= pools_[i].secret;
     if (stats_) stats_->backing = any ? kStatsBackingSecretmem : kStatsBackingAnonymous;

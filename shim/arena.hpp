@@ -177,11 +177,13 @@ private:
     void free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept;
     void free_run_remove(Pool &pool, std::size_t head) noexcept;
     std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
+    std::size_t secret_pages(std::size_t first, std::size_t n) const noexcept;
     void claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
     std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;
     void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    void report_secret_kept() noexcept;
     void discard_side(std::size_t first, std::size_t n) noexcept;
     static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
