@@ -161,6 +161,10 @@ private:
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
+    std::uintptr_t relock_end(const Pool &pool) const noexcept;
+    int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
+    std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
+    void relock_what_fits(unsigned pools, int err) noexcept;
     void set_secret(Pool &pool, bool secret) noexcept;
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
