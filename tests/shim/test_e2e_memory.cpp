@@ -207,8 +207,9 @@ Test(e2e_memory, a_program_that_lowers_rlimit_as_below_the_reservation_keeps_its
 
 namespace {
 
-// Each test its own port (criterion runs them side by side).
-std::string g_port = "24379";
+// The redis server's port: one the kernel picks free for each test (criterion runs them side
+// by side, and another `make test` may run beside this one).
+std::string g_port;
 
 std::string redis(const std::vector<std::string> &args) {
     std::vector<std::string> argv = {"redis-cli", "-p", g_port};
@@ -240,6 +241,9 @@ std::pair<std::size_t, std::size_t> redis_phases(pid_t server) {
 }
 
 void start_redis(LiveProgram &server, const std::string &config, const TempDir &dir) {
+    const int port = free_tcp_ports();
+    cr_assert_gt(port, 0, "no free port");
+    g_port = std::to_string(port);
     cr_assert_not_null(start_program_into(
         server, shim_options(config, {"redis-server", "--port", g_port, "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", dir.path()})));
@@ -287,7 +291,6 @@ Test(e2e_memory, redis_gives_locked_memory_back_after_flushall, .timeout = 600) 
 // the blocks beyond the arena are counted.
 Test(e2e_memory, redis_outgrowing_the_arena_keeps_running, .timeout = 600) {
     if (!file_exists("/usr/bin/redis-server")) cr_skip_test("redis-server is not installed");
-    g_port = "24380";
     TempDir dir;
     need_built("");
     const std::string config = write_config(dir, R"({"version": 1,
