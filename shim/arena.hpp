@@ -18,7 +18,8 @@
 //     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
 //   - policy.backing "secretmem": the locked range of each locking pool is a memfd_secret file
 //     (backing.hpp) instead of mlocked anonymous memory; a fork child copies it into a file of
-//     its own before the program runs in it. Its free pages cannot be given back.
+//     its own before the program runs in it. Its free pages cannot be given back (nor do they
+//     count toward the purge's slack).
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -113,7 +114,8 @@ public:
 
     // fork(2) support: take every lock before fork, release after (postfork_parent), or make
     // them new in the child (postfork_child_locks). postfork_child re-locks the pages that
-    // were locked (mlock is not inherited) and gives the forking thread a stats slot.
+    // were locked (mlock is not inherited; under a lower RLIMIT_MEMLOCK as much as fits, the
+    // pages holding blocks first, with one warning) and gives the forking thread a stats slot.
     void prefork() noexcept;
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
