@@ -385,7 +385,7 @@ bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/calle
        $(B)/bench/dl_cycle $(B)/bench/phases
 	python3 scripts/bench.py $(B)
 	python3 scripts/bench_daemons.py $(B)
-	python3 scripts/bench_daemons.py $(B) 21550 config/match-all.json
+	python3 scripts/bench_daemons.py $(B) 0 config/match-all.json
 
 # The table of private-key copies in real daemons' dumps: no shim, size rules, the profiles.
 proof-keys: all

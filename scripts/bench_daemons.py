@@ -7,7 +7,8 @@ profile, ...) and each figure is the median of BENCH_DAEMON_ROUNDS (default 3), 
 and highest run beside it (the spread). Prints requests (or transactions) per second and the
 ratio of the medians profile/plain; asserts nothing.
 
-usage: bench_daemons.py BUILD_DIR [PORT [CONFIG]]   (PORT .. PORT + 31 are used; default 21500)
+usage: bench_daemons.py BUILD_DIR [PORT [CONFIG]]   (PORT .. PORT + 31 are used; default, or 0:
+  32 consecutive ports the kernel finds free, so that runs side by side never collide)
   CONFIG: the shim's config for the second instance (default: config/default.json, the key
   profile; `make bench` also runs config/match-all.json). BENCH_DAEMON_ROUNDS: figures per median.
   nginx HTTPS keep-alive (wrk), nginx HTTPS full handshakes (ab, a new connection per request),
@@ -75,7 +76,8 @@ def interleave(runs, plain_argv, profile_argv, pattern):
 
 def main():
     build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
-    port = int(sys.argv[2]) if len(sys.argv) > 2 else 21500
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    port = port or keyproof.free_ports(32)
     profile = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else os.path.join(keyproof.TOP, "config", "default.json")
     print("config of the shimmed instances: %s" % os.path.relpath(profile, keyproof.TOP))
     print("| workload (median of %d, %ss each, interleaved) | plain /s (min-max) | profile /s (min-max) "

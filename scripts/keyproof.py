@@ -16,7 +16,10 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
                    [--no-ipc-lock BYTES] DAEMON...
        --no-ipc-lock BYTES: the daemon (and memlock-run) run without CAP_IPC_LOCK under
        RLIMIT_MEMLOCK BYTES (soft and hard), as a service without the capability would
-       keyproof.py --table --build DIR --port N   (make proof-keys: no shim, size rules, profiles)
+       --port N: the i-th daemon uses ports N + 10 i and the next one; default (0): two free
+       consecutive ports the kernel picks for each daemon, so that runs side by side (two
+       `make test`, `make proof-keys`) never collide
+       keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
@@ -164,6 +167,35 @@ def count_blocks(path, blocks):
 
 
 # ---------------------------------------------------------------- processes
+
+def free_ports(n):
+    """The first of n consecutive TCP ports free on 127.0.0.1 now: the kernel picks the first
+    (bind to port 0), the others are probed. Nothing stays bound, but the kernel hands out
+    ephemeral ports in turn, so runs side by side get different ones."""
+    for _ in range(64):
+        socks = []
+        try:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            first = s.getsockname()[1]
+            for k in range(1, n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", first + k))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise Failure("no %d consecutive free ports on 127.0.0.1" % n)
+
+
+def port_for(args, i):
+    """The first of the two ports the i-th daemon of this run listens on."""
+    return args.port + 10 * i if args.port else free_ports(2)
+
 
 def wait_port(port, proc, what, seconds=30):
     deadline = time.time() + seconds
@@ -727,7 +759,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--build", default=os.path.join(TOP, "build"))
     ap.add_argument("--config", default=os.path.join(TOP, "config", "default.json"))
-    ap.add_argument("--port", type=int, default=21000)
+    ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--kernel-core", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
@@ -747,7 +779,7 @@ def main():
         return table(args, daemons)
     ok = True
     for i, d in enumerate(daemons):
-        res = prove(args, d, args.port + 10 * i, args.kernel_core)
+        res = prove(args, d, port_for(args, i), args.kernel_core)
         ok = ok and res["ok"]
         if args.json:
             print(json.dumps(res), flush=True)
@@ -782,7 +814,7 @@ def table(args, daemons):
         cells = {}
         for label, cfg in configs:
             args.config = cfg or profile.get(d, os.path.join(TOP, "config", "openssl.json"))
-            res = prove(args, d, args.port + 10 * i, False)
+            res = prove(args, d, port_for(args, i), False)
             if not res["ok"]:
                 cells[label] = {"*": "fails: " + res["error"].split(";")[0].split("\n")[0][:60]}
                 continue

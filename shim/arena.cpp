@@ -1,11 +1,13 @@
 #include "arena.hpp"
 
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <new>
 
@@ -31,7 +33,8 @@ enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // Page flags: kLockedPage: inside a locked range; kInUse: committed and possibly resident
 // (a slab, a live run, or a free run not yet given back to the kernel); kSecretPage: in a
 // memfd_secret mapping (locked too).
-enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4 };
+// kRelocked: locked again in a fork child (SecureArena::relock_what_fits only; never left set).
+enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4, kRelocked = 8 };
 // Block states, one byte per 16-byte granule (at the block's first granule). A live block's
 // byte also holds its rule's counters entry (stats_rule_index) in the bits above kStateMask,
 // so that free() finds the rule to count without another table.
@@ -169,7 +172,8 @@ struct SecureArena::Pool {
     std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     bool secret;                 // [start, lock_end) is a memfd_secret mapping
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
-    std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel
+    std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel, that can be
+    std::size_t kept_bytes;      // free-run pages that cannot be (secretmem): never purged
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
     bool purge_stuck;            // the last purge left more than slack + burst
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
@@ -647,7 +651,7 @@ void SecureArena::list_remove(std::uint32_t &list, std::size_t head) noexcept {
 
 // Only a free run's first and last pages are marked: the first for the list, the last so
 // that a run freed just after it can find it and merge. The run's committed pages count as
-// dirty (not given back yet).
+// dirty (not given back yet), or as kept where they cannot be (secretmem).
 void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
     PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
     tail.head = h.head = static_cast<std::uint32_t>(head);
@@ -655,18 +659,30 @@ void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npag
     tail.cls = h.cls = kLargeClass;
     h.npages = static_cast<std::uint32_t>(npages);
     list_push(pool.free_runs, head);
-    pool.dirty_bytes += in_use_pages(head, npages) * page_;
+    const std::size_t secret = secret_pages(head, npages);
+    pool.dirty_bytes += (in_use_pages(head, npages) - secret) * page_;
+    pool.kept_bytes += secret * page_;
 }
 
 void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
     list_remove(pool.free_runs, head);
-    pool.dirty_bytes -= in_use_pages(head, meta_[head].npages) * page_;
+    const std::size_t npages = meta_[head].npages, secret = secret_pages(head, npages);
+    pool.dirty_bytes -= (in_use_pages(head, npages) - secret) * page_;
+    pool.kept_bytes -= secret * page_;
 }
 
 std::size_t SecureArena::in_use_pages(std::size_t first, std::size_t n) const noexcept {
     std::size_t used = 0;
     for (std::size_t i = first; i < first + n; ++i) used += (meta_[i].flags & kInUse) != 0;
     return used;
+}
+
+// Committed pages of [first, first+n) that cannot go back to the kernel (secretmem).
+std::size_t SecureArena::secret_pages(std::size_t first, std::size_t n) const noexcept {
+    std::size_t kept = 0;
+    for (std::size_t i = first; i < first + n; ++i)
+        kept += (meta_[i].flags & (kInUse | kSecretPage)) == (kInUse | kSecretPage);
+    return kept;
 }
 
 // Pages taken from a free run that were given back to the kernel are committed again (they
@@ -738,9 +754,14 @@ std::uint64_t SecureArena::now_ns() noexcept {
 // burst (an idle program keeps at most that). Runs freed last are kept, older ones go.
 // Called at the end of every operation under the pool's lock (a thread cache's refill or
 // flush, a page run's allocation or free, a thread's exit); it reads the clock only when
-// there is something to give back. pre: pool.lock held.
+// there is something to give back. Free secretmem pages, which cannot go back, count
+// neither toward the slack nor as left over (kept_bytes). pre: pool.lock held.
 void SecureArena::maybe_purge(Pool &pool) noexcept {
-    if (pool.dirty_bytes <= opts_.purge_slack) return;
+    if (pool.dirty_bytes <= opts_.purge_slack) {
+        // Free secretmem pages cannot go back (backing.hpp): no scan for them, one line saying so.
+        if (pool.kept_bytes && pool.dirty_bytes + pool.kept_bytes > opts_.purge_slack) report_secret_kept();
+        return;
+    }
     std::uint64_t now = now_ns();
     bool urgent = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst && !pool.purge_stuck;
     if (!urgent && now - pool.last_purge_ns < opts_.purge_delay_ns) return;
@@ -749,7 +770,7 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
     for (std::uint32_t r = pool.free_runs; r && pool.dirty_bytes > opts_.purge_slack;) {
         std::size_t head = r - 1, n = meta_[head].npages;
         r = meta_[head].next_free;
-        std::size_t dirty = in_use_pages(head, n) * page_;
+        std::size_t dirty = (in_use_pages(head, n) - secret_pages(head, n)) * page_;
         if (kept + dirty <= opts_.purge_slack) {
             kept += dirty;
             continue;
@@ -757,6 +778,12 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
         discard_pages(pool, head, n);
     }
     pool.purge_stuck = pool.dirty_bytes > opts_.purge_slack + opts_.purge_burst;
+}
+
+void SecureArena::report_secret_kept() noexcept {
+    if (!warned_secret_kept_.load(std::memory_order_relaxed) && !warned_secret_kept_.exchange(true) && reporter_)
+        reporter_(LogLevel::info, "freed secretmem arena memory stays committed (wiped, locked)",
+                  "the kernel cannot give back part of a memfd_secret file");
 }
 
 // Gives the committed pages of free run [first, first+n) back to the kernel. They were wiped
@@ -774,9 +801,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
         }
         while (j < first + n && meta_[j].flags == f) ++j;
         if (!backing_can_discard(f & kSecretPage)) {
-            if (!warned_secret_kept_.exchange(true) && reporter_)
-                reporter_(LogLevel::info, "freed secretmem arena memory stays committed (wiped, locked)",
-                          "the kernel cannot give back part of a memfd_secret file");
+            report_secret_kept();
             i = j;
             continue;
         }
@@ -1204,36 +1229,24 @@ void SecureArena::postfork_child_locks() noexcept {
 void SecureArena::postfork_child() noexcept {
     // mlock is not inherited: lock again the range each pool locked at start-up (one call
     // per pool; the pages in use fault in locked, the others lock as they are touched).
+    unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         if (pool.lock_end == pool.start) continue;
         // A secretmem pool gets a file of its own, or else a private anonymous copy that is
         // locked on fault like any other pool.
-        const bool was_secret = pool.secret;
-        if (was_secret && unshare_after_fork(pool)) continue;
-        int rc = lock_on_commit_ && !was_secret
-                     ? memlock_lock(reinterpret_cast<void *>(pool.start), pool.locked_to - pool.start)
-                     : memlock_lock_onfault(reinterpret_cast<void *>(pool.start), pool.lock_end - pool.start);
-        if (!rc) continue;
-        failed = rc;
-        // Not locked in this process: such pages may be swapped, so they are always wiped in
-        // full (wipe_run skips only locked, non-resident pages), and count as unlocked.
-        std::size_t first = (pool.start - base_) / page_, last = (pool.lock_end - base_) / page_;
-        for (std::size_t pg = first; pg < last; ++pg) {
-            if (meta_[pg].flags & kInUse) account(pool, pg, 1, -1);
-            meta_[pg].flags &= static_cast<std::uint8_t>(~kLockedPage);
-            if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
+        if (pool.secret && unshare_after_fork(pool)) continue;
+        if (int rc = relock(pool, pool.start, relock_end(pool) - pool.start)) {
+            failed = rc;
+            short_pools |= 1u << i;
         }
-        pool.lock_end = pool.locked_to = pool.start;
     }
     if (failed) {
         if (stats_) stats_->lock_failures.fetch_add(1);
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
-        if (reporter_)
-            reporter_(LogLevel::warn, "cannot lock arena memory again after fork; it stays wiped and out of core dumps",
-                      memlock_strerror(failed));
+        relock_what_fits(short_pools, failed);
     }
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
@@ -1243,6 +1256,118 @@ void SecureArena::postfork_child() noexcept {
         ts.slot_shared = ts.slot == &stats_->shared;
         ts.rules = stats_rule_row(stats_, ts.slot);
     }
+}
+
+// Where a pool's locked range ends for locking it again after fork: without lock-on-fault
+// only its committed part is locked (mlock populates). pre: the pool's range locks at all.
+std::uintptr_t SecureArena::relock_end(const Pool &pool) const noexcept {
+    return lock_on_commit_ && !pool.secret ? pool.locked_to : pool.lock_end;
+}
+
+// Locks [at, at+bytes) of `pool` as it was locked before fork. 0 or the error.
+int SecureArena::relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept {
+    void *p = reinterpret_cast<void *>(at);
+    return lock_on_commit_ && !pool.secret ? memlock_lock(p, bytes) : memlock_lock_onfault(p, bytes);
+}
+
+// Locks the largest part [at, at+n) of [at, at+bytes) that the limit lets this process lock
+// (a binary search over whole pages; a call the limit refuses changes nothing). Returns n;
+// err: why the rest did not lock. pre: page-aligned.
+std::size_t SecureArena::relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept {
+    int rc = relock(pool, at, bytes);
+    if (!rc) return bytes;
+    err = rc;
+    if (rc != ENOMEM && rc != EAGAIN) return 0;  // not the limit: no part will lock either
+    std::size_t fits = 0, fails = bytes / page_;
+    while (fails - fits > 1) {
+        std::size_t mid = fits + (fails - fits) / 2;
+        if (relock(pool, at, mid * page_)) fails = mid;
+        else fits = mid;
+    }
+    return fits * page_;
+}
+
+// A fork child whose RLIMIT_MEMLOCK is below what its parent locked (a daemon that lowered it,
+// or dropped to a user with a low one, then forks its workers), or that may not lock at all:
+// for each pool in `pools` (bit i: pool i), whose range did not lock whole (err), lock the
+// pages that hold blocks (slabs and live page runs) first, then the largest part from the
+// start of the range that still fits. What does not fit counts as unlocked from then on, and
+// pages committed later beyond the locked part follow the lock policy. One warning says what
+// is left unlocked and why. Runs in the fork handler, before the program runs in the child.
+void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
+    std::size_t before = 0, used = 0, used_locked = 0;
+    bool room = true;  // false once the limit refused part of a range: nothing more fits
+    for (unsigned i = 0; i < npools_; ++i) {
+        if (!(pools >> i & 1)) continue;
+        Pool &pool = pools_[i];
+        const std::size_t first = (pool.start - base_) / page_, last = (relock_end(pool) - base_) / page_;
+        before += (last - first) * page_;
+        // Walk the slabs, runs and free runs by their head pages; each stretch of block
+        // holding pages is locked in one call.
+        for (std::size_t pg = first; pg < last;) {
+            auto holds_blocks = [&](std::size_t h) {
+                return meta_[h].head == h && meta_[h].npages && (meta_[h].kind == kSlab || meta_[h].kind == kRun);
+            };
+            if (!holds_blocks(pg)) {
+                pg += meta_[pg].head == pg && meta_[pg].npages ? meta_[pg].npages : 1;
+                continue;
+            }
+            std::size_t end = pg;
+            while (end < last && holds_blocks(end)) end += meta_[end].npages;
+            end = std::min(end, last);
+            used += (end - pg) * page_;
+            if (room) {
+                const std::size_t got = relock_largest(pool, base_ + pg * page_, (end - pg) * page_, err);
+                for (std::size_t k = pg; k < pg + got / page_; ++k) meta_[k].flags |= kRelocked;
+                used_locked += got;
+                room = got == (end - pg) * page_;
+            }
+            pg = end;
+        }
+    }
+    std::size_t after = 0;
+    for (unsigned i = 0; i < npools_; ++i) {
+        if (!(pools >> i & 1)) continue;
+        Pool &pool = pools_[i];
+        const std::size_t first = (pool.start - base_) / page_, last = (relock_end(pool) - base_) / page_;
+        std::size_t prefix = 0;
+        if (room) {
+            prefix = relock_largest(pool, pool.start, (last - first) * page_, err);
+            room = prefix == (last - first) * page_;
+        }
+        for (std::size_t pg = first; pg < last; ++pg) {
+            const std::uint8_t f = meta_[pg].flags;
+            const bool locked = pg < first + prefix / page_ || (f & kRelocked);
+            after += locked ? page_ : 0;
+            if (f & kInUse) account(pool, pg, 1, -1);
+            meta_[pg].flags = static_cast<std::uint8_t>((f & ~(kRelocked | kLockedPage)) | (locked ? kLockedPage : 0));
+            if (f & kInUse) account(pool, pg, 1, 1);
+        }
+        pool.lock_end = pool.start + prefix;
+        if (lock_on_commit_ && !pool.secret) pool.locked_to = pool.lock_end;
+    }
+    // Later messages (a slab committed beyond what is locked) give this reason too, and the
+    // warning below is the process's one warning about locking.
+    lock_error_ = err;
+    warned_lock_failure_.store(true);
+    if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
+    if (!reporter_) return;
+    char in_use[96] = "every page in use among them";
+    if (used_locked < used)
+        std::snprintf(in_use, sizeof in_use, "only %zu of the %zu KiB in use among them", used_locked >> 10, used >> 10);
+    char limit[48] = "";
+    rlimit rl;
+    if (::getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        std::snprintf(limit, sizeof limit, " (RLIMIT_MEMLOCK %llu KiB)", static_cast<unsigned long long>(rl.rlim_cur >> 10));
+    char what[400];
+    std::snprintf(what, sizeof what,
+                  "cannot lock all arena memory again after fork (policy %s): locked %zu of the %zu KiB locked "
+                  "before fork, %s; %zu KiB stays unlocked%s",
+                  opts_.on_lock_failure == LockFailurePolicy::deny
+                      ? "deny: matching allocations that need memory beyond it fail with ENOMEM"
+                      : "fallback: the rest is served unlocked, still wiped and out of core dumps",
+                  after >> 10, before >> 10, in_use, (before - after) >> 10, limit);
+    reporter_(LogLevel::warn, what, memlock_strerror(err));
 }
 
 // A secretmem mapping is shared with the fork child: the child copies it into a file of its
@@ -1262,6 +1387,7 @@ bool SecureArena::unshare_after_fork(Pool &pool) noexcept {
     clear_vector_registers();
     if (rc2) fatal("cannot give a fork child arena memory of its own", memlock_strerror(rc2));
     set_secret(pool, false);
+    if (lock_on_commit_) pool.locked_to = pool.start + rw;  // mlock what is committed (relock_end)
     if (reporter_)
         reporter_(LogLevel::warn,
                   "cannot give this fork child secretmem arena memory of its own: it has a private anonymous copy",
@@ -1279,6 +1405,13 @@ void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
         if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
     }
     pool.secret = secret;
+    // The free runs' pages counted again by kind: secretmem ones are kept, others dirty.
+    pool.dirty_bytes = pool.kept_bytes = 0;
+    for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
+        const std::size_t head = r - 1, n = meta_[head].npages, kept = secret_pages(head, n);
+        pool.dirty_bytes += (in_use_pages(head, n) - kept) * page_;
+        pool.kept_bytes += kept * page_;
+    }
     bool any = false;
     for (unsigned i = 0; i < npools_; ++i) any |= pools_[i].secret;
     if (stats_) stats_->backing = any ? kStatsBackingSecretmem : kStatsBackingAnonymous;

@@ -18,7 +18,8 @@
 //     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
 //   - policy.backing "secretmem": the locked range of each locking pool is a memfd_secret file
 //     (backing.hpp) instead of mlocked anonymous memory; a fork child copies it into a file of
-//     its own before the program runs in it. Its free pages cannot be given back.
+//     its own before the program runs in it. Its free pages cannot be given back (nor do they
+//     count toward the purge's slack).
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -113,7 +114,8 @@ public:
 
     // fork(2) support: take every lock before fork, release after (postfork_parent), or make
     // them new in the child (postfork_child_locks). postfork_child re-locks the pages that
-    // were locked (mlock is not inherited) and gives the forking thread a stats slot.
+    // were locked (mlock is not inherited; under a lower RLIMIT_MEMLOCK as much as fits, the
+    // pages holding blocks first, with one warning) and gives the forking thread a stats slot.
     void prefork() noexcept;
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
@@ -161,6 +163,10 @@ private:
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
+    std::uintptr_t relock_end(const Pool &pool) const noexcept;
+    int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
+    std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
+    void relock_what_fits(unsigned pools, int err) noexcept;
     void set_secret(Pool &pool, bool secret) noexcept;
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
@@ -177,11 +183,13 @@ private:
     void free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept;
     void free_run_remove(Pool &pool, std::size_t head) noexcept;
     std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
+    std::size_t secret_pages(std::size_t first, std::size_t n) const noexcept;
     void claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
     std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;
     void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
+    void report_secret_kept() noexcept;
     void discard_side(std::size_t first, std::size_t n) noexcept;
     static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;

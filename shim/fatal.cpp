@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -14,6 +15,7 @@ namespace {
 
 LogLevel g_level = LogLevel::warn;
 int g_fd = STDERR_FILENO;
+char g_program[64];  // log_set_program; empty: program_invocation_short_name
 
 const char *level_name(LogLevel level) noexcept {
     switch (level) {
@@ -81,6 +83,13 @@ void log_configure(LogLevel level, int fd) noexcept {
 
 bool log_enabled(LogLevel level) noexcept { return level <= g_level; }
 
+void log_set_program(const char *name) noexcept {
+    std::size_t n = name ? std::strlen(name) : 0;
+    n = std::min(n, sizeof g_program - 1);
+    std::memcpy(g_program, name ? name : "", n);
+    g_program[n] = '\0';
+}
+
 std::size_t escape_into(char *out, std::size_t cap, const char *in, std::size_t len) noexcept {
     std::size_t used = 0;
     for (std::size_t i = 0; i < len; ++i) {
@@ -113,7 +122,7 @@ void log_msg(LogLevel level, const char *fmt, ...) noexcept {
         std::snprintf(buf, sizeof buf, "memlock-shim: %s: ", level_name(level)));
     len += escape_into(buf + len, sizeof buf - len - 96, body, body_len);
     len += static_cast<std::size_t>(std::snprintf(buf + len, 32, " (program "));
-    const char *prog = program_invocation_short_name ? program_invocation_short_name : "?";
+    const char *prog = g_program[0] ? g_program : program_invocation_short_name ? program_invocation_short_name : "?";
     len += escape_into(buf + len, 48, prog, std::strlen(prog));
     len += static_cast<std::size_t>(std::snprintf(buf + len, 24, ", pid %d)", static_cast<int>(::getpid())));
     buf[len++] = '\n';

@@ -16,6 +16,11 @@ namespace mlshim {
 // Where log lines go and which are kept. Default: stderr, warn.
 void log_configure(LogLevel level, int fd) noexcept;
 bool log_enabled(LogLevel level) noexcept;
+// The program's name in log lines: the basename the user invoked it by (argv[0], as in
+// program_invocation_short_name), copied at start-up, before the program can rewrite argv to
+// set its process title (nginx, redis). Not the executable's (a multi-call binary reached
+// through a symbolic link, such as redis-server -> redis-check-rdb, goes by the link's name).
+void log_set_program(const char *name) noexcept;
 // Writes "memlock-shim: <level>: <formatted> (program <name>, pid <pid>)\n" with one write(2).
 // Formats into a stack buffer (vsnprintf with %s/%d/%zu-style conversions only, which do not
 // allocate). Control characters, DEL and backslashes of the formatted text and of the

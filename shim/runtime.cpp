@@ -559,6 +559,7 @@ bool in_bootstrap(const void *p) noexcept {
 }
 
 void runtime_init() noexcept {
+    log_set_program(program_invocation_short_name);  // before the program can rewrite its argv
     resolve_next();
     // Never in secure execution: the environment (and the socket it names) is the caller's.
     g_tracing = ::getauxval(AT_SECURE) == 0 && trace_init();
@@ -597,13 +598,9 @@ __attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {
         BusyScope busy;
-        char exe[256];
-        ssize_t len = ::readlink("/proc/self/exe", exe, sizeof exe - 1);
-        exe[len > 0 ? len : 0] = '\0';
         log_msg(LogLevel::warn,
-                "%s (pid %d): the secure arena is full: matching allocations are served by the program's "
-                "allocator, unprotected (counted in overflows): raise policy.max_arena",
-                len > 0 ? exe : "?", static_cast<int>(::getpid()));
+                "the secure arena is full: matching allocations are served by the program's allocator, "
+                "unprotected (counted in overflows): raise policy.max_arena");
     }
     if (align <= 16) return zero ? g_next.calloc(1, n) : g_next.malloc(n);
     return g_next.memalign(align, n);

@@ -17,6 +17,7 @@
 //                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
 //   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences / split_lines
 //   under_qemu_user / SKIP_UNDER_QEMU_USER   the aarch64 unit run under qemu-user
+//   free_tcp_ports(n)          n consecutive TCP ports free on 127.0.0.1 now (the kernel's pick)
 //   shim_build_dir / shim_program / shim_env / line_value / json_uint   end-to-end runs of the
 //                              built shim (see that section)
 #ifndef MEMLOCK_TESTS_HELPERS_HPP
@@ -24,7 +25,9 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -200,6 +203,37 @@ inline long status_kb(pid_t pid, const std::string &key) {
     return -1;
 }
 inline long vm_locked_kb(pid_t pid = 0) { return status_kb(pid, "VmLck"); }
+
+// ---- ports -------------------------------------------------------------------------------
+
+// The first of n consecutive TCP ports that are free on 127.0.0.1 (a daemon a test starts
+// listens there): the kernel picks the first (bind to port 0), the rest are probed. Nothing
+// stays bound, but the kernel hands out ephemeral ports in turn, so two runs side by side get
+// different ones. 0 if none was found.
+inline int free_tcp_ports(unsigned n = 1) {
+    for (int attempt = 0; attempt < 64; ++attempt) {
+        std::vector<int> fds;
+        int first = 0;
+        bool ok = true;
+        for (unsigned k = 0; k < n && ok; ++k) {
+            const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            if (fd < 0) return 0;
+            fds.push_back(fd);
+            sockaddr_in a{};
+            a.sin_family = AF_INET;
+            a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            a.sin_port = htons(static_cast<std::uint16_t>(k == 0 ? 0 : first + static_cast<int>(k)));
+            socklen_t len = sizeof a;
+            ok = (k == 0 || first + static_cast<int>(k) <= 65535) &&
+                 ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0 &&
+                 ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0;
+            if (ok && k == 0) first = ntohs(a.sin_port);
+        }
+        for (int fd : fds) ::close(fd);
+        if (ok) return first;
+    }
+    return 0;
+}
 
 // ---- files ------------------------------------------------------------------------------
 

@@ -457,12 +457,26 @@ std::uint64_t startup_budget(std::uint64_t max_locked, rlim_t limit, bool unlimi
     return len >= 65536 ? len : 0;
 }
 
+// Is the arena's locked budget memfd_secret memory: policy.backing "secretmem" or "auto" on a
+// kernel that has memfd_secret (probed as the shim does: a new descriptor, closed at once).
+// "secretmem" without it falls back to anonymous memory or locks nothing (on_lock_failure).
+bool arena_uses_secretmem(const mlshim::Config &c) {
+    if (c.policy.backing == mlshim::Backing::anonymous) return false;
+    int fd = -1;
+    if (memlock_secret_create(&fd) != 0) return false;
+    ::close(fd);
+    return true;
+}
+
 // --check --user NAME: a process that switches to a non-root user (setuid, as daemons' workers
 // do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its budget
-// on fault at start-up, before the switch: the worker keeps it, and pages it commits there
-// lock as they are touched, with no further mlock. What the switch limits: a process forked
-// after it (mlock is not inherited: the child locks the budget again, under the user's
-// limit) and, on kernels without lock-on-fault, every lock made after it (prealloc helps).
+// on fault at start-up, before the switch (or, under secretmem, mapped it from a memfd_secret
+// file, which is unswappable without any lock): the worker keeps it, and pages it commits
+// there lock as they are touched, with no further mlock. What the switch limits: a process
+// forked after it (mlock is not inherited: the child locks the budget again, or maps a
+// secretmem file of its own, under the user's limit, and where that is too low locks what
+// fits, pages in use first) and, on kernels without lock-on-fault, every lock made after it
+// (prealloc helps).
 void check_user(const mlshim::Config &c, const std::string &user) {
     const struct passwd *pw = ::getpwnam(user.c_str());
     if (!pw) usage_error("--user: no such user: " + user);
@@ -476,8 +490,11 @@ void check_user(const mlshim::Config &c, const std::string &user) {
                 user.c_str(), static_cast<unsigned>(pw->pw_uid), rlim_text(rl.rlim_cur).c_str(),
                 rlim_text(rl.rlim_max).c_str(), cap ? "yes" : root ? "no" : "no (dropped with the switch)");
     const std::uint64_t max = c.policy.max_locked;
+    const bool secret = arena_uses_secretmem(c);
     if (unlimited) {
-        std::printf("worker:  can lock all of max_locked %s after the switch\n", human_bytes(max).c_str());
+        std::printf(secret ? "worker:  can map all of max_locked %s as memfd_secret memory after the switch\n"
+                           : "worker:  can lock all of max_locked %s after the switch\n",
+                    human_bytes(max).c_str());
         return;
     }
     if (!kernel_locks_on_fault()) {
@@ -499,20 +516,51 @@ void check_user(const mlshim::Config &c, const std::string &user) {
         return;
     }
     const std::uint64_t budget = startup_budget(max, rl.rlim_cur, starter_cap);
-    std::printf("worker:  keeps the %s locked on fault at start-up, before the switch (policy.max_locked %s): "
-                "the arena memory it commits there locks as it is touched, without an mlock call; beyond it "
-                "on_lock_failure applies\n",
-                human_bytes(budget).c_str(), human_bytes(max).c_str());
-    if (budget <= rl.rlim_cur)
-        std::printf("forked:  a process forked after the switch locks the %s again within the user's limit\n",
-                    human_bytes(budget).c_str());
-    else
-        std::printf("forked:  a process forked after the switch cannot lock the %s again under the user's "
-                    "RLIMIT_MEMLOCK (%s): its arena is not locked (still out of core dumps and wiped; memlock-inspect "
-                    "says degraded); if the workers fork, set \"max_locked\": \"%s\" in policy or raise the limit to %s\n",
-                    human_bytes(budget).c_str(), rlim_text(rl.rlim_cur).c_str(), config_size(rl.rlim_cur).c_str(),
-                    human_bytes(budget).c_str());
-    std::printf("prealloc: not needed (this kernel locks on fault)\n");
+    const std::string b = human_bytes(budget), limit = rlim_text(rl.rlim_cur);
+    const std::string fix = "if the workers fork, set \"max_locked\": \"" + config_size(rl.rlim_cur) +
+                            "\" in policy or raise the limit to " + b;
+    if (secret) {
+        // A memfd_secret mapping is unswappable by nature: nothing is mlocked, on fault or
+        // otherwise, but the whole mapping counts against RLIMIT_MEMLOCK when it is mapped.
+        std::printf("worker:  keeps the %s of memfd_secret memory mapped at start-up, before the switch "
+                    "(policy.max_locked %s, policy.backing %s): the arena memory it commits there is never "
+                    "swapped (secretmem pages cannot be), without any locking call; beyond it on_lock_failure "
+                    "applies\n",
+                    b.c_str(), human_bytes(max).c_str(), c.policy.backing == mlshim::Backing::automatic ? "auto" : "secretmem");
+        if (budget <= rl.rlim_cur)
+            std::printf("forked:  a process forked after the switch maps the %s of memfd_secret memory of its own "
+                        "within the user's limit\n",
+                        b.c_str());
+        else if (c.policy.on_lock_failure == mlshim::LockFailurePolicy::abort)
+            std::printf("forked:  a process forked after the switch cannot map the %s of memfd_secret memory of its "
+                        "own under the user's RLIMIT_MEMLOCK (%s): it stops (on_lock_failure abort); %s\n",
+                        b.c_str(), limit.c_str(), fix.c_str());
+        else
+            std::printf("forked:  a process forked after the switch cannot map the %s of memfd_secret memory of its "
+                        "own under the user's RLIMIT_MEMLOCK (%s): it copies its arena into anonymous memory "
+                        "(readable by root through /proc/PID/mem) and locks only %s of it, the pages in use first "
+                        "(the rest still out of core dumps and wiped; memlock-inspect says degraded); %s\n",
+                        b.c_str(), limit.c_str(), limit.c_str(), fix.c_str());
+    } else {
+        std::printf("worker:  keeps the %s locked on fault at start-up, before the switch (policy.max_locked %s): "
+                    "the arena memory it commits there locks as it is touched, without an mlock call; beyond it "
+                    "on_lock_failure applies\n",
+                    b.c_str(), human_bytes(max).c_str());
+        if (budget <= rl.rlim_cur)
+            std::printf("forked:  a process forked after the switch locks the %s again within the user's limit\n",
+                        b.c_str());
+        else if (c.policy.on_lock_failure == mlshim::LockFailurePolicy::abort)
+            std::printf("forked:  a process forked after the switch cannot lock the %s again under the user's "
+                        "RLIMIT_MEMLOCK (%s): it stops (on_lock_failure abort); %s\n",
+                        b.c_str(), limit.c_str(), fix.c_str());
+        else
+            std::printf("forked:  a process forked after the switch can lock only %s of the %s again under the "
+                        "user's RLIMIT_MEMLOCK: it locks the pages in use first (the rest still out of core dumps "
+                        "and wiped; memlock-inspect says degraded); %s\n",
+                        limit.c_str(), b.c_str(), fix.c_str());
+    }
+    std::printf(secret ? "prealloc: not needed (the memfd_secret memory is mapped at start-up)\n"
+                       : "prealloc: not needed (this kernel locks on fault)\n");
 }
 
 // ---- environment -----------------------------------------------------------------------------

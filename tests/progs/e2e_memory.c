@@ -5,8 +5,9 @@
  *                               "phase R.P live BYTES" (blocks and their pointer array), at
  *                               the end of each round "drained R", and waits for a line on
  *                               stdin (the test reads /proc/PID/smaps meanwhile)
- *   e2e_memory huge BYTES       malloc(BYTES), then realloc of a small block to BYTES and back;
- *                               checks the contents, prints "huge ok"
+ *   e2e_memory huge BYTES       rewrites its argv[0] in place (as a daemon that sets its process
+ *                               title does), then malloc(BYTES), then realloc of a small block
+ *                               to BYTES and back; checks the contents, prints "huge ok"
  *   e2e_memory grow N BYTES     N blocks of BYTES, each reallocated to 1.5 x BYTES; prints
  *                               "block ADDR SIZE" for the first and the last, "ready", and
  *                               waits for a line on stdin; then forks: the child checks and
@@ -225,7 +226,10 @@ int main(int argc, char **argv) {
     printf("pid %d\n", (int)getpid());
     fflush(stdout);
     if (!strcmp(argv[1], "phases") && argc > 2) return phases(atoi(argv[2]));
-    if (!strcmp(argv[1], "huge") && argc > 2) return huge(strtoull(argv[2], NULL, 0));
+    if (!strcmp(argv[1], "huge") && argc > 2) {
+        memset(argv[0], 'T', strlen(argv[0]));
+        return huge(strtoull(argv[2], NULL, 0));
+    }
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
     if (!strcmp(argv[1], "aslimit") && argc > 2) return aslimit(strtoull(argv[2], NULL, 0));

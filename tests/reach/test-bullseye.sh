@@ -15,7 +15,6 @@ TEST_NAME=test-bullseye
 BUILD=$(cd "$1" && pwd)
 TARBALL=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
 TOP=$(cd "$(dirname "$0")/../.." && pwd)
-PORT=25443
 
 # Everything below runs in a private mount namespace: the mounts vanish with it.
 if [ -z "${MEMLOCK_TEST_IN_NAMESPACE:-}" ]; then
@@ -125,8 +124,18 @@ print(core.count(p) + core.count(p[::-1]))' "$WORK/core.$1" "$P"
     rm -f "$WORK/core.$1"
 }
 
+# A TCP port free on 127.0.0.1 now, the kernel's pick (the chroot shares the host's network, and
+# another run of this test may be listening beside this one).
+free_port() {
+    python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
 for mode in plain shim; do
     [ $mode = shim ] && pre="$RUN --config /tmp/key-profile.json --" || pre=""
+    PORT=$(free_port) || fail "no free port on 127.0.0.1"
     # shellcheck disable=SC2086
     start s_server.$mode $pre openssl s_server -accept 127.0.0.1:$PORT -cert /tmp/cert.pem -key /tmp/key.pem -www
     wait_for 100 grep -q ACCEPT "$M/tmp/s_server.$mode.log" ||

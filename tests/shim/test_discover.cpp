@@ -187,7 +187,11 @@ Test(discover, rejects_bad_input_with_a_clear_message) {
 
 namespace {
 
-constexpr const char *kNginxPort = "20443";
+// nginx's port: one the kernel picks free (another `make test` may run beside this one).
+std::string nginx_port() {
+    static const std::string port = std::to_string(free_tcp_ports());
+    return port;
+}
 
 // A fixed place (under the build folder) so that the fini fixture can find the pid file even
 // when an assertion ended the test early.
@@ -211,13 +215,13 @@ void write_nginx_setup() {
                                                 "  client_body_temp_path " + d + "/body;\n  proxy_temp_path " + d +
                                                 "/proxy;\n  fastcgi_temp_path " + d + "/fcgi;\n  uwsgi_temp_path " + d +
                                                 "/uwsgi;\n  scgi_temp_path " + d + "/scgi;\n  server {\n    listen 127.0.0.1:" +
-                                                kNginxPort + " ssl;\n    ssl_certificate " + d +
+                                                nginx_port() + " ssl;\n    ssl_certificate " + d +
                                                 "/cert.pem;\n    ssl_certificate_key " + d +
                                                 "/key.pem;\n    location / { return 200 \"hello\\n\"; }\n  }\n}\n"));
 }
 
 bool https_ok() {
-    const RunResult r = run_program(plain_env({"curl", "-sk", "--max-time", "5", std::string("https://127.0.0.1:") + kNginxPort + "/"}));
+    const RunResult r = run_program(plain_env({"curl", "-sk", "--max-time", "5", "https://127.0.0.1:" + nginx_port() + "/"}));
     return r.exited_with(0) && r.out == "hello\n";
 }
 

@@ -8,7 +8,7 @@
 // profile, absent from its dumps; in the dumps without the shim.
 //
 // scripts/keyproof.py does the work (also for `make proof-keys`): it makes a fresh key, starts
-// the daemon on 127.0.0.1 in this engineer's port range, dumps, counts and kills every process
+// the daemon on 127.0.0.1 on ports the kernel picks free, dumps, counts and kills every process
 // it started, also on failure. Each test here checks one JSON line it prints.
 #include <criterion/criterion.h>
 
@@ -43,13 +43,12 @@ std::string json_field(const std::string &obj, const std::string &key) {
 
 // Runs keyproof.py for one daemon with `config` ("none": without the shim) and returns its dumps.
 // no_ipc_lock > 0: the daemon runs without CAP_IPC_LOCK under RLIMIT_MEMLOCK of that many bytes.
-std::vector<Dump> prove(const std::string &daemon, const std::string &config, int port, bool kernel_core,
+std::vector<Dump> prove(const std::string &daemon, const std::string &config, bool kernel_core,
                         unsigned long no_ipc_lock = 0) {
     need_built("");
     cr_assert(have_program("gcore") && have_program("python3"), "gcore and python3 are needed");
     RunOptions o = plain_env({"python3", source_dir() + "/scripts/keyproof.py", "--json", "--build", shim_build_dir(),
-                              "--config", config == "none" ? config : source_dir() + "/config/" + config, "--port",
-                              std::to_string(port), daemon});
+                              "--config", config == "none" ? config : source_dir() + "/config/" + config, daemon});
     if (kernel_core) o.argv.insert(o.argv.begin() + 2, "--kernel-core");
     if (no_ipc_lock) o.argv.insert(o.argv.begin() + 2, {"--no-ipc-lock", std::to_string(no_ipc_lock)});
     o.timeout_ms = 240000;
@@ -74,10 +73,10 @@ std::vector<Dump> prove(const std::string &daemon, const std::string &config, in
 
 // With the profile: every dump holds no copy, and every expected process was dumped.
 // Returns the dumps.
-std::vector<Dump> expect_protected(const std::string &daemon, const std::string &config, int port,
+std::vector<Dump> expect_protected(const std::string &daemon, const std::string &config,
                                    const std::vector<std::string> &processes, bool kernel_core = false,
                                    unsigned long no_ipc_lock = 0) {
-    const auto dumps = prove(daemon, config, port, kernel_core, no_ipc_lock);
+    const auto dumps = prove(daemon, config, kernel_core, no_ipc_lock);
     for (const auto &p : processes) {
         bool seen = false;
         for (const auto &d : dumps) seen = seen || d.process == p;
@@ -120,39 +119,40 @@ void expect_sshd_protected(const std::vector<Dump> &dumps) {
 }
 
 // Without the shim: some dump holds copies (so the search would have seen a leak).
-void expect_copies_without_shim(const std::string &daemon, int port) {
+void expect_copies_without_shim(const std::string &daemon) {
     unsigned long long total = 0;
-    for (const auto &d : prove(daemon, "none", port, false)) total += d.components + d.pem;
+    for (const auto &d : prove(daemon, "none", false)) total += d.components + d.pem;
     cr_assert_gt(total, 0u, "%s without the shim: no copy of the key found, so the search proves nothing",
                  daemon.c_str());
 }
 
 }  // namespace
 
-// Ports: 21100..21199 in steps of 10, and 18640 (each run uses its port and the next one).
+// Ports: keyproof.py asks the kernel for two free consecutive ports per run, so tests side by
+// side (and another `make test` beside this one) never collide.
 Test(e2e_daemons, nginx_master_and_worker_hold_no_key_copy, .timeout = 300) {
-    expect_protected("nginx", "openssl.json", 21100, {"master", "worker"}, true);
+    expect_protected("nginx", "openssl.json", {"master", "worker"}, true);
 }
 Test(e2e_daemons, nginx_without_shim_holds_key_copies, .timeout = 300) {
-    expect_copies_without_shim("nginx", 21110);
+    expect_copies_without_shim("nginx");
 }
 Test(e2e_daemons, haproxy_holds_no_key_copy, .timeout = 300) {
-    expect_protected("haproxy", "openssl.json", 21120, {"haproxy"});
+    expect_protected("haproxy", "openssl.json", {"haproxy"});
 }
 Test(e2e_daemons, haproxy_without_shim_holds_key_copies, .timeout = 300) {
-    expect_copies_without_shim("haproxy", 21130);
+    expect_copies_without_shim("haproxy");
 }
 Test(e2e_daemons, stunnel_holds_no_key_copy, .timeout = 300) {
-    expect_protected("stunnel", "openssl.json", 21140, {"stunnel"});
+    expect_protected("stunnel", "openssl.json", {"stunnel"});
 }
 Test(e2e_daemons, stunnel_without_shim_holds_key_copies, .timeout = 300) {
-    expect_copies_without_shim("stunnel", 21150);
+    expect_copies_without_shim("stunnel");
 }
 Test(e2e_daemons, postgres_postmaster_and_backend_hold_no_key_copy, .timeout = 300) {
-    expect_protected("postgres", "openssl.json", 21160, {"postmaster", "backend"});
+    expect_protected("postgres", "openssl.json", {"postmaster", "backend"});
 }
 Test(e2e_daemons, postgres_without_shim_holds_key_copies, .timeout = 300) {
-    expect_copies_without_shim("postgres", 21170);
+    expect_copies_without_shim("postgres");
 }
 
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that
@@ -164,7 +164,7 @@ Test(e2e_daemons, postgres_without_shim_holds_key_copies, .timeout = 300) {
 // aborts the listener for a kernel core dump.
 Test(e2e_daemons, sshd_logins_work_and_no_process_holds_the_host_key, .timeout = 300) {
     expect_sshd_protected(
-        expect_protected("sshd", "openssh.json", 21180, {"listener", "monitor", "session", "preauth", "signing"}, true));
+        expect_protected("sshd", "openssh.json", {"listener", "monitor", "session", "preauth", "signing"}, true));
 }
 
 // sshd started as root without CAP_IPC_LOCK under the common 8 MiB RLIMIT_MEMLOCK (a container
@@ -174,7 +174,7 @@ Test(e2e_daemons, sshd_logins_work_and_no_process_holds_the_host_key, .timeout =
 // the same as with the capability: logins work, no copy in any dump, the prekey locked and
 // dontdump, memlock-inspect says protected.
 Test(e2e_daemons, sshd_without_cap_ipc_lock_under_8_mib_stays_protected, .timeout = 300) {
-    expect_sshd_protected(expect_protected("sshd", "openssh.json", 18640,
+    expect_sshd_protected(expect_protected("sshd", "openssh.json",
                                            {"listener", "monitor", "session", "preauth", "signing"}, false, 8u << 20));
 }
 
@@ -183,7 +183,7 @@ Test(e2e_daemons, sshd_without_cap_ipc_lock_under_8_mib_stays_protected, .timeou
 // monitor, and the plaintext components are in the monitor's dump while it signs.
 Test(e2e_daemons, sshd_without_shim_holds_the_host_key, .timeout = 300) {
     unsigned seen = 0;
-    for (const auto &d : prove("sshd", "none", 21190, false)) {
+    for (const auto &d : prove("sshd", "none", false)) {
         if (d.process == "signing") {
             ++seen;
             cr_expect_gt(d.components, 0u, "sshd without the shim: no key component in the monitor while it signs");

@@ -26,11 +26,6 @@ std::size_t locked_kb_of(pid_t pid) {
 
 bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
 
-std::string real(const std::string &path) {
-    char buf[PATH_MAX];
-    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
-}
-
 std::string write_config(const TempDir &dir, const std::string &body) {
     const std::string path = dir.file("config.json");
     cr_assert(write_file(path, body));
@@ -105,20 +100,23 @@ std::string limited_config(const TempDir &dir, const std::string &policy) {
 
 // malloc and realloc beyond the arena's growth cap (16 x max_arena): under fallback the
 // program's allocator serves them, counted, with one warning naming the program and its PID.
+// The program is named as it was invoked (a multi-call binary through a symbolic link, as
+// redis-server -> redis-check-rdb), not by its executable, and as at start-up, whatever it
+// writes over its argv later (e2e_memory huge rewrites argv[0] first).
 Test(e2e_memory, blocks_larger_than_the_arena_are_served_by_the_next_allocator_under_fallback) {
     TempDir dir;
     need_built("e2e_memory");
     const std::string config = limited_config(dir, R"({"max_locked": "1MiB", "max_arena": "1MiB"})");
-    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "huge", "67108864"}));
+    const std::string link = dir.file("my-daemon");
+    cr_assert_eq(::symlink(shim_program("e2e_memory").c_str(), link.c_str()), 0);
+    const RunResult r = run_program(shim_options(config, {link, "huge", "67108864"}));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "huge ok\n"), "%s", r.describe().c_str());
     const std::string pid = *line_value(r.out, "pid");
-    cr_assert_eq(count_occurrences(r.err, "the secure arena is full"), 1u, "%s", r.err.c_str());
-    cr_assert(contains(r.err, real(shim_program("e2e_memory")) + " (pid " + pid + "): the secure arena is full: "
-                                  "matching allocations are served by the program's allocator, unprotected "
-                                  "(counted in overflows): raise policy.max_arena (program e2e_memory, pid " +
-                                  pid + ")\n"),
-              "%s", r.err.c_str());
+    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
+                                 "by the program's allocator, unprotected (counted in overflows): raise "
+                                 "policy.max_arena (program my-daemon, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
     const std::string stats = stats_of(dir, std::stoi(pid));
     cr_assert_geq(stat_value(stats, "overflows"), 2u, "%s", stats.c_str());
     cr_assert_eq(stat_value(stats, "denied"), 0u, "%s", stats.c_str());
@@ -209,8 +207,9 @@ Test(e2e_memory, a_program_that_lowers_rlimit_as_below_the_reservation_keeps_its
 
 namespace {
 
-// Each test its own port (criterion runs them side by side).
-std::string g_port = "24379";
+// The redis server's port: one the kernel picks free for each test (criterion runs them side
+// by side, and another `make test` may run beside this one).
+std::string g_port;
 
 std::string redis(const std::vector<std::string> &args) {
     std::vector<std::string> argv = {"redis-cli", "-p", g_port};
@@ -242,6 +241,9 @@ std::pair<std::size_t, std::size_t> redis_phases(pid_t server) {
 }
 
 void start_redis(LiveProgram &server, const std::string &config, const TempDir &dir) {
+    const int port = free_tcp_ports();
+    cr_assert_gt(port, 0, "no free port");
+    g_port = std::to_string(port);
     cr_assert_not_null(start_program_into(
         server, shim_options(config, {"redis-server", "--port", g_port, "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", dir.path()})));
@@ -289,7 +291,6 @@ Test(e2e_memory, redis_gives_locked_memory_back_after_flushall, .timeout = 600) 
 // the blocks beyond the arena are counted.
 Test(e2e_memory, redis_outgrowing_the_arena_keeps_running, .timeout = 600) {
     cr_assert(file_exists("/usr/bin/redis-server"), "redis-server is not installed (scripts/install-deps.sh)");
-    g_port = "24380";
     TempDir dir;
     need_built("");
     const std::string config = write_config(dir, R"({"version": 1,

@@ -181,3 +181,66 @@ Test(e2e_policy, abort_when_max_locked_is_reached) {
     cr_assert(starts_with(r.err, kFatalPrefix), "%s", r.describe().c_str());
     cr_assert(fatal.find("max_locked") != std::string::npos, "%s", r.describe().c_str());
 }
+
+// ---- a fork child that may lock less than its parent ----------------------------------------
+
+namespace {
+
+// e2e_forklimit: a parent that locks a 32 MiB budget as root, lowers RLIMIT_MEMLOCK to
+// `limit` and drops to user 65534 (a daemon dropping privileges), then forks; the child waits
+// on stdin. Returns the child's pid once it is ready.
+pid_t start_forklimit(const TempDir &dir, LiveProgram &prog, std::size_t limit, const std::string &policy) {
+    if (::geteuid() != 0) cr_skip_test("needs root: the parent locks with CAP_IPC_LOCK, then drops it");
+    need_built("e2e_forklimit");
+    const std::string config = dir.file("rules.json");
+    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}],
+  "policy": {"max_locked": "32MiB", "on_lock_failure": ")" + policy + R"("}})"));
+    start_until_ready(prog, shim_options(config, {shim_program("e2e_forklimit"), std::to_string(limit)}));
+    const auto child = line_value(prog.out(), "child");
+    cr_assert(child.has_value(), "%s", prog.out().c_str());
+    return static_cast<pid_t>(std::stol(*child));
+}
+
+}  // namespace
+
+// The child of a parent that locked 32 MiB may lock 1 MiB: it locks 1 MiB, first the pages
+// that hold blocks (they lie above 3 MiB of freed pages at the bottom of the arena, so
+// locking from the bottom alone would miss them), and says once what stays unlocked and
+// why (not "policy.max_locked reached"), naming itself and its PID. What it allocates later,
+// beyond that, is served unlocked without another line.
+Test(e2e_policy, fork_child_under_a_lower_rlimit_locks_what_fits_pages_in_use_first) {
+    TempDir dir;
+    LiveProgram prog;
+    const pid_t child = start_forklimit(dir, prog, 1u << 20, "fallback");
+    const auto blocks = line_values(prog.out(), "block");
+    cr_assert_eq(blocks.size(), 64u, "%s", prog.out().c_str());
+    for (const auto &b : blocks)
+        cr_assert(range_has_flag(parse_pointer(b), 1000, "lo", true, child), "child: block %s is not locked\n%s",
+                  b.c_str(), prog.err().c_str());
+    cr_assert_eq(vm_locked_kb(child), 1024, "the child locks all that its RLIMIT_MEMLOCK allows");
+    const RunResult r = prog.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string expected =
+        "memlock-shim: warning: cannot lock all arena memory again after fork (policy fallback: the rest is served "
+        "unlocked, still wiped and out of core dumps): locked 1024 of the 32768 KiB locked before fork, every page in "
+        "use among them; 31744 KiB stays unlocked (RLIMIT_MEMLOCK 1024 KiB): " +
+        std::string(memlock_strerror(ENOMEM)) + " (program e2e_forklimit, pid " + std::to_string(child) + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+}
+
+// A limit below the pages in use: the child locks what fits of them, and says how much.
+Test(e2e_policy, fork_child_whose_rlimit_is_below_the_pages_in_use_locks_part_of_them) {
+    TempDir dir;
+    LiveProgram prog;
+    const pid_t child = start_forklimit(dir, prog, 64u << 10, "deny");
+    cr_assert_eq(vm_locked_kb(child), 64);
+    const RunResult r = prog.finish();
+    const std::string line = without_origin(r.err);
+    const std::string head =
+        "memlock-shim: warning: cannot lock all arena memory again after fork (policy deny: matching allocations that "
+        "need memory beyond it fail with ENOMEM): locked 64 of the 32768 KiB locked before fork, only 64 of the ";
+    cr_assert(starts_with(line, head), "%s", r.describe().c_str());
+    cr_assert(ends_with(line, " KiB in use among them; 32704 KiB stays unlocked (RLIMIT_MEMLOCK 64 KiB): " +
+                                  std::string(memlock_strerror(ENOMEM)) + "\n"),
+              "%s", r.describe().c_str());
+}

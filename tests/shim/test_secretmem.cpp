@@ -159,6 +159,34 @@ Test(arena_secretmem, freed_pages_stay_committed_and_are_reused) {
     cr_assert(g_log.find("2|freed secretmem arena memory stays committed") == 0, "%s", g_log.c_str());
 }
 
+// Free secretmem pages cannot go back, so they are not what the purge slack counts: they never
+// make the pool look over it (no rescans for nothing), and never keep it from giving back free
+// anonymous pages (beyond max_locked) at once past slack + burst.
+Test(arena_secretmem, free_secretmem_pages_do_not_hold_back_giving_back_the_rest) {
+    stats = mlshim::stats_create(false);
+    cr_assert_not_null(stats);
+    mlshim::ArenaOptions o;
+    o.pool_bytes = 64u << 20;
+    o.max_locked = 4u << 20;
+    o.backing = Backing::secretmem;
+    o.purge_slack = o.purge_burst = 0;
+    o.purge_delay_ns = UINT64_MAX;  // nothing waits for the delay: only the at-once purge runs
+    unsigned actions = mlshim::kActionAll;
+    cr_assert_eq(arena.init(o, &actions, 1, stats, reporter), 0);
+    void *secret = arena.alloc(0, 4u << 20), *anon = arena.alloc(0, 1u << 20);
+    cr_assert(secret && anon);
+    cr_assert(in_secretmem(secret) && !in_secretmem(anon));
+    std::memset(secret, 1, 4u << 20);
+    std::memset(anon, 2, 1u << 20);
+    const std::uint64_t secret_bytes = stats->secret_bytes.load();
+    arena.free(secret);
+    cr_assert_eq(stats->purged_bytes.load(), 0u);
+    arena.free(anon);
+    cr_assert_eq(stats->purged_bytes.load(), 1u << 20, "the free anonymous pages went back at once");
+    cr_assert_eq(stats->secret_bytes.load(), secret_bytes);
+    cr_assert(g_log.find("2|freed secretmem arena memory stays committed") != std::string::npos, "%s", g_log.c_str());
+}
+
 // A plain fork shares a secretmem mapping; the arena's fork handler gives the child a copy of
 // its own: live blocks keep their contents, and neither process sees the other's writes.
 Test(arena_secretmem, a_fork_child_gets_a_copy_of_its_own) {

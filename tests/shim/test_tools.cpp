@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "memlock.h"
 #include "stats.hpp"
 #include "e2e.hpp"
 
@@ -173,7 +174,8 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
 // --check --user says that it keeps the budget locked on fault at start-up, that a process it
-// forks cannot lock that budget again under its limit, and that prealloc is not needed.
+// forks can lock only part of that budget again under its limit (pages in use first), and that
+// prealloc is not needed.
 Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     const std::string user = "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n";
@@ -184,10 +186,10 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
                                   "worker:  keeps the 64 MiB locked on fault at start-up, before the switch "
                                   "(policy.max_locked 64 MiB): the arena memory it commits there locks as it is "
                                   "touched, without an mlock call; beyond it on_lock_failure applies\n"
-                                  "forked:  a process forked after the switch cannot lock the 64 MiB again under the "
-                                  "user's RLIMIT_MEMLOCK (8 MiB): its arena is not locked (still out of core dumps and "
-                                  "wiped; memlock-inspect says degraded); if the workers fork, set \"max_locked\": "
-                                  "\"8MiB\" in policy or raise the limit to 64 MiB\n"
+                                  "forked:  a process forked after the switch can lock only 8 MiB of the 64 MiB again "
+                                  "under the user's RLIMIT_MEMLOCK: it locks the pages in use first (the rest still out "
+                                  "of core dumps and wiped; memlock-inspect says degraded); if the workers fork, set "
+                                  "\"max_locked\": \"8MiB\" in policy or raise the limit to 64 MiB\n"
                                   "prealloc: not needed (this kernel locks on fault)\n"),
               "%s", r.out.c_str());
     cr_assert(!contains(r.out, "suggest:"), "%s", r.out.c_str());
@@ -206,6 +208,44 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--user", "nobody", "true"});
     cr_assert(r.exited_with(64), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: --user goes with --check (see memlock-run --help)\n");
+}
+
+// Under policy.backing "secretmem" nothing is locked on fault: the budget is a memfd_secret
+// mapping made at start-up, unswappable by nature, and a process forked after the switch maps a
+// file of its own under the user's limit, or copies its arena into anonymous memory and locks
+// what fits of it.
+Test(tools, run_check_user_under_secretmem_says_the_budget_is_memfd_secret_memory) {
+    int fd = -1;
+    if (memlock_secret_create(&fd) != 0) cr_skip_test("no memfd_secret on this kernel");
+    ::close(fd);
+    TempDir dir;
+    const std::string secret = dir.file("secret.json");
+    cr_assert(write_file(secret, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"backing": "secretmem"}})"));
+    auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", secret, "--check", "--user",
+                  "nobody"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nworker:  keeps the 64 MiB of memfd_secret memory mapped at start-up, before the switch "
+                              "(policy.max_locked 64 MiB, policy.backing secretmem): the arena memory it commits there "
+                              "is never swapped (secretmem pages cannot be), without any locking call; beyond it "
+                              "on_lock_failure applies\n"
+                              "forked:  a process forked after the switch cannot map the 64 MiB of memfd_secret memory "
+                              "of its own under the user's RLIMIT_MEMLOCK (8 MiB): it copies its arena into anonymous "
+                              "memory (readable by root through /proc/PID/mem) and locks only 8 MiB of it, the pages in "
+                              "use first (the rest still out of core dumps and wiped; memlock-inspect says degraded); "
+                              "if the workers fork, set \"max_locked\": \"8MiB\" in policy or raise the limit to "
+                              "64 MiB\n"
+                              "prealloc: not needed (the memfd_secret memory is mapped at start-up)\n"),
+              "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "on fault"), "%s", r.out.c_str());
+    // A budget within the limit: forked processes map secretmem of their own.
+    cr_assert(write_file(secret, R"({"version": 1, "rules": [{"name": "k", "size": 32}],
+  "policy": {"backing": "secretmem", "max_locked": "4MiB"}})"));
+    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", secret, "--check", "--user",
+             "nobody"});
+    cr_assert(contains(r.out, "\nforked:  a process forked after the switch maps the 4 MiB of memfd_secret memory of "
+                              "its own within the user's limit\n"),
+              "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "on fault"), "%s", r.out.c_str());
 }
 
 // Without lock-on-fault (mlock2 answering ENOSYS, as before Linux 4.4) the arena mlocks memory
