@@ -288,7 +288,10 @@ std::uint64_t make_rule(std::uintptr_t pc) {
 
 // ---- the cache -------------------------------------------------------------------------------
 
-// Direct-mapped by return address. A slot is valid for the generation it was filled in.
+// Each return address has two slots, by two hashes: it is stored in the first unless that
+// holds another rule of this generation, and looked up in both. (With one slot, two return
+// addresses of the same hot call chain that hash alike would evict each other on every
+// walk.) A slot is valid for the generation it was filled in.
 struct Slot {
     std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
     std::atomic<std::uint32_t> gen{0};
@@ -301,12 +304,10 @@ std::atomic<std::uint32_t> g_gen{1};
 std::atomic<unsigned long long> g_rules_made{0};
 std::atomic<unsigned long long> g_fallbacks{0};
 
-inline Slot &slot_for(std::uintptr_t pc) {
-    return g_slots[(pc * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits)];
-}
+inline Slot &first_slot(std::uintptr_t pc) { return g_slots[(pc * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits)]; }
+inline Slot &second_slot(std::uintptr_t pc) { return g_slots[(pc * 0xC2B2AE3D27D4EB4Full) >> (64 - kSlotBits)]; }
 
-inline bool cached(std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
-    Slot &s = slot_for(pc);
+inline bool read_slot(Slot &s, std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
     std::uint32_t s1 = s.seq.load(std::memory_order_acquire);
     if (s1 & 1) return false;
     std::uint32_t g = s.gen.load(std::memory_order_relaxed);
@@ -316,14 +317,19 @@ inline bool cached(std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
     return s.seq.load(std::memory_order_relaxed) == s1 && k == pc && g == gen;
 }
 
+inline bool cached(std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
+    return read_slot(first_slot(pc), pc, gen, rule) || read_slot(second_slot(pc), pc, gen, rule);
+}
+
 void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
-    Slot &s = slot_for(pc);
-    std::uint32_t s1 = s.seq.load(std::memory_order_relaxed);
-    if ((s1 & 1) || !s.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
-    s.gen.store(gen, std::memory_order_relaxed);
-    s.pc.store(pc, std::memory_order_relaxed);
-    s.rule.store(rule, std::memory_order_relaxed);
-    s.seq.store(s1 + 2, std::memory_order_release);
+    Slot *s = &first_slot(pc);
+    if (s->gen.load(std::memory_order_relaxed) == gen && s->pc.load(std::memory_order_relaxed) != pc) s = &second_slot(pc);
+    std::uint32_t s1 = s->seq.load(std::memory_order_relaxed);
+    if ((s1 & 1) || !s->seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    s->gen.store(gen, std::memory_order_relaxed);
+    s->pc.store(pc, std::memory_order_relaxed);
+    s->rule.store(rule, std::memory_order_relaxed);
+    s->seq.store(s1 + 2, std::memory_order_release);
 }
 
 __attribute__((noinline)) std::uint64_t rule_slow(std::uintptr_t pc, std::uint32_t gen) {
