@@ -327,7 +327,7 @@ Test(arena, the_arena_grows_by_regions_beyond_its_first_reservation) {
         std::memset(p, 0x5a, 4096);
         small.push_back(p);
     }
-    cr_assert_geq(stats->reserved_bytes.load(), 128u << 20, "a second region");
+    cr_assert_geq(stats->reserved_bytes.load(), 80u << 20, "more regions");
     unsigned char *later = small.back();
     cr_assert(arena.owns(later));
     cr_assert_eq(arena.pool_of(later), 0u);
@@ -338,7 +338,7 @@ Test(arena, the_arena_grows_by_regions_beyond_its_first_reservation) {
     cr_assert_geq(arena.usable_size(big), 128u << 20);
     cr_assert(range_has_flag(big, 128u << 20, "dd"));
     big[0] = 1, big[(128u << 20) - 1] = 2;
-    cr_assert_geq(stats->reserved_bytes.load(), 256u << 20);
+    cr_assert_geq(stats->reserved_bytes.load(), 208u << 20);
     for (unsigned char *p : small) arena.free(p);
     arena.free(big);
     cr_assert_eq(stats->overflows.load() + stats->denied.load(), 0u);
@@ -704,8 +704,10 @@ Test(arena, a_run_grows_in_place) {
     cr_assert_eq(totals().live_bytes(), 64u);
 }
 
+// Inside the range locked on fault at start-up (here prealloc's), and in pools that do not
+// lock. (Regions mapped locked later are populated as they are committed, as with mlock.)
 Test(arena, a_large_block_costs_only_the_pages_used_and_is_still_wiped) {
-    make_arena();
+    make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 40u << 20);
     const std::size_t page = memlock_page_size(), n = 32u << 20;
     auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
     cr_assert_not_null(p);
