@@ -448,21 +448,13 @@ std::string config_size(std::uint64_t bytes) {
     return bytes % (1 << 20) == 0 ? std::to_string(bytes >> 20) + "MiB" : std::to_string(bytes >> 10) + "KiB";
 }
 
-// The lock budget the arena takes at start-up: policy.max_locked, or where the limit refuses
-// it (no CAP_IPC_LOCK), the largest halving of it the limit accepts (none below 64 KiB).
-std::uint64_t startup_budget(std::uint64_t max_locked, rlim_t limit, bool unlimited) {
-    if (unlimited) return max_locked;
-    std::uint64_t len = max_locked & ~std::uint64_t{4095};
-    while (len >= 65536 && len > limit) len = len / 2 & ~std::uint64_t{4095};
-    return len >= 65536 ? len : 0;
-}
-
 // --check --user NAME: a process that switches to a non-root user (setuid, as daemons' workers
-// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its budget
-// on fault at start-up, before the switch: the worker keeps it, and pages it commits there
-// lock as they are touched, with no further mlock. What the switch limits: a process forked
-// after it (mlock is not inherited: the child locks the budget again, under the user's
-// limit) and, on kernels without lock-on-fault, every lock made after it (prealloc helps).
+// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its first
+// region (or prealloc) on fault at start-up, before the switch: the worker keeps it, and pages
+// it commits there lock as they are touched. What the switch limits: the regions the arena
+// maps locked as it grows (mmap MAP_LOCKED counts against RLIMIT_MEMLOCK), a process forked
+// after it (mlock is not inherited: the child locks again, under the user's limit) and, on
+// kernels without lock-on-fault, every lock made after it (prealloc helps).
 void check_user(const mlshim::Config &c, const std::string &user) {
     const struct passwd *pw = ::getpwnam(user.c_str());
     if (!pw) usage_error("--user: no such user: " + user);
@@ -498,21 +490,26 @@ void check_user(const mlshim::Config &c, const std::string &user) {
                         config_size(suggest).c_str());
         return;
     }
-    const std::uint64_t budget = startup_budget(max, rl.rlim_cur, starter_cap);
-    std::printf("worker:  keeps the %s locked on fault at start-up, before the switch (policy.max_locked %s): "
-                "the arena memory it commits there locks as it is touched, without an mlock call; beyond it "
-                "on_lock_failure applies\n",
-                human_bytes(budget).c_str(), human_bytes(max).c_str());
-    if (budget <= rl.rlim_cur)
-        std::printf("forked:  a process forked after the switch locks the %s again within the user's limit\n",
-                    human_bytes(budget).c_str());
+    // The arena locks on fault at start-up only its first region (or prealloc), and maps the
+    // regions it grows by locked (mmap MAP_LOCKED): after the switch under RLIMIT_MEMLOCK.
+    const std::uint64_t can = std::min<std::uint64_t>(std::max<std::uint64_t>(rl.rlim_cur, c.policy.prealloc), max);
+    std::printf("worker:  can lock %s of max_locked %s: the arena locks its first region (or policy.prealloc) on "
+                "fault at start-up, before the switch, and maps the regions it grows by locked (mmap MAP_LOCKED, "
+                "no mlock call), after the switch only up to RLIMIT_MEMLOCK in all; beyond that on_lock_failure "
+                "applies\n",
+                human_bytes(can).c_str(), human_bytes(max).c_str());
+    if (can <= rl.rlim_cur)
+        std::printf("forked:  a process forked after the switch locks its %s again within the user's limit\n",
+                    human_bytes(can).c_str());
     else
         std::printf("forked:  a process forked after the switch cannot lock the %s again under the user's "
                     "RLIMIT_MEMLOCK (%s): its arena is not locked (still out of core dumps and wiped; memlock-inspect "
-                    "says degraded); if the workers fork, set \"max_locked\": \"%s\" in policy or raise the limit to %s\n",
-                    human_bytes(budget).c_str(), rlim_text(rl.rlim_cur).c_str(), config_size(rl.rlim_cur).c_str(),
-                    human_bytes(budget).c_str());
-    std::printf("prealloc: not needed (this kernel locks on fault)\n");
+                    "says degraded); if the workers fork, set \"prealloc\": \"%s\" in policy or raise the limit to %s\n",
+                    human_bytes(can).c_str(), rlim_text(rl.rlim_cur).c_str(), config_size(rl.rlim_cur).c_str(),
+                    human_bytes(can).c_str());
+    std::printf("prealloc: %s committed and locked at start-up, before the switch (what a worker may lock beyond "
+                "RLIMIT_MEMLOCK; resident from the start)\n",
+                human_bytes(c.policy.prealloc).c_str());
 }
 
 // ---- environment -----------------------------------------------------------------------------
