@@ -432,6 +432,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
         stats_->backing = secret_ ? kStatsBackingSecretmem : kStatsBackingAnonymous;
     }
+    const Pool &last = pools_[npools - 1];
+    tail_onfault_ = (last.actions & kActionLock) && !last.secret && !lock_on_commit_ && last.lock_end == last.end;
     if (!g_key_arena && pthread_key_create(&g_exit_key, on_thread_exit) == 0) g_key_arena = this;
     __atomic_store_n(&span_, first_span, __ATOMIC_RELEASE);  // publish: owns() answers from here on
     if (opts.prealloc > 0) {
@@ -506,13 +508,15 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
 // mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
 // dump either: they stay out too.
 bool SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
-    unsigned char *table[3] = {reinterpret_cast<unsigned char *>(bits_), state_, reinterpret_cast<unsigned char *>(meta_)};
+    unsigned char *table[3] = {reinterpret_cast<unsigned char *>(bits_), state_,
+                               reinterpret_cast<unsigned char *>(meta_)};
     const std::size_t lo[3] = {bits_len(from_span), state_len(from_span), meta_len(from_span)};
     const std::size_t hi[3] = {bits_len(to_span), state_len(to_span), meta_len(to_span)};
     for (unsigned t = 0; t < 3; ++t) {
         if (hi[t] <= lo[t]) continue;
         int rc = memlock_reserve_at(table[t] + lo[t], hi[t] - lo[t]);
-        if (!rc && (rc = memlock_commit(table[t] + lo[t], hi[t] - lo[t]))) memlock_release(table[t] + lo[t], hi[t] - lo[t]);
+        if (!rc && (rc = memlock_commit(table[t] + lo[t], hi[t] - lo[t])))
+            memlock_release(table[t] + lo[t], hi[t] - lo[t]);
         if (rc) {
             for (unsigned u = 0; u < t; ++u)
                 if (hi[u] > lo[u]) memlock_release(table[u] + lo[u], hi[u] - lo[u]);
@@ -734,15 +738,21 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
     // The side tables first: a table that grew and an arena that could not stay consistent
     // (the tables only cover more than the blocks).
     if (new_span > side_span_ && !map_side(side_span_, new_span)) return false;
-    // What the pool may still lock is mapped locked (mmap MAP_LOCKED: no mlock call after
-    // start-up), counted against RLIMIT_MEMLOCK as mlock would; refused, the rest of the
-    // budget is given up and the pages follow the lock policy (commit_and_lock).
+    // What the pool may still lock is mapped locked without an mlock call, counted against
+    // RLIMIT_MEMLOCK as mlock would: where the range's last mapping is locked on fault (the
+    // first region, and what grew from it), it grows in place (mremap) and the new pages
+    // lock on fault too; otherwise mmap MAP_LOCKED, whose pages are populated as they are
+    // committed. Refused, the rest of the budget is given up and the pages follow the lock
+    // policy (commit_and_lock).
     void *at = reinterpret_cast<void *>(base_ + span);
     std::size_t locked = 0;
+    bool on_fault = false;
     if ((pool.actions & kActionLock) && !pool.secret && !secret_missing_ && pool.lock_budget > pool.locked_mapped)
         locked = std::min(size, (pool.lock_budget - pool.locked_mapped) / region * region);
     if (locked) {
-        int err = backing_map_locked(at, locked);
+        int err = tail_onfault_ ? backing_grow_locked(at, locked, page_) : EINVAL;
+        on_fault = !err;
+        if (err && err != EAGAIN) err = backing_map_locked(at, locked);
         if (err == EEXIST) return false;
         if (err) {
             if (!lock_error_) lock_error_ = err;
@@ -759,6 +769,7 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
         return false;
     }
     pool.locked_mapped += locked;
+    tail_onfault_ = on_fault && locked == size;
     for (std::size_t r = span >> region_shift_; r < new_span >> region_shift_; ++r) {
         region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
         region_locked_[r] = (r - (span >> region_shift_)) < (locked >> region_shift_);
@@ -1405,6 +1416,7 @@ void SecureArena::postfork_child() noexcept {
         pool.lock_end = pool.locked_to = pool.start;
     }
     if (failed) {
+        tail_onfault_ = false;
         if (stats_) stats_->lock_failures.fetch_add(1);
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));

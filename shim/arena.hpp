@@ -9,10 +9,12 @@
 //     tables growing alike. Each region is marked MADV_DONTDUMP when it is mapped, before any
 //     block is handed out there (for pools with that action).
 //   - A pool with the lock action locks its first region on fault at start-up and maps the
-//     regions it grows by locked (mmap MAP_LOCKED, counted against RLIMIT_MEMLOCK then) up
-//     to its share of max_locked. After start-up the arena never calls mlock, mlock2 or
-//     munlock (seccomp sandboxes may forbid them), except without lock-on-fault (Linux < 4.4,
-//     qemu-user): then the first region's pages are mlocked as they are committed.
+//     regions it grows by locked, up to its share of max_locked, counted against
+//     RLIMIT_MEMLOCK then: by growing the last mapping in place (mremap) where it is locked
+//     on fault, else with mmap MAP_LOCKED (populated as committed). After start-up the arena
+//     never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
+//     without lock-on-fault (Linux < 4.4, qemu-user): then the first region's pages are
+//     mlocked as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
@@ -229,6 +231,7 @@ private:
     bool secret_missing_ = false;        // memfd_secret is missing and the policy refused anonymous
     std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
+    bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

@@ -29,6 +29,15 @@ int backing_map_locked(void *start, std::size_t len) noexcept {
     return rc;
 }
 
+int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept {
+    int saved = errno;
+    void *last = static_cast<unsigned char *>(end) - page;
+    void *p = ::mremap(last, page, page + len, 0);
+    int rc = p == MAP_FAILED ? errno : 0;
+    errno = saved;
+    return rc;
+}
+
 bool backing_secret_missing(int err) noexcept {
     return err == ENOSYS || err == MEMLOCK_ESECRET_DISABLED || err == MEMLOCK_EUNSUPPORTED;
 }
