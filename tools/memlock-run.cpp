@@ -452,9 +452,9 @@ std::string config_size(std::uint64_t bytes) {
 // do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its first
 // region (or prealloc) on fault at start-up, before the switch: the worker keeps it, and pages
 // it commits there lock as they are touched. What the switch limits: the regions the arena
-// maps locked as it grows (mmap MAP_LOCKED counts against RLIMIT_MEMLOCK), a process forked
-// after it (mlock is not inherited: the child locks again, under the user's limit) and, on
-// kernels without lock-on-fault, every lock made after it (prealloc helps).
+// maps locked as it grows (mremap or mmap MAP_LOCKED: counted against RLIMIT_MEMLOCK), a
+// process forked after it (mlock is not inherited: the child locks again, under the user's
+// limit) and, on kernels without lock-on-fault, every lock made after it (prealloc helps).
 void check_user(const mlshim::Config &c, const std::string &user) {
     const struct passwd *pw = ::getpwnam(user.c_str());
     if (!pw) usage_error("--user: no such user: " + user);
@@ -491,12 +491,12 @@ void check_user(const mlshim::Config &c, const std::string &user) {
         return;
     }
     // The arena locks on fault at start-up only its first region (or prealloc), and maps the
-    // regions it grows by locked (mmap MAP_LOCKED): after the switch under RLIMIT_MEMLOCK.
+    // regions it grows by locked (mremap or mmap MAP_LOCKED): after the switch under RLIMIT_MEMLOCK.
     const std::uint64_t can = std::min<std::uint64_t>(std::max<std::uint64_t>(rl.rlim_cur, c.policy.prealloc), max);
     std::printf("worker:  can lock %s of max_locked %s: the arena locks its first region (or policy.prealloc) on "
-                "fault at start-up, before the switch, and maps the regions it grows by locked (mmap MAP_LOCKED, "
-                "no mlock call), after the switch only up to RLIMIT_MEMLOCK in all; beyond that on_lock_failure "
-                "applies\n",
+                "fault at start-up, before the switch, and maps the regions it grows by locked (mremap or mmap "
+                "MAP_LOCKED, no mlock call), after the switch only up to RLIMIT_MEMLOCK in all; beyond that "
+                "on_lock_failure applies\n",
                 human_bytes(can).c_str(), human_bytes(max).c_str());
     if (can <= rl.rlim_cur)
         std::printf("forked:  a process forked after the switch locks its %s again within the user's limit\n",

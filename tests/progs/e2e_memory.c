@@ -12,8 +12,7 @@
  *                               waits for a line on stdin; then forks: the child checks and
  *                               frees every block (exit 0 if all held); the parent waits for
  *                               it, does the same, prints "grow ok"
- *   e2e_memory aslimit BYTES    lowers RLIMIT_AS to BYTES (below what the shim reserved at
- *                               start-up), then allocates 1000 blocks of 32 bytes and one of
+ *   e2e_memory aslimit BYTES    lowers RLIMIT_AS to BYTES after start-up, then allocates 1000 blocks of 32 bytes and one of
  *                               8 MiB; prints "unmatched malloc(8388608): served" or
  *                               "... failed: errno N", checks and frees the small blocks,
  *                               prints "aslimit ok" (exit 1 if a 32-byte block failed)

@@ -184,7 +184,7 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     cr_assert(contains(r.out, user +
                                   "worker:  can lock 8 MiB of max_locked 64 MiB: the arena locks its first region "
                                   "(or policy.prealloc) on fault at start-up, before the switch, and maps the regions "
-                                  "it grows by locked (mmap MAP_LOCKED, no mlock call), after the switch only up to "
+                                  "it grows by locked (mremap or mmap MAP_LOCKED, no mlock call), after the switch only up to "
                                   "RLIMIT_MEMLOCK in all; beyond that on_lock_failure applies\n"
                                   "forked:  a process forked after the switch locks its 8 MiB again within the user's "
                                   "limit\n"
