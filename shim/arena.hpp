@@ -209,8 +209,6 @@ private:
     std::size_t cap_span_ = 0;         // span_ grows up to this (the span chosen at start-up)
     std::size_t side_span_ = 0;        // the side tables cover [base_, base_ + side_span_)
     std::size_t region_pages_ = 0;     // pages per region
-    std::uint8_t region_pool_[kMaxRegions] = {};  // the pool each region of the reservation serves
-    std::uint8_t region_locked_[kMaxRegions] = {};  // 1: mapped locked after start-up (MAP_LOCKED)
     unsigned region_shift_ = 0;        // log2(bytes per region)
     std::size_t page_ = 4096;
     unsigned page_shift_ = 12;       // log2(page_)
@@ -235,6 +233,9 @@ private:
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};
+    // Last, so that the fields the free path reads share cache lines as before.
+    std::uint8_t region_pool_[kMaxRegions] = {};    // the pool each region of the range serves
+    std::uint8_t region_locked_[kMaxRegions] = {};  // 1: mapped locked after start-up (mremap, MAP_LOCKED)
 };
 
 }  // namespace mlshim
