@@ -423,6 +423,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             p->lock_budget = std::min(opts.max_locked / locking, cap);
             lock_at_start(*p, p->lock_budget);
             p->locked_mapped = p->lock_end - p->start;
+            // Refused at start-up (the limit, a sandbox): what could be locked is the budget.
+            if (lock_error_ || secret_missing_) p->lock_budget = p->locked_mapped;
         }
     }
     if (stats_) {
