@@ -1,13 +1,15 @@
 #include "arena.hpp"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 
@@ -35,6 +37,9 @@ enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // memfd_secret mapping (locked too).
 // kRelocked: locked again in a fork child (SecureArena::relock_what_fits only; never left set).
 enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4, kRelocked = 8 };
+// region_locked_: 0 not mapped locked, 1 mapped locked after start-up, kRelockPart: in a fork
+// child, did not lock again whole (relock_what_fits settles it).
+constexpr std::uint8_t kRelockPart = 2;
 // Block states, one byte per 16-byte granule (at the block's first granule). A live block's
 // byte also holds its rule's counters entry (stats_rule_index) in the bits above kStateMask,
 // so that free() finds the rule to count without another table.
@@ -74,6 +79,61 @@ constexpr ClassTable kClasses;
 static_assert(compute_class_size(kNumClasses - 1) == kMaxSmall, "class table ends at kMaxSmall");
 
 std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
+
+// The largest gap between the mappings of the process below its stack, from /proc/self/maps
+// (read without malloc): [lo, hi). False when the file cannot be read.
+bool largest_gap(std::uintptr_t &lo, std::uintptr_t &hi) noexcept {
+    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    char buf[8192];
+    std::size_t have = 0;
+    std::uintptr_t prev_end = 0;
+    lo = hi = 0;
+    bool done = false, ok = true;
+    while (!done) {
+        ssize_t n = ::read(fd, buf + have, sizeof buf - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) ok = false;
+        if (n <= 0) break;
+        have += static_cast<std::size_t>(n);
+        std::size_t pos = 0;
+        while (!done) {
+            auto *nl = static_cast<char *>(std::memchr(buf + pos, '\n', have - pos));
+            if (!nl) break;
+            *nl = '\0';
+            char *end = nullptr;
+            std::uintptr_t start = std::strtoull(buf + pos, &end, 16);
+            std::uintptr_t stop = *end == '-' ? std::strtoull(end + 1, nullptr, 16) : start;
+            // The stack ends the search: above it lie the vdso and (x86-64) the vsyscall page.
+            done = std::strstr(buf + pos, "[stack]") != nullptr || start >= (std::uintptr_t{1} << 63);
+            if (start > prev_end && start - prev_end > hi - lo) lo = prev_end, hi = start;
+            prev_end = std::max(prev_end, stop);
+            pos = static_cast<std::size_t>(nl - buf) + 1;
+        }
+        if (pos == 0 && have == sizeof buf) {  // a line longer than the buffer: not /proc's
+            ok = false;
+            break;
+        }
+        std::memmove(buf, buf + pos, have - pos);
+        have -= pos;
+    }
+    ::close(fd);
+    return ok && hi > lo;
+}
+
+// A random word for placing the arena (getrandom; the clock where it is missing).
+std::uint64_t random_word() noexcept {
+    std::uint64_t r = 0;
+#ifdef SYS_getrandom
+    int saved = errno;
+    long got = ::syscall(SYS_getrandom, &r, sizeof r, 1 /* GRND_NONBLOCK */);
+    errno = saved;
+    if (got == static_cast<long>(sizeof r)) return r;
+#endif
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (std::uint64_t(ts.tv_nsec) * 0x9e3779b97f4a7c15ull) ^ reinterpret_cast<std::uintptr_t>(&r);
+}
 
 // Zeroes the vector registers of the calling thread. memcpy and friends move a secret through
 // them (glibc's AVX2/EVEX copies use ymm0-15 or ymm16-31), and what they leave there is
@@ -171,6 +231,8 @@ struct SecureArena::Pool {
                                  // without lock-on-fault, is locked as it is committed)
     std::uintptr_t locked_to;    // without lock-on-fault: [start, locked_to) is locked
     bool secret;                 // [start, lock_end) is a memfd_secret mapping
+    std::size_t lock_budget;     // its share of max_locked: address space it may lock
+    std::size_t locked_mapped;   // of which locked so far: at start-up, and regions mapped locked
     std::uint32_t free_runs;     // first free run's head page + 1 (0: none)
     std::size_t dirty_bytes;     // free-run pages not yet given back to the kernel, that can be
     std::size_t kept_bytes;      // free-run pages that cannot be (secretmem): never purged
@@ -287,94 +349,102 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     page_shift_ = static_cast<unsigned>(__builtin_ctzll(page_));
     std::size_t pool_bytes = std::size_t{1} << 20;
     while (pool_bytes < opts.pool_bytes) pool_bytes <<= 1;
-    pool_shift_ = static_cast<unsigned>(__builtin_ctzll(pool_bytes));
     std::size_t total = pool_bytes * npools;
-    region_pages_ = pool_bytes / page_;
 
-    // The arena grows by regions of pool_bytes appended to its reservation, so that owns()
-    // stays one comparison and the side tables stay arrays indexed by offset. Address space
-    // is found once for the largest arena allowed (the growth cap) and all of it but the
-    // first regions is unmapped again: [bits | state | meta | blocks], each at the bottom of
-    // a room it can grow into. The kernel places new mappings top-down, in the highest gap
-    // that fits, so other mappings fill the blocks' room from its top first, and the side
-    // tables' rooms only after it. Where the whole cap does not fit (RLIMIT_AS), half of it.
+    // The arena's address space is one range, so that owns() stays one comparison and the
+    // side tables stay arrays indexed by offset, but only what is in use is mapped: a span
+    // large enough for the growth cap is chosen at start-up (place()), and the arena maps
+    // regions at its bottom as pools need them, each for one pool, at fixed addresses.
+    // [bits | state | meta | blocks]: each table at the bottom of a room it grows into.
     std::size_t cap = std::max(opts.max_reserve ? opts.max_reserve : total * kGrowthFactor, total);
-    cap = std::min(cap, std::size_t{kMaxRegions} * pool_bytes) / pool_bytes * pool_bytes;
+    std::size_t region = kMinRegion;
+    while (region < page_ || region * kMaxRegions < cap) region <<= 1;
+    cap = std::min(cap, std::size_t{kMaxRegions} * region) / region * region;
+    region_shift_ = static_cast<unsigned>(__builtin_ctzll(region));
+    region_pages_ = region / page_;
+
+    // What is mapped at start-up: each pool's first extent, one region, or for a pool that
+    // locks its share of the lock budget (locked on fault now: no mlock after start-up), and
+    // for the first of them what prealloc commits.
+    unsigned locking = 0;
+    for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
+    std::size_t first_extent[kMaxPools] = {}, first_span = 0;
+    bool prealloc_placed = false;
+    for (unsigned i = 0; i < npools; ++i) {
+        std::size_t want = region;
+        if (pool_actions[i] & kActionLock) {
+            // A memfd_secret file is mapped over the whole budget at start-up; anonymous
+            // memory locks later regions as they are mapped (mmap MAP_LOCKED).
+            if (secret_) want = std::max(want, std::min(opts.max_locked / locking, pool_bytes));
+            if (!prealloc_placed) {
+                if (round_up(opts.prealloc, page_) > pool_bytes) return EINVAL;
+                want = std::max(want, round_up(opts.prealloc, page_));
+            }
+            prealloc_placed = true;
+        }
+        first_extent[i] = round_up(want, region);
+        first_span += first_extent[i];
+    }
+    cap = std::max(cap, first_span);
     std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    void *mem = nullptr, *pools_mem = nullptr;
+    void *pools_mem = nullptr;
     int rc = 0;
-    for (;; cap = std::max(total, cap / 2 / pool_bytes * pool_bytes)) {
-        rc = memlock_reserve(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, &mem);
-        if (!rc || cap == total) break;
+    for (;; cap = std::max(first_span, cap / 2 / region * region)) {
+        cap_span_ = cap;
+        rc = place(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, first_span);
+        if (!rc || cap == first_span) break;
     }
-    auto *room = static_cast<unsigned char *>(mem);
-    auto give_back_room = [&](std::size_t used, std::size_t all) {
-        memlock_release(room + used, all - used);
-        room += all;
-    };
-    if (!rc) {
-        bits_ = reinterpret_cast<std::uint64_t *>(room);
-        give_back_room(bits_len(total), bits_len(cap));
-        state_ = room;
-        give_back_room(state_len(total), state_len(cap));
-        meta_ = reinterpret_cast<PageMeta *>(room);
-        give_back_room(meta_len(total), meta_len(cap));
-        mem = room;
-        give_back_room(total, cap);
-        rc = memlock_reserve(pools_bytes, &pools_mem);
-    }
-    // The side tables (7.7% of the arena) hold no secrets, but nothing of use in a core dump
-    // either: they stay out too.
-    for (void *side : {static_cast<void *>(bits_), static_cast<void *>(state_), static_cast<void *>(meta_), pools_mem}) {
-        std::size_t len = side == bits_ ? bits_len(total) : side == state_ ? state_len(total)
-                          : side == meta_ ? meta_len(total) : pools_bytes;
-        if (!rc) rc = memlock_commit(side, len);
-        if (!rc) memlock_dontdump(side, len);
-    }
+    if (!rc) rc = memlock_reserve(pools_bytes, &pools_mem);
+    if (!rc) rc = memlock_commit(pools_mem, pools_bytes);
+    if (!rc) memlock_dontdump(pools_mem, pools_bytes);
     // Dontdump is a property of the whole pool, set before any block exists.
-    for (unsigned i = 0; i < npools && !rc; ++i)
+    for (unsigned i = 0, at = 0; i < npools && !rc; at += static_cast<unsigned>(first_extent[i] / region), ++i)
         if (pool_actions[i] & kActionDontdump)
-            rc = memlock_dontdump(static_cast<unsigned char *>(mem) + i * pool_bytes, pool_bytes);
+            rc = memlock_dontdump(reinterpret_cast<void *>(base_ + std::size_t{at} * region), first_extent[i]);
     if (rc) {
         if (meta_) {
-            memlock_release(bits_, bits_len(total));
-            memlock_release(state_, state_len(total));
-            memlock_release(meta_, meta_len(total));
-            memlock_release(mem, total);
+            memlock_release(bits_, bits_len(first_span));
+            memlock_release(state_, state_len(first_span));
+            memlock_release(meta_, meta_len(first_span));
+            memlock_release(reinterpret_cast<void *>(base_), first_span);
         }
         if (pools_mem) memlock_release(pools_mem, pools_bytes);
-        meta_ = nullptr, state_ = nullptr, bits_ = nullptr;
+        meta_ = nullptr, state_ = nullptr, bits_ = nullptr, base_ = 0, cap_span_ = 0;
         return rc;
     }
-    cap_span_ = cap;
-    side_span_ = total;
-    side_bytes_ = bits_len(total) + state_len(total) + meta_len(total) + pools_bytes;
-    base_ = reinterpret_cast<std::uintptr_t>(mem);
+    side_bytes_ += pools_bytes;
     pools_ = static_cast<Pool *>(pools_mem);
     npools_ = npools;
-    unsigned locking = 0;
     wipe_pools_ = 0;
-    for (unsigned i = 0; i < npools; ++i) locking += (pool_actions[i] & kActionLock) != 0;
+    std::uintptr_t next = base_;
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
-        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = base_ + i * pool_bytes;
-        p->end = p->start + pool_bytes;
-        region_pool_[i] = static_cast<std::uint8_t>(i);
-        if (p->actions & kActionLock) lock_at_start(*p, opts.max_locked / locking);
+        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = next;
+        p->end = next += first_extent[i];
+        for (std::size_t r = (p->start - base_) >> region_shift_; r < (p->end - base_) >> region_shift_; ++r)
+            region_pool_[r] = static_cast<std::uint8_t>(i);
+        if (p->actions & kActionLock) {
+            p->lock_budget = std::min(opts.max_locked / locking, cap);
+            lock_at_start(*p, p->lock_budget);
+            p->locked_mapped = p->lock_end - p->start;
+            // Refused at start-up (the limit, a sandbox): what could be locked is the budget.
+            if (lock_error_ || secret_missing_) p->lock_budget = p->locked_mapped;
+        }
     }
     if (stats_) {
-        stats_->reserved_bytes.store(total);  // where blocks live: what memlock-inspect checks
+        stats_->reserved_bytes.store(first_span);  // where blocks live: what memlock-inspect checks
         stats_->arena_start = base_;
         stats_->max_locked = opts.max_locked;
         stats_->on_lock_failure = static_cast<std::uint32_t>(opts.on_lock_failure);
         stats_->backing = secret_ ? kStatsBackingSecretmem : kStatsBackingAnonymous;
     }
+    const Pool &last = pools_[npools - 1];
+    tail_onfault_ = (last.actions & kActionLock) && !last.secret && !lock_on_commit_ && last.lock_end == last.end;
     if (!g_key_arena && pthread_key_create(&g_exit_key, on_thread_exit) == 0) g_key_arena = this;
-    __atomic_store_n(&span_, total, __ATOMIC_RELEASE);  // publish: owns() answers from here on
-
+    __atomic_store_n(&span_, first_span, __ATOMIC_RELEASE);  // publish: owns() answers from here on
     if (opts.prealloc > 0) {
         // Commit and lock ahead (a daemon may drop the privilege to lock later).
         // Into the first pool that locks (a pool without the lock action has nothing to lock).
@@ -396,6 +466,76 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         p0.committed = p0.start + bytes;
     }
     return 0;
+}
+
+// Chooses where the arena's span (`room` bytes: the side tables' rooms, then the blocks')
+// lies, and maps the first `first_span` bytes of blocks and their side tables there. The
+// span lies in the middle of the largest gap of the address space (randomly placed in its
+// middle half), where neither the kernel's top-down (or legacy bottom-up) placement of new
+// mappings nor the heap's growth reach it before they have used a quarter of the gap: on
+// x86-64 (47 bits) and aarch64 (48 bits) tens of TiB, with a 39-bit aarch64 tens of GiB.
+// Without /proc (or without such a gap), where the kernel would put a mapping of that size.
+// 0 or an errno value (nothing mapped then).
+int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
+    const std::size_t region = region_pages_ * page_;
+    const std::size_t sides = bits_len(cap_span_) + state_len(cap_span_) + meta_len(cap_span_);
+    auto map_at = [&](std::uintptr_t at) {
+        base_ = round_up(at + sides, region);
+        bits_ = reinterpret_cast<std::uint64_t *>(base_ - sides);
+        state_ = reinterpret_cast<std::uint8_t *>(bits_) + bits_len(cap_span_);
+        meta_ = reinterpret_cast<PageMeta *>(state_ + state_len(cap_span_));
+        side_span_ = 0;
+        side_bytes_ = 0;
+        if (!map_side(0, first_span)) return EEXIST;
+        int rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span);
+        if (rc) {
+            memlock_release(bits_, bits_len(first_span));
+            memlock_release(state_, state_len(first_span));
+            memlock_release(meta_, meta_len(first_span));
+        }
+        return rc;
+    };
+    int rc = ENOMEM;
+    std::uintptr_t lo = 0, hi = 0;
+    if (largest_gap(lo, hi) && hi - lo >= 4 * (room + region)) {
+        const std::size_t quarter = (hi - lo) / 4;
+        const std::size_t slack = (hi - lo) / 2 - room - region;
+        rc = map_at(lo + quarter + random_word() % slack / region * region);
+    }
+    if (rc) {
+        void *probe = nullptr;
+        rc = memlock_reserve(room + region, &probe);
+        if (rc) return rc;
+        memlock_release(probe, room + region);
+        rc = map_at(reinterpret_cast<std::uintptr_t>(probe));
+    }
+    if (rc) meta_ = nullptr, state_ = nullptr, bits_ = nullptr, base_ = 0;
+    return rc;
+}
+
+// Maps and commits the side tables' part for blocks [side_span, to_span): false (nothing
+// mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
+// dump either: they stay out too.
+bool SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
+    unsigned char *table[3] = {reinterpret_cast<unsigned char *>(bits_), state_,
+                               reinterpret_cast<unsigned char *>(meta_)};
+    const std::size_t lo[3] = {bits_len(from_span), state_len(from_span), meta_len(from_span)};
+    const std::size_t hi[3] = {bits_len(to_span), state_len(to_span), meta_len(to_span)};
+    for (unsigned t = 0; t < 3; ++t) {
+        if (hi[t] <= lo[t]) continue;
+        int rc = memlock_reserve_at(table[t] + lo[t], hi[t] - lo[t]);
+        if (!rc && (rc = memlock_commit(table[t] + lo[t], hi[t] - lo[t])))
+            memlock_release(table[t] + lo[t], hi[t] - lo[t]);
+        if (rc) {
+            for (unsigned u = 0; u < t; ++u)
+                if (hi[u] > lo[u]) memlock_release(table[u] + lo[u], hi[u] - lo[u]);
+            return false;
+        }
+        memlock_dontdump(table[t] + lo[t], hi[t] - lo[t]);
+    }
+    for (unsigned t = 0; t < 3; ++t) side_bytes_ += hi[t] > lo[t] ? hi[t] - lo[t] : 0;
+    side_span_ = to_span;
+    return true;
 }
 
 // ---- growing a pool --------------------------------------------------------------------------
@@ -513,7 +653,12 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
             pool.locked_to = std::max(pool.locked_to, lock_to);
         }
     }
-    if ((pool.actions & kActionLock) && lock_to < to) {
+    // Past the range locked at start-up, pages lock where their region was mapped locked.
+    bool short_of_lock = false;
+    if (pool.actions & kActionLock)
+        for (std::uintptr_t at = lock_to; at < to && !short_of_lock; at += page_)
+            short_of_lock = !region_locked_[(at - base_) >> region_shift_];
+    if (short_of_lock) {
         if (stats_) stats_->lock_failures.fetch_add(1);
         const char *why = lock_why();
         switch (opts_.on_lock_failure) {
@@ -535,8 +680,13 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
     std::size_t first = (from - base_) / page_, n = bytes / page_;
     const std::uint8_t in_lock = pool.secret ? kLockedPage | kSecretPage : kLockedPage;
-    for (std::size_t i = 0; i < n; ++i)
-        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | (from + i * page_ < lock_to ? in_lock : 0));
+    const bool locks = pool.actions & kActionLock;
+    for (std::size_t i = 0; i < n; ++i) {
+        const std::uintptr_t at = from + i * page_;
+        const std::uint8_t lock = at < lock_to ? in_lock
+                                  : locks && region_locked_[(at - base_) >> region_shift_] ? kLockedPage : 0;
+        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | lock);
+    }
     account(pool, first, n, 1);
     return 0;
 }
@@ -564,7 +714,7 @@ void *SecureArena::out_of_space(const char *what) noexcept {
 // ahead (prealloc) is used as it is; the rest is committed now. pre: pool.lock held.
 // nullptr with errno ENOMEM: pool full, or the lock policy denied.
 unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
-    if (pool.end - pool.frontier < bytes && !grow(pool, bytes))
+    if (pool.end - pool.frontier < bytes && !grow(pool, bytes, false))
         return static_cast<unsigned char *>(out_of_space("arena address space exhausted"));
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
@@ -580,43 +730,60 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     return reinterpret_cast<unsigned char *>(from);
 }
 
-// Appends a region of at least `bytes` (whole regions) to the reservation for `pool`, which
-// carves from it from now on; what was left of its previous region stays unused. Fails
-// (false) past the growth cap, or when another mapping took the address space above the
-// arena. pre: pool.lock held.
-bool SecureArena::grow(Pool &pool, std::size_t bytes) noexcept {
+// Maps whole regions after the arena's last one for `pool`, so that it can carve `bytes` more.
+// When the pool's extent is the last one it grows in place by what it lacks; otherwise the
+// pool carves from the new extent from now on, and what was left of its previous one stays
+// unused (contiguous_only: then nothing happens). Fails (false) past the growth cap, or when
+// another mapping took the address space above the arena. pre: pool.lock held.
+bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noexcept {
     Guard g(misc_lock_);
-    std::size_t span = span_, size = round_up(bytes, region_pages_ * page_);
+    const std::size_t span = span_, region = region_pages_ * page_;
+    const bool adjacent = pool.end == base_ + span;
+    if (contiguous_only && !adjacent) return false;
+    const std::size_t lacks = adjacent ? bytes - std::min(bytes, pool.end - pool.frontier) : bytes;
+    const std::size_t size = round_up(lacks, region);
     if (bytes > cap_span_ || size > cap_span_ - span) return false;
-    std::size_t new_span = span + size;
-    if (new_span > side_span_) {
-        // The side tables first: a table that grew and an arena that could not stay
-        // consistent (the tables only cover more than the blocks).
-        auto extend = [](void *table, std::size_t from, std::size_t to) {
-            if (to <= from) return 0;
-            void *at = static_cast<unsigned char *>(table) + from;
-            int rc = memlock_reserve_at(at, to - from);
-            if (!rc) rc = memlock_commit(at, to - from);
-            if (!rc) memlock_dontdump(at, to - from);
-            return rc;
-        };
-        if (extend(bits_, bits_len(side_span_), bits_len(new_span)) ||
-            extend(state_, state_len(side_span_), state_len(new_span)) ||
-            extend(meta_, meta_len(side_span_), meta_len(new_span)))
-            return false;
-        side_bytes_ += bits_len(new_span) + state_len(new_span) + meta_len(new_span) -
-                       bits_len(side_span_) - state_len(side_span_) - meta_len(side_span_);
-        side_span_ = new_span;
-    }
+    const std::size_t new_span = span + size;
+    // The side tables first: a table that grew and an arena that could not stay consistent
+    // (the tables only cover more than the blocks).
+    if (new_span > side_span_ && !map_side(side_span_, new_span)) return false;
+    // What the pool may still lock is mapped locked without an mlock call, counted against
+    // RLIMIT_MEMLOCK as mlock would: where the range's last mapping is locked on fault (the
+    // first region, and what grew from it), it grows in place (mremap) and the new pages
+    // lock on fault too; otherwise mmap MAP_LOCKED, whose pages are populated as they are
+    // committed. Refused, the rest of the budget is given up and the pages follow the lock
+    // policy (commit_and_lock).
     void *at = reinterpret_cast<void *>(base_ + span);
-    if (memlock_reserve_at(at, size)) return false;
+    std::size_t locked = 0;
+    bool on_fault = false;
+    if ((pool.actions & kActionLock) && !pool.secret && !secret_missing_ && pool.lock_budget > pool.locked_mapped)
+        locked = std::min(size, (pool.lock_budget - pool.locked_mapped) / region * region);
+    if (locked) {
+        int err = tail_onfault_ ? backing_grow_locked(at, locked, page_) : EINVAL;
+        on_fault = !err;
+        if (err && err != EAGAIN) err = backing_map_locked(at, locked);
+        if (err == EEXIST) return false;
+        if (err) {
+            if (!lock_error_) lock_error_ = err;
+            pool.lock_budget = pool.locked_mapped;
+            locked = 0;
+        }
+    }
+    if (size > locked && memlock_reserve_at(static_cast<unsigned char *>(at) + locked, size - locked)) {
+        memlock_release(at, locked);
+        return false;
+    }
     if ((pool.actions & kActionDontdump) && memlock_dontdump(at, size)) {
         memlock_release(at, size);
         return false;
     }
-    for (std::size_t r = span / (region_pages_ * page_); r < new_span / (region_pages_ * page_); ++r)
+    pool.locked_mapped += locked;
+    tail_onfault_ = on_fault && locked == size;
+    for (std::size_t r = span >> region_shift_; r < new_span >> region_shift_; ++r) {
         region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
-    pool.frontier = pool.committed = base_ + span;
+        region_locked_[r] = (r - (span >> region_shift_)) < (locked >> region_shift_);
+    }
+    if (!adjacent) pool.frontier = pool.committed = base_ + span;
     pool.end = base_ + new_span;
     __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
     if (stats_) stats_->reserved_bytes.store(new_span);
@@ -727,14 +894,17 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
 
 // Pages [first, first+n) are free: one run with the free runs on either side. pre: pool.lock held.
 void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
-    // Never across a region's border: the next region may be another pool's. Pages never
-    // carved are kUnused.
+    // Never into another pool's region (regions of one pool that touch are one extent of
+    // it), nor past the blocks mapped. Pages never carved are kUnused.
+    const std::size_t mapped = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> page_shift_;
+    const std::uint8_t mine = static_cast<std::uint8_t>(&pool - pools_);
+    auto same_pool = [&](std::size_t page) { return page < mapped && region_pool_[page / region_pages_] == mine; };
     std::size_t after = first + n;
-    if (after % region_pages_ && meta_[after].kind == kFreeRun && meta_[after].head == after) {
+    if (same_pool(after) && meta_[after].kind == kFreeRun && meta_[after].head == after) {
         n += meta_[after].npages;
         free_run_remove(pool, after);
     }
-    if (first % region_pages_ && meta_[first - 1].kind == kFreeRun) {
+    if (first > 0 && same_pool(first - 1) && meta_[first - 1].kind == kFreeRun) {
         std::size_t before = meta_[first - 1].head;
         n += meta_[before].npages;
         free_run_remove(pool, before);
@@ -1077,12 +1247,13 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::size_t need = round_up(n, page_) / page_, have = m.npages;
     if (need <= have) return true;
     std::size_t extra = need - have, next = head + have;
-    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
+    Pool &pool = pools_[region_pool_[off >> region_shift_]];
     {
         Guard g(pool.lock);
         std::size_t frontier = (pool.frontier - base_) / page_;
         if (next == frontier) {
-            if (pool.end - pool.frontier < extra * page_ || !carve(pool, extra * page_)) return false;
+            if (pool.end - pool.frontier < extra * page_ && !grow(pool, extra * page_, true)) return false;
+            if (!carve(pool, extra * page_)) return false;
         } else if (next < frontier && meta_[next].kind == kFreeRun && meta_[next].head == next &&
                    meta_[next].npages >= extra) {
             std::size_t rest = meta_[next].npages - extra;
@@ -1134,7 +1305,7 @@ void SecureArena::free(void *p) noexcept {
     const unsigned cls = m.cls;
     const ClassInfo &ci = kClasses.info[cls];
     const std::size_t size = ci.size;
-    const unsigned pool_index = region_pool_[off >> pool_shift_];
+    const unsigned pool_index = region_pool_[off >> region_shift_];
     ThreadState &ts = t_state;
     PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
     if (__builtin_expect(!pc || size > kInlineWipe, 0)) return free_small_slow(p);
@@ -1152,7 +1323,7 @@ void SecureArena::free(void *p) noexcept {
 void SecureArena::free_small_slow(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    unsigned pool_index = region_pool_[off >> pool_shift_];
+    unsigned pool_index = region_pool_[off >> region_shift_];
     Pool &pool = pools_[pool_index];
     const ClassInfo &ci = kClasses.info[m.cls];
     const unsigned rule = state_of(p) >> kRuleShift;
@@ -1180,7 +1351,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
 void SecureArena::free_not_slab(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    Pool &pool = pools_[region_pool_[off >> pool_shift_]];
+    Pool &pool = pools_[region_pool_[off >> region_shift_]];
     std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
@@ -1242,7 +1413,27 @@ void SecureArena::postfork_child() noexcept {
             short_pools |= 1u << i;
         }
     }
+    // Regions mapped locked after start-up: runs of them, one call each. When a start-up
+    // range could not lock whole, the limit is spent: they are not tried whole, and like a
+    // run that does not lock, are left to relock_what_fits (kRelockPart), which locks the
+    // pages in use first.
+    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    for (std::size_t r = 0; r < regions;) {
+        if (!region_locked_[r]) {
+            ++r;
+            continue;
+        }
+        std::size_t e = r + 1;
+        while (e < regions && region_locked_[e]) ++e;
+        void *at = reinterpret_cast<void *>(base_ + (r << region_shift_));
+        if (int rc = short_pools ? failed : memlock_lock_onfault(at, (e - r) << region_shift_)) {
+            failed = rc;
+            for (std::size_t k = r; k < e; ++k) region_locked_[k] = kRelockPart;
+        }
+        r = e;
+    }
     if (failed) {
+        tail_onfault_ = false;
         if (stats_) stats_->lock_failures.fetch_add(1);
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
@@ -1297,10 +1488,22 @@ std::size_t SecureArena::relock_largest(const Pool &pool, std::uintptr_t at, std
 void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     std::size_t before = 0, used = 0, used_locked = 0;
     bool room = true;  // false once the limit refused part of a range: nothing more fits
-    for (unsigned i = 0; i < npools_; ++i) {
-        if (!(pools >> i & 1)) continue;
-        Pool &pool = pools_[i];
-        const std::size_t first = (pool.start - base_) / page_, last = (relock_end(pool) - base_) / page_;
+    // The ranges to lock what fits of: the short pools' start-up ranges, then the regions
+    // mapped locked later that did not lock whole (kRelockPart).
+    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    for (std::size_t i = 0, r = 0; i < npools_ || r < regions;) {
+        std::size_t first, last;
+        if (i < npools_) {
+            const unsigned pi = static_cast<unsigned>(i++);
+            if (!(pools >> pi & 1)) continue;
+            first = (pools_[pi].start - base_) / page_;
+            last = (relock_end(pools_[pi]) - base_) / page_;
+        } else {
+            if (region_locked_[r++] != kRelockPart) continue;
+            first = ((r - 1) << region_shift_) / page_;
+            last = (r << region_shift_) / page_;
+        }
+        Pool &pool = pools_[region_pool_[first / region_pages_]];
         before += (last - first) * page_;
         // Walk the slabs, runs and free runs by their head pages; each stretch of block
         // holding pages is locked in one call.
@@ -1345,6 +1548,21 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
         }
         pool.lock_end = pool.start + prefix;
         if (lock_on_commit_ && !pool.secret) pool.locked_to = pool.lock_end;
+    }
+    // Regions that did not lock whole keep what the first pass locked, page by page, and are
+    // no longer locked regions: a later fork locks only whole locked regions again.
+    for (std::size_t r = 0; r < regions; ++r) {
+        if (region_locked_[r] != kRelockPart) continue;
+        region_locked_[r] = 0;
+        for (std::size_t pg = (r << region_shift_) / page_; pg < ((r + 1) << region_shift_) / page_; ++pg) {
+            Pool &pool = pools_[region_pool_[r]];
+            const std::uint8_t f = meta_[pg].flags;
+            const bool locked = f & kRelocked;
+            after += locked ? page_ : 0;
+            if (f & kInUse) account(pool, pg, 1, -1);
+            meta_[pg].flags = static_cast<std::uint8_t>((f & ~(kRelocked | kLockedPage)) | (locked ? kLockedPage : 0));
+            if (f & kInUse) account(pool, pg, 1, 1);
+        }
     }
     // Later messages (a slab committed beyond what is locked) give this reason too, and the
     // warning below is the process's one warning about locking.

@@ -1,25 +1,32 @@
 // arena.hpp - SecureArena: the memory that matching allocations live in.
 //
 // What it promises
-//   - One reservation of address space, split into up to kMaxPools pools, one per distinct
-//     action set of the rules (lock / dontdump / wipe), grown by regions appended to it for
-//     one pool (up to a cap found free at start-up). The reservation is marked
-//     MADV_DONTDUMP before any block is handed out (for pools with that action). A pool with
-//     the lock action locks its share of max_locked on fault at start-up; after start-up the
-//     arena never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
-//     without lock-on-fault (Linux < 4.4, qemu-user): then the budget's pages are mlocked
-//     as they are committed.
+//   - One range of address space, split into up to kMaxPools pools, one per distinct action
+//     set of the rules (lock / dontdump / wipe). Only what is used is mapped: at start-up one
+//     region per pool (kMinRegion or more, or prealloc's size) at the bottom of a span chosen
+//     for the growth cap far from where the kernel places other mappings; then whole regions
+//     appended at fixed addresses (MAP_FIXED_NOREPLACE) as a pool needs them, with the side
+//     tables growing alike. Each region is marked MADV_DONTDUMP when it is mapped, before any
+//     block is handed out there (for pools with that action).
+//   - A pool with the lock action locks its first region on fault at start-up and maps the
+//     regions it grows by locked, up to its share of max_locked, counted against
+//     RLIMIT_MEMLOCK then: by growing the last mapping in place (mremap) where it is locked
+//     on fault, else with mmap MAP_LOCKED (populated as committed). After start-up the arena
+//     never calls mlock, mlock2 or munlock (seccomp sandboxes may forbid them), except
+//     without lock-on-fault (Linux < 4.4, qemu-user): then the first region's pages are
+//     mlocked as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
 //     are all free, which any class can then use) beyond a slack go back to the kernel after
 //     a delay (MADV_DONTNEED, or MADV_DONTNEED_LOCKED: they stay reserved, dontdump, locked).
-//   - A block the arena cannot hold (past the growth cap, or the space above it taken)
-//     fails; under policy fallback the caller serves it elsewhere (serves_overflow()).
-//   - policy.backing "secretmem": the locked range of each locking pool is a memfd_secret file
-//     (backing.hpp) instead of mlocked anonymous memory; a fork child copies it into a file of
-//     its own before the program runs in it. Its free pages cannot be given back (nor do they
-//     count toward the purge's slack).
+//   - A block the arena cannot hold (past the growth cap, the space above it taken, or no
+//     address space left under RLIMIT_AS) fails; under policy fallback the caller serves it
+//     elsewhere (serves_overflow()).
+//   - policy.backing "secretmem": each locking pool's share of max_locked is mapped at
+//     start-up as a memfd_secret file (backing.hpp) instead of mlocked anonymous memory; a
+//     fork child copies it into a file of its own before the program runs in it. Its free
+//     pages cannot be given back (nor do they count toward the purge's slack).
 //   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
@@ -49,11 +56,12 @@ constexpr unsigned kMaxPools = 8;
 constexpr unsigned kNumClasses = 44;              // 16..128 by 16, then 4 per doubling to 64 KiB
 constexpr std::size_t kMaxSmall = 64 * 1024;      // larger blocks are page runs
 constexpr std::size_t kMinSlab = 64 * 1024;
-constexpr unsigned kMaxRegions = 256;             // the reservation grows by up to this many regions
-constexpr unsigned kGrowthFactor = 16;            // default growth cap: 16 x the first reservation
+constexpr unsigned kMaxRegions = 16384;           // the reservation grows by up to this many regions
+constexpr std::size_t kMinRegion = 2u << 20;      // regions are at least this large (a power of 2)
+constexpr unsigned kGrowthFactor = 16;            // default growth cap: 16 x max_arena per pool
 
 struct ArenaOptions {
-    std::size_t pool_bytes = 1u << 30;  // address space per pool (rounded up to a power of 2)
+    std::size_t pool_bytes = 1u << 30;  // max_arena: the growth cap is kGrowthFactor x this per pool
     std::size_t max_locked = 64u << 20;
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
@@ -74,7 +82,8 @@ using ArenaReporter = void (*)(LogLevel level, const char *what, const char *why
 
 class SecureArena {
 public:
-    // Reserves the address space and prepares one pool per entry of `pool_actions`.
+    // Chooses the arena's span, maps each pool's first region and prepares one pool per entry
+    // of `pool_actions`.
     // Returns 0 or an errno value (the arena is unusable then).
     int init(const ArenaOptions &opts, const unsigned *pool_actions, unsigned npools,
              StatsPage *stats, ArenaReporter reporter) noexcept;
@@ -102,7 +111,7 @@ public:
     std::size_t usable_size(const void *p) const noexcept;
     // pre: owns(p). Which pool p belongs to.
     unsigned pool_of(const void *p) const noexcept {
-        return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> pool_shift_];
+        return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> region_shift_];
     }
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
@@ -126,7 +135,7 @@ public:
     void thread_exit() noexcept;
 
     StatsPage *stats() const noexcept { return stats_; }
-    // Address space reserved beside the blocks' reservation (page table, states, pools).
+    // Address space mapped beside the blocks' range (page table, states, free bits, pools).
     std::size_t side_bytes() const noexcept { return side_bytes_; }
     void set_stats(StatsPage *s) noexcept { stats_ = s; }
 
@@ -171,7 +180,9 @@ private:
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
-    bool grow(Pool &pool, std::size_t bytes) noexcept;
+    bool grow(Pool &pool, std::size_t bytes, bool contiguous_only) noexcept;
+    bool map_side(std::size_t from_span, std::size_t to_span) noexcept;
+    int place(std::size_t room, std::size_t first_span) noexcept;
     // Side table bytes for `span` bytes of arena.
     std::size_t meta_len(std::size_t span) const noexcept;
     std::size_t state_len(std::size_t span) const noexcept;
@@ -201,12 +212,11 @@ private:
 
     std::uintptr_t base_ = 0;
     std::size_t side_bytes_ = 0;
-    std::uintptr_t span_ = 0;          // reserved for blocks: [base_, base_ + span_); grows
-    std::size_t cap_span_ = 0;         // span_ grows up to this (address space found at start-up)
+    std::uintptr_t span_ = 0;          // mapped for blocks: [base_, base_ + span_); grows
+    std::size_t cap_span_ = 0;         // span_ grows up to this (the span chosen at start-up)
     std::size_t side_span_ = 0;        // the side tables cover [base_, base_ + side_span_)
-    std::size_t region_pages_ = 0;     // pages per region (pool_bytes)
-    std::uint8_t region_pool_[kMaxRegions] = {};  // the pool each region of the reservation serves
-    unsigned pool_shift_ = 0;
+    std::size_t region_pages_ = 0;     // pages per region
+    unsigned region_shift_ = 0;        // log2(bytes per region)
     std::size_t page_ = 4096;
     unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
@@ -226,9 +236,13 @@ private:
     bool secret_missing_ = false;        // memfd_secret is missing and the policy refused anonymous
     std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
+    bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};
+    // Last, so that the fields the free path reads share cache lines as before.
+    std::uint8_t region_pool_[kMaxRegions] = {};    // the pool each region of the range serves
+    std::uint8_t region_locked_[kMaxRegions] = {};  // 1: mapped locked after start-up (mremap, MAP_LOCKED)
 };
 
 }  // namespace mlshim

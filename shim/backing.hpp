@@ -23,6 +23,20 @@ namespace mlshim {
 // the range is as it was. pre: page-aligned.
 int backing_lock(bool secret, void *start, std::size_t len) noexcept;
 
+// Maps [start, start+len) of address space that no mapping holds, inaccessible and locked
+// (mmap MAP_FIXED_NOREPLACE | MAP_LOCKED: no mlock call), for anonymous memory that locks
+// as it is committed. It counts against RLIMIT_MEMLOCK now (EAGAIN past it, EPERM without
+// the right to lock). 0, EEXIST when something is mapped there, or the error (nothing
+// mapped then). pre: page-aligned.
+int backing_map_locked(void *start, std::size_t len) noexcept;
+
+// Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)
+// in place by len bytes (mremap, no move): the new range has its flags, so it is locked on
+// fault, and is not populated. It counts against RLIMIT_MEMLOCK now (EAGAIN past it). 0, or
+// the error (ENOMEM: the space after it is taken, or RLIMIT_AS; nothing changed then).
+// pre: page-aligned; `page` the page size.
+int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept;
+
 // Is `err` from backing_lock(secret = true) a kernel without usable memfd_secret (ENOSYS,
 // disabled at boot, another platform), rather than a limit (EAGAIN, ENOMEM)?
 bool backing_secret_missing(int err) noexcept;

@@ -469,14 +469,15 @@ bool arena_uses_secretmem(const mlshim::Config &c) {
 }
 
 // --check --user NAME: a process that switches to a non-root user (setuid, as daemons' workers
-// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its budget
-// on fault at start-up, before the switch (or, under secretmem, mapped it from a memfd_secret
-// file, which is unswappable without any lock): the worker keeps it, and pages it commits
-// there lock as they are touched, with no further mlock. What the switch limits: a process
-// forked after it (mlock is not inherited: the child locks the budget again, or maps a
-// secretmem file of its own, under the user's limit, and where that is too low locks what
-// fits, pages in use first) and, on kernels without lock-on-fault, every lock made after it
-// (prealloc helps).
+// do) keeps its rlimits and loses CAP_IPC_LOCK (capabilities(7)). The arena locked its first
+// region (or prealloc) on fault at start-up, before the switch (or, under secretmem, mapped its
+// budget from a memfd_secret file, which is unswappable without any lock): the worker keeps
+// it, and pages it commits there lock as they are touched. What the switch limits: the
+// regions the arena maps locked as it grows (mremap or mmap MAP_LOCKED: counted against
+// RLIMIT_MEMLOCK), a process forked after it (mlock is not inherited: the child locks again,
+// or maps a secretmem file of its own, under the user's limit, and where that is too low locks
+// what fits, pages in use first) and, on kernels without lock-on-fault, every lock made after
+// it (prealloc helps).
 void check_user(const mlshim::Config &c, const std::string &user) {
     const struct passwd *pw = ::getpwnam(user.c_str());
     if (!pw) usage_error("--user: no such user: " + user);
@@ -541,26 +542,30 @@ void check_user(const mlshim::Config &c, const std::string &user) {
                         "(readable by root through /proc/PID/mem) and locks only %s of it, the pages in use first "
                         "(the rest still out of core dumps and wiped; memlock-inspect says degraded); %s\n",
                         b.c_str(), limit.c_str(), limit.c_str(), fix.c_str());
+        std::printf("prealloc: not needed (the memfd_secret memory is mapped at start-up)\n");
     } else {
-        std::printf("worker:  keeps the %s locked on fault at start-up, before the switch (policy.max_locked %s): "
-                    "the arena memory it commits there locks as it is touched, without an mlock call; beyond it "
+        // The arena locks on fault at start-up only its first region (or prealloc), and maps the
+        // regions it grows by locked (mremap or mmap MAP_LOCKED): after the switch under RLIMIT_MEMLOCK.
+        const std::uint64_t can = std::min<std::uint64_t>(std::max<std::uint64_t>(rl.rlim_cur, c.policy.prealloc), max);
+        std::printf("worker:  can lock %s of max_locked %s: the arena locks its first region (or policy.prealloc) on "
+                    "fault at start-up, before the switch, and maps the regions it grows by locked (mremap or mmap "
+                    "MAP_LOCKED, no mlock call), after the switch only up to RLIMIT_MEMLOCK in all; beyond that "
                     "on_lock_failure applies\n",
-                    b.c_str(), human_bytes(max).c_str());
-        if (budget <= rl.rlim_cur)
-            std::printf("forked:  a process forked after the switch locks the %s again within the user's limit\n",
-                        b.c_str());
-        else if (c.policy.on_lock_failure == mlshim::LockFailurePolicy::abort)
-            std::printf("forked:  a process forked after the switch cannot lock the %s again under the user's "
-                        "RLIMIT_MEMLOCK (%s): it stops (on_lock_failure abort); %s\n",
-                        b.c_str(), limit.c_str(), fix.c_str());
+                    human_bytes(can).c_str(), human_bytes(max).c_str());
+        if (can <= rl.rlim_cur)
+            std::printf("forked:  a process forked after the switch locks its %s again within the user's limit\n",
+                        human_bytes(can).c_str());
         else
-            std::printf("forked:  a process forked after the switch can lock only %s of the %s again under the "
-                        "user's RLIMIT_MEMLOCK: it locks the pages in use first (the rest still out of core dumps "
-                        "and wiped; memlock-inspect says degraded); %s\n",
-                        limit.c_str(), b.c_str(), fix.c_str());
+            std::printf("forked:  a process forked after the switch can lock only %s of its %s again under the "
+                        "user's RLIMIT_MEMLOCK: it locks the pages in use first (the rest still out of core dumps and "
+                        "wiped; memlock-inspect says degraded); if the workers fork, set \"prealloc\": \"%s\" in "
+                        "policy or raise the limit to %s\n",
+                        rlim_text(rl.rlim_cur).c_str(), human_bytes(can).c_str(), config_size(rl.rlim_cur).c_str(),
+                        human_bytes(can).c_str());
+        std::printf("prealloc: %s committed and locked at start-up, before the switch (what a worker may lock beyond "
+                    "RLIMIT_MEMLOCK; resident from the start)\n",
+                    human_bytes(c.policy.prealloc).c_str());
     }
-    std::printf(secret ? "prealloc: not needed (the memfd_secret memory is mapped at start-up)\n"
-                       : "prealloc: not needed (this kernel locks on fault)\n");
 }
 
 // ---- environment -----------------------------------------------------------------------------

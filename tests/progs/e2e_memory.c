@@ -13,11 +13,16 @@
  *                               waits for a line on stdin; then forks: the child checks and
  *                               frees every block (exit 0 if all held); the parent waits for
  *                               it, does the same, prints "grow ok"
- *   e2e_memory aslimit BYTES    lowers RLIMIT_AS to BYTES (below what the shim reserved at
- *                               start-up), then allocates 1000 blocks of 32 bytes and one of
+ *   e2e_memory aslimit BYTES    lowers RLIMIT_AS to BYTES after start-up, then allocates 1000 blocks of 32 bytes and one of
  *                               8 MiB; prints "unmatched malloc(8388608): served" or
  *                               "... failed: errno N", checks and frees the small blocks,
  *                               prints "aslimit ok" (exit 1 if a 32-byte block failed)
+ *   e2e_memory vmsize           prints "vmsize N": its VmSize in bytes (/proc/self/status)
+ *   e2e_memory margin LIMIT     lowers RLIMIT_AS to LIMIT (what it needs without the shim),
+ *                               then creates 2 threads that allocate (32 B, 4 KiB, 256 KiB),
+ *                               maps and touches 8 MiB, allocates 1000 blocks of 32 bytes and
+ *                               one of 8 MiB; prints "threads ok", "mmap ok", "malloc ok" as
+ *                               each step works (or what failed, exit 1), then "margin ok"
  *   e2e_memory sandbox          installs a seccomp filter that kills the process on mlock,
  *                               mlock2, munlock, mlockall and munlockall and answers EINVAL to
  *                               madvise advice outside sshd's list (OpenSSH
@@ -28,6 +33,7 @@
  * Prints "pid N" first. Exits 1 if a block lost its contents.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -166,6 +172,71 @@ static int aslimit(size_t limit) {
     return 0;
 }
 
+static size_t vmsize(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    size_t kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmSize:", 7)) kb = strtoull(line + 7, NULL, 10);
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+static void *margin_thread(void *arg) {
+    static const size_t sizes[] = {32, 4096, 256 << 10};
+    (void)arg;
+    for (int round = 0; round < 50; ++round)
+        for (unsigned i = 0; i < sizeof sizes / sizeof *sizes; ++i) {
+            unsigned char *p = malloc(sizes[i]);
+            if (!p) return (void *)1;
+            memset(p, 0x5a, sizes[i]);
+            int bad = !check(p, sizes[i], 0x5a);
+            free(p);
+            if (bad) return (void *)1;
+        }
+    return NULL;
+}
+
+static int margin(size_t limit) {
+    struct rlimit rl = {limit, limit};
+    if (setrlimit(RLIMIT_AS, &rl)) { printf("setrlimit: errno %d\n", errno); return 2; }
+    pthread_t t[2];
+    for (int i = 0; i < 2; ++i) {
+        int rc = pthread_create(&t[i], NULL, margin_thread, NULL);
+        if (rc) { printf("pthread_create: error %d\n", rc); return 1; }
+    }
+    for (int i = 0; i < 2; ++i) {
+        void *res = NULL;
+        pthread_join(t[i], &res);
+        if (res) { printf("thread %d: an allocation failed\n", i); return 1; }
+    }
+    printf("threads ok\n");
+    unsigned char *m = mmap(NULL, 8u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) { printf("mmap: errno %d\n", errno); return 1; }
+    memset(m, 0x33, 8u << 20);
+    printf("mmap ok\n");
+    enum { kKeys = 1000 };
+    static unsigned char *keys[kKeys];
+    for (int i = 0; i < kKeys; ++i) {
+        if (!(keys[i] = malloc(32))) { printf("malloc(32): errno %d\n", errno); return 1; }
+        memset(keys[i], i & 0xff, 32);
+    }
+    unsigned char *big = malloc(8u << 20);
+    if (!big) { printf("malloc(%u): errno %d\n", 8u << 20, errno); return 1; }
+    memset(big, 0x44, 8u << 20);
+    printf("malloc ok\n");
+    int bad = !check(big, 8u << 20, 0x44) || !check(m, 8u << 20, 0x33);
+    for (int i = 0; i < kKeys; ++i) {
+        bad |= !check(keys[i], 32, (unsigned char)(i & 0xff));
+        free(keys[i]);
+    }
+    free(big);
+    munmap(m, 8u << 20);
+    if (bad) return 1;
+    printf("margin ok\n");
+    return 0;
+}
+
 #define KILL_ON(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS)
 
 static int install_filter(void) {
@@ -232,6 +303,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
+    if (!strcmp(argv[1], "vmsize")) return printf("vmsize %zu\n", vmsize()) < 0;
+    if (!strcmp(argv[1], "margin") && argc > 2) return margin(strtoull(argv[2], NULL, 0));
     if (!strcmp(argv[1], "aslimit") && argc > 2) return aslimit(strtoull(argv[2], NULL, 0));
     return 2;
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "e2e.hpp"
+#include "three_ways.hpp"
 
 using namespace memlock_test;
 
@@ -182,25 +183,85 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
     cr_assert(contains(r.out, "filter installed\nsurvived\n"), "%s", r.describe().c_str());
 }
 
-// A program that lowers RLIMIT_AS after start-up to what it needs without the shim (here
-// 256 MiB, below the arena's first reservation of 1 GiB and its side tables): the kernel
-// accepts the limit; matched blocks are still served from the reservation (committing
-// memory there maps nothing new); the program's other allocations fail with ENOMEM, as for
-// any process past its limit, and no call crashes. Without the shim the same program gets
-// its 8 MiB block.
-Test(e2e_memory, a_program_that_lowers_rlimit_as_below_the_reservation_keeps_its_matched_blocks) {
+// A program that lowers RLIMIT_AS after start-up (here to 256 MiB) keeps its matched blocks
+// and its other allocations: the arena maps address space only as it is used.
+Test(e2e_memory, a_program_that_lowers_rlimit_as_after_start_up_keeps_its_matched_blocks) {
     TempDir dir;
     need_built("e2e_memory");
     const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
     const std::vector<std::string> argv = {shim_program("e2e_memory"), "aslimit", std::to_string(256u << 20)};
     const RunResult shimmed = run_program(shim_options(config, argv));
     cr_assert(shimmed.exited_with(0), "%s", shimmed.describe().c_str());
-    cr_assert(contains(shimmed.out, "unmatched malloc(8388608): failed: errno 12\naslimit ok\n"), "%s",
+    cr_assert(contains(shimmed.out, "unmatched malloc(8388608): served\naslimit ok\n"), "%s",
               shimmed.describe().c_str());
     cr_assert(!contains(shimmed.err, "fatal"), "%s", shimmed.err.c_str());
     const RunResult plain = run_program(plain_env(argv));
     cr_assert(plain.exited_with(0), "%s", plain.describe().c_str());
     cr_assert(contains(plain.out, "unmatched malloc(8388608): served\naslimit ok\n"), "%s", plain.describe().c_str());
+}
+
+namespace {
+
+// VmSize of `o`'s e2e_memory at start-up (its "vmsize" mode).
+std::size_t vmsize_at_start(RunOptions o) {
+    o.argv = {shim_program("e2e_memory"), "vmsize"};
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const auto at = r.out.find("vmsize ");
+    cr_assert(at != std::string::npos, "%s", r.describe().c_str());
+    return std::strtoull(r.out.c_str() + at + 7, nullptr, 10);
+}
+
+// The runs the address-space tests compare: the shim without a config, match-none,
+// match-all (1 GiB locked budget, max_arena 4 GiB) and a size rule (the default policy).
+std::vector<std::pair<std::string, RunOptions>> shimmed_runs(const TempDir &dir, const std::vector<std::string> &argv) {
+    std::vector<std::pair<std::string, RunOptions>> runs;
+    RunOptions no_config = plain_env(argv);
+    no_config.unset_env = {"MEMLOCK_SHIM_CONFIG", "MEMLOCK_SHIM_ON_CONFIG_ERROR"};
+    no_config.env = {{"LD_PRELOAD", shim_library()}};
+    runs.emplace_back("no config", no_config);
+    runs.emplace_back("match-none", shim_options(source_dir() + "/config/match-none.json", argv));
+    runs.emplace_back("match-all", shim_options(source_dir() + "/config/match-all.json", argv));
+    const std::string rule = write_config(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
+    runs.emplace_back("size rule", shim_options(rule, argv));
+    return runs;
+}
+
+}  // namespace
+
+// A program that lowers RLIMIT_AS after start-up to what it needs without the shim (its VmSize
+// without the shim plus 48 MiB) keeps working under every config: it creates threads, maps
+// memory, allocates (matched blocks too). The shim's address space at start-up is its
+// libraries and a region per pool, and the arena maps more only as blocks need it.
+Test(e2e_memory, a_program_that_lowers_rlimit_as_to_its_needs_without_the_shim_keeps_working, .timeout = 120) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::size_t plain_vm = vmsize_at_start(plain_env({}));
+    const std::string limit = std::to_string(plain_vm + (std::size_t{48} << 20));
+    const std::vector<std::string> argv = {shim_program("e2e_memory"), "margin", limit};
+    const RunResult plain = run_program(plain_env(argv));
+    cr_assert(plain.exited_with(0) && contains(plain.out, "threads ok\nmmap ok\nmalloc ok\nmargin ok\n"),
+              "without the shim: %s", plain.describe().c_str());
+    for (const auto &[name, opts] : shimmed_runs(dir, argv)) {
+        const RunResult r = run_program(opts);
+        cr_assert(r.exited_with(0) && contains(r.out, "threads ok\nmmap ok\nmalloc ok\nmargin ok\n"),
+                  "%s, RLIMIT_AS %s: %s", name.c_str(), limit.c_str(), r.describe().c_str());
+        cr_assert(!contains(r.err, "fatal"), "%s: %s", name.c_str(), r.err.c_str());
+    }
+}
+
+// What the shim adds to a program's address space at start-up, under any config: its
+// libraries, and per pool one region of the arena with its side tables (not max_arena, not
+// the lock budget): at most 16 MiB here (4 MiB regions under match-all's max_arena of 4 GiB).
+Test(e2e_memory, the_shim_adds_little_address_space_at_start_up, .timeout = 60) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::size_t plain_vm = vmsize_at_start(plain_env({}));
+    for (const auto &[name, opts] : shimmed_runs(dir, {})) {
+        const std::size_t vm = vmsize_at_start(opts);
+        cr_assert_leq(vm, plain_vm + (std::size_t{16} << 20), "%s: VmSize %zu at start-up, %zu without the shim",
+                      name.c_str(), vm, plain_vm);
+    }
 }
 
 // ---- redis-server under redis-benchmark -----------------------------------------------------

@@ -203,8 +203,9 @@ pid_t start_forklimit(const TempDir &dir, LiveProgram &prog, std::size_t limit, 
 
 }  // namespace
 
-// The child of a parent that locked 32 MiB may lock 1 MiB: it locks 1 MiB, first the pages
-// that hold blocks (they lie above 3 MiB of freed pages at the bottom of the arena, so
+// The child of a parent whose arena had 4 MiB mapped locked (of a 32 MiB max_locked) may lock
+// 1 MiB: it locks 1 MiB, first the pages that hold blocks (they lie above 3 MiB of freed pages
+// at the bottom of the arena, in a region mapped after start-up, so
 // locking from the bottom alone would miss them), and says once what stays unlocked and
 // why (not "policy.max_locked reached"), naming itself and its PID. What it allocates later,
 // beyond that, is served unlocked without another line.
@@ -222,8 +223,8 @@ Test(e2e_policy, fork_child_under_a_lower_rlimit_locks_what_fits_pages_in_use_fi
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     const std::string expected =
         "memlock-shim: warning: cannot lock all arena memory again after fork (policy fallback: the rest is served "
-        "unlocked, still wiped and out of core dumps): locked 1024 of the 32768 KiB locked before fork, every page in "
-        "use among them; 31744 KiB stays unlocked (RLIMIT_MEMLOCK 1024 KiB): " +
+        "unlocked, still wiped and out of core dumps): locked 1024 of the 4096 KiB locked before fork, every page in "
+        "use among them; 3072 KiB stays unlocked (RLIMIT_MEMLOCK 1024 KiB): " +
         std::string(memlock_strerror(ENOMEM)) + " (program e2e_forklimit, pid " + std::to_string(child) + ")\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
 }
@@ -238,9 +239,9 @@ Test(e2e_policy, fork_child_whose_rlimit_is_below_the_pages_in_use_locks_part_of
     const std::string line = without_origin(r.err);
     const std::string head =
         "memlock-shim: warning: cannot lock all arena memory again after fork (policy deny: matching allocations that "
-        "need memory beyond it fail with ENOMEM): locked 64 of the 32768 KiB locked before fork, only 64 of the ";
+        "need memory beyond it fail with ENOMEM): locked 64 of the 4096 KiB locked before fork, only 64 of the ";
     cr_assert(starts_with(line, head), "%s", r.describe().c_str());
-    cr_assert(ends_with(line, " KiB in use among them; 32704 KiB stays unlocked (RLIMIT_MEMLOCK 64 KiB): " +
+    cr_assert(ends_with(line, " KiB in use among them; 4032 KiB stays unlocked (RLIMIT_MEMLOCK 64 KiB): " +
                                   std::string(memlock_strerror(ENOMEM)) + "\n"),
               "%s", r.describe().c_str());
 }

@@ -173,9 +173,9 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
-// --check --user says that it keeps the budget locked on fault at start-up, that a process it
-// forks can lock only part of that budget again under its limit (pages in use first), and that
-// prealloc is not needed.
+// --check --user says that it can lock up to its limit (the first region locked on fault at
+// start-up, regions mapped locked as the arena grows), that a process it forks locks that again,
+// and what prealloc adds.
 Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     const std::string user = "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n";
@@ -183,14 +183,14 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
                   "--check", "--user", "nobody"});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, user +
-                                  "worker:  keeps the 64 MiB locked on fault at start-up, before the switch "
-                                  "(policy.max_locked 64 MiB): the arena memory it commits there locks as it is "
-                                  "touched, without an mlock call; beyond it on_lock_failure applies\n"
-                                  "forked:  a process forked after the switch can lock only 8 MiB of the 64 MiB again "
-                                  "under the user's RLIMIT_MEMLOCK: it locks the pages in use first (the rest still out "
-                                  "of core dumps and wiped; memlock-inspect says degraded); if the workers fork, set "
-                                  "\"max_locked\": \"8MiB\" in policy or raise the limit to 64 MiB\n"
-                                  "prealloc: not needed (this kernel locks on fault)\n"),
+                                  "worker:  can lock 8 MiB of max_locked 64 MiB: the arena locks its first region "
+                                  "(or policy.prealloc) on fault at start-up, before the switch, and maps the regions "
+                                  "it grows by locked (mremap or mmap MAP_LOCKED, no mlock call), after the switch only up to "
+                                  "RLIMIT_MEMLOCK in all; beyond that on_lock_failure applies\n"
+                                  "forked:  a process forked after the switch locks its 8 MiB again within the user's "
+                                  "limit\n"
+                                  "prealloc: 0 B committed and locked at start-up, before the switch (what a worker "
+                                  "may lock beyond RLIMIT_MEMLOCK; resident from the start)\n"),
               "%s", r.out.c_str());
     cr_assert(!contains(r.out, "suggest:"), "%s", r.out.c_str());
     // A budget within the limit: forked processes lock it again.
@@ -199,7 +199,7 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     cr_assert(write_file(small, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"max_locked": "4MiB"}})"));
     r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", small, "--check", "--user",
              "nobody"});
-    cr_assert(contains(r.out, "forked:  a process forked after the switch locks the 4 MiB again within the user's limit\n"),
+    cr_assert(contains(r.out, "forked:  a process forked after the switch locks its 4 MiB again within the user's limit\n"),
               "%s", r.out.c_str());
 
     r = run({tool("memlock-run"), "--config", config("openssl.json"), "--check", "--user", "no-such-user-here"});
