@@ -1488,29 +1488,17 @@ std::size_t SecureArena::relock_largest(const Pool &pool, std::uintptr_t at, std
 void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     std::size_t before = 0, used = 0, used_locked = 0;
     bool room = true;  // false once the limit refused part of a range: nothing more fits
-    // The ranges to lock what fits of: the short pools' start-up ranges, then the regions
-    // mapped locked later that did not lock whole (kRelockPart).
-    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
-    for (std::size_t i = 0, r = 0; i < npools_ || r < regions;) {
-        std::size_t first, last;
-        if (i < npools_) {
-            const unsigned pi = static_cast<unsigned>(i++);
-            if (!(pools >> pi & 1)) continue;
-            first = (pools_[pi].start - base_) / page_;
-            last = (relock_end(pools_[pi]) - base_) / page_;
-        } else {
-            if (region_locked_[r++] != kRelockPart) continue;
-            first = ((r - 1) << region_shift_) / page_;
-            last = (r << region_shift_) / page_;
-        }
+    // Locks what fits of the pages holding blocks in [first, last): the slabs, runs and free
+    // runs are walked by their head pages, and each stretch of block holding pages is locked
+    // in one call. The short pools' start-up ranges first, then the regions mapped locked
+    // later that did not lock whole (kRelockPart).
+    auto lock_in_use = [&](std::size_t first, std::size_t last) {
         Pool &pool = pools_[region_pool_[first / region_pages_]];
         before += (last - first) * page_;
-        // Walk the slabs, runs and free runs by their head pages; each stretch of block
-        // holding pages is locked in one call.
+        auto holds_blocks = [&](std::size_t h) {
+            return meta_[h].head == h && meta_[h].npages && (meta_[h].kind == kSlab || meta_[h].kind == kRun);
+        };
         for (std::size_t pg = first; pg < last;) {
-            auto holds_blocks = [&](std::size_t h) {
-                return meta_[h].head == h && meta_[h].npages && (meta_[h].kind == kSlab || meta_[h].kind == kRun);
-            };
             if (!holds_blocks(pg)) {
                 pg += meta_[pg].head == pg && meta_[pg].npages ? meta_[pg].npages : 1;
                 continue;
@@ -1527,8 +1515,24 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
             }
             pg = end;
         }
-    }
+    };
+    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    for (unsigned i = 0; i < npools_; ++i)
+        if (pools >> i & 1) lock_in_use((pools_[i].start - base_) / page_, (relock_end(pools_[i]) - base_) / page_);
+    for (std::size_t r = 0; r < regions; ++r)
+        if (region_locked_[r] == kRelockPart) lock_in_use((r << region_shift_) / page_, ((r + 1) << region_shift_) / page_);
+
+    // Each page of [first, last) is locked now if it lies below `locked_to` or the pass above
+    // locked it.
     std::size_t after = 0;
+    auto settle = [&](Pool &pool, std::size_t first, std::size_t last, std::size_t locked_to) {
+        for (std::size_t pg = first; pg < last; ++pg) {
+            const std::uint8_t f = meta_[pg].flags;
+            const bool locked = pg < locked_to || (f & kRelocked);
+            after += locked ? page_ : 0;
+            set_page_flags(pool, pg, static_cast<std::uint8_t>((f & ~(kRelocked | kLockedPage)) | (locked ? kLockedPage : 0)));
+        }
+    };
     for (unsigned i = 0; i < npools_; ++i) {
         if (!(pools >> i & 1)) continue;
         Pool &pool = pools_[i];
@@ -1538,14 +1542,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
             prefix = relock_largest(pool, pool.start, (last - first) * page_, err);
             room = prefix == (last - first) * page_;
         }
-        for (std::size_t pg = first; pg < last; ++pg) {
-            const std::uint8_t f = meta_[pg].flags;
-            const bool locked = pg < first + prefix / page_ || (f & kRelocked);
-            after += locked ? page_ : 0;
-            if (f & kInUse) account(pool, pg, 1, -1);
-            meta_[pg].flags = static_cast<std::uint8_t>((f & ~(kRelocked | kLockedPage)) | (locked ? kLockedPage : 0));
-            if (f & kInUse) account(pool, pg, 1, 1);
-        }
+        settle(pool, first, last, first + prefix / page_);
         pool.lock_end = pool.start + prefix;
         if (lock_on_commit_ && !pool.secret) pool.locked_to = pool.lock_end;
     }
@@ -1554,15 +1551,8 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     for (std::size_t r = 0; r < regions; ++r) {
         if (region_locked_[r] != kRelockPart) continue;
         region_locked_[r] = 0;
-        for (std::size_t pg = (r << region_shift_) / page_; pg < ((r + 1) << region_shift_) / page_; ++pg) {
-            Pool &pool = pools_[region_pool_[r]];
-            const std::uint8_t f = meta_[pg].flags;
-            const bool locked = f & kRelocked;
-            after += locked ? page_ : 0;
-            if (f & kInUse) account(pool, pg, 1, -1);
-            meta_[pg].flags = static_cast<std::uint8_t>((f & ~(kRelocked | kLockedPage)) | (locked ? kLockedPage : 0));
-            if (f & kInUse) account(pool, pg, 1, 1);
-        }
+        const std::size_t first = (r << region_shift_) / page_;
+        settle(pools_[region_pool_[r]], first, ((r + 1) << region_shift_) / page_, first);
     }
     // Later messages (a slab committed beyond what is locked) give this reason too, and the
     // warning below is the process's one warning about locking.
@@ -1613,15 +1603,20 @@ bool SecureArena::unshare_after_fork(Pool &pool) noexcept {
     return false;
 }
 
+// Sets page pg's flags (its kInUse unchanged), keeping the pool's counters, which count the
+// pages in use by their flags, true.
+void SecureArena::set_page_flags(Pool &pool, std::size_t pg, std::uint8_t flags) noexcept {
+    if (meta_[pg].flags & kInUse) account(pool, pg, 1, -1);
+    meta_[pg].flags = flags;
+    if (flags & kInUse) account(pool, pg, 1, 1);
+}
+
 // Marks the pool's locked range as memfd_secret memory or not, keeping the counters true.
 void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
     std::size_t first = (pool.start - base_) / page_, last = (pool.lock_end - base_) / page_;
-    for (std::size_t pg = first; pg < last; ++pg) {
-        if (meta_[pg].flags & kInUse) account(pool, pg, 1, -1);
-        if (secret) meta_[pg].flags |= kSecretPage;
-        else meta_[pg].flags &= static_cast<std::uint8_t>(~kSecretPage);
-        if (meta_[pg].flags & kInUse) account(pool, pg, 1, 1);
-    }
+    for (std::size_t pg = first; pg < last; ++pg)
+        set_page_flags(pool, pg, static_cast<std::uint8_t>(secret ? meta_[pg].flags | kSecretPage
+                                                                  : meta_[pg].flags & ~kSecretPage));
     pool.secret = secret;
     // The free runs' pages counted again by kind: secretmem ones are kept, others dirty.
     pool.dirty_bytes = pool.kept_bytes = 0;

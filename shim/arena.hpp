@@ -179,6 +179,7 @@ private:
     void set_secret(Pool &pool, bool secret) noexcept;
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;
+    void set_page_flags(Pool &pool, std::size_t pg, std::uint8_t flags) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     bool grow(Pool &pool, std::size_t bytes, bool contiguous_only) noexcept;
     bool map_side(std::size_t from_span, std::size_t to_span) noexcept;
