@@ -70,12 +70,12 @@ struct Reader {
     std::int64_t sleb() {
         std::int64_t v = 0;
         unsigned shift = 0;
-        for (; has(1); ) {
+        while (has(1)) {
             std::uint8_t b = *p++;
             if (shift < 64) v |= static_cast<std::int64_t>(static_cast<std::uint64_t>(b & 0x7f) << shift);
             shift += 7;
             if (!(b & 0x80)) {
-                if (shift < 64 && (b & 0x40)) v |= -(static_cast<std::int64_t>(1) << shift);
+                if (shift < 64 && (b & 0x40)) v |= static_cast<std::int64_t>(~std::uint64_t{0} << shift);  // sign
                 return v;
             }
         }
