@@ -48,6 +48,15 @@ RunOptions tool_opts(std::vector<std::string> argv) {
 
 RunResult run(std::vector<std::string> argv) { return run_program(tool_opts(std::move(argv))); }
 
+// memlock-run --config CONFIG --check --user nobody, under an 8 MiB RLIMIT_MEMLOCK; `before`
+// goes between prlimit and memlock-run (a launcher).
+RunResult check_user_nobody(const std::string &cfg, std::vector<std::string> before = {}) {
+    std::vector<std::string> argv{"prlimit", "--memlock=8388608:8388608"};
+    argv.insert(argv.end(), before.begin(), before.end());
+    argv.insert(argv.end(), {tool("memlock-run"), "--config", cfg, "--check", "--user", "nobody"});
+    return run(std::move(argv));
+}
+
 // memlock-run --config CONFIG [extra...] -- PROGRAM...
 std::vector<std::string> wrap(const std::string &cfg, std::vector<std::string> program,
                               std::vector<std::string> extra = {}) {
@@ -179,8 +188,7 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
 Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     const std::string user = "\nuser:    nobody (uid 65534): RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB (kept across the "
                              "switch); CAP_IPC_LOCK no (dropped with the switch)\n";
-    auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", config("openssl.json"),
-                  "--check", "--user", "nobody"});
+    auto r = check_user_nobody(config("openssl.json"));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, user +
                                   "worker:  can lock 8 MiB of max_locked 64 MiB: the arena locks its first region "
@@ -197,8 +205,7 @@ Test(tools, run_check_user_reports_what_the_workers_can_lock) {
     TempDir dir;
     const std::string small = dir.file("small.json");
     cr_assert(write_file(small, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"max_locked": "4MiB"}})"));
-    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", small, "--check", "--user",
-             "nobody"});
+    r = check_user_nobody(small);
     cr_assert(contains(r.out, "forked:  a process forked after the switch locks its 4 MiB again within the user's limit\n"),
               "%s", r.out.c_str());
 
@@ -221,8 +228,7 @@ Test(tools, run_check_user_under_secretmem_says_the_budget_is_memfd_secret_memor
     TempDir dir;
     const std::string secret = dir.file("secret.json");
     cr_assert(write_file(secret, R"({"version": 1, "rules": [{"name": "k", "size": 32}], "policy": {"backing": "secretmem"}})"));
-    auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", secret, "--check", "--user",
-                  "nobody"});
+    auto r = check_user_nobody(secret);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "\nworker:  keeps the 64 MiB of memfd_secret memory mapped at start-up, before the switch "
                               "(policy.max_locked 64 MiB, policy.backing secretmem): the arena memory it commits there "
@@ -240,8 +246,7 @@ Test(tools, run_check_user_under_secretmem_says_the_budget_is_memfd_secret_memor
     // A budget within the limit: forked processes map secretmem of their own.
     cr_assert(write_file(secret, R"({"version": 1, "rules": [{"name": "k", "size": 32}],
   "policy": {"backing": "secretmem", "max_locked": "4MiB"}})"));
-    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", secret, "--check", "--user",
-             "nobody"});
+    r = check_user_nobody(secret);
     cr_assert(contains(r.out, "\nforked:  a process forked after the switch maps the 4 MiB of memfd_secret memory of "
                               "its own within the user's limit\n"),
               "%s", r.out.c_str());
@@ -253,8 +258,7 @@ Test(tools, run_check_user_under_secretmem_says_the_budget_is_memfd_secret_memor
 Test(tools, run_check_user_without_lock_on_fault_suggests_prealloc) {
     const std::string launcher = shim_program("enosys_exec");
     cr_assert(file_exists(launcher), "%s is not built (make progs)", launcher.c_str());
-    auto r = run({"prlimit", "--memlock=8388608:8388608", launcher, std::to_string(SYS_mlock2), tool("memlock-run"),
-                  "--config", config("openssl.json"), "--check", "--user", "nobody"});
+    auto r = check_user_nobody(config("openssl.json"), {launcher, std::to_string(SYS_mlock2)});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "\nworker:  can lock 8 MiB of max_locked 64 MiB: this kernel has no lock-on-fault (mlock2 "
                               "MLOCK_ONFAULT), so the arena mlocks memory as it commits it, and after the switch only up "
