@@ -182,9 +182,9 @@ $(B)/tests/test_core: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_CORE_SRC) $(CORE_SRC
 	@mkdir -p $(@D)
 	$(CXX) $^ -o $@ $(CRITERION_LIB)
 
-$(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/helpers.hpp $(wildcard tests/core/*.hpp)
+$(B)/tests/test_core_san: $(TEST_CORE_SRC) $(CORE_SRC) tests/san_main.cpp tests/helpers.hpp $(wildcard tests/core/*.hpp)
 	@mkdir -p $(@D)
-	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) -o $@ -lcriterion
+	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) $(CORE_INC) -Itests $(TEST_CORE_SRC) $(CORE_SRC) tests/san_main.cpp -o $@ -lcriterion
 
 $(B)/tests/test_shim: $(patsubst %.cpp,$(B)/tobj/%.o,$(TEST_SHIM_SRC) $(SHIM_LIB_SRC) $(CORE_SRC))
 	@mkdir -p $(@D)
@@ -297,7 +297,7 @@ $(B)/san/%.o: %.cpp $(SAN_HEADERS)
 	$(CXX) $(CXXSTD) $(CFLAGS_COMMON) $(SAN) -O1 $(CORE_INC) -Ishim -Itests -c $< -o $@
 SAN_LIB_OBJ := $(patsubst %.cpp,$(B)/san/%.o,$(SHIM_LIB_SRC) $(CORE_SRC))
 
-$(B)/tests/test_shim_san: $(patsubst %.cpp,$(B)/san/%.o,$(TEST_SHIM_SRC)) $(SAN_LIB_OBJ)
+$(B)/tests/test_shim_san: $(patsubst %.cpp,$(B)/san/%.o,$(TEST_SHIM_SRC) tests/san_main.cpp) $(SAN_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CXX) $(SAN) $^ -o $@ -lcriterion -lpthread -ldl
 
@@ -305,7 +305,7 @@ $(B)/tests/test_tsan: tests/stress/test_tsan.cpp $(SHIM_LIB_SRC) $(CORE_SRC) tes
 	@mkdir -p $(@D)
 	$(TSAN_CXX) $(TSAN_FLAGS) $< $(SHIM_LIB_SRC) $(CORE_SRC) -o $@ -lpthread -ldl
 
-$(B)/tests/test_stress: $(patsubst %.cpp,$(B)/san/%.o,$(STRESS_SRC)) $(SAN_LIB_OBJ)
+$(B)/tests/test_stress: $(patsubst %.cpp,$(B)/san/%.o,$(STRESS_SRC) tests/san_main.cpp) $(SAN_LIB_OBJ)
 	@mkdir -p $(@D)
 	$(CXX) $(SAN) $^ -o $@ -lcriterion -lpthread -ldl
 
