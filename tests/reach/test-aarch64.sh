@@ -31,8 +31,10 @@ EOF
 # Runs the program under qemu (extra -E settings: $@) until it holds its blocks; prints VmLck
 # (kB) of the qemu process, then lets it finish.
 vmlck_while_holding() {
+    # The output file is removed first: the job opens the fifo before it truncates the file,
+    # and the wait below must not read "ready" from the previous run.
     fifo=$WORK/stdin
-    rm -f "$fifo" && mkfifo "$fifo"
+    rm -f "$fifo" "$WORK/out" && mkfifo "$fifo"
     qemu-aarch64 -L "$SYSROOT" "$@" "$WORK/e2e_layout" < "$fifo" > "$WORK/out" 2>&1 &
     qpid=$!
     exec 7> "$fifo"

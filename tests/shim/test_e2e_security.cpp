@@ -62,10 +62,11 @@ RunResult sh(const std::string &script, int timeout_ms = 120000) {
 }
 
 // A script line that starts `cmd` in the background with stdin from a FIFO the script holds
-// open, waits for its "ready" line, and leaves its PID in $P. `end_hold` lets it exit.
+// open, waits for its "ready" line, and leaves its PID in $P. `end_hold` lets it exit. The
+// output file goes first: the job opens the FIFO before it truncates the file.
 std::string start_hold(const SharedDir &d, const std::string &cmd) {
     const std::string fifo = q(d.file("hold.in")), out = q(d.file("hold.out"));
-    return "rm -f " + fifo + "; mkfifo -m 666 " + fifo + "\n" + cmd + " < " + fifo + " > " + out +
+    return "rm -f " + fifo + " " + out + "; mkfifo -m 666 " + fifo + "\n" + cmd + " < " + fifo + " > " + out +
            " & P=$!\nexec 3>" + fifo + "\nuntil grep -q ready " + out + " 2>/dev/null; do sleep 0.05; done\n";
 }
 const char *const kEndHold = "exec 3>&-\nwait $P || true\n";
