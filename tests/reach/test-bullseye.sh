@@ -47,6 +47,7 @@ counter() { sed -e 's/, "per_rule": .*//' -n -e "s/.*\"$2\": \([0-9]*\).*/\1/p" 
 start() {
     name=$1
     shift
+    rm -f "$M/tmp/$name.log"  # a wait for its output must not read an earlier run's
     chroot "$M" "$@" < /dev/null > "$M/tmp/$name.log" 2>&1 &
     pid=$!
     on_exit "kill $pid 2> /dev/null"
