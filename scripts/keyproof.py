@@ -20,7 +20,8 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        consecutive ports the kernel picks for each daemon, so that runs side by side (two
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
-DAEMON: nginx haproxy stunnel postgres sshd
+DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache
+       (lighttpd and apache: daemons the profile was not written for, in the table and a test)
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
 "pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
@@ -43,7 +44,7 @@ import threading
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd"]
+DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache"]
 
 
 class Failure(Exception):
@@ -470,6 +471,74 @@ key = %s
     return key
 
 
+def serve_lighttpd(r):
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    pem = os.path.join(r.work, "cert-and-key.pem")  # lighttpd's ssl.pemfile holds both
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    with open(os.path.join(r.work, "index.html"), "w") as f:
+        f.write("lighttpd https ok\n")
+    conf = os.path.join(r.work, "lighttpd.conf")
+    with open(conf, "w") as f:
+        f.write("""server.document-root = "%(w)s"
+server.bind = "127.0.0.1"
+server.port = %(p)d
+server.errorlog = "%(w)s/error.log"
+server.modules += ("mod_openssl")
+ssl.engine = "enable"
+ssl.pemfile = "%(pem)s"
+""" % {"w": r.work, "p": r.port, "pem": pem})
+    d = r.start(["lighttpd", "-D", "-f", conf], "lighttpd")
+    wait_port(r.port, d.proc, "lighttpd")
+    for _ in range(3):
+        curl("https://127.0.0.1:%d/index.html" % r.port, "lighttpd https ok")
+    r.dumps = [("lighttpd", d.proc.pid)]
+    return key
+
+
+def serve_apache(r):
+    """Apache httpd with mod_ssl and the event MPM: the parent reads the key, a child serves."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    with open(os.path.join(r.work, "index.html"), "w") as f:
+        f.write("apache https ok\n")
+    mods = "/usr/lib/apache2/modules"
+    conf = os.path.join(r.work, "apache2.conf")
+    with open(conf, "w") as f:
+        f.write("""ServerRoot "/etc/apache2"
+LoadModule mpm_event_module %(m)s/mod_mpm_event.so
+LoadModule authz_core_module %(m)s/mod_authz_core.so
+LoadModule socache_shmcb_module %(m)s/mod_socache_shmcb.so
+LoadModule ssl_module %(m)s/mod_ssl.so
+ServerName localhost
+PidFile %(w)s/httpd.pid
+ErrorLog %(w)s/error.log
+User www-data
+Group www-data
+StartServers 1
+Listen 127.0.0.1:%(p)d
+DocumentRoot "%(w)s"
+<Directory "%(w)s">
+  Require all granted
+</Directory>
+<VirtualHost 127.0.0.1:%(p)d>
+  SSLEngine on
+  SSLCertificateFile %(c)s
+  SSLCertificateKeyFile %(k)s
+</VirtualHost>
+""" % {"m": mods, "w": r.work, "p": r.port, "c": cert, "k": key})
+    d = r.start(["apache2", "-f", conf, "-DFOREGROUND"], "apache")
+    wait_port(r.port, d.proc, "apache")
+    for _ in range(3):
+        curl("https://127.0.0.1:%d/index.html" % r.port, "apache https ok")
+    workers = children(d.proc.pid)
+    if not workers:
+        raise Failure("apache has no child")
+    r.dumps = [("parent", d.proc.pid), ("child", workers[0])]
+    return key
+
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -696,7 +765,7 @@ class _Popen:
 
 
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
-         "postgres": serve_postgres, "sshd": serve_sshd}
+         "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache}
 
 
 def inspect(args, pid):

@@ -1,5 +1,5 @@
-// End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd serve their real
-// clients (curl, psql and pgbench, ssh) through memlock-run with the shipped key profiles, and
+// End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd and
+// Apache httpd, which the profile was not written for) serve their real clients (curl, psql and pgbench, ssh) through memlock-run with the shipped key profiles, and
 // dumps of their serving processes (gcore; a kernel core dump of an nginx worker and of the sshd
 // listener) hold no copy of the private key's components (RSA p, q, d, dp, dq, qinv, both byte
 // orders) or of its key file's text. The same runs without the shim find copies, so the search
@@ -153,6 +153,22 @@ Test(e2e_daemons, postgres_postmaster_and_backend_hold_no_key_copy, .timeout = 3
 }
 Test(e2e_daemons, postgres_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("postgres");
+}
+
+// Daemons the profile was not written for, under the shipped default config (the OpenSSL
+// profile): lighttpd with mod_openssl, and Apache httpd with mod_ssl (event MPM: the parent
+// reads the key, a child serves).
+Test(e2e_daemons, lighttpd_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("lighttpd", "default.json", {"lighttpd"});
+}
+Test(e2e_daemons, lighttpd_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("lighttpd");
+}
+Test(e2e_daemons, apache_parent_and_child_under_the_default_config_hold_no_key_copy, .timeout = 300) {
+    expect_protected("apache", "default.json", {"parent", "child"});
+}
+Test(e2e_daemons, apache_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("apache");
 }
 
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that
