@@ -52,7 +52,7 @@ step "the same with the aarch64 shim preloaded"
 shim=$(vmlck_while_holding -E "LD_PRELOAD=$WORK/tree/lib/libmemlock_shim.so" -E "MEMLOCK_SHIM_CONFIG=$WORK/rules.json")
 step "VmLck of qemu while the program holds its blocks: $plain kB without the shim, $shim kB with it"
 [ "$plain" -eq 0 ] || fail "qemu has memory locked without the shim ($plain kB): the comparison proves nothing"
-[ "$shim" -gt 0 ] || fail "nothing locked with the shim"
+[ "$shim" -gt 0 ] || fail "nothing locked with the shim: $(cat "$WORK/out" "$WORK/stats.json" 2> /dev/null)"
 stats=$(cat "$WORK/stats.json") || fail "the shim wrote no counters"
 stats=$(printf '%s' "$stats" | sed 's/, "per_rule": .*//')  # the process's counters, not a rule's
 matched=$(printf '%s' "$stats" | sed -n 's/.*"matched_allocations": \([0-9]*\).*/\1/p')
