@@ -347,6 +347,23 @@ def curl(url, expect):
         raise Failure("%s answered %r, expected %r" % (url, out[:200], expect))
 
 
+def combined_pem(work, cert, key):
+    """The certificate and the key in one file (haproxy's crt, lighttpd's ssl.pemfile)."""
+    path = os.path.join(work, "cert-and-key.pem")
+    with open(path, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return path
+
+
+def serve_https(r, argv, name, url, expect):
+    """Starts argv (under r's prefix), waits for r.port and fetches url three times."""
+    d = r.start(argv, name)
+    wait_port(r.port, d.proc, name)
+    for _ in range(3):
+        curl(url, expect)
+    return d
+
+
 # ---------------------------------------------------------------- the daemons
 
 class Run:
@@ -423,9 +440,7 @@ http {
 
 def serve_haproxy(r):
     key, cert = make_key(r.work)
-    combined = os.path.join(r.work, "combined.pem")
-    with open(combined, "w") as f:
-        f.write(open(cert).read() + open(key).read())
+    combined = combined_pem(r.work, cert, key)
     r.started.append(http_backend(r.work, r.port + 1))
     conf = os.path.join(r.work, "haproxy.cfg")
     with open(conf, "w") as f:
@@ -442,10 +457,7 @@ frontend tls
 backend app
   server app1 127.0.0.1:%d
 """ % (r.port, combined, r.port + 1))
-    d = r.start(["haproxy", "-db", "-f", conf], "haproxy")
-    wait_port(r.port, d.proc, "haproxy")
-    for _ in range(3):
-        curl("https://127.0.0.1:%d/" % r.port, "backend ok")
+    d = serve_https(r, ["haproxy", "-db", "-f", conf], "haproxy", "https://127.0.0.1:%d/" % r.port, "backend ok")
     r.dumps = [("haproxy", d.proc.pid)]
     return key
 
@@ -463,10 +475,7 @@ connect = 127.0.0.1:%d
 cert = %s
 key = %s
 """ % (r.port, r.port + 1, cert, key))
-    d = r.start(["stunnel4", conf], "stunnel")
-    wait_port(r.port, d.proc, "stunnel")
-    for _ in range(3):
-        curl("https://127.0.0.1:%d/" % r.port, "backend ok")
+    d = serve_https(r, ["stunnel4", conf], "stunnel", "https://127.0.0.1:%d/" % r.port, "backend ok")
     r.dumps = [("stunnel", d.proc.pid)]
     return key
 
@@ -474,9 +483,7 @@ key = %s
 def serve_lighttpd(r):
     key, cert = make_key(r.work)
     os.chmod(r.work, 0o755)
-    pem = os.path.join(r.work, "cert-and-key.pem")  # lighttpd's ssl.pemfile holds both
-    with open(pem, "w") as f:
-        f.write(open(cert).read() + open(key).read())
+    pem = combined_pem(r.work, cert, key)
     with open(os.path.join(r.work, "index.html"), "w") as f:
         f.write("lighttpd https ok\n")
     conf = os.path.join(r.work, "lighttpd.conf")
@@ -489,10 +496,8 @@ server.modules += ("mod_openssl")
 ssl.engine = "enable"
 ssl.pemfile = "%(pem)s"
 """ % {"w": r.work, "p": r.port, "pem": pem})
-    d = r.start(["lighttpd", "-D", "-f", conf], "lighttpd")
-    wait_port(r.port, d.proc, "lighttpd")
-    for _ in range(3):
-        curl("https://127.0.0.1:%d/index.html" % r.port, "lighttpd https ok")
+    d = serve_https(r, ["lighttpd", "-D", "-f", conf], "lighttpd", "https://127.0.0.1:%d/index.html" % r.port,
+                    "lighttpd https ok")
     r.dumps = [("lighttpd", d.proc.pid)]
     return key
 
@@ -528,10 +533,8 @@ DocumentRoot "%(w)s"
   SSLCertificateKeyFile %(k)s
 </VirtualHost>
 """ % {"m": mods, "w": r.work, "p": r.port, "c": cert, "k": key})
-    d = r.start(["apache2", "-f", conf, "-DFOREGROUND"], "apache")
-    wait_port(r.port, d.proc, "apache")
-    for _ in range(3):
-        curl("https://127.0.0.1:%d/index.html" % r.port, "apache https ok")
+    d = serve_https(r, ["apache2", "-f", conf, "-DFOREGROUND"], "apache", "https://127.0.0.1:%d/index.html" % r.port,
+                    "apache https ok")
     workers = children(d.proc.pid)
     if not workers:
         raise Failure("apache has no child")
