@@ -728,6 +728,19 @@ void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) n
     backing_collapse(reinterpret_cast<void *>(lo), huge_);
 }
 
+// Pages [from, to) of a pool on huge pages were given back. A huge page they cover only in
+// part is mapped by small pages from then on, and khugepaged would collapse them into a huge
+// page again, filling the pages given back (they would be resident and locked again, unseen
+// by the counters, and never given back again): such huge pages at either end of the range
+// are marked MADV_NOHUGEPAGE, so that they stay small pages. Huge pages given back whole are
+// unmapped whole: the next touch there faults in a new huge page. Where the advice is
+// refused (a seccomp filter), nothing else is done.
+void SecureArena::keep_small(std::uintptr_t from, std::uintptr_t to) noexcept {
+    const std::uintptr_t head = from & ~(huge_ - 1), tail = to & ~(huge_ - 1);
+    if (from != head) backing_advise_small(reinterpret_cast<void *>(head), huge_);
+    if (to != tail && tail != head) backing_advise_small(reinterpret_cast<void *>(tail), huge_);
+}
+
 // The pool cannot serve a block (its address space is used up, or the block is larger than
 // the pool). Under fallback the caller serves it from the next allocator (it reports that);
 // deny refuses it, abort stops. Returns nullptr with errno = ENOMEM.
@@ -1027,6 +1040,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             pool.dirty_bytes -= (j - i) * page_;
             if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
             gave_back = true;
+            if (pool.huge) keep_small(base_ + i * page_, base_ + j * page_);
         } else if (locked && discard_locked_ok_.exchange(false) && reporter_) {
             reporter_(LogLevel::info, "locked arena memory that is freed stays committed and locked",
                       "the kernel refuses MADV_DONTNEED_LOCKED (Linux < 5.18, or a seccomp filter)");

@@ -200,6 +200,7 @@ private:
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
     std::uintptr_t commit_end(const Pool &pool, std::uintptr_t to) const noexcept;
     void collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept;
+    void keep_small(std::uintptr_t from, std::uintptr_t to) noexcept;
     void *out_of_space(const char *what) noexcept;
     void list_push(std::uint32_t &list, std::size_t head) noexcept;
     void list_remove(std::uint32_t &list, std::size_t head) noexcept;

@@ -93,6 +93,15 @@ int backing_advise_huge(void *start, std::size_t len) noexcept {
 #endif
 }
 
+int backing_advise_small(void *start, std::size_t len) noexcept {
+#ifdef MADV_NOHUGEPAGE
+    return advise(start, len, MADV_NOHUGEPAGE);
+#else
+    (void)start, (void)len;
+    return EINVAL;
+#endif
+}
+
 int backing_collapse(void *start, std::size_t len) noexcept {
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25

@@ -55,9 +55,13 @@ inline bool backing_can_discard(bool secret) noexcept { return !secret; }
 // backing_collapse: madvise MADV_COLLAPSE (Linux >= 6.1): makes [start, start+len) (whole
 // huge pages) huge pages now, copying the small pages there and filling the rest with zeros;
 // locked pages stay locked. 0 or the error (EINVAL where the kernel lacks it).
-// All three preserve errno. pre: page-aligned.
+// backing_advise_small: madvise MADV_NOHUGEPAGE: no huge page faults in there, and
+// khugepaged leaves the range alone (it would otherwise collapse small pages into a huge
+// page, filling the pages around them). 0 or the error.
+// All of them preserve errno. pre: page-aligned.
 std::size_t backing_huge_page_size() noexcept;
 int backing_advise_huge(void *start, std::size_t len) noexcept;
+int backing_advise_small(void *start, std::size_t len) noexcept;
 int backing_collapse(void *start, std::size_t len) noexcept;
 
 // In a fork child: gives [start, start+len) (secretmem, shared with the parent) memory of its
