@@ -728,17 +728,16 @@ void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) n
     backing_collapse(reinterpret_cast<void *>(lo), huge_);
 }
 
-// Pages [from, to) of a pool on huge pages were given back. A huge page they cover only in
-// part is mapped by small pages from then on, and khugepaged would collapse them into a huge
-// page again, filling the pages given back (they would be resident and locked again, unseen
-// by the counters, and never given back again): such huge pages at either end of the range
-// are marked MADV_NOHUGEPAGE, so that they stay small pages. Huge pages given back whole are
-// unmapped whole: the next touch there faults in a new huge page. Where the advice is
-// refused (a seccomp filter), nothing else is done.
+// Pages [from, to) of a pool on huge pages were given back. The huge pages they lie in are
+// marked MADV_NOHUGEPAGE and are small pages from then on: a huge page given back in part
+// stays mapped by small pages, which khugepaged would collapse into a huge page again,
+// filling the pages given back; one given back whole would fault in as a whole huge page at
+// the next touch of any page of it that is used again. Either way pages that are free would
+// be resident and locked again, unseen by the counters (which count the pages in use) and
+// never given back. Where the advice is refused (a seccomp filter), nothing else is done.
 void SecureArena::keep_small(std::uintptr_t from, std::uintptr_t to) noexcept {
-    const std::uintptr_t head = from & ~(huge_ - 1), tail = to & ~(huge_ - 1);
-    if (from != head) backing_advise_small(reinterpret_cast<void *>(head), huge_);
-    if (to != tail && tail != head) backing_advise_small(reinterpret_cast<void *>(tail), huge_);
+    const std::uintptr_t lo = from & ~(huge_ - 1), hi = round_up(to, huge_);
+    backing_advise_small(reinterpret_cast<void *>(lo), hi - lo);
 }
 
 // The pool cannot serve a block (its address space is used up, or the block is larger than

@@ -25,8 +25,8 @@
 //     is collapsed into one then (MADV_COLLAPSE). Below half a huge page a pool commits as
 //     without them (a small process stays small); past it, a pool's committed memory is at
 //     most a huge page beyond what it would be otherwise.
-//     A huge page whose free pages were given back in part is marked MADV_NOHUGEPAGE, so
-//     that khugepaged does not fill them again.
+//     Huge pages that free pages were given back from are marked MADV_NOHUGEPAGE and are
+//     small pages from then on, so that no free page becomes resident again unseen.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
 //     are all free, which any class can then use) beyond a slack go back to the kernel after
