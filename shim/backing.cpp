@@ -84,23 +84,9 @@ std::size_t backing_huge_page_size() noexcept {
     return huge;
 }
 
-int backing_advise_huge(void *start, std::size_t len) noexcept {
-#ifdef MADV_HUGEPAGE
-    return advise(start, len, MADV_HUGEPAGE);
-#else
-    (void)start, (void)len;
-    return EINVAL;
-#endif
-}
+int backing_advise_huge(void *start, std::size_t len) noexcept { return advise(start, len, MADV_HUGEPAGE); }
 
-int backing_advise_small(void *start, std::size_t len) noexcept {
-#ifdef MADV_NOHUGEPAGE
-    return advise(start, len, MADV_NOHUGEPAGE);
-#else
-    (void)start, (void)len;
-    return EINVAL;
-#endif
-}
+int backing_advise_small(void *start, std::size_t len) noexcept { return advise(start, len, MADV_NOHUGEPAGE); }
 
 int backing_collapse(void *start, std::size_t len) noexcept {
 #ifndef MADV_COLLAPSE
