@@ -123,10 +123,47 @@ print("== fork with about 4 MiB of matched 1 KiB blocks live: CPU per fork + chi
 FORK_COST = os.path.join(BUILD, "bench", "fork_cost")
 FORKS = int(os.environ.get("BENCH_FORKS", "300"))
 k1k = config("k1k", [{"name": "buffers", "size": 1024}])
-gf = best([FORK_COST, "4", str(FORKS)], None)
-row("glibc (baseline)", gf, gf, "us/fork")
-row("shim, match-none", best([FORK_COST, "4", str(FORKS)], NONE), gf, "us/fork")
-row("shim, size rule matching the blocks", best([FORK_COST, "4", str(FORKS)], k1k), gf, "us/fork")
+THP_SYSFS = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def thp_off(argv):
+    """argv run where the shim reads THP "never" (a copy of the sysfs file mounted over it in a
+    private mount namespace; the kernel's setting is unchanged), or None where that cannot be
+    done (not root, no unshare, no THP)."""
+    never = os.path.join(work, "thp-never")
+    with open(never, "w") as f:
+        f.write("always madvise [never]\n")
+    probe = ["unshare", "-m", "--propagation", "private", "mount", "--bind", never, THP_SYSFS]
+    if not os.path.exists(THP_SYSFS) or subprocess.run(probe, capture_output=True).returncode != 0:
+        return None
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", never, THP_SYSFS, *argv]
+
+
+def interleaved(variants, runs=RUNS):
+    """Runs each (argv, cfg) of `variants` once per round, `runs` rounds, so that the load of
+    the machine weighs on all alike. Returns per variant the median and the best figure."""
+    got = [[] for _ in variants]
+    for _ in range(runs):
+        for i, (argv, cfg) in enumerate(variants):
+            r = subprocess.run(argv, env=env_for(cfg), capture_output=True, text=True, check=True)
+            got[i].append(float(r.stdout.split()[0]))
+    return [(sorted(g)[len(g) // 2], min(g)) for g in got]
+
+
+fork_argv = [FORK_COST, "4", str(FORKS)]
+fork_variants = [("glibc (baseline)", fork_argv, None), ("shim, match-none", fork_argv, NONE),
+                 ("shim, size rule matching the blocks", fork_argv, k1k)]
+if thp_off(fork_argv):
+    # The shim reads the sysfs file at start-up; unshare and mount run under it too, harmlessly.
+    fork_variants.append(("shim, the same rule, huge pages off", thp_off(fork_argv), k1k))
+with open(THP_SYSFS) if os.path.exists(THP_SYSFS) else open(os.devnull) as f:
+    print(f"  (transparent huge pages: {f.read().strip() or 'missing'}; {RUNS} interleaved runs of {FORKS} forks, "
+          f"median, best in brackets; load average {os.getloadavg()[0]:.1f})")
+fork_figures = interleaved([(argv, cfg) for _, argv, cfg in fork_variants])
+for (label, _, _), (median, low) in zip(fork_variants, fork_figures):
+    print(f"  {label:<46} {median:10.2f} us/fork ({low:.2f}) {median / fork_figures[0][0]:7.2f}x  "
+          f"({median - fork_figures[0][0]:+.2f})")
 
 print("== policy.backing: secretmem (memfd_secret) vs anonymous, matched blocks")
 rules_sa = [{"name": "keys", "size": 32}, {"name": "pages", "size": 4096}, {"name": "buffers", "size": 1024}]

@@ -238,6 +238,7 @@ struct SecureArena::Pool {
     std::size_t kept_bytes;      // free-run pages that cannot be (secretmem): never purged
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
     bool purge_stuck;            // the last purge left more than slack + burst
+    bool huge;                   // on transparent huge pages: commits whole ones (commit_end)
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
@@ -362,6 +363,11 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     cap = std::min(cap, std::size_t{kMaxRegions} * region) / region * region;
     region_shift_ = static_cast<unsigned>(__builtin_ctzll(region));
     region_pages_ = region / page_;
+    // Transparent huge pages where one divides a region (so that regions, which are aligned
+    // to their size, are aligned to huge pages): not with 64 KiB pages on aarch64, whose huge
+    // pages are 512 MiB.
+    huge_ = backing_huge_page_size();
+    if (huge_ <= page_ || region % huge_ || (huge_ & (huge_ - 1))) huge_ = 0;
 
     // What is mapped at start-up: each pool's first extent, one region, or for a pool that
     // locks its share of the lock budget (locked on fault now: no mlock after start-up), and
@@ -430,6 +436,9 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             p->lock_budget = std::min(opts.max_locked / locking, cap);
             lock_at_start(*p, p->lock_budget);
             p->locked_mapped = p->lock_end - p->start;
+            // Anonymous memory locked on fault: on huge pages where the kernel offers them.
+            p->huge = huge_ && !p->secret && !lock_on_commit_ && p->lock_end > p->start &&
+                      backing_advise_huge(reinterpret_cast<void *>(p->start), p->end - p->start) == 0;
             // Refused at start-up (the limit, a sandbox): what could be locked is the budget.
             if (lock_error_ || secret_missing_) p->lock_budget = p->locked_mapped;
         }
@@ -458,6 +467,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         Guard g(p0.lock);
         std::size_t bytes = round_up(opts.prealloc, page_);
         if (bytes > p0.end - p0.start) return EINVAL;
+        bytes = commit_end(p0, p0.start + bytes) - p0.start;
         if (commit_and_lock(p0, p0.start, bytes)) {
             // Denied by the lock policy: later allocations try again, one slab at a time.
             if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated memory up front", "denied by policy");
@@ -691,6 +701,45 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
     return 0;
 }
 
+// Where committing [.., to) for `pool` ends: at `to`, or, for a pool on huge pages that
+// commits past half a huge page from its start, at the end of the huge page `to` lies in, so
+// that its range is read-write before any of it is touched and it faults in as one huge page.
+// Never past the pool's extent, nor from the range locked at start-up (whose end need not be
+// a huge page boundary) into what lies after it. Below half a huge page the pool commits
+// slab by slab as without huge pages: a process with a few small secrets keeps a few pages
+// resident, not 2 MiB; from there on rounding up adds at most one huge page.
+std::uintptr_t SecureArena::commit_end(const Pool &pool, std::uintptr_t to) const noexcept {
+    if (!pool.huge || to - pool.start <= huge_ / 2) return to;
+    std::uintptr_t end = std::min<std::uintptr_t>(round_up(to, huge_), pool.end);
+    return to <= pool.lock_end ? std::min(end, pool.lock_end) : end;
+}
+
+// After commit_end rounded a commit that began at `from`, inside a huge page that the pool
+// filled with small pages so far (its first), up to that page's end: makes it one huge page
+// now (MADV_COLLAPSE; it stays locked), so that a fork child does not walk its small pages.
+// Where the kernel lacks MADV_COLLAPSE, khugepaged may do it later. Not when some of its
+// pages were given back to the kernel (collapsing would make them resident again, unseen by
+// the counters). pre: pool.lock held.
+void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept {
+    if (!pool.huge || !(from & (huge_ - 1)) || pool.committed < round_up(from, huge_)) return;
+    const std::uintptr_t lo = from & ~(huge_ - 1);
+    const std::size_t first = (lo - base_) / page_, n = (from - lo) / page_;
+    if (lo < pool.start || in_use_pages(first, n) != n) return;
+    backing_collapse(reinterpret_cast<void *>(lo), huge_);
+}
+
+// Pages [from, to) of a pool on huge pages were given back. The huge pages they lie in are
+// marked MADV_NOHUGEPAGE and are small pages from then on: a huge page given back in part
+// stays mapped by small pages, which khugepaged would collapse into a huge page again,
+// filling the pages given back; one given back whole would fault in as a whole huge page at
+// the next touch of any page of it that is used again. Either way pages that are free would
+// be resident and locked again, unseen by the counters (which count the pages in use) and
+// never given back. Where the advice is refused (a seccomp filter), nothing else is done.
+void SecureArena::keep_small(std::uintptr_t from, std::uintptr_t to) noexcept {
+    const std::uintptr_t lo = from & ~(huge_ - 1), hi = round_up(to, huge_);
+    backing_advise_small(reinterpret_cast<void *>(lo), hi - lo);
+}
+
 // The pool cannot serve a block (its address space is used up, or the block is larger than
 // the pool). Under fallback the caller serves it from the next allocator (it reports that);
 // deny refuses it, abort stops. Returns nullptr with errno = ENOMEM.
@@ -719,12 +768,14 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
-        if (commit_and_lock(pool, fresh, to - fresh)) {
+        const std::uintptr_t upto = commit_end(pool, to);
+        if (commit_and_lock(pool, fresh, upto - fresh)) {
             if (stats_) stats_->denied.fetch_add(1);
             errno = ENOMEM;
             return nullptr;
         }
-        pool.committed = to;
+        pool.committed = upto;
+        collapse_after_commit(pool, fresh);
     }
     pool.frontier = to;
     return reinterpret_cast<unsigned char *>(from);
@@ -777,6 +828,8 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
         memlock_release(at, size);
         return false;
     }
+    // Refused (a seccomp filter may answer EINVAL), the pool commits as without huge pages.
+    if (pool.huge && backing_advise_huge(at, size)) pool.huge = false;
     pool.locked_mapped += locked;
     tail_onfault_ = on_fault && locked == size;
     for (std::size_t r = span >> region_shift_; r < new_span >> region_shift_; ++r) {
@@ -986,6 +1039,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             pool.dirty_bytes -= (j - i) * page_;
             if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
             gave_back = true;
+            if (pool.huge) keep_small(base_ + i * page_, base_ + j * page_);
         } else if (locked && discard_locked_ok_.exchange(false) && reporter_) {
             reporter_(LogLevel::info, "locked arena memory that is freed stays committed and locked",
                       "the kernel refuses MADV_DONTNEED_LOCKED (Linux < 5.18, or a seccomp filter)");

@@ -16,6 +16,17 @@
 //     without lock-on-fault (Linux < 4.4, qemu-user): then the first region's pages are
 //     mlocked as they are committed.
 //     Memory is committed in slabs of at least 64 KiB, never per allocation.
+//   - Where the kernel offers transparent huge pages (THP "always" or "madvise", a huge page
+//     dividing the region size), a pool that locks anonymous memory on fault asks for them
+//     (MADV_HUGEPAGE on its regions, which are region-aligned, so huge-page-aligned), and
+//     once it has committed more than half a huge page it commits whole huge pages, so that
+//     each one faults in as one page: a fork child's relock then walks a page table entry per
+//     huge page instead of one per 4 KiB page. The huge page it was filling with small pages
+//     is collapsed into one then (MADV_COLLAPSE). Below half a huge page a pool commits as
+//     without them (a small process stays small); past it, a pool's committed memory is at
+//     most a huge page beyond what it would be otherwise.
+//     Huge pages that free pages were given back from are marked MADV_NOHUGEPAGE and are
+//     small pages from then on, so that no free page becomes resident again unseen.
 //   - Arena pages hold nothing but arena blocks, and are never unlocked while the process
 //     runs, so no lock is lost under a live secret. Free pages (runs, and slabs whose blocks
 //     are all free, which any class can then use) beyond a slack go back to the kernel after
@@ -189,6 +200,9 @@ private:
     std::size_t state_len(std::size_t span) const noexcept;
     std::size_t bits_len(std::size_t span) const noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
+    std::uintptr_t commit_end(const Pool &pool, std::uintptr_t to) const noexcept;
+    void collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept;
+    void keep_small(std::uintptr_t from, std::uintptr_t to) noexcept;
     void *out_of_space(const char *what) noexcept;
     void list_push(std::uint32_t &list, std::size_t head) noexcept;
     void list_remove(std::uint32_t &list, std::size_t head) noexcept;
@@ -238,6 +252,7 @@ private:
     std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
+    std::size_t huge_ = 0;               // transparent huge page size for pools that lock (0: none)
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

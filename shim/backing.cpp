@@ -1,8 +1,12 @@
 #include "backing.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <cstring>
 
 #include "memlock.h"
 
@@ -40,6 +44,55 @@ int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept {
 
 bool backing_secret_missing(int err) noexcept {
     return err == ENOSYS || err == MEMLOCK_ESECRET_DISABLED || err == MEMLOCK_EUNSUPPORTED;
+}
+
+namespace {
+
+// The first line of a small file, NUL-terminated, into buf (no malloc). False when it cannot be read.
+bool read_line(const char *path, char *buf, std::size_t size) noexcept {
+    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n;
+    do n = ::read(fd, buf, size - 1);
+    while (n < 0 && errno == EINTR);
+    ::close(fd);
+    if (n <= 0) return false;
+    buf[n] = '\0';
+    if (char *nl = std::strchr(buf, '\n')) *nl = '\0';
+    return true;
+}
+
+int advise(void *start, std::size_t len, int advice) noexcept {
+    int saved = errno;
+    int rc = ::madvise(start, len, advice) == 0 ? 0 : errno;
+    errno = saved;
+    return rc;
+}
+
+}  // namespace
+
+std::size_t backing_huge_page_size() noexcept {
+    int saved = errno;
+    char mode[128], size[32];
+    std::size_t huge = 0;
+    // "always [madvise] never": the brackets mark the mode in force.
+    if (read_line("/sys/kernel/mm/transparent_hugepage/enabled", mode, sizeof mode) &&
+        (std::strstr(mode, "[always]") || std::strstr(mode, "[madvise]")) &&
+        read_line("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", size, sizeof size))
+        huge = std::strtoull(size, nullptr, 10);
+    errno = saved;
+    return huge;
+}
+
+int backing_advise_huge(void *start, std::size_t len) noexcept { return advise(start, len, MADV_HUGEPAGE); }
+
+int backing_advise_small(void *start, std::size_t len) noexcept { return advise(start, len, MADV_NOHUGEPAGE); }
+
+int backing_collapse(void *start, std::size_t len) noexcept {
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+    return advise(start, len, MADV_COLLAPSE);
 }
 
 int backing_unshare(void *start, std::size_t len, std::size_t rw_len, bool anonymous) noexcept {

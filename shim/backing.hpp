@@ -45,6 +45,25 @@ bool backing_secret_missing(int err) noexcept;
 // file's pages cannot: the kernel refuses MADV_DONTNEED, MADV_REMOVE and hole punching.
 inline bool backing_can_discard(bool secret) noexcept { return !secret; }
 
+// Transparent huge pages, for anonymous memory only (a memfd_secret file has none).
+// backing_huge_page_size: the size of a huge page (the PMD size,
+// /sys/kernel/mm/transparent_hugepage/hpage_pmd_size) when the kernel gives them to a mapping
+// that asks (.../enabled is "always" or "madvise"), 0 otherwise (0 also when the files cannot
+// be read). Reads the files; call it at start-up.
+// backing_advise_huge: madvise MADV_HUGEPAGE: [start, start+len) faults in a huge page at a
+// time wherever a whole huge page's range lies in one mapping. 0 or the error.
+// backing_collapse: madvise MADV_COLLAPSE (Linux >= 6.1): makes [start, start+len) (whole
+// huge pages) huge pages now, copying the small pages there and filling the rest with zeros;
+// locked pages stay locked. 0 or the error (EINVAL where the kernel lacks it).
+// backing_advise_small: madvise MADV_NOHUGEPAGE: no huge page faults in there, and
+// khugepaged leaves the range alone (it would otherwise collapse small pages into a huge
+// page, filling the pages around them). 0 or the error.
+// All of them preserve errno. pre: page-aligned.
+std::size_t backing_huge_page_size() noexcept;
+int backing_advise_huge(void *start, std::size_t len) noexcept;
+int backing_advise_small(void *start, std::size_t len) noexcept;
+int backing_collapse(void *start, std::size_t len) noexcept;
+
 // In a fork child: gives [start, start+len) (secretmem, shared with the parent) memory of its
 // own with the resident pages of [start, start+rw_len) copied: a new memfd_secret file, or
 // with `anonymous` private anonymous memory, marked dontdump (the caller locks it). Parent

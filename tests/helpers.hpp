@@ -61,7 +61,9 @@ struct Mapping {
     std::string path;             // "" for anonymous, "[heap]", a file path, ...
     std::size_t size_kb = 0;      // "Size:"
     std::size_t rss_kb = 0;       // "Rss:"
-    std::size_t locked_kb = 0;    // "Locked:"
+    std::size_t pss_kb = 0;       // "Pss:" (shared pages count in part)
+    std::size_t anon_huge_kb = 0; // "AnonHugePages:" (transparent huge pages mapped whole)
+    std::size_t locked_kb = 0;    // "Locked:" (the Pss of a locked mapping)
     std::set<std::string> flags;  // "VmFlags:" tokens, e.g. "lo", "dd"
 
     bool has_flag(const std::string &f) const { return flags.count(f) != 0; }
@@ -117,6 +119,8 @@ inline std::vector<Mapping> read_smaps(pid_t pid = 0) {
         Mapping &cur = out.back();
         if (auto v = detail::parse_kb_field(line, "Size")) cur.size_kb = *v;
         else if (auto r = detail::parse_kb_field(line, "Rss")) cur.rss_kb = *r;
+        else if (auto p = detail::parse_kb_field(line, "Pss")) cur.pss_kb = *p;
+        else if (auto h = detail::parse_kb_field(line, "AnonHugePages")) cur.anon_huge_kb = *h;
         else if (auto l = detail::parse_kb_field(line, "Locked")) cur.locked_kb = *l;
         else if (line.compare(0, 8, "VmFlags:") == 0) {
             std::istringstream fl(line.substr(8));

@@ -1,8 +1,9 @@
-/* e2e_fork.c - a shimmed program that forks while holding matching blocks.
+/* e2e_fork.c [MIB] - a shimmed program that forks while holding matching blocks.
  *
  * Expects rules {size 32} and {min 512..2048}. The parent allocates matching blocks, fills
- * them and forks. The child checks it can read them, prints "child PID", one "block ADDR"
- * line per block and "ready", then waits for EOF on stdin (the test inspects its smaps
+ * them (with MIB, also MIB MiB of 1000-byte blocks, kept live) and forks. The child checks it
+ * can read them, prints "child PID", one "block ADDR" line per block, with MIB "bulk LO HI"
+ * (the range the MIB MiB of blocks lie in) and "ready", then waits for EOF on stdin (the test inspects its smaps
  * meanwhile), frees the parent's blocks, allocates and frees new ones, and exits 0 when
  * all went well. The parent waits for the child, prints "child-exit N", frees its own
  * copies and exits with the child's status.
@@ -24,8 +25,17 @@ static int check(unsigned char *const *blocks) {
     return 1;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     unsigned char *blocks[kBlocks];
+    const long bulk = argc > 1 ? atol(argv[1]) * 1024 * 1024 / 1000 : 0;
+    unsigned char *lo = NULL, *hi = NULL;
+    for (long i = 0; i < bulk; ++i) {
+        unsigned char *p = malloc(1000);
+        if (!p) return 2;
+        memset(p, 0x5a, 1000);
+        if (!lo || p < lo) lo = p;
+        if (p + 1000 > hi) hi = p + 1000;
+    }
     for (int i = 0; i < kBlocks; ++i) {
         blocks[i] = malloc(size_of(i));
         if (!blocks[i]) return 2;
@@ -44,6 +54,7 @@ int main(void) {
         }
         printf("child %d\n", (int)getpid());
         for (int i = 0; i < kBlocks; ++i) printf("block %p\n", (void *)blocks[i]);
+        if (bulk) printf("bulk %p %p\n", (void *)lo, (void *)hi);
         printf("ready\n");
         fflush(stdout);
         char buf[64];

@@ -50,6 +50,105 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
     cr_assert_leq(stat_value(ps, "live_bytes"), 4096u, "%s", ps.c_str());
 }
 
+namespace {
+
+// The THP mode in force (/sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise",
+// "never"), or "" where the kernel has no transparent huge pages.
+std::string thp_mode() {
+    const auto text = read_file("/sys/kernel/mm/transparent_hugepage/enabled");
+    if (!text) return "";
+    const auto open = text->find('['), close = text->find(']');
+    return open == std::string::npos || close < open ? "" : text->substr(open + 1, close - open - 1);
+}
+
+// The mappings of process `pid` that hold [lo, hi): their smaps totals, and whether every
+// one of them is locked (lo) and dontdump (dd).
+struct ArenaView {
+    std::size_t rss_kb = 0, pss_kb = 0, locked_kb = 0, huge_kb = 0;
+    bool lo = true, dd = true;
+};
+
+ArenaView arena_view(pid_t pid, const void *lo, const void *hi) {
+    const std::size_t len = static_cast<std::size_t>(static_cast<const char *>(hi) - static_cast<const char *>(lo));
+    ArenaView v;
+    const auto maps = mappings_overlapping(read_smaps(pid), lo, len);
+    cr_assert(!maps.empty(), "pid %d: nothing mapped at %p", static_cast<int>(pid), lo);
+    for (const auto &m : maps) {
+        v.rss_kb += m.rss_kb, v.pss_kb += m.pss_kb, v.locked_kb += m.locked_kb, v.huge_kb += m.anon_huge_kb;
+        v.lo = v.lo && m.has_flag("lo"), v.dd = v.dd && m.has_flag("dd");
+    }
+    return v;
+}
+
+// Runs `argv` (e2e_fork with 4 MiB of blocks, as such or through a wrapper) and checks the
+// arena range holding the 4 MiB in the parent and in its fork child: locked (lo, and all of
+// its resident memory counted under Locked: Locked is the mapping's Pss when it is locked),
+// dontdump, resident; on huge pages (AnonHugePages) when `huge`, none when `small`.
+void check_fork_arena(const RunOptions &opts, bool huge, bool small) {
+    LiveProgram prog;
+    start_until_ready(prog, opts);
+    const auto parent = line_value(prog.out(), "parent"), child = line_value(prog.out(), "child");
+    const auto bulk = line_value(prog.out(), "bulk");
+    cr_assert(parent && child && bulk, "%s", prog.out().c_str());
+    const auto space = bulk->find(' ');
+    const void *lo = parse_pointer(bulk->substr(0, space)), *hi = parse_pointer(bulk->substr(space + 1));
+    cr_assert(lo && hi && hi > lo, "bulk %s", bulk->c_str());
+    for (const auto &[who, pid] : {std::pair{"parent", std::stol(*parent)}, std::pair{"child", std::stol(*child)}}) {
+        const ArenaView v = arena_view(static_cast<pid_t>(pid), lo, hi);
+        cr_assert(v.lo && v.dd, "%s: the 4 MiB of blocks are not all in lo dd mappings", who);
+        cr_assert_geq(v.rss_kb, 4000u, "%s: the 4 MiB of blocks are not resident", who);
+        cr_assert(v.locked_kb == v.pss_kb && v.locked_kb > 0, "%s: Locked %zu kB, Pss %zu kB", who, v.locked_kb,
+                  v.pss_kb);
+        if (huge) cr_assert_geq(v.huge_kb, 2048u, "%s: no huge page among the 4 MiB (AnonHugePages %zu kB)", who, v.huge_kb);
+        if (small) cr_assert_eq(v.huge_kb, 0u, "%s: AnonHugePages %zu kB", who, v.huge_kb);
+    }
+    const RunResult r = prog.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.find("\nparent-ok\n") != std::string::npos, "%s", r.describe().c_str());
+    cr_assert_str_empty(r.err.c_str());
+}
+
+}  // namespace
+
+// A process with a few MiB of matched blocks, where the kernel offers transparent huge pages:
+// its locking pool commits whole huge pages, so the blocks lie on huge pages (a fork child's
+// relock walks one entry per 2 MiB), locked and dontdump in the parent and in its fork child.
+// Where THP is "never" (or missing), the test says so and checks the 4 KiB pages instead.
+Test(e2e_lifecycle, a_few_mib_of_blocks_lie_on_huge_pages_locked_in_parent_and_fork_child) {
+    SKIP_UNDER_QEMU_USER("smaps shows no effect of madvise or mlock2 on fault");
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_fork", false);
+    const std::string mode = thp_mode();
+    const bool thp = mode == "always" || mode == "madvise";
+    if (!thp)
+        cr_log_warn("transparent huge pages are %s on this machine: only the 4 KiB arena pages are checked",
+                    mode.empty() ? "missing" : mode.c_str());
+    check_fork_arena(shim_options(config, {shim_program("e2e_fork"), "4"}), thp, !thp && mode != "always");
+}
+
+// The same where the kernel says "never" (a copy of the sysfs file that says so, mounted over
+// it in a private mount namespace): the arena commits slab by slab and locks its 4 KiB pages,
+// in the parent and in its fork child. (With THP "always" in force khugepaged may still
+// collapse them: only the locking is checked then.)
+Test(e2e_lifecycle, without_huge_pages_the_arena_locks_small_pages_in_parent_and_fork_child) {
+    SKIP_UNDER_QEMU_USER("smaps shows no effect of madvise or mlock2 on fault");
+    const char *sysfs = "/sys/kernel/mm/transparent_hugepage/enabled";
+    if (thp_mode().empty()) cr_skip_test("no transparent huge pages in this kernel: the other test covers it");
+    cr_assert(have_program("unshare") && have_program("mount"), "unshare and mount are needed");
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_fork", false);
+    const std::string never = dir.file("enabled");
+    cr_assert(write_file(never, "always madvise [never]\n"));
+    // Mounting needs CAP_SYS_ADMIN (root here; not in an unprivileged container): say so.
+    const RunResult probe = run_program(plain_env({"unshare", "-m", "--propagation", "private", "mount", "--bind", never, sysfs}));
+    if (!probe.exited_with(0)) cr_skip_test("cannot mount over %s here: %s", sysfs, probe.describe().c_str());
+    RunOptions opts = plain_env({"unshare", "-m", "--propagation", "private", "sh", "-c",
+                                 "mount --bind \"$1\" \"$2\" && exec env LD_PRELOAD=\"$3\" "
+                                 "MEMLOCK_SHIM_CONFIG=\"$4\" \"$5\" 4",
+                                 "sh", never, sysfs, shim_library(), config, shim_program("e2e_fork")});
+    check_fork_arena(opts, false, thp_mode() != "always");
+}
+
 // 4 threads x 200k rounds of matched and unmatched allocations, some freed by another thread.
 Test(e2e_lifecycle, threads_stress_with_cross_thread_frees) {
     TempDir dir;
