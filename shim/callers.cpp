@@ -381,6 +381,7 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
         backtrace_into(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // resolves what it uses once
     }
     g_index.store(build_index(), std::memory_order_release);
+    if (g_unwind_depth > 1) fast_backtrace_share();  // without it, each fork child learns alone
     return std::string();
 }
 

@@ -250,6 +250,7 @@ void atfork_parent() {
 }
 void atfork_child() {
     if (!g_active) return;
+    fast_backtrace_after_fork_child();
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
     bool outermost = t_fork_depth == 1;
