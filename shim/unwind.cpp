@@ -344,8 +344,10 @@ void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
 // that made the ring (the one that read the config), and that process makes those rules itself
 // on its next walks, a few per walk: its later children inherit them. Only addresses cross
 // processes, never rules: the owner makes every rule from its own code and drops an address it
-// has no call frame information for, so a child (a sandboxed one too) can cost its parent a
-// few rule lookups per walk, at most, and cannot make it walk by a wrong rule.
+// has no call frame information for, so a child (a sandboxed one too) can cost its parent at
+// most kHintLearn rule lookups per walk, and cannot make it walk by a wrong rule. A child made
+// without the fork handlers (glibc's _Fork) stays an owner of its copy: it learns from the
+// ring for itself, from its own code, and its parent learns fewer of the addresses.
 constexpr unsigned kHintBits = 9;
 // The owner looks at the whole ring in a walk that finds addresses pending, and makes at most
 // kHintLearn rules in it: a postgres postmaster walks a few times per connection, and with 64
