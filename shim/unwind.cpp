@@ -1,9 +1,9 @@
 #include "unwind.hpp"
 
 #include <atomic>
-#include <new>
 #include <cstddef>
 #include <cstring>
+#include <new>
 
 #include <sys/mman.h>
 
@@ -342,7 +342,7 @@ void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
 // start-up and its TLS handshake again, reading .eh_frame and copying the cache's pages. So a
 // child posts each return address it made a rule for into a small ring shared with the process
 // that made the ring (the one that read the config), and that process makes those rules itself
-// on its next walks, a few per walk: its later children inherit them. Only addresses cross
+// on its next walks: its later children inherit them. Only addresses cross
 // processes, never rules: the owner makes every rule from its own code and drops an address it
 // has no call frame information for, so a child (a sandboxed one too) can cost its parent at
 // most kHintLearn rule lookups per walk, and cannot make it walk by a wrong rule. A child made
