@@ -97,7 +97,10 @@ void check_config(const Config &c, const std::string &source) {
         check(r.depth <= kRuleMaxDepth, "depth above the limit", r.name);
         check(r.depth == 0 || !r.symbol.empty() || !r.module.empty(), "depth without symbol/module", r.name);
         if (!r.symbol.empty()) check(glob_valid(r.symbol, why), "invalid symbol glob accepted", r.symbol);
-        if (!r.module.empty()) check(glob_valid(r.module, why), "invalid module glob accepted", r.module);
+        for (std::size_t g = 0; g < r.module.size(); ++g) {
+            check(glob_valid(r.module[g], why), "invalid module glob accepted", r.module[g]);
+            for (std::size_t h = 0; h < g; ++h) check(r.module[h] != r.module[g], "duplicate module glob accepted", r.module[g]);
+        }
     }
     for (const std::string &p : c.programs) check(glob_valid(p, why), "invalid program glob accepted", p);
     check(c.policy.max_arena >= kConfigMinArena && c.policy.max_arena <= kConfigMaxArena, "max_arena out of range");
@@ -166,7 +169,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t *data, std::size_t size
         check_compiled(config);
         for (const Rule &r : config.rules) {
             if (!r.symbol.empty()) exercise_glob(r.symbol);
-            if (!r.module.empty()) exercise_glob(r.module);
+            for (const std::string &g : r.module) exercise_glob(g);
         }
         for (const std::string &p : config.programs) exercise_glob(p);
         for (const char *exe : kNames) {

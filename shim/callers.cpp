@@ -152,11 +152,22 @@ std::string self_exe_path() {
     return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
-bool module_matches(const std::string &glob, const std::string &path, const std::string &soname) {
+// Does one of `globs` match the object's path, basename or soname?
+bool module_matches(const std::vector<std::string> &globs, const std::string &path, const std::string &soname) {
     std::size_t slash = path.rfind('/');
     std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
-    return glob_match(glob.c_str(), path.c_str()) || glob_match(glob.c_str(), base.c_str()) ||
-           (!soname.empty() && glob_match(glob.c_str(), soname.c_str()));
+    for (const std::string &glob : globs)
+        if (glob_match(glob.c_str(), path.c_str()) || glob_match(glob.c_str(), base.c_str()) ||
+            (!soname.empty() && glob_match(glob.c_str(), soname.c_str())))
+            return true;
+    return false;
+}
+
+// "a", or "a" or "b" (or ...): the globs as a message names them.
+std::string quoted_globs(const std::vector<std::string> &globs) {
+    std::string out;
+    for (std::size_t i = 0; i < globs.size(); ++i) out += (i ? " or \"" : "\"") + globs[i] + "\"";
+    return out;
 }
 
 // What one loaded object adds to the index: read from its file once, while it stays loaded.
@@ -248,7 +259,7 @@ Index *build_index() {
             g_state->reported[i] = 1;
             std::string what = !cond.symbol.empty() && idx->symbol_ranges[i].empty()
                                    ? "no loaded function matches \"" + cond.symbol + "\""
-                                   : "no loaded object matches \"" + cond.module + "\"";
+                                   : "no loaded object matches " + quoted_globs(cond.module);
             g_warn(("rule \"" + cond.name + "\": " + what + " yet (it may be loaded later)").c_str());
         }
     }
@@ -370,6 +381,7 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
         backtrace_into(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // resolves what it uses once
     }
     g_index.store(build_index(), std::memory_order_release);
+    if (g_unwind_depth > 1) fast_backtrace_share();  // without it, each fork child learns alone
     return std::string();
 }
 

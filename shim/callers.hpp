@@ -32,12 +32,12 @@ constexpr unsigned kDefaultSymbolDepth = 4;
 constexpr unsigned kDefaultModuleDepth = 1;
 constexpr unsigned kMaxCallerDepth = 64;
 
-// The caller conditions of one rule. An empty glob is no condition.
+// The caller conditions of one rule. An empty glob (list) is no condition.
 struct CallerCondition {
     std::string name;      // the rule's, for messages
     std::string symbol;
     unsigned symbol_depth = kDefaultSymbolDepth;
-    std::string module;
+    std::vector<std::string> module;  // a frame is in the module when its object matches any
     unsigned module_depth = kDefaultModuleDepth;
 };
 

@@ -390,6 +390,23 @@ std::string get_glob(const json &v, const std::string &path) {
     return s;
 }
 
+// "module": one glob, or a non-empty array of distinct globs.
+std::vector<std::string> get_globs(const json &v, const std::string &path) {
+    if (!v.is_array()) {
+        if (!v.is_string()) fail_expected(path, "a glob or a non-empty array of globs", v);
+        return {get_glob(v, path)};
+    }
+    if (v.empty()) fail(path, "expected a glob or a non-empty array of globs, got an empty array");
+    std::vector<std::string> globs;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        std::string g = get_glob(v[i], index_path(path, i));
+        for (std::size_t j = 0; j < globs.size(); ++j)
+            if (globs[j] == g) fail(index_path(path, i), "duplicate glob " + quote(g) + " (also " + index_path(path, j) + ")");
+        globs.push_back(std::move(g));
+    }
+    return globs;
+}
+
 std::size_t get_size(const json &v, const std::string &path) {
     std::size_t n = 0;
     if (v.is_number_unsigned()) return v.get<std::size_t>();
@@ -448,7 +465,7 @@ Rule get_rule(const json &v, const std::string &path) {
     if (max) rule.max_size = get_size(*max, key_path(path, "max_size"));
     if (const json *a = member(v, "actions")) rule.actions = get_actions(*a, key_path(path, "actions"));
     if (const json *s = member(v, "symbol")) rule.symbol = get_glob(*s, key_path(path, "symbol"));
-    if (const json *m = member(v, "module")) rule.module = get_glob(*m, key_path(path, "module"));
+    if (const json *m = member(v, "module")) rule.module = get_globs(*m, key_path(path, "module"));
     const json *depth = member(v, "depth");
     if (depth) rule.depth = get_integer(*depth, key_path(path, "depth"), 1, kRuleMaxDepth);
 

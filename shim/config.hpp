@@ -42,9 +42,11 @@ struct Rule {
     std::size_t min_size = 0;
     std::size_t max_size = SIZE_MAX;
     unsigned actions = kActionAll;
-    // Caller conditions (empty = none). Globs in fnmatch(3) syntax.
+    // Caller conditions (empty = none). Globs in fnmatch(3) syntax. `module` holds the
+    // globs of the "module" key (a glob or a list of them): a frame is in the module when its
+    // object matches any of them.
     std::string symbol;
-    std::string module;
+    std::vector<std::string> module;
     unsigned depth = 0;  // 0 = the default for the condition
 };
 

@@ -250,6 +250,7 @@ void atfork_parent() {
 }
 void atfork_child() {
     if (!g_active) return;
+    fast_backtrace_after_fork_child();
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
     bool outermost = t_fork_depth == 1;
@@ -392,9 +393,14 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
         StatsRuleInfo &info = page.rule_info[i];
         char caller[256] = "";
         int used = 0;
-        if (!r.module.empty())
-            used = std::snprintf(caller, sizeof caller, "module %s depth %u", r.module.c_str(),
+        if (!r.module.empty()) {
+            // One glob as it is; a list in braces: "module {libcrypto.so*, libssl.so*} depth 8".
+            std::string globs = r.module.size() == 1 ? r.module[0] : "{";
+            for (std::size_t g = 0; r.module.size() > 1 && g < r.module.size(); ++g)
+                globs += r.module[g] + (g + 1 < r.module.size() ? ", " : "}");
+            used = std::snprintf(caller, sizeof caller, "module %s depth %u", globs.c_str(),
                                  r.depth ? r.depth : kDefaultModuleDepth);
+        }
         if (!r.symbol.empty() && used >= 0 && static_cast<std::size_t>(used) < sizeof caller)
             std::snprintf(caller + used, sizeof caller - static_cast<std::size_t>(used), "%ssymbol %s depth %u",
                           used ? ", " : "", r.symbol.c_str(), r.depth ? r.depth : kDefaultSymbolDepth);

@@ -3,6 +3,9 @@
 #include <atomic>
 #include <cstddef>
 #include <cstring>
+#include <new>
+
+#include <sys/mman.h>
 
 namespace mlshim {
 
@@ -332,10 +335,75 @@ void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
     s->seq.store(s1 + 2, std::memory_order_release);
 }
 
+// ---- return addresses fork children had to learn ------------------------------------------
+//
+// A fork child starts with its parent's cache, but what it learns dies with it: every backend
+// of a process-per-connection server (postgres) learns the same return addresses of its
+// start-up and its TLS handshake again, reading .eh_frame and copying the cache's pages. So a
+// child posts each return address it made a rule for into a small ring shared with the process
+// that made the ring (the one that read the config), and that process makes those rules itself
+// on its next walks: its later children inherit them. Only addresses cross
+// processes, never rules: the owner makes every rule from its own code and drops an address it
+// has no call frame information for, so a child (a sandboxed one too) can cost its parent at
+// most kHintLearn rule lookups per walk, and cannot make it walk by a wrong rule. A child made
+// without the fork handlers (glibc's _Fork) stays an owner of its copy: it learns from the
+// ring for itself, from its own code, and its parent learns fewer of the addresses.
+constexpr unsigned kHintBits = 9;
+// The owner looks at the whole ring in a walk that finds addresses pending, and makes at most
+// kHintLearn rules in it: a postgres postmaster walks a few times per connection, and with 64
+// slots and 8 rules per walk its backends still made about 100 rules each after 8 connections;
+// with these, none from the third connection on (callgrind, docs/performance.md).
+constexpr unsigned kHintScan = 1u << kHintBits;
+constexpr unsigned kHintLearn = 64;
+struct Hints {
+    std::atomic<std::uint64_t> posted{0};  // addresses ever posted
+    std::atomic<std::uint64_t> pc[1u << kHintBits];
+};
+Hints *g_hints = nullptr;
+bool g_hints_owner = false;              // this process made g_hints: it learns from the ring
+std::atomic<std::uint64_t> g_taken{0};   // owner: addresses it took from the ring
+std::atomic<unsigned> g_hint_cursor{0};
+std::atomic<unsigned long long> g_hints_learned{0};
+
+inline unsigned hint_slot(std::uintptr_t pc) { return static_cast<unsigned>((pc * 0x9E3779B97F4A7C15ull) >> (64 - kHintBits)); }
+
+// A child's: post pc unless its slot holds another address still to be learned.
+void post_hint(std::uintptr_t pc) {
+    std::uint64_t empty = 0;
+    if (g_hints->pc[hint_slot(pc)].compare_exchange_strong(empty, pc, std::memory_order_relaxed))
+        g_hints->posted.fetch_add(1, std::memory_order_release);
+}
+
+// Are there posted addresses the owner has not taken? One load and a compare per walk.
+inline bool hints_pending() {
+    return g_hints_owner && g_hints->posted.load(std::memory_order_acquire) > g_taken.load(std::memory_order_relaxed);
+}
+
+// The owner's: learns up to kHintLearn posted addresses from the next kHintScan slots.
+__attribute__((noinline)) void learn_hints(std::uint32_t gen) {
+    const unsigned from = g_hint_cursor.fetch_add(kHintScan, std::memory_order_relaxed);
+    unsigned made = 0;
+    for (unsigned i = 0; i < kHintScan && made < kHintLearn; ++i) {
+        std::atomic<std::uint64_t> &slot = g_hints->pc[(from + i) & ((1u << kHintBits) - 1)];
+        if (slot.load(std::memory_order_relaxed) == 0) continue;
+        const std::uintptr_t pc = slot.exchange(0, std::memory_order_relaxed);
+        if (!pc) continue;
+        g_taken.fetch_add(1, std::memory_order_relaxed);
+        std::uint64_t rule;
+        if (cached(pc, gen, rule)) continue;
+        rule = make_rule(pc);
+        ++made;
+        if (rule & kSlow) continue;  // no call frame information here: not the owner's code
+        store(pc, gen, rule);
+        g_hints_learned.fetch_add(1, std::memory_order_relaxed);
+    }
+}
+
 __attribute__((noinline)) std::uint64_t rule_slow(std::uintptr_t pc, std::uint32_t gen) {
     std::uint64_t rule = make_rule(pc);
     g_rules_made.fetch_add(1, std::memory_order_relaxed);
     store(pc, gen, rule);
+    if (g_hints && !g_hints_owner && !(rule & kSlow)) post_hint(pc);
     return rule;
 }
 
@@ -351,10 +419,11 @@ __attribute__((no_sanitize_address)) inline std::uintptr_t stack_word(std::uintp
 constexpr int kMaxOwnFrames = 12;
 
 __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept {
+    const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
+    if (hints_pending()) learn_hints(gen);
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
     int n = 0, own = 0;
     while (n < max) {
         std::uint64_t rule;
@@ -386,19 +455,34 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
 
 void fast_backtrace_forget() noexcept { g_gen.fetch_add(1, std::memory_order_acq_rel); }
 
+bool fast_backtrace_share() noexcept {
+    if (g_hints) return true;
+    void *m = ::mmap(nullptr, sizeof(Hints), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return false;
+    g_hints = new (m) Hints();
+    g_hints_owner = true;
+    return true;
+}
+
+void fast_backtrace_after_fork_child() noexcept { g_hints_owner = false; }
+
 #else  // no fast walk on this platform: libgcc unwinds
 
 int fast_backtrace(std::uintptr_t, std::uintptr_t *, int) noexcept { return -1; }
 void fast_backtrace_forget() noexcept {}
+bool fast_backtrace_share() noexcept { return false; }
+void fast_backtrace_after_fork_child() noexcept {}
 namespace {
 std::atomic<unsigned long long> g_rules_made{0};
 std::atomic<unsigned long long> g_fallbacks{0};
+std::atomic<unsigned long long> g_hints_learned{0};
 }  // namespace
 
 #endif
 
 FastBacktraceCounts fast_backtrace_counts() noexcept {
-    return {g_rules_made.load(std::memory_order_relaxed), g_fallbacks.load(std::memory_order_relaxed)};
+    return {g_rules_made.load(std::memory_order_relaxed), g_fallbacks.load(std::memory_order_relaxed),
+            g_hints_learned.load(std::memory_order_relaxed)};
 }
 
 }  // namespace mlshim

@@ -15,6 +15,9 @@
 //     never applied to code loaded at its address later.
 //   - Lock-free (a sequence count per cache slot) and allocation-free; it runs inside the
 //     interposed allocation functions, on any thread, and in a fork child.
+//   - After fast_backtrace_share, fork children post the return addresses they made rules for
+//     to the process that called it, which makes those rules too (from its own code, a few per
+//     walk), so that its later children start with them. No rule crosses processes.
 #ifndef MEMLOCK_SHIM_UNWIND_HPP
 #define MEMLOCK_SHIM_UNWIND_HPP
 
@@ -32,9 +35,17 @@ int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept;
 // Code may be unloaded (dlclose): forget every cached rule.
 void fast_backtrace_forget() noexcept;
 
-// Rules cached since start-up, and walks that fell back to libgcc (for tests and benchmarks).
+// Makes the ring fork children post the return addresses they learn to (one shared page),
+// and makes this process the one that learns from it. false: mmap failed, nothing shared.
+bool fast_backtrace_share() noexcept;
+
+// In a fork child: post to the ring, never learn from it. Makes no system call.
+void fast_backtrace_after_fork_child() noexcept;
+
+// Rules made since start-up, walks that fell back to libgcc, and rules made from addresses
+// fork children posted (for tests and benchmarks).
 struct FastBacktraceCounts {
-    unsigned long long rules, fallbacks;
+    unsigned long long rules, fallbacks, hints;
 };
 FastBacktraceCounts fast_backtrace_counts() noexcept;
 

@@ -104,7 +104,7 @@ Test(config_valid, full_schema) {
     cr_assert_eq(c.rules[3].depth, 4u);
     cr_assert_eq(c.rules[3].min_size, 0u);
     cr_assert_eq(c.rules[3].max_size, SIZE_MAX);
-    cr_assert_eq(c.rules[4].module, "libcrypto.so*");
+    cr_assert(c.rules[4].module == std::vector<std::string>{"libcrypto.so*"});
     cr_assert_eq(c.rules[4].depth, 0u);
     cr_assert_eq(c.rules[4].min_size, 16u);
     cr_assert_eq(c.policy.max_locked, 67108864u);
@@ -180,8 +180,16 @@ Test(config_valid, caller_rules) {
     cr_assert_eq(c.rules[0].depth, 1u);
     cr_assert_eq(c.rules[1].depth, 64u);
     cr_assert_eq(c.rules[2].symbol, "x*");
-    cr_assert_eq(c.rules[2].module, "liby.so");
+    cr_assert(c.rules[2].module == std::vector<std::string>{"liby.so"});
     cr_assert_eq(c.rules[2].min_size, 32u);
+}
+
+Test(config_valid, module_list) {
+    const Config c = parse_ok(with_rule(R"({"name": "openssl", "module": ["libcrypto.so*", "libssl.so*"], "depth": 8},
+                                           {"name": "one", "module": ["liby.so"]})"));
+    cr_assert(c.rules[0].module == std::vector<std::string>({"libcrypto.so*", "libssl.so*"}));
+    cr_assert_eq(c.rules[0].depth, 8u);
+    cr_assert(c.rules[1].module == std::vector<std::string>{"liby.so"});
 }
 
 Test(config_valid, policy_limits) {
@@ -502,13 +510,31 @@ Test(config_rules, depth) {
 
 Test(config_rules, symbol_and_module) {
     EXPECT_ERROR(with_rule(R"({"name": "a", "symbol": ""})"), "x.json: rules[0].symbol: expected a non-empty string, got \"\"");
-    EXPECT_ERROR(with_rule(R"({"name": "a", "module": 3})"), "x.json: rules[0].module: expected a non-empty string, got 3");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": 3})"),
+                 "x.json: rules[0].module: expected a glob or a non-empty array of globs, got 3");
     EXPECT_ERROR(with_rule(R"({"name": "a", "symbol": "load_[key"})"),
                  "x.json: rules[0].symbol: invalid glob \"load_[key\": '[' without a matching ']'");
     EXPECT_ERROR(with_rule(R"({"name": "a", "module": "lib[z-a].so"})"),
                  "x.json: rules[0].module: invalid glob \"lib[z-a].so\": a range in [...] runs backwards");
     EXPECT_ERROR(with_rule(R"({"name": "a", "module": "lib\\"})"),
                  "x.json: rules[0].module: invalid glob \"lib\\\\\": ends with a lone '\\'");
+}
+
+Test(config_rules, module_list) {
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": []})"),
+                 "x.json: rules[0].module: expected a glob or a non-empty array of globs, got an empty array");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": {"glob": "m"}})"),
+                 "x.json: rules[0].module: expected a glob or a non-empty array of globs, got an object");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": ["libcrypto.so*", 3]})"),
+                 "x.json: rules[0].module[1]: expected a non-empty string, got 3");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": ["", "m"]})"),
+                 "x.json: rules[0].module[0]: expected a non-empty string, got \"\"");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": ["m", ["n"]]})"),
+                 "x.json: rules[0].module[1]: expected a non-empty string, got an array");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": ["libssl.so*", "lib[z-a].so"]})"),
+                 "x.json: rules[0].module[1]: invalid glob \"lib[z-a].so\": a range in [...] runs backwards");
+    EXPECT_ERROR(with_rule(R"({"name": "a", "module": ["libssl.so*", "libx.so", "libssl.so*"]})"),
+                 "x.json: rules[0].module[2]: duplicate glob \"libssl.so*\" (also rules[0].module[0])");
 }
 
 // ---- policy, log, stats, programs ----------------------------------------------------------

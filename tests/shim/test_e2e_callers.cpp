@@ -317,6 +317,37 @@ Test(e2e_callers, module_rule_combines_with_a_size_range) {
     cr_assert_eq(matched(s), kBlocksPerRound + 1);
 }
 
+Test(e2e_callers, module_list_takes_what_any_of_its_objects_allocates) {
+    need_build({"callers_linked"});
+    TempDir dir;
+    // One rule for the library and the program: a frame in either matches. Counted once, under
+    // the one rule, and described with its globs in braces.
+    const Setup s = write_config(dir, R"({"name": "both", "module": ["libsecretlib.so*", "callers_linked"]})");
+    LiveProgram child;
+    start(child, s, {shim_program("callers_linked")});
+    expect_blocks(child, 1, kInArena, kInArena, kInArena);
+    finish(child, "");
+    cr_assert_eq(matched(s), 3 * kBlocksPerRound + 1);  // and the start-up allocation that binds malloc
+    const std::string stats = read_stats(s.stats);
+    cr_assert(stats.find(R"("caller": "module {libsecretlib.so*, callers_linked} depth 1")") != std::string::npos,
+              "%s", stats.c_str());
+}
+
+Test(e2e_callers, module_list_warns_once_naming_every_glob_when_none_is_loaded) {
+    need_build({"callers_linked"});
+    TempDir dir;
+    // A glob of the list that matches nothing is not reported while another one matches.
+    const Setup s = write_config(dir, R"({"name": "lib", "module": ["libsecretlib.so*", "libnothere.so"]},
+        {"name": "absent", "module": ["libnothere.so", "libnothere2.so*"], "min_size": 2000})");
+    LiveProgram child;
+    start(child, s, {shim_program("callers_linked")});
+    const std::string warned = warning("absent", "no loaded object matches \"libnothere.so\" or \"libnothere2.so*\"");
+    assert_log_eq(child.err(), warned.c_str());
+    expect_blocks(child, 1, kInArena, kInArena, kOutside);
+    finish(child, warned);
+    cr_assert_eq(matched(s), 2 * kBlocksPerRound);
+}
+
 // ---- 4, 5. openssl with libcrypto -----------------------------------------------------------
 
 Test(e2e_callers, openssl_module_rule_counts_libcrypto_and_keeps_output) {

@@ -49,10 +49,10 @@ Test(rules, caller_conditions_get_their_default_depths) {
     Rule sym = size_rule("keys", 0, SIZE_MAX);
     sym.symbol = "load_*key*";
     Rule mod = size_rule("crypto", 16, 64);
-    mod.module = "libcrypto.so*";
+    mod.module = {"libcrypto.so*", "libssl.so*"};
     Rule deep = size_rule("deep", 0, SIZE_MAX);
     deep.symbol = "f";
-    deep.module = "libx.so";
+    deep.module = {"libx.so"};
     deep.depth = 9;
     RuleTable t = compile_rules({sym, size_rule("plain", 8, 8), mod, deep});
     cr_assert_eq(t.conditions.size(), 3u);
@@ -64,4 +64,5 @@ Test(rules, caller_conditions_get_their_default_depths) {
     cr_assert_eq(t.conditions[2].symbol_depth, 9u);
     cr_assert_eq(t.conditions[2].module_depth, 9u);
     cr_assert_str_eq(t.conditions[1].name.c_str(), "crypto");
+    cr_assert(t.conditions[1].module == std::vector<std::string>({"libcrypto.so*", "libssl.so*"}));
 }

@@ -168,7 +168,7 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
     struct rlimit rl;
     ::getrlimit(RLIMIT_MEMLOCK, &rl);
     const std::string expected =
-        "config:  " + real(config("default.json")) + ": valid (2 rules, programs: any)\n" +
+        "config:  " + real(config("default.json")) + ": valid (1 rule, programs: any)\n" +
         "shim:    " + real(tool("libmemlock_shim.so")) + "\n" +
         "program: " + shim_program("tools_pid") + ": can be preloaded (loads " + real(shim_program("tools_pid")) +
         ")\n" +

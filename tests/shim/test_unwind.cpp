@@ -5,6 +5,8 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <unwind.h>
 
 #include <cstdint>
@@ -166,4 +168,91 @@ Test(unwind, signal_frames_fall_back) {
     near = g_in_handler;
     expect_same(near, "inside the handler");
     cr_expect_gt(fast_backtrace_counts().fallbacks, 0u);
+}
+
+// ---- what fork children learn, their parent learns --------------------------------------------
+
+namespace {
+
+// Call sites only the fork children of the test below walk through first.
+__attribute__((noinline)) Walk child_path_c(int max) {
+    Walk w = walk_here(max);
+    g_sink = g_sink + 3;
+    return w;
+}
+__attribute__((noinline)) Walk child_path_b(int max) {
+    Walk w = child_path_c(max);
+    g_sink = g_sink + 5;
+    return w;
+}
+__attribute__((noinline)) Walk child_path_a(int max) {
+    Walk w = child_path_b(max);
+    g_sink = g_sink + 7;
+    return w;
+}
+
+// Forks a child that walks child_path_a (as the shim's fork handler would, it stops being the
+// ring's owner); returns how many rules that walk made in the child, or -1.
+long rules_made_by_a_child() {
+    const pid_t pid = fork();
+    if (pid == 0) {
+        fast_backtrace_after_fork_child();
+        const unsigned long long before = fast_backtrace_counts().rules;
+        const Walk w = child_path_a(8);
+        const unsigned long long made = fast_backtrace_counts().rules - before;
+        _exit(w.fast_n == 8 && w.fast == w.libgcc ? static_cast<int>(made < 100 ? made : 100) : 101);
+    }
+    int status = 0;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) > 100) return -1;
+    return WEXITSTATUS(status);
+}
+
+}  // namespace
+
+Test(unwind, the_parent_learns_what_its_fork_children_learned) {
+    cr_assert(fast_backtrace_share(), "no shared ring");
+    expect_same(recurse(2, 8), "the parent's own walk");
+    // Two children forked from the same call site: the same return addresses on their stacks.
+    long made[2];
+    unsigned long long learned = 0;
+    for (int round = 0; round < 2; ++round) {
+        made[round] = rules_made_by_a_child();
+        if (round == 1) break;
+        // The parent's next walks take the child's return addresses and make their rules.
+        const unsigned long long hints = fast_backtrace_counts().hints;
+        for (int i = 0; i < 16; ++i) expect_same(recurse(2, 8), "a walk that learns");
+        learned = fast_backtrace_counts().hints - hints;
+    }
+    cr_assert_gt(made[0], 0, "the first child made no rule for call sites new to it (%ld)", made[0]);
+    cr_assert_geq(learned, static_cast<unsigned long long>(made[0]), "the parent learned %llu of the %ld rules its child made",
+                  learned, made[0]);
+    cr_assert_eq(made[1], 0, "the second child made %ld rules its parent had learned", made[1]);
+}
+
+Test(unwind, a_fork_child_posts_but_never_learns) {
+    cr_assert(fast_backtrace_share(), "no shared ring");
+    const pid_t pid = fork();
+    if (pid == 0) {
+        fast_backtrace_after_fork_child();
+        // The grandchild's walk posts; the child (not the owner) walks without learning them.
+        const pid_t g = fork();
+        if (g == 0) {
+            fast_backtrace_after_fork_child();
+            child_path_a(8);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(g, &st, 0);
+        const unsigned long long hints = fast_backtrace_counts().hints;
+        for (int i = 0; i < 16; ++i) recurse(2, 8);
+        _exit(fast_backtrace_counts().hints == hints ? 0 : 1);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a child that is not the owner learned (status %#x)",
+              status);
+    // The owner does.
+    const unsigned long long hints = fast_backtrace_counts().hints;
+    for (int i = 0; i < 16; ++i) recurse(2, 8);
+    cr_assert_gt(fast_backtrace_counts().hints, hints, "the owner learned nothing the grandchild posted");
 }
