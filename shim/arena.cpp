@@ -1376,7 +1376,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
     Pool &pool = pools_[pool_index];
     const ClassInfo &ci = kClasses.info[m.cls];
     const unsigned rule = state_of(p) >> kRuleShift;
-    if (pool.actions & kActionWipe) wipe_block(p, extent(p, ci.size));
+    if (pool.actions & kActionWipe) wipe_block(p, wipe_extent(p, ci.size));
     if (ci.size > kInlineWipe) (&state_of(p))[1] = (&state_of(p))[2] = kNeverUsed;  // the next owner sets its own
     state_of(p) = kFreed;
     ThreadState &ts = t_state;
@@ -1439,6 +1439,15 @@ std::size_t SecureArena::extent(const void *p, std::size_t size) const noexcept 
     if ((s[1] & kStateMask) != kExtentMark || (s[2] & kStateMask) != kExtentMark) return size;
     const std::size_t bytes = ((s[1] >> 2 | std::size_t{s[2]} >> 2 << 6) + 1) * 16;
     return bytes < size ? bytes : size;
+}
+
+// What free wipes of slab block p (of `size` bytes): its extent, or all of it when the 16
+// bytes after the extent are not zero (a program that wrote past the size it asked for).
+std::size_t SecureArena::wipe_extent(const void *p, std::size_t size) const noexcept {
+    const std::size_t e = extent(p, size);
+    if (e == size) return size;
+    const auto *w = reinterpret_cast<const std::uint64_t *>(static_cast<const unsigned char *>(p) + e);
+    return (w[0] | w[1]) ? size : e;
 }
 
 std::size_t SecureArena::written_size(const void *p) const noexcept {

@@ -175,6 +175,7 @@ private:
     void wipe_run(void *p, std::size_t bytes) const noexcept;
     void set_extent(void *p, std::size_t n) noexcept;
     std::size_t extent(const void *p, std::size_t size) const noexcept;
+    std::size_t wipe_extent(const void *p, std::size_t size) const noexcept;
     bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;

@@ -162,6 +162,10 @@ Test(arena, a_block_is_wiped_up_to_the_size_asked_for_or_later_allowed) {
     auto *q = static_cast<unsigned char *>(arena.alloc(0, 290));
     cr_assert_eq(q, p, "the same block, for a new owner");
     cr_assert_eq(arena.written_size(q), 304u);
+    q[304] = q[319] = 0x5a;  // past the size asked for: the whole block is wiped
+    arena.free(q);
+    cr_assert(all_zero(q, 320));
+    q = static_cast<unsigned char *>(arena.alloc(0, 290));
     auto *r = static_cast<unsigned char *>(arena.alloc(0, 1u << 20));
     cr_assert_eq(arena.written_size(r), arena.usable_size(r), "page runs: the whole run");
     arena.free(q);
