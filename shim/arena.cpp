@@ -48,6 +48,11 @@ constexpr std::uint8_t kStateMask = 3;
 constexpr unsigned kRuleShift = 2;
 static_assert(kStatsRules << kRuleShift <= 256, "a rule entry fits the state byte");
 inline std::uint8_t live_state(unsigned rule) noexcept { return static_cast<std::uint8_t>(kLive | rule << kRuleShift); }
+// A slab block larger than kInlineWipe keeps the bytes the program may have written (its
+// requested size, raised by realloc in place) in the state bytes of its second and third
+// granules: the granules less one, 6 bits each above kExtentMark, which is no block's start
+// state (a pointer there stays invalid). Without the mark the whole block may have been.
+constexpr std::uint8_t kExtentMark = 3;
 
 struct ClassInfo {
     std::uint32_t size;
@@ -173,13 +178,28 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 }
 
 constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+static_assert(16384 / kInlineWipe >= kCacheCap, "a thread caches kCacheCap blocks of every inline-wiped class");
 
-// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
-// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
-// memory is read afterwards, so the stores stay.
+// Zeroes a small block (pre: 16 <= size <= kInlineWipe, a multiple of 16) with inline
+// 16-byte stores: the first and last halves (or quarters) of the block, which overlap for the
+// sizes between the powers of two. A call costs more than the stores. The empty asm tells the
+// compiler the memory is read afterwards, so the stores stay.
 inline void wipe_small(void *p, std::size_t size) noexcept {
-    auto *w = static_cast<std::uint64_t *>(p);
-    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    auto *b = static_cast<unsigned char *>(p);
+    auto zero16 = [](unsigned char *at) {
+        auto *w = reinterpret_cast<std::uint64_t *>(at);
+        w[0] = w[1] = 0;
+    };
+    if (size <= 32) {
+        zero16(b);
+        zero16(b + size - 16);
+    } else {
+        const std::size_t half = size <= 64 ? 32 : 64;
+        for (std::size_t i = 0; i < half; i += 16) {
+            zero16(b + i);
+            zero16(b + size - half + i);
+        }
+    }
     __asm__ __volatile__("" : : "r"(p) : "memory");
 }
 
@@ -187,10 +207,10 @@ inline void wipe_small(void *p, std::size_t size) noexcept {
 inline void wipe_block(void *p, std::size_t size) noexcept {
     if (size <= kInlineWipe) {
         wipe_small(p, size);
-    } else {
-        memlock_wipe(p, size);
-        clear_vector_registers();  // a block this size was copied through them
+        return;
     }
+    memlock_wipe(p, size);
+    clear_vector_registers();  // a block this size was copied through them
 }
 
 class Guard {
@@ -1209,8 +1229,33 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule)
     return alloc_small_slow(pool_index, cls, rule);
 }
 
+// Takes only the common case, so that it makes no call and saves no register: a block of 1 to
+// kInlineWipe bytes (larger ones keep their size: alloc()), a thread with a cache for the pool
+// and a rule row of its own, a block in the bin, and no new peak of the rule's live bytes
+// (alloc_small() raises it). Anything else changes nothing and returns nullptr.
 void *SecureArena::alloc_cached(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
-    return n <= kMaxSmall ? pop_cached(pool_index, class_of(n), rule) : nullptr;
+    if (__builtin_expect(n - 1 >= kInlineWipe, 0)) return nullptr;
+    const auto cls = static_cast<unsigned>((n - 1) >> 4);  // class_of(n) for 1..128
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.caches[pool_index];
+    StatsRuleRow *row = ts.rules;
+    if (__builtin_expect(ts.arena != this || !pc || !row, 0)) return nullptr;
+    StatsRuleCount &c = row->rule[rule];
+    const auto size = static_cast<std::int64_t>(((n - 1) | 15) + 1);  // class_size(cls)
+    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + size;
+    const StatsRuleTotal &t = stats_->rule_totals[rule];  // a rule row implies a stats page
+    if (__builtin_expect(t.live.load(std::memory_order_relaxed) + mine > t.peak.load(std::memory_order_relaxed), 0))
+        return nullptr;
+    PoolCache::Bin &bin = pc->bins[cls];
+    const unsigned k = bin.count;
+    if (__builtin_expect(!k, 0)) return nullptr;
+    void *b = bin.blocks[k - 1];
+    if (!b) __builtin_unreachable();  // caches hold blocks
+    bin.count = k - 1;
+    state_of(b) = live_state(rule);
+    ThreadCounters::bump(c.matches, 1);
+    c.live.store(mine, std::memory_order_relaxed);
+    return b;
 }
 
 // ---- large blocks (page runs) --------------------------------------------------------------
@@ -1337,7 +1382,9 @@ void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align, unsign
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
         while (kClasses.info[cls].size & (align - 1)) ++cls;
-        return alloc_small(pool, cls, rule);
+        void *b = alloc_small(pool, cls, rule);
+        if (b && kClasses.info[cls].size > kInlineWipe) set_extent(b, n);
+        return b;
     }
     return alloc_large(pool, n, align, rule);
 }
@@ -1346,8 +1393,8 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
-// The common case makes no call: a small live block goes into the calling thread's cache,
-// which has room. Everything else is a tail call.
+// The common case makes no call and saves no register: a small live block goes into the
+// cache of a thread with a rule row of its own, which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
@@ -1357,20 +1404,22 @@ void SecureArena::free(void *p) noexcept {
     // clears them all), so a 16-aligned pointer with a live state is a live block's start.
     if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
     const unsigned cls = m.cls;
-    const ClassInfo &ci = kClasses.info[cls];
-    const std::size_t size = ci.size;
+    const std::size_t size = kClasses.info[cls].size;
     const unsigned pool_index = region_pool_[off >> region_shift_];
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
-    if (__builtin_expect(!pc || size > kInlineWipe, 0)) return free_small_slow(p);
+    PoolCache *pc = ts.caches[pool_index];
+    StatsRuleRow *row = ts.rules;
+    if (__builtin_expect(ts.arena != this || !pc || !row || size > kInlineWipe, 0)) return free_small_slow(p);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
-    if (__builtin_expect(n == ci.cache_max, 0)) return free_small_slow(p);
+    if (__builtin_expect(n == kCacheCap, 0)) return free_small_slow(p);  // cache_max of every class up to kInlineWipe
     if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
     state = kFreed;
     bin.blocks[n] = p;
     bin.count = n + 1;
-    count(stats_, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
+    StatsRuleCount &c = row->rule[was >> kRuleShift];
+    ThreadCounters::bump(c.frees, 1);
+    c.live.store(c.live.load(std::memory_order_relaxed) - static_cast<std::int64_t>(size), std::memory_order_relaxed);
 }
 
 // A live slab block that the common path of free() does not take.
@@ -1381,7 +1430,8 @@ void SecureArena::free_small_slow(void *p) noexcept {
     Pool &pool = pools_[pool_index];
     const ClassInfo &ci = kClasses.info[m.cls];
     const unsigned rule = state_of(p) >> kRuleShift;
-    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
+    if (pool.actions & kActionWipe) wipe_block(p, wipe_extent(p, ci.size));
+    if (ci.size > kInlineWipe) (&state_of(p))[1] = (&state_of(p))[2] = kNeverUsed;  // the next owner sets its own
     state_of(p) = kFreed;
     ThreadState &ts = t_state;
     PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
@@ -1426,6 +1476,46 @@ std::size_t SecureArena::usable_size(const void *p) const noexcept {
         if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
+}
+
+// pre: a live slab block of a class larger than kInlineWipe, n <= its size.
+void SecureArena::set_extent(void *p, std::size_t n) noexcept {
+    const std::size_t g = n ? (n - 1) >> 4 : 0;  // granules less one: < 4096
+    std::uint8_t *s = &state_of(p);
+    s[1] = static_cast<std::uint8_t>(kExtentMark | (g & 63) << 2);
+    s[2] = static_cast<std::uint8_t>(kExtentMark | (g >> 6) << 2);
+}
+
+// The bytes of slab block p (of `size` bytes) the program may have written.
+std::size_t SecureArena::extent(const void *p, std::size_t size) const noexcept {
+    if (size <= kInlineWipe) return size;
+    const std::uint8_t *s = &state_of(p);
+    if ((s[1] & kStateMask) != kExtentMark || (s[2] & kStateMask) != kExtentMark) return size;
+    const std::size_t bytes = ((s[1] >> 2 | std::size_t{s[2]} >> 2 << 6) + 1) * 16;
+    return bytes < size ? bytes : size;
+}
+
+// What free wipes of slab block p (of `size` bytes): its extent, or all of it when the 16
+// bytes after the extent are not zero (a program that wrote past the size it asked for).
+std::size_t SecureArena::wipe_extent(const void *p, std::size_t size) const noexcept {
+    const std::size_t e = extent(p, size);
+    if (e == size) return size;
+    const auto *w = reinterpret_cast<const std::uint64_t *>(static_cast<const unsigned char *>(p) + e);
+    return (w[0] | w[1]) ? size : e;
+}
+
+std::size_t SecureArena::written_size(const void *p) const noexcept {
+    const std::size_t size = usable_size(p);
+    const PageMeta &m = meta_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> page_shift_];
+    return m.kind == kSlab ? extent(p, size) : size;
+}
+
+void SecureArena::note_size(void *p, std::size_t n) noexcept {
+    const std::size_t size = usable_size(p);
+    const PageMeta &m = meta_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> page_shift_];
+    if (m.kind != kSlab || size <= kInlineWipe || n <= extent(p, size)) return;
+    if (n >= size) (&state_of(p))[1] = (&state_of(p))[2] = kNeverUsed;  // the whole block
+    else set_extent(p, n);
 }
 
 bool SecureArena::wipes(const void *p) const noexcept {

@@ -629,10 +629,22 @@ void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcep
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
 }
 
+// What arena_malloc's thread-cache path does not take. Out of line, so that the fast path
+// keeps only the rule and the size for it.
+__attribute__((noinline)) void *arena_malloc_slow(unsigned rule, std::size_t n) noexcept {
+    return alloc_in(g_rules[rule].pool, stats_rule_index(rule), n, 16, false);
+}
+
 void *arena_malloc(int rule, std::size_t n) noexcept {
     const auto r = static_cast<unsigned>(rule);
-    if (void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r))) return p;
-    return alloc_in(g_rules[r].pool, stats_rule_index(r), n, 16, false);
+    void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r));
+    return __builtin_expect(p != nullptr, 1) ? p : arena_malloc_slow(r, n);
+}
+
+std::size_t usable_arena(void *p) noexcept {
+    const std::size_t n = g_arena.usable_size(p);
+    g_arena.note_size(p, n);
+    return n;
 }
 
 std::size_t usable_other(void *p) noexcept {
@@ -653,8 +665,10 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
             return nullptr;
         }
         std::size_t have = g_arena.usable_size(p);
-        if (n <= have && (n > have / 2 || have <= 16)) return p;
-        if (n > have && g_arena.grow_in_place(p, n)) return p;
+        if ((n <= have && (n > have / 2 || have <= 16)) || (n > have && g_arena.grow_in_place(p, n))) {
+            g_arena.note_size(p, n);
+            return p;
+        }
         int saved = errno;
         void *q = alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false);
         if (!q) {
@@ -662,7 +676,8 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
             errno = saved;                 // a shrink never fails: keep the block as it is
             return p;
         }
-        std::memcpy(q, p, n < have ? n : have);
+        const std::size_t written = g_arena.written_size(p);  // the rest is not the program's
+        std::memcpy(q, p, n < written ? n : written);
         g_arena.free(p);  // wipes the old copy
         return q;
     }

@@ -108,6 +108,87 @@ Test(arena, a_freed_block_reads_as_zero_and_comes_back_zero) {
     }
 }
 
+// Whatever bytes of a block were written, all of it reads zero after free: a byte at each
+// end, at the middle and on either side of each 128-byte step from the end, in every class
+// (the inline stores of the small classes, and the larger blocks' scan for their written part).
+Test(arena, every_written_byte_of_every_class_is_wiped) {
+    make_arena();
+    for (unsigned c = 0; c < mlshim::kNumClasses; ++c) {
+        const std::size_t size = SecureArena::class_size(c);
+        std::vector<std::size_t> at = {0, size - 1, size / 2};
+        for (std::size_t step = 128; step < size; step += 128) at.insert(at.end(), {size - step - 1, size - step});
+        for (std::size_t i : at) {
+            auto *p = static_cast<unsigned char *>(arena.alloc(0, size));
+            cr_assert_eq(arena.usable_size(p), size);
+            p[i] = 0x5a;
+            arena.free(p);
+            cr_assert(all_zero(p, size), "class %u (%zu bytes): byte %zu wiped", c, size, i);
+        }
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, size));
+        std::memset(p, 0xa5, size);
+        arena.free(p);
+        cr_assert(all_zero(p, size), "class %u (%zu bytes) written whole: wiped", c, size);
+    }
+    // Page runs: bytes at either end, at either side of a page boundary, and pages written
+    // whole with pages never touched between them.
+    const std::size_t page = memlock_page_size();
+    for (std::size_t n : {std::size_t{65537}, std::size_t{300000}}) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+        const std::size_t size = arena.usable_size(p);
+        for (std::size_t i : {std::size_t{0}, size - 1, page - 1, page, 3 * page + 127, size - page}) p[i] = 0x5a;
+        std::memset(p + 5 * page, 0xa5, 2 * page);
+        arena.free(p);
+        cr_assert(all_zero(p, size), "page run of %zu bytes wiped", size);
+    }
+}
+
+// A slab block larger than 128 bytes is wiped up to what the program may have written: the
+// size it asked for, raised by realloc in place (note_size), all of it once it was told the
+// block's size (malloc_usable_size: note_size to the usable size). Each owner of a block
+// sets its own.
+Test(arena, a_block_is_wiped_up_to_the_size_asked_for_or_later_allowed) {
+    make_arena();
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, 17000));
+    const std::size_t size = arena.usable_size(p);
+    cr_assert_eq(size, 20480u);
+    cr_assert_eq(arena.written_size(p), 17008u);
+    std::memset(p, 0x5a, 17000);
+    arena.note_size(p, 100);
+    cr_assert_eq(arena.written_size(p), 17008u, "never lowered");
+    arena.note_size(p, 18000);
+    cr_assert_eq(arena.written_size(p), 18000u);
+    std::memset(p, 0x5a, 18000);
+    arena.free(p);
+    cr_assert(all_zero(p, size));
+    p = static_cast<unsigned char *>(arena.alloc(0, 300));
+    cr_assert_eq(arena.usable_size(p), 320u);
+    cr_assert_eq(arena.written_size(p), 304u);
+    arena.note_size(p, arena.usable_size(p));
+    cr_assert_eq(arena.written_size(p), 320u);
+    std::memset(p, 0x5a, 320);
+    arena.free(p);
+    cr_assert(all_zero(p, 320));
+    auto *q = static_cast<unsigned char *>(arena.alloc(0, 290));
+    cr_assert_eq(q, p, "the same block, for a new owner");
+    cr_assert_eq(arena.written_size(q), 304u);
+    q[304] = q[319] = 0x5a;  // past the size asked for: the whole block is wiped
+    arena.free(q);
+    cr_assert(all_zero(q, 320));
+    q = static_cast<unsigned char *>(arena.alloc(0, 290));
+    auto *r = static_cast<unsigned char *>(arena.alloc(0, 1u << 20));
+    cr_assert_eq(arena.written_size(r), arena.usable_size(r), "page runs: the whole run");
+    arena.free(q);
+    arena.free(r);
+}
+
+// The state bytes that hold a block's written size are no block start: a pointer into the
+// block there is still an invalid free.
+Test(arena, a_pointer_to_a_blocks_second_granule_is_fatal, .signal = SIGABRT) {
+    make_arena();
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, 5000));
+    arena.free(p + 16);
+}
+
 Test(arena, a_pool_without_wipe_keeps_contents) {
     make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionLock | mlshim::kActionDontdump);
     auto *p = static_cast<unsigned char *>(arena.alloc(0, 64));
@@ -556,6 +637,30 @@ Test(arena, per_rule_counts_follow_blocks_across_threads) {
     cr_assert_eq(g.live_bytes, 0u);
     cr_assert_eq(g.peak_bytes, 25u * 4096);
     cr_assert_eq(rule_figures(0).matches, 0u);
+}
+
+// malloc's fast path (alloc_cached) counts a block as alloc() does; a block that would raise
+// the rule's peak is left to alloc(), which raises it.
+Test(arena, the_thread_cache_path_counts_blocks_and_leaves_new_peaks_to_alloc) {
+    make_arena();
+    void *first = arena.alloc(0, 32, 16, 2);  // fills the thread's cache of 32-byte blocks
+    void *small = arena.alloc(0, 16, 16, 2);  // and of 16-byte ones: the peak is 48 bytes
+    arena.free(small);
+    cr_assert_null(arena.alloc_cached(0, 32, 2), "a second 32-byte block would raise the peak");
+    arena.free(first);
+    void *p = arena.alloc_cached(0, 32, 2);
+    cr_assert_eq(p, first, "the block freed last comes back first");
+    cr_assert_null(arena.alloc_cached(0, 129, 2), "blocks over 128 bytes take alloc()");
+    cr_assert_null(arena.alloc_cached(0, 0, 2), "and so does a 0-byte one");
+    void *q = arena.alloc_cached(0, 1, 2);
+    cr_assert_eq(q, small);
+    cr_assert_null(arena.alloc_cached(0, 16, 2), "the peak is reached");
+    const mlshim::StatsRuleFigures f = rule_figures(2);
+    cr_assert_eq(f.matches, 4u);
+    cr_assert_eq(f.live_bytes, 48u);
+    cr_assert_eq(f.peak_bytes, 48u);
+    arena.free(p);
+    arena.free(q);
 }
 
 namespace {
