@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
@@ -48,11 +49,6 @@ constexpr std::uint8_t kStateMask = 3;
 constexpr unsigned kRuleShift = 2;
 static_assert(kStatsRules << kRuleShift <= 256, "a rule entry fits the state byte");
 inline std::uint8_t live_state(unsigned rule) noexcept { return static_cast<std::uint8_t>(kLive | rule << kRuleShift); }
-// A slab block larger than kInlineWipe keeps the bytes the program may have written (its
-// requested size, raised by realloc in place) in the state bytes of its second and third
-// granules: the granules less one, 6 bits each above kExtentMark, which is no block's start
-// state (a pointer there stays invalid). Without the mark the whole block may have been.
-constexpr std::uint8_t kExtentMark = 3;
 
 struct ClassInfo {
     std::uint32_t size;
@@ -203,7 +199,7 @@ inline void wipe_small(void *p, std::size_t size) noexcept {
     __asm__ __volatile__("" : : "r"(p) : "memory");
 }
 
-// Zeroes a block.
+// Zeroes a block; every byte of it reads zero afterwards.
 inline void wipe_block(void *p, std::size_t size) noexcept {
     if (size <= kInlineWipe) {
         wipe_small(p, size);
@@ -1229,20 +1225,20 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule)
     return alloc_small_slow(pool_index, cls, rule);
 }
 
-// Takes only the common case, so that it makes no call and saves no register: a block of 1 to
-// kInlineWipe bytes (larger ones keep their size: alloc()), a thread with a cache for the pool
-// and a rule row of its own, a block in the bin, and no new peak of the rule's live bytes
-// (alloc_small() raises it). Anything else changes nothing and returns nullptr.
+// Takes only the common case, so that it makes no call and saves no register: a thread with
+// a cache for the pool and a rule row of its own, a block in the bin, and no new peak of the
+// rule's live bytes (alloc_small() raises it). Anything else changes nothing and returns nullptr.
 void *SecureArena::alloc_cached(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
-    if (__builtin_expect(n - 1 >= kInlineWipe, 0)) return nullptr;
-    const auto cls = static_cast<unsigned>((n - 1) >> 4);  // class_of(n) for 1..128
+    unsigned cls;
+    if (__builtin_expect(n - 1 < 128, 1)) cls = static_cast<unsigned>((n - 1) >> 4);  // class_of for 1..128
+    else if (n <= kMaxSmall) cls = class_of(n);
+    else return nullptr;
     ThreadState &ts = t_state;
     PoolCache *pc = ts.caches[pool_index];
     StatsRuleRow *row = ts.rules;
     if (__builtin_expect(ts.arena != this || !pc || !row, 0)) return nullptr;
     StatsRuleCount &c = row->rule[rule];
-    const auto size = static_cast<std::int64_t>(((n - 1) | 15) + 1);  // class_size(cls)
-    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + size;
+    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + kClasses.info[cls].size;
     const StatsRuleTotal &t = stats_->rule_totals[rule];  // a rule row implies a stats page
     if (__builtin_expect(t.live.load(std::memory_order_relaxed) + mine > t.peak.load(std::memory_order_relaxed), 0))
         return nullptr;
@@ -1382,9 +1378,7 @@ void *SecureArena::alloc(unsigned pool, std::size_t n, std::size_t align, unsign
         // Every block of a class whose size is a multiple of `align` is aligned (slabs are
         // page-aligned); power-of-two classes always qualify.
         while (kClasses.info[cls].size & (align - 1)) ++cls;
-        void *b = alloc_small(pool, cls, rule);
-        if (b && kClasses.info[cls].size > kInlineWipe) set_extent(b, n);
-        return b;
+        return alloc_small(pool, cls, rule);
     }
     return alloc_large(pool, n, align, rule);
 }
@@ -1430,8 +1424,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
     Pool &pool = pools_[pool_index];
     const ClassInfo &ci = kClasses.info[m.cls];
     const unsigned rule = state_of(p) >> kRuleShift;
-    if (pool.actions & kActionWipe) wipe_block(p, wipe_extent(p, ci.size));
-    if (ci.size > kInlineWipe) (&state_of(p))[1] = (&state_of(p))[2] = kNeverUsed;  // the next owner sets its own
+    if (pool.actions & kActionWipe) wipe_block(p, ci.size);
     state_of(p) = kFreed;
     ThreadState &ts = t_state;
     PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
@@ -1476,46 +1469,6 @@ std::size_t SecureArena::usable_size(const void *p) const noexcept {
         if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
     bad_pointer(p, "malloc_usable_size(): invalid pointer");
-}
-
-// pre: a live slab block of a class larger than kInlineWipe, n <= its size.
-void SecureArena::set_extent(void *p, std::size_t n) noexcept {
-    const std::size_t g = n ? (n - 1) >> 4 : 0;  // granules less one: < 4096
-    std::uint8_t *s = &state_of(p);
-    s[1] = static_cast<std::uint8_t>(kExtentMark | (g & 63) << 2);
-    s[2] = static_cast<std::uint8_t>(kExtentMark | (g >> 6) << 2);
-}
-
-// The bytes of slab block p (of `size` bytes) the program may have written.
-std::size_t SecureArena::extent(const void *p, std::size_t size) const noexcept {
-    if (size <= kInlineWipe) return size;
-    const std::uint8_t *s = &state_of(p);
-    if ((s[1] & kStateMask) != kExtentMark || (s[2] & kStateMask) != kExtentMark) return size;
-    const std::size_t bytes = ((s[1] >> 2 | std::size_t{s[2]} >> 2 << 6) + 1) * 16;
-    return bytes < size ? bytes : size;
-}
-
-// What free wipes of slab block p (of `size` bytes): its extent, or all of it when the 16
-// bytes after the extent are not zero (a program that wrote past the size it asked for).
-std::size_t SecureArena::wipe_extent(const void *p, std::size_t size) const noexcept {
-    const std::size_t e = extent(p, size);
-    if (e == size) return size;
-    const auto *w = reinterpret_cast<const std::uint64_t *>(static_cast<const unsigned char *>(p) + e);
-    return (w[0] | w[1]) ? size : e;
-}
-
-std::size_t SecureArena::written_size(const void *p) const noexcept {
-    const std::size_t size = usable_size(p);
-    const PageMeta &m = meta_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> page_shift_];
-    return m.kind == kSlab ? extent(p, size) : size;
-}
-
-void SecureArena::note_size(void *p, std::size_t n) noexcept {
-    const std::size_t size = usable_size(p);
-    const PageMeta &m = meta_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> page_shift_];
-    if (m.kind != kSlab || size <= kInlineWipe || n <= extent(p, size)) return;
-    if (n >= size) (&state_of(p))[1] = (&state_of(p))[2] = kNeverUsed;  // the whole block
-    else set_extent(p, n);
 }
 
 bool SecureArena::wipes(const void *p) const noexcept {

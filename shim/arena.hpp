@@ -38,8 +38,7 @@
 //     start-up as a memfd_secret file (backing.hpp) instead of mlocked anonymous memory; a
 //     fork child copies it into a file of its own before the program runs in it. Its free
 //     pages cannot be given back (nor do they count toward the purge's slack).
-//   - Blocks are wiped on free (pools with the wipe action) up to the bytes the program may
-//     have written (written_size), and the arena keeps all of its
+//   - Blocks are wiped on free (pools with the wipe action), and the arena keeps all of its
 //     bookkeeping (free lists, block states) outside the blocks: a freed block reads as zero,
 //     and blocks of wiping pools come out zero-filled.
 //   - owns(p) is one subtraction and one comparison; free and usable_size find a block's
@@ -108,9 +107,9 @@ public:
     // `pool`, counted for rule entry `rule` (< kStatsRules: stats_rule_index). nullptr with
     // errno = ENOMEM when the pool is full or the lock policy denies.
     void *alloc(unsigned pool, std::size_t n, std::size_t align = 16, unsigned rule = 0) noexcept;
-    // malloc's fast path: alloc(pool, n, 16, rule) in the common case (1 <= n <= 128, the
-    // calling thread's cache holds a block of n's class, and the block raises no peak);
-    // nullptr otherwise (nothing changed: call alloc()). No lock, no call.
+    // malloc's fast path: alloc(pool, n, 16, rule) in the common case (the calling thread's
+    // cache holds a block of n's class, and the block raises no peak); nullptr otherwise
+    // (nothing changed: call alloc()). No lock, no call.
     void *alloc_cached(unsigned pool, std::size_t n, unsigned rule) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
@@ -122,12 +121,6 @@ public:
     bool grow_in_place(void *p, std::size_t n) noexcept;
     // pre: owns(p). The bytes usable at p.
     std::size_t usable_size(const void *p) const noexcept;
-    // pre: owns(p). The bytes at p the program may have written, and that free wipes: the
-    // size asked for, raised by note_size; the whole block for page runs.
-    std::size_t written_size(const void *p) const noexcept;
-    // pre: owns(p). From now on the program may write n bytes at p (realloc in place;
-    // usable_size(p) after malloc_usable_size told it the block's size).
-    void note_size(void *p, std::size_t n) noexcept;
     // pre: owns(p). Which pool p belongs to.
     unsigned pool_of(const void *p) const noexcept {
         return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> region_shift_];
@@ -184,9 +177,6 @@ private:
     // flush() under the pool's lock; preserves errno.
     __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;
-    void set_extent(void *p, std::size_t n) noexcept;
-    std::size_t extent(const void *p, std::size_t size) const noexcept;
-    std::size_t wipe_extent(const void *p, std::size_t size) const noexcept;
     bool new_slab(Pool &pool, unsigned cls) noexcept;
     unsigned refill(Pool &pool, unsigned cls, void **out, unsigned want) noexcept;
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;

@@ -128,7 +128,7 @@ SHIM_EXPORT void *pvalloc(std::size_t n) {
 
 SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
     if (!p) return 0;
-    if (g_arena.owns(p)) return usable_arena(p);
+    if (g_arena.owns(p)) return g_arena.usable_size(p);
     return usable_other(p);
 }
 

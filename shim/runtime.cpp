@@ -641,12 +641,6 @@ void *arena_malloc(int rule, std::size_t n) noexcept {
     return __builtin_expect(p != nullptr, 1) ? p : arena_malloc_slow(r, n);
 }
 
-std::size_t usable_arena(void *p) noexcept {
-    const std::size_t n = g_arena.usable_size(p);
-    g_arena.note_size(p, n);
-    return n;
-}
-
 std::size_t usable_other(void *p) noexcept {
     if (in_bootstrap(p)) return boot_size(p);
     return g_next.malloc_usable_size(p);
@@ -665,10 +659,8 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
             return nullptr;
         }
         std::size_t have = g_arena.usable_size(p);
-        if ((n <= have && (n > have / 2 || have <= 16)) || (n > have && g_arena.grow_in_place(p, n))) {
-            g_arena.note_size(p, n);
-            return p;
-        }
+        if (n <= have && (n > have / 2 || have <= 16)) return p;
+        if (n > have && g_arena.grow_in_place(p, n)) return p;
         int saved = errno;
         void *q = alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false);
         if (!q) {
@@ -676,8 +668,7 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
             errno = saved;                 // a shrink never fails: keep the block as it is
             return p;
         }
-        const std::size_t written = g_arena.written_size(p);  // the rest is not the program's
-        std::memcpy(q, p, n < written ? n : written);
+        std::memcpy(q, p, n < have ? n : have);
         g_arena.free(p);  // wipes the old copy
         return q;
     }

@@ -100,8 +100,6 @@ void *arena_malloc(int rule, std::size_t n) noexcept;
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.
 int shim_dlclose(void *handle) noexcept;
-// malloc_usable_size of an arena block: the program may write all of it from then on.
-std::size_t usable_arena(void *p) noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;
