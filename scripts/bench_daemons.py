@@ -5,7 +5,9 @@ Two instances of each daemon run side by side (one under memlock-run with config
 one plain, each on its own port); their measurements are interleaved (plain, profile, plain,
 profile, ...) and each figure is the median of BENCH_DAEMON_ROUNDS (default 3), with the lowest
 and highest run beside it (the spread). Prints requests (or transactions) per second and the
-ratio of the medians profile/plain; asserts nothing.
+ratio of the medians profile/plain, and the daemon's CPU time per request (its processes' own,
+their reaped children's and their live descendants', over the same runs) with the ratio
+plain/profile: on a busy machine the CPU per request moves less than the rate. Asserts nothing.
 
 usage: bench_daemons.py BUILD_DIR [PORT [CONFIG]]   (PORT .. PORT + 31 are used; default, or 0:
   32 consecutive ports the kernel finds free, so that runs side by side never collide)
@@ -29,22 +31,42 @@ SECONDS = os.environ.get("BENCH_DAEMON_SECONDS", "5")
 ROUNDS = int(os.environ.get("BENCH_DAEMON_ROUNDS", "3"))
 
 
-def measure(argv, pattern):
+def cpu_ticks(pid):
+    """Clock ticks of CPU used by pid, its reaped children and its live descendants."""
+    total = 0
+    for p in [pid] + keyproof.descendants(pid):
+        try:
+            with open("/proc/%d/stat" % p) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited since the list was read: its parent counts it once reaped
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total
+
+
+def measure(argv, pattern, done, root):
+    """(rate, CPU µs per request) of one client run against the daemon whose first process is root."""
+    before = cpu_ticks(root)
     out = keyproof.run(argv, timeout=300)
-    m = re.search(pattern, out)
-    if not m:
+    ticks = cpu_ticks(root) - before
+    m, n = re.search(pattern, out), re.search(done, out)
+    if not m or not n:
         raise keyproof.Failure("no figure in the output of %s:\n%s" % (" ".join(argv), out[-800:]))
-    return float(m.group(1))
+    return float(m.group(1)), ticks * 1e6 / os.sysconf("SC_CLK_TCK") / max(int(n.group(1)), 1)
 
 
 def compare(title, runs):
-    """runs: {"plain": [...], "profile": [...]} filled in interleaved order."""
-    a, b = statistics.median(runs["plain"]), statistics.median(runs["profile"])
+    """runs: {"plain": [(rate, cpu), ...], "profile": [...]} filled in interleaved order."""
+    def spread(xs, fmt):
+        return (fmt + " (" + fmt + "-" + fmt + ")") % (statistics.median(xs), min(xs), max(xs))
 
-    def spread(xs):
-        return "%.0f (%.0f-%.0f)" % (statistics.median(xs), min(xs), max(xs))
-    print("| %s | %s | %s | %.3fx |" % (title, spread(runs["plain"]), spread(runs["profile"]), b / a if a else 0.0),
-          flush=True)
+    rate = {k: [x[0] for x in v] for k, v in runs.items()}
+    cpu = {k: [x[1] for x in v] for k, v in runs.items()}
+    a, b = statistics.median(rate["plain"]), statistics.median(rate["profile"])
+    ca, cb = statistics.median(cpu["plain"]), statistics.median(cpu["profile"])
+    print("| %s | %s | %s | %.3fx | %s | %s | %.3fx |" % (
+        title, spread(rate["plain"], "%.0f"), spread(rate["profile"], "%.0f"), b / a if a else 0.0,
+        spread(cpu["plain"], "%.1f"), spread(cpu["profile"], "%.1f"), ca / cb if cb else 0.0), flush=True)
 
 
 def start(kind, build, port, config):
@@ -68,10 +90,10 @@ def stop(r):
     shutil.rmtree(r.work, ignore_errors=True)
 
 
-def interleave(runs, plain_argv, profile_argv, pattern):
+def interleave(runs, plain, profile, plain_argv, profile_argv, pattern, done):
     for _ in range(ROUNDS):
-        runs["plain"].append(measure(plain_argv, pattern))
-        runs["profile"].append(measure(profile_argv, pattern))
+        runs["plain"].append(measure(plain_argv, pattern, done, plain.started[0].proc.pid))
+        runs["profile"].append(measure(profile_argv, pattern, done, profile.started[0].proc.pid))
 
 
 def main():
@@ -81,8 +103,8 @@ def main():
     profile = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else os.path.join(keyproof.TOP, "config", "default.json")
     print("config of the shimmed instances: %s" % os.path.relpath(profile, keyproof.TOP))
     print("| workload (median of %d, %ss each, interleaved) | plain /s (min-max) | profile /s (min-max) "
-          "| profile/plain |" % (ROUNDS, SECONDS))
-    print("| --- | --- | --- | --- |")
+          "| profile/plain | plain CPU µs/request | profile CPU µs/request | plain/profile CPU |" % (ROUNDS, SECONDS))
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     instances = []
     try:
         plain = start("nginx", build, port, "none")
@@ -91,12 +113,14 @@ def main():
         instances.append(prof)
         url = "https://127.0.0.1:%d/"
         runs = {"plain": [], "profile": []}
-        interleave(runs, ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % plain.port],
-                   ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % prof.port], r"Requests/sec:\s*([\d.]+)")
+        interleave(runs, plain, prof, ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % plain.port],
+                   ["wrk", "-t1", "-c8", "-d" + SECONDS + "s", url % prof.port], r"Requests/sec:\s*([\d.]+)",
+                   r"(\d+) requests in")
         compare("nginx HTTPS keep-alive (wrk -t1 -c8)", runs)
         runs = {"plain": [], "profile": []}
         ab = ["ab", "-q", "-t", SECONDS, "-n", "1000000", "-c", "4"]
-        interleave(runs, ab + [url % plain.port], ab + [url % prof.port], r"Requests per second:\s*([\d.]+)")
+        interleave(runs, plain, prof, ab + [url % plain.port], ab + [url % prof.port],
+                   r"Requests per second:\s*([\d.]+)", r"Complete requests:\s*(\d+)")
         compare("nginx HTTPS full handshakes (ab -c4)", runs)
         for r in instances:
             stop(r)
@@ -108,10 +132,12 @@ def main():
         conn = "host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=require"
         pg = ["pgbench", "-S", "-c", "2", "-j", "2", "-T", SECONDS]
         runs = {"plain": [], "profile": []}
-        interleave(runs, pg + [conn % plain.port], pg + [conn % prof.port], r"tps = ([\d.]+)")
+        done = r"number of transactions actually processed: (\d+)"
+        interleave(runs, plain, prof, pg + [conn % plain.port], pg + [conn % prof.port], r"tps = ([\d.]+)", done)
         compare("pgbench -S over TLS (-c2)", runs)
         runs = {"plain": [], "profile": []}
-        interleave(runs, pg + ["-C", conn % plain.port], pg + ["-C", conn % prof.port], r"tps = ([\d.]+)")
+        interleave(runs, plain, prof, pg + ["-C", conn % plain.port], pg + ["-C", conn % prof.port], r"tps = ([\d.]+)",
+                   done)
         compare("pgbench -S -C over TLS: a TLS connection per transaction", runs)
     finally:
         for r in instances:
