@@ -404,6 +404,18 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
         if (!r.symbol.empty() && used >= 0 && static_cast<std::size_t>(used) < sizeof caller)
             std::snprintf(caller + used, sizeof caller - static_cast<std::size_t>(used), "%ssymbol %s depth %u",
                           used ? ", " : "", r.symbol.c_str(), r.depth ? r.depth : kDefaultSymbolDepth);
+        // A caller rule's size bounds follow its callers: "module libcrypto.so* depth 8, up to 16384 bytes".
+        const std::size_t len = std::strlen(caller);
+        if (len && (r.min_size > 0 || r.max_size != SIZE_MAX)) {
+            if (r.max_size == SIZE_MAX)
+                std::snprintf(caller + len, sizeof caller - len, ", from %zu bytes", r.min_size);
+            else if (r.min_size == r.max_size)
+                std::snprintf(caller + len, sizeof caller - len, ", %zu bytes", r.min_size);
+            else if (r.min_size == 0)
+                std::snprintf(caller + len, sizeof caller - len, ", up to %zu bytes", r.max_size);
+            else
+                std::snprintf(caller + len, sizeof caller - len, ", %zu to %zu bytes", r.min_size, r.max_size);
+        }
         const bool cut = r.name.size() >= sizeof info.name || std::strlen(caller) >= sizeof info.caller;
         copy_utf8(info.name, sizeof info.name, r.name.c_str());
         copy_utf8(info.caller, sizeof info.caller, caller);

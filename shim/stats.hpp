@@ -60,7 +60,7 @@ constexpr std::uint32_t kStatsRuleTruncated = 2;  // name or caller text cut to 
 
 struct StatsRuleInfo {
     char name[48];    // NUL-terminated, cut to fit (kStatsRuleTruncated)
-    char caller[72];  // "module GLOB depth N, symbol GLOB depth N", or empty
+    char caller[72];  // "module GLOB depth N, symbol GLOB depth N[, up to N bytes]", or empty
     std::uint32_t flags;
     std::uint32_t reserved;
 };

@@ -315,6 +315,12 @@ Test(e2e_callers, module_rule_combines_with_a_size_range) {
     finish(child, "");
     // The program's blocks, and the one it allocates (and frees) at start-up to bind malloc.
     cr_assert_eq(matched(s), kBlocksPerRound + 1);
+    // Each rule is described with its size bounds after its callers.
+    const std::string stats = read_stats(s.stats);
+    cr_assert(stats.find(R"("caller": "module libsecretlib.so* depth 1, from 2000 bytes")") != std::string::npos,
+              "%s", stats.c_str());
+    cr_assert(stats.find(R"("caller": "module callers_linked depth 1, 900 to 1100 bytes")") != std::string::npos,
+              "%s", stats.c_str());
 }
 
 Test(e2e_callers, module_list_takes_what_any_of_its_objects_allocates) {
