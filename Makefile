@@ -52,7 +52,7 @@ TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
 # load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
 # symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
 COMPAT_OBJ := $(B)/compat/glibc_compat.o
-GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0
+GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0 -Wl,--as-needed
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 

@@ -254,6 +254,9 @@ struct SecureArena::Pool {
     std::uint64_t last_purge_ns; // when maybe_purge() last gave memory back
     bool purge_stuck;            // the last purge left more than slack + burst
     bool huge;                   // on transparent huge pages: commits whole ones (commit_end)
+    std::uintptr_t huge_from;    // where commit_end counts half a huge page from: the start, or
+                                 // in a fork child where the memory it inherited committed ends
+    std::int32_t huge_pid;       // the process huge_from is for (the counters page's pid)
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
@@ -443,7 +446,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
-        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = next;
+        p->start = p->frontier = p->committed = p->lock_end = p->locked_to = p->huge_from = next;
+        p->huge_pid = stats_ ? stats_->pid : 0;
         p->end = next += first_extent[i];
         for (std::size_t r = (p->start - base_) >> region_shift_; r < (p->end - base_) >> region_shift_; ++r)
             region_pool_[r] = static_cast<std::uint8_t>(i);
@@ -717,16 +721,30 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
 }
 
 // Where committing [.., to) for `pool` ends: at `to`, or, for a pool on huge pages that
-// commits past half a huge page from its start, at the end of the huge page `to` lies in, so
-// that its range is read-write before any of it is touched and it faults in as one huge page.
-// Never past the pool's extent, nor from the range locked at start-up (whose end need not be
-// a huge page boundary) into what lies after it. Below half a huge page the pool commits
-// slab by slab as without huge pages: a process with a few small secrets keeps a few pages
-// resident, not 2 MiB; from there on rounding up adds at most one huge page.
+// commits past half a huge page from huge_from (its start), at the end of the huge page `to`
+// lies in, so that its range is read-write before any of it is touched and it faults in as one
+// huge page. Never past the pool's extent, nor from the range locked at start-up (whose end
+// need not be a huge page boundary) into what lies after it. Below half a huge page the pool
+// commits slab by slab as without huge pages: a process with a few small secrets keeps a few
+// pages resident, not 2 MiB; from there on rounding up adds at most one huge page. A fork
+// child counts from where the memory it inherited ends (see own_commits), so that one whose
+// parent filled its pages commits a huge page (zeroed, locked, resident) only once it has
+// committed half of one itself: a postgres backend that needs a few slabs beyond the
+// postmaster's pages takes those, not 2 MiB.
 std::uintptr_t SecureArena::commit_end(const Pool &pool, std::uintptr_t to) const noexcept {
-    if (!pool.huge || to - pool.start <= huge_ / 2) return to;
+    if (!pool.huge || to - pool.huge_from <= huge_ / 2) return to;
     std::uintptr_t end = std::min<std::uintptr_t>(round_up(to, huge_), pool.end);
     return to <= pool.lock_end ? std::min(end, pool.lock_end) : end;
+}
+
+// Before a commit: in a process other than the one huge_from was set for (a fork child, told
+// by the pid its fork handler wrote in the counters page; the handler writes nothing else),
+// commit_end counts from what is committed now, the memory inherited. pre: pool.lock held.
+void SecureArena::own_commits(Pool &pool) noexcept {
+    const std::int32_t pid = stats_ ? stats_->pid : 0;
+    if (pool.huge_pid == pid) return;
+    pool.huge_pid = pid;
+    pool.huge_from = pool.committed;
 }
 
 // After commit_end rounded a commit that began at `from`, inside a huge page that the pool
@@ -782,6 +800,7 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
         return static_cast<unsigned char *>(out_of_space("arena address space exhausted"));
     std::uintptr_t from = pool.frontier, to = from + bytes;
     if (to > pool.committed) {
+        own_commits(pool);
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
         const std::uintptr_t upto = commit_end(pool, to);
         if (commit_and_lock(pool, fresh, upto - fresh)) {

@@ -202,6 +202,7 @@ private:
     std::size_t bits_len(std::size_t span) const noexcept;
     int commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept;
     std::uintptr_t commit_end(const Pool &pool, std::uintptr_t to) const noexcept;
+    void own_commits(Pool &pool) noexcept;
     void collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept;
     void keep_small(std::uintptr_t from, std::uintptr_t to) noexcept;
     void *out_of_space(const char *what) noexcept;

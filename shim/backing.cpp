@@ -38,6 +38,10 @@ int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept {
     void *last = static_cast<unsigned char *>(end) - page;
     void *p = ::mremap(last, page, page + len, 0);
     int rc = p == MAP_FAILED ? errno : 0;
+    // The new range has the last page's protection too: read-write when that page is
+    // committed. Made inaccessible, it is committed as the arena commits (a read-write range
+    // advised huge pages would fault in 2 MiB at its first touch, locked, uncounted).
+    if (!rc) ::mprotect(end, len, PROT_NONE);
     errno = saved;
     return rc;
 }

@@ -32,8 +32,9 @@ int backing_map_locked(void *start, std::size_t len) noexcept;
 
 // Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)
 // in place by len bytes (mremap, no move): the new range has its flags, so it is locked on
-// fault, and is not populated. It counts against RLIMIT_MEMLOCK now (EAGAIN past it). 0, or
-// the error (ENOMEM: the space after it is taken, or RLIMIT_AS; nothing changed then).
+// fault, and is not populated; it is inaccessible (PROT_NONE) until committed. It counts
+// against RLIMIT_MEMLOCK now (EAGAIN past it). 0, or the error (ENOMEM: the space after it is
+// taken, or RLIMIT_AS; nothing changed then).
 // pre: page-aligned; `page` the page size.
 int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept;
 

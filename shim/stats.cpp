@@ -109,10 +109,9 @@ StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_th
     } else {
         page->pid = static_cast<int>(::getpid());
     }
-    // The child's history starts from the parent's totals. Only the forking thread lives on:
-    // the other threads' rule rows are published into the rule totals, their slots freed.
-    if (keep && keep != &page->shared)
-        keep->owner.store(static_cast<std::int32_t>(::syscall(SYS_gettid)), std::memory_order_relaxed);
+    // The child's history starts from the parent's totals. Only the forking thread lives on
+    // and keeps its slot (its owner stays set: only whether a slot has an owner is read); the
+    // other threads' rule rows are published into the rule totals, their slots freed.
     if (other_threads)
         for (auto &s : page->slots)
             if (&s != keep && s.owner.load(std::memory_order_relaxed) != 0) stats_release_slot(page, &s);

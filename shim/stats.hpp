@@ -184,9 +184,8 @@ StatsPage *stats_create(bool visible) noexcept;
 // the threads that did not survive the fork released, their rows published into the rule
 // totals (when `other_threads`: the parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
 // own. A memfd page is private: the child's copy-on-write copy is its own page already (no
-// system call but getpid and gettid; a single-threaded parent's child reads and writes no
-// slot but its own). A shared anonymous page (no memfd_create) is copied into a new one,
-// all its slots released.
+// system call but getpid; a single-threaded parent's child writes nothing but the pid). A
+// shared anonymous page (no memfd_create) is copied into a new one, all its slots released.
 StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.

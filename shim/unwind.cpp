@@ -464,7 +464,11 @@ bool fast_backtrace_share() noexcept {
     return true;
 }
 
-void fast_backtrace_after_fork_child() noexcept { g_hints_owner = false; }
+// Writes only in the ring's owner: a store, even of the value already there, would cost the
+// child a copy-on-write fault on this page.
+void fast_backtrace_after_fork_child() noexcept {
+    if (g_hints_owner) g_hints_owner = false;
+}
 
 #else  // no fast walk on this platform: libgcc unwinds
 

@@ -47,26 +47,46 @@ private:
 };
 
 // ---- real providers: 0 or errno, errno preserved ------------------------------------------
-// On Linux the kernel is called through syscall(2), not the libc wrappers: sanitizer runtimes
+// On Linux the kernel is called directly, not through the libc wrappers: sanitizer runtimes
 // intercept mlock/munlock as silent no-ops, and an interposing allocator must not depend on
-// whatever else interposes those names.
+// whatever else interposes those names. On x86-64 and aarch64 the call is the instruction
+// itself: the answer comes back as -errno, so neither libc's syscall() nor errno is touched,
+// and a fork child's relock (shim/arena.cpp) reads no libc page its own start did not (each
+// would be one more page fault in every child).
 #if MEMLOCK_HAVE_UNIX && defined(__linux__)
-int real_mlock(const void *addr, size_t len) {
-    ErrnoKeeper keep;
-    return ::syscall(SYS_mlock, addr, len) == 0 ? 0 : errno;
+#if defined(__x86_64__)
+int kernel_call(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    return r < 0 && r > -4096 ? static_cast<int>(-r) : 0;
 }
-int real_munlock(const void *addr, size_t len) {
-    ErrnoKeeper keep;
-    return ::syscall(SYS_munlock, addr, len) == 0 ? 0 : errno;
+#elif defined(__aarch64__)
+int kernel_call(long nr, long a, long b, long c) {
+    register long x8 __asm__("x8") = nr;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2) : "memory", "cc");
+    return x0 < 0 && x0 > -4096 ? static_cast<int>(-x0) : 0;
 }
+#else
+int kernel_call(long nr, long a, long b, long c) {
+    ErrnoKeeper keep;
+    return ::syscall(nr, a, b, c) == -1 ? errno : 0;
+}
+#endif
+long arg(const void *p) { return static_cast<long>(reinterpret_cast<std::uintptr_t>(p)); }
+long arg(size_t n) { return static_cast<long>(n); }
+
+// For calls that answer 0 on success (mlock, munlock, madvise, mlock2).
+int real_mlock(const void *addr, size_t len) { return kernel_call(SYS_mlock, arg(addr), arg(len), 0); }
+int real_munlock(const void *addr, size_t len) { return kernel_call(SYS_munlock, arg(addr), arg(len), 0); }
 int real_madvise(void *addr, size_t len, int advice) {
-    ErrnoKeeper keep;
-    return ::syscall(SYS_madvise, addr, len, advice) == 0 ? 0 : errno;
+    return kernel_call(SYS_madvise, arg(addr), arg(len), advice);
 }
 int real_mlock2(const void *addr, size_t len, unsigned flags) {
-    ErrnoKeeper keep;
 #ifdef SYS_mlock2
-    return ::syscall(SYS_mlock2, addr, len, flags) == 0 ? 0 : errno;
+    return kernel_call(SYS_mlock2, arg(addr), arg(len), static_cast<long>(flags));
 #else
     (void)addr, (void)len, (void)flags;
     return ENOSYS;

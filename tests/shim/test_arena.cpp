@@ -837,6 +837,57 @@ Test(arena, a_pool_commits_whole_huge_pages_once_past_half_of_one) {
     arena.free(key);
 }
 
+// A fork child counts half a huge page from the end of the memory it inherited: past its
+// parent's pages it commits slab by slab (a few pages, not a zeroed, locked huge page) until
+// it has committed half a huge page itself, then whole huge pages again.
+Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
+    make_arena();
+    void *key = arena.alloc(0, 32);
+    cr_assert_not_null(key);
+    const std::size_t huge = bytes_per_touch(key);
+    if (huge == memlock_page_size()) {
+        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
+        return;
+    }
+    // The parent fills its first huge page but for 64 KiB (past half: committed whole).
+    void *a = arena.alloc(0, huge - (128u << 10));
+    cr_assert_not_null(a);
+    cr_assert_eq(stats->committed_bytes.load(), huge);
+    arena.prefork();
+    const pid_t pid = fork();
+    if (pid == 0) {
+        arena.postfork_child_locks();
+        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+        arena.set_stats(stats);
+        arena.postfork_child();
+        // 128 KiB: half of it in the parent's huge page, half beyond; then 1 MiB more, which
+        // takes the child past half a huge page of its own.
+        const std::uint64_t inherited = stats->committed_bytes.load();
+        void *b = arena.alloc(0, 128u << 10);
+        if (!b) _exit(2);
+        std::memset(b, 1, 128u << 10);
+        const std::uint64_t first = stats->committed_bytes.load() - inherited;
+        // What it touched lies on small pages: the arena holds one huge page, the parent's
+        // (a region grown in place is inaccessible until committed, not read-write).
+        std::size_t huge_kb = 0;
+        for (const auto &m : mappings_overlapping(read_smaps(), a, 2 * huge)) huge_kb += m.anon_huge_kb;
+        void *c = arena.alloc(0, 1u << 20);
+        const std::uint64_t then = stats->committed_bytes.load() - inherited;
+        if (!c) _exit(2);
+        if (huge_kb > huge >> 10) _exit(3);
+        _exit(first <= (128u << 10) && then == huge ? 0 : 1);
+    }
+    arena.postfork_parent();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: it committed a huge page for a 128 KiB run, or none past half of its own; "
+              "3: its 128 KiB faulted in as a huge page)",
+              status);
+    arena.free(a);
+    arena.free(key);
+}
+
 namespace {
 
 std::atomic<bool> g_growing{true};

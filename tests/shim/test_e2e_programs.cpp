@@ -96,6 +96,28 @@ Test(e2e_programs, exports_only_the_interposed_functions) {
     cr_assert_str_eq(got.c_str(), expected.c_str());
 }
 
+// DT_NEEDED names libc, the loader, and libdl and libpthread (which held the pinned dl* and
+// pthread_* symbols before glibc 2.34): no library the shim takes no symbol from (g++ adds
+// libm), since every loaded library is mappings that each fork copies and each child unmaps.
+Test(e2e_programs, needs_only_the_libraries_it_takes_symbols_from) {
+    need_built("");
+    RunOptions o;
+    o.argv = {"readelf", "-dW", shim_library()};
+    o.unset_env = {"LD_PRELOAD"};
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    std::set<std::string> needed;
+    for (const auto &line : split_lines(r.out)) {
+        const auto open = line.find("(NEEDED)"), lb = line.find('['), rb = line.find(']');
+        if (open != std::string::npos && lb != std::string::npos && rb > lb) needed.insert(line.substr(lb + 1, rb - lb - 1));
+    }
+    const std::set<std::string> allowed = {"libc.so.6", "libdl.so.2", "libpthread.so.0", "ld-linux-x86-64.so.2",
+                                           "ld-linux-aarch64.so.1"};
+    for (const auto &lib : needed)
+        cr_assert(allowed.count(lib), "the shim needs %s:\n%s", lib.c_str(), r.out.c_str());
+    cr_assert(needed.count("libc.so.6"), "%s", r.out.c_str());
+}
+
 Test(e2e_programs, links_no_cxx_runtime) {
     need_built("");
     RunOptions o;
