@@ -707,7 +707,7 @@ Test(tools, inspect_counts_matches_live_and_peak_per_rule) {
         cr_assert_eq(e["peak_bytes"].get<unsigned long long>(), w.peak, "%s: %s", w.name, e.dump().c_str());
     }
     const nlohmann::json secret = rule_entry(in.j, "secret");
-    assert_text(secret["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4");
+    assert_text(secret["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4, 64 bytes");
     cr_assert_eq(secret["consulted"].get<unsigned long long>(), 10u, "%s", secret.dump().c_str());
     cr_assert(!rule_entry(in.j, "keys").contains("consulted"));
     cr_assert(contains(in.text.out, "  rules (matched allocations, live, peak):\n"), "%s", in.text.out.c_str());
@@ -735,10 +735,10 @@ Test(tools, stats_file_has_the_per_rule_counters_inspect_shows) {
     cr_assert(!rules[0].contains("consulted") && !rules[0].contains("caller"), "%s", rules[0].dump().c_str());
     cr_assert_eq(rules[1]["live_bytes"].get<unsigned long long>(), 0u, "%s", rules[1].dump().c_str());
     cr_assert_eq(rules[1]["peak_bytes"].get<unsigned long long>(), 10u * 3072, "%s", rules[1].dump().c_str());
-    assert_text(rules[2]["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4");
+    assert_text(rules[2]["caller"].get<std::string>(), "symbol rulestats_make_secret depth 4, 64 bytes");
     cr_assert_eq(rules[2]["consulted"].get<unsigned long long>(), 10u, "%s", rules[2].dump().c_str());
     cr_assert_eq(rules[2]["live_bytes"].get<unsigned long long>(), 640u, "%s", rules[2].dump().c_str());
-    assert_text(rules[3]["caller"].get<std::string>(), "module no\"such* depth 1");
+    assert_text(rules[3]["caller"].get<std::string>(), "module no\"such* depth 1, 200 bytes");
     cr_assert_eq(rules[3]["consulted"].get<unsigned long long>(), 20000u, "%s", rules[3].dump().c_str());
     cr_assert_eq(rules[3]["matched_allocations"].get<unsigned long long>(), 0u, "%s", rules[3].dump().c_str());
     cr_assert_eq(in.file["matched_allocations"].get<unsigned long long>(), 120u, "%s", in.file.dump(2).c_str());
@@ -765,7 +765,7 @@ Test(tools, stats_file_counts_rules_beyond_the_63rd_together) {
 Test(tools, inspect_warns_about_a_caller_rule_that_matches_nothing) {
     const RuleInspection in = inspect_rules(
         R"([{"name": "keys", "size": 40}, {"name": "ghost", "symbol": "rulestats_never_called", "size": 200}])");
-    const std::string warning = "caller rule \"ghost\" (symbol rulestats_never_called depth 4) has matched none of "
+    const std::string warning = "caller rule \"ghost\" (symbol rulestats_never_called depth 4, 200 bytes) has matched none of "
                                 "the 20000 allocations it checked in " + in.program + " (pid " + in.pid +
                                 "): no allocation comes from that module or symbol (check the name; memlock-discover "
                                 "shows where this program allocates its secrets)";
