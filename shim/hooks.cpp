@@ -4,6 +4,7 @@
 // straight to the next allocator, and hands the rest to the runtime. Blocks are routed by
 // address: arena blocks to the arena, everything else to where it came from.
 #include <cerrno>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 
@@ -138,3 +139,14 @@ SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p)
 
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }
+
+// A process made with syscall(SYS_clone, ...) runs no atfork handler: see shim_syscall. The
+// six arguments are read as glibc's syscall reads them, whether the caller passed them or not.
+SHIM_EXPORT long syscall(long number, ...) {
+    va_list ap;
+    va_start(ap, number);
+    long a[6];
+    for (long &x : a) x = va_arg(ap, long);
+    va_end(ap);
+    return shim_syscall(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}

@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/auxv.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -267,6 +269,28 @@ void atfork_child() {
         g_arena.set_stats(own);
     }
     g_arena.postfork_child();
+}
+
+// A process made by the clone system call through syscall(3) (vsftpd makes its per-connection
+// processes so, to give them new IPC and network namespaces) bypasses glibc's fork and with
+// it the atfork handlers: its arena would stay unlocked, its counters the parent's. So
+// syscall(3) runs the shim's handlers (and only those, as the program asked for no others)
+// around a clone that makes a process with memory of its own (no CLONE_VM) and continues on
+// the caller's stack (stack 0): a fork in effect. Other calls pass through unchanged
+// (shim_syscall).
+bool makes_fork_child(long number, long a1, long a2) noexcept {
+    constexpr unsigned long kShared = CLONE_VM | CLONE_THREAD;
+    if (number == SYS_clone) return (static_cast<unsigned long>(a1) & kShared) == 0 && a2 == 0;
+#ifdef SYS_clone3
+    if (number == SYS_clone3) {  // a1: struct clone_args * (flags first, stack at byte 40)
+        const auto *args = reinterpret_cast<const std::uint64_t *>(a1);
+        return args && static_cast<unsigned long>(a2) >= 64 && (args[0] & kShared) == 0 && args[5] == 0;
+    }
+#endif
+#ifdef SYS_fork
+    if (number == SYS_fork) return true;
+#endif
+    return false;
 }
 
 // The executable: /proc/self/exe, else what the loader was given (AT_EXECFN, which exists
@@ -593,6 +617,25 @@ int shim_dlclose(void *handle) noexcept {
     fast_backtrace_forget();  // before the code goes, as well as after (callers_objects_changed)
     int rc = next ? next(handle) : -1;
     callers_objects_changed();
+    return rc;
+}
+
+long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    static long (*next)(long, ...) = nullptr;
+    if (!next) next = reinterpret_cast<long (*)(long, ...)>(dlsym(RTLD_NEXT, "syscall"));
+    if (!next) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (!g_active || !makes_fork_child(number, a1, a2)) return next(number, a1, a2, a3, a4, a5, a6);
+    atfork_prepare();
+    long rc = next(number, a1, a2, a3, a4, a5, a6);
+    int saved = errno;
+    if (rc == 0)
+        atfork_child();
+    else
+        atfork_parent();
+    errno = saved;
     return rc;
 }
 
