@@ -24,6 +24,8 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd dovecot
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json)
+       and postfix (smtpd with STARTTLS; only when named: installing postfix replaces the
+       machine's mail transport agent, so install-deps.sh and the tests leave it out)
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
 "pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
@@ -806,6 +808,72 @@ class _Imap:
             pass
 
 
+def serve_postfix(r):
+    """Postfix's smtpd with STARTTLS: master starts smtpd (one per connection) and tlsmgr with a
+    clean environment, so the shim reaches them only through import_environment; one SMTP
+    session over TLS is held open."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    env = "" if r.args.config == "none" else " LD_PRELOAD MEMLOCK_SHIM_CONFIG"
+    with open(os.path.join(r.work, "main.cf"), "w") as f:
+        f.write("""compatibility_level = 3.6
+queue_directory = %(w)s/queue
+data_directory = %(w)s/data
+myhostname = localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+smtpd_tls_cert_file = %(c)s
+smtpd_tls_key_file = %(k)s
+smtpd_tls_security_level = may
+maillog_file = /dev/stdout
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME%(env)s
+""" % {"w": r.work, "c": cert, "k": key, "env": env})
+    with open(os.path.join(r.work, "master.cf"), "w") as f:
+        f.write("""127.0.0.1:%d inet n - n - - smtpd
+tlsmgr unix - - n 1000? 1 tlsmgr
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+proxymap unix - - n - - proxymap
+postlog unix-dgram n - n - 1 postlogd
+""" % r.port)
+    os.makedirs(os.path.join(r.work, "queue"))
+    os.makedirs(os.path.join(r.work, "data"))
+    shutil.chown(os.path.join(r.work, "data"), "postfix")
+    run(["postfix", "-c", r.work, "check"], timeout=60)
+    d = r.start(["/usr/lib/postfix/sbin/master", "-c", r.work, "-d"], "postfix")
+    wait_port(r.port, d.proc, "postfix")
+    client = ["openssl", "s_client", "-quiet", "-starttls", "smtp", "-connect", "127.0.0.1:%d" % r.port]
+    for _ in range(3):
+        out = subprocess.run(client, input=b"EHLO keyproof\r\nQUIT\r\n", stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=20).stdout.decode(errors="replace")
+        if "250" not in out or "221" not in out:
+            raise Failure("SMTP over STARTTLS answered %r" % out[-300:])
+    hold = subprocess.Popen(["sh", "-c", 'printf "EHLO keyproof\\r\\n"; sleep 600'], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    held = subprocess.Popen(client, stdin=hold.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    r.started += [_Popen(hold), _Popen(held)]
+    # smtpd processes stay for the next connection (max_idle): the held session is served by
+    # one of those present once the TLS session is up, or by a new one.
+    found = []
+    deadline = time.time() + 10
+    while time.time() < deadline and not ({"smtpd", "tlsmgr"} <= {t for t, _ in found} and held.poll() is None):
+        time.sleep(0.1)
+        found = [(comm(p).split()[0], p) for p in children(d.proc.pid)
+                 if comm(p).split()[:1] in (["smtpd"], ["tlsmgr"])]
+    if not any(t == "smtpd" for t, _ in found):
+        raise Failure("postfix has no smtpd process")
+    r.dumps = [("master", d.proc.pid)]
+    seen = {}
+    for title, pid in found:  # smtpd, smtpd 2, ...
+        seen[title] = seen.get(title, 0) + 1
+        r.dumps.append((title if seen[title] == 1 else "%s %d" % (title, seen[title]), pid))
+    return key
+
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -1034,7 +1102,7 @@ class _Popen:
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
-         "dovecot": serve_dovecot}
+         "dovecot": serve_dovecot, "postfix": serve_postfix}
 
 
 def inspect(args, pid):
