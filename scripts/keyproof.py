@@ -4,7 +4,7 @@
 For each daemon it makes a fresh RSA-2048 key and certificate, starts the daemon on 127.0.0.1
 (under memlock-run with --config FILE, or without the shim with --config none), drives it
 with its real client (curl, psql/pgbench, ssh, mosquitto_pub/sub, a DNS-over-TLS query, redis-cli,
-FTPS, IMAPS), dumps the serving processes (gdb's gcore;
+FTPS, an openvpn client, IMAPS, SMTP with STARTTLS), dumps the serving processes (gdb's gcore;
 --kernel-core also makes one process abort and reads the kernel's core file), and counts in
 each dump the first 16 bytes of the key's private components (RSA p, q, d, dp, dq, qinv; big
 endian as in DER and byte-reversed as OpenSSL's BIGNUM limbs) and the lines of the key file's
@@ -21,7 +21,7 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        consecutive ports the kernel picks for each daemon, so that runs side by side (two
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
-DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd dovecot
+DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json)
        and postfix (smtpd with STARTTLS; only when named: installing postfix replaces the
@@ -53,7 +53,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
-           "vsftpd", "dovecot"]
+           "vsftpd", "openvpn", "dovecot"]
 
 
 class Failure(Exception):
@@ -808,6 +808,30 @@ class _Imap:
             pass
 
 
+def serve_openvpn(r):
+    """OpenVPN in TLS mode, point to point over TCP with no tunnel device (--dev null): the
+    openvpn client, with a key and certificate of its own, completes the TLS handshake and
+    keeps the connection up; one process."""
+    key, cert = make_key(r.work)
+    client = os.path.join(r.work, "client")
+    os.makedirs(client)
+    client_key, client_cert = make_key(client)
+    common = ["--dev", "null", "--verb", "3", "--ping", "1", "--connect-retry", "1"]
+    d = r.start(["openvpn", "--proto", "tcp-server", "--local", "127.0.0.1", "--lport", str(r.port), "--tls-server",
+                 "--dh", "none", "--ca", client_cert, "--cert", cert, "--key", key] + common, "openvpn")
+    wait_port(r.port, d.proc, "openvpn")
+    c = Daemon(["openvpn", "--proto", "tcp-client", "--remote", "127.0.0.1", str(r.port), "--tls-client",
+                "--ca", cert, "--cert", client_cert, "--key", client_key] + common, r.work, "openvpn-client")
+    r.started.append(c)
+    deadline = time.time() + 30
+    while "Initialization Sequence Completed" not in c.log_text():
+        if time.time() > deadline or c.proc.poll() is not None:
+            raise Failure("the openvpn client did not connect: %s" % c.log_text()[-600:])
+        time.sleep(0.1)
+    r.dumps = [("openvpn", d.proc.pid)]
+    return key
+
+
 def serve_postfix(r):
     """Postfix's smtpd with STARTTLS: master starts smtpd (one per connection) and tlsmgr with a
     clean environment, so the shim reaches them only through import_environment; one SMTP
@@ -1102,7 +1126,7 @@ class _Popen:
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
-         "dovecot": serve_dovecot, "postfix": serve_postfix}
+         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "postfix": serve_postfix}
 
 
 def inspect(args, pid):

@@ -1,14 +1,14 @@
 // End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd,
-// Apache httpd, Mosquitto, Unbound, Redis, vsftpd and Dovecot, which the profile was not
-// written for) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
-// mosquitto_sub, a DNS-over-TLS query, redis-cli, FTPS, IMAPS) through memlock-run with the
-// shipped key profiles, and dumps of their serving processes (gcore; a kernel core dump of an
-// nginx worker and of the sshd listener) hold no copy of the private key's components (RSA p,
-// q, d, dp, dq, qinv, both byte orders) or of its key file's text. The same runs without the
-// shim find copies, so the search can see them. sshd keeps its host key shielded (encrypted
-// under a 16 KiB random prekey), so there the prekey is what is counted: found in the live
-// process, locked and dontdump with the profile, absent from its dumps; in the dumps without
-// the shim.
+// Apache httpd, Mosquitto, Unbound, Redis, vsftpd, OpenVPN and Dovecot, which the profile was
+// not written for) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
+// mosquitto_sub, a DNS-over-TLS query, redis-cli, FTPS, openvpn, IMAPS) through memlock-run
+// with the shipped key profiles, and dumps of their serving processes (gcore; a kernel core
+// dump of an nginx worker and of the sshd listener) hold no copy of the private key's
+// components (RSA p, q, d, dp, dq, qinv, both byte orders) or of its key file's text. The same
+// runs without the shim find copies, so the search can see them. sshd keeps its host key
+// shielded (encrypted under a 16 KiB random prekey), so there the prekey is what is counted:
+// found in the live process, locked and dontdump with the profile, absent from its dumps; in
+// the dumps without the shim.
 //
 // scripts/keyproof.py does the work (also for `make proof-keys`): it makes a fresh key, starts
 // the daemon on 127.0.0.1 on ports the kernel picks free, dumps, counts and kills every process
@@ -207,6 +207,14 @@ Test(e2e_daemons, vsftpd_listener_and_connection_processes_under_the_default_con
 }
 Test(e2e_daemons, vsftpd_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("vsftpd");
+}
+// OpenVPN in TLS mode over TCP with no tunnel device (--dev null): an openvpn client with a
+// key of its own completes the handshake and stays connected.
+Test(e2e_daemons, openvpn_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("openvpn", "default.json", {"openvpn"});
+}
+Test(e2e_daemons, openvpn_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("openvpn");
 }
 
 // Dovecot (imaps): the master starts each service's process with a clean environment, so
