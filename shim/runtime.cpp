@@ -620,16 +620,23 @@ int shim_dlclose(void *handle) noexcept {
     return rc;
 }
 
-long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
-    static long (*next)(long, ...) = nullptr;
-    if (!next) next = reinterpret_cast<long (*)(long, ...)>(dlsym(RTLD_NEXT, "syscall"));
-    if (!next) {
-        errno = ENOSYS;
-        return -1;
+namespace {
+
+long (*g_next_syscall)(long, ...) = nullptr;
+
+// syscall(number, ...) the first time (the next definition is looked up), and for a clone that
+// makes a fork child (between the shim's fork handlers).
+__attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    if (!g_next_syscall) {
+        g_next_syscall = reinterpret_cast<long (*)(long, ...)>(dlsym(RTLD_NEXT, "syscall"));
+        if (!g_next_syscall) {
+            errno = ENOSYS;
+            return -1;
+        }
     }
-    if (!g_active || !makes_fork_child(number, a1, a2)) return next(number, a1, a2, a3, a4, a5, a6);
+    if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
-    long rc = next(number, a1, a2, a3, a4, a5, a6);
+    long rc = g_next_syscall(number, a1, a2, a3, a4, a5, a6);
     int saved = errno;
     if (rc == 0)
         atfork_child();
@@ -637,6 +644,23 @@ long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
         atfork_parent();
     errno = saved;
     return rc;
+}
+
+}  // namespace
+
+long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    long (*next)(long, ...) = g_next_syscall;
+    // The numbers makes_fork_child looks at further; every other call goes straight through.
+    const bool clone = number == SYS_clone
+#ifdef SYS_clone3
+                       || number == SYS_clone3
+#endif
+#ifdef SYS_fork
+                       || number == SYS_fork
+#endif
+        ;
+    if (__builtin_expect(!next || clone, 0)) return syscall_slow(number, a1, a2, a3, a4, a5, a6);
+    return next(number, a1, a2, a3, a4, a5, a6);
 }
 
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
