@@ -24,8 +24,9 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json)
-       and postfix (smtpd with STARTTLS; only when named: installing postfix replaces the
-       machine's mail transport agent, so install-deps.sh and the tests leave it out)
+       and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
+       machine's mail transport agent) and mariadb (a 45 MB server whose data directory takes
+       seconds to make): install-deps.sh and the tests leave them out
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
 "pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
@@ -832,6 +833,34 @@ def serve_openvpn(r):
     return key
 
 
+def serve_mariadb(r):
+    """MariaDB with TLS (one process, a thread per connection): three TLS sessions with the
+    mariadb client, then one held open in select sleep()."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    for f in (key, cert):
+        shutil.chown(f, "mysql")
+    data = os.path.join(r.work, "mariadb")
+    run(["mariadb-install-db", "--no-defaults", "--user=mysql", "--datadir=" + data, "--skip-test-db",
+         "--auth-root-authentication-method=normal"], timeout=120)
+    sock = os.path.join(data, "mariadb.sock")  # where user mysql may make it
+    d = r.start(["mariadbd", "--no-defaults", "--user=mysql", "--datadir=" + data, "--socket=" + sock,
+                 "--port=%d" % r.port, "--bind-address=127.0.0.1", "--ssl-cert=" + cert, "--ssl-key=" + key,
+                 "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--innodb-buffer-pool-size-max=16M"], "mariadb")
+    wait_port(r.port, d.proc, "mariadb")
+    client = ["mariadb", "--no-defaults", "--protocol=tcp", "-h", "127.0.0.1", "-P", str(r.port), "-u", "root", "--ssl",
+              "--skip-ssl-verify-server-cert", "-N", "-e"]
+    for _ in range(3):
+        out = run(client + ["show status like 'Ssl_version'"], timeout=30)
+        if "TLS" not in out:
+            raise Failure("mariadb session is not TLS: %r" % out)
+    hold = subprocess.Popen(client + ["select sleep(600)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    r.started.append(_Popen(hold))
+    r.dumps = [("mariadbd", d.proc.pid)]
+    return key
+
+
 def serve_postfix(r):
     """Postfix's smtpd with STARTTLS: master starts smtpd (one per connection) and tlsmgr with a
     clean environment, so the shim reaches them only through import_environment; one SMTP
@@ -1126,7 +1155,8 @@ class _Popen:
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
-         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "postfix": serve_postfix}
+         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "mariadb": serve_mariadb,
+         "postfix": serve_postfix}
 
 
 def inspect(args, pid):
