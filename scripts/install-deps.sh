@@ -16,6 +16,7 @@ libunwind8
 scdoc groff-base man-db lintian dpkg-dev debootstrap prometheus bash-completion
 nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-client curl wrk apache2-utils
 lighttpd apache2
+mosquitto mosquitto-clients unbound vsftpd openvpn dovecot-imapd
 redis-server redis-tools
 "
 

@@ -3,7 +3,8 @@
 
 For each daemon it makes a fresh RSA-2048 key and certificate, starts the daemon on 127.0.0.1
 (under memlock-run with --config FILE, or without the shim with --config none), drives it
-with its real client (curl, psql/pgbench, ssh), dumps the serving processes (gdb's gcore;
+with its real client (curl, psql/pgbench, ssh, mosquitto_pub/sub, a DNS-over-TLS query, redis-cli,
+FTPS, an openvpn client, IMAPS, SMTP with STARTTLS), dumps the serving processes (gdb's gcore;
 --kernel-core also makes one process abort and reads the kernel's core file), and counts in
 each dump the first 16 bytes of the key's private components (RSA p, q, d, dp, dq, qinv; big
 endian as in DER and byte-reversed as OpenSSL's BIGNUM limbs) and the lines of the key file's
@@ -20,14 +21,20 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        consecutive ports the kernel picks for each daemon, so that runs side by side (two
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
-DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache
-       (lighttpd and apache: daemons the profile was not written for, in the table and a test)
+DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
+       (lighttpd onwards: daemons the profile was not written for, in the table and a test;
+       dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json)
+       and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
+       machine's mail transport agent) and mariadb (a 45 MB server whose data directory takes
+       seconds to make): install-deps.sh and the tests leave them out
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
 "pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
 "prekey"}]}. Exit status 0 when every daemon served correctly.
 """
 import argparse
+import ftplib
+import imaplib
 import json
 import math
 import os
@@ -37,6 +44,8 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -44,7 +53,8 @@ import threading
 import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache"]
+DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
+           "vsftpd", "openvpn", "dovecot"]
 
 
 class Failure(Exception):
@@ -347,6 +357,14 @@ def curl(url, expect):
         raise Failure("%s answered %r, expected %r" % (url, out[:200], expect))
 
 
+def client_tls():
+    """A TLS client context that accepts the daemon's self-signed certificate."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 def combined_pem(work, cert, key):
     """The certificate and the key in one file (haproxy's crt, lighttpd's ssl.pemfile)."""
     path = os.path.join(work, "cert-and-key.pem")
@@ -539,6 +557,373 @@ DocumentRoot "%(w)s"
     if not workers:
         raise Failure("apache has no child")
     r.dumps = [("parent", d.proc.pid), ("child", workers[0])]
+    return key
+
+
+def serve_mosquitto(r):
+    """Mosquitto (MQTT over TLS): started as root, it runs as user mosquitto; one process."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    for f in (key, cert):
+        shutil.chown(f, "mosquitto")
+    conf = os.path.join(r.work, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write("user mosquitto\npersistence false\nlog_dest stderr\nallow_anonymous true\n"
+                "listener %d 127.0.0.1\ncertfile %s\nkeyfile %s\n" % (r.port, cert, key))
+    d = r.start(["mosquitto", "-c", conf], "mosquitto")
+    wait_port(r.port, d.proc, "mosquitto")
+    tls = ["-h", "127.0.0.1", "-p", str(r.port), "--cafile", cert, "--insecure", "-t", "keyproof"]
+    for i in range(3):
+        run(["mosquitto_pub"] + tls + ["-r", "-m", "mqtt tls ok %d" % i], timeout=20)
+        out = run(["mosquitto_sub"] + tls + ["-C", "1", "-W", "10"], timeout=20)
+        if "mqtt tls ok %d" % i not in out:
+            raise Failure("mosquitto_sub read %r" % out)
+    r.dumps = [("mosquitto", d.proc.pid)]
+    return key
+
+
+def dot_query(port, name):
+    """The A records (dotted quads) of name from a DNS-over-TLS server on 127.0.0.1:port."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.strip(".").split(".")) + b"\0"
+    query = struct.pack(">HHHHHH", 0x4b50, 0x0100, 1, 0, 0, 0) + qname + struct.pack(">HH", 1, 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, client_tls().wrap_socket(raw) as s:
+        s.sendall(struct.pack(">H", len(query)) + query)
+        data = b""
+        while len(data) < 2 or len(data) < 2 + struct.unpack(">H", data[:2])[0]:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    msg = data[2:]
+    answers = struct.unpack(">H", msg[6:8])[0] if len(msg) >= 12 else 0
+    at = 12 + len(qname) + 4
+    out = []
+    for _ in range(answers):
+        at += 2 if msg[at] & 0xc0 == 0xc0 else len(qname)
+        rtype, _, _, rdlen = struct.unpack(">HHIH", msg[at:at + 10])
+        if rtype == 1 and rdlen == 4:
+            out.append(".".join(str(b) for b in msg[at + 10:at + 14]))
+        at += 10 + rdlen
+    return out
+
+
+def serve_unbound(r):
+    """Unbound answering DNS over TLS from a local zone; drops to user unbound, one process."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    conf = os.path.join(r.work, "unbound.conf")
+    with open(conf, "w") as f:
+        f.write("""server:
+  interface: 127.0.0.1@%(p)d
+  tls-port: %(p)d
+  tls-service-key: "%(k)s"
+  tls-service-pem: "%(c)s"
+  do-daemonize: no
+  chroot: ""
+  username: "unbound"
+  directory: "%(w)s"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  num-threads: 1
+  do-ip6: no
+  access-control: 127.0.0.0/8 allow
+  local-zone: "keyproof.test." static
+  local-data: "ok.keyproof.test. A 127.0.0.7"
+remote-control:
+  control-enable: no
+""" % {"p": r.port, "k": key, "c": cert, "w": r.work})
+    d = r.start(["unbound", "-d", "-c", conf], "unbound")
+    wait_port(r.port, d.proc, "unbound")
+    for _ in range(3):
+        got = dot_query(r.port, "ok.keyproof.test")
+        if got != ["127.0.0.7"]:
+            raise Failure("unbound answered %r over TLS" % got)
+    r.dumps = [("unbound", d.proc.pid)]
+    return key
+
+
+def serve_redis(r):
+    """Redis with TLS only (port 0, tls-port); one process, jemalloc its allocator."""
+    key, cert = make_key(r.work)
+    d = r.start(["redis-server", "--port", "0", "--tls-port", str(r.port), "--bind", "127.0.0.1",
+                 "--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no", "--save", "",
+                 "--appendonly", "no", "--daemonize", "no", "--dir", r.work], "redis")
+    wait_port(r.port, d.proc, "redis")
+    cli = ["redis-cli", "--tls", "--insecure", "-h", "127.0.0.1", "-p", str(r.port)]
+    for i in range(3):
+        run(cli + ["set", "keyproof", "redis tls ok %d" % i], timeout=20)
+        out = run(cli + ["get", "keyproof"], timeout=20)
+        if "redis tls ok %d" % i not in out:
+            raise Failure("redis-cli read %r" % out)
+    r.dumps = [("redis", d.proc.pid)]
+    return key
+
+
+def serve_vsftpd(r):
+    """vsftpd with explicit FTPS for anonymous users: the listener forks a process per
+    connection, which serves under vsftpd's seccomp sandbox; one session is held open."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    root = os.path.join(r.work, "ftp")
+    os.makedirs(root)
+    with open(os.path.join(root, "hello.txt"), "w") as f:
+        f.write("vsftpd ftps ok\n")
+    os.makedirs("/var/run/vsftpd/empty", exist_ok=True)
+    conf = os.path.join(r.work, "vsftpd.conf")
+    with open(conf, "w") as f:
+        f.write("""listen=YES
+listen_address=127.0.0.1
+listen_port=%(p)d
+background=NO
+anonymous_enable=YES
+no_anon_password=YES
+anon_root=%(root)s
+local_enable=NO
+write_enable=NO
+pasv_enable=YES
+pasv_address=127.0.0.1
+pasv_min_port=%(p1)d
+pasv_max_port=%(p1)d
+ssl_enable=YES
+allow_anon_ssl=YES
+force_anon_logins_ssl=YES
+force_anon_data_ssl=YES
+require_ssl_reuse=NO
+rsa_cert_file=%(c)s
+rsa_private_key_file=%(k)s
+secure_chroot_dir=/var/run/vsftpd/empty
+xferlog_enable=NO
+vsftpd_log_file=%(w)s/vsftpd.log
+""" % {"p": r.port, "p1": r.port + 1, "root": root, "c": cert, "k": key, "w": r.work})
+    d = r.start(["vsftpd", conf], "vsftpd")
+    wait_port(r.port, d.proc, "vsftpd")
+    for _ in range(3):
+        out = run(["curl", "-sS", "-k", "--ssl-reqd", "--max-time", "10", "ftp://127.0.0.1:%d/hello.txt" % r.port])
+        if "vsftpd ftps ok" not in out:
+            raise Failure("curl over FTPS read %r" % out)
+    before = set(children(d.proc.pid))
+    ftp = ftplib.FTP_TLS(context=client_tls(), timeout=10)
+    ftp.connect("127.0.0.1", r.port)
+    ftp.login()
+    ftp.prot_p()
+    ftp.nlst()
+    r.started.append(_Ftp(ftp))
+    session = [p for p in children(d.proc.pid) if p not in before]
+    if not session:
+        raise Failure("vsftpd has no session process")
+    # The connection's process and the two it makes (vsftpd 3.0 with SSL: one as nobody, the
+    # logged-in session as ftp), each by the user it runs as.
+    r.dumps = [("listener", d.proc.pid), ("connection", session[0])] + [
+        ("connection/" + pwd.getpwuid(os.stat("/proc/%d" % c).st_uid).pw_name, c) for c in children(session[0])]
+    return key
+
+
+class _Ftp:
+    def __init__(self, ftp):
+        self.ftp = ftp
+
+    def stop(self):
+        self.ftp.close()
+
+
+def serve_dovecot(r):
+    """Dovecot's IMAP over TLS (imaps): the master starts a process per service (config, auth,
+    imap-login, imap, ...) with a clean environment, so the shim reaches them only through
+    import_environment; one logged-in IMAP session is held open."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    home = os.path.join(r.work, "home")
+    os.makedirs(os.path.join(r.work, "run"))
+    os.makedirs(home)
+    os.chmod(home, 0o777)
+    env = "" if r.args.config == "none" else ("import_environment = TZ CORE_OUTOFMEM CORE_ERROR LISTEN_PID LISTEN_FDS "
+                                              "NOTIFY_SOCKET LD_PRELOAD MEMLOCK_SHIM_CONFIG\n")
+    conf = os.path.join(r.work, "dovecot.conf")
+    with open(conf, "w") as f:
+        f.write("""base_dir = %(w)s/run
+log_path = /dev/stderr
+protocols = imap
+listen = 127.0.0.1
+ssl = required
+ssl_cert = <%(c)s
+ssl_key = <%(k)s
+disable_plaintext_auth = no
+auth_mechanisms = plain
+default_internal_user = dovecot
+default_login_user = dovenull
+%(env)spassdb {
+  driver = static
+  args = password=keyproof
+}
+userdb {
+  driver = static
+  args = uid=nobody gid=nogroup home=%(w)s/home/%%u
+}
+mail_location = maildir:~/Maildir
+service imap-login {
+  inet_listener imap {
+    port = 0
+  }
+  inet_listener imaps {
+    port = %(p)d
+    ssl = yes
+  }
+}
+""" % {"w": r.work, "c": cert, "k": key, "p": r.port, "env": env})
+    d = r.start(["dovecot", "-F", "-c", conf], "dovecot")
+    wait_port(r.port, d.proc, "dovecot")
+    for _ in range(3):
+        out = run(["curl", "-sS", "-k", "--max-time", "10", "-u", "keyproof:keyproof",
+                   "imaps://127.0.0.1:%d/" % r.port])
+        if "INBOX" not in out:
+            raise Failure("curl over imaps listed %r" % out)
+    imap = imaplib.IMAP4_SSL("127.0.0.1", r.port, ssl_context=client_tls(), timeout=10)
+    imap.login("keyproof", "keyproof")
+    imap.select("INBOX")
+    r.started.append(_Imap(imap))
+    r.dumps = [("master", d.proc.pid)]
+    deadline = time.time() + 10
+    names = {}
+    while time.time() < deadline and not ("imap-login" in names and "imap" in names):
+        names = {}
+        for p in descendants(d.proc.pid):
+            title = comm(p).split()[0] if comm(p) else ""
+            names.setdefault(title.replace("dovecot/", ""), p)
+        time.sleep(0.1)
+    for name in ("config", "auth", "imap-login", "imap"):
+        if name not in names:
+            raise Failure("no dovecot %s process (%s)" % (name, ", ".join(names)))
+        r.dumps.append((name, names[name]))
+    return key
+
+
+class _Imap:
+    def __init__(self, imap):
+        self.imap = imap
+
+    def stop(self):
+        try:
+            self.imap.shutdown()
+        except OSError:
+            pass
+
+
+def serve_openvpn(r):
+    """OpenVPN in TLS mode, point to point over TCP with no tunnel device (--dev null): the
+    openvpn client, with a key and certificate of its own, completes the TLS handshake and
+    keeps the connection up; one process."""
+    key, cert = make_key(r.work)
+    client = os.path.join(r.work, "client")
+    os.makedirs(client)
+    client_key, client_cert = make_key(client)
+    common = ["--dev", "null", "--verb", "3", "--ping", "1", "--connect-retry", "1"]
+    d = r.start(["openvpn", "--proto", "tcp-server", "--local", "127.0.0.1", "--lport", str(r.port), "--tls-server",
+                 "--dh", "none", "--ca", client_cert, "--cert", cert, "--key", key] + common, "openvpn")
+    wait_port(r.port, d.proc, "openvpn")
+    c = Daemon(["openvpn", "--proto", "tcp-client", "--remote", "127.0.0.1", str(r.port), "--tls-client",
+                "--ca", cert, "--cert", client_cert, "--key", client_key] + common, r.work, "openvpn-client")
+    r.started.append(c)
+    deadline = time.time() + 30
+    while "Initialization Sequence Completed" not in c.log_text():
+        if time.time() > deadline or c.proc.poll() is not None:
+            raise Failure("the openvpn client did not connect: %s" % c.log_text()[-600:])
+        time.sleep(0.1)
+    r.dumps = [("openvpn", d.proc.pid)]
+    return key
+
+
+def serve_mariadb(r):
+    """MariaDB with TLS (one process, a thread per connection): three TLS sessions with the
+    mariadb client, then one held open in select sleep()."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    for f in (key, cert):
+        shutil.chown(f, "mysql")
+    data = os.path.join(r.work, "mariadb")
+    run(["mariadb-install-db", "--no-defaults", "--user=mysql", "--datadir=" + data, "--skip-test-db",
+         "--auth-root-authentication-method=normal"], timeout=120)
+    sock = os.path.join(data, "mariadb.sock")  # where user mysql may make it
+    d = r.start(["mariadbd", "--no-defaults", "--user=mysql", "--datadir=" + data, "--socket=" + sock,
+                 "--port=%d" % r.port, "--bind-address=127.0.0.1", "--ssl-cert=" + cert, "--ssl-key=" + key,
+                 "--skip-log-bin", "--innodb-buffer-pool-size=16M", "--innodb-buffer-pool-size-max=16M"], "mariadb")
+    wait_port(r.port, d.proc, "mariadb")
+    client = ["mariadb", "--no-defaults", "--protocol=tcp", "-h", "127.0.0.1", "-P", str(r.port), "-u", "root", "--ssl",
+              "--skip-ssl-verify-server-cert", "-N", "-e"]
+    for _ in range(3):
+        out = run(client + ["show status like 'Ssl_version'"], timeout=30)
+        if "TLS" not in out:
+            raise Failure("mariadb session is not TLS: %r" % out)
+    hold = subprocess.Popen(client + ["select sleep(600)"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    r.started.append(_Popen(hold))
+    r.dumps = [("mariadbd", d.proc.pid)]
+    return key
+
+
+def serve_postfix(r):
+    """Postfix's smtpd with STARTTLS: master starts smtpd (one per connection) and tlsmgr with a
+    clean environment, so the shim reaches them only through import_environment; one SMTP
+    session over TLS is held open."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    env = "" if r.args.config == "none" else " LD_PRELOAD MEMLOCK_SHIM_CONFIG"
+    with open(os.path.join(r.work, "main.cf"), "w") as f:
+        f.write("""compatibility_level = 3.6
+queue_directory = %(w)s/queue
+data_directory = %(w)s/data
+myhostname = localhost
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+alias_maps =
+smtpd_tls_cert_file = %(c)s
+smtpd_tls_key_file = %(k)s
+smtpd_tls_security_level = may
+maillog_file = /dev/stdout
+import_environment = MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME%(env)s
+""" % {"w": r.work, "c": cert, "k": key, "env": env})
+    with open(os.path.join(r.work, "master.cf"), "w") as f:
+        f.write("""127.0.0.1:%d inet n - n - - smtpd
+tlsmgr unix - - n 1000? 1 tlsmgr
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+proxymap unix - - n - - proxymap
+postlog unix-dgram n - n - 1 postlogd
+""" % r.port)
+    os.makedirs(os.path.join(r.work, "queue"))
+    os.makedirs(os.path.join(r.work, "data"))
+    shutil.chown(os.path.join(r.work, "data"), "postfix")
+    run(["postfix", "-c", r.work, "check"], timeout=60)
+    d = r.start(["/usr/lib/postfix/sbin/master", "-c", r.work, "-d"], "postfix")
+    wait_port(r.port, d.proc, "postfix")
+    client = ["openssl", "s_client", "-quiet", "-starttls", "smtp", "-connect", "127.0.0.1:%d" % r.port]
+    for _ in range(3):
+        out = subprocess.run(client, input=b"EHLO keyproof\r\nQUIT\r\n", stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=20).stdout.decode(errors="replace")
+        if "250" not in out or "221" not in out:
+            raise Failure("SMTP over STARTTLS answered %r" % out[-300:])
+    hold = subprocess.Popen(["sh", "-c", 'printf "EHLO keyproof\\r\\n"; sleep 600'], stdout=subprocess.PIPE,
+                            start_new_session=True)
+    held = subprocess.Popen(client, stdin=hold.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    r.started += [_Popen(hold), _Popen(held)]
+    # smtpd processes stay for the next connection (max_idle): the held session is served by
+    # one of those present once the TLS session is up, or by a new one.
+    found = []
+    deadline = time.time() + 10
+    while time.time() < deadline and not ({"smtpd", "tlsmgr"} <= {t for t, _ in found} and held.poll() is None):
+        time.sleep(0.1)
+        found = [(comm(p).split()[0], p) for p in children(d.proc.pid)
+                 if comm(p).split()[:1] in (["smtpd"], ["tlsmgr"])]
+    if not any(t == "smtpd" for t, _ in found):
+        raise Failure("postfix has no smtpd process")
+    r.dumps = [("master", d.proc.pid)]
+    seen = {}
+    for title, pid in found:  # smtpd, smtpd 2, ...
+        seen[title] = seen.get(title, 0) + 1
+        r.dumps.append((title if seen[title] == 1 else "%s %d" % (title, seen[title]), pid))
     return key
 
 
@@ -768,7 +1153,10 @@ class _Popen:
 
 
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
-         "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache}
+         "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
+         "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
+         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "mariadb": serve_mariadb,
+         "postfix": serve_postfix}
 
 
 def inspect(args, pid):
@@ -879,7 +1267,7 @@ def cell(dump):
 def table(args, daemons):
     configs = [("no shim", "none"), ("size rules (config/size-rules.json)", os.path.join(TOP, "config", "size-rules.json")),
                ("profile", None)]
-    profile = {"sshd": os.path.join(TOP, "config", "openssh.json")}
+    profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json")}
     print("| daemon | process | " + " | ".join(c[0] for c in configs) + " |")
     print("| --- | --- |" + " --- |" * len(configs))
     for i, d in enumerate(daemons):

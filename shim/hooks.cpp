@@ -4,6 +4,7 @@
 // straight to the next allocator, and hands the rest to the runtime. Blocks are routed by
 // address: arena blocks to the arena, everything else to where it came from.
 #include <cerrno>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 
@@ -138,3 +139,23 @@ SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p)
 
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }
+
+// A process made with syscall(SYS_clone, ...) runs no atfork handler: see shim_syscall.
+#if defined(__x86_64__) || defined(__aarch64__)
+// On x86-64 (System V) and aarch64 (AAPCS64, as Linux uses it) a variadic call passes its
+// integer arguments where a call with these seven parameters reads them, as glibc's own
+// syscall does: no va_list (which costs some 100 instructions per call).
+SHIM_EXPORT long shim_syscall_entry(long number, long a1, long a2, long a3, long a4, long a5, long a6) __asm__("syscall");
+long shim_syscall_entry(long number, long a1, long a2, long a3, long a4, long a5, long a6) {
+    return shim_syscall(number, a1, a2, a3, a4, a5, a6);
+}
+#else
+SHIM_EXPORT long syscall(long number, ...) {
+    va_list ap;
+    va_start(ap, number);
+    long a[6];
+    for (long &x : a) x = va_arg(ap, long);
+    va_end(ap);
+    return shim_syscall(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+#endif

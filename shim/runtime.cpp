@@ -8,7 +8,9 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/auxv.h>
+#include <sched.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -267,6 +269,28 @@ void atfork_child() {
         g_arena.set_stats(own);
     }
     g_arena.postfork_child();
+}
+
+// A process made by the clone system call through syscall(3) (vsftpd makes its per-connection
+// processes so, to give them new IPC and network namespaces) bypasses glibc's fork and with
+// it the atfork handlers: its arena would stay unlocked, its counters the parent's. So
+// syscall(3) runs the shim's handlers (and only those, as the program asked for no others)
+// around a clone that makes a process with memory of its own (no CLONE_VM) and continues on
+// the caller's stack (stack 0): a fork in effect. Other calls pass through unchanged
+// (shim_syscall).
+bool makes_fork_child(long number, long a1, long a2) noexcept {
+    constexpr unsigned long kShared = CLONE_VM | CLONE_THREAD;
+    if (number == SYS_clone) return (static_cast<unsigned long>(a1) & kShared) == 0 && a2 == 0;
+#ifdef SYS_clone3
+    if (number == SYS_clone3) {  // a1: struct clone_args * (flags first, stack at byte 40)
+        const auto *args = reinterpret_cast<const std::uint64_t *>(a1);
+        return args && static_cast<unsigned long>(a2) >= 64 && (args[0] & kShared) == 0 && args[5] == 0;
+    }
+#endif
+#ifdef SYS_fork
+    if (number == SYS_fork) return true;
+#endif
+    return false;
 }
 
 // The executable: /proc/self/exe, else what the loader was given (AT_EXECFN, which exists
@@ -606,6 +630,49 @@ int shim_dlclose(void *handle) noexcept {
     int rc = next ? next(handle) : -1;
     callers_objects_changed();
     return rc;
+}
+
+namespace {
+
+long (*g_next_syscall)(long, ...) = nullptr;
+
+// syscall(number, ...) the first time (the next definition is looked up), and for a clone that
+// makes a fork child (between the shim's fork handlers).
+__attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    if (!g_next_syscall) {
+        g_next_syscall = reinterpret_cast<long (*)(long, ...)>(dlsym(RTLD_NEXT, "syscall"));
+        if (!g_next_syscall) {
+            errno = ENOSYS;
+            return -1;
+        }
+    }
+    if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
+    atfork_prepare();
+    long rc = g_next_syscall(number, a1, a2, a3, a4, a5, a6);
+    int saved = errno;
+    if (rc == 0)
+        atfork_child();
+    else
+        atfork_parent();
+    errno = saved;
+    return rc;
+}
+
+}  // namespace
+
+long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    long (*next)(long, ...) = g_next_syscall;
+    // The numbers makes_fork_child looks at further; every other call goes straight through.
+    const bool clone = number == SYS_clone
+#ifdef SYS_clone3
+                       || number == SYS_clone3
+#endif
+#ifdef SYS_fork
+                       || number == SYS_fork
+#endif
+        ;
+    if (__builtin_expect(!next || clone, 0)) return syscall_slow(number, a1, a2, a3, a4, a5, a6);
+    return next(number, a1, a2, a3, a4, a5, a6);
 }
 
 // A matching allocation the arena cannot hold (its address space is used up, or the block is

@@ -100,6 +100,9 @@ void *arena_malloc(int rule, std::size_t n) noexcept;
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.
 int shim_dlclose(void *handle) noexcept;
+// syscall(3), through to the next definition; a clone that makes a fork child runs the
+// shim's fork handlers around it, as fork(2) would.
+long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;

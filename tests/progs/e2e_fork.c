@@ -1,4 +1,7 @@
-/* e2e_fork.c [MIB] - a shimmed program that forks while holding matching blocks.
+/* e2e_fork.c [MIB [clone]] - a shimmed program that forks while holding matching blocks.
+ *
+ * With "clone" it makes the child as vsftpd makes its connections' processes: with the clone
+ * system call through syscall(3) (flags SIGCHLD, no stack), which runs no atfork handler.
  *
  * Expects rules {size 32} and {min 512..2048}. The parent allocates matching blocks, fills
  * them (with MIB, also MIB MiB of 1000-byte blocks, kept live) and forks. The child checks it
@@ -8,9 +11,11 @@
  * all went well. The parent waits for the child, prints "child-exit N", frees its own
  * copies and exits with the child's status.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -44,7 +49,8 @@ int main(int argc, char **argv) {
     printf("parent %d\n", (int)getpid());
     fflush(stdout);
 
-    pid_t child = fork();
+    const int raw_clone = argc > 2 && strcmp(argv[2], "clone") == 0;
+    pid_t child = raw_clone ? (pid_t)syscall(SYS_clone, (long)SIGCHLD, 0L, 0L, 0L, 0L) : fork();
     if (child < 0) return 2;
     if (child == 0) {
         if (!check(blocks)) {

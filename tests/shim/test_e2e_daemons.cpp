@@ -1,11 +1,14 @@
-// End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd and
-// Apache httpd, which the profile was not written for) serve their real clients (curl, psql and pgbench, ssh) through memlock-run with the shipped key profiles, and
-// dumps of their serving processes (gcore; a kernel core dump of an nginx worker and of the sshd
-// listener) hold no copy of the private key's components (RSA p, q, d, dp, dq, qinv, both byte
-// orders) or of its key file's text. The same runs without the shim find copies, so the search
-// can see them. sshd keeps its host key shielded (encrypted under a 16 KiB random prekey), so
-// there the prekey is what is counted: found in the live process, locked and dontdump with the
-// profile, absent from its dumps; in the dumps without the shim.
+// End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd,
+// Apache httpd, Mosquitto, Unbound, Redis, vsftpd, OpenVPN and Dovecot, which the profile was
+// not written for) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
+// mosquitto_sub, a DNS-over-TLS query, redis-cli, FTPS, openvpn, IMAPS) through memlock-run
+// with the shipped key profiles, and dumps of their serving processes (gcore; a kernel core
+// dump of an nginx worker and of the sshd listener) hold no copy of the private key's
+// components (RSA p, q, d, dp, dq, qinv, both byte orders) or of its key file's text. The same
+// runs without the shim find copies, so the search can see them. sshd keeps its host key
+// shielded (encrypted under a 16 KiB random prekey), so there the prekey is what is counted:
+// found in the live process, locked and dontdump with the profile, absent from its dumps; in
+// the dumps without the shim.
 //
 // scripts/keyproof.py does the work (also for `make proof-keys`): it makes a fresh key, starts
 // the daemon on 127.0.0.1 on ports the kernel picks free, dumps, counts and kills every process
@@ -169,6 +172,74 @@ Test(e2e_daemons, apache_parent_and_child_under_the_default_config_hold_no_key_c
 }
 Test(e2e_daemons, apache_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("apache");
+}
+
+// More OpenSSL daemons the profile was not written for, under the shipped default config:
+// Mosquitto (MQTT over TLS; drops to user mosquitto), Unbound (DNS over TLS; drops to user
+// unbound), Redis (TLS port only; jemalloc is its allocator, and its TLS code hands OpenSSL
+// its own allocation functions) and vsftpd (explicit FTPS: each connection's processes are
+// made with the clone system call, which runs no atfork handler; the shim's own fork
+// handlers run around it, so they lock their arena again: memlock-inspect says protected).
+Test(e2e_daemons, mosquitto_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("mosquitto", "default.json", {"mosquitto"});
+}
+Test(e2e_daemons, mosquitto_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("mosquitto");
+}
+Test(e2e_daemons, unbound_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("unbound", "default.json", {"unbound"});
+}
+Test(e2e_daemons, unbound_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("unbound");
+}
+Test(e2e_daemons, redis_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("redis", "default.json", {"redis"});
+}
+Test(e2e_daemons, redis_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("redis");
+}
+Test(e2e_daemons, vsftpd_listener_and_connection_processes_under_the_default_config_hold_no_key_copy,
+     .timeout = 300) {
+    for (const auto &d : expect_protected("vsftpd", "default.json",
+                                          {"listener", "connection", "connection/nobody", "connection/ftp"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on vsftpd's %s: %s", d.process.c_str(),
+                     d.inspect.c_str());
+}
+Test(e2e_daemons, vsftpd_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("vsftpd");
+}
+// OpenVPN in TLS mode over TCP with no tunnel device (--dev null): an openvpn client with a
+// key of its own completes the handshake and stays connected.
+Test(e2e_daemons, openvpn_under_the_default_config_holds_no_key_copy, .timeout = 300) {
+    expect_protected("openvpn", "default.json", {"openvpn"});
+}
+Test(e2e_daemons, openvpn_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("openvpn");
+}
+
+// Dovecot (imaps): the master starts each service's process with a clean environment, so
+// keyproof.py passes LD_PRELOAD and MEMLOCK_SHIM_CONFIG on with import_environment. Dovecot
+// reads the key file itself: the config process parses it into its settings pools and
+// sends it to imap-login over a socket, where it lands in the login's settings pools and
+// data stack before OpenSSL decodes it. The OpenSSL profile protects what OpenSSL decodes
+// (no component anywhere) but not that text; config/dovecot.json adds rules for the login
+// library and the config process and leaves no copy.
+Test(e2e_daemons, dovecot_processes_under_the_dovecot_profile_hold_no_key_copy, .timeout = 300) {
+    expect_protected("dovecot", "dovecot.json", {"master", "config", "auth", "imap-login", "imap"});
+}
+Test(e2e_daemons, dovecot_under_the_openssl_profile_keeps_only_its_own_copies_of_the_key_file_text,
+     .timeout = 300) {
+    unsigned long long pem = 0;
+    for (const auto &d : prove("dovecot", "default.json", false)) {
+        cr_expect_eq(d.components, 0u, "dovecot %s holds %llu copies of the key's private components",
+                     d.process.c_str(), d.components);
+        pem += d.pem;
+    }
+    cr_expect_gt(pem, 0u, "dovecot under the OpenSSL profile: no copy of the key file's text; config/dovecot.json "
+                          "and docs/operators.md say there are");
+}
+Test(e2e_daemons, dovecot_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("dovecot");
 }
 
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that

@@ -8,12 +8,16 @@
 
 using namespace memlock_test;
 
+namespace {
+
 // mlock is not inherited: the child's arena pages are locked again by the shim, and the child
-// reads and frees the blocks its parent allocated.
-Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
+// reads and frees the blocks its parent allocated. args: e2e_fork's arguments.
+void check_forked_child(const std::vector<std::string> &args) {
     TempDir dir;
     const std::string config = prepare_e2e(dir, "e2e_fork");
-    RunOptions opts = shim_options(config, {shim_program("e2e_fork")});
+    std::vector<std::string> argv{shim_program("e2e_fork")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunOptions opts = shim_options(config, argv);
     LiveProgram prog;
     start_until_ready(prog, opts);
     const auto child_pid = line_value(prog.out(), "child");
@@ -49,6 +53,14 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) {
     cr_assert_geq(stat_value(ps, "matched_allocations"), 64u, "%s", ps.c_str());
     cr_assert_leq(stat_value(ps, "live_bytes"), 4096u, "%s", ps.c_str());
 }
+
+}  // namespace
+
+Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) { check_forked_child({}); }
+
+// The same for a child made by syscall(SYS_clone, SIGCHLD, 0, ...), which runs no atfork
+// handler (vsftpd's per-connection processes): the shim's own fork handlers run around it.
+Test(e2e_lifecycle, raw_clone_child_relocks_arena_and_frees_parent_blocks) { check_forked_child({"0", "clone"}); }
 
 // Every page a fork child writes is a copy-on-write fault, dear on a paravirtualised machine:
 // the fork handlers write nothing of the shim's own data (.data, .bss) in either process, and
