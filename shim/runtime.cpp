@@ -447,6 +447,9 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
     }
 }
 
+// The config in force is the system config (not MEMLOCK_SHIM_CONFIG).
+bool g_system_config = false;
+
 void runtime_start() {
     std::string exe = self_exe();
     // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
@@ -511,7 +514,15 @@ void runtime_start() {
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
     const std::vector<CallerCondition> &conditions = table.conditions;
     if (!conditions.empty()) {
-        std::string why = callers_init(conditions, [](const char *text) { log_msg(LogLevel::warn, "%s", text); });
+        // A rule naming an object or function this process has not loaded: a warning under a
+        // config given to this program (a glob with a typo protects nothing), an info line under
+        // the system config, which every program on the host reads, most of them loading none
+        // of what its rules name (memlock-inspect still warns about a caller rule that matches
+        // nothing while the program allocates).
+        g_system_config = path == kSystemConfig;
+        std::string why = callers_init(conditions, [](const char *text) {
+            log_msg(g_system_config ? LogLevel::info : LogLevel::warn, "%s", text);
+        });
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }
     g_stats = stats_create(true);
