@@ -155,6 +155,10 @@ template <typename F> F lookup(void *libc, const char *name, F fallback) {
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 
+// syscall(3)'s next definition: looked up with the allocator's, at the first allocation (the
+// shim's own start-up makes one), so that a first syscall(3) in a signal handler finds it set.
+long (*g_next_syscall)(long, ...) = nullptr;
+
 void resolve_next() noexcept {
     static std::atomic<bool> done{false};
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -175,6 +179,7 @@ void resolve_next() noexcept {
         n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
         n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
         n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
+        g_next_syscall = lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -645,13 +650,11 @@ int shim_dlclose(void *handle) noexcept {
 
 namespace {
 
-long (*g_next_syscall)(long, ...) = nullptr;
-
-// syscall(number, ...) the first time (the next definition is looked up), and for a clone that
-// makes a fork child (between the shim's fork handlers).
+// syscall(number, ...) before the first allocation (the next definition is looked up), and
+// for a clone that makes a fork child (between the shim's fork handlers).
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     if (!g_next_syscall) {
-        g_next_syscall = reinterpret_cast<long (*)(long, ...)>(dlsym(RTLD_NEXT, "syscall"));
+        resolve_next();
         if (!g_next_syscall) {
             errno = ENOSYS;
             return -1;
