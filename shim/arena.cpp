@@ -173,39 +173,24 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 }
 
 constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
-static_assert(16384 / kInlineWipe >= kCacheCap, "a thread caches kCacheCap blocks of every inline-wiped class");
 
-// Zeroes a small block (pre: 16 <= size <= kInlineWipe, a multiple of 16) with inline
-// 16-byte stores: the first and last halves (or quarters) of the block, which overlap for the
-// sizes between the powers of two. A call costs more than the stores. The empty asm tells the
-// compiler the memory is read afterwards, so the stores stay.
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
+// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
+// memory is read afterwards, so the stores stay.
 inline void wipe_small(void *p, std::size_t size) noexcept {
-    auto *b = static_cast<unsigned char *>(p);
-    auto zero16 = [](unsigned char *at) {
-        auto *w = reinterpret_cast<std::uint64_t *>(at);
-        w[0] = w[1] = 0;
-    };
-    if (size <= 32) {
-        zero16(b);
-        zero16(b + size - 16);
-    } else {
-        const std::size_t half = size <= 64 ? 32 : 64;
-        for (std::size_t i = 0; i < half; i += 16) {
-            zero16(b + i);
-            zero16(b + size - half + i);
-        }
-    }
+    auto *w = static_cast<std::uint64_t *>(p);
+    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
     __asm__ __volatile__("" : : "r"(p) : "memory");
 }
 
-// Zeroes a block; every byte of it reads zero afterwards.
+// Zeroes a block.
 inline void wipe_block(void *p, std::size_t size) noexcept {
     if (size <= kInlineWipe) {
         wipe_small(p, size);
-        return;
+    } else {
+        memlock_wipe(p, size);
+        clear_vector_registers();  // a block this size was copied through them
     }
-    memlock_wipe(p, size);
-    clear_vector_registers();  // a block this size was copied through them
 }
 
 class Guard {
@@ -1243,33 +1228,8 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule)
     return alloc_small_slow(pool_index, cls, rule);
 }
 
-// Takes only the common case, so that it makes no call and saves no register: a thread with
-// a cache for the pool and a rule row of its own, a block in the bin, and no new peak of the
-// rule's live bytes (alloc_small() raises it). Anything else changes nothing and returns nullptr.
 void *SecureArena::alloc_cached(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
-    unsigned cls;
-    if (__builtin_expect(n - 1 < 128, 1)) cls = static_cast<unsigned>((n - 1) >> 4);  // class_of for 1..128
-    else if (n <= kMaxSmall) cls = class_of(n);
-    else return nullptr;
-    ThreadState &ts = t_state;
-    PoolCache *pc = ts.caches[pool_index];
-    StatsRuleRow *row = ts.rules;
-    if (__builtin_expect(ts.arena != this || !pc || !row, 0)) return nullptr;
-    StatsRuleCount &c = row->rule[rule];
-    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + kClasses.info[cls].size;
-    const StatsRuleTotal &t = stats_->rule_totals[rule];  // a rule row implies a stats page
-    if (__builtin_expect(t.live.load(std::memory_order_relaxed) + mine > t.peak.load(std::memory_order_relaxed), 0))
-        return nullptr;
-    PoolCache::Bin &bin = pc->bins[cls];
-    const unsigned k = bin.count;
-    if (__builtin_expect(!k, 0)) return nullptr;
-    void *b = bin.blocks[k - 1];
-    if (!b) __builtin_unreachable();  // caches hold blocks
-    bin.count = k - 1;
-    state_of(b) = live_state(rule);
-    ThreadCounters::bump(c.matches, 1);
-    c.live.store(mine, std::memory_order_relaxed);
-    return b;
+    return n <= kMaxSmall ? pop_cached(pool_index, class_of(n), rule) : nullptr;
 }
 
 // ---- large blocks (page runs) --------------------------------------------------------------
@@ -1405,8 +1365,8 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
-// The common case makes no call and saves no register: a small live block goes into the
-// cache of a thread with a rule row of its own, which has room. Everything else is a tail call.
+// The common case makes no call: a small live block goes into the calling thread's cache,
+// which has room. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
@@ -1416,22 +1376,20 @@ void SecureArena::free(void *p) noexcept {
     // clears them all), so a 16-aligned pointer with a live state is a live block's start.
     if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
     const unsigned cls = m.cls;
-    const std::size_t size = kClasses.info[cls].size;
+    const ClassInfo &ci = kClasses.info[cls];
+    const std::size_t size = ci.size;
     const unsigned pool_index = region_pool_[off >> region_shift_];
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.caches[pool_index];
-    StatsRuleRow *row = ts.rules;
-    if (__builtin_expect(ts.arena != this || !pc || !row || size > kInlineWipe, 0)) return free_small_slow(p);
+    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    if (__builtin_expect(!pc || size > kInlineWipe, 0)) return free_small_slow(p);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
-    if (__builtin_expect(n == kCacheCap, 0)) return free_small_slow(p);  // cache_max of every class up to kInlineWipe
+    if (__builtin_expect(n == ci.cache_max, 0)) return free_small_slow(p);
     if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
     state = kFreed;
     bin.blocks[n] = p;
     bin.count = n + 1;
-    StatsRuleCount &c = row->rule[was >> kRuleShift];
-    ThreadCounters::bump(c.frees, 1);
-    c.live.store(c.live.load(std::memory_order_relaxed) - static_cast<std::int64_t>(size), std::memory_order_relaxed);
+    count(stats_, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
 }
 
 // A live slab block that the common path of free() does not take.

@@ -107,9 +107,8 @@ public:
     // `pool`, counted for rule entry `rule` (< kStatsRules: stats_rule_index). nullptr with
     // errno = ENOMEM when the pool is full or the lock policy denies.
     void *alloc(unsigned pool, std::size_t n, std::size_t align = 16, unsigned rule = 0) noexcept;
-    // malloc's fast path: alloc(pool, n, 16, rule) in the common case (the calling thread's
-    // cache holds a block of n's class, and the block raises no peak); nullptr otherwise
-    // (nothing changed: call alloc()). No lock, no call.
+    // malloc's fast path: alloc(pool, n, 16, rule) when the calling thread's cache holds a
+    // block of n's class; nullptr otherwise (nothing changed: call alloc()). No lock, no call.
     void *alloc_cached(unsigned pool, std::size_t n, unsigned rule) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.

@@ -722,16 +722,10 @@ void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcep
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
 }
 
-// What arena_malloc's thread-cache path does not take. Out of line, so that the fast path
-// keeps only the rule and the size for it.
-__attribute__((noinline)) void *arena_malloc_slow(unsigned rule, std::size_t n) noexcept {
-    return alloc_in(g_rules[rule].pool, stats_rule_index(rule), n, 16, false);
-}
-
 void *arena_malloc(int rule, std::size_t n) noexcept {
     const auto r = static_cast<unsigned>(rule);
-    void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r));
-    return __builtin_expect(p != nullptr, 1) ? p : arena_malloc_slow(r, n);
+    if (void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r))) return p;
+    return alloc_in(g_rules[r].pool, stats_rule_index(r), n, 16, false);
 }
 
 std::size_t usable_other(void *p) noexcept {

@@ -108,29 +108,6 @@ Test(arena, a_freed_block_reads_as_zero_and_comes_back_zero) {
     }
 }
 
-// Whatever bytes of a block were written, all of it reads zero after free: a byte at each
-// end, at the middle and on either side of each 128-byte step from the end, in every class
-// (the inline stores of the small classes, and the larger blocks' scan for their written part).
-Test(arena, every_written_byte_of_every_class_is_wiped) {
-    make_arena();
-    for (unsigned c = 0; c < mlshim::kNumClasses; ++c) {
-        const std::size_t size = SecureArena::class_size(c);
-        std::vector<std::size_t> at = {0, size - 1, size / 2};
-        for (std::size_t step = 128; step < size; step += 128) at.insert(at.end(), {size - step - 1, size - step});
-        for (std::size_t i : at) {
-            auto *p = static_cast<unsigned char *>(arena.alloc(0, size));
-            cr_assert_eq(arena.usable_size(p), size);
-            p[i] = 0x5a;
-            arena.free(p);
-            cr_assert(all_zero(p, size), "class %u (%zu bytes): byte %zu wiped", c, size, i);
-        }
-        auto *p = static_cast<unsigned char *>(arena.alloc(0, size));
-        std::memset(p, 0xa5, size);
-        arena.free(p);
-        cr_assert(all_zero(p, size), "class %u (%zu bytes) written whole: wiped", c, size);
-    }
-}
-
 Test(arena, a_pool_without_wipe_keeps_contents) {
     make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionLock | mlshim::kActionDontdump);
     auto *p = static_cast<unsigned char *>(arena.alloc(0, 64));
@@ -579,29 +556,6 @@ Test(arena, per_rule_counts_follow_blocks_across_threads) {
     cr_assert_eq(g.live_bytes, 0u);
     cr_assert_eq(g.peak_bytes, 25u * 4096);
     cr_assert_eq(rule_figures(0).matches, 0u);
-}
-
-// malloc's fast path (alloc_cached) counts a block as alloc() does; a block that would raise
-// the rule's peak is left to alloc(), which raises it.
-Test(arena, the_thread_cache_path_counts_blocks_and_leaves_new_peaks_to_alloc) {
-    make_arena();
-    void *first = arena.alloc(0, 32, 16, 2);  // fills the thread's cache of 32-byte blocks
-    void *small = arena.alloc(0, 16, 16, 2);  // and of 16-byte ones: the peak is 48 bytes
-    arena.free(small);
-    cr_assert_null(arena.alloc_cached(0, 32, 2), "a second 32-byte block would raise the peak");
-    arena.free(first);
-    void *p = arena.alloc_cached(0, 32, 2);
-    cr_assert_eq(p, first, "the block freed last comes back first");
-    cr_assert_null(arena.alloc_cached(0, 100000, 2), "page runs are not cached");
-    void *q = arena.alloc_cached(0, 0, 2);
-    cr_assert_eq(q, small, "a 0-byte block is a 16-byte one");
-    cr_assert_null(arena.alloc_cached(0, 1, 2), "the peak is reached");
-    const mlshim::StatsRuleFigures f = rule_figures(2);
-    cr_assert_eq(f.matches, 4u);
-    cr_assert_eq(f.live_bytes, 48u);
-    cr_assert_eq(f.peak_bytes, 48u);
-    arena.free(p);
-    arena.free(q);
 }
 
 namespace {
