@@ -7,10 +7,12 @@
  * re-index), allocates from secret_maker once and exits. (A child of a threaded program may
  * not dlopen: glibc's loader state can be mid-change.) A child that inherited the index's
  * build lock held would block forever: each child has an alarm, and the program prints how
- * many were killed by it ("hung N"), then exits 0.
+ * many were killed by it ("hung N"), then exits 0. The forks start once the thread has made
+ * its first allocation, so that the parent has matched one however the threads are scheduled.
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,9 +31,14 @@ static void churn_once(void) {
     free(secret_maker(40));
 }
 
+static int churned;
+
 static void *churn(void *arg) {
     (void)arg;
-    for (;;) churn_once();
+    for (;;) {
+        churn_once();
+        __atomic_store_n(&churned, 1, __ATOMIC_RELEASE);
+    }
     return NULL;
 }
 
@@ -39,6 +46,7 @@ int main(void) {
     void *extra = dlopen("libm.so.6", RTLD_NOW);
     pthread_t t;
     pthread_create(&t, NULL, churn, NULL);
+    while (!__atomic_load_n(&churned, __ATOMIC_ACQUIRE)) sched_yield();
     int hung = 0;
     for (int i = 0; i < 30; ++i) {
         pid_t pid = fork();
