@@ -6,9 +6,9 @@
 #include <gnu/lib-names.h>
 #include <link.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/auxv.h>
-#include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -452,9 +452,6 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
     }
 }
 
-// The config in force is the system config (not MEMLOCK_SHIM_CONFIG).
-bool g_system_config = false;
-
 void runtime_start() {
     std::string exe = self_exe();
     // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
@@ -524,10 +521,9 @@ void runtime_start() {
         // the system config, which every program on the host reads, most of them loading none
         // of what its rules name (memlock-inspect still warns about a caller rule that matches
         // nothing while the program allocates).
-        g_system_config = path == kSystemConfig;
-        std::string why = callers_init(conditions, [](const char *text) {
-            log_msg(g_system_config ? LogLevel::info : LogLevel::warn, "%s", text);
-        });
+        void (*unmatched)(const char *) = +[](const char *text) { log_msg(LogLevel::warn, "%s", text); };
+        if (path == kSystemConfig) unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
+        std::string why = callers_init(conditions, unmatched);
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }
     g_stats = stats_create(true);
