@@ -283,13 +283,42 @@ void atfork_child() {
 // around a clone that makes a process with memory of its own (no CLONE_VM) and continues on
 // the caller's stack (stack 0): a fork in effect. Other calls pass through unchanged
 // (shim_syscall).
+//
+// clone_args comes from the caller and may not be readable: the kernel answers EFAULT then,
+// and so must syscall(3), rather than crash in the shim. Its two words are read only once
+// the kernel has said they can be (readable8); otherwise the call passes through and the
+// kernel reports it. One that passes and is unreadable further on (its size names more
+// bytes) runs the handlers, and the kernel's EFAULT reaches the parent's, which restore.
+// (Another thread that unmaps the struct between the check and the read still crashes the
+// program; the kernel would have answered EFAULT.)
+constexpr unsigned long kSharedMemory = CLONE_VM | CLONE_THREAD;
+
+#ifdef SYS_clone3
+// Can this process read the 8 bytes at p? rt_sigprocmask copies the new set (the kernel's
+// sigset_t, _NSIG / 8 bytes: 8 on x86-64 and aarch64) from p before it looks at `how`: EFAULT
+// if they cannot be read, else EINVAL for the invalid `how`, the mask unchanged. A system
+// call that seccomp filters allow, as glibc makes it in fork, abort and pthread_create
+// (process_vm_readv, which would copy the struct, is often not allowed). Preserves errno.
+bool readable8(const void *p) noexcept {
+    const int saved = errno;
+    const bool fault = g_next_syscall(SYS_rt_sigprocmask, -1L, p, 0L, static_cast<long>(_NSIG / 8)) < 0 &&
+                       errno == EFAULT;
+    errno = saved;
+    return !fault;
+}
+#endif
+
 bool makes_fork_child(long number, long a1, long a2) noexcept {
-    constexpr unsigned long kShared = CLONE_VM | CLONE_THREAD;
-    if (number == SYS_clone) return (static_cast<unsigned long>(a1) & kShared) == 0 && a2 == 0;
+    if (number == SYS_clone) return (static_cast<unsigned long>(a1) & kSharedMemory) == 0 && a2 == 0;
 #ifdef SYS_clone3
     if (number == SYS_clone3) {  // a1: struct clone_args * (flags first, stack at byte 40)
-        const auto *args = reinterpret_cast<const std::uint64_t *>(a1);
-        return args && static_cast<unsigned long>(a2) >= 64 && (args[0] & kShared) == 0 && args[5] == 0;
+        // A null pointer or a size under 64 (CLONE_ARGS_SIZE_VER0): the kernel refuses it.
+        const char *args = reinterpret_cast<const char *>(a1);
+        if (!args || static_cast<unsigned long>(a2) < 64 || !readable8(args) || !readable8(args + 40)) return false;
+        std::uint64_t flags, stack;
+        std::memcpy(&flags, args, sizeof flags);
+        std::memcpy(&stack, args + 40, sizeof stack);
+        return (flags & kSharedMemory) == 0 && stack == 0;
     }
 #endif
 #ifdef SYS_fork

@@ -1,6 +1,8 @@
 // End-to-end: a shimmed program across fork(2) and under multi-threaded traffic.
 #include <criterion/criterion.h>
 
+#include <cerrno>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -61,6 +63,28 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) { check_
 // The same for a child made by syscall(SYS_clone, SIGCHLD, 0, ...), which runs no atfork
 // handler (vsftpd's per-connection processes): the shim's own fork handlers run around it.
 Test(e2e_lifecycle, raw_clone_child_relocks_arena_and_frees_parent_blocks) { check_forked_child({"0", "clone"}); }
+
+// Clone calls that fail come back as without the shim, with the program's other thread alive
+// (the fork handlers take their locks then): glibc's clone refusing a NULL fn and the kernel
+// refusing CLONE_SIGHAND without CLONE_VM (EINVAL, the parent's handler restoring); clone3
+// through syscall(3) with an unreadable struct clone_args (EFAULT, not a crash in the shim),
+// also one whose flags and stack are readable and the rest not. Then the other thread and a
+// clone3 fork child allocate and free matching blocks: no lock was left held.
+Test(e2e_lifecycle, failing_clone_calls_return_errno_and_release_the_fork_locks) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_clone");
+    RunOptions opts = shim_options(config, {shim_program("e2e_clone"), "failures"});
+    opts.timeout_ms = 60000;
+    const RunResult r = run_program(opts);
+    cr_assert_not(r.timed_out, "hung: %s", r.describe().c_str());
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string einval = std::strerror(EINVAL), efault = std::strerror(EFAULT);
+    const std::string expected = "clone-null-fn -1 " + einval + "\nclone-sighand-without-vm -1 " + einval +
+                                 "\nclone3-prot-none -1 " + efault + "\nclone3-unmapped -1 " + efault +
+                                 "\nclone3-straddling -1 " + efault + "\nclone3-child-exit 0\nok\n";
+    cr_assert_str_eq(r.out.c_str(), expected.c_str());
+    cr_assert_str_empty(r.err.c_str());
+}
 
 // Every page a fork child writes is a copy-on-write fault, dear on a paravirtualised machine:
 // the fork handlers write nothing of the shim's own data (.data, .bss) in either process, and
