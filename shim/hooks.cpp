@@ -159,3 +159,22 @@ SHIM_EXPORT long syscall(long number, ...) {
     return shim_syscall(number, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 #endif
+
+// glibc's clone(fn, stack, flags, arg, ...) runs no atfork handler either: see shim_clone.
+#if defined(__x86_64__) || defined(__aarch64__)
+// The optional parent_tid, tls and child_tid are read where a call with seven parameters
+// reads them, as glibc's own clone does, whether or not the caller passed them.
+SHIM_EXPORT int shim_clone_entry(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls,
+                                 void *ctid) __asm__("clone");
+int shim_clone_entry(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) {
+    return shim_clone(fn, stack, flags, arg, ptid, tls, ctid);
+}
+#else
+SHIM_EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...) {
+    va_list ap;
+    va_start(ap, arg);
+    void *ptid = va_arg(ap, void *), *tls = va_arg(ap, void *), *ctid = va_arg(ap, void *);
+    va_end(ap);
+    return shim_clone(fn, stack, flags, arg, ptid, tls, ctid);
+}
+#endif

@@ -158,6 +158,8 @@ template <typename F> F lookup(void *libc, const char *name, F fallback) {
 // syscall(3)'s next definition: looked up with the allocator's, at the first allocation (the
 // shim's own start-up makes one), so that a first syscall(3) in a signal handler finds it set.
 long (*g_next_syscall)(long, ...) = nullptr;
+// clone(3)'s, likewise.
+int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
 
 void resolve_next() noexcept {
     static std::atomic<bool> done{false};
@@ -180,6 +182,7 @@ void resolve_next() noexcept {
         n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
         n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
         g_next_syscall = lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr);
+        g_next_clone = lookup<decltype(g_next_clone)>(libc, "clone", nullptr);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -677,14 +680,17 @@ namespace {
 
 // syscall(number, ...) before the first allocation (the next definition is looked up), and
 // for a clone that makes a fork child (between the shim's fork handlers).
+// Is the next definition `next` known? Looks it up first if nothing has been looked up yet
+// (a call before the first allocation); false, with errno = ENOSYS, if libc has none.
+template <typename F> bool next_known(F &next) noexcept {
+    if (!next) resolve_next();
+    if (next) return true;
+    errno = ENOSYS;
+    return false;
+}
+
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
-    if (!g_next_syscall) {
-        resolve_next();
-        if (!g_next_syscall) {
-            errno = ENOSYS;
-            return -1;
-        }
-    }
+    if (!next_known(g_next_syscall)) return -1;
     if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
     long rc = g_next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -712,6 +718,53 @@ long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
         ;
     if (__builtin_expect(!next || clone, 0)) return syscall_slow(number, a1, a2, a3, a4, a5, a6);
     return next(number, a1, a2, a3, a4, a5, a6);
+}
+
+// glibc's clone(fn, stack, flags, arg, ...) runs no atfork handler either (sandboxes and
+// container tools make their children so, in new namespaces). For a process with memory of
+// its own (no CLONE_VM) the shim runs its fork handlers around it: prepare, and the parent's
+// after the call, also when it fails; the child's in the child, on its new stack, before
+// fn(arg). So clone gets clone_child_start and a CloneStart in this frame, which the child
+// reads in its own copy of the parent's memory. Everything else passes through unchanged:
+// CLONE_VM (a thread, posix_spawn's child), fn or stack NULL (glibc's EINVAL), and
+// CLONE_SETTLS: the child runs on a thread pointer the caller made, through which the
+// handler's thread-local state cannot be reached; that child's arena stays unlocked, and
+// the shim says so once.
+namespace {
+
+struct CloneStart {
+    int (*fn)(void *);
+    void *arg;
+};
+
+int clone_child_start(void *start) {
+    const auto *s = static_cast<const CloneStart *>(start);
+    atfork_child();
+    return s->fn(s->arg);
+}
+
+}  // namespace
+
+int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept {
+    if (!next_known(g_next_clone)) return -1;
+    const auto f = static_cast<unsigned long>(static_cast<unsigned>(flags));
+    if (!g_active || (f & kSharedMemory) || !fn || !stack) return g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
+    if (f & CLONE_SETTLS) {
+        static std::atomic<bool> warned{false};
+        if (!warned.exchange(true)) {
+            BusyScope busy;
+            log_msg(LogLevel::warn, "clone with CLONE_SETTLS and without CLONE_VM: the child's arena is not "
+                                    "locked again (it may go to swap; still wiped and out of core dumps)");
+        }
+        return g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
+    }
+    CloneStart start{fn, arg};
+    atfork_prepare();
+    const int rc = g_next_clone(clone_child_start, stack, flags, &start, ptid, tls, ctid);
+    const int saved = errno;
+    atfork_parent();
+    errno = saved;
+    return rc;
 }
 
 // A matching allocation the arena cannot hold (its address space is used up, or the block is

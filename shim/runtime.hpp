@@ -103,6 +103,10 @@ int shim_dlclose(void *handle) noexcept;
 // syscall(3), through to the next definition; a clone that makes a fork child runs the
 // shim's fork handlers around it, as fork(2) would.
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;
+// clone(3), through to the next definition; one that makes a process with memory of its own
+// (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).
+// ptid, tls, ctid: clone's optional arguments, passed on as they are.
+int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;

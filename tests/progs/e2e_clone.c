@@ -1,4 +1,4 @@
-/* e2e_clone.c vm|failures - clone calls a shimmed program makes that must come back as
+/* e2e_clone.c vm|failures|settls - clone calls a shimmed program makes that must come back as
  * without the shim.
  *
  * Expects rules {size 32} and {min 512..2048}.
@@ -17,7 +17,13 @@
  * not), all EFAULT. A second thread is alive meanwhile, so that fork handlers that take
  * locks take them; it then allocates and frees matching blocks, and the program makes a
  * child with clone3 (a fork in effect) that does the same. Prints "clone3-child-exit N" and
- * "ok". Exits 0 when all went well.
+ * "ok".
+ *
+ * settls: glibc's clone(fn, stack, SIGCHLD | CLONE_SETTLS, arg, NULL, tls) with a thread
+ * pointer of its own, as a program that runs no libc code in the child may; fn exits with 7
+ * through the exit system call. Prints "settls-child-exit N".
+ *
+ * Exits 0 when all went well.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -186,10 +192,32 @@ static int run_failures(void) {
     return !ok;
 }
 
+static int settls_child(void *arg) {
+    (void)arg;
+    syscall(SYS_exit, 7L);
+    return 0;
+}
+
+static int run_settls(void) {
+    static char stack[64 * 1024] __attribute__((aligned(16)));
+    static uintptr_t tls[64];
+    tls[0] = (uintptr_t)tls;  /* x86-64: the thread pointer points to itself */
+    void *held = malloc(32);
+    if (!held) return 2;
+    pid_t child = clone(settls_child, stack + sizeof stack, SIGCHLD | CLONE_SETTLS, NULL, NULL, tls);
+    if (child < 0) return 2;
+    int status = 0;
+    if (waitpid(child, &status, 0) != child) return 2;
+    printf("settls-child-exit %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    free(held);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc > 1 && strcmp(argv[1], "vm") == 0) return run_vm();
     if (argc > 1 && strcmp(argv[1], "failures") == 0) return run_failures();
-    fprintf(stderr, "usage: e2e_clone vm|failures\n");
+    if (argc > 1 && strcmp(argv[1], "settls") == 0) return run_settls();
+    fprintf(stderr, "usage: e2e_clone vm|failures|settls\n");
     return 2;
 }

@@ -46,6 +46,7 @@ void check_forked_child(const std::vector<std::string> &args) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     for (const char *line : {"\nchild-done\n", "\nchild-exit 0\n", "\nparent-ok\n"})
         cr_assert(r.out.find(line) != std::string::npos, "missing %s in\n%s", line + 1, r.describe().c_str());
+    cr_assert(r.out.find("clone stored tid") == std::string::npos, "%s", r.describe().c_str());
     cr_assert_str_empty(r.err.c_str());
 
     // stats.file is written by the process that read the config only (a fork child may be
@@ -63,6 +64,43 @@ Test(e2e_lifecycle, forked_child_relocks_arena_and_frees_parent_blocks) { check_
 // The same for a child made by syscall(SYS_clone, SIGCHLD, 0, ...), which runs no atfork
 // handler (vsftpd's per-connection processes): the shim's own fork handlers run around it.
 Test(e2e_lifecycle, raw_clone_child_relocks_arena_and_frees_parent_blocks) { check_forked_child({"0", "clone"}); }
+
+// The same for a child made by glibc's clone(fn, stack, SIGCHLD | CLONE_PARENT_SETTID, arg,
+// &tid) (sandboxes, container tools), which runs no atfork handler either: the shim's child
+// handler runs on the child's stack before fn, and clone still stores the child's pid in tid.
+Test(e2e_lifecycle, libc_clone_child_relocks_arena_and_frees_parent_blocks) {
+    check_forked_child({"0", "libc-clone"});
+}
+
+// The same with CLONE_VFORK: the parent stays suspended in clone while the child is inspected.
+Test(e2e_lifecycle, libc_clone_vfork_child_relocks_arena_and_frees_parent_blocks) {
+    check_forked_child({"0", "libc-clone-vfork"});
+}
+
+// A thread-like child of glibc's clone (CLONE_VM, CLONE_FS, CLONE_FILES, the tid arguments)
+// shares the parent's memory and so its arena and its locks: clone passes through untouched,
+// no fork handler runs, and parent and child read and free each other's blocks.
+Test(e2e_lifecycle, libc_clone_with_clone_vm_passes_through) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_clone");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_clone"), "vm"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "vm-child-exit 0\ntids ok\nok\n");
+    cr_assert_str_empty(r.err.c_str());
+}
+
+// A child of glibc's clone with CLONE_SETTLS and without CLONE_VM runs on a thread pointer
+// its parent made, through which the shim's fork handler could not reach its own state: clone
+// passes through, the child runs, and the shim says once that its arena stays unlocked.
+Test(e2e_lifecycle, libc_clone_with_settls_passes_through_and_says_the_arena_stays_unlocked) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_clone");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_clone"), "settls"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "settls-child-exit 7\n");
+    assert_log_eq(r.err, "memlock-shim: warning: clone with CLONE_SETTLS and without CLONE_VM: the child's arena is "
+                         "not locked again (it may go to swap; still wiped and out of core dumps)\n");
+}
 
 // Clone calls that fail come back as without the shim, with the program's other thread alive
 // (the fork handlers take their locks then): glibc's clone refusing a NULL fn and the kernel
