@@ -77,14 +77,27 @@ Test(e2e_lifecycle, libc_clone_vfork_child_relocks_arena_and_frees_parent_blocks
     check_forked_child({"0", "libc-clone-vfork"});
 }
 
+namespace {
+
+// Runs e2e_clone MODE under the shim with the end-to-end rules; it must exit 0 within a minute.
+RunResult run_e2e_clone(const char *mode) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_clone");
+    RunOptions opts = shim_options(config, {shim_program("e2e_clone"), mode});
+    opts.timeout_ms = 60000;
+    const RunResult r = run_program(opts);
+    cr_assert_not(r.timed_out, "hung: %s", r.describe().c_str());
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    return r;
+}
+
+}  // namespace
+
 // A thread-like child of glibc's clone (CLONE_VM, CLONE_FS, CLONE_FILES, the tid arguments)
 // shares the parent's memory and so its arena and its locks: clone passes through untouched,
 // no fork handler runs, and parent and child read and free each other's blocks.
 Test(e2e_lifecycle, libc_clone_with_clone_vm_passes_through) {
-    TempDir dir;
-    const std::string config = prepare_e2e(dir, "e2e_clone");
-    const RunResult r = run_program(shim_options(config, {shim_program("e2e_clone"), "vm"}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const RunResult r = run_e2e_clone("vm");
     cr_assert_str_eq(r.out.c_str(), "vm-child-exit 0\ntids ok\nok\n");
     cr_assert_str_empty(r.err.c_str());
 }
@@ -93,10 +106,7 @@ Test(e2e_lifecycle, libc_clone_with_clone_vm_passes_through) {
 // its parent made, through which the shim's fork handler could not reach its own state: clone
 // passes through, the child runs, and the shim says once that its arena stays unlocked.
 Test(e2e_lifecycle, libc_clone_with_settls_passes_through_and_says_the_arena_stays_unlocked) {
-    TempDir dir;
-    const std::string config = prepare_e2e(dir, "e2e_clone");
-    const RunResult r = run_program(shim_options(config, {shim_program("e2e_clone"), "settls"}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const RunResult r = run_e2e_clone("settls");
     cr_assert_str_eq(r.out.c_str(), "settls-child-exit 7\n");
     assert_log_eq(r.err, "memlock-shim: warning: clone with CLONE_SETTLS and without CLONE_VM: the child's arena is "
                          "not locked again (it may go to swap; still wiped and out of core dumps)\n");
@@ -109,13 +119,7 @@ Test(e2e_lifecycle, libc_clone_with_settls_passes_through_and_says_the_arena_sta
 // also one whose flags and stack are readable and the rest not. Then the other thread and a
 // clone3 fork child allocate and free matching blocks: no lock was left held.
 Test(e2e_lifecycle, failing_clone_calls_return_errno_and_release_the_fork_locks) {
-    TempDir dir;
-    const std::string config = prepare_e2e(dir, "e2e_clone");
-    RunOptions opts = shim_options(config, {shim_program("e2e_clone"), "failures"});
-    opts.timeout_ms = 60000;
-    const RunResult r = run_program(opts);
-    cr_assert_not(r.timed_out, "hung: %s", r.describe().c_str());
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const RunResult r = run_e2e_clone("failures");
     const std::string einval = std::strerror(EINVAL), efault = std::strerror(EFAULT);
     const std::string expected = "clone-null-fn -1 " + einval + "\nclone-sighand-without-vm -1 " + einval +
                                  "\nclone3-prot-none -1 " + efault + "\nclone3-unmapped -1 " + efault +
