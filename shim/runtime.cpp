@@ -678,8 +678,6 @@ int shim_dlclose(void *handle) noexcept {
 
 namespace {
 
-// syscall(number, ...) before the first allocation (the next definition is looked up), and
-// for a clone that makes a fork child (between the shim's fork handlers).
 // Is the next definition `next` known? Looks it up first if nothing has been looked up yet
 // (a call before the first allocation); false, with errno = ENOSYS, if libc has none.
 template <typename F> bool next_known(F &next) noexcept {
@@ -689,6 +687,8 @@ template <typename F> bool next_known(F &next) noexcept {
     return false;
 }
 
+// syscall(number, ...) before the first allocation (the next definition is looked up), and
+// for a clone that makes a fork child (between the shim's fork handlers).
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     if (!next_known(g_next_syscall)) return -1;
     if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -752,9 +752,11 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
     if (f & CLONE_SETTLS) {
         static std::atomic<bool> warned{false};
         if (!warned.exchange(true)) {
+            const int saved = errno;
             BusyScope busy;
             log_msg(LogLevel::warn, "clone with CLONE_SETTLS and without CLONE_VM: the child's arena is not "
                                     "locked again (it may go to swap; still wiped and out of core dumps)");
+            errno = saved;
         }
         return g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
     }
