@@ -408,6 +408,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     // to their size, are aligned to huge pages): not with 64 KiB pages on aarch64, whose huge
     // pages are 512 MiB.
     huge_ = backing_huge_page_size();
+    init_pid_ = stats ? stats->pid : 0;
     if (huge_ <= page_ || region % huge_ || (huge_ & (huge_ - 1))) huge_ = 0;
 
     // What is mapped at start-up: each pool's first extent, one region, or for a pool that
@@ -775,8 +776,13 @@ void SecureArena::own_commits(Pool &pool) noexcept {
 // now (MADV_COLLAPSE; it stays locked), so that a fork child does not walk its small pages.
 // Where the kernel lacks MADV_COLLAPSE, khugepaged may do it later. Not when some of its
 // pages were given back to the kernel (collapsing would make them resident again, unseen by
-// the counters). pre: pool.lock held.
+// the counters). Not in a fork child (the counters page's pid is not the one the arena was
+// made in): the collapse copies the small pages into a new huge page and zeroes the rest of
+// it, about 0.2 ms per postgres backend here (docs/performance.md), to make the forks of a
+// process that seldom forks itself cheaper; its later huge pages still fault in whole.
+// pre: pool.lock held.
 void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept {
+    if (stats_ && stats_->pid != init_pid_) return;
     if (!pool.huge || !(from & (huge_ - 1)) || pool.committed < round_up(from, huge_)) return;
     const std::uintptr_t lo = from & ~(huge_ - 1);
     const std::size_t first = (lo - base_) / page_, n = (from - lo) / page_;

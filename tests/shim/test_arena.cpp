@@ -842,6 +842,53 @@ Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
     arena.free(key);
 }
 
+// A fork child that commits past half a huge page of its own commits whole huge pages from
+// there on, but does not collapse the huge page it filled with small pages until then
+// (MADV_COLLAPSE copies them into a new huge page and zeroes the rest: a cost per postgres
+// backend, for forks that a fork child seldom makes).
+Test(arena, a_fork_child_does_not_collapse_the_huge_page_it_filled_with_small_pages) {
+    make_arena();
+    void *key = arena.alloc(0, 32);
+    cr_assert_not_null(key);
+    const std::size_t huge = bytes_per_touch(key);
+    if (huge == memlock_page_size()) {
+        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
+        return;
+    }
+    // The parent fills its first huge page but for 64 KiB.
+    void *a = arena.alloc(0, huge - (128u << 10));
+    cr_assert_not_null(a);
+    std::memset(a, 1, huge - (128u << 10));
+    arena.prefork();
+    const pid_t pid = fork();
+    if (pid == 0) {
+        arena.postfork_child_locks();
+        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+        arena.set_stats(stats);
+        arena.postfork_child();
+        // 128 KiB: half in the parent's huge page, half in the next one (small pages, as the
+        // child has committed less than half a huge page itself); then 1 MiB more, which takes
+        // it past half of its own: the rest of that next huge page is committed whole.
+        void *b = arena.alloc(0, 128u << 10);
+        if (!b) _exit(2);
+        std::memset(b, 1, 128u << 10);
+        void *c = arena.alloc(0, 1u << 20);
+        if (!c) _exit(2);
+        std::memset(c, 1, 1u << 20);
+        const auto next = reinterpret_cast<const char *>((reinterpret_cast<std::uintptr_t>(a) & ~(huge - 1)) + huge);
+        std::size_t huge_kb = 0;
+        for (const auto &m : mappings_overlapping(read_smaps(), next, huge)) huge_kb += m.anon_huge_kb;
+        _exit(huge_kb == 0 ? 0 : 1);
+    }
+    arena.postfork_parent();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: the huge page it filled with small pages was collapsed)", status);
+    arena.free(a);
+    arena.free(key);
+}
+
 namespace {
 
 std::atomic<bool> g_growing{true};
