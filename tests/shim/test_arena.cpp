@@ -108,6 +108,21 @@ Test(arena, a_freed_block_reads_as_zero_and_comes_back_zero) {
     }
 }
 
+// The whole block is wiped, up to its usable size (a program may use that much), for every
+// way of wiping: inline stores (up to 128 bytes), wide stores with a tail of less than 128
+// bytes (160, 18,432), whole 128-byte steps (4 KiB, the largest class), a page run.
+Test(arena, a_freed_block_is_wiped_up_to_its_usable_size) {
+    make_arena();
+    for (std::size_t n : {100u, 150u, 16712u, 4096u, 65536u, 70000u}) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+        cr_assert_not_null(p);
+        const std::size_t usable = arena.usable_size(p);
+        std::memset(p, 0x5a, usable);
+        arena.free(p);
+        cr_assert(all_zero(p, usable), "freed block of %zu bytes wiped up to %zu", n, usable);
+    }
+}
+
 Test(arena, a_pool_without_wipe_keeps_contents) {
     make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionLock | mlshim::kActionDontdump);
     auto *p = static_cast<unsigned char *>(arena.alloc(0, 64));
