@@ -108,6 +108,21 @@ Test(arena, a_freed_block_reads_as_zero_and_comes_back_zero) {
     }
 }
 
+// The whole block is wiped, up to its usable size (a program may use that much), for every
+// way of wiping: inline stores (up to 128 bytes), wide stores with a tail of less than 128
+// bytes (160, 18,432), whole 128-byte steps (4 KiB, the largest class), a page run.
+Test(arena, a_freed_block_is_wiped_up_to_its_usable_size) {
+    make_arena();
+    for (std::size_t n : {100u, 150u, 16712u, 4096u, 65536u, 70000u}) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+        cr_assert_not_null(p);
+        const std::size_t usable = arena.usable_size(p);
+        std::memset(p, 0x5a, usable);
+        arena.free(p);
+        cr_assert(all_zero(p, usable), "freed block of %zu bytes wiped up to %zu", n, usable);
+    }
+}
+
 Test(arena, a_pool_without_wipe_keeps_contents) {
     make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionLock | mlshim::kActionDontdump);
     auto *p = static_cast<unsigned char *>(arena.alloc(0, 64));
@@ -838,6 +853,53 @@ Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
               "child status %#x (1: it committed a huge page for a 128 KiB run, or none past half of its own; "
               "3: its 128 KiB faulted in as a huge page)",
               status);
+    arena.free(a);
+    arena.free(key);
+}
+
+// A fork child that commits past half a huge page of its own commits whole huge pages from
+// there on, but does not collapse the huge page it filled with small pages until then
+// (MADV_COLLAPSE copies them into a new huge page and zeroes the rest: a cost per postgres
+// backend, for forks that a fork child seldom makes).
+Test(arena, a_fork_child_does_not_collapse_the_huge_page_it_filled_with_small_pages) {
+    make_arena();
+    void *key = arena.alloc(0, 32);
+    cr_assert_not_null(key);
+    const std::size_t huge = bytes_per_touch(key);
+    if (huge == memlock_page_size()) {
+        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
+        return;
+    }
+    // The parent fills its first huge page but for 64 KiB.
+    void *a = arena.alloc(0, huge - (128u << 10));
+    cr_assert_not_null(a);
+    std::memset(a, 1, huge - (128u << 10));
+    arena.prefork();
+    const pid_t pid = fork();
+    if (pid == 0) {
+        arena.postfork_child_locks();
+        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+        arena.set_stats(stats);
+        arena.postfork_child();
+        // 128 KiB: half in the parent's huge page, half in the next one (small pages, as the
+        // child has committed less than half a huge page itself); then 1 MiB more, which takes
+        // it past half of its own: the rest of that next huge page is committed whole.
+        void *b = arena.alloc(0, 128u << 10);
+        if (!b) _exit(2);
+        std::memset(b, 1, 128u << 10);
+        void *c = arena.alloc(0, 1u << 20);
+        if (!c) _exit(2);
+        std::memset(c, 1, 1u << 20);
+        const auto next = reinterpret_cast<const char *>((reinterpret_cast<std::uintptr_t>(a) & ~(huge - 1)) + huge);
+        std::size_t huge_kb = 0;
+        for (const auto &m : mappings_overlapping(read_smaps(), next, huge)) huge_kb += m.anon_huge_kb;
+        _exit(huge_kb == 0 ? 0 : 1);
+    }
+    arena.postfork_parent();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: the huge page it filled with small pages was collapsed)", status);
     arena.free(a);
     arena.free(key);
 }
