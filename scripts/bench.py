@@ -164,9 +164,10 @@ with open(THP_SYSFS) if os.path.exists(THP_SYSFS) else open(os.devnull) as f:
     print(f"  (transparent huge pages: {f.read().strip() or 'missing'}; {RUNS} interleaved runs of {FORKS} forks, "
           f"median, best in brackets; load average {os.getloadavg()[0]:.1f})")
 fork_figures = interleaved([(argv, cfg) for _, argv, cfg in fork_variants])
-for (label, _, _), (median, low, (faults_parent, faults_child)) in zip(fork_variants, fork_figures):
+for (label, _, _), (median, low, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(fork_variants, fork_figures):
     print(f"  {label:<46} {median:10.2f} us/fork ({low:.2f}) {median / fork_figures[0][0]:7.2f}x  "
-          f"({median - fork_figures[0][0]:+.2f}); page faults per fork: parent {faults_parent:.1f}, child {faults_child:.1f}")
+          f"({median - fork_figures[0][0]:+.2f}); parent {cpu_parent:.1f} + child {cpu_child:.1f} us; "
+          f"page faults per fork: parent {faults_parent:.1f}, child {faults_child:.1f}")
 
 print("== policy.backing: secretmem (memfd_secret) vs anonymous, matched blocks")
 rules_sa = [{"name": "keys", "size": 32}, {"name": "pages", "size": 4096}, {"name": "buffers", "size": 1024}]
