@@ -306,6 +306,7 @@ Slot g_slots[1u << kSlotBits];
 std::atomic<std::uint32_t> g_gen{1};
 std::atomic<unsigned long long> g_rules_made{0};
 std::atomic<unsigned long long> g_fallbacks{0};
+std::atomic<unsigned long long> g_walks{0};  // walks not replayed: counted without a locked add
 
 inline Slot &first_slot(std::uintptr_t pc) { return g_slots[(pc * 0x9E3779B97F4A7C15ull) >> (64 - kSlotBits)]; }
 inline Slot &second_slot(std::uintptr_t pc) { return g_slots[(pc * 0xC2B2AE3D27D4EB4Full) >> (64 - kSlotBits)]; }
@@ -413,6 +414,97 @@ __attribute__((no_sanitize_address)) inline std::uintptr_t stack_word(std::uintp
     return *reinterpret_cast<const std::uintptr_t *>(at);
 }
 
+// ---- walks seen before -----------------------------------------------------------------------
+//
+// A walk is a function of where it starts (the stack pointer, and the frame pointer when a rule
+// uses the one it starts with), the cached rules (one generation) and the stack words it reads.
+// So a walk is kept with the addresses and values of the words it read, and a walk that starts
+// at the same place, in the same generation, finds the same words there, gives the same return
+// addresses without looking a rule up: a few loads and compares per frame. Most allocations of
+// a server come from a few call chains at the same stack depths. Kept in a table shared by all
+// threads (their stacks differ, so do their keys), each entry under a sequence count like the
+// rule cache's slots; a walk that reads more words than an entry holds is not kept.
+constexpr unsigned kMemoBits = 8;
+constexpr unsigned kMemoWords = 24;
+constexpr unsigned kMemoPcs = 16;
+
+struct Memo {
+    std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
+    std::atomic<std::uint32_t> gen{0};  // 0: empty
+    std::atomic<std::uintptr_t> sp{0}, fp{0}, from{0};
+    std::atomic<std::uint32_t> shape{0};  // words | pcs << 8 | max << 16 | kMemoFp
+    std::atomic<std::uint32_t> off[kMemoWords] = {};  // a word's address, above sp
+    std::atomic<std::uintptr_t> was[kMemoWords] = {};
+    std::atomic<std::uint8_t> pc_at[kMemoPcs] = {};  // the return addresses, among the words
+};
+constexpr std::uint32_t kMemoFp = 1u << 24;  // the walk used the frame pointer it started with
+Memo g_memo[1u << kMemoBits];
+
+inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from) {
+    return g_memo[((sp ^ from) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
+}
+
+// What one walk read, while it runs.
+struct Trail {
+    std::uintptr_t sp0;
+    unsigned words = 0, pcs = 0;
+    bool fits = true, fp_used = false;
+    std::uint32_t off[kMemoWords];
+    std::uintptr_t was[kMemoWords];
+    std::uint8_t pc_at[kMemoPcs];
+
+    void note(std::uintptr_t at, std::uintptr_t v) {
+        if (words < kMemoWords && at - sp0 <= UINT32_MAX) {
+            off[words] = static_cast<std::uint32_t>(at - sp0);
+            was[words++] = v;
+        } else {
+            fits = false;
+        }
+    }
+    void pc_is_last_word() {
+        if (pcs < kMemoPcs && words) pc_at[pcs++] = static_cast<std::uint8_t>(words - 1);
+        else fits = false;
+    }
+};
+
+// The kept walk from (sp, fp, from), if the stack still holds the words it read: its return
+// addresses into pcs, and how many. -1: none kept, or the stack differs.
+__attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
+                                                int max, std::uintptr_t *pcs) {
+    Memo &m = memo_for(sp, from);
+    const std::uint32_t s1 = m.seq.load(std::memory_order_acquire);
+    if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
+        m.from.load(std::memory_order_relaxed) != from)
+        return -1;
+    const std::uint32_t shape = m.shape.load(std::memory_order_relaxed);
+    if (((shape >> 16) & 0xff) != static_cast<std::uint32_t>(max)) return -1;
+    if ((shape & kMemoFp) && m.fp.load(std::memory_order_relaxed) != fp) return -1;
+    const unsigned words = shape & 0xff, n = (shape >> 8) & 0xff;
+    for (unsigned i = 0; i < words; ++i)
+        if (stack_word(sp + m.off[i].load(std::memory_order_relaxed)) != m.was[i].load(std::memory_order_relaxed)) return -1;
+    for (unsigned k = 0; k < n; ++k) pcs[k] = m.was[m.pc_at[k].load(std::memory_order_relaxed)].load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return m.seq.load(std::memory_order_relaxed) == s1 ? static_cast<int>(n) : -1;
+}
+
+void keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
+    if (!t.fits || max > 0xff) return;
+    Memo &m = memo_for(t.sp0, from);
+    std::uint32_t s1 = m.seq.load(std::memory_order_relaxed);
+    if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    m.gen.store(gen, std::memory_order_relaxed);
+    m.sp.store(t.sp0, std::memory_order_relaxed);
+    m.fp.store(fp, std::memory_order_relaxed);
+    m.from.store(from, std::memory_order_relaxed);
+    m.shape.store(t.words | t.pcs << 8 | static_cast<std::uint32_t>(max) << 16 | (t.fp_used ? kMemoFp : 0), std::memory_order_relaxed);
+    for (unsigned i = 0; i < t.words; ++i) {
+        m.off[i].store(t.off[i], std::memory_order_relaxed);
+        m.was[i].store(t.was[i], std::memory_order_relaxed);
+    }
+    for (unsigned k = 0; k < t.pcs; ++k) m.pc_at[k].store(t.pc_at[k], std::memory_order_relaxed);
+    m.seq.store(s1 + 2, std::memory_order_release);
+}
+
 }  // namespace
 
 // The shim's own frames between here and the allocation's caller, at most.
@@ -424,31 +516,64 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
+    const int again = replay(sp, fp, from, gen, max, pcs);
+    if (again >= 0) return again;
+    g_walks.store(g_walks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    Trail trail;
+    trail.sp0 = sp;
+    const std::uintptr_t fp0 = fp;
+    // Where fp was last read from, until a rule uses it (0: it holds what it started with, or
+    // has been noted since). A saved register that no later frame uses is not a condition of
+    // the walk: code built without frame pointers keeps data in it.
+    std::uintptr_t fp_at = 0;
     int n = 0, own = 0;
     while (n < max) {
         std::uint64_t rule;
         if (!cached(pc, gen, rule)) rule = rule_slow(pc, gen);
         if (rule & kSlow) break;
         if (rule & kEnd) {
-            if (n) return n;
+            if (n) {
+                keep(trail, fp0, from, gen, max);
+                return n;
+            }
             break;  // `from` is not on this stack
+        }
+        if (rule & kOnFp) {
+            // Only now does the walk depend on where fp came from: the start, or a saved word.
+            if (fp_at) trail.note(fp_at, fp);
+            else trail.fp_used = true;
+            fp_at = 0;
         }
         const std::uintptr_t base = (rule & kOnFp) ? fp : sp;
         const std::uintptr_t cfa = base + static_cast<std::uintptr_t>(static_cast<std::int64_t>(static_cast<std::int32_t>(rule)));
         // A caller's frame lies above its callee's: anything else is not a stack to walk.
         if (cfa <= sp || (cfa & 7)) break;
         const auto fp_off = static_cast<std::int16_t>(rule >> 32);
-        if (fp_off) fp = stack_word(cfa + static_cast<std::uintptr_t>(static_cast<std::int64_t>(fp_off)));
+        if (fp_off) {
+            fp_at = cfa + static_cast<std::uintptr_t>(static_cast<std::int64_t>(fp_off));
+            fp = stack_word(fp_at);
+        }
         pc = stack_word(cfa - 8);
+        trail.note(cfa - 8, pc);
         sp = cfa;
         if (!pc) {
-            if (n) return n;
+            if (n) {
+                keep(trail, fp0, from, gen, max);
+                return n;
+            }
             break;
         }
-        if (n || pc == from) pcs[n++] = pc;
-        else if (++own > kMaxOwnFrames) break;
+        if (n || pc == from) {
+            pcs[n++] = pc;
+            trail.pc_is_last_word();
+        } else if (++own > kMaxOwnFrames) {
+            break;
+        }
     }
-    if (n == max) return n;
+    if (n == max) {
+        keep(trail, fp0, from, gen, max);
+        return n;
+    }
     g_fallbacks.fetch_add(1, std::memory_order_relaxed);
     return -1;
 }
@@ -480,13 +605,14 @@ namespace {
 std::atomic<unsigned long long> g_rules_made{0};
 std::atomic<unsigned long long> g_fallbacks{0};
 std::atomic<unsigned long long> g_hints_learned{0};
+std::atomic<unsigned long long> g_walks{0};
 }  // namespace
 
 #endif
 
 FastBacktraceCounts fast_backtrace_counts() noexcept {
     return {g_rules_made.load(std::memory_order_relaxed), g_fallbacks.load(std::memory_order_relaxed),
-            g_hints_learned.load(std::memory_order_relaxed)};
+            g_hints_learned.load(std::memory_order_relaxed), g_walks.load(std::memory_order_relaxed)};
 }
 
 }  // namespace mlshim

@@ -15,6 +15,11 @@
 //     never applied to code loaded at its address later.
 //   - Lock-free (a sequence count per cache slot) and allocation-free; it runs inside the
 //     interposed allocation functions, on any thread, and in a fork child.
+//   - A walk is kept with the stack words it read (where, and what they held). The next walk
+//     that starts at the same stack pointer (and frame pointer, if the walk used the one it
+//     started with), in the same generation, and finds the same words there is that walk: it
+//     checks them in the order the walk read them (so it reads no word the walk itself would
+//     not) and reuses its return addresses.
 //   - After fast_backtrace_share, fork children post the return addresses they made rules for
 //     to the process that called it, which makes those rules too (from its own code, a few per
 //     walk), so that its later children start with them. No rule crosses processes.
@@ -42,10 +47,11 @@ bool fast_backtrace_share() noexcept;
 // In a fork child: post to the ring, never learn from it. Makes no system call.
 void fast_backtrace_after_fork_child() noexcept;
 
-// Rules made since start-up, walks that fell back to libgcc, and rules made from addresses
-// fork children posted (for tests and benchmarks).
+// Rules made since start-up, walks that fell back to libgcc, rules made from addresses fork
+// children posted, and walks that read their rules (not replayed), for tests and benchmarks.
+// The last is counted without a locked add: exact in one thread, about right in several.
 struct FastBacktraceCounts {
-    unsigned long long rules, fallbacks, hints;
+    unsigned long long rules, fallbacks, hints, walks;
 };
 FastBacktraceCounts fast_backtrace_counts() noexcept;
 

@@ -145,6 +145,69 @@ Test(unwind, rules_are_cached_and_forgotten) {
     cr_expect_eq(made[4], 0u, "rules made again were not kept");
 }
 
+// ---- walks kept with the words they read ------------------------------------------------------
+
+namespace {
+
+// A frame that calls Next and does work after it (so the call is not a tail call); K tells
+// the copies apart.
+template <Walk (*Next)(int), int K> __attribute__((noinline)) Walk calls(int max) {
+    Walk w = Next(max);
+    g_sink = g_sink + K;
+    return w;
+}
+
+// Two callers of the same shape: a walk from inside `inner` starts at the same stack pointer
+// through either, and only the return address into the caller tells them apart.
+constexpr Walk (*inner)(int) = calls<walk_here, 11>;
+constexpr Walk (*caller_one)(int) = calls<inner, 1>;
+constexpr Walk (*caller_two)(int) = calls<inner, 2>;
+Walk (*volatile g_callers[2])(int) = {caller_one, caller_two};
+
+unsigned long long walks() { return fast_backtrace_counts().walks; }
+
+}  // namespace
+
+Test(unwind, a_walk_from_the_same_place_over_the_same_words_is_replayed) {
+    for (int max : {4, 8, 16}) {
+        // Every walk from one call site: the first reads its rules, the others are replays.
+        unsigned long long before = 0;
+        for (int i = 0; i < 5; ++i) {
+            expect_same(recurse(3, max), "walk");
+            if (i == 0) before = walks();
+        }
+        cr_expect_eq(walks(), before, "max %d: identical walks read their rules again (%llu times)", max, walks() - before);
+    }
+}
+
+Test(unwind, another_caller_at_the_same_stack_depth_is_walked_again) {
+    Walk seen[2];
+    for (int round = 0; round < 6; ++round) {
+        const unsigned long long before = walks();
+        const Walk w = g_callers[round % 2](8);
+        expect_same(w, round % 2 ? "through caller_two" : "through caller_one");
+        if (round >= 2) cr_expect_eq(walks(), before + 1, "round %d: the other caller's walk was replayed", round);
+        seen[round % 2] = w;
+    }
+    cr_assert_eq(seen[0].fast[0], seen[1].fast[0], "not the same call site in inner");
+    cr_expect_neq(seen[0].fast[1], seen[1].fast[1], "the two callers gave the same return address");
+}
+
+Test(unwind, a_frame_pointer_frame_is_replayed_only_with_its_frame_pointer) {
+    // with_vla and with_frame_pointer are addressed from the frame pointer: the same stack
+    // pointer with different stack contents below must not replay a wrong walk.
+    for (int i = 0; i < 8; ++i) expect_same(recurse(i % 3, 16), "depths alternate");
+    for (int i = 0; i < 4; ++i) expect_same(with_vla(16, 100 + i), "vla of another size");
+}
+
+Test(unwind, replays_are_forgotten_with_the_rules) {
+    expect_same(recurse(3, 8), "first");
+    const unsigned long long before = walks();
+    fast_backtrace_forget();
+    expect_same(recurse(3, 8), "after forgetting");
+    cr_expect_eq(walks(), before + 1, "a walk of the forgotten generation was replayed");
+}
+
 namespace {
 Walk g_in_handler;
 void on_signal(int) { g_in_handler = recurse(1, 32); }
@@ -175,21 +238,9 @@ Test(unwind, signal_frames_fall_back) {
 namespace {
 
 // Call sites only the fork children of the test below walk through first.
-__attribute__((noinline)) Walk child_path_c(int max) {
-    Walk w = walk_here(max);
-    g_sink = g_sink + 3;
-    return w;
-}
-__attribute__((noinline)) Walk child_path_b(int max) {
-    Walk w = child_path_c(max);
-    g_sink = g_sink + 5;
-    return w;
-}
-__attribute__((noinline)) Walk child_path_a(int max) {
-    Walk w = child_path_b(max);
-    g_sink = g_sink + 7;
-    return w;
-}
+constexpr Walk (*child_path_c)(int) = calls<walk_here, 3>;
+constexpr Walk (*child_path_b)(int) = calls<child_path_c, 5>;
+constexpr Walk (*child_path_a)(int) = calls<child_path_b, 7>;
 
 // Forks a child that walks child_path_a (as the shim's fork handler would, it stops being the
 // ring's owner); returns how many rules that walk made in the child, or -1.
