@@ -425,7 +425,7 @@ __attribute__((no_sanitize_address)) inline std::uintptr_t stack_word(std::uintp
 // threads (their stacks differ, so do their keys), each entry under a sequence count like the
 // rule cache's slots; a walk that reads more words than an entry holds is not kept.
 constexpr unsigned kMemoBits = 8;
-constexpr unsigned kMemoWords = 24;
+constexpr unsigned kMemoWords = 48;  // 16 frames with a saved frame pointer each, and the shim's own
 constexpr unsigned kMemoPcs = 16;
 
 struct Memo {
