@@ -63,6 +63,35 @@ std::size_t bytes_per_touch(const void *p) {
     return std::stoull(*text);
 }
 
+// After make_arena, a first 32-byte block (`key`); returns the size the arena commits whole
+// pages in, or 0 (said in the log) where transparent huge pages are off.
+std::size_t huge_page_size(void *&key) {
+    key = arena.alloc(0, 32);
+    cr_assert_not_null(key);
+    const std::size_t huge = bytes_per_touch(key);
+    if (huge != memlock_page_size()) return huge;
+    cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
+    return 0;
+}
+
+// Forks a child that takes the arena over as the shim's fork handlers do, its counters
+// included, and exits with what `child` returns there. Returns the child's wait status.
+template <typename F> int status_of_fork_child(F child) {
+    arena.prefork();
+    const pid_t pid = fork();
+    if (pid == 0) {
+        arena.postfork_child_locks();
+        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+        arena.set_stats(stats);
+        arena.postfork_child();
+        _exit(child());
+    }
+    arena.postfork_parent();
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
 }  // namespace
 
 Test(arena_classes, every_size_gets_the_smallest_class_that_fits) {
@@ -781,14 +810,10 @@ Test(arena, a_large_block_costs_only_the_pages_used_and_is_still_wiped) {
 // counters count what is committed, all of it locked.
 Test(arena, a_pool_commits_whole_huge_pages_once_past_half_of_one) {
     make_arena();
-    void *key = arena.alloc(0, 32);
-    cr_assert_not_null(key);
+    void *key;
+    const std::size_t huge = huge_page_size(key);
     cr_assert_eq(stats->committed_bytes.load(), 64u << 10, "below half a huge page: one slab");
-    const std::size_t huge = bytes_per_touch(key);
-    if (huge == memlock_page_size()) {
-        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
-        return;
-    }
+    if (!huge) return;
     void *a = arena.alloc(0, 1u << 20), *b = arena.alloc(0, 2u << 20);
     cr_assert(a && b);
     std::memset(a, 1, 1u << 20);
@@ -811,29 +836,19 @@ Test(arena, a_pool_commits_whole_huge_pages_once_past_half_of_one) {
 // it has committed half a huge page itself, then whole huge pages again.
 Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
     make_arena();
-    void *key = arena.alloc(0, 32);
-    cr_assert_not_null(key);
-    const std::size_t huge = bytes_per_touch(key);
-    if (huge == memlock_page_size()) {
-        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
-        return;
-    }
+    void *key;
+    const std::size_t huge = huge_page_size(key);
+    if (!huge) return;
     // The parent fills its first huge page but for 64 KiB (past half: committed whole).
     void *a = arena.alloc(0, huge - (128u << 10));
     cr_assert_not_null(a);
     cr_assert_eq(stats->committed_bytes.load(), huge);
-    arena.prefork();
-    const pid_t pid = fork();
-    if (pid == 0) {
-        arena.postfork_child_locks();
-        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
-        arena.set_stats(stats);
-        arena.postfork_child();
+    const int status = status_of_fork_child([&] {
         // 128 KiB: half of it in the parent's huge page, half beyond; then 1 MiB more, which
         // takes the child past half a huge page of its own.
         const std::uint64_t inherited = stats->committed_bytes.load();
         void *b = arena.alloc(0, 128u << 10);
-        if (!b) _exit(2);
+        if (!b) return 2;
         std::memset(b, 1, 128u << 10);
         const std::uint64_t first = stats->committed_bytes.load() - inherited;
         // What it touched lies on small pages: the arena holds one huge page, the parent's
@@ -842,13 +857,10 @@ Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
         for (const auto &m : mappings_overlapping(read_smaps(), a, 2 * huge)) huge_kb += m.anon_huge_kb;
         void *c = arena.alloc(0, 1u << 20);
         const std::uint64_t then = stats->committed_bytes.load() - inherited;
-        if (!c) _exit(2);
-        if (huge_kb > huge >> 10) _exit(3);
-        _exit(first <= (128u << 10) && then == huge ? 0 : 1);
-    }
-    arena.postfork_parent();
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+        if (!c) return 2;
+        if (huge_kb > huge >> 10) return 3;
+        return first <= (128u << 10) && then == huge ? 0 : 1;
+    });
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "child status %#x (1: it committed a huge page for a 128 KiB run, or none past half of its own; "
               "3: its 128 KiB faulted in as a huge page)",
@@ -863,41 +875,28 @@ Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
 // backend, for forks that a fork child seldom makes).
 Test(arena, a_fork_child_does_not_collapse_the_huge_page_it_filled_with_small_pages) {
     make_arena();
-    void *key = arena.alloc(0, 32);
-    cr_assert_not_null(key);
-    const std::size_t huge = bytes_per_touch(key);
-    if (huge == memlock_page_size()) {
-        cr_log_warn("no transparent huge pages here (THP never or missing): the arena commits slab by slab");
-        return;
-    }
+    void *key;
+    const std::size_t huge = huge_page_size(key);
+    if (!huge) return;
     // The parent fills its first huge page but for 64 KiB.
     void *a = arena.alloc(0, huge - (128u << 10));
     cr_assert_not_null(a);
     std::memset(a, 1, huge - (128u << 10));
-    arena.prefork();
-    const pid_t pid = fork();
-    if (pid == 0) {
-        arena.postfork_child_locks();
-        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
-        arena.set_stats(stats);
-        arena.postfork_child();
+    const int status = status_of_fork_child([&] {
         // 128 KiB: half in the parent's huge page, half in the next one (small pages, as the
         // child has committed less than half a huge page itself); then 1 MiB more, which takes
         // it past half of its own: the rest of that next huge page is committed whole.
         void *b = arena.alloc(0, 128u << 10);
-        if (!b) _exit(2);
+        if (!b) return 2;
         std::memset(b, 1, 128u << 10);
         void *c = arena.alloc(0, 1u << 20);
-        if (!c) _exit(2);
+        if (!c) return 2;
         std::memset(c, 1, 1u << 20);
         const auto next = reinterpret_cast<const char *>((reinterpret_cast<std::uintptr_t>(a) & ~(huge - 1)) + huge);
         std::size_t huge_kb = 0;
         for (const auto &m : mappings_overlapping(read_smaps(), next, huge)) huge_kb += m.anon_huge_kb;
-        _exit(huge_kb == 0 ? 0 : 1);
-    }
-    arena.postfork_parent();
-    int status = 0;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+        return huge_kb == 0 ? 0 : 1;
+    });
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "child status %#x (1: the huge page it filled with small pages was collapsed)", status);
     arena.free(a);
