@@ -350,6 +350,7 @@ void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
 // without the fork handlers (glibc's _Fork) stays an owner of its copy: it learns from the
 // ring for itself, from its own code, and its parent learns fewer of the addresses.
 constexpr unsigned kHintBits = 9;
+constexpr unsigned kHintMask = (1u << kHintBits) - 1;
 // The owner looks at the whole ring in a walk that finds addresses pending, and makes at most
 // kHintLearn rules in it: a postgres postmaster walks a few times per connection, and with 64
 // slots and 8 rules per walk its backends still made about 100 rules each after 8 connections;
@@ -368,11 +369,20 @@ std::atomic<unsigned long long> g_hints_learned{0};
 
 inline unsigned hint_slot(std::uintptr_t pc) { return static_cast<unsigned>((pc * 0x9E3779B97F4A7C15ull) >> (64 - kHintBits)); }
 
-// A child's: post pc unless its slot holds another address still to be learned.
+// A child's: post pc in the first free slot of the kHintProbe from its own, unless one of them
+// holds pc already (another child posted it). Probing keeps two addresses that hash alike both
+// learned: with one slot each, a child that made 7 rules lost one in about 4% of runs.
+constexpr unsigned kHintProbe = 8;
 void post_hint(std::uintptr_t pc) {
-    std::uint64_t empty = 0;
-    if (g_hints->pc[hint_slot(pc)].compare_exchange_strong(empty, pc, std::memory_order_relaxed))
-        g_hints->posted.fetch_add(1, std::memory_order_release);
+    const unsigned h = hint_slot(pc);
+    for (unsigned k = 0; k < kHintProbe; ++k) {
+        std::uint64_t seen = 0;
+        if (g_hints->pc[(h + k) & kHintMask].compare_exchange_strong(seen, pc, std::memory_order_relaxed)) {
+            g_hints->posted.fetch_add(1, std::memory_order_release);
+            return;
+        }
+        if (seen == pc) return;
+    }
 }
 
 // Are there posted addresses the owner has not taken? One load and a compare per walk.
@@ -385,7 +395,7 @@ __attribute__((noinline)) void learn_hints(std::uint32_t gen) {
     const unsigned from = g_hint_cursor.fetch_add(kHintScan, std::memory_order_relaxed);
     unsigned made = 0;
     for (unsigned i = 0; i < kHintScan && made < kHintLearn; ++i) {
-        std::atomic<std::uint64_t> &slot = g_hints->pc[(from + i) & ((1u << kHintBits) - 1)];
+        std::atomic<std::uint64_t> &slot = g_hints->pc[(from + i) & kHintMask];
         if (slot.load(std::memory_order_relaxed) == 0) continue;
         const std::uintptr_t pc = slot.exchange(0, std::memory_order_relaxed);
         if (!pc) continue;
