@@ -55,28 +55,50 @@ SHIM_EXPORT void *malloc(std::size_t n) {
 }
 
 SHIM_EXPORT void free(void *p) {
+    if (!p) return;  // as glibc's; programs free NULL often (nginx: about 50 times per request)
     if (g_arena.owns(p)) return g_arena.free(p);
     free_other(p);
 }
+
+namespace {
+
+// The hooks' paths past the match window, out of line: a pass-through call then saves no
+// registers and ends in a jump to the next allocator.
+__attribute__((noinline)) void *calloc_matching(std::size_t count, std::size_t size, std::size_t n, const void *ra) {
+    int rule = match(n, ra);
+    return rule < 0 ? g_next.calloc(count, size) : arena_alloc(rule, n, kMinAlign, true);
+}
+
+__attribute__((noinline)) void *realloc_other(void *p, std::size_t n, const void *ra) {
+    if (!p) return may_match(n) ? malloc_matching(n, ra) : g_next.malloc(n);
+    return slow_realloc(p, n, ra);
+}
+
+__attribute__((always_inline)) inline void *realloc_impl(void *p, std::size_t n, const void *ra) {
+    if (__builtin_expect(p && !g_arena.owns(p) && !may_match(n) && !in_bootstrap(p), 1)) return g_next.realloc(p, n);
+    return realloc_other(p, n, ra);
+}
+
+__attribute__((noinline)) int posix_memalign_matching(void **memptr, std::size_t align, std::size_t n, const void *ra) {
+    if (align % sizeof(void *) || !is_pow2(align)) return EINVAL;
+    int rule = match(n, ra);
+    if (rule < 0) return g_next.posix_memalign(memptr, align, n);
+    int saved = errno;
+    void *q = arena_alloc(rule, n, align < kMinAlign ? kMinAlign : align, false);
+    if (!q) return ENOMEM;  // errno = ENOMEM too, as glibc's; *memptr untouched
+    errno = saved;
+    *memptr = q;
+    return 0;
+}
+
+}  // namespace
 
 SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
     std::size_t n;
     if (__builtin_mul_overflow(count, size, &n) || __builtin_expect(!may_match(n), 1))
         return g_next.calloc(count, size);  // the next allocator reports the overflow itself
-    int rule = match(n, CALLER);
-    return rule < 0 ? g_next.calloc(count, size) : arena_alloc(rule, n, kMinAlign, true);
+    return calloc_matching(count, size, n, CALLER);
 }
-
-namespace {
-
-void *realloc_impl(void *p, std::size_t n, const void *ra) {
-    if (!p) return may_match(n) ? malloc_matching(n, ra) : g_next.malloc(n);
-    if (__builtin_expect(!g_arena.owns(p) && !may_match(n) && !in_bootstrap(p), 1))
-        return g_next.realloc(p, n);
-    return slow_realloc(p, n, ra);
-}
-
-}  // namespace
 
 SHIM_EXPORT void *realloc(void *p, std::size_t n) { return realloc_impl(p, n, CALLER); }
 
@@ -91,15 +113,7 @@ SHIM_EXPORT void *reallocarray(void *p, std::size_t count, std::size_t size) {
 
 SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.posix_memalign(memptr, align, n);
-    if (align % sizeof(void *) || !is_pow2(align)) return EINVAL;
-    int rule = match(n, CALLER);
-    if (rule < 0) return g_next.posix_memalign(memptr, align, n);
-    int saved = errno;
-    void *q = arena_alloc(rule, n, align < kMinAlign ? kMinAlign : align, false);
-    if (!q) return ENOMEM;  // errno = ENOMEM too, as glibc's; *memptr untouched
-    errno = saved;
-    *memptr = q;
-    return 0;
+    return posix_memalign_matching(memptr, align, n, CALLER);
 }
 
 SHIM_EXPORT void *aligned_alloc(std::size_t align, std::size_t n) {

@@ -59,17 +59,17 @@ std::size_t boot_size(const void *p) noexcept {
 
 void resolve_next() noexcept;
 
-void *boot_malloc(std::size_t n) {
+void *boot_malloc(std::size_t n) noexcept {
     if (t_resolving) return boot_alloc(n);
     resolve_next();
     return g_next.malloc(n);
 }
-void boot_free(void *p) {
+void boot_free(void *p) noexcept {
     if (in_bootstrap(p) || !p) return;
     resolve_next();
     g_next.free(p);
 }
-void *boot_calloc(std::size_t a, std::size_t b) {
+void *boot_calloc(std::size_t a, std::size_t b) noexcept {
     if (t_resolving) {
         std::size_t n;
         if (__builtin_mul_overflow(a, b, &n)) return errno = ENOMEM, nullptr;
@@ -86,14 +86,14 @@ void *boot_calloc(std::size_t a, std::size_t b) {
         return fail;        \
     }                       \
     resolve_next()
-void *boot_realloc(void *p, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.realloc(p, n); }
-void *boot_reallocarray(void *p, std::size_t a, std::size_t b) { BOOT_OR_FAIL(nullptr); return g_next.reallocarray(p, a, b); }
-int boot_posix_memalign(void **m, std::size_t a, std::size_t n) { BOOT_OR_FAIL(ENOMEM); return g_next.posix_memalign(m, a, n); }
-void *boot_aligned_alloc(std::size_t a, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.aligned_alloc(a, n); }
-void *boot_memalign(std::size_t a, std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.memalign(a, n); }
-void *boot_valloc(std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.valloc(n); }
-void *boot_pvalloc(std::size_t n) { BOOT_OR_FAIL(nullptr); return g_next.pvalloc(n); }
-std::size_t boot_usable(void *p) {
+void *boot_realloc(void *p, std::size_t n) noexcept { BOOT_OR_FAIL(nullptr); return g_next.realloc(p, n); }
+void *boot_reallocarray(void *p, std::size_t a, std::size_t b) noexcept { BOOT_OR_FAIL(nullptr); return g_next.reallocarray(p, a, b); }
+int boot_posix_memalign(void **m, std::size_t a, std::size_t n) noexcept { BOOT_OR_FAIL(ENOMEM); return g_next.posix_memalign(m, a, n); }
+void *boot_aligned_alloc(std::size_t a, std::size_t n) noexcept { BOOT_OR_FAIL(nullptr); return g_next.aligned_alloc(a, n); }
+void *boot_memalign(std::size_t a, std::size_t n) noexcept { BOOT_OR_FAIL(nullptr); return g_next.memalign(a, n); }
+void *boot_valloc(std::size_t n) noexcept { BOOT_OR_FAIL(nullptr); return g_next.valloc(n); }
+void *boot_pvalloc(std::size_t n) noexcept { BOOT_OR_FAIL(nullptr); return g_next.pvalloc(n); }
+std::size_t boot_usable(void *p) noexcept {
     if (in_bootstrap(p)) return boot_size(p);
     BOOT_OR_FAIL(0);
     return g_next.malloc_usable_size(p);
@@ -101,7 +101,7 @@ std::size_t boot_usable(void *p) {
 #undef BOOT_OR_FAIL
 
 // Stand-ins for functions an allocator further down may lack.
-void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) {
+void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) noexcept {
     std::size_t n;
     if (__builtin_mul_overflow(a, b, &n)) return errno = ENOMEM, nullptr;
     return g_next.realloc(p, n);

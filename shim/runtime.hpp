@@ -20,18 +20,20 @@ namespace mlshim {
 // The allocation functions that come after the shim in the lookup order (glibc's, or a
 // preloaded allocator's). Until they are looked up, each member points to a bootstrap
 // function that looks them up first.
+// The next allocator's functions. noexcept, as glibc declares them: a pass-through call is
+// then a tail call, with no terminate region of its own.
 struct NextAllocator {
-    void *(*malloc)(std::size_t);
-    void (*free)(void *);
-    void *(*calloc)(std::size_t, std::size_t);
-    void *(*realloc)(void *, std::size_t);
-    void *(*reallocarray)(void *, std::size_t, std::size_t);
-    int (*posix_memalign)(void **, std::size_t, std::size_t);
-    void *(*aligned_alloc)(std::size_t, std::size_t);
-    void *(*memalign)(std::size_t, std::size_t);
-    void *(*valloc)(std::size_t);
-    void *(*pvalloc)(std::size_t);
-    std::size_t (*malloc_usable_size)(void *);
+    void *(*malloc)(std::size_t) noexcept;
+    void (*free)(void *) noexcept;
+    void *(*calloc)(std::size_t, std::size_t) noexcept;
+    void *(*realloc)(void *, std::size_t) noexcept;
+    void *(*reallocarray)(void *, std::size_t, std::size_t) noexcept;
+    int (*posix_memalign)(void **, std::size_t, std::size_t) noexcept;
+    void *(*aligned_alloc)(std::size_t, std::size_t) noexcept;
+    void *(*memalign)(std::size_t, std::size_t) noexcept;
+    void *(*valloc)(std::size_t) noexcept;
+    void *(*pvalloc)(std::size_t) noexcept;
+    std::size_t (*malloc_usable_size)(void *) noexcept;
 };
 extern NextAllocator g_next;
 

@@ -80,53 +80,53 @@ void send_event(TraceKind kind, int parent) noexcept {
 
 // ---- the recording wrappers that replace g_next's members ----------------------------------
 
-void *t_malloc(std::size_t n) {
+void *t_malloc(std::size_t n) noexcept {
     void *p = g_real.malloc(n);
     record_alloc(p, n);
     return p;
 }
-void t_free(void *p) {
+void t_free(void *p) noexcept {
     record_free(p);
     g_real.free(p);
 }
-void *t_calloc(std::size_t a, std::size_t b) {
+void *t_calloc(std::size_t a, std::size_t b) noexcept {
     void *p = g_real.calloc(a, b);
     record_alloc(p, a * b);  // non-null only when a * b did not overflow
     return p;
 }
-void *t_realloc(void *p, std::size_t n) {
+void *t_realloc(void *p, std::size_t n) noexcept {
     void *q = g_real.realloc(p, n);
     if (q || n == 0) record_free(p);
     record_alloc(q, n);
     return q;
 }
-void *t_reallocarray(void *p, std::size_t a, std::size_t b) {
+void *t_reallocarray(void *p, std::size_t a, std::size_t b) noexcept {
     void *q = g_real.reallocarray(p, a, b);
     if (q) record_free(p);
     record_alloc(q, a * b);
     return q;
 }
-int t_posix_memalign(void **m, std::size_t a, std::size_t n) {
+int t_posix_memalign(void **m, std::size_t a, std::size_t n) noexcept {
     int rc = g_real.posix_memalign(m, a, n);
     if (rc == 0) record_alloc(*m, n);
     return rc;
 }
-void *t_aligned_alloc(std::size_t a, std::size_t n) {
+void *t_aligned_alloc(std::size_t a, std::size_t n) noexcept {
     void *p = g_real.aligned_alloc(a, n);
     record_alloc(p, n);
     return p;
 }
-void *t_memalign(std::size_t a, std::size_t n) {
+void *t_memalign(std::size_t a, std::size_t n) noexcept {
     void *p = g_real.memalign(a, n);
     record_alloc(p, n);
     return p;
 }
-void *t_valloc(std::size_t n) {
+void *t_valloc(std::size_t n) noexcept {
     void *p = g_real.valloc(n);
     record_alloc(p, n);
     return p;
 }
-void *t_pvalloc(std::size_t n) {
+void *t_pvalloc(std::size_t n) noexcept {
     void *p = g_real.pvalloc(n);
     record_alloc(p, n);
     return p;
