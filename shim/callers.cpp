@@ -314,7 +314,7 @@ __attribute__((always_inline)) inline int backtrace_into(void **buf, int max) {
 __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
     frames.unwound = true;
     frames.n = 0;
-    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth));
+    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth), &frames.walk);
     if (fast >= 0) {
         frames.n = static_cast<unsigned>(fast);
         return;
@@ -342,20 +342,86 @@ __attribute__((always_inline)) inline std::uintptr_t frame_at(unsigned depth, co
     return depth <= frames.n ? frames.pc[depth - 1] : 0;
 }
 
-// Is one of the `depth` innermost callers inside `ranges` (of condition `id`, kind `which`)?
-__attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vector<std::vector<Range>> Index::*which, unsigned id, unsigned depth, const void *ra,
-               CallerFrames &frames) {
-    for (unsigned d = 1; d <= depth; ++d) {
+// ---- answers for walks seen before ---------------------------------------------------------
+//
+// A kept walk (fast_backtrace's `walk`) that is replayed has the same frames, so with the same
+// index it gets the same answer from in_frames: the answer is kept per walk table entry, for
+// the first kDecidedConditions conditions, each kind (symbol, module) a bit. Most checked
+// allocations of a server come from a few call chains: a replayed walk is then decided without
+// a range search per frame. Under a sequence count per entry, like the walks themselves.
+constexpr unsigned kDecidedConditions = 16;
+constexpr unsigned kDecidedBits = 8;  // unwind.cpp's walk table: 256 entries
+struct Decided {
+    std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
+    std::atomic<std::uint64_t> walk{0};
+    std::atomic<const Index *> idx{nullptr};
+    std::atomic<std::uint64_t> bits{0};  // bit k: answer k is known; bit 32 + k: the answer
+};
+Decided g_decided[1u << kDecidedBits];
+unsigned long long g_decided_reused = 0;  // counted without a locked add, as fast_backtrace's walks
+
+enum Kind : unsigned { kSymbol = 0, kModule = 1 };
+inline Decided &decided_for(std::uint64_t walk) { return g_decided[((walk >> 32) - 1) & ((1u << kDecidedBits) - 1)]; }
+inline unsigned answer_bit(Kind kind, unsigned id) { return 2 * id + kind; }
+
+// The answer kept for (walk, idx, kind, id): 0 or 1, or -1 when none is.
+inline int decided(std::uint64_t walk, const Index *idx, Kind kind, unsigned id) {
+    if (!walk || id >= kDecidedConditions) return -1;
+    const Decided &e = decided_for(walk);
+    const std::uint32_t s1 = e.seq.load(std::memory_order_acquire);
+    if (s1 & 1) return -1;
+    const std::uint64_t w = e.walk.load(std::memory_order_relaxed), bits = e.bits.load(std::memory_order_relaxed);
+    const Index *i = e.idx.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    const unsigned k = answer_bit(kind, id);
+    if (e.seq.load(std::memory_order_relaxed) != s1 || w != walk || i != idx || !(bits >> k & 1)) return -1;
+    g_decided_reused = g_decided_reused + 1;
+    return static_cast<int>(bits >> (32 + k) & 1);
+}
+
+// Keeps an answer; another writer at work on the entry: not kept.
+void decide(std::uint64_t walk, const Index *idx, Kind kind, unsigned id, bool answer) {
+    if (!walk || id >= kDecidedConditions) return;
+    Decided &e = decided_for(walk);
+    std::uint32_t s1 = e.seq.load(std::memory_order_relaxed);
+    if ((s1 & 1) || !e.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    std::uint64_t bits = 0;
+    if (e.walk.load(std::memory_order_relaxed) == walk && e.idx.load(std::memory_order_relaxed) == idx)
+        bits = e.bits.load(std::memory_order_relaxed);
+    const unsigned k = answer_bit(kind, id);
+    bits = (bits & ~(std::uint64_t{1} << (32 + k))) | std::uint64_t{1} << k | static_cast<std::uint64_t>(answer) << (32 + k);
+    e.walk.store(walk, std::memory_order_relaxed);
+    e.idx.store(idx, std::memory_order_relaxed);
+    e.bits.store(bits, std::memory_order_relaxed);
+    e.seq.store(s1 + 2, std::memory_order_release);
+}
+
+// Is one of the `depth` innermost callers inside condition `id`'s ranges of `kind`?
+__attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kind, unsigned id, unsigned depth, const void *ra,
+                                                     CallerFrames &frames) {
+    const std::vector<std::vector<Range>> Index::*which = kind == kModule ? &Index::module_ranges : &Index::symbol_ranges;
+    bool known = true;  // every frame looked at lies in an indexed object: the answer may be kept
+    unsigned d = 1;
+    bool answer = false;
+    for (; d <= depth; ++d) {
         std::uintptr_t pc = frame_at(d, ra, frames);
-        if (!pc) return false;
+        if (d == 2) {
+            const int kept = decided(frames.walk, idx, kind, id);
+            if (kept >= 0) return kept;
+        }
+        if (!pc) break;
         --pc;  // a return address may be one past its function's end
-        if (contains((idx->*which)[id], pc)) return true;
+        if (contains((idx->*which)[id], pc)) {
+            answer = true;
+            break;
+        }
         const std::uint64_t bit = std::uint64_t{1} << (d - 1);
         if (frames.indexed & bit) continue;
         if (idx->indexed(pc)) {
             frames.indexed |= bit;
         } else {
             // Code no indexed object covers: something was loaded since. Look again.
+            known = false;
             const Index *fresh = refresh(idx);
             if (fresh != idx) {
                 idx = fresh;
@@ -363,7 +429,8 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, std::vec
             }
         }
     }
-    return false;
+    if (d >= 2 && known) decide(frames.walk, idx, kind, id, answer);
+    return answer;
 }
 
 }  // namespace
@@ -390,8 +457,8 @@ __attribute__((always_inline)) inline bool caller_holds(unsigned id, const void 
     if (!idx) return false;
     if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx);
     const CallerCondition &c = g_state->conditions[id];
-    if (!c.symbol.empty() && !in_frames(idx, &Index::symbol_ranges, id, c.symbol_depth, ra, frames)) return false;
-    if (!c.module.empty() && !in_frames(idx, &Index::module_ranges, id, c.module_depth, ra, frames)) return false;
+    if (!c.symbol.empty() && !in_frames(idx, kSymbol, id, c.symbol_depth, ra, frames)) return false;
+    if (!c.module.empty() && !in_frames(idx, kModule, id, c.module_depth, ra, frames)) return false;
     return true;
 }
 
@@ -416,6 +483,8 @@ void callers_objects_changed() noexcept {
     fast_backtrace_forget();
     g_changed.store(true, std::memory_order_relaxed);
 }
+
+unsigned long long callers_decisions_reused() noexcept { return g_decided_reused; }
 
 unsigned long long callers_objects_read() noexcept {
     if (!g_state) return 0;

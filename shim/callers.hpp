@@ -48,6 +48,7 @@ struct CallerFrames {
     unsigned n = 0;
     bool unwound = false;
     std::uint64_t indexed = 0;  // bit d - 1: frame d lies in an object the index covers
+    std::uint64_t walk = 0;     // fast_backtrace's name for the walk that gave pc, or 0
 };
 
 // Indexes the loaded objects for `conditions` (condition i is caller rule i). Returns an
@@ -61,6 +62,10 @@ void callers_objects_changed() noexcept;
 
 // How many loaded objects were read from disk to index them, since callers_init.
 unsigned long long callers_objects_read() noexcept;
+
+// How many times a replayed stack walk was decided by the answer kept for it, without
+// searching its frames (counted without a locked add: exact in one thread).
+unsigned long long callers_decisions_reused() noexcept;
 
 // fork(2): hold the index's build lock across the fork, so that neither process inherits it
 // held by a thread that does not exist there. postfork releases it in the parent;

@@ -454,6 +454,11 @@ inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from) {
     return g_memo[((sp ^ from) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
 }
 
+// Names the walk entry m holds while its sequence count is seq (see fast_backtrace's `walk`).
+inline std::uint64_t walk_id(const Memo &m, std::uint32_t seq) {
+    return (static_cast<std::uint64_t>(&m - g_memo) + 1) << 32 | seq;
+}
+
 // What one walk read, while it runs.
 struct Trail {
     std::uintptr_t sp0;
@@ -480,7 +485,7 @@ struct Trail {
 // The kept walk from (sp, fp, from), if the stack still holds the words it read: its return
 // addresses into pcs, and how many. -1: none kept, or the stack differs.
 __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
-                                                int max, std::uintptr_t *pcs) {
+                                                int max, std::uintptr_t *pcs, std::uint64_t *walk) {
     Memo &m = memo_for(sp, from);
     const std::uint32_t s1 = m.seq.load(std::memory_order_acquire);
     if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
@@ -494,14 +499,17 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
         if (stack_word(sp + m.off[i].load(std::memory_order_relaxed)) != m.was[i].load(std::memory_order_relaxed)) return -1;
     for (unsigned k = 0; k < n; ++k) pcs[k] = m.was[m.pc_at[k].load(std::memory_order_relaxed)].load(std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_acquire);
-    return m.seq.load(std::memory_order_relaxed) == s1 ? static_cast<int>(n) : -1;
+    if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
+    *walk = walk_id(m, s1);
+    return static_cast<int>(n);
 }
 
-void keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
-    if (!t.fits || max > 0xff) return;
+// Returns the walk's name (fast_backtrace's `walk`), or 0: not kept.
+std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
+    if (!t.fits || max > 0xff) return 0;
     Memo &m = memo_for(t.sp0, from);
     std::uint32_t s1 = m.seq.load(std::memory_order_relaxed);
-    if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return 0;
     m.gen.store(gen, std::memory_order_relaxed);
     m.sp.store(t.sp0, std::memory_order_relaxed);
     m.fp.store(fp, std::memory_order_relaxed);
@@ -513,6 +521,7 @@ void keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t 
     }
     for (unsigned k = 0; k < t.pcs; ++k) m.pc_at[k].store(t.pc_at[k], std::memory_order_relaxed);
     m.seq.store(s1 + 2, std::memory_order_release);
+    return walk_id(m, s1 + 2);
 }
 
 }  // namespace
@@ -520,13 +529,14 @@ void keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t 
 // The shim's own frames between here and the allocation's caller, at most.
 constexpr int kMaxOwnFrames = 12;
 
-__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept {
+__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept {
+    *walk = 0;
     const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
     if (hints_pending()) learn_hints(gen);
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const int again = replay(sp, fp, from, gen, max, pcs);
+    const int again = replay(sp, fp, from, gen, max, pcs, walk);
     if (again >= 0) return again;
     g_walks.store(g_walks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     Trail trail;
@@ -543,7 +553,7 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
         if (rule & kSlow) break;
         if (rule & kEnd) {
             if (n) {
-                keep(trail, fp0, from, gen, max);
+                *walk = keep(trail, fp0, from, gen, max);
                 return n;
             }
             break;  // `from` is not on this stack
@@ -568,7 +578,7 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
         sp = cfa;
         if (!pc) {
             if (n) {
-                keep(trail, fp0, from, gen, max);
+                *walk = keep(trail, fp0, from, gen, max);
                 return n;
             }
             break;
@@ -581,7 +591,7 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
         }
     }
     if (n == max) {
-        keep(trail, fp0, from, gen, max);
+        *walk = keep(trail, fp0, from, gen, max);
         return n;
     }
     g_fallbacks.fetch_add(1, std::memory_order_relaxed);
@@ -607,7 +617,10 @@ void fast_backtrace_after_fork_child() noexcept {
 
 #else  // no fast walk on this platform: libgcc unwinds
 
-int fast_backtrace(std::uintptr_t, std::uintptr_t *, int) noexcept { return -1; }
+int fast_backtrace(std::uintptr_t, std::uintptr_t *, int, std::uint64_t *walk) noexcept {
+    *walk = 0;
+    return -1;
+}
 void fast_backtrace_forget() noexcept {}
 bool fast_backtrace_share() noexcept { return false; }
 void fast_backtrace_after_fork_child() noexcept {}

@@ -34,8 +34,11 @@ namespace mlshim {
 // `from` outwards (pcs[0] == from), at most `max` of them. Returns how many (fewer when the
 // stack ends first), or -1: this stack cannot be walked here (unwind it with libgcc).
 // `from` must be a return address into a frame that calls, directly or through the shim's
-// own frames, this function.
-int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max) noexcept;
+// own frames, this function. *walk names the walk when it is kept (0 otherwise): while
+// another walk gives the same name, it gives the same return addresses, so what was worked
+// out from them (which rules they match) holds for it too. A name is not reused unless one
+// entry of the table is rewritten 2^31 times.
+int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept;
 
 // Code may be unloaded (dlclose): forget every cached rule.
 void fast_backtrace_forget() noexcept;

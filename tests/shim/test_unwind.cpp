@@ -20,6 +20,7 @@ namespace {
 
 struct Walk {
     int fast_n = 0;
+    std::uint64_t walk = 0;  // its name, 0: not kept
     std::vector<std::uintptr_t> fast;
     std::vector<std::uintptr_t> libgcc;  // from the same return address on
 };
@@ -38,7 +39,7 @@ __attribute__((noinline)) Walk walk_here(int max) {
     const auto from = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
     Walk w;
     w.fast.resize(static_cast<std::size_t>(max));
-    w.fast_n = fast_backtrace(from, w.fast.data(), max);
+    w.fast_n = fast_backtrace(from, w.fast.data(), max, &w.walk);
     std::vector<std::uintptr_t> all;
     Collect c{&all};
     _Unwind_Backtrace(collect, &c);
@@ -172,10 +173,14 @@ Test(unwind, a_walk_from_the_same_place_over_the_same_words_is_replayed) {
     for (int max : {4, 8, 16}) {
         // Every walk from one call site: the first reads its rules, the others are replays.
         unsigned long long before = 0;
+        std::uint64_t name = 0;
         for (int i = 0; i < 5; ++i) {
-            expect_same(recurse(3, max), "walk");
-            if (i == 0) before = walks();
+            const Walk w = recurse(3, max);
+            expect_same(w, "walk");
+            if (i == 0) before = walks(), name = w.walk;
+            cr_expect_eq(w.walk, name, "max %d: a replay is named as the walk kept", max);
         }
+        cr_expect_neq(name, 0u);
         cr_expect_eq(walks(), before, "max %d: identical walks read their rules again (%llu times)", max, walks() - before);
     }
 }
@@ -187,6 +192,9 @@ Test(unwind, another_caller_at_the_same_stack_depth_is_walked_again) {
         const Walk w = g_callers[round % 2](8);
         expect_same(w, round % 2 ? "through caller_two" : "through caller_one");
         if (round >= 2) cr_expect_eq(walks(), before + 1, "round %d: the other caller's walk was replayed", round);
+        // Kept, and under a name of its own: what was decided for the other walk is not its.
+        cr_expect_neq(w.walk, 0u, "round %d: not kept", round);
+        if (round >= 1) cr_expect_neq(w.walk, seen[(round + 1) % 2].walk, "round %d: the other caller's name", round);
         seen[round % 2] = w;
     }
     cr_assert_eq(seen[0].fast[0], seen[1].fast[0], "not the same call site in inner");
@@ -201,11 +209,14 @@ Test(unwind, a_frame_pointer_frame_is_replayed_only_with_its_frame_pointer) {
 }
 
 Test(unwind, replays_are_forgotten_with_the_rules) {
-    expect_same(recurse(3, 8), "first");
+    const Walk first = recurse(3, 8);
+    expect_same(first, "first");
     const unsigned long long before = walks();
     fast_backtrace_forget();
-    expect_same(recurse(3, 8), "after forgetting");
+    const Walk after = recurse(3, 8);
+    expect_same(after, "after forgetting");
     cr_expect_eq(walks(), before + 1, "a walk of the forgotten generation was replayed");
+    cr_expect_neq(after.walk, first.walk, "the walk of the new generation has the forgotten one's name");
 }
 
 namespace {
