@@ -524,20 +524,14 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
     return walk_id(m, s1 + 2);
 }
 
-}  // namespace
-
 // The shim's own frames between here and the allocation's caller, at most.
 constexpr int kMaxOwnFrames = 12;
 
-__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept {
-    *walk = 0;
-    const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
-    if (hints_pending()) learn_hints(gen);
-    std::uintptr_t pc, sp, fp;
-    // Where this frame is: the rule for the address after the lea is the rule for here.
-    asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const int again = replay(sp, fp, from, gen, max, pcs, walk);
-    if (again >= 0) return again;
+// The walk from fast_backtrace's frame (pc, sp, fp as it found them: that frame stays where it
+// is while this runs) out to `from` and on. Out of line, so that a replay needs no room for
+// its trail.
+__attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from,
+                                        std::uintptr_t *pcs, int max, std::uint32_t gen, std::uint64_t *walk) {
     g_walks.store(g_walks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     Trail trail;
     trail.sp0 = sp;
@@ -596,6 +590,20 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
     }
     g_fallbacks.fetch_add(1, std::memory_order_relaxed);
     return -1;
+}
+
+}  // namespace
+
+__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept {
+    *walk = 0;
+    const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
+    if (hints_pending()) learn_hints(gen);
+    std::uintptr_t pc, sp, fp;
+    // Where this frame is: the rule for the address after the lea is the rule for here.
+    asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
+    const int again = replay(sp, fp, from, gen, max, pcs, walk);
+    if (again >= 0) return again;
+    return walk_from(pc, sp, fp, from, pcs, max, gen, walk);
 }
 
 void fast_backtrace_forget() noexcept { g_gen.fetch_add(1, std::memory_order_acq_rel); }
