@@ -60,10 +60,11 @@ std::atomic<const Index *> g_index{nullptr};
 std::atomic<bool> g_changed{false};
 pthread_mutex_t g_build_lock = PTHREAD_MUTEX_INITIALIZER;
 void (*g_warn)(const char *) = nullptr;
-// Frames of the shim itself between the unwinder and the allocation's caller: match_callers
-// and the interposed function. When there are more (a helper that was not inlined), the
-// unwind is repeated with room for kShimFramesMore.
-constexpr unsigned kShimFrames = 2;
+// Frames of the shim itself between the unwinder and the allocation's caller: match_callers,
+// the interposed function and, for calloc, posix_memalign and realloc(NULL, n), its out of
+// line path (hooks.cpp). When there are more (a helper that was not inlined), the unwind is
+// repeated with room for kShimFramesMore.
+constexpr unsigned kShimFrames = 3;
 constexpr unsigned kShimFramesMore = 8;
 unsigned g_unwind_depth = 1;
 
@@ -350,18 +351,17 @@ __attribute__((always_inline)) inline std::uintptr_t frame_at(unsigned depth, co
 // allocations of a server come from a few call chains: a replayed walk is then decided without
 // a range search per frame. Under a sequence count per entry, like the walks themselves.
 constexpr unsigned kDecidedConditions = 16;
-constexpr unsigned kDecidedBits = 8;  // unwind.cpp's walk table: 256 entries
 struct Decided {
     std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
     std::atomic<std::uint64_t> walk{0};
     std::atomic<const Index *> idx{nullptr};
     std::atomic<std::uint64_t> bits{0};  // bit k: answer k is known; bit 32 + k: the answer
 };
-Decided g_decided[1u << kDecidedBits];
-unsigned long long g_decided_reused = 0;  // counted without a locked add, as fast_backtrace's walks
+Decided g_decided[1u << kFastBacktraceWalkBits];  // one per entry of the kept walks' table
+std::atomic<unsigned long long> g_decided_reused{0};  // counted without a locked add
 
 enum Kind : unsigned { kSymbol = 0, kModule = 1 };
-inline Decided &decided_for(std::uint64_t walk) { return g_decided[((walk >> 32) - 1) & ((1u << kDecidedBits) - 1)]; }
+inline Decided &decided_for(std::uint64_t walk) { return g_decided[walk & ((1u << kFastBacktraceWalkBits) - 1)]; }
 inline unsigned answer_bit(Kind kind, unsigned id) { return 2 * id + kind; }
 
 // The answer kept for (walk, idx, kind, id): 0 or 1, or -1 when none is.
@@ -375,7 +375,7 @@ inline int decided(std::uint64_t walk, const Index *idx, Kind kind, unsigned id)
     std::atomic_thread_fence(std::memory_order_acquire);
     const unsigned k = answer_bit(kind, id);
     if (e.seq.load(std::memory_order_relaxed) != s1 || w != walk || i != idx || !(bits >> k & 1)) return -1;
-    g_decided_reused = g_decided_reused + 1;
+    g_decided_reused.store(g_decided_reused.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     return static_cast<int>(bits >> (32 + k) & 1);
 }
 
@@ -429,7 +429,7 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
             }
         }
     }
-    if (d >= 2 && known) decide(frames.walk, idx, kind, id, answer);
+    if (depth >= 2 && d >= 2 && known) decide(frames.walk, idx, kind, id, answer);
     return answer;
 }
 
@@ -484,7 +484,7 @@ void callers_objects_changed() noexcept {
     g_changed.store(true, std::memory_order_relaxed);
 }
 
-unsigned long long callers_decisions_reused() noexcept { return g_decided_reused; }
+unsigned long long callers_decisions_reused() noexcept { return g_decided_reused.load(std::memory_order_relaxed); }
 
 unsigned long long callers_objects_read() noexcept {
     if (!g_state) return 0;

@@ -19,9 +19,8 @@ namespace mlshim {
 
 // The allocation functions that come after the shim in the lookup order (glibc's, or a
 // preloaded allocator's). Until they are looked up, each member points to a bootstrap
-// function that looks them up first.
-// The next allocator's functions. noexcept, as glibc declares them: a pass-through call is
-// then a tail call, with no terminate region of its own.
+// function that looks them up first. noexcept, as glibc declares them: a pass-through call
+// is then a jump, with no terminate region of its own.
 struct NextAllocator {
     void *(*malloc)(std::size_t) noexcept;
     void (*free)(void *) noexcept;

@@ -434,12 +434,12 @@ __attribute__((no_sanitize_address)) inline std::uintptr_t stack_word(std::uintp
 // a server come from a few call chains at the same stack depths. Kept in a table shared by all
 // threads (their stacks differ, so do their keys), each entry under a sequence count like the
 // rule cache's slots; a walk that reads more words than an entry holds is not kept.
-constexpr unsigned kMemoBits = 8;
+constexpr unsigned kMemoBits = kFastBacktraceWalkBits;
 constexpr unsigned kMemoWords = 48;  // 16 frames with a saved frame pointer each, and the shim's own
 constexpr unsigned kMemoPcs = 16;
 
 struct Memo {
-    std::atomic<std::uint32_t> seq{0};  // odd while a writer fills it
+    std::atomic<std::uint64_t> seq{0};  // odd while a writer fills it; never wraps: it names walks
     std::atomic<std::uint32_t> gen{0};  // 0: empty
     std::atomic<std::uintptr_t> sp{0}, fp{0}, from{0};
     std::atomic<std::uint32_t> shape{0};  // words | pcs << 8 | max << 16 | kMemoFp
@@ -454,9 +454,12 @@ inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from) {
     return g_memo[((sp ^ from) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
 }
 
-// Names the walk entry m holds while its sequence count is seq (see fast_backtrace's `walk`).
-inline std::uint64_t walk_id(const Memo &m, std::uint32_t seq) {
-    return (static_cast<std::uint64_t>(&m - g_memo) + 1) << 32 | seq;
+// Names the walk entry m holds while its sequence count is seq (see fast_backtrace's `walk`):
+// the entry in the low kMemoBits, the count above. The count is even, and at least 2 once an
+// entry holds a walk, so no name is 0; at one rewrite a nanosecond it would take centuries to
+// come back to a name given before.
+inline std::uint64_t walk_id(const Memo &m, std::uint64_t seq) {
+    return seq << kMemoBits | static_cast<std::uint64_t>(&m - g_memo);
 }
 
 // What one walk read, while it runs.
@@ -487,7 +490,7 @@ struct Trail {
 __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
                                                 int max, std::uintptr_t *pcs, std::uint64_t *walk) {
     Memo &m = memo_for(sp, from);
-    const std::uint32_t s1 = m.seq.load(std::memory_order_acquire);
+    const std::uint64_t s1 = m.seq.load(std::memory_order_acquire);
     if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
         m.from.load(std::memory_order_relaxed) != from)
         return -1;
@@ -508,7 +511,7 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
 std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
     if (!t.fits || max > 0xff) return 0;
     Memo &m = memo_for(t.sp0, from);
-    std::uint32_t s1 = m.seq.load(std::memory_order_relaxed);
+    std::uint64_t s1 = m.seq.load(std::memory_order_relaxed);
     if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return 0;
     m.gen.store(gen, std::memory_order_relaxed);
     m.sp.store(t.sp0, std::memory_order_relaxed);
@@ -603,7 +606,10 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
     const int again = replay(sp, fp, from, gen, max, pcs, walk);
     if (again >= 0) return again;
-    return walk_from(pc, sp, fp, from, pcs, max, gen, walk);
+    int n = walk_from(pc, sp, fp, from, pcs, max, gen, walk);
+    // Not a tail call: the walk reads this frame, which a jump would hand to walk_from.
+    asm volatile("" : "+r"(n));
+    return n;
 }
 
 void fast_backtrace_forget() noexcept { g_gen.fetch_add(1, std::memory_order_acq_rel); }

@@ -36,8 +36,9 @@ namespace mlshim {
 // `from` must be a return address into a frame that calls, directly or through the shim's
 // own frames, this function. *walk names the walk when it is kept (0 otherwise): while
 // another walk gives the same name, it gives the same return addresses, so what was worked
-// out from them (which rules they match) holds for it too. A name is not reused unless one
-// entry of the table is rewritten 2^31 times.
+// out from them (which rules they match) holds for it too. Names are never given twice; the
+// low kFastBacktraceWalkBits of a name tell which of the kept walks' table entries holds it.
+constexpr unsigned kFastBacktraceWalkBits = 8;
 int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept;
 
 // Code may be unloaded (dlclose): forget every cached rule.
