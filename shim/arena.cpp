@@ -471,7 +471,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
         p->start = p->frontier = p->committed = p->lock_end = p->locked_to = p->huge_from = next;
-        p->huge_pid = stats_ ? stats_->pid : 0;
+        p->huge_pid = init_pid_;
         p->end = next += first_extent[i];
         for (std::size_t r = (p->start - base_) >> region_shift_; r < (p->end - base_) >> region_shift_; ++r)
             region_pool_[r] = static_cast<std::uint8_t>(i);
