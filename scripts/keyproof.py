@@ -39,6 +39,7 @@ import json
 import math
 import os
 import pwd
+import random
 import re
 import resource
 import shutil
@@ -179,18 +180,29 @@ def count_blocks(path, blocks):
 
 # ---------------------------------------------------------------- processes
 
+def ephemeral_ports():
+    """The kernel's range of ports for outgoing connections (ip_local_port_range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(x) for x in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_ports(n):
-    """The first of n consecutive TCP ports free on 127.0.0.1 now: the kernel picks the first
-    (bind to port 0), the others are probed. Nothing stays bound, but the kernel hands out
-    ephemeral ports in turn, so runs side by side get different ones."""
-    for _ in range(64):
+    """The first of n consecutive TCP ports free on 127.0.0.1 now, chosen at random outside the
+    kernel's ephemeral range: a port from that range, free when probed, can be taken by a client
+    connection of a run beside this one (make test runs two tests at once) before the daemon
+    binds it. Nothing stays bound; a random start keeps runs side by side apart."""
+    lo, hi = ephemeral_ports()
+    spans = [(a, b) for a, b in ((10000, lo - n), (hi + 1, 65536 - n)) if b > a]
+    rng = random.SystemRandom()
+    for _ in range(256):
+        first = rng.randrange(*rng.choice(spans))
         socks = []
         try:
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-            first = s.getsockname()[1]
-            for k in range(1, n):
+            for k in range(n):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", first + k))

@@ -17,7 +17,7 @@
 //                              RLIMIT_MEMLOCK (prlimit + capsh, see docs/overview.md)
 //   write_file / read_file / TempDir / self_exe / shell_quote / count_occurrences / split_lines
 //   under_qemu_user / SKIP_UNDER_QEMU_USER   the aarch64 unit run under qemu-user
-//   free_tcp_ports(n)          n consecutive TCP ports free on 127.0.0.1 now (the kernel's pick)
+//   free_tcp_ports(n)          n consecutive TCP ports free on 127.0.0.1 now (outside the ephemeral range)
 //   shim_build_dir / shim_program / shim_env / line_value / json_uint   end-to-end runs of the
 //                              built shim (see that section)
 #ifndef MEMLOCK_TESTS_HELPERS_HPP
@@ -36,8 +36,10 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <random>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -212,14 +214,24 @@ inline long vm_locked_kb(pid_t pid = 0) { return status_kb(pid, "VmLck"); }
 
 // ---- ports -------------------------------------------------------------------------------
 
-// The first of n consecutive TCP ports that are free on 127.0.0.1 (a daemon a test starts
-// listens there): the kernel picks the first (bind to port 0), the rest are probed. Nothing
-// stays bound, but the kernel hands out ephemeral ports in turn, so two runs side by side get
-// different ones. 0 if none was found.
+// The first of n consecutive TCP ports that are free on 127.0.0.1 now (a daemon a test starts
+// listens there), chosen at random outside the kernel's ephemeral range: a port from that
+// range, free when probed, can be taken by a client connection of a test beside this one
+// before the daemon binds it. Nothing stays bound; a random start keeps tests side by side
+// apart. 0 if none was found.
 inline int free_tcp_ports(unsigned n = 1) {
-    for (int attempt = 0; attempt < 64; ++attempt) {
+    int lo = 32768, hi = 60999;
+    if (FILE *f = std::fopen("/proc/sys/net/ipv4/ip_local_port_range", "re")) {
+        if (std::fscanf(f, "%d %d", &lo, &hi) != 2) lo = 32768, hi = 60999;
+        std::fclose(f);
+    }
+    const int span[2][2] = {{10000, lo - static_cast<int>(n)}, {hi + 1, 65536 - static_cast<int>(n)}};
+    std::random_device rd;
+    for (int attempt = 0; attempt < 256; ++attempt) {
+        const int *s = span[rd() % 2];
+        if (s[1] <= s[0]) continue;
+        const int first = s[0] + static_cast<int>(rd() % static_cast<unsigned>(s[1] - s[0]));
         std::vector<int> fds;
-        int first = 0;
         bool ok = true;
         for (unsigned k = 0; k < n && ok; ++k) {
             const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -228,12 +240,8 @@ inline int free_tcp_ports(unsigned n = 1) {
             sockaddr_in a{};
             a.sin_family = AF_INET;
             a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            a.sin_port = htons(static_cast<std::uint16_t>(k == 0 ? 0 : first + static_cast<int>(k)));
-            socklen_t len = sizeof a;
-            ok = (k == 0 || first + static_cast<int>(k) <= 65535) &&
-                 ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0 &&
-                 ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0;
-            if (ok && k == 0) first = ntohs(a.sin_port);
+            a.sin_port = htons(static_cast<std::uint16_t>(first + static_cast<int>(k)));
+            ok = ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
         }
         for (int fd : fds) ::close(fd);
         if (ok) return first;

@@ -125,13 +125,13 @@ print(core.count(p) + core.count(p[::-1]))' "$WORK/core.$1" "$P"
     rm -f "$WORK/core.$1"
 }
 
-# A TCP port free on 127.0.0.1 now, the kernel's pick (the chroot shares the host's network, and
-# another run of this test may be listening beside this one).
+# A TCP port free on 127.0.0.1 now, outside the kernel's ephemeral range (the chroot shares the
+# host's network, and other tests' clients and daemons may run beside this one).
 free_port() {
-    python3 -c 'import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
+    python3 -c 'import sys
+sys.path.insert(0, sys.argv[1])
+import keyproof
+print(keyproof.free_ports(1))' "$TOP/scripts"
 }
 
 for mode in plain shim; do
