@@ -1061,19 +1061,29 @@ def serve_sshd(r):
     titles = {"monitor": (d.proc.pid, "sshd: %s [priv]" % SSH_USER),
               "session": ("monitor", "sshd: %s@notty" % SSH_USER),
               "accepted": (d.proc.pid, "sshd: [accepted]"), "preauth": ("accepted", "sshd: [net]")}
-    found = {}
+    # The earlier logins' processes may still be exiting: a process found is kept while it
+    # lives with its title, and the set is taken once it held for three looks in a row.
+    found, stable, seccomp = {}, 0, None
     deadline = time.time() + 30
-    while len(found) < len(titles) and time.time() < deadline:
+    while seccomp is None and time.time() < deadline:
+        before = dict(found)
+        found = {label: pid for label, pid in found.items() if comm(pid) == titles[label][1]}
         for label, (parent, title) in titles.items():
             parent = found.get(parent) if isinstance(parent, str) else parent
             for pid in children(parent) if parent else []:
-                if comm(pid) == title:
+                if label not in found and comm(pid) == title:
                     found[label] = pid
+        stable = stable + 1 if len(found) == len(titles) and found == before else 0
+        if stable >= 3:
+            try:
+                with open("/proc/%d/status" % found["preauth"]) as f:
+                    seccomp = f.read().split("Seccomp:")[1].split()[0]
+            except OSError:
+                stable = 0  # it exited after all: look again
         time.sleep(0.1)
-    if len(found) < len(titles):
+    if seccomp is None:
         raise Failure("sshd processes missing: %s; sshd log: %s" % (
             ", ".join(t for label, (_, t) in titles.items() if label not in found), d.log_text()))
-    seccomp = open("/proc/%d/status" % found["preauth"]).read().split("Seccomp:")[1].split()[0]
     if seccomp != "2":
         raise Failure("sshd's pre-authentication child is not in its seccomp sandbox (Seccomp: %s)" % seccomp)
     log = open(d.log.name, errors="replace").read()
