@@ -199,13 +199,14 @@ def free_ports(n):
     spans = [(a, b) for a, b in ((10000, lo - n), (hi + 1, 65536 - n)) if b > a]
     rng = random.SystemRandom()
     for _ in range(256):
-        first = rng.randrange(*rng.choice(spans))
+        first = rng.randrange(*rng.choice(spans)) if spans else 0  # no room outside: the kernel's pick
         socks = []
         try:
             for k in range(n):
                 s = socket.socket()
                 socks.append(s)
                 s.bind(("127.0.0.1", first + k))
+                first = first or s.getsockname()[1]
             return first
         except OSError:
             continue

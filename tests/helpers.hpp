@@ -229,8 +229,9 @@ inline int free_tcp_ports(unsigned n = 1) {
     std::random_device rd;
     for (int attempt = 0; attempt < 256; ++attempt) {
         const int *s = span[rd() % 2];
-        if (s[1] <= s[0]) continue;
-        const int first = s[0] + static_cast<int>(rd() % static_cast<unsigned>(s[1] - s[0]));
+        if (s[1] <= s[0]) s = span[s == span[0]];
+        // No room outside the ephemeral range: the kernel's pick (bind to port 0).
+        int first = s[1] <= s[0] ? 0 : s[0] + static_cast<int>(rd() % static_cast<unsigned>(s[1] - s[0]));
         std::vector<int> fds;
         bool ok = true;
         for (unsigned k = 0; k < n && ok; ++k) {
@@ -240,8 +241,11 @@ inline int free_tcp_ports(unsigned n = 1) {
             sockaddr_in a{};
             a.sin_family = AF_INET;
             a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-            a.sin_port = htons(static_cast<std::uint16_t>(first + static_cast<int>(k)));
-            ok = ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0;
+            a.sin_port = htons(static_cast<std::uint16_t>(first ? first + static_cast<int>(k) : 0));
+            socklen_t len = sizeof a;
+            ok = ::bind(fd, reinterpret_cast<sockaddr *>(&a), sizeof a) == 0 &&
+                 ::getsockname(fd, reinterpret_cast<sockaddr *>(&a), &len) == 0;
+            if (ok && !first) first = ntohs(a.sin_port) - static_cast<int>(k);
         }
         for (int fd : fds) ::close(fd);
         if (ok) return first;
