@@ -1,8 +1,14 @@
-// A caller rule's answer for a stack walk that is replayed is the answer for its own frames:
-// two call chains that reach the allocation from the same stack depth and the same depth-1
-// caller, one through a function the rule names and one not, each keep their own answer,
-// for every rule, however they alternate.
+// Unit tests of the caller index (shim/callers.cpp), in process, with match_callers called
+// directly:
+//   - a caller rule's answer for a stack walk that is replayed is the answer for its own
+//     frames: two call chains that reach the allocation from the same stack depth and the same
+//     depth-1 caller, one through a function the rule names and one not, each keep their own
+//     answer, for every rule, however they alternate;
+//   - the index re-reads only what was loaded since it was built: a dlopen + dlclose +
+//     matching malloc cycle reads one object (the library loaded), and a dlclose that unloads
+//     nothing reads none. Work is counted (objects read from disk), not timed.
 #include <criterion/criterion.h>
+#include <dlfcn.h>
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
@@ -12,10 +18,12 @@
 #include <vector>
 
 #include "callers.hpp"
+#include "helpers.hpp"
 #include "runtime.hpp"
 #include "unwind.hpp"
 
 using namespace mlshim;
+using namespace memlock_test;
 
 extern "C" {
 
@@ -54,24 +62,46 @@ __attribute__((noinline)) int callers_test_plain_entry() {
 
 namespace {
 
+// Caller rules for `conds`: rule i, for 32-byte allocations, holds when condition i does.
+void use_rules(const std::vector<CallerCondition> &conds) {
+#if defined(__SANITIZE_ADDRESS__)
+    // Replaced indexes are kept for the life of the process (readers may still hold them):
+    // by design, not a leak.
+    __lsan_disable();
+#endif
+    for (std::size_t i = 0; i < conds.size(); ++i) g_rules[i] = SizeRule{32, 32, 0, static_cast<int>(i)};
+    g_nrules = static_cast<unsigned>(conds.size());
+    const std::string why = callers_init(conds, nullptr);
+    cr_assert_str_empty(why.c_str());
+}
+
+// A symbol rule's condition: a function matching `glob` within `depth` frames.
+CallerCondition symbol_rule(const char *name, const char *glob, unsigned depth) {
+    CallerCondition c;
+    c.name = name;
+    c.symbol = glob;
+    c.symbol_depth = depth;
+    return c;
+}
+
 // Rule 0 holds for allocations under callers_test_secret_*, rule 1 under callers_test_plain_*,
 // both within 3 frames, so that both need the stack walked.
 void use_two_rules() {
-#if defined(__SANITIZE_ADDRESS__)
-    __lsan_disable();  // the index is kept for the life of the process, by design
-#endif
-    std::vector<CallerCondition> conds(2);
-    conds[0].name = "secret";
-    conds[0].symbol = "callers_test_secret_*";
-    conds[0].symbol_depth = 3;
-    conds[1].name = "plain";
-    conds[1].symbol = "callers_test_plain_*";
-    conds[1].symbol_depth = 3;
-    g_rules[0] = SizeRule{32, 32, 0, 0};
-    g_rules[1] = SizeRule{32, 32, 0, 1};
-    g_nrules = 2;
-    const std::string why = callers_init(conds, nullptr);
-    cr_assert_str_empty(why.c_str());
+    use_rules({symbol_rule("secret", "callers_test_secret_*", 3), symbol_rule("plain", "callers_test_plain_*", 3)});
+}
+
+__attribute__((noinline)) void here() { __asm__ volatile("" ::: "memory"); }
+
+// A 32-byte allocation whose depth-1 caller is `ra`: matched by rule 0 (pool 0) or not (-1).
+int match_from(const void *ra) { return match_callers(32, ra, 0); }
+
+void *open_secretlib(const void **loader) {
+    const std::string lib = shim_build_dir() + "/libs/libsecretlib.so";
+    void *h = dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+    cr_assert(h, "dlopen %s: %s (run `make progs`)", lib.c_str(), dlerror());
+    *loader = dlsym(h, "alloc_helper");
+    cr_assert(*loader);
+    return h;
 }
 
 }  // namespace
@@ -107,4 +137,35 @@ Test(callers, answers_are_not_kept_across_a_dlclose) {
     cr_assert_eq(callers_test_secret_entry(), 0);
     cr_expect_eq(callers_decisions_reused(), reused_before, "an answer of the forgotten walks was used");
     cr_assert_eq(callers_test_plain_entry(), 1);
+}
+
+Test(callers_reindex, a_dlopen_dlclose_cycle_reads_only_the_library_loaded) {
+    use_rules({symbol_rule("helper", "alloc_helper", 1)});
+    const unsigned long long at_start = callers_objects_read();
+    cr_assert_gt(at_start, 1u, "every object loaded at start-up is read once");
+    for (int cycle = 1; cycle <= 5; ++cycle) {
+        const void *loader = nullptr;
+        void *h = open_secretlib(&loader);
+        // The library's function is not indexed yet: the lookup indexes the new object alone.
+        cr_assert_eq(match_from(static_cast<const char *>(loader) + 1), 0, "cycle %d: the rule matches", cycle);
+        cr_assert_eq(callers_objects_read(), at_start + cycle, "cycle %d: one object read on dlopen", cycle);
+        cr_assert_eq(dlclose(h), 0);
+        callers_objects_changed();  // what the shim's dlclose does
+        cr_assert_eq(match_from(reinterpret_cast<const void *>(&here)), -1);
+        cr_assert_eq(callers_objects_read(), at_start + cycle, "cycle %d: dlclose reads nothing", cycle);
+    }
+}
+
+Test(callers_reindex, a_dlclose_that_unloads_nothing_changes_nothing) {
+    use_rules({symbol_rule("helper", "alloc_helper", 1)});
+    const void *loader = nullptr;
+    void *first = open_secretlib(&loader);
+    cr_assert_eq(match_from(static_cast<const char *>(loader) + 1), 0);
+    const unsigned long long read = callers_objects_read();
+    void *second = open_secretlib(&loader);  // the same object, one more reference
+    cr_assert_eq(dlclose(second), 0);
+    callers_objects_changed();
+    cr_assert_eq(match_from(static_cast<const char *>(loader) + 1), 0, "still loaded: still matched");
+    cr_assert_eq(callers_objects_read(), read, "nothing was loaded or unloaded: nothing is read");
+    dlclose(first);
 }
