@@ -310,16 +310,10 @@ __attribute__((always_inline)) inline int backtrace_into(void **buf, int max) {
     return t.n;
 }
 
-// Unwinds the stack into `frames`, from the allocation's depth-1 caller (return address
-// `ra`) on. Always inlined: every frame between here and the interposed function costs.
-__attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
-    frames.unwound = true;
+// Unwinds the stack into `frames` with libgcc, from the allocation's depth-1 caller (return
+// address `ra`) on.
+__attribute__((always_inline)) inline void unwind_slow(const void *ra, CallerFrames &frames) {
     frames.n = 0;
-    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth), &frames.walk);
-    if (fast >= 0) {
-        frames.n = static_cast<unsigned>(fast);
-        return;
-    }
     void *buf[kMaxCallerDepth + kShimFrames + kShimFramesMore];
     for (unsigned extra : {kShimFrames, kShimFrames + kShimFramesMore}) {
         const int want = static_cast<int>(g_unwind_depth + extra);
@@ -337,9 +331,34 @@ __attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &
     }
 }
 
+// Unwinds the stack into `frames`, from the allocation's depth-1 caller (return address
+// `ra`) on; a replayed walk only names itself (frames.pending). Always inlined: every frame
+// between here and the interposed function costs.
+__attribute__((always_inline)) inline void unwind(const void *ra, CallerFrames &frames) {
+    frames.unwound = true;
+    bool copied;
+    const int fast = fast_backtrace(reinterpret_cast<std::uintptr_t>(ra), frames.pc, static_cast<int>(g_unwind_depth), &frames.walk, &copied);
+    if (fast >= 0) {
+        frames.n = static_cast<unsigned>(fast);
+        frames.pending = !copied;
+        return;
+    }
+    unwind_slow(ra, frames);
+}
+
+// The replayed walk's return addresses; its entry rewritten since (another thread kept
+// another walk there): libgcc's, under no name.
+__attribute__((noinline)) void settle(const void *ra, CallerFrames &frames) {
+    frames.pending = false;
+    if (fast_backtrace_copy(frames.walk, frames.pc, static_cast<int>(frames.n))) return;
+    frames.walk = 0;
+    unwind_slow(ra, frames);
+}
+
+// pre: depth 1, or frames unwound (one call of unwind: one return address for replays to find).
 __attribute__((always_inline)) inline std::uintptr_t frame_at(unsigned depth, const void *ra, CallerFrames &frames) {
     if (depth == 1) return reinterpret_cast<std::uintptr_t>(ra);
-    if (!frames.unwound) unwind(ra, frames);
+    if (frames.pending) settle(ra, frames);
     return depth <= frames.n ? frames.pc[depth - 1] : 0;
 }
 
@@ -404,11 +423,12 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
     unsigned d = 1;
     bool answer = false;
     for (; d <= depth; ++d) {
-        std::uintptr_t pc = frame_at(d, ra, frames);
         if (d == 2) {
+            if (!frames.unwound) unwind(ra, frames);
             const int kept = decided(frames.walk, idx, kind, id);
             if (kept >= 0) return kept;
         }
+        std::uintptr_t pc = frame_at(d, ra, frames);
         if (!pc) break;
         --pc;  // a return address may be one past its function's end
         if (contains((idx->*which)[id], pc)) {

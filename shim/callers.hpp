@@ -47,6 +47,7 @@ struct CallerFrames {
     std::uintptr_t pc[kMaxCallerDepth];
     unsigned n = 0;
     bool unwound = false;
+    bool pending = false;       // pc is not written yet: a replayed walk's, for fast_backtrace_copy
     std::uint64_t indexed = 0;  // bit d - 1: frame d lies in an object the index covers
     std::uint64_t walk = 0;     // fast_backtrace's name for the walk that gave pc, or 0
 };

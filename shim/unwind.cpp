@@ -485,10 +485,16 @@ struct Trail {
     }
 };
 
+// The first n return addresses entry m holds, read under its sequence count (checked after).
+inline void copy_pcs(const Memo &m, std::uintptr_t *pcs, unsigned n) {
+    for (unsigned k = 0; k < n; ++k) pcs[k] = m.was[m.pc_at[k].load(std::memory_order_relaxed)].load(std::memory_order_relaxed);
+}
+
 // The kept walk from (sp, fp, from), if the stack still holds the words it read: its return
 // addresses into pcs, and how many. -1: none kept, or the stack differs.
+// Without `copy`, pcs is left for fast_backtrace_copy.
 __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
-                                                int max, std::uintptr_t *pcs, std::uint64_t *walk) {
+                                                int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy) {
     Memo &m = memo_for(sp, from);
     const std::uint64_t s1 = m.seq.load(std::memory_order_acquire);
     if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
@@ -500,7 +506,7 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     const unsigned words = shape & 0xff, n = (shape >> 8) & 0xff;
     for (unsigned i = 0; i < words; ++i)
         if (stack_word(sp + m.off[i].load(std::memory_order_relaxed)) != m.was[i].load(std::memory_order_relaxed)) return -1;
-    for (unsigned k = 0; k < n; ++k) pcs[k] = m.was[m.pc_at[k].load(std::memory_order_relaxed)].load(std::memory_order_relaxed);
+    if (copy) copy_pcs(m, pcs, n);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
     *walk = walk_id(m, s1);
@@ -597,19 +603,34 @@ __attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, st
 
 }  // namespace
 
-__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept {
+__attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk,
+                                             bool *copied) noexcept {
     *walk = 0;
+    if (copied) *copied = true;
     const std::uint32_t gen = g_gen.load(std::memory_order_acquire);
     if (hints_pending()) learn_hints(gen);
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const int again = replay(sp, fp, from, gen, max, pcs, walk);
-    if (again >= 0) return again;
+    const int again = replay(sp, fp, from, gen, max, pcs, walk, !copied);
+    if (again >= 0) {
+        if (copied) *copied = false;
+        return again;
+    }
     int n = walk_from(pc, sp, fp, from, pcs, max, gen, walk);
     // Not a tail call: the walk reads this frame, which a jump would hand to walk_from.
     asm volatile("" : "+r"(n));
     return n;
+}
+
+bool fast_backtrace_copy(std::uint64_t walk, std::uintptr_t *pcs, int n) noexcept {
+    const Memo &m = g_memo[walk & ((1u << kMemoBits) - 1)];
+    const std::uint64_t s1 = m.seq.load(std::memory_order_acquire);
+    if (!walk || s1 != walk >> kMemoBits || n < 0 || static_cast<unsigned>(n) > ((m.shape.load(std::memory_order_relaxed) >> 8) & 0xff))
+        return false;
+    copy_pcs(m, pcs, static_cast<unsigned>(n));
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return m.seq.load(std::memory_order_relaxed) == s1;
 }
 
 void fast_backtrace_forget() noexcept { g_gen.fetch_add(1, std::memory_order_acq_rel); }
@@ -631,10 +652,12 @@ void fast_backtrace_after_fork_child() noexcept {
 
 #else  // no fast walk on this platform: libgcc unwinds
 
-int fast_backtrace(std::uintptr_t, std::uintptr_t *, int, std::uint64_t *walk) noexcept {
+int fast_backtrace(std::uintptr_t, std::uintptr_t *, int, std::uint64_t *walk, bool *copied) noexcept {
     *walk = 0;
+    if (copied) *copied = true;
     return -1;
 }
+bool fast_backtrace_copy(std::uint64_t, std::uintptr_t *, int) noexcept { return false; }
 void fast_backtrace_forget() noexcept {}
 bool fast_backtrace_share() noexcept { return false; }
 void fast_backtrace_after_fork_child() noexcept {}

@@ -38,8 +38,14 @@ namespace mlshim {
 // another walk gives the same name, it gives the same return addresses, so what was worked
 // out from them (which rules they match) holds for it too. Names are never given twice; the
 // low kFastBacktraceWalkBits of a name tell which of the kept walks' table entries holds it.
+// With `copied`, a replayed walk leaves pcs unwritten and says so (*copied false); they are
+// then fast_backtrace_copy's to write, for a caller that may need no more than the name.
 constexpr unsigned kFastBacktraceWalkBits = 8;
-int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk) noexcept;
+int fast_backtrace(std::uintptr_t from, std::uintptr_t *pcs, int max, std::uint64_t *walk, bool *copied = nullptr) noexcept;
+
+// Writes the first n return addresses of the kept walk named `walk` into pcs. false: that
+// walk is no longer kept (its entry holds another), and pcs may hold anything.
+bool fast_backtrace_copy(std::uint64_t walk, std::uintptr_t *pcs, int n) noexcept;
 
 // Code may be unloaded (dlclose): forget every cached rule.
 void fast_backtrace_forget() noexcept;

@@ -21,6 +21,7 @@ namespace {
 struct Walk {
     int fast_n = 0;
     std::uint64_t walk = 0;  // its name, 0: not kept
+    bool copied = true;      // fast holds the return addresses (a replay asked to leave them does not)
     std::vector<std::uintptr_t> fast;
     std::vector<std::uintptr_t> libgcc;  // from the same return address on
 };
@@ -34,12 +35,15 @@ _Unwind_Reason_Code collect(_Unwind_Context *ctx, void *arg) {
     return _URC_NO_REASON;
 }
 
+// Set: walk_here lets a replay leave its return addresses (fast_backtrace's `copied`).
+bool g_leave_replays;
+
 // Both walks from the return address into walk_here's caller, at most `max` frames.
 __attribute__((noinline)) Walk walk_here(int max) {
     const auto from = reinterpret_cast<std::uintptr_t>(__builtin_return_address(0));
     Walk w;
     w.fast.resize(static_cast<std::size_t>(max));
-    w.fast_n = fast_backtrace(from, w.fast.data(), max, &w.walk);
+    w.fast_n = fast_backtrace(from, w.fast.data(), max, &w.walk, g_leave_replays ? &w.copied : nullptr);
     std::vector<std::uintptr_t> all;
     Collect c{&all};
     _Unwind_Backtrace(collect, &c);
@@ -199,6 +203,24 @@ Test(unwind, another_caller_at_the_same_stack_depth_is_walked_again) {
     }
     cr_assert_eq(seen[0].fast[0], seen[1].fast[0], "not the same call site in inner");
     cr_expect_neq(seen[0].fast[1], seen[1].fast[1], "the two callers gave the same return address");
+}
+
+Test(unwind, a_replay_left_uncopied_is_copied_while_its_walk_is_kept) {
+    g_leave_replays = true;
+    Walk walks[2];
+    for (Walk &each : walks) each = g_callers[0](8);  // one call site: the second is a replay
+    Walk &w = walks[1];
+    cr_assert_not(w.copied, "a replay wrote the return addresses it was asked to leave");
+    cr_assert_eq(w.walk, walks[0].walk, "not a replay of the walk kept");
+    w.fast.assign(8, 0);
+    cr_assert(fast_backtrace_copy(w.walk, w.fast.data(), w.fast_n), "the kept walk was not copied");
+    expect_same(w, "copied later");
+    // The other caller's walk starts at the same stack pointer: it is kept in the same entry.
+    const Walk other = g_callers[1](8);
+    cr_assert(other.copied, "a walk that read its rules left its return addresses");
+    cr_assert_neq(other.walk, w.walk);
+    cr_expect_not(fast_backtrace_copy(w.walk, w.fast.data(), w.fast_n), "a walk no longer kept was copied");
+    g_leave_replays = false;
 }
 
 Test(unwind, a_frame_pointer_frame_is_replayed_only_with_its_frame_pointer) {
