@@ -513,8 +513,19 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     return static_cast<int>(n);
 }
 
+// A fork child's thread keeps none of its first kFastBacktraceChildUnkept walks. Keeping
+// writes an entry of the table, which the child shares with its parent copy-on-write: each
+// page of it the child writes first costs a page copy, and a child that serves one
+// connection (a postgres backend) walks most of its call chains once (its start-up, a TLS
+// handshake). A child that lives on keeps its walks from then on.
+__thread unsigned t_walks_unkept;  // set in the forking thread of a fork child
+
 // Returns the walk's name (fast_backtrace's `walk`), or 0: not kept.
 std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
+    if (__builtin_expect(t_walks_unkept != 0, 0)) {
+        --t_walks_unkept;
+        return 0;
+    }
     if (!t.fits || max > 0xff) return 0;
     Memo &m = memo_for(t.sp0, from);
     std::uint64_t s1 = m.seq.load(std::memory_order_relaxed);
@@ -647,6 +658,7 @@ bool fast_backtrace_share() noexcept {
 // Writes only in the ring's owner: a store, even of the value already there, would cost the
 // child a copy-on-write fault on this page.
 void fast_backtrace_after_fork_child() noexcept {
+    t_walks_unkept = kFastBacktraceChildUnkept;
     if (g_hints_owner) g_hints_owner = false;
 }
 

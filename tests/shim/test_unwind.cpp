@@ -313,6 +313,35 @@ Test(unwind, the_parent_learns_what_its_fork_children_learned) {
     cr_assert_eq(made[1], 0, "the second child made %ld rules its parent had learned", made[1]);
 }
 
+Test(unwind, a_fork_child_keeps_no_walk_before_it_has_walked_a_while) {
+    cr_expect_neq(recurse(2, 8).walk, 0u, "the parent's walk was not kept");
+    const pid_t pid = fork();
+    if (pid == 0) {
+        fast_backtrace_after_fork_child();
+        // One call site: every walk the same, kept only once the first ones are done.
+        int status = 0;
+        std::uint64_t kept = 0;
+        for (unsigned i = 0; i < kFastBacktraceChildUnkept + 3; ++i) {
+            const unsigned long long before = walks();
+            const Walk w = recurse(2, 8);
+            const bool walked = walks() == before + 1;
+            if (w.fast_n != 8 || w.fast != w.libgcc) status |= 1;                      // wrong frames
+            if (i < kFastBacktraceChildUnkept && (w.walk || !walked)) status |= 2;      // kept, or replayed
+            if (i == kFastBacktraceChildUnkept && (!w.walk || !walked)) status |= 4;    // not kept then
+            if (i == kFastBacktraceChildUnkept) kept = w.walk;
+            if (i > kFastBacktraceChildUnkept && (w.walk != kept || walked)) status |= 8;  // not replayed
+        }
+        _exit(status);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "the child did not exit");
+    cr_expect_eq(WEXITSTATUS(status), 0, "the child's walks: %s%s%s%s", WEXITSTATUS(status) & 1 ? "wrong frames; " : "",
+                 WEXITSTATUS(status) & 2 ? "one of its first walks was kept or replayed; " : "",
+                 WEXITSTATUS(status) & 4 ? "the first walk after those was not kept; " : "",
+                 WEXITSTATUS(status) & 8 ? "a later walk was not a replay" : "");
+}
+
 Test(unwind, a_fork_child_posts_but_never_learns) {
     cr_assert(fast_backtrace_share(), "no shared ring");
     const pid_t pid = fork();
