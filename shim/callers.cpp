@@ -355,7 +355,7 @@ __attribute__((noinline)) void settle(const void *ra, CallerFrames &frames) {
     unwind_slow(ra, frames);
 }
 
-// pre: depth 1, or frames unwound (one call of unwind: one return address for replays to find).
+// pre: depth 1, or frames unwound.
 __attribute__((always_inline)) inline std::uintptr_t frame_at(unsigned depth, const void *ra, CallerFrames &frames) {
     if (depth == 1) return reinterpret_cast<std::uintptr_t>(ra);
     if (frames.pending) settle(ra, frames);

@@ -450,8 +450,10 @@ struct Memo {
 constexpr std::uint32_t kMemoFp = 1u << 24;  // the walk used the frame pointer it started with
 Memo g_memo[1u << kMemoBits];
 
-inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from) {
-    return g_memo[((sp ^ from) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
+// `site`: fast_backtrace's return address, so that walks from two calls of it at the same
+// stack pointer are kept side by side rather than in turn.
+inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from, std::uintptr_t site) {
+    return g_memo[((sp ^ from ^ site * 0xff51afd7ed558ccdull) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
 }
 
 // Names the walk entry m holds while its sequence count is seq (see fast_backtrace's `walk`):
@@ -494,8 +496,8 @@ inline void copy_pcs(const Memo &m, std::uintptr_t *pcs, unsigned n) {
 // addresses into pcs, and how many. -1: none kept, or the stack differs.
 // Without `copy`, pcs is left for fast_backtrace_copy.
 __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
-                                                int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy) {
-    Memo &m = memo_for(sp, from);
+                                                int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy, std::uintptr_t site) {
+    Memo &m = memo_for(sp, from, site);
     const std::uint64_t s1 = m.seq.load(std::memory_order_acquire);
     if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
         m.from.load(std::memory_order_relaxed) != from)
@@ -527,7 +529,7 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
         return 0;
     }
     if (!t.fits || max > 0xff) return 0;
-    Memo &m = memo_for(t.sp0, from);
+    Memo &m = memo_for(t.sp0, from, t.was[0]);  // the first word read: fast_backtrace's return address
     std::uint64_t s1 = m.seq.load(std::memory_order_relaxed);
     if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return 0;
     m.gen.store(gen, std::memory_order_relaxed);
@@ -623,7 +625,7 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const int again = replay(sp, fp, from, gen, max, pcs, walk, !copied);
+    const int again = replay(sp, fp, from, gen, max, pcs, walk, !copied, reinterpret_cast<std::uintptr_t>(__builtin_return_address(0)));
     if (again >= 0) {
         if (copied) *copied = false;
         return again;

@@ -4,6 +4,9 @@
 //     frames: two call chains that reach the allocation from the same stack depth and the same
 //     depth-1 caller, one through a function the rule names and one not, each keep their own
 //     answer, for every rule, however they alternate;
+//   - a replay that no kept answer decides for its rule copies its return addresses from the
+//     kept walk, and the rule holds through them; allocations of two sizes whose rules walk
+//     through different conditions replay each other's walks;
 //   - the index re-reads only what was loaded since it was built: a dlopen + dlclose +
 //     matching malloc cycle reads one object (the library loaded), and a dlclose that unloads
 //     nothing reads none. Work is counted (objects read from disk), not timed.
@@ -168,4 +171,80 @@ Test(callers_reindex, a_dlclose_that_unloads_nothing_changes_nothing) {
     cr_assert_eq(match_from(static_cast<const char *>(loader) + 1), 0, "still loaded: still matched");
     cr_assert_eq(callers_objects_read(), read, "nothing was loaded or unloaded: nothing is read");
     dlclose(first);
+}
+
+// ---- walks from match_callers for rules of different sizes -------------------------------------
+
+extern "C" __attribute__((noinline)) int callers_test_sized(std::size_t n) {
+    const int rule = match_callers(n, __builtin_return_address(0), 0);
+    __asm__ volatile("" ::: "memory");
+    return rule;
+}
+
+extern "C" __attribute__((noinline)) int callers_test_sized_middle(std::size_t n) {
+    const int rule = callers_test_sized(n);
+    callers_test_sink = 4;
+    return rule;
+}
+
+extern "C" __attribute__((noinline)) int callers_test_sized_outer(std::size_t n) {
+    const int rule = callers_test_sized_middle(n);
+    callers_test_sink = 3;
+    return rule;
+}
+
+// The one call of callers_test_sized_outer: frame 3 of the allocation is the same whatever
+// the test's own call sites (a compiler may copy a call into each branch).
+extern "C" __attribute__((noinline)) int callers_test_sized_entry(std::size_t n) {
+    const int rule = callers_test_sized_outer(n);
+    callers_test_sink = 5;
+    return rule;
+}
+
+// Overwrites the stack below the caller's frame, where match_callers' frames were: what a
+// call finds there is not what the previous call left.
+__attribute__((noinline)) void scrub_stack() {
+    volatile unsigned char below[16384];
+    for (unsigned char &b : const_cast<unsigned char(&)[16384]>(below)) b = 0xa5;
+    __asm__ volatile("" ::: "memory");
+}
+
+// Rule 0 (32 bytes) names no function; rule 1 (64 bytes) names callers_test_sized_outer,
+// frame 2 of the allocation.
+// A 64-byte allocation replays the walk a 32-byte one kept, with no answer kept for rule 1:
+// its return addresses are copied from the kept walk (settle), and rule 1 holds through them.
+Test(callers, a_replay_with_no_answer_for_its_rule_copies_its_frames) {
+    use_rules({symbol_rule("none", "callers_test_nothing_*", 3), symbol_rule("outer", "callers_test_sized_outer", 3)});
+    g_rules[1] = SizeRule{64, 64, 0, 1};
+    for (int i = 0; i < 6; ++i) {
+        const bool big = i % 2;
+        scrub_stack();
+        const unsigned long long before = fast_backtrace_counts().walks;
+        const int rule = callers_test_sized_entry(big ? 64 : 32);
+        const unsigned long long walked = fast_backtrace_counts().walks - before;
+        cr_assert_eq(rule, big ? 1 : -1, "allocation %d (%d bytes): rule %d", i, big ? 64 : 32, rule);
+        if (big) cr_expect_eq(walked, 0u, "allocation %d: the 64-byte allocation walked again", i);
+    }
+}
+
+// A symbol rule for 32 bytes and a module rule for 64, neither matching: an allocation of
+// either size from one call chain walks the stack from match_callers, through its symbol or
+// its module condition (which the compiler may inline as two calls of fast_backtrace, with
+// two return addresses). Once each size has walked, alternating sizes replay.
+Test(callers, symbol_and_module_rules_replay_each_others_walk) {
+    CallerCondition mod;
+    mod.name = "mod";
+    mod.module = {"libnothing_by_this_name.so"};
+    mod.module_depth = 3;
+    use_rules({symbol_rule("sym", "callers_test_nothing_*", 3), mod});
+    g_rules[1] = SizeRule{64, 64, 0, 1};
+    unsigned long long walked[8];
+    for (int i = 0; i < 8; ++i) {
+        const unsigned long long before = fast_backtrace_counts().walks;
+        const int rule = callers_test_sized_entry(i % 2 ? 64 : 32);
+        walked[i] = fast_backtrace_counts().walks - before;
+        cr_assert_eq(rule, -1);
+    }
+    for (int i = 2; i < 8; ++i)
+        cr_expect_eq(walked[i], 0u, "allocation %d (%s rule) walked the stack again", i, i % 2 ? "module" : "symbol");
 }

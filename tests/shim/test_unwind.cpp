@@ -212,6 +212,7 @@ Test(unwind, a_replay_left_uncopied_is_copied_while_its_walk_is_kept) {
     Walk &w = walks[1];
     cr_assert_not(w.copied, "a replay wrote the return addresses it was asked to leave");
     cr_assert_eq(w.walk, walks[0].walk, "not a replay of the walk kept");
+    for (std::uintptr_t pc : w.fast) cr_expect_eq(pc, 0u, "a replay wrote %#lx, asked to leave it", static_cast<unsigned long>(pc));
     w.fast.assign(8, 0);
     cr_assert(fast_backtrace_copy(w.walk, w.fast.data(), w.fast_n), "the kept walk was not copied");
     expect_same(w, "copied later");
