@@ -19,6 +19,7 @@
 #include "elf.hpp"
 #include "fatal.hpp"
 #include "runtime.hpp"
+#include "seqlock.hpp"
 #include "unwind.hpp"
 
 namespace mlshim {
@@ -402,8 +403,8 @@ inline int decided(std::uint64_t walk, const Index *idx, Kind kind, unsigned id)
 void decide(std::uint64_t walk, const Index *idx, Kind kind, unsigned id, bool answer) {
     if (!walk || id >= kDecidedConditions) return;
     Decided &e = decided_for(walk);
-    std::uint32_t s1 = e.seq.load(std::memory_order_relaxed);
-    if ((s1 & 1) || !e.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    std::uint32_t s1;
+    if (!seq_begin_write(e.seq, s1)) return;
     std::uint64_t bits = 0;
     if (e.walk.load(std::memory_order_relaxed) == walk && e.idx.load(std::memory_order_relaxed) == idx)
         bits = e.bits.load(std::memory_order_relaxed);
@@ -412,7 +413,7 @@ void decide(std::uint64_t walk, const Index *idx, Kind kind, unsigned id, bool a
     e.walk.store(walk, std::memory_order_relaxed);
     e.idx.store(idx, std::memory_order_relaxed);
     e.bits.store(bits, std::memory_order_relaxed);
-    e.seq.store(s1 + 2, std::memory_order_release);
+    seq_end_write(e.seq, s1);
 }
 
 // Is one of the `depth` innermost callers inside condition `id`'s ranges of `kind`?

@@ -1,11 +1,14 @@
 #include "unwind.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <new>
 
 #include <sys/mman.h>
+
+#include "seqlock.hpp"
 
 namespace mlshim {
 
@@ -328,12 +331,12 @@ inline bool cached(std::uintptr_t pc, std::uint32_t gen, std::uint64_t &rule) {
 void store(std::uintptr_t pc, std::uint32_t gen, std::uint64_t rule) {
     Slot *s = &first_slot(pc);
     if (s->gen.load(std::memory_order_relaxed) == gen && s->pc.load(std::memory_order_relaxed) != pc) s = &second_slot(pc);
-    std::uint32_t s1 = s->seq.load(std::memory_order_relaxed);
-    if ((s1 & 1) || !s->seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return;
+    std::uint32_t s1;
+    if (!seq_begin_write(s->seq, s1)) return;
     s->gen.store(gen, std::memory_order_relaxed);
     s->pc.store(pc, std::memory_order_relaxed);
     s->rule.store(rule, std::memory_order_relaxed);
-    s->seq.store(s1 + 2, std::memory_order_release);
+    seq_end_write(s->seq, s1);
 }
 
 // ---- return addresses fork children had to learn ------------------------------------------
@@ -443,6 +446,7 @@ struct Memo {
     std::atomic<std::uint32_t> gen{0};  // 0: empty
     std::atomic<std::uintptr_t> sp{0}, fp{0}, from{0};
     std::atomic<std::uint32_t> shape{0};  // words | pcs << 8 | max << 16 | kMemoFp
+    std::atomic<std::uint32_t> span{0};   // the largest of off: the walk read no word above sp + span
     std::atomic<std::uint32_t> off[kMemoWords] = {};  // a word's address, above sp
     std::atomic<std::uintptr_t> was[kMemoWords] = {};
     std::atomic<std::uint8_t> pc_at[kMemoPcs] = {};  // the return addresses, among the words
@@ -506,8 +510,16 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     if (((shape >> 16) & 0xff) != static_cast<std::uint32_t>(max)) return -1;
     if ((shape & kMemoFp) && m.fp.load(std::memory_order_relaxed) != fp) return -1;
     const unsigned words = shape & 0xff, n = (shape >> 8) & 0xff;
-    for (unsigned i = 0; i < words; ++i)
-        if (stack_word(sp + m.off[i].load(std::memory_order_relaxed)) != m.was[i].load(std::memory_order_relaxed)) return -1;
+    const std::uint32_t span = m.span.load(std::memory_order_relaxed);
+    // The header is this walk's own (another writer may start now): every word this thread
+    // reads lies at most span above sp, in the stack its walk read, whatever offsets a
+    // writer leaves in the entry meanwhile.
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
+    for (unsigned i = 0; i < words; ++i) {
+        const std::uint32_t at = m.off[i].load(std::memory_order_relaxed);
+        if (at > span || stack_word(sp + at) != m.was[i].load(std::memory_order_relaxed)) return -1;
+    }
     if (copy) copy_pcs(m, pcs, n);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
@@ -530,10 +542,13 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
     }
     if (!t.fits || max > 0xff) return 0;
     Memo &m = memo_for(t.sp0, from, t.was[0]);  // the first word read: fast_backtrace's return address
-    std::uint64_t s1 = m.seq.load(std::memory_order_relaxed);
-    if ((s1 & 1) || !m.seq.compare_exchange_strong(s1, s1 + 1, std::memory_order_acquire)) return 0;
+    std::uint64_t s1;
+    if (!seq_begin_write(m.seq, s1)) return 0;
+    std::uint32_t span = 0;
+    for (unsigned i = 0; i < t.words; ++i) span = std::max(span, t.off[i]);
     m.gen.store(gen, std::memory_order_relaxed);
     m.sp.store(t.sp0, std::memory_order_relaxed);
+    m.span.store(span, std::memory_order_relaxed);
     m.fp.store(fp, std::memory_order_relaxed);
     m.from.store(from, std::memory_order_relaxed);
     m.shape.store(t.words | t.pcs << 8 | static_cast<std::uint32_t>(max) << 16 | (t.fp_used ? kMemoFp : 0), std::memory_order_relaxed);
@@ -542,7 +557,7 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
         m.was[i].store(t.was[i], std::memory_order_relaxed);
     }
     for (unsigned k = 0; k < t.pcs; ++k) m.pc_at[k].store(t.pc_at[k], std::memory_order_relaxed);
-    m.seq.store(s1 + 2, std::memory_order_release);
+    seq_end_write(m.seq, s1);
     return walk_id(m, s1 + 2);
 }
 
