@@ -63,8 +63,8 @@ pthread_mutex_t g_build_lock = PTHREAD_MUTEX_INITIALIZER;
 void (*g_warn)(const char *) = nullptr;
 // Frames of the shim itself between the unwinder and the allocation's caller: match_callers,
 // the interposed function and, for calloc, posix_memalign and realloc(NULL, n), its out of
-// line path (hooks.cpp). When there are more (a helper that was not inlined), the unwind is
-// repeated with room for kShimFramesMore.
+// line path (hooks.cpp). When there are more (a helper that was not inlined, settle), the
+// unwind is repeated with room for kShimFramesMore.
 constexpr unsigned kShimFrames = 3;
 constexpr unsigned kShimFramesMore = 8;
 unsigned g_unwind_depth = 1;
