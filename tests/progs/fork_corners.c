@@ -6,7 +6,9 @@
 //   stdio    a fork loop against two getline readers of a 1 MiB line and an fflush(NULL)
 //            loop (glibc bug 19431's lock order): "forks: N"
 //   errno    posix_memalign that cannot be served: its return value and errno
-//   debug    malloc_usable_size(malloc(7)): 7 under glibc's debugging allocator
+//   debug    malloc_usable_size of a 7-byte block from each allocation function: the size
+//            asked for under glibc's debugging allocator (MALLOC_CHECK_=3), whose free
+//            aborts on a block another allocator made
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
@@ -141,10 +143,22 @@ static int mode_errno(void) {
     return 0;
 }
 
-static int mode_debug(void) {
-    void *p = malloc(7);
-    printf("usable %zu\n", malloc_usable_size(p));
+static void usable_then_free(const char *function, void *p) {
+    printf("%s usable %zu\n", function, malloc_usable_size(p));
+    fflush(stdout);  // the line is out before a free that aborts
     free(p);
+}
+
+static int mode_debug(void) {
+    usable_then_free("malloc", malloc(7));
+    usable_then_free("calloc", calloc(1, 7));
+    usable_then_free("realloc", realloc(NULL, 7));
+    usable_then_free("aligned_alloc", aligned_alloc(64, 7));
+    usable_then_free("memalign", memalign(64, 7));
+    void *p = NULL;
+    if (posix_memalign(&p, 64, 7) == 0) usable_then_free("posix_memalign", p);
+    usable_then_free("valloc", valloc(7));
+    usable_then_free("pvalloc", pvalloc(7));
     return 0;
 }
 
