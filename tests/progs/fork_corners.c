@@ -9,6 +9,9 @@
 //   debug    malloc_usable_size of a 7-byte block from each allocation function: the size
 //            asked for under glibc's debugging allocator (MALLOC_CHECK_=3), whose free
 //            aborts on a block another allocator made
+//   aligned  aligned_alloc with alignments that are and are not powers of two, of sizes
+//            the end-to-end rules match (32), do not match within their window (64) and
+//            leave outside it (4096): "ok" or the errno, one line per call
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
@@ -162,12 +165,25 @@ static int mode_debug(void) {
     return 0;
 }
 
+static int mode_aligned(void) {
+    static const size_t calls[][2] = {{64, 32}, {65, 32}, {0, 32}, {3, 32}, {65, 64}, {0, 64}, {65, 4096}};
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; ++i) {
+        errno = 0;
+        void *p = aligned_alloc(calls[i][0], calls[i][1]);
+        printf("aligned_alloc(%zu, %zu): %s\n", calls[i][0], calls[i][1],
+               p ? "ok" : errno == EINVAL ? "EINVAL" : "other error");
+        free(p);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "signal")) return mode_signal();
     if (!strcmp(mode, "stdio")) return mode_stdio();
     if (!strcmp(mode, "errno")) return mode_errno();
     if (!strcmp(mode, "debug")) return mode_debug();
-    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug\n");
+    if (!strcmp(mode, "aligned")) return mode_aligned();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned\n");
     return 2;
 }
