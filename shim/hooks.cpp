@@ -31,7 +31,15 @@ inline void *malloc_matching(std::size_t n, const void *ra) {
     return rule < 0 ? g_next.malloc(n) : arena_malloc(rule, n);
 }
 
-// glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two.
+// The alignment glibc's memalign gives for `align`: malloc's up to 16, else the power of two
+// at or above it. pre: align <= SIZE_MAX / 2 + 1
+std::size_t memalign_alignment(std::size_t align) {
+    if (align <= kMinAlign) return kMinAlign;
+    return is_pow2(align) ? align : std::size_t{1} << (64 - __builtin_clzll(align));
+}
+
+// glibc's memalign: alignments up to 16 are malloc's; others round up to a power of two. An
+// unmatched call reaches the next allocator with the caller's alignment, unrounded.
 void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t, std::size_t), const void *ra) {
     if (!may_match(n)) return next(align, n);
     if (align <= kMinAlign) return malloc_matching(n, ra);
@@ -39,9 +47,25 @@ void *memalign_impl(std::size_t align, std::size_t n, void *(*next)(std::size_t,
         errno = EINVAL;
         return nullptr;
     }
-    if (!is_pow2(align)) align = std::size_t{1} << (64 - __builtin_clzll(align));
     int rule = match(n, ra);
-    return rule < 0 ? next(align, n) : arena_alloc(rule, n, align, false);
+    return rule < 0 ? next(align, n) : arena_alloc(rule, n, memalign_alignment(align), false);
+}
+
+// aligned_alloc with an alignment that is not a power of two (0 included), of a size that may
+// match: C17 makes it an error, which glibc 2.38 and later report (EINVAL), while earlier
+// glibc serves it as memalign does. The next allocator's answer decides; where it serves the
+// block and a rule matches, the arena serves it instead, as memalign's.
+__attribute__((noinline, cold)) void *aligned_alloc_unusual(std::size_t align, std::size_t n, const void *ra) {
+    const int saved = errno;
+    void *p = g_next.aligned_alloc(align, n);
+    if (!p) return nullptr;  // errno from the next allocator
+    if (align > SIZE_MAX / 2 + 1) return p;  // no power of two above it: the next allocator's block
+    int rule = match(n, ra);
+    if (rule < 0) return p;
+    g_next.free(p);  // untouched: nothing to wipe
+    void *q = arena_alloc(rule, n, memalign_alignment(align), false);
+    if (q) errno = saved;
+    return q;
 }
 
 }  // namespace
@@ -117,6 +141,8 @@ SHIM_EXPORT int posix_memalign(void **memptr, std::size_t align, std::size_t n) 
 }
 
 SHIM_EXPORT void *aligned_alloc(std::size_t align, std::size_t n) {
+    if (__builtin_expect(!may_match(n), 1)) return g_next.aligned_alloc(align, n);
+    if (!is_pow2(align)) return aligned_alloc_unusual(align, n, CALLER);
     return memalign_impl(align, n, g_next.aligned_alloc, CALLER);
 }
 

@@ -107,9 +107,28 @@ void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) noexcept {
     return g_next.realloc(p, n);
 }
 
+// The number of entries of an object's dynamic symbol table: DT_HASH's chain count, or one
+// past the end of DT_GNU_HASH's last chain (its chains cover every symbol from symoffset on).
+std::size_t dynsym_count(const ElfW(Word) *hash, const std::uint32_t *gnu_hash) noexcept {
+    if (hash) return hash[1];
+    if (!gnu_hash) return 0;
+    const std::uint32_t nbuckets = gnu_hash[0], symoffset = gnu_hash[1], bloom_words = gnu_hash[2];
+    const auto *buckets =
+        reinterpret_cast<const std::uint32_t *>(reinterpret_cast<const ElfW(Addr) *>(gnu_hash + 4) + bloom_words);
+    const std::uint32_t *chains = buckets + nbuckets;
+    std::uint32_t last = 0;
+    for (std::uint32_t b = 0; b < nbuckets; ++b)
+        if (buckets[b] > last) last = buckets[b];
+    if (last < symoffset) return symoffset;
+    while (!(chains[last - symoffset] & 1)) ++last;
+    return std::size_t{last} + 1;
+}
+
 // The version libc's own definition of `name` carries ("GLIBC_2.2.5" for malloc on x86-64,
 // "GLIBC_2.17" on arm64, "GLIBC_2.16" for aligned_alloc...), read from libc's version
-// tables at run time; nullptr if it has none.
+// tables at run time; nullptr if it has none. The version is that of the symbol `name`
+// itself, not of another name for the same address (glibc 2.36's aligned_alloc is its
+// memalign, of GLIBC_2.2.5, and dladdr names memalign).
 const char *libc_version_of(void *libc, const char *name) noexcept {
     void *f = libc ? dlsym(libc, name) : nullptr;
     Dl_info info;
@@ -123,6 +142,8 @@ const char *libc_version_of(void *libc, const char *name) noexcept {
     const ElfW(Half) *versym = nullptr;
     const ElfW(Verdef) *verdef = nullptr;
     const char *strtab = nullptr;
+    const ElfW(Word) *hash = nullptr;
+    const std::uint32_t *gnu_hash = nullptr;
     // The loader relocates these entries in place on most CPUs; where it does not, they
     // are still offsets from the load address.
     auto at = [map](ElfW(Addr) a) { return a < map->l_addr ? a + map->l_addr : a; };
@@ -131,8 +152,21 @@ const char *libc_version_of(void *libc, const char *name) noexcept {
         if (d->d_tag == DT_VERSYM) versym = reinterpret_cast<const ElfW(Half) *>(at(d->d_un.d_ptr));
         if (d->d_tag == DT_VERDEF) verdef = reinterpret_cast<const ElfW(Verdef) *>(at(d->d_un.d_ptr));
         if (d->d_tag == DT_STRTAB) strtab = reinterpret_cast<const char *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_HASH) hash = reinterpret_cast<const ElfW(Word) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_GNU_HASH) gnu_hash = reinterpret_cast<const std::uint32_t *>(at(d->d_un.d_ptr));
     }
     if (!symtab || !versym || !verdef || !strtab || sym < symtab) return nullptr;
+    if (std::strcmp(strtab + sym->st_name, name) != 0) {
+        // Another name for the address: find the default (not hidden) definition of `name` there.
+        const ElfW(Sym) *alias = sym;
+        sym = nullptr;
+        const std::size_t count = dynsym_count(hash, gnu_hash);
+        for (std::size_t i = 0; i < count && !sym; ++i)
+            if (symtab[i].st_value == alias->st_value && symtab[i].st_shndx != SHN_UNDEF && !(versym[i] & 0x8000) &&
+                std::strcmp(strtab + symtab[i].st_name, name) == 0)
+                sym = &symtab[i];
+        if (!sym) return nullptr;
+    }
     const ElfW(Half) ndx = versym[sym - symtab] & 0x7fff;
     for (const ElfW(Verdef) *v = verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
                                                reinterpret_cast<const char *>(v) + v->vd_next)) {

@@ -6,7 +6,12 @@
 //   stdio    a fork loop against two getline readers of a 1 MiB line and an fflush(NULL)
 //            loop (glibc bug 19431's lock order): "forks: N"
 //   errno    posix_memalign that cannot be served: its return value and errno
-//   debug    malloc_usable_size(malloc(7)): 7 under glibc's debugging allocator
+//   debug    malloc_usable_size of a 7-byte block from each allocation function: the size
+//            asked for under glibc's debugging allocator (MALLOC_CHECK_=3), whose free
+//            aborts on a block another allocator made
+//   aligned  aligned_alloc with alignments that are and are not powers of two, of sizes
+//            the end-to-end rules match (32), do not match within their window (64) and
+//            leave outside it (4096): "ok" or the errno, one line per call
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
@@ -141,10 +146,34 @@ static int mode_errno(void) {
     return 0;
 }
 
-static int mode_debug(void) {
-    void *p = malloc(7);
-    printf("usable %zu\n", malloc_usable_size(p));
+static void usable_then_free(const char *function, void *p) {
+    printf("%s usable %zu\n", function, malloc_usable_size(p));
+    fflush(stdout);  // the line is out before a free that aborts
     free(p);
+}
+
+static int mode_debug(void) {
+    usable_then_free("malloc", malloc(7));
+    usable_then_free("calloc", calloc(1, 7));
+    usable_then_free("realloc", realloc(NULL, 7));
+    usable_then_free("aligned_alloc", aligned_alloc(64, 7));
+    usable_then_free("memalign", memalign(64, 7));
+    void *p = NULL;
+    if (posix_memalign(&p, 64, 7) == 0) usable_then_free("posix_memalign", p);
+    usable_then_free("valloc", valloc(7));
+    usable_then_free("pvalloc", pvalloc(7));
+    return 0;
+}
+
+static int mode_aligned(void) {
+    static const size_t calls[][2] = {{64, 32}, {65, 32}, {0, 32}, {3, 32}, {65, 64}, {0, 64}, {65, 4096}};
+    for (size_t i = 0; i < sizeof calls / sizeof calls[0]; ++i) {
+        errno = 0;
+        void *p = aligned_alloc(calls[i][0], calls[i][1]);
+        printf("aligned_alloc(%zu, %zu): %s\n", calls[i][0], calls[i][1],
+               p ? "ok" : errno == EINVAL ? "EINVAL" : "other error");
+        free(p);
+    }
     return 0;
 }
 
@@ -154,6 +183,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "stdio")) return mode_stdio();
     if (!strcmp(mode, "errno")) return mode_errno();
     if (!strcmp(mode, "debug")) return mode_debug();
-    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug\n");
+    if (!strcmp(mode, "aligned")) return mode_aligned();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned\n");
     return 2;
 }

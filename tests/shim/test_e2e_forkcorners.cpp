@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "e2e.hpp"
 #include "helpers.hpp"
 #include "three_ways.hpp"
 
@@ -47,8 +48,10 @@ Test(e2e_fork_corners, posix_memalign_failure_sets_errno) {
 }
 
 // glibc's debugging allocator exports only versioned symbols: calls the shim passes through
-// must still reach it. With MALLOC_CHECK_=3 it reports the size asked for as usable; under
-// match-all the block is the arena's, which rounds to its 16-byte granule.
+// must still reach it, for every allocation function (glibc 2.36's aligned_alloc is another
+// name of its memalign, with a version of its own). With MALLOC_CHECK_=3 it reports the size
+// asked for as usable, and its free aborts on a block glibc's allocator made; under match-all
+// the blocks are the arena's, which rounds to its 16-byte granule.
 Test(e2e_fork_corners, passed_through_calls_reach_glibc_debugging_allocator) {
     const std::string debug = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
     cr_assert(file_exists(debug), "%s missing (package libc6)", debug.c_str());
@@ -57,7 +60,48 @@ Test(e2e_fork_corners, passed_through_calls_reach_glibc_debugging_allocator) {
     o.env = {{"MALLOC_CHECK_", "3"}};
     const ThreeWays t = corners("debug", o);
     for (const auto &r : t.runs) cr_assert(r.result.exited_with(0), "%s\n%s", mode_name(r.mode), r.result.describe().c_str());
-    cr_assert_str_eq(t.without().result.out.c_str(), "usable 7\n");
-    cr_assert_str_eq(t.none().result.out.c_str(), "usable 7\n");
-    cr_assert_str_eq(t.all().result.out.c_str(), "usable 16\n");
+    const char *expected =
+        "malloc usable 7\ncalloc usable 7\nrealloc usable 7\naligned_alloc usable 7\nmemalign usable 7\n"
+        "posix_memalign usable 7\nvalloc usable 7\npvalloc usable 4096\n";
+    cr_assert_str_eq(t.without().result.out.c_str(), expected);
+    cr_assert_str_eq(t.none().result.out.c_str(), expected);
+    cr_assert(t.all().result.out.rfind("malloc usable 16\n", 0) == 0, "%s", t.all().result.out.c_str());
+}
+
+// aligned_alloc's rule for an alignment that is not a power of two is the next allocator's:
+// glibc before 2.38 serves it as memalign does, a C17 allocator (glibc 2.38 and later;
+// libc17aligned.so here) refuses it with EINVAL. The shim answers as the next allocator does,
+// under match-none, match-all and the end-to-end rules, whose window holds the 64-byte calls
+// that no rule matches (they reach the next allocator with the caller's alignment); a block of
+// a matching size that the next allocator would serve comes from the arena.
+Test(e2e_fork_corners, aligned_alloc_refuses_the_alignments_the_next_allocator_refuses) {
+    const std::string c17 = shim_build_dir() + "/libs/libc17aligned.so";
+    cr_assert(file_exists(c17), "%s missing: run `make progs`", c17.c_str());
+    for (const std::string &after : {std::string(), c17}) {
+        ThreeWayOptions o;
+        o.preload_after = after;
+        const ThreeWays t = corners("aligned", o);
+        t.expect_same(0);
+        const std::string &expected = t.without().result.out;
+        if (!after.empty())
+            cr_assert_str_eq(expected.c_str(),
+                             "aligned_alloc(64, 32): ok\naligned_alloc(65, 32): EINVAL\naligned_alloc(0, 32): EINVAL\n"
+                             "aligned_alloc(3, 32): EINVAL\naligned_alloc(65, 64): EINVAL\naligned_alloc(0, 64): EINVAL\n"
+                             "aligned_alloc(65, 4096): EINVAL\n");
+
+        TempDir dir;
+        cr_assert(dir.ok());
+        const std::string config = dir.file("rules.json"), stats = dir.file("stats.json");
+        cr_assert(write_file(config, e2e_rules_config(stats)));
+        RunOptions r = shim_options(config, {shim_program("fork_corners"), "aligned"});
+        for (auto &kv : r.env)
+            if (kv.first == "LD_PRELOAD" && !after.empty()) kv.second += " " + after;
+        const RunResult rules = run_program(r);
+        cr_assert(rules.exited_with(0), "%s\n%s", after.c_str(), rules.describe().c_str());
+        cr_assert_str_eq(rules.out.c_str(), expected.c_str());
+        unsigned long long served32 = 0;
+        for (const auto &line : split_lines(expected))
+            if (line.find(", 32): ok") != std::string::npos) ++served32;
+        cr_assert_eq(stat_value(read_stats(stats), "matched_allocations"), served32, "%s", expected.c_str());
+    }
 }
