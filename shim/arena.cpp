@@ -1318,8 +1318,11 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
 
 // Wipes a page run. A locked page that is not resident was never touched or was given back
 // (locked pages are never swapped out), so it holds nothing: only resident pages are written,
-// and a large, mostly unused block is not paged in just to be zeroed. Unlocked pages are
-// always wiped.
+// and a large, mostly unused block is not paged in just to be zeroed. An unlocked page that is
+// not resident was never touched or is in swap: it is dropped (MADV_DONTNEED frees its swap
+// slot too) instead of being paged in to be written, so freeing a large block served unlocked
+// (past max_locked) costs what its resident pages cost. Where a page cannot be dropped
+// (secretmem, or the kernel refuses), it is written.
 void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
     auto *at = static_cast<unsigned char *>(p);
     std::size_t first = (reinterpret_cast<std::uintptr_t>(p) - base_) / page_;
@@ -1331,9 +1334,17 @@ void SecureArena::wipe_run(void *p, std::size_t bytes) const noexcept {
             wipe_wide(at + done, chunk);
             continue;
         }
-        for (std::size_t i = 0; i < chunk / page_; ++i)
-            if ((resident[i] & 1) || !(meta_[first + done / page_ + i].flags & kLockedPage))
-                wipe_wide(at + done + i * page_, page_);
+        const PageMeta *meta = meta_ + first + done / page_;
+        const std::size_t pages = chunk / page_;
+        for (std::size_t i = 0, j; i < pages; i = j) {
+            const std::uint8_t f = meta[i].flags;
+            const bool in_core = resident[i] & 1;
+            for (j = i + 1; j < pages && static_cast<bool>(resident[j] & 1) == in_core && meta[j].flags == f;) ++j;
+            unsigned char *from = at + done + i * page_;
+            const std::size_t len = (j - i) * page_;
+            if (in_core || (!(f & kLockedPage) && (!backing_can_discard(f & kSecretPage) || memlock_discard(from, len))))
+                wipe_wide(from, len);
+        }
     }
     clear_vector_registers();
 }

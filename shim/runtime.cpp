@@ -678,7 +678,10 @@ bool in_bootstrap(const void *p) noexcept {
     return static_cast<std::size_t>(static_cast<const unsigned char *>(p) - g_boot) < kBootBytes;
 }
 
+// Leaves errno as it found it: C makes errno 0 when main starts, and start-up looks up what
+// may not exist (the system config, the files of a caller rule's modules).
 void runtime_init() noexcept {
+    const int saved_errno = errno;
     log_set_program(program_invocation_short_name);  // before the program can rewrite its argv
     resolve_next();
     // Never in secure execution: the environment (and the socket it names) is the caller's.
@@ -689,6 +692,7 @@ void runtime_init() noexcept {
         // Only allocation failure can throw here; the program cannot be protected.
         fatal("out of memory while reading the configuration");
     }
+    errno = saved_errno;
 }
 
 // Makes no system call in a fork child (see write_stats_file); nothing to remove: the

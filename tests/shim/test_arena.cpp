@@ -805,6 +805,26 @@ Test(arena, a_large_block_costs_only_the_pages_used_and_is_still_wiped) {
     cr_assert(resident <= touched, "wiping paged nothing in: %zu", resident);
 }
 
+// Past max_locked (policy fallback) a large block is served unlocked. Freeing it wipes the
+// pages it touched and pages nothing else in: its untouched pages are dropped, not written
+// (the process's peak RSS, reset just before the free, stays below the block's size).
+Test(arena, an_unlocked_large_block_is_wiped_without_paging_in_its_untouched_pages) {
+    make_arena(128 * 1024, mlshim::LockFailurePolicy::fallback);
+    const std::size_t n = 32u << 20;
+    auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+    cr_assert_not_null(p);
+    cr_assert(range_has_flag(p + n / 2, n / 2, "lo", false), "its second half served unlocked");
+    p[0] = 0x42;
+    p[n / 2] = 0x42;
+    const long rss_kb = status_kb(0, "VmRSS");
+    cr_assert(write_file("/proc/self/clear_refs", "5"), "cannot reset the peak RSS");
+    arena.free(p);
+    const long peak_kb = status_kb(0, "VmHWM");
+    cr_assert_lt(peak_kb - rss_kb, static_cast<long>(n / 4 / 1024), "the free paged in %ld KiB", peak_kb - rss_kb);
+    cr_assert_eq(p[0], 0);
+    cr_assert_eq(p[n / 2], 0);
+}
+
 // Where the kernel offers transparent huge pages, a locking pool commits slab by slab until
 // it passes half a huge page, then whole huge pages, which fault in as huge pages: the
 // counters count what is committed, all of it locked.

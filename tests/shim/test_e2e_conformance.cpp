@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "e2e.hpp"
 #include "helpers.hpp"
 #include "three_ways.hpp"
 
@@ -46,4 +47,19 @@ Test(e2e_conformance, malloc_contract_holds_without_shim_match_none_and_match_al
     cr_assert_gt(json_uint(stats, "frees").value_or(0), kHandoffBlocks, "%s", stats.c_str());
     cr_assert_gt(json_uint(stats, "locked_bytes").value_or(0), 0u, "%s", stats.c_str());
     cr_assert_eq(json_uint(stats, "fallbacks").value_or(1), 0u, "%s", stats.c_str());
+}
+
+// C makes errno 0 when main starts, and free leaves it alone. The shim's start-up looks things
+// up that may not exist (the system config when MEMLOCK_SHIM_CONFIG is empty, the modules of a
+// caller rule): with no config, with config/default.json's caller rule and with match-all, main
+// still starts with errno 0 (tests/progs/e2e_errno.c).
+Test(e2e_conformance, errno_is_zero_at_main_and_kept_by_free) {
+    const std::string prog = need_built("e2e_errno");
+    const std::string configs[] = {"", source_dir() + "/config/default.json", source_dir() + "/config/match-all.json"};
+    for (const auto &config : configs) {
+        const RunResult r = run_program(shim_options(config, {prog}));
+        cr_assert(r.exited_with(0), "config \"%s\": %s", config.c_str(), r.describe().c_str());
+        cr_assert_str_eq(r.out.c_str(), "errno at main: 0\nerrno after free: 4242 4242\n", "config \"%s\"",
+                         config.c_str());
+    }
 }
