@@ -867,7 +867,11 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         if (n <= have && (n > have / 2 || have <= 16)) return p;
         if (n > have && g_arena.grow_in_place(p, n)) return p;
         int saved = errno;
-        void *q = alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false);
+        // A shrink moves only within the arena: with the arena full, the block stays where it
+        // is rather than going to the next allocator (the fallback policy's way out for new
+        // blocks), which would leave it unprotected.
+        void *q = n > have ? alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false)
+                           : g_arena.alloc(g_arena.pool_of(p), n, 16, g_arena.rule_of(p));
         if (!q) {
             if (n > have) return nullptr;  // errno = ENOMEM, p untouched
             errno = saved;                 // a shrink never fails: keep the block as it is

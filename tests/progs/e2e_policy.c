@@ -1,12 +1,15 @@
 /* e2e_policy.c - allocates more matching memory than may be locked.
  *
- *   e2e_policy COUNT [hold]
+ *   e2e_policy COUNT [hold|shrink]
  *
  * Allocates COUNT blocks of 1000 bytes (matched by a rule {min 512..2048}), writing to each.
  * Stops at the first NULL and prints "null errno=ENOMEM at I" (or the errno number if it is
  * not ENOMEM); else prints "allocated COUNT". With "hold", then prints "pid N",
- * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. Frees everything, prints
- * "done" and exits 0; exits 1 if a block lost its contents.
+ * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With "shrink", a block of
+ * 2000 bytes allocated first is shrunk to 600 once the others are allocated, and it prints
+ * "shrunk dontdump" or "shrunk dumped" (the flags of the mapping that holds the result) and
+ * "content kept" or "content lost". Frees everything, prints "done" and exits 0; exits 1 if
+ * a block lost its contents.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -14,12 +17,31 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Is p in a mapping marked dontdump ("dd" in its smaps VmFlags)? */
+static int dontdump(const void *p) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int inside = 0, dd = 0;
+    unsigned long at = (unsigned long)p;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) inside = at >= lo && at < hi;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) dd = strstr(line, " dd") != NULL;
+    }
+    fclose(f);
+    return dd;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     long count = atol(argv[1]);
     int hold = argc > 2 && strcmp(argv[2], "hold") == 0;
+    int shrink = argc > 2 && strcmp(argv[2], "shrink") == 0;
     unsigned char **blocks = calloc((size_t)count, sizeof *blocks); /* unmatched size */
     if (!blocks) return 2;
+    unsigned char *big = shrink ? malloc(2000) : NULL;
+    if (big) memset(big, 0x5a, 2000);
     long got = 0;
     for (; got < count; ++got) {
         errno = 0;
@@ -38,6 +60,15 @@ int main(int argc, char **argv) {
         char buf[64];
         while (read(0, buf, sizeof buf) > 0) {
         }
+    }
+    if (big) {
+        unsigned char *q = realloc(big, 600);
+        if (!q) return 3;
+        big = q;
+        int kept = 1;
+        for (int j = 0; j < 600; ++j) kept &= big[j] == 0x5a;
+        printf("shrunk %s\ncontent %s\n", dontdump(big) == 1 ? "dontdump" : "dumped", kept ? "kept" : "lost");
+        free(big);
     }
     int bad = 0;
     for (long i = 0; i < got; ++i) {

@@ -160,6 +160,22 @@ Test(e2e_policy, fallback_when_max_locked_is_reached) {
     cr_assert_eq(stat_value(st, "max_locked"), 65536u, "%s", st.c_str());
 }
 
+// The arena's address space used up (policy.max_arena) under fallback: new matching blocks
+// come from the next allocator, but a matched block shrunk by more than half stays in the
+// arena, where it was, instead of moving out of it.
+Test(e2e_policy, a_shrink_with_the_arena_full_keeps_the_block_in_the_arena) {
+    TempDir dir;
+    const Setup s = prepare(dir, "fallback", R"(, "max_locked": "1MiB", "max_arena": "1MiB")");
+    RunOptions opts = plain_env({shim_program("e2e_policy"), "40000", "shrink"});
+    opts.env = shim_env(s.config);
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.find("allocated 40000\n") != std::string::npos, "%s", r.describe().c_str());
+    cr_assert_geq(stat_value(read_stats(s.stats), "overflows"), 1u, "the arena never ran out:\n%s", r.describe().c_str());
+    cr_expect(r.out.find("shrunk dontdump\n") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
+    cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
+}
+
 Test(e2e_policy, deny_when_max_locked_is_reached) {
     TempDir dir;
     const Setup s = prepare(dir, "deny", kMaxLocked64K);
