@@ -810,17 +810,22 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
 // larger than the arena) under policy fallback: the next allocator serves it, unprotected,
 // as it would without the shim. Counted, and reported once per process.
+// Counted and reported only when the next allocator serves it: a request it refuses too (more
+// than any allocator can give) fails as it would without the shim, and nothing left the arena.
 __attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     static std::atomic<bool> warned{false};
+    void *p = align <= 16 ? (zero ? g_next.calloc(1, n) : g_next.malloc(n)) : g_next.memalign(align, n);
+    if (!p) return nullptr;
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {
+        const int saved = errno;
         BusyScope busy;
         log_msg(LogLevel::warn,
                 "the secure arena is full: matching allocations are served by the program's allocator, "
                 "unprotected (counted in overflows): raise policy.max_arena");
+        errno = saved;
     }
-    if (align <= 16) return zero ? g_next.calloc(1, n) : g_next.malloc(n);
-    return g_next.memalign(align, n);
+    return p;
 }
 
 // A block from pool `pool`, counted for rule entry `rule`. No BusyScope here: the arena never

@@ -33,11 +33,10 @@ Test(e2e_conformance, malloc_contract_holds_without_shim_match_none_and_match_al
     cr_assert_gt(checks, 5000u, "%s", lines[0].c_str());
     cr_assert_str_empty(t.without().result.err.c_str());
     cr_assert_str_empty(t.none().result.err.c_str());
-    // match-all: the deliberately impossible requests may be reported; nothing else is said, and
-    // locking never fell back (config/match-all.json allows 1 GiB).
-    for (const auto &line : split_lines(t.all().result.err))
-        cr_assert(line.rfind("memlock-shim: ", 0) == 0 && line.find("cannot lock") == std::string::npos,
-                  "match-all stderr: %s", t.all().result.err.c_str());
+    // match-all: nothing is said either. The deliberately impossible requests fail in the next
+    // allocator as they do without the shim, so the arena reports no overflow; and locking
+    // never fell back (config/match-all.json allows 1 GiB).
+    cr_assert_str_empty(t.all().result.err.c_str());
 
     // match-none has no rules: no arena, no stats file, every call passed through.
     cr_assert(t.none().stats.files.empty(), "%s", t.none().stats.describe().c_str());
