@@ -809,9 +809,10 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
 
 // A matching allocation the arena cannot hold (its address space is used up, or the block is
 // larger than the arena) under policy fallback: the next allocator serves it, unprotected,
-// as it would without the shim. Counted, and reported once per process.
-// Counted and reported only when the next allocator serves it: a request it refuses too (more
-// than any allocator can give) fails as it would without the shim, and nothing left the arena.
+// as it would without the shim. Counted, and reported once per process, only when the next
+// allocator serves it: a request it refuses too (more than any allocator can give) fails as it
+// would without the shim, and nothing left the arena. errno is the next allocator's: the
+// caller's on success (alloc_in restores it), its error otherwise.
 __attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t align, bool zero) noexcept {
     static std::atomic<bool> warned{false};
     void *p = align <= 16 ? (zero ? g_next.calloc(1, n) : g_next.malloc(n)) : g_next.memalign(align, n);
@@ -834,8 +835,13 @@ void *alloc_in(unsigned pool, unsigned rule, std::size_t n, std::size_t align, b
     // A size no allocator can serve (glibc refuses it too): ENOMEM, and neither counted as
     // denied nor reported, since it says nothing about the arena.
     if (n > static_cast<std::size_t>(PTRDIFF_MAX)) return errno = ENOMEM, nullptr;
+    const int saved = errno;
     void *p = g_arena.alloc(pool, n, align, rule);
-    if (!p) return g_arena.serves_overflow() ? serve_from_next(n, align, zero) : nullptr;
+    if (!p) {
+        if (!g_arena.serves_overflow()) return nullptr;
+        errno = saved;  // the arena's ENOMEM is not the answer: the next allocator's is
+        return serve_from_next(n, align, zero);
+    }
     if (zero && !g_arena.wipes(p)) std::memset(p, 0, n);
     return p;
 }

@@ -4,7 +4,8 @@
  *
  * Allocates COUNT blocks of 1000 bytes (matched by a rule {min 512..2048}), writing to each.
  * Stops at the first NULL and prints "null errno=ENOMEM at I" (or the errno number if it is
- * not ENOMEM); else prints "allocated COUNT". With "hold", then prints "pid N",
+ * not ENOMEM); else prints "allocated COUNT". A malloc that succeeds but changes errno (0
+ * before each) prints "errno=N after a malloc that succeeded at I", once. With "hold", then prints "pid N",
  * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With "shrink", a block of
  * 2000 bytes allocated first is shrunk to 600 once the others are allocated, and it prints
  * "shrunk dontdump" or "shrunk dumped" (the flags of the mapping that holds the result) and
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
     unsigned char *big = shrink ? malloc(2000) : NULL;
     if (big) memset(big, 0x5a, 2000);
     long got = 0;
+    int errno_told = 0;
     for (; got < count; ++got) {
         errno = 0;
         blocks[got] = malloc(1000);
@@ -50,6 +52,10 @@ int main(int argc, char **argv) {
             if (errno == ENOMEM) printf("null errno=ENOMEM at %ld\n", got);
             else printf("null errno=%d at %ld\n", errno, got);
             break;
+        }
+        if (errno != 0 && !errno_told) {
+            printf("errno=%d after a malloc that succeeded at %ld\n", errno, got);
+            errno_told = 1;
         }
         memset(blocks[got], (int)(got & 0xff), 1000);
     }

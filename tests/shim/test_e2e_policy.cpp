@@ -174,6 +174,8 @@ Test(e2e_policy, a_shrink_with_the_arena_full_keeps_the_block_in_the_arena) {
     cr_assert_geq(stat_value(read_stats(s.stats), "overflows"), 1u, "the arena never ran out:\n%s", r.describe().c_str());
     cr_expect(r.out.find("shrunk dontdump\n") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
     cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
+    cr_expect(r.out.find("after a malloc that succeeded") == std::string::npos,
+              "a block the next allocator served past the full arena changed errno:\n%s", r.describe().c_str());
 }
 
 Test(e2e_policy, deny_when_max_locked_is_reached) {
