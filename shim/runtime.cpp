@@ -878,11 +878,15 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         if (n <= have && (n > have / 2 || have <= 16)) return p;
         if (n > have && g_arena.grow_in_place(p, n)) return p;
         int saved = errno;
-        // A shrink moves only within the arena: with the arena full, the block stays where it
-        // is rather than going to the next allocator (the fallback policy's way out for new
-        // blocks), which would leave it unprotected.
-        void *q = n > have ? alloc_in(g_arena.pool_of(p), g_arena.rule_of(p), n, 16, false)
-                           : g_arena.alloc(g_arena.pool_of(p), n, 16, g_arena.rule_of(p));
+        // A shrink moves only within the arena, and only where the lock policy has nothing to
+        // act on: with no room, the block stays where it is. Under fallback a full arena just
+        // says no (new blocks would go to the next allocator, unprotected); under deny and
+        // abort, only a block the thread's cache holds is taken, since making room could count
+        // a denial or stop the program for a request that keeping the block answers.
+        const unsigned pool = g_arena.pool_of(p), rule = g_arena.rule_of(p);
+        void *q = n > have                    ? alloc_in(pool, rule, n, 16, false)
+                  : g_arena.serves_overflow() ? g_arena.alloc(pool, n, 16, rule)
+                                              : g_arena.alloc_cached(pool, n, rule);
         if (!q) {
             if (n > have) return nullptr;  // errno = ENOMEM, p untouched
             errno = saved;                 // a shrink never fails: keep the block as it is

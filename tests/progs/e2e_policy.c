@@ -1,6 +1,6 @@
 /* e2e_policy.c - allocates more matching memory than may be locked.
  *
- *   e2e_policy COUNT [hold|shrink]
+ *   e2e_policy COUNT [hold|shrink|big]
  *
  * Allocates COUNT blocks of 1000 bytes (matched by a rule {min 512..2048}), writing to each.
  * Stops at the first NULL and prints "null errno=ENOMEM at I" (or the errno number if it is
@@ -9,8 +9,9 @@
  * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With "shrink", a block of
  * 2000 bytes allocated first is shrunk to 600 once the others are allocated, and it prints
  * "shrunk dontdump" or "shrunk dumped" (the flags of the mapping that holds the result) and
- * "content kept" or "content lost". Frees everything, prints "done" and exits 0; exits 1 if
- * a block lost its contents.
+ * "content kept" or "content lost"; "big" does the same without shrinking the block (and
+ * prints "big" for "shrunk"). Frees everything, prints "done" and exits 0; exits 1 if a block lost its
+ * contents.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,7 +42,7 @@ int main(int argc, char **argv) {
     int shrink = argc > 2 && strcmp(argv[2], "shrink") == 0;
     unsigned char **blocks = calloc((size_t)count, sizeof *blocks); /* unmatched size */
     if (!blocks) return 2;
-    unsigned char *big = shrink ? malloc(2000) : NULL;
+    unsigned char *big = shrink || (argc > 2 && strcmp(argv[2], "big") == 0) ? malloc(2000) : NULL;
     if (big) memset(big, 0x5a, 2000);
     long got = 0;
     int errno_told = 0;
@@ -68,14 +69,14 @@ int main(int argc, char **argv) {
         }
     }
     if (big) {
-        unsigned char *q = realloc(big, 600);
+        unsigned char *q = shrink ? realloc(big, 600) : big;
         if (!q) return 3;
         big = q;
         int kept = 1;
         for (int j = 0; j < 600; ++j) kept &= big[j] == 0x5a;
-        printf("shrunk %s\ncontent %s\n", dontdump(big) == 1 ? "dontdump" : "dumped", kept ? "kept" : "lost");
-        free(big);
+        printf("%s %s\ncontent %s\n", shrink ? "shrunk" : "big", dontdump(big) == 1 ? "dontdump" : "dumped", kept ? "kept" : "lost");
     }
+    free(big);
     int bad = 0;
     for (long i = 0; i < got; ++i) {
         for (int j = 0; j < 1000; ++j)

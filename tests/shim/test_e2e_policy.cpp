@@ -178,6 +178,29 @@ Test(e2e_policy, a_shrink_with_the_arena_full_keeps_the_block_in_the_arena) {
               "a block the next allocator served past the full arena changed errno:\n%s", r.describe().c_str());
 }
 
+// The same under deny: the arena cannot lock more, and the shrink neither counts a denial
+// nor fails; the block stays where it was. Denials counted against the same run without the
+// shrink ("big").
+Test(e2e_policy, a_shrink_under_deny_with_the_arena_full_keeps_the_block_and_denies_nothing) {
+    TempDir dir;
+    const Setup s = prepare(dir, "deny", kMaxLocked64K);
+    std::uint64_t denied[2];
+    for (int shrink = 0; shrink < 2; ++shrink) {
+        RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks, shrink ? "shrink" : "big"});
+        opts.env = shim_env(s.config);
+        const RunResult r = run_program(opts);
+        cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+        expect_denied_before_the_end(r);
+        denied[shrink] = stat_value(read_stats(s.stats), "denied");
+        if (!shrink) continue;
+        cr_expect(r.out.find("shrunk dontdump\n") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
+        cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
+    }
+    cr_expect_geq(denied[0], 1u);
+    cr_expect_eq(denied[1], denied[0], "the shrink counted a denial (%lu, %lu without it)", static_cast<unsigned long>(denied[1]),
+                 static_cast<unsigned long>(denied[0]));
+}
+
 Test(e2e_policy, deny_when_max_locked_is_reached) {
     TempDir dir;
     const Setup s = prepare(dir, "deny", kMaxLocked64K);
