@@ -818,7 +818,7 @@ Test(arena, an_unlocked_large_block_is_wiped_without_paging_in_its_untouched_pag
     p[0] = 0x42;
     p[n / 2] = 0x42;
     const long rss_kb = status_kb(0, "VmRSS");
-    cr_assert(write_file("/proc/self/clear_refs", "5"), "cannot reset the peak RSS");
+    if (!write_file("/proc/self/clear_refs", "5")) cr_skip_test("/proc/self/clear_refs cannot be written here: no peak RSS to reset");
     arena.free(p);
     const long peak_kb = status_kb(0, "VmHWM");
     cr_assert_lt(peak_kb - rss_kb, static_cast<long>(n / 4 / 1024), "the free paged in %ld KiB", peak_kb - rss_kb);
