@@ -1506,6 +1506,10 @@ bool SecureArena::wipes(const void *p) const noexcept {
     return pools_[pool_of(p)].actions & kActionWipe;
 }
 
+bool SecureArena::locked(const void *p) const noexcept {
+    return meta_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> page_shift_].flags & kLockedPage;
+}
+
 // ---- fork and thread exit ------------------------------------------------------------------
 
 // Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).

@@ -131,6 +131,8 @@ public:
     }
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
+    // pre: owns(p), p live. Is p's page in a locked range?
+    bool locked(const void *p) const noexcept;
     // pre: owns(p), p live. The rule entry p was allocated for.
     unsigned rule_of(const void *p) const noexcept;
     // Counts one allocation whose callers caller rule entry `rule` checked (for the calling

@@ -887,6 +887,10 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
         void *q = n > have                    ? alloc_in(pool, rule, n, 16, false)
                   : g_arena.serves_overflow() ? g_arena.alloc(pool, n, 16, rule)
                                               : g_arena.alloc_cached(pool, n, rule);
+        if (q && n <= have && g_arena.locked(p) && !g_arena.locked(q)) {
+            g_arena.free(q);  // the lock budget is spent (fallback serves unlocked): keep the lock
+            q = nullptr;
+        }
         if (!q) {
             if (n > have) return nullptr;  // errno = ENOMEM, p untouched
             errno = saved;                 // a shrink never fails: keep the block as it is

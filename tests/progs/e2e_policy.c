@@ -8,7 +8,7 @@
  * before each) prints "errno=N after a malloc that succeeded at I", once. With "hold", then prints "pid N",
  * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With "shrink", a block of
  * 2000 bytes allocated first is shrunk to 600 once the others are allocated, and it prints
- * "shrunk dontdump" or "shrunk dumped" (the flags of the mapping that holds the result) and
+ * "shrunk dontdump|dumped locked|unlocked" (the flags of the mapping that holds the result) and
  * "content kept" or "content lost"; "big" does the same without shrinking the block (and
  * prints "big" for "shrunk"). Frees everything, prints "done" and exits 0; exits 1 if a block lost its
  * contents.
@@ -19,8 +19,8 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Is p in a mapping marked dontdump ("dd" in its smaps VmFlags)? */
-static int dontdump(const void *p) {
+/* Does the smaps VmFlags line of the mapping that holds p have `flag` (" dd", " lo")? */
+static int has_flag(const void *p, const char *flag) {
     FILE *f = fopen("/proc/self/smaps", "r");
     if (!f) return -1;
     char line[512];
@@ -29,7 +29,7 @@ static int dontdump(const void *p) {
     while (fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
         if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) inside = at >= lo && at < hi;
-        else if (inside && strncmp(line, "VmFlags:", 8) == 0) dd = strstr(line, " dd") != NULL;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) dd = strstr(line, flag) != NULL;
     }
     fclose(f);
     return dd;
@@ -74,7 +74,8 @@ int main(int argc, char **argv) {
         big = q;
         int kept = 1;
         for (int j = 0; j < 600; ++j) kept &= big[j] == 0x5a;
-        printf("%s %s\ncontent %s\n", shrink ? "shrunk" : "big", dontdump(big) == 1 ? "dontdump" : "dumped", kept ? "kept" : "lost");
+        printf("%s %s %s\ncontent %s\n", shrink ? "shrunk" : "big", has_flag(big, " dd") == 1 ? "dontdump" : "dumped",
+               has_flag(big, " lo") == 1 ? "locked" : "unlocked", kept ? "kept" : "lost");
     }
     free(big);
     int bad = 0;

@@ -172,7 +172,7 @@ Test(e2e_policy, a_shrink_with_the_arena_full_keeps_the_block_in_the_arena) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("allocated 40000\n") != std::string::npos, "%s", r.describe().c_str());
     cr_assert_geq(stat_value(read_stats(s.stats), "overflows"), 1u, "the arena never ran out:\n%s", r.describe().c_str());
-    cr_expect(r.out.find("shrunk dontdump\n") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
+    cr_expect(r.out.find("shrunk dontdump") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
     cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
     cr_expect(r.out.find("after a malloc that succeeded") == std::string::npos,
               "a block the next allocator served past the full arena changed errno:\n%s", r.describe().c_str());
@@ -193,12 +193,26 @@ Test(e2e_policy, a_shrink_under_deny_with_the_arena_full_keeps_the_block_and_den
         expect_denied_before_the_end(r);
         denied[shrink] = stat_value(read_stats(s.stats), "denied");
         if (!shrink) continue;
-        cr_expect(r.out.find("shrunk dontdump\n") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
+        cr_expect(r.out.find("shrunk dontdump") != std::string::npos, "the shrunk block left the arena:\n%s", r.describe().c_str());
         cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
     }
     cr_expect_geq(denied[0], 1u);
     cr_expect_eq(denied[1], denied[0], "the shrink counted a denial (%lu, %lu without it)", static_cast<unsigned long>(denied[1]),
                  static_cast<unsigned long>(denied[0]));
+}
+
+// Under fallback with the lock budget spent: new blocks are served unlocked, but a block shrunk
+// by more than half keeps its lock (it stays where it was rather than move to unlocked memory).
+Test(e2e_policy, a_shrink_with_the_lock_budget_spent_keeps_the_block_locked) {
+    TempDir dir;
+    const Setup s = prepare(dir, "fallback", kMaxLocked64K);
+    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks, "shrink"});
+    opts.env = shim_env(s.config);
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_geq(stat_value(read_stats(s.stats), "fallbacks"), 1u, "the lock budget was never spent:\n%s", r.describe().c_str());
+    cr_expect(r.out.find("shrunk dontdump locked\n") != std::string::npos, "the shrunk block lost its lock:\n%s", r.describe().c_str());
+    cr_expect(r.out.find("content kept\n") != std::string::npos, "%s", r.describe().c_str());
 }
 
 Test(e2e_policy, deny_when_max_locked_is_reached) {
