@@ -819,12 +819,10 @@ __attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t
     if (!p) return nullptr;
     if (g_stats) g_stats->overflows.fetch_add(1);
     if (!warned.exchange(true)) {
-        const int saved = errno;
         BusyScope busy;
-        log_msg(LogLevel::warn,
+        log_msg(LogLevel::warn,  // keeps errno
                 "the secure arena is full: matching allocations are served by the program's allocator, "
                 "unprotected (counted in overflows): raise policy.max_arena");
-        errno = saved;
     }
     return p;
 }

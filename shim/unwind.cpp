@@ -544,18 +544,18 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
     Memo &m = memo_for(t.sp0, from, t.was[0]);  // the first word read: fast_backtrace's return address
     std::uint64_t s1;
     if (!seq_begin_write(m.seq, s1)) return 0;
-    std::uint32_t span = 0;
-    for (unsigned i = 0; i < t.words; ++i) span = std::max(span, t.off[i]);
     m.gen.store(gen, std::memory_order_relaxed);
     m.sp.store(t.sp0, std::memory_order_relaxed);
-    m.span.store(span, std::memory_order_relaxed);
     m.fp.store(fp, std::memory_order_relaxed);
     m.from.store(from, std::memory_order_relaxed);
     m.shape.store(t.words | t.pcs << 8 | static_cast<std::uint32_t>(max) << 16 | (t.fp_used ? kMemoFp : 0), std::memory_order_relaxed);
+    std::uint32_t span = 0;
     for (unsigned i = 0; i < t.words; ++i) {
+        span = std::max(span, t.off[i]);
         m.off[i].store(t.off[i], std::memory_order_relaxed);
         m.was[i].store(t.was[i], std::memory_order_relaxed);
     }
+    m.span.store(span, std::memory_order_relaxed);
     for (unsigned k = 0; k < t.pcs; ++k) m.pc_at[k].store(t.pc_at[k], std::memory_order_relaxed);
     seq_end_write(m.seq, s1);
     return walk_id(m, s1 + 2);

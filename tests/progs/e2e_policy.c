@@ -5,13 +5,13 @@
  * Allocates COUNT blocks of 1000 bytes (matched by a rule {min 512..2048}), writing to each.
  * Stops at the first NULL and prints "null errno=ENOMEM at I" (or the errno number if it is
  * not ENOMEM); else prints "allocated COUNT". A malloc that succeeds but changes errno (0
- * before each) prints "errno=N after a malloc that succeeded at I", once. With "hold", then prints "pid N",
- * "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With "shrink", a block of
- * 2000 bytes allocated first is shrunk to 600 once the others are allocated, and it prints
- * "shrunk dontdump|dumped locked|unlocked" (the flags of the mapping that holds the result) and
- * "content kept" or "content lost"; "big" does the same without shrinking the block (and
- * prints "big" for "shrunk"). Frees everything, prints "done" and exits 0; exits 1 if a block lost its
- * contents.
+ * before each) prints "errno=N after a malloc that succeeded at I", once. With "hold", then
+ * prints "pid N", "first ADDR", "last ADDR" and "ready" and waits for EOF on stdin. With
+ * "shrink", a block of 2000 bytes allocated first is shrunk to 600 once the others are
+ * allocated, and it prints "shrunk dontdump|dumped locked|unlocked" (the flags of the mapping
+ * that holds the result) and "content kept" or "content lost"; "big" does the same without
+ * shrinking the block (and prints "big" for "shrunk"). Frees everything, prints "done" and
+ * exits 0; exits 1 if a block lost its contents.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,15 +24,15 @@ static int has_flag(const void *p, const char *flag) {
     FILE *f = fopen("/proc/self/smaps", "r");
     if (!f) return -1;
     char line[512];
-    int inside = 0, dd = 0;
+    int inside = 0, found = 0;
     unsigned long at = (unsigned long)p;
     while (fgets(line, sizeof line, f)) {
         unsigned long lo, hi;
         if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) inside = at >= lo && at < hi;
-        else if (inside && strncmp(line, "VmFlags:", 8) == 0) dd = strstr(line, flag) != NULL;
+        else if (inside && strncmp(line, "VmFlags:", 8) == 0) found = strstr(line, flag) != NULL;
     }
     fclose(f);
-    return dd;
+    return found;
 }
 
 int main(int argc, char **argv) {

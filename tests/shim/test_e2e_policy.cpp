@@ -43,9 +43,11 @@ std::vector<std::string> limited(const Setup &s, const std::vector<std::string> 
     return shimmed_under_memlock_limit(kRlimit, s.config, shim_program("e2e_policy"), args);
 }
 
-// e2e_policy kBlocks under the shim with `s`, no limits changed.
-RunResult run_shimmed(const Setup &s) {
-    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks});
+// e2e_policy `args` (default: kBlocks) under the shim with `s`, no limits changed.
+RunResult run_shimmed(const Setup &s, const std::vector<std::string> &args = {kBlocks}) {
+    std::vector<std::string> argv{shim_program("e2e_policy")};
+    argv.insert(argv.end(), args.begin(), args.end());
+    RunOptions opts = plain_env(argv);
     opts.env = shim_env(s.config);
     return run_program(opts);
 }
@@ -166,9 +168,7 @@ Test(e2e_policy, fallback_when_max_locked_is_reached) {
 Test(e2e_policy, a_shrink_with_the_arena_full_keeps_the_block_in_the_arena) {
     TempDir dir;
     const Setup s = prepare(dir, "fallback", R"(, "max_locked": "1MiB", "max_arena": "1MiB")");
-    RunOptions opts = plain_env({shim_program("e2e_policy"), "40000", "shrink"});
-    opts.env = shim_env(s.config);
-    const RunResult r = run_program(opts);
+    const RunResult r = run_shimmed(s, {"40000", "shrink"});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("allocated 40000\n") != std::string::npos, "%s", r.describe().c_str());
     cr_assert_geq(stat_value(read_stats(s.stats), "overflows"), 1u, "the arena never ran out:\n%s", r.describe().c_str());
@@ -186,9 +186,7 @@ Test(e2e_policy, a_shrink_under_deny_with_the_arena_full_keeps_the_block_and_den
     const Setup s = prepare(dir, "deny", kMaxLocked64K);
     std::uint64_t denied[2];
     for (int shrink = 0; shrink < 2; ++shrink) {
-        RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks, shrink ? "shrink" : "big"});
-        opts.env = shim_env(s.config);
-        const RunResult r = run_program(opts);
+        const RunResult r = run_shimmed(s, {kBlocks, shrink ? "shrink" : "big"});
         cr_assert(r.exited_with(0), "%s", r.describe().c_str());
         expect_denied_before_the_end(r);
         denied[shrink] = stat_value(read_stats(s.stats), "denied");
@@ -206,9 +204,7 @@ Test(e2e_policy, a_shrink_under_deny_with_the_arena_full_keeps_the_block_and_den
 Test(e2e_policy, a_shrink_with_the_lock_budget_spent_keeps_the_block_locked) {
     TempDir dir;
     const Setup s = prepare(dir, "fallback", kMaxLocked64K);
-    RunOptions opts = plain_env({shim_program("e2e_policy"), kBlocks, "shrink"});
-    opts.env = shim_env(s.config);
-    const RunResult r = run_program(opts);
+    const RunResult r = run_shimmed(s, {kBlocks, "shrink"});
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_geq(stat_value(read_stats(s.stats), "fallbacks"), 1u, "the lock budget was never spent:\n%s", r.describe().c_str());
     cr_expect(r.out.find("shrunk dontdump locked\n") != std::string::npos, "the shrunk block lost its lock:\n%s", r.describe().c_str());
