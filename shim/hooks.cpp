@@ -177,6 +177,11 @@ SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
 SHIM_EXPORT void free_sized(void *p, std::size_t) { free(p); }
 SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p); }
 
+// glibc before 2.26 declared cfree, and programs built then call it; later glibc keeps
+// cfree@GLIBC_2.2.5 for them, an alias of its own free, which would take an arena block for
+// one of its heap's and abort (or corrupt its heap). The reference binds here first.
+SHIM_EXPORT void cfree(void *p) { free(p); }
+
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }
 

@@ -10,7 +10,7 @@
  * 64 KiB and of valloc/pvalloc; invalid alignments; overflow and errno; realloc grow, shrink, move,
  * NULL and 0, and a failed realloc; malloc_usable_size; malloc(0); free(NULL); calloc over reused
  * memory; blocks freed by another thread; fork from a threaded program; blocks outliving their
- * thread; free preserving errno.
+ * thread; free preserving errno; cfree, which programs built against glibc before 2.26 call.
  */
 #include <errno.h>
 #include <malloc.h>
@@ -350,6 +350,34 @@ static void free_null(void) {
     CHECK("free-null", errno == 4243, "errno=%d", errno);
 }
 
+/* cfree, which glibc before 2.26 declared: programs built then still call it, and glibc keeps
+ * cfree@GLIBC_2.2.5 (GLIBC_2.17 on aarch64) for them, an alias of its free. A block it frees
+ * must be one the allocator in front can take back. */
+#if defined(__GLIBC__) && (defined(__x86_64__) || defined(__aarch64__))
+#if defined(__x86_64__)
+__asm__(".symver legacy_cfree, cfree@GLIBC_2.2.5");
+#else
+__asm__(".symver legacy_cfree, cfree@GLIBC_2.17");
+#endif
+void legacy_cfree(void *p);
+
+static void cfree_blocks(void) {
+    size_t sizes[] = {16, 100, 4096, 100000};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s) {
+        unsigned char *p = malloc(sizes[s]);
+        CHECK("cfree", p != NULL, "malloc(%zu) failed", sizes[s]);
+        if (!p) continue;
+        fill(p, sizes[s], s);
+        legacy_cfree(p);
+        unsigned char *q = malloc(sizes[s]);
+        CHECK("cfree", q != NULL, "malloc(%zu) after cfree failed", sizes[s]);
+        free(q);
+    }
+}
+#else
+static void cfree_blocks(void) {}
+#endif
+
 /* Memory that held 0xff is handed out again by calloc: it must read as zero. */
 static void calloc_reused(void) {
     enum { blocks = 8, rounds = 25 };
@@ -568,6 +596,7 @@ int main(void) {
     usable_size();
     malloc_zero();
     free_null();
+    cfree_blocks();
     calloc_reused();
     free_errno();
     cross_thread_free();

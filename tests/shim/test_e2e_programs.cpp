@@ -91,7 +91,7 @@ Test(e2e_programs, exports_only_the_interposed_functions) {
     std::string got;
     for (const auto &n : names) got += n + " ";
     const std::string expected =
-        "aligned_alloc calloc clone dlclose free free_aligned_sized free_sized malloc malloc_usable_size memalign "
+        "aligned_alloc calloc cfree clone dlclose free free_aligned_sized free_sized malloc malloc_usable_size memalign "
         "posix_memalign pvalloc realloc reallocarray syscall valloc ";
     cr_assert_str_eq(got.c_str(), expected.c_str());
 }
