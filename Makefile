@@ -163,6 +163,11 @@ $(B)/progs/tools_static: tests/progs/tools_static.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 $(WARN) -static $< -o $@
 
+# An HTTPS server with OpenSSL linked in, not loaded (scripts/keyproof.py: config/openssl-linked.json).
+$(B)/progs/tls_linked: tests/progs/tls_linked.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) $< -o $@ -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -lpthread -ldl
+
 $(B)/progs/%: tests/progs/%.cpp
 	@mkdir -p $(@D)
 	$(CXX) $(CXXSTD) -O1 -g $(WARN) $< -o $@ -lpthread -ldl
@@ -391,7 +396,7 @@ bench: all progs $(B)/bench/alloc_pairs $(B)/bench/live_secrets $(B)/bench/calle
 	python3 scripts/bench_daemons.py $(B) 0 config/match-all.json
 
 # The table of private-key copies in real daemons' dumps: no shim, size rules, the profiles.
-proof-keys: all
+proof-keys: all $(B)/progs/tls_linked
 	python3 scripts/keyproof.py --table --build $(B)
 
 # ---- man pages, bash completion, Debian package ------------------------------------------

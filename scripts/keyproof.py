@@ -22,11 +22,15 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
+       linked
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
-       dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json)
+       dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json;
+       linked is tests/progs/tls_linked, an HTTPS server with OpenSSL linked in, whose
+       profile column is config/openssl-linked.json)
        and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
-       machine's mail transport agent) and mariadb (a 45 MB server whose data directory takes
-       seconds to make): install-deps.sh and the tests leave them out
+       machine's mail transport agent), mariadb (a 45 MB server whose data directory takes
+       seconds to make) and node (an https server; Node.js's own builds link OpenSSL in,
+       Debian's load libcrypto.so): install-deps.sh and the tests leave them out
 
 Output (--json): one object per line: {"daemon", "config", "ok", "error", "dumps": [{"process",
 "pid", "how", "components", "pem", "inspect", and for sshd "prekey_live", "prekey_protected",
@@ -55,7 +59,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
-           "vsftpd", "openvpn", "dovecot"]
+           "vsftpd", "openvpn", "dovecot", "linked"]
 
 
 class Failure(Exception):
@@ -531,6 +535,35 @@ ssl.pemfile = "%(pem)s"
                     "lighttpd https ok")
     r.dumps = [("lighttpd", d.proc.pid)]
     return key
+
+
+def serve_single(r, name, argv_for, expect):
+    """A one-process HTTPS server on r.port: argv_for(key, cert) starts it; it answers `expect`."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    d = serve_https(r, argv_for(key, cert), name, "https://127.0.0.1:%d/" % r.port, expect)
+    r.dumps = [(name, d.proc.pid)]
+    return key
+
+
+def serve_linked(r):
+    """tests/progs/tls_linked: an HTTPS server with OpenSSL linked in (no libcrypto.so)."""
+    server = os.path.join(r.args.build, "progs", "tls_linked")
+    return serve_single(r, "tls_linked", lambda key, cert: [server, str(r.port), cert, key], "linked https ok")
+
+
+def serve_node(r):
+    """Node.js's https module. Node.js's own builds (NodeSource's packages, the official images)
+    link OpenSSL in; Debian's nodejs loads libcrypto.so.3."""
+    def argv(key, cert):
+        script = os.path.join(r.work, "server.js")
+        with open(script, "w") as f:
+            f.write("""const fs = require("fs"), https = require("https");
+const options = {key: fs.readFileSync(%(key)r), cert: fs.readFileSync(%(cert)r)};
+https.createServer(options, (req, res) => { res.end("node https ok\\n"); }).listen(%(p)d, "127.0.0.1");
+""" % {"key": key, "cert": cert, "p": r.port})
+        return ["node", script]
+    return serve_single(r, "node", argv, "node https ok")
 
 
 def serve_apache(r):
@@ -1179,7 +1212,7 @@ SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunne
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
          "dovecot": serve_dovecot, "openvpn": serve_openvpn, "mariadb": serve_mariadb,
-         "postfix": serve_postfix}
+         "postfix": serve_postfix, "linked": serve_linked, "node": serve_node}
 
 
 def inspect(args, pid):
@@ -1290,7 +1323,9 @@ def cell(dump):
 def table(args, daemons):
     configs = [("no shim", "none"), ("size rules (config/size-rules.json)", os.path.join(TOP, "config", "size-rules.json")),
                ("profile", None)]
-    profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json")}
+    profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json"),
+               "linked": os.path.join(TOP, "config", "openssl-linked.json"),
+               "node": os.path.join(TOP, "config", "openssl-linked.json")}
     print("| daemon | process | " + " | ".join(c[0] for c in configs) + " |")
     print("| --- | --- |" + " --- |" * len(configs))
     for i, d in enumerate(daemons):

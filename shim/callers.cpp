@@ -421,10 +421,17 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
                                                      CallerFrames &frames) {
     const std::vector<std::vector<Range>> Index::*which = kind == kModule ? &Index::module_ranges : &Index::symbol_ranges;
     bool known = true;  // every frame looked at lies in an indexed object: the answer may be kept
+    // A walk another condition made names the whole chain, its first frame included: an answer
+    // kept for it decides this condition before any frame is searched.
+    const bool asked = depth >= 2 && frames.unwound;
+    if (asked) {
+        const int kept = decided(frames.walk, idx, kind, id);
+        if (kept >= 0) return kept;
+    }
     unsigned d = 1;
     bool answer = false;
     for (; d <= depth; ++d) {
-        if (d == 2) {
+        if (d == 2 && !asked) {
             if (!frames.unwound) unwind(ra, frames);
             const int kept = decided(frames.walk, idx, kind, id);
             if (kept >= 0) return kept;

@@ -1,6 +1,6 @@
 // End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd,
 // Apache httpd, Mosquitto, Unbound, Redis, vsftpd, OpenVPN and Dovecot, which the profile was
-// not written for) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
+// not written for, and a server with OpenSSL linked in, under its own profile) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
 // mosquitto_sub, a DNS-over-TLS query, redis-cli, FTPS, openvpn, IMAPS) through memlock-run
 // with the shipped key profiles, and dumps of their serving processes (gcore; a kernel core
 // dump of an nginx worker and of the sshd listener) hold no copy of the private key's
@@ -215,6 +215,24 @@ Test(e2e_daemons, openvpn_under_the_default_config_holds_no_key_copy, .timeout =
 }
 Test(e2e_daemons, openvpn_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("openvpn");
+}
+
+// A server with OpenSSL linked in (tests/progs/tls_linked: libssl.a and libcrypto.a, as in
+// Node.js's own builds and vendors' daemons) loads no libcrypto.so, so the library profile has
+// no module to match: it protects nothing, and memlock-inspect must not say it does.
+// config/openssl-linked.json selects OpenSSL's allocation functions by name (CRYPTO_*).
+Test(e2e_daemons, openssl_linked_in_under_the_linked_profile_holds_no_key_copy, .timeout = 300) {
+    for (const auto &d : expect_protected("linked", "openssl-linked.json", {"tls_linked"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on tls_linked: %s", d.inspect.c_str());
+}
+Test(e2e_daemons, openssl_linked_in_under_the_library_profile_is_not_reported_protected, .timeout = 300) {
+    for (const auto &d : prove("linked", "default.json", false)) {
+        cr_expect_gt(d.components, 0u, "tls_linked under the library profile: no copy of the key's components");
+        cr_expect_neq(d.inspect, std::string("protected"), "memlock-inspect on tls_linked says protected");
+    }
+}
+Test(e2e_daemons, openssl_linked_in_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("linked");
 }
 
 // Dovecot (imaps): the master starts each service's process with a clean environment, so
