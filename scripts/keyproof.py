@@ -22,11 +22,12 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
-       linked
+       linked gnutls
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json;
        linked is tests/progs/tls_linked, an HTTPS server with OpenSSL linked in, whose
-       profile column is config/openssl-linked.json)
+       profile column is config/openssl-linked.json; gnutls is gnutls-serv --http, GnuTLS's
+       own server, whose profile column is config/gnutls.json)
        and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
        machine's mail transport agent), mariadb (a 45 MB server whose data directory takes
        seconds to make) and node (an https server; Node.js's own builds link OpenSSL in,
@@ -59,7 +60,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
-           "vsftpd", "openvpn", "dovecot", "linked"]
+           "vsftpd", "openvpn", "dovecot", "linked", "gnutls"]
 
 
 class Failure(Exception):
@@ -564,6 +565,12 @@ https.createServer(options, (req, res) => { res.end("node https ok\\n"); }).list
 """ % {"key": key, "cert": cert, "p": r.port})
         return ["node", script]
     return serve_single(r, "node", argv, "node https ok")
+
+
+def serve_gnutls(r):
+    """gnutls-serv --http: GnuTLS's own server (GnuTLS, nettle and GMP instead of OpenSSL)."""
+    return serve_single(r, "gnutls-serv", lambda key, cert: ["gnutls-serv", "--http", "-p", str(r.port),
+                        "--x509keyfile", key, "--x509certfile", cert], "GnuTLS")
 
 
 def serve_apache(r):
@@ -1212,7 +1219,7 @@ SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunne
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
          "dovecot": serve_dovecot, "openvpn": serve_openvpn, "mariadb": serve_mariadb,
-         "postfix": serve_postfix, "linked": serve_linked, "node": serve_node}
+         "postfix": serve_postfix, "linked": serve_linked, "node": serve_node, "gnutls": serve_gnutls}
 
 
 def inspect(args, pid):
@@ -1325,7 +1332,8 @@ def table(args, daemons):
                ("profile", None)]
     profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json"),
                "linked": os.path.join(TOP, "config", "openssl-linked.json"),
-               "node": os.path.join(TOP, "config", "openssl-linked.json")}
+               "node": os.path.join(TOP, "config", "openssl-linked.json"),
+               "gnutls": os.path.join(TOP, "config", "gnutls.json")}
     print("| daemon | process | " + " | ".join(c[0] for c in configs) + " |")
     print("| --- | --- |" + " --- |" * len(configs))
     for i, d in enumerate(daemons):
