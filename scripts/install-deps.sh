@@ -18,6 +18,7 @@ nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-clien
 lighttpd apache2
 mosquitto mosquitto-clients unbound vsftpd openvpn dovecot-imapd
 redis-server redis-tools
+gnutls-bin slapd ldap-utils
 "
 
 missing=""

@@ -242,6 +242,32 @@ Test(e2e_daemons, dovecot_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("dovecot");
 }
 
+// GnuTLS servers: gnutls-serv (curl over HTTPS) and OpenLDAP's slapd, which Debian links with
+// GnuTLS (ldaps and StartTLS; drops to user openldap). config/gnutls.json names GnuTLS and the
+// libraries it decodes keys with (nettle, hogweed, GMP) and leaves no copy. The OpenSSL
+// profile protects nothing there, and memlock-inspect must not say protected.
+Test(e2e_daemons, gnutls_serv_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
+    for (const auto &d : expect_protected("gnutls-serv", "gnutls.json", {"gnutls-serv"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on gnutls-serv: %s", d.inspect.c_str());
+}
+Test(e2e_daemons, gnutls_serv_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("gnutls-serv");
+}
+Test(e2e_daemons, slapd_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
+    for (const auto &d : expect_protected("slapd", "gnutls.json", {"slapd"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on slapd: %s", d.inspect.c_str());
+}
+Test(e2e_daemons, slapd_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("slapd");
+}
+Test(e2e_daemons, slapd_under_the_openssl_profile_keeps_its_key_and_is_not_reported_protected, .timeout = 300) {
+    for (const auto &d : prove("slapd", "default.json", false)) {
+        cr_expect_gt(d.components, 0u, "slapd under the OpenSSL profile: no copy of the key, so GnuTLS's memory "
+                                       "went to the arena after all");
+        cr_expect_neq(d.inspect, std::string("protected"), "memlock-inspect on slapd under the OpenSSL profile");
+    }
+}
+
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that
 // is not root, so a session has a privileged monitor and an unprivileged child), logs in once
 // more with the monitor dumped while it signs the key exchange (its plaintext host key exists
