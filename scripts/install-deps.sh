@@ -18,7 +18,7 @@ nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-clien
 lighttpd apache2
 mosquitto mosquitto-clients unbound vsftpd openvpn dovecot-imapd
 redis-server redis-tools
-libssl-dev gnutls-bin
+libssl-dev gnutls-bin slapd ldap-utils
 "
 
 missing=""

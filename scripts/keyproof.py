@@ -22,12 +22,12 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
-       linked gnutls
+       linked gnutls-serv slapd
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json;
        linked is tests/progs/tls_linked, an HTTPS server with OpenSSL linked in, whose
-       profile column is config/openssl-linked.json; gnutls is gnutls-serv --http, GnuTLS's
-       own server, whose profile column is config/gnutls.json)
+       profile column is config/openssl-linked.json; gnutls-serv's and slapd's, linked with
+       GnuTLS, config/gnutls.json)
        and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
        machine's mail transport agent), mariadb (a 45 MB server whose data directory takes
        seconds to make) and node (an https server; Node.js's own builds link OpenSSL in,
@@ -60,7 +60,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
-           "vsftpd", "openvpn", "dovecot", "linked", "gnutls"]
+           "vsftpd", "openvpn", "dovecot", "linked", "gnutls-serv", "slapd"]
 
 
 class Failure(Exception):
@@ -567,12 +567,6 @@ https.createServer(options, (req, res) => { res.end("node https ok\\n"); }).list
     return serve_single(r, "node", argv, "node https ok")
 
 
-def serve_gnutls(r):
-    """gnutls-serv --http: GnuTLS's own server (GnuTLS, nettle and GMP instead of OpenSSL)."""
-    return serve_single(r, "gnutls-serv", lambda key, cert: ["gnutls-serv", "--http", "-p", str(r.port),
-                        "--x509keyfile", key, "--x509certfile", cert], "GnuTLS")
-
-
 def serve_apache(r):
     """Apache httpd with mod_ssl and the event MPM: the parent reads the key, a child serves."""
     key, cert = make_key(r.work)
@@ -883,6 +877,46 @@ def serve_openvpn(r):
             raise Failure("the openvpn client did not connect: %s" % c.log_text()[-600:])
         time.sleep(0.1)
     r.dumps = [("openvpn", d.proc.pid)]
+    return key
+
+
+def serve_gnutls_serv(r):
+    """gnutls-serv --http: GnuTLS's own server (GnuTLS, nettle and GMP instead of OpenSSL)."""
+    return serve_single(r, "gnutls-serv", lambda key, cert: ["gnutls-serv", "--http", "-p", str(r.port),
+                        "--x509keyfile", key, "--x509certfile", cert], "GnuTLS")
+
+
+def serve_slapd(r):
+    """OpenLDAP's slapd (Debian builds it with GnuTLS) on ldaps and on ldap with StartTLS: started
+    as root, it runs as user openldap; one process, a thread per operation. One entry is added,
+    then read three times over each."""
+    key, cert = make_key(r.work)
+    os.chmod(r.work, 0o755)
+    db = os.path.join(r.work, "db")
+    os.makedirs(db)
+    for f in (key, cert, db, r.work):  # the pid file too is written as openldap
+        shutil.chown(f, "openldap", "openldap")
+    conf = os.path.join(r.work, "slapd.conf")
+    with open(conf, "w") as f:
+        f.write("include /etc/ldap/schema/core.schema\npidfile %(w)s/slapd.pid\nmodulepath /usr/lib/ldap\n"
+                "moduleload back_mdb\nTLSCertificateFile %(c)s\nTLSCertificateKeyFile %(k)s\ndatabase mdb\n"
+                "maxsize 10485760\nsuffix dc=example,dc=com\nrootdn cn=admin,dc=example,dc=com\nrootpw keyproof\n"
+                "directory %(d)s\n" % {"w": r.work, "c": cert, "k": key, "d": db})
+    ldaps, ldap = "ldaps://127.0.0.1:%d" % r.port, "ldap://127.0.0.1:%d" % (r.port + 1)
+    d = r.start(["slapd", "-d", "0", "-u", "openldap", "-g", "openldap", "-f", conf, "-h", ldaps + "/ " + ldap + "/"],
+                "slapd")
+    wait_port(r.port, d.proc, "slapd")
+    wait_port(r.port + 1, d.proc, "slapd")
+    env = dict(os.environ, LDAPTLS_REQCERT="never")
+    entry = "dn: dc=example,dc=com\nobjectClass: dcObject\nobjectClass: organization\no: keyproof\ndc: example\n"
+    run(["ldapadd", "-x", "-H", ldaps, "-D", "cn=admin,dc=example,dc=com", "-w", "keyproof"], input=entry.encode(),
+        env=env)
+    for _ in range(3):
+        for url, starttls in ((ldaps, []), (ldap, ["-ZZ"])):
+            out = run(["ldapsearch", "-x"] + starttls + ["-H", url, "-b", "dc=example,dc=com"], env=env)
+            if "numEntries: 1" not in out:
+                raise Failure("ldapsearch on %s answered %r" % (url, out[-300:]))
+    r.dumps = [("slapd", d.proc.pid)]
     return key
 
 
@@ -1218,8 +1252,8 @@ class _Popen:
 SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunnel,
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
-         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "mariadb": serve_mariadb,
-         "postfix": serve_postfix, "linked": serve_linked, "node": serve_node, "gnutls": serve_gnutls}
+         "dovecot": serve_dovecot, "openvpn": serve_openvpn, "gnutls-serv": serve_gnutls_serv, "slapd": serve_slapd,
+         "mariadb": serve_mariadb, "postfix": serve_postfix, "linked": serve_linked, "node": serve_node}
 
 
 def inspect(args, pid):
@@ -1333,7 +1367,7 @@ def table(args, daemons):
     profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json"),
                "linked": os.path.join(TOP, "config", "openssl-linked.json"),
                "node": os.path.join(TOP, "config", "openssl-linked.json"),
-               "gnutls": os.path.join(TOP, "config", "gnutls.json")}
+               "gnutls-serv": os.path.join(TOP, "config", "gnutls.json"), "slapd": os.path.join(TOP, "config", "gnutls.json")}
     print("| daemon | process | " + " | ".join(c[0] for c in configs) + " |")
     print("| --- | --- |" + " --- |" * len(configs))
     for i, d in enumerate(daemons):

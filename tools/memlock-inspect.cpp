@@ -125,6 +125,8 @@ struct ProcessView {
     bool switched = false;          // read as the target's user
     std::string maps, smaps;        // the texts, as read
     bool shim_loaded = false;       // maps names libmemlock_shim.so
+    bool preload_names_shim = false;  // the environment it started with has LD_PRELOAD naming the shim
+    bool secure_exec = false;       // AT_SECURE in its auxv: the loader ignored LD_PRELOAD
     std::vector<std::uint64_t> candidates;  // where the counters page may be: the memfd, then
                                             // shared anonymous pages of its size (no memfd_create)
     bool memfd = false;             // candidates[0] is the memfd mapping
@@ -177,6 +179,34 @@ void parse_maps(ProcessView &v) {
 
 bool denied(int err) { return err == EACCES || err == EPERM; }
 
+// Why a process that does not map the shim may still have been meant to: the environment it
+// was started with (/proc/PID/environ) has LD_PRELOAD naming the shim, and whether it started in
+// secure-execution mode (AT_SECURE in /proc/PID/auxv), in which the dynamic loader ignores
+// LD_PRELOAD. Both stay false where the files cannot be read.
+void read_exec_state(int pid, ProcessView &v) {
+    std::string env_text, auxv;
+    int err = 0;
+    if (readable_text(proc(pid, "environ"), env_text, err)) {
+        std::size_t at = 0;
+        while (at < env_text.size()) {
+            std::size_t end = env_text.find('\0', at);
+            if (end == std::string::npos) end = env_text.size();
+            if (env_text.compare(at, 11, "LD_PRELOAD=") == 0 &&
+                env_text.substr(at, end - at).find("libmemlock_shim.so") != std::string::npos)
+                v.preload_names_shim = true;
+            at = end + 1;
+        }
+    }
+    if (readable_text(proc(pid, "auxv"), auxv, err)) {
+        constexpr unsigned long kAtSecure = 23;  // AT_SECURE (elf.h)
+        unsigned long pair[2];
+        for (std::size_t at = 0; at + sizeof pair <= auxv.size(); at += sizeof pair) {
+            std::memcpy(pair, auxv.data() + at, sizeof pair);
+            if (pair[0] == kAtSecure) v.secure_exec = pair[1] != 0;
+        }
+    }
+}
+
 // Reads the rule rows of the slots that have an owner (the others are zero: reading them
 // would only make the target's kernel allocate the pages). Rows that cannot be read stay zero.
 void read_rule_rows(int fd, ProcessView &v) {
@@ -207,6 +237,7 @@ void collect(int pid, ProcessView &v) {
     }
     v.access = ProcessView::ok;
     parse_maps(v);
+    if (!v.shim_loaded) read_exec_state(pid, v);
     if (v.candidates.empty()) return;
     if (!readable_text(proc(pid, "smaps"), v.smaps, err) && denied(err)) {
         v.access = ProcessView::refused;
@@ -285,7 +316,9 @@ bool collect_as_target(int pid, ProcessView &v) {
         collect(pid, w);
         std::string out(1, static_cast<char>(w.access));
         std::string page_at = std::to_string(w.page_at);
-        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at}) put(out, *f);
+        std::string exec_state{w.preload_names_shim ? '1' : '0', w.secure_exec ? '1' : '0'};
+        for (const std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at, &exec_state})
+            put(out, *f);
         for (std::size_t at = 0; at < out.size();) {
             const ssize_t n = ::write(fds[1], out.data() + at, out.size() - at);
             if (n <= 0) ::_exit(1);
@@ -306,10 +339,12 @@ bool collect_as_target(int pid, ProcessView &v) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || in.empty()) return false;
     ProcessView w = v;
     std::size_t at = 1;
-    std::string page_at;
+    std::string page_at, exec_state;
     w.access = static_cast<ProcessView::Access>(in[0]);
-    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at})
+    for (std::string *f : {&w.exe, &w.maps, &w.smaps, &w.page, &w.rows, &w.why, &page_at, &exec_state})
         if (!take(in, at, *f)) return false;
+    w.preload_names_shim = exec_state.size() == 2 && exec_state[0] == '1';
+    w.secure_exec = exec_state.size() == 2 && exec_state[1] == '1';
     if (w.access == ProcessView::ok && w.page.size() != sizeof(mlshim::StatsPage)) w.page.clear();
     if (w.page.empty() || w.rows.size() != sizeof(mlshim::StatsRuleRow) * mlshim::kStatsSlots) w.rows.clear();
     w.switched = true;
@@ -528,6 +563,16 @@ Report inspect(int pid) {
                         : mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe")))
                             ? "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
                               "glibc build of the program)"
+                        : v.preload_names_shim && v.secure_exec
+                            ? "the shim is not loaded: LD_PRELOAD names it, but the program started in "
+                              "secure-execution mode (AT_SECURE: its real and effective user or group IDs differed "
+                              "at exec, or it gained capabilities), in which the dynamic loader ignores "
+                              "LD_PRELOAD, as for a daemon that re-executes itself after changing only its real "
+                              "user ID (squid's kids); load the shim through /etc/ld.so.preload (system-wide mode)"
+                        : v.preload_names_shim
+                            ? "the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load "
+                              "it (a wrong path, or a library of another architecture: the loader said why on the "
+                              "program's stderr when it started)"
                             : "the shim is not loaded (start the program with memlock-run)";
         }
         return r;

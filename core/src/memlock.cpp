@@ -446,7 +446,7 @@ const char *memlock_strerror(int err) {
                "needs secretmem.enable=1)";
     case ENOMEM: return "ENOMEM: out of memory, RLIMIT_MEMLOCK reached, or range not mapped";
     case EPERM: return "EPERM: operation not permitted (locking needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)";
-    case EAGAIN: return "EAGAIN: some or all of the range could not be locked";
+    case EAGAIN: return "EAGAIN: some or all of the range could not be locked, or a locked mapping would exceed RLIMIT_MEMLOCK";
     case EINVAL: return "EINVAL: invalid argument (unaligned address, bad length or advice)";
     case ENOSYS: return "ENOSYS: system call not implemented";
     case EOPNOTSUPP: return "EOPNOTSUPP: operation not supported";

@@ -1,7 +1,6 @@
 // End-to-end on real daemons: nginx, haproxy, stunnel4, postgres and sshd (and lighttpd,
 // Apache httpd, Mosquitto, Unbound, Redis, vsftpd, OpenVPN and Dovecot, which the profile was
-// not written for, and a server with OpenSSL linked in and GnuTLS's server, under their own
-// profiles) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
+// not written for, and a server with OpenSSL linked in, under its own profile) serve their real clients (curl, psql and pgbench, ssh, mosquitto_pub and
 // mosquitto_sub, a DNS-over-TLS query, redis-cli, FTPS, openvpn, IMAPS) through memlock-run
 // with the shipped key profiles, and dumps of their serving processes (gcore; a kernel core
 // dump of an nginx worker and of the sshd listener) hold no copy of the private key's
@@ -244,20 +243,6 @@ Test(e2e_daemons, openssl_linked_in_without_shim_holds_key_copies, .timeout = 30
     expect_copies_without_shim("linked");
 }
 
-// GnuTLS's own server (gnutls-serv --http): GnuTLS keeps the key in nettle's GMP numbers,
-// which no OpenSSL rule reaches (memlock-inspect: nothing matched); config/gnutls.json, the
-// same kind of rule over GnuTLS and nettle, leaves no copy.
-Test(e2e_daemons, gnutls_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
-    for (const auto &d : expect_protected("gnutls", "gnutls.json", {"gnutls-serv"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on gnutls-serv: %s", d.inspect.c_str());
-}
-Test(e2e_daemons, gnutls_under_the_openssl_profile_is_not_reported_protected, .timeout = 300) {
-    expect_exposed_and_reported("gnutls", "default.json");
-}
-Test(e2e_daemons, gnutls_without_shim_holds_key_copies, .timeout = 300) {
-    expect_copies_without_shim("gnutls");
-}
-
 // Dovecot (imaps): the master starts each service's process with a clean environment, so
 // keyproof.py passes LD_PRELOAD and MEMLOCK_SHIM_CONFIG on with import_environment. Dovecot
 // reads the key file itself: the config process parses it into its settings pools and
@@ -281,6 +266,28 @@ Test(e2e_daemons, dovecot_under_the_openssl_profile_keeps_only_its_own_copies_of
 }
 Test(e2e_daemons, dovecot_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("dovecot");
+}
+
+// GnuTLS servers: gnutls-serv (curl over HTTPS) and OpenLDAP's slapd, which Debian links with
+// GnuTLS (ldaps and StartTLS; drops to user openldap). config/gnutls.json names GnuTLS and the
+// libraries it decodes keys with (nettle, hogweed, GMP) and leaves no copy. The OpenSSL
+// profile protects nothing there, and memlock-inspect must not say protected.
+Test(e2e_daemons, gnutls_serv_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
+    for (const auto &d : expect_protected("gnutls-serv", "gnutls.json", {"gnutls-serv"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on gnutls-serv: %s", d.inspect.c_str());
+}
+Test(e2e_daemons, gnutls_serv_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("gnutls-serv");
+}
+Test(e2e_daemons, slapd_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
+    for (const auto &d : expect_protected("slapd", "gnutls.json", {"slapd"}))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on slapd: %s", d.inspect.c_str());
+}
+Test(e2e_daemons, slapd_without_shim_holds_key_copies, .timeout = 300) {
+    expect_copies_without_shim("slapd");
+}
+Test(e2e_daemons, slapd_under_the_openssl_profile_keeps_its_key_and_is_not_reported_protected, .timeout = 300) {
+    expect_exposed_and_reported("slapd", "default.json");
 }
 
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that

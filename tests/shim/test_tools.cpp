@@ -638,6 +638,40 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
               r.describe().c_str());
 }
 
+// A program executed with its real user ID changed and its effective one still root (squid's
+// master re-executes its kids so) starts in secure-execution mode: the loader ignores
+// LD_PRELOAD. memlock-inspect says so rather than "start the program with memlock-run"; and
+// when the loader could not load the shim LD_PRELOAD names, it says that.
+Test(tools, inspect_says_why_a_preloaded_shim_is_not_loaded) {
+    const std::string hold = shim_program("tools_hold");
+    struct Case {
+        std::vector<std::string> argv;
+        std::string preload, reason;
+    };
+    const Case cases[] = {
+        {{"setpriv", "--ruid=65534", "--", hold}, shim_library(),
+         "not protected: the shim is not loaded: LD_PRELOAD names it, but the program started in secure-execution "
+         "mode (AT_SECURE: "},
+        {{hold}, "/nonexistent/libmemlock_shim.so",
+         "not protected: the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load it"},
+    };
+    for (const Case &c : cases) {
+        RunOptions o = tool_opts(c.argv);
+        o.env = {{"LD_PRELOAD", c.preload}, {"MEMLOCK_SHIM_CONFIG", config("size-only.json")}};
+        LiveProgram child;
+        start_until_ready(child, o);
+        const std::string pid = std::to_string(child.pid());
+        const RunResult r = run({tool("memlock-inspect"), pid});
+        const RunResult js = run({tool("memlock-inspect"), "--json", pid});
+        child.finish();
+        cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+        cr_assert(contains(r.out, "pid " + pid + " (" + real(hold) + "): " + c.reason), "%s", r.out.c_str());
+        const auto j = nlohmann::json::parse(js.out, nullptr, false);
+        cr_assert(!j.is_discarded() && js.exited_with(2), "%s", js.describe().c_str());
+        cr_assert(contains("not protected: " + j["reason"].get<std::string>(), c.reason), "%s", js.out.c_str());
+    }
+}
+
 // ---- memlock-inspect: per-rule counters and an honest status ----------------------------------
 
 namespace {
