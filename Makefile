@@ -52,6 +52,7 @@ TOOL_LDFLAGS := -static-libstdc++ -static-libgcc -Wl,-z,now -Wl,-z,relro
 # load on every glibc from 2.17 on (scripts/check-abi): compat/ pins or replaces the libc
 # symbols newer than that; libdl and libpthread held the pinned dl* and pthread_* before 2.34.
 COMPAT_OBJ := $(B)/compat/glibc_compat.o
+SHIM_COMPAT_OBJ := $(B)/compat/glibc_compat_shim.o
 GLIBC_LIBS := -Wl,--no-as-needed -l:libdl.so.2 -l:libpthread.so.0 -Wl,--as-needed
 
 SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -128,13 +129,17 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	@mkdir -p $(@D)
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
-$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+$(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(SHIM_COMPAT_OBJ) shim/exports.map
+	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(SHIM_COMPAT_OBJ) $(GLIBC_LIBS) -o $@
 
 # Not LTO-compiled: its symbol versions must reach the linker as written.
 $(B)/compat/%.o: compat/%.c
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -c $< -o $@
+# The shim's copy: the shim exports a dlopen of its own.
+$(SHIM_COMPAT_OBJ): compat/glibc_compat.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 $(CFLAGS_COMMON) -fvisibility=hidden -DMEMLOCK_COMPAT_OWN_DLOPEN -c $< -o $@
 
 # ---- tools ------------------------------------------------------------------------------
 # Each tool is one source file linked with the shim's plain code (its config parser, its
@@ -248,6 +253,11 @@ $(B)/progs/callers_dlopen: tests/progs/callers_dlopen.c tests/progs/callers_comm
 $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CALLER_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
+
+# Opens tests/libs' libraries by bare name through its RUNPATH, one with RTLD_DEEPBIND.
+$(B)/progs/deepbind: tests/progs/deepbind.c $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) $< -o $@ -ldl -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN/../libs'
 
 progs: $(CALLER_TEST_BINS)
 

@@ -54,7 +54,11 @@
 // ---- libdl (in libc since 2.34) --------------------------------------------------------------
 // dlsym(RTLD_NEXT, ...) searches after the object its caller is in: this one, the same object
 // as the code that called the wrapper.
+// The shim defines dlopen itself (shim/hooks.cpp) and reaches glibc's through dlsym(RTLD_NEXT):
+// its copy of this file is built without this one (MEMLOCK_COMPAT_OWN_DLOPEN).
+#ifndef MEMLOCK_COMPAT_OWN_DLOPEN
 PIN(void *, dlopen, (const char *file, int mode), (file, mode))
+#endif
 PIN(void *, dlsym, (void *handle, const char *name), (handle, name))
 PIN(void *, dlvsym, (void *handle, const char *name, const char *version), (handle, name, version))
 PIN(char *, dlerror, (void), ())

@@ -3,6 +3,8 @@
 // Each hook checks the libc contract's arguments, sends sizes outside the match window
 // straight to the next allocator, and hands the rest to the runtime. Blocks are routed by
 // address: arena blocks to the arena, everything else to where it came from.
+#include <dlfcn.h>
+
 #include <cerrno>
 #include <cstdarg>
 #include <cstddef>
@@ -184,6 +186,14 @@ SHIM_EXPORT void cfree(void *p) { free(p); }
 
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }
+
+// RTLD_DEEPBIND would bind the library's free to glibc's, past the shim (without_deepbind).
+// dlopen finds its caller by its return address (the caller's RUNPATH, $ORIGIN and namespace
+// apply), so glibc's is reached by a jump.
+SHIM_EXPORT void *dlopen(const char *file, int mode) {
+    if (__builtin_expect(mode & RTLD_DEEPBIND, 0)) mode = without_deepbind(file, mode);
+    return next_dlopen()(file, mode);
+}
 
 // A process made with syscall(SYS_clone, ...) runs no atfork handler: see shim_syscall.
 #if defined(__x86_64__) || defined(__aarch64__)

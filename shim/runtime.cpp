@@ -714,6 +714,35 @@ int shim_dlclose(void *handle) noexcept {
     return rc;
 }
 
+DlopenFn next_dlopen() noexcept {
+    static std::atomic<DlopenFn> next{nullptr};
+    DlopenFn f = next.load(std::memory_order_acquire);
+    if (f) return f;
+    f = reinterpret_cast<DlopenFn>(dlsym(RTLD_NEXT, "dlopen"));
+    if (!f) fatal("cannot find the next dlopen (dlsym RTLD_NEXT failed)");
+    next.store(f, std::memory_order_release);
+    return f;
+}
+
+// A library opened with RTLD_DEEPBIND looks its symbols up in itself and its own dependencies
+// before the program's scope: its malloc, free and realloc are glibc's, past the shim, and
+// glibc aborts on an arena block it is given ("free(): invalid pointer"; FreeRADIUS frees
+// blocks its server library allocated from modules it opens so). So while rules are in force the
+// library binds as any other: to the shim first. The price: where the library and the program
+// define one name twice, the library now gets the program's (what RTLD_DEEPBIND avoids).
+int without_deepbind(const char *file, int mode) noexcept {
+    if (!g_active) return mode;
+    static std::atomic<bool> said{false};
+    if (!said.exchange(true, std::memory_order_relaxed)) {
+        BusyScope busy;
+        log_msg(LogLevel::warn,
+                "dlopen %s: RTLD_DEEPBIND dropped, so that the library's free() reaches the shim (glibc's "
+                "aborts on the arena's blocks); said once",
+                file ? file : "(the program)");
+    }
+    return mode & ~RTLD_DEEPBIND;
+}
+
 namespace {
 
 // Is the next definition `next` known? Looks it up first if nothing has been looked up yet

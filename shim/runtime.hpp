@@ -101,6 +101,12 @@ void *arena_malloc(int rule, std::size_t n) noexcept;
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.
 int shim_dlclose(void *handle) noexcept;
+// The next definition of dlopen (glibc's), looked up on first use.
+using DlopenFn = void *(*)(const char *, int);
+DlopenFn next_dlopen() noexcept;
+// dlopen's mode for `file` when it asks for RTLD_DEEPBIND: without it while rules are in force
+// (said once per process), as it was otherwise.
+int without_deepbind(const char *file, int mode) noexcept;
 // syscall(3), through to the next definition; a clone that makes a fork child runs the
 // shim's fork handlers around it, as fork(2) would.
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;

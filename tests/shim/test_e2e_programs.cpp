@@ -72,8 +72,9 @@ Test(e2e_programs, cxx_new_delete_and_string_are_served_by_the_arena) {
     cr_assert_str_eq(with.result.out.c_str(), without.result.out.c_str());
 }
 
-// Only the hooks are exported: no C++ runtime, no JSON library. dlclose is interposed too
-// (shim/exports.map: caller rules forget the address ranges of an unloaded object).
+// Only the hooks are exported: no C++ runtime, no JSON library. dlopen and dlclose are
+// interposed too (shim/exports.map: RTLD_DEEPBIND is dropped, caller rules forget the address
+// ranges of an unloaded object).
 Test(e2e_programs, exports_only_the_interposed_functions) {
     need_built("");
     RunOptions o;
@@ -91,7 +92,7 @@ Test(e2e_programs, exports_only_the_interposed_functions) {
     std::string got;
     for (const auto &n : names) got += n + " ";
     const std::string expected =
-        "aligned_alloc calloc cfree clone dlclose free free_aligned_sized free_sized malloc malloc_usable_size memalign "
+        "aligned_alloc calloc cfree clone dlclose dlopen free free_aligned_sized free_sized malloc malloc_usable_size memalign "
         "posix_memalign pvalloc realloc reallocarray syscall valloc ";
     cr_assert_str_eq(got.c_str(), expected.c_str());
 }
@@ -128,4 +129,29 @@ Test(e2e_programs, links_no_cxx_runtime) {
     cr_assert(r.out.find("libc.so") != std::string::npos, "%s", r.out.c_str());
     cr_assert(r.out.find("libstdc++") == std::string::npos, "links the C++ runtime:\n%s", r.out.c_str());
     cr_assert(r.out.find("libgcc_s") == std::string::npos, "links libgcc_s:\n%s", r.out.c_str());
+}
+
+// A library opened with RTLD_DEEPBIND (FreeRADIUS's modules) frees and reallocates blocks the
+// program allocated: under match-all they are the arena's, and its free and realloc, bound to
+// glibc's by the flag, aborted ("free(): invalid pointer"). The shim drops the flag and says so
+// once; dlopen still sees the program as its caller (both libraries are found by bare name
+// through the program's RUNPATH). Without the shim nothing is said.
+Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
+    need_built("deepbind");
+    TempDir dir;
+    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
+    const Shimmed with = run_with(dir, {shim_program("deepbind")}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), "deepbind ok\n");
+    const std::string said = "memlock-shim: warning: dlopen libdeepfree.so: RTLD_DEEPBIND dropped, so that the "
+                             "library's free() reaches the shim (glibc's aborts on the arena's blocks); said once "
+                             "(program deepbind, pid ";
+    cr_assert_eq(with.result.err.compare(0, said.size(), said), 0, "%s", with.result.err.c_str());
+    cr_assert_eq(split_lines(with.result.err).size(), 1u, "%s", with.result.err.c_str());
+    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
+
+    const Shimmed without = run_with(dir, {shim_program("deepbind")}, "");
+    cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
+    cr_assert_str_eq(without.result.out.c_str(), "deepbind ok\n");
+    cr_assert_str_empty(without.result.err.c_str());
 }
