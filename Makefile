@@ -254,6 +254,11 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 
+# jemalloc's own interface, from libjemalloc.so.2 (after the shim in the lookup order).
+$(B)/progs/jemalloc_api: tests/progs/jemalloc_api.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -l:libjemalloc.so.2
+
 # Opens tests/libs' libraries by bare name through its RUNPATH, one with RTLD_DEEPBIND.
 $(B)/progs/deepbind: tests/progs/deepbind.c $(CALLER_LIBS)
 	@mkdir -p $(@D)

@@ -9,7 +9,9 @@
 #include <cstdarg>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "memlock.h"
 #include "runtime.hpp"
 
 using namespace mlshim;
@@ -183,6 +185,99 @@ SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p)
 // cfree@GLIBC_2.2.5 for them, an alias of its own free, which would take an arena block for
 // one of its heap's and abort (or corrupt its heap). The reference binds here first.
 SHIM_EXPORT void cfree(void *p) { free(p); }
+
+// ---- jemalloc's own interface ------------------------------------------------------------
+// A library that allocates through jemalloc's mallocx family instead of malloc (BIND 9.18's
+// libisc) bypassed the rules: its blocks (DNSSEC keys, TSIG secrets) were jemalloc's, even
+// under match-all. Each function here takes the arena's blocks and passes the others on to
+// jemalloc's; a mallocx that a rule matches is served by the arena. Where no object after the
+// shim defines the function (jemalloc is not loaded), it is answered on malloc's terms.
+namespace {
+
+constexpr int kJeLgAlign = 0x3f;  // MALLOCX_LG_ALIGN(la): the low 6 bits
+constexpr int kJeZero = 0x40;     // MALLOCX_ZERO
+
+std::size_t je_align(int flags) {
+    const int lg = flags & kJeLgAlign;
+    return lg < 4 ? kMinAlign : lg > 47 ? std::size_t{1} << 47 : std::size_t{1} << lg;
+}
+
+// A block for mallocx(n, flags) that no rule matched, or that rallocx moves out of the arena.
+__attribute__((noinline)) void *je_other_alloc(std::size_t n, int flags) {
+    if (auto next = next_jemalloc().mallocx) return next(n, flags);
+    const std::size_t align = je_align(flags);
+    void *p = align <= kMinAlign && (flags & kJeZero) ? g_next.calloc(1, n) : g_next.memalign(align, n);
+    if (p && align > kMinAlign && (flags & kJeZero)) std::memset(p, 0, n);
+    return p;
+}
+
+// rallocx of a block the arena does not hold.
+__attribute__((noinline)) void *je_other_realloc(void *p, std::size_t n, int flags, const void *ra) {
+    const std::size_t align = je_align(flags);
+    int rule = may_match(n) ? match(n, ra) : -1;
+    if (rule < 0) {
+        if (auto next = next_jemalloc().rallocx) return next(p, n, flags);
+        if (align <= kMinAlign && !(flags & kJeZero)) return g_next.realloc(p, n);
+    }
+    // It comes to match (or no jemalloc: a new block): move it, and wipe the copy left behind.
+    void *q = rule >= 0 ? arena_alloc(rule, n, align, flags & kJeZero) : je_other_alloc(n, flags);
+    if (!q) return nullptr;
+    const auto sallocx = next_jemalloc().sallocx;
+    const std::size_t have = sallocx ? sallocx(p, 0) : usable_other(p);
+    std::memcpy(q, p, n < have ? n : have);
+    memlock_wipe(p, have);
+    if (auto next = next_jemalloc().dallocx) next(p, 0);
+    else free_other(p);
+    return q;
+}
+
+}  // namespace
+
+SHIM_EXPORT void *mallocx(std::size_t n, int flags) {
+    if (n && may_match(n)) {
+        const int rule = match(n, CALLER);
+        if (rule >= 0) return arena_alloc(rule, n, je_align(flags), flags & kJeZero);
+    }
+    return je_other_alloc(n, flags);
+}
+
+SHIM_EXPORT void *rallocx(void *p, std::size_t n, int flags) {
+    if (g_arena.owns(p)) return realloc_owned(p, n ? n : 1, je_align(flags), flags & kJeZero);
+    return je_other_realloc(p, n, flags, CALLER);
+}
+
+SHIM_EXPORT std::size_t xallocx(void *p, std::size_t n, std::size_t extra, int flags) {
+    if (g_arena.owns(p)) {
+        // In place only: a run grows into the free pages after it, up to n + extra.
+        const std::size_t have = g_arena.usable_size(p);
+        const std::size_t want = n + extra < n ? SIZE_MAX : n + extra;
+        if (want > have && !g_arena.grow_in_place(p, want) && n > have) g_arena.grow_in_place(p, n);
+        const std::size_t now = g_arena.usable_size(p);
+        if ((flags & kJeZero) && now > have && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, now - have);
+        return now;
+    }
+    if (auto next = next_jemalloc().xallocx) return next(p, n, extra, flags);
+    return usable_other(p);
+}
+
+SHIM_EXPORT std::size_t sallocx(const void *p, int flags) {
+    void *q = const_cast<void *>(p);
+    if (g_arena.owns(q)) return g_arena.usable_size(q);
+    if (auto next = next_jemalloc().sallocx) return next(p, flags);
+    return usable_other(q);
+}
+
+SHIM_EXPORT void dallocx(void *p, int flags) {
+    if (g_arena.owns(p)) return g_arena.free(p);
+    if (auto next = next_jemalloc().dallocx) return next(p, flags);
+    free_other(p);
+}
+
+SHIM_EXPORT void sdallocx(void *p, std::size_t n, int flags) {
+    if (g_arena.owns(p)) return g_arena.free(p);
+    if (auto next = next_jemalloc().sdallocx) return next(p, n, flags);
+    free_other(p);
+}
 
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }

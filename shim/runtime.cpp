@@ -743,6 +743,28 @@ int without_deepbind(const char *file, int mode) noexcept {
     return mode & ~RTLD_DEEPBIND;
 }
 
+const NextJemalloc &next_jemalloc() noexcept {
+    static NextJemalloc next;
+    static std::atomic<bool> done{false};
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    if (done.load(std::memory_order_acquire)) return next;
+    pthread_mutex_lock(&lock);
+    if (done.load(std::memory_order_relaxed)) {
+        pthread_mutex_unlock(&lock);
+        return next;
+    }
+    NextJemalloc &n = next;
+    n.mallocx = reinterpret_cast<decltype(n.mallocx)>(dlsym(RTLD_NEXT, "mallocx"));
+    n.rallocx = reinterpret_cast<decltype(n.rallocx)>(dlsym(RTLD_NEXT, "rallocx"));
+    n.xallocx = reinterpret_cast<decltype(n.xallocx)>(dlsym(RTLD_NEXT, "xallocx"));
+    n.sallocx = reinterpret_cast<decltype(n.sallocx)>(dlsym(RTLD_NEXT, "sallocx"));
+    n.dallocx = reinterpret_cast<decltype(n.dallocx)>(dlsym(RTLD_NEXT, "dallocx"));
+    n.sdallocx = reinterpret_cast<decltype(n.sdallocx)>(dlsym(RTLD_NEXT, "sdallocx"));
+    done.store(true, std::memory_order_release);
+    pthread_mutex_unlock(&lock);
+    return next;
+}
+
 namespace {
 
 // Is the next definition `next` known? Looks it up first if nothing has been looked up yet
@@ -894,38 +916,47 @@ void free_other(void *p) noexcept {
     g_next.free(p);
 }
 
+// A matched block stays in the arena, whatever size it grows or shrinks to. pre: owns(p), n > 0.
+void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero) noexcept {
+    std::size_t have = g_arena.usable_size(p);
+    const bool aligned = reinterpret_cast<std::uintptr_t>(p) % align == 0;
+    if (aligned && n <= have && (n > have / 2 || have <= 16)) return p;
+    if (aligned && n > have && g_arena.grow_in_place(p, n)) {
+        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, n - have);
+        return p;
+    }
+    int saved = errno;
+    // A shrink moves only within the arena, and only where the lock policy has nothing to
+    // act on: with no room, the block stays where it is. Under fallback a full arena just
+    // says no (new blocks would go to the next allocator, unprotected); under deny and
+    // abort, only a block the thread's cache holds is taken, since making room could count
+    // a denial or stop the program for a request that keeping the block answers.
+    const unsigned pool = g_arena.pool_of(p), rule = g_arena.rule_of(p);
+    const bool grows = n > have || !aligned;
+    void *q = grows                       ? alloc_in(pool, rule, n, align, zero)
+              : g_arena.serves_overflow() ? g_arena.alloc(pool, n, align, rule)
+                                          : g_arena.alloc_cached(pool, n, rule);
+    if (q && !grows && g_arena.locked(p) && !g_arena.locked(q)) {
+        g_arena.free(q);  // the lock budget is spent (fallback serves unlocked): keep the lock
+        q = nullptr;
+    }
+    if (!q) {
+        if (grows) return nullptr;  // errno = ENOMEM, p untouched
+        errno = saved;              // a shrink never fails: keep the block as it is
+        return p;
+    }
+    std::memcpy(q, p, n < have ? n : have);
+    g_arena.free(p);  // wipes the old copy
+    return q;
+}
+
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
     if (g_arena.owns(p)) {
-        // A matched block stays in the arena, whatever size it grows or shrinks to.
         if (n == 0) {  // glibc: realloc(p, 0) frees p and returns NULL
             g_arena.free(p);
             return nullptr;
         }
-        std::size_t have = g_arena.usable_size(p);
-        if (n <= have && (n > have / 2 || have <= 16)) return p;
-        if (n > have && g_arena.grow_in_place(p, n)) return p;
-        int saved = errno;
-        // A shrink moves only within the arena, and only where the lock policy has nothing to
-        // act on: with no room, the block stays where it is. Under fallback a full arena just
-        // says no (new blocks would go to the next allocator, unprotected); under deny and
-        // abort, only a block the thread's cache holds is taken, since making room could count
-        // a denial or stop the program for a request that keeping the block answers.
-        const unsigned pool = g_arena.pool_of(p), rule = g_arena.rule_of(p);
-        void *q = n > have                    ? alloc_in(pool, rule, n, 16, false)
-                  : g_arena.serves_overflow() ? g_arena.alloc(pool, n, 16, rule)
-                                              : g_arena.alloc_cached(pool, n, rule);
-        if (q && n <= have && g_arena.locked(p) && !g_arena.locked(q)) {
-            g_arena.free(q);  // the lock budget is spent (fallback serves unlocked): keep the lock
-            q = nullptr;
-        }
-        if (!q) {
-            if (n > have) return nullptr;  // errno = ENOMEM, p untouched
-            errno = saved;                 // a shrink never fails: keep the block as it is
-            return p;
-        }
-        std::memcpy(q, p, n < have ? n : have);
-        g_arena.free(p);  // wipes the old copy
-        return q;
+        return realloc_owned(p, n, 16, false);
     }
     int rule = n == 0 || !may_match(n) ? -1 : match(n, ra);
     if (rule < 0) {

@@ -99,6 +99,21 @@ void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcep
 void *arena_malloc(int rule, std::size_t n) noexcept;
 // realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
+// realloc's contract for an arena block p and n > 0; the block it returns is aligned to
+// `align`, and with zero its bytes past the old block's are zero.
+void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero) noexcept;
+
+// jemalloc's own interface (mallocx and the functions that go with it), as the objects after
+// the shim define it: each member is null where none does (jemalloc is not loaded).
+struct NextJemalloc {
+    void *(*mallocx)(std::size_t, int) = nullptr;
+    void *(*rallocx)(void *, std::size_t, int) = nullptr;
+    std::size_t (*xallocx)(void *, std::size_t, std::size_t, int) = nullptr;
+    std::size_t (*sallocx)(const void *, int) = nullptr;
+    void (*dallocx)(void *, int) = nullptr;
+    void (*sdallocx)(void *, std::size_t, int) = nullptr;
+};
+const NextJemalloc &next_jemalloc() noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.
 int shim_dlclose(void *handle) noexcept;
 // The next definition of dlopen (glibc's), looked up on first use.

@@ -92,8 +92,8 @@ Test(e2e_programs, exports_only_the_interposed_functions) {
     std::string got;
     for (const auto &n : names) got += n + " ";
     const std::string expected =
-        "aligned_alloc calloc cfree clone dlclose dlopen free free_aligned_sized free_sized malloc malloc_usable_size memalign "
-        "posix_memalign pvalloc realloc reallocarray syscall valloc ";
+        "aligned_alloc calloc cfree clone dallocx dlclose dlopen free free_aligned_sized free_sized malloc malloc_usable_size "
+        "mallocx memalign posix_memalign pvalloc rallocx realloc reallocarray sallocx sdallocx syscall valloc xallocx ";
     cr_assert_str_eq(got.c_str(), expected.c_str());
 }
 
@@ -154,4 +154,31 @@ Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
     cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
     cr_assert_str_eq(without.result.out.c_str(), "deepbind ok\n");
     cr_assert_str_empty(without.result.err.c_str());
+}
+
+// jemalloc's own interface, as BIND 9.18's libisc allocates through it (libjemalloc.so.2 after
+// the shim): under match-all a mallocx block lies in locked, never-dumped arena memory (it was
+// jemalloc's, whatever the rules), and mallocx, rallocx, xallocx, sallocx, dallocx and sdallocx
+// keep their contract (zeroing, alignment, bytes kept) with and without the shim.
+Test(e2e_programs, jemallocs_own_interface_reaches_the_rules) {
+    need_built("jemalloc_api");
+    TempDir dir;
+    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
+    RunOptions opts = plain_env({shim_program("jemalloc_api"), "hold"});
+    for (auto &kv : shim_env(config)) opts.env.push_back(kv);
+    LiveProgram child;
+    start_until_ready(child, opts);
+    const auto block = line_value(child.out(), "block");
+    cr_assert(block.has_value(), "%s", child.out().c_str());
+    const void *at = reinterpret_cast<const void *>(std::stoull(*block, nullptr, 16));
+    cr_assert(range_has_flag(at, 64, "lo", true, child.pid()) && range_has_flag(at, 64, "dd", true, child.pid()),
+              "the mallocx block at %s is not in locked, dontdump memory", block->c_str());
+    const RunResult with = child.finish();
+    cr_assert(with.exited_with(0), "%s", with.describe().c_str());
+    cr_assert_str_empty(with.err.c_str());
+
+    const RunResult without = run_program(plain_env({shim_program("jemalloc_api")}));
+    cr_assert(without.exited_with(0), "%s", without.describe().c_str());
+    cr_assert_str_eq(without.out.c_str(), "checks 48\njemalloc api ok\n");
+    cr_assert_eq(with.out.compare(0, without.out.size(), without.out), 0, "%s", with.out.c_str());
 }
