@@ -868,11 +868,11 @@ void free_other(void *p) noexcept {
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
     if (g_arena.owns(p)) {
         // A matched block stays in the arena, whatever size it grows or shrinks to.
+        std::size_t have = g_arena.usable_size(p, "realloc(): invalid pointer");
         if (n == 0) {  // glibc: realloc(p, 0) frees p and returns NULL
             g_arena.free(p);
             return nullptr;
         }
-        std::size_t have = g_arena.usable_size(p);
         if (n <= have && (n > have / 2 || have <= 16)) return p;
         if (n > have && g_arena.grow_in_place(p, n)) return p;
         int saved = errno;
