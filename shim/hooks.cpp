@@ -115,6 +115,14 @@ __attribute__((noinline)) int posix_memalign_matching(void **memptr, std::size_t
     return 0;
 }
 
+// pvalloc of a size whose page-rounded size may match: the arena serves `rounded` bytes,
+// page-aligned; an unmatched call reaches the next allocator with the caller's size, which
+// it rounds its own way (glibc 2.36 serves pvalloc(0) as a 1-byte block).
+__attribute__((noinline)) void *pvalloc_matching(std::size_t n, std::size_t rounded, const void *ra) {
+    int rule = match(rounded, ra);
+    return rule < 0 ? g_next.pvalloc(n) : arena_alloc(rule, rounded, kPage, false);
+}
+
 }  // namespace
 
 SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
@@ -164,7 +172,7 @@ SHIM_EXPORT void *pvalloc(std::size_t n) {
     rounded &= ~(kPage - 1);
     if (rounded == 0) rounded = kPage;
     if (__builtin_expect(!may_match(rounded), 1)) return g_next.pvalloc(n);
-    return memalign_impl(kPage, rounded, [](std::size_t, std::size_t m) { return g_next.pvalloc(m); }, CALLER);
+    return pvalloc_matching(n, rounded, CALLER);
 }
 
 SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
