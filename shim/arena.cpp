@@ -1492,14 +1492,14 @@ void SecureArena::free_not_slab(void *p) noexcept {
     bad_pointer(p, "free(): invalid pointer");
 }
 
-std::size_t SecureArena::usable_size(const void *p) const noexcept {
+std::size_t SecureArena::usable_size(const void *p, const char *what) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
     if ((state_[off >> 4] & kStateMask) == kLive) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
         if (m.kind == kRun && m.head == off >> page_shift_) return std::size_t{m.npages} * page_;
     }
-    bad_pointer(p, "malloc_usable_size(): invalid pointer");
+    bad_pointer(p, what);
 }
 
 bool SecureArena::wipes(const void *p) const noexcept {

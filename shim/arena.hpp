@@ -123,8 +123,9 @@ public:
     // pre: owns(p). Grows a page run in place to at least n bytes when the pages after it
     // are free; false (nothing changed) otherwise, and for small blocks.
     bool grow_in_place(void *p, std::size_t n) noexcept;
-    // pre: owns(p). The bytes usable at p.
-    std::size_t usable_size(const void *p) const noexcept;
+    // pre: owns(p). The bytes usable at p. Fatal when p is not a live block, the message
+    // naming the function the program called (`what`: "realloc(): invalid pointer").
+    std::size_t usable_size(const void *p, const char *what = "malloc_usable_size(): invalid pointer") const noexcept;
     // pre: owns(p). Which pool p belongs to.
     unsigned pool_of(const void *p) const noexcept {
         return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> region_shift_];

@@ -119,6 +119,14 @@ __attribute__((noinline)) int posix_memalign_matching(void **memptr, std::size_t
     return 0;
 }
 
+// pvalloc of a size whose page-rounded size may match: the arena serves `rounded` bytes,
+// page-aligned; an unmatched call reaches the next allocator with the caller's size, which
+// it rounds its own way (glibc 2.36 serves pvalloc(0) as a 1-byte block).
+__attribute__((noinline)) void *pvalloc_matching(std::size_t n, std::size_t rounded, const void *ra) {
+    int rule = match(rounded, ra);
+    return rule < 0 ? g_next.pvalloc(n) : arena_alloc(rule, rounded, kPage, false);
+}
+
 }  // namespace
 
 SHIM_EXPORT void *calloc(std::size_t count, std::size_t size) {
@@ -168,7 +176,7 @@ SHIM_EXPORT void *pvalloc(std::size_t n) {
     rounded &= ~(kPage - 1);
     if (rounded == 0) rounded = kPage;
     if (__builtin_expect(!may_match(rounded), 1)) return g_next.pvalloc(n);
-    return memalign_impl(kPage, rounded, [](std::size_t, std::size_t m) { return g_next.pvalloc(m); }, CALLER);
+    return pvalloc_matching(n, rounded, CALLER);
 }
 
 SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
@@ -242,14 +250,14 @@ SHIM_EXPORT void *mallocx(std::size_t n, int flags) {
 }
 
 SHIM_EXPORT void *rallocx(void *p, std::size_t n, int flags) {
-    if (g_arena.owns(p)) return realloc_owned(p, n ? n : 1, je_align(flags), flags & kJeZero);
+    if (g_arena.owns(p)) return realloc_owned(p, n ? n : 1, je_align(flags), flags & kJeZero, "rallocx(): invalid pointer");
     return je_other_realloc(p, n, flags, CALLER);
 }
 
 SHIM_EXPORT std::size_t xallocx(void *p, std::size_t n, std::size_t extra, int flags) {
     if (g_arena.owns(p)) {
         // In place only: a run grows into the free pages after it, up to n + extra.
-        const std::size_t have = g_arena.usable_size(p);
+        const std::size_t have = g_arena.usable_size(p, "xallocx(): invalid pointer");
         const std::size_t want = n + extra < n ? SIZE_MAX : n + extra;
         if (want > have && !g_arena.grow_in_place(p, want) && n > have) g_arena.grow_in_place(p, n);
         const std::size_t now = g_arena.usable_size(p);
@@ -262,7 +270,7 @@ SHIM_EXPORT std::size_t xallocx(void *p, std::size_t n, std::size_t extra, int f
 
 SHIM_EXPORT std::size_t sallocx(const void *p, int flags) {
     void *q = const_cast<void *>(p);
-    if (g_arena.owns(q)) return g_arena.usable_size(q);
+    if (g_arena.owns(q)) return g_arena.usable_size(q, "sallocx(): invalid pointer");
     if (auto next = next_jemalloc().sallocx) return next(p, flags);
     return usable_other(q);
 }

@@ -917,8 +917,8 @@ void free_other(void *p) noexcept {
 }
 
 // A matched block stays in the arena, whatever size it grows or shrinks to. pre: owns(p), n > 0.
-void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero) noexcept {
-    std::size_t have = g_arena.usable_size(p);
+void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const char *what) noexcept {
+    std::size_t have = g_arena.usable_size(p, what);
     const bool aligned = reinterpret_cast<std::uintptr_t>(p) % align == 0;
     if (aligned && n <= have && (n > have / 2 || have <= 16)) return p;
     if (aligned && n > have && g_arena.grow_in_place(p, n)) {
@@ -953,10 +953,11 @@ void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero) noexce
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept {
     if (g_arena.owns(p)) {
         if (n == 0) {  // glibc: realloc(p, 0) frees p and returns NULL
+            g_arena.usable_size(p, "realloc(): invalid pointer");  // a dead block is named as realloc's
             g_arena.free(p);
             return nullptr;
         }
-        return realloc_owned(p, n, 16, false);
+        return realloc_owned(p, n, 16, false, "realloc(): invalid pointer");
     }
     int rule = n == 0 || !may_match(n) ? -1 : match(n, ra);
     if (rule < 0) {

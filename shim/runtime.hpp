@@ -100,8 +100,9 @@ void *arena_malloc(int rule, std::size_t n) noexcept;
 // realloc's contract for any p (arena, bootstrap or the next allocator's) and any n.
 void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // realloc's contract for an arena block p and n > 0; the block it returns is aligned to
-// `align`, and with zero its bytes past the old block's are zero.
-void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero) noexcept;
+// `align`, and with zero its bytes past the old block's are zero. p not a live block: fatal,
+// with the message `what` ("realloc(): invalid pointer").
+void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const char *what) noexcept;
 
 // jemalloc's own interface (mallocx and the functions that go with it), as the objects after
 // the shim define it: each member is null where none does (jemalloc is not loaded).

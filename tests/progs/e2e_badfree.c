@@ -1,10 +1,13 @@
-/* e2e_badfree.c - frees an arena block wrongly; the shim must abort.
+/* e2e_badfree.c - frees or reallocates an arena block wrongly; the shim must abort.
  *
- *   e2e_badfree double    malloc(32), free, free again
- *   e2e_badfree interior  malloc(1000), free(p + 16)
+ *   e2e_badfree double            malloc(32), free, free again
+ *   e2e_badfree interior          malloc(1000), free(p + 16)
+ *   e2e_badfree realloc-freed     malloc(32), free, realloc(p, 64)
+ *   e2e_badfree realloc-freed-0   malloc(32), free, realloc(p, 0)
+ *   e2e_badfree realloc-interior  malloc(1000), realloc(p + 16, 2000)
  *
  * Expects rules {size 32} and {min 512..2048}. Prints "block ADDR" (the pointer passed to the
- * bad free) before the bad free. Exits 0 only if the bad free returned (a shim bug).
+ * bad free or realloc) before it. Exits 0 only if the bad call returned (a shim bug).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +29,19 @@ int main(int argc, char **argv) {
         memset(p, 7, 1000);
         printf("block %p\n", (void *)(p + 16));
         free(p + 16);
+    } else if (strncmp(argv[1], "realloc-freed", 13) == 0) {
+        char *p = malloc(32);
+        if (!p) return 2;
+        memset(p, 7, 32);
+        free(p);
+        printf("block %p\n", (void *)p);
+        if (realloc(p, strcmp(argv[1], "realloc-freed-0") == 0 ? 0 : 64)) printf("a block\n");
+    } else if (strcmp(argv[1], "realloc-interior") == 0) {
+        char *p = malloc(1000);
+        if (!p) return 2;
+        memset(p, 7, 1000);
+        printf("block %p\n", (void *)(p + 16));
+        if (realloc(p + 16, 2000)) printf("a block\n");
     } else {
         return 2;
     }

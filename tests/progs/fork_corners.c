@@ -12,6 +12,8 @@
 //   aligned  aligned_alloc with alignments that are and are not powers of two, of sizes
 //            the end-to-end rules match (32), do not match within their window (64) and
 //            leave outside it (4096): "ok" or the errno, one line per call
+//   pvalloc  malloc_usable_size of pvalloc(N) for N around 0 and a page: the next
+//            allocator's own rounding where no rule takes the call
 #define _GNU_SOURCE
 #include <errno.h>
 #include <malloc.h>
@@ -177,6 +179,16 @@ static int mode_aligned(void) {
     return 0;
 }
 
+static int mode_pvalloc(void) {
+    static const size_t sizes[] = {0, 1, 100, 4095, 4096, 4097};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
+        void *p = pvalloc(sizes[i]);
+        printf("pvalloc(%zu) usable %zu\n", sizes[i], p ? malloc_usable_size(p) : 0);
+        free(p);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "signal")) return mode_signal();
@@ -184,6 +196,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "errno")) return mode_errno();
     if (!strcmp(mode, "debug")) return mode_debug();
     if (!strcmp(mode, "aligned")) return mode_aligned();
-    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned\n");
+    if (!strcmp(mode, "pvalloc")) return mode_pvalloc();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned|pvalloc\n");
     return 2;
 }

@@ -105,3 +105,21 @@ Test(e2e_fork_corners, aligned_alloc_refuses_the_alignments_the_next_allocator_r
         cr_assert_eq(stat_value(read_stats(stats), "matched_allocations"), served32, "%s", expected.c_str());
     }
 }
+
+// pvalloc rounds to whole pages before the rules see the size, but a call no rule takes
+// reaches the next allocator with the caller's size: glibc 2.36 rounds pvalloc(0) to a
+// 1-byte block, not a page. config/default.json's caller rule (no libcrypto is loaded here)
+// has every size up to 16 KiB in its window and matches none.
+Test(e2e_fork_corners, an_unmatched_pvalloc_reaches_the_next_allocator_with_the_callers_size) {
+    const std::string prog = shim_program("fork_corners");
+    cr_assert(file_exists(prog), "%s missing: run `make progs`", prog.c_str());
+    RunOptions plain;
+    plain.argv = {prog, "pvalloc"};
+    plain.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG"};
+    const RunResult without = run_program(plain);
+    cr_assert(without.exited_with(0), "%s", without.describe().c_str());
+    cr_assert(without.out.rfind("pvalloc(0) usable ", 0) == 0, "%s", without.out.c_str());
+    const RunResult r = run_program(shim_options(source_dir() + "/config/default.json", {prog, "pvalloc"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), without.out.c_str());
+}

@@ -85,15 +85,15 @@ Test(e2e_protection, wipe_checks_see_glibc_leftovers_without_shim) {
 namespace {
 
 // e2e_badfree MODE under the shim dies of SIGABRT, its stderr exactly
-// "memlock-shim: fatal: free(): " + fatal + " BLOCK\n" (BLOCK: the address it printed).
-RunResult expect_bad_free_aborts(const char *mode, const std::string &fatal) {
+// "memlock-shim: fatal: " + call + "(): " + fatal + " BLOCK\n" (BLOCK: the address it printed).
+RunResult expect_bad_free_aborts(const char *mode, const std::string &fatal, const std::string &call = "free") {
     TempDir dir;
     const std::string config = prepare_e2e(dir, "e2e_badfree");
     const RunResult r = run_program(shim_options(config, {shim_program("e2e_badfree"), mode}));
     cr_assert(r.killed_by(SIGABRT), "%s", r.describe().c_str());
     const auto block = line_value(r.out, "block");
     cr_assert(block.has_value(), "%s", r.describe().c_str());
-    const std::string expected = "memlock-shim: fatal: free(): " + fatal + " " + *block + "\n";
+    const std::string expected = "memlock-shim: fatal: " + call + "(): " + fatal + " " + *block + "\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
     return r;
 }
@@ -107,6 +107,15 @@ Test(e2e_protection, double_free_of_arena_block_aborts_with_exact_message) {
 
 Test(e2e_protection, invalid_free_of_arena_pointer_aborts_with_exact_message) {
     expect_bad_free_aborts("interior", "invalid pointer: not a live block of the secure arena");
+}
+
+// realloc of an arena pointer that is not a live block (freed, or inside a block) is fatal
+// too, and the message names realloc, whatever size is asked for (0 included).
+Test(e2e_protection, realloc_of_a_dead_arena_pointer_aborts_naming_realloc) {
+    for (const char *mode : {"realloc-freed", "realloc-freed-0", "realloc-interior"}) {
+        const RunResult r = expect_bad_free_aborts(mode, "invalid pointer: not a live block of the secure arena", "realloc");
+        cr_assert(r.out.find("returned") == std::string::npos, "%s: %s", mode, r.describe().c_str());
+    }
 }
 
 // A rule's actions choose what its blocks get: 32-byte blocks only dontdump (+ wipe), the
