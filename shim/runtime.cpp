@@ -232,6 +232,9 @@ void resolve_next() noexcept {
 Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
+// runtime_init has decided whether rules are in force (g_active): a library's constructor that
+// runs before the shim's (the program's own dependencies are initialised first) finds it unset.
+bool g_started = false;
 bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
@@ -692,6 +695,7 @@ void runtime_init() noexcept {
         // Only allocation failure can throw here; the program cannot be protected.
         fatal("out of memory while reading the configuration");
     }
+    g_started = true;
     errno = saved_errno;
 }
 
@@ -730,8 +734,11 @@ DlopenFn next_dlopen() noexcept {
 // blocks its server library allocated from modules it opens so). So while rules are in force the
 // library binds as any other: to the shim first. The price: where the library and the program
 // define one name twice, the library now gets the program's (what RTLD_DEEPBIND avoids).
+// Before the shim has started (a constructor of one of the program's libraries, which runs
+// before the shim's) the flag is dropped too: the rules that come into force afterwards
+// would meet the library bound past the shim.
 int without_deepbind(const char *file, int mode) noexcept {
-    if (!g_active) return mode;
+    if (!g_active && g_started) return mode;
     static std::atomic<bool> said{false};
     if (!said.exchange(true, std::memory_order_relaxed)) {
         BusyScope busy;

@@ -156,6 +156,21 @@ Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
     cr_assert_str_empty(without.result.err.c_str());
 }
 
+// A library of the program's own opens libdeepfree.so with RTLD_DEEPBIND from its constructor,
+// which runs before the preloaded shim's: the flag is dropped then too, and the blocks the
+// program allocates under the rules afterwards are freed through the shim.
+Test(e2e_programs, a_library_opened_with_deepbind_before_the_shim_starts_frees_the_programs_blocks) {
+    need_built("deepbind_early");
+    TempDir dir;
+    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
+    const Shimmed with = run_with(dir, {shim_program("deepbind_early")}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), "deepbind early ok\n");
+    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
+    cr_assert_neq(with.result.err.find("dlopen libdeepfree.so: RTLD_DEEPBIND dropped"), std::string::npos, "%s",
+                  with.result.err.c_str());
+}
+
 // jemalloc's own interface, as BIND 9.18's libisc allocates through it (libjemalloc.so.2 after
 // the shim): under match-all a mallocx block lies in locked, never-dumped arena memory (it was
 // jemalloc's, whatever the rules), and mallocx, rallocx, xallocx, sallocx, dallocx and sdallocx
