@@ -767,6 +767,7 @@ const NextJemalloc &next_jemalloc() noexcept {
     n.sallocx = reinterpret_cast<decltype(n.sallocx)>(dlsym(RTLD_NEXT, "sallocx"));
     n.dallocx = reinterpret_cast<decltype(n.dallocx)>(dlsym(RTLD_NEXT, "dallocx"));
     n.sdallocx = reinterpret_cast<decltype(n.sdallocx)>(dlsym(RTLD_NEXT, "sdallocx"));
+    n.nallocx = reinterpret_cast<decltype(n.nallocx)>(dlsym(RTLD_NEXT, "nallocx"));
     done.store(true, std::memory_order_release);
     pthread_mutex_unlock(&lock);
     return next;
