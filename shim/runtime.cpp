@@ -937,13 +937,15 @@ void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const 
     // A shrink moves only within the arena, and only where the lock policy has nothing to
     // act on: with no room, the block stays where it is. Under fallback a full arena just
     // says no (new blocks would go to the next allocator, unprotected); under deny and
-    // abort, only a block the thread's cache holds is taken, since making room could count
-    // a denial or stop the program for a request that keeping the block answers.
+    // abort, only a block the thread's cache holds is taken (its blocks are aligned to 16
+    // only: a larger alignment keeps the block), since making room could count a denial or
+    // stop the program for a request that keeping the block answers.
     const unsigned pool = g_arena.pool_of(p), rule = g_arena.rule_of(p);
     const bool grows = n > have || !aligned;
     void *q = grows                       ? alloc_in(pool, rule, n, align, zero)
               : g_arena.serves_overflow() ? g_arena.alloc(pool, n, align, rule)
-                                          : g_arena.alloc_cached(pool, n, rule);
+              : align <= 16               ? g_arena.alloc_cached(pool, n, rule)
+                                          : nullptr;
     if (q && !grows && g_arena.locked(p) && !g_arena.locked(q)) {
         g_arena.free(q);  // the lock budget is spent (fallback serves unlocked): keep the lock
         q = nullptr;

@@ -1,0 +1,39 @@
+/* jemalloc_absent.c - calls jemalloc's interface where jemalloc is not loaded: found by name
+ * (dlsym RTLD_DEFAULT, as programs probing for jemalloc do), it is the shim's, which answers
+ * on malloc's terms. A page-aligned block that rallocx shrinks stays page-aligned, its bytes
+ * kept. Prints "jemalloc absent ok" (or "no mallocx" where nothing defines it, exit 0);
+ * otherwise says what failed and exits 1. */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LG_ALIGN(la) ((int)(la))
+
+int main(void) {
+    void *(*mallocx)(size_t, int) = (void *(*)(size_t, int))dlsym(RTLD_DEFAULT, "mallocx");
+    void *(*rallocx)(void *, size_t, int) = (void *(*)(void *, size_t, int))dlsym(RTLD_DEFAULT, "rallocx");
+    void (*dallocx)(void *, int) = (void (*)(void *, int))dlsym(RTLD_DEFAULT, "dallocx");
+    if (!mallocx || !rallocx || !dallocx) {
+        printf("no mallocx\n");
+        return 0;
+    }
+    for (int i = 0; i < 20; ++i) {
+        free(malloc(100));  // the thread's cache now holds a block of the size class
+        unsigned char *p = mallocx(8192, LG_ALIGN(12));
+        if (!p || (uintptr_t)p % 4096) {
+            printf("mallocx(8192, LG_ALIGN(12)) = %p\n", (void *)p);
+            return 1;
+        }
+        memset(p, 0x5a, 8192);
+        unsigned char *q = rallocx(p, 100, LG_ALIGN(12));
+        if (!q || (uintptr_t)q % 4096 || q[0] != 0x5a || q[99] != 0x5a) {
+            printf("rallocx(p, 100, LG_ALIGN(12)) = %p: not page-aligned or bytes lost\n", (void *)q);
+            return 1;
+        }
+        dallocx(q, 0);
+    }
+    printf("jemalloc absent ok\n");
+    return 0;
+}
