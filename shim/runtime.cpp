@@ -718,6 +718,18 @@ int shim_dlclose(void *handle) noexcept {
     return rc;
 }
 
+namespace {
+
+// Before start-up: does a config name rules for this process, as far as can be told without
+// reading it (MEMLOCK_SHIM_CONFIG, where the environment counts, or the system config)?
+bool config_may_apply() noexcept {
+    const char *env_path = ::getauxval(AT_SECURE) != 0 ? nullptr : std::getenv("MEMLOCK_SHIM_CONFIG");
+    struct stat st;
+    return (env_path && *env_path) || ::lstat(kSystemConfig, &st) == 0;
+}
+
+}  // namespace
+
 DlopenFn next_dlopen() noexcept {
     static std::atomic<DlopenFn> next{nullptr};
     DlopenFn f = next.load(std::memory_order_acquire);
@@ -735,10 +747,10 @@ DlopenFn next_dlopen() noexcept {
 // library binds as any other: to the shim first. The price: where the library and the program
 // define one name twice, the library now gets the program's (what RTLD_DEEPBIND avoids).
 // Before the shim has started (a constructor of one of the program's libraries, which runs
-// before the shim's) the flag is dropped too: the rules that come into force afterwards
-// would meet the library bound past the shim.
+// before the shim's) the flag is dropped too where a config will be read: the rules that come
+// into force afterwards would meet the library bound past the shim.
 int without_deepbind(const char *file, int mode) noexcept {
-    if (!g_active && g_started) return mode;
+    if (!g_active && (g_started || !config_may_apply())) return mode;
     static std::atomic<bool> said{false};
     if (!said.exchange(true, std::memory_order_relaxed)) {
         BusyScope busy;
