@@ -942,7 +942,8 @@ void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const 
     const bool aligned = reinterpret_cast<std::uintptr_t>(p) % align == 0;
     if (aligned && n <= have && (n > have / 2 || have <= 16)) return p;
     if (aligned && n > have && g_arena.grow_in_place(p, n)) {
-        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, n - have);
+        // Zero up to the usable size the run now has (sallocx's answer), not only to n.
+        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, g_arena.usable_size(p) - have);
         return p;
     }
     int saved = errno;

@@ -1,7 +1,8 @@
 /* jemalloc_absent.c - calls jemalloc's interface where jemalloc is not loaded: found by name
  * (dlsym RTLD_DEFAULT, as programs probing for jemalloc do), it is the shim's, which answers
  * on malloc's terms. A page-aligned block that rallocx shrinks stays page-aligned, its bytes
- * kept. Prints "jemalloc absent ok" (or "no mallocx" where nothing defines it, exit 0);
+ * kept; a run that rallocx grows in place with MALLOCX_ZERO is zero up to its usable size.
+ * Prints "jemalloc absent ok" (or "no mallocx" where nothing defines it, exit 0);
  * otherwise says what failed and exits 1. */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -10,6 +11,7 @@
 #include <string.h>
 
 #define LG_ALIGN(la) ((int)(la))
+#define ZERO 0x40
 
 int main(void) {
     void *(*mallocx)(size_t, int) = (void *(*)(size_t, int))dlsym(RTLD_DEFAULT, "mallocx");
@@ -34,6 +36,25 @@ int main(void) {
         }
         dallocx(q, 0);
     }
+    /* A run that grows in place over the pages of the run after it, freed unwiped (a rule
+     * without "wipe"): with MALLOCX_ZERO every byte past the old block's, up to sallocx's size,
+     * is zero. */
+    size_t (*sallocx)(const void *, int) = (size_t (*)(const void *, int))dlsym(RTLD_DEFAULT, "sallocx");
+    unsigned char *run[4];
+    for (int i = 0; i < 4; ++i) run[i] = mallocx(300000, 0);
+    memset(run[2], 0xff, sallocx(run[2], 0));
+    dallocx(run[2], 0);
+    const size_t had = sallocx(run[1], 0);
+    unsigned char *c = rallocx(run[1], had + 1, ZERO);
+    const size_t now = c ? sallocx(c, 0) : 0;
+    for (size_t k = had; k < now; ++k)
+        if (c[k]) {
+            printf("rallocx(%zu, MALLOCX_ZERO): byte %zu of %zu is not zero\n", had + 1, k, now);
+            return 1;
+        }
+    dallocx(c, 0);
+    dallocx(run[0], 0);
+    dallocx(run[3], 0);
     printf("jemalloc absent ok\n");
     return 0;
 }

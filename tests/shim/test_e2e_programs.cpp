@@ -174,13 +174,15 @@ Test(e2e_programs, a_library_opened_with_deepbind_before_the_shim_starts_frees_t
 // jemalloc's interface where jemalloc is not loaded, found by name as a program probing for it
 // finds it: the shim's, on malloc's terms. Under on_lock_failure deny a shrinking rallocx takes
 // only a block the thread's cache holds, which is aligned to 16 only: a page-aligned block
-// shrunk with MALLOCX_LG_ALIGN(12) stays where it is, page-aligned.
-Test(e2e_programs, rallocx_keeps_the_alignment_asked_for_when_it_shrinks) {
+// shrunk with MALLOCX_LG_ALIGN(12) stays where it is, page-aligned. The rule does not wipe: a
+// run that rallocx grows in place with MALLOCX_ZERO over a freed block's pages is zeroed up
+// to its usable size.
+Test(e2e_programs, rallocx_keeps_the_alignment_and_zeroing_asked_for) {
     need_built("jemalloc_absent");
     TempDir dir;
     cr_assert(dir.ok());
     const std::string config = dir.file("rules.json");
-    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}],
+    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0, "actions": ["lock", "dontdump"]}],
   "policy": {"on_lock_failure": "deny"}, "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})"));
     const Shimmed with = run_with(dir, {shim_program("jemalloc_absent")}, config);
     cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
