@@ -780,6 +780,9 @@ const NextJemalloc &next_jemalloc() noexcept {
     n.dallocx = reinterpret_cast<decltype(n.dallocx)>(dlsym(RTLD_NEXT, "dallocx"));
     n.sdallocx = reinterpret_cast<decltype(n.sdallocx)>(dlsym(RTLD_NEXT, "sdallocx"));
     n.nallocx = reinterpret_cast<decltype(n.nallocx)>(dlsym(RTLD_NEXT, "nallocx"));
+    // A name not found leaves its error for the program's next dlerror(), which would report a
+    // failure of a call the program did not make: taken back, as a successful call leaves it.
+    if (!n.mallocx || !n.rallocx || !n.xallocx || !n.sallocx || !n.dallocx || !n.sdallocx || !n.nallocx) dlerror();
     done.store(true, std::memory_order_release);
     pthread_mutex_unlock(&lock);
     return next;

@@ -21,6 +21,14 @@ int main(void) {
         printf("no mallocx\n");
         return 0;
     }
+    dlerror();
+    void *first = mallocx(64, 0);  // the shim looks jemalloc's functions up, and finds none
+    const char *said = dlerror();
+    if (!first || said) {
+        printf("mallocx(64, 0) = %p, then dlerror() = %s\n", first, said ? said : "(null)");
+        return 1;
+    }
+    dallocx(first, 0);
     for (int i = 0; i < 20; ++i) {
         free(malloc(100));  // the thread's cache now holds a block of the size class
         unsigned char *p = mallocx(8192, LG_ALIGN(12));

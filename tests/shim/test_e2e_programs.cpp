@@ -176,7 +176,8 @@ Test(e2e_programs, a_library_opened_with_deepbind_before_the_shim_starts_frees_t
 // only a block the thread's cache holds, which is aligned to 16 only: a page-aligned block
 // shrunk with MALLOCX_LG_ALIGN(12) stays where it is, page-aligned. The rule does not wipe: a
 // run that rallocx grows in place with MALLOCX_ZERO over a freed block's pages is zeroed up
-// to its usable size.
+// to its usable size. The first mallocx, which looks jemalloc's functions up and finds none,
+// leaves no error for the program's dlerror().
 Test(e2e_programs, rallocx_keeps_the_alignment_and_zeroing_asked_for) {
     need_built("jemalloc_absent");
     TempDir dir;
