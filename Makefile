@@ -264,6 +264,16 @@ $(B)/progs/deepbind: tests/progs/deepbind.c $(CALLER_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) $< -o $@ -ldl -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN/../libs'
 
+# Its constructor opens libdeepfree.so by bare name, through its own RUNPATH.
+$(B)/libs/libdeepearly.so: tests/libs/deepearly.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin -Wl,-soname,libdeepearly.so $< -o $@ -ldl \
+	    -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN'
+
+$(B)/progs/deepbind_early: tests/progs/deepbind_early.c $(CALLER_LIBS)
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) $< -o $@ -L $(B)/libs -ldeepearly -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN/../libs'
+
 progs: $(CALLER_TEST_BINS)
 
 # memlock-discover's test program allocates through libsecretlib too.

@@ -210,6 +210,16 @@ std::size_t je_align(int flags) {
     return lg < 4 ? kMinAlign : lg > 47 ? std::size_t{1} << 47 : std::size_t{1} << lg;
 }
 
+// The size the arena serves for mallocx(n, flags) or rallocx: at least jemalloc's nallocx(n,
+// flags), which the shim does not interpose and which jemalloc documents as the block's real
+// size (a program may use that many bytes; the arena's size classes above 16 KiB are
+// finer than jemalloc's).
+std::size_t je_size(std::size_t n, int flags) {
+    const auto nallocx = next_jemalloc().nallocx;
+    const std::size_t real = nallocx ? nallocx(n, flags) : 0;
+    return real > n ? real : n;
+}
+
 // A block for mallocx(n, flags) that no rule matched, or that rallocx moves out of the arena.
 __attribute__((noinline)) void *je_other_alloc(std::size_t n, int flags) {
     if (auto next = next_jemalloc().mallocx) return next(n, flags);
@@ -228,7 +238,7 @@ __attribute__((noinline)) void *je_other_realloc(void *p, std::size_t n, int fla
         if (align <= kMinAlign && !(flags & kJeZero)) return g_next.realloc(p, n);
     }
     // It comes to match (or no jemalloc: a new block): move it, and wipe the copy left behind.
-    void *q = rule >= 0 ? arena_alloc(rule, n, align, flags & kJeZero) : je_other_alloc(n, flags);
+    void *q = rule >= 0 ? arena_alloc(rule, je_size(n, flags), align, flags & kJeZero) : je_other_alloc(n, flags);
     if (!q) return nullptr;
     const auto sallocx = next_jemalloc().sallocx;
     const std::size_t have = sallocx ? sallocx(p, 0) : usable_other(p);
@@ -244,13 +254,13 @@ __attribute__((noinline)) void *je_other_realloc(void *p, std::size_t n, int fla
 SHIM_EXPORT void *mallocx(std::size_t n, int flags) {
     if (n && may_match(n)) {
         const int rule = match(n, CALLER);
-        if (rule >= 0) return arena_alloc(rule, n, je_align(flags), flags & kJeZero);
+        if (rule >= 0) return arena_alloc(rule, je_size(n, flags), je_align(flags), flags & kJeZero);
     }
     return je_other_alloc(n, flags);
 }
 
 SHIM_EXPORT void *rallocx(void *p, std::size_t n, int flags) {
-    if (g_arena.owns(p)) return realloc_owned(p, n ? n : 1, je_align(flags), flags & kJeZero, "rallocx(): invalid pointer");
+    if (g_arena.owns(p)) return realloc_owned(p, je_size(n ? n : 1, flags), je_align(flags), flags & kJeZero, "rallocx(): invalid pointer");
     return je_other_realloc(p, n, flags, CALLER);
 }
 

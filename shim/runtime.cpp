@@ -232,6 +232,9 @@ void resolve_next() noexcept {
 Config *g_config = nullptr;   // kept for the life of the process
 StatsPage *g_stats = nullptr;
 bool g_active = false;
+// runtime_init has decided whether rules are in force (g_active): a library's constructor that
+// runs before the shim's (the program's own dependencies are initialised first) finds it unset.
+bool g_started = false;
 bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
@@ -692,6 +695,7 @@ void runtime_init() noexcept {
         // Only allocation failure can throw here; the program cannot be protected.
         fatal("out of memory while reading the configuration");
     }
+    g_started = true;
     errno = saved_errno;
 }
 
@@ -714,6 +718,18 @@ int shim_dlclose(void *handle) noexcept {
     return rc;
 }
 
+namespace {
+
+// Before start-up: does a config name rules for this process, as far as can be told without
+// reading it (MEMLOCK_SHIM_CONFIG, where the environment counts, or the system config)?
+bool config_may_apply() noexcept {
+    const char *env_path = ::getauxval(AT_SECURE) != 0 ? nullptr : std::getenv("MEMLOCK_SHIM_CONFIG");
+    struct stat st;
+    return (env_path && *env_path) || ::lstat(kSystemConfig, &st) == 0;
+}
+
+}  // namespace
+
 DlopenFn next_dlopen() noexcept {
     static std::atomic<DlopenFn> next{nullptr};
     DlopenFn f = next.load(std::memory_order_acquire);
@@ -730,8 +746,11 @@ DlopenFn next_dlopen() noexcept {
 // blocks its server library allocated from modules it opens so). So while rules are in force the
 // library binds as any other: to the shim first. The price: where the library and the program
 // define one name twice, the library now gets the program's (what RTLD_DEEPBIND avoids).
+// Before the shim has started (a constructor of one of the program's libraries, which runs
+// before the shim's) the flag is dropped too where a config will be read: the rules that come
+// into force afterwards would meet the library bound past the shim.
 int without_deepbind(const char *file, int mode) noexcept {
-    if (!g_active) return mode;
+    if (!g_active && (g_started || !config_may_apply())) return mode;
     static std::atomic<bool> said{false};
     if (!said.exchange(true, std::memory_order_relaxed)) {
         BusyScope busy;
@@ -760,6 +779,10 @@ const NextJemalloc &next_jemalloc() noexcept {
     n.sallocx = reinterpret_cast<decltype(n.sallocx)>(dlsym(RTLD_NEXT, "sallocx"));
     n.dallocx = reinterpret_cast<decltype(n.dallocx)>(dlsym(RTLD_NEXT, "dallocx"));
     n.sdallocx = reinterpret_cast<decltype(n.sdallocx)>(dlsym(RTLD_NEXT, "sdallocx"));
+    n.nallocx = reinterpret_cast<decltype(n.nallocx)>(dlsym(RTLD_NEXT, "nallocx"));
+    // A name not found leaves its error for the program's next dlerror(), which would report a
+    // failure of a call the program did not make: taken back, as a successful call leaves it.
+    if (!n.mallocx || !n.rallocx || !n.xallocx || !n.sallocx || !n.dallocx || !n.sdallocx || !n.nallocx) dlerror();
     done.store(true, std::memory_order_release);
     pthread_mutex_unlock(&lock);
     return next;
@@ -922,20 +945,23 @@ void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const 
     const bool aligned = reinterpret_cast<std::uintptr_t>(p) % align == 0;
     if (aligned && n <= have && (n > have / 2 || have <= 16)) return p;
     if (aligned && n > have && g_arena.grow_in_place(p, n)) {
-        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, n - have);
+        // Zero up to the usable size the run now has (sallocx's answer), not only to n.
+        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, g_arena.usable_size(p) - have);
         return p;
     }
     int saved = errno;
     // A shrink moves only within the arena, and only where the lock policy has nothing to
     // act on: with no room, the block stays where it is. Under fallback a full arena just
     // says no (new blocks would go to the next allocator, unprotected); under deny and
-    // abort, only a block the thread's cache holds is taken, since making room could count
-    // a denial or stop the program for a request that keeping the block answers.
+    // abort, only a block the thread's cache holds is taken (its blocks are aligned to 16
+    // only: a larger alignment keeps the block), since making room could count a denial or
+    // stop the program for a request that keeping the block answers.
     const unsigned pool = g_arena.pool_of(p), rule = g_arena.rule_of(p);
     const bool grows = n > have || !aligned;
     void *q = grows                       ? alloc_in(pool, rule, n, align, zero)
               : g_arena.serves_overflow() ? g_arena.alloc(pool, n, align, rule)
-                                          : g_arena.alloc_cached(pool, n, rule);
+              : align <= 16               ? g_arena.alloc_cached(pool, n, rule)
+                                          : nullptr;
     if (q && !grows && g_arena.locked(p) && !g_arena.locked(q)) {
         g_arena.free(q);  // the lock budget is spent (fallback serves unlocked): keep the lock
         q = nullptr;

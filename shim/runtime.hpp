@@ -113,6 +113,7 @@ struct NextJemalloc {
     std::size_t (*sallocx)(const void *, int) = nullptr;
     void (*dallocx)(void *, int) = nullptr;
     void (*sdallocx)(void *, std::size_t, int) = nullptr;
+    std::size_t (*nallocx)(std::size_t, int) = nullptr;
 };
 const NextJemalloc &next_jemalloc() noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.

@@ -1,7 +1,8 @@
 /* jemalloc_api.c - allocates through jemalloc's own interface (mallocx, rallocx, xallocx,
  * sallocx, dallocx, sdallocx), as BIND 9.18's libisc does; linked with libjemalloc.so.2, so
  * that jemalloc comes after the shim in the lookup order. Writes a secret pattern into each
- * block, checks alignment, zeroing, and that rallocx keeps the bytes, then prints the checks
+ * block, checks alignment, zeroing, that rallocx keeps the bytes and that a block holds the
+ * real size nallocx promises, then prints the checks
  * made and "jemalloc api ok" (or the first failure, exit 1). With "hold" it then prints the
  * address of a live 64-byte block holding the secret and "ready", and waits for its input to
  * close (tests/shim/test_e2e_programs.cpp reads the block's mapping in smaps). */
@@ -16,6 +17,7 @@ size_t xallocx(void *ptr, size_t size, size_t extra, int flags);
 size_t sallocx(const void *ptr, int flags);
 void dallocx(void *ptr, int flags);
 void sdallocx(void *ptr, size_t size, int flags);
+size_t nallocx(size_t size, int flags);
 
 #define LG_ALIGN(la) ((int)(la))
 #define ZERO 0x40
@@ -40,16 +42,18 @@ int main(int argc, char **argv) {
         if (!p || !zeroed(p, n)) return fail("mallocx zero", n);
         memset(p, 0x5a, n);
         if (sallocx(p, 0) < n) return fail("sallocx", n);
+        if (sallocx(p, 0) < nallocx(n, 0)) return fail("sallocx below nallocx", n);
         if (xallocx(p, n, 0, 0) < n) return fail("xallocx", n);
         p = rallocx(p, 2 * n, ZERO);
         if (!p || p[0] != 0x5a || p[n - 1] != 0x5a || sallocx(p, 0) < 2 * n) return fail("rallocx grow", n);
+        if (sallocx(p, 0) < nallocx(2 * n, 0)) return fail("rallocx grow below nallocx", n);
         p = rallocx(p, n / 2 + 1, 0);
         if (!p || p[0] != 0x5a || p[n / 2] != 0x5a) return fail("rallocx shrink", n);
         sdallocx(p, n / 2 + 1, 0);
         void *a = mallocx(n, LG_ALIGN(12));
         if (!a || (uintptr_t)a % 4096) return fail("mallocx aligned", n);
         dallocx(a, 0);
-        checks += 8;
+        checks += 10;
     }
     printf("checks %u\njemalloc api ok\n", checks);
     if (argc > 1 && strcmp(argv[1], "hold") == 0) {

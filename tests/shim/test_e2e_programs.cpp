@@ -156,10 +156,45 @@ Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
     cr_assert_str_empty(without.result.err.c_str());
 }
 
+// A library of the program's own opens libdeepfree.so with RTLD_DEEPBIND from its constructor,
+// which runs before the preloaded shim's: the flag is dropped then too, and the blocks the
+// program allocates under the rules afterwards are freed through the shim.
+Test(e2e_programs, a_library_opened_with_deepbind_before_the_shim_starts_frees_the_programs_blocks) {
+    need_built("deepbind_early");
+    TempDir dir;
+    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
+    const Shimmed with = run_with(dir, {shim_program("deepbind_early")}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), "deepbind early ok\n");
+    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
+    cr_assert_neq(with.result.err.find("dlopen libdeepfree.so: RTLD_DEEPBIND dropped"), std::string::npos, "%s",
+                  with.result.err.c_str());
+}
+
+// jemalloc's interface where jemalloc is not loaded, found by name as a program probing for it
+// finds it: the shim's, on malloc's terms. Under on_lock_failure deny a shrinking rallocx takes
+// only a block the thread's cache holds, which is aligned to 16 only: a page-aligned block
+// shrunk with MALLOCX_LG_ALIGN(12) stays where it is, page-aligned. The rule does not wipe: a
+// run that rallocx grows in place with MALLOCX_ZERO over a freed block's pages is zeroed up
+// to its usable size. The first mallocx, which looks jemalloc's functions up and finds none,
+// leaves no error for the program's dlerror().
+Test(e2e_programs, rallocx_keeps_the_alignment_and_zeroing_asked_for) {
+    need_built("jemalloc_absent");
+    TempDir dir;
+    cr_assert(dir.ok());
+    const std::string config = dir.file("rules.json");
+    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0, "actions": ["lock", "dontdump"]}],
+  "policy": {"on_lock_failure": "deny"}, "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})"));
+    const Shimmed with = run_with(dir, {shim_program("jemalloc_absent")}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), "jemalloc absent ok\n");
+}
+
 // jemalloc's own interface, as BIND 9.18's libisc allocates through it (libjemalloc.so.2 after
 // the shim): under match-all a mallocx block lies in locked, never-dumped arena memory (it was
 // jemalloc's, whatever the rules), and mallocx, rallocx, xallocx, sallocx, dallocx and sdallocx
-// keep their contract (zeroing, alignment, bytes kept) with and without the shim.
+// keep their contract (zeroing, alignment, bytes kept, a block at least nallocx's real size)
+// with and without the shim.
 Test(e2e_programs, jemallocs_own_interface_reaches_the_rules) {
     need_built("jemalloc_api");
     TempDir dir;
@@ -179,6 +214,6 @@ Test(e2e_programs, jemallocs_own_interface_reaches_the_rules) {
 
     const RunResult without = run_program(plain_env({shim_program("jemalloc_api")}));
     cr_assert(without.exited_with(0), "%s", without.describe().c_str());
-    cr_assert_str_eq(without.out.c_str(), "checks 48\njemalloc api ok\n");
+    cr_assert_str_eq(without.out.c_str(), "checks 60\njemalloc api ok\n");
     cr_assert_eq(with.out.compare(0, without.out.size(), without.out), 0, "%s", with.out.c_str());
 }
