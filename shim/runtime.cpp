@@ -762,17 +762,14 @@ int without_deepbind(const char *file, int mode) noexcept {
     return mode & ~RTLD_DEEPBIND;
 }
 
-const NextJemalloc &next_jemalloc() noexcept {
-    static NextJemalloc next;
-    static std::atomic<bool> done{false};
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    if (done.load(std::memory_order_acquire)) return next;
-    pthread_mutex_lock(&lock);
-    if (done.load(std::memory_order_relaxed)) {
-        pthread_mutex_unlock(&lock);
-        return next;
-    }
-    NextJemalloc &n = next;
+// Lock-free, so that a fork in the middle of the first lookup leaves nothing held: threads
+// that race look up alike, and one of them publishes its answer; a child forked while it did
+// looks up on each call.
+NextJemalloc next_jemalloc() noexcept {
+    static NextJemalloc published;
+    static std::atomic<int> state{0};  // 0: not looked up, 1: being published, 2: published
+    if (state.load(std::memory_order_acquire) == 2) return published;
+    NextJemalloc n;
     n.mallocx = reinterpret_cast<decltype(n.mallocx)>(dlsym(RTLD_NEXT, "mallocx"));
     n.rallocx = reinterpret_cast<decltype(n.rallocx)>(dlsym(RTLD_NEXT, "rallocx"));
     n.xallocx = reinterpret_cast<decltype(n.xallocx)>(dlsym(RTLD_NEXT, "xallocx"));
@@ -783,9 +780,12 @@ const NextJemalloc &next_jemalloc() noexcept {
     // A name not found leaves its error for the program's next dlerror(), which would report a
     // failure of a call the program did not make: taken back, as a successful call leaves it.
     if (!n.mallocx || !n.rallocx || !n.xallocx || !n.sallocx || !n.dallocx || !n.sdallocx || !n.nallocx) dlerror();
-    done.store(true, std::memory_order_release);
-    pthread_mutex_unlock(&lock);
-    return next;
+    int expected = 0;
+    if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+        published = n;
+        state.store(2, std::memory_order_release);
+    }
+    return n;
 }
 
 namespace {

@@ -115,7 +115,7 @@ struct NextJemalloc {
     void (*sdallocx)(void *, std::size_t, int) = nullptr;
     std::size_t (*nallocx)(std::size_t, int) = nullptr;
 };
-const NextJemalloc &next_jemalloc() noexcept;
+NextJemalloc next_jemalloc() noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.
 int shim_dlclose(void *handle) noexcept;
 // The next definition of dlopen (glibc's), looked up on first use.
