@@ -269,10 +269,9 @@ SHIM_EXPORT std::size_t xallocx(void *p, std::size_t n, std::size_t extra, int f
         // In place only: a run grows into the free pages after it, up to n + extra.
         const std::size_t have = g_arena.usable_size(p, "xallocx(): invalid pointer");
         const std::size_t want = n + extra < n ? SIZE_MAX : n + extra;
-        if (want > have && !g_arena.grow_in_place(p, want) && n > have) g_arena.grow_in_place(p, n);
-        const std::size_t now = g_arena.usable_size(p);
-        if ((flags & kJeZero) && now > have && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, now - have);
-        return now;
+        const bool zero = flags & kJeZero;
+        if (want > have && !grow_owned_in_place(p, have, want, zero) && n > have) grow_owned_in_place(p, have, n, zero);
+        return g_arena.usable_size(p);
     }
     if (auto next = next_jemalloc().xallocx) return next(p, n, extra, flags);
     return usable_other(p);

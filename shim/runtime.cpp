@@ -939,16 +939,19 @@ void free_other(void *p) noexcept {
     g_next.free(p);
 }
 
+bool grow_owned_in_place(void *p, std::size_t have, std::size_t n, bool zero) noexcept {
+    if (!g_arena.grow_in_place(p, n)) return false;
+    // Zero up to the usable size the run now has (sallocx's answer), not only to n.
+    if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, g_arena.usable_size(p) - have);
+    return true;
+}
+
 // A matched block stays in the arena, whatever size it grows or shrinks to. pre: owns(p), n > 0.
 void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const char *what) noexcept {
     std::size_t have = g_arena.usable_size(p, what);
     const bool aligned = reinterpret_cast<std::uintptr_t>(p) % align == 0;
     if (aligned && n <= have && (n > have / 2 || have <= 16)) return p;
-    if (aligned && n > have && g_arena.grow_in_place(p, n)) {
-        // Zero up to the usable size the run now has (sallocx's answer), not only to n.
-        if (zero && !g_arena.wipes(p)) std::memset(static_cast<char *>(p) + have, 0, g_arena.usable_size(p) - have);
-        return p;
-    }
+    if (aligned && n > have && grow_owned_in_place(p, have, n, zero)) return p;
     int saved = errno;
     // A shrink moves only within the arena, and only where the lock policy has nothing to
     // act on: with no room, the block stays where it is. Under fallback a full arena just

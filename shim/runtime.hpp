@@ -103,6 +103,9 @@ void *slow_realloc(void *p, std::size_t n, const void *ra) noexcept;
 // `align`, and with zero its bytes past the old block's are zero. p not a live block: fatal,
 // with the message `what` ("realloc(): invalid pointer").
 void *realloc_owned(void *p, std::size_t n, std::size_t align, bool zero, const char *what) noexcept;
+// Grows arena block p (`have` bytes usable) in place to at least n bytes, as
+// SecureArena::grow_in_place does; with zero, the bytes it gains are zero. pre: owns(p), p live.
+bool grow_owned_in_place(void *p, std::size_t have, std::size_t n, bool zero) noexcept;
 
 // jemalloc's own interface (mallocx and the functions that go with it), as the objects after
 // the shim define it: each member is null where none does (jemalloc is not loaded).

@@ -49,6 +49,18 @@ Shimmed run_with(const TempDir &dir, const std::vector<std::string> &argv, const
     return s;
 }
 
+// Runs tests/progs/`prog` under a rule that matches every size: it must exit 0, print
+// exactly `out`, and the rule must have matched some of its allocations.
+Shimmed run_matching_everything(const TempDir &dir, const std::string &prog, const char *out) {
+    need_built(prog);
+    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
+    Shimmed with = run_with(dir, {shim_program(prog)}, config);
+    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
+    cr_assert_str_eq(with.result.out.c_str(), out);
+    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
+    return with;
+}
+
 }  // namespace
 
 Test(e2e_programs, cxx_new_delete_and_string_are_served_by_the_arena) {
@@ -137,18 +149,13 @@ Test(e2e_programs, links_no_cxx_runtime) {
 // once; dlopen still sees the program as its caller (both libraries are found by bare name
 // through the program's RUNPATH). Without the shim nothing is said.
 Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
-    need_built("deepbind");
     TempDir dir;
-    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
-    const Shimmed with = run_with(dir, {shim_program("deepbind")}, config);
-    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
-    cr_assert_str_eq(with.result.out.c_str(), "deepbind ok\n");
+    const Shimmed with = run_matching_everything(dir, "deepbind", "deepbind ok\n");
     const std::string said = "memlock-shim: warning: dlopen libdeepfree.so: RTLD_DEEPBIND dropped, so that the "
                              "library's free() reaches the shim (glibc's aborts on the arena's blocks); said once "
                              "(program deepbind, pid ";
     cr_assert_eq(with.result.err.compare(0, said.size(), said), 0, "%s", with.result.err.c_str());
     cr_assert_eq(split_lines(with.result.err).size(), 1u, "%s", with.result.err.c_str());
-    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
 
     const Shimmed without = run_with(dir, {shim_program("deepbind")}, "");
     cr_assert(without.result.exited_with(0), "%s", without.result.describe().c_str());
@@ -160,13 +167,8 @@ Test(e2e_programs, a_library_opened_with_deepbind_frees_the_programs_blocks) {
 // which runs before the preloaded shim's: the flag is dropped then too, and the blocks the
 // program allocates under the rules afterwards are freed through the shim.
 Test(e2e_programs, a_library_opened_with_deepbind_before_the_shim_starts_frees_the_programs_blocks) {
-    need_built("deepbind_early");
     TempDir dir;
-    const std::string config = write_config(dir, R"({"name": "all", "min_size": 0})");
-    const Shimmed with = run_with(dir, {shim_program("deepbind_early")}, config);
-    cr_assert(with.result.exited_with(0), "%s", with.result.describe().c_str());
-    cr_assert_str_eq(with.result.out.c_str(), "deepbind early ok\n");
-    cr_assert_gt(stat_value(with.stats, "matched_allocations"), 0u, "%s", with.stats.c_str());
+    const Shimmed with = run_matching_everything(dir, "deepbind_early", "deepbind early ok\n");
     cr_assert_neq(with.result.err.find("dlopen libdeepfree.so: RTLD_DEEPBIND dropped"), std::string::npos, "%s",
                   with.result.err.c_str());
 }
