@@ -140,7 +140,10 @@ MEMLOCK_API int memlock_secret_map(void *addr, size_t len);
 MEMLOCK_API int memlock_secret_unshare(void *addr, size_t len, size_t rw_len, int anonymous);
 
 /* mincore(addr, len, vec): vec[i] & 1 tells whether page i of the range is resident.
- * pre: addr page-aligned; vec holds (len + page - 1) / page bytes. len == 0 makes no call. */
+ * pre: addr page-aligned; vec holds (len + page - 1) / page bytes. len == 0 makes no call.
+ * MEMLOCK_EUNSUPPORTED (vec untouched) where mincore answers for pages smaller than
+ * memlock_page_size() (qemu-user emulating 16 or 64 KiB pages on a 4 KiB host passes the
+ * call through to the host: probed once). */
 MEMLOCK_API int memlock_resident(void *addr, size_t len, unsigned char *vec);
 
 /* ---- wiping ---------------------------------------------------------------------------- */

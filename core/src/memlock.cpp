@@ -217,6 +217,37 @@ int move_over(void *from, void *to, size_t len) {
 }
 #endif
 
+#if MEMLOCK_HAVE_UNIX
+// Does mincore(2) answer a byte per page of memlock_page_size()? qemu-user passes the call to
+// the host kernel unchanged, which answers a byte per host page: with a guest page of 16 or
+// 64 KiB on a 4 KiB host, 4 or 16 bytes per guest page, past the end of a vector sized for
+// guest pages, and vec[i] then describes the i-th host page, not the i-th page. Probed once,
+// on a fresh readable page (qemu answers ENOMEM for an inaccessible one, and may leave part
+// of a guest page of the stack unmapped on the host), with the bytes after the first set to
+// a value mincore never writes (it writes 0 or 1 in the low bit, the other bits reserved as
+// 0). Where the probe cannot be made, mincore is taken to answer per page, as kernels do.
+bool mincore_per_page() {
+    static std::atomic<int> known{0};  // 0: not probed yet, 1: per page, 2: finer
+    int v = known.load(std::memory_order_relaxed);
+    if (v) return v == 1;
+    const size_t page = memlock_page_size();
+    constexpr size_t kFinest = 4096;  // no Linux kernel has smaller pages
+    unsigned char vec[256 + 1];       // pages up to 1 MiB can be probed
+    v = 1;
+    if (page > kFinest && page / kFinest < sizeof vec) {
+        ErrnoKeeper keep;
+        void *at = ::mmap(nullptr, page, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (at != MAP_FAILED) {
+            std::memset(vec, 0xee, sizeof vec);
+            if (::mincore(at, page, vec) == 0 && vec[1] != 0xee) v = 2;
+            ::munmap(at, page);
+        }
+    }
+    known.store(v, std::memory_order_relaxed);
+    return v == 1;
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -416,6 +447,8 @@ int memlock_resident(void *addr, size_t len, unsigned char *vec) {
     if (len == 0) return 0;
 #if MEMLOCK_HAVE_UNIX
     ErrnoKeeper keep;
+    if (!page_aligned(addr, 0)) return EINVAL;  // as mincore answers
+    if (!mincore_per_page()) return MEMLOCK_EUNSUPPORTED;
     return ::mincore(addr, len, vec) == 0 ? 0 : errno;
 #else
     (void)addr, (void)vec;
