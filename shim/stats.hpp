@@ -137,7 +137,8 @@ struct StatsPage {
 // rows of the slots that have an owner (the rest are zero), so that it does not make the
 // target's kernel allocate the untouched part of the mapping.
 constexpr std::size_t kStatsRowsOffset = (sizeof(StatsPage) + 63) & ~std::size_t{63};
-// Bytes the mapping occupies (whole pages).
+// Bytes the mapping is made with (whole 4 KiB pages; on a kernel with larger pages, 16 or 64
+// KiB on some aarch64 ones, it occupies this rounded up to its page size).
 constexpr std::size_t kStatsPageBytes =
     (kStatsRowsOffset + sizeof(StatsRuleRow) * kStatsSlots + 4095) & ~std::size_t{4095};
 

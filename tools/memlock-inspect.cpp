@@ -157,6 +157,10 @@ void parse_maps(ProcessView &v) {
     std::istringstream in(v.maps);
     const std::string memfd = std::string("/memfd:") + mlshim::kStatsMemfdName + " (deleted)";
     std::vector<std::uint64_t> fallback;
+    // The kernel maps the page's bytes in whole pages of its own (16 or 64 KiB on some aarch64
+    // kernels); the target runs on this kernel.
+    const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t mapped = (mlshim::kStatsPageBytes + page - 1) / page * page;
     std::string line;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
@@ -171,7 +175,7 @@ void parse_maps(ProcessView &v) {
         const std::uint64_t end = dash == std::string::npos ? 0 : std::strtoull(range.c_str() + dash + 1, nullptr, 16);
         if (end <= start || end - start < sizeof(mlshim::StatsPage)) continue;
         if (path == memfd && !v.memfd) v.candidates.push_back(start), v.memfd = true;
-        else if (end - start == mlshim::kStatsPageBytes) fallback.push_back(start);
+        else if (end - start == mapped) fallback.push_back(start);
     }
     v.candidates.insert(v.candidates.end(), fallback.begin(), fallback.end());
     if (v.candidates.size() > 16) v.candidates.resize(16);
