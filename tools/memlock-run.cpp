@@ -449,11 +449,13 @@ std::string config_size(std::uint64_t bytes) {
 }
 
 // The lock budget the arena takes at start-up: policy.max_locked, or where the limit refuses
-// it (no CAP_IPC_LOCK), the largest halving of it the limit accepts (none below 64 KiB).
+// it (no CAP_IPC_LOCK), the largest halving of it the limit accepts (none below 64 KiB), in
+// whole pages of the kernel's size as the arena counts them.
 std::uint64_t startup_budget(std::uint64_t max_locked, rlim_t limit, bool unlimited) {
     if (unlimited) return max_locked;
-    std::uint64_t len = max_locked & ~std::uint64_t{4095};
-    while (len >= 65536 && len > limit) len = len / 2 & ~std::uint64_t{4095};
+    const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    std::uint64_t len = max_locked / page * page;
+    while (len >= 65536 && len > limit) len = len / 2 / page * page;
     return len >= 65536 ? len : 0;
 }
 
