@@ -23,7 +23,6 @@ using namespace mlshim;
 namespace {
 
 constexpr std::size_t kMinAlign = 16;  // glibc's MALLOC_ALIGNMENT on x86_64
-constexpr std::size_t kPage = 4096;
 
 bool is_pow2(std::size_t a) { return a && !(a & (a - 1)); }
 
@@ -124,7 +123,7 @@ __attribute__((noinline)) int posix_memalign_matching(void **memptr, std::size_t
 // it rounds its own way (glibc 2.36 serves pvalloc(0) as a 1-byte block).
 __attribute__((noinline)) void *pvalloc_matching(std::size_t n, std::size_t rounded, const void *ra) {
     int rule = match(rounded, ra);
-    return rule < 0 ? g_next.pvalloc(n) : arena_alloc(rule, rounded, kPage, false);
+    return rule < 0 ? g_next.pvalloc(n) : arena_alloc(rule, rounded, memlock_page_size(), false);
 }
 
 }  // namespace
@@ -164,17 +163,18 @@ SHIM_EXPORT void *memalign(std::size_t align, std::size_t n) {
 
 SHIM_EXPORT void *valloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.valloc(n);
-    return memalign_impl(kPage, n, [](std::size_t, std::size_t m) { return g_next.valloc(m); }, CALLER);
+    return memalign_impl(memlock_page_size(), n, [](std::size_t, std::size_t m) { return g_next.valloc(m); }, CALLER);
 }
 
 SHIM_EXPORT void *pvalloc(std::size_t n) {
+    const std::size_t page = memlock_page_size();  // 4 KiB, or 16/64 KiB on some aarch64 kernels
     std::size_t rounded;
-    if (__builtin_add_overflow(n, kPage - 1, &rounded)) {
+    if (__builtin_add_overflow(n, page - 1, &rounded)) {
         errno = ENOMEM;
         return nullptr;
     }
-    rounded &= ~(kPage - 1);
-    if (rounded == 0) rounded = kPage;
+    rounded &= ~(page - 1);
+    if (rounded == 0) rounded = page;
     if (__builtin_expect(!may_match(rounded), 1)) return g_next.pvalloc(n);
     return pvalloc_matching(n, rounded, CALLER);
 }

@@ -41,7 +41,8 @@ static unsigned long checks = 0, failures = 0;
         }                                           \
     } while (0)
 
-#define PAGE ((size_t)4096)
+/* The system's page size: 4 KiB, or 16/64 KiB on some aarch64 kernels (valloc, pvalloc). */
+#define PAGE ((size_t)sysconf(_SC_PAGESIZE))
 #define MAX_ALIGN ((size_t)65536)
 /* A request no allocator can serve, without arithmetic overflow in the request itself. */
 #define HUGE_SIZE (SIZE_MAX - 4096)
