@@ -6,7 +6,8 @@
 // on SIGUSR1, or as each process exits), scans every readable mapping of each traced process
 // through /proc/PID/mem for the secrets, places each copy (arena, heap block and who
 // allocated it, thread stack, static data, file mapping, other memory), and proposes the
-// smallest rule set it can find that covers the heap copies. See docs/operators.md.
+// smallest rule set it can find that covers the heap copies. With --pid it scans running
+// processes instead, placing each copy by mapping only. See docs/operators.md.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -61,6 +63,7 @@ struct Options {
     std::string config_out;
     bool verify = false;
     std::string config;
+    std::vector<int> pids;  // --pid: live processes to scan instead of a program to run
     std::vector<std::string> argv;
 };
 
@@ -68,6 +71,7 @@ void usage() {
     std::printf(
         "usage: memlock-discover [--key FILE]... [--secret-hex HEX]... [--after SECONDS]\n"
         "                        [--config-out FILE] [--verify --config FILE] -- PROGRAM [ARGS...]\n"
+        "       memlock-discover [--key FILE]... [--secret-hex HEX]... --pid PID...\n"
         "\n"
         "Runs PROGRAM under the shim in tracing mode, finds every copy of the secrets in its\n"
         "memory (and its children's), says where each copy lives and who allocated it, and\n"
@@ -82,9 +86,14 @@ void usage() {
         "  --config-out FILE  write the proposed rules there as a config (validated by the shim's parser)\n"
         "  --verify --config FILE\n"
         "                     run the program protected by FILE instead, and report the copies left\n"
+        "  --pid PID          scan this running process instead (repeatable): it is stopped while its\n"
+        "                     memory is read, then resumed; copies are placed by mapping only (no\n"
+        "                     allocation records, so no rules are proposed)\n"
         "\n"
-        "exit status: 0 done (--verify: no heap copy outside the arena); 1 --verify: heap copies left;\n"
-        "64 usage; 66 key unreadable; 69 the program could not be traced; 78 invalid config\n",
+        "exit status: 0 done (--verify: no heap copy outside the arena; --pid: no copy outside protected\n"
+        "memory); 1 --verify: heap copies left, --pid: copies outside protected memory; 64 usage;\n"
+        "66 key unreadable; 69 the program could not be traced or a process could not be read;\n"
+        "78 invalid config\n",
         kMinSecret);
     std::exit(0);
 }
@@ -119,12 +128,24 @@ Options parse_args(int argc, char **argv) {
             o.verify = true;
         } else if (a == "--config") {
             o.config = value();
+        } else if (a == "--pid") {
+            const std::string v = value();
+            char *end = nullptr;
+            const long pid = std::strtol(v.c_str(), &end, 10);
+            if (v.empty() || *end || pid <= 0 || pid > INT_MAX) usage_error("--pid: expected a process ID, got \"" + v + "\"");
+            o.pids.push_back(static_cast<int>(pid));
         } else {
             usage_error("unknown option " + a);
         }
     }
     for (; i < argc; ++i) o.argv.push_back(argv[i]);
-    if (o.argv.empty()) usage_error("no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS])");
+    if (!o.pids.empty()) {
+        if (!o.argv.empty()) usage_error("--pid scans running processes; -- PROGRAM runs one: use one");
+        if (o.verify || !o.config_out.empty() || o.after > 0)
+            usage_error("--pid takes no --verify, --config, --config-out or --after (a running process is scanned as it is)");
+    } else if (o.argv.empty()) {
+        usage_error("no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS], or --pid PID)");
+    }
     if (o.keys.empty() && o.secret_hex.empty()) usage_error("nothing to look for: give --key FILE or --secret-hex HEX");
     if (o.verify != !o.config.empty()) usage_error("--verify and --config FILE go together");
     if (o.verify && !o.config_out.empty()) usage_error("--config-out proposes rules; --verify checks them: use one");
@@ -532,7 +553,11 @@ class Scanner {
 public:
     Scanner(const std::vector<Needle> &needles) : needles_(needles), matcher_(needles) {}
 
-    void scan(int pid, const Process &proc, const std::string &when, Snapshot &snap) {
+    // --pid: no allocation records; copies are placed by mapping only.
+    void untraced() { traced_ = false; }
+
+    // False when the process's memory cannot be read (warned).
+    bool scan(int pid, const Process &proc, const std::string &when, Snapshot &snap) {
         const std::vector<Mapping> maps = read_maps(pid);
         const auto sps = thread_sps(pid);
         std::unordered_map<std::uint64_t, Frame> cache;
@@ -541,7 +566,7 @@ public:
         const int fd = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             mltool::warn("pid " + std::to_string(pid) + ": cannot read its memory: " + std::strerror(errno));
-            return;
+            return false;
         }
         std::map<std::pair<std::uint64_t, int>, Copy> found;  // by (location, place)
         const std::size_t overlap = matcher_.longest() - 1;
@@ -568,6 +593,7 @@ public:
             for (std::size_t d = 0; d < c.frames.size() && d < kMaxRuleDepth; ++d)
                 if (c.pid == pid && c.frames[d].stripped && c.frames[d].function.empty() && d < 3)
                     snap.stripped.insert(c.frames[d].module);
+        return true;
     }
 
 private:
@@ -626,8 +652,13 @@ private:
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {
             c.place = Place::anon;
-            c.where = m.path == "[heap]" ? "heap memory outside any recorded block (allocator data, or allocated before tracing)"
-                                         : "other anonymous memory" + (m.path.empty() ? std::string() : " " + m.path);
+            if (!traced_)
+                c.where = m.path == "[heap]" ? "the heap ([heap]: malloc's memory)"
+                                             : "anonymous memory (malloc's large blocks and thread heaps, or the program's own)" +
+                                                   (m.path.empty() ? std::string() : " " + m.path);
+            else
+                c.where = m.path == "[heap]" ? "heap memory outside any recorded block (allocator data, or allocated before tracing)"
+                                             : "other anonymous memory" + (m.path.empty() ? std::string() : " " + m.path);
         }
         // Outside blocks a copy is one address; the windows of one PEM text, one page.
         if (!c.block && n.secret == "PEM text") key = addr & ~std::uint64_t{4095};
@@ -653,6 +684,7 @@ private:
     const std::vector<Needle> &needles_;
     Matcher matcher_;
     Symbolizer sym_;
+    bool traced_ = true;
     std::map<std::pair<int, std::uint64_t>, unsigned> pem_hits_;
 };
 
@@ -928,7 +960,7 @@ Counts count(const Snapshot &s) {
     return c;
 }
 
-void print_report(const Snapshot &s, const Counts &c) {
+void print_report(const Snapshot &s, const Counts &c, bool traced) {
     for (const auto &p : s.processes) std::printf("scanned %s\n", p.c_str());
     std::vector<const Copy *> sorted;
     for (const Copy &copy : s.copies) sorted.push_back(&copy);
@@ -955,9 +987,14 @@ void print_report(const Snapshot &s, const Counts &c) {
     if (unreachable)
         std::printf("  %zu copies on stacks or in static data: no rule can reach them (the program keeps them there).\n",
                     unreachable);
-    if (c.by_place[int(Place::file)] + c.by_place[int(Place::anon)])
+    if (!traced && c.by_place[int(Place::anon)])
+        std::printf("  %zu copies in the heap or other anonymous memory: memlock-discover -- PROGRAM shows which "
+                    "allocations hold them and proposes the rules that move them.\n",
+                    c.by_place[int(Place::anon)]);
+    const std::size_t unseen = c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] : 0);
+    if (unseen)
         std::printf("  %zu copies in file-backed or other memory (not heap blocks the shim saw): no rule reaches them.\n",
-                    c.by_place[int(Place::file)] + c.by_place[int(Place::anon)]);
+                    unseen);
     for (const auto &m : s.stripped)
         std::printf("note: %s has no local symbols (stripped): its internal functions have no names, so the rules "
                     "name it as a module\n", m.c_str());
@@ -1100,6 +1137,42 @@ std::string write_temp(const std::string &text) {
     return path;
 }
 
+// ---- scanning running processes (--pid) --------------------------------------------------------
+
+// Stops pid (unless it is stopped already), scans it, resumes it.
+void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
+    const std::string name = "pid " + std::to_string(pid);
+    const char st = proc_state(pid);
+    if (st == 0) die(kExitUnavailable, name + ": no such process");
+    if (st == 'Z' || st == 'X') die(kExitUnavailable, name + ": the process has exited (a zombie): nothing to scan");
+    const bool was_stopped = st == 'T' || st == 't';
+    if (!was_stopped && ::kill(pid, SIGSTOP) != 0)
+        die(kExitUnavailable, name + ": cannot stop it to read its memory: " + std::strerror(errno) +
+                                  " (run as root or as the process's user)");
+    const bool stopped = wait_stopped(pid);
+    const bool read = stopped && scanner.scan(pid, Process(), "(running)", snap);
+    if (!was_stopped) ::kill(pid, SIGCONT);
+    if (!stopped) die(kExitUnavailable, name + ": it did not stop, or exited, within " + seconds_text(kStopTimeoutMs / 1000.0));
+    if (!read)
+        die(kExitUnavailable, name + ": its memory cannot be read (root, or the process's user where "
+                                     "kernel.yama.ptrace_scope allows it, can read it)");
+}
+
+// --pid: where the copies of the secrets lie in running processes, by mapping.
+int scan_running(const std::vector<int> &pids, const std::vector<Needle> &needles) {
+    Scanner scanner(needles);
+    scanner.untraced();
+    Snapshot snap;
+    for (int pid : pids) scan_stopped(pid, scanner, snap);
+    scanner.finish(snap);
+    const Counts counts = count(snap);
+    print_report(snap, counts, false);
+    const std::size_t outside = counts.total - counts.by_place[int(Place::arena)];
+    std::printf("running: %zu copies outside protected memory%s\n", outside,
+                outside ? "" : counts.total ? ": every copy found is locked and never dumped" : " (no copy found)");
+    return outside ? kExitCopiesLeft : 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -1111,6 +1184,7 @@ int main(int argc, char **argv) {
         needles.push_back({"hex#" + std::to_string(i + 1), "", parse_hex(o.secret_hex[i], i + 1)});
         std::printf("looking for hex#%zu: %zu bytes\n", i + 1, needles.back().bytes.size());
     }
+    if (!o.pids.empty()) return scan_running(o.pids, needles);
     std::string config_path;
     std::string temp_config;
     if (o.verify) {
@@ -1130,7 +1204,7 @@ int main(int argc, char **argv) {
     const Snapshot snap = session.run(config_path);
     if (!temp_config.empty()) ::unlink(temp_config.c_str());
     const Counts counts = count(snap);
-    print_report(snap, counts);
+    print_report(snap, counts, true);
     if (o.verify) {
         const bool left = counts.rule_reachable() > 0;
         std::printf("verify: %zu heap copies left outside the arena%s\n", counts.rule_reachable(),
