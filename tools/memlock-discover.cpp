@@ -1139,19 +1139,25 @@ std::string write_temp(const std::string &text) {
 
 // ---- scanning running processes (--pid) --------------------------------------------------------
 
-// Stops pid (unless it is stopped already), scans it, resumes it.
+// Stops pid (unless it is stopped already), scans it, resumes it. The signals that end the
+// tool from a terminal are held meanwhile, so that it never leaves the process stopped.
 void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
     const std::string name = "pid " + std::to_string(pid);
     const char st = proc_state(pid);
     if (st == 0) die(kExitUnavailable, name + ": no such process");
     if (st == 'Z' || st == 'X') die(kExitUnavailable, name + ": the process has exited (a zombie): nothing to scan");
     const bool was_stopped = st == 'T' || st == 't';
+    sigset_t held, before;
+    sigemptyset(&held);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) sigaddset(&held, s);
+    sigprocmask(SIG_BLOCK, &held, &before);
     if (!was_stopped && ::kill(pid, SIGSTOP) != 0)
         die(kExitUnavailable, name + ": cannot stop it to read its memory: " + std::strerror(errno) +
                                   " (run as root or as the process's user)");
     const bool stopped = wait_stopped(pid);
     const bool read = stopped && scanner.scan(pid, Process(), "(running)", snap);
     if (!was_stopped) ::kill(pid, SIGCONT);
+    sigprocmask(SIG_SETMASK, &before, nullptr);
     if (!stopped) die(kExitUnavailable, name + ": it did not stop, or exited, within " + seconds_text(kStopTimeoutMs / 1000.0));
     if (!read)
         die(kExitUnavailable, name + ": its memory cannot be read (root, or the process's user where "
