@@ -239,36 +239,67 @@ std::string parse_hex(const std::string &hex, std::size_t index) {
 class Matcher {
 public:
     explicit Matcher(const std::vector<Needle> &needles) : needles_(needles), filter_(65536, false) {
+        std::size_t shortest = SIZE_MAX;
         for (std::size_t i = 0; i < needles.size(); ++i) {
             const std::string &b = needles[i].bytes;
             filter_[static_cast<unsigned char>(b[0]) | static_cast<unsigned char>(b[1]) << 8] = true;
-            by_prefix_[prefix(b.data())].push_back(i);
+            by_prefix_[word(b.data())].push_back(i);
             longest_ = std::max(longest_, b.size());
+            shortest = std::min(shortest, b.size());
         }
+        // A copy of a needle of 15 bytes or more holds a whole 8-aligned word at one of its
+        // first 8 offsets: memory is then looked up one aligned word at a time, not byte by byte.
+        by_word_ = shortest >= 15;
+        if (!by_word_) return;
+        seen_.assign(kSeenBits / 64, 0);
+        for (std::size_t i = 0; i < needles.size(); ++i)
+            for (unsigned d = 0; d < 8; ++d) {
+                const std::uint64_t w = word(needles[i].bytes.data() + d);
+                words_[w].push_back({i, d});
+                seen_[slot(w) / 64] |= std::uint64_t{1} << (slot(w) % 64);
+            }
     }
     std::size_t longest() const { return longest_; }
-    // Calls hit(offset, needle index) for each match starting in [0, limit) of buf[0, len).
+    // Calls hit(offset, needle index) for each match starting in [0, limit) of buf[0, len),
+    // where buf[0] lies at an address that is a multiple of 8.
     template <typename F> void scan(const unsigned char *buf, std::size_t len, std::size_t limit, F hit) const {
-        for (std::size_t i = 0; i < limit && i + kMinSecret <= len; ++i) {
-            if (!filter_[buf[i] | buf[i + 1] << 8]) continue;
-            auto it = by_prefix_.find(prefix(reinterpret_cast<const char *>(buf + i)));
-            if (it == by_prefix_.end()) continue;
-            for (std::size_t k : it->second) {
-                const std::string &b = needles_[k].bytes;
-                if (i + b.size() <= len && std::memcmp(buf + i, b.data(), b.size()) == 0) hit(i, k);
+        if (!by_word_) {
+            for (std::size_t i = 0; i < limit && i + kMinSecret <= len; ++i) {
+                if (!filter_[buf[i] | buf[i + 1] << 8]) continue;
+                auto it = by_prefix_.find(word(reinterpret_cast<const char *>(buf + i)));
+                if (it == by_prefix_.end()) continue;
+                for (std::size_t k : it->second) check(buf, len, i, k, hit);
             }
+            return;
+        }
+        for (std::size_t i = 0; i + 8 <= len && i < limit + 8; i += 8) {
+            const std::uint64_t w = word(reinterpret_cast<const char *>(buf + i));
+            if (!(seen_[slot(w) / 64] >> (slot(w) % 64) & 1)) continue;
+            auto it = words_.find(w);
+            if (it == words_.end()) continue;
+            for (const auto &[k, d] : it->second)
+                if (i >= d && i - d < limit) check(buf, len, i - d, k, hit);
         }
     }
 
 private:
-    static std::uint64_t prefix(const char *p) {
+    static constexpr std::size_t kSeenBits = std::size_t{1} << 20;  // 128 KiB: in the cache while scanning
+    static std::uint64_t word(const char *p) {
         std::uint64_t v;
         std::memcpy(&v, p, sizeof v);
         return v;
     }
+    static std::size_t slot(std::uint64_t w) { return static_cast<std::size_t>((w * 0x9E3779B97F4A7C15ull) >> 44); }
+    template <typename F> void check(const unsigned char *buf, std::size_t len, std::size_t at, std::size_t k, F &hit) const {
+        const std::string &b = needles_[k].bytes;
+        if (at + b.size() <= len && std::memcmp(buf + at, b.data(), b.size()) == 0) hit(at, k);
+    }
     const std::vector<Needle> &needles_;
     std::vector<bool> filter_;
     std::unordered_map<std::uint64_t, std::vector<std::size_t>> by_prefix_;
+    bool by_word_ = false;
+    std::vector<std::uint64_t> seen_;  // a bit per slot() of the needles' words
+    std::unordered_map<std::uint64_t, std::vector<std::pair<std::size_t, unsigned>>> words_;  // (needle, offset)
     std::size_t longest_ = 0;
 };
 
