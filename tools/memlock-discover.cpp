@@ -1195,6 +1195,31 @@ void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
                                      "kernel.yama.ptrace_scope allows it, can read it)");
 }
 
+// The children of each of pids that pids does not name (a server's workers, a postmaster's
+// backends), as " 123 (nginx)" items.
+std::string children_left_out(const std::vector<int> &pids) {
+    std::string out;
+    DIR *d = ::opendir("/proc");
+    if (!d) return out;
+    while (const dirent *e = ::readdir(d)) {
+        char *end = nullptr;
+        const long pid = std::strtol(e->d_name, &end, 10);
+        if (pid <= 0 || *end || std::find(pids.begin(), pids.end(), pid) != pids.end()) continue;
+        std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+        std::string stat;
+        std::getline(in, stat);
+        const auto paren = stat.rfind(')');
+        if (paren == std::string::npos) continue;
+        int ppid = 0;
+        char state = 0;
+        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) continue;
+        if (std::find(pids.begin(), pids.end(), ppid) != pids.end())
+            out += " " + std::to_string(pid) + " (" + comm_of(static_cast<int>(pid)) + ")";
+    }
+    ::closedir(d);
+    return out;
+}
+
 // --pid: where the copies of the secrets lie in running processes, by mapping.
 int scan_running(const std::vector<int> &pids, const std::vector<Needle> &needles) {
     Scanner scanner(needles);
@@ -1204,6 +1229,8 @@ int scan_running(const std::vector<int> &pids, const std::vector<Needle> &needle
     scanner.finish(snap);
     const Counts counts = count(snap);
     print_report(snap, counts, false);
+    if (const std::string left = children_left_out(pids); !left.empty())
+        std::printf("note: not scanned, children of the processes given (add --pid for each):%s\n", left.c_str());
     const std::size_t outside = counts.total - counts.by_place[int(Place::arena)];
     std::printf("running: %zu copies outside protected memory%s\n", outside,
                 outside ? "" : counts.total ? ": every copy found is locked and never dumped" : " (no copy found)");

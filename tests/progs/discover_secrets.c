@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define KEEP_FRAME() __asm__ volatile("" ::: "memory")
@@ -86,6 +87,8 @@ int main(int argc, char **argv) {
     fflush(stdout);
     if (exit_mode) exit(0);
     if (wait_mode) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* under a test's shell: gone with it */
+        if (getppid() == 1) return 4;
         printf("waiting\n");
         fflush(stdout);
     } else {

@@ -185,6 +185,7 @@ Test(discover, scans_a_running_process_and_leaves_it_running) {
     expect_copy(r.out, "[stack]", "hex#3", "in the main thread's stack");
     expect_copy(r.out, "[static]", "hex#4", "in static data of discover_secrets");
     cr_expect(r.out.find("running: 6 copies outside protected memory\n") != std::string::npos, "%s", r.out.c_str());
+    cr_expect(r.out.find("note: not scanned") == std::string::npos, "%s", r.out.c_str());
     // A secret shorter than 15 bytes is searched for byte by byte: the same copy is found.
     r = scan(plain.pid(), {s.lib_heap.substr(0, 16)});
     cr_assert(r.exited_with(1), "%s", r.describe().c_str());
@@ -192,6 +193,19 @@ Test(discover, scans_a_running_process_and_leaves_it_running) {
     // SIGCONT takes effect asynchronously: wait (a hang guard, not a measurement) for it to run again.
     for (int i = 0; i < 2500 && proc_state_of(plain.pid()) == 'T'; ++i) ::usleep(2000);
     cr_expect_neq(proc_state_of(plain.pid()), 'T', "the scanned process was not resumed");
+
+    // The process's children are not scanned, and the report names them.
+    std::vector<std::string> under_shell = {"/bin/sh", "-c", "\"$0\" \"$@\" & wait"};
+    under_shell.insert(under_shell.end(), prog.begin(), prog.end());
+    LiveProgram shell;
+    start_program_into(shell, plain_env(under_shell));
+    cr_assert(shell.wait_for_line("waiting"), "%s%s", shell.out().c_str(), shell.err().c_str());
+    r = scan(shell.pid(), {s.lib_heap});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=0 protected=0 outside=0 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=0");
+    const auto note = line_value(r.out, "note: not scanned, children of the processes given (add --pid for each):");
+    cr_assert(note.has_value(), "%s", r.out.c_str());
+    cr_expect(note->find(" (discover_secret)") != std::string::npos, "%s", r.out.c_str());
 
     const std::string config = dir.file("heap.json");
     cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "k", "size": 48}, {"name": "p", "min_size": 64, "max_size": 128}]})"));
