@@ -6,7 +6,8 @@
 // on SIGUSR1, or as each process exits), scans every readable mapping of each traced process
 // through /proc/PID/mem for the secrets, places each copy (arena, heap block and who
 // allocated it, thread stack, static data, file mapping, other memory), and proposes the
-// smallest rule set it can find that covers the heap copies. See docs/operators.md.
+// smallest rule set it can find that covers the heap copies. With --pid it scans running
+// processes instead, placing each copy by mapping only. See docs/operators.md.
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -19,6 +20,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -61,6 +63,7 @@ struct Options {
     std::string config_out;
     bool verify = false;
     std::string config;
+    std::vector<int> pids;  // --pid: live processes to scan instead of a program to run
     std::vector<std::string> argv;
 };
 
@@ -68,6 +71,7 @@ void usage() {
     std::printf(
         "usage: memlock-discover [--key FILE]... [--secret-hex HEX]... [--after SECONDS]\n"
         "                        [--config-out FILE] [--verify --config FILE] -- PROGRAM [ARGS...]\n"
+        "       memlock-discover [--key FILE]... [--secret-hex HEX]... --pid PID...\n"
         "\n"
         "Runs PROGRAM under the shim in tracing mode, finds every copy of the secrets in its\n"
         "memory (and its children's), says where each copy lives and who allocated it, and\n"
@@ -82,9 +86,14 @@ void usage() {
         "  --config-out FILE  write the proposed rules there as a config (validated by the shim's parser)\n"
         "  --verify --config FILE\n"
         "                     run the program protected by FILE instead, and report the copies left\n"
+        "  --pid PID          scan this running process instead (repeatable): it is stopped while its\n"
+        "                     memory is read, then resumed; copies are placed by mapping only (no\n"
+        "                     allocation records, so no rules are proposed)\n"
         "\n"
-        "exit status: 0 done (--verify: no heap copy outside the arena); 1 --verify: heap copies left;\n"
-        "64 usage; 66 key unreadable; 69 the program could not be traced; 78 invalid config\n",
+        "exit status: 0 done (--verify: no heap copy outside the arena; --pid: no copy outside protected\n"
+        "memory); 1 --verify: heap copies left, --pid: copies outside protected memory; 64 usage;\n"
+        "66 key unreadable; 69 the program could not be traced or a process could not be read;\n"
+        "78 invalid config\n",
         kMinSecret);
     std::exit(0);
 }
@@ -119,12 +128,24 @@ Options parse_args(int argc, char **argv) {
             o.verify = true;
         } else if (a == "--config") {
             o.config = value();
+        } else if (a == "--pid") {
+            const std::string v = value();
+            char *end = nullptr;
+            const long pid = std::strtol(v.c_str(), &end, 10);
+            if (v.empty() || *end || pid <= 0 || pid > INT_MAX) usage_error("--pid: expected a process ID, got \"" + v + "\"");
+            o.pids.push_back(static_cast<int>(pid));
         } else {
             usage_error("unknown option " + a);
         }
     }
     for (; i < argc; ++i) o.argv.push_back(argv[i]);
-    if (o.argv.empty()) usage_error("no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS])");
+    if (!o.pids.empty()) {
+        if (!o.argv.empty()) usage_error("--pid scans running processes; -- PROGRAM runs one: use one");
+        if (o.verify || !o.config_out.empty() || o.after > 0)
+            usage_error("--pid takes no --verify, --config, --config-out or --after (a running process is scanned as it is)");
+    } else if (o.argv.empty()) {
+        usage_error("no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS], or --pid PID)");
+    }
     if (o.keys.empty() && o.secret_hex.empty()) usage_error("nothing to look for: give --key FILE or --secret-hex HEX");
     if (o.verify != !o.config.empty()) usage_error("--verify and --config FILE go together");
     if (o.verify && !o.config_out.empty()) usage_error("--config-out proposes rules; --verify checks them: use one");
@@ -218,36 +239,67 @@ std::string parse_hex(const std::string &hex, std::size_t index) {
 class Matcher {
 public:
     explicit Matcher(const std::vector<Needle> &needles) : needles_(needles), filter_(65536, false) {
+        std::size_t shortest = SIZE_MAX;
         for (std::size_t i = 0; i < needles.size(); ++i) {
             const std::string &b = needles[i].bytes;
             filter_[static_cast<unsigned char>(b[0]) | static_cast<unsigned char>(b[1]) << 8] = true;
-            by_prefix_[prefix(b.data())].push_back(i);
+            by_prefix_[word(b.data())].push_back(i);
             longest_ = std::max(longest_, b.size());
+            shortest = std::min(shortest, b.size());
         }
+        // A copy of a needle of 15 bytes or more holds a whole 8-aligned word at one of its
+        // first 8 offsets: memory is then looked up one aligned word at a time, not byte by byte.
+        by_word_ = shortest >= 15;
+        if (!by_word_) return;
+        seen_.assign(kSeenBits / 64, 0);
+        for (std::size_t i = 0; i < needles.size(); ++i)
+            for (unsigned d = 0; d < 8; ++d) {
+                const std::uint64_t w = word(needles[i].bytes.data() + d);
+                words_[w].push_back({i, d});
+                seen_[slot(w) / 64] |= std::uint64_t{1} << (slot(w) % 64);
+            }
     }
     std::size_t longest() const { return longest_; }
-    // Calls hit(offset, needle index) for each match starting in [0, limit) of buf[0, len).
+    // Calls hit(offset, needle index) for each match starting in [0, limit) of buf[0, len),
+    // where buf[0] lies at an address that is a multiple of 8.
     template <typename F> void scan(const unsigned char *buf, std::size_t len, std::size_t limit, F hit) const {
-        for (std::size_t i = 0; i < limit && i + kMinSecret <= len; ++i) {
-            if (!filter_[buf[i] | buf[i + 1] << 8]) continue;
-            auto it = by_prefix_.find(prefix(reinterpret_cast<const char *>(buf + i)));
-            if (it == by_prefix_.end()) continue;
-            for (std::size_t k : it->second) {
-                const std::string &b = needles_[k].bytes;
-                if (i + b.size() <= len && std::memcmp(buf + i, b.data(), b.size()) == 0) hit(i, k);
+        if (!by_word_) {
+            for (std::size_t i = 0; i < limit && i + kMinSecret <= len; ++i) {
+                if (!filter_[buf[i] | buf[i + 1] << 8]) continue;
+                auto it = by_prefix_.find(word(reinterpret_cast<const char *>(buf + i)));
+                if (it == by_prefix_.end()) continue;
+                for (std::size_t k : it->second) check(buf, len, i, k, hit);
             }
+            return;
+        }
+        for (std::size_t i = 0; i + 8 <= len && i < limit + 8; i += 8) {
+            const std::uint64_t w = word(reinterpret_cast<const char *>(buf + i));
+            if (!(seen_[slot(w) / 64] >> (slot(w) % 64) & 1)) continue;
+            auto it = words_.find(w);
+            if (it == words_.end()) continue;
+            for (const auto &[k, d] : it->second)
+                if (i >= d && i - d < limit) check(buf, len, i - d, k, hit);
         }
     }
 
 private:
-    static std::uint64_t prefix(const char *p) {
+    static constexpr std::size_t kSeenBits = std::size_t{1} << 20;  // 128 KiB: in the cache while scanning
+    static std::uint64_t word(const char *p) {
         std::uint64_t v;
         std::memcpy(&v, p, sizeof v);
         return v;
     }
+    static std::size_t slot(std::uint64_t w) { return static_cast<std::size_t>((w * 0x9E3779B97F4A7C15ull) >> 44); }
+    template <typename F> void check(const unsigned char *buf, std::size_t len, std::size_t at, std::size_t k, F &hit) const {
+        const std::string &b = needles_[k].bytes;
+        if (at + b.size() <= len && std::memcmp(buf + at, b.data(), b.size()) == 0) hit(at, k);
+    }
     const std::vector<Needle> &needles_;
     std::vector<bool> filter_;
     std::unordered_map<std::uint64_t, std::vector<std::size_t>> by_prefix_;
+    bool by_word_ = false;
+    std::vector<std::uint64_t> seen_;  // a bit per slot() of the needles' words
+    std::unordered_map<std::uint64_t, std::vector<std::pair<std::size_t, unsigned>>> words_;  // (needle, offset)
     std::size_t longest_ = 0;
 };
 
@@ -532,7 +584,11 @@ class Scanner {
 public:
     Scanner(const std::vector<Needle> &needles) : needles_(needles), matcher_(needles) {}
 
-    void scan(int pid, const Process &proc, const std::string &when, Snapshot &snap) {
+    // --pid: no allocation records; copies are placed by mapping only.
+    void untraced() { traced_ = false; }
+
+    // False when the process's memory cannot be read (warned).
+    bool scan(int pid, const Process &proc, const std::string &when, Snapshot &snap) {
         const std::vector<Mapping> maps = read_maps(pid);
         const auto sps = thread_sps(pid);
         std::unordered_map<std::uint64_t, Frame> cache;
@@ -541,7 +597,7 @@ public:
         const int fd = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
             mltool::warn("pid " + std::to_string(pid) + ": cannot read its memory: " + std::strerror(errno));
-            return;
+            return false;
         }
         std::map<std::pair<std::uint64_t, int>, Copy> found;  // by (location, place)
         const std::size_t overlap = matcher_.longest() - 1;
@@ -568,6 +624,7 @@ public:
             for (std::size_t d = 0; d < c.frames.size() && d < kMaxRuleDepth; ++d)
                 if (c.pid == pid && c.frames[d].stripped && c.frames[d].function.empty() && d < 3)
                     snap.stripped.insert(c.frames[d].module);
+        return true;
     }
 
 private:
@@ -626,8 +683,13 @@ private:
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {
             c.place = Place::anon;
-            c.where = m.path == "[heap]" ? "heap memory outside any recorded block (allocator data, or allocated before tracing)"
-                                         : "other anonymous memory" + (m.path.empty() ? std::string() : " " + m.path);
+            if (!traced_)
+                c.where = m.path == "[heap]" ? "the heap ([heap]: malloc's memory)"
+                                             : "anonymous memory (malloc's large blocks and thread heaps, or the program's own)" +
+                                                   (m.path.empty() ? std::string() : " " + m.path);
+            else
+                c.where = m.path == "[heap]" ? "heap memory outside any recorded block (allocator data, or allocated before tracing)"
+                                             : "other anonymous memory" + (m.path.empty() ? std::string() : " " + m.path);
         }
         // Outside blocks a copy is one address; the windows of one PEM text, one page.
         if (!c.block && n.secret == "PEM text") key = addr & ~std::uint64_t{4095};
@@ -653,6 +715,7 @@ private:
     const std::vector<Needle> &needles_;
     Matcher matcher_;
     Symbolizer sym_;
+    bool traced_ = true;
     std::map<std::pair<int, std::uint64_t>, unsigned> pem_hits_;
 };
 
@@ -928,7 +991,7 @@ Counts count(const Snapshot &s) {
     return c;
 }
 
-void print_report(const Snapshot &s, const Counts &c) {
+void print_report(const Snapshot &s, const Counts &c, bool traced) {
     for (const auto &p : s.processes) std::printf("scanned %s\n", p.c_str());
     std::vector<const Copy *> sorted;
     for (const Copy &copy : s.copies) sorted.push_back(&copy);
@@ -955,9 +1018,14 @@ void print_report(const Snapshot &s, const Counts &c) {
     if (unreachable)
         std::printf("  %zu copies on stacks or in static data: no rule can reach them (the program keeps them there).\n",
                     unreachable);
-    if (c.by_place[int(Place::file)] + c.by_place[int(Place::anon)])
+    if (!traced && c.by_place[int(Place::anon)])
+        std::printf("  %zu copies in the heap or other anonymous memory: memlock-discover -- PROGRAM shows which "
+                    "allocations hold them and proposes the rules that move them.\n",
+                    c.by_place[int(Place::anon)]);
+    const std::size_t unseen = c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] : 0);
+    if (unseen)
         std::printf("  %zu copies in file-backed or other memory (not heap blocks the shim saw): no rule reaches them.\n",
-                    c.by_place[int(Place::file)] + c.by_place[int(Place::anon)]);
+                    unseen);
     for (const auto &m : s.stripped)
         std::printf("note: %s has no local symbols (stripped): its internal functions have no names, so the rules "
                     "name it as a module\n", m.c_str());
@@ -1100,6 +1168,75 @@ std::string write_temp(const std::string &text) {
     return path;
 }
 
+// ---- scanning running processes (--pid) --------------------------------------------------------
+
+// Stops pid (unless it is stopped already), scans it, resumes it. The signals that end the
+// tool from a terminal are held meanwhile, so that it never leaves the process stopped.
+void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
+    const std::string name = "pid " + std::to_string(pid);
+    const char st = proc_state(pid);
+    if (st == 0) die(kExitUnavailable, name + ": no such process");
+    if (st == 'Z' || st == 'X') die(kExitUnavailable, name + ": the process has exited (a zombie): nothing to scan");
+    const bool was_stopped = st == 'T' || st == 't';
+    sigset_t held, before;
+    sigemptyset(&held);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE}) sigaddset(&held, s);
+    sigprocmask(SIG_BLOCK, &held, &before);
+    if (!was_stopped && ::kill(pid, SIGSTOP) != 0)
+        die(kExitUnavailable, name + ": cannot stop it to read its memory: " + std::strerror(errno) +
+                                  " (run as root or as the process's user)");
+    const bool stopped = wait_stopped(pid);
+    const bool read = stopped && scanner.scan(pid, Process(), "(running)", snap);
+    if (!was_stopped) ::kill(pid, SIGCONT);
+    sigprocmask(SIG_SETMASK, &before, nullptr);
+    if (!stopped) die(kExitUnavailable, name + ": it did not stop, or exited, within " + seconds_text(kStopTimeoutMs / 1000.0));
+    if (!read)
+        die(kExitUnavailable, name + ": its memory cannot be read (root, or the process's user where "
+                                     "kernel.yama.ptrace_scope allows it, can read it)");
+}
+
+// The children of each of pids that pids does not name (a server's workers, a postmaster's
+// backends), as " 123 (nginx)" items.
+std::string children_left_out(const std::vector<int> &pids) {
+    std::string out;
+    DIR *d = ::opendir("/proc");
+    if (!d) return out;
+    while (const dirent *e = ::readdir(d)) {
+        char *end = nullptr;
+        const long pid = std::strtol(e->d_name, &end, 10);
+        if (pid <= 0 || *end || std::find(pids.begin(), pids.end(), pid) != pids.end()) continue;
+        std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+        std::string stat;
+        std::getline(in, stat);
+        const auto paren = stat.rfind(')');
+        if (paren == std::string::npos) continue;
+        int ppid = 0;
+        char state = 0;
+        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) continue;
+        if (std::find(pids.begin(), pids.end(), ppid) != pids.end())
+            out += " " + std::to_string(pid) + " (" + comm_of(static_cast<int>(pid)) + ")";
+    }
+    ::closedir(d);
+    return out;
+}
+
+// --pid: where the copies of the secrets lie in running processes, by mapping.
+int scan_running(const std::vector<int> &pids, const std::vector<Needle> &needles) {
+    Scanner scanner(needles);
+    scanner.untraced();
+    Snapshot snap;
+    for (int pid : pids) scan_stopped(pid, scanner, snap);
+    scanner.finish(snap);
+    const Counts counts = count(snap);
+    print_report(snap, counts, false);
+    if (const std::string left = children_left_out(pids); !left.empty())
+        std::printf("note: not scanned, children of the processes given (add --pid for each):%s\n", left.c_str());
+    const std::size_t outside = counts.total - counts.by_place[int(Place::arena)];
+    std::printf("running: %zu copies outside protected memory%s\n", outside,
+                outside ? "" : counts.total ? ": every copy found is locked and never dumped" : " (no copy found)");
+    return outside ? kExitCopiesLeft : 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -1111,6 +1248,7 @@ int main(int argc, char **argv) {
         needles.push_back({"hex#" + std::to_string(i + 1), "", parse_hex(o.secret_hex[i], i + 1)});
         std::printf("looking for hex#%zu: %zu bytes\n", i + 1, needles.back().bytes.size());
     }
+    if (!o.pids.empty()) return scan_running(o.pids, needles);
     std::string config_path;
     std::string temp_config;
     if (o.verify) {
@@ -1130,7 +1268,7 @@ int main(int argc, char **argv) {
     const Snapshot snap = session.run(config_path);
     if (!temp_config.empty()) ::unlink(temp_config.c_str());
     const Counts counts = count(snap);
-    print_report(snap, counts);
+    print_report(snap, counts, true);
     if (o.verify) {
         const bool left = counts.rule_reachable() > 0;
         std::printf("verify: %zu heap copies left outside the arena%s\n", counts.rule_reachable(),

@@ -1,7 +1,7 @@
 /* discover_secrets - known secrets in known places, for memlock-discover
  * (tests/shim/test_discover.cpp).
  *
- *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit]    (each a hex byte string)
+ *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait]    (each a hex byte string)
  *
  *   LIBHEAP   a 48-byte heap block: main -> load_secret_key -> alloc_helper -> malloc
  *             (libsecretlib.so), among 200 other 48-byte blocks the same helper allocates
@@ -12,13 +12,15 @@
  *   THREAD    a second thread's stack
  * Each is decoded straight into its place (no other copy). Then it sends SIGUSR1 to its parent
  * (memlock-discover takes its snapshot) and waits to be terminated; with "exit" it exits
- * instead (the heap blocks are still live: memlock-discover scans the process as it exits).
+ * instead (the heap blocks are still live: memlock-discover scans the process as it exits);
+ * with "wait" it prints "waiting" and waits (memlock-discover --pid scans it running).
  */
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define KEEP_FRAME() __asm__ volatile("" ::: "memory")
@@ -65,8 +67,9 @@ static void *thread_main(void *hex) {
 
 int main(int argc, char **argv) {
     const int exit_mode = argc == 7 && strcmp(argv[6], "exit") == 0;
-    if (argc != 6 && !exit_mode) {
-        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit]\n");
+    const int wait_mode = argc == 7 && strcmp(argv[6], "wait") == 0;
+    if (argc != 6 && !exit_mode && !wait_mode) {
+        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait]\n");
         return 2;
     }
     for (int i = 0; i < 200; ++i) memset(load_plain_data(48), 0x5a, 48);
@@ -83,6 +86,13 @@ int main(int argc, char **argv) {
     printf("ready %p %p\n", (void *)lib_block, prog_block);
     fflush(stdout);
     if (exit_mode) exit(0);
-    kill(getppid(), SIGUSR1);
+    if (wait_mode) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* under a test's shell: gone with it */
+        if (getppid() == 1) return 4;
+        printf("waiting\n");
+        fflush(stdout);
+    } else {
+        kill(getppid(), SIGUSR1);
+    }
     for (;;) pause();
 }

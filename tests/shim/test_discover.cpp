@@ -55,6 +55,14 @@ void expect_copy(const std::string &out, const std::string &tag, const std::stri
               secret.c_str(), where.c_str(), lines[0].c_str());
 }
 
+// The state letter of /proc/PID/stat ('S', 'T', ...), 0 when there is no such process.
+char proc_state_of(pid_t pid) {
+    const auto stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+    if (!stat) return 0;
+    const auto paren = stat->rfind(')');
+    return paren != std::string::npos && paren + 2 < stat->size() ? (*stat)[paren + 2] : 0;
+}
+
 std::string summary(const std::string &out) {
     for (const auto &line : split_lines(out))
         if (line.rfind("summary: ", 0) == 0) return line;
@@ -147,6 +155,78 @@ Test(discover, scans_a_process_as_it_exits) {
     expect_copy(r.out, "[static]", "hex#4", "in static data");
 }
 
+// --pid: a running process is scanned by mapping, then left running. Without the shim its heap
+// copies are in malloc's heap; under rules that match them they are in the arena, and the exit
+// status says whether any copy lies outside protected memory.
+Test(discover, scans_a_running_process_and_leaves_it_running) {
+    need_built("discover_secrets");
+    TempDir dir;
+    const Secrets s;
+    const std::vector<std::string> prog = {shim_program("discover_secrets"), s.lib_heap, s.prog_heap, s.stack, s.static_data,
+                                           s.thread, "wait"};
+    auto scan = [&](pid_t pid, const std::vector<std::string> &secrets) {
+        std::vector<std::string> a = {discover()};
+        for (const auto &x : secrets) {
+            a.push_back("--secret-hex");
+            a.push_back(x);
+        }
+        a.push_back("--pid");
+        a.push_back(std::to_string(pid));
+        return run_program(tool_run(a));
+    };
+
+    LiveProgram plain;
+    start_program_into(plain, plain_env(prog));
+    cr_assert(plain.wait_for_line("waiting"), "%s%s", plain.out().c_str(), plain.err().c_str());
+    RunResult r = scan(plain.pid(), {s.lib_heap, s.prog_heap, s.stack, s.static_data, s.thread});
+    cr_assert(r.exited_with(1), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=6 protected=0 outside=6 heap=0 freed-heap=0 stack=2 static=1 file=0 anon=3");
+    expect_copy(r.out, "[anon]", "hex#1", "in the heap ([heap]: malloc's memory)");
+    expect_copy(r.out, "[stack]", "hex#3", "in the main thread's stack");
+    expect_copy(r.out, "[static]", "hex#4", "in static data of discover_secrets");
+    cr_expect(r.out.find("running: 6 copies outside protected memory\n") != std::string::npos, "%s", r.out.c_str());
+    cr_expect(r.out.find("note: not scanned") == std::string::npos, "%s", r.out.c_str());
+    // A secret shorter than 15 bytes is searched for byte by byte: the same copy is found.
+    r = scan(plain.pid(), {s.lib_heap.substr(0, 16)});
+    cr_assert(r.exited_with(1), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=1");
+    // SIGCONT takes effect asynchronously: wait (a hang guard, not a measurement) for it to run again.
+    for (int i = 0; i < 2500 && proc_state_of(plain.pid()) == 'T'; ++i) ::usleep(2000);
+    cr_expect_neq(proc_state_of(plain.pid()), 'T', "the scanned process was not resumed");
+
+    // The process's children are not scanned, and the report names them.
+    std::vector<std::string> under_shell = {"/bin/sh", "-c", "\"$0\" \"$@\" & wait"};
+    under_shell.insert(under_shell.end(), prog.begin(), prog.end());
+    LiveProgram shell;
+    start_program_into(shell, plain_env(under_shell));
+    cr_assert(shell.wait_for_line("waiting"), "%s%s", shell.out().c_str(), shell.err().c_str());
+    r = scan(shell.pid(), {s.lib_heap});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=0 protected=0 outside=0 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=0");
+    const auto note = line_value(r.out, "note: not scanned, children of the processes given (add --pid for each):");
+    cr_assert(note.has_value(), "%s", r.out.c_str());
+    cr_expect(note->find(" (discover_secret)") != std::string::npos, "%s", r.out.c_str());
+
+    const std::string config = dir.file("heap.json");
+    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "k", "size": 48}, {"name": "p", "min_size": 64, "max_size": 128}]})"));
+    LiveProgram shimmed;
+    start_program_into(shimmed, shim_options(config, prog));
+    cr_assert(shimmed.wait_for_line("waiting"), "%s%s", shimmed.out().c_str(), shimmed.err().c_str());
+    r = scan(shimmed.pid(), {s.lib_heap, s.prog_heap});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=2 protected=2 outside=0 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=0");
+    expect_copy(r.out, "[arena]", "hex#2", "in protected memory (never dumped, locked)");
+    cr_expect(r.out.find("running: 0 copies outside protected memory: every copy found is locked and never dumped\n") !=
+                  std::string::npos,
+              "%s", r.out.c_str());
+    // A process already stopped stays stopped.
+    cr_assert_eq(::kill(shimmed.pid(), SIGSTOP), 0);
+    for (int i = 0; i < 500 && proc_state_of(shimmed.pid()) != 'T'; ++i) ::usleep(2000);
+    r = scan(shimmed.pid(), {s.lib_heap});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_expect_eq(proc_state_of(shimmed.pid()), 'T', "a process stopped before the scan was resumed by it");
+}
+
 Test(discover, rejects_bad_input_with_a_clear_message) {
     struct Case {
         std::vector<std::string> args;
@@ -162,7 +242,17 @@ Test(discover, rejects_bad_input_with_a_clear_message) {
         {{"--secret-hex", "0011223344556g77", "--", "true"}, 64,
          "memlock-discover: --secret-hex #1: not hex: \"0011223344556g77\" (see memlock-discover --help)\n"},
         {{"--secret-hex", "0011223344556677"}, 64,
-         "memlock-discover: no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS]) (see memlock-discover --help)\n"},
+         "memlock-discover: no program to run (memlock-discover [OPTIONS] -- PROGRAM [ARGS], or --pid PID) (see "
+         "memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556677", "--pid", "12x"}, 64,
+         "memlock-discover: --pid: expected a process ID, got \"12x\" (see memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556677", "--pid", "1", "--", "true"}, 64,
+         "memlock-discover: --pid scans running processes; -- PROGRAM runs one: use one (see memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556677", "--pid", "1", "--after", "3"}, 64,
+         "memlock-discover: --pid takes no --verify, --config, --config-out or --after (a running process is scanned as "
+         "it is) (see memlock-discover --help)\n"},
+        {{"--secret-hex", "0011223344556677", "--pid", "2147483647"}, 69,
+         "memlock-discover: pid 2147483647: no such process\n"},
         {{"--", "true"}, 64,
          "memlock-discover: nothing to look for: give --key FILE or --secret-hex HEX (see memlock-discover --help)\n"},
         {{"--verify", "--secret-hex", "0011223344556677", "--", "true"}, 64,
