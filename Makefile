@@ -13,8 +13,6 @@ MANDIR ?= $(DATADIR)/man
 # The configs `make install` puts in SYSCONFDIR/memlock-shim (the package: debian/config.json).
 ETC_CONFIGS ?= $(wildcard config/*.json)
 DESTDIR ?=
-# The Debian multiarch triplet (lib/x86_64-linux-gnu): where the package puts the libraries.
-MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 CC ?= gcc
 CXX ?= g++
@@ -33,6 +31,9 @@ EXTRA_INC := -idirafter /usr/include
 else ifneq ($(ARCH),x86_64)
 $(error ARCH=$(ARCH): only x86_64 and aarch64 are supported)
 endif
+# The Debian multiarch triplet (lib/x86_64-linux-gnu, lib/aarch64-linux-gnu): where the package
+# puts the libraries; the compiler of ARCH answers it.
+MULTIARCH := $(shell $(CC) -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
 
 WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wundef -Werror
 CFLAGS_COMMON := -O2 -g -fPIC $(WARN) -D_GNU_SOURCE -DMEMLOCK_VERSION='"$(VERSION)"'
