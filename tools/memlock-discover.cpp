@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -736,6 +737,11 @@ public:
         sigprocmask(SIG_BLOCK, &set, nullptr);
         const int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
         const std::string run_tool = self_dir() + "/memlock-run";
+        // A program that detaches (forks, and its first process exits: gpg-agent --daemon, most
+        // daemons by default) is still the program: its orphans become this process's children,
+        // so that the session lasts until every process of it has exited, and ending the
+        // program reaches them.
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         child_ = ::fork();
         if (child_ < 0) die(kExitUnavailable, std::string("fork: ") + std::strerror(errno));
         if (child_ == 0) {
@@ -754,8 +760,8 @@ public:
         }
         ::close(sv[1]);
         const double deadline = o_.after > 0 ? now_seconds() + o_.after : 0;
-        bool child_done = false;
-        while (!child_done) {
+        bool all_done = false;  // no child left: the program and every process it left behind exited
+        while (!all_done) {
             int timeout = -1;
             if (deadline > 0 && !snapshot_taken_) timeout = std::max(0, static_cast<int>((deadline - now_seconds()) * 1000) + 1);
             if (ending_) timeout = 200;  // to see the SIGKILL deadline
@@ -769,18 +775,11 @@ public:
                     if (si.ssi_signo == SIGUSR1 && !snapshot_taken_) snapshot_all("on SIGUSR1");
                     if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) end_program();
                 }
-                int status;
-                if (::waitpid(child_, &status, WNOHANG) == child_) {
-                    child_done = true;
-                    exit_status_ = status;
-                }
+                all_done = reap();
             }
             if (deadline > 0 && !snapshot_taken_ && now_seconds() >= deadline)
                 snapshot_all("after " + seconds_text(o_.after));
-            if (ending_ && !child_done && now_seconds() > kill_at_) {
-                ::kill(-child_, SIGKILL);
-                kill_at_ = 1e300;
-            }
+            if (ending_ && !all_done && now_seconds() > kill_at_) kill_program();  // each tick: new orphans too
         }
         drain(false);
         ::close(sock_);  // from here on a process's exit record fails to send, and it does not stop
@@ -800,6 +799,46 @@ public:
     int exit_status() const { return exit_status_; }
 
 private:
+    // Reaps every child that has exited (the program's first process keeps its status);
+    // true when none is left.
+    bool reap() {
+        for (;;) {
+            int status;
+            const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+            if (pid == child_) exit_status_ = status;
+            if (pid > 0) continue;
+            return pid < 0 && errno == ECHILD;
+        }
+    }
+
+    // Sends sig to every child of this process: the program's first process and the processes
+    // of the program whose parent has exited (a daemon that detached), traced or not.
+    static void signal_children(int sig) {
+        const std::string self = std::to_string(::getpid());
+        DIR *d = opendir("/proc");
+        if (!d) return;
+        while (dirent *e = readdir(d)) {
+            if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+            std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+            std::string stat;
+            std::getline(in, stat);
+            const std::size_t close = stat.rfind(')');
+            std::istringstream fields(close == std::string::npos ? std::string() : stat.substr(close + 1));
+            std::string state, ppid;
+            if (fields >> state >> ppid && ppid == self) ::kill(std::atoi(e->d_name), sig);
+        }
+        closedir(d);
+    }
+
+    // SIGKILL to the program: its first process's group, every child of this process, and
+    // every traced process still alive (a daemon's own children, in the daemon's group).
+    void kill_program() {
+        ::kill(-child_, SIGKILL);
+        signal_children(SIGKILL);
+        for (const auto &entry : procs_)
+            if (!entry.second.exiting && alive(entry.first)) ::kill(entry.first, SIGKILL);
+    }
+
     void apply(const mlshim::TraceRecord &r, std::size_t len) {
         ++records_;
         Process &p = procs_[r.pid];
@@ -893,7 +932,7 @@ private:
     void end_program() {
         if (ending_) return;
         ending_ = true;
-        ::kill(child_, SIGTERM);
+        signal_children(SIGTERM);  // the first process, or the daemons it left
         kill_at_ = now_seconds() + 10;
     }
 

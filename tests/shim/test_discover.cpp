@@ -147,6 +147,26 @@ Test(discover, scans_a_process_as_it_exits) {
     expect_copy(r.out, "[static]", "hex#4", "in static data");
 }
 
+// A program that detaches (forks, and its first process exits at once, as gpg-agent --daemon
+// and most daemons do by default) is still the program: --after scans the daemon when the
+// time comes, not the first process as it exits, and the daemon is ended afterwards.
+Test(discover, follows_a_program_that_detaches) {
+    need_built("discover_secrets");
+    const Secrets s;
+    const RunResult r = run_program(tool_run(s.args({"--after", "3"}, "daemon")));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const auto daemon = line_value(r.out, "daemon");
+    cr_assert(daemon.has_value(), "%s", r.out.c_str());
+    const auto left = read_file("/proc/" + *daemon + "/stat");
+    if (left) ::kill(std::stoi(*daemon), SIGKILL);
+    cr_expect(!left.has_value(), "the daemon is still running after memlock-discover returned: %s", left.value_or("").c_str());
+    cr_expect(r.out.find("scanned pid " + *daemon + " (discover_secret) after 3 s\n") != std::string::npos, "%s",
+              r.out.c_str());  // the name as the kernel keeps it, 15 characters
+    expect_copy(r.out, "[heap]", "hex#1", "heap block of 48 bytes allocated by alloc_helper <- load_secret_key <- main");
+    expect_copy(r.out, "[heap]", "hex#2", "heap block of 64 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(r.out, "[stack]", "hex#5", "in the stack of thread ");
+}
+
 Test(discover, rejects_bad_input_with_a_clear_message) {
     struct Case {
         std::vector<std::string> args;
