@@ -805,15 +805,19 @@ private:
         for (;;) {
             int status;
             const pid_t pid = ::waitpid(-1, &status, WNOHANG);
-            if (pid == child_) exit_status_ = status;
+            if (pid == child_) {
+                exit_status_ = status;
+                child_reaped_ = true;
+            }
             if (pid > 0) continue;
             return pid < 0 && errno == ECHILD;
         }
     }
 
     // Sends sig to every child of this process: the program's first process and the processes
-    // of the program whose parent has exited (a daemon that detached), traced or not.
-    static void signal_children(int sig) {
+    // of the program whose parent has exited (a daemon that detached), traced or not; with
+    // `groups`, to the whole process group of each that leads one (a daemon's workers).
+    static void signal_children(int sig, bool groups) {
         const std::string self = std::to_string(::getpid());
         DIR *d = opendir("/proc");
         if (!d) return;
@@ -825,18 +829,20 @@ private:
             const std::size_t close = stat.rfind(')');
             std::istringstream fields(close == std::string::npos ? std::string() : stat.substr(close + 1));
             std::string state, ppid;
-            if (fields >> state >> ppid && ppid == self) ::kill(std::atoi(e->d_name), sig);
+            if (!(fields >> state >> ppid) || ppid != self) continue;
+            const pid_t pid = std::atoi(e->d_name);
+            if (groups && ::getpgid(pid) == pid) ::kill(-pid, sig);
+            ::kill(pid, sig);
         }
         closedir(d);
     }
 
-    // SIGKILL to the program: its first process's group, every child of this process, and
-    // every traced process still alive (a daemon's own children, in the daemon's group).
+    // SIGKILL to the program: its first process's group (while that process is not reaped: its
+    // ID is then still taken), and every child of this process with its group. What is left
+    // of the program becomes this process's children as their parents die, for the next call.
     void kill_program() {
-        ::kill(-child_, SIGKILL);
-        signal_children(SIGKILL);
-        for (const auto &entry : procs_)
-            if (!entry.second.exiting && alive(entry.first)) ::kill(entry.first, SIGKILL);
+        if (!child_reaped_) ::kill(-child_, SIGKILL);
+        signal_children(SIGKILL, true);
     }
 
     void apply(const mlshim::TraceRecord &r, std::size_t len) {
@@ -932,7 +938,7 @@ private:
     void end_program() {
         if (ending_) return;
         ending_ = true;
-        signal_children(SIGTERM);  // the first process, or the daemons it left
+        signal_children(SIGTERM, false);  // the first process, or the daemons it left
         kill_at_ = now_seconds() + 10;
     }
 
@@ -944,6 +950,7 @@ private:
     int sock_ = -1;
     pid_t child_ = -1;
     int exit_status_ = 0;
+    bool child_reaped_ = false;
     unsigned long long records_ = 0;
     bool snapshot_taken_ = false;
     bool ending_ = false;
