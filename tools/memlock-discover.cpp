@@ -405,6 +405,20 @@ public:
         return 0;
     }
 
+    // Where the memory image of the segment that mapping `m` of module `mod` maps from its file
+    // ends (its .bss included, up to a page), or 0 when mod's segments do not say.
+    static std::uint64_t image_end(const Module &mod, const Mapping &m, std::uint64_t page) {
+        std::uint64_t end = 0;
+        for (const auto &ph : mod.loads) {
+            const std::uint64_t from = ph.p_offset & ~(page - 1);
+            if (m.offset < from || m.offset >= ph.p_offset + ph.p_filesz) continue;
+            // m.lo maps file offset m.offset, which the segment puts at p_vaddr + (m.offset - p_offset).
+            const std::uint64_t bias = m.lo - (ph.p_vaddr + m.offset - ph.p_offset);
+            end = std::max(end, (bias + ph.p_vaddr + ph.p_memsz + page - 1) & ~(page - 1));
+        }
+        return end;
+    }
+
 private:
     std::map<std::string, std::unique_ptr<Module>> modules_;
 };
@@ -595,6 +609,16 @@ private:
         return b.first;
     }
 
+    // Is anonymous mapping m the .bss of the object that file mapping prev (just below it) maps?
+    // Only as far as the object's segment reaches: a runtime's own mmap can land right after a
+    // library too (Erlang's carriers), and may then grow or merge with its .bss.
+    bool in_bss(const Mapping &prev, const Mapping &m) {
+        if (!is_file(prev) || prev.hi != m.lo || !m.path.empty() || m.perms.size() < 2 || m.perms[1] != 'w') return false;
+        const Module &mod = sym_.module(prev.path);
+        if (!mod.ok) return true;  // no segments to go by: what lies right after a file's mapping
+        return m.hi <= Symbolizer::image_end(mod, prev, static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)));
+    }
+
     void place(int pid, const Process &proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
                const Mapping &m, std::uint64_t addr, std::size_t k, std::map<std::pair<std::uint64_t, int>, Copy> &found,
                std::unordered_map<std::uint64_t, Frame> &cache) {
@@ -621,8 +645,7 @@ private:
             const bool writable = m.perms.size() > 1 && m.perms[1] == 'w';
             c.place = writable ? Place::static_data : Place::file;
             c.where = writable ? "static data of " + base_name(m.path) : "file-backed mapping of " + m.path;
-        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1;
-                   prev && is_file(*prev) && prev->hi == m.lo && m.path.empty() && m.perms.size() > 1 && m.perms[1] == 'w') {
+        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(*prev, m)) {
             c.place = Place::static_data;
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {

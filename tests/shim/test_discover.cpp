@@ -167,6 +167,18 @@ Test(discover, follows_a_program_that_detaches) {
     expect_copy(r.out, "[stack]", "hex#5", "in the stack of thread ");
 }
 
+// Anonymous memory that lies right after a program's image but past its segments (a runtime's
+// own mmap: Erlang's carriers after a library) is not that object's .bss: no rule reaches
+// static data, and the report must not say so of memory the program mapped itself.
+Test(discover, anonymous_memory_after_an_image_is_not_its_bss) {
+    need_built("discover_adjacent");
+    const std::string secret = random_hex(32);
+    const RunResult r = run_program(tool_run({discover(), "--secret-hex", secret, "--", shim_program("discover_adjacent"), secret}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_copy(r.out, "[anon]", "hex#1", "in other anonymous memory");
+    expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=1");
+}
+
 Test(discover, rejects_bad_input_with_a_clear_message) {
     struct Case {
         std::vector<std::string> args;
