@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -456,6 +457,20 @@ public:
         return 0;
     }
 
+    // Where the memory image of the segment that mapping `m` of module `mod` maps from its file
+    // ends (its .bss included, up to a page), or 0 when mod's segments do not say.
+    static std::uint64_t image_end(const Module &mod, const Mapping &m, std::uint64_t page) {
+        std::uint64_t end = 0;
+        for (const auto &ph : mod.loads) {
+            const std::uint64_t from = ph.p_offset & ~(page - 1);
+            if (m.offset < from || m.offset >= ph.p_offset + ph.p_filesz) continue;
+            // m.lo maps file offset m.offset, which the segment puts at p_vaddr + (m.offset - p_offset).
+            const std::uint64_t bias = m.lo - (ph.p_vaddr + m.offset - ph.p_offset);
+            end = std::max(end, (bias + ph.p_vaddr + ph.p_memsz + page - 1) & ~(page - 1));
+        }
+        return end;
+    }
+
 private:
     std::map<std::string, std::unique_ptr<Module>> modules_;
 };
@@ -651,6 +666,16 @@ private:
         return b.first;
     }
 
+    // Is anonymous mapping m the .bss of the object that file mapping prev (just below it) maps?
+    // Only as far as the object's segment reaches: a runtime's own mmap can land right after a
+    // library too (Erlang's carriers), and may then grow or merge with its .bss.
+    bool in_bss(const Mapping &prev, const Mapping &m) {
+        if (!is_file(prev) || prev.hi != m.lo || !m.path.empty() || m.perms.size() < 2 || m.perms[1] != 'w') return false;
+        const Module &mod = sym_.module(prev.path);
+        if (!mod.ok) return true;  // no segments to go by: what lies right after a file's mapping
+        return m.hi <= Symbolizer::image_end(mod, prev, static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)));
+    }
+
     void place(int pid, const Process &proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
                const Mapping &m, std::uint64_t addr, std::size_t k, std::map<std::pair<std::uint64_t, int>, Copy> &found,
                std::unordered_map<std::uint64_t, Frame> &cache) {
@@ -677,8 +702,7 @@ private:
             const bool writable = m.perms.size() > 1 && m.perms[1] == 'w';
             c.place = writable ? Place::static_data : Place::file;
             c.where = writable ? "static data of " + base_name(m.path) : "file-backed mapping of " + m.path;
-        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1;
-                   prev && is_file(*prev) && prev->hi == m.lo && m.path.empty() && m.perms.size() > 1 && m.perms[1] == 'w') {
+        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(*prev, m)) {
             c.place = Place::static_data;
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {
@@ -799,6 +823,11 @@ public:
         sigprocmask(SIG_BLOCK, &set, nullptr);
         const int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
         const std::string run_tool = self_dir() + "/memlock-run";
+        // A program that detaches (forks, and its first process exits: gpg-agent --daemon, most
+        // daemons by default) is still the program: its orphans become this process's children,
+        // so that the session lasts until every process of it has exited, and ending the
+        // program reaches them.
+        ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
         child_ = ::fork();
         if (child_ < 0) die(kExitUnavailable, std::string("fork: ") + std::strerror(errno));
         if (child_ == 0) {
@@ -817,8 +846,8 @@ public:
         }
         ::close(sv[1]);
         const double deadline = o_.after > 0 ? now_seconds() + o_.after : 0;
-        bool child_done = false;
-        while (!child_done) {
+        bool all_done = false;  // no child left: the program and every process it left behind exited
+        while (!all_done) {
             int timeout = -1;
             if (deadline > 0 && !snapshot_taken_) timeout = std::max(0, static_cast<int>((deadline - now_seconds()) * 1000) + 1);
             if (ending_) timeout = 200;  // to see the SIGKILL deadline
@@ -832,18 +861,11 @@ public:
                     if (si.ssi_signo == SIGUSR1 && !snapshot_taken_) snapshot_all("on SIGUSR1");
                     if (si.ssi_signo == SIGINT || si.ssi_signo == SIGTERM) end_program();
                 }
-                int status;
-                if (::waitpid(child_, &status, WNOHANG) == child_) {
-                    child_done = true;
-                    exit_status_ = status;
-                }
+                all_done = reap();
             }
             if (deadline > 0 && !snapshot_taken_ && now_seconds() >= deadline)
                 snapshot_all("after " + seconds_text(o_.after));
-            if (ending_ && !child_done && now_seconds() > kill_at_) {
-                ::kill(-child_, SIGKILL);
-                kill_at_ = 1e300;
-            }
+            if (ending_ && !all_done && now_seconds() > kill_at_) kill_program();  // each tick: new orphans too
         }
         drain(false);
         ::close(sock_);  // from here on a process's exit record fails to send, and it does not stop
@@ -863,6 +885,52 @@ public:
     int exit_status() const { return exit_status_; }
 
 private:
+    // Reaps every child that has exited (the program's first process keeps its status);
+    // true when none is left.
+    bool reap() {
+        for (;;) {
+            int status;
+            const pid_t pid = ::waitpid(-1, &status, WNOHANG);
+            if (pid == child_) {
+                exit_status_ = status;
+                child_reaped_ = true;
+            }
+            if (pid > 0) continue;
+            return pid < 0 && errno == ECHILD;
+        }
+    }
+
+    // Sends sig to every child of this process: the program's first process and the processes
+    // of the program whose parent has exited (a daemon that detached), traced or not; with
+    // `groups`, to the whole process group of each that leads one (a daemon's workers).
+    static void signal_children(int sig, bool groups) {
+        const std::string self = std::to_string(::getpid());
+        DIR *d = opendir("/proc");
+        if (!d) return;
+        while (dirent *e = readdir(d)) {
+            if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
+            std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+            std::string stat;
+            std::getline(in, stat);
+            const std::size_t close = stat.rfind(')');
+            std::istringstream fields(close == std::string::npos ? std::string() : stat.substr(close + 1));
+            std::string state, ppid;
+            if (!(fields >> state >> ppid) || ppid != self) continue;
+            const pid_t pid = std::atoi(e->d_name);
+            if (groups && ::getpgid(pid) == pid) ::kill(-pid, sig);
+            ::kill(pid, sig);
+        }
+        closedir(d);
+    }
+
+    // SIGKILL to the program: its first process's group (while that process is not reaped: its
+    // ID is then still taken), and every child of this process with its group. What is left
+    // of the program becomes this process's children as their parents die, for the next call.
+    void kill_program() {
+        if (!child_reaped_) ::kill(-child_, SIGKILL);
+        signal_children(SIGKILL, true);
+    }
+
     void apply(const mlshim::TraceRecord &r, std::size_t len) {
         ++records_;
         Process &p = procs_[r.pid];
@@ -956,7 +1024,7 @@ private:
     void end_program() {
         if (ending_) return;
         ending_ = true;
-        ::kill(child_, SIGTERM);
+        signal_children(SIGTERM, false);  // the first process, or the daemons it left
         kill_at_ = now_seconds() + 10;
     }
 
@@ -968,6 +1036,7 @@ private:
     int sock_ = -1;
     pid_t child_ = -1;
     int exit_status_ = 0;
+    bool child_reaped_ = false;
     unsigned long long records_ = 0;
     bool snapshot_taken_ = false;
     bool ending_ = false;

@@ -1,7 +1,7 @@
 /* discover_secrets - known secrets in known places, for memlock-discover
  * (tests/shim/test_discover.cpp).
  *
- *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait]    (each a hex byte string)
+ *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon]   (each a hex byte string)
  *
  *   LIBHEAP   a 48-byte heap block: main -> load_secret_key -> alloc_helper -> malloc
  *             (libsecretlib.so), among 200 other 48-byte blocks the same helper allocates
@@ -14,7 +14,11 @@
  * (memlock-discover takes its snapshot) and waits to be terminated; with "exit" it exits
  * instead (the heap blocks are still live: memlock-discover scans the process as it exits);
  * with "wait" it prints "waiting" and waits (memlock-discover --pid scans it running).
+ * With "daemon" it first detaches as daemons do (fork, the parent exits 0, the child calls
+ * setsid), prints "daemon PID", and after "ready" lets go of its output and holds the secrets
+ * until it is terminated, signalling no one.
  */
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -68,9 +72,17 @@ static void *thread_main(void *hex) {
 int main(int argc, char **argv) {
     const int exit_mode = argc == 7 && strcmp(argv[6], "exit") == 0;
     const int wait_mode = argc == 7 && strcmp(argv[6], "wait") == 0;
-    if (argc != 6 && !exit_mode && !wait_mode) {
-        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait]\n");
+    const int daemon_mode = argc == 7 && strcmp(argv[6], "daemon") == 0;
+    if (argc != 6 && !exit_mode && !wait_mode && !daemon_mode) {
+        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon]\n");
         return 2;
+    }
+    if (daemon_mode) {
+        const pid_t child = fork();
+        if (child < 0) return 3;
+        if (child > 0) _exit(0);
+        setsid();
+        printf("daemon %d\n", (int)getpid());
     }
     for (int i = 0; i < 200; ++i) memset(load_plain_data(48), 0x5a, 48);
     unsigned char *lib_block = load_secret_key(48);
@@ -91,6 +103,11 @@ int main(int argc, char **argv) {
         if (getppid() == 1) return 4;
         printf("waiting\n");
         fflush(stdout);
+    } else if (daemon_mode) {
+        /* lets go of the caller's output, as daemons do */
+        const int null = open("/dev/null", O_RDWR);
+        dup2(null, 1);
+        dup2(null, 2);
     } else {
         kill(getppid(), SIGUSR1);
     }

@@ -227,6 +227,38 @@ Test(discover, scans_a_running_process_and_leaves_it_running) {
     cr_expect_eq(proc_state_of(shimmed.pid()), 'T', "a process stopped before the scan was resumed by it");
 }
 
+// A program that detaches (forks, and its first process exits at once, as gpg-agent --daemon
+// and most daemons do by default) is still the program: --after scans the daemon when the
+// time comes, not the first process as it exits, and the daemon is ended afterwards.
+Test(discover, follows_a_program_that_detaches) {
+    need_built("discover_secrets");
+    const Secrets s;
+    const RunResult r = run_program(tool_run(s.args({"--after", "3"}, "daemon")));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const auto daemon = line_value(r.out, "daemon");
+    cr_assert(daemon.has_value(), "%s", r.out.c_str());
+    const auto left = read_file("/proc/" + *daemon + "/stat");
+    if (left) ::kill(std::stoi(*daemon), SIGKILL);
+    cr_expect(!left.has_value(), "the daemon is still running after memlock-discover returned: %s", left.value_or("").c_str());
+    cr_expect(r.out.find("scanned pid " + *daemon + " (discover_secret) after 3 s\n") != std::string::npos, "%s",
+              r.out.c_str());  // the name as the kernel keeps it, 15 characters
+    expect_copy(r.out, "[heap]", "hex#1", "heap block of 48 bytes allocated by alloc_helper <- load_secret_key <- main");
+    expect_copy(r.out, "[heap]", "hex#2", "heap block of 64 bytes allocated by program_alloc <- keep_in_program <- main");
+    expect_copy(r.out, "[stack]", "hex#5", "in the stack of thread ");
+}
+
+// Anonymous memory that lies right after a program's image but past its segments (a runtime's
+// own mmap: Erlang's carriers after a library) is not that object's .bss: no rule reaches
+// static data, and the report must not say so of memory the program mapped itself.
+Test(discover, anonymous_memory_after_an_image_is_not_its_bss) {
+    need_built("discover_adjacent");
+    const std::string secret = random_hex(32);
+    const RunResult r = run_program(tool_run({discover(), "--secret-hex", secret, "--", shim_program("discover_adjacent"), secret}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_copy(r.out, "[anon]", "hex#1", "in other anonymous memory");
+    expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=1");
+}
+
 Test(discover, rejects_bad_input_with_a_clear_message) {
     struct Case {
         std::vector<std::string> args;
