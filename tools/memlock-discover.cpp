@@ -556,6 +556,8 @@ struct Snapshot {
     };
     std::vector<Other> others;
     std::set<std::string> stripped;  // modules on a heap copy's stack without local symbols
+    // Readable mappings whose memory the kernel would not give: (pid, path) -> bytes, errno.
+    std::map<std::pair<int, std::string>, std::pair<std::uint64_t, int>> unreadable;
 };
 
 std::string comm_of(int pid) {
@@ -618,12 +620,17 @@ public:
         const std::size_t overlap = matcher_.longest() - 1;
         std::vector<unsigned char> buf;
         for (const Mapping &m : maps) {
-            if (m.perms.empty() || m.perms[0] != 'r' || m.path == "[vvar]" || m.path == "[vsyscall]") continue;
+            if (m.perms.empty() || m.perms[0] != 'r' || m.path.rfind("[vvar", 0) == 0 || m.path == "[vsyscall]") continue;
             constexpr std::size_t kChunk = 1 << 20;
             for (std::uint64_t at = m.lo; at < m.hi; at += kChunk) {
                 const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(m.hi - at, kChunk + overlap));
                 buf.resize(want);
                 const ssize_t got = ::pread(fd, buf.data(), want, static_cast<off_t>(at));
+                if (got < 0) {
+                    auto &u = snap.unreadable[{pid, m.path.empty() ? "[anon]" : m.path}];
+                    u.first += m.hi - at;
+                    u.second = errno;
+                }
                 if (got <= 0) break;
                 const std::size_t limit = std::min<std::size_t>(static_cast<std::size_t>(got), kChunk);
                 matcher_.scan(buf.data(), static_cast<std::size_t>(got), limit, [&](std::size_t off, std::size_t k) {
@@ -1095,6 +1102,17 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
     if (unseen)
         std::printf("  %zu copies in file-backed or other memory (not heap blocks the shim saw): no rule reaches them.\n",
                     unseen);
+    for (const auto &[where, u] : s.unreadable) {
+        const std::string bytes = mltool::human_bytes(u.first);
+        if (where.second.rfind("/secretmem", 0) == 0)
+            std::printf("note: pid %d: %s of memfd_secret memory (the shim's secretmem backing) cannot be read, by this "
+                        "tool or any other process, root included: copies in it are out of every reader's reach and "
+                        "never dumped\n",
+                        where.first, bytes.c_str());
+        else
+            std::printf("note: pid %d: %s of %s could not be read (%s): copies there were not searched\n", where.first,
+                        bytes.c_str(), where.second.c_str(), std::strerror(u.second));
+    }
     for (const auto &m : s.stripped)
         std::printf("note: %s has no local symbols (stripped): its internal functions have no names, so the rules "
                     "name it as a module\n", m.c_str());

@@ -219,6 +219,19 @@ Test(discover, scans_a_running_process_and_leaves_it_running) {
     cr_expect(r.out.find("running: 0 copies outside protected memory: every copy found is locked and never dumped\n") !=
                   std::string::npos,
               "%s", r.out.c_str());
+    // Under the secretmem backing the blocks cannot be read by anyone: the report says so.
+    const std::string secret_config = dir.file("secretmem.json");
+    cr_assert(write_file(secret_config, R"({"version": 1, "rules": [{"name": "k", "size": 48}], "policy": {"backing": "secretmem"}})"));
+    LiveProgram hidden;
+    start_program_into(hidden, shim_options(secret_config, prog));
+    cr_assert(hidden.wait_for_line("waiting"), "%s%s", hidden.out().c_str(), hidden.err().c_str());
+    r = scan(hidden.pid(), {s.lib_heap});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_summary(r.out, "summary: copies=0 protected=0 outside=0 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=0");
+    cr_expect(r.out.find("of memfd_secret memory (the shim's secretmem backing) cannot be read, by this tool or any other "
+                         "process, root included") != std::string::npos,
+              "%s", r.out.c_str());
+    cr_expect(r.out.find("could not be read (") == std::string::npos, "%s", r.out.c_str());
     // A process already stopped stays stopped.
     cr_assert_eq(::kill(shimmed.pid(), SIGSTOP), 0);
     for (int i = 0; i < 500 && proc_state_of(shimmed.pid()) != 'T'; ++i) ::usleep(2000);
