@@ -707,8 +707,11 @@ private:
             c.where = "the stack of thread " + std::to_string(sp->second);
         } else if (is_file(m)) {
             const bool writable = m.perms.size() > 1 && m.perms[1] == 'w';
-            c.place = writable ? Place::static_data : Place::file;
-            c.where = writable ? "static data of " + base_name(m.path) : "file-backed mapping of " + m.path;
+            const bool shared = m.perms.size() > 3 && m.perms[3] == 's';
+            c.place = writable && !shared ? Place::static_data : Place::file;
+            c.where = c.place == Place::static_data ? "static data of " + base_name(m.path)
+                      : writable                   ? "a shared writable mapping of " + m.path + " (written back to the file)"
+                                                   : "file-backed mapping of " + m.path;
         } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(*prev, m)) {
             c.place = Place::static_data;
             c.where = "static data (.bss) of " + base_name(prev->path);
