@@ -708,10 +708,13 @@ private:
         } else if (is_file(m)) {
             const bool writable = m.perms.size() > 1 && m.perms[1] == 'w';
             const bool shared = m.perms.size() > 3 && m.perms[3] == 's';
-            c.place = writable && !shared ? Place::static_data : Place::file;
+            // A module's .data is a private writable mapping of an ELF object; other files
+            // mapped that way are the process's own copies of a file.
+            c.place = writable && !shared && sym_.module(m.path).ok ? Place::static_data : Place::file;
             c.where = c.place == Place::static_data ? "static data of " + base_name(m.path)
-                      : writable                   ? "a shared writable mapping of " + m.path + " (written back to the file)"
-                                                   : "file-backed mapping of " + m.path;
+                      : !writable                  ? "file-backed mapping of " + m.path
+                      : shared                     ? "a shared writable mapping of " + m.path + " (written back to the file)"
+                                                   : "a private writable mapping of " + m.path + " (the process's own copy)";
         } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(*prev, m)) {
             c.place = Place::static_data;
             c.where = "static data (.bss) of " + base_name(prev->path);

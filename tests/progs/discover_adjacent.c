@@ -9,8 +9,11 @@
  * library OpenSSL loaded), and decodes HEX into it, past the image. Then it sends SIGUSR1 to
  * its parent (memlock-discover takes its snapshot) and waits to be terminated. Exits 1 when
  * that address is taken. With FILE it also maps FILE's first page shared and writable and
- * decodes HEX into it: a copy the kernel writes back to the file.
+ * decodes HEX into it (a copy the kernel writes back to the file), and FILE.private's first
+ * page private and writable (a copy only the process holds).
  */
+#include <stdlib.h>
+#include <string.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
@@ -41,11 +44,17 @@ int main(int argc, char **argv) {
     volatile unsigned char *dst = p + (32 << 10);
     for (const char *h = argv[1]; h[0] && h[1]; h += 2) *dst++ = (unsigned char)(nibble(h[0]) << 4 | nibble(h[1]));
     if (argc == 3) {
-        const int fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0 || ftruncate(fd, (off_t)page) != 0) return 3;
-        volatile unsigned char *f = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (f == MAP_FAILED) return 3;
-        for (const char *h = argv[1]; h[0] && h[1]; h += 2) *f++ = (unsigned char)(nibble(h[0]) << 4 | nibble(h[1]));
+        char private_path[4096];
+        snprintf(private_path, sizeof private_path, "%s.private", argv[2]);
+        const char *paths[2] = {argv[2], private_path};
+        const int flags[2] = {MAP_SHARED, MAP_PRIVATE};
+        for (int i = 0; i < 2; ++i) {
+            const int fd = open(paths[i], O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+            if (fd < 0 || ftruncate(fd, (off_t)page) != 0) return 3;
+            volatile unsigned char *f = mmap(NULL, page, PROT_READ | PROT_WRITE, flags[i], fd, 0);
+            if (f == MAP_FAILED) return 3;
+            for (const char *h = argv[1]; h[0] && h[1]; h += 2) *f++ = (unsigned char)(nibble(h[0]) << 4 | nibble(h[1]));
+        }
     }
     printf("ready %p\n", (void *)(p + (32 << 10)));
     fflush(stdout);

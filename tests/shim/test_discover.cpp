@@ -272,9 +272,10 @@ Test(discover, anonymous_memory_after_an_image_is_not_its_bss) {
     expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=1");
 }
 
-// A writable file mapping is static data only when it is private (a module's .data); a shared
-// one is a file's contents, which the kernel writes back: the report says where the copy goes.
-Test(discover, a_shared_writable_file_mapping_is_a_file_not_static_data) {
+// A writable file mapping is static data only when it is a module's .data (private, of an ELF
+// object); a shared one is a file's contents, which the kernel writes back, and a private one of
+// another file the process's own copy: the report says which.
+Test(discover, a_writable_file_mapping_is_static_data_only_for_a_module) {
     need_built("discover_adjacent");
     TempDir dir;
     const std::string secret = random_hex(32), file = dir.file("shared.bin");
@@ -282,10 +283,13 @@ Test(discover, a_shared_writable_file_mapping_is_a_file_not_static_data) {
         run_program(tool_run({discover(), "--secret-hex", secret, "--", shim_program("discover_adjacent"), secret, file}));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     const auto files = copies_of(r.out, "[file]", "hex#1");
-    cr_assert_eq(files.size(), 1u, "%s", r.out.c_str());
-    cr_expect(files[0].find("in a shared writable mapping of " + file + " (written back to the file)") != std::string::npos,
-              "%s", files[0].c_str());
-    expect_summary(r.out, "summary: copies=2 protected=0 outside=2 heap=0 freed-heap=0 stack=0 static=0 file=1 anon=1");
+    cr_assert_eq(files.size(), 2u, "%s", r.out.c_str());
+    cr_expect(files[0].find("in a shared writable mapping of " + file + " (written back to the file)") != std::string::npos ||
+                  files[1].find("in a shared writable mapping of " + file + " (written back to the file)") != std::string::npos,
+              "%s", r.out.c_str());
+    cr_expect(r.out.find("in a private writable mapping of " + file + ".private (the process's own copy)") != std::string::npos,
+              "%s", r.out.c_str());
+    expect_summary(r.out, "summary: copies=3 protected=0 outside=3 heap=0 freed-heap=0 stack=0 static=0 file=2 anon=1");
 }
 
 Test(discover, rejects_bad_input_with_a_clear_message) {
