@@ -780,6 +780,28 @@ char stat_state(const std::string &path) {
 
 char proc_state(int pid) { return stat_state("/proc/" + std::to_string(pid) + "/stat"); }
 
+// The processes whose parent (the ppid of /proc/PID/stat) is one of `parents`.
+std::vector<int> children_of(const std::vector<int> &parents) {
+    std::vector<int> out;
+    DIR *d = opendir("/proc");
+    if (!d) return out;
+    while (const dirent *e = readdir(d)) {
+        char *end = nullptr;
+        const long pid = std::strtol(e->d_name, &end, 10);
+        if (pid <= 0 || *end) continue;
+        std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
+        std::string stat;
+        std::getline(in, stat);
+        const std::size_t close = stat.rfind(')');
+        char state = 0;
+        int ppid = 0;
+        if (close == std::string::npos || std::sscanf(stat.c_str() + close + 1, " %c %d", &state, &ppid) != 2) continue;
+        if (std::find(parents.begin(), parents.end(), ppid) != parents.end()) out.push_back(static_cast<int>(pid));
+    }
+    closedir(d);
+    return out;
+}
+
 // Have all threads of pid stopped (a group stop reaches each thread on its own)? A thread
 // that has exited meanwhile counts as stopped.
 bool all_threads_stopped(int pid) {
@@ -917,23 +939,10 @@ private:
     // of the program whose parent has exited (a daemon that detached), traced or not; with
     // `groups`, to the whole process group of each that leads one (a daemon's workers).
     static void signal_children(int sig, bool groups) {
-        const std::string self = std::to_string(::getpid());
-        DIR *d = opendir("/proc");
-        if (!d) return;
-        while (dirent *e = readdir(d)) {
-            if (e->d_name[0] < '1' || e->d_name[0] > '9') continue;
-            std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
-            std::string stat;
-            std::getline(in, stat);
-            const std::size_t close = stat.rfind(')');
-            std::istringstream fields(close == std::string::npos ? std::string() : stat.substr(close + 1));
-            std::string state, ppid;
-            if (!(fields >> state >> ppid) || ppid != self) continue;
-            const pid_t pid = std::atoi(e->d_name);
+        for (const pid_t pid : children_of({static_cast<int>(::getpid())})) {
             if (groups && ::getpgid(pid) == pid) ::kill(-pid, sig);
             ::kill(pid, sig);
         }
-        closedir(d);
     }
 
     // SIGKILL to the program: its first process's group (while that process is not reaped: its
@@ -1292,24 +1301,9 @@ void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
 // backends), as " 123 (nginx)" items.
 std::string children_left_out(const std::vector<int> &pids) {
     std::string out;
-    DIR *d = ::opendir("/proc");
-    if (!d) return out;
-    while (const dirent *e = ::readdir(d)) {
-        char *end = nullptr;
-        const long pid = std::strtol(e->d_name, &end, 10);
-        if (pid <= 0 || *end || std::find(pids.begin(), pids.end(), pid) != pids.end()) continue;
-        std::ifstream in(std::string("/proc/") + e->d_name + "/stat");
-        std::string stat;
-        std::getline(in, stat);
-        const auto paren = stat.rfind(')');
-        if (paren == std::string::npos) continue;
-        int ppid = 0;
-        char state = 0;
-        if (std::sscanf(stat.c_str() + paren + 1, " %c %d", &state, &ppid) != 2) continue;
-        if (std::find(pids.begin(), pids.end(), ppid) != pids.end())
-            out += " " + std::to_string(pid) + " (" + comm_of(static_cast<int>(pid)) + ")";
-    }
-    ::closedir(d);
+    for (const int pid : children_of(pids))
+        if (std::find(pids.begin(), pids.end(), pid) == pids.end())
+            out += " " + std::to_string(pid) + " (" + comm_of(pid) + ")";
     return out;
 }
 
