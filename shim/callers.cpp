@@ -68,6 +68,12 @@ void (*g_warn)(const char *) = nullptr;
 constexpr unsigned kShimFrames = 3;
 constexpr unsigned kShimFramesMore = 8;
 unsigned g_unwind_depth = 1;
+// Per condition, how deep its symbol and module conditions look (0: no such condition): what
+// match_callers reads of a condition, in one place.
+struct Depths {
+    unsigned symbol, module;
+};
+const Depths *g_depths = nullptr;
 
 void sort_merge(std::vector<Range> &v) {
     std::sort(v.begin(), v.end());
@@ -416,6 +422,21 @@ void decide(std::uint64_t walk, const Index *idx, Kind kind, unsigned id, bool a
     seq_end_write(e.seq, s1);
 }
 
+// Does frame pc (a return address less one) lie in an object the index covers? Bit `bit` of
+// frames.indexed remembers a yes for this allocation. A no means code was loaded since the
+// index was built: `idx` is then refreshed, and `known` cleared (an answer worked out from
+// this frame is not kept).
+__attribute__((always_inline)) inline void check_indexed(const Index *&idx, std::uintptr_t pc, std::uint64_t bit, CallerFrames &frames,
+                                                         bool &known) {
+    if (frames.indexed & bit) return;
+    if (idx->indexed(pc)) {
+        frames.indexed |= bit;
+        return;
+    }
+    known = false;
+    idx = refresh(idx);
+}
+
 // Is one of the `depth` innermost callers inside condition `id`'s ranges of `kind`?
 __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kind, unsigned id, unsigned depth, const void *ra,
                                                      CallerFrames &frames) {
@@ -423,41 +444,37 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
     bool known = true;  // every frame looked at lies in an indexed object: the answer may be kept
     // A walk another condition made names the whole chain, its first frame included: an answer
     // kept for it decides this condition before any frame is searched.
-    const bool asked = depth >= 2 && frames.unwound;
-    if (asked) {
+    if (depth >= 2 && frames.unwound) {
         const int kept = decided(frames.walk, idx, kind, id);
         if (kept >= 0) return kept;
     }
-    unsigned d = 1;
+    // The depth-1 caller needs no walk.
+    const std::uintptr_t pc1 = reinterpret_cast<std::uintptr_t>(ra) - 1;  // a return address may be one past its function's end
+    if (contains((idx->*which)[id], pc1)) return true;
+    if (depth >= 2 && !frames.unwound) {
+        unwind(ra, frames);
+        // A kept answer was worked out with every frame of the walk indexed, the first too.
+        const int kept = decided(frames.walk, idx, kind, id);
+        if (kept >= 0) return kept;
+    }
+    const Index *before = idx;
+    check_indexed(idx, pc1, 1, frames, known);
+    if (idx != before && contains((idx->*which)[id], pc1)) return true;
+    unsigned d = 2;
     bool answer = false;
     for (; d <= depth; ++d) {
-        if (d == 2 && !asked) {
-            if (!frames.unwound) unwind(ra, frames);
-            const int kept = decided(frames.walk, idx, kind, id);
-            if (kept >= 0) return kept;
-        }
         std::uintptr_t pc = frame_at(d, ra, frames);
         if (!pc) break;
-        --pc;  // a return address may be one past its function's end
+        --pc;
         if (contains((idx->*which)[id], pc)) {
             answer = true;
             break;
         }
-        const std::uint64_t bit = std::uint64_t{1} << (d - 1);
-        if (frames.indexed & bit) continue;
-        if (idx->indexed(pc)) {
-            frames.indexed |= bit;
-        } else {
-            // Code no indexed object covers: something was loaded since. Look again.
-            known = false;
-            const Index *fresh = refresh(idx);
-            if (fresh != idx) {
-                idx = fresh;
-                if (contains((idx->*which)[id], pc)) return true;
-            }
-        }
+        before = idx;
+        check_indexed(idx, pc, std::uint64_t{1} << (d - 1), frames, known);
+        if (idx != before && contains((idx->*which)[id], pc)) return true;
     }
-    if (depth >= 2 && d >= 2 && known) decide(frames.walk, idx, kind, id, answer);
+    if (depth >= 2 && known) decide(frames.walk, idx, kind, id, answer);
     return answer;
 }
 
@@ -467,6 +484,10 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
     g_state = new State{conditions, std::vector<char>(conditions.size(), 0), {}, 0};
     g_warn = warn;
     g_unwind_depth = 1;
+    auto *depths = new Depths[conditions.size()];
+    for (std::size_t i = 0; i < conditions.size(); ++i)
+        depths[i] = {conditions[i].symbol.empty() ? 0 : conditions[i].symbol_depth, conditions[i].module.empty() ? 0 : conditions[i].module_depth};
+    g_depths = depths;
     for (const auto &c : conditions) {
         if (!c.symbol.empty()) g_unwind_depth = std::max(g_unwind_depth, c.symbol_depth);
         if (!c.module.empty()) g_unwind_depth = std::max(g_unwind_depth, c.module_depth);
@@ -480,25 +501,22 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
     return std::string();
 }
 
-__attribute__((always_inline)) inline bool caller_holds(unsigned id, const void *ra, CallerFrames &frames) noexcept {
-    const Index *idx = g_index.load(std::memory_order_acquire);
-    if (!idx) return false;
-    if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx);
-    const CallerCondition &c = g_state->conditions[id];
-    if (!c.symbol.empty() && !in_frames(idx, kSymbol, id, c.symbol_depth, ra, frames)) return false;
-    if (!c.module.empty() && !in_frames(idx, kModule, id, c.module_depth, ra, frames)) return false;
-    return true;
-}
-
 int match_callers(std::size_t n, const void *ra, unsigned from) noexcept {
     BusyScope busy;  // the unwinder and the indexer allocate: those pass through
+    const Index *idx = g_index.load(std::memory_order_acquire);
+    if (!idx) return -1;
+    if (g_changed.load(std::memory_order_relaxed)) idx = refresh(idx);
     CallerFrames frames;
     for (unsigned i = from; i < g_nrules; ++i) {
         const SizeRule &r = g_rules[i];
         if (n < r.min || n > r.max) continue;
         if (r.caller < 0) return static_cast<int>(i);
         g_arena.count_consulted(stats_rule_index(i));
-        if (caller_holds(static_cast<unsigned>(r.caller), ra, frames)) return static_cast<int>(i);
+        const auto id = static_cast<unsigned>(r.caller);
+        const Depths &c = g_depths[id];
+        if (c.symbol && !in_frames(idx, kSymbol, id, c.symbol, ra, frames)) continue;
+        if (c.module && !in_frames(idx, kModule, id, c.module, ra, frames)) continue;
+        return static_cast<int>(i);
     }
     return -1;
 }
