@@ -447,9 +447,12 @@ struct Memo {
     std::atomic<std::uintptr_t> sp{0}, fp{0}, from{0};
     std::atomic<std::uint32_t> shape{0};  // words | pcs << 8 | max << 16 | kMemoFp
     std::atomic<std::uint32_t> span{0};   // the largest of off: the walk read no word above sp + span
-    std::atomic<std::uint32_t> off[kMemoWords] = {};  // a word's address, above sp
-    std::atomic<std::uintptr_t> was[kMemoWords] = {};
-    std::atomic<std::uint8_t> pc_at[kMemoPcs] = {};  // the return addresses, among the words
+    struct Word {
+        std::atomic<std::uint32_t> off{0};  // its address, above sp
+        std::atomic<std::uintptr_t> was{0};
+    };
+    Word word[kMemoWords];  // side by side: a replay reads both
+    std::atomic<std::uint8_t> pc_at[kMemoPcs] = {};  // the return addresses after `from`, among the words
 };
 constexpr std::uint32_t kMemoFp = 1u << 24;  // the walk used the frame pointer it started with
 Memo g_memo[1u << kMemoBits];
@@ -493,7 +496,8 @@ struct Trail {
 
 // The first n return addresses entry m holds, read under its sequence count (checked after).
 inline void copy_pcs(const Memo &m, std::uintptr_t *pcs, unsigned n) {
-    for (unsigned k = 0; k < n; ++k) pcs[k] = m.was[m.pc_at[k].load(std::memory_order_relaxed)].load(std::memory_order_relaxed);
+    if (n) pcs[0] = m.from.load(std::memory_order_relaxed);
+    for (unsigned k = 1; k < n; ++k) pcs[k] = m.word[m.pc_at[k].load(std::memory_order_relaxed)].was.load(std::memory_order_relaxed);
 }
 
 // The kept walk from (sp, fp, from), if the stack still holds the words it read: its return
@@ -516,10 +520,14 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     // writer leaves in the entry meanwhile.
     std::atomic_thread_fence(std::memory_order_acquire);
     if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
-    for (unsigned i = 0; i < words; ++i) {
-        const std::uint32_t at = m.off[i].load(std::memory_order_relaxed);
-        if (at > span || stack_word(sp + at) != m.was[i].load(std::memory_order_relaxed)) return -1;
+    // Every word compared, the differences gathered: no branch per word. An offset past span
+    // (a writer's, torn) is read at span instead; the sequence count below rejects the walk.
+    std::uintptr_t differ = 0;
+    for (const Memo::Word *w = m.word, *end = m.word + words; w != end; ++w) {
+        const std::uint32_t at = std::min(w->off.load(std::memory_order_relaxed), span);
+        differ |= stack_word(sp + at) ^ w->was.load(std::memory_order_relaxed);
     }
+    if (differ) return -1;
     if (copy) copy_pcs(m, pcs, n);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (m.seq.load(std::memory_order_relaxed) != s1) return -1;
@@ -552,8 +560,8 @@ std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::
     std::uint32_t span = 0;
     for (unsigned i = 0; i < t.words; ++i) {
         span = std::max(span, t.off[i]);
-        m.off[i].store(t.off[i], std::memory_order_relaxed);
-        m.was[i].store(t.was[i], std::memory_order_relaxed);
+        m.word[i].off.store(t.off[i], std::memory_order_relaxed);
+        m.word[i].was.store(t.was[i], std::memory_order_relaxed);
     }
     m.span.store(span, std::memory_order_relaxed);
     for (unsigned k = 0; k < t.pcs; ++k) m.pc_at[k].store(t.pc_at[k], std::memory_order_relaxed);
@@ -605,8 +613,16 @@ __attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, st
             fp = stack_word(fp_at);
         }
         pc = stack_word(cfa - 8);
-        trail.note(cfa - 8, pc);
         sp = cfa;
+        if (!n && pc == from) {
+            // The depth-1 return address is not noted: the shim's own frames' words, noted
+            // before it, fix where it lies, and a replay checks what it holds (`from`).
+            pcs[n++] = pc;
+            trail.pc_at[0] = 0;  // unused: a replay's first return address is its `from`
+            trail.pcs = 1;
+            continue;
+        }
+        trail.note(cfa - 8, pc);
         if (!pc) {
             if (n) {
                 *walk = keep(trail, fp0, from, gen, max);
@@ -614,7 +630,7 @@ __attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, st
             }
             break;
         }
-        if (n || pc == from) {
+        if (n) {
             pcs[n++] = pc;
             trail.pc_is_last_word();
         } else if (++own > kMaxOwnFrames) {
