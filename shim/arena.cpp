@@ -1795,7 +1795,15 @@ void SecureArena::thread_exit() noexcept {
 
 // ---- per-rule counters ---------------------------------------------------------------------
 
+// A thread with a rule row is registered with the arena that gave it, and alive (thread_exit
+// takes the row away): the common case checks nothing else.
 void SecureArena::count_consulted(unsigned rule) noexcept {
+    ThreadState &ts = t_state;
+    if (__builtin_expect(ts.rules != nullptr && ts.arena == this, 1)) return ThreadCounters::bump(ts.rules->rule[rule].consulted, 1);
+    count_consulted_slow(rule);
+}
+
+void SecureArena::count_consulted_slow(unsigned rule) noexcept {
     if (!stats_ || !thread_ready(this, stats_)) return;
     ThreadState &ts = t_state;
     if (ts.rules) ThreadCounters::bump(ts.rules->rule[rule].consulted, 1);

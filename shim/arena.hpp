@@ -181,6 +181,7 @@ private:
     void *alloc_small(unsigned pool, unsigned cls, unsigned rule) noexcept;
     void *pop_cached(unsigned pool, unsigned cls, unsigned rule) noexcept;
     __attribute__((noinline)) void *alloc_small_slow(unsigned pool, unsigned cls, unsigned rule) noexcept;
+    __attribute__((noinline, cold)) void count_consulted_slow(unsigned rule) noexcept;
     __attribute__((noinline)) void *alloc_large(unsigned pool, std::size_t n, std::size_t align, unsigned rule) noexcept;
     __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
     __attribute__((noinline)) void free_small_slow(void *p) noexcept;
