@@ -384,7 +384,8 @@ struct Decided {
     std::atomic<std::uint64_t> bits{0};  // bit k: answer k is known; bit 32 + k: the answer
 };
 Decided g_decided[1u << kFastBacktraceWalkBits];  // one per entry of the kept walks' table
-std::atomic<unsigned long long> g_decided_reused{0};  // counted without a locked add
+// Per thread: a shared count would move its cache line between cores on every decision.
+__thread unsigned long long t_decided_reused __attribute__((tls_model("initial-exec")));
 
 enum Kind : unsigned { kSymbol = 0, kModule = 1 };
 inline Decided &decided_for(std::uint64_t walk) { return g_decided[walk & ((1u << kFastBacktraceWalkBits) - 1)]; }
@@ -401,7 +402,7 @@ inline int decided(std::uint64_t walk, const Index *idx, Kind kind, unsigned id)
     std::atomic_thread_fence(std::memory_order_acquire);
     const unsigned k = answer_bit(kind, id);
     if (e.seq.load(std::memory_order_relaxed) != s1 || w != walk || i != idx || !(bits >> k & 1)) return -1;
-    g_decided_reused.store(g_decided_reused.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    ++t_decided_reused;
     return static_cast<int>(bits >> (32 + k) & 1);
 }
 
@@ -530,7 +531,7 @@ void callers_objects_changed() noexcept {
     g_changed.store(true, std::memory_order_relaxed);
 }
 
-unsigned long long callers_decisions_reused() noexcept { return g_decided_reused.load(std::memory_order_relaxed); }
+unsigned long long callers_decisions_reused() noexcept { return t_decided_reused; }
 
 unsigned long long callers_objects_read() noexcept {
     if (!g_state) return 0;

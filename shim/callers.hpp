@@ -65,7 +65,7 @@ void callers_objects_changed() noexcept;
 unsigned long long callers_objects_read() noexcept;
 
 // How many times a replayed stack walk was decided by the answer kept for it, without
-// searching its frames (counted without a locked add: exact in one thread).
+// searching its frames, in the calling thread.
 unsigned long long callers_decisions_reused() noexcept;
 
 // fork(2): hold the index's build lock across the fork, so that neither process inherits it

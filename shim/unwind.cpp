@@ -523,6 +523,7 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     // Every word compared, the differences gathered: no branch per word. An offset past span
     // (a writer's, torn) is read at span instead; the sequence count below rejects the walk.
     std::uintptr_t differ = 0;
+#pragma GCC unroll 2
     for (const Memo::Word *w = m.word, *end = m.word + words; w != end; ++w) {
         const std::uint32_t at = std::min(w->off.load(std::memory_order_relaxed), span);
         differ |= stack_word(sp + at) ^ w->was.load(std::memory_order_relaxed);
