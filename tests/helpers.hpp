@@ -7,6 +7,7 @@
 //   read_smaps(pid)            mappings of a process, with Locked and VmFlags
 //   find_mapping(addr, pid)    the mapping that contains an address
 //   in_secretmem / readable_through_proc_mem   a memfd_secret mapping; a read through /proc/self/mem
+//   read_through_proc_mem(addr, n)   n bytes at addr as /proc/self/mem gives them
 //   range_has_flag(...)        every byte of a range lies in mappings carrying a VmFlags token
 //   status_kb(pid, "VmLck")    a "kB" field of /proc/PID/status (vm_locked_kb: VmLck)
 //   run_program(opts)          fork+execve with extra env, child setup, cwd, full stdout/stderr
@@ -160,6 +161,26 @@ inline std::optional<bool> readable_through_proc_mem(const void *addr) {
     const bool ok = ::pread(fd, &c, 1, static_cast<off_t>(reinterpret_cast<std::uintptr_t>(addr))) == 1;
     ::close(fd);
     return ok;
+}
+
+// The n bytes at addr as a read through /proc/self/mem gives them (the kernel's view, as a
+// debugger or a core dump writer reads memory); nullopt when the file cannot be opened or
+// read that far.
+inline std::optional<std::vector<unsigned char>> read_through_proc_mem(const void *addr, std::size_t n) {
+    const int fd = ::open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return std::nullopt;
+    std::vector<unsigned char> out(n);
+    std::size_t got = 0;
+    while (got < n) {
+        const ssize_t r = ::pread(fd, out.data() + got, n - got,
+                                  static_cast<off_t>(reinterpret_cast<std::uintptr_t>(addr) + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += static_cast<std::size_t>(r);
+    }
+    ::close(fd);
+    if (got < n) return std::nullopt;
+    return out;
 }
 
 // Mappings overlapping [addr, addr+len). pre: len > 0.
