@@ -923,10 +923,23 @@ void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcep
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
 }
 
-void *arena_malloc(int rule, std::size_t n) noexcept {
+namespace {
+
+// arena_malloc() past the arena's fast path: a cached block of another class (or a thread
+// that counts in the shared slot), else a block from the pool.
+__attribute__((noinline)) void *arena_malloc_uncached(int rule, std::size_t n) noexcept {
     const auto r = static_cast<unsigned>(rule);
     if (void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r))) return p;
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, 16, false);
+}
+
+}  // namespace
+
+// The fast path makes no call: rule and n stay in their registers for the tail call.
+void *arena_malloc(int rule, std::size_t n) noexcept {
+    const auto r = static_cast<unsigned>(rule);
+    if (void *p = g_arena.alloc_fast(g_rules[r].pool, n, stats_rule_index(r))) return p;
+    return arena_malloc_uncached(rule, n);
 }
 
 std::size_t usable_other(void *p) noexcept {
