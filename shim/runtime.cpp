@@ -623,9 +623,7 @@ void runtime_start() {
     if (g_stats) g_stats->active.store(1);
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
-    // Publish the window last: from here on matching sizes take the slow path.
-    g_window.lo = table.lo;
-    g_window.span = table.hi - table.lo;
+    open_window(table.lo, table.hi);
 }
 
 // Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
@@ -669,6 +667,7 @@ void write_stats_file() noexcept {
 
 SizeRule g_rules[kMaxRules];
 unsigned g_nrules = 0;
+SizeRuleTable g_size_rule;
 __thread bool t_busy __attribute__((tls_model("initial-exec"))) = false;
 
 NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_realloc,
@@ -676,6 +675,19 @@ NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_rea
                         boot_valloc,  boot_pvalloc,       boot_usable};
 MatchWindow g_window = {SIZE_MAX, 0};
 SecureArena g_arena;
+
+void open_window(std::size_t lo, std::size_t hi) noexcept {
+    for (std::size_t k = 0; k < kSizeTable && k <= hi - lo; ++k) {
+        const std::size_t n = lo + k;
+        unsigned i = 0;
+        while (i < g_nrules && (n < g_rules[i].min || n > g_rules[i].max)) ++i;
+        const unsigned entry = i == g_nrules ? kNoSizeRule : g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
+        g_size_rule.rule[k] = static_cast<std::uint16_t>(entry);
+    }
+    // Publish the window last: from here on matching sizes take the slow path.
+    g_window.lo = lo;
+    g_window.span = hi - lo;
+}
 
 bool in_bootstrap(const void *p) noexcept {
     return static_cast<std::size_t>(static_cast<const unsigned char *>(p) - g_boot) < kBootBytes;
