@@ -371,8 +371,9 @@ __attribute__((noinline)) void count_shared(StatsPage *stats, unsigned rule, std
 
 // Counts for the calling thread `bytes` (> 0 allocated, < 0 freed) of rule entry `rule`, and
 // the block (a match or a free) unless `what` is Count::grow, in its own rule row `row`. This
-// is the only count the matched path makes (the process totals are sums over the rules):
-// plain loads and stores in the thread's rule row. An allocation raises the rule's peak when
+// is the only count the matched path makes (the process totals are sums over the rules): no
+// locked instruction, the thread being its row's only writer (ThreadCounters::bump, and a
+// plain load and store for an allocation's bytes). An allocation raises the rule's peak when
 // the published live bytes plus the thread's own unpublished ones exceed it (a compare, no
 // write, otherwise).
 inline void count_row(StatsPage *stats, StatsRuleRow *row, unsigned rule, std::int64_t bytes, Count what) noexcept {
