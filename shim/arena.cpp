@@ -25,7 +25,8 @@ namespace mlshim {
 
 namespace {
 
-constexpr std::uint16_t kLargeClass = 0xffff;
+constexpr std::uint8_t kLargeClass = 0xff;
+static_assert(kNumClasses < kLargeClass, "a class fits PageMeta::cls");
 
 // Why memfd_secret could not be used, for messages.
 const char *lock_why_for(int err) noexcept {
@@ -182,13 +183,33 @@ __attribute__((noinline)) void clear_vector_registers() noexcept {
 }
 
 constexpr std::size_t kInlineWipe = 128;  // blocks up to this size are wiped with inline stores
+// The classes of blocks up to kInlineWipe bytes, 16 bytes apart: malloc and free take them on
+// their fast paths (SecureArena::alloc_fast, SecureArena::free).
+constexpr unsigned kFastClasses = kInlineWipe / 16;
+static_assert(compute_class_size(kFastClasses - 1) == kInlineWipe, "the first classes are 16 bytes apart");
+constexpr std::size_t fast_class_size(std::size_t cls) noexcept { return (cls + 1) * 16; }  // pre: cls < kFastClasses
 
-// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16) with inline stores, 16
-// bytes a step: a call costs more than the stores. The empty asm tells the compiler the
-// memory is read afterwards, so the stores stay.
+// Zeroes a small block (pre: size <= kInlineWipe, a multiple of 16, p aligned to 16) with
+// inline 16-byte stores: a call costs more than the stores. Sizes between the powers of two
+// are covered by stores that overlap, so a block takes one or two compares and two, four or
+// eight stores. The empty asm tells the compiler the memory is read afterwards, so the
+// stores stay.
 inline void wipe_small(void *p, std::size_t size) noexcept {
-    auto *w = static_cast<std::uint64_t *>(p);
-    for (std::size_t i = 0; i < size / 8; i += 2) w[i] = w[i + 1] = 0;
+    using Zero16 = std::uint64_t __attribute__((vector_size(16), may_alias));
+    auto *at = static_cast<unsigned char *>(p);
+    auto put = [at](std::size_t o) { *reinterpret_cast<Zero16 *>(at + o) = Zero16{}; };
+    if (size <= 32) {
+        put(0);
+        put(size - 16);
+    } else if (size <= 64) {
+        put(0);
+        put(16);
+        put(size - 32);
+        put(size - 16);
+    } else {
+        for (std::size_t o = 0; o < 64; o += 16) put(o);
+        for (std::size_t o = 64; o > 0; o -= 16) put(size - o);
+    }
     __asm__ __volatile__("" : : "r"(p) : "memory");
 }
 
@@ -253,7 +274,8 @@ struct SecureArena::PageMeta {
                               // at a slab's head: next partial slab of its class
     std::uint32_t prev_free;  // the same, backwards
     std::uint32_t nfree;      // at a slab's head: its free blocks (in the bitmap)
-    std::uint16_t cls;        // size class, or kLargeClass
+    std::uint8_t cls;         // size class, or kLargeClass
+    std::uint8_t pool;        // in a slab: its pool (region_pool_ of its region, beside cls for free())
     std::uint8_t kind;        // kUnused, kSlab, kRun, kFreeRun
     std::uint8_t flags;       // kLockedPage, kInUse
 };
@@ -283,15 +305,19 @@ struct SecureArena::Pool {
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
+// A thread's cache of free blocks of one pool: per class a count and a stack of blocks. The
+// counts of all classes share a cache line or two, and a class's stack is a power of two
+// bytes long, so that the fast paths index it with a shift.
 struct SecureArena::PoolCache {
     struct Bin {
         std::uint32_t count;
-        std::uint32_t pad;
-        void *blocks[kCacheCap];
+        std::uint32_t cap;  // kClasses' cache_max for the bin's class (free() compares count with it)
     };
     PoolCache *next_spare;
     Bin bins[kNumClasses];
+    void *blocks[kNumClasses][kCacheCap];
 };
+static_assert((kCacheCap & (kCacheCap - 1)) == 0, "a class's stack is a power of two bytes long");
 
 namespace {
 
@@ -344,23 +370,32 @@ __attribute__((noinline)) void count_shared(StatsPage *stats, unsigned rule, std
 }
 
 // Counts for the calling thread `bytes` (> 0 allocated, < 0 freed) of rule entry `rule`, and
-// the block (a match or a free) unless `what` is Count::grow. This is the only count the
-// matched path makes (the process totals are sums over the rules): plain loads and stores in
-// the thread's own rule row. An allocation raises the rule's peak when the published live
-// bytes plus the thread's own unpublished ones exceed it (a compare, no write, otherwise).
+// the block (a match or a free) unless `what` is Count::grow, in its own rule row `row`. This
+// is the only count the matched path makes (the process totals are sums over the rules): no
+// locked instruction, the thread being its row's only writer (ThreadCounters::bump, and a
+// plain load and store for an allocation's bytes). An allocation raises the rule's peak when
+// the published live bytes plus the thread's own unpublished ones exceed it (a compare, no
+// write, otherwise).
+inline void count_row(StatsPage *stats, StatsRuleRow *row, unsigned rule, std::int64_t bytes, Count what) noexcept {
+    StatsRuleCount &c = row->rule[rule];
+    if (what == Count::alloc) ThreadCounters::bump(c.matches, 1);
+    if (what == Count::free) {
+        ThreadCounters::bump(c.frees, 1);
+        ThreadCounters::bump(c.live, bytes);
+        return;
+    }
+    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
+    c.live.store(mine, std::memory_order_relaxed);
+    StatsRuleTotal &t = stats->rule_totals[rule];
+    const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
+    if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
+}
+
+// count_row() in the calling thread's row, or count_shared() for a thread without one.
 inline void count(StatsPage *stats, unsigned rule, std::int64_t bytes, Count what) noexcept {
     StatsRuleRow *row = t_state.rules;
     if (__builtin_expect(row == nullptr, 0)) return count_shared(stats, rule, bytes, what);
-    StatsRuleCount &c = row->rule[rule];
-    if (what == Count::alloc) ThreadCounters::bump(c.matches, 1);
-    if (what == Count::free) ThreadCounters::bump(c.frees, 1);
-    const std::int64_t mine = c.live.load(std::memory_order_relaxed) + bytes;
-    c.live.store(mine, std::memory_order_relaxed);
-    if (what != Count::free) {
-        StatsRuleTotal &t = stats->rule_totals[rule];
-        const std::int64_t now = t.live.load(std::memory_order_relaxed) + mine;
-        if (now > t.peak.load(std::memory_order_relaxed)) stats_raise_peak(t, now);
-    }
+    count_row(stats, row, rule, bytes, what);
 }
 
 // Publishes the calling thread's rule row (slow paths only).
@@ -1140,7 +1175,8 @@ bool SecureArena::new_slab(Pool &pool, unsigned cls) noexcept {
     for (std::size_t i = head; i < head + np; ++i) {
         meta_[i].head = static_cast<std::uint32_t>(head);
         meta_[i].kind = kSlab;
-        meta_[i].cls = static_cast<std::uint16_t>(cls);
+        meta_[i].cls = static_cast<std::uint8_t>(cls);
+        meta_[i].pool = static_cast<std::uint8_t>(&pool - pools_);
     }
     meta_[head].npages = static_cast<std::uint32_t>(np);
     meta_[head].nfree = static_cast<std::uint32_t>(blocks);
@@ -1224,6 +1260,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
         memlock_dontdump(mem, bytes);
         pc = static_cast<PoolCache *>(mem);
+        for (unsigned c = 0; c < kNumClasses; ++c) pc->bins[c].cap = kClasses.info[c].cache_max;
     }
     pc->next_spare = nullptr;
     return ts.caches[pool] = pc;
@@ -1238,10 +1275,10 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
         if (!bin.count) {
             unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
             Guard g(pool.lock);
-            bin.count = refill(pool, cls, bin.blocks, want);
+            bin.count = refill(pool, cls, pc->blocks[cls], want);
             if (!bin.count) return nullptr;
         }
-        b = bin.blocks[--bin.count];
+        b = pc->blocks[cls][--bin.count];
     } else {
         Guard g(pool.lock);
         if (!refill(pool, cls, &b, 1)) return nullptr;
@@ -1260,7 +1297,7 @@ inline void *SecureArena::pop_cached(unsigned pool_index, unsigned cls, unsigned
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
     if (__builtin_expect(!n, 0)) return nullptr;
-    void *b = bin.blocks[n - 1];
+    void *b = pc->blocks[cls][n - 1];
     bin.count = n - 1;
     state_of(b) = live_state(rule);
     count(stats_, rule, kClasses.info[cls].size, Count::alloc);
@@ -1274,6 +1311,26 @@ void *SecureArena::alloc_small(unsigned pool_index, unsigned cls, unsigned rule)
 
 void *SecureArena::alloc_cached(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
     return n <= kMaxSmall ? pop_cached(pool_index, class_of(n), rule) : nullptr;
+}
+
+// pop_cached() for the classes of kFastClasses, in a thread with a rule row of its own: what
+// it reads and computes is what the common case needs, and its only way out is a return.
+void *SecureArena::alloc_fast(unsigned pool_index, std::size_t n, unsigned rule) noexcept {
+    if (__builtin_expect(n - 1 >= kInlineWipe, 0)) return nullptr;  // n == 0 too
+    const std::size_t cls = (n - 1) >> 4;  // class_of(n) for 1 <= n <= kInlineWipe
+    ThreadState &ts = t_state;
+    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    StatsRuleRow *row = ts.rules;
+    if (__builtin_expect(!pc || !row, 0)) return nullptr;
+    PoolCache::Bin &bin = pc->bins[cls];
+    const unsigned have = bin.count;
+    if (__builtin_expect(!have, 0)) return nullptr;
+    void *b = pc->blocks[cls][have - 1];
+    if (!b) __builtin_unreachable();  // a cache holds blocks: the caller need not test for nullptr
+    bin.count = have - 1;
+    state_of(b) = live_state(rule);
+    count_row(stats_, row, rule, static_cast<std::int64_t>(fast_class_size(cls)), Count::alloc);
+    return b;
 }
 
 // ---- large blocks (page runs) --------------------------------------------------------------
@@ -1420,31 +1477,34 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
     fatal(what, "not a live block of the secure arena", p);
 }
 
-// The common case makes no call: a small live block goes into the calling thread's cache,
-// which has room. Everything else is a tail call.
+// The common case makes no call and saves no register: a live block of the kFastClasses
+// goes into the calling thread's cache, which has room, and is counted in the thread's rule
+// row. Everything else is a tail call.
 void SecureArena::free(void *p) noexcept {
-    std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
+    const std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
     std::uint8_t &state = state_[off >> 4];
     const std::uint8_t was = state;
     // Inside a slab only the first granule of a block of its class has a state (new_slab
     // clears them all), so a 16-aligned pointer with a live state is a live block's start.
     if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
-    const unsigned cls = m.cls;
-    const ClassInfo &ci = kClasses.info[cls];
-    const std::size_t size = ci.size;
-    const unsigned pool_index = region_pool_[off >> region_shift_];
+    const unsigned cls = m.cls, pool_index = m.pool;
+    if (__builtin_expect(cls >= kFastClasses, 0)) return free_small_slow(p);
+    // Wiped first, so that the pool index is not needed past the cache's look-up; where the
+    // slow path takes the block after all (rarely), it wipes it again.
+    const std::size_t size = fast_class_size(cls);
+    if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
     ThreadState &ts = t_state;
     PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
-    if (__builtin_expect(!pc || size > kInlineWipe, 0)) return free_small_slow(p);
+    StatsRuleRow *row = ts.rules;
+    if (__builtin_expect(!pc || !row, 0)) return free_small_slow(p);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
-    if (__builtin_expect(n == ci.cache_max, 0)) return free_small_slow(p);
-    if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
+    if (__builtin_expect(n == bin.cap, 0)) return free_small_slow(p);
     state = kFreed;
-    bin.blocks[n] = p;
+    pc->blocks[cls][n] = p;
     bin.count = n + 1;
-    count(stats_, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
+    count_row(stats_, row, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
 }
 
 // A live slab block that the common path of free() does not take.
@@ -1465,10 +1525,10 @@ void SecureArena::free_small_slow(void *p) noexcept {
         if (bin.count == ci.cache_max) {
             unsigned keep = ci.cache_max / 2;
             if (stats_ && ts.arena == this) publish_rules(stats_);
-            flush_locked(pool, m.cls, bin.blocks + keep, bin.count - keep);
+            flush_locked(pool, m.cls, pc->blocks[m.cls] + keep, bin.count - keep);
             bin.count = keep;
         }
-        bin.blocks[bin.count++] = p;
+        pc->blocks[m.cls][bin.count++] = p;
     } else {
         flush_locked(pool, m.cls, &p, 1);
     }
@@ -1775,7 +1835,7 @@ void SecureArena::thread_exit() noexcept {
         {
             Guard g(pools_[p].lock);
             for (unsigned c = 0; c < kNumClasses; ++c) {
-                flush(pools_[p], c, pc->bins[c].blocks, pc->bins[c].count);
+                flush(pools_[p], c, pc->blocks[c], pc->bins[c].count);
                 pc->bins[c].count = 0;
             }
         }

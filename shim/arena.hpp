@@ -115,6 +115,10 @@ public:
     // malloc's fast path: alloc(pool, n, 16, rule) when the calling thread's cache holds a
     // block of n's class; nullptr otherwise (nothing changed: call alloc()). No lock, no call.
     void *alloc_cached(unsigned pool, std::size_t n, unsigned rule) noexcept;
+    // malloc's common case: alloc_cached() for 1 <= n <= 128 in a thread that counts in a rule
+    // row of its own; nullptr otherwise (nothing changed: call alloc() or alloc_cached()). No
+    // lock, no call, no register saved.
+    void *alloc_fast(unsigned pool, std::size_t n, unsigned rule) noexcept;
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
     bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }

@@ -76,9 +76,24 @@ __attribute__((noinline, cold)) void *aligned_alloc_unusual(std::size_t align, s
 __attribute__((constructor(101))) static void shim_init() { runtime_init(); }
 __attribute__((destructor(101))) static void shim_fini() { runtime_fini(); }
 
+namespace {
+
+// malloc of a size whose first rule (g_size_rule's entry `first`) has a caller condition.
+__attribute__((noinline)) void *malloc_callers(std::size_t n, const void *ra, unsigned first) {
+    int rule = match_callers(n, ra, first - kSizeRuleCaller);
+    return rule < 0 ? g_next.malloc(n) : arena_malloc(rule, n);
+}
+
+}  // namespace
+
+// malloc_matching() spelled out, so that each way out is a tail call: the matched path saves
+// no register, and the caller's address is read only where a caller rule asks for it.
 SHIM_EXPORT void *malloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
-    return malloc_matching(n, CALLER);
+    const unsigned first = match_size(n);
+    if (__builtin_expect(first < kSizeRuleCaller, 1)) return arena_malloc(static_cast<int>(first), n);
+    if (first == kNoSizeRule) return g_next.malloc(n);
+    return malloc_callers(n, CALLER, first);
 }
 
 SHIM_EXPORT void free(void *p) {

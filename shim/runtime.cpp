@@ -623,9 +623,7 @@ void runtime_start() {
     if (g_stats) g_stats->active.store(1);
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
-    // Publish the window last: from here on matching sizes take the slow path.
-    g_window.lo = table.lo;
-    g_window.span = table.hi - table.lo;
+    open_window(table.lo, table.hi);
 }
 
 // Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
@@ -669,6 +667,7 @@ void write_stats_file() noexcept {
 
 SizeRule g_rules[kMaxRules];
 unsigned g_nrules = 0;
+SizeRuleTable g_size_rule;
 __thread bool t_busy __attribute__((tls_model("initial-exec"))) = false;
 
 NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_realloc,
@@ -676,6 +675,19 @@ NextAllocator g_next = {boot_malloc,  boot_free,          boot_calloc,  boot_rea
                         boot_valloc,  boot_pvalloc,       boot_usable};
 MatchWindow g_window = {SIZE_MAX, 0};
 SecureArena g_arena;
+
+void open_window(std::size_t lo, std::size_t hi) noexcept {
+    for (std::size_t k = 0; k < kSizeTable && k <= hi - lo; ++k) {
+        const std::size_t n = lo + k;
+        unsigned i = 0;
+        while (i < g_nrules && (n < g_rules[i].min || n > g_rules[i].max)) ++i;
+        const unsigned entry = i == g_nrules ? kNoSizeRule : g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
+        g_size_rule.rule[k] = static_cast<std::uint16_t>(entry);
+    }
+    // Publish the window last: from here on matching sizes take the slow path.
+    g_window.lo = lo;
+    g_window.span = hi - lo;
+}
 
 bool in_bootstrap(const void *p) noexcept {
     return static_cast<std::size_t>(static_cast<const unsigned char *>(p) - g_boot) < kBootBytes;
@@ -923,10 +935,23 @@ void *arena_alloc(int rule, std::size_t n, std::size_t align, bool zero) noexcep
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, align, zero);
 }
 
-void *arena_malloc(int rule, std::size_t n) noexcept {
+namespace {
+
+// arena_malloc() past the arena's fast path: a cached block of another class (or a thread
+// that counts in the shared slot), else a block from the pool.
+__attribute__((noinline)) void *arena_malloc_uncached(int rule, std::size_t n) noexcept {
     const auto r = static_cast<unsigned>(rule);
     if (void *p = g_arena.alloc_cached(g_rules[r].pool, n, stats_rule_index(r))) return p;
     return alloc_in(g_rules[r].pool, stats_rule_index(r), n, 16, false);
+}
+
+}  // namespace
+
+// The fast path makes no call: rule and n stay in their registers for the tail call.
+void *arena_malloc(int rule, std::size_t n) noexcept {
+    const auto r = static_cast<unsigned>(rule);
+    if (void *p = g_arena.alloc_fast(g_rules[r].pool, n, stats_rule_index(r))) return p;
+    return arena_malloc_uncached(rule, n);
 }
 
 std::size_t usable_other(void *p) noexcept {

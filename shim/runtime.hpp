@@ -80,16 +80,44 @@ private:
 // the shim's own frames as possible.
 int match_callers(std::size_t n, const void *ra, unsigned from) noexcept;
 
+// The first rule whose size condition holds for the first kSizeTable sizes of the window
+// (n - g_window.lo < kSizeTable): its index, with kSizeRuleCaller added where it has a caller
+// condition, or kNoSizeRule. Filled at start-up, before the window opens.
+constexpr std::size_t kSizeTable = 1024;
+constexpr std::uint16_t kSizeRuleCaller = 0x4000;
+constexpr std::uint16_t kNoSizeRule = 0xffff;
+static_assert(kMaxRules < kSizeRuleCaller, "a rule index fits below the caller flag");
+struct SizeRuleTable {
+    std::uint16_t rule[kSizeTable];
+    constexpr SizeRuleTable() : rule{} {
+        for (std::uint16_t &r : rule) r = kNoSizeRule;
+    }
+};
+extern SizeRuleTable g_size_rule;
+
+// Fills g_size_rule from g_rules for the window [lo, hi], then opens the window: from then on
+// those sizes may match (runtime_init, last; tests that set g_rules themselves).
+void open_window(std::size_t lo, std::size_t hi) noexcept;
+
+// The first rule whose size condition holds for n (pre: may_match(n)), as g_size_rule holds
+// it, or kNoSizeRule: none, or the shim itself is allocating.
+inline unsigned match_size(std::size_t n) noexcept {
+    if (t_busy) return kNoSizeRule;
+    const std::size_t k = n - g_window.lo;
+    if (__builtin_expect(k < kSizeTable, 1)) return g_size_rule.rule[k];
+    for (unsigned i = 0; i < g_nrules; ++i)
+        if (n >= g_rules[i].min && n <= g_rules[i].max) return g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
+    return kNoSizeRule;
+}
+
 // The rule (index into g_rules) a candidate size matches, or -1: pass it through (no rule
 // matches, or the shim itself is allocating). `ra` is the interposed function's return
 // address: the allocation's depth-1 caller. Size conditions first; callers only for sizes
-// that fit.
+// that fit. pre: may_match(n).
 inline int match(std::size_t n, const void *ra) noexcept {
-    if (t_busy) return -1;
-    for (unsigned i = 0; i < g_nrules; ++i)
-        if (n >= g_rules[i].min && n <= g_rules[i].max)
-            return g_rules[i].caller < 0 ? static_cast<int>(i) : match_callers(n, ra, i);
-    return -1;
+    const unsigned first = match_size(n);
+    if (first < kSizeRuleCaller) return static_cast<int>(first);
+    return first == kNoSizeRule ? -1 : match_callers(n, ra, first - kSizeRuleCaller);
 }
 // A block from the arena, in the rule's pool and counted for it. pre: rule from match(),
 // align a power of two. nullptr with errno = ENOMEM when the arena or the lock policy

@@ -89,9 +89,17 @@ struct StatsRuleRow {
 struct ThreadCounters {
     std::atomic<std::int32_t> owner{0};         // tid of the owning thread, 0 = free
 
-    // Single-writer increment: the owner is the only thread that writes its row.
-    static void bump(std::atomic<std::uint64_t> &c, std::uint64_t by) noexcept {
+    // Single-writer increment: the owner is the only thread that writes its row, so the add
+    // needs no lock; a reader sees the value before or after it. On x86-64 it is one add to
+    // memory (an aligned 8-byte store is atomic there), elsewhere a relaxed load and store.
+    template <class T>
+    static void bump(std::atomic<T> &c, typename std::atomic<T>::value_type by) noexcept {
+        static_assert(sizeof(T) == 8 && sizeof(std::atomic<T>) == 8, "a counter is one 8-byte word");
+#if defined(__x86_64__)
+        __asm__ __volatile__("addq %1, %0" : "+m"(*reinterpret_cast<T *>(&c)) : "er"(by));
+#else
         c.store(c.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+#endif
     }
 };
 

@@ -358,6 +358,7 @@ TSAN_TEST(tsan_rules, rules_compiled_once_match_concurrently_while_the_caller_in
     const RuleTable table = compile_rules(config.rules);
     CHECK((table.pool_actions.size()) == (3u));
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
+    open_window(table.lo, table.hi);
     const std::string why = callers_init(table.conditions, nullptr);
     CHECK(why.empty(), "%s", why.c_str());
     // Sanity, single-threaded.
@@ -412,6 +413,7 @@ TSAN_TEST(tsan_rules, matched_allocations_land_in_their_rules_pools) {
                                rule("nodump", 64, 64, kActionDontdump | kActionWipe)};
     const RuleTable table = compile_rules(rules);
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
+    open_window(table.lo, table.hi);
     make_arena(table.pool_actions);
     std::atomic<int> wrong{0};
     std::vector<std::thread> threads;
