@@ -471,7 +471,9 @@ inline std::uint64_t walk_id(const Memo &m, std::uint64_t seq) {
     return seq << kMemoBits | static_cast<std::uint64_t>(&m - g_memo);
 }
 
-// What one walk read, while it runs.
+// What one walk read, while it runs. Without kRecord (a walk that will not be kept) it
+// records nothing: the walk reads the same words and gives the same return addresses.
+template <bool kRecord>
 struct Trail {
     std::uintptr_t sp0;
     unsigned words = 0, pcs = 0;
@@ -481,6 +483,7 @@ struct Trail {
     std::uint8_t pc_at[kMemoPcs];
 
     void note(std::uintptr_t at, std::uintptr_t v) {
+        if (!kRecord) return;
         if (words < kMemoWords && at - sp0 <= UINT32_MAX) {
             off[words] = static_cast<std::uint32_t>(at - sp0);
             was[words++] = v;
@@ -489,6 +492,7 @@ struct Trail {
         }
     }
     void pc_is_last_word() {
+        if (!kRecord) return;
         if (pcs < kMemoPcs && words) pc_at[pcs++] = static_cast<std::uint8_t>(words - 1);
         else fits = false;
     }
@@ -543,12 +547,14 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
 // handshake). A child that lives on keeps its walks from then on.
 __thread unsigned t_walks_unkept;  // set in the forking thread of a fork child
 
-// Returns the walk's name (fast_backtrace's `walk`), or 0: not kept.
-std::uint64_t keep(const Trail &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
-    if (__builtin_expect(t_walks_unkept != 0, 0)) {
-        --t_walks_unkept;
-        return 0;
-    }
+// Returns the walk's name (fast_backtrace's `walk`), or 0: not kept. A walk that recorded
+// nothing (one of a fork child's first walks) is counted off t_walks_unkept.
+std::uint64_t keep(const Trail<false> &, std::uintptr_t, std::uintptr_t, std::uint32_t, int) {
+    if (t_walks_unkept) --t_walks_unkept;
+    return 0;
+}
+
+std::uint64_t keep(const Trail<true> &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
     if (!t.fits || max > 0xff) return 0;
     Memo &m = memo_for(t.sp0, from, t.was[0]);  // the first word read: fast_backtrace's return address
     std::uint64_t s1;
@@ -575,11 +581,12 @@ constexpr int kMaxOwnFrames = 12;
 
 // The walk from fast_backtrace's frame (pc, sp, fp as it found them: that frame stays where it
 // is while this runs) out to `from` and on. Out of line, so that a replay needs no room for
-// its trail.
+// its trail. kRecord: the walk may be kept (not one of a fork child's first walks).
+template <bool kRecord>
 __attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from,
                                         std::uintptr_t *pcs, int max, std::uint32_t gen, std::uint64_t *walk) {
     g_walks.store(g_walks.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    Trail trail;
+    Trail<kRecord> trail;
     trail.sp0 = sp;
     const std::uintptr_t fp0 = fp;
     // Where fp was last read from, until a rule uses it (0: it holds what it started with, or
@@ -662,7 +669,8 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
         if (copied) *copied = false;
         return again;
     }
-    int n = walk_from(pc, sp, fp, from, pcs, max, gen, walk);
+    int n = __builtin_expect(t_walks_unkept != 0, 0) ? walk_from<false>(pc, sp, fp, from, pcs, max, gen, walk)
+                                                     : walk_from<true>(pc, sp, fp, from, pcs, max, gen, walk);
     // Not a tail call: the walk reads this frame, which a jump would hand to walk_from.
     asm volatile("" : "+r"(n));
     return n;
