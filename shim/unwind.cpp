@@ -457,11 +457,16 @@ struct Memo {
 constexpr std::uint32_t kMemoFp = 1u << 24;  // the walk used the frame pointer it started with
 Memo g_memo[1u << kMemoBits];
 
-// `site`: fast_backtrace's return address, so that walks from two calls of it at the same
-// stack pointer are kept side by side rather than in turn.
-inline Memo &memo_for(std::uintptr_t sp, std::uintptr_t from, std::uintptr_t site) {
-    return g_memo[((sp ^ from ^ site * 0xff51afd7ed558ccdull) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits)];
+// The two entries (ways) a walk may be kept in. `site`: fast_backtrace's return address, so
+// that walks from two calls of it at the same stack pointer are kept side by side. Two walks
+// with one place (a call chain that differs only further out, or a hash collision) are both
+// kept, one in each way.
+constexpr unsigned kMemoWays = 2;
+inline Memo *memo_set(std::uintptr_t sp, std::uintptr_t from, std::uintptr_t site) {
+    return g_memo + kMemoWays * (((sp ^ from ^ site * 0xff51afd7ed558ccdull) * 0x9E3779B97F4A7C15ull) >> (64 - kMemoBits + 1));
 }
+// Per set, the way the next walk that finds both taken is kept in: each in turn.
+std::atomic<std::uint8_t> g_memo_turn[(1u << kMemoBits) / kMemoWays];
 
 // Names the walk entry m holds while its sequence count is seq (see fast_backtrace's `walk`):
 // the entry in the low kMemoBits, the count above. The count is even, and at least 2 once an
@@ -507,9 +512,8 @@ inline void copy_pcs(const Memo &m, std::uintptr_t *pcs, unsigned n) {
 // The kept walk from (sp, fp, from), if the stack still holds the words it read: its return
 // addresses into pcs, and how many. -1: none kept, or the stack differs.
 // Without `copy`, pcs is left for fast_backtrace_copy.
-__attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
-                                                int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy, std::uintptr_t site) {
-    Memo &m = memo_for(sp, from, site);
+__attribute__((no_sanitize_address, always_inline)) inline int replay_entry(Memo &m, std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from,
+                                                                        std::uint32_t gen, int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy) {
     const std::uint64_t s1 = m.seq.load(std::memory_order_acquire);
     if ((s1 & 1) || m.gen.load(std::memory_order_relaxed) != gen || m.sp.load(std::memory_order_relaxed) != sp ||
         m.from.load(std::memory_order_relaxed) != from)
@@ -540,6 +544,25 @@ __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_
     return static_cast<int>(n);
 }
 
+__attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
+                                                int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy, std::uintptr_t site) {
+    Memo *set = memo_set(sp, from, site);
+    const int n = replay_entry(set[0], sp, fp, from, gen, max, pcs, walk, copy);
+    return n >= 0 ? n : replay_entry(set[1], sp, fp, from, gen, max, pcs, walk, copy);
+}
+
+// The way of `set` a new walk is kept in: one that holds no walk of this generation, else
+// each in turn (read without the entries' sequence counts: a stale answer only picks the
+// other way).
+Memo &way_for_new_walk(Memo *set, std::uint32_t gen) {
+    for (unsigned w = 0; w < kMemoWays; ++w)
+        if (set[w].gen.load(std::memory_order_relaxed) != gen) return set[w];
+    std::atomic<std::uint8_t> &turn = g_memo_turn[(set - g_memo) / kMemoWays];
+    const unsigned w = turn.load(std::memory_order_relaxed) % kMemoWays;
+    turn.store(static_cast<std::uint8_t>(w + 1), std::memory_order_relaxed);
+    return set[w];
+}
+
 // A fork child's thread keeps none of its first kFastBacktraceChildUnkept walks. Keeping
 // writes an entry of the table, which the child shares with its parent copy-on-write: each
 // page of it the child writes first costs a page copy, and a child that serves one
@@ -556,7 +579,8 @@ std::uint64_t keep(const Trail<false> &, std::uintptr_t, std::uintptr_t, std::ui
 
 std::uint64_t keep(const Trail<true> &t, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen, int max) {
     if (!t.fits || max > 0xff) return 0;
-    Memo &m = memo_for(t.sp0, from, t.was[0]);  // the first word read: fast_backtrace's return address
+    // The first word read: fast_backtrace's return address.
+    Memo &m = way_for_new_walk(memo_set(t.sp0, from, t.was[0]), gen);
     std::uint64_t s1;
     if (!seq_begin_write(m.seq, s1)) return 0;
     m.gen.store(gen, std::memory_order_relaxed);
