@@ -426,22 +426,26 @@ void decide(std::uint64_t walk, const Index *idx, Kind kind, unsigned id, bool a
 // Does frame pc (a return address less one) lie in an object the index covers? Bit `bit` of
 // frames.indexed remembers a yes for this allocation. A no means code was loaded since the
 // index was built: `idx` is then refreshed, and `known` cleared (an answer worked out from
-// this frame is not kept).
-__attribute__((always_inline)) inline void check_indexed(const Index *&idx, std::uintptr_t pc, std::uint64_t bit, CallerFrames &frames,
-                                                         bool &known) {
-    if (frames.indexed & bit) return;
+// this frame is not kept). Returns whether the refreshed index puts pc inside condition
+// `id`'s ranges of `which`.
+using RangesOf = const std::vector<std::vector<Range>> Index::*;
+__attribute__((always_inline)) inline bool found_once_indexed(const Index *&idx, RangesOf which, unsigned id, std::uintptr_t pc,
+                                                              std::uint64_t bit, CallerFrames &frames, bool &known) {
+    if (frames.indexed & bit) return false;
     if (idx->indexed(pc)) {
         frames.indexed |= bit;
-        return;
+        return false;
     }
     known = false;
+    const Index *before = idx;
     idx = refresh(idx);
+    return idx != before && contains((idx->*which)[id], pc);
 }
 
 // Is one of the `depth` innermost callers inside condition `id`'s ranges of `kind`?
 __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kind, unsigned id, unsigned depth, const void *ra,
                                                      CallerFrames &frames) {
-    const std::vector<std::vector<Range>> Index::*which = kind == kModule ? &Index::module_ranges : &Index::symbol_ranges;
+    const RangesOf which = kind == kModule ? &Index::module_ranges : &Index::symbol_ranges;
     bool known = true;  // every frame looked at lies in an indexed object: the answer may be kept
     // A walk another condition made names the whole chain, its first frame included: an answer
     // kept for it decides this condition before any frame is searched.
@@ -458,12 +462,9 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
         const int kept = decided(frames.walk, idx, kind, id);
         if (kept >= 0) return kept;
     }
-    const Index *before = idx;
-    check_indexed(idx, pc1, 1, frames, known);
-    if (idx != before && contains((idx->*which)[id], pc1)) return true;
-    unsigned d = 2;
+    if (found_once_indexed(idx, which, id, pc1, 1, frames, known)) return true;
     bool answer = false;
-    for (; d <= depth; ++d) {
+    for (unsigned d = 2; d <= depth; ++d) {
         std::uintptr_t pc = frame_at(d, ra, frames);
         if (!pc) break;
         --pc;
@@ -471,9 +472,7 @@ __attribute__((always_inline)) inline bool in_frames(const Index *&idx, Kind kin
             answer = true;
             break;
         }
-        before = idx;
-        check_indexed(idx, pc, std::uint64_t{1} << (d - 1), frames, known);
-        if (idx != before && contains((idx->*which)[id], pc)) return true;
+        if (found_once_indexed(idx, which, id, pc, std::uint64_t{1} << (d - 1), frames, known)) return true;
     }
     if (depth >= 2 && known) decide(frames.walk, idx, kind, id, answer);
     return answer;
@@ -486,13 +485,12 @@ std::string callers_init(const std::vector<CallerCondition> &conditions, void (*
     g_warn = warn;
     g_unwind_depth = 1;
     auto *depths = new Depths[conditions.size()];
-    for (std::size_t i = 0; i < conditions.size(); ++i)
-        depths[i] = {conditions[i].symbol.empty() ? 0 : conditions[i].symbol_depth, conditions[i].module.empty() ? 0 : conditions[i].module_depth};
-    g_depths = depths;
-    for (const auto &c : conditions) {
-        if (!c.symbol.empty()) g_unwind_depth = std::max(g_unwind_depth, c.symbol_depth);
-        if (!c.module.empty()) g_unwind_depth = std::max(g_unwind_depth, c.module_depth);
+    for (std::size_t i = 0; i < conditions.size(); ++i) {
+        const CallerCondition &c = conditions[i];
+        depths[i] = {c.symbol.empty() ? 0 : c.symbol_depth, c.module.empty() ? 0 : c.module_depth};
+        g_unwind_depth = std::max({g_unwind_depth, depths[i].symbol, depths[i].module});
     }
+    g_depths = depths;
     if (g_unwind_depth > 1) {
         void *warm[kMaxCallerDepth + kShimFrames];
         backtrace_into(warm, static_cast<int>(g_unwind_depth + kShimFrames));  // resolves what it uses once

@@ -496,6 +496,11 @@ struct Trail {
             fits = false;
         }
     }
+    // The first return address is `from`, which a replay has without a word.
+    void pc_is_from() {
+        pc_at[0] = 0;  // unused
+        pcs = 1;
+    }
     void pc_is_last_word() {
         if (!kRecord) return;
         if (pcs < kMemoPcs && words) pc_at[pcs++] = static_cast<std::uint8_t>(words - 1);
@@ -544,6 +549,7 @@ __attribute__((no_sanitize_address, always_inline)) inline int replay_entry(Memo
     return static_cast<int>(n);
 }
 
+// replay_entry() in each way of the walk's place.
 __attribute__((no_sanitize_address)) int replay(std::uintptr_t sp, std::uintptr_t fp, std::uintptr_t from, std::uint32_t gen,
                                                 int max, std::uintptr_t *pcs, std::uint64_t *walk, bool copy, std::uintptr_t site) {
     Memo *set = memo_set(sp, from, site);
@@ -650,8 +656,7 @@ __attribute__((noinline)) int walk_from(std::uintptr_t pc, std::uintptr_t sp, st
             // The depth-1 return address is not noted: the shim's own frames' words, noted
             // before it, fix where it lies, and a replay checks what it holds (`from`).
             pcs[n++] = pc;
-            trail.pc_at[0] = 0;  // unused: a replay's first return address is its `from`
-            trail.pcs = 1;
+            trail.pc_is_from();
             continue;
         }
         trail.note(cfa - 8, pc);
