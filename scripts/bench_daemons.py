@@ -4,10 +4,13 @@
 Two instances of each daemon run side by side (one under memlock-run with config/default.json,
 one plain, each on its own port); their measurements are interleaved (plain, profile, plain,
 profile, ...) and each figure is the median of BENCH_DAEMON_ROUNDS (default 3), with the lowest
-and highest run beside it (the spread). Prints requests (or transactions) per second and the
-ratio of the medians profile/plain, and the daemon's CPU time per request (its processes' own,
-their reaped children's and their live descendants', over the same runs) with the ratio
-plain/profile: on a busy machine the CPU per request moves less than the rate. Asserts nothing.
+and highest run beside it (the spread). Prints requests (or transactions) per second, the ratio
+profile/plain (the median of each round's ratio: a round's two runs are seconds apart, so a
+change in the machine's speed between rounds cancels out), and the daemon's CPU time per request
+(its processes' own, their reaped children's and their live descendants', over the same runs)
+with the ratio plain/profile. With two CPUs or more, the daemons run on the last CPU and the
+client on the others, so the server's CPU is the limit and the figures measure what a request
+costs the server, not how the scheduler shares CPUs between client and server. Asserts nothing.
 
 usage: bench_daemons.py BUILD_DIR [PORT [CONFIG]]   (PORT .. PORT + 31 are used; default, or 0:
   32 consecutive ports the kernel finds free, so that runs side by side never collide)
@@ -44,10 +47,29 @@ def cpu_ticks(pid):
     return total
 
 
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def pin(root):
+    """Moves the daemon whose first process is root, and the processes it starts later, to the last CPU."""
+    if len(CPUS) < 2:
+        return
+    for p in [root] + keyproof.descendants(root):
+        try:
+            os.sched_setaffinity(p, {CPUS[-1]})
+        except OSError:
+            pass  # exited since the list was read
+
+
+def client(argv):
+    """argv, run on every CPU but the daemons' one."""
+    return argv if len(CPUS) < 2 else ["taskset", "-c", ",".join(map(str, CPUS[:-1]))] + argv
+
+
 def measure(argv, pattern, done, root):
     """(rate, CPU µs per request) of one client run against the daemon whose first process is root."""
     before = cpu_ticks(root)
-    out = keyproof.run(argv, timeout=300)
+    out = keyproof.run(client(argv), timeout=300)
     ticks = cpu_ticks(root) - before
     m, n = re.search(pattern, out), re.search(done, out)
     if not m or not n:
@@ -62,11 +84,11 @@ def compare(title, runs):
 
     rate = {k: [x[0] for x in v] for k, v in runs.items()}
     cpu = {k: [x[1] for x in v] for k, v in runs.items()}
-    a, b = statistics.median(rate["plain"]), statistics.median(rate["profile"])
-    ca, cb = statistics.median(cpu["plain"]), statistics.median(cpu["profile"])
+    ratio = statistics.median(b / a if a else 0.0 for a, b in zip(rate["plain"], rate["profile"]))
+    cpu_ratio = statistics.median(a / b if b else 0.0 for a, b in zip(cpu["plain"], cpu["profile"]))
     print("| %s | %s | %s | %.3fx | %s | %s | %.3fx |" % (
-        title, spread(rate["plain"], "%.0f"), spread(rate["profile"], "%.0f"), b / a if a else 0.0,
-        spread(cpu["plain"], "%.1f"), spread(cpu["profile"], "%.1f"), ca / cb if cb else 0.0), flush=True)
+        title, spread(rate["plain"], "%.0f"), spread(rate["profile"], "%.0f"), ratio,
+        spread(cpu["plain"], "%.1f"), spread(cpu["profile"], "%.1f"), cpu_ratio), flush=True)
 
 
 def start(kind, build, port, config):
@@ -81,6 +103,8 @@ def start(kind, build, port, config):
     except BaseException:
         stop(r)
         raise
+    for d in r.started:
+        pin(d.proc.pid)
     return r
 
 
@@ -103,7 +127,7 @@ def main():
     profile = os.path.abspath(sys.argv[3]) if len(sys.argv) > 3 else os.path.join(keyproof.TOP, "config", "default.json")
     print("config of the shimmed instances: %s" % os.path.relpath(profile, keyproof.TOP))
     print("| workload (median of %d, %ss each, interleaved) | plain /s (min-max) | profile /s (min-max) "
-          "| profile/plain | plain CPU µs/request | profile CPU µs/request | plain/profile CPU |" % (ROUNDS, SECONDS))
+          "| profile/plain (median of the rounds) | plain CPU µs/request | profile CPU µs/request | plain/profile CPU |" % (ROUNDS, SECONDS))
     print("| --- | --- | --- | --- | --- | --- | --- |")
     instances = []
     try:
