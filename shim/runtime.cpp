@@ -460,6 +460,16 @@ void read_config_error_policy(bool secure) {
                             "config error will stop this program (fail)", v);
 }
 
+// Is this the process memlock-run started (MEMLOCK_RUN_PID is its pid), or one started
+// without memlock-run (no MEMLOCK_RUN_PID)? A value that is not this pid marks a process that
+// one started under memlock-run runs in turn. Under secure execution the environment is the
+// caller's, so memlock-run's mark is not read.
+bool started_by_memlock_run_here(bool secure) {
+    const char *v = secure ? nullptr : std::getenv("MEMLOCK_RUN_PID");
+    if (!v || !*v) return true;
+    return std::to_string(::getpid()) == v;
+}
+
 // Fails closed unless the operator asked to run unprotected.
 void startup_error(int status, const std::string &why, const std::string &exe) {
     if (g_run_unprotected) {
@@ -588,10 +598,14 @@ void runtime_start() {
         // A rule naming an object or function this process has not loaded: a warning under a
         // config given to this program (a glob with a typo protects nothing), an info line under
         // the system config, which every program on the host reads, most of them loading none
-        // of what its rules name (memlock-inspect still warns about a caller rule that matches
-        // nothing while the program allocates).
+        // of what its rules name, and in the programs that the one memlock-run started runs in
+        // turn (a shell script's commands, a daemon's helpers: they inherit the preload). The
+        // program memlock-run started keeps its pid (MEMLOCK_RUN_PID), through further execs
+        // too. memlock-inspect still warns about a caller rule that matches nothing while the
+        // program allocates.
         void (*unmatched)(const char *) = +[](const char *text) { log_msg(LogLevel::warn, "%s", text); };
-        if (path == kSystemConfig) unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
+        if (path == kSystemConfig || !started_by_memlock_run_here(secure))
+            unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
         std::string why = callers_init(conditions, unmatched);
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }

@@ -42,7 +42,7 @@ RunOptions tool_opts(std::vector<std::string> argv) {
     RunOptions o;
     o.argv = std::move(argv);
     o.unset_env = {"MEMLOCK_SHIM_LIB", "MEMLOCK_SHIM_CONFIG", "LD_PRELOAD", "MEMLOCK_SHIM_ON_CONFIG_ERROR",
-                   "MAKEFLAGS", "MFLAGS", "MAKELEVEL"};
+                   "MEMLOCK_RUN_PID", "MAKEFLAGS", "MFLAGS", "MAKELEVEL"};
     return o;
 }
 
@@ -423,6 +423,31 @@ Test(tools, run_keeps_the_pid_and_loads_the_shim) {
     const RunResult r = child.finish();
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     assert_text(r.out, "pid=" + std::to_string(child.pid()) + "\nshim=" + real(tool("libmemlock_shim.so")) + "\n");
+}
+
+// Under the key profile a shell script that loads no libcrypto hears once that the rule
+// protects nothing in it, from the program memlock-run started, and not again from each
+// command it runs (they inherit the preload); at info level those say it too. The program
+// memlock-run started keeps the warning through an exec (`exec sh`, as an entrypoint script
+// ends in `exec "$@"`).
+Test(tools, run_warns_of_an_unloaded_module_in_its_program_and_not_in_each_command) {
+    const std::string unloaded = "rule \"openssl-and-its-callees\": no loaded object matches \"libcrypto.so*\" or "
+                                 "\"libssl.so*\" yet (it may be loaded later)";
+    auto r = run(wrap(config("default.json"), {"/bin/sh", "-c", "ls / >/dev/null; cat </dev/null; echo $$; exec sh -c true"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string pid = r.out.substr(0, r.out.find('\n'));
+    const std::string warning = "memlock-shim: warning: " + unloaded + " (program sh, pid " + pid + ")\n";
+    assert_text(r.err, warning + warning);
+
+    TempDir dir;
+    const std::string info = dir.file("info.json");
+    write_file(info, R"({"version": 1, "rules": [{"name": "openssl-and-its-callees", "module": ["libcrypto.so*",
+        "libssl.so*"], "depth": 8, "max_size": "16KiB"}], "log": {"level": "info", "file": "stderr"}})");
+    r = run(wrap(info, {"/bin/sh", "-c", "ls / >/dev/null"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: " + unloaded + " (program sh, pid "), "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: info: " + unloaded + " (program ls, pid "), "%s", r.err.c_str());
+    cr_assert(!contains(r.err, "warning: " + unloaded + " (program ls"), "%s", r.err.c_str());
 }
 
 Test(tools, run_prepends_the_shim_to_ld_preload_and_sets_an_absolute_config) {
