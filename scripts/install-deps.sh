@@ -15,7 +15,7 @@ podman runc debootstrap python3-yaml
 libunwind8
 scdoc groff-base man-db lintian dpkg-dev debootstrap prometheus bash-completion
 nginx haproxy stunnel4 postgresql postgresql-client openssh-server openssh-client curl wrk apache2-utils
-lighttpd apache2
+lighttpd lighttpd-mod-openssl apache2
 mosquitto mosquitto-clients unbound vsftpd openvpn dovecot-imapd
 redis-server redis-tools
 libssl-dev gnutls-bin slapd ldap-utils
