@@ -691,13 +691,8 @@ MatchWindow g_window = {SIZE_MAX, 0};
 SecureArena g_arena;
 
 void open_window(std::size_t lo, std::size_t hi) noexcept {
-    for (std::size_t k = 0; k < kSizeTable && k <= hi - lo; ++k) {
-        const std::size_t n = lo + k;
-        unsigned i = 0;
-        while (i < g_nrules && (n < g_rules[i].min || n > g_rules[i].max)) ++i;
-        const unsigned entry = i == g_nrules ? kNoSizeRule : g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
-        g_size_rule.rule[k] = static_cast<std::uint16_t>(entry);
-    }
+    for (std::size_t k = 0; k < kSizeTable && k <= hi - lo; ++k)
+        g_size_rule.rule[k] = static_cast<std::uint16_t>(first_size_rule(lo + k));
     // Publish the window last: from here on matching sizes take the slow path.
     g_window.lo = lo;
     g_window.span = hi - lo;

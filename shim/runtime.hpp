@@ -99,15 +99,21 @@ extern SizeRuleTable g_size_rule;
 // those sizes may match (runtime_init, last; tests that set g_rules themselves).
 void open_window(std::size_t lo, std::size_t hi) noexcept;
 
-// The first rule whose size condition holds for n (pre: may_match(n)), as g_size_rule holds
-// it, or kNoSizeRule: none, or the shim itself is allocating.
+// The first rule whose size condition holds for n, in g_size_rule's terms: its index, with
+// kSizeRuleCaller added where it has a caller condition, or kNoSizeRule.
+inline unsigned first_size_rule(std::size_t n) noexcept {
+    for (unsigned i = 0; i < g_nrules; ++i)
+        if (n >= g_rules[i].min && n <= g_rules[i].max) return g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
+    return kNoSizeRule;
+}
+
+// first_size_rule(n) (pre: may_match(n)), from g_size_rule where it holds n, or kNoSizeRule
+// while the shim itself is allocating.
 inline unsigned match_size(std::size_t n) noexcept {
     if (t_busy) return kNoSizeRule;
     const std::size_t k = n - g_window.lo;
     if (__builtin_expect(k < kSizeTable, 1)) return g_size_rule.rule[k];
-    for (unsigned i = 0; i < g_nrules; ++i)
-        if (n >= g_rules[i].min && n <= g_rules[i].max) return g_rules[i].caller < 0 ? i : i + kSizeRuleCaller;
-    return kNoSizeRule;
+    return first_size_rule(n);
 }
 
 // The rule (index into g_rules) a candidate size matches, or -1: pass it through (no rule
