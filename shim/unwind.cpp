@@ -365,7 +365,15 @@ struct Hints {
     std::atomic<std::uint64_t> pc[1u << kHintBits];
 };
 Hints *g_hints = nullptr;
-bool g_hints_owner = false;              // this process made g_hints: it learns from the ring
+// What a fork child's handler writes in the unwinder, side by side: each page of the shim's
+// data that a child stores to first costs it a copy-on-write fault, a trap that a child
+// which execs or exits at once pays for nothing.
+struct ForkChildState {
+    bool hints_owner = false;  // this process made g_hints: it learns from the ring
+    // Walks left that a fork child does not keep (keep(), below): any thread's count off it.
+    std::atomic<unsigned> walks_unkept{0};
+};
+ForkChildState g_child;
 std::atomic<std::uint64_t> g_taken{0};   // owner: addresses it took from the ring
 std::atomic<unsigned> g_hint_cursor{0};
 std::atomic<unsigned long long> g_hints_learned{0};
@@ -390,7 +398,7 @@ void post_hint(std::uintptr_t pc) {
 
 // Are there posted addresses the owner has not taken? One load and a compare per walk.
 inline bool hints_pending() {
-    return g_hints_owner && g_hints->posted.load(std::memory_order_acquire) > g_taken.load(std::memory_order_relaxed);
+    return g_child.hints_owner && g_hints->posted.load(std::memory_order_acquire) > g_taken.load(std::memory_order_relaxed);
 }
 
 // The owner's: learns up to kHintLearn posted addresses from the next kHintScan slots.
@@ -417,7 +425,7 @@ __attribute__((noinline)) std::uint64_t rule_slow(std::uintptr_t pc, std::uint32
     std::uint64_t rule = make_rule(pc);
     g_rules_made.fetch_add(1, std::memory_order_relaxed);
     store(pc, gen, rule);
-    if (g_hints && !g_hints_owner && !(rule & kSlow)) post_hint(pc);
+    if (g_hints && !g_child.hints_owner && !(rule & kSlow)) post_hint(pc);
     return rule;
 }
 
@@ -569,17 +577,18 @@ Memo &way_for_new_walk(Memo *set, std::uint32_t gen) {
     return set[w];
 }
 
-// A fork child's thread keeps none of its first kFastBacktraceChildUnkept walks. Keeping
+// A fork child keeps none of its first kFastBacktraceChildUnkept walks. Keeping
 // writes an entry of the table, which the child shares with its parent copy-on-write: each
 // page of it the child writes first costs a page copy, and a child that serves one
 // connection (a postgres backend) walks most of its call chains once (its start-up, a TLS
 // handshake). A child that lives on keeps its walks from then on.
-__thread unsigned t_walks_unkept;  // set in the forking thread of a fork child
-
+//
 // Returns the walk's name (fast_backtrace's `walk`), or 0: not kept. A walk that recorded
-// nothing (one of a fork child's first walks) is counted off t_walks_unkept.
+// nothing (one of a fork child's first walks) is counted off g_child.walks_unkept (relaxed:
+// two threads that count at once may count one walk, which keeps a walk early).
 std::uint64_t keep(const Trail<false> &, std::uintptr_t, std::uintptr_t, std::uint32_t, int) {
-    if (t_walks_unkept) --t_walks_unkept;
+    if (const unsigned left = g_child.walks_unkept.load(std::memory_order_relaxed))
+        g_child.walks_unkept.store(left - 1, std::memory_order_relaxed);
     return 0;
 }
 
@@ -698,7 +707,7 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
         if (copied) *copied = false;
         return again;
     }
-    int n = __builtin_expect(t_walks_unkept != 0, 0) ? walk_from<false>(pc, sp, fp, from, pcs, max, gen, walk)
+    int n = __builtin_expect(g_child.walks_unkept.load(std::memory_order_relaxed) != 0, 0) ? walk_from<false>(pc, sp, fp, from, pcs, max, gen, walk)
                                                      : walk_from<true>(pc, sp, fp, from, pcs, max, gen, walk);
     // Not a tail call: the walk reads this frame, which a jump would hand to walk_from.
     asm volatile("" : "+r"(n));
@@ -722,15 +731,17 @@ bool fast_backtrace_share() noexcept {
     void *m = ::mmap(nullptr, sizeof(Hints), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) return false;
     g_hints = new (m) Hints();
-    g_hints_owner = true;
+    g_child.hints_owner = true;
     return true;
 }
 
-// Writes only in the ring's owner: a store, even of the value already there, would cost the
-// child a copy-on-write fault on this page.
+// Writes g_child only where something changes: a store, even of the value already there,
+// would cost the child a copy-on-write fault on its page. A parent that never walked kept no
+// walk, so its child's first walks fill pages of the table no process wrote: no copies.
 void fast_backtrace_after_fork_child() noexcept {
-    t_walks_unkept = kFastBacktraceChildUnkept;
-    if (g_hints_owner) g_hints_owner = false;
+    if (g_walks.load(std::memory_order_relaxed) != 0)
+        g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
+    if (g_child.hints_owner) g_child.hints_owner = false;
 }
 
 #else  // no fast walk on this platform: libgcc unwinds

@@ -350,6 +350,23 @@ Test(unwind, a_fork_child_keeps_no_walk_before_it_has_walked_a_while) {
                  WEXITSTATUS(status) & 8 ? "a later walk was not a replay" : "");
 }
 
+// Its table holds nothing of its parent's, so keeping copies no page: it keeps at once.
+Test(unwind, a_fork_child_of_a_parent_that_never_walked_keeps_its_first_walk) {
+    cr_assert_eq(walks(), 0u, "this process walked before the test");
+    const pid_t pid = fork();
+    if (pid == 0) {
+        fast_backtrace_after_fork_child();
+        Walk w[2];
+        for (Walk &each : w) each = recurse(2, 8);  // one call site
+        _exit(w[0].walk == 0 ? 1 : w[1].walk != w[0].walk ? 2 : 0);
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "the child did not exit");
+    cr_expect_eq(WEXITSTATUS(status), 0, "%s",
+                 WEXITSTATUS(status) == 1 ? "the child's first walk was not kept" : "the child's second walk was not a replay");
+}
+
 Test(unwind, a_fork_child_posts_but_never_learns) {
     cr_assert(fast_backtrace_share(), "no shared ring");
     const pid_t pid = fork();
