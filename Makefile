@@ -131,7 +131,7 @@ $(B)/shim/%.o: shim/%.cpp $(wildcard shim/*.hpp) core/include/memlock.h
 	$(CXX) $(SHIM_CXXFLAGS) -c $< -o $@
 
 $(B)/libmemlock_shim.so: $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(SHIM_COMPAT_OBJ) shim/exports.map
-	$(CXX) $(SHIM_LDFLAGS) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(CORE_OBJ) $(SHIM_COMPAT_OBJ) $(GLIBC_LIBS) -o $@
+	$(CXX) $(SHIM_LDFLAGS) $(CORE_OBJ) $(B)/shim/hooks.o $(SHIM_LIB_OBJ) $(SHIM_COMPAT_OBJ) $(GLIBC_LIBS) -o $@
 
 # Not LTO-compiled: its symbol versions must reach the linker as written.
 $(B)/compat/%.o: compat/%.c

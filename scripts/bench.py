@@ -142,16 +142,20 @@ def thp_off(argv):
 
 def interleaved(variants, runs=RUNS):
     """Runs each (argv, cfg) of `variants` once per round, `runs` rounds, so that the load of
-    the machine weighs on all alike. Returns per variant the median and the best of the first
-    figure printed, and the medians of the figures after it."""
+    the machine weighs on all alike, each on the last CPU (parent and child on one CPU, none
+    of them moved between CPUs). Returns per variant the median and the best of the first
+    figure printed, the median over the rounds of its difference from the first variant's in
+    the same round, and the medians of the figures after it."""
+    cpu = {max(os.sched_getaffinity(0))}
     got = [[] for _ in variants]
     for _ in range(runs):
         for i, (argv, cfg) in enumerate(variants):
-            r = subprocess.run(argv, env=env_for(cfg), capture_output=True, text=True, check=True)
+            r = subprocess.run(argv, env=env_for(cfg), capture_output=True, text=True, check=True,
+                               preexec_fn=lambda: os.sched_setaffinity(0, cpu))
             got[i].append([float(x) for x in r.stdout.split()])
     median = lambda xs: sorted(xs)[len(xs) // 2]
-    return [(median([x[0] for x in g]), min(x[0] for x in g), [median([x[k] for x in g]) for k in range(1, len(g[0]))])
-            for g in got]
+    return [(median([x[0] for x in g]), min(x[0] for x in g), median([x[0] - b[0] for x, b in zip(g, got[0])]),
+             [median([x[k] for x in g]) for k in range(1, len(g[0]))]) for g in got]
 
 
 fork_argv = [FORK_COST, "4", str(FORKS)]
@@ -164,9 +168,9 @@ with open(THP_SYSFS) if os.path.exists(THP_SYSFS) else open(os.devnull) as f:
     print(f"  (transparent huge pages: {f.read().strip() or 'missing'}; {RUNS} interleaved runs of {FORKS} forks, "
           f"median, best in brackets; load average {os.getloadavg()[0]:.1f})")
 fork_figures = interleaved([(argv, cfg) for _, argv, cfg in fork_variants])
-for (label, _, _), (median, low, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(fork_variants, fork_figures):
+for (label, _, _), (median, low, delta, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(fork_variants, fork_figures):
     print(f"  {label:<46} {median:10.2f} us/fork ({low:.2f}) {median / fork_figures[0][0]:7.2f}x  "
-          f"({median - fork_figures[0][0]:+.2f}); parent {cpu_parent:.1f} + child {cpu_child:.1f} us; "
+          f"({delta:+.2f} in the same round); parent {cpu_parent:.1f} + child {cpu_child:.1f} us; "
           f"page faults per fork: parent {faults_parent:.1f}, child {faults_child:.1f}")
 
 print("== policy.backing: secretmem (memfd_secret) vs anonymous, matched blocks")

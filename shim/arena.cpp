@@ -19,6 +19,7 @@
 
 #include "backing.hpp"
 #include "fatal.hpp"
+#include "fork_child.hpp"
 #include "memlock.h"
 
 namespace mlshim {
@@ -1589,7 +1590,7 @@ void SecureArena::postfork_child_locks() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_init(&pools_[i].lock, nullptr);
 }
 
-void SecureArena::postfork_child() noexcept {
+MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
     // mlock is not inherited: lock again the range each pool locked at start-up (one call
     // per pool; the pages in use fault in locked, the others lock as they are touched).
     unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
@@ -1643,12 +1644,12 @@ void SecureArena::postfork_child() noexcept {
 
 // Where a pool's locked range ends for locking it again after fork: without lock-on-fault
 // only its committed part is locked (mlock populates). pre: the pool's range locks at all.
-std::uintptr_t SecureArena::relock_end(const Pool &pool) const noexcept {
+MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_end(const Pool &pool) const noexcept {
     return lock_on_commit_ && !pool.secret ? pool.locked_to : pool.lock_end;
 }
 
 // Locks [at, at+bytes) of `pool` as it was locked before fork. 0 or the error.
-int SecureArena::relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept {
+MLSHIM_FORK_CHILD_TEXT int SecureArena::relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept {
     void *p = reinterpret_cast<void *>(at);
     return lock_on_commit_ && !pool.secret ? memlock_lock(p, bytes) : memlock_lock_onfault(p, bytes);
 }

@@ -24,6 +24,7 @@
 #include "callers.hpp"
 #include "config.hpp"
 #include "fatal.hpp"
+#include "fork_child.hpp"
 #include "memlock.h"
 #include "trace.hpp"
 #include "unwind.hpp"
@@ -295,7 +296,7 @@ void atfork_parent() {
     --t_fork_depth;
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
-void atfork_child() {
+MLSHIM_FORK_CHILD_TEXT void atfork_child() {
     if (!g_active) return;
     fast_backtrace_after_fork_child();
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves

@@ -1,5 +1,7 @@
 #include "stats.hpp"
 
+#include "fork_child.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -95,7 +97,7 @@ StatsPage *stats_create(bool visible) noexcept {
     return map_page(static_cast<int>(::getpid()), visible);
 }
 
-StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept {
+MLSHIM_FORK_CHILD_TEXT StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept {
     if (!page) return nullptr;
     if (g_kind == PageKind::shared_anonymous) {
         StatsPage *own = map_page(static_cast<int>(::getpid()), true);

@@ -8,6 +8,7 @@
 
 #include <sys/mman.h>
 
+#include "fork_child.hpp"
 #include "seqlock.hpp"
 
 namespace mlshim {
@@ -738,7 +739,7 @@ bool fast_backtrace_share() noexcept {
 // Writes g_child only where something changes: a store, even of the value already there,
 // would cost the child a copy-on-write fault on its page. A parent that never walked kept no
 // walk, so its child's first walks fill pages of the table no process wrote: no copies.
-void fast_backtrace_after_fork_child() noexcept {
+MLSHIM_FORK_CHILD_TEXT void fast_backtrace_after_fork_child() noexcept {
     if (g_walks.load(std::memory_order_relaxed) != 0)
         g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
     if (g_child.hints_owner) g_child.hints_owner = false;
