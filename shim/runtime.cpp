@@ -190,8 +190,9 @@ template <typename F> F lookup(void *libc, const char *name, F fallback) {
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 
-// syscall(3)'s next definition: looked up with the allocator's, at the first allocation (the
-// shim's own start-up makes one), so that a first syscall(3) in a signal handler finds it set.
+// syscall(3)'s next definition: looked up with the allocator's at the shim's start-up, so that
+// a first syscall(3) in a signal handler finds it set (or alone by next_known, for a call
+// before or during that lookup).
 long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s, likewise.
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
@@ -812,11 +813,17 @@ NextJemalloc next_jemalloc() noexcept {
 
 namespace {
 
-// Is the next definition `next` known? Looks it up first if nothing has been looked up yet
-// (a call before the first allocation); false, with errno = ENOSYS, if libc has none.
-template <typename F> bool next_known(F &next) noexcept {
-    if (!next) resolve_next();
-    if (next) return true;
+// Is the next definition `next` of `name` known? Looks it up first, alone, if nothing has been
+// looked up yet: a call before the first allocation, or during resolve_next itself. A
+// program's own allocator (jemalloc preloaded before the shim, or linked into the program as
+// rustc's is) calls syscall(3) while it starts, under a lock its malloc takes; resolve_next's
+// dlopen allocates through that malloc, so the lookup here is dlsym alone: no dlopen, no lock
+// of the shim's, no allocation. Threads that race store the same address. false, with errno =
+// ENOSYS, if libc has none.
+template <typename F> bool next_known(F &next, const char *name) noexcept {
+    if (!__atomic_load_n(&next, __ATOMIC_ACQUIRE))
+        __atomic_store_n(&next, reinterpret_cast<F>(dlsym(RTLD_NEXT, name)), __ATOMIC_RELEASE);
+    if (__atomic_load_n(&next, __ATOMIC_ACQUIRE)) return true;
     errno = ENOSYS;
     return false;
 }
@@ -824,7 +831,7 @@ template <typename F> bool next_known(F &next) noexcept {
 // syscall(number, ...) before the first allocation (the next definition is looked up), and
 // for a clone that makes a fork child (between the shim's fork handlers).
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
-    if (!next_known(g_next_syscall)) return -1;
+    if (!next_known(g_next_syscall, "syscall")) return -1;
     if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
     long rc = g_next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -880,7 +887,7 @@ int clone_child_start(void *start) {
 }  // namespace
 
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept {
-    if (!next_known(g_next_clone)) return -1;
+    if (!next_known(g_next_clone, "clone")) return -1;
     const auto f = static_cast<unsigned long>(static_cast<unsigned>(flags));
     if (!g_active || (f & kSharedMemory) || !fn || !stack) return g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
     if (f & CLONE_SETTLS) {

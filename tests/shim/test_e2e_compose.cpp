@@ -1,11 +1,14 @@
 // End-to-end: the shim composes with another allocator preloaded after it. Calls that do not
 // match go to the next definition in the lookup order (here jemalloc), matching ones to the
-// arena, and each free goes back to the allocator its block came from.
+// arena, and each free goes back to the allocator its block came from. With an allocator
+// that comes before the shim (preloaded first, or the program's own), the program runs as it
+// does without the shim.
 #include <criterion/criterion.h>
 
 #include <string>
 
 #include "e2e.hpp"
+#include "three_ways.hpp"
 
 using namespace memlock_test;
 
@@ -52,4 +55,24 @@ Test(e2e_compose, unmatched_blocks_come_from_the_next_preloaded_allocator) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(r.out.find("done\n") != std::string::npos, "%s", r.describe().c_str());
     cr_assert_str_empty(r.err.c_str());
+}
+
+// jemalloc, preloaded before the shim, calls syscall(3) while it starts, under the lock its
+// malloc takes; the shim's syscall(3), asked before the shim had looked up libc's, looked it
+// up through dlopen, which allocated through jemalloc's malloc: every program hung.
+Test(e2e_compose, an_allocator_preloaded_before_the_shim_starts_under_it) {
+    cr_assert(file_exists(kJemalloc), "%s missing (scripts/install-deps.sh installs libjemalloc2)", kJemalloc);
+    ThreeWayOptions o;
+    o.preload_before = kJemalloc;
+    const ThreeWays t = run_three_ways({shim_program("e2e_hello")}, o);
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "hello 3\n");
+}
+
+// The same with the allocator in the program (as rustc links jemalloc in), whose start-up also
+// calls clone(3).
+Test(e2e_compose, a_program_whose_own_allocator_calls_syscall_while_it_starts_runs) {
+    const ThreeWays t = run_three_ways({shim_program("own_allocator")});
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "ok\n");
 }

@@ -107,6 +107,8 @@ struct ThreeWayOptions {
     int timeout_ms = 60000;
     // Preloaded in all three runs, after the shim where there is one (e.g. libc_malloc_debug.so.0).
     std::string preload_after;
+    // Preloaded in all three runs, before the shim where there is one (e.g. libjemalloc.so.2).
+    std::string preload_before;
 };
 
 namespace detail {
@@ -164,6 +166,11 @@ inline ThreeWays run_three_ways(const std::vector<std::string> &argv, const Thre
             auto it = std::find_if(opts.env.begin(), opts.env.end(), [](const auto &kv) { return kv.first == "LD_PRELOAD"; });
             if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", o.preload_after);
             else it->second += " " + o.preload_after;
+        }
+        if (!o.preload_before.empty()) {
+            auto it = std::find_if(opts.env.begin(), opts.env.end(), [](const auto &kv) { return kv.first == "LD_PRELOAD"; });
+            if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", o.preload_before);
+            else it->second = o.preload_before + " " + it->second;
         }
         if (o.before) o.before(m);
         t.runs[i].mode = m;
