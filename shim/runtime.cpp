@@ -191,8 +191,8 @@ template <typename F> F lookup(void *libc, const char *name, F fallback) {
 }
 
 // syscall(3)'s next definition: looked up with the allocator's at the shim's start-up, so that
-// a first syscall(3) in a signal handler finds it set (or alone by next_known, for a call
-// before or during that lookup).
+// a first syscall(3) in a signal handler finds it set (a call before or during that lookup:
+// next_syscall).
 long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s, likewise.
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
@@ -217,8 +217,8 @@ void resolve_next() noexcept {
         n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
         n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
         n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
-        g_next_syscall = lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr);
-        g_next_clone = lookup<decltype(g_next_clone)>(libc, "clone", nullptr);
+        __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr), __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>(libc, "clone", nullptr), __ATOMIC_RELEASE);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -335,6 +335,8 @@ MLSHIM_FORK_CHILD_TEXT void atfork_child() {
 // program; the kernel would have answered EFAULT.)
 constexpr unsigned long kSharedMemory = CLONE_VM | CLONE_THREAD;
 
+long next_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;
+
 #ifdef SYS_clone3
 // Can this process read the 8 bytes at p? rt_sigprocmask copies the new set (the kernel's
 // sigset_t, _NSIG / 8 bytes: 8 on x86-64 and aarch64) from p before it looks at `how`: EFAULT
@@ -343,7 +345,7 @@ constexpr unsigned long kSharedMemory = CLONE_VM | CLONE_THREAD;
 // (process_vm_readv, which would copy the struct, is often not allowed). Preserves errno.
 bool readable8(const void *p) noexcept {
     const int saved = errno;
-    const bool fault = g_next_syscall(SYS_rt_sigprocmask, -1L, p, 0L, static_cast<long>(_NSIG / 8)) < 0 &&
+    const bool fault = next_syscall(SYS_rt_sigprocmask, -1L, reinterpret_cast<long>(p), 0L, static_cast<long>(_NSIG / 8), 0L, 0L) < 0 &&
                        errno == EFAULT;
     errno = saved;
     return !fault;
@@ -813,13 +815,15 @@ NextJemalloc next_jemalloc() noexcept {
 
 namespace {
 
-// Is the next definition `next` of `name` known? Looks it up first, alone, if nothing has been
-// looked up yet: a call before the first allocation, or during resolve_next itself. A
-// program's own allocator (jemalloc preloaded before the shim, or linked into the program as
-// rustc's is) calls syscall(3) while it starts, under a lock its malloc takes; resolve_next's
-// dlopen allocates through that malloc, so the lookup here is dlsym alone: no dlopen, no lock
-// of the shim's, no allocation. Threads that race store the same address. false, with errno =
-// ENOSYS, if libc has none.
+// A call of syscall(3) or clone(3) before the shim has looked up libc's (resolve_next, at its
+// start-up) may come from a program's own allocator: one preloaded before the shim (jemalloc)
+// or linked into the program (rustc's), whose start-up calls syscall(3) under the lock its
+// malloc takes. resolve_next's dlopen allocates through that malloc: it cannot be called then.
+
+// Is clone(3)'s next definition known? Looks it up first, alone, if not yet: dlsym, with no
+// dlopen and no lock of the shim's. (On glibc before 2.34 a thread's first dlsym allocates its
+// error state; an allocator that calls clone(3) in its start-up is not known.) Threads that race
+// store the same address. false, with errno = ENOSYS, if libc has none.
 template <typename F> bool next_known(F &next, const char *name) noexcept {
     if (!__atomic_load_n(&next, __ATOMIC_ACQUIRE))
         __atomic_store_n(&next, reinterpret_cast<F>(dlsym(RTLD_NEXT, name)), __ATOMIC_RELEASE);
@@ -828,13 +832,56 @@ template <typename F> bool next_known(F &next, const char *name) noexcept {
     return false;
 }
 
-// syscall(number, ...) before the first allocation (the next definition is looked up), and
-// for a clone that makes a fork child (between the shim's fork handlers).
-__attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+#if defined(__x86_64__) || defined(__aarch64__)
+// syscall(3) before libc's is known: the system call instruction itself, with glibc's
+// contract on the result (-1 and errno for -4095 to -1). No lookup at all: even dlsym
+// allocates on glibc before 2.34.
+long direct_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+#if defined(__x86_64__)
+    register long r10 __asm__("r10") = a4;
+    register long r8 __asm__("r8") = a5;
+    register long r9 __asm__("r9") = a6;
+    long rc;
+    __asm__ volatile("syscall"
+                     : "=a"(rc)
+                     : "a"(number), "D"(a1), "S"(a2), "d"(a3), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+#else
+    register long x8 __asm__("x8") = number;
+    register long x0 __asm__("x0") = a1;
+    register long x1 __asm__("x1") = a2;
+    register long x2 __asm__("x2") = a3;
+    register long x3 __asm__("x3") = a4;
+    register long x4 __asm__("x4") = a5;
+    register long x5 __asm__("x5") = a6;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5) : "memory", "cc");
+    const long rc = x0;
+#endif
+    if (rc < 0 && rc > -4096) {
+        errno = static_cast<int>(-rc);
+        return -1;
+    }
+    return rc;
+}
+#endif
+
+// syscall(number, ...) through libc's, or before that is known (see direct_syscall).
+long next_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    if (auto next = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE)) return next(number, a1, a2, a3, a4, a5, a6);
+#if defined(__x86_64__) || defined(__aarch64__)
+    return direct_syscall(number, a1, a2, a3, a4, a5, a6);
+#else
     if (!next_known(g_next_syscall, "syscall")) return -1;
-    if (!g_active || !makes_fork_child(number, a1, a2)) return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
+    return g_next_syscall(number, a1, a2, a3, a4, a5, a6);
+#endif
+}
+
+// syscall(number, ...) before libc's is known, and for a clone that makes a fork child
+// (between the shim's fork handlers).
+__attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
-    long rc = g_next_syscall(number, a1, a2, a3, a4, a5, a6);
+    long rc = next_syscall(number, a1, a2, a3, a4, a5, a6);
     int saved = errno;
     if (rc == 0)
         atfork_child();

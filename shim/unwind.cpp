@@ -369,7 +369,9 @@ Hints *g_hints = nullptr;
 // What a fork child's handler writes in the unwinder, side by side: each page of the shim's
 // data that a child stores to first costs it a copy-on-write fault, a trap that a child
 // which execs or exits at once pays for nothing.
-struct ForkChildState {
+// alignas(64): every walk reads it, and a line shared with g_walks, which each walk that is not
+// replayed writes, would move between the cores of a multi-threaded program.
+struct alignas(64) ForkChildState {
     bool hints_owner = false;  // this process made g_hints: it learns from the ring
     // Walks left that a fork child does not keep (keep(), below): any thread's count off it.
     std::atomic<unsigned> walks_unkept{0};
@@ -586,7 +588,7 @@ Memo &way_for_new_walk(Memo *set, std::uint32_t gen) {
 //
 // Returns the walk's name (fast_backtrace's `walk`), or 0: not kept. A walk that recorded
 // nothing (one of a fork child's first walks) is counted off g_child.walks_unkept (relaxed:
-// two threads that count at once may count one walk, which keeps a walk early).
+// threads that count at once may lose a count, so that walks are kept a little later).
 std::uint64_t keep(const Trail<false> &, std::uintptr_t, std::uintptr_t, std::uint32_t, int) {
     if (const unsigned left = g_child.walks_unkept.load(std::memory_order_relaxed))
         g_child.walks_unkept.store(left - 1, std::memory_order_relaxed);
@@ -736,13 +738,13 @@ bool fast_backtrace_share() noexcept {
     return true;
 }
 
-// Writes g_child only where something changes: a store, even of the value already there,
-// would cost the child a copy-on-write fault on its page. A parent that never walked kept no
-// walk, so its child's first walks fill pages of the table no process wrote: no copies.
+// Writes g_child only where walks are possible: a store, even of the value already there,
+// costs the child a copy-on-write fault on its page. A process that shares the ring (a caller
+// rule deeper than depth 1) or has walked writes it; under size rules nothing is written.
 MLSHIM_FORK_CHILD_TEXT void fast_backtrace_after_fork_child() noexcept {
-    if (g_walks.load(std::memory_order_relaxed) != 0)
-        g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
-    if (g_child.hints_owner) g_child.hints_owner = false;
+    if (!g_child.hints_owner && g_walks.load(std::memory_order_relaxed) == 0) return;
+    g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
+    g_child.hints_owner = false;
 }
 
 #else  // no fast walk on this platform: libgcc unwinds

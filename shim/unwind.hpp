@@ -54,10 +54,10 @@ void fast_backtrace_forget() noexcept;
 // and makes this process the one that learns from it. false: mmap failed, nothing shared.
 bool fast_backtrace_share() noexcept;
 
-// In a fork child: post to the ring, never learn from it; when the parent walked, the child
-// keeps none of its first kFastBacktraceChildUnkept walks, whichever threads make them (each
-// kept walk would copy a page of the table shared with the parent). Makes no system call and
-// writes no thread-local variable.
+// In a fork child: post to the ring, never learn from it; when the parent shared the ring or
+// walked, the child keeps none of its first kFastBacktraceChildUnkept walks, whichever threads
+// make them (each kept walk would copy a page of the table shared with the parent). Makes no
+// system call and writes no thread-local variable.
 constexpr unsigned kFastBacktraceChildUnkept = 256;
 void fast_backtrace_after_fork_child() noexcept;
 

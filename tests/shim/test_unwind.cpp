@@ -350,8 +350,10 @@ Test(unwind, a_fork_child_keeps_no_walk_before_it_has_walked_a_while) {
                  WEXITSTATUS(status) & 8 ? "a later walk was not a replay" : "");
 }
 
-// Its table holds nothing of its parent's, so keeping copies no page: it keeps at once.
-Test(unwind, a_fork_child_of_a_parent_that_never_walked_keeps_its_first_walk) {
+// A parent that neither walked nor shared the ring (size rules, or caller rules of depth 1):
+// its child's table holds nothing of the parent's, and the handler writes nothing: the child
+// keeps its walks at once.
+Test(unwind, a_fork_child_of_a_parent_that_never_walked_nor_shared_keeps_its_first_walk) {
     cr_assert_eq(walks(), 0u, "this process walked before the test");
     const pid_t pid = fork();
     if (pid == 0) {
