@@ -894,7 +894,7 @@ __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long 
 }  // namespace
 
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
-    long (*next)(long, ...) = g_next_syscall;
+    long (*next)(long, ...) = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE);
     // The numbers makes_fork_child looks at further; every other call goes straight through.
     const bool clone = number == SYS_clone
 #ifdef SYS_clone3

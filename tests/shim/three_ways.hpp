@@ -162,15 +162,14 @@ inline ThreeWays run_three_ways(const std::vector<std::string> &argv, const Thre
                 detail::derived_config(dir, m == Mode::match_all ? "match-all.json" : "match-none.json", stats_dir);
             for (auto &kv : shim_env(config)) opts.env.push_back(kv);
         }
-        if (!o.preload_after.empty()) {
+        if (!o.preload_before.empty() || !o.preload_after.empty()) {
             auto it = std::find_if(opts.env.begin(), opts.env.end(), [](const auto &kv) { return kv.first == "LD_PRELOAD"; });
-            if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", o.preload_after);
-            else it->second += " " + o.preload_after;
-        }
-        if (!o.preload_before.empty()) {
-            auto it = std::find_if(opts.env.begin(), opts.env.end(), [](const auto &kv) { return kv.first == "LD_PRELOAD"; });
-            if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", o.preload_before);
-            else it->second = o.preload_before + " " + it->second;
+            const std::string shim = it == opts.env.end() ? std::string() : it->second;
+            std::string libs;
+            for (const std::string &lib : {o.preload_before, shim, o.preload_after})
+                if (!lib.empty()) libs += (libs.empty() ? "" : " ") + lib;
+            if (it == opts.env.end()) opts.env.emplace_back("LD_PRELOAD", libs);
+            else it->second = libs;
         }
         if (o.before) o.before(m);
         t.runs[i].mode = m;
