@@ -535,6 +535,81 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
     }
 }
 
+// ---- an allocator before the shim -----------------------------------------------------------
+//
+// The program's malloc calls go to the first object in the global lookup order that defines
+// malloc: an allocator preloaded before the shim, linked into the program or defined by it
+// takes them all, and no rule sees one. Whether the calls reach the shim is found by making
+// one, malloc(1) through the first definition before the shim, with the shim's next malloc
+// replaced for the moment by one that notes calls from this thread; the block goes back
+// through the same object's free. A forwarding wrapper (libmemusage, heaptrack) reaches the
+// shim that way; a replacement (jemalloc, libc_malloc_debug.so, whose malloc calls libc's
+// directly) does not.
+
+std::atomic<bool> g_probe_reached{false};
+pthread_t g_prober;
+decltype(NextAllocator::malloc) g_probe_next = nullptr;
+
+void *probe_malloc(std::size_t n) noexcept {
+    if (pthread_equal(pthread_self(), g_prober)) g_probe_reached.store(true, std::memory_order_relaxed);
+    return g_probe_next(n);
+}
+
+// The object `f` lies in, and whether `f` is a definition there (not an undefined symbol: an
+// executable's canonical PLT entry for malloc).
+const link_map *object_of(void *f, bool *defined) noexcept {
+    Dl_info info;
+    void *symp = nullptr, *mapp = nullptr;
+    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP))
+        return nullptr;
+    *defined = static_cast<const ElfW(Sym) *>(symp)->st_shndx != SHN_UNDEF;
+    return static_cast<const link_map *>(mapp);
+}
+
+// `m`'s own definition of `name` that a reference carrying libc's version `version` binds to
+// (the program's and its libraries' references do): an unversioned or default one (jemalloc's,
+// the shim's) or one of that version (libc_malloc_debug.so's hidden malloc@GLIBC_2.2.5);
+// nullptr if `m` has none. A handle's lookup searches the object first, then its dependencies.
+void *own_symbol(const link_map *m, bool main, const char *name, const char *version) noexcept {
+    void *h = main ? dlopen(nullptr, RTLD_LAZY) : dlopen(m->l_name, RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) return nullptr;  // the handles stay open: objects loaded at start-up are never unloaded
+    bool defined = false;
+    if (void *f = dlsym(h, name); object_of(f, &defined) == m && defined) return f;
+    if (void *f = version ? dlvsym(h, name, version) : nullptr; object_of(f, &defined) == m && defined) return f;
+    return nullptr;
+}
+
+// The object loaded before the shim whose malloc takes the program's calls (the executable's
+// path when it is the program itself), or empty when they reach the shim: no object before
+// it in the lookup order (the order of loading, for the objects loaded at start-up) defines
+// malloc, or the first that does forwards to the next definition. pre: the match window is
+// closed (the probe passes through).
+std::string allocator_before_shim(void *libc) {
+    Dl_info info;
+    void *shim = nullptr;
+    if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
+    const link_map *first = static_cast<const link_map *>(shim);
+    while (first->l_prev) first = first->l_prev;
+    const char *version = libc_version_of(libc, "malloc");
+    const link_map *m = first;
+    void *f = nullptr;
+    for (; m && m != shim; m = m->l_next)
+        if ((f = own_symbol(m, m == first, "malloc", version)) != nullptr) break;
+    if (!f) return {};
+    void *release = own_symbol(m, m == first, "free", libc_version_of(libc, "free"));
+    g_prober = pthread_self();
+    g_probe_next = g_next.malloc;
+    g_probe_reached.store(false, std::memory_order_relaxed);
+    const int saved_errno = errno;
+    __atomic_store_n(&g_next.malloc, &probe_malloc, __ATOMIC_RELEASE);
+    void *p = reinterpret_cast<void *(*)(std::size_t)>(f)(1);
+    __atomic_store_n(&g_next.malloc, g_probe_next, __ATOMIC_RELEASE);
+    if (p && release) reinterpret_cast<void (*)(void *)>(release)(p);  // without a free of its own: kept
+    errno = saved_errno;
+    if (g_probe_reached.load(std::memory_order_relaxed)) return {};
+    return m->l_name && *m->l_name ? m->l_name : self_exe();
+}
+
 void runtime_start() {
     std::string exe = self_exe();
     // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
@@ -597,19 +672,18 @@ void runtime_start() {
         return;
     }
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
+    // What this process cannot protect: a warning under a config given to this program, an
+    // info line under the system config, which every program on the host reads, and in the
+    // programs that the one memlock-run started runs in turn (a shell script's commands, a
+    // daemon's helpers: they inherit the preload). The program memlock-run started keeps its
+    // pid (MEMLOCK_RUN_PID), through further execs too. memlock-inspect warns in every case.
+    const bool own_config = path != kSystemConfig && started_by_memlock_run_here(secure);
     const std::vector<CallerCondition> &conditions = table.conditions;
     if (!conditions.empty()) {
-        // A rule naming an object or function this process has not loaded: a warning under a
-        // config given to this program (a glob with a typo protects nothing), an info line under
-        // the system config, which every program on the host reads, most of them loading none
-        // of what its rules name, and in the programs that the one memlock-run started runs in
-        // turn (a shell script's commands, a daemon's helpers: they inherit the preload). The
-        // program memlock-run started keeps its pid (MEMLOCK_RUN_PID), through further execs
-        // too. memlock-inspect still warns about a caller rule that matches nothing while the
-        // program allocates.
+        // A rule naming an object or function this process has not loaded (a glob with a typo
+        // protects nothing; most programs under the system config load none of what it names).
         void (*unmatched)(const char *) = +[](const char *text) { log_msg(LogLevel::warn, "%s", text); };
-        if (path == kSystemConfig || !started_by_memlock_run_here(secure))
-            unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
+        if (!own_config) unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
         std::string why = callers_init(conditions, unmatched);
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
     }
@@ -641,6 +715,19 @@ void runtime_start() {
     if (g_stats) g_stats->active.store(1);
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
+    const std::string before = allocator_before_shim(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD));
+    if (!before.empty()) {
+        if (g_stats) copy_utf8(g_stats->allocator_before, sizeof g_stats->allocator_before, before.c_str());
+        const LogLevel level = own_config ? LogLevel::warn : LogLevel::info;
+        if (before == exe)
+            log_msg(level, "%s defines its own malloc, which comes before the shim in the lookup order: the "
+                           "program's allocations never reach the shim, no rule sees them, nothing is protected",
+                    exe.c_str());
+        else
+            log_msg(level, "malloc is defined by %s, which comes before the shim in the lookup order: the "
+                           "program's allocations never reach the shim, no rule sees them, nothing is protected "
+                           "(load libmemlock_shim.so before it)", before.c_str());
+    }
     open_window(table.lo, table.hi);
 }
 

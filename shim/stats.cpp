@@ -275,7 +275,10 @@ std::size_t stats_format_json(const StatsPage &page, const StatsRuleRow *rows, c
         if (caller) out.num("consulted", f.consulted);
         out.text("}");
     }
-    out.text("]}\n");
+    out.text("], \"allocator_before_shim\": ");
+    if (page.allocator_before[0]) out.str(page.allocator_before, sizeof page.allocator_before);
+    else out.text("null");
+    out.text("}\n");
     return out.used;
 }
 

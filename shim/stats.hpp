@@ -37,7 +37,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 5;
+constexpr std::uint32_t kStatsLayout = 6;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
@@ -139,6 +139,9 @@ struct StatsPage {
     std::atomic<std::uint64_t> secret_bytes;     // of committed_bytes, in memfd_secret memory
     StatsRuleInfo rule_info[kStatsRules];  // min(rules, kStatsRules) entries used
     StatsRuleTotal rule_totals[kStatsRules];
+    // The object whose malloc takes the program's calls before they reach the shim (an
+    // allocator loaded before it), NUL-terminated and cut to fit; empty when calls reach it.
+    char allocator_before[128];
 };
 
 // The per-thread rule rows follow the page: row i belongs to slots[i]. A reader reads the

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -302,6 +303,14 @@ inline std::optional<std::string> read_file(const std::string &path) {
 }
 
 inline bool file_exists(const std::string &path) { return ::access(path.c_str(), F_OK) == 0; }
+
+// The canonical path of `path` (symbolic links resolved), or `path` when it cannot be resolved.
+inline std::string real(const std::string &path) {
+    char buf[PATH_MAX];
+    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+inline bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
 
 // Non-overlapping occurrences of needle in haystack. pre: !needle.empty().
 inline std::size_t count_occurrences(const std::string &haystack, const std::string &needle) {

@@ -2,7 +2,9 @@
  * malloc, calloc, realloc and free take the place of the shim's (the program comes first in
  * the lookup order), and its one-time start-up calls syscall(3) and clone(3) under a lock
  * its malloc takes (jemalloc reads /proc through syscall(SYS_open) so). The first call
- * comes from the dynamic linker's allocations at the shim's start-up. Prints "ok", exits 0.
+ * comes from the dynamic linker's allocations at the shim's start-up. Prints "ok", exits 0;
+ * with the argument "hold", then holds blocks the test configs match until stdin closes
+ * (hold_common.h).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -13,6 +15,8 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include "hold_common.h"
 
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;  /* not recursive */
 static unsigned char *pool;
@@ -57,9 +61,11 @@ void *realloc(void *old, size_t n) {
     return p;
 }
 
-int main(void) {
+static void *volatile g_blocks[64];
+
+int main(int argc, char **argv) {
     char *p = malloc(32);
     strcpy(p, "ok");
     puts(p);
-    return 0;
+    return argc > 1 && strcmp(argv[1], "hold") == 0 ? hold_blocks_until_eof(g_blocks, 64) : 0;
 }

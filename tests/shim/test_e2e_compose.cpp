@@ -2,7 +2,7 @@
 // match go to the next definition in the lookup order (here jemalloc), matching ones to the
 // arena, and each free goes back to the allocator its block came from. With an allocator
 // that comes before the shim (preloaded first, or the program's own), the program runs as it
-// does without the shim.
+// does without the shim, and the shim says at start-up that no rule sees an allocation.
 #include <criterion/criterion.h>
 
 #include <string>
@@ -15,6 +15,27 @@ using namespace memlock_test;
 namespace {
 
 const char *const kJemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const char *const kMallocDebug = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
+const char *const kMemusage = "/usr/lib/x86_64-linux-gnu/libmemusage.so";
+
+// e2e_hello run three ways with `lib` preloaded before the shim; each run exits 0 and prints
+// what the run without the shim prints.
+ThreeWays hello_after(const char *lib) {
+    cr_assert(file_exists(lib), "%s missing (scripts/install-deps.sh installs it)", lib);
+    ThreeWayOptions o;
+    o.preload_before = lib;
+    const ThreeWays t = run_three_ways({shim_program("e2e_hello")}, o);
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "hello 3\n");
+    return t;
+}
+
+// The start-up warning of a process whose malloc calls `lib`, before the shim, takes.
+std::string allocator_before(const std::string &lib) {
+    return "memlock-shim: warning: malloc is defined by " + lib +
+           ", which comes before the shim in the lookup order: the program's allocations never reach the shim, no "
+           "rule sees them, nothing is protected (load libmemlock_shim.so before it)\n";
+}
 
 }  // namespace
 
@@ -57,22 +78,48 @@ Test(e2e_compose, unmatched_blocks_come_from_the_next_preloaded_allocator) {
     cr_assert_str_empty(r.err.c_str());
 }
 
-// jemalloc, preloaded before the shim, calls syscall(3) while it starts, under the lock its
-// malloc takes; the shim's syscall(3), asked before the shim had looked up libc's, looked it
-// up through dlopen, which allocated through jemalloc's malloc: every program hung.
-Test(e2e_compose, an_allocator_preloaded_before_the_shim_starts_under_it) {
-    cr_assert(file_exists(kJemalloc), "%s missing (scripts/install-deps.sh installs libjemalloc2)", kJemalloc);
-    ThreeWayOptions o;
-    o.preload_before = kJemalloc;
-    const ThreeWays t = run_three_ways({shim_program("e2e_hello")}, o);
-    t.expect_same(0);
-    cr_assert_str_eq(t.without().result.out.c_str(), "hello 3\n");
-}
-
 // The same with the allocator in the program (as rustc links jemalloc in), whose start-up also
 // calls clone(3).
 Test(e2e_compose, a_program_whose_own_allocator_calls_syscall_while_it_starts_runs) {
     const ThreeWays t = run_three_ways({shim_program("own_allocator")});
     t.expect_same(0);
     cr_assert_str_eq(t.without().result.out.c_str(), "ok\n");
+}
+
+// With an allocator before the shim no rule sees the program's allocations: the shim names the
+// allocator once at start-up, and in its counters (memlock-inspect warns). jemalloc calls
+// syscall(3) while it starts, under the lock its malloc takes; the shim's syscall(3), asked
+// before the shim had looked up libc's, looked it up through dlopen, which allocated through
+// jemalloc's malloc: every program hung.
+Test(e2e_compose, an_allocator_before_the_shim_is_named_at_start_up) {
+    for (const char *lib : {kJemalloc, kMallocDebug}) {
+        const ThreeWays t = hello_after(lib);
+        cr_assert_str_empty(t.without().result.err.c_str());
+        cr_assert_str_empty(t.none().result.err.c_str());
+        const std::string expected = allocator_before(lib);
+        assert_log_eq(t.all().result.err, expected.c_str());
+        cr_assert(contains(t.all().stats.describe(), std::string("\"allocator_before_shim\": \"") + lib + "\""), "%s",
+                  t.all().stats.describe().c_str());
+    }
+}
+
+// A program that defines malloc itself comes first in the lookup order.
+Test(e2e_compose, a_program_with_its_own_malloc_is_named_at_start_up) {
+    const std::string prog = shim_program("own_allocator");
+    const ThreeWays t = run_three_ways({prog});
+    t.expect_same(0);
+    const std::string expected = "memlock-shim: warning: " + real(prog) +
+                                 " defines its own malloc, which comes before the shim in the lookup order: the "
+                                 "program's allocations never reach the shim, no rule sees them, nothing is protected\n";
+    assert_log_eq(t.all().result.err, expected.c_str());
+}
+
+// A wrapper before the shim that forwards to the next malloc (libmemusage, as heaptrack's)
+// hands the calls on to the shim: nothing to say, and the arena serves them.
+Test(e2e_compose, a_wrapper_before_the_shim_that_forwards_to_it_is_not_reported) {
+    const ThreeWays t = hello_after(kMemusage);
+    cr_assert(!contains(t.all().result.err, "memlock-shim"), "%s", t.all().result.describe().c_str());
+    cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
+    cr_assert(contains(t.all().stats.describe(), "\"allocator_before_shim\": null"), "%s",
+              t.all().stats.describe().c_str());
 }

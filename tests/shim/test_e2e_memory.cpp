@@ -25,8 +25,6 @@ std::size_t locked_kb_of(pid_t pid) {
     return kb;
 }
 
-bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
-
 std::string write_config(const TempDir &dir, const std::string &body) {
     const std::string path = dir.file("config.json");
     cr_assert(write_file(path, body));

@@ -26,7 +26,6 @@ namespace {
 const std::string kNobody = "setpriv --reuid=65534 --regid=65534 --clear-groups ";
 
 std::string q(const std::string &s) { return shell_quote(s); }
-bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
 std::string inspect_tool() { return shim_build_dir() + "/memlock-inspect"; }
 std::string run_tool() { return shim_build_dir() + "/memlock-run"; }
 

@@ -32,11 +32,6 @@ std::string tool(const std::string &name) { return shim_build_dir() + "/" + name
 std::string source_dir() { return shim_build_dir() + "/.."; }
 std::string config(const std::string &name) { return source_dir() + "/config/" + name; }
 
-std::string real(const std::string &path) {
-    char buf[PATH_MAX];
-    return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
-}
-
 // The tools' environment: nothing inherited that would choose the shim or config for them.
 RunOptions tool_opts(std::vector<std::string> argv) {
     RunOptions o;
@@ -67,7 +62,6 @@ std::vector<std::string> wrap(const std::string &cfg, std::vector<std::string> p
     return argv;
 }
 
-bool contains(const std::string &text, const std::string &part) { return text.find(part) != std::string::npos; }
 
 std::string version() {
     auto v = read_file(source_dir() + "/VERSION");
@@ -556,6 +550,26 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
     cr_assert_leq(smaps.locked_kb * 1024, smaps.locked_range_bytes);
     cr_assert_eq(j["arena"]["unlocked_kb"].get<std::size_t>(), 0u);
     cr_assert_eq(j["warnings"].size(), 0u);
+}
+
+// A program that defines malloc itself (as programs that link jemalloc or mimalloc in do)
+// keeps every allocation from the shim, even under memlock-run, which preloads the shim first:
+// degraded, naming the program, and nothing in the arena.
+Test(tools, inspect_warns_of_a_malloc_before_the_shim) {
+    const std::string prog = shim_program("own_allocator");
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(config("size-only.json"), {prog, "hold"})));
+    const Inspection in = inspect(child);
+    const std::string warning = "malloc is defined by " + real(prog) +
+                                ", which comes before the shim in the lookup order: the program's allocations "
+                                "never reach the shim, and no rule sees them";
+    cr_assert(in.text.exited_with(1), "%s", in.text.describe().c_str());
+    cr_assert(contains(in.text.out, "): degraded\n"), "%s", in.text.out.c_str());
+    cr_assert(contains(in.text.out, "\n  WARNING: " + warning + "\n"), "%s", in.text.out.c_str());
+    assert_text(in.j["status"].get<std::string>(), "degraded");
+    assert_text(in.j["counters"]["allocator_before_shim"].get<std::string>(), real(prog));
+    cr_assert_eq(in.j["counters"]["matched_allocations"].get<unsigned long long>(), 0u);
+    cr_assert_eq(in.smaps.locked_kb, 0u);
 }
 
 Test(tools, inspect_a_degraded_process_exits_1) {
