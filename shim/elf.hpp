@@ -82,6 +82,25 @@ public:
         }
     }
 
+    // Does .dynsym define the function `name` (global or weak), for other objects to bind to?
+    bool exports_function(const char *name) const {
+        bool found = false;
+        for (unsigned i = 0; i < nsections_ && !found; ++i) {
+            const ElfW(Shdr) &s = sections_[i];
+            if (s.sh_type != SHT_DYNSYM) continue;
+            const std::size_t n = s.sh_size / sizeof(ElfW(Sym));
+            const auto *syms = array<ElfW(Sym)>(s.sh_offset, n);
+            for (std::size_t k = 0; syms && k < n && !found; ++k) {
+                const ElfW(Sym) &sym = syms[k];
+                const unsigned type = ELF64_ST_TYPE(sym.st_info), bind = ELF64_ST_BIND(sym.st_info);
+                const char *sym_name = string(s.sh_link, sym.st_name);
+                found = (type == STT_FUNC || type == STT_GNU_IFUNC) && (bind == STB_GLOBAL || bind == STB_WEAK) &&
+                        sym.st_shndx != SHN_UNDEF && sym_name && std::strcmp(sym_name, name) == 0;
+            }
+        }
+        return found;
+    }
+
     // Does the file have a .symtab (local symbols)? Stripped binaries have only .dynsym.
     bool has_symtab() const {
         for (unsigned i = 0; i < nsections_; ++i)

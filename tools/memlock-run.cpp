@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "config.hpp"
+#include "elf.hpp"
 #include "memlock.h"
 #include "tool.hpp"
 
@@ -623,6 +624,11 @@ int main(int argc, char **argv) {
             warn("the config's programs list does not include " + loaded +
                  ": the shim will pass every allocation through (unprotected)");
         if (o.check) std::printf("program: %s: can be preloaded (loads %s)\n", program.c_str(), loaded.c_str());
+        // The program comes first in the lookup order, before any preloaded library (the shim
+        // says so again when it starts).
+        if (o.check && mlshim::ElfView(loaded).exports_function("malloc"))
+            warn(loaded + " defines its own malloc, which comes before the shim in the lookup order: the program's "
+                          "allocations will never reach the shim, and no rule will protect them");
     }
     if (valid) check_limits(config, o.check);
     if (valid && !o.user.empty()) check_user(config, o.user);

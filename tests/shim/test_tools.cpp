@@ -175,6 +175,18 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
     assert_text(r.err, "");
 }
 
+// A program that defines malloc itself takes every allocation before the shim: --check says so.
+Test(tools, run_check_warns_of_a_program_with_its_own_malloc) {
+    const std::string prog = shim_program("own_allocator");
+    const auto r = run({tool("memlock-run"), "--config", config("size-only.json"), "--check", "--", prog});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "program: " + prog + ": can be preloaded"), "%s", r.out.c_str());
+    cr_assert(!contains(r.out, "ok\n"), "--check ran the program");
+    assert_text(r.err, "memlock-run: " + real(prog) +
+                           " defines its own malloc, which comes before the shim in the lookup order: the program's "
+                           "allocations will never reach the shim, and no rule will protect them\n");
+}
+
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
 // --check --user says that it can lock up to its limit (the first region locked on fault at
 // start-up, regions mapped locked as the arena grows), that a process it forks locks that again,
