@@ -271,6 +271,16 @@ $(B)/libs/libdeepearly.so: tests/libs/deepearly.c
 	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin -Wl,-soname,libdeepearly.so $< -o $@ -ldl \
 	    -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN'
 
+# malloc under a version of its own (tests/shim/test_e2e_compose.cpp).
+$(B)/libs/libversioned_malloc.so: tests/libs/versioned_malloc.c tests/libs/versioned_malloc.map
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin -Wl,-soname,libversioned_malloc.so $< -o $@ \
+	    -Wl,--version-script=tests/libs/versioned_malloc.map
+
+$(B)/libs/libforward_calloc.so: tests/libs/forward_calloc.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -fno-builtin -Wl,-soname,libforward_calloc.so $< -o $@ -ldl
+
 $(B)/progs/deepbind_early: tests/progs/deepbind_early.c $(CALLER_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) $< -o $@ -L $(B)/libs -ldeepearly -Wl,--enable-new-dtags -Wl,-rpath,'$$ORIGIN/../libs'

@@ -125,54 +125,72 @@ std::size_t dynsym_count(const ElfW(Word) *hash, const std::uint32_t *gnu_hash) 
     return std::size_t{last} + 1;
 }
 
+// The dynamic symbol and version tables of a loaded object.
+struct DynTables {
+    const ElfW(Sym) *symtab = nullptr;
+    const ElfW(Half) *versym = nullptr;  // nullptr: the object has no symbol versions
+    const ElfW(Verdef) *verdef = nullptr;
+    const char *strtab = nullptr;
+    const ElfW(Word) *hash = nullptr;
+    const std::uint32_t *gnu_hash = nullptr;
+};
+
+DynTables dyn_tables(const link_map *map) noexcept {
+    DynTables t;
+    // The loader relocates these entries in place on most CPUs; where it does not, they
+    // are still offsets from the load address.
+    auto at = [map](ElfW(Addr) a) { return a < map->l_addr ? a + map->l_addr : a; };
+    for (const ElfW(Dyn) *d = map->l_ld; d && d->d_tag != DT_NULL; ++d) {
+        if (d->d_tag == DT_SYMTAB) t.symtab = reinterpret_cast<const ElfW(Sym) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERSYM) t.versym = reinterpret_cast<const ElfW(Half) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_VERDEF) t.verdef = reinterpret_cast<const ElfW(Verdef) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_STRTAB) t.strtab = reinterpret_cast<const char *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_HASH) t.hash = reinterpret_cast<const ElfW(Word) *>(at(d->d_un.d_ptr));
+        if (d->d_tag == DT_GNU_HASH) t.gnu_hash = reinterpret_cast<const std::uint32_t *>(at(d->d_un.d_ptr));
+    }
+    return t;
+}
+
+// The symbol at `f` (a function a lookup found) and its object, or false.
+bool symbol_at(void *f, const ElfW(Sym) **sym, const link_map **map) noexcept {
+    Dl_info info;
+    void *symp = nullptr, *mapp = nullptr;
+    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP) ||
+        !mapp)
+        return false;
+    *sym = static_cast<const ElfW(Sym) *>(symp);
+    *map = static_cast<const link_map *>(mapp);
+    return true;
+}
+
 // The version libc's own definition of `name` carries ("GLIBC_2.2.5" for malloc on x86-64,
 // "GLIBC_2.17" on arm64, "GLIBC_2.16" for aligned_alloc...), read from libc's version
 // tables at run time; nullptr if it has none. The version is that of the symbol `name`
 // itself, not of another name for the same address (glibc 2.36's aligned_alloc is its
 // memalign, of GLIBC_2.2.5, and dladdr names memalign).
 const char *libc_version_of(void *libc, const char *name) noexcept {
-    void *f = libc ? dlsym(libc, name) : nullptr;
-    Dl_info info;
-    void *symp = nullptr, *mapp = nullptr;
-    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP) ||
-        !mapp)
-        return nullptr;
-    const auto *sym = static_cast<const ElfW(Sym) *>(symp);
-    const auto *map = static_cast<const link_map *>(mapp);
-    const ElfW(Sym) *symtab = nullptr;
-    const ElfW(Half) *versym = nullptr;
-    const ElfW(Verdef) *verdef = nullptr;
-    const char *strtab = nullptr;
-    const ElfW(Word) *hash = nullptr;
-    const std::uint32_t *gnu_hash = nullptr;
-    // The loader relocates these entries in place on most CPUs; where it does not, they
-    // are still offsets from the load address.
-    auto at = [map](ElfW(Addr) a) { return a < map->l_addr ? a + map->l_addr : a; };
-    for (const ElfW(Dyn) *d = map->l_ld; d && d->d_tag != DT_NULL; ++d) {
-        if (d->d_tag == DT_SYMTAB) symtab = reinterpret_cast<const ElfW(Sym) *>(at(d->d_un.d_ptr));
-        if (d->d_tag == DT_VERSYM) versym = reinterpret_cast<const ElfW(Half) *>(at(d->d_un.d_ptr));
-        if (d->d_tag == DT_VERDEF) verdef = reinterpret_cast<const ElfW(Verdef) *>(at(d->d_un.d_ptr));
-        if (d->d_tag == DT_STRTAB) strtab = reinterpret_cast<const char *>(at(d->d_un.d_ptr));
-        if (d->d_tag == DT_HASH) hash = reinterpret_cast<const ElfW(Word) *>(at(d->d_un.d_ptr));
-        if (d->d_tag == DT_GNU_HASH) gnu_hash = reinterpret_cast<const std::uint32_t *>(at(d->d_un.d_ptr));
-    }
-    if (!symtab || !versym || !verdef || !strtab || sym < symtab) return nullptr;
-    if (std::strcmp(strtab + sym->st_name, name) != 0) {
+    const ElfW(Sym) *sym = nullptr;
+    const link_map *map = nullptr;
+    if (!libc || !symbol_at(dlsym(libc, name), &sym, &map)) return nullptr;
+    const DynTables t = dyn_tables(map);
+    if (!t.symtab || !t.versym || !t.verdef || !t.strtab || sym < t.symtab) return nullptr;
+    if (std::strcmp(t.strtab + sym->st_name, name) != 0) {
         // Another name for the address: find the default (not hidden) definition of `name` there.
         const ElfW(Sym) *alias = sym;
         sym = nullptr;
-        const std::size_t count = dynsym_count(hash, gnu_hash);
+        const std::size_t count = dynsym_count(t.hash, t.gnu_hash);
         for (std::size_t i = 0; i < count && !sym; ++i)
-            if (symtab[i].st_value == alias->st_value && symtab[i].st_shndx != SHN_UNDEF && !(versym[i] & 0x8000) &&
-                std::strcmp(strtab + symtab[i].st_name, name) == 0)
-                sym = &symtab[i];
+            if (t.symtab[i].st_value == alias->st_value && t.symtab[i].st_shndx != SHN_UNDEF &&
+                !(t.versym[i] & 0x8000) && std::strcmp(t.strtab + t.symtab[i].st_name, name) == 0)
+                sym = &t.symtab[i];
         if (!sym) return nullptr;
     }
-    const ElfW(Half) ndx = versym[sym - symtab] & 0x7fff;
-    for (const ElfW(Verdef) *v = verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
-                                               reinterpret_cast<const char *>(v) + v->vd_next)) {
+    const ElfW(Half) ndx = t.versym[sym - t.symtab] & 0x7fff;
+    for (const ElfW(Verdef) *v = t.verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
+                                                 reinterpret_cast<const char *>(v) + v->vd_next)) {
         if (v->vd_ndx == ndx && !(v->vd_flags & VER_FLG_BASE))
-            return strtab + reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
+            return t.strtab +
+                   reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
         if (!v->vd_next) return nullptr;
     }
 }
@@ -540,74 +558,108 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
 // The program's malloc calls go to the first object in the global lookup order that defines
 // malloc: an allocator preloaded before the shim, linked into the program or defined by it
 // takes them all, and no rule sees one. Whether the calls reach the shim is found by making
-// one, malloc(1) through the first definition before the shim, with the shim's next malloc
-// replaced for the moment by one that notes calls from this thread; the block goes back
-// through the same object's free. A forwarding wrapper (libmemusage, heaptrack) reaches the
-// shim that way; a replacement (jemalloc, libc_malloc_debug.so, whose malloc calls libc's
-// directly) does not.
+// one, malloc(1) through the first definition before the shim, with the shim's next allocator
+// replaced for the moment by one that notes calls from this thread (a wrapper may pass malloc
+// on as calloc or memalign); the block goes back through the same object's free. A wrapper
+// that forwards to the next definition (libmemusage, heaptrack) reaches the shim that way; a
+// replacement (jemalloc, libc_malloc_debug.so, whose malloc calls libc's directly) does not.
+// The shim's constructor runs before those of the objects preloaded ahead of it: a wrapper
+// that can forward only once its own constructor has run is taken for a replacement.
 
 std::atomic<bool> g_probe_reached{false};
 pthread_t g_prober;
-decltype(NextAllocator::malloc) g_probe_next = nullptr;
+NextAllocator g_probe_next;  // the next allocator while the probe runs
 
-void *probe_malloc(std::size_t n) noexcept {
-    if (pthread_equal(pthread_self(), g_prober)) g_probe_reached.store(true, std::memory_order_relaxed);
-    return g_probe_next(n);
+template <typename F, F NextAllocator::*M> struct Noting;
+template <typename R, typename... A, R (*NextAllocator::*M)(A...) noexcept>
+struct Noting<R (*)(A...) noexcept, M> {
+    static R call(A... a) noexcept {
+        if (pthread_equal(pthread_self(), g_prober)) g_probe_reached.store(true, std::memory_order_relaxed);
+        return (g_probe_next.*M)(a...);
+    }
+};
+
+// Stores every allocating function of `n` into g_next (free and malloc_usable_size stay).
+void publish_next(const NextAllocator &n) noexcept {
+    __atomic_store_n(&g_next.malloc, n.malloc, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.calloc, n.calloc, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.realloc, n.realloc, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.reallocarray, n.reallocarray, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.posix_memalign, n.posix_memalign, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.aligned_alloc, n.aligned_alloc, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.memalign, n.memalign, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.valloc, n.valloc, __ATOMIC_RELEASE);
+    __atomic_store_n(&g_next.pvalloc, n.pvalloc, __ATOMIC_RELEASE);
 }
 
-// The object `f` lies in, and whether `f` is a definition there (not an undefined symbol: an
-// executable's canonical PLT entry for malloc).
-const link_map *object_of(void *f, bool *defined) noexcept {
-    Dl_info info;
-    void *symp = nullptr, *mapp = nullptr;
-    if (!f || !dladdr1(f, &info, &symp, RTLD_DL_SYMENT) || !symp || !dladdr1(f, &info, &mapp, RTLD_DL_LINKMAP))
-        return nullptr;
-    *defined = static_cast<const ElfW(Sym) *>(symp)->st_shndx != SHN_UNDEF;
-    return static_cast<const link_map *>(mapp);
+// Calls `f` (a malloc) as malloc(1) and frees the block with `release` (its object's free, or
+// none: kept). Did the call reach the shim's next allocator from this thread?
+bool probe_reaches_shim(void *f, void *release) noexcept {
+    g_prober = pthread_self();
+    g_probe_next = g_next;  // written before the noting functions are published, read after
+    g_probe_reached.store(false, std::memory_order_relaxed);
+    NextAllocator noting = g_next;
+#define MLSHIM_NOTE(field) noting.field = &Noting<decltype(noting.field), &NextAllocator::field>::call
+    MLSHIM_NOTE(malloc);
+    MLSHIM_NOTE(calloc);
+    MLSHIM_NOTE(realloc);
+    MLSHIM_NOTE(reallocarray);
+    MLSHIM_NOTE(posix_memalign);
+    MLSHIM_NOTE(aligned_alloc);
+    MLSHIM_NOTE(memalign);
+    MLSHIM_NOTE(valloc);
+    MLSHIM_NOTE(pvalloc);
+#undef MLSHIM_NOTE
+    const int saved_errno = errno;
+    publish_next(noting);
+    void *p = reinterpret_cast<void *(*)(std::size_t)>(f)(1);
+    publish_next(g_probe_next);
+    if (p && release) reinterpret_cast<void (*)(void *)>(release)(p);
+    errno = saved_errno;
+    return g_probe_reached.load(std::memory_order_relaxed);
 }
 
-// `m`'s own definition of `name` that a reference carrying libc's version `version` binds to
-// (the program's and its libraries' references do): an unversioned or default one (jemalloc's,
-// the shim's) or one of that version (libc_malloc_debug.so's hidden malloc@GLIBC_2.2.5);
-// nullptr if `m` has none. A handle's lookup searches the object first, then its dependencies.
-void *own_symbol(const link_map *m, bool main, const char *name, const char *version) noexcept {
-    void *h = main ? dlopen(nullptr, RTLD_LAZY) : dlopen(m->l_name, RTLD_LAZY | RTLD_NOLOAD);
+// `m`'s own definition of `name` that a reference of libc's version `version` binds to (the
+// program's and its libraries' references do): one without a version (jemalloc's, the
+// shim's) or of that version (libc_malloc_debug.so's hidden malloc@GLIBC_2.2.5); nullptr if
+// `m` has none (another library's default version, malloc@@OTHER_1, binds no such reference).
+// A handle's lookup searches the object first, then its dependencies.
+void *own_symbol(const link_map *m, const char *name, const char *version) noexcept {
+    void *h = m->l_prev ? dlopen(m->l_name, RTLD_LAZY | RTLD_NOLOAD) : dlopen(nullptr, RTLD_LAZY);
     if (!h) return nullptr;  // the handles stay open: objects loaded at start-up are never unloaded
-    bool defined = false;
-    if (void *f = dlsym(h, name); object_of(f, &defined) == m && defined) return f;
-    if (void *f = version ? dlvsym(h, name, version) : nullptr; object_of(f, &defined) == m && defined) return f;
+    const ElfW(Sym) *sym = nullptr;
+    const link_map *map = nullptr;
+    if (void *f = dlsym(h, name); symbol_at(f, &sym, &map) && map == m && sym->st_shndx != SHN_UNDEF) {
+        const DynTables t = dyn_tables(m);
+        if (!t.versym || !t.symtab || sym < t.symtab || (t.versym[sym - t.symtab] & 0x7fff) <= 1) return f;
+    }
+    if (void *f = version ? dlvsym(h, name, version) : nullptr;
+        symbol_at(f, &sym, &map) && map == m && sym->st_shndx != SHN_UNDEF)
+        return f;
     return nullptr;
 }
 
 // The object loaded before the shim whose malloc takes the program's calls (the executable's
 // path when it is the program itself), or empty when they reach the shim: no object before
 // it in the lookup order (the order of loading, for the objects loaded at start-up) defines
-// malloc, or the first that does forwards to the next definition. pre: the match window is
-// closed (the probe passes through).
+// malloc, or the first that does forwards to the next definition. An executable's undefined
+// malloc with an address (the PLT entry of a non-PIE program that takes malloc's address) is
+// not a definition. pre: the match window is closed (the probe passes through).
 std::string allocator_before_shim(void *libc) {
     Dl_info info;
     void *shim = nullptr;
     if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
-    const link_map *first = static_cast<const link_map *>(shim);
-    while (first->l_prev) first = first->l_prev;
+    const link_map *m = static_cast<const link_map *>(shim);
+    while (m->l_prev) m = m->l_prev;
     const char *version = libc_version_of(libc, "malloc");
-    const link_map *m = first;
     void *f = nullptr;
-    for (; m && m != shim; m = m->l_next)
-        if ((f = own_symbol(m, m == first, "malloc", version)) != nullptr) break;
-    if (!f) return {};
-    void *release = own_symbol(m, m == first, "free", libc_version_of(libc, "free"));
-    g_prober = pthread_self();
-    g_probe_next = g_next.malloc;
-    g_probe_reached.store(false, std::memory_order_relaxed);
-    const int saved_errno = errno;
-    __atomic_store_n(&g_next.malloc, &probe_malloc, __ATOMIC_RELEASE);
-    void *p = reinterpret_cast<void *(*)(std::size_t)>(f)(1);
-    __atomic_store_n(&g_next.malloc, g_probe_next, __ATOMIC_RELEASE);
-    if (p && release) reinterpret_cast<void (*)(void *)>(release)(p);  // without a free of its own: kept
-    errno = saved_errno;
-    if (g_probe_reached.load(std::memory_order_relaxed)) return {};
-    return m->l_name && *m->l_name ? m->l_name : self_exe();
+    for (; m != shim; m = m->l_next)
+        if ((f = own_symbol(m, "malloc", version)) != nullptr) break;
+    std::string name;
+    if (f && !probe_reaches_shim(f, own_symbol(m, "free", libc_version_of(libc, "free"))))
+        name = m->l_name && *m->l_name ? m->l_name : self_exe();
+    dlerror();  // the lookups that found nothing leave no error for the program to read
+    return name;
 }
 
 void runtime_start() {
@@ -720,13 +772,10 @@ void runtime_start() {
         if (g_stats) copy_utf8(g_stats->allocator_before, sizeof g_stats->allocator_before, before.c_str());
         const LogLevel level = own_config ? LogLevel::warn : LogLevel::info;
         if (before == exe)
-            log_msg(level, "%s defines its own malloc, which comes before the shim in the lookup order: the "
-                           "program's allocations never reach the shim, no rule sees them, nothing is protected",
-                    exe.c_str());
+            log_msg(level, "%s defines its own malloc, %s: nothing is protected", exe.c_str(), kBeforeShim);
         else
-            log_msg(level, "malloc is defined by %s, which comes before the shim in the lookup order: the "
-                           "program's allocations never reach the shim, no rule sees them, nothing is protected "
-                           "(load libmemlock_shim.so before it)", before.c_str());
+            log_msg(level, "malloc is defined by %s, %s: nothing is protected (load libmemlock_shim.so before it)",
+                    before.c_str(), kBeforeShim);
     }
     open_window(table.lo, table.hi);
 }

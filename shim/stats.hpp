@@ -46,6 +46,11 @@ constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:m
 constexpr std::uint32_t kStatsBackingAnonymous = 0;
 constexpr std::uint32_t kStatsBackingSecretmem = 1;
 
+// What an allocator before the shim means, after "malloc is defined by OBJECT, " (the shim's
+// start-up warning, memlock-inspect, memlock-run --check).
+constexpr char kBeforeShim[] = "which comes before the shim in the lookup order: the program's allocations never "
+                               "reach the shim, and no rule sees them";
+
 // StatsPage::flags
 constexpr std::uint32_t kStatsAllRulesLock = 1;  // every rule in force has the lock action
 

@@ -633,9 +633,7 @@ Report inspect(int pid) {
                           "(expected only for rules without the dontdump action)");
     check_rules(c["per_rule"], r);
     if (const auto before = c.find("allocator_before_shim"); before != c.end() && before->is_string())
-        r.warnings.push_back("malloc is defined by " + before->get<std::string>() + ", which comes before the shim "
-                             "in the lookup order: the program's allocations never reach the shim, and no rule "
-                             "sees them");
+        r.warnings.push_back("malloc is defined by " + before->get<std::string>() + ", " + mlshim::kBeforeShim);
     const std::uint64_t max_locked = count("max_locked");
     if (max_locked > 0 && count("locked_bytes") * 10 >= max_locked * 9)
         r.notes.push_back("locked memory is at " + std::to_string(count("locked_bytes") * 100 / max_locked) +

@@ -25,6 +25,7 @@
 
 #include "config.hpp"
 #include "elf.hpp"
+#include "stats.hpp"
 #include "memlock.h"
 #include "tool.hpp"
 
@@ -627,8 +628,7 @@ int main(int argc, char **argv) {
         // The program comes first in the lookup order, before any preloaded library (the shim
         // says so again when it starts).
         if (o.check && mlshim::ElfView(loaded).exports_function("malloc"))
-            warn(loaded + " defines its own malloc, which comes before the shim in the lookup order: the program's "
-                          "allocations will never reach the shim, and no rule will protect them");
+            warn(loaded + " defines its own malloc, " + mlshim::kBeforeShim);
     }
     if (valid) check_limits(config, o.check);
     if (valid && !o.user.empty()) check_user(config, o.user);

@@ -6,6 +6,8 @@
 #include <criterion/criterion.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "e2e.hpp"
 #include "three_ways.hpp"
@@ -15,26 +17,30 @@ using namespace memlock_test;
 namespace {
 
 const char *const kJemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+// Both ship with libc6.
 const char *const kMallocDebug = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0";
 const char *const kMemusage = "/usr/lib/x86_64-linux-gnu/libmemusage.so";
 
-// e2e_hello run three ways with `lib` preloaded before the shim; each run exits 0 and prints
-// what the run without the shim prints.
-ThreeWays hello_after(const char *lib) {
-    cr_assert(file_exists(lib), "%s missing (scripts/install-deps.sh installs it)", lib);
+std::string test_lib(const std::string &name) { return shim_build_dir() + "/libs/lib" + name + ".so"; }
+
+// argv run three ways with `lib` preloaded before the shim; each run exits 0 and prints what
+// the run without the shim prints.
+ThreeWays run_after(const std::string &lib, const std::vector<std::string> &argv) {
+    cr_assert(file_exists(lib), "%s missing", lib.c_str());
     ThreeWayOptions o;
     o.preload_before = lib;
-    const ThreeWays t = run_three_ways({shim_program("e2e_hello")}, o);
+    const ThreeWays t = run_three_ways(argv, o);
     t.expect_same(0);
-    cr_assert_str_eq(t.without().result.out.c_str(), "hello 3\n");
     return t;
 }
 
-// The start-up warning of a process whose malloc calls `lib`, before the shim, takes.
-std::string allocator_before(const std::string &lib) {
-    return "memlock-shim: warning: malloc is defined by " + lib +
-           ", which comes before the shim in the lookup order: the program's allocations never reach the shim, no "
-           "rule sees them, nothing is protected (load libmemlock_shim.so before it)\n";
+// The shim's start-up warning of a process whose malloc calls `object` takes before the shim.
+std::string allocator_before(const std::string &object, bool program) {
+    const std::string why = ", which comes before the shim in the lookup order: the program's allocations never reach "
+                            "the shim, and no rule sees them: nothing is protected";
+    return "memlock-shim: warning: " +
+           (program ? object + " defines its own malloc" + why + "\n"
+                    : "malloc is defined by " + object + why + " (load libmemlock_shim.so before it)\n");
 }
 
 }  // namespace
@@ -87,16 +93,19 @@ Test(e2e_compose, a_program_whose_own_allocator_calls_syscall_while_it_starts_ru
 }
 
 // With an allocator before the shim no rule sees the program's allocations: the shim names the
-// allocator once at start-up, and in its counters (memlock-inspect warns). jemalloc calls
-// syscall(3) while it starts, under the lock its malloc takes; the shim's syscall(3), asked
-// before the shim had looked up libc's, looked it up through dlopen, which allocated through
-// jemalloc's malloc: every program hung.
+// allocator once at start-up, and in its counters (memlock-inspect warns). Nothing is said
+// without rules. jemalloc also calls syscall(3) while it starts, under the lock its malloc
+// takes, before the shim has looked up libc's: the program runs.
 Test(e2e_compose, an_allocator_before_the_shim_is_named_at_start_up) {
-    for (const char *lib : {kJemalloc, kMallocDebug}) {
-        const ThreeWays t = hello_after(lib);
+    // python3 (not PIE) takes malloc's address: its PLT entry for malloc is not a definition.
+    const std::vector<std::string> python = {"/usr/bin/python3", "-c", "print('ok')"};
+    for (const auto &[lib, argv] : {std::make_pair(kJemalloc, std::vector<std::string>{shim_program("e2e_hello")}),
+                                    std::make_pair(kMallocDebug, std::vector<std::string>{shim_program("e2e_hello")}),
+                                    std::make_pair(kJemalloc, python)}) {
+        const ThreeWays t = run_after(lib, argv);
         cr_assert_str_empty(t.without().result.err.c_str());
         cr_assert_str_empty(t.none().result.err.c_str());
-        const std::string expected = allocator_before(lib);
+        const std::string expected = allocator_before(lib, false);
         assert_log_eq(t.all().result.err, expected.c_str());
         cr_assert(contains(t.all().stats.describe(), std::string("\"allocator_before_shim\": \"") + lib + "\""), "%s",
                   t.all().stats.describe().c_str());
@@ -108,18 +117,22 @@ Test(e2e_compose, a_program_with_its_own_malloc_is_named_at_start_up) {
     const std::string prog = shim_program("own_allocator");
     const ThreeWays t = run_three_ways({prog});
     t.expect_same(0);
-    const std::string expected = "memlock-shim: warning: " + real(prog) +
-                                 " defines its own malloc, which comes before the shim in the lookup order: the "
-                                 "program's allocations never reach the shim, no rule sees them, nothing is protected\n";
+    const std::string expected = allocator_before(real(prog), true);
     assert_log_eq(t.all().result.err, expected.c_str());
 }
 
-// A wrapper before the shim that forwards to the next malloc (libmemusage, as heaptrack's)
-// hands the calls on to the shim: nothing to say, and the arena serves them.
-Test(e2e_compose, a_wrapper_before_the_shim_that_forwards_to_it_is_not_reported) {
-    const ThreeWays t = hello_after(kMemusage);
-    cr_assert(!contains(t.all().result.err, "memlock-shim"), "%s", t.all().result.describe().c_str());
-    cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
-    cr_assert(contains(t.all().stats.describe(), "\"allocator_before_shim\": null"), "%s",
-              t.all().stats.describe().c_str());
+// A wrapper before the shim that forwards to the next allocator (libmemusage, as heaptrack's;
+// one that passes malloc on as calloc) hands the calls on to the shim, and a malloc under
+// another library's version (malloc@@MEMLOCK_TEST_1.0, which aborts) takes none of the
+// program's calls: nothing to say, and the arena serves them.
+Test(e2e_compose, an_object_before_the_shim_that_takes_no_call_from_it_is_not_reported) {
+    for (const std::string &lib : {std::string(kMemusage), test_lib("forward_calloc"), test_lib("versioned_malloc")}) {
+        const ThreeWays t = run_after(lib, {shim_program("e2e_hello")});
+        cr_assert_str_eq(t.without().result.out.c_str(), "hello 3\n");
+        cr_assert(!contains(t.all().result.err, "memlock-shim"), "%s: %s", lib.c_str(),
+                  t.all().result.describe().c_str());
+        cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
+        cr_assert(contains(t.all().stats.describe(), "\"allocator_before_shim\": null"), "%s",
+                  t.all().stats.describe().c_str());
+    }
 }

@@ -62,7 +62,6 @@ std::vector<std::string> wrap(const std::string &cfg, std::vector<std::string> p
     return argv;
 }
 
-
 std::string version() {
     auto v = read_file(source_dir() + "/VERSION");
     return v ? v->substr(0, v->find('\n')) : "?";
@@ -184,7 +183,7 @@ Test(tools, run_check_warns_of_a_program_with_its_own_malloc) {
     cr_assert(!contains(r.out, "ok\n"), "--check ran the program");
     assert_text(r.err, "memlock-run: " + real(prog) +
                            " defines its own malloc, which comes before the shim in the lookup order: the program's "
-                           "allocations will never reach the shim, and no rule will protect them\n");
+                           "allocations never reach the shim, and no rule sees them\n");
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
