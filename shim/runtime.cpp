@@ -579,17 +579,15 @@ struct Noting<R (*)(A...) noexcept, M> {
     }
 };
 
-// Stores every allocating function of `n` into g_next (free and malloc_usable_size stay).
+// The next allocator's functions that allocate (free and malloc_usable_size do not).
+#define MLSHIM_ALLOCATING(F) F(malloc) F(calloc) F(realloc) F(reallocarray) F(posix_memalign) \
+    F(aligned_alloc) F(memalign) F(valloc) F(pvalloc)
+
+// Stores the allocating functions of `n` into g_next.
 void publish_next(const NextAllocator &n) noexcept {
-    __atomic_store_n(&g_next.malloc, n.malloc, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.calloc, n.calloc, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.realloc, n.realloc, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.reallocarray, n.reallocarray, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.posix_memalign, n.posix_memalign, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.aligned_alloc, n.aligned_alloc, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.memalign, n.memalign, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.valloc, n.valloc, __ATOMIC_RELEASE);
-    __atomic_store_n(&g_next.pvalloc, n.pvalloc, __ATOMIC_RELEASE);
+#define MLSHIM_PUBLISH(field) __atomic_store_n(&g_next.field, n.field, __ATOMIC_RELEASE);
+    MLSHIM_ALLOCATING(MLSHIM_PUBLISH)
+#undef MLSHIM_PUBLISH
 }
 
 // Calls `f` (a malloc) as malloc(1) and frees the block with `release` (its object's free, or
@@ -599,16 +597,8 @@ bool probe_reaches_shim(void *f, void *release) noexcept {
     g_probe_next = g_next;  // written before the noting functions are published, read after
     g_probe_reached.store(false, std::memory_order_relaxed);
     NextAllocator noting = g_next;
-#define MLSHIM_NOTE(field) noting.field = &Noting<decltype(noting.field), &NextAllocator::field>::call
-    MLSHIM_NOTE(malloc);
-    MLSHIM_NOTE(calloc);
-    MLSHIM_NOTE(realloc);
-    MLSHIM_NOTE(reallocarray);
-    MLSHIM_NOTE(posix_memalign);
-    MLSHIM_NOTE(aligned_alloc);
-    MLSHIM_NOTE(memalign);
-    MLSHIM_NOTE(valloc);
-    MLSHIM_NOTE(pvalloc);
+#define MLSHIM_NOTE(field) noting.field = &Noting<decltype(noting.field), &NextAllocator::field>::call;
+    MLSHIM_ALLOCATING(MLSHIM_NOTE)
 #undef MLSHIM_NOTE
     const int saved_errno = errno;
     publish_next(noting);

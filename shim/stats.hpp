@@ -46,8 +46,8 @@ constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:m
 constexpr std::uint32_t kStatsBackingAnonymous = 0;
 constexpr std::uint32_t kStatsBackingSecretmem = 1;
 
-// What an allocator before the shim means, after "malloc is defined by OBJECT, " (the shim's
-// start-up warning, memlock-inspect, memlock-run --check).
+// What an allocator before the shim means, after the words naming the object that defines
+// malloc (the shim's start-up warning, memlock-inspect, memlock-run --check).
 constexpr char kBeforeShim[] = "which comes before the shim in the lookup order: the program's allocations never "
                                "reach the shim, and no rule sees them";
 

@@ -59,7 +59,7 @@ Test(e2e_conformance, errno_is_zero_and_no_dlerror_is_pending_at_main_and_free_k
     for (const auto &config : configs) {
         const RunResult r = run_program(shim_options(config, {prog}));
         cr_assert(r.exited_with(0), "config \"%s\": %s", config.c_str(), r.describe().c_str());
-        cr_assert_str_eq(r.out.c_str(), "errno at main: 0\ndlerror at main: (none)\nerrno after free: 4242 4242\n", "config \"%s\"",
-                         config.c_str());
+        cr_assert_str_eq(r.out.c_str(), "errno at main: 0\ndlerror at main: (none)\nerrno after free: 4242 4242\n",
+                         "config \"%s\"", config.c_str());
     }
 }
