@@ -652,6 +652,20 @@ std::string allocator_before_shim(void *libc) {
     return name;
 }
 
+// Says at `level`, and in the counters, which object takes the program's malloc calls before
+// the shim, if one does. pre: the match window is closed.
+void report_allocator_before(const std::string &exe, LogLevel level) {
+    const std::string before = allocator_before_shim(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD));
+    if (before.empty()) return;
+    if (g_stats) copy_utf8(g_stats->allocator_before, sizeof g_stats->allocator_before, before.c_str());
+    const char *outcome = g_tracing ? "memlock-discover sees none of its heap blocks" : "nothing is protected";
+    if (before == exe)
+        log_msg(level, "%s defines its own malloc, %s: %s", exe.c_str(), kBeforeShim, outcome);
+    else
+        log_msg(level, "malloc is defined by %s, %s: %s (load libmemlock_shim.so before it)", before.c_str(),
+                kBeforeShim, outcome);
+}
+
 void runtime_start() {
     std::string exe = self_exe();
     // Secure execution (setuid, setgid, file capabilities; /etc/ld.so.preload reaches such
@@ -711,6 +725,8 @@ void runtime_start() {
     g_config_pid = ::getpid();
     if (table.rules.empty()) {
         log_msg(LogLevel::info, "config %s has no rules: nothing to protect", path);
+        // memlock-discover traces the program under a config without rules.
+        if (g_tracing) report_allocator_before(exe, LogLevel::warn);
         return;
     }
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
@@ -757,16 +773,7 @@ void runtime_start() {
     if (g_stats) g_stats->active.store(1);
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
-    const std::string before = allocator_before_shim(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD));
-    if (!before.empty()) {
-        if (g_stats) copy_utf8(g_stats->allocator_before, sizeof g_stats->allocator_before, before.c_str());
-        const LogLevel level = own_config ? LogLevel::warn : LogLevel::info;
-        if (before == exe)
-            log_msg(level, "%s defines its own malloc, %s: nothing is protected", exe.c_str(), kBeforeShim);
-        else
-            log_msg(level, "malloc is defined by %s, %s: nothing is protected (load libmemlock_shim.so before it)",
-                    before.c_str(), kBeforeShim);
-    }
+    report_allocator_before(exe, own_config ? LogLevel::warn : LogLevel::info);
     open_window(table.lo, table.hi);
 }
 

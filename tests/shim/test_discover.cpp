@@ -142,6 +142,19 @@ Test(discover, places_every_copy_and_its_config_leaves_no_heap_copy) {
 
 // Without SIGUSR1 or --after, a process is scanned as it exits (stopped in the shim's
 // destructor): the blocks it never freed are still there.
+// A program whose own malloc comes before the shim: no heap block is recorded, and the shim
+// says why on the program's stderr.
+Test(discover, says_when_the_program_s_own_malloc_hides_its_heap) {
+    const std::string prog = need_built("own_allocator");
+    const RunResult r = run_program(tool_run({discover(), "--secret-hex", random_hex(16), "--", prog}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string expected =
+        "memlock-shim: warning: " + real(prog) +
+        " defines its own malloc, which comes before the shim in the lookup order: the program's allocations never "
+        "reach the shim, and no rule sees them: memlock-discover sees none of its heap blocks\n";
+    assert_log_eq(r.err, expected.c_str());
+}
+
 Test(discover, scans_a_process_as_it_exits) {
     need_built("discover_secrets");
     const Secrets s;
