@@ -564,7 +564,7 @@ void describe_rules(const Config &config, StatsPage &page) noexcept {
 // that forwards to the next definition (libmemusage, heaptrack) reaches the shim that way; a
 // replacement (jemalloc, libc_malloc_debug.so, whose malloc calls libc's directly) does not.
 // The shim's constructor runs before those of the objects preloaded ahead of it: a wrapper
-// that can forward only once its own constructor has run is taken for a replacement.
+// that can forward only once its own constructor has run may be taken for a replacement.
 
 std::atomic<bool> g_probe_reached{false};
 pthread_t g_prober;
