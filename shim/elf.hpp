@@ -65,39 +65,38 @@ public:
         return std::memchr(p, 0, s.sh_size - off) ? p : nullptr;
     }
 
-    // Calls f(name, value, size) for every defined function symbol of .dynsym and .symtab.
-    template <typename F> void each_function(F f) const {
+    // Calls f(sym, name) for every defined function symbol (sized or not) of the symbol tables
+    // of type `type` (SHT_DYNSYM, SHT_SYMTAB), or of both when `type` is 0.
+    template <typename F> void each_defined_function(unsigned type, F f) const {
         for (unsigned i = 0; i < nsections_; ++i) {
             const ElfW(Shdr) &s = sections_[i];
-            if (s.sh_type != SHT_SYMTAB && s.sh_type != SHT_DYNSYM) continue;
+            if (type ? s.sh_type != type : s.sh_type != SHT_SYMTAB && s.sh_type != SHT_DYNSYM) continue;
             const auto *syms = array<ElfW(Sym)>(s.sh_offset, s.sh_size / sizeof(ElfW(Sym)));
             if (!syms) continue;
             for (std::size_t k = 0; k < s.sh_size / sizeof(ElfW(Sym)); ++k) {
                 const ElfW(Sym) &sym = syms[k];
-                unsigned type = ELF64_ST_TYPE(sym.st_info);
-                if ((type != STT_FUNC && type != STT_GNU_IFUNC) || sym.st_shndx == SHN_UNDEF || sym.st_size == 0)
-                    continue;
-                if (const char *name = string(s.sh_link, sym.st_name)) f(name, sym.st_value, sym.st_size);
+                unsigned sym_type = ELF64_ST_TYPE(sym.st_info);
+                if ((sym_type != STT_FUNC && sym_type != STT_GNU_IFUNC) || sym.st_shndx == SHN_UNDEF) continue;
+                if (const char *name = string(s.sh_link, sym.st_name)) f(sym, name);
             }
         }
+    }
+
+    // Calls f(name, value, size) for every defined function symbol of .dynsym and .symtab with
+    // a size.
+    template <typename F> void each_function(F f) const {
+        each_defined_function(0, [&](const ElfW(Sym) &sym, const char *name) {
+            if (sym.st_size != 0) f(name, sym.st_value, sym.st_size);
+        });
     }
 
     // Does .dynsym define the function `name` (global or weak), for other objects to bind to?
     bool exports_function(const char *name) const {
         bool found = false;
-        for (unsigned i = 0; i < nsections_ && !found; ++i) {
-            const ElfW(Shdr) &s = sections_[i];
-            if (s.sh_type != SHT_DYNSYM) continue;
-            const std::size_t n = s.sh_size / sizeof(ElfW(Sym));
-            const auto *syms = array<ElfW(Sym)>(s.sh_offset, n);
-            for (std::size_t k = 0; syms && k < n && !found; ++k) {
-                const ElfW(Sym) &sym = syms[k];
-                const unsigned type = ELF64_ST_TYPE(sym.st_info), bind = ELF64_ST_BIND(sym.st_info);
-                const char *sym_name = string(s.sh_link, sym.st_name);
-                found = (type == STT_FUNC || type == STT_GNU_IFUNC) && (bind == STB_GLOBAL || bind == STB_WEAK) &&
-                        sym.st_shndx != SHN_UNDEF && sym_name && std::strcmp(sym_name, name) == 0;
-            }
-        }
+        each_defined_function(SHT_DYNSYM, [&](const ElfW(Sym) &sym, const char *sym_name) {
+            const unsigned bind = ELF64_ST_BIND(sym.st_info);
+            found |= (bind == STB_GLOBAL || bind == STB_WEAK) && std::strcmp(sym_name, name) == 0;
+        });
         return found;
     }
 

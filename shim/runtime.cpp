@@ -618,14 +618,15 @@ void *own_symbol(const link_map *m, const char *name, const char *version) noexc
     void *h = m->l_prev ? dlopen(m->l_name, RTLD_LAZY | RTLD_NOLOAD) : dlopen(nullptr, RTLD_LAZY);
     if (!h) return nullptr;  // the handles stay open: objects loaded at start-up are never unloaded
     const ElfW(Sym) *sym = nullptr;
-    const link_map *map = nullptr;
-    if (void *f = dlsym(h, name); symbol_at(f, &sym, &map) && map == m && sym->st_shndx != SHN_UNDEF) {
+    auto defined_in_m = [&](void *f) {
+        const link_map *map = nullptr;
+        return symbol_at(f, &sym, &map) && map == m && sym->st_shndx != SHN_UNDEF;
+    };
+    if (void *f = dlsym(h, name); defined_in_m(f)) {
         const DynTables t = dyn_tables(m);
         if (!t.versym || !t.symtab || sym < t.symtab || (t.versym[sym - t.symtab] & 0x7fff) <= 1) return f;
     }
-    if (void *f = version ? dlvsym(h, name, version) : nullptr;
-        symbol_at(f, &sym, &map) && map == m && sym->st_shndx != SHN_UNDEF)
-        return f;
+    if (void *f = version ? dlvsym(h, name, version) : nullptr; defined_in_m(f)) return f;
     return nullptr;
 }
 
