@@ -21,6 +21,7 @@
 #include "fatal.hpp"
 #include "fork_child.hpp"
 #include "memlock.h"
+#include "procmaps.hpp"
 
 namespace mlshim {
 
@@ -91,44 +92,17 @@ static_assert(compute_class_size(kFineFirst - 1) == std::size_t{1} << kFineShift
 
 std::size_t round_up(std::size_t n, std::size_t to) noexcept { return (n + to - 1) / to * to; }
 
-// The largest gap between the mappings of the process below its stack, from /proc/self/maps
-// (read without malloc): [lo, hi). False when the file cannot be read.
+// The largest gap between the mappings of the process below its stack: [lo, hi). False when
+// /proc/self/maps cannot be read.
 bool largest_gap(std::uintptr_t &lo, std::uintptr_t &hi) noexcept {
-    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    char buf[8192];
-    std::size_t have = 0;
     std::uintptr_t prev_end = 0;
     lo = hi = 0;
-    bool done = false, ok = true;
-    while (!done) {
-        ssize_t n = ::read(fd, buf + have, sizeof buf - have);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) ok = false;
-        if (n <= 0) break;
-        have += static_cast<std::size_t>(n);
-        std::size_t pos = 0;
-        while (!done) {
-            auto *nl = static_cast<char *>(std::memchr(buf + pos, '\n', have - pos));
-            if (!nl) break;
-            *nl = '\0';
-            char *end = nullptr;
-            std::uintptr_t start = std::strtoull(buf + pos, &end, 16);
-            std::uintptr_t stop = *end == '-' ? std::strtoull(end + 1, nullptr, 16) : start;
-            // The stack ends the search: above it lie the vdso and (x86-64) the vsyscall page.
-            done = std::strstr(buf + pos, "[stack]") != nullptr || start >= (std::uintptr_t{1} << 63);
-            if (start > prev_end && start - prev_end > hi - lo) lo = prev_end, hi = start;
-            prev_end = std::max(prev_end, stop);
-            pos = static_cast<std::size_t>(nl - buf) + 1;
-        }
-        if (pos == 0 && have == sizeof buf) {  // a line longer than the buffer: not /proc's
-            ok = false;
-            break;
-        }
-        std::memmove(buf, buf + pos, have - pos);
-        have -= pos;
-    }
-    ::close(fd);
+    const bool ok = each_mapping([&](std::uintptr_t start, std::uintptr_t stop, const char *line) {
+        if (start > prev_end && start - prev_end > hi - lo) lo = prev_end, hi = start;
+        prev_end = std::max(prev_end, stop);
+        // The stack ends the search: above it lie the vdso and (x86-64) the vsyscall page.
+        return std::strstr(line, "[stack]") == nullptr && start < (std::uintptr_t{1} << 63);
+    });
     return ok && hi > lo;
 }
 

@@ -154,12 +154,6 @@ int read_counters(dl_phdr_info *info, std::size_t size, void *arg) {
     return 1;  // the counters are global: the first object is enough
 }
 
-std::string self_exe_path() {
-    char buf[4096];
-    ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
-    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
-}
-
 // Does one of `globs` match the object's path, basename or soname?
 bool module_matches(const std::vector<std::string> &globs, const std::string &path, const std::string &soname) {
     std::size_t slash = path.rfind('/');
@@ -193,7 +187,7 @@ ObjectIndex read_object(Object &o, const std::vector<CallerCondition> &condition
     oi.symbol_ranges.resize(n);
     oi.module_ranges.resize(n);
     // The main executable has an empty name; the vDSO has no file.
-    std::string path = o.path.empty() ? self_exe_path() : o.path;
+    std::string path = o.path.empty() ? self_exe() : o.path;
     ElfView elf(path);
     std::string soname = elf.ok() ? elf.soname() : std::string();
     for (std::size_t i = 0; i < n; ++i) {

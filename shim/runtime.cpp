@@ -26,6 +26,7 @@
 #include "fatal.hpp"
 #include "fork_child.hpp"
 #include "memlock.h"
+#include "procmaps.hpp"
 #include "trace.hpp"
 #include "unwind.hpp"
 
@@ -389,9 +390,37 @@ bool makes_fork_child(long number, long a1, long a2) noexcept {
     return false;
 }
 
+// The file mapped at `addr` (the path /proc/self/maps shows); empty when none is.
+std::string file_mapped_at(const void *addr) {
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    std::string path;
+    each_mapping([&](std::uintptr_t start, std::uintptr_t stop, const char *line) {
+        if (a < start || a >= stop) return a >= stop;
+        const char *p = std::strchr(line, '/');  // the path is the first field that starts with '/'
+        if (p) path = p;
+        return false;
+    });
+    return path;
+}
+
+int first_object_phdr(dl_phdr_info *info, size_t, void *out) {
+    *static_cast<const void **>(out) = info->dlpi_phdr;
+    return 1;
+}
+
+}  // namespace
+
 // The executable: /proc/self/exe, else what the loader was given (AT_EXECFN, which exists
-// without /proc). Empty when neither is known.
+// without /proc). Started as "ld.so PROGRAM", the loader is the executable (the one object
+// without an interpreter: AT_BASE is 0), and the program is the first object in the link
+// map, with an empty name there: the file its program headers are mapped from.
 std::string self_exe() {
+    if (::getauxval(AT_BASE) == 0) {
+        const void *phdr = nullptr;
+        dl_iterate_phdr(first_object_phdr, &phdr);
+        std::string path = phdr ? file_mapped_at(phdr) : std::string();
+        if (!path.empty()) return path;
+    }
     char buf[4096];
     ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
     if (n > 0) {
@@ -401,6 +430,8 @@ std::string self_exe() {
     const char *execfn = reinterpret_cast<const char *>(::getauxval(AT_EXECFN));
     return execfn ? std::string(execfn) : std::string();
 }
+
+namespace {
 
 // The process that read the config (its fork children are not): the only one that writes
 // stats.file at exit.

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "arena.hpp"
 #include "config.hpp"
@@ -48,6 +49,10 @@ extern SecureArena g_arena;
 
 // Is p a block of the bootstrap pool?
 bool in_bootstrap(const void *p) noexcept;
+
+// The program's executable (started as "ld.so PROGRAM" too: not the loader); empty when it
+// cannot be told.
+std::string self_exe();
 
 void runtime_init() noexcept;   // from the library constructor
 void runtime_fini() noexcept;   // from the library destructor

@@ -204,3 +204,34 @@ Test(e2e_config, valid_config_runs_silently) {
     cr_assert_str_eq(r.out.c_str(), "hello 3\n");
     cr_assert_str_empty(r.err.c_str());
 }
+
+// Started as "ld.so --preload SHIM PROGRAM", /proc/self/exe is the loader: the config's
+// `programs`, a module rule naming the program and the messages still go by the program's own
+// file, not the loader's.
+Test(e2e_config, a_program_started_by_the_loader_is_known_by_its_own_file) {
+    RunOptions o;
+    o.argv = {"readelf", "-lW", hello()};
+    o.unset_env = {"LD_PRELOAD"};
+    const RunResult elf = run_program(o);
+    cr_assert(elf.exited_with(0), "%s", elf.describe().c_str());
+    const std::string tag = "[Requesting program interpreter: ";
+    const auto at = elf.out.find(tag), end = elf.out.find(']', at);
+    cr_assert(at != std::string::npos && end != std::string::npos, "%s", elf.out.c_str());
+    const std::string loader = elf.out.substr(at + tag.size(), end - at - tag.size());
+
+    TempDir dir;
+    const std::string stats = dir.file("stats.json");
+    const std::string path = config_with(dir, R"({"version": 1, "programs": ["e2e_hello"],
+        "rules": [{"name": "own", "module": "e2e_hello", "size": 32}], "log": {"level": "info"},
+        "stats": {"file": ")" + stats + R"("}})");
+    RunOptions run;
+    run.argv = {loader, "--preload", shim_library(), hello()};
+    run.env = {{"MEMLOCK_SHIM_CONFIG", path}};
+    run.unset_env = {"LD_PRELOAD", kOverride};
+    const RunResult r = run_program(run);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\n");
+    const std::string said = "memlock-shim: info: protecting 1 rule(s) from " + path + " in " + exe_path();
+    cr_assert(contains(r.err, said), "%s", r.err.c_str());
+    cr_assert_eq(stat_value(read_stats(stats), "matched_allocations"), 1u, "%s", read_stats(stats).c_str());
+}
