@@ -7,6 +7,9 @@
 //          innermost first, starting inside the shim (the reader drops the shim's frames)
 //   free   the block at addr goes back to the next allocator (sent before it does)
 //   fork   this process (pid) was forked from `parent`: it starts with the parent's table
+//          (start and fork carry the image's fingerprint: addr is where AT_RANDOM points, size
+//          its first 8 bytes, both new at every exec; a process that exec'd since, into an
+//          image that does not trace, no longer matches them)
 //   exit   the process is exiting (the shim's destructor, after the program's atexit
 //          handlers): right after sending it, the process stops itself with SIGSTOP, so the
 //          reader can scan its memory; the reader resumes it with SIGCONT.

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/auxv.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -46,6 +47,9 @@ using mltool::say;
 using mltool::usage_error;
 
 constexpr int kExitCopiesLeft = 1;     // --verify: heap copies remain outside the arena
+// A run that shows less than the program: no copy found at all, or copies in processes of
+// the program that the shim did not trace (no rule can be proposed or checked for them).
+constexpr int kExitIncomplete = 2;
 constexpr int kExitNoInput = 66;       // EX_NOINPUT: the key cannot be read
 constexpr int kExitUnavailable = 69;   // EX_UNAVAILABLE: the program could not be traced
 constexpr std::size_t kMinSecret = 8;  // shorter byte strings match by chance
@@ -91,10 +95,15 @@ void usage() {
         "                     memory is read, then resumed; copies are placed by mapping only (no\n"
         "                     allocation records, so no rules are proposed)\n"
         "\n"
+        "A snapshot (--after, SIGUSR1) also scans the program's processes that run without the shim's\n"
+        "tracing (a daemon's children started with a cleaned environment), placing their copies by\n"
+        "mapping, and names them \"not traced\".\n"
+        "\n"
         "exit status: 0 done (--verify: no heap copy outside the arena; --pid: no copy outside protected\n"
-        "memory); 1 --verify: heap copies left, --pid: copies outside protected memory; 64 usage;\n"
-        "66 key unreadable; 69 the program could not be traced or a process could not be read;\n"
-        "78 invalid config\n",
+        "memory); 1 --verify: copies left (heap, or in processes not traced), --pid: copies outside\n"
+        "protected memory; 2 incomplete: no copy of the secrets found at all, or (without --verify)\n"
+        "copies in processes not traced; 64 usage; 66 key unreadable; 69 the program could not be\n"
+        "traced or a process could not be read; 78 invalid config\n",
         kMinSecret);
     std::exit(0);
 }
@@ -320,6 +329,7 @@ using BlockTable = std::map<std::uint64_t, Block>;
 struct Process {
     BlockTable live;
     BlockTable freed;  // blocks freed (without a wipe) and not reused since
+    std::uint64_t random_at = 0, random = 0;  // the traced image's fingerprint (shim/trace.hpp)
     bool exiting = false;
     bool scanned = false;
 };
@@ -558,6 +568,7 @@ struct Snapshot {
     std::set<std::string> stripped;  // modules on a heap copy's stack without local symbols
     // Readable mappings whose memory the kernel would not give: (pid, path) -> bytes, errno.
     std::map<std::pair<int, std::string>, std::pair<std::uint64_t, int>> unreadable;
+    std::set<int> untraced;  // processes of the program scanned without allocation records
 };
 
 std::string comm_of(int pid) {
@@ -601,11 +612,10 @@ class Scanner {
 public:
     Scanner(const std::vector<Needle> &needles) : needles_(needles), matcher_(needles) {}
 
-    // --pid: no allocation records; copies are placed by mapping only.
-    void untraced() { traced_ = false; }
-
-    // False when the process's memory cannot be read (warned).
-    bool scan(int pid, const Process &proc, const std::string &when, Snapshot &snap) {
+    // False when the process's memory cannot be read (warned). proc: the process's allocation
+    // records; nullptr for a process the shim did not trace (--pid, or a process of the program
+    // that runs without the shim's tracing), whose copies are placed by mapping only.
+    bool scan(int pid, const Process *proc, const std::string &when, Snapshot &snap) {
         const std::vector<Mapping> maps = read_maps(pid);
         const auto sps = thread_sps(pid);
         std::unordered_map<std::uint64_t, Frame> cache;
@@ -640,7 +650,8 @@ public:
         }
         ::close(fd);
         for (auto &entry : found) snap.copies.push_back(std::move(entry.second));
-        for (const auto &b : proc.live) snap.others.push_back({b.second.size, symbolize(sym_, maps, b.second.frames, cache)});
+        if (proc)
+            for (const auto &b : proc->live) snap.others.push_back({b.second.size, symbolize(sym_, maps, b.second.frames, cache)});
         // Stripped modules among the callers a rule would look at, where a name was wanted.
         for (const Copy &c : snap.copies)
             for (std::size_t d = 0; d < c.frames.size() && d < kMaxRuleDepth; ++d)
@@ -683,7 +694,7 @@ private:
         return m.hi <= Symbolizer::image_end(mod, prev, static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)));
     }
 
-    void place(int pid, const Process &proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
+    void place(int pid, const Process *proc, const std::vector<Mapping> &maps, const std::map<std::uint64_t, int> &sps,
                const Mapping &m, std::uint64_t addr, std::size_t k, std::map<std::pair<std::uint64_t, int>, Copy> &found,
                std::unordered_map<std::uint64_t, Frame> &cache) {
         Copy c;
@@ -695,9 +706,9 @@ private:
         if (m.dontdump) {
             c.place = Place::arena;
             c.where = std::string("protected memory (never dumped") + (m.locked ? ", locked" : ", NOT locked") + ")";
-        } else if (const auto *b = find_block(proc.live, addr)) {
+        } else if (const auto *b = proc ? find_block(proc->live, addr) : nullptr) {
             key = heap_copy(c, Place::heap, "heap block of ", *b, maps, cache);
-        } else if (const auto *fb = find_block(proc.freed, addr)) {
+        } else if (const auto *fb = proc ? find_block(proc->freed, addr) : nullptr) {
             key = heap_copy(c, Place::freed, "freed (not wiped) heap block of ", *fb, maps, cache);
         } else if (m.path == "[stack]") {
             c.place = Place::stack;
@@ -720,7 +731,7 @@ private:
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {
             c.place = Place::anon;
-            if (!traced_)
+            if (!proc)
                 c.where = m.path == "[heap]" ? "the heap ([heap]: malloc's memory)"
                                              : "anonymous memory (malloc's large blocks and thread heaps, or the program's own)" +
                                                    (m.path.empty() ? std::string() : " " + m.path);
@@ -752,7 +763,6 @@ private:
     const std::vector<Needle> &needles_;
     Matcher matcher_;
     Symbolizer sym_;
-    bool traced_ = true;
     std::map<std::pair<int, std::uint64_t>, unsigned> pem_hits_;
 };
 
@@ -839,6 +849,21 @@ double now_seconds() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+}
+
+// Why a process of the program sent no trace record.
+std::string why_untraced(int pid) {
+    const std::string proc = "/proc/" + std::to_string(pid);
+    for (const Mapping &m : read_maps(pid))
+        if (m.path.find("libmemlock_shim") != std::string::npos)
+            return "the shim is loaded, but its trace socket did not reach it (MEMLOCK_SHIM_TRACE removed, or the "
+                   "descriptor closed)";
+    std::ifstream in(proc + "/environ", std::ios::binary);
+    for (std::string var; std::getline(in, var, '\0');)
+        if (var.rfind("LD_PRELOAD=", 0) == 0 && var.find("libmemlock_shim") != std::string::npos)
+            return "LD_PRELOAD names the shim, but the loader did not load it (secure execution: a set-user-ID or "
+                   "set-group-ID program, or real and effective user IDs apart at exec)";
+    return "the shim is not loaded: the process that started it removed LD_PRELOAD from its environment";
 }
 
 class Session {
@@ -959,12 +984,16 @@ private:
         switch (static_cast<mlshim::TraceKind>(r.kind)) {
         case mlshim::TraceKind::start:
             p = Process();
+            p.random_at = r.addr;
+            p.random = r.size;
             break;
         case mlshim::TraceKind::fork: {
             Process child = procs_.count(r.parent) ? procs_[r.parent] : Process();
             child.exiting = child.scanned = false;
             for (auto &b : p.live) child.live[b.first] = b.second;  // recorded before the fork record
             p = std::move(child);
+            p.random_at = r.addr;
+            p.random = r.size;
             break;
         }
         case mlshim::TraceKind::alloc: {
@@ -989,7 +1018,7 @@ private:
             if (!wait_stopped(r.pid)) break;
             if (!snapshot_taken_ && !p.scanned) {
                 drain(true);
-                scanner_.scan(r.pid, procs_[r.pid], "at exit", snap_);
+                scanner_.scan(r.pid, &procs_[r.pid], "at exit", snap_);
                 procs_[r.pid].scanned = true;
             }
             ::kill(r.pid, SIGCONT);
@@ -1021,23 +1050,61 @@ private:
         }
     }
 
-    bool alive(int pid) {
+    static bool alive(int pid) {
         const char st = proc_state(pid);
         return st != 0 && st != 'Z' && st != 'X';
     }
 
+    // Does pid still run the image whose records it sent? A traced process that exec'd a
+    // program without the shim's tracing sends nothing more, and its table is not that image's.
+    bool still_traced(int pid) const {
+        const auto it = procs_.find(pid);
+        if (it == procs_.end()) return false;
+        const std::string proc = "/proc/" + std::to_string(pid);
+        std::ifstream auxv(proc + "/auxv", std::ios::binary);
+        std::uint64_t entry[2], random = 0;
+        while (auxv.read(reinterpret_cast<char *>(entry), sizeof entry) && entry[0] != AT_NULL)
+            if (entry[0] == AT_RANDOM) {
+                const int fd = ::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+                const bool read = fd >= 0 && ::pread(fd, &random, sizeof random, static_cast<off_t>(entry[1])) == sizeof random;
+                if (fd >= 0) ::close(fd);
+                return read && entry[1] == it->second.random_at && random == it->second.random;
+            }
+        return false;
+    }
+
+    // The program's live processes that run no traced image: started with the environment
+    // cleaned (postfix's master), in secure-execution mode, or with the trace socket closed.
+    std::vector<int> untraced_processes() const {
+        std::vector<int> out;
+        for (std::vector<int> level = children_of({static_cast<int>(::getpid())}); !level.empty(); level = children_of(level))
+            for (int pid : level)
+                if (alive(pid) && !still_traced(pid)) out.push_back(pid);
+        return out;
+    }
+
     void snapshot_all(const std::string &when) {
         snapshot_taken_ = true;
+        const std::vector<int> untraced = untraced_processes();
+        for (int pid : untraced) procs_.erase(pid);
         std::vector<int> stopped;
         for (auto &[pid, p] : procs_)
             if (!p.scanned && !p.exiting && alive(pid) && ::kill(pid, SIGSTOP) == 0) stopped.push_back(pid);
+        for (int pid : untraced)
+            if (::kill(pid, SIGSTOP) == 0) stopped.push_back(pid);
         std::vector<int> ready;
         for (int pid : stopped)
             if (wait_stopped(pid)) ready.push_back(pid);
         drain(true);
         for (int pid : ready) {
-            scanner_.scan(pid, procs_[pid], when, snap_);
-            procs_[pid].scanned = true;
+            const bool traced = procs_.count(pid) != 0;
+            if (!scanner_.scan(pid, traced ? &procs_[pid] : nullptr, when, snap_)) continue;
+            if (traced) {
+                procs_[pid].scanned = true;
+            } else {
+                snap_.untraced.insert(pid);
+                snap_.processes.back() += ", not traced: " + why_untraced(pid);
+            }
         }
         for (int pid : stopped) ::kill(pid, SIGCONT);
         end_program();
@@ -1070,6 +1137,7 @@ private:
 struct Counts {
     std::size_t by_place[7] = {};
     std::size_t total = 0;
+    std::size_t untraced = 0, untraced_anon = 0;  // outside the arena, in processes not traced
     std::size_t rule_reachable() const { return by_place[int(Place::heap)] + by_place[int(Place::freed)]; }
 };
 
@@ -1078,8 +1146,19 @@ Counts count(const Snapshot &s) {
     for (const Copy &copy : s.copies) {
         ++c.by_place[static_cast<int>(copy.place)];
         ++c.total;
+        if (s.untraced.count(copy.pid) && copy.place != Place::arena) {
+            ++c.untraced;
+            c.untraced_anon += copy.place == Place::anon;
+        }
     }
     return c;
+}
+
+// Copies of the secrets may lie where no reader reaches: the shim's secretmem backing.
+bool unreadable_secretmem(const Snapshot &s) {
+    for (const auto &entry : s.unreadable)
+        if (entry.first.second.rfind("/secretmem", 0) == 0) return true;
+    return false;
 }
 
 void print_report(const Snapshot &s, const Counts &c, bool traced) {
@@ -1113,10 +1192,17 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
         std::printf("  %zu copies in the heap or other anonymous memory: memlock-discover -- PROGRAM shows which "
                     "allocations hold them and proposes the rules that move them.\n",
                     c.by_place[int(Place::anon)]);
-    const std::size_t unseen = c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] : 0);
+    const std::size_t unseen = c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] - c.untraced_anon : 0);
     if (unseen)
         std::printf("  %zu copies in file-backed or other memory (not heap blocks the shim saw): no rule reaches them.\n",
                     unseen);
+    if (c.untraced)
+        std::printf("  %zu copies in processes the shim did not trace (\"not traced\" above): no rule reaches them "
+                    "until those processes run with the shim.\n",
+                    c.untraced);
+    if (!c.total && !unreadable_secretmem(s))
+        std::printf("  no copy of the secrets was found: the program had not loaded them when the snapshot was taken "
+                    "(take it later: --after, or SIGUSR1 once it serves), or keeps them elsewhere.\n");
     for (const auto &[where, u] : s.unreadable) {
         const std::string bytes = mltool::human_bytes(u.first);
         if (where.second.rfind("/secretmem", 0) == 0)
@@ -1288,7 +1374,7 @@ void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
         die(kExitUnavailable, name + ": cannot stop it to read its memory: " + std::strerror(errno) +
                                   " (run as root or as the process's user)");
     const bool stopped = wait_stopped(pid);
-    const bool read = stopped && scanner.scan(pid, Process(), "(running)", snap);
+    const bool read = stopped && scanner.scan(pid, nullptr, "(running)", snap);
     if (!was_stopped) ::kill(pid, SIGCONT);
     sigprocmask(SIG_SETMASK, &before, nullptr);
     if (!stopped) die(kExitUnavailable, name + ": it did not stop, or exited, within " + seconds_text(kStopTimeoutMs / 1000.0));
@@ -1310,7 +1396,6 @@ std::string children_left_out(const std::vector<int> &pids) {
 // --pid: where the copies of the secrets lie in running processes, by mapping.
 int scan_running(const std::vector<int> &pids, const std::vector<Needle> &needles) {
     Scanner scanner(needles);
-    scanner.untraced();
     Snapshot snap;
     for (int pid : pids) scan_stopped(pid, scanner, snap);
     scanner.finish(snap);
@@ -1356,15 +1441,19 @@ int main(int argc, char **argv) {
     if (!temp_config.empty()) ::unlink(temp_config.c_str());
     const Counts counts = count(snap);
     print_report(snap, counts, true);
+    const bool nothing = !counts.total && !unreadable_secretmem(snap);
     if (o.verify) {
-        const bool left = counts.rule_reachable() > 0;
-        std::printf("verify: %zu heap copies left outside the arena%s\n", counts.rule_reachable(),
-                    left ? "" : ": every heap copy is protected");
-        return left ? kExitCopiesLeft : 0;
+        const bool left = counts.rule_reachable() + counts.untraced > 0;
+        std::printf("verify: %zu heap copies left outside the arena%s%s\n", counts.rule_reachable(),
+                    counts.untraced ? (", and " + std::to_string(counts.untraced) + " in processes not traced").c_str() : "",
+                    left ? "" : nothing ? " (no copy found at all: nothing was verified)" : ": every heap copy is protected");
+        return left ? kExitCopiesLeft : nothing ? kExitIncomplete : 0;
     }
     const std::vector<Candidate> rules = propose(snap);
     if (rules.empty()) {
-        std::printf("proposed rules: none needed (no heap copy outside the arena)\n");
+        std::printf("proposed rules: none%s\n", nothing          ? " (no copy found)"
+                                               : counts.untraced ? " for the traced processes (no heap copy outside the arena there)"
+                                                                 : " needed (no heap copy outside the arena)");
     } else {
         std::printf("proposed rules (%zu):\n", rules.size());
         for (std::size_t i = 0; i < rules.size(); ++i)
@@ -1383,5 +1472,5 @@ int main(int argc, char **argv) {
         std::printf("wrote %s; check it with: memlock-discover --verify --config %s -- %s ...\n", o.config_out.c_str(),
                     o.config_out.c_str(), o.argv[0].c_str());
     }
-    return 0;
+    return nothing || counts.untraced ? kExitIncomplete : 0;
 }

@@ -1,7 +1,7 @@
 /* discover_secrets - known secrets in known places, for memlock-discover
  * (tests/shim/test_discover.cpp).
  *
- *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon]   (each a hex byte string)
+ *   discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon|clean-child]   (each a hex byte string)
  *
  *   LIBHEAP   a 48-byte heap block: main -> load_secret_key -> alloc_helper -> malloc
  *             (libsecretlib.so), among 200 other 48-byte blocks the same helper allocates
@@ -16,7 +16,10 @@
  * with "wait" it prints "waiting" and waits (memlock-discover --pid scans it running).
  * With "daemon" it first detaches as daemons do (fork, the parent exits 0, the child calls
  * setsid), prints "daemon PID", and after "ready" lets go of its output and holds the secrets
- * until it is terminated, signalling no one.
+ * until it is terminated, signalling no one. With "clean-child" it holds nothing itself: it
+ * starts itself again in the default mode with an empty environment (as daemons start their
+ * helpers: no LD_PRELOAD, no MEMLOCK_SHIM_TRACE), passes that child's SIGUSR1 on to its own
+ * parent and waits to be terminated; the child dies with it.
  */
 #include <fcntl.h>
 #include <pthread.h>
@@ -73,9 +76,30 @@ int main(int argc, char **argv) {
     const int exit_mode = argc == 7 && strcmp(argv[6], "exit") == 0;
     const int wait_mode = argc == 7 && strcmp(argv[6], "wait") == 0;
     const int daemon_mode = argc == 7 && strcmp(argv[6], "daemon") == 0;
-    if (argc != 6 && !exit_mode && !wait_mode && !daemon_mode) {
-        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon]\n");
+    const int clean_mode = argc == 7 && strcmp(argv[6], "clean-child") == 0;
+    if (argc != 6 && !exit_mode && !wait_mode && !daemon_mode && !clean_mode) {
+        fprintf(stderr, "usage: discover_secrets LIBHEAP PROGHEAP STACK STATIC THREAD [exit|wait|daemon|clean-child]\n");
         return 2;
+    }
+    if (clean_mode) {
+        sigset_t usr1;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        sigprocmask(SIG_BLOCK, &usr1, NULL);
+        const pid_t child = fork();
+        if (child < 0) return 3;
+        if (child == 0) {
+            char *const no_env[] = {NULL};
+            argv[6] = NULL; /* the default mode */
+            sigprocmask(SIG_UNBLOCK, &usr1, NULL);
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            execve("/proc/self/exe", argv, no_env);
+            _exit(127);
+        }
+        int sig;
+        sigwait(&usr1, &sig);
+        kill(getppid(), SIGUSR1);
+        for (;;) pause();
     }
     if (daemon_mode) {
         const pid_t child = fork();
