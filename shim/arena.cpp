@@ -549,7 +549,7 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
         meta_ = reinterpret_cast<PageMeta *>(state_ + state_len(cap_span_));
         side_span_ = 0;
         side_bytes_ = 0;
-        if (!map_side(0, first_span)) return EEXIST;
+        if (map_side(0, first_span)) return EEXIST;
         int rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span);
         if (rc) {
             memlock_release(bits_, bits_len(first_span));
@@ -579,7 +579,7 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
 // Maps and commits the side tables' part for blocks [side_span, to_span): false (nothing
 // mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
 // dump either: they stay out too.
-bool SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
+int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
     unsigned char *table[3] = {reinterpret_cast<unsigned char *>(bits_), state_,
                                reinterpret_cast<unsigned char *>(meta_)};
     const std::size_t lo[3] = {bits_len(from_span), state_len(from_span), meta_len(from_span)};
@@ -592,13 +592,13 @@ bool SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept 
         if (rc) {
             for (unsigned u = 0; u < t; ++u)
                 if (hi[u] > lo[u]) memlock_release(table[u] + lo[u], hi[u] - lo[u]);
-            return false;
+            return rc;
         }
         memlock_dontdump(table[t] + lo[t], hi[t] - lo[t]);
     }
     for (unsigned t = 0; t < 3; ++t) side_bytes_ += hi[t] > lo[t] ? hi[t] - lo[t] : 0;
     side_span_ = to_span;
-    return true;
+    return 0;
 }
 
 // ---- growing a pool --------------------------------------------------------------------------
@@ -697,8 +697,8 @@ void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, in
 }
 
 // Commits [from, from+bytes). Pages inside the range locked at start-up are locked; the rest
-// follow the lock policy. pre: pool.lock held; page-aligned. Returns 0, or ENOMEM when the
-// memory cannot be committed or the policy denies it.
+// follow the lock policy. pre: pool.lock held; page-aligned. Returns 0, EPERM when the policy
+// denies it, or the kernel's error committing it (kept in space_error_ too).
 int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
@@ -707,7 +707,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
         // No lock-on-fault: mlock what is committed inside the budget (mlock populates it).
         // Refused (the limit, or a sandbox that answers EPERM), the rest of the budget is
         // given up and the pages follow the lock policy below.
-        if (memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+        if (int err = memlock_commit(reinterpret_cast<void *>(from), bytes)) return space_error_ = err;
         committed = true;
         if (int err = memlock_lock(reinterpret_cast<void *>(from), lock_to - from)) {
             lock_error_ = err;
@@ -730,7 +730,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
         case LockFailurePolicy::deny:
             if (!warned_lock_failure_.exchange(true) && reporter_)
                 reporter_(LogLevel::warn, "cannot lock arena memory (policy deny: matching allocations fail with ENOMEM)", why);
-            return ENOMEM;
+            return EPERM;
         case LockFailurePolicy::fallback:
             if (!warned_lock_failure_.exchange(true) && reporter_)
                 reporter_(LogLevel::warn,
@@ -740,7 +740,9 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
             break;
         }
     }
-    if (!committed && memlock_commit(reinterpret_cast<void *>(from), bytes)) return ENOMEM;
+    if (!committed) {
+        if (int err = memlock_commit(reinterpret_cast<void *>(from), bytes)) return space_error_ = err;
+    }
     std::size_t first = (from - base_) / page_, n = bytes / page_;
     const std::uint8_t in_lock = pool.secret ? kLockedPage | kSecretPage : kLockedPage;
     const bool locks = pool.actions & kActionLock;
@@ -812,16 +814,35 @@ void SecureArena::keep_small(std::uintptr_t from, std::uintptr_t to) noexcept {
     backing_advise_small(reinterpret_cast<void *>(lo), hi - lo);
 }
 
-// The pool cannot serve a block (its address space is used up, or the block is larger than
-// the pool). Under fallback the caller serves it from the next allocator (it reports that);
-// deny refuses it, abort stops. Returns nullptr with errno = ENOMEM.
+// Why the arena could not hold a block the last time it could not (space_error_), for messages.
+const char *SecureArena::space_why() const noexcept {
+    switch (space_error_.load(std::memory_order_relaxed)) {
+    case 0: return "raise policy.max_arena";
+    case EEXIST: return "another mapping took the address space above it";
+    case ENOMEM:
+        return "the kernel refused to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, "
+               "vm.max_map_count or the commit limit)";
+    default: return memlock_strerror(space_error_.load(std::memory_order_relaxed));
+    }
+}
+
+// The pool cannot serve a block (its address space is used up, the kernel refused more, or
+// the block is larger than the pool). Under fallback the caller serves it from the next
+// allocator (it reports that); deny refuses it, abort stops. Returns nullptr with errno =
+// ENOMEM.
 void *SecureArena::out_of_space(const char *what) noexcept {
     switch (opts_.on_lock_failure) {
-    case LockFailurePolicy::abort:
-        fatal(what, "raise policy.max_arena (policy on_lock_failure=abort)");
+    case LockFailurePolicy::abort: {
+        char why[160];
+        std::snprintf(why, sizeof why, "%s (policy on_lock_failure=abort)", space_why());
+        fatal(what, why);
+    }
     case LockFailurePolicy::deny:
-        if (!warned_full_.exchange(true) && reporter_)
-            reporter_(LogLevel::error, what, "matching allocations fail with ENOMEM (policy deny): raise policy.max_arena");
+        if (!warned_full_.exchange(true) && reporter_) {
+            char why[200];
+            std::snprintf(why, sizeof why, "matching allocations fail with ENOMEM (policy deny): %s", space_why());
+            reporter_(LogLevel::error, what, why);
+        }
         if (stats_) stats_->denied.fetch_add(1);
         break;
     case LockFailurePolicy::fallback:
@@ -842,7 +863,8 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
         own_commits(pool);
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
         const std::uintptr_t upto = commit_end(pool, to);
-        if (commit_and_lock(pool, fresh, upto - fresh)) {
+        if (int err = commit_and_lock(pool, fresh, upto - fresh)) {
+            if (err != EPERM) return static_cast<unsigned char *>(out_of_space("cannot commit arena memory"));
             if (stats_) stats_->denied.fetch_add(1);
             errno = ENOMEM;
             return nullptr;
@@ -866,11 +888,13 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
     if (contiguous_only && !adjacent) return false;
     const std::size_t lacks = adjacent ? bytes - std::min(bytes, pool.end - pool.frontier) : bytes;
     const std::size_t size = round_up(lacks, region);
-    if (bytes > cap_span_ || size > cap_span_ - span) return false;
+    if (bytes > cap_span_ || size > cap_span_ - span) return space_error_ = 0, false;
     const std::size_t new_span = span + size;
     // The side tables first: a table that grew and an arena that could not stay consistent
     // (the tables only cover more than the blocks).
-    if (new_span > side_span_ && !map_side(side_span_, new_span)) return false;
+    if (new_span > side_span_) {
+        if (int err = map_side(side_span_, new_span)) return space_error_ = err, false;
+    }
     // What the pool may still lock is mapped locked without an mlock call, counted against
     // RLIMIT_MEMLOCK as mlock would: where the range's last mapping is locked on fault (the
     // first region, and what grew from it), it grows in place (mremap) and the new pages
@@ -886,20 +910,24 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
         int err = tail_onfault_ ? backing_grow_locked(at, locked, page_) : EINVAL;
         on_fault = !err;
         if (err && err != EAGAIN) err = backing_map_locked(at, locked);
-        if (err == EEXIST) return false;
+        if (err == EEXIST) return space_error_ = err, false;
         if (err) {
             if (!lock_error_) lock_error_ = err;
             pool.lock_budget = pool.locked_mapped;
             locked = 0;
         }
     }
-    if (size > locked && memlock_reserve_at(static_cast<unsigned char *>(at) + locked, size - locked)) {
-        memlock_release(at, locked);
-        return false;
+    if (size > locked) {
+        if (int err = memlock_reserve_at(static_cast<unsigned char *>(at) + locked, size - locked)) {
+            memlock_release(at, locked);
+            return space_error_ = err, false;
+        }
     }
-    if ((pool.actions & kActionDontdump) && memlock_dontdump(at, size)) {
-        memlock_release(at, size);
-        return false;
+    if ((pool.actions & kActionDontdump)) {
+        if (int err = memlock_dontdump(at, size)) {
+            memlock_release(at, size);
+            return space_error_ = err, false;
+        }
     }
     // Refused (a seccomp filter may answer EINVAL), the pool commits as without huge pages.
     if (pool.huge && backing_advise_huge(at, size)) pool.huge = false;
@@ -1323,7 +1351,7 @@ void SecureArena::mark_run(std::size_t head, std::size_t first, std::size_t npag
 void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t align, unsigned rule) noexcept {
     Pool &pool = pools_[pool_index];
     if (n > cap_span_ || align > cap_span_)
-        return out_of_space("a matching allocation is larger than the arena's growth cap");
+        return space_error_ = 0, out_of_space("a matching allocation is larger than the arena's growth cap");
     std::size_t bytes = round_up(n ? n : 1, page_);
     std::uintptr_t at = 0;
     {

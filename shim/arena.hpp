@@ -122,6 +122,9 @@ public:
     // Under policy fallback a block the arena cannot hold (address space used up, larger than
     // the arena) goes to the next allocator: alloc returning nullptr means exactly that.
     bool serves_overflow() const noexcept { return opts_.on_lock_failure == LockFailurePolicy::fallback; }
+    // Why it last could not hold a block, as advice: "raise policy.max_arena" at the growth
+    // cap, or what the kernel refused (RLIMIT_AS, a mapping above it).
+    const char *space_why() const noexcept;
     // pre: owns(p). Fatal on a double or invalid free. Preserves errno.
     void free(void *p) noexcept;
     // pre: owns(p). Grows a page run in place to at least n bytes when the pages after it
@@ -210,7 +213,7 @@ private:
     void set_page_flags(Pool &pool, std::size_t pg, std::uint8_t flags) noexcept;
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     bool grow(Pool &pool, std::size_t bytes, bool contiguous_only) noexcept;
-    bool map_side(std::size_t from_span, std::size_t to_span) noexcept;
+    int map_side(std::size_t from_span, std::size_t to_span) noexcept;
     int place(std::size_t room, std::size_t first_span) noexcept;
     // Side table bytes for `span` bytes of arena.
     std::size_t meta_len(std::size_t span) const noexcept;
@@ -275,6 +278,7 @@ private:
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};
+    std::atomic<int> space_error_{0};  // why the arena last could not grow or commit (0: max_arena)
     // Last, so that the fields the free path reads share cache lines as before.
     std::uint8_t region_pool_[kMaxRegions] = {};    // the pool each region of the range serves
     std::uint8_t region_locked_[kMaxRegions] = {};  // 1: mapped locked after start-up (mremap, MAP_LOCKED)

@@ -1137,7 +1137,7 @@ __attribute__((noinline, cold)) void *serve_from_next(std::size_t n, std::size_t
         BusyScope busy;
         log_msg(LogLevel::warn,  // keeps errno
                 "the secure arena is full: matching allocations are served by the program's allocator, "
-                "unprotected (counted in overflows): raise policy.max_arena");
+                "unprotected (counted in overflows): %s", g_arena.space_why());
     }
     return p;
 }

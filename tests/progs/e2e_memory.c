@@ -18,6 +18,10 @@
  *                               "... failed: errno N", checks and frees the small blocks,
  *                               prints "aslimit ok" (exit 1 if a 32-byte block failed)
  *   e2e_memory vmsize           prints "vmsize N": its VmSize in bytes (/proc/self/status)
+ *   e2e_memory asfull           frees 16 MiB of blocks of 64 KiB (its allocator keeps the heap:
+ *                               no trimming), lowers RLIMIT_AS to its VmSize + 1 MiB, then
+ *                               allocates 2000 blocks of 4000 bytes; prints "asfull ok" when
+ *                               every one was served and kept its contents
  *   e2e_memory margin LIMIT     lowers RLIMIT_AS to LIMIT (what it needs without the shim),
  *                               then creates 2 threads that allocate (32 B, 4 KiB, 256 KiB),
  *                               maps and touches 8 MiB, allocates 1000 blocks of 32 bytes and
@@ -39,6 +43,7 @@
 #include <linux/seccomp.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -197,6 +202,28 @@ static void *margin_thread(void *arg) {
     return NULL;
 }
 
+static int asfull(void) {
+    enum { kHeap = 256, kBlocks = 2000 };
+    static void *heap[kHeap], *blocks[kBlocks];
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    for (int i = 0; i < kHeap; ++i) heap[i] = malloc(64 << 10);
+    for (int i = 0; i < kHeap; ++i) free(heap[i]);
+    struct rlimit rl = {vmsize() + (1u << 20), vmsize() + (1u << 20)};
+    if (setrlimit(RLIMIT_AS, &rl)) { printf("setrlimit: errno %d\n", errno); return 2; }
+    for (int i = 0; i < kBlocks; ++i) {
+        if (!(blocks[i] = malloc(4000))) { printf("malloc(4000) #%d failed: errno %d\n", i, errno); return 1; }
+        memset(blocks[i], i & 0xff, 4000);
+    }
+    int bad = 0;
+    for (int i = 0; i < kBlocks; ++i) {
+        bad |= !check(blocks[i], 4000, (unsigned char)(i & 0xff));
+        free(blocks[i]);
+    }
+    if (bad) return 1;
+    printf("asfull ok\n");
+    return 0;
+}
+
 static int margin(size_t limit) {
     struct rlimit rl = {limit, limit};
     if (setrlimit(RLIMIT_AS, &rl)) { printf("setrlimit: errno %d\n", errno); return 2; }
@@ -303,6 +330,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
+    if (!strcmp(argv[1], "asfull")) return asfull();
     if (!strcmp(argv[1], "vmsize")) return printf("vmsize %zu\n", vmsize()) < 0;
     if (!strcmp(argv[1], "margin") && argc > 2) return margin(strtoull(argv[2], NULL, 0));
     if (!strcmp(argv[1], "aslimit") && argc > 2) return aslimit(strtoull(argv[2], NULL, 0));

@@ -183,6 +183,27 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
     cr_assert(contains(r.out, "filter installed\nsurvived\n"), "%s", r.describe().c_str());
 }
 
+// When the kernel refuses the arena more address space (RLIMIT_AS lowered after start-up),
+// while the program's allocator still has free memory, the matching blocks it serves are
+// counted, and the one warning says what refused, not to raise policy.max_arena.
+Test(e2e_memory, an_arena_the_address_space_limit_stops_says_so) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "pages", "size": 4000}],
+  "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "asfull"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "asfull ok\n"), "%s", r.describe().c_str());
+    const std::string pid = *line_value(r.out, "pid");
+    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
+                                 "by the program's allocator, unprotected (counted in overflows): the kernel refused "
+                                 "to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, vm.max_map_count or "
+                                 "the commit limit) (program e2e_memory, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    const std::string stats = stats_of(dir, std::stoi(pid));
+    cr_assert_gt(stat_value(stats, "overflows"), 0u, "%s", stats.c_str());
+}
+
 // A program that lowers RLIMIT_AS after start-up (here to 256 MiB) keeps its matched blocks
 // and its other allocations: the arena maps address space only as it is used.
 Test(e2e_memory, a_program_that_lowers_rlimit_as_after_start_up_keeps_its_matched_blocks) {
