@@ -291,6 +291,17 @@ progs: $(CALLER_TEST_BINS)
 $(B)/progs/discover_secrets: tests/progs/discover_secrets.c $(CALLER_LIBS)
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -lpthread -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
+# tests/libs/memlock_testlib.c built into a program that exports its functions, and the same
+# program linked with libmemlock_testlib.so (memlock-run --check: tests/shim/test_tools.cpp).
+$(B)/progs/testlib_builtin: tests/progs/testlib_builtin.c tests/libs/memlock_testlib.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -rdynamic $< -o $@
+
+$(B)/progs/testlib_linked: tests/progs/testlib_builtin.c $(B)/libs/libmemlock_testlib.so
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -DTESTLIB_LINKED $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) \
+	    -lmemlock_testlib
+progs: $(B)/progs/testlib_linked
 # ---- end of caller-rule test programs ----------------------------------------------------
 
 # ---- robustness: fuzzer, sanitizer and TSan builds, stress and fault tests ------------------

@@ -154,7 +154,8 @@ int read_counters(dl_phdr_info *info, std::size_t size, void *arg) {
     return 1;  // the counters are global: the first object is enough
 }
 
-// Does one of `globs` match the object's path, basename or soname?
+}  // namespace
+
 bool module_matches(const std::vector<std::string> &globs, const std::string &path, const std::string &soname) {
     std::size_t slash = path.rfind('/');
     std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
@@ -165,12 +166,13 @@ bool module_matches(const std::vector<std::string> &globs, const std::string &pa
     return false;
 }
 
-// "a", or "a" or "b" (or ...): the globs as a message names them.
 std::string quoted_globs(const std::vector<std::string> &globs) {
     std::string out;
     for (std::size_t i = 0; i < globs.size(); ++i) out += (i ? " or \"" : "\"") + globs[i] + "\"";
     return out;
 }
+
+namespace {
 
 // What one loaded object adds to the index: read from its file once, while it stays loaded.
 struct ObjectIndex {

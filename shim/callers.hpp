@@ -52,6 +52,13 @@ struct CallerFrames {
     std::uint64_t walk = 0;     // fast_backtrace's name for the walk that gave pc, or 0
 };
 
+// Does one of `globs` match an object's path, basename or soname ("" = none)? What a module
+// condition selects; memlock-run --check asks it of the objects a program links.
+bool module_matches(const std::vector<std::string> &globs, const std::string &path, const std::string &soname);
+
+// "a", or "a" or "b" (or ...): the globs as a message names them.
+std::string quoted_globs(const std::vector<std::string> &globs);
+
 // Indexes the loaded objects for `conditions` (condition i is caller rule i). Returns an
 // empty string, or why caller rules cannot work here.
 // Globs that match nothing yet are reported through `warn` (once each).

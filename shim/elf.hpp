@@ -90,13 +90,19 @@ public:
         });
     }
 
+    // Calls f(name) for every function .dynsym defines global or weak, for other objects to bind
+    // to (a name with several versions once for each).
+    template <typename F> void each_exported_function(F f) const {
+        each_defined_function(SHT_DYNSYM, [&](const ElfW(Sym) &sym, const char *name) {
+            const unsigned bind = ELF64_ST_BIND(sym.st_info);
+            if (bind == STB_GLOBAL || bind == STB_WEAK) f(name);
+        });
+    }
+
     // Does .dynsym define the function `name` (global or weak), for other objects to bind to?
     bool exports_function(const char *name) const {
         bool found = false;
-        each_defined_function(SHT_DYNSYM, [&](const ElfW(Sym) &sym, const char *sym_name) {
-            const unsigned bind = ELF64_ST_BIND(sym.st_info);
-            found |= (bind == STB_GLOBAL || bind == STB_WEAK) && std::strcmp(sym_name, name) == 0;
-        });
+        each_exported_function([&](const char *sym_name) { found |= std::strcmp(sym_name, name) == 0; });
         return found;
     }
 

@@ -6,23 +6,29 @@
 // capabilities), then sets LD_PRELOAD and MEMLOCK_SHIM_CONFIG and execs the program in its
 // own place, so it keeps the PID (PID 1 in a container) and receives signals directly.
 // Exit statuses: see usage() and docs/operators.md.
+#include <dirent.h>
 #include <elf.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pwd.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <string>
 #include <sstream>
 #include <vector>
 
+#include "callers.hpp"
 #include "config.hpp"
 #include "elf.hpp"
 #include "stats.hpp"
@@ -574,20 +580,169 @@ void check_user(const mlshim::Config &c, const std::string &user) {
 
 // ---- environment -----------------------------------------------------------------------------
 
-// LD_PRELOAD with the shim first, keeping the other entries; any other copy of the shim is
-// dropped (two shims would both start up in one process).
-std::string preload_with(const std::string &shim, const std::string &old) {
-    std::string out = shim;
+// The entries of LD_PRELOAD `old` but any copy of the shim, ':'-separated.
+std::string preload_without_shim(const std::string &old) {
+    std::string out;
     std::size_t from = 0;
     while (from < old.size()) {
         std::size_t to = old.find_first_of(": ", from);
         if (to == std::string::npos) to = old.size();
         const std::string entry = old.substr(from, to - from);
-        const std::string base = entry.substr(entry.rfind('/') == std::string::npos ? 0 : entry.rfind('/') + 1);
-        if (!entry.empty() && base != kShimName) out += ":" + entry;
+        if (!entry.empty() && base_name(entry) != kShimName) out += (out.empty() ? "" : ":") + entry;
         from = to + 1;
     }
     return out;
+}
+
+// LD_PRELOAD with the shim first, keeping the other entries; any other copy of the shim is
+// dropped (two shims would both start up in one process).
+std::string preload_with(const std::string &shim, const std::string &old) {
+    const std::string others = preload_without_shim(old);
+    return others.empty() ? shim : shim + ":" + others;
+}
+
+// argv for execv: pointers into `args`, then nullptr.
+std::vector<char *> exec_args(const std::vector<std::string> &args) {
+    std::vector<char *> out;
+    for (const auto &a : args) out.push_back(const_cast<char *>(a.c_str()));
+    out.push_back(nullptr);
+    return out;
+}
+
+// ---- the rules' modules ----------------------------------------------------------------------
+
+// What `args` writes to stdout (stderr discarded), run with LD_PRELOAD set to `preload` (unset
+// when ""); "" when it cannot be run.
+std::string output_of(const std::vector<std::string> &args, const std::string &preload) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return "";
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        ::close(fds[0]);
+        ::close(fds[1]);
+        return "";
+    }
+    if (pid == 0) {
+        const int null = ::open("/dev/null", O_WRONLY);
+        ::dup2(fds[1], STDOUT_FILENO);
+        ::dup2(null, STDERR_FILENO);
+        preload.empty() ? ::unsetenv("LD_PRELOAD") : ::setenv("LD_PRELOAD", preload.c_str(), 1);
+        ::execv(args[0].c_str(), exec_args(args).data());
+        ::_exit(127);
+    }
+    ::close(fds[1]);
+    std::string out;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR);)
+        if (n > 0) out.append(buf, static_cast<std::size_t>(n));
+    ::close(fds[0]);
+    ::waitpid(pid, nullptr, 0);
+    return out;
+}
+
+// The files the lines of the loader's list (ld.so --list: "NAME => PATH (0x...)", "PATH (0x...)")
+// or of its cache (ldconfig -p: "NAME (FLAGS) => PATH") name; "not found" is left out.
+std::vector<std::string> listed_paths(const std::string &text) {
+    std::vector<std::string> out;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) {
+        const auto arrow = line.find(" => ");
+        if (arrow == std::string::npos && line.find(" (0x") == std::string::npos) continue;
+        std::string path = arrow == std::string::npos ? line : line.substr(arrow + 4);
+        path = path.substr(0, path.find(" (0x"));
+        path.erase(0, path.find_first_not_of(" \t"));
+        if (!path.empty() && path != "not found") out.push_back(path);
+    }
+    return out;
+}
+
+// The shared libraries the loader finds by name here: the files in $LD_LIBRARY_PATH's
+// directories, then those in its cache.
+std::vector<std::string> installed_libraries(const std::string &preload) {
+    std::vector<std::string> out;
+    std::istringstream dirs(env("LD_LIBRARY_PATH"));
+    for (std::string dir; std::getline(dirs, dir, ':');)
+        if (DIR *d = dir.empty() ? nullptr : ::opendir(dir.c_str())) {
+            while (const dirent *e = ::readdir(d)) out.push_back(dir + "/" + e->d_name);
+            ::closedir(d);
+        }
+    for (auto &path : listed_paths(output_of({"/sbin/ldconfig", "-p"}, preload))) out.push_back(std::move(path));
+    return out;
+}
+
+// A library that matches a rule's globs, built into an object the program links (or the
+// program itself): that object defines and exports `shared`, of the `exported` functions the
+// library exports.
+struct BuiltIn {
+    std::string object, library;
+    std::set<std::string> shared;
+    std::size_t exported = 0;
+};
+
+// Of the installed libraries that match `globs`, the one most of whose functions one of
+// `objects` defines and exports too, and that object.
+BuiltIn find_built_in(const std::vector<std::string> &globs, const std::vector<std::string> &objects,
+                      const std::string &preload) {
+    BuiltIn best;
+    std::set<std::string> seen;
+    for (const std::string &library : installed_libraries(preload)) {
+        if (!mlshim::module_matches(globs, library, "") || !seen.insert(absolute(library)).second) continue;
+        std::set<std::string> names;
+        mlshim::ElfView(library).each_exported_function([&](const char *name) { names.insert(name); });
+        for (const std::string &object : objects) {
+            std::set<std::string> shared;
+            mlshim::ElfView(object).each_exported_function([&](const char *name) {
+                if (names.count(name)) shared.insert(name);
+            });
+            if (shared.size() > best.shared.size()) best = {object, library, std::move(shared), names.size()};
+        }
+    }
+    return best;
+}
+
+// A few of `names`, ", "-separated: those with "alloc" first (what a rule by function name
+// selects), the shortest first.
+std::string some_of(const std::set<std::string> &names) {
+    std::vector<std::string> v(names.begin(), names.end());
+    auto alloc = [](const std::string &n) { return n.find("alloc") != std::string::npos; };
+    std::stable_sort(v.begin(), v.end(), [&](const std::string &a, const std::string &b) {
+        return alloc(a) != alloc(b) ? alloc(a) : a.size() < b.size();
+    });
+    std::string out;
+    for (std::size_t i = 0; i < v.size() && i < 3; ++i) out += (i ? ", " : "") + v[i];
+    return v.size() > 3 ? out + ", ..." : out;
+}
+
+// --check: a rule by module selects the code of the objects that match its globs (the shim's
+// module_matches). For each such rule that nothing the program links (its dependencies as its
+// dynamic loader lists them, under the environment the program gets but the shim) nor the
+// program itself matches, a line; and a warning when an installed library that matches it is
+// built in: an object of the program defines and exports at least 10 of its functions and
+// either 50 or half of them.
+void check_modules(const mlshim::Config &c, const std::string &program, const std::string &preload) {
+    std::vector<std::string> objects{program};
+    for (auto &path : listed_paths(output_of({mltool::elf_interpreter(program), "--list", program}, preload)))
+        objects.push_back(std::move(path));
+    if (objects.size() == 1) return;  // the loader listed nothing: nothing to compare
+    std::vector<std::string> sonames;
+    for (const auto &o : objects) sonames.push_back(mlshim::ElfView(o).soname());
+    for (const auto &r : c.rules) {
+        bool linked = r.module.empty();
+        for (std::size_t i = 0; i < objects.size() && !linked; ++i)
+            linked = mlshim::module_matches(r.module, objects[i], sonames[i]);
+        if (linked) continue;
+        const std::string globs = mlshim::quoted_globs(r.module);
+        std::printf("rules:   \"%s\": nothing %s links matches %s: the rule protects nothing unless the program "
+                    "loads one later (dlopen)\n",
+                    r.name.c_str(), program.c_str(), globs.c_str());
+        const BuiltIn b = find_built_in(r.module, objects, preload);
+        const std::size_t n = b.shared.size();
+        if (n >= 10 && (n >= 50 || 2 * n >= b.exported))
+            warn(b.object + " has " + b.library + " built in: it exports " + std::to_string(n) + " of that library's " +
+                 std::to_string(b.exported) + " functions itself (" + some_of(b.shared) + "); rule \"" + r.name +
+                 "\" selects by module (" + globs + "), which cannot select code built into another object: select "
+                 "by function name instead (\"symbol\"; config/openssl-linked.json does so for OpenSSL)");
+    }
 }
 
 }  // namespace
@@ -629,6 +784,7 @@ int main(int argc, char **argv) {
         // says so again when it starts).
         if (o.check && mlshim::ElfView(loaded).exports_function("malloc"))
             warn(loaded + " defines its own malloc, " + mlshim::kBeforeShim);
+        if (o.check && valid) check_modules(config, loaded, preload_without_shim(env("LD_PRELOAD")));
     }
     if (valid) check_limits(config, o.check);
     if (valid && !o.user.empty()) check_user(config, o.user);
@@ -640,9 +796,6 @@ int main(int argc, char **argv) {
     // The program keeps this pid: the shim reports a rule that names nothing loaded as a
     // warning there, and at info level in the programs it runs in turn (docs/config.md).
     ::setenv("MEMLOCK_RUN_PID", std::to_string(::getpid()).c_str(), 1);
-    std::vector<char *> args;
-    for (const auto &a : o.argv) args.push_back(const_cast<char *>(a.c_str()));
-    args.push_back(nullptr);
-    ::execv(program.c_str(), args.data());
+    ::execv(program.c_str(), exec_args(o.argv).data());
     die(errno == ENOENT ? kExitNotFound : kExitCannotRun, program + ": cannot execute: " + std::strerror(errno));
 }

@@ -165,6 +165,9 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
         "shim:    " + real(tool("libmemlock_shim.so")) + "\n" +
         "program: " + shim_program("tools_pid") + ": can be preloaded (loads " + real(shim_program("tools_pid")) +
         ")\n" +
+        "rules:   \"openssl-and-its-callees\": nothing " + real(shim_program("tools_pid")) +
+        " links matches \"libcrypto.so*\" or \"libssl.so*\": the rule protects nothing unless the program loads one "
+        "later (dlopen)\n" +
         "needs:   up to 64 MiB locked (policy.max_locked), 0 B locked at start-up (policy.prealloc), "
         "on_lock_failure fallback\n";
     cr_assert(r.out.rfind(expected, 0) == 0, "got:\n%s\nexpected to start with:\n%s", r.out.c_str(),
@@ -184,6 +187,67 @@ Test(tools, run_check_warns_of_a_program_with_its_own_malloc) {
     assert_text(r.err, "memlock-run: " + real(prog) +
                            " defines its own malloc, which comes before the shim in the lookup order: the program's "
                            "allocations never reach the shim, and no rule sees them\n");
+}
+
+// memlock-run --check -- PROGRAM under a config of rules by module, with tests/libs' libraries in
+// LD_LIBRARY_PATH (and LD_PRELOAD as given).
+RunResult check_modules(const TempDir &dir, const std::string &rules, const std::string &prog,
+                        const std::string &preload = "") {
+    const std::string cfg = dir.file("modules.json");
+    write_file(cfg, "{\"version\": 1, \"rules\": [" + rules + "]}");
+    auto o = tool_opts({tool("memlock-run"), "--config", cfg, "--check", "--", shim_program(prog)});
+    o.env = {{"LD_LIBRARY_PATH", shim_build_dir() + "/libs"}};
+    if (!preload.empty()) o.env.emplace_back("LD_PRELOAD", preload);
+    return run_program(o);
+}
+
+// The --check line of a rule by module that nothing PROGRAM links matches.
+std::string links_nothing(const std::string &rule, const std::string &prog, const std::string &glob) {
+    return "\nrules:   \"" + rule + "\": nothing " + real(shim_program(prog)) + " links matches \"" + glob +
+           "\": the rule protects nothing unless the program loads one later (dlopen)\n";
+}
+
+// A program that has a library built in and exports its functions (as NodeSource's node has
+// OpenSSL): nothing it links matches the rule's module, and the library installed (here in
+// LD_LIBRARY_PATH) has 66 functions, all of which the program exports itself.
+Test(tools, run_check_warns_of_a_library_built_into_the_program) {
+    TempDir dir;
+    const auto r = check_modules(dir, R"({"name": "testlib", "module": "libmemlock_testlib.so*"})", "testlib_builtin");
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, links_nothing("testlib", "testlib_builtin", "libmemlock_testlib.so*")), "%s",
+              r.out.c_str());
+    assert_text(r.err, "memlock-run: " + real(shim_program("testlib_builtin")) + " has " + shim_build_dir() +
+                           "/libs/libmemlock_testlib.so built in: it exports 66 of that library's 66 functions itself "
+                           "(memlock_testlib_malloc, memlock_testlib_f0, memlock_testlib_f1, ...); rule \"testlib\" "
+                           "selects by module (\"libmemlock_testlib.so*\"), which cannot select code built into "
+                           "another object: select by function name instead (\"symbol\"; config/openssl-linked.json "
+                           "does so for OpenSSL)\n");
+}
+
+// The library linked (DT_NEEDED) or preloaded (LD_PRELOAD), or the program's own name: the
+// rules match something, and --check says nothing of them.
+Test(tools, run_check_says_nothing_of_a_module_the_program_links) {
+    TempDir dir;
+    const std::string rules = R"({"name": "testlib", "module": "libmemlock_testlib.so*"},
+        {"name": "program", "module": "testlib_*"})";
+    auto r = check_modules(dir, rules, "testlib_linked");
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nprogram: ") && !contains(r.out, "rules:"), "%s", r.out.c_str());
+    assert_text(r.err, "");
+    r = check_modules(dir, rules, "testlib_builtin", shim_build_dir() + "/libs/libmemlock_testlib.so");
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "\nprogram: ") && !contains(r.out, "rules:"), "%s", r.out.c_str());
+    assert_text(r.err, "");
+}
+
+// A module that nothing linked and nothing installed matches: the line, no warning.
+Test(tools, run_check_says_when_nothing_the_program_links_matches_a_module) {
+    TempDir dir;
+    const auto r = check_modules(dir, R"({"name": "absent", "module": "libmemlock_absent.so*"})", "testlib_linked");
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, links_nothing("absent", "testlib_linked", "libmemlock_absent.so*") + "needs:   "), "%s",
+              r.out.c_str());
+    assert_text(r.err, "");
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
