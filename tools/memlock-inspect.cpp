@@ -20,7 +20,8 @@
 // Exit status: 0 protected as configured, 1 degraded, 2 not shimmed or no such process,
 // 3 unknown (the kernel refuses the look), 4 nothing matched yet (the shim is active but no
 // rule has matched an allocation), 64 usage. With --all, the worst status of all processes
-// that are shimmed or that cannot be seen (2 if there are none), worst first: 3, 2, 1, 4, 0.
+// that are shimmed, that cannot be seen, or that were meant to run the shim and do not (2 if
+// there are none), worst first: 3, 2, 1, 4, 0.
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -79,8 +80,10 @@ void usage() {
         "/proc/PID/smaps (VmFlags lo = locked, dd = excluded from core dumps; the resident kB of\n"
         "locked mappings), the shim's live counters (its \"/memfd:memlock-shim\" page, read through\n"
         "/proc/PID/mem) and warnings. --all inspects every process that maps such a page, in any\n"
-        "container, and every process the kernel does not let it see. Reading another user's\n"
-        "process needs root (or its user).\n"
+        "container, every process the kernel does not let it see, and lists as not protected every\n"
+        "process meant to run the shim that does not: LD_PRELOAD names the shim, or its parent runs\n"
+        "it and started it without LD_PRELOAD. Reading another user's process needs root (or its\n"
+        "user).\n"
         "\n"
         "  --json          one JSON object (an array with --all) instead of text\n"
         "  --prometheus    the Prometheus text format (node_exporter's textfile collector)\n"
@@ -90,7 +93,7 @@ void usage() {
         "  0   protected as configured\n"
         "  1   degraded: lock failures, fallbacks, denied or overflowing allocations, unlocked arena pages\n"
         "  2   not protected: no such process, the shim is not loaded or not active (with --all:\n"
-        "      no shimmed process)\n"
+        "      a process meant to run the shim does not, or no shimmed process)\n"
         "  3   unknown: the kernel refuses to show the process (not dumpable, and no CAP_SYS_PTRACE);\n"
         "      the message says what to run instead\n"
         "  4   nothing matched yet: the shim is active, but no rule has matched an allocation, so\n"
@@ -121,6 +124,7 @@ struct ProcessView {
     std::string name;               // status Name: (readable without ptrace access)
     std::string exe;                // /proc/PID/exe, if readable
     std::vector<int> nspids;        // NSpid: its PID in each namespace, ours first, its own last
+    int ppid = 0;                   // PPid: its parent's PID in ours (0: none)
     int uid = -1, gid = -1;         // effective ids (status)
     bool switched = false;          // read as the target's user
     std::string maps, smaps;        // the texts, as read
@@ -377,6 +381,7 @@ ProcessView read_process(int pid) {
         if (key == "Name:") std::getline(f >> std::ws, v.name);
         else if (key == "Uid:" && (f >> a >> b)) v.uid = b;
         else if (key == "Gid:" && (f >> a >> b)) v.gid = b;
+        else if (key == "PPid:") f >> v.ppid;
         else if (key == "NSpid:")
             while (f >> a) v.nspids.push_back(a);
     }
@@ -423,6 +428,8 @@ struct Report {
     std::string page_kind;        // where the counters were: the memfd, or a shared anonymous page
     int status = kNotShimmed;
     std::string verdict;          // one line: why this status
+    bool listed = false;          // --all lists it: a counters page was found, the kernel refused the
+                                  // look, or it was meant to run the shim and does not
     std::optional<json> counters; // the stats page, as the shim formats it
     std::vector<Region> arena;
     std::uint64_t resident_kb = 0, locked_kb = 0, unlocked_kb = 0;
@@ -539,10 +546,52 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
     return std::nullopt;
 }
 
+// The name of the parent of a running process that has neither the shim nor LD_PRELOAD naming
+// it, when that parent runs the shim with an active config; "" otherwise.
+std::string shimmed_parent(const ProcessView &v) {
+    if (v.shim_loaded || v.preload_names_shim || v.maps.empty() || v.ppid <= 0) return "";
+    const ProcessView parent = read_process(v.ppid);
+    Report r;
+    r.pid = v.ppid;
+    const std::optional<json> c = parent.page_at ? parse_counters(parent, r) : std::nullopt;
+    return c && (*c)["active"].get<bool>() ? parent.name + " (pid " + std::to_string(v.ppid) + ")" : "";
+}
+
+// Why a process without a counters page is not protected; r.listed when it was meant to run the
+// shim: LD_PRELOAD names it, or its parent runs it.
+void explain_unprotected(const ProcessView &v, Report &r) {
+    r.listed = !v.shim_loaded && v.preload_names_shim;
+    if (v.shim_loaded)
+        r.verdict = "the shim is loaded but not protecting anything (no config, no rules, or the config's programs "
+                    "do not match)";
+    else if (mltool::is_musl_loader(mltool::elf_interpreter(proc(r.pid, "exe"))))
+        r.verdict = "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a glibc "
+                    "build of the program)";
+    else if (v.preload_names_shim && v.secure_exec)
+        r.verdict = "the shim is not loaded: LD_PRELOAD names it, but the program started in secure-execution mode "
+                    "(AT_SECURE: its real and effective user or group IDs differed at exec, or it gained "
+                    "capabilities), in which the dynamic loader ignores LD_PRELOAD, as for a daemon that "
+                    "re-executes itself after changing only its real user ID (squid's kids); load the shim "
+                    "through /etc/ld.so.preload (system-wide mode)";
+    else if (v.preload_names_shim)
+        r.verdict = "the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load it (a "
+                    "wrong path, or a library of another architecture: the loader said why on the program's "
+                    "stderr when it started)";
+    else if (const std::string parent = shimmed_parent(v); !parent.empty()) {
+        r.listed = true;
+        r.verdict = "the shim is not loaded: its parent " + parent + " runs it, but started this process without "
+                    "LD_PRELOAD in its environment (a daemon that cleans its children's environment: have it pass "
+                    "LD_PRELOAD and MEMLOCK_SHIM_CONFIG on; see docs/operators.md, \"Processes started without "
+                    "the shim\")";
+    } else
+        r.verdict = "the shim is not loaded (start the program with memlock-run)";
+}
+
 Report inspect(int pid) {
     Report r;
     r.pid = pid;
     const ProcessView v = read_process(pid);
+    r.listed = v.page_at || v.access == ProcessView::refused;
     r.exe = v.exe.empty() ? v.name : v.exe;
     r.nspids = v.nspids;
     r.switched = v.switched;
@@ -562,22 +611,7 @@ Report inspect(int pid) {
             r.verdict = "the shim is loaded, but this kernel has no memfd_create: its counters are in an anonymous "
                         "page no other process can find (check /proc/" + std::to_string(pid) + "/smaps for lo dd)";
         } else {
-            r.verdict = v.shim_loaded ? "the shim is loaded but not protecting anything (no config, no rules, or "
-                                        "the config's programs do not match)"
-                        : mltool::is_musl_loader(mltool::elf_interpreter(proc(pid, "exe")))
-                            ? "a musl libc program: the shim is built for glibc and cannot be loaded into it (use a "
-                              "glibc build of the program)"
-                        : v.preload_names_shim && v.secure_exec
-                            ? "the shim is not loaded: LD_PRELOAD names it, but the program started in "
-                              "secure-execution mode (AT_SECURE: its real and effective user or group IDs differed "
-                              "at exec, or it gained capabilities), in which the dynamic loader ignores "
-                              "LD_PRELOAD, as for a daemon that re-executes itself after changing only its real "
-                              "user ID (squid's kids); load the shim through /etc/ld.so.preload (system-wide mode)"
-                        : v.preload_names_shim
-                            ? "the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load "
-                              "it (a wrong path, or a library of another architecture: the loader said why on the "
-                              "program's stderr when it started)"
-                            : "the shim is not loaded (start the program with memlock-run)";
+            explain_unprotected(v, r);
         }
         return r;
     }
@@ -740,22 +774,23 @@ void print_text(const Report &r) {
     for (const auto &n : r.notes) std::printf("  note: %s\n", n.c_str());
 }
 
-// Every process (but this one) that maps a counters page, in any PID namespace, and every
-// process the kernel does not let this one see (it may be shimmed: never left out).
-std::vector<int> shimmed_processes() {
-    std::vector<int> pids;
+// The reports of the processes (but this one) --all lists, in any PID namespace, by PID: those
+// with a counters page, those the kernel does not let this one see (they may be shimmed: never
+// left out), and those meant to run the shim that do not.
+std::vector<Report> listed_processes() {
+    std::vector<Report> reports;
     DIR *d = ::opendir("/proc");
     if (!d) die(kNotShimmed, "cannot read /proc");
     while (const dirent *e = ::readdir(d)) {
         char *end = nullptr;
         const long pid = std::strtol(e->d_name, &end, 10);
         if (pid <= 0 || *end || pid == ::getpid()) continue;
-        const ProcessView v = read_process(static_cast<int>(pid));
-        if (v.page_at || v.access == ProcessView::refused) pids.push_back(static_cast<int>(pid));
+        Report r = inspect(static_cast<int>(pid));
+        if (r.listed) reports.push_back(std::move(r));
     }
     ::closedir(d);
-    std::sort(pids.begin(), pids.end());
-    return pids;
+    std::sort(reports.begin(), reports.end(), [](const Report &a, const Report &b) { return a.pid < b.pid; });
+    return reports;
 }
 
 }  // namespace
@@ -787,29 +822,24 @@ int main(int argc, char **argv) {
     }
     if (all == !pids.empty() || pids.size() > 1) usage_error("give one PID or --all");
     if (as_json && as_prometheus) usage_error("give --json or --prometheus, not both");
-    if (all) {
-        pids = shimmed_processes();
-        if (pids.empty() && !as_json && !as_prometheus)
-            die(kNotShimmed, "no process maps a memlock-shim counters page");
-    }
+    const std::vector<Report> reports = all ? listed_processes() : std::vector<Report>{inspect(pids[0])};
+    if (reports.empty() && !as_json && !as_prometheus)
+        die(kNotShimmed, "no process maps a memlock-shim counters page or was meant to run the shim and does not");
 
-    int worst = pids.empty() ? kNotShimmed : kProtected;
+    int worst = reports.empty() ? kNotShimmed : kProtected;
     json array = json::array();
-    std::vector<Report> reports;
-    for (int pid : pids) {
-        Report r = inspect(pid);
+    for (const Report &r : reports) {
         if (severity(r.status) > severity(worst)) worst = r.status;
         if (as_json) array.push_back(to_json(r));
-        else if (as_prometheus) reports.push_back(std::move(r));
-        else print_text(r);
+        else if (!as_prometheus) print_text(r);
     }
     if (as_json)
         std::printf("%s\n", (all ? array : array[0]).dump(2, ' ', false, json::error_handler_t::replace).c_str());
     if (as_prometheus) {
-        // Only the processes the shim runs in: a PID that is not shimmed adds no series.
+        // A PID that the shim is neither in nor meant to be in adds no series.
         std::vector<mltool::ProcessMetrics> metrics;
         for (const auto &r : reports)
-            if (r.status != kNotShimmed || r.counters) metrics.push_back(to_metrics(r));
+            if (r.listed || r.status != kNotShimmed) metrics.push_back(to_metrics(r));
         std::fputs(mltool::format_prometheus(metrics).c_str(), stdout);
     }
     return worst;

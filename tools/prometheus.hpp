@@ -63,7 +63,7 @@ inline bool number(const nlohmann::ordered_json &j, const std::string &key, std:
 
 }  // namespace prom_detail
 
-// The exposition text for `procs` (the shimmed processes memlock-inspect looked at).
+// The exposition text for `procs` (the processes memlock-inspect reports).
 inline std::string format_prometheus(const std::vector<ProcessMetrics> &procs) {
     using prom_detail::labels;
     using prom_detail::number;
@@ -75,7 +75,8 @@ inline std::string format_prometheus(const std::vector<ProcessMetrics> &procs) {
         out += name + lbl + " " + std::to_string(v) + "\n";
     };
 
-    family("memlock_shim_processes", "gauge", "Processes that map the memlock shim's counters.");
+    family("memlock_shim_processes", "gauge",
+           "Processes memlock-inspect reports: those that map the memlock shim's counters, that it may not look at, or that were meant to run the shim and do not.");
     sample("memlock_shim_processes", "", procs.size());
 
     family("memlock_shim_status", "gauge",

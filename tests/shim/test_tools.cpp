@@ -752,10 +752,59 @@ Test(tools, inspect_unshimmed_missing_and_usage) {
               r.describe().c_str());
 }
 
+namespace {
+
+// What memlock-inspect --all says of `pid` in text (its line), --json (its entry) and
+// --prometheus (its memlock_shim_status sample), while it is not protected: each exits with
+// the host's worst status, 2 or 3 (a process memlock-inspect may not look at).
+struct AllListing {
+    std::string line, status_sample;
+    nlohmann::json entry;
+};
+AllListing inspect_all_about(const std::string &pid) {
+    const RunResult text = run({tool("memlock-inspect"), "--all"});
+    const RunResult js = run({tool("memlock-inspect"), "--all", "--json"});
+    const RunResult prom = run({tool("memlock-inspect"), "--all", "--prometheus"});
+    for (const RunResult *r : {&text, &js, &prom})
+        cr_assert(r->exited_with(2) || r->exited_with(3), "%s", r->describe().c_str());
+    AllListing a;
+    for (const auto &l : split_lines(text.out))
+        if (l.rfind("pid " + pid + " (", 0) == 0) a.line = l;
+    const auto all = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!all.is_discarded() && all.is_array(), "%s", js.describe().c_str());
+    for (const auto &p : all)
+        if (std::to_string(p["pid"].get<int>()) == pid) a.entry = p;
+    cr_assert(a.entry.is_object(), "pid %s missing from:\n%s", pid.c_str(), js.out.c_str());
+    for (const auto &l : split_lines(prom.out))
+        if (l.rfind("memlock_shim_status{pid=\"" + pid + "\",", 0) == 0) a.status_sample = l;
+    return a;
+}
+
+// memlock-inspect PID (text and --json) on a process it must call not protected with `reason`,
+// and --all, which lists it with the same line.
+void expect_not_protected(const std::string &pid, const std::string &program, const std::string &reason) {
+    const std::string line = "pid " + pid + " (" + program + "): not protected: " + reason;
+    const RunResult r = run({tool("memlock-inspect"), pid});
+    const RunResult js = run({tool("memlock-inspect"), "--json", pid});
+    cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+    assert_text(r.out, line + "\n");
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded() && js.exited_with(2), "%s", js.describe().c_str());
+    assert_text(j["reason"].get<std::string>(), reason);
+    const AllListing all = inspect_all_about(pid);
+    assert_text(all.line, line);
+    assert_text(all.entry["status"].get<std::string>(), "not protected");
+    cr_assert_eq(all.entry["exit_status"].get<int>(), 2);
+    assert_text(all.entry["reason"].get<std::string>(), reason);
+    assert_text(all.status_sample, "memlock_shim_status{pid=\"" + pid + "\",program=\"" + program + "\"} 2");
+}
+
+}  // namespace
+
 // A program executed with its real user ID changed and its effective one still root (squid's
 // master re-executes its kids so) starts in secure-execution mode: the loader ignores
 // LD_PRELOAD. memlock-inspect says so rather than "start the program with memlock-run"; and
-// when the loader could not load the shim LD_PRELOAD names, it says that.
+// when the loader could not load the shim LD_PRELOAD names, it says that. --all lists both.
 Test(tools, inspect_says_why_a_preloaded_shim_is_not_loaded) {
     const std::string hold = shim_program("tools_hold");
     struct Case {
@@ -764,26 +813,44 @@ Test(tools, inspect_says_why_a_preloaded_shim_is_not_loaded) {
     };
     const Case cases[] = {
         {{"setpriv", "--ruid=65534", "--", hold}, shim_library(),
-         "not protected: the shim is not loaded: LD_PRELOAD names it, but the program started in secure-execution "
-         "mode (AT_SECURE: "},
+         "the shim is not loaded: LD_PRELOAD names it, but the program started in secure-execution mode (AT_SECURE: "
+         "its real and effective user or group IDs differed at exec, or it gained capabilities), in which the "
+         "dynamic loader ignores LD_PRELOAD, as for a daemon that re-executes itself after changing only its real "
+         "user ID (squid's kids); load the shim through /etc/ld.so.preload (system-wide mode)"},
         {{hold}, "/nonexistent/libmemlock_shim.so",
-         "not protected: the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load it"},
+         "the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load it (a wrong path, or "
+         "a library of another architecture: the loader said why on the program's stderr when it started)"},
     };
     for (const Case &c : cases) {
         RunOptions o = tool_opts(c.argv);
         o.env = {{"LD_PRELOAD", c.preload}, {"MEMLOCK_SHIM_CONFIG", config("size-only.json")}};
         LiveProgram child;
         start_until_ready(child, o);
-        const std::string pid = std::to_string(child.pid());
-        const RunResult r = run({tool("memlock-inspect"), pid});
-        const RunResult js = run({tool("memlock-inspect"), "--json", pid});
+        expect_not_protected(std::to_string(child.pid()), real(hold), c.reason);
         child.finish();
-        cr_assert(r.exited_with(2), "%s", r.describe().c_str());
-        cr_assert(contains(r.out, "pid " + pid + " (" + real(hold) + "): " + c.reason), "%s", r.out.c_str());
-        const auto j = nlohmann::json::parse(js.out, nullptr, false);
-        cr_assert(!j.is_discarded() && js.exited_with(2), "%s", js.describe().c_str());
-        cr_assert(contains("not protected: " + j["reason"].get<std::string>(), c.reason), "%s", js.out.c_str());
     }
+}
+
+// A shimmed parent that starts its child with an empty environment (postfix's master does so
+// unless import_environment passes LD_PRELOAD on): the child has neither the shim nor LD_PRELOAD.
+// memlock-inspect names the parent rather than "start the program with memlock-run", and --all
+// lists the child; a process whose parent does not run the shim (this one) stays out of --all.
+Test(tools, inspect_names_the_shimmed_parent_of_a_child_started_with_a_clean_environment) {
+    LiveProgram parent;
+    start_until_ready(parent, tool_opts(wrap(config("size-only.json"),
+                                             {shim_program("tools_cleanenv"), shim_program("tools_hold")}, {"--quiet"})));
+    const auto at = parent.out().find("child=");
+    cr_assert(at != std::string::npos, "%s", parent.out().c_str());
+    const std::string child = std::to_string(std::stoi(parent.out().substr(at + 6)));
+    expect_not_protected(child, real(shim_program("tools_hold")),
+                         "the shim is not loaded: its parent tools_cleanenv (pid " + std::to_string(parent.pid()) +
+                             ") runs it, but started this process without LD_PRELOAD in its environment (a daemon "
+                             "that cleans its children's environment: have it pass LD_PRELOAD and MEMLOCK_SHIM_CONFIG "
+                             "on; see docs/operators.md, \"Processes started without the shim\")");
+    const RunResult all = run({tool("memlock-inspect"), "--all"});
+    cr_assert(!contains(all.out, "pid " + std::to_string(::getpid()) + " ("), "%s", all.out.c_str());
+    const RunResult exited = parent.finish();
+    cr_assert(exited.exited_with(0), "%s", exited.describe().c_str());
 }
 
 // ---- memlock-inspect: per-rule counters and an honest status ----------------------------------
