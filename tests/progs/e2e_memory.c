@@ -110,7 +110,7 @@ static int huge(size_t n) {
     return 0;
 }
 
-/* Checks and frees every block of `grow`. */
+/* Checks and frees n blocks of `size` bytes, block i filled with i * 7 + 1. */
 static int check_and_free(unsigned char **b, int n, size_t size) {
     int bad = 0;
     for (int i = 0; i < n; ++i) {
@@ -204,7 +204,8 @@ static void *margin_thread(void *arg) {
 
 static int asfull(void) {
     enum { kHeap = 256, kBlocks = 2000 };
-    static void *heap[kHeap], *blocks[kBlocks];
+    static void *heap[kHeap];
+    static unsigned char *blocks[kBlocks];
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
     for (int i = 0; i < kHeap; ++i) heap[i] = malloc(64 << 10);
     for (int i = 0; i < kHeap; ++i) free(heap[i]);
@@ -212,14 +213,9 @@ static int asfull(void) {
     if (setrlimit(RLIMIT_AS, &rl)) { printf("setrlimit: errno %d\n", errno); return 2; }
     for (int i = 0; i < kBlocks; ++i) {
         if (!(blocks[i] = malloc(4000))) { printf("malloc(4000) #%d failed: errno %d\n", i, errno); return 1; }
-        memset(blocks[i], i & 0xff, 4000);
+        memset(blocks[i], i * 7 + 1, 4000);
     }
-    int bad = 0;
-    for (int i = 0; i < kBlocks; ++i) {
-        bad |= !check(blocks[i], 4000, (unsigned char)(i & 0xff));
-        free(blocks[i]);
-    }
-    if (bad) return 1;
+    if (check_and_free(blocks, kBlocks, 4000)) return 1;
     printf("asfull ok\n");
     return 0;
 }
