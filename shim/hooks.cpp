@@ -200,6 +200,37 @@ SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
     return usable_other(p);
 }
 
+// mallinfo2 and mallinfo: the next allocator's figures with the arena's added, as glibc counts
+// its own heap: the memory committed in `arena`, live matched blocks in `uordblks`, the rest of
+// what is committed in `fordblks`. Where the next allocator has none (glibc before 2.33 has no
+// mallinfo2), the arena's alone. mallinfo's int fields wrap, as glibc's do.
+struct Mallinfo2 {
+    std::size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+struct Mallinfo {
+    int arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+};
+
+namespace {
+
+template <class Info> Info with_arena(const char *name) {
+    static Info (*next)() = nullptr;  // a race looks it up twice, with the same answer
+    if (!next) next = reinterpret_cast<Info (*)()>(next_function(name));
+    Info m = next ? next() : Info{};
+    const ArenaInfo a = arena_info();
+    const std::uint64_t free_bytes = a.committed > a.live ? a.committed - a.live : 0;
+    using Field = decltype(m.arena);
+    m.arena = static_cast<Field>(m.arena + a.committed);
+    m.uordblks = static_cast<Field>(m.uordblks + a.live);
+    m.fordblks = static_cast<Field>(m.fordblks + free_bytes);
+    return m;
+}
+
+}  // namespace
+
+SHIM_EXPORT Mallinfo2 mallinfo2() { return with_arena<Mallinfo2>("mallinfo2"); }
+SHIM_EXPORT Mallinfo mallinfo() { return with_arena<Mallinfo>("mallinfo"); }
+
 // C23 / glibc 2.43: the size and alignment are hints; the block is freed as by free().
 SHIM_EXPORT void free_sized(void *p, std::size_t) { free(p); }
 SHIM_EXPORT void free_aligned_sized(void *p, std::size_t, std::size_t) { free(p); }

@@ -873,6 +873,17 @@ bool in_bootstrap(const void *p) noexcept {
 
 // Leaves errno as it found it: C makes errno 0 when main starts, and start-up looks up what
 // may not exist (the system config, the files of a caller rule's modules).
+void *next_function(const char *name) noexcept {
+    BusyScope busy;
+    return lookup<void *>(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD), name, nullptr);
+}
+
+ArenaInfo arena_info() noexcept {
+    if (!g_active || !g_stats) return {0, 0};
+    return {g_stats->committed_bytes.load(std::memory_order_relaxed),
+            stats_totals(*g_stats, stats_rule_rows(g_stats)).live_bytes()};
+}
+
 void runtime_init() noexcept {
     const int saved_errno = errno;
     log_set_program(program_invocation_short_name);  // before the program can rewrite its argv

@@ -54,6 +54,17 @@ bool in_bootstrap(const void *p) noexcept;
 // cannot be told.
 std::string self_exe();
 
+// The next definition of `name` (looked up as the allocation functions are: a versioned
+// definition of libc's version counts), or nullptr.
+void *next_function(const char *name) noexcept;
+
+// What mallinfo adds for the arena: bytes committed, and bytes of live matched blocks
+// (zero without an arena or its counters).
+struct ArenaInfo {
+    std::uint64_t committed, live;
+};
+ArenaInfo arena_info() noexcept;
+
 void runtime_init() noexcept;   // from the library constructor
 void runtime_fini() noexcept;   // from the library destructor
 

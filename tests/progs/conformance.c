@@ -10,7 +10,8 @@
  * 64 KiB and of valloc/pvalloc; invalid alignments; overflow and errno; realloc grow, shrink, move,
  * NULL and 0, and a failed realloc; malloc_usable_size; malloc(0); free(NULL); calloc over reused
  * memory; blocks freed by another thread; fork from a threaded program; blocks outliving their
- * thread; free preserving errno; cfree, which programs built against glibc before 2.26 call.
+ * thread; free preserving errno; cfree, which programs built against glibc before 2.26 call;
+ * mallinfo2 and mallinfo counting the blocks handed out (as glibc's own tst-mallinfo2 checks).
  */
 #include <errno.h>
 #include <malloc.h>
@@ -379,6 +380,29 @@ static void cfree_blocks(void) {
 static void cfree_blocks(void) {}
 #endif
 
+/* mallinfo2: bytes in use grow by at least what was allocated, and fall back after the frees;
+ * the heap holds what is in use. mallinfo (int fields) agrees while the figures fit. */
+static void mallinfo_counts(void) {
+    enum { blocks = 1000, size = 100 };
+    static void *p[blocks];
+    const struct mallinfo2 before = mallinfo2();
+    for (unsigned i = 0; i < blocks; ++i) p[i] = malloc(size);
+    const struct mallinfo2 during = mallinfo2();
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    const struct mallinfo old = mallinfo();
+#pragma GCC diagnostic pop
+    for (unsigned i = 0; i < blocks; ++i) free(p[i]);
+    const struct mallinfo2 after = mallinfo2();
+    CHECK("mallinfo2", during.uordblks >= before.uordblks + blocks * size, "uordblks %zu, then %zu after %u blocks of %u",
+          before.uordblks, during.uordblks, blocks, size);
+    CHECK("mallinfo2", during.arena >= during.uordblks, "arena %zu < uordblks %zu", during.arena, during.uordblks);
+    CHECK("mallinfo2", after.uordblks < during.uordblks, "uordblks %zu after the frees, %zu before", after.uordblks,
+          during.uordblks);
+    CHECK("mallinfo", (size_t)old.uordblks >= before.uordblks + blocks * size, "uordblks %d, mallinfo2's %zu before",
+          old.uordblks, before.uordblks);
+}
+
 /* Memory that held 0xff is handed out again by calloc: it must read as zero. */
 static void calloc_reused(void) {
     enum { blocks = 8, rounds = 25 };
@@ -598,6 +622,7 @@ int main(void) {
     malloc_zero();
     free_null();
     cfree_blocks();
+    mallinfo_counts();
     calloc_reused();
     free_errno();
     cross_thread_free();
