@@ -521,9 +521,11 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         std::size_t bytes = round_up(opts.prealloc, page_);
         if (bytes > p0.end - p0.start) return EINVAL;
         bytes = commit_end(p0, p0.start + bytes) - p0.start;
-        if (commit_and_lock(p0, p0.start, bytes)) {
-            // Denied by the lock policy: later allocations try again, one slab at a time.
-            if (reporter_) reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated memory up front", "denied by policy");
+        if (int err = commit_and_lock(p0, p0.start, bytes)) {
+            // Later allocations try again, one slab at a time.
+            if (reporter_)
+                reporter_(LogLevel::warn, "policy.prealloc: cannot lock the preallocated memory up front",
+                          err == kDeniedByPolicy ? "denied by policy" : space_why());
             return 0;
         }
         p0.committed = p0.start + bytes;
@@ -697,8 +699,8 @@ void SecureArena::account(const Pool &pool, std::size_t first, std::size_t n, in
 }
 
 // Commits [from, from+bytes). Pages inside the range locked at start-up are locked; the rest
-// follow the lock policy. pre: pool.lock held; page-aligned. Returns 0, EPERM when the policy
-// denies it, or the kernel's error committing it (kept in space_error_ too).
+// follow the lock policy. pre: pool.lock held; page-aligned. Returns 0, kDeniedByPolicy, or the
+// kernel's error committing it (kept in space_error_ too).
 int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t bytes) noexcept {
     std::uintptr_t to = from + bytes;
     std::uintptr_t lock_to = (pool.actions & kActionLock) ? std::max(from, std::min(to, pool.lock_end)) : from;
@@ -730,7 +732,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
         case LockFailurePolicy::deny:
             if (!warned_lock_failure_.exchange(true) && reporter_)
                 reporter_(LogLevel::warn, "cannot lock arena memory (policy deny: matching allocations fail with ENOMEM)", why);
-            return EPERM;
+            return kDeniedByPolicy;
         case LockFailurePolicy::fallback:
             if (!warned_lock_failure_.exchange(true) && reporter_)
                 reporter_(LogLevel::warn,
@@ -864,7 +866,7 @@ unsigned char *SecureArena::carve(Pool &pool, std::size_t bytes) noexcept {
         std::uintptr_t fresh = from > pool.committed ? from : pool.committed;
         const std::uintptr_t upto = commit_end(pool, to);
         if (int err = commit_and_lock(pool, fresh, upto - fresh)) {
-            if (err != EPERM) return static_cast<unsigned char *>(out_of_space("cannot commit arena memory"));
+            if (err != kDeniedByPolicy) return static_cast<unsigned char *>(out_of_space("cannot commit arena memory"));
             if (stats_) stats_->denied.fetch_add(1);
             errno = ENOMEM;
             return nullptr;

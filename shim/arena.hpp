@@ -214,6 +214,7 @@ private:
     unsigned char *carve(Pool &pool, std::size_t bytes) noexcept;
     bool grow(Pool &pool, std::size_t bytes, bool contiguous_only) noexcept;
     int map_side(std::size_t from_span, std::size_t to_span) noexcept;
+    static constexpr int kDeniedByPolicy = -1;  // commit_and_lock: the lock policy refused
     int place(std::size_t room, std::size_t first_span) noexcept;
     // Side table bytes for `span` bytes of arena.
     std::size_t meta_len(std::size_t span) const noexcept;

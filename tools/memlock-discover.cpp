@@ -101,8 +101,8 @@ void usage() {
         "\n"
         "exit status: 0 done (--verify: no heap copy outside the arena; --pid: no copy outside protected\n"
         "memory); 1 --verify: copies left (heap, or in processes not traced), --pid: copies outside\n"
-        "protected memory; 2 incomplete: no copy of the secrets found at all, or (without --verify)\n"
-        "copies in processes not traced; 64 usage; 66 key unreadable; 69 the program could not be\n"
+        "protected memory; 2 (not --pid) incomplete: no copy of the secrets found at all, or (without\n"
+        "--verify) copies in processes not traced; 64 usage; 66 key unreadable; 69 the program could not be\n"
         "traced or a process could not be read; 78 invalid config\n",
         kMinSecret);
     std::exit(0);
@@ -859,11 +859,18 @@ std::string why_untraced(int pid) {
             return "the shim is loaded, but its trace socket did not reach it (MEMLOCK_SHIM_TRACE removed, or the "
                    "descriptor closed)";
     std::ifstream in(proc + "/environ", std::ios::binary);
+    bool named = false;
     for (std::string var; std::getline(in, var, '\0');)
-        if (var.rfind("LD_PRELOAD=", 0) == 0 && var.find("libmemlock_shim") != std::string::npos)
+        named |= var.rfind("LD_PRELOAD=", 0) == 0 && var.find("libmemlock_shim") != std::string::npos;
+    if (!named) return "the shim is not loaded: the process that started it removed LD_PRELOAD from its environment";
+    std::ifstream auxv(proc + "/auxv", std::ios::binary);
+    std::uint64_t entry[2];
+    while (auxv.read(reinterpret_cast<char *>(entry), sizeof entry) && entry[0] != AT_NULL)
+        if (entry[0] == AT_SECURE && entry[1])
             return "LD_PRELOAD names the shim, but the loader did not load it (secure execution: a set-user-ID or "
                    "set-group-ID program, or real and effective user IDs apart at exec)";
-    return "the shim is not loaded: the process that started it removed LD_PRELOAD from its environment";
+    return "LD_PRELOAD names the shim, but the loader did not load it (a wrong path, or a library of another "
+           "architecture)";
 }
 
 class Session {
@@ -980,6 +987,14 @@ private:
 
     void apply(const mlshim::TraceRecord &r, std::size_t len) {
         ++records_;
+        // Records still queued from the image a process ran before it exec'd one without
+        // tracing; a start record is a new traced image.
+        const auto kind = static_cast<mlshim::TraceKind>(r.kind);
+        if (untraced_.count(r.pid) && kind != mlshim::TraceKind::start) {
+            if (kind == mlshim::TraceKind::exit) ::kill(r.pid, SIGCONT);  // it stopped itself for a scan
+            return;
+        }
+        untraced_.erase(r.pid);
         Process &p = procs_[r.pid];
         switch (static_cast<mlshim::TraceKind>(r.kind)) {
         case mlshim::TraceKind::start:
@@ -1057,6 +1072,7 @@ private:
 
     // Does pid still run the image whose records it sent? A traced process that exec'd a
     // program without the shim's tracing sends nothing more, and its table is not that image's.
+    // Where its auxv or memory cannot be read, it cannot tell: the table stays.
     bool still_traced(int pid) const {
         const auto it = procs_.find(pid);
         if (it == procs_.end()) return false;
@@ -1068,9 +1084,9 @@ private:
                 const int fd = ::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
                 const bool read = fd >= 0 && ::pread(fd, &random, sizeof random, static_cast<off_t>(entry[1])) == sizeof random;
                 if (fd >= 0) ::close(fd);
-                return read && entry[1] == it->second.random_at && random == it->second.random;
+                return !read || (entry[1] == it->second.random_at && random == it->second.random);
             }
-        return false;
+        return true;
     }
 
     // The program's live processes that run no traced image: started with the environment
@@ -1086,7 +1102,10 @@ private:
     void snapshot_all(const std::string &when) {
         snapshot_taken_ = true;
         const std::vector<int> untraced = untraced_processes();
-        for (int pid : untraced) procs_.erase(pid);
+        for (int pid : untraced) {
+            procs_.erase(pid);
+            untraced_.insert(pid);
+        }
         std::vector<int> stopped;
         for (auto &[pid, p] : procs_)
             if (!p.scanned && !p.exiting && alive(pid) && ::kill(pid, SIGSTOP) == 0) stopped.push_back(pid);
@@ -1097,7 +1116,7 @@ private:
             if (wait_stopped(pid)) ready.push_back(pid);
         drain(true);
         for (int pid : ready) {
-            const bool traced = procs_.count(pid) != 0;
+            const bool traced = !untraced_.count(pid);
             if (!scanner_.scan(pid, traced ? &procs_[pid] : nullptr, when, snap_)) continue;
             if (traced) {
                 procs_[pid].scanned = true;
@@ -1121,6 +1140,7 @@ private:
     Scanner &scanner_;
     Snapshot snap_;
     std::map<int, Process> procs_;
+    std::set<int> untraced_;  // processes of the program found running an image that does not trace
     std::vector<int> pending_exits_;
     int sock_ = -1;
     pid_t child_ = -1;
@@ -1137,7 +1157,7 @@ private:
 struct Counts {
     std::size_t by_place[7] = {};
     std::size_t total = 0;
-    std::size_t untraced = 0, untraced_anon = 0;  // outside the arena, in processes not traced
+    std::size_t untraced = 0, untraced_unseen = 0;  // outside the arena, in processes not traced (of which file, anon)
     std::size_t rule_reachable() const { return by_place[int(Place::heap)] + by_place[int(Place::freed)]; }
 };
 
@@ -1148,7 +1168,7 @@ Counts count(const Snapshot &s) {
         ++c.total;
         if (s.untraced.count(copy.pid) && copy.place != Place::arena) {
             ++c.untraced;
-            c.untraced_anon += copy.place == Place::anon;
+            c.untraced_unseen += copy.place == Place::anon || copy.place == Place::file;
         }
     }
     return c;
@@ -1192,7 +1212,8 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
         std::printf("  %zu copies in the heap or other anonymous memory: memlock-discover -- PROGRAM shows which "
                     "allocations hold them and proposes the rules that move them.\n",
                     c.by_place[int(Place::anon)]);
-    const std::size_t unseen = c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] - c.untraced_anon : 0);
+    const std::size_t unseen =
+        c.by_place[int(Place::file)] + (traced ? c.by_place[int(Place::anon)] : 0) - c.untraced_unseen;
     if (unseen)
         std::printf("  %zu copies in file-backed or other memory (not heap blocks the shim saw): no rule reaches them.\n",
                     unseen);
@@ -1201,8 +1222,9 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
                     "until those processes run with the shim.\n",
                     c.untraced);
     if (!c.total && !unreadable_secretmem(s))
-        std::printf("  no copy of the secrets was found: the program had not loaded them when the snapshot was taken "
-                    "(take it later: --after, or SIGUSR1 once it serves), or keeps them elsewhere.\n");
+        std::printf(traced ? "  no copy of the secrets was found: the program had not loaded them when the snapshot "
+                             "was taken (take it later: --after, or SIGUSR1 once it serves), or keeps them elsewhere.\n"
+                           : "  no copy of the secrets was found in the processes scanned.\n");
     for (const auto &[where, u] : s.unreadable) {
         const std::string bytes = mltool::human_bytes(u.first);
         if (where.second.rfind("/secretmem", 0) == 0)

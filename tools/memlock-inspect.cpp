@@ -81,9 +81,8 @@ void usage() {
         "locked mappings), the shim's live counters (its \"/memfd:memlock-shim\" page, read through\n"
         "/proc/PID/mem) and warnings. --all inspects every process that maps such a page, in any\n"
         "container, every process the kernel does not let it see, and lists as not protected every\n"
-        "process meant to run the shim that does not: LD_PRELOAD names the shim, or its parent runs\n"
-        "it and started it without LD_PRELOAD. Reading another user's process needs root (or its\n"
-        "user).\n"
+        "process whose LD_PRELOAD names the shim that does not have it. Reading another user's\n"
+        "process needs root (or its user).\n"
         "\n"
         "  --json          one JSON object (an array with --all) instead of text\n"
         "  --prometheus    the Prometheus text format (node_exporter's textfile collector)\n"
@@ -558,8 +557,11 @@ std::string shimmed_parent(const ProcessView &v) {
 }
 
 // Why a process without a counters page is not protected; r.listed when it was meant to run the
-// shim: LD_PRELOAD names it, or its parent runs it.
-void explain_unprotected(const ProcessView &v, Report &r) {
+// shim: LD_PRELOAD names it. A process named on the command line (`named`) whose parent runs
+// the shim is told so; --all does not list such processes, since whether the parent's config
+// applies to them (its `programs`) is the parent's own reading: a shimmed sshd's login shells
+// are not meant to run the shim.
+void explain_unprotected(const ProcessView &v, Report &r, bool named) {
     r.listed = !v.shim_loaded && v.preload_names_shim;
     if (v.shim_loaded)
         r.verdict = "the shim is loaded but not protecting anything (no config, no rules, or the config's programs "
@@ -577,8 +579,7 @@ void explain_unprotected(const ProcessView &v, Report &r) {
         r.verdict = "the shim is not loaded although LD_PRELOAD names it: the dynamic loader did not load it (a "
                     "wrong path, or a library of another architecture: the loader said why on the program's "
                     "stderr when it started)";
-    else if (const std::string parent = shimmed_parent(v); !parent.empty()) {
-        r.listed = true;
+    else if (const std::string parent = named ? shimmed_parent(v) : std::string(); !parent.empty()) {
         r.verdict = "the shim is not loaded: its parent " + parent + " runs it, but started this process without "
                     "LD_PRELOAD in its environment (a daemon that cleans its children's environment: have it pass "
                     "LD_PRELOAD and MEMLOCK_SHIM_CONFIG on; see docs/operators.md, \"Processes started without "
@@ -587,7 +588,8 @@ void explain_unprotected(const ProcessView &v, Report &r) {
         r.verdict = "the shim is not loaded (start the program with memlock-run)";
 }
 
-Report inspect(int pid) {
+// named: the PID was given on the command line (not found by --all).
+Report inspect(int pid, bool named) {
     Report r;
     r.pid = pid;
     const ProcessView v = read_process(pid);
@@ -611,7 +613,7 @@ Report inspect(int pid) {
             r.verdict = "the shim is loaded, but this kernel has no memfd_create: its counters are in an anonymous "
                         "page no other process can find (check /proc/" + std::to_string(pid) + "/smaps for lo dd)";
         } else {
-            explain_unprotected(v, r);
+            explain_unprotected(v, r, named);
         }
         return r;
     }
@@ -785,7 +787,7 @@ std::vector<Report> listed_processes() {
         char *end = nullptr;
         const long pid = std::strtol(e->d_name, &end, 10);
         if (pid <= 0 || *end || pid == ::getpid()) continue;
-        Report r = inspect(static_cast<int>(pid));
+        Report r = inspect(static_cast<int>(pid), false);
         if (r.listed) reports.push_back(std::move(r));
     }
     ::closedir(d);
@@ -822,7 +824,7 @@ int main(int argc, char **argv) {
     }
     if (all == !pids.empty() || pids.size() > 1) usage_error("give one PID or --all");
     if (as_json && as_prometheus) usage_error("give --json or --prometheus, not both");
-    const std::vector<Report> reports = all ? listed_processes() : std::vector<Report>{inspect(pids[0])};
+    const std::vector<Report> reports = all ? listed_processes() : std::vector<Report>{inspect(pids[0], true)};
     if (reports.empty() && !as_json && !as_prometheus)
         die(kNotShimmed, "no process maps a memlock-shim counters page or was meant to run the shim and does not");
 

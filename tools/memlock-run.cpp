@@ -612,7 +612,7 @@ std::vector<char *> exec_args(const std::vector<std::string> &args) {
 // ---- the rules' modules ----------------------------------------------------------------------
 
 // What `args` writes to stdout (stderr discarded), run with LD_PRELOAD set to `preload` (unset
-// when ""); "" when it cannot be run.
+// when ""), within 10 seconds; "" when it cannot be run.
 std::string output_of(const std::vector<std::string> &args, const std::string &preload) {
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) return "";
@@ -627,6 +627,7 @@ std::string output_of(const std::vector<std::string> &args, const std::string &p
         ::dup2(fds[1], STDOUT_FILENO);
         ::dup2(null, STDERR_FILENO);
         preload.empty() ? ::unsetenv("LD_PRELOAD") : ::setenv("LD_PRELOAD", preload.c_str(), 1);
+        ::alarm(10);
         ::execv(args[0].c_str(), exec_args(args).data());
         ::_exit(127);
     }
@@ -719,10 +720,21 @@ std::string some_of(const std::set<std::string> &names) {
 // program itself matches, a line; and a warning when an installed library that matches it is
 // built in: an object of the program defines and exports at least 10 of its functions and
 // either 50 or half of them.
+// The loader lists the dependencies only when it is the one memlock-run itself runs under (the
+// system's): PT_INTERP is the program's to name, and --check runs nothing the program chose.
 void check_modules(const mlshim::Config &c, const std::string &program, const std::string &preload) {
+    if (std::none_of(c.rules.begin(), c.rules.end(), [](const mlshim::Rule &r) { return !r.module.empty(); }))
+        return;
+    const std::string loader = mltool::elf_interpreter(program), own = mltool::elf_interpreter("/proc/self/exe");
+    struct stat theirs, ours;
+    if (loader.empty() || ::stat(loader.c_str(), &theirs) != 0 || ::stat(own.c_str(), &ours) != 0 ||
+        theirs.st_dev != ours.st_dev || theirs.st_ino != ours.st_ino) {
+        std::printf("rules:   not checked: %s names %s as its loader, not this system's %s\n", program.c_str(),
+                    loader.empty() ? "no file" : loader.c_str(), own.c_str());
+        return;
+    }
     std::vector<std::string> objects{program};
-    for (auto &path : listed_paths(output_of({mltool::elf_interpreter(program), "--list", program}, preload)))
-        objects.push_back(std::move(path));
+    for (auto &path : listed_paths(output_of({own, "--list", program}, preload))) objects.push_back(std::move(path));
     if (objects.size() == 1) return;  // the loader listed nothing: nothing to compare
     std::vector<std::string> sonames;
     for (const auto &o : objects) sonames.push_back(mlshim::ElfView(o).soname());

@@ -250,6 +250,26 @@ Test(tools, run_check_says_when_nothing_the_program_links_matches_a_module) {
     assert_text(r.err, "");
 }
 
+// The program names its loader (PT_INTERP): --check lists its dependencies only with the
+// system's loader, and never runs one the program chose.
+Test(tools, run_check_runs_no_loader_the_program_names) {
+    TempDir dir;
+    const std::string loader = dir.file("loader"), ran = dir.file("ran"), prog = dir.file("prog");
+    cr_assert(write_file(loader, "#!/bin/sh\necho ran > " + ran + "\n"));
+    cr_assert_eq(::chmod(loader.c_str(), 0755), 0);
+    RunOptions cc = plain_env({"cc", "-x", "c", "-", "-o", prog, "-Wl,--dynamic-linker=" + loader});
+    cc.stdin_data = "int main(void) { return 0; }\n";
+    const RunResult built = run_program(cc);
+    cr_assert(built.exited_with(0), "%s", built.describe().c_str());
+    const std::string cfg = dir.file("modules.json");
+    cr_assert(write_file(cfg, R"({"version": 1, "rules": [{"name": "tls", "module": "libcrypto.so*"}]})"));
+    const RunResult r = run_program(tool_opts({tool("memlock-run"), "--config", cfg, "--check", "--", prog}));
+    cr_assert(!file_exists(ran), "memlock-run --check ran the program's loader");
+    cr_assert(contains(r.out, "\nrules:   not checked: " + prog + " names " + loader + " as its loader, not this "
+                              "system's "),
+              "%s", r.describe().c_str());
+}
+
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
 // --check --user says that it can lock up to its limit (the first region locked on fault at
 // start-up, regions mapped locked as the arena grows), that a process it forks locks that again,
@@ -782,7 +802,9 @@ AllListing inspect_all_about(const std::string &pid) {
 
 // memlock-inspect PID (text and --json) on a process it must call not protected with `reason`,
 // and --all, which lists it with the same line.
-void expect_not_protected(const std::string &pid, const std::string &program, const std::string &reason) {
+// The report on `pid` given by PID; with `in_all`, --all lists it the same way.
+void expect_not_protected(const std::string &pid, const std::string &program, const std::string &reason,
+                          bool in_all = true) {
     const std::string line = "pid " + pid + " (" + program + "): not protected: " + reason;
     const RunResult r = run({tool("memlock-inspect"), pid});
     const RunResult js = run({tool("memlock-inspect"), "--json", pid});
@@ -791,6 +813,11 @@ void expect_not_protected(const std::string &pid, const std::string &program, co
     const auto j = nlohmann::json::parse(js.out, nullptr, false);
     cr_assert(!j.is_discarded() && js.exited_with(2), "%s", js.describe().c_str());
     assert_text(j["reason"].get<std::string>(), reason);
+    if (!in_all) {
+        const RunResult listing = run({tool("memlock-inspect"), "--all"});
+        cr_assert(!contains(listing.out, "pid " + pid + " ("), "%s", listing.out.c_str());
+        return;
+    }
     const AllListing all = inspect_all_about(pid);
     assert_text(all.line, line);
     assert_text(all.entry["status"].get<std::string>(), "not protected");
@@ -833,8 +860,9 @@ Test(tools, inspect_says_why_a_preloaded_shim_is_not_loaded) {
 
 // A shimmed parent that starts its child with an empty environment (postfix's master does so
 // unless import_environment passes LD_PRELOAD on): the child has neither the shim nor LD_PRELOAD.
-// memlock-inspect names the parent rather than "start the program with memlock-run", and --all
-// lists the child; a process whose parent does not run the shim (this one) stays out of --all.
+// memlock-inspect names the parent rather than "start the program with memlock-run". --all
+// does not list the child: only the parent's config says whether it was meant to run the shim
+// (its `programs`), as a shimmed sshd's login shells are not.
 Test(tools, inspect_names_the_shimmed_parent_of_a_child_started_with_a_clean_environment) {
     LiveProgram parent;
     start_until_ready(parent, tool_opts(wrap(config("size-only.json"),
@@ -846,9 +874,8 @@ Test(tools, inspect_names_the_shimmed_parent_of_a_child_started_with_a_clean_env
                          "the shim is not loaded: its parent tools_cleanenv (pid " + std::to_string(parent.pid()) +
                              ") runs it, but started this process without LD_PRELOAD in its environment (a daemon "
                              "that cleans its children's environment: have it pass LD_PRELOAD and MEMLOCK_SHIM_CONFIG "
-                             "on; see docs/operators.md, \"Processes started without the shim\")");
-    const RunResult all = run({tool("memlock-inspect"), "--all"});
-    cr_assert(!contains(all.out, "pid " + std::to_string(::getpid()) + " ("), "%s", all.out.c_str());
+                             "on; see docs/operators.md, \"Processes started without the shim\")",
+                         false);
     const RunResult exited = parent.finish();
     cr_assert(exited.exited_with(0), "%s", exited.describe().c_str());
 }
