@@ -121,6 +121,20 @@ public:
         return ph;
     }
 
+    // Does the dynamic segment (PT_DYNAMIC, as the loader reads it) hold an entry `tag`?
+    bool has_dynamic_tag(ElfW(Sxword) tag) const {
+        unsigned n = 0;
+        const ElfW(Phdr) *ph = phdrs(n);
+        for (unsigned i = 0; i < n; ++i) {
+            if (ph[i].p_type != PT_DYNAMIC) continue;
+            const std::size_t count = ph[i].p_filesz / sizeof(ElfW(Dyn));
+            const auto *dyn = array<ElfW(Dyn)>(ph[i].p_offset, count);
+            for (std::size_t k = 0; dyn && k < count && dyn[k].d_tag != DT_NULL; ++k)
+                if (dyn[k].d_tag == tag) return true;
+        }
+        return false;
+    }
+
     // DT_SONAME, or "".
     std::string soname() const {
         for (unsigned i = 0; i < nsections_; ++i) {

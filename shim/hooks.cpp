@@ -5,6 +5,7 @@
 // address: arena blocks to the arena, everything else to where it came from.
 #include <dlfcn.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdarg>
 #include <cstddef>
@@ -200,10 +201,11 @@ SHIM_EXPORT std::size_t malloc_usable_size(void *p) {
     return usable_other(p);
 }
 
-// mallinfo2 and mallinfo: the next allocator's figures with the arena's added, as glibc counts
+// mallinfo2 and mallinfo: the next definition's figures with the arena's added, as glibc counts
 // its own heap: the memory committed in `arena`, live matched blocks in `uordblks`, the rest of
-// what is committed in `fordblks`. Where the next allocator has none (glibc before 2.33 has no
-// mallinfo2), the arena's alone. mallinfo's int fields wrap, as glibc's do.
+// what is committed in `fordblks`. Where there is none (glibc before 2.33 has no mallinfo2),
+// the arena's alone. An allocator preloaded after the shim without mallinfo (jemalloc,
+// mimalloc) leaves libc's, which do not count its heap. mallinfo's int fields wrap, as glibc's do.
 struct Mallinfo2 {
     std::size_t arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
 };
@@ -213,10 +215,16 @@ struct Mallinfo {
 
 namespace {
 
+char g_no_mallinfo;  // with_arena's `next` when there is no next definition
+
 template <class Info> Info with_arena(const char *name) {
-    static Info (*next)() = nullptr;  // a race looks it up twice, with the same answer
-    if (!next) next = reinterpret_cast<Info (*)()>(next_function(name));
-    Info m = next ? next() : Info{};
+    static std::atomic<void *> next{nullptr};  // a race looks it up twice, with the same answer
+    void *f = next.load(std::memory_order_acquire);
+    if (!f) {
+        f = next_function(name);
+        next.store(f ? f : &g_no_mallinfo, std::memory_order_release);
+    }
+    Info m = f && f != &g_no_mallinfo ? reinterpret_cast<Info (*)()>(f)() : Info{};
     const ArenaInfo a = arena_info();
     const std::uint64_t free_bytes = a.committed > a.live ? a.committed - a.live : 0;
     using Field = decltype(m.arena);

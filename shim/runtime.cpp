@@ -871,11 +871,11 @@ bool in_bootstrap(const void *p) noexcept {
     return static_cast<std::size_t>(static_cast<const unsigned char *>(p) - g_boot) < kBootBytes;
 }
 
-// Leaves errno as it found it: C makes errno 0 when main starts, and start-up looks up what
-// may not exist (the system config, the files of a caller rule's modules).
 void *next_function(const char *name) noexcept {
     BusyScope busy;
-    return lookup<void *>(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD), name, nullptr);
+    void *f = lookup<void *>(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD), name, nullptr);
+    dlerror();  // a lookup that found nothing leaves no error for the program to read
+    return f;
 }
 
 ArenaInfo arena_info() noexcept {
@@ -884,6 +884,8 @@ ArenaInfo arena_info() noexcept {
             stats_totals(*g_stats, stats_rule_rows(g_stats)).live_bytes()};
 }
 
+// Leaves errno as it found it: C makes errno 0 when main starts, and start-up looks up what
+// may not exist (the system config, the files of a caller rule's modules).
 void runtime_init() noexcept {
     const int saved_errno = errno;
     log_set_program(program_invocation_short_name);  // before the program can rewrite its argv

@@ -55,7 +55,7 @@ bool in_bootstrap(const void *p) noexcept;
 std::string self_exe();
 
 // The next definition of `name` (looked up as the allocation functions are: a versioned
-// definition of libc's version counts), or nullptr.
+// definition of libc's version counts), or nullptr; no dlerror() is left pending.
 void *next_function(const char *name) noexcept;
 
 // What mallinfo adds for the arena: bytes committed, and bytes of live matched blocks

@@ -988,9 +988,10 @@ private:
     void apply(const mlshim::TraceRecord &r, std::size_t len) {
         ++records_;
         // Records still queued from the image a process ran before it exec'd one without
-        // tracing; a start record is a new traced image.
+        // tracing; a start or fork record is a traced image (a new one, or a child whose fork
+        // record came after the snapshot sorted it).
         const auto kind = static_cast<mlshim::TraceKind>(r.kind);
-        if (untraced_.count(r.pid) && kind != mlshim::TraceKind::start) {
+        if (untraced_.count(r.pid) && kind != mlshim::TraceKind::start && kind != mlshim::TraceKind::fork) {
             if (kind == mlshim::TraceKind::exit) ::kill(r.pid, SIGCONT);  // it stopped itself for a scan
             return;
         }
@@ -1072,7 +1073,8 @@ private:
 
     // Does pid still run the image whose records it sent? A traced process that exec'd a
     // program without the shim's tracing sends nothing more, and its table is not that image's.
-    // Where its auxv or memory cannot be read, it cannot tell: the table stays.
+    // Where its auxv or memory cannot be read (it exec'd a set-user-ID program, or another
+    // user's), it cannot tell: the table stays.
     bool still_traced(int pid) const {
         const auto it = procs_.find(pid);
         if (it == procs_.end()) return false;
@@ -1101,6 +1103,7 @@ private:
 
     void snapshot_all(const std::string &when) {
         snapshot_taken_ = true;
+        drain(true);  // the fork records of children forked just before: traced, not untraced
         const std::vector<int> untraced = untraced_processes();
         for (int pid : untraced) {
             procs_.erase(pid);

@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <elf.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <limits.h>
 #include <pwd.h>
 #include <sys/resource.h>
@@ -627,6 +628,11 @@ std::string output_of(const std::vector<std::string> &args, const std::string &p
         ::dup2(fds[1], STDOUT_FILENO);
         ::dup2(null, STDERR_FILENO);
         preload.empty() ? ::unsetenv("LD_PRELOAD") : ::setenv("LD_PRELOAD", preload.c_str(), 1);
+        sigset_t alarm_only;
+        sigemptyset(&alarm_only);
+        sigaddset(&alarm_only, SIGALRM);
+        ::signal(SIGALRM, SIG_DFL);
+        ::sigprocmask(SIG_UNBLOCK, &alarm_only, nullptr);
         ::alarm(10);
         ::execv(args[0].c_str(), exec_args(args).data());
         ::_exit(127);
@@ -721,16 +727,26 @@ std::string some_of(const std::set<std::string> &names) {
 // built in: an object of the program defines and exports at least 10 of its functions and
 // either 50 or half of them.
 // The loader lists the dependencies only when it is the one memlock-run itself runs under (the
-// system's): PT_INTERP is the program's to name, and --check runs nothing the program chose.
+// system's), and only for a program without audit libraries (DT_AUDIT, DT_DEPAUDIT), whose code
+// the loader would run: PT_INTERP and those are the program's to name, and --check runs nothing
+// the program chose.
 void check_modules(const mlshim::Config &c, const std::string &program, const std::string &preload) {
     if (std::none_of(c.rules.begin(), c.rules.end(), [](const mlshim::Rule &r) { return !r.module.empty(); }))
         return;
-    const std::string loader = mltool::elf_interpreter(program), own = mltool::elf_interpreter("/proc/self/exe");
+    const std::string loader = mltool::elf_interpreter(program);
+    std::string own = mltool::elf_interpreter("/proc/self/exe");
+    if (own.empty()) own = absolute("/proc/self/exe");  // started as "ld.so memlock-run"
     struct stat theirs, ours;
     if (loader.empty() || ::stat(loader.c_str(), &theirs) != 0 || ::stat(own.c_str(), &ours) != 0 ||
         theirs.st_dev != ours.st_dev || theirs.st_ino != ours.st_ino) {
         std::printf("rules:   not checked: %s names %s as its loader, not this system's %s\n", program.c_str(),
                     loader.empty() ? "no file" : loader.c_str(), own.c_str());
+        return;
+    }
+    const mlshim::ElfView elf(program);
+    if (elf.has_dynamic_tag(DT_AUDIT) || elf.has_dynamic_tag(DT_DEPAUDIT)) {
+        std::printf("rules:   not checked: %s names audit libraries (DT_AUDIT), which listing its dependencies "
+                    "would run\n", program.c_str());
         return;
     }
     std::vector<std::string> objects{program};
