@@ -250,8 +250,8 @@ Test(tools, run_check_says_when_nothing_the_program_links_matches_a_module) {
     assert_text(r.err, "");
 }
 
-// The program names its loader (PT_INTERP): --check lists its dependencies only with the
-// system's loader, and never runs one the program chose.
+// The program names its loader (PT_INTERP) and its audit libraries: --check lists its
+// dependencies only with the system's loader, and never runs code the program chose.
 Test(tools, run_check_runs_no_loader_the_program_names) {
     TempDir dir;
     const std::string loader = dir.file("loader"), ran = dir.file("ran"), prog = dir.file("prog");
@@ -268,6 +268,18 @@ Test(tools, run_check_runs_no_loader_the_program_names) {
     cr_assert(contains(r.out, "\nrules:   not checked: " + prog + " names " + loader + " as its loader, not this "
                               "system's "),
               "%s", r.describe().c_str());
+    // Nor the audit library a program names (DT_AUDIT), which the loader's --list would run.
+    const std::string audit = dir.file("audit.so"), audited = dir.file("audited"), audprog = dir.file("audprog");
+    RunOptions lib = plain_env({"cc", "-shared", "-fPIC", "-x", "c", "-", "-o", audit});
+    lib.stdin_data = "#include <fcntl.h>\nunsigned la_version(unsigned v) { creat(\"" + audited + "\", 0644); return v; }\n";
+    cr_assert(run_program(lib).exited_with(0));
+    cc.argv = {"cc", "-x", "c", "-", "-o", audprog, "-Wl,--audit=" + audit};
+    cr_assert(run_program(cc).exited_with(0));
+    const RunResult a = run_program(tool_opts({tool("memlock-run"), "--config", cfg, "--check", "--", audprog}));
+    cr_assert(!file_exists(audited), "memlock-run --check ran the program's audit library");
+    cr_assert(contains(a.out, "\nrules:   not checked: " + audprog + " names audit libraries (DT_AUDIT), which "
+                              "listing its dependencies would run\n"),
+              "%s", a.describe().c_str());
 }
 
 // A worker that drops to an unprivileged user keeps RLIMIT_MEMLOCK and loses CAP_IPC_LOCK:
