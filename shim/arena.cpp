@@ -925,7 +925,7 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
             return space_error_ = err, false;
         }
     }
-    if ((pool.actions & kActionDontdump)) {
+    if (pool.actions & kActionDontdump) {
         if (int err = memlock_dontdump(at, size)) {
             memlock_release(at, size);
             return space_error_ = err, false;

@@ -12,7 +12,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/auxv.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -26,6 +25,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <set>
@@ -851,24 +851,24 @@ double now_seconds() {
     return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
 }
 
+// The bytes of /proc/PID/NAME ("" when it cannot be read).
+std::string proc_file(int pid, const char *name) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/" + name, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
 // Why a process of the program sent no trace record.
 std::string why_untraced(int pid) {
-    const std::string proc = "/proc/" + std::to_string(pid);
     for (const Mapping &m : read_maps(pid))
-        if (m.path.find("libmemlock_shim") != std::string::npos)
+        if (m.path.find(kShimName) != std::string::npos)
             return "the shim is loaded, but its trace socket did not reach it (MEMLOCK_SHIM_TRACE removed, or the "
                    "descriptor closed)";
-    std::ifstream in(proc + "/environ", std::ios::binary);
-    bool named = false;
-    for (std::string var; std::getline(in, var, '\0');)
-        named |= var.rfind("LD_PRELOAD=", 0) == 0 && var.find("libmemlock_shim") != std::string::npos;
-    if (!named) return "the shim is not loaded: the process that started it removed LD_PRELOAD from its environment";
-    std::ifstream auxv(proc + "/auxv", std::ios::binary);
-    std::uint64_t entry[2];
-    while (auxv.read(reinterpret_cast<char *>(entry), sizeof entry) && entry[0] != AT_NULL)
-        if (entry[0] == AT_SECURE && entry[1])
-            return "LD_PRELOAD names the shim, but the loader did not load it (secure execution: a set-user-ID or "
-                   "set-group-ID program, or real and effective user IDs apart at exec)";
+    if (!mltool::environ_preloads_shim(proc_file(pid, "environ")))
+        return "the shim is not loaded: the process that started it removed LD_PRELOAD from its environment";
+    std::uint64_t secure = 0;
+    if (mltool::auxv_entry(proc_file(pid, "auxv"), AT_SECURE, secure) && secure)
+        return "LD_PRELOAD names the shim, but the loader did not load it (secure execution: a set-user-ID or "
+               "set-group-ID program, or real and effective user IDs apart at exec)";
     return "LD_PRELOAD names the shim, but the loader did not load it (a wrong path, or a library of another "
            "architecture)";
 }
@@ -1078,17 +1078,12 @@ private:
     bool still_traced(int pid) const {
         const auto it = procs_.find(pid);
         if (it == procs_.end()) return false;
-        const std::string proc = "/proc/" + std::to_string(pid);
-        std::ifstream auxv(proc + "/auxv", std::ios::binary);
-        std::uint64_t entry[2], random = 0;
-        while (auxv.read(reinterpret_cast<char *>(entry), sizeof entry) && entry[0] != AT_NULL)
-            if (entry[0] == AT_RANDOM) {
-                const int fd = ::open((proc + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-                const bool read = fd >= 0 && ::pread(fd, &random, sizeof random, static_cast<off_t>(entry[1])) == sizeof random;
-                if (fd >= 0) ::close(fd);
-                return !read || (entry[1] == it->second.random_at && random == it->second.random);
-            }
-        return true;
+        std::uint64_t at = 0, random = 0;
+        if (!mltool::auxv_entry(proc_file(pid, "auxv"), AT_RANDOM, at)) return true;
+        const int fd = ::open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+        const bool read = fd >= 0 && ::pread(fd, &random, sizeof random, static_cast<off_t>(at)) == sizeof random;
+        if (fd >= 0) ::close(fd);
+        return !read || (at == it->second.random_at && random == it->second.random);
     }
 
     // The program's live processes that run no traced image: started with the environment

@@ -193,25 +193,9 @@ bool denied(int err) { return err == EACCES || err == EPERM; }
 void read_exec_state(int pid, ProcessView &v) {
     std::string env_text, auxv;
     int err = 0;
-    if (readable_text(proc(pid, "environ"), env_text, err)) {
-        std::size_t at = 0;
-        while (at < env_text.size()) {
-            std::size_t end = env_text.find('\0', at);
-            if (end == std::string::npos) end = env_text.size();
-            if (env_text.compare(at, 11, "LD_PRELOAD=") == 0 &&
-                env_text.substr(at, end - at).find("libmemlock_shim.so") != std::string::npos)
-                v.preload_names_shim = true;
-            at = end + 1;
-        }
-    }
-    if (readable_text(proc(pid, "auxv"), auxv, err)) {
-        constexpr unsigned long kAtSecure = 23;  // AT_SECURE (elf.h)
-        unsigned long pair[2];
-        for (std::size_t at = 0; at + sizeof pair <= auxv.size(); at += sizeof pair) {
-            std::memcpy(pair, auxv.data() + at, sizeof pair);
-            if (pair[0] == kAtSecure) v.secure_exec = pair[1] != 0;
-        }
-    }
+    if (readable_text(proc(pid, "environ"), env_text, err)) v.preload_names_shim = mltool::environ_preloads_shim(env_text);
+    std::uint64_t secure = 0;
+    if (readable_text(proc(pid, "auxv"), auxv, err)) v.secure_exec = mltool::auxv_entry(auxv, AT_SECURE, secure) && secure;
 }
 
 // Reads the rule rows of the slots that have an owner (the others are zero: reading them
@@ -563,6 +547,7 @@ std::string shimmed_parent(const ProcessView &v) {
 // are not meant to run the shim.
 void explain_unprotected(const ProcessView &v, Report &r, bool named) {
     r.listed = !v.shim_loaded && v.preload_names_shim;
+    if (!named && !r.listed) return;  // --all shows no verdict of a process it does not list
     if (v.shim_loaded)
         r.verdict = "the shim is loaded but not protecting anything (no config, no rules, or the config's programs "
                     "do not match)";

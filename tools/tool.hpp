@@ -1,6 +1,7 @@
-// tool.hpp - what the operators' tools (memlock-run, memlock-inspect) share: one way to
-// report an error and exit, warnings, byte counts written for people, and which loader an
-// executable names (musl programs cannot be shimmed).
+// tool.hpp - what the operators' tools (memlock-run, memlock-inspect, memlock-discover) share:
+// one way to report an error and exit, warnings, byte counts written for people, what a
+// process's environment and auxiliary vector say, and which loader an executable names (musl
+// programs cannot be shimmed).
 //
 // Messages go to stderr, every line prefixed with "<tool>: ", and say what to do next.
 #ifndef MEMLOCK_TOOLS_TOOL_HPP
@@ -87,6 +88,32 @@ inline std::string elf_interpreter(const std::string &path) {
         return in.read(&interp[0], static_cast<std::streamsize>(interp.size())) ? std::string(interp.c_str()) : "";
     }
     return "";
+}
+
+// Does an environment as /proc/PID/environ holds it (NUL-separated) have LD_PRELOAD naming the
+// shim?
+inline bool environ_preloads_shim(const std::string &environ) {
+    for (std::size_t at = 0; at < environ.size();) {
+        std::size_t end = environ.find('\0', at);
+        if (end == std::string::npos) end = environ.size();
+        if (environ.compare(at, 11, "LD_PRELOAD=") == 0 &&
+            environ.substr(at, end - at).find("libmemlock_shim.so") != std::string::npos)
+            return true;
+        at = end + 1;
+    }
+    return false;
+}
+
+// Entry `type` (AT_SECURE, AT_RANDOM, ...) of an auxiliary vector as /proc/PID/auxv holds it;
+// false when it has none.
+inline bool auxv_entry(const std::string &auxv, std::uint64_t type, std::uint64_t &value) {
+    std::uint64_t pair[2];
+    for (std::size_t at = 0; at + sizeof pair <= auxv.size(); at += sizeof pair) {
+        std::memcpy(pair, auxv.data() + at, sizeof pair);
+        if (pair[0] == AT_NULL) break;
+        if (pair[0] == type) return value = pair[1], true;
+    }
+    return false;
 }
 
 // musl's dynamic loader (/lib/ld-musl-ARCH.so.1) cannot load the glibc-built shim: the
