@@ -37,6 +37,9 @@ const char *lock_why_for(int err) noexcept {
     return memlock_strerror(err);
 }
 constexpr unsigned kCacheCap = 32;  // blocks a thread caches per size class, at most
+// Page runs from this size on are first asked of the kernel's overcommit accounting
+// (SecureArena::alloc_large): two system calls, next to a block of 8192 pages or more.
+constexpr std::size_t kAskedCommit = std::size_t{32} << 20;
 
 enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // Page flags: kLockedPage: inside a locked range; kInUse: committed and possibly resident
@@ -248,7 +251,8 @@ struct SecureArena::PageMeta {
     std::uint32_t next_free;  // at a free run's head: next free run's head + 1 (0: none);
                               // at a slab's head: next partial slab of its class
     std::uint32_t prev_free;  // the same, backwards
-    std::uint32_t nfree;      // at a slab's head: its free blocks (in the bitmap)
+    std::uint32_t nfree;      // at a slab's head: its free blocks (in the bitmap); at a free
+                              // run's head: its pages in use (committed, not given back)
     std::uint8_t cls;         // size class, or kLargeClass
     std::uint8_t pool;        // in a slab: its pool (region_pool_ of its region, beside cls for free())
     std::uint8_t kind;        // kUnused, kSlab, kRun, kFreeRun
@@ -973,25 +977,29 @@ void SecureArena::list_remove(std::uint32_t &list, std::size_t head) noexcept {
 }
 
 // Only a free run's first and last pages are marked: the first for the list, the last so
-// that a run freed just after it can find it and merge. The run's committed pages count as
-// dirty (not given back yet), or as kept where they cannot be (secretmem).
-void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept {
+// that a run freed just after it can find it and merge. The run's committed pages (in_use of
+// them, kept at its head: a run's pages are not counted again each time it is split or
+// merged) count as dirty (not given back yet), or as kept where they cannot be (secretmem).
+void SecureArena::free_run_insert(Pool &pool, std::size_t head, std::size_t npages, std::size_t in_use) noexcept {
     PageMeta &h = meta_[head], &tail = meta_[head + npages - 1];
     tail.head = h.head = static_cast<std::uint32_t>(head);
     tail.kind = h.kind = kFreeRun;
     tail.cls = h.cls = kLargeClass;
     h.npages = static_cast<std::uint32_t>(npages);
+    h.nfree = static_cast<std::uint32_t>(in_use);
     list_push(pool.free_runs, head);
-    const std::size_t secret = secret_pages(head, npages);
-    pool.dirty_bytes += (in_use_pages(head, npages) - secret) * page_;
+    const std::size_t secret = secret_pages(pool, head, npages);
+    pool.dirty_bytes += (in_use - secret) * page_;
     pool.kept_bytes += secret * page_;
 }
 
-void SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
+// Takes free run `head` off the list. Returns its pages in use.
+std::size_t SecureArena::free_run_remove(Pool &pool, std::size_t head) noexcept {
     list_remove(pool.free_runs, head);
-    const std::size_t npages = meta_[head].npages, secret = secret_pages(head, npages);
-    pool.dirty_bytes -= (in_use_pages(head, npages) - secret) * page_;
+    const std::size_t in_use = meta_[head].nfree, secret = secret_pages(pool, head, meta_[head].npages);
+    pool.dirty_bytes -= (in_use - secret) * page_;
     pool.kept_bytes -= secret * page_;
+    return in_use;
 }
 
 std::size_t SecureArena::in_use_pages(std::size_t first, std::size_t n) const noexcept {
@@ -1000,8 +1008,10 @@ std::size_t SecureArena::in_use_pages(std::size_t first, std::size_t n) const no
     return used;
 }
 
-// Committed pages of [first, first+n) that cannot go back to the kernel (secretmem).
-std::size_t SecureArena::secret_pages(std::size_t first, std::size_t n) const noexcept {
+// Committed pages of [first, first+n) that cannot go back to the kernel (secretmem: only a
+// pool whose locked range is memfd_secret memory has any).
+std::size_t SecureArena::secret_pages(const Pool &pool, std::size_t first, std::size_t n) const noexcept {
+    if (!pool.secret) return 0;
     std::size_t kept = 0;
     for (std::size_t i = first; i < first + n; ++i)
         kept += (meta_[i].flags & (kInUse | kSecretPage)) == (kInUse | kSecretPage);
@@ -1009,13 +1019,22 @@ std::size_t SecureArena::secret_pages(std::size_t first, std::size_t n) const no
 }
 
 // Pages taken from a free run that were given back to the kernel are committed again (they
-// stay mapped: the next touch faults in a zero page, locked if the range is).
-void SecureArena::claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept {
-    for (std::size_t i = first; i < first + n; ++i) {
-        if (meta_[i].flags & kInUse) continue;
-        meta_[i].flags |= kInUse;
-        account(pool, i, 1, 1);
+// stay mapped: the next touch faults in a zero page, locked if the range is). Counted a
+// stretch at a time. Returns the pages claimed (those that were not in use).
+std::size_t SecureArena::claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept {
+    std::size_t claimed = 0;
+    for (std::size_t i = first, end = first + n; i < end;) {
+        if (meta_[i].flags & kInUse) {
+            ++i;
+            continue;
+        }
+        std::size_t j = i;
+        for (; j < end && !(meta_[j].flags & kInUse); ++j) meta_[j].flags |= kInUse;
+        account(pool, i, j - i, 1);
+        claimed += j - i;
+        i = j;
     }
+    return claimed;
 }
 
 // `bytes` of pages aligned to `align`, from a free run (first fit; runs inside the range
@@ -1023,13 +1042,14 @@ void SecureArena::claim_pages(const Pool &pool, std::size_t first, std::size_t n
 std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept {
     std::size_t want = bytes + (align > page_ ? align - page_ : 0);
     std::uintptr_t run = 0, run_end = 0;
+    std::size_t in_use = 0;  // pages of [run, run_end) in use
     for (int pass = pool.lock_end > pool.start ? 0 : 1; pass < 2 && !run; ++pass) {
         for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
             PageMeta &m = meta_[r - 1];
             if (std::size_t{m.npages} * page_ >= want && (pass || (m.flags & kLockedPage))) {
                 run = base_ + std::size_t{r - 1} * page_;
                 run_end = run + std::size_t{m.npages} * page_;
-                free_run_remove(pool, r - 1);
+                in_use = free_run_remove(pool, r - 1);
                 break;
             }
         }
@@ -1039,12 +1059,16 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
         if (!fresh) return 0;
         run = reinterpret_cast<std::uintptr_t>(fresh);
         run_end = run + want;
+        in_use = in_use_pages((run - base_) / page_, want / page_);
     }
     // Keep the aligned part asked for; the pages around it go back as free runs.
-    std::uintptr_t at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
-    if (at > run) free_run_insert(pool, (run - base_) / page_, (at - run) / page_);
-    if (run_end > at + bytes) free_run_insert(pool, (at + bytes - base_) / page_, (run_end - at - bytes) / page_);
-    claim_pages(pool, (at - base_) / page_, bytes / page_);
+    const std::uintptr_t at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
+    const std::size_t first = (run - base_) / page_, lead = (at - run) / page_, taken = bytes / page_;
+    const std::size_t lead_in_use = in_use_pages(first, lead);
+    const std::size_t taken_in_use = taken - claim_pages(pool, first + lead, taken);
+    if (lead) free_run_insert(pool, first, lead, lead_in_use);
+    if (run_end > at + bytes)
+        free_run_insert(pool, first + lead + taken, (run_end - at - bytes) / page_, in_use - lead_in_use - taken_in_use);
     return at;
 }
 
@@ -1055,18 +1079,18 @@ void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) no
     const std::size_t mapped = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> page_shift_;
     const std::uint8_t mine = static_cast<std::uint8_t>(&pool - pools_);
     auto same_pool = [&](std::size_t page) { return page < mapped && region_pool_[page / region_pages_] == mine; };
-    std::size_t after = first + n;
+    std::size_t after = first + n, in_use = in_use_pages(first, n);
     if (same_pool(after) && meta_[after].kind == kFreeRun && meta_[after].head == after) {
         n += meta_[after].npages;
-        free_run_remove(pool, after);
+        in_use += free_run_remove(pool, after);
     }
     if (first > 0 && same_pool(first - 1) && meta_[first - 1].kind == kFreeRun) {
         std::size_t before = meta_[first - 1].head;
         n += meta_[before].npages;
-        free_run_remove(pool, before);
+        in_use += free_run_remove(pool, before);
         first = before;
     }
-    free_run_insert(pool, first, n);
+    free_run_insert(pool, first, n, in_use);
 }
 
 std::uint64_t SecureArena::now_ns() noexcept {
@@ -1096,7 +1120,7 @@ void SecureArena::maybe_purge(Pool &pool) noexcept {
     for (std::uint32_t r = pool.free_runs; r && pool.dirty_bytes > opts_.purge_slack;) {
         std::size_t head = r - 1, n = meta_[head].npages;
         r = meta_[head].next_free;
-        std::size_t dirty = (in_use_pages(head, n) - secret_pages(head, n)) * page_;
+        std::size_t dirty = (meta_[head].nfree - secret_pages(pool, head, n)) * page_;
         if (kept + dirty <= opts_.purge_slack) {
             kept += dirty;
             continue;
@@ -1112,13 +1136,14 @@ void SecureArena::report_secret_kept() noexcept {
                   "the kernel cannot give back part of a memfd_secret file");
 }
 
-// Gives the committed pages of free run [first, first+n) back to the kernel. They were wiped
+// Gives the committed pages of free run [first, first+n) (first: its head) back to the kernel. They were wiped
 // when their blocks were freed (pools with the wipe action). Locked pages stay locked
 // (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without an mlock call);
 // where the kernel refuses that, they stay committed and locked. pre: pool.lock held.
 void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
     bool gave_back = false;
-    for (std::size_t i = first; i < first + n;) {
+    // Up to the last page in use: the rest of a large run was given back before.
+    for (std::size_t i = first, left = meta_[first].nfree; i < first + n && left;) {
         std::uint8_t f = meta_[i].flags;
         std::size_t j = i + 1;
         if (!(f & kInUse)) {
@@ -1126,6 +1151,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
             continue;
         }
         while (j < first + n && meta_[j].flags == f) ++j;
+        left -= j - i;
         if (!backing_can_discard(f & kSecretPage)) {
             report_secret_kept();
             i = j;
@@ -1139,6 +1165,7 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
         if (rc == 0) {
             account(pool, i, j - i, -1);
             for (std::size_t k = i; k < j; ++k) meta_[k].flags &= static_cast<std::uint8_t>(~kInUse);
+            meta_[first].nfree -= static_cast<std::uint32_t>(j - i);
             pool.dirty_bytes -= (j - i) * page_;
             if (stats_) stats_->purged_bytes.fetch_add((j - i) * page_);
             gave_back = true;
@@ -1355,6 +1382,11 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     if (n > cap_span_ || align > cap_span_)
         return space_error_ = 0, out_of_space("a matching allocation is larger than the arena's growth cap");
     std::size_t bytes = round_up(n ? n : 1, page_);
+    // What the kernel would refuse the program's allocator (its overcommit accounting: by the
+    // default heuristic a block larger than memory and swap together; in strict mode, past the
+    // commit limit), the arena refuses too, with ENOMEM: its reservation is not accounted
+    // (MAP_NORESERVE), so the kernel is asked for a block this large.
+    if (bytes >= kAskedCommit && memlock_can_commit(bytes)) return errno = ENOMEM, nullptr;
     std::uintptr_t at = 0;
     {
         Guard g(pool.lock);
@@ -1446,10 +1478,9 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
             if (!carve(pool, extra * page_)) return false;
         } else if (next < frontier && meta_[next].kind == kFreeRun && meta_[next].head == next &&
                    meta_[next].npages >= extra) {
-            std::size_t rest = meta_[next].npages - extra;
-            free_run_remove(pool, next);
-            if (rest) free_run_insert(pool, next + extra, rest);
-            claim_pages(pool, next, extra);
+            const std::size_t rest = meta_[next].npages - extra, in_use = free_run_remove(pool, next);
+            const std::size_t extra_in_use = extra - claim_pages(pool, next, extra);
+            if (rest) free_run_insert(pool, next + extra, rest, in_use - extra_in_use);
         } else {
             return false;
         }
@@ -1818,8 +1849,8 @@ void SecureArena::set_secret(Pool &pool, bool secret) noexcept {
     // The free runs' pages counted again by kind: secretmem ones are kept, others dirty.
     pool.dirty_bytes = pool.kept_bytes = 0;
     for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
-        const std::size_t head = r - 1, n = meta_[head].npages, kept = secret_pages(head, n);
-        pool.dirty_bytes += (in_use_pages(head, n) - kept) * page_;
+        const std::size_t head = r - 1, n = meta_[head].npages, kept = secret_pages(pool, head, n);
+        pool.dirty_bytes += (meta_[head].nfree - kept) * page_;
         pool.kept_bytes += kept * page_;
     }
     bool any = false;

@@ -228,11 +228,11 @@ private:
     void *out_of_space(const char *what) noexcept;
     void list_push(std::uint32_t &list, std::size_t head) noexcept;
     void list_remove(std::uint32_t &list, std::size_t head) noexcept;
-    void free_run_insert(Pool &pool, std::size_t head, std::size_t npages) noexcept;
-    void free_run_remove(Pool &pool, std::size_t head) noexcept;
+    void free_run_insert(Pool &pool, std::size_t head, std::size_t npages, std::size_t in_use) noexcept;
+    std::size_t free_run_remove(Pool &pool, std::size_t head) noexcept;
     std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
-    std::size_t secret_pages(std::size_t first, std::size_t n) const noexcept;
-    void claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
+    std::size_t secret_pages(const Pool &pool, std::size_t first, std::size_t n) const noexcept;
+    std::size_t claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
     std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;

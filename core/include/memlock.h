@@ -101,14 +101,20 @@ MEMLOCK_API size_t memlock_page_size(void);
  * memlock_commit: makes [addr, addr+len) readable and writable (mprotect). pre: inside a
  * reservation, page-aligned. Fresh pages read as zero.
  * memlock_release: unmaps [addr, addr+len) (munmap). pre: page-aligned.
- * For commit and release, len == 0 succeeds without a system call. These three calls do not
- * go through the seam below. */
+ * memlock_can_commit: whether the kernel's overcommit accounting lets this process commit len
+ * more bytes (rounded up to pages) of private writable memory now, as it checks malloc's own
+ * mmap: maps them read-write without MAP_NORESERVE, never touched, and unmaps them. 0, or the
+ * kernel's error (ENOMEM). A reservation (MAP_NORESERVE) is not accounted, and neither are
+ * its commits: this asks before committing a large part of one.
+ * For commit, release and can_commit, len == 0 succeeds without a system call. These four
+ * calls do not go through the seam below. */
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
 /* The same at exactly addr (page-aligned), never over an existing mapping: EEXIST when part
  * of [addr, addr+len) is mapped already (nothing is left mapped then). */
 MEMLOCK_API int memlock_reserve_at(void *addr, size_t len);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
+MEMLOCK_API int memlock_can_commit(size_t len);
 
 /* ---- secretmem (memfd_secret) mappings --------------------------------------------------
  * Pages of a memfd_secret file are removed from the kernel's direct map: reads through

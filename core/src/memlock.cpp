@@ -388,6 +388,22 @@ int memlock_release(void *addr, size_t len) {
 #endif
 }
 
+int memlock_can_commit(size_t len) {
+    if (len == 0) return 0;
+#if MEMLOCK_HAVE_UNIX
+    const size_t page = memlock_page_size();
+    if (len > SIZE_MAX - (page - 1)) return ENOMEM;
+    const size_t rounded = (len + page - 1) & ~(page - 1);
+    ErrnoKeeper keep;
+    void *p = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return errno;
+    ::munmap(p, rounded);
+    return 0;
+#else
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
 // ---- secretmem mappings ---------------------------------------------------------------------
 int memlock_secret_create(int *fd) {
     if (fd == nullptr) return EINVAL;

@@ -2,6 +2,7 @@
 // call: /proc/self/smaps (Locked, VmFlags lo/dd) and /proc/self/status (VmLck).
 #include <criterion/criterion.h>
 #include <sys/mman.h>
+#include <sys/sysinfo.h>
 
 #include <cerrno>
 #include <cstring>
@@ -192,6 +193,23 @@ Test(wrappers, reserve_commit_release_argument_errors) {
     cr_assert_eq(memlock_release(nullptr, 0), 0);
     int x = 0;
     cr_assert_eq(memlock_commit(reinterpret_cast<char *>(&x) + 1, 8), EINVAL);  // unaligned
+}
+
+// A reservation (MAP_NORESERVE) of more than memory and swap together is granted; committing
+// that much is what the overcommit accounting refuses under the kernel's default heuristic.
+Test(wrappers, can_commit_asks_the_overcommit_accounting) {
+    cr_assert_eq(memlock_can_commit(0), 0);
+    cr_assert_eq(memlock_can_commit(1), 0);
+    cr_assert_eq(memlock_can_commit(SIZE_MAX), ENOMEM);
+    struct sysinfo si {};
+    cr_assert_eq(::sysinfo(&si), 0);
+    const std::size_t total = (std::size_t{si.totalram} + si.totalswap) * si.mem_unit;
+    void *p = nullptr;
+    cr_assert_eq(memlock_reserve(2 * total, &p), 0, "a reservation is not accounted");
+    memlock_release(p, 2 * total);
+    const auto mode = memlock_test::read_file("/proc/sys/vm/overcommit_memory");
+    if (mode && mode->rfind("1", 0) == 0) cr_skip_test("vm.overcommit_memory is 1: every commit is granted");
+    cr_assert_eq(memlock_can_commit(2 * total), ENOMEM);
 }
 
 Test(wrappers, wipe_zeroes_exactly_the_range) {

@@ -2,6 +2,7 @@
 // through phases of mixed sizes, blocks larger than the arena, a seccomp sandbox installed
 // after start-up, and redis-server under redis-benchmark. Each runs shimmed, as a child.
 #include <criterion/criterion.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 
 #include <climits>
@@ -167,6 +168,30 @@ Test(e2e_memory, blocks_larger_than_the_arena_fail_with_enomem_under_deny) {
     cr_assert(r.exited_with(1), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "malloc(67108864) failed: errno 12\n"), "%s", r.describe().c_str());
     cr_assert_eq(stat_value(stats_of(dir, std::stoi(*line_value(r.out, "pid"))), "overflows"), 0u);
+}
+
+// A block larger than memory and swap together: the kernel's default overcommit heuristic
+// refuses it to glibc's mmap, and the arena, whose reservation is not accounted, refuses it
+// as well (ENOMEM), instead of serving a block that touching would leave to the OOM killer.
+Test(e2e_memory, a_block_the_kernel_would_refuse_fails_as_without_the_shim) {
+    TempDir dir;
+    need_built("e2e_memory");
+    struct sysinfo si {};
+    cr_assert_eq(::sysinfo(&si), 0);
+    const std::string n = std::to_string((std::size_t{si.totalram} + si.totalswap) * si.mem_unit * 2);
+    RunOptions plain;
+    plain.argv = {shim_program("e2e_memory"), "huge", n};
+    const RunResult without = run_program(plain);
+    if (without.exited_with(0)) cr_skip_test("the kernel grants %s bytes (vm.overcommit_memory 1)", n.c_str());
+    cr_assert(without.exited_with(1) && contains(without.out, "malloc(" + n + ") failed: errno 12\n"), "%s",
+              without.describe().c_str());
+    for (const char *policy : {"fallback", "deny"}) {
+        const std::string config = limited_config(
+            dir, std::string(R"({"max_locked": "1MiB", "max_arena": "64GiB", "on_lock_failure": ")") + policy + "\"}");
+        const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "huge", n}));
+        cr_assert(r.exited_with(1), "%s: %s", policy, r.describe().c_str());
+        cr_assert(contains(r.out, "malloc(" + n + ") failed: errno 12\n"), "%s: %s", policy, r.describe().c_str());
+    }
 }
 
 // A seccomp filter installed after start-up that kills on mlock, mlock2 and munlock (and
