@@ -37,8 +37,8 @@ const char *lock_why_for(int err) noexcept {
     return memlock_strerror(err);
 }
 constexpr unsigned kCacheCap = 32;  // blocks a thread caches per size class, at most
-// Page runs from this size on are first asked of the kernel's overcommit accounting
-// (SecureArena::alloc_large): two system calls, next to a block of 8192 pages or more.
+// Page runs (and growths in place) from this size on are first asked of the kernel's overcommit
+// accounting (SecureArena::alloc_large, grow_in_place): two system calls, next to 8192 pages or more.
 constexpr std::size_t kAskedCommit = std::size_t{32} << 20;
 
 enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
@@ -1469,6 +1469,9 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::size_t need = round_up(n, page_) / page_, have = m.npages;
     if (need <= have) return true;
     std::size_t extra = need - have, next = head + have;
+    // As alloc_large: pages the kernel's overcommit accounting would refuse are not
+    // committed (the caller then asks alloc_large for the whole block, which refuses it too).
+    if (extra * page_ >= kAskedCommit && memlock_can_commit(extra * page_)) return false;
     Pool &pool = pools_[region_pool_[off >> region_shift_]];
     {
         Guard g(pool.lock);

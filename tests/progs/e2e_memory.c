@@ -8,6 +8,9 @@
  *   e2e_memory huge BYTES       rewrites its argv[0] in place (as a daemon that sets its process
  *                               title does), then malloc(BYTES), then realloc of a small block
  *                               to BYTES and back; checks the contents, prints "huge ok"
+ *   e2e_memory hugegrow BYTES   malloc(40 MiB), then realloc of it to BYTES (the new part never
+ *                               touched); prints "realloc(BYTES) failed: errno N" (exit 1) or
+ *                               "hugegrow served"
  *   e2e_memory grow N BYTES     N blocks of BYTES, each reallocated to 1.5 x BYTES; prints
  *                               "block ADDR SIZE" for the first and the last, "ready", and
  *                               waits for a line on stdin; then forks: the child checks and
@@ -315,6 +318,17 @@ static int sandbox(void) {
     return 0;
 }
 
+static int hugegrow(size_t n) {
+    unsigned char *p = malloc(40u << 20);
+    if (!p) { printf("malloc(%u) failed: errno %d\n", 40u << 20, errno); return 2; }
+    p[0] = 1;
+    unsigned char *q = realloc(p, n);
+    if (!q) { printf("realloc(%zu) failed: errno %d\n", n, errno); free(p); return 1; }
+    printf("hugegrow served\n");
+    free(q);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     printf("pid %d\n", (int)getpid());
@@ -324,6 +338,7 @@ int main(int argc, char **argv) {
         memset(argv[0], 'T', strlen(argv[0]));
         return huge(strtoull(argv[2], NULL, 0));
     }
+    if (!strcmp(argv[1], "hugegrow") && argc > 2) return hugegrow(strtoull(argv[2], NULL, 0));
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
     if (!strcmp(argv[1], "asfull")) return asfull();

@@ -192,6 +192,13 @@ Test(e2e_memory, a_block_the_kernel_would_refuse_fails_as_without_the_shim) {
         cr_assert(r.exited_with(1), "%s: %s", policy, r.describe().c_str());
         cr_assert(contains(r.out, "malloc(" + n + ") failed: errno 12\n"), "%s: %s", policy, r.describe().c_str());
     }
+    // Grown to that size by realloc, in place at the pool's frontier (under fallback: the
+    // 40 MiB block it starts from is served unlocked past max_locked).
+    const std::string config =
+        limited_config(dir, R"({"max_locked": "1MiB", "max_arena": "64GiB", "on_lock_failure": "fallback"})");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "hugegrow", n}));
+    cr_assert(r.exited_with(1), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "realloc(" + n + ") failed: errno 12\n"), "%s", r.describe().c_str());
 }
 
 // A seccomp filter installed after start-up that kills on mlock, mlock2 and munlock (and
