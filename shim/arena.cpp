@@ -422,6 +422,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     // to their size, are aligned to huge pages): not with 64 KiB pages on aarch64, whose huge
     // pages are 512 MiB.
     huge_ = backing_huge_page_size();
+    ask_commit_ = backing_overcommit_guessed();
     init_pid_ = stats ? stats->pid : 0;
     if (huge_ <= page_ || region % huge_ || (huge_ & (huge_ - 1))) huge_ = 0;
 
@@ -1382,11 +1383,12 @@ void *SecureArena::alloc_large(unsigned pool_index, std::size_t n, std::size_t a
     if (n > cap_span_ || align > cap_span_)
         return space_error_ = 0, out_of_space("a matching allocation is larger than the arena's growth cap");
     std::size_t bytes = round_up(n ? n : 1, page_);
-    // What the kernel would refuse the program's allocator (its overcommit accounting: by the
-    // default heuristic a block larger than memory and swap together; in strict mode, past the
-    // commit limit), the arena refuses too, with ENOMEM: its reservation is not accounted
-    // (MAP_NORESERVE), so the kernel is asked for a block this large.
-    if (bytes >= kAskedCommit && memlock_can_commit(bytes)) return errno = ENOMEM, nullptr;
+    // What the kernel would refuse the program's allocator (by its default overcommit
+    // heuristic, a block larger than memory and swap together), the arena refuses too, with
+    // ENOMEM under every policy, as glibc's malloc fails: the reservation's commits escape that
+    // accounting (MAP_NORESERVE), so the kernel is asked for a block this large. In strict
+    // mode the commits are accounted as they are made (ask_commit_ is false).
+    if (ask_commit_ && bytes >= kAskedCommit && memlock_can_commit(bytes)) return errno = ENOMEM, nullptr;
     std::uintptr_t at = 0;
     {
         Guard g(pool.lock);
@@ -1471,7 +1473,7 @@ bool SecureArena::grow_in_place(void *p, std::size_t n) noexcept {
     std::size_t extra = need - have, next = head + have;
     // As alloc_large: pages the kernel's overcommit accounting would refuse are not
     // committed (the caller then asks alloc_large for the whole block, which refuses it too).
-    if (extra * page_ >= kAskedCommit && memlock_can_commit(extra * page_)) return false;
+    if (ask_commit_ && extra * page_ >= kAskedCommit && memlock_can_commit(extra * page_)) return false;
     Pool &pool = pools_[region_pool_[off >> region_shift_]];
     {
         Guard g(pool.lock);

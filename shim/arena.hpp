@@ -275,6 +275,7 @@ private:
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
     std::size_t huge_ = 0;               // transparent huge page size for pools that lock (0: none)
+    bool ask_commit_ = true;             // large runs are asked of the overcommit accounting (kAskedCommit)
     std::int32_t init_pid_ = 0;          // the counters page's pid in the process that made the arena
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};

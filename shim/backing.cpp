@@ -88,6 +88,14 @@ std::size_t backing_huge_page_size() noexcept {
     return huge;
 }
 
+bool backing_overcommit_guessed() noexcept {
+    int saved = errno;
+    char mode[16];
+    const bool guessed = !read_line("/proc/sys/vm/overcommit_memory", mode, sizeof mode) || std::strcmp(mode, "0") == 0;
+    errno = saved;
+    return guessed;
+}
+
 int backing_advise_huge(void *start, std::size_t len) noexcept { return advise(start, len, MADV_HUGEPAGE); }
 
 int backing_advise_small(void *start, std::size_t len) noexcept { return advise(start, len, MADV_NOHUGEPAGE); }

@@ -61,6 +61,11 @@ inline bool backing_can_discard(bool secret) noexcept { return !secret; }
 // page, filling the pages around them). 0 or the error.
 // All of them preserve errno. pre: page-aligned.
 std::size_t backing_huge_page_size() noexcept;
+// Does the kernel guess at overcommit (vm.overcommit_memory 0, its default, or the file cannot
+// be read)? Then the commits of a MAP_NORESERVE reservation escape the accounting that
+// glibc's mmap goes through. In strict mode (2) they are accounted as they are made; in mode 1
+// nothing is refused. Reads the file (preserves errno); call it at start-up.
+bool backing_overcommit_guessed() noexcept;
 int backing_advise_huge(void *start, std::size_t len) noexcept;
 int backing_advise_small(void *start, std::size_t len) noexcept;
 int backing_collapse(void *start, std::size_t len) noexcept;
