@@ -523,6 +523,68 @@ bool started_by_memlock_run_here(bool secure) {
     return std::to_string(::getpid()) == v;
 }
 
+// /proc/PPID/`file` (its first MiB), or nothing when it cannot be read (another user's
+// process, no /proc).
+std::string parent_proc_file(const char *file) {
+    char path[48];
+    std::snprintf(path, sizeof path, "/proc/%ld/%s", static_cast<long>(::getppid()), file);
+    std::string text;
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return text;
+    char buf[4096];
+    constexpr std::size_t kMax = std::size_t{1} << 20;
+    for (ssize_t n; text.size() < kMax && (n = ::read(fd, buf, sizeof buf)) > 0;)
+        text.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return text;
+}
+
+// Does the parent process run the shim (its mappings name it) under the same preload and
+// config (`config`, or none), as its environment (/proc/PPID/environ) shows? False when
+// either cannot be read or differs.
+bool parent_runs_same_shim(const char *config) {
+    const std::string env = parent_proc_file("environ");
+    bool preloads = false;
+    std::string their_config;
+    for (std::size_t at = 0; at < env.size();) {
+        std::size_t end = env.find('\0', at);
+        if (end == std::string::npos) end = env.size();
+        if (env.compare(at, 11, "LD_PRELOAD=") == 0)
+            preloads = env.substr(at, end - at).find("libmemlock_shim") != std::string::npos;
+        else if (env.compare(at, 20, "MEMLOCK_SHIM_CONFIG=") == 0)
+            their_config = env.substr(at + 20, end - at - 20);
+        at = end + 1;
+    }
+    return preloads && their_config == (config ? config : "") &&
+           parent_proc_file("maps").find("/libmemlock_shim.so") != std::string::npos;
+}
+
+// Does this process say as warnings what is wrong with the shim's environment (no config; a
+// rule naming an object or function that is not loaded)? The process memlock-run started
+// does (through further execs too), and one started without memlock-run unless its parent
+// runs the shim under the same preload and a config that applies to every program
+// (`every_program`: no `programs` list, so the parent read the same rules). The others are
+// the programs those run in turn (a script's commands, a daemon's helpers: they inherit the
+// preload), which say it as an info line. Under secure execution nothing in the environment
+// is read, and the process warns.
+bool warns_of_environment(bool secure, const char *config, bool every_program) {
+    if (!started_by_memlock_run_here(secure)) return false;
+    const char *v = secure ? nullptr : std::getenv("MEMLOCK_RUN_PID");
+    if (secure || (v && *v) || !every_program) return true;
+    return !parent_runs_same_shim(config);
+}
+
+// A rule naming what no loaded object has: while the shim starts, kept until there is
+// something to say (and only then is warns_of_environment asked, for the level); later (a
+// re-index after dlclose), said at the level found, or at warn.
+std::vector<std::string> *g_unmatched_pending = nullptr;
+LogLevel g_unmatched_level = LogLevel::warn;
+
+void report_unmatched(const char *text) {
+    if (g_unmatched_pending) g_unmatched_pending->emplace_back(text);
+    else log_msg(g_unmatched_level, "%s", text);
+}
+
 // Fails closed unless the operator asked to run unprotected.
 void startup_error(int status, const std::string &why, const std::string &exe) {
     if (g_run_unprotected) {
@@ -714,8 +776,8 @@ void runtime_start() {
             // would say it.
             const char *preload = secure ? nullptr : std::getenv("LD_PRELOAD");
             if (preload && std::strstr(preload, "libmemlock_shim"))
-                log_msg(LogLevel::warn, "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation "
-                                        "passes through");
+                log_msg(warns_of_environment(secure, nullptr, true) ? LogLevel::warn : LogLevel::info,
+                        "MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every allocation passes through");
             return;
         }
         if (!root_owned_config(kSystemConfig)) {
@@ -772,10 +834,17 @@ void runtime_start() {
     if (!conditions.empty()) {
         // A rule naming an object or function this process has not loaded (a glob with a typo
         // protects nothing; most programs under the system config load none of what it names).
-        void (*unmatched)(const char *) = +[](const char *text) { log_msg(LogLevel::warn, "%s", text); };
-        if (!own_config) unmatched = +[](const char *text) { log_msg(LogLevel::info, "%s", text); };
-        std::string why = callers_init(conditions, unmatched);
+        // Without memlock-run, the programs a process under the same config runs in turn say
+        // it as an info line too (warns_of_environment).
+        std::vector<std::string> pending;
+        g_unmatched_level = own_config ? LogLevel::warn : LogLevel::info;
+        g_unmatched_pending = &pending;
+        std::string why = callers_init(conditions, report_unmatched);
+        g_unmatched_pending = nullptr;
         if (!why.empty()) return startup_error(kExitOsErr, why, exe);
+        if (!pending.empty() && own_config && !warns_of_environment(secure, env_path, config->programs.empty()))
+            g_unmatched_level = LogLevel::info;
+        for (const std::string &text : pending) log_msg(g_unmatched_level, "%s", text.c_str());
     }
     g_stats = stats_create(true);
     if (g_stats) {

@@ -196,6 +196,54 @@ Test(e2e_config, no_config_runs_and_says_so_once) {
                                     "every allocation passes through\n");
 }
 
+// Under a plain LD_PRELOAD (a systemd drop-in, a shell's export) a script's commands inherit
+// the preload and the config: what is wrong with them is said by the script, which its parent
+// did not run under the shim, and at info level by each command it runs.
+Test(e2e_config, a_script_says_once_what_its_commands_inherit) {
+    const std::string script = "ls / >/dev/null; cat </dev/null; echo $$";
+    RunOptions opts;
+    opts.argv = {"/bin/sh", "-c", script};
+    opts.env = shim_env("");
+    opts.unset_env = {"MEMLOCK_SHIM_CONFIG", kOverride};
+    RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    std::string pid = r.out.substr(0, r.out.find('\n'));
+    std::string expected = "memlock-shim: warning: MEMLOCK_SHIM_CONFIG is not set: nothing is protected, every "
+                           "allocation passes through (program sh, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+
+    const std::string unloaded = "rule \"openssl-and-its-callees\": no loaded object matches \"libcrypto.so*\" or "
+                                 "\"libssl.so*\" yet (it may be loaded later)";
+    TempDir dir;
+    const std::string rule = R"({"name": "openssl-and-its-callees", "module": ["libcrypto.so*", "libssl.so*"], "depth": 8})";
+    opts.env = shim_env(config_with(dir, R"({"version": 1, "rules": [)" + rule + "]}"));
+    r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    pid = r.out.substr(0, r.out.find('\n'));
+    expected = "memlock-shim: warning: " + unloaded + " (program sh, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+
+    TempDir info;
+    opts.env = shim_env(config_with(info, R"({"version": 1, "rules": [)" + rule +
+                                              R"(], "log": {"level": "info", "file": "stderr"}})"));
+    r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: " + unloaded + " (program sh, pid "), "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: info: " + unloaded + " (program ls, pid "), "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: info: " + unloaded + " (program cat, pid "), "%s", r.err.c_str());
+    cr_assert(!contains(r.err, "warning: " + unloaded + " (program ls"), "%s", r.err.c_str());
+
+    // A config that names its programs may not apply to the parent, which then said nothing:
+    // each command it applies to warns.
+    TempDir listed;
+    opts.env = shim_env(config_with(listed, R"({"version": 1, "programs": ["ls", "cat"], "rules": [)" + rule + "]}"));
+    r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: " + unloaded + " (program ls, pid "), "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: " + unloaded + " (program cat, pid "), "%s", r.err.c_str());
+    cr_assert(!contains(r.err, "(program sh, pid "), "%s", r.err.c_str());
+}
+
 Test(e2e_config, valid_config_runs_silently) {
     TempDir dir;
     const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}]})");
