@@ -1,4 +1,4 @@
-// procmaps.hpp - the lines of /proc/self/maps, read without malloc.
+// procmaps.hpp - the lines of /proc/self/maps (or another process's), read without malloc.
 #ifndef MEMLOCK_SHIM_PROCMAPS_HPP
 #define MEMLOCK_SHIM_PROCMAPS_HPP
 
@@ -12,11 +12,12 @@
 
 namespace mlshim {
 
-// Calls f(start, end, line) for each mapping of the process, in address order, until f
-// returns false; `line` is the whole line ("start-end perms offset dev inode path"),
-// NUL-terminated. False when the file cannot be read, or holds a line longer than 8 KiB.
-template <class F> bool each_mapping(F &&f) noexcept {
-    int fd = ::open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+// Calls f(start, end, line) for each mapping of the process (`maps`: its /proc/PID/maps), in
+// address order, until f returns false; `line` is the whole line ("start-end perms offset dev
+// inode path"), NUL-terminated. False when the file cannot be read, or holds a line longer
+// than 8 KiB.
+template <class F> bool each_mapping(F &&f, const char *maps = "/proc/self/maps") noexcept {
+    int fd = ::open(maps, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return false;
     char buf[8192];
     std::size_t have = 0;

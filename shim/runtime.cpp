@@ -523,27 +523,21 @@ bool started_by_memlock_run_here(bool secure) {
     return std::to_string(::getpid()) == v;
 }
 
-// /proc/PPID/`file` (its first MiB), or nothing when it cannot be read (another user's
-// process, no /proc).
-std::string parent_proc_file(const char *file) {
-    char path[48];
-    std::snprintf(path, sizeof path, "/proc/%ld/%s", static_cast<long>(::getppid()), file);
-    std::string text;
-    const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) return text;
-    char buf[4096];
-    constexpr std::size_t kMax = std::size_t{1} << 20;
-    for (ssize_t n; text.size() < kMax && (n = ::read(fd, buf, sizeof buf)) > 0;)
-        text.append(buf, static_cast<std::size_t>(n));
-    ::close(fd);
-    return text;
-}
-
 // Does the parent process run the shim (its mappings name it) under the same preload and
-// config (`config`, or none), as its environment (/proc/PPID/environ) shows? False when
-// either cannot be read or differs.
+// config (`config`, or none), as its environment (/proc/PPID/environ, its first MiB) shows?
+// False when either cannot be read (another user's process, no /proc) or differs.
 bool parent_runs_same_shim(const char *config) {
-    const std::string env = parent_proc_file("environ");
+    char path[48];
+    const int n = std::snprintf(path, sizeof path, "/proc/%ld/", static_cast<long>(::getppid()));
+    std::snprintf(path + n, sizeof path - n, "environ");
+    std::string env;
+    if (const int fd = ::open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY); fd >= 0) {
+        char buf[4096];
+        constexpr std::size_t kMax = std::size_t{1} << 20;
+        for (ssize_t got; env.size() < kMax && (got = ::read(fd, buf, sizeof buf)) > 0;)
+            env.append(buf, static_cast<std::size_t>(got));
+        ::close(fd);
+    }
     bool preloads = false;
     std::string their_config;
     for (std::size_t at = 0; at < env.size();) {
@@ -555,8 +549,13 @@ bool parent_runs_same_shim(const char *config) {
             their_config = env.substr(at + 20, end - at - 20);
         at = end + 1;
     }
-    return preloads && their_config == (config ? config : "") &&
-           parent_proc_file("maps").find("/libmemlock_shim.so") != std::string::npos;
+    if (!preloads || their_config != (config ? config : "")) return false;
+    std::snprintf(path + n, sizeof path - n, "maps");
+    bool loaded = false;
+    each_mapping([&loaded](std::uintptr_t, std::uintptr_t, const char *line) {
+        return !(loaded = std::strstr(line, "/libmemlock_shim.so") != nullptr);
+    }, path);
+    return loaded;
 }
 
 // Does this process say as warnings what is wrong with the shim's environment (no config; a
