@@ -2,9 +2,10 @@
 """make bench (daemons): throughput of real daemons with the key profile vs without the shim.
 
 Two instances of each daemon run side by side (one under memlock-run with config/default.json,
-one plain, each on its own port); their measurements are interleaved (plain, profile, plain,
-profile, ...) and each figure is the median of BENCH_DAEMON_ROUNDS (default 3), with the lowest
-and highest run beside it (the spread). Prints requests (or transactions) per second, the ratio
+one plain, each on its own port); their measurements are interleaved (plain, profile, profile,
+plain, plain, ...: each round runs both, every other round the profile first) and each figure is
+the median of BENCH_DAEMON_ROUNDS (default 4), with the lowest and highest run beside it (the
+spread). Prints requests (or transactions) per second, the ratio
 profile/plain (the median of each round's ratio: a round's two runs are seconds apart, so a
 change in the machine's speed between rounds cancels out), and the daemon's CPU time per request
 (its processes' own, their reaped children's and their live descendants', over the same runs)
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keyproof  # noqa: E402
 
 SECONDS = os.environ.get("BENCH_DAEMON_SECONDS", "5")
-ROUNDS = int(os.environ.get("BENCH_DAEMON_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("BENCH_DAEMON_ROUNDS", "4"))
 
 
 def cpu_ticks(pid):
@@ -115,9 +116,12 @@ def stop(r):
 
 
 def interleave(runs, plain, profile, plain_argv, profile_argv, pattern, done):
-    for _ in range(ROUNDS):
-        runs["plain"].append(measure(plain_argv, pattern, done, plain.started[0].proc.pid))
-        runs["profile"].append(measure(profile_argv, pattern, done, profile.started[0].proc.pid))
+    """ROUNDS rounds of one run each; every other round runs the profile first, so that what the
+    second run of a round gains or loses from the first (caches, the CPU's clock) falls on both."""
+    order = [("plain", plain, plain_argv), ("profile", profile, profile_argv)]
+    for i in range(ROUNDS):
+        for name, instance, argv in (order if i % 2 == 0 else order[::-1]):
+            runs[name].append(measure(argv, pattern, done, instance.started[0].proc.pid))
 
 
 def main():
