@@ -157,6 +157,20 @@ $(B)/progs/%: tests/progs/%.c tests/progs/stress_common.h tests/progs/hold_commo
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -Wno-error=unused-result -fno-builtin $< -o $@ -lpthread -ldl
 
+# e2e_layout built with a sanitizer runtime, or with a library that starts as one does, which
+# the shim comes before (tests/shim/test_e2e_protection.cpp).
+$(B)/progs/e2e_layout_asan: tests/progs/e2e_layout.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin -fsanitize=address $< -o $@
+$(B)/progs/e2e_layout_tsan: tests/progs/e2e_layout.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin -fsanitize=thread $< -o $@
+$(B)/progs/e2e_layout_preinit: tests/progs/e2e_layout.c $(B)/libs/libpreinit_runtime.so
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin -DPREINIT_RUNTIME $< -o $@ \
+	    -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lpreinit_runtime
+progs: $(B)/progs/e2e_layout_asan $(B)/progs/e2e_layout_tsan $(B)/progs/e2e_layout_preinit
+
 # A musl libc program (memlock-run must refuse it; tests/shim/test_reach.cpp).
 MUSL_CC ?= musl-gcc
 $(B)/progs/musl_probe: tests/musl/musl_probe.c

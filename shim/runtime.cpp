@@ -164,48 +164,83 @@ bool symbol_at(void *f, const ElfW(Sym) **sym, const link_map **map) noexcept {
     return true;
 }
 
-// The version libc's own definition of `name` carries ("GLIBC_2.2.5" for malloc on x86-64,
-// "GLIBC_2.17" on arm64, "GLIBC_2.16" for aligned_alloc...), read from libc's version
-// tables at run time; nullptr if it has none. The version is that of the symbol `name`
-// itself, not of another name for the same address (glibc 2.36's aligned_alloc is its
-// memalign, of GLIBC_2.2.5, and dladdr names memalign).
-const char *libc_version_of(void *libc, const char *name) noexcept {
-    const ElfW(Sym) *sym = nullptr;
-    const link_map *map = nullptr;
-    if (!libc || !symbol_at(dlsym(libc, name), &sym, &map)) return nullptr;
+// libc's default (not hidden) definition of `name` in its dynamic symbol table, and the
+// version it carries ("GLIBC_2.2.5" for malloc on x86-64, "GLIBC_2.17" on arm64,
+// "GLIBC_2.16" for aligned_alloc...), or {nullptr, nullptr}. Read from libc's tables with
+// no dlopen, no dlsym on a handle and no libc function a sanitizer intercepts (strcmp
+// included): the first lookup can come before libc is initialised (a sanitizer runtime's
+// malloc calls, made from the executable's preinit_array while it makes its interceptors),
+// when dlopen would run libc's initialisers with an empty environment. The address is the
+// symbol's value: for an IFUNC it would be the resolver, not what dlsym returns.
+extern "C" void _IO_list_lock(void);
+bool same_name(const char *a, const char *b) noexcept {
+    while (*a && *a == *b) ++a, ++b;
+    return *a == *b;
+}
+struct LibcSymbol {
+    void *addr;
+    const char *version;
+};
+LibcSymbol libc_definition(const char *name) noexcept {
+    Dl_info info;
+    void *mapp = nullptr;
+    if (!dladdr1(reinterpret_cast<void *>(&_IO_list_lock), &info, &mapp, RTLD_DL_LINKMAP) || !mapp) return {};
+    const auto *map = static_cast<const link_map *>(mapp);
     const DynTables t = dyn_tables(map);
-    if (!t.symtab || !t.versym || !t.verdef || !t.strtab || sym < t.symtab) return nullptr;
-    if (std::strcmp(t.strtab + sym->st_name, name) != 0) {
-        // Another name for the address: find the default (not hidden) definition of `name` there.
-        const ElfW(Sym) *alias = sym;
-        sym = nullptr;
-        const std::size_t count = dynsym_count(t.hash, t.gnu_hash);
-        for (std::size_t i = 0; i < count && !sym; ++i)
-            if (t.symtab[i].st_value == alias->st_value && t.symtab[i].st_shndx != SHN_UNDEF &&
-                !(t.versym[i] & 0x8000) && std::strcmp(t.strtab + t.symtab[i].st_name, name) == 0)
-                sym = &t.symtab[i];
-        if (!sym) return nullptr;
+    if (!t.symtab || !t.strtab) return {};
+    auto wanted = [&](std::size_t i) {
+        const ElfW(Sym) &sym = t.symtab[i];
+        return sym.st_shndx != SHN_UNDEF && !(t.versym && (t.versym[i] & 0x8000)) &&
+               same_name(t.strtab + sym.st_name, name);
+    };
+    std::size_t found = 0;
+    if (t.gnu_hash) {
+        std::uint32_t h = 5381;
+        for (const char *c = name; *c; ++c) h = h * 33 + static_cast<unsigned char>(*c);
+        const std::uint32_t nbuckets = t.gnu_hash[0], symoffset = t.gnu_hash[1], bloom_words = t.gnu_hash[2];
+        const auto *buckets = reinterpret_cast<const std::uint32_t *>(
+            reinterpret_cast<const ElfW(Addr) *>(t.gnu_hash + 4) + bloom_words);
+        const std::uint32_t *chains = buckets + nbuckets;
+        for (std::uint32_t i = nbuckets ? buckets[h % nbuckets] : 0; i >= symoffset && i != 0; ++i) {
+            const std::uint32_t chain = chains[i - symoffset];
+            if ((chain | 1) == (h | 1) && wanted(i)) {
+                found = i;
+                break;
+            }
+            if (chain & 1) break;
+        }
+    } else {
+        const std::size_t count = dynsym_count(t.hash, nullptr);
+        for (std::size_t i = 1; i < count && !found; ++i)
+            if (wanted(i)) found = i;
     }
-    const ElfW(Half) ndx = t.versym[sym - t.symtab] & 0x7fff;
+    if (!found) return {};
+    LibcSymbol r{reinterpret_cast<void *>(map->l_addr + t.symtab[found].st_value), nullptr};
+    if (!t.versym || !t.verdef) return r;
+    const ElfW(Half) ndx = t.versym[found] & 0x7fff;
     for (const ElfW(Verdef) *v = t.verdef;; v = reinterpret_cast<const ElfW(Verdef) *>(
                                                  reinterpret_cast<const char *>(v) + v->vd_next)) {
-        if (v->vd_ndx == ndx && !(v->vd_flags & VER_FLG_BASE))
-            return t.strtab +
-                   reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
-        if (!v->vd_next) return nullptr;
+        if (v->vd_ndx == ndx && !(v->vd_flags & VER_FLG_BASE)) {
+            r.version = t.strtab +
+                        reinterpret_cast<const ElfW(Verdaux) *>(reinterpret_cast<const char *>(v) + v->vd_aux)->vda_name;
+            return r;
+        }
+        if (!v->vd_next) return r;
     }
 }
+
+const char *libc_version_of(const char *name) noexcept { return libc_definition(name).version; }
 
 // The next definition of `name`. An allocator that exports only versioned symbols (glibc's
 // libc_malloc_debug.so) is invisible to an unversioned lookup, and an unversioned one
 // (jemalloc, mimalloc, a test's) to a versioned lookup: the unversioned lookup wins unless it
 // lands on libc's own definition, in which case the versioned one (which may be earlier in
 // the order) is taken.
-template <typename F> F lookup(void *libc, const char *name, F fallback) {
+template <typename F> F lookup(const char *name, F fallback) {
     void *f = dlsym(RTLD_NEXT, name);
-    const char *version = libc_version_of(libc, name);
-    if (version && (!f || f == dlsym(libc, name)))
-        if (void *v = dlvsym(RTLD_NEXT, name, version)) f = v;
+    const LibcSymbol libc = libc_definition(name);
+    if (libc.version && (!f || f == libc.addr))
+        if (void *v = dlvsym(RTLD_NEXT, name, libc.version)) f = v;
     return f ? reinterpret_cast<F>(f) : fallback;
 }
 
@@ -216,28 +251,30 @@ long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s, likewise.
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
 
+// The lock is a flag of the shim's own, not a pthread mutex: the first call can come from a
+// library initialised before the shim (a sanitizer runtime's dlsym, while it sets up its own
+// pthread_mutex_lock interceptor), and a mutex call would reach that library's half-made one.
 void resolve_next() noexcept {
     static std::atomic<bool> done{false};
-    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static std::atomic_flag busy = ATOMIC_FLAG_INIT;
     if (done.load(std::memory_order_acquire)) return;
-    pthread_mutex_lock(&lock);
+    while (busy.test_and_set(std::memory_order_acquire)) sched_yield();
     if (!done.load(std::memory_order_relaxed)) {
         t_resolving = true;
-        void *libc = dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD);
         NextAllocator n{};
-        n.malloc = lookup<decltype(n.malloc)>(libc, "malloc", nullptr);
-        n.free = lookup<decltype(n.free)>(libc, "free", nullptr);
-        n.calloc = lookup<decltype(n.calloc)>(libc, "calloc", nullptr);
-        n.realloc = lookup<decltype(n.realloc)>(libc, "realloc", nullptr);
-        n.reallocarray = lookup<decltype(n.reallocarray)>(libc, "reallocarray", fallback_reallocarray);
-        n.posix_memalign = lookup<decltype(n.posix_memalign)>(libc, "posix_memalign", nullptr);
-        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>(libc, "aligned_alloc", nullptr);
-        n.memalign = lookup<decltype(n.memalign)>(libc, "memalign", nullptr);
-        n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
-        n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
-        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
-        __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr), __ATOMIC_RELEASE);
-        __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>(libc, "clone", nullptr), __ATOMIC_RELEASE);
+        n.malloc = lookup<decltype(n.malloc)>("malloc", nullptr);
+        n.free = lookup<decltype(n.free)>("free", nullptr);
+        n.calloc = lookup<decltype(n.calloc)>("calloc", nullptr);
+        n.realloc = lookup<decltype(n.realloc)>("realloc", nullptr);
+        n.reallocarray = lookup<decltype(n.reallocarray)>("reallocarray", fallback_reallocarray);
+        n.posix_memalign = lookup<decltype(n.posix_memalign)>("posix_memalign", nullptr);
+        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>("aligned_alloc", nullptr);
+        n.memalign = lookup<decltype(n.memalign)>("memalign", nullptr);
+        n.valloc = lookup<decltype(n.valloc)>("valloc", nullptr);
+        n.pvalloc = lookup<decltype(n.pvalloc)>("pvalloc", nullptr);
+        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>("malloc_usable_size", nullptr);
+        __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>("syscall", nullptr), __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>("clone", nullptr), __ATOMIC_RELEASE);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -245,7 +282,7 @@ void resolve_next() noexcept {
         g_next = n;
         done.store(true, std::memory_order_release);
     }
-    pthread_mutex_unlock(&lock);
+    busy.clear(std::memory_order_release);
 }
 
 // ---- state ---------------------------------------------------------------------------------
@@ -276,7 +313,6 @@ void report(LogLevel level, const char *what, const char *why) noexcept {
 // fork of the same thread (a signal handler that forks while fork runs): the outer fork
 // holds them, and signals are blocked while they are taken and released, so they are held
 // either all or none. docs/shim.md gives the argument in full.
-extern "C" void _IO_list_lock(void);
 extern "C" void _IO_list_unlock(void);
 extern "C" void _IO_list_resetlock(void);
 
@@ -728,18 +764,18 @@ void *own_symbol(const link_map *m, const char *name, const char *version) noexc
 // malloc, or the first that does forwards to the next definition. An executable's undefined
 // malloc with an address (the PLT entry of a non-PIE program that takes malloc's address) is
 // not a definition. pre: the match window is closed (the probe passes through).
-std::string allocator_before_shim(void *libc) {
+std::string allocator_before_shim() {
     Dl_info info;
     void *shim = nullptr;
     if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
     const link_map *m = static_cast<const link_map *>(shim);
     while (m->l_prev) m = m->l_prev;
-    const char *version = libc_version_of(libc, "malloc");
+    const char *version = libc_version_of("malloc");
     void *f = nullptr;
     for (; m != shim; m = m->l_next)
         if ((f = own_symbol(m, "malloc", version)) != nullptr) break;
     std::string name;
-    if (f && !probe_reaches_shim(f, own_symbol(m, "free", libc_version_of(libc, "free"))))
+    if (f && !probe_reaches_shim(f, own_symbol(m, "free", libc_version_of("free"))))
         name = m->l_name && *m->l_name ? m->l_name : self_exe();
     dlerror();  // the lookups that found nothing leave no error for the program to read
     return name;
@@ -748,7 +784,7 @@ std::string allocator_before_shim(void *libc) {
 // Says at `level`, and in the counters, which object takes the program's malloc calls before
 // the shim, if one does. pre: the match window is closed.
 void report_allocator_before(const std::string &exe, LogLevel level) {
-    const std::string before = allocator_before_shim(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD));
+    const std::string before = allocator_before_shim();
     if (before.empty()) return;
     if (g_stats) copy_utf8(g_stats->allocator_before, sizeof g_stats->allocator_before, before.c_str());
     const char *outcome = g_tracing ? "memlock-discover sees none of its heap blocks" : "nothing is protected";
@@ -941,7 +977,7 @@ bool in_bootstrap(const void *p) noexcept {
 
 void *next_function(const char *name) noexcept {
     BusyScope busy;
-    void *f = lookup<void *>(dlopen(LIBC_SO, RTLD_NOW | RTLD_NOLOAD), name, nullptr);
+    void *f = lookup<void *>(name, nullptr);
     dlerror();  // a lookup that found nothing leaves no error for the program to read
     return f;
 }

@@ -10,6 +10,18 @@
 #include <string.h>
 #include <unistd.h>
 
+#ifdef PREINIT_RUNTIME
+/* e2e_layout_preinit: linked with tests/libs/libpreinit_runtime.so, whose set-up runs from
+ * this executable's preinit_array, as a sanitizer runtime's does. */
+void preinit_runtime_init(void);
+static void call_preinit_runtime(int argc, char **argv, char **envp) {
+    (void)argc, (void)argv, (void)envp;
+    preinit_runtime_init();
+}
+__attribute__((section(".preinit_array"), used)) static void (*const preinit_entry)(int, char **, char **) =
+    call_preinit_runtime;
+#endif
+
 struct block {
     const char *kind;
     size_t size;
