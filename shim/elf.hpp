@@ -135,17 +135,24 @@ public:
         return false;
     }
 
-    // DT_SONAME, or "".
-    std::string soname() const {
+    // f(name) for each dynamic entry `tag` (DT_SONAME, DT_NEEDED...) naming a string, in order;
+    // stops when f returns false.
+    template <typename F> void each_dynamic_string(ElfW(Sxword) tag, F f) const {
         for (unsigned i = 0; i < nsections_; ++i) {
             const ElfW(Shdr) &s = sections_[i];
             if (s.sh_type != SHT_DYNAMIC) continue;
             const auto *dyn = array<ElfW(Dyn)>(s.sh_offset, s.sh_size / sizeof(ElfW(Dyn)));
             for (std::size_t k = 0; dyn && k < s.sh_size / sizeof(ElfW(Dyn)) && dyn[k].d_tag != DT_NULL; ++k)
-                if (dyn[k].d_tag == DT_SONAME)
-                    if (const char *n = string(s.sh_link, dyn[k].d_un.d_val)) return n;
+                if (dyn[k].d_tag == tag)
+                    if (const char *n = string(s.sh_link, dyn[k].d_un.d_val); n && !f(n)) return;
         }
-        return std::string();
+    }
+
+    // DT_SONAME, or "".
+    std::string soname() const {
+        std::string name;
+        each_dynamic_string(DT_SONAME, [&](const char *n) { return name = n, false; });
+        return name;
     }
 
 private:

@@ -773,6 +773,29 @@ void check_modules(const mlshim::Config &c, const std::string &program, const st
     }
 }
 
+// A program built with AddressSanitizer (it links libasan) refuses to start with a library
+// preloaded ahead of its runtime unless ASAN_OPTIONS holds verify_asan_link_order=0, and its
+// LeakSanitizer does not scan the arena: a block referenced only from an arena block is
+// reported as leaked and the program exits 1. Returns `options` with whichever of the two
+// settings it does not decide itself appended, and says so; `options` unchanged for another
+// program.
+std::string asan_options_for(const std::string &program, const std::string &options) {
+    bool asan = false;
+    mlshim::ElfView(program).each_dynamic_string(DT_NEEDED, [&](const char *name) {
+        return !(asan = std::strncmp(name, "libasan.so", 10) == 0);
+    });
+    if (!asan) return options;
+    std::string added;
+    for (const std::string setting : {"verify_asan_link_order=0", "detect_leaks=0"})
+        if (options.find(setting.substr(0, setting.find('=') + 1)) == std::string::npos)
+            added += (added.empty() ? "" : ":") + setting;
+    if (added.empty()) return options;
+    warn(program + " is built with AddressSanitizer: ASAN_OPTIONS gets " + added +
+         " (ASan refuses a library preloaded ahead of its runtime, and LeakSanitizer cannot see pointers kept in "
+         "the arena)");
+    return options.empty() ? added : options + ":" + added;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -821,6 +844,8 @@ int main(int argc, char **argv) {
 
     ::setenv("LD_PRELOAD", preload_with(shim, env("LD_PRELOAD")).c_str(), 1);
     ::setenv("MEMLOCK_SHIM_CONFIG", config_path.c_str(), 1);
+    if (const std::string asan = asan_options_for(program, env("ASAN_OPTIONS")); asan != env("ASAN_OPTIONS"))
+        ::setenv("ASAN_OPTIONS", asan.c_str(), 1);
     // The program keeps this pid: the shim reports a rule that names nothing loaded as a
     // warning there, and at info level in the programs it runs in turn (docs/config.md).
     ::setenv("MEMLOCK_RUN_PID", std::to_string(::getpid()).c_str(), 1);

@@ -1,5 +1,6 @@
 // Where the shim can and cannot go: musl programs (refused by memlock-run before they start,
-// named by memlock-inspect) and kernels without mlock2 (imitated by a seccomp filter that
+// named by memlock-inspect), AddressSanitizer builds (started by memlock-run with the options
+// they need) and kernels without mlock2 (imitated by a seccomp filter that
 // answers ENOSYS: build/progs/enosys_exec). The older glibc, the tarball and arm64 are proved
 // by tests/reach/*.sh.
 #include <criterion/criterion.h>
@@ -72,6 +73,33 @@ Test(reach, run_refuses_a_script_whose_interpreter_is_musl) {
     auto r = run_program(tool_opts({tool("memlock-run"), "--config", config("default.json"), "--", script}));
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
     assert_text(r.err, musl_refusal(prog));
+}
+
+// ---- sanitizer builds ------------------------------------------------------------------------
+
+// AddressSanitizer refuses a library preloaded ahead of its runtime unless told otherwise:
+// memlock-run tells it, and turns LeakSanitizer off, unless ASAN_OPTIONS already decides.
+Test(reach, run_starts_an_asan_program_with_the_shim_ahead_of_its_runtime) {
+    const std::string prog = need_built("e2e_layout_asan");
+    TempDir dir;
+    const std::string rules = prepare_e2e(dir, "e2e_layout_asan", false);
+    const std::string why = " (ASan refuses a library preloaded ahead of its runtime, and LeakSanitizer cannot see "
+                            "pointers kept in the arena)\n";
+    RunOptions o = tool_opts({tool("memlock-run"), "--config", rules, "--", prog});
+    o.unset_env.push_back("ASAN_OPTIONS");
+    auto r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(r.out.find("\ndone\n") != std::string::npos, "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + prog +
+                           " is built with AddressSanitizer: ASAN_OPTIONS gets verify_asan_link_order=0:detect_leaks=0" +
+                           why);
+
+    o = tool_opts({tool("memlock-run"), "--config", rules, "--", prog});
+    o.env.push_back({"ASAN_OPTIONS", "detect_leaks=0:abort_on_error=1"});
+    r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + prog + " is built with AddressSanitizer: ASAN_OPTIONS gets verify_asan_link_order=0" +
+                           why);
 }
 
 Test(reach, inspect_names_a_musl_process) {
