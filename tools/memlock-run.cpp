@@ -773,12 +773,12 @@ void check_modules(const mlshim::Config &c, const std::string &program, const st
     }
 }
 
-// A program built with AddressSanitizer (it links libasan) refuses to start with a library
-// preloaded ahead of its runtime unless ASAN_OPTIONS holds verify_asan_link_order=0, and its
-// LeakSanitizer does not scan the arena: a block referenced only from an arena block is
-// reported as leaked and the program exits 1. Returns `options` with whichever of the two
-// settings it does not decide itself appended, and says so; `options` unchanged for another
-// program.
+// A program (or a script's interpreter) built with AddressSanitizer (it links libasan)
+// refuses to start with a library preloaded ahead of its runtime unless ASAN_OPTIONS holds
+// verify_asan_link_order=0, and its LeakSanitizer does not scan the arena: a block referenced
+// only from an arena block is reported as leaked and the program exits 1. Returns `options`
+// with whichever of the two settings it does not decide itself appended, and says so;
+// `options` unchanged for another program.
 std::string asan_options_for(const std::string &program, const std::string &options) {
     bool asan = false;
     mlshim::ElfView(program).each_dynamic_string(DT_NEEDED, [&](const char *name) {
@@ -844,7 +844,7 @@ int main(int argc, char **argv) {
 
     ::setenv("LD_PRELOAD", preload_with(shim, env("LD_PRELOAD")).c_str(), 1);
     ::setenv("MEMLOCK_SHIM_CONFIG", config_path.c_str(), 1);
-    if (const std::string asan = asan_options_for(program, env("ASAN_OPTIONS")); asan != env("ASAN_OPTIONS"))
+    if (const std::string asan = asan_options_for(loaded, env("ASAN_OPTIONS")); asan != env("ASAN_OPTIONS"))
         ::setenv("ASAN_OPTIONS", asan.c_str(), 1);
     // The program keeps this pid: the shim reports a rule that names nothing loaded as a
     // warning there, and at info level in the programs it runs in turn (docs/config.md).
