@@ -109,23 +109,6 @@ void *fallback_reallocarray(void *p, std::size_t a, std::size_t b) noexcept {
     return g_next.realloc(p, n);
 }
 
-// The number of entries of an object's dynamic symbol table: DT_HASH's chain count, or one
-// past the end of DT_GNU_HASH's last chain (its chains cover every symbol from symoffset on).
-std::size_t dynsym_count(const ElfW(Word) *hash, const std::uint32_t *gnu_hash) noexcept {
-    if (hash) return hash[1];
-    if (!gnu_hash) return 0;
-    const std::uint32_t nbuckets = gnu_hash[0], symoffset = gnu_hash[1], bloom_words = gnu_hash[2];
-    const auto *buckets =
-        reinterpret_cast<const std::uint32_t *>(reinterpret_cast<const ElfW(Addr) *>(gnu_hash + 4) + bloom_words);
-    const std::uint32_t *chains = buckets + nbuckets;
-    std::uint32_t last = 0;
-    for (std::uint32_t b = 0; b < nbuckets; ++b)
-        if (buckets[b] > last) last = buckets[b];
-    if (last < symoffset) return symoffset;
-    while (!(chains[last - symoffset] & 1)) ++last;
-    return std::size_t{last} + 1;
-}
-
 // The dynamic symbol and version tables of a loaded object.
 struct DynTables {
     const ElfW(Sym) *symtab = nullptr;
@@ -210,7 +193,7 @@ LibcSymbol libc_definition(const char *name) noexcept {
             if (chain & 1) break;
         }
     } else {
-        const std::size_t count = dynsym_count(t.hash, nullptr);
+        const std::size_t count = t.hash ? t.hash[1] : 0;  // DT_HASH's chain count: every symbol
         for (std::size_t i = 1; i < count && !found; ++i)
             if (wanted(i)) found = i;
     }
