@@ -1137,10 +1137,11 @@ void SecureArena::report_secret_kept() noexcept {
                   "the kernel cannot give back part of a memfd_secret file");
 }
 
-// Gives the committed pages of free run [first, first+n) (first: its head) back to the kernel. They were wiped
-// when their blocks were freed (pools with the wipe action). Locked pages stay locked
-// (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without an mlock call);
-// where the kernel refuses that, they stay committed and locked. pre: pool.lock held.
+// Gives the committed pages of free run [first, first+n) (first: its head) back to the
+// kernel. They were wiped when their blocks were freed (pools with the wipe action). Locked
+// pages stay locked (MADV_DONTNEED_LOCKED: no munlock, and they lock again on fault without
+// an mlock call); where the kernel refuses that, they stay committed and locked.
+// pre: pool.lock held.
 void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept {
     bool gave_back = false;
     // Up to the last page in use: the rest of a large run was given back before.
