@@ -164,13 +164,22 @@ struct LibcSymbol {
     void *addr;
     const char *version;
 };
-LibcSymbol libc_definition(const char *name) noexcept {
+// libc's object and tables (map nullptr: not found), read once for a series of lookups.
+struct LibcTables {
+    const link_map *map = nullptr;
+    DynTables t;
+};
+LibcTables libc_tables() noexcept {
     Dl_info info;
     void *mapp = nullptr;
     if (!dladdr1(reinterpret_cast<void *>(&_IO_list_lock), &info, &mapp, RTLD_DL_LINKMAP) || !mapp) return {};
     const auto *map = static_cast<const link_map *>(mapp);
-    const DynTables t = dyn_tables(map);
-    if (!t.symtab || !t.strtab) return {};
+    return {map, dyn_tables(map)};
+}
+LibcSymbol libc_definition(const LibcTables &libc, const char *name) noexcept {
+    const link_map *map = libc.map;
+    const DynTables &t = libc.t;
+    if (!map || !t.symtab || !t.strtab) return {};
     auto wanted = [&](std::size_t i) {
         const ElfW(Sym) &sym = t.symtab[i];
         return sym.st_shndx != SHN_UNDEF && !(t.versym && (t.versym[i] & 0x8000)) &&
@@ -212,16 +221,15 @@ LibcSymbol libc_definition(const char *name) noexcept {
     }
 }
 
-const char *libc_version_of(const char *name) noexcept { return libc_definition(name).version; }
 
 // The next definition of `name`. An allocator that exports only versioned symbols (glibc's
 // libc_malloc_debug.so) is invisible to an unversioned lookup, and an unversioned one
 // (jemalloc, mimalloc, a test's) to a versioned lookup: the unversioned lookup wins unless it
 // lands on libc's own definition, in which case the versioned one (which may be earlier in
 // the order) is taken.
-template <typename F> F lookup(const char *name, F fallback) {
+template <typename F> F lookup(const LibcTables &tables, const char *name, F fallback) {
     void *f = dlsym(RTLD_NEXT, name);
-    const LibcSymbol libc = libc_definition(name);
+    const LibcSymbol libc = libc_definition(tables, name);
     if (libc.version && (!f || f == libc.addr))
         if (void *v = dlvsym(RTLD_NEXT, name, libc.version)) f = v;
     return f ? reinterpret_cast<F>(f) : fallback;
@@ -244,20 +252,21 @@ void resolve_next() noexcept {
     while (busy.test_and_set(std::memory_order_acquire)) sched_yield();
     if (!done.load(std::memory_order_relaxed)) {
         t_resolving = true;
+        const LibcTables libc = libc_tables();
         NextAllocator n{};
-        n.malloc = lookup<decltype(n.malloc)>("malloc", nullptr);
-        n.free = lookup<decltype(n.free)>("free", nullptr);
-        n.calloc = lookup<decltype(n.calloc)>("calloc", nullptr);
-        n.realloc = lookup<decltype(n.realloc)>("realloc", nullptr);
-        n.reallocarray = lookup<decltype(n.reallocarray)>("reallocarray", fallback_reallocarray);
-        n.posix_memalign = lookup<decltype(n.posix_memalign)>("posix_memalign", nullptr);
-        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>("aligned_alloc", nullptr);
-        n.memalign = lookup<decltype(n.memalign)>("memalign", nullptr);
-        n.valloc = lookup<decltype(n.valloc)>("valloc", nullptr);
-        n.pvalloc = lookup<decltype(n.pvalloc)>("pvalloc", nullptr);
-        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>("malloc_usable_size", nullptr);
-        __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>("syscall", nullptr), __ATOMIC_RELEASE);
-        __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>("clone", nullptr), __ATOMIC_RELEASE);
+        n.malloc = lookup<decltype(n.malloc)>(libc, "malloc", nullptr);
+        n.free = lookup<decltype(n.free)>(libc, "free", nullptr);
+        n.calloc = lookup<decltype(n.calloc)>(libc, "calloc", nullptr);
+        n.realloc = lookup<decltype(n.realloc)>(libc, "realloc", nullptr);
+        n.reallocarray = lookup<decltype(n.reallocarray)>(libc, "reallocarray", fallback_reallocarray);
+        n.posix_memalign = lookup<decltype(n.posix_memalign)>(libc, "posix_memalign", nullptr);
+        n.aligned_alloc = lookup<decltype(n.aligned_alloc)>(libc, "aligned_alloc", nullptr);
+        n.memalign = lookup<decltype(n.memalign)>(libc, "memalign", nullptr);
+        n.valloc = lookup<decltype(n.valloc)>(libc, "valloc", nullptr);
+        n.pvalloc = lookup<decltype(n.pvalloc)>(libc, "pvalloc", nullptr);
+        n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
+        __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr), __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>(libc, "clone", nullptr), __ATOMIC_RELEASE);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -586,10 +595,9 @@ bool parent_runs_same_shim(const char *config) {
 // preload), which say it as an info line. Under secure execution nothing in the environment
 // is read, and the process warns.
 bool warns_of_environment(bool secure, const char *config, bool every_program) {
-    if (!started_by_memlock_run_here(secure)) return false;
-    const char *v = secure ? nullptr : std::getenv("MEMLOCK_RUN_PID");
-    if (secure || (v && *v) || !every_program) return true;
-    return !parent_runs_same_shim(config);
+    if (secure) return true;
+    if (const char *v = std::getenv("MEMLOCK_RUN_PID"); v && *v) return std::to_string(::getpid()) == v;
+    return !every_program || !parent_runs_same_shim(config);
 }
 
 // A rule naming what no loaded object has: while the shim starts, kept until there is
@@ -753,12 +761,13 @@ std::string allocator_before_shim() {
     if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
     const link_map *m = static_cast<const link_map *>(shim);
     while (m->l_prev) m = m->l_prev;
-    const char *version = libc_version_of("malloc");
+    const LibcTables libc = libc_tables();
+    const char *version = libc_definition(libc, "malloc").version;
     void *f = nullptr;
     for (; m != shim; m = m->l_next)
         if ((f = own_symbol(m, "malloc", version)) != nullptr) break;
     std::string name;
-    if (f && !probe_reaches_shim(f, own_symbol(m, "free", libc_version_of("free"))))
+    if (f && !probe_reaches_shim(f, own_symbol(m, "free", libc_definition(libc, "free").version)))
         name = m->l_name && *m->l_name ? m->l_name : self_exe();
     dlerror();  // the lookups that found nothing leave no error for the program to read
     return name;
@@ -960,7 +969,7 @@ bool in_bootstrap(const void *p) noexcept {
 
 void *next_function(const char *name) noexcept {
     BusyScope busy;
-    void *f = lookup<void *>(name, nullptr);
+    void *f = lookup<void *>(libc_tables(), name, nullptr);
     dlerror();  // a lookup that found nothing leaves no error for the program to read
     return f;
 }
