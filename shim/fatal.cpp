@@ -1,5 +1,7 @@
 #include "fatal.hpp"
 
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +17,8 @@ namespace {
 
 LogLevel g_level = LogLevel::warn;
 int g_fd = STDERR_FILENO;
+dev_t g_log_dev = 0;  // log.file's identity (g_fd != STDERR_FILENO)
+ino_t g_log_ino = 0;
 char g_program[64];  // log_set_program; empty: program_invocation_short_name
 
 const char *level_name(LogLevel level) noexcept {
@@ -56,6 +60,15 @@ void write_all(int fd, const char *buf, std::size_t len) noexcept {
     }
 }
 
+// Can a line of `len` bytes go to log.file? A seccomp sandbox that refuses fstat (sshd's
+// preauth child: EACCES) sends the line to stderr too; the limit is read only for a
+// descriptor known to be the file.
+bool log_file_takes(std::size_t len) noexcept {
+    struct stat st;
+    return ::fstat(g_fd, &st) == 0 && st.st_dev == g_log_dev && st.st_ino == g_log_ino &&
+           file_size_allows(static_cast<std::uint64_t>(st.st_size) + len);
+}
+
 }  // namespace
 
 void fatal(const char *what, const char *detail, const void *pointer) noexcept {
@@ -76,9 +89,19 @@ void fatal(const char *what, const char *detail, const void *pointer) noexcept {
     std::abort();
 }
 
+bool file_size_allows(std::uint64_t size) noexcept {
+    struct rlimit rl;
+    return ::getrlimit(RLIMIT_FSIZE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || size <= rl.rlim_cur;
+}
+
 void log_configure(LogLevel level, int fd) noexcept {
     g_level = level;
     g_fd = fd;
+    struct stat st;
+    if (fd != STDERR_FILENO && ::fstat(fd, &st) == 0) {
+        g_log_dev = st.st_dev;
+        g_log_ino = st.st_ino;
+    }
 }
 
 bool log_enabled(LogLevel level) noexcept { return level <= g_level; }
@@ -126,7 +149,7 @@ void log_msg(LogLevel level, const char *fmt, ...) noexcept {
     len += escape_into(buf + len, 48, prog, std::strlen(prog));
     len += static_cast<std::size_t>(std::snprintf(buf + len, 24, ", pid %d)", static_cast<int>(::getpid())));
     buf[len++] = '\n';
-    write_all(g_fd, buf, len);
+    write_all(g_fd != STDERR_FILENO && log_file_takes(len) ? g_fd : STDERR_FILENO, buf, len);
     errno = saved;
 }
 

@@ -13,7 +13,11 @@ namespace mlshim {
 [[noreturn]] void fatal(const char *what, const char *detail = nullptr,
                         const void *pointer = nullptr) noexcept;
 
-// Where log lines go and which are kept. Default: stderr, warn.
+// Where log lines go and which are kept. Default: stderr, warn. A descriptor other than
+// stderr is log.file's: it is remembered by its device and inode, and a line goes to it only
+// while the descriptor still names that file (a program that closes its descriptors and opens
+// others may reuse the number) and the line fits under RLIMIT_FSIZE (a write past it raises
+// SIGXFSZ, which kills); otherwise the line goes to stderr.
 void log_configure(LogLevel level, int fd) noexcept;
 bool log_enabled(LogLevel level) noexcept;
 // The program's name in log lines: the basename the user invoked it by (argv[0], as in
@@ -27,6 +31,10 @@ void log_set_program(const char *name) noexcept;
 // program's name are written as \xNN, so no string from a config or the environment can
 // start a line of its own or hide in one.
 void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
+
+// Does RLIMIT_FSIZE (the soft limit, read now) let a file grow to `size` bytes? A write or
+// ftruncate past it fails with EFBIG and raises SIGXFSZ, whose default action kills.
+bool file_size_allows(std::uint64_t size) noexcept;
 
 // Copies in[0, len) into out (at most cap bytes), escaping as log_msg does. Returns bytes written.
 std::size_t escape_into(char *out, std::size_t cap, const char *in, std::size_t len) noexcept;

@@ -464,6 +464,9 @@ namespace {
 // The process that read the config (its fork children are not): the only one that writes
 // stats.file at exit.
 pid_t g_config_pid = 0;
+// The config in force is the system config (system-wide mode): every program on the host,
+// other users' included, reads it.
+bool g_system_config = false;
 
 // Is `path` a regular file, and its directory, owned by root and writable by nobody else?
 // Used for the system configuration, the only one a secure-execution process reads.
@@ -508,6 +511,10 @@ constexpr const char *kSystemConfig = MEMLOCK_SHIM_SYSCONFDIR "/memlock-shim/con
 // Documented exit statuses of a program the shim refuses to start.
 constexpr int kExitConfig = 78;  // EX_CONFIG: the config is missing or invalid
 constexpr int kExitOsErr = 71;   // EX_OSERR: the arena could not be set up
+
+// log.file's descriptor is moved to this number or above (F_DUPFD_CLOEXEC), so that the
+// program's own descriptors get the numbers they get without the shim.
+constexpr int kLogFdFloor = 512;
 
 // A copy of s with control characters escaped (fatal.hpp, escape_into).
 std::string escaped(const std::string &s) {
@@ -826,20 +833,32 @@ void runtime_start() {
         return;
     }
 
+    g_system_config = path == kSystemConfig;
     int log_fd = STDERR_FILENO;
+    std::string log_error;
     if (config->log_file != "stderr") {
         log_fd = open_output(config->log_file.c_str(), O_APPEND);
         if (log_fd < 0) {
             const int err = errno;
-            return startup_error(kExitConfig,
-                                 std::string(path) + ": log.file: cannot open " + config->log_file + ": " +
-                                     (err == ELOOP                    ? "it is a symbolic link"
-                                      : err == EINVAL || err == ENXIO ? "not a regular file"
-                                                                      : memlock_strerror(err)),
-                                 exe);
+            log_error = std::string(path) + ": log.file: cannot open " + config->log_file + ": " +
+                        (err == ELOOP                    ? "it is a symbolic link"
+                         : err == EINVAL || err == ENXIO ? "not a regular file"
+                                                         : memlock_strerror(err));
+            // A program's own config: an error like any other. The system config: other
+            // users' programs cannot open root's log, and none may be stopped by it; theirs
+            // log to stderr as under "stderr", what a user sees kept to warnings.
+            if (!g_system_config) return startup_error(kExitConfig, log_error, exe);
+            log_fd = STDERR_FILENO;
+            if (::geteuid() != 0 && config->log_level > LogLevel::warn) config->log_level = LogLevel::warn;
+        } else if (const int high = ::fcntl(log_fd, F_DUPFD_CLOEXEC, kLogFdFloor); high >= 0) {
+            // Out of the way of the numbers the program expects its own files to get.
+            ::close(log_fd);
+            log_fd = high;
         }
     }
     log_configure(config->log_level, log_fd);
+    if (!log_error.empty())
+        log_msg(::geteuid() == 0 ? LogLevel::warn : LogLevel::info, "%s: logging to stderr", log_error.c_str());
 
     RuleTable table = compile_rules(config->rules);
     g_config = config;
@@ -931,7 +950,9 @@ void write_stats_file() noexcept {
     static char json[kStatsJsonBytes];  // too large for a small thread stack; only this process's exit writes it
     std::size_t len = stats_format_json(*g_stats, stats_rule_rows(g_stats), json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
-    bool ok = fd >= 0 && ::write(fd, json, len) == static_cast<ssize_t>(len);
+    bool ok = fd >= 0;
+    if (ok && !file_size_allows(len)) ok = false, errno = EFBIG;  // a write past RLIMIT_FSIZE kills
+    ok = ok && ::write(fd, json, len) == static_cast<ssize_t>(len);
     int err = errno;
     if (fd >= 0) {
         ok = ::close(fd) == 0 && ok;
@@ -939,7 +960,11 @@ void write_stats_file() noexcept {
         err = errno;
         if (!ok) ::unlink(tmp);
     }
-    if (!ok) log_msg(LogLevel::warn, "stats.file: cannot write %s: %s", path, memlock_strerror(err));
+    // Under the system config, a program run by another user may not write root's directory.
+    const bool expected = g_system_config && ::geteuid() != 0 && (err == EACCES || err == EPERM);
+    if (!ok)
+        log_msg(expected ? LogLevel::info : LogLevel::warn, "stats.file: cannot write %s: %s", path,
+                memlock_strerror(err));
 }
 
 }  // namespace

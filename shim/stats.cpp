@@ -1,5 +1,6 @@
 #include "stats.hpp"
 
+#include "fatal.hpp"
 #include "fork_child.hpp"
 
 #include <fcntl.h>
@@ -42,7 +43,8 @@ void *map_memfd() noexcept {
     const int fd = static_cast<int>(::syscall(SYS_memfd_create, kStatsMemfdName, MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (fd < 0) return MAP_FAILED;
     void *mem = MAP_FAILED;
-    if (::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0 &&
+    // Under a lower RLIMIT_FSIZE, ftruncate would raise SIGXFSZ: the shared mapping serves.
+    if (file_size_allows(kPageBytes) && ::ftruncate(fd, static_cast<off_t>(kPageBytes)) == 0 &&
         ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
         mem = ::mmap(nullptr, kPageBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
     ::close(fd);

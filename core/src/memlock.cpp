@@ -198,7 +198,9 @@ int map_fresh(size_t len, int prot, bool anonymous, void **out) {
     if (rc) return rc;
     ErrnoKeeper keep;
     void *p = MAP_FAILED;
-    if (::ftruncate(fd, static_cast<off_t>(len)) != 0) rc = errno;
+    struct rlimit fsize;  // ftruncate past RLIMIT_FSIZE raises SIGXFSZ, which kills: fail first
+    if (::getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY && len > fsize.rlim_cur) rc = EFBIG;
+    else if (::ftruncate(fd, static_cast<off_t>(len)) != 0) rc = errno;
     else if ((p = ::mmap(nullptr, len, prot, MAP_SHARED, fd, 0)) == MAP_FAILED) rc = errno;
     ::close(fd);
     if (!rc) *out = p;
@@ -507,6 +509,18 @@ const char *memlock_strerror(int err) {
     case EEXIST: return "EEXIST: already exists";
     case EBUSY: return "EBUSY: resource busy";
     case EINTR: return "EINTR: interrupted system call";
+    case EFBIG: return "EFBIG: file too large (RLIMIT_FSIZE)";
+    case ENOENT: return "ENOENT: no such file or directory";
+    case ENOTDIR: return "ENOTDIR: not a directory";
+    case EISDIR: return "EISDIR: is a directory";
+    case ELOOP: return "ELOOP: too many levels of symbolic links";
+    case ENAMETOOLONG: return "ENAMETOOLONG: file name too long";
+    case EROFS: return "EROFS: read-only file system";
+    case ENOSPC: return "ENOSPC: no space left on device";
+    case EDQUOT: return "EDQUOT: disk quota exceeded";
+    case EMFILE: return "EMFILE: too many open files (RLIMIT_NOFILE)";
+    case ENFILE: return "ENFILE: too many open files in the system";
+    case EIO: return "EIO: input/output error";
     default: return "unknown error";
     }
 }

@@ -3,6 +3,7 @@
 // stderr, unless MEMLOCK_SHIM_ON_CONFIG_ERROR=run-unprotected (docs/config.md).
 #include <criterion/criterion.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <linux/capability.h>
 
@@ -282,4 +283,48 @@ Test(e2e_config, a_program_started_by_the_loader_is_known_by_its_own_file) {
     const std::string said = "memlock-shim: info: protecting 1 rule(s) from " + path + " in " + exe_path();
     cr_assert(contains(r.err, said), "%s", r.err.c_str());
     cr_assert_eq(stat_value(read_stats(stats), "matched_allocations"), 1u, "%s", read_stats(stats).c_str());
+}
+
+// A daemon that closes its descriptors and opens its own takes over the number of log.file's
+// descriptor: the shim's lines then go to stderr, never into the program's file, and the
+// program's first file gets the number it gets without the shim.
+Test(e2e_config, a_program_that_takes_log_files_descriptor_over_gets_none_of_its_lines) {
+    TempDir dir;
+    const std::string log = dir.file("shim.log"), data = dir.file("data.txt");
+    const std::string path = config_with(dir, R"({"version": 1,
+        "rules": [{"name": "buffers", "min_size": 512, "max_size": 2048}],
+        "policy": {"on_lock_failure": "fallback", "max_locked": "64KiB"},
+        "log": {"file": ")" + log + R"("}})");
+    const RunResult r = run_program(shim_options(path, {need_built("e2e_fds"), data, "1024"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "fd 3\ndone\n");
+    const std::string written = read_file(data).value_or("?");
+    cr_assert_str_eq(written.c_str(), "line1\nline2\n");
+    cr_assert_eq(split_lines(r.err).size(), 1u, "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: cannot lock arena memory"), "%s", r.err.c_str());
+    const std::string logged = read_file(log).value_or("?");
+    cr_assert_str_empty(logged.c_str());
+}
+
+// Under RLIMIT_FSIZE 0 (sshd's sandboxed child sets it so), a write or ftruncate of a file
+// raises SIGXFSZ, which kills: the shim then keeps its counters in a shared mapping, sends
+// what log.file cannot take to stderr and reports that stats.file could not be written.
+Test(e2e_config, a_file_size_limit_kills_no_program) {
+    TempDir dir;
+    const std::string log = dir.file("shim.log"), stats = dir.file("stats.json");
+    const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}],
+        "log": {"file": ")" + log + R"(", "level": "info"}, "stats": {"file": ")" + stats + R"("}})");
+    const RunResult r = run_hello(path, nullptr, [] {
+        const struct rlimit zero = {0, 0};
+        return ::setrlimit(RLIMIT_FSIZE, &zero) == 0;
+    });
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\n");
+    cr_assert(contains(r.err, "memlock-shim: info: protecting 1 rule(s) from " + path), "%s", r.err.c_str());
+    cr_assert(contains(r.err, "memlock-shim: warning: stats.file: cannot write " + stats +
+                                  ": EFBIG: file too large (RLIMIT_FSIZE) (program e2e_hello, pid "),
+              "%s", r.err.c_str());
+    const std::string logged = read_file(log).value_or("?");
+    cr_assert_str_empty(logged.c_str());
+    cr_assert(!file_exists(stats));
 }

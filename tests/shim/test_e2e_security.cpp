@@ -157,6 +157,41 @@ Test(e2e_security, system_wide_mode_in_a_private_etc) {
     for (const auto &s : stats) cr_assert_geq(stat_value(read_stats(s), "matched_allocations"), 2u);
 }
 
+// System-wide mode with log.file and stats.file in a directory only root may write: a program
+// another user runs cannot open either, and runs protected and silent all the same (its log
+// goes to stderr, kept to warnings); root's programs, setuid ones included, write both.
+Test(e2e_security, system_wide_log_and_stats_files_stop_no_users_program) {
+    SharedDir d;
+    const std::string sysconf = MEMLOCK_TEST_SYSCONFDIR;
+    const std::string plain = d.file("plain/e2e_hello"), suid = d.file("suid/e2e_hello");
+    const std::string priv = d.file("private");
+    const std::string script =
+        "mkdir -p " + q(d.file("plain")) + " " + q(d.file("suid")) + " " + q(priv) + "; chmod 755 " +
+        q(d.file("plain")) + " " + q(d.file("suid")) + "; chmod 700 " + q(priv) + "\ncp " +
+        q(need_built("e2e_hello")) + " " + q(plain) + "; cp " + q(need_built("e2e_hello")) + " " + q(suid) +
+        "; chmod 4755 " + q(suid) + "\ncp -a /etc " + q(d.file("etc")) + "\necho " + q(shim_library()) + " > " +
+        q(d.file("etc/ld.so.preload")) + "\nif [ " + q(sysconf) + " = /etc ]; then S=" + q(d.file("etc")) +
+        "; else S=" + q(d.file("sysconf")) + "; fi\nmkdir -p $S/memlock-shim\ncat > $S/memlock-shim/config.json <<'EOF'\n"
+        R"({"version": 1, "programs": ["e2e_hello"], "rules": [{"name": "keys", "size": 32}],
+            "log": {"file": ")" + priv + R"(/shim.log", "level": "info"},
+            "stats": {"file": ")" + priv + R"(/stats.%p.json"}})" "\nEOF\n"
+        "chmod 755 $S/memlock-shim; chmod 644 $S/memlock-shim/config.json\n"
+        "unshare -m --propagation private sh -c " +
+        q("set -e\nmount --bind " + q(d.file("etc")) + " /etc\n[ " + q(sysconf) + " = /etc ] || mount --bind " +
+          q(d.file("sysconf")) + " " + q(sysconf) + "\n" + q(plain) + "\n" + kNobody + q(plain) + "\n" + kNobody +
+          q(suid) + "\n");
+    const RunResult r = sh(script);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "hello 3\nhello 3\nhello 3\n", "%s", r.describe().c_str());
+    cr_assert_str_empty(r.err.c_str());
+    const std::string logged = read_file(priv + "/shim.log").value_or("");
+    cr_assert_eq(count_occurrences(logged, "memlock-shim: info: protecting 1 rule(s)"), 2u, "%s", logged.c_str());
+    std::size_t stats = 0;
+    for (const auto &e : std::filesystem::directory_iterator(priv))
+        stats += e.path().filename().string().rfind("stats.", 0) == 0;
+    cr_assert_eq(stats, 2u);
+}
+
 // ---- 2-5. the counters -----------------------------------------------------------------------
 
 namespace {
