@@ -233,6 +233,10 @@ Test(wrappers, strerror_of_each_value) {
         {ENOSYS, "ENOSYS"},    {EFAULT, "EFAULT"},                     {EACCES, "EACCES"},
         {EBADF, "EBADF"},      {ENODEV, "ENODEV"},                     {EOVERFLOW, "EOVERFLOW"},
         {EEXIST, "EEXIST"},    {EBUSY, "EBUSY"},                       {EINTR, "EINTR"},
+        {EFBIG, "EFBIG"},      {ENOENT, "ENOENT"},                     {ENOTDIR, "ENOTDIR"},
+        {EISDIR, "EISDIR"},    {ELOOP, "ELOOP"},                       {ENAMETOOLONG, "ENAMETOOLONG"},
+        {EROFS, "EROFS"},      {ENOSPC, "ENOSPC"},                     {EDQUOT, "EDQUOT"},
+        {EMFILE, "EMFILE"},    {ENFILE, "ENFILE"},                     {EIO, "EIO"},
         {99999, "unknown"},    {-42, "unknown"},
     };
     for (const auto &c : cases) {
