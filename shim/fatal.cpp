@@ -1,5 +1,6 @@
 #include "fatal.hpp"
 
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,8 +18,27 @@ namespace {
 
 LogLevel g_level = LogLevel::warn;
 int g_fd = STDERR_FILENO;
-dev_t g_log_dev = 0;  // log.file's identity (g_fd != STDERR_FILENO)
-ino_t g_log_ino = 0;
+// The files log.file's descriptor and stderr named at start-up (g_fd != STDERR_FILENO).
+struct FileId {
+    bool known = false;
+    dev_t dev = 0;
+    ino_t ino = 0;
+};
+FileId g_log_file, g_stderr_file;
+
+FileId file_id(int fd) noexcept {
+    struct stat st;
+    FileId id;
+    if (::fstat(fd, &st) == 0) id = {true, st.st_dev, st.st_ino};
+    return id;
+}
+
+// Does fd still name the file `id` names? A seccomp sandbox that refuses fstat (sshd's preauth
+// child answers EACCES) makes it "no".
+bool still_names(int fd, const FileId &id) noexcept {
+    const FileId now = file_id(fd);
+    return id.known && now.known && now.dev == id.dev && now.ino == id.ino;
+}
 char g_program[64];  // log_set_program; empty: program_invocation_short_name
 
 const char *level_name(LogLevel level) noexcept {
@@ -50,23 +70,33 @@ void append_hex(char *buf, std::size_t cap, std::size_t *used, std::uintptr_t v)
     append(buf, cap, used, q);
 }
 
-void write_all(int fd, const char *buf, std::size_t len) noexcept {
+bool write_all(int fd, const char *buf, std::size_t len) noexcept {
     while (len > 0) {
         ssize_t n = ::write(fd, buf, len);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return;
+        if (n <= 0) return false;
         buf += n;
         len -= static_cast<std::size_t>(n);
     }
+    return true;
 }
 
-// Can a line of `len` bytes go to log.file? A seccomp sandbox that refuses fstat (sshd's
-// preauth child: EACCES) sends the line to stderr too; the limit is read only for a
-// descriptor known to be the file.
-bool log_file_takes(std::size_t len) noexcept {
-    struct stat st;
-    return ::fstat(g_fd, &st) == 0 && st.st_dev == g_log_dev && st.st_ino == g_log_ino &&
-           file_size_allows(static_cast<std::uint64_t>(st.st_size) + len);
+// write_all with SIGXFSZ blocked: a write to a regular file at RLIMIT_FSIZE fails with EFBIG
+// instead of killing the process (the signal's default action), and the signal the kernel
+// raised for it is taken back before the mask is restored.
+bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept {
+    sigset_t xfsz, old;
+    sigemptyset(&xfsz);
+    sigaddset(&xfsz, SIGXFSZ);
+    const bool blocked = ::sigprocmask(SIG_BLOCK, &xfsz, &old) == 0;
+    const bool written = write_all(fd, buf, len);
+    if (!blocked) return written;
+    if (!written && errno == EFBIG) {
+        const struct timespec now = {0, 0};
+        ::sigtimedwait(&xfsz, nullptr, &now);
+    }
+    ::sigprocmask(SIG_SETMASK, &old, nullptr);
+    return written;
 }
 
 }  // namespace
@@ -97,11 +127,9 @@ bool file_size_allows(std::uint64_t size) noexcept {
 void log_configure(LogLevel level, int fd) noexcept {
     g_level = level;
     g_fd = fd;
-    struct stat st;
-    if (fd != STDERR_FILENO && ::fstat(fd, &st) == 0) {
-        g_log_dev = st.st_dev;
-        g_log_ino = st.st_ino;
-    }
+    if (fd == STDERR_FILENO) return;
+    g_log_file = file_id(fd);
+    g_stderr_file = file_id(STDERR_FILENO);
 }
 
 bool log_enabled(LogLevel level) noexcept { return level <= g_level; }
@@ -149,7 +177,10 @@ void log_msg(LogLevel level, const char *fmt, ...) noexcept {
     len += escape_into(buf + len, 48, prog, std::strlen(prog));
     len += static_cast<std::size_t>(std::snprintf(buf + len, 24, ", pid %d)", static_cast<int>(::getpid())));
     buf[len++] = '\n';
-    write_all(g_fd != STDERR_FILENO && log_file_takes(len) ? g_fd : STDERR_FILENO, buf, len);
+    if (g_fd == STDERR_FILENO) write_unkilled(STDERR_FILENO, buf, len);
+    else if (!(still_names(g_fd, g_log_file) && write_unkilled(g_fd, buf, len)) &&
+             still_names(STDERR_FILENO, g_stderr_file))
+        write_unkilled(STDERR_FILENO, buf, len);
     errno = saved;
 }
 

@@ -14,10 +14,11 @@ namespace mlshim {
                         const void *pointer = nullptr) noexcept;
 
 // Where log lines go and which are kept. Default: stderr, warn. A descriptor other than
-// stderr is log.file's: it is remembered by its device and inode, and a line goes to it only
-// while the descriptor still names that file (a program that closes its descriptors and opens
-// others may reuse the number) and the line fits under RLIMIT_FSIZE (a write past it raises
-// SIGXFSZ, which kills); otherwise the line goes to stderr.
+// stderr is log.file's: it and stderr are remembered by device and inode, and a line goes to
+// it only while it still names that file (a program that closes its descriptors and opens
+// others may reuse the number); a line it does not take goes to stderr while that still names
+// what it named at start-up, else nowhere. Lines are written with SIGXFSZ blocked: a file at
+// RLIMIT_FSIZE does not take the line, and the process is not killed.
 void log_configure(LogLevel level, int fd) noexcept;
 bool log_enabled(LogLevel level) noexcept;
 // The program's name in log lines: the basename the user invoked it by (argv[0], as in
@@ -33,7 +34,8 @@ void log_set_program(const char *name) noexcept;
 void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
 // Does RLIMIT_FSIZE (the soft limit, read now) let a file grow to `size` bytes? A write or
-// ftruncate past it fails with EFBIG and raises SIGXFSZ, whose default action kills.
+// ftruncate past it fails with EFBIG and raises SIGXFSZ, whose default action kills. (A
+// getrlimit: not for code a sandboxed process runs.)
 bool file_size_allows(std::uint64_t size) noexcept;
 
 // Copies in[0, len) into out (at most cap bytes), escaping as log_msg does. Returns bytes written.

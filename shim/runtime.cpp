@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/auxv.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -514,7 +515,7 @@ constexpr int kExitOsErr = 71;   // EX_OSERR: the arena could not be set up
 
 // log.file's descriptor is moved to this number or above (F_DUPFD_CLOEXEC), so that the
 // program's own descriptors get the numbers they get without the shim.
-constexpr int kLogFdFloor = 512;
+constexpr rlim_t kLogFdFloor = 512;  // or half of RLIMIT_NOFILE, if that is less
 
 // A copy of s with control characters escaped (fatal.hpp, escape_into).
 std::string escaped(const std::string &s) {
@@ -849,16 +850,23 @@ void runtime_start() {
             // log to stderr as under "stderr", what a user sees kept to warnings.
             if (!g_system_config) return startup_error(kExitConfig, log_error, exe);
             log_fd = STDERR_FILENO;
-            if (::geteuid() != 0 && config->log_level > LogLevel::warn) config->log_level = LogLevel::warn;
-        } else if (const int high = ::fcntl(log_fd, F_DUPFD_CLOEXEC, kLogFdFloor); high >= 0) {
+            if (config->log_level > LogLevel::warn) config->log_level = LogLevel::warn;
+        } else {
             // Out of the way of the numbers the program expects its own files to get.
-            ::close(log_fd);
-            log_fd = high;
+            struct rlimit files;
+            const rlim_t floor = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur / 2 < kLogFdFloor
+                                     ? files.rlim_cur / 2
+                                     : kLogFdFloor;
+            if (const int high = ::fcntl(log_fd, F_DUPFD_CLOEXEC, static_cast<int>(floor)); high > log_fd) {
+                ::close(log_fd);
+                log_fd = high;
+            }
         }
     }
     log_configure(config->log_level, log_fd);
-    if (!log_error.empty())
-        log_msg(::geteuid() == 0 ? LogLevel::warn : LogLevel::info, "%s: logging to stderr", log_error.c_str());
+    // A root daemon's broken log file is the operator's to know; a user's program is silent.
+    if (!log_error.empty() && ::geteuid() == 0 && !secure)
+        log_msg(LogLevel::warn, "%s: logging to stderr", log_error.c_str());
 
     RuleTable table = compile_rules(config->rules);
     g_config = config;

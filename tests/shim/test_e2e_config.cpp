@@ -286,8 +286,9 @@ Test(e2e_config, a_program_started_by_the_loader_is_known_by_its_own_file) {
 }
 
 // A daemon that closes its descriptors and opens its own takes over the number of log.file's
-// descriptor: the shim's lines then go to stderr, never into the program's file, and the
-// program's first file gets the number it gets without the shim.
+// descriptor: the shim's lines then go to stderr, never into the program's file (nor
+// anywhere when the program took stderr's number too), and the program's first file gets the
+// number it gets without the shim.
 Test(e2e_config, a_program_that_takes_log_files_descriptor_over_gets_none_of_its_lines) {
     TempDir dir;
     const std::string log = dir.file("shim.log"), data = dir.file("data.txt");
@@ -304,20 +305,29 @@ Test(e2e_config, a_program_that_takes_log_files_descriptor_over_gets_none_of_its
     cr_assert(contains(r.err, "memlock-shim: warning: cannot lock arena memory"), "%s", r.err.c_str());
     const std::string logged = read_file(log).value_or("?");
     cr_assert_str_empty(logged.c_str());
+
+    const RunResult all = run_program(shim_options(path, {need_built("e2e_fds"), data, "1024", "stderr"}));
+    cr_assert(all.exited_with(0), "%s", all.describe().c_str());
+    cr_assert_str_eq(all.out.c_str(), "fd 3\ndone\n");
+    const std::string again = read_file(data).value_or("?");
+    cr_assert_str_eq(again.c_str(), "line1\nline2\n");
+    cr_assert_str_empty(all.err.c_str());
 }
 
 // Under RLIMIT_FSIZE 0 (sshd's sandboxed child sets it so), a write or ftruncate of a file
 // raises SIGXFSZ, which kills: the shim then keeps its counters in a shared mapping, sends
-// what log.file cannot take to stderr and reports that stats.file could not be written.
+// what log.file cannot take to stderr and reports that stats.file could not be written; a
+// stderr that is a file at the limit takes no line and kills nothing either.
 Test(e2e_config, a_file_size_limit_kills_no_program) {
     TempDir dir;
     const std::string log = dir.file("shim.log"), stats = dir.file("stats.json");
     const std::string path = config_with(dir, R"({"version": 1, "rules": [{"name": "keys", "size": 32}],
         "log": {"file": ")" + log + R"(", "level": "info"}, "stats": {"file": ")" + stats + R"("}})");
-    const RunResult r = run_hello(path, nullptr, [] {
+    const auto no_file_growth = [] {
         const struct rlimit zero = {0, 0};
         return ::setrlimit(RLIMIT_FSIZE, &zero) == 0;
-    });
+    };
+    const RunResult r = run_hello(path, nullptr, no_file_growth);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_eq(r.out.c_str(), "hello 3\n");
     cr_assert(contains(r.err, "memlock-shim: info: protecting 1 rule(s) from " + path), "%s", r.err.c_str());
@@ -327,4 +337,16 @@ Test(e2e_config, a_file_size_limit_kills_no_program) {
     const std::string logged = read_file(log).value_or("?");
     cr_assert_str_empty(logged.c_str());
     cr_assert(!file_exists(stats));
+
+    TempDir other;
+    const std::string to_stderr = config_with(other, R"({"version": 1, "programs": ["e2e_hello"],
+        "rules": [{"name": "keys", "size": 32}], "log": {"level": "info"}})");
+    const std::string errors = other.file("stderr.txt");
+    RunOptions o = shim_options(to_stderr, {"sh", "-c", "exec \"$0\" 2>>\"$1\"", hello(), errors});
+    o.setup = no_file_growth;
+    const RunResult f = run_program(o);
+    cr_assert(f.exited_with(0), "%s", f.describe().c_str());
+    cr_assert_str_eq(f.out.c_str(), "hello 3\n");
+    const std::string said = read_file(errors).value_or("?");
+    cr_assert_str_empty(said.c_str());
 }
