@@ -81,24 +81,6 @@ bool write_all(int fd, const char *buf, std::size_t len) noexcept {
     return true;
 }
 
-// write_all with SIGXFSZ blocked: a write to a regular file at RLIMIT_FSIZE fails with EFBIG
-// instead of killing the process (the signal's default action), and the signal the kernel
-// raised for it is taken back before the mask is restored.
-bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept {
-    sigset_t xfsz, old;
-    sigemptyset(&xfsz);
-    sigaddset(&xfsz, SIGXFSZ);
-    const bool blocked = ::sigprocmask(SIG_BLOCK, &xfsz, &old) == 0;
-    const bool written = write_all(fd, buf, len);
-    if (!blocked) return written;
-    if (!written && errno == EFBIG) {
-        const struct timespec now = {0, 0};
-        ::sigtimedwait(&xfsz, nullptr, &now);
-    }
-    ::sigprocmask(SIG_SETMASK, &old, nullptr);
-    return written;
-}
-
 }  // namespace
 
 void fatal(const char *what, const char *detail, const void *pointer) noexcept {
@@ -117,6 +99,22 @@ void fatal(const char *what, const char *detail, const void *pointer) noexcept {
     buf[used++] = '\n';
     write_all(STDERR_FILENO, buf, used);
     std::abort();
+}
+
+bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept {
+    sigset_t xfsz, old, pending;
+    sigemptyset(&xfsz);
+    sigaddset(&xfsz, SIGXFSZ);
+    if (::sigprocmask(SIG_BLOCK, &xfsz, &old) != 0) return write_all(fd, buf, len);
+    // One the program left pending (it blocks the signal) is the program's: not taken.
+    const bool programs = sigismember(&old, SIGXFSZ) && ::sigpending(&pending) == 0 && sigismember(&pending, SIGXFSZ);
+    const bool written = write_all(fd, buf, len);
+    if (!written && errno == EFBIG && !programs) {
+        const struct timespec now = {0, 0};
+        ::sigtimedwait(&xfsz, nullptr, &now);
+    }
+    ::sigprocmask(SIG_SETMASK, &old, nullptr);
+    return written;
 }
 
 bool file_size_allows(std::uint64_t size) noexcept {

@@ -33,9 +33,15 @@ void log_set_program(const char *name) noexcept;
 // start a line of its own or hide in one.
 void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
+// Writes buf[0, len) to fd with SIGXFSZ blocked: a write to a regular file at RLIMIT_FSIZE
+// fails with EFBIG instead of killing the process (the signal's default action), and the
+// signal the kernel raised for it is taken back (rt_sigtimedwait) before the mask is
+// restored. True if all of it was written.
+bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept;
+
 // Does RLIMIT_FSIZE (the soft limit, read now) let a file grow to `size` bytes? A write or
 // ftruncate past it fails with EFBIG and raises SIGXFSZ, whose default action kills. (A
-// getrlimit: not for code a sandboxed process runs.)
+// getrlimit: for start-up only, not for code a sandboxed process runs.)
 bool file_size_allows(std::uint64_t size) noexcept;
 
 // Copies in[0, len) into out (at most cap bytes), escaping as log_msg does. Returns bytes written.

@@ -488,15 +488,19 @@ bool root_owned_config(const char *path) noexcept {
 
 // Opens a log or stats destination: no symlink followed, no blocking on a FIFO, created
 // 0600, regular files only. Returns the fd or -1 with errno (ELOOP: a symlink; EINVAL or
-// ENXIO, a FIFO nobody reads: not a regular file).
+// ENXIO, a FIFO nobody reads: not a regular file; fstat's error if it is refused). A file it
+// made itself (O_EXCL) and then refuses is removed.
 int open_output(const char *path, int extra_flags) noexcept {
     const int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags,
                           0600);
     if (fd < 0) return -1;
     struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    const bool stated = ::fstat(fd, &st) == 0;
+    if (!stated || !S_ISREG(st.st_mode)) {
+        const int err = stated ? EINVAL : errno;  // a refused fstat (a sandbox) keeps its error
         ::close(fd);
-        errno = EINVAL;
+        if (extra_flags & O_EXCL) ::unlink(path);  // made here: not left behind
+        errno = err;
         return -1;
     }
     return fd;
@@ -857,7 +861,7 @@ void runtime_start() {
             const rlim_t floor = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur / 2 < kLogFdFloor
                                      ? files.rlim_cur / 2
                                      : kLogFdFloor;
-            if (const int high = ::fcntl(log_fd, F_DUPFD_CLOEXEC, static_cast<int>(floor)); high > log_fd) {
+            if (const int high = ::fcntl(log_fd, F_DUPFD_CLOEXEC, static_cast<int>(floor)); high >= 0) {
                 ::close(log_fd);
                 log_fd = high;
             }
@@ -958,9 +962,7 @@ void write_stats_file() noexcept {
     static char json[kStatsJsonBytes];  // too large for a small thread stack; only this process's exit writes it
     std::size_t len = stats_format_json(*g_stats, stats_rule_rows(g_stats), json, sizeof json);
     int fd = open_output(tmp, O_EXCL);
-    bool ok = fd >= 0;
-    if (ok && !file_size_allows(len)) ok = false, errno = EFBIG;  // a write past RLIMIT_FSIZE kills
-    ok = ok && ::write(fd, json, len) == static_cast<ssize_t>(len);
+    bool ok = fd >= 0 && write_unkilled(fd, json, len);  // past RLIMIT_FSIZE: EFBIG, not killed
     int err = errno;
     if (fd >= 0) {
         ok = ::close(fd) == 0 && ok;
