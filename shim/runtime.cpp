@@ -222,7 +222,6 @@ LibcSymbol libc_definition(const LibcTables &libc, const char *name) noexcept {
     }
 }
 
-
 // The next definition of `name`. An allocator that exports only versioned symbols (glibc's
 // libc_malloc_debug.so) is invisible to an unversioned lookup, and an unversioned one
 // (jemalloc, mimalloc, a test's) to a versioned lookup: the unversioned lookup wins unless it

@@ -87,6 +87,20 @@ std::string victim(const SharedDir &d, const std::string &name, const std::strin
 
 const std::string kPasswd = "root:x:0:0:root:/root:/bin/bash\n";
 
+// Script lines that load the shim through /etc/ld.so.preload (over a copy of /etc) with
+// `config` as the system config (root's, 0644, in a directory only root writes), then run
+// `commands` in a private mount namespace in which both are bound in place.
+std::string system_wide(const SharedDir &d, const std::string &config, const std::string &commands) {
+    const std::string sysconf = MEMLOCK_TEST_SYSCONFDIR;
+    return "cp -a /etc " + q(d.file("etc")) + "\necho " + q(shim_library()) + " > " + q(d.file("etc/ld.so.preload")) +
+           "\nif [ " + q(sysconf) + " = /etc ]; then S=" + q(d.file("etc")) + "; else S=" + q(d.file("sysconf")) +
+           "; fi\nmkdir -p $S/memlock-shim\ncat > $S/memlock-shim/config.json <<'EOF'\n" + config +
+           "\nEOF\nchmod 755 $S/memlock-shim; chmod 644 $S/memlock-shim/config.json\n"
+           "unshare -m --propagation private sh -c " +
+           q("set -e\nmount --bind " + q(d.file("etc")) + " /etc\n[ " + q(sysconf) + " = /etc ] || mount --bind " +
+             q(d.file("sysconf")) + " " + q(sysconf) + "\n" + commands);
+}
+
 }  // namespace
 
 // ---- 1. secure execution ------------------------------------------------------------------------
@@ -125,20 +139,15 @@ Test(e2e_security, system_wide_mode_in_a_private_etc) {
     const std::string sysconf = MEMLOCK_TEST_SYSCONFDIR;
     const std::string suid = d.file("e2e_hello");
     const std::string script =
-        "cp " + q(need_built("e2e_hello")) + " " + q(suid) + "; chmod 4755 " + q(suid) + "\ncp -a /etc " +
-        q(d.file("etc")) + "\necho " + q(shim_library()) + " > " + q(d.file("etc/ld.so.preload")) +
-        "\nif [ " + q(sysconf) + " = /etc ]; then S=" + q(d.file("etc")) + "; else S=" + q(d.file("sysconf")) +
-        "; fi\nmkdir -p $S/memlock-shim\ncat > $S/memlock-shim/config.json <<'EOF'\n"
-        R"({"version": 1, "programs": ["e2e_hello", "security_hold"],
+        "cp " + q(need_built("e2e_hello")) + " " + q(suid) + "; chmod 4755 " + q(suid) + "\n" +
+        system_wide(d,
+                    R"({"version": 1, "programs": ["e2e_hello", "security_hold"],
             "rules": [{"name": "keys", "size": 32}, {"name": "buffers", "min_size": 512, "max_size": 2048},
                       {"name": "tls", "module": "libnothere.so*"}],
-            "stats": {"file": ")" + d.file("stats.%p.json") + R"("}})" "\nEOF\n"
-        "chmod 755 $S/memlock-shim; chmod 644 $S/memlock-shim/config.json\n"
-        "unshare -m --propagation private sh -c " +
-        q("set -e\nmount --bind " + q(d.file("etc")) + " /etc\n[ " + q(sysconf) + " = /etc ] || mount --bind " +
-          q(d.file("sysconf")) + " " + q(sysconf) + "\n" + q(need_built("e2e_hello")) + "\n" + kNobody + q(suid) +
-          "\n" + q(need_built("tools_pid")) + " > /dev/null\nchmod 666 " + q(sysconf) +
-          "/memlock-shim/config.json\n" + kNobody + q(suid) + "\n");
+            "stats": {"file": ")" + d.file("stats.%p.json") + R"("}})",
+                    q(need_built("e2e_hello")) + "\n" + kNobody + q(suid) + "\n" + q(need_built("tools_pid")) +
+                        " > /dev/null\nchmod 666 " + q(sysconf) + "/memlock-shim/config.json\n" + kNobody +
+                        q(suid) + "\n");
     const RunResult r = sh(script);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_eq(r.out.c_str(), "hello 3\nhello 3\nhello 3\n");
@@ -162,24 +171,18 @@ Test(e2e_security, system_wide_mode_in_a_private_etc) {
 // goes to stderr, kept to warnings); root's programs, setuid ones included, write both.
 Test(e2e_security, system_wide_log_and_stats_files_stop_no_users_program) {
     SharedDir d;
-    const std::string sysconf = MEMLOCK_TEST_SYSCONFDIR;
     const std::string plain = d.file("plain/e2e_hello"), suid = d.file("suid/e2e_hello");
     const std::string priv = d.file("private");
     const std::string script =
         "mkdir -p " + q(d.file("plain")) + " " + q(d.file("suid")) + " " + q(priv) + "; chmod 755 " +
         q(d.file("plain")) + " " + q(d.file("suid")) + "; chmod 700 " + q(priv) + "\ncp " +
         q(need_built("e2e_hello")) + " " + q(plain) + "; cp " + q(need_built("e2e_hello")) + " " + q(suid) +
-        "; chmod 4755 " + q(suid) + "\ncp -a /etc " + q(d.file("etc")) + "\necho " + q(shim_library()) + " > " +
-        q(d.file("etc/ld.so.preload")) + "\nif [ " + q(sysconf) + " = /etc ]; then S=" + q(d.file("etc")) +
-        "; else S=" + q(d.file("sysconf")) + "; fi\nmkdir -p $S/memlock-shim\ncat > $S/memlock-shim/config.json <<'EOF'\n"
-        R"({"version": 1, "programs": ["e2e_hello"], "rules": [{"name": "keys", "size": 32}],
+        "; chmod 4755 " + q(suid) + "\n" +
+        system_wide(d,
+                    R"({"version": 1, "programs": ["e2e_hello"], "rules": [{"name": "keys", "size": 32}],
             "log": {"file": ")" + priv + R"(/shim.log", "level": "info"},
-            "stats": {"file": ")" + priv + R"(/stats.%p.json"}})" "\nEOF\n"
-        "chmod 755 $S/memlock-shim; chmod 644 $S/memlock-shim/config.json\n"
-        "unshare -m --propagation private sh -c " +
-        q("set -e\nmount --bind " + q(d.file("etc")) + " /etc\n[ " + q(sysconf) + " = /etc ] || mount --bind " +
-          q(d.file("sysconf")) + " " + q(sysconf) + "\n" + q(plain) + "\n" + kNobody + q(plain) + "\n" + kNobody +
-          q(suid) + "\n");
+            "stats": {"file": ")" + priv + R"(/stats.%p.json"}})",
+                    q(plain) + "\n" + kNobody + q(plain) + "\n" + kNobody + q(suid) + "\n");
     const RunResult r = sh(script);
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_eq(r.out.c_str(), "hello 3\nhello 3\nhello 3\n", "%s", r.describe().c_str());
