@@ -2,9 +2,10 @@
 //
 // It validates the config with the shim's own parser, compares what the config needs with
 // the locked-memory limit and CAP_IPC_LOCK the program will have, refuses programs the
-// dynamic loader would silently run without the preload (static, setuid/setgid, file
-// capabilities), then sets LD_PRELOAD and MEMLOCK_SHIM_CONFIG and execs the program in its
-// own place, so it keeps the PID (PID 1 in a container) and receives signals directly.
+// dynamic loader would silently run without the preload (static, or started in
+// secure-execution mode: setuid/setgid to another user or group, file capabilities), then
+// sets LD_PRELOAD and MEMLOCK_SHIM_CONFIG and execs the program in its own place, so it keeps
+// the PID (PID 1 in a container) and receives signals directly.
 // Exit statuses: see usage() and docs/operators.md.
 #include <dirent.h>
 #include <elf.h>
@@ -84,8 +85,8 @@ void usage() {
         "  69   the shim library was not found\n"
         "  77   locked-memory limit too low and policy.on_lock_failure is \"abort\"\n"
         "  78   no config, or the config is invalid or unreadable\n"
-        "  126  PROGRAM cannot be preloaded (static, setuid/setgid, file capabilities, 32-bit,\n"
-        "       musl libc)\n"
+        "  126  PROGRAM cannot be preloaded (static, setuid/setgid to another user or group,\n"
+        "       file capabilities for a user other than root, 32-bit, musl libc)\n"
         "       or is not executable\n"
         "  127  PROGRAM not found\n",
         MEMLOCK_SHIM_MULTIARCH, kShimName, kShimName, MEMLOCK_SHIM_LIBDIR, kShimName);
@@ -266,10 +267,14 @@ std::string base_name(const std::string &path) {
     return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// The program env(1) runs for the text after "#!/usr/bin/env" (which the kernel passes as
-// one argument): "NAME", or with -S/--split-string the words of the text, where env's
-// options and NAME=VALUE assignments come before the program. "" if there is none.
-std::string env_program(const std::string &text) {
+// What env(1) does with the text after "#!/usr/bin/env" (which the kernel passes as one
+// argument): "NAME", or with -S/--split-string the words of the text, where env's options
+// and NAME=VALUE assignments come before the program.
+struct EnvRun {
+    std::string program;  // "" if there is none
+    std::string drops;    // how env takes the preload away before it runs the program, or ""
+};
+EnvRun env_program(const std::string &text) {
     std::vector<std::string> words;
     std::string rest = text;
     const auto b = rest.find_first_not_of(" \t");
@@ -287,15 +292,70 @@ std::string env_program(const std::string &text) {
         std::istringstream in(rest);
         for (std::string w; in >> w;) words.push_back(w);
     }
+    EnvRun run;
+    auto unsets = [&](const std::string &name) {
+        if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "unsets " + name;
+    };
+    auto next_word = [&](std::size_t &i) { return ++i < words.size() ? words[i] : std::string(); };
+    bool options = true;
     for (std::size_t i = 0; i < words.size(); ++i) {
         const std::string &w = words[i];
-        if (w == "-u" || w == "-C" || w == "--unset" || w == "--chdir") {
-            ++i;  // takes a value
-            continue;
+        if (options && w == "--") {
+            options = false;
+        } else if (options && w == "-") {
+            run.drops = "clears the environment (-)";
+        } else if (options && w.rfind("--", 0) == 0) {
+            const auto eq = w.find('=');
+            const std::string name = w.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
+            const bool takes = name == "unset" || name == "chdir";
+            const std::string value = eq != std::string::npos ? w.substr(eq + 1) : takes ? next_word(i) : "";
+            if (name == "ignore-environment") run.drops = "clears the environment (--ignore-environment)";
+            if (name == "unset") unsets(value);
+        } else if (options && w[0] == '-') {
+            // A cluster of short options; -u and -C take the rest of the word or the next one.
+            for (std::size_t k = 1; k < w.size(); ++k) {
+                if (w[k] == 'i') run.drops = "clears the environment (-i)";
+                if (w[k] != 'u' && w[k] != 'C') continue;
+                const std::string value = k + 1 < w.size() ? w.substr(k + 1) : next_word(i);
+                if (w[k] == 'u') unsets(value);
+                break;
+            }
+        } else if (const auto eq = w.find('='); eq != std::string::npos && w[0] != '/') {
+            const std::string name = w.substr(0, eq);
+            if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "sets " + name;
+        } else {
+            run.program = w;
+            return run;
         }
-        if (w == "-" || w[0] == '-' || (w.find('=') != std::string::npos && w[0] != '/')) continue;
-        return w;
     }
+    return run;
+}
+
+// Why the kernel would start the executable `path` in secure-execution mode (AT_SECURE),
+// where the dynamic loader ignores LD_PRELOAD, or "" when it would not. Linux asks for it
+// (cap_bprm_creds_from_file, security/commoncap.c) when the exec leaves the effective user or
+// group other than the real one, or (since 6.17) changes the effective ones, and when a caller
+// whose real user is not root gains capabilities from the file. So memlock-run itself must
+// run with equal real and effective IDs; then a setuid file must belong to that user, a
+// setgid file to that group, and a file with capabilities be started by root (root may start
+// its own setuid-root programs: Debian's exim4). On the safe side: under no_new_privs or on a
+// nosuid mount the bits change nothing, and capabilities may grant nothing new, yet such a
+// program is refused. Not foreseen: a security module asking for secure execution on a
+// domain transition.
+std::string secure_execution(const std::string &path, const struct stat &st) {
+    const uid_t ruid = ::getuid(), euid = ::geteuid();
+    const gid_t rgid = ::getgid(), egid = ::getegid();
+    if (ruid != euid)
+        return "memlock-run runs with real uid " + std::to_string(ruid) + " and effective uid " + std::to_string(euid);
+    if (rgid != egid)
+        return "memlock-run runs with real gid " + std::to_string(rgid) + " and effective gid " + std::to_string(egid);
+    const bool setgid = (st.st_mode & S_ISGID) && (st.st_mode & S_IXGRP);  // without g+x: a locking mark
+    if ((st.st_mode & S_ISUID) && st.st_uid != ruid)
+        return "setuid to uid " + std::to_string(st.st_uid) + ", started by uid " + std::to_string(ruid);
+    if (setgid && st.st_gid != rgid)
+        return "setgid to gid " + std::to_string(st.st_gid) + ", started by gid " + std::to_string(rgid);
+    if (ruid != 0 && ::getxattr(path.c_str(), "security.capability", nullptr, 0) > 0)
+        return "has file capabilities (see getcap), started by uid " + std::to_string(ruid);
     return "";
 }
 
@@ -309,12 +369,6 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
     if (::stat(path.c_str(), &st) != 0) die(kExitNotFound, path + ": " + std::strerror(errno));
     if (!S_ISREG(st.st_mode)) refuse("not a regular file");
     if (::access(path.c_str(), X_OK) != 0) refuse("not executable (chmod +x, or check the mount's noexec)");
-    const char *secure = "; the dynamic loader ignores LD_PRELOAD for such programs, so it would run "
-                         "unprotected";
-    if (st.st_mode & S_ISUID) refuse(std::string("setuid") + secure);
-    if (st.st_mode & S_ISGID) refuse(std::string("setgid") + secure);
-    if (::getxattr(path.c_str(), "security.capability", nullptr, 0) > 0)
-        refuse(std::string("has file capabilities (see getcap)") + secure);
 
     char head[256] = {};
     std::ifstream in(path, std::ios::binary);
@@ -330,10 +384,14 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
         const std::string loaded = check_preloadable(interp, shim, depth + 1);
         // "#!/usr/bin/env NAME": env then runs NAME, which must take the preload as well.
         if (base_name(interp) != "env") return loaded;
-        const std::string next = env_program(e == std::string::npos ? "" : line.substr(e));
-        if (next.empty()) refuse("#!" + interp + " names no program for env to run");
-        return check_preloadable(find_program(next), shim, depth + 1);
+        const EnvRun next = env_program(e == std::string::npos ? "" : line.substr(e));
+        if (!next.drops.empty()) refuse("#!" + interp + " " + next.drops + ", so the program would run unprotected");
+        if (next.program.empty()) refuse("#!" + interp + " names no program for env to run");
+        return check_preloadable(find_program(next.program), shim, depth + 1);
     }
+    // The kernel ignores a script's setuid and setgid bits and capabilities: an executable's count.
+    if (const std::string why = secure_execution(path, st); !why.empty())
+        refuse(why + "; the dynamic loader ignores LD_PRELOAD for such programs, so it would run unprotected");
     const Elf e = read_elf(path);
     if (e.elf_class == ELFCLASS32) refuse("a 32-bit program; the shim is 64-bit");
     if (!e.ok) refuse("not an ELF executable or a #! script");
@@ -353,7 +411,7 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
 
 // Would the program hold CAP_IPC_LOCK after execve? (capabilities(7), "Transformation of
 // capabilities during execve"): a root process gets its bounding set, others only their
-// ambient set (file capabilities are refused above).
+// ambient set (file capabilities are refused above for users other than root).
 bool program_gets_ipc_lock() {
     std::ifstream in("/proc/self/status");
     std::string line;

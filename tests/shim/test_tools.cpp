@@ -456,29 +456,105 @@ Test(tools, run_refuses_a_static_program_with_126) {
     assert_text(r.out, "");
 }
 
-Test(tools, run_refuses_setuid_setgid_and_file_capabilities_with_126) {
+// The kernel starts an executable in secure-execution mode, where the loader ignores
+// LD_PRELOAD, when memlock-run's own real and effective IDs differ, when the exec leaves the
+// effective user or group other than the real one, or gives capabilities to a user other than
+// root. Those are refused; root starting its own setuid-root program (Debian's exim4), a
+// setgid program of its own group, or one with file capabilities is not. Each verdict is set
+// beside what the loader does with a plain LD_PRELOAD started the same way: whatever
+// memlock-run lets through loads the shim.
+Test(tools, run_refuses_only_programs_started_in_secure_execution_with_126) {
+    if (::geteuid() != 0) cr_skip_test("needs root (chown, setpriv)");
     TempDir dir;
-    const std::string copy = dir.file("tools_pid");
+    cr_assert_eq(::chmod(dir.path().c_str(), 0755), 0);
+    const std::string copy = dir.file("tools_pid"), cfg = dir.file("default.json");
     auto bytes = read_file(shim_program("tools_pid"));
-    cr_assert(bytes && write_file(copy, *bytes, 0755));
+    auto cfg_bytes = read_file(config("default.json"));
+    cr_assert(bytes && write_file(copy, *bytes, 0755) && cfg_bytes && write_file(cfg, *cfg_bytes, 0644));
     const std::string tail = "; the dynamic loader ignores LD_PRELOAD for such programs, so it would run unprotected\n";
+    // `why` empty: memlock-run starts `prog` and the shim loads; else it refuses with `why`,
+    // and when every kernel agrees (`secure`), a plain LD_PRELOAD does not load either.
+    auto check = [&](const std::vector<std::string> &as, const std::string &prog, const std::string &why,
+                     bool secure = true) {
+        std::vector<std::string> argv = as, direct = as;
+        for (const std::string &a : wrap(cfg, {prog})) argv.push_back(a);
+        for (const std::string &a : {std::string("env"), "LD_PRELOAD=" + shim_library(), prog}) direct.push_back(a);
+        const RunResult r = run(argv), d = run(direct);
+        cr_assert(d.exited_with(0), "%s", d.describe().c_str());
+        if (why.empty()) {
+            cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+            cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+            cr_assert(contains(d.out, "shim=" + shim_library() + "\n"), "%s", d.out.c_str());
+            return;
+        }
+        cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+        assert_text(r.err, "memlock-run: " + prog + ": " + why + tail);
+        assert_text(r.out, "");
+        if (secure) cr_assert(contains(d.out, "shim=none\n"), "%s", d.out.c_str());
+    };
+    const std::vector<std::string> root, nobody{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+    auto mode = [&](uid_t uid, gid_t gid, mode_t m) {
+        cr_assert(::chown(copy.c_str(), uid, gid) == 0 && ::chmod(copy.c_str(), m) == 0);
+    };
 
-    cr_assert(::chmod(copy.c_str(), 04755) == 0);
-    auto r = run(wrap(config("default.json"), {copy}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + copy + ": setuid" + tail);
+    mode(0, 0, 0755);
+    check({"setpriv", "--euid=65534"}, copy, "memlock-run runs with real uid 0 and effective uid 65534");
+    check({"setpriv", "--egid=65534", "--clear-groups"}, copy, "memlock-run runs with real gid 0 and effective gid 65534");
+    mode(0, 0, 04755);
+    check(root, copy, "");
+    check(nobody, copy, "setuid to uid 0, started by uid 65534");
+    // The effective uid changes (0 from 65534): secure since Linux 6.17.
+    check({"setpriv", "--euid=65534"}, copy, "memlock-run runs with real uid 0 and effective uid 65534", false);
+    mode(65534, 0, 04755);
+    check(root, copy, "setuid to uid 65534, started by uid 0");
+    check(nobody, copy, "");
+    mode(0, 65534, 02755);
+    check(root, copy, "setgid to gid 65534, started by gid 0");
+    mode(0, 65534, 02745);  // no group execute: a locking mark, not setgid
+    check(root, copy, "");
+    mode(0, 0, 02755);
+    check(root, copy, "");
 
-    cr_assert(::chmod(copy.c_str(), 02755) == 0);
-    r = run(wrap(config("default.json"), {copy}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + copy + ": setgid" + tail);
+    // The kernel ignores a script's own bits: its interpreter, which runs the program, counts.
+    mode(0, 0, 0755);
+    const std::string script = dir.file("script");
+    cr_assert(write_file(script, "#!/bin/sh\nexec " + copy + "\n", 0755));
+    cr_assert(::chown(script.c_str(), 65534, 65534) == 0 && ::chmod(script.c_str(), 06755) == 0);
+    check(root, script, "", false);
 
-    cr_assert(::chmod(copy.c_str(), 0755) == 0);
     if (!have_program("setcap")) return;
     cr_assert(run({"setcap", "cap_net_raw+ep", copy}).exited_with(0));
-    r = run(wrap(config("default.json"), {copy}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + copy + ": has file capabilities (see getcap)" + tail);
+    check(root, copy, "");
+    check(nobody, copy, "has file capabilities (see getcap), started by uid 65534");
+}
+
+// env(1) in a #! line that clears the environment, or unsets or sets the shim's variables,
+// takes the preload away before the program runs.
+Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
+    TempDir dir;
+    const std::string prog = shim_program("tools_pid"), script = dir.file("script");
+    const std::vector<std::pair<std::string, std::string>> cases{
+        {"-i " + prog, "clears the environment (-i)"},
+        {"-vi " + prog, "clears the environment (-i)"},
+        {"- " + prog, "clears the environment (-)"},
+        {"--ignore-environment " + prog, "clears the environment (--ignore-environment)"},
+        {"-u LD_PRELOAD " + prog, "unsets LD_PRELOAD"},
+        {"-uMEMLOCK_SHIM_CONFIG " + prog, "unsets MEMLOCK_SHIM_CONFIG"},
+        {"--unset=LD_PRELOAD " + prog, "unsets LD_PRELOAD"},
+        {"LD_PRELOAD= " + prog, "sets LD_PRELOAD"},
+    };
+    for (const auto &[args, why] : cases) {
+        cr_assert(write_file(script, "#!/usr/bin/env -S " + args + "\n", 0755));
+        const RunResult r = run(wrap(config("default.json"), {script}));
+        cr_assert(r.exited_with(126), "%s: %s", args.c_str(), r.describe().c_str());
+        assert_text(r.err, "memlock-run: " + script + ": #!/usr/bin/env " + why +
+                               ", so the program would run unprotected\n");
+    }
+    // Other options and variables leave it.
+    cr_assert(write_file(script, "#!/usr/bin/env -S -u HOME -C / A=1 " + prog + "\n", 0755));
+    const RunResult r = run(wrap(config("default.json"), {script}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
 }
 
 Test(tools, run_missing_and_not_executable_programs) {
