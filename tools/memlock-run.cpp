@@ -243,8 +243,14 @@ std::string find_program(const std::string &name) {
         if (::access(name.c_str(), F_OK) != 0) die(kExitNotFound, name + ": " + std::strerror(errno));
         return name;
     }
-    std::string path = env("PATH");
-    if (path.empty()) path = "/usr/local/bin:/usr/bin:/bin";
+    // As execvp searches, which env(1) uses too: without PATH, the system's default path.
+    std::string path;
+    if (const char *p = std::getenv("PATH")) {
+        path = p;
+    } else {
+        path.resize(::confstr(_CS_PATH, nullptr, 0));
+        if (!path.empty()) path.resize(::confstr(_CS_PATH, path.data(), path.size()) - 1);
+    }
     std::string first_found;
     std::size_t from = 0;
     while (from <= path.size()) {
@@ -267,14 +273,28 @@ std::string base_name(const std::string &path) {
     return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// What env(1) does with the text after "#!/usr/bin/env" (which the kernel passes as one
+// Whether `path` is env(1): by its name, or the same file as the system's env under another.
+bool is_env(const std::string &path) {
+    if (base_name(path) == "env") return true;
+    struct stat st, env;
+    if (::stat(path.c_str(), &st) != 0) return false;
+    for (const char *system_env : {"/usr/bin/env", "/bin/env"})
+        if (::stat(system_env, &env) == 0 && env.st_dev == st.st_dev && env.st_ino == st.st_ino) return true;
+    return false;
+}
+
+// What GNU env(1) does with the text after "#!/usr/bin/env" (which the kernel passes as one
 // argument): "NAME", or with -S/--split-string the words of the text, where env's options
-// and NAME=VALUE assignments come before the program.
+// and NAME=VALUE assignments come before the program. Only what can be followed exactly is
+// followed; anything else is `unclear` and refused, since following it wrongly would check
+// one program and start another.
 struct EnvRun {
     std::string program;  // "" if there is none
     std::string drops;    // how env takes the preload away before it runs the program, or ""
+    std::string unclear;  // why memlock-run cannot tell what env runs, or ""
 };
 EnvRun env_program(const std::string &text) {
+    EnvRun run;
     std::vector<std::string> words;
     std::string rest = text;
     const auto b = rest.find_first_not_of(" \t");
@@ -288,46 +308,68 @@ EnvRun env_program(const std::string &text) {
         }
     if (!split) {
         if (!rest.empty()) words.push_back(rest);
+    } else if (rest.find_first_of("'\"\\$#") != std::string::npos) {
+        run.unclear = "quotes, escapes, variables or comments in the -S text";  // env's own syntax
+        return run;
     } else {
         std::istringstream in(rest);
         for (std::string w; in >> w;) words.push_back(w);
     }
-    EnvRun run;
-    auto unsets = [&](const std::string &name) {
+    bool chdir = false;
+    auto unset = [&](const std::string &name) {
         if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "unsets " + name;
+        if (name == "PATH") run.unclear = "-u PATH";
     };
     auto next_word = [&](std::size_t &i) { return ++i < words.size() ? words[i] : std::string(); };
-    bool options = true;
-    for (std::size_t i = 0; i < words.size(); ++i) {
+    bool options = true, operands = false;
+    for (std::size_t i = 0; i < words.size() && run.unclear.empty(); ++i) {
         const std::string &w = words[i];
         if (options && w == "--") {
             options = false;
-        } else if (options && w == "-") {
-            run.drops = "clears the environment (-)";
         } else if (options && w.rfind("--", 0) == 0) {
             const auto eq = w.find('=');
             const std::string name = w.substr(2, eq == std::string::npos ? std::string::npos : eq - 2);
             const bool takes = name == "unset" || name == "chdir";
             const std::string value = eq != std::string::npos ? w.substr(eq + 1) : takes ? next_word(i) : "";
             if (name == "ignore-environment") run.drops = "clears the environment (--ignore-environment)";
-            if (name == "unset") unsets(value);
-        } else if (options && w[0] == '-') {
+            else if (name == "unset") unset(value);
+            else if (name == "chdir") chdir = true;
+            else if (name != "null" && name != "debug" && name != "block-signal" && name != "default-signal" &&
+                     name != "ignore-signal" && name != "list-signal-handling")
+                run.unclear = "option " + w;  // --split-string again, or a name env would complete
+        } else if (options && w[0] == '-' && w.size() > 1) {
             // A cluster of short options; -u and -C take the rest of the word or the next one.
-            for (std::size_t k = 1; k < w.size(); ++k) {
-                if (w[k] == 'i') run.drops = "clears the environment (-i)";
-                if (w[k] != 'u' && w[k] != 'C') continue;
+            for (std::size_t k = 1; k < w.size() && run.unclear.empty(); ++k) {
+                const char c = w[k];
+                if (c == 'i') run.drops = "clears the environment (-i)";
+                if (c == 'i' || c == 'v' || c == '0') continue;
+                if (c != 'u' && c != 'C') {
+                    run.unclear = "option " + w;
+                    break;
+                }
                 const std::string value = k + 1 < w.size() ? w.substr(k + 1) : next_word(i);
-                if (w[k] == 'u') unsets(value);
+                if (c == 'u') unset(value);
+                else chdir = true;
                 break;
             }
-        } else if (const auto eq = w.find('='); eq != std::string::npos && w[0] != '/') {
+        } else if (!operands && w == "-") {
+            // The first operand "-" is -i (env keeps this for compatibility, after -- too).
+            run.drops = "clears the environment (-)";
+            operands = true;
+        } else if (const auto eq = w.find('='); eq != std::string::npos) {
+            // Any word with "=" before the program is an assignment, and ends the options.
+            options = false;
+            operands = true;
             const std::string name = w.substr(0, eq);
             if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "sets " + name;
+            if (name == "PATH") run.unclear = "PATH=...";
         } else {
             run.program = w;
-            return run;
+            break;
         }
     }
+    if (run.unclear.empty() && chdir && !run.program.empty() && run.program[0] != '/')
+        run.unclear = "-C with a program not named by an absolute path";
     return run;
 }
 
@@ -383,11 +425,16 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
         if (depth >= 4) refuse("too many levels of script interpreters");
         const std::string loaded = check_preloadable(interp, shim, depth + 1);
         // "#!/usr/bin/env NAME": env then runs NAME, which must take the preload as well.
-        if (base_name(interp) != "env") return loaded;
+        if (!is_env(loaded)) return loaded;
         const EnvRun next = env_program(e == std::string::npos ? "" : line.substr(e));
         if (!next.drops.empty()) refuse("#!" + interp + " " + next.drops + ", so the program would run unprotected");
+        if (!next.unclear.empty())
+            refuse("#!" + interp + ": cannot tell which program env runs, or with what environment (" + next.unclear +
+                   "); name the program's interpreter in the #! line");
         if (next.program.empty()) refuse("#!" + interp + " names no program for env to run");
-        return check_preloadable(find_program(next.program), shim, depth + 1);
+        const std::string program = find_program(next.program);
+        if (is_env(program)) refuse("#!" + interp + " runs env again; name the program's interpreter in the #! line");
+        return check_preloadable(program, shim, depth + 1);
     }
     // The kernel ignores a script's setuid and setgid bits and capabilities: an executable's count.
     if (const std::string why = secure_execution(path, st); !why.empty())
