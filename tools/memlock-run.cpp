@@ -293,8 +293,8 @@ struct EnvRun {
     std::string drops;    // how env takes the preload away before it runs the program, or ""
     std::string unclear;  // why memlock-run cannot tell what env runs, or ""
 };
-EnvRun env_program(const std::string &text) {
-    EnvRun run;
+EnvRun env_words(const std::vector<std::string> &words);
+EnvRun env_line(const std::string &text) {
     std::vector<std::string> words;
     std::string rest = text;
     const auto b = rest.find_first_not_of(" \t");
@@ -309,13 +309,21 @@ EnvRun env_program(const std::string &text) {
     if (!split) {
         if (!rest.empty()) words.push_back(rest);
     } else if (rest.find_first_of("'\"\\$#") != std::string::npos) {
+        EnvRun run;
         run.unclear = "quotes, escapes, variables or comments in the -S text";  // env's own syntax
         return run;
     } else {
         std::istringstream in(rest);
         for (std::string w; in >> w;) words.push_back(w);
     }
-    bool chdir = false;
+    return env_words(words);
+}
+
+// The same for env's arguments as words (after -S, or on a command line).
+EnvRun env_words(const std::vector<std::string> &words) {
+    EnvRun run;
+    // Relative paths further on (the program's interpreter, PATH entries) would name other files.
+    const char *chdir = "-C: env changes the working directory first";
     auto unset = [&](const std::string &name) {
         if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "unsets " + name;
         if (name == "PATH") run.unclear = "-u PATH";
@@ -333,7 +341,7 @@ EnvRun env_program(const std::string &text) {
             const std::string value = eq != std::string::npos ? w.substr(eq + 1) : takes ? next_word(i) : "";
             if (name == "ignore-environment") run.drops = "clears the environment (--ignore-environment)";
             else if (name == "unset") unset(value);
-            else if (name == "chdir") chdir = true;
+            else if (name == "chdir") run.unclear = chdir;
             else if (name != "null" && name != "debug" && name != "block-signal" && name != "default-signal" &&
                      name != "ignore-signal" && name != "list-signal-handling")
                 run.unclear = "option " + w;  // --split-string again, or a name env would complete
@@ -349,7 +357,7 @@ EnvRun env_program(const std::string &text) {
                 }
                 const std::string value = k + 1 < w.size() ? w.substr(k + 1) : next_word(i);
                 if (c == 'u') unset(value);
-                else chdir = true;
+                else run.unclear = chdir;
                 break;
             }
         } else if (!operands && w == "-") {
@@ -368,8 +376,6 @@ EnvRun env_program(const std::string &text) {
             break;
         }
     }
-    if (run.unclear.empty() && chdir && !run.program.empty() && run.program[0] != '/')
-        run.unclear = "-C with a program not named by an absolute path";
     return run;
 }
 
@@ -401,9 +407,24 @@ std::string secure_execution(const std::string &path, const struct stat &st) {
     return "";
 }
 
+std::string check_preloadable(const std::string &path, const Elf &shim, int depth = 0);
+
+// The executable that env, as `who` (the script and its #! line, or env's path on the command
+// line) starts with the arguments read into `next`, after checking it as check_preloadable
+// does. Exits 126 when env takes the preload away, or when what it runs cannot be told.
+std::string follow_env(const std::string &who, const EnvRun &next, const Elf &shim, int depth) {
+    if (!next.drops.empty()) die(kExitCannotRun, who + " " + next.drops + ", so the program would run unprotected");
+    if (!next.unclear.empty())
+        die(kExitCannotRun, who + ": cannot tell which program env runs, or with what environment (" + next.unclear +
+                                "); name the program itself");
+    const std::string program = find_program(next.program);
+    if (is_env(program)) die(kExitCannotRun, who + " runs env again; name the program itself");
+    return check_preloadable(program, shim, depth + 1);
+}
+
 // The executable the kernel will load for `path` (the interpreter, for a script), after
 // checking that the dynamic loader will honour LD_PRELOAD for it. Exits 126 otherwise.
-std::string check_preloadable(const std::string &path, const Elf &shim, int depth = 0) {
+std::string check_preloadable(const std::string &path, const Elf &shim, int depth) {
     auto refuse = [&](const std::string &why) -> void {
         die(kExitCannotRun, path + ": " + why);
     };
@@ -412,6 +433,8 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
     if (!S_ISREG(st.st_mode)) refuse("not a regular file");
     if (::access(path.c_str(), X_OK) != 0) refuse("not executable (chmod +x, or check the mount's noexec)");
 
+    // What the kernel reads of a script's #! line: its first 255 bytes (BINPRM_BUF_SIZE less
+    // the terminator), up to the first newline; arguments beyond are cut off, as here.
     char head[256] = {};
     std::ifstream in(path, std::ios::binary);
     in.read(head, sizeof head - 1);
@@ -422,19 +445,17 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
         if (b == std::string::npos) refuse("script without an interpreter after #!");
         const auto e = line.find_first_of(" \t", b);
         const std::string interp = line.substr(b, e - b);
+        // The kernel runs no interpreter whose path the first 255 bytes cut off.
+        if (e == std::string::npos && line.size() == sizeof head - 3)
+            refuse("the #! line's interpreter path goes past the 255 bytes the kernel reads of it");
         if (depth >= 4) refuse("too many levels of script interpreters");
         const std::string loaded = check_preloadable(interp, shim, depth + 1);
         // "#!/usr/bin/env NAME": env then runs NAME, which must take the preload as well.
         if (!is_env(loaded)) return loaded;
-        const EnvRun next = env_program(e == std::string::npos ? "" : line.substr(e));
-        if (!next.drops.empty()) refuse("#!" + interp + " " + next.drops + ", so the program would run unprotected");
-        if (!next.unclear.empty())
-            refuse("#!" + interp + ": cannot tell which program env runs, or with what environment (" + next.unclear +
-                   "); name the program's interpreter in the #! line");
-        if (next.program.empty()) refuse("#!" + interp + " names no program for env to run");
-        const std::string program = find_program(next.program);
-        if (is_env(program)) refuse("#!" + interp + " runs env again; name the program's interpreter in the #! line");
-        return check_preloadable(program, shim, depth + 1);
+        const EnvRun next = env_line(e == std::string::npos ? "" : line.substr(e));
+        if (next.program.empty() && next.drops.empty() && next.unclear.empty())
+            refuse("#!" + interp + " names no program for env to run");
+        return follow_env(path + ": #!" + interp, next, shim, depth);
     }
     // The kernel ignores a script's setuid and setgid bits and capabilities: an executable's count.
     if (const std::string why = secure_execution(path, st); !why.empty())
@@ -932,6 +953,12 @@ int main(int argc, char **argv) {
     if (!o.argv.empty()) {
         program = find_program(o.argv[0]);
         loaded = check_preloadable(program, shim_elf);
+        // memlock-run -- env [OPTION]... [NAME=VALUE]... PROGRAM: what env runs counts.
+        if (is_env(loaded) && o.argv.size() > 1) {
+            const EnvRun next = env_words({o.argv.begin() + 1, o.argv.end()});
+            if (!next.program.empty() || !next.drops.empty() || !next.unclear.empty())
+                loaded = follow_env(program, next, shim_elf, 0);
+        }
         if (valid && !mlshim::program_matches(config, loaded.c_str()))
             warn("the config's programs list does not include " + loaded +
                  ": the shim will pass every allocation through (unprotected)");

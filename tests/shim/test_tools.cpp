@@ -560,22 +560,21 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
         {"--ignore-env " + prog, unclear + "option --ignore-env)"},
         {"PATH=/nowhere tools_pid", unclear + "PATH=...)"},
         {"-u PATH tools_pid", unclear + "-u PATH)"},
-        {"-C / tools_pid", unclear + "-C with a program not named by an absolute path)"},
+        {"-C / " + prog, unclear + "-C: env changes the working directory first)"},
     };
     for (const auto &[args, why] : cases) {
         cr_assert(write_file(script, "#!/usr/bin/env -S " + args + "\n", 0755));
         const RunResult r = run(wrap(config("default.json"), {script}));
         cr_assert(r.exited_with(126), "%s: %s", args.c_str(), r.describe().c_str());
-        const std::string tail = why.rfind(unclear, 0) == 0 ? "; name the program's interpreter in the #! line\n"
-                                                             : ", so the program would run unprotected\n";
+        const std::string tail =
+            why.rfind(unclear, 0) == 0 ? "; name the program itself\n" : ", so the program would run unprotected\n";
         assert_text(r.err, "memlock-run: " + script + ": #!/usr/bin/env" + why + tail);
     }
     for (const std::string &line : {"#!/usr/bin/env -S env -i " + prog, "#!/usr/bin/env -S /usr/bin/env " + prog}) {
         cr_assert(write_file(script, line + "\n", 0755));
         const RunResult r = run(wrap(config("default.json"), {script}));
         cr_assert(r.exited_with(126), "%s: %s", line.c_str(), r.describe().c_str());
-        assert_text(r.err, "memlock-run: " + script +
-                               ": #!/usr/bin/env runs env again; name the program's interpreter in the #! line\n");
+        assert_text(r.err, "memlock-run: " + script + ": #!/usr/bin/env runs env again; name the program itself\n");
     }
     // env under another name is env all the same.
     cr_assert(write_file(script, "#!" + other_env + " -S LD_PRELOAD= " + prog + "\n", 0755));
@@ -584,8 +583,29 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
     assert_text(r.err, "memlock-run: " + script + ": #!" + other_env +
                            " sets LD_PRELOAD, so the program would run unprotected\n");
     // Other options and variables leave it.
-    cr_assert(write_file(script, "#!/usr/bin/env -S -v -u HOME -C / A=1 " + prog + "\n", 0755));
+    cr_assert(write_file(script, "#!/usr/bin/env -S -v -u HOME A=1 " + prog + "\n", 0755));
     r = run(wrap(config("default.json"), {script}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+    // An interpreter path longer than the kernel reads of the line: the kernel runs nothing.
+    cr_assert(write_file(script, "#!/" + std::string(300, 'a') + "\n", 0755));
+    r = run(wrap(config("default.json"), {script}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + script +
+                           ": the #! line's interpreter path goes past the 255 bytes the kernel reads of it\n");
+}
+
+// memlock-run -- env ... PROGRAM: env's program is checked as memlock-run's own would be.
+Test(tools, run_follows_env_on_its_command_line) {
+    const std::string prog = shim_program("tools_pid"), stat = shim_program("tools_static");
+    RunResult r = run(wrap(config("default.json"), {"env", "-i", prog}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    const std::string env = detail::resolve_in_path("env");
+    assert_text(r.err, "memlock-run: " + env + " clears the environment (-i), so the program would run unprotected\n");
+    r = run(wrap(config("default.json"), {"env", "A=1", stat}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "memlock-run: " + stat + ": statically linked"), "%s", r.err.c_str());
+    r = run(wrap(config("default.json"), {"env", "A=1", prog}));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
 }
