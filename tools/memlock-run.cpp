@@ -433,20 +433,23 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
     if (!S_ISREG(st.st_mode)) refuse("not a regular file");
     if (::access(path.c_str(), X_OK) != 0) refuse("not executable (chmod +x, or check the mount's noexec)");
 
-    // What the kernel reads of a script's #! line: its first 255 bytes (BINPRM_BUF_SIZE less
-    // the terminator), up to the first newline; arguments beyond are cut off, as here.
-    char head[256] = {};
+    // The kernel reads a script's #! line from its first 256 bytes (BINPRM_BUF_SIZE): up to a
+    // newline among them, else the first 255, cutting the arguments off; an interpreter path
+    // not ended (by a blank or a NUL) within those 255 is not run at all.
+    char head[256 + 1] = {};
     std::ifstream in(path, std::ios::binary);
     in.read(head, sizeof head - 1);
     if (head[0] == '#' && head[1] == '!') {
         // "#!interpreter [arg]": the interpreter is what loads the shim.
-        std::string line(head + 2, std::strcspn(head + 2, "\n"));
+        std::size_t end = std::strcspn(head, "\n");  // at a newline, a NUL or the 256th byte
+        const bool newline = head[end] == '\n';
+        if (!newline) end = std::min<std::size_t>(end, sizeof head - 2);
+        std::string line(head + 2, end - 2);
         const auto b = line.find_first_not_of(" \t");
         if (b == std::string::npos) refuse("script without an interpreter after #!");
         const auto e = line.find_first_of(" \t", b);
         const std::string interp = line.substr(b, e - b);
-        // The kernel runs no interpreter whose path the first 255 bytes cut off.
-        if (e == std::string::npos && line.size() == sizeof head - 3)
+        if (!newline && e == std::string::npos && end == sizeof head - 2)
             refuse("the #! line's interpreter path goes past the 255 bytes the kernel reads of it");
         if (depth >= 4) refuse("too many levels of script interpreters");
         const std::string loaded = check_preloadable(interp, shim, depth + 1);
@@ -472,6 +475,10 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
         refuse("a musl libc program (loaded by " + interp + "); the shim is built for glibc and musl's loader "
                "cannot load it, so it would fail to start. Use a glibc build of the program (e.g. from a "
                "Debian- or Ubuntu-based image instead of Alpine); musl programs are not supported");
+    // execvp (env's lookup) goes on to the next PATH entry when a program's loader cannot be
+    // run, so one that cannot would make env run another file than the one checked.
+    if (::access(interp.c_str(), X_OK) != 0)
+        refuse("its dynamic loader " + interp + " cannot be run: " + std::strerror(errno));
     return absolute(path);
 }
 

@@ -593,15 +593,43 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: " + script +
                            ": the #! line's interpreter path goes past the 255 bytes the kernel reads of it\n");
+    // A newline as the 256th byte still ends the line the kernel reads.
+    cr_assert(dir.path().size() < 240, "temporary directory path too long: %s", dir.path().c_str());
+    const std::string sub = dir.file(std::string(253 - dir.path().size() - 5, 'd'));
+    cr_assert_eq(::mkdir(sub.c_str(), 0755), 0);
+    const std::string interp = sub + "/pid";
+    auto bytes = read_file(prog);
+    cr_assert(interp.size() == 253 && bytes && write_file(interp, *bytes, 0755));
+    cr_assert(write_file(script, "#!" + interp + "\n", 0755));
+    r = run(wrap(config("default.json"), {script}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+}
+
+// A program whose dynamic loader cannot be run: execvp, as env runs it, would go on to the
+// next file of that name in PATH, which memlock-run did not check.
+Test(tools, run_refuses_a_program_whose_loader_cannot_run_with_126) {
+    TempDir dir;
+    auto bytes = read_file(shim_program("tools_pid"));
+    cr_assert(bytes);
+    const auto at = bytes->find("ld-linux");
+    cr_assert(at != std::string::npos);
+    const auto from = bytes->rfind('\0', at) + 1, to = bytes->find('\0', at);
+    (*bytes)[to - 1] = 'X';  // ld-linux-x86-64.so.2 -> ld-linux-x86-64.so.X
+    const std::string loader = bytes->substr(from, to - from), copy = dir.file("prog");
+    cr_assert(write_file(copy, *bytes, 0755));
+    const RunResult r = run(wrap(config("default.json"), {"/usr/bin/env", copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": its dynamic loader " + loader +
+                           " cannot be run: No such file or directory\n");
 }
 
 // memlock-run -- env ... PROGRAM: env's program is checked as memlock-run's own would be.
 Test(tools, run_follows_env_on_its_command_line) {
     const std::string prog = shim_program("tools_pid"), stat = shim_program("tools_static");
-    RunResult r = run(wrap(config("default.json"), {"env", "-i", prog}));
+    RunResult r = run(wrap(config("default.json"), {"/usr/bin/env", "-i", prog}));
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    const std::string env = detail::resolve_in_path("env");
-    assert_text(r.err, "memlock-run: " + env + " clears the environment (-i), so the program would run unprotected\n");
+    assert_text(r.err, "memlock-run: /usr/bin/env clears the environment (-i), so the program would run unprotected\n");
     r = run(wrap(config("default.json"), {"env", "A=1", stat}));
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
     cr_assert(contains(r.err, "memlock-run: " + stat + ": statically linked"), "%s", r.err.c_str());
