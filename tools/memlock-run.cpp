@@ -13,6 +13,8 @@
 #include <signal.h>
 #include <limits.h>
 #include <pwd.h>
+#include <linux/securebits.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -490,7 +492,10 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
 bool program_gets_ipc_lock() {
     std::ifstream in("/proc/self/status");
     std::string line;
-    const std::string want = ::geteuid() == 0 ? "CapBnd:" : "CapAmb:";
+    // Root gets nothing for being root under SECBIT_NOROOT (setpriv --securebits +noroot).
+    const int bits = ::prctl(PR_GET_SECUREBITS);
+    const bool root = ::geteuid() == 0 && !(bits > 0 && (bits & SECBIT_NOROOT));
+    const std::string want = root ? "CapBnd:" : "CapAmb:";
     while (std::getline(in, line))
         if (line.rfind(want, 0) == 0)
             return (std::strtoull(line.c_str() + want.size(), nullptr, 16) >> 14) & 1;  // CAP_IPC_LOCK

@@ -394,6 +394,15 @@ Test(tools, run_low_limit_without_cap_says_what_to_change_and_follows_fallback) 
     cr_assert(!contains(r.err, "memlock-run:"), "%s", r.err.c_str());
 }
 
+// Under SECBIT_NOROOT root's exec gets no capabilities from its bounding set.
+Test(tools, run_check_under_noroot_securebits_reports_no_cap_ipc_lock) {
+    if (::geteuid() != 0 || !have_program("setpriv")) cr_skip_test("needs root and setpriv");
+    auto r = run({"setpriv", "--securebits", "+noroot", tool("memlock-run"), "--config", config("default.json"),
+                  "--check"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "; CAP_IPC_LOCK no\n"), "%s", r.out.c_str());
+}
+
 Test(tools, run_low_limit_check_output) {
     TempDir dir;
     auto r = run(with_memlock_limit(65536, {tool("memlock-run"), "--config", policy_config(dir, "fallback"), "--check"}));
