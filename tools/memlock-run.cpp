@@ -190,6 +190,10 @@ Elf read_elf(const std::string &path) {
         return e;
     e.type = h.e_type;
     e.machine = h.e_machine;
+    // What the kernel's ELF loader asks before it runs a file (else ENOEXEC, and execvp hands
+    // the file to /bin/sh): an executable or a position-independent one, program headers.
+    if ((h.e_type != ET_EXEC && h.e_type != ET_DYN) || h.e_phnum < 1 || h.e_phnum > 65536 / sizeof(Elf64_Phdr))
+        return e;
     in.seekg(static_cast<std::streamoff>(h.e_phoff));
     for (unsigned i = 0; i < h.e_phnum; ++i) {
         Elf64_Phdr ph{};
@@ -298,9 +302,11 @@ struct EnvRun {
 EnvRun env_words(const std::vector<std::string> &words);
 EnvRun env_line(const std::string &text) {
     std::vector<std::string> words;
+    // Blanks before the argument are not part of it; after it, the kernel has taken off those
+    // it takes off (a NUL-ended line keeps them: "prog " names "prog ").
     std::string rest = text;
     const auto b = rest.find_first_not_of(" \t");
-    rest = b == std::string::npos ? "" : rest.substr(b, rest.find_last_not_of(" \t") + 1 - b);
+    rest = b == std::string::npos ? "" : rest.substr(b);
     bool split = false;
     for (const char *opt : {"--split-string=", "--split-string", "-S"})
         if (rest.rfind(opt, 0) == 0) {
@@ -442,17 +448,21 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
     std::ifstream in(path, std::ios::binary);
     in.read(head, sizeof head - 1);
     if (head[0] == '#' && head[1] == '!') {
-        // "#!interpreter [arg]": the interpreter is what loads the shim.
-        std::size_t end = std::strcspn(head, "\n");  // at a newline, a NUL or the 256th byte
-        const bool newline = head[end] == '\n';
-        if (!newline) end = std::min<std::size_t>(end, sizeof head - 2);
-        std::string line(head + 2, end - 2);
+        // "#!interpreter [arg]": the interpreter is what loads the shim. As binfmt_script: the
+        // line ends at a newline, else at byte 255, and loses the blanks before that end; the
+        // argument is a C string, so a NUL ends it first (keeping blanks before the NUL).
+        const std::size_t nul = std::strlen(head), stop = std::strcspn(head, "\n");
+        const bool newline = head[stop] == '\n';
+        std::size_t end = newline ? stop : sizeof head - 2;
+        const std::string raw(head + 2, std::min(end, nul) - 2);
+        if (!newline && nul >= end && raw.find_first_of(" \t", raw.find_first_not_of(" \t")) == std::string::npos)
+            refuse("the #! line's interpreter path goes past the 255 bytes the kernel reads of it");
+        while (end > 2 && (head[end - 1] == ' ' || head[end - 1] == '\t')) --end;
+        const std::string line(head + 2, std::min(end, nul) - 2);
         const auto b = line.find_first_not_of(" \t");
         if (b == std::string::npos) refuse("script without an interpreter after #!");
         const auto e = line.find_first_of(" \t", b);
         const std::string interp = line.substr(b, e - b);
-        if (!newline && e == std::string::npos && end == sizeof head - 2)
-            refuse("the #! line's interpreter path goes past the 255 bytes the kernel reads of it");
         if (depth >= 4) refuse("too many levels of script interpreters");
         const std::string loaded = check_preloadable(interp, shim, depth + 1);
         // "#!/usr/bin/env NAME": env then runs NAME, which must take the preload as well.
@@ -479,8 +489,11 @@ std::string check_preloadable(const std::string &path, const Elf &shim, int dept
                "Debian- or Ubuntu-based image instead of Alpine); musl programs are not supported");
     // execvp (env's lookup) goes on to the next PATH entry when a program's loader cannot be
     // run, so one that cannot would make env run another file than the one checked.
-    if (::access(interp.c_str(), X_OK) != 0)
+    if (interp.empty()) refuse("its PT_INTERP (the dynamic loader's name) is malformed: the kernel will not run it");
+    struct stat ld;
+    if (::stat(interp.c_str(), &ld) != 0 || ::access(interp.c_str(), X_OK) != 0)
         refuse("its dynamic loader " + interp + " cannot be run: " + std::strerror(errno));
+    if (!S_ISREG(ld.st_mode)) refuse("its dynamic loader " + interp + " is not a regular file: the kernel will not run it");
     return absolute(path);
 }
 

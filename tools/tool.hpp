@@ -70,8 +70,9 @@ inline std::string human_bytes(std::uint64_t n) {
     return buf;
 }
 
-// The dynamic loader an ELF64 little-endian executable names (PT_INTERP), or "" (none, not
-// such a file, unreadable).
+// The dynamic loader an ELF64 little-endian executable names (its first PT_INTERP, as the
+// kernel reads it: 2 to 4096 bytes ending in a NUL), or "" (none, malformed, not such a file,
+// unreadable).
 inline std::string elf_interpreter(const std::string &path) {
     std::ifstream in(path, std::ios::binary);
     Elf64_Ehdr h{};
@@ -82,10 +83,12 @@ inline std::string elf_interpreter(const std::string &path) {
         Elf64_Phdr ph{};
         in.seekg(static_cast<std::streamoff>(h.e_phoff + i * sizeof ph));
         if (!in.read(reinterpret_cast<char *>(&ph), sizeof ph)) return "";
-        if (ph.p_type != PT_INTERP || ph.p_filesz == 0 || ph.p_filesz > 4096) continue;
+        if (ph.p_type != PT_INTERP) continue;
+        if (ph.p_filesz < 2 || ph.p_filesz > 4096) return "";
         std::string interp(ph.p_filesz, '\0');
         in.seekg(static_cast<std::streamoff>(ph.p_offset));
-        return in.read(&interp[0], static_cast<std::streamsize>(interp.size())) ? std::string(interp.c_str()) : "";
+        if (!in.read(&interp[0], static_cast<std::streamsize>(interp.size())) || interp.back() != '\0') return "";
+        return std::string(interp.c_str());
     }
     return "";
 }

@@ -3,6 +3,7 @@
 // `make install` into a temporary DESTDIR.
 #include <criterion/criterion.h>
 #include <sys/resource.h>
+#include <elf.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -602,6 +603,16 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: " + script +
                            ": the #! line's interpreter path goes past the 255 bytes the kernel reads of it\n");
+    // A line ended by the end of the file keeps its trailing blanks: env is given "NAME ".
+    const std::string spaced = dir.file("tools_pid ");
+    auto stat_bytes = read_file(shim_program("tools_static"));
+    cr_assert(stat_bytes && write_file(spaced, *stat_bytes, 0755));
+    cr_assert(write_file(script, "#!/usr/bin/env " + dir.file("tools_pid") + " ", 0755));
+    r = run(wrap(config("default.json"), {script}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + spaced +
+                           ": statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, so it "
+                           "would run unprotected\n");
     // A newline as the 256th byte still ends the line the kernel reads.
     cr_assert(dir.path().size() < 240, "temporary directory path too long: %s", dir.path().c_str());
     const std::string sub = dir.file(std::string(253 - dir.path().size() - 5, 'd'));
@@ -627,10 +638,27 @@ Test(tools, run_refuses_a_program_whose_loader_cannot_run_with_126) {
     (*bytes)[to - 1] = 'X';  // ld-linux-x86-64.so.2 -> ld-linux-x86-64.so.X
     const std::string loader = bytes->substr(from, to - from), copy = dir.file("prog");
     cr_assert(write_file(copy, *bytes, 0755));
-    const RunResult r = run(wrap(config("default.json"), {"/usr/bin/env", copy}));
+    RunResult r = run(wrap(config("default.json"), {"/usr/bin/env", copy}));
     cr_assert(r.exited_with(126), "%s", r.describe().c_str());
     assert_text(r.err, "memlock-run: " + copy + ": its dynamic loader " + loader +
                            " cannot be run: No such file or directory\n");
+    // A loader that is a directory (access(X_OK) says yes; execve says EACCES).
+    std::string dir_loader = *bytes;
+    dir_loader.replace(from, 5, std::string("/tmp\0", 5));
+    cr_assert(write_file(copy, dir_loader, 0755));
+    r = run(wrap(config("default.json"), {"/usr/bin/env", copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": its dynamic loader /tmp is not a regular file: the kernel will not "
+                                               "run it\n");
+    // An ELF the kernel does not execute (a relocatable object's type): execvp would hand it to
+    // /bin/sh, or go on in PATH without one.
+    std::string relocatable = *bytes;
+    relocatable[16] = ET_REL;  // e_type, little-endian
+    relocatable[17] = 0;
+    cr_assert(write_file(copy, relocatable, 0755));
+    r = run(wrap(config("default.json"), {"/usr/bin/env", copy}));
+    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
+    assert_text(r.err, "memlock-run: " + copy + ": not an ELF executable or a #! script\n");
 }
 
 // memlock-run -- env ... PROGRAM: env's program is checked as memlock-run's own would be.
