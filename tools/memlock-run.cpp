@@ -332,8 +332,9 @@ EnvRun env_words(const std::vector<std::string> &words) {
     EnvRun run;
     // Relative paths further on (the program's interpreter, PATH entries) would name other files.
     const char *chdir = "-C: env changes the working directory first";
+    auto shims_variable = [](const std::string &name) { return name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG"; };
     auto unset = [&](const std::string &name) {
-        if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "unsets " + name;
+        if (shims_variable(name)) run.drops = "unsets " + name;
         if (name == "PATH") run.unclear = "-u PATH";
     };
     auto next_word = [&](std::size_t &i) { return ++i < words.size() ? words[i] : std::string(); };
@@ -377,7 +378,7 @@ EnvRun env_words(const std::vector<std::string> &words) {
             options = false;
             operands = true;
             const std::string name = w.substr(0, eq);
-            if (name == "LD_PRELOAD" || name == "MEMLOCK_SHIM_CONFIG") run.drops = "sets " + name;
+            if (shims_variable(name)) run.drops = "sets " + name;
             if (name == "PATH") run.unclear = "PATH=...";
         } else {
             run.program = w;

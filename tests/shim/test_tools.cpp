@@ -572,47 +572,44 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
         {"-u PATH tools_pid", unclear + "-u PATH)"},
         {"-C / " + prog, unclear + "-C: env changes the working directory first)"},
     };
+    // The script holds `text`: memlock-run refuses it with exactly `err`, or starts it and the
+    // program loads the shim.
+    auto run_script = [&](const std::string &text) {
+        cr_assert(write_file(script, text, 0755));
+        return run(wrap(config("default.json"), {script}));
+    };
+    auto refused = [&](const std::string &text, const std::string &err) {
+        const RunResult r = run_script(text);
+        cr_assert(r.exited_with(126), "%s: %s", text.c_str(), r.describe().c_str());
+        assert_text(r.err, "memlock-run: " + err + "\n");
+    };
+    auto loads = [&](const std::string &text) {
+        const RunResult r = run_script(text);
+        cr_assert(r.exited_with(0), "%s: %s", text.c_str(), r.describe().c_str());
+        cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+    };
     for (const auto &[args, why] : cases) {
-        cr_assert(write_file(script, "#!/usr/bin/env -S " + args + "\n", 0755));
-        const RunResult r = run(wrap(config("default.json"), {script}));
-        cr_assert(r.exited_with(126), "%s: %s", args.c_str(), r.describe().c_str());
         const std::string tail =
-            why.rfind(unclear, 0) == 0 ? "; name the program itself\n" : ", so the program would run unprotected\n";
-        assert_text(r.err, "memlock-run: " + script + ": #!/usr/bin/env" + why + tail);
+            why.rfind(unclear, 0) == 0 ? "; name the program itself" : ", so the program would run unprotected";
+        refused("#!/usr/bin/env -S " + args + "\n", script + ": #!/usr/bin/env" + why + tail);
     }
-    for (const std::string &line : {"#!/usr/bin/env -S env -i " + prog, "#!/usr/bin/env -S /usr/bin/env " + prog}) {
-        cr_assert(write_file(script, line + "\n", 0755));
-        const RunResult r = run(wrap(config("default.json"), {script}));
-        cr_assert(r.exited_with(126), "%s: %s", line.c_str(), r.describe().c_str());
-        assert_text(r.err, "memlock-run: " + script + ": #!/usr/bin/env runs env again; name the program itself\n");
-    }
+    for (const std::string &line : {"#!/usr/bin/env -S env -i " + prog, "#!/usr/bin/env -S /usr/bin/env " + prog})
+        refused(line + "\n", script + ": #!/usr/bin/env runs env again; name the program itself");
     // env under another name is env all the same.
-    cr_assert(write_file(script, "#!" + other_env + " -S LD_PRELOAD= " + prog + "\n", 0755));
-    RunResult r = run(wrap(config("default.json"), {script}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + script + ": #!" + other_env +
-                           " sets LD_PRELOAD, so the program would run unprotected\n");
+    refused("#!" + other_env + " -S LD_PRELOAD= " + prog + "\n",
+            script + ": #!" + other_env + " sets LD_PRELOAD, so the program would run unprotected");
     // Other options and variables leave it.
-    cr_assert(write_file(script, "#!/usr/bin/env -S -v -u HOME A=1 " + prog + "\n", 0755));
-    r = run(wrap(config("default.json"), {script}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+    loads("#!/usr/bin/env -S -v -u HOME A=1 " + prog + "\n");
     // An interpreter path longer than the kernel reads of the line: the kernel runs nothing.
-    cr_assert(write_file(script, "#!/" + std::string(300, 'a') + "\n", 0755));
-    r = run(wrap(config("default.json"), {script}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + script +
-                           ": the #! line's interpreter path goes past the 255 bytes the kernel reads of it\n");
+    refused("#!/" + std::string(300, 'a') + "\n",
+            script + ": the #! line's interpreter path goes past the 255 bytes the kernel reads of it");
     // A line ended by the end of the file keeps its trailing blanks: env is given "NAME ".
     const std::string spaced = dir.file("tools_pid ");
     auto stat_bytes = read_file(shim_program("tools_static"));
     cr_assert(stat_bytes && write_file(spaced, *stat_bytes, 0755));
-    cr_assert(write_file(script, "#!/usr/bin/env " + dir.file("tools_pid") + " ", 0755));
-    r = run(wrap(config("default.json"), {script}));
-    cr_assert(r.exited_with(126), "%s", r.describe().c_str());
-    assert_text(r.err, "memlock-run: " + spaced +
-                           ": statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, so it "
-                           "would run unprotected\n");
+    refused("#!/usr/bin/env " + dir.file("tools_pid") + " ",
+            spaced + ": statically linked (no PT_INTERP): there is no dynamic loader to apply LD_PRELOAD, so it "
+                     "would run unprotected");
     // A newline as the 256th byte still ends the line the kernel reads.
     cr_assert(dir.path().size() < 240, "temporary directory path too long: %s", dir.path().c_str());
     const std::string sub = dir.file(std::string(253 - dir.path().size() - 5, 'd'));
@@ -620,10 +617,7 @@ Test(tools, run_refuses_a_script_whose_env_drops_the_preload_with_126) {
     const std::string interp = sub + "/pid";
     auto bytes = read_file(prog);
     cr_assert(interp.size() == 253 && bytes && write_file(interp, *bytes, 0755));
-    cr_assert(write_file(script, "#!" + interp + "\n", 0755));
-    r = run(wrap(config("default.json"), {script}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "shim=" + shim_library() + "\n"), "%s", r.out.c_str());
+    loads("#!" + interp + "\n");
 }
 
 // A program whose dynamic loader cannot be run: execvp, as env runs it, would go on to the
