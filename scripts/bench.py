@@ -158,6 +158,16 @@ def interleaved(variants, runs=RUNS):
              [median([x[k] for x in g]) for k in range(1, len(g[0]))]) for g in got]
 
 
+
+
+def fork_rows(variants):
+    figures = interleaved([(argv, cfg) for _, argv, cfg in variants])
+    for (label, _, _), (median, low, delta, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(variants, figures):
+        print(f"  {label:<46} {median:10.2f} us/fork ({low:.2f}) {median / figures[0][0]:7.2f}x  "
+              f"({delta:+.2f} in the same round); parent {cpu_parent:.1f} + child {cpu_child:.1f} us; "
+              f"page faults per fork: parent {faults_parent:.1f}, child {faults_child:.1f}")
+
+
 fork_argv = [FORK_COST, "4", str(FORKS)]
 fork_variants = [("glibc (baseline)", fork_argv, None), ("shim, match-none", fork_argv, NONE),
                  ("shim, size rule matching the blocks", fork_argv, k1k)]
@@ -167,11 +177,13 @@ if thp_off(fork_argv):
 with open(THP_SYSFS) if os.path.exists(THP_SYSFS) else open(os.devnull) as f:
     print(f"  (transparent huge pages: {f.read().strip() or 'missing'}; {RUNS} interleaved runs of {FORKS} forks, "
           f"median, best in brackets; load average {os.getloadavg()[0]:.1f})")
-fork_figures = interleaved([(argv, cfg) for _, argv, cfg in fork_variants])
-for (label, _, _), (median, low, delta, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(fork_variants, fork_figures):
-    print(f"  {label:<46} {median:10.2f} us/fork ({low:.2f}) {median / fork_figures[0][0]:7.2f}x  "
-          f"({delta:+.2f} in the same round); parent {cpu_parent:.1f} + child {cpu_child:.1f} us; "
-          f"page faults per fork: parent {faults_parent:.1f}, child {faults_child:.1f}")
+fork_rows(fork_variants)
+# The same program linked with -z now, as Debian links its daemons (nginx, sshd, postgres,
+# haproxy, stunnel4): its child binds no function lazily, so the dynamic loader reads no
+# object's symbol table in it, the shim's included.
+now_argv = [os.path.join(BUILD, "bench", "fork_cost_now"), "4", str(FORKS)]
+print("  the same, the program linked with -z now (no lazy binding in the child):")
+fork_rows([("glibc (baseline)", now_argv, None), ("shim, size rule matching the blocks", now_argv, k1k)])
 
 print("== policy.backing: secretmem (memfd_secret) vs anonymous, matched blocks")
 rules_sa = [{"name": "keys", "size": 32}, {"name": "pages", "size": 4096}, {"name": "buffers", "size": 1024}]

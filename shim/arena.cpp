@@ -280,7 +280,6 @@ struct SecureArena::Pool {
     bool huge;                   // on transparent huge pages: commits whole ones (commit_end)
     std::uintptr_t huge_from;    // where commit_end counts half a huge page from: the start, or
                                  // in a fork child where the memory it inherited committed ends
-    std::int32_t huge_pid;       // the process huge_from is for (the counters page's pid)
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
@@ -423,7 +422,6 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     // pages are 512 MiB.
     huge_ = backing_huge_page_size();
     ask_commit_ = backing_overcommit_guessed();
-    init_pid_ = stats ? stats->pid : 0;
     if (huge_ <= page_ || region % huge_ || (huge_ & (huge_ - 1))) huge_ = 0;
 
     // What is mapped at start-up: each pool's first extent, one region, or for a pool that
@@ -477,6 +475,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     }
     side_bytes_ += pools_bytes;
     pools_ = static_cast<Pool *>(pools_mem);
+    if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
+    marks_->made_here = 1;
     npools_ = npools;
     wipe_pools_ = 0;
     std::uintptr_t next = base_;
@@ -486,7 +486,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
         p->start = p->frontier = p->committed = p->lock_end = p->locked_to = p->huge_from = next;
-        p->huge_pid = init_pid_;
+        marks_->huge_own[i] = 1;
         p->end = next += first_extent[i];
         for (std::size_t r = (p->start - base_) >> region_shift_; r < (p->end - base_) >> region_shift_; ++r)
             region_pool_[r] = static_cast<std::uint8_t>(i);
@@ -781,12 +781,12 @@ std::uintptr_t SecureArena::commit_end(const Pool &pool, std::uintptr_t to) cons
 }
 
 // Before a commit: in a process other than the one huge_from was set for (a fork child, told
-// by the pid its fork handler wrote in the counters page; the handler writes nothing else),
-// commit_end counts from what is committed now, the memory inherited. pre: pool.lock held.
+// by marks_), commit_end counts from what is committed now, the memory inherited.
+// pre: pool.lock held.
 void SecureArena::own_commits(Pool &pool) noexcept {
-    const std::int32_t pid = stats_ ? stats_->pid : 0;
-    if (pool.huge_pid == pid) return;
-    pool.huge_pid = pid;
+    std::uint8_t &own = marks_->huge_own[&pool - pools_];
+    if (own) return;
+    own = 1;
     pool.huge_from = pool.committed;
 }
 
@@ -795,13 +795,12 @@ void SecureArena::own_commits(Pool &pool) noexcept {
 // now (MADV_COLLAPSE; it stays locked), so that a fork child does not walk its small pages.
 // Where the kernel lacks MADV_COLLAPSE, khugepaged may do it later. Not when some of its
 // pages were given back to the kernel (collapsing would make them resident again, unseen by
-// the counters). Not in a fork child (the counters page's pid is not the one the arena was
-// made in): the collapse copies the small pages into a new huge page and zeroes the rest of
+// the counters). Not in a fork child (marks_): the collapse copies the small pages into a new huge page and zeroes the rest of
 // it, about 0.2 ms per postgres backend here (docs/performance.md), to make the forks of a
 // process that seldom forks itself cheaper; its later huge pages still fault in whole.
 // pre: pool.lock held.
 void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept {
-    if (stats_ && stats_->pid != init_pid_) return;
+    if (!marks_->made_here) return;
     if (!pool.huge || !(from & (huge_ - 1)) || pool.committed < round_up(from, huge_)) return;
     const std::uintptr_t lo = from & ~(huge_ - 1);
     const std::size_t first = (lo - base_) / page_, n = (from - lo) / page_;
@@ -1632,25 +1631,101 @@ void SecureArena::postfork_child_locks() noexcept {
 }
 
 MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
-    // mlock is not inherited: lock again the range each pool locked at start-up (one call
-    // per pool; the pages in use fault in locked, the others lock as they are touched).
+    if (marks_ == &own_marks_) own_marks_ = ProcessMarks{};  // no page the kernel zeroes for the child
+    // mlock is not inherited: lock again the range each pool locked at start-up and the
+    // regions mapped locked after it (the pages in use fault in locked, the others lock as
+    // they are touched). A secretmem pool gets a file of its own, or else a private anonymous
+    // copy that is locked on fault like any other pool.
+    unsigned own_file = 0;  // bit i: pool i has a secretmem file of its own (locked by the kernel)
+    for (unsigned i = 0; i < npools_; ++i) {
+        Pool &pool = pools_[i];
+        if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
+    }
+    if (!relock_merged(own_file)) relock_each(own_file);
+    // The forking thread is the only one left. It keeps its stats slot when the child's page
+    // is the parent's copy (stats_after_fork), and claims one in a new page.
+    ThreadState &ts = t_state;
+    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
+        ts.slot = stats_claim_slot(stats_, current_tid());
+        ts.slot_shared = ts.slot == &stats_->shared;
+        ts.rules = stats_rule_row(stats_, ts.slot);
+    }
+}
+
+// What postfork_child locks, one call per stretch of the arena's address space that locks the
+// same way, in address order: each pool's start-up range but those in `skip` (relock_end), and
+// the runs of regions mapped locked after start-up. Pieces that touch or overlap and lock the
+// same way (populated, or on fault) are one stretch: two calls on one mapping would split it
+// and join it again, each a walk of its pages, and a fork child pays for every call.
+// `each(lo, hi, populate)` returns false to stop.
+template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_relock_stretch(unsigned skip, F each) const noexcept {
+    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    unsigned i = 0;  // next pool
+    std::size_t r = 0;  // next region
+    std::uintptr_t lo = 0, hi = 0;
+    bool populate = false;
+    for (;;) {
+        while (i < npools_ && ((skip >> i & 1) || relock_end(pools_[i]) == pools_[i].start)) ++i;
+        while (r < regions && !region_locked_[r]) ++r;
+        // The next piece: the pool's range or the run of regions that starts first.
+        std::uintptr_t plo = 0, phi = 0;
+        bool ppop = false;
+        const std::uintptr_t region_lo = r < regions ? base_ + (r << region_shift_) : UINTPTR_MAX;
+        if (i < npools_ && pools_[i].start <= region_lo) {
+            plo = pools_[i].start, phi = relock_end(pools_[i]);
+            ppop = lock_on_commit_ && !pools_[i].secret;
+            ++i;
+        } else if (r < regions) {
+            std::size_t e = r + 1;
+            while (e < regions && region_locked_[e]) ++e;
+            plo = region_lo, phi = base_ + (e << region_shift_);
+            r = e;
+        } else {
+            break;
+        }
+        if (hi && plo <= hi && ppop == populate) {
+            hi = std::max(hi, phi);
+            continue;
+        }
+        if (hi && !each(lo, hi, populate)) return;
+        lo = plo, hi = phi, populate = ppop;
+    }
+    if (hi) each(lo, hi, populate);
+}
+
+// Locks what postfork_child locks in one call per stretch (for_each_relock_stretch). True when
+// every call succeeded. Otherwise relock_each takes over from where things are: what the
+// calls before the refused one locked, it locks again at no cost (the kernel counts pages
+// already locked once against RLIMIT_MEMLOCK), and a call refused for the limit or the
+// right to lock has locked nothing. No munlock: a fork child's handler makes no system call
+// beyond those that lock.
+MLSHIM_FORK_CHILD_TEXT bool SecureArena::relock_merged(unsigned skip) noexcept {
+    bool ok = true;
+    for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, bool populate) {
+        void *at = reinterpret_cast<void *>(lo);
+        ok = !(populate ? memlock_lock(at, hi - lo) : memlock_lock_onfault(at, hi - lo));
+        return ok;
+    });
+    return ok;
+}
+
+// Locks what postfork_child locks piece by piece, when relock_merged could not lock it all:
+// each pool's range, then the runs of regions mapped locked after start-up, and what does not
+// lock as far as the limit lets (relock_what_fits), with the policy's outcome and warning.
+void SecureArena::relock_each(unsigned skip) noexcept {
     unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        if (pool.lock_end == pool.start) continue;
-        // A secretmem pool gets a file of its own, or else a private anonymous copy that is
-        // locked on fault like any other pool.
-        if (pool.secret && unshare_after_fork(pool)) continue;
+        if (pool.lock_end == pool.start || (skip >> i & 1)) continue;
         if (int rc = relock(pool, pool.start, relock_end(pool) - pool.start)) {
             failed = rc;
             short_pools |= 1u << i;
         }
     }
-    // Regions mapped locked after start-up: runs of them, one call each. When a start-up
-    // range could not lock whole, the limit is spent: they are not tried whole, and like a
-    // run that does not lock, are left to relock_what_fits (kRelockPart), which locks the
-    // pages in use first.
+    // When a start-up range could not lock whole, the limit is spent: the regions are not
+    // tried whole, and like a run that does not lock, are left to relock_what_fits
+    // (kRelockPart), which locks the pages in use first.
     const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
     for (std::size_t r = 0; r < regions;) {
         if (!region_locked_[r]) {
@@ -1672,14 +1747,6 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         if (opts_.on_lock_failure == LockFailurePolicy::abort)
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
         relock_what_fits(short_pools, failed);
-    }
-    // The forking thread is the only one left. It keeps its stats slot when the child's page
-    // is the parent's copy (stats_after_fork), and claims one in a new page.
-    ThreadState &ts = t_state;
-    if (ts.arena == this && stats_ && !ts.dead && !stats_has_slot(*stats_, ts.slot)) {
-        ts.slot = stats_claim_slot(stats_, current_tid());
-        ts.slot_shared = ts.slot == &stats_->shared;
-        ts.rules = stats_rule_row(stats_, ts.slot);
     }
 }
 

@@ -203,6 +203,9 @@ private:
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
+    template <typename F> void for_each_relock_stretch(unsigned skip, F each) const noexcept;
+    bool relock_merged(unsigned skip) noexcept;
+    void relock_each(unsigned skip) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
@@ -276,7 +279,16 @@ private:
     bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
     std::size_t huge_ = 0;               // transparent huge page size for pools that lock (0: none)
     bool ask_commit_ = true;             // large runs are asked of the overcommit accounting (kAskedCommit)
-    std::int32_t init_pid_ = 0;          // the counters page's pid in the process that made the arena
+    // What tells the process that made the arena from its fork children, with nothing written
+    // in the child's fork handler (each page a child writes costs it a copy-on-write fault):
+    // a page the kernel gives every fork child zeroed (MADV_WIPEONFORK), or where it cannot,
+    // own_marks_ (in .data with the arena), which the child's handler clears.
+    struct ProcessMarks {
+        std::uint8_t made_here;            // the arena was made in this process
+        std::uint8_t huge_own[kMaxPools];  // pool i's huge_from is this process's (under its lock)
+    };
+    ProcessMarks own_marks_{};
+    ProcessMarks *marks_ = &own_marks_;
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

@@ -46,6 +46,22 @@ int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept {
     return rc;
 }
 
+void *backing_map_wiped_on_fork(std::size_t len) noexcept {
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
+    const int saved = errno;
+    void *p = ::mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // An madvise that accepts an advice no kernel has (qemu-user answers 0 to every advice)
+    // cannot be trusted to have wiped anything.
+    if (p != MAP_FAILED && (::madvise(p, len, -1) == 0 || ::madvise(p, len, MADV_WIPEONFORK) != 0)) {
+        ::munmap(p, len);
+        p = MAP_FAILED;
+    }
+    errno = saved;
+    return p == MAP_FAILED ? nullptr : p;
+}
+
 bool backing_secret_missing(int err) noexcept {
     return err == ENOSYS || err == MEMLOCK_ESECRET_DISABLED || err == MEMLOCK_EUNSUPPORTED;
 }

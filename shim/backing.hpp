@@ -76,6 +76,12 @@ int backing_collapse(void *start, std::size_t len) noexcept;
 // and child then never see each other's writes. 0 or the error (the range is then still shared).
 int backing_unshare(void *start, std::size_t len, std::size_t rw_len, bool anonymous) noexcept;
 
+// A page of zeros (len at most a page) that the kernel gives every fork child as a page of
+// zeros again (MADV_WIPEONFORK, Linux 4.14 and later): what a process writes there tells it
+// from its fork children without a write in the child. nullptr where that cannot be had, or
+// where madvise accepts any advice (qemu-user) and so cannot be trusted to. Preserves errno.
+void *backing_map_wiped_on_fork(std::size_t len) noexcept;
+
 }  // namespace mlshim
 
 #endif  // MEMLOCK_SHIM_BACKING_HPP

@@ -110,9 +110,9 @@ MLSHIM_FORK_CHILD_TEXT StatsPage *stats_after_fork(StatsPage *page, ThreadCounte
         page = own;
         keep = nullptr;  // the slot was in the parent's page
         other_threads = true;
-    } else {
-        page->pid = static_cast<int>(::getpid());
     }
+    // Otherwise the child's copy-on-write copy is its own page, and its pid stays the one of
+    // the process that made the page: a fork child that counts nothing writes nothing there.
     // The child's history starts from the parent's totals. Only the forking thread lives on
     // and keeps its slot (its owner stays set: only whether a slot has an owner is read); the
     // other threads' rule rows are published into the rule totals, their slots freed.

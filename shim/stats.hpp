@@ -37,7 +37,7 @@
 
 namespace mlshim {
 
-constexpr std::uint32_t kStatsLayout = 6;
+constexpr std::uint32_t kStatsLayout = 7;
 constexpr unsigned kStatsSlots = 128;
 constexpr char kStatsMagic[8] = {'M', 'L', 'S', 'H', 'I', 'M', 'S', '1'};
 constexpr char kStatsMemfdName[] = "memlock-shim";  // /proc/PID/maps: "/memfd:memlock-shim (deleted)"
@@ -118,7 +118,8 @@ struct StatsTotals {
 struct StatsPage {
     char magic[8];
     std::uint32_t layout;
-    std::int32_t pid;                  // as the process sees itself (its own PID namespace)
+    std::int32_t pid;                  // of the process that made the page, as it saw itself (its own PID
+                                       // namespace): in the memfd, a fork child's copy keeps its parent's
     std::uint64_t max_locked;          // from the config
     std::uint32_t on_lock_failure;     // 0 fallback, 1 deny, 2 abort
     std::uint32_t rules;               // number of rules in force
@@ -201,8 +202,9 @@ StatsPage *stats_create(bool visible) noexcept;
 // the threads that did not survive the fork released, their rows published into the rule
 // totals (when `other_threads`: the parent had threads besides the forking one); `keep` (the forking thread's slot) stays its
 // own. A memfd page is private: the child's copy-on-write copy is its own page already (no
-// system call but getpid; a single-threaded parent's child writes nothing but the pid). A
-// shared anonymous page (no memfd_create) is copied into a new one, all its slots released.
+// system call; a single-threaded parent's child writes nothing there until it counts, and
+// its pid never: the page's pid is the process that made it). A shared anonymous page (no
+// memfd_create) is copied into a new one with the child's pid, all its slots released.
 StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.

@@ -490,8 +490,8 @@ std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_sta
     return out;
 }
 
-// The counters, from the copy of the page: checked (magic, layout, its pid among the
-// target's PIDs, bounds) before use. Sets r.verdict and returns nullopt when they are not valid.
+// The counters, from the copy of the page: checked (magic, layout, for a shared anonymous
+// page its pid among the target's PIDs, bounds) before use. Sets r.verdict and returns nullopt when they are not valid.
 std::optional<json> parse_counters(const ProcessView &v, Report &r) {
     const std::string where = "counters page at " + hex(v.page_at);
     if (v.page.size() != sizeof(mlshim::StatsPage)) {
@@ -501,7 +501,11 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
     alignas(mlshim::StatsPage) unsigned char copy[sizeof(mlshim::StatsPage)];
     std::memcpy(copy, v.page.data(), sizeof copy);
     const auto &page = *reinterpret_cast<const mlshim::StatsPage *>(copy);
-    const bool own_pid = std::find(v.nspids.begin(), v.nspids.end(), page.pid) != v.nspids.end() ||
+    // The memfd mapping is private: what it holds is this process's, made by it or by a process
+    // it was forked from (a fork child does not write its pid there). A shared anonymous page
+    // may be another process's (a fork child of a shim without memfd_create maps its own).
+    const bool memfd = v.memfd && v.page_at == v.candidates[0];
+    const bool own_pid = memfd || std::find(v.nspids.begin(), v.nspids.end(), page.pid) != v.nspids.end() ||
                          (v.nspids.empty() && page.pid == r.pid);
     const std::uint64_t reserved = page.reserved_bytes.load();
     if (std::memcmp(page.magic, mlshim::kStatsMagic, sizeof page.magic) != 0)
@@ -523,7 +527,10 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
         const std::size_t n =
             mlshim::stats_format_json(page, rows.empty() ? nullptr : rows.data(), buf.data(), buf.size());
         std::optional<json> out = json::parse(std::string(buf.data(), n), nullptr, false);
-        if (!out->is_discarded()) return out;
+        if (!out->is_discarded()) {
+            (*out)["pid"] = v.nspids.empty() ? r.pid : v.nspids.back();  // as the process sees itself
+            return out;
+        }
         r.verdict = where + ": cannot format it";
     }
     return std::nullopt;

@@ -3,6 +3,11 @@
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <sched.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,6 +17,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cstddef>
 #include <ctime>
 #include <vector>
 
@@ -771,6 +777,60 @@ Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
     cr_assert_eq(p[0], 42, "the parent's block is untouched");
 }
 
+namespace {
+std::atomic<int> g_unlock_calls{0};
+int counting_munlock(const void *a, std::size_t n) {
+    ++g_unlock_calls;
+    return ::munlock(a, n) ? errno : 0;
+}
+// mlock2 as the kernel's, but refusing more than 2 MiB in one call, as RLIMIT_MEMLOCK would.
+int mlock2_upto_2mib(const void *a, std::size_t n, unsigned flags) {
+    ++g_lock_calls;
+    if (n > (2u << 20)) return ENOMEM;
+    return static_cast<int>(::syscall(SYS_mlock2, a, n, flags)) ? errno : 0;
+}
+
+// A pool grown past its first region: 3 MiB live in `a` (the first region and the one grown
+// after it lie end to end). Forks; the child reports what it locked and how many lock and
+// unlock calls its fork handler made, and exits with child_status of those.
+template <typename F> void fork_with_grown_pool(F child_status) {
+    make_arena();
+    void *a = arena.alloc(0, 3u << 20);
+    cr_assert_not_null(a);
+    std::memset(a, 1, 3u << 20);
+    const int locks = g_lock_calls.load(), unlocks = g_unlock_calls.load();
+    const int status = status_of_fork_child([&] {
+        return child_status(range_has_flag(a, 3u << 20, "lo"), g_lock_calls.load() - locks,
+                            g_unlock_calls.load() - unlocks);
+    });
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    memlock_set_syscalls(nullptr);
+    arena.free(a);
+}
+}  // namespace
+
+// mlock is not inherited: the fork child locks its arena again, one call for each stretch of
+// address space that locks the same way. Two calls on one mapping (the first region and a
+// region grown after it) would split it and join it again, each a walk of its pages.
+Test(arena, a_fork_child_locks_regions_end_to_end_in_one_call) {
+    memlock_syscalls fake{counting_mlock, counting_munlock, nullptr, counting_mlock2, nullptr};
+    memlock_set_syscalls(&fake);
+    fork_with_grown_pool([](bool locked, int lock_calls, int unlock_calls) {
+        return locked && lock_calls == 1 && unlock_calls == 0 ? 0 : 1 + (locked ? 0 : 1) + lock_calls * 4;
+    });
+}
+
+// Where the one call is refused (the limit), the child locks piece by piece, as far as the
+// limit lets it, and unlocks nothing: here each region alone fits, and all ends locked.
+Test(arena, a_fork_child_refused_one_call_locks_piece_by_piece) {
+    memlock_syscalls fake{counting_mlock, counting_munlock, nullptr, mlock2_upto_2mib, nullptr};
+    memlock_set_syscalls(&fake);
+    fork_with_grown_pool([](bool locked, int lock_calls, int unlock_calls) {
+        const bool ok = locked && lock_calls == 3 && unlock_calls == 0 && stats->lock_failures.load() == 0;
+        return ok ? 0 : 1 + (locked ? 0 : 1) + lock_calls * 4 + unlock_calls * 32;
+    });
+}
+
 Test(arena, freed_neighbouring_runs_merge_and_are_reused) {
     make_arena();
     void *a = arena.alloc(0, 100000), *b = arena.alloc(0, 100000), *c = arena.alloc(0, 100000);
@@ -898,7 +958,8 @@ Test(arena, a_pool_commits_whole_huge_pages_once_past_half_of_one) {
 // A fork child counts half a huge page from the end of the memory it inherited: past its
 // parent's pages it commits slab by slab (a few pages, not a zeroed, locked huge page) until
 // it has committed half a huge page itself, then whole huge pages again.
-Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
+namespace {
+void check_fork_child_commits_whole_huge_pages_only_past_half_of_its_own() {
     make_arena();
     void *key;
     const std::size_t huge = huge_page_size(key);
@@ -931,6 +992,56 @@ Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
               status);
     arena.free(a);
     arena.free(key);
+}
+
+// Makes madvise with MADV_WIPEONFORK refused (EINVAL), as before Linux 4.14, or (ignored)
+// answered 0 without effect together with an advice no kernel has, as under qemu-user.
+// False where seccomp filters cannot be installed here.
+bool filter_wipe_on_fork(bool ignored) {
+#if defined(__x86_64__)
+    const std::uint32_t arch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+    const std::uint32_t arch = AUDIT_ARCH_AARCH64;
+#endif
+    const std::uint32_t answer = ignored ? SECCOMP_RET_ERRNO | 0 : SECCOMP_RET_ERRNO | EINVAL;
+    sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, arch, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args[2])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 18 /* MADV_WIPEONFORK */, 2, 0),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ignored ? 0xffffffffu : 18u, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, answer),
+    };
+    sock_fprog prog = {static_cast<unsigned short>(sizeof f / sizeof *f), f};
+    return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+}  // namespace
+
+Test(arena, a_fork_child_commits_whole_huge_pages_only_past_half_of_its_own) {
+    check_fork_child_commits_whole_huge_pages_only_past_half_of_its_own();
+}
+
+// Where the kernel cannot wipe a page for the fork child (no MADV_WIPEONFORK), or says it did
+// without doing it, the arena still tells the child from its parent. (The filter stays with
+// the test's own process.)
+Test(arena, a_fork_child_is_told_where_madvise_refuses_wipe_on_fork) {
+    if (!filter_wipe_on_fork(false)) {
+        cr_log_warn("no seccomp filter here: the arena without MADV_WIPEONFORK is not checked");
+        return;
+    }
+    check_fork_child_commits_whole_huge_pages_only_past_half_of_its_own();
+}
+
+Test(arena, a_fork_child_is_told_where_madvise_ignores_every_advice) {
+    if (!filter_wipe_on_fork(true)) {
+        cr_log_warn("no seccomp filter here: the arena under an madvise that ignores advice is not checked");
+        return;
+    }
+    check_fork_child_commits_whole_huge_pages_only_past_half_of_its_own();
 }
 
 // A fork child that commits past half a huge page of its own commits whole huge pages from
