@@ -1642,6 +1642,7 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
     }
     if (!relock_merged(own_file)) relock_each(own_file);
+    if (loose_locked_) relock_loose_pages();
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
@@ -1750,6 +1751,61 @@ void SecureArena::relock_each(unsigned skip) noexcept {
     }
 }
 
+// Is page pg inside what postfork_child locks whole: a pool's start-up range or a region
+// mapped locked?
+bool SecureArena::relock_covers(std::size_t pg) const noexcept {
+    if (region_locked_[pg / region_pages_]) return true;
+    const std::uintptr_t at = base_ + pg * page_;
+    for (unsigned i = 0; i < npools_; ++i)
+        if (at >= pools_[i].start && at < relock_end(pools_[i])) return true;
+    return false;
+}
+
+// After a fork in which relock_what_fits locked the pages in use of a range that did not lock
+// whole (a lower RLIMIT_MEMLOCK), those pages are locked outside the ranges locked whole: each
+// later fork child locks them again, one call per stretch, or else counts them unlocked, with
+// the policy's outcome and one warning, as relock_what_fits does.
+void SecureArena::relock_loose_pages() noexcept {
+    const std::size_t pages = __atomic_load_n(&span_, __ATOMIC_RELAXED) / page_;
+    auto loose = [&](std::size_t pg) { return (meta_[pg].flags & kLockedPage) && !relock_covers(pg); };
+    std::size_t unlocked = 0;
+    int err = 0;
+    for (std::size_t pg = 0; pg < pages;) {
+        if (!loose(pg)) {
+            ++pg;
+            continue;
+        }
+        // A stretch stays within one region, and so within one pool.
+        const std::size_t region_end = (pg / region_pages_ + 1) * region_pages_;
+        std::size_t end = pg + 1;
+        while (end < std::min(pages, region_end) && loose(end)) ++end;
+        Pool &pool = pools_[region_pool_[pg / region_pages_]];
+        if (int rc = relock(pool, base_ + pg * page_, (end - pg) * page_)) {
+            err = rc;
+            unlocked += end - pg;
+            for (std::size_t k = pg; k < end; ++k)
+                set_page_flags(pool, k, static_cast<std::uint8_t>(meta_[k].flags & ~kLockedPage));
+        }
+        pg = end;
+    }
+    if (!err) return;
+    tail_onfault_ = false;
+    if (stats_) stats_->lock_failures.fetch_add(1);
+    if (opts_.on_lock_failure == LockFailurePolicy::abort)
+        fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(err));
+    lock_error_ = err;
+    warned_lock_failure_.store(true);
+    if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
+    if (!reporter_) return;
+    char what[200];
+    std::snprintf(what, sizeof what,
+                  "cannot lock again after fork %zu KiB of arena pages in use that its parent held locked (policy %s)",
+                  unlocked * page_ >> 10,
+                  opts_.on_lock_failure == LockFailurePolicy::deny ? "deny" : "fallback: they stay unlocked, still "
+                                                                              "wiped and out of core dumps");
+    reporter_(LogLevel::warn, what, memlock_strerror(err));
+}
+
 // Where a pool's locked range ends for locking it again after fork: without lock-on-fault
 // only its committed part is locked (mlock populates). pre: the pool's range locks at all.
 MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_end(const Pool &pool) const noexcept {
@@ -1811,6 +1867,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
             if (room) {
                 const std::size_t got = relock_largest(pool, base_ + pg * page_, (end - pg) * page_, err);
                 for (std::size_t k = pg; k < pg + got / page_; ++k) meta_[k].flags |= kRelocked;
+                loose_locked_ |= got > 0;
                 used_locked += got;
                 room = got == (end - pg) * page_;
             }

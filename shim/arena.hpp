@@ -206,6 +206,8 @@ private:
     template <typename F> void for_each_relock_stretch(unsigned skip, F each) const noexcept;
     bool relock_merged(unsigned skip) noexcept;
     void relock_each(unsigned skip) noexcept;
+    bool relock_covers(std::size_t pg) const noexcept;
+    void relock_loose_pages() noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
@@ -277,6 +279,7 @@ private:
     std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
+    bool loose_locked_ = false;          // pages locked one stretch at a time after a fork (relock_what_fits)
     std::size_t huge_ = 0;               // transparent huge page size for pools that lock (0: none)
     bool ask_commit_ = true;             // large runs are asked of the overcommit accounting (kAskedCommit)
     // What tells the process that made the arena from its fork children, with nothing written

@@ -831,6 +831,62 @@ Test(arena, a_fork_child_refused_one_call_locks_piece_by_piece) {
     });
 }
 
+namespace {
+std::uintptr_t g_whole_at = 0;  // the one address mlock2_limited locks more than 1 MiB at
+// mlock2 as the kernel's, but refusing more than 2 MiB in one call, and more than 1 MiB
+// anywhere but at g_whole_at: a limit that lets a fork child lock its first region whole and,
+// of a region grown after it, only the pages in use.
+int mlock2_limited(const void *a, std::size_t n, unsigned flags) {
+    if (n > (2u << 20) || (n > (1u << 20) && reinterpret_cast<std::uintptr_t>(a) != g_whole_at)) return ENOMEM;
+    return static_cast<int>(::syscall(SYS_mlock2, a, n, flags)) ? errno : 0;
+}
+}  // namespace
+
+// A fork child that could lock of a grown region only the pages in use (a lower limit) holds
+// them locked outside the ranges it locks whole; its own fork children lock them again.
+Test(arena, pages_a_fork_child_locked_one_by_one_stay_locked_in_its_children) {
+    make_arena();
+    g_whole_at = stats->arena_start;
+    memlock_syscalls fake{nullptr, nullptr, nullptr, mlock2_limited, nullptr};
+    memlock_set_syscalls(&fake);
+    // 2.5 MiB of 1000-byte blocks: slabs fill the first region, and some of the region grown
+    // after it; `grown` spans the blocks there.
+    std::vector<void *> blocks;
+    std::uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < 2560; ++i) {
+        void *b = arena.alloc(0, 1000);
+        cr_assert_not_null(b);
+        std::memset(b, 1, 1000);
+        blocks.push_back(b);
+        const auto at = reinterpret_cast<std::uintptr_t>(b);
+        if (at >= g_whole_at + (2u << 20)) lo = std::min(lo, at), hi = std::max(hi, at + 1000);
+    }
+    cr_assert_lt(lo, hi, "no block beyond the first region");
+    const void *grown = reinterpret_cast<const void *>(lo);
+    const std::size_t grown_len = hi - lo;
+    cr_assert(range_has_flag(grown, grown_len, "lo"));
+    const int status = status_of_fork_child([&] {
+        // 1: the child did not lock the pages in use of the grown region; then its child's
+        // status: 2 + (1: the pages are not locked there, 2: its lock failures counted).
+        if (!range_has_flag(grown, grown_len, "lo")) return 1;
+        const std::uint64_t failures = stats->lock_failures.load();
+        arena.prefork();
+        const pid_t pid = fork();
+        if (pid == 0) {
+            arena.postfork_child_locks();
+            arena.postfork_child();
+            _exit((range_has_flag(grown, grown_len, "lo") ? 0 : 1) + (stats->lock_failures.load() != failures ? 2 : 0));
+        }
+        arena.postfork_parent();
+        int st = 0;
+        if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 9;
+        return WEXITSTATUS(st) ? 2 + WEXITSTATUS(st) : 0;
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    for (void *b : blocks) arena.free(b);
+}
+
 Test(arena, freed_neighbouring_runs_merge_and_are_reused) {
     make_arena();
     void *a = arena.alloc(0, 100000), *b = arena.alloc(0, 100000), *c = arena.alloc(0, 100000);
