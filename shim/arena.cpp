@@ -1641,8 +1641,11 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         Pool &pool = pools_[i];
         if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
     }
-    if (!relock_merged(own_file)) relock_each(own_file);
-    if (loose_locked_) relock_loose_pages();
+    // Pages an ancestor locked one stretch at a time (loose_locked_, inherited) are locked
+    // after the rest; when the rest fell short here, the one warning has been given.
+    const bool loose = loose_locked_;
+    const bool short_here = !relock_merged(own_file) && relock_each(own_file);
+    if (loose) relock_loose_pages(!short_here);
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
@@ -1713,7 +1716,8 @@ MLSHIM_FORK_CHILD_TEXT bool SecureArena::relock_merged(unsigned skip) noexcept {
 // Locks what postfork_child locks piece by piece, when relock_merged could not lock it all:
 // each pool's range, then the runs of regions mapped locked after start-up, and what does not
 // lock as far as the limit lets (relock_what_fits), with the policy's outcome and warning.
-void SecureArena::relock_each(unsigned skip) noexcept {
+// True when part did not lock whole.
+bool SecureArena::relock_each(unsigned skip) noexcept {
     unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
@@ -1749,6 +1753,7 @@ void SecureArena::relock_each(unsigned skip) noexcept {
             fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
         relock_what_fits(short_pools, failed);
     }
+    return failed != 0;
 }
 
 // Is page pg inside what postfork_child locks whole: a pool's start-up range or a region
@@ -1763,9 +1768,10 @@ bool SecureArena::relock_covers(std::size_t pg) const noexcept {
 
 // After a fork in which relock_what_fits locked the pages in use of a range that did not lock
 // whole (a lower RLIMIT_MEMLOCK), those pages are locked outside the ranges locked whole: each
-// later fork child locks them again, one call per stretch, or else counts them unlocked, with
-// the policy's outcome and one warning, as relock_what_fits does.
-void SecureArena::relock_loose_pages() noexcept {
+// later fork child locks them again, one call per stretch, or else counts them unlocked, and
+// when `report` (nothing else fell short in this fork), with the policy's outcome and one
+// warning, as relock_what_fits does.
+void SecureArena::relock_loose_pages(bool report) noexcept {
     const std::size_t pages = __atomic_load_n(&span_, __ATOMIC_RELAXED) / page_;
     auto loose = [&](std::size_t pg) { return (meta_[pg].flags & kLockedPage) && !relock_covers(pg); };
     std::size_t unlocked = 0;
@@ -1788,7 +1794,7 @@ void SecureArena::relock_loose_pages() noexcept {
         }
         pg = end;
     }
-    if (!err) return;
+    if (!err || !report) return;
     tail_onfault_ = false;
     if (stats_) stats_->lock_failures.fetch_add(1);
     if (opts_.on_lock_failure == LockFailurePolicy::abort)
@@ -1799,7 +1805,7 @@ void SecureArena::relock_loose_pages() noexcept {
     if (!reporter_) return;
     char what[200];
     std::snprintf(what, sizeof what,
-                  "cannot lock again after fork %zu KiB of arena pages in use that its parent held locked (policy %s)",
+                  "cannot lock again after fork %zu KiB of arena pages that its parent held locked (policy %s)",
                   unlocked * page_ >> 10,
                   opts_.on_lock_failure == LockFailurePolicy::deny ? "deny" : "fallback: they stay unlocked, still "
                                                                               "wiped and out of core dumps");

@@ -205,9 +205,9 @@ private:
     bool unshare_after_fork(Pool &pool) noexcept;
     template <typename F> void for_each_relock_stretch(unsigned skip, F each) const noexcept;
     bool relock_merged(unsigned skip) noexcept;
-    void relock_each(unsigned skip) noexcept;
+    bool relock_each(unsigned skip) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;
-    void relock_loose_pages() noexcept;
+    void relock_loose_pages(bool report) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
