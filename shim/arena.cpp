@@ -46,7 +46,8 @@ enum : std::uint8_t { kUnused = 0, kSlab = 1, kRun = 2, kFreeRun = 3 };
 // (a slab, a live run, or a free run not yet given back to the kernel); kSecretPage: in a
 // memfd_secret mapping (locked too).
 // kRelocked: locked again in a fork child (SecureArena::relock_what_fits only; never left set).
-enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4, kRelocked = 8 };
+// kReadWrite: committed once (read-write from then on; given back, a page stays committed).
+enum : std::uint8_t { kLockedPage = 1, kInUse = 2, kSecretPage = 4, kRelocked = 8, kReadWrite = 16 };
 // region_locked_: 0 not mapped locked, 1 mapped locked after start-up, kRelockPart: in a fork
 // child, did not lock again whole (relock_what_fits settles it).
 constexpr std::uint8_t kRelockPart = 2;
@@ -757,7 +758,7 @@ int SecureArena::commit_and_lock(Pool &pool, std::uintptr_t from, std::size_t by
         const std::uintptr_t at = from + i * page_;
         const std::uint8_t lock = at < lock_to ? in_lock
                                   : locks && region_locked_[(at - base_) >> region_shift_] ? kLockedPage : 0;
-        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | lock);
+        meta_[first + i].flags = static_cast<std::uint8_t>(kInUse | kReadWrite | lock);
     }
     account(pool, first, n, 1);
     return 0;
@@ -1658,43 +1659,85 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
 
 // What postfork_child locks, one call per stretch of the arena's address space that locks the
 // same way, in address order: each pool's start-up range but those in `skip` (relock_end), and
-// the runs of regions mapped locked after start-up. Pieces that touch or overlap and lock the
-// same way (populated, or on fault) are one stretch: two calls on one mapping would split it
-// and join it again, each a walk of its pages, and a fork child pays for every call.
-// `each(lo, hi, populate)` returns false to stop.
+// the runs of regions mapped locked after start-up (for_each_run_piece). Pieces that touch or
+// overlap and lock the same way are one stretch: two calls on one mapping would split it and
+// join it again, each a walk of its pages, and a fork child pays for every call.
+// `each(lo, hi, how)` returns false to stop.
 template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_relock_stretch(unsigned skip, F each) const noexcept {
     const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    std::uintptr_t lo = 0, hi = 0;
+    Relock how = Relock::on_fault;
+    bool go = true;
+    auto add = [&](std::uintptr_t plo, std::uintptr_t phi, Relock phow) {
+        if (hi && plo <= hi && phow == how) {
+            hi = std::max(hi, phi);
+        } else {
+            if (hi) go = each(lo, hi, how);
+            lo = plo, hi = phi, how = phow;
+        }
+        return go;
+    };
     unsigned i = 0;  // next pool
     std::size_t r = 0;  // next region
-    std::uintptr_t lo = 0, hi = 0;
-    bool populate = false;
-    for (;;) {
+    while (go) {
         while (i < npools_ && ((skip >> i & 1) || relock_end(pools_[i]) == pools_[i].start)) ++i;
         while (r < regions && !region_locked_[r]) ++r;
         // The next piece: the pool's range or the run of regions that starts first.
-        std::uintptr_t plo = 0, phi = 0;
-        bool ppop = false;
         const std::uintptr_t region_lo = r < regions ? base_ + (r << region_shift_) : UINTPTR_MAX;
         if (i < npools_ && pools_[i].start <= region_lo) {
-            plo = pools_[i].start, phi = relock_end(pools_[i]);
-            ppop = lock_on_commit_ && !pools_[i].secret;
+            add(pools_[i].start, relock_end(pools_[i]), lock_on_commit_ && !pools_[i].secret ? Relock::populate : Relock::on_fault);
             ++i;
         } else if (r < regions) {
             std::size_t e = r + 1;
             while (e < regions && region_locked_[e]) ++e;
-            plo = region_lo, phi = base_ + (e << region_shift_);
+            for_each_run_piece(r, e, add);
             r = e;
         } else {
-            break;
+            if (hi) each(lo, hi, how);
+            return;
         }
-        if (hi && plo <= hi && ppop == populate) {
-            hi = std::max(hi, phi);
-            continue;
-        }
-        if (hi && !each(lo, hi, populate)) return;
-        lo = plo, hi = phi, populate = ppop;
     }
-    if (hi) each(lo, hi, populate);
+}
+
+// The pieces of the run of regions [r, e) mapped locked after start-up, each with how a fork
+// child locks it again: on fault; or without lock-on-fault, where the regions were mapped
+// MAP_LOCKED and their pages lock as they are committed, the pages committed (populated) and
+// those never committed mapped locked again (remap_locked), so that the pages the child
+// commits there lock too. `each(lo, hi, how)` returns false to stop.
+template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_run_piece(std::size_t r, std::size_t e, F each) const noexcept {
+    if (!lock_on_commit_) {
+        each(base_ + (r << region_shift_), base_ + (e << region_shift_), Relock::on_fault);
+        return;
+    }
+    for (std::size_t pg = r * region_pages_, last = e * region_pages_, end; pg < last; pg = end) {
+        const std::uint8_t rw = meta_[pg].flags & kReadWrite;
+        for (end = pg + 1; end < last && (meta_[end].flags & kReadWrite) == rw;) ++end;
+        if (!each(base_ + pg * page_, base_ + end * page_, rw ? Relock::populate : Relock::remap)) return;
+    }
+}
+
+// Locks [lo, hi) again after fork as `how` says. 0 or the error.
+MLSHIM_FORK_CHILD_TEXT int SecureArena::relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept {
+    void *at = reinterpret_cast<void *>(lo);
+    return how == Relock::on_fault ? memlock_lock_onfault(at, hi - lo)
+           : how == Relock::populate ? memlock_lock(at, hi - lo)
+                                     : remap_locked(lo, hi);
+}
+
+// Without lock-on-fault, in a fork child: maps [lo, hi), pages of regions mapped locked that
+// were never committed (inaccessible, holding nothing), locked again, with their pools' advice
+// (dontdump). 0 or the error (EAGAIN past RLIMIT_MEMLOCK: nothing changed then). Fatal when
+// the advice is refused: the pages would be committed into core dumps.
+int SecureArena::remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+    if (int err = backing_map_locked(reinterpret_cast<void *>(lo), hi - lo, true)) return err;
+    for (std::uintptr_t at = lo, next; at < hi; at = next) {
+        const std::size_t r = (at - base_) >> region_shift_;
+        next = std::min(hi, base_ + ((r + 1) << region_shift_));
+        if (!(pools_[region_pool_[r]].actions & kActionDontdump)) continue;
+        if (int err = memlock_dontdump(reinterpret_cast<void *>(at), next - at))
+            fatal("cannot keep arena memory out of core dumps after fork", memlock_strerror(err));
+    }
+    return 0;
 }
 
 // Locks what postfork_child locks in one call per stretch (for_each_relock_stretch). True when
@@ -1705,10 +1748,8 @@ template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_relock_s
 // beyond those that lock.
 MLSHIM_FORK_CHILD_TEXT bool SecureArena::relock_merged(unsigned skip) noexcept {
     bool ok = true;
-    for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, bool populate) {
-        void *at = reinterpret_cast<void *>(lo);
-        ok = !(populate ? memlock_lock(at, hi - lo) : memlock_lock_onfault(at, hi - lo));
-        return ok;
+    for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
+        return ok = !relock_piece(lo, hi, how);
     });
     return ok;
 }
@@ -1739,8 +1780,12 @@ bool SecureArena::relock_each(unsigned skip) noexcept {
         }
         std::size_t e = r + 1;
         while (e < regions && region_locked_[e]) ++e;
-        void *at = reinterpret_cast<void *>(base_ + (r << region_shift_));
-        if (int rc = short_pools ? failed : memlock_lock_onfault(at, (e - r) << region_shift_)) {
+        int rc = short_pools ? failed : 0;
+        if (!rc)
+            for_each_run_piece(r, e, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
+                return !(rc = relock_piece(lo, hi, how));
+            });
+        if (rc) {
             failed = rc;
             for (std::size_t k = r; k < e; ++k) region_locked_[k] = kRelockPart;
         }

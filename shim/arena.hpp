@@ -203,7 +203,13 @@ private:
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
+    // How a fork child locks a stretch of the arena again (for_each_relock_stretch): mlock2
+    // on fault; mlock (populated); or mapped locked again (remap_locked).
+    enum class Relock : std::uint8_t { on_fault, populate, remap };
     template <typename F> void for_each_relock_stretch(unsigned skip, F each) const noexcept;
+    template <typename F> void for_each_run_piece(std::size_t r, std::size_t e, F each) const noexcept;
+    int relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept;
+    int remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept;
     bool relock_merged(unsigned skip) noexcept;
     bool relock_each(unsigned skip) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;

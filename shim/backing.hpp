@@ -27,8 +27,9 @@ int backing_lock(bool secret, void *start, std::size_t len) noexcept;
 // (mmap MAP_FIXED_NOREPLACE | MAP_LOCKED: no mlock call), for anonymous memory that locks
 // as it is committed. It counts against RLIMIT_MEMLOCK now (EAGAIN past it, EPERM without
 // the right to lock). 0, EEXIST when something is mapped there, or the error (nothing
-// mapped then). pre: page-aligned.
-int backing_map_locked(void *start, std::size_t len) noexcept;
+// mapped then). With `replace`, it maps over what is there (MAP_FIXED): pages of the arena's
+// own that hold nothing. pre: page-aligned.
+int backing_map_locked(void *start, std::size_t len, bool replace = false) noexcept;
 
 // Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)
 // in place by len bytes (mremap, no move): the new range has its flags, so it is locked on

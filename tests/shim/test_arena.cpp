@@ -832,6 +832,44 @@ Test(arena, a_fork_child_refused_one_call_locks_piece_by_piece) {
 }
 
 namespace {
+int real_mlock(const void *a, std::size_t n) { return ::mlock(a, n) ? errno : 0; }
+// mlock2 as a kernel without lock-on-fault answers it (Linux < 4.4; qemu-user).
+int mlock2_missing(const void *, std::size_t, unsigned) { return ENOSYS; }
+}  // namespace
+
+// Without lock-on-fault, regions grown after start-up are mapped MAP_LOCKED, and their pages
+// lock as they are committed. A fork child inherits them unlocked: it locks the pages
+// committed and maps the rest locked again, so that the pages it commits there lock too;
+// nothing falls back, nothing warns.
+Test(arena, without_lock_on_fault_a_fork_child_keeps_grown_regions_locked) {
+    memlock_syscalls fake{real_mlock, nullptr, nullptr, mlock2_missing, nullptr};
+    memlock_set_syscalls(&fake);
+    make_arena();
+    void *a = arena.alloc(0, 3u << 20);
+    cr_assert_not_null(a);
+    std::memset(a, 1, 3u << 20);
+    cr_assert(range_has_flag(a, 3u << 20, "lo"));
+    const int status = status_of_fork_child([&] {
+        if (!range_has_flag(a, 3u << 20, "lo")) return 1;
+        if (stats->lock_failures.load()) return 2;
+        // Committed in the child, in what the grown region had left.
+        auto *b = static_cast<unsigned char *>(arena.alloc(0, 512u << 10));
+        if (!b) return 3;
+        std::memset(b, 1, 512u << 10);
+        if (!range_has_flag(b, 512u << 10, "lo") || !range_has_flag(b, 512u << 10, "dd")) return 4;
+        std::size_t locked_kb = 0;
+        for (const auto &m : mappings_overlapping(read_smaps(), b, 512u << 10)) locked_kb += m.locked_kb;
+        if (locked_kb < 512) return 5;
+        return stats->lock_failures.load() || stats->fallbacks.load() ? 6 : 0;
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: committed pages not locked, 2: locking failed, 3: no block, 4: the "
+              "new block is not locked or dumpable, 5: its pages are not locked, 6: fell back)", status);
+    arena.free(a);
+}
+
+namespace {
 std::uintptr_t g_whole_at = 0;  // the one address mlock2_limited locks more than 1 MiB at
 // mlock2 as the kernel's, but refusing more than 2 MiB in one call, and more than 1 MiB
 // anywhere but at g_whole_at: a limit that lets a fork child lock its first region whole and,

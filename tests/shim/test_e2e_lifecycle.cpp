@@ -3,6 +3,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <sys/syscall.h>
 #include <string>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -268,6 +269,19 @@ Test(e2e_lifecycle, without_huge_pages_the_arena_locks_small_pages_in_parent_and
                                  "MEMLOCK_SHIM_CONFIG=\"$4\" \"$5\" 4",
                                  "sh", never, sysfs, shim_library(), config, shim_program("e2e_fork")});
     check_fork_arena(opts, false, thp_mode() != "always");
+}
+
+// Without lock-on-fault (a filter answers ENOSYS for mlock2, as Linux before 4.4 does) the
+// arena locks with mlock and maps the regions it grows by MAP_LOCKED: the 4 MiB of blocks,
+// past its first region, are locked in the parent and in its fork child, with no warning.
+Test(e2e_lifecycle, without_lock_on_fault_a_grown_arena_is_locked_in_parent_and_fork_child) {
+    SKIP_UNDER_QEMU_USER("smaps shows no effect of madvise");
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_fork", false);
+    need_built("enosys_exec");
+    check_fork_arena(shim_options(config, {shim_program("enosys_exec"), std::to_string(SYS_mlock2),
+                                           shim_program("e2e_fork"), "4"}),
+                     false, false);
 }
 
 // 4 threads x 200k rounds of matched and unmatched allocations, some freed by another thread.
