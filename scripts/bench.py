@@ -158,8 +158,6 @@ def interleaved(variants, runs=RUNS):
              [median([x[k] for x in g]) for k in range(1, len(g[0]))]) for g in got]
 
 
-
-
 def fork_rows(variants):
     figures = interleaved([(argv, cfg) for _, argv, cfg in variants])
     for (label, _, _), (median, low, delta, (faults_parent, faults_child, cpu_parent, cpu_child)) in zip(variants, figures):

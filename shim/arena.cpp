@@ -796,9 +796,10 @@ void SecureArena::own_commits(Pool &pool) noexcept {
 // now (MADV_COLLAPSE; it stays locked), so that a fork child does not walk its small pages.
 // Where the kernel lacks MADV_COLLAPSE, khugepaged may do it later. Not when some of its
 // pages were given back to the kernel (collapsing would make them resident again, unseen by
-// the counters). Not in a fork child (marks_): the collapse copies the small pages into a new huge page and zeroes the rest of
-// it, about 0.2 ms per postgres backend here (docs/performance.md), to make the forks of a
-// process that seldom forks itself cheaper; its later huge pages still fault in whole.
+// the counters). Not in a fork child (marks_): the collapse copies the small pages into a new
+// huge page and zeroes the rest of it, about 0.2 ms per postgres backend here
+// (docs/performance.md), to make the forks of a process that seldom forks itself cheaper; its
+// later huge pages still fault in whole.
 // pre: pool.lock held.
 void SecureArena::collapse_after_commit(const Pool &pool, std::uintptr_t from) noexcept {
     if (!marks_->made_here) return;
@@ -1678,25 +1679,31 @@ template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_relock_s
         return go;
     };
     unsigned i = 0;  // next pool
-    std::size_t r = 0;  // next region
+    std::size_t r = 0, e = locked_run(r, regions);  // next run of regions
     while (go) {
         while (i < npools_ && ((skip >> i & 1) || relock_end(pools_[i]) == pools_[i].start)) ++i;
-        while (r < regions && !region_locked_[r]) ++r;
         // The next piece: the pool's range or the run of regions that starts first.
         const std::uintptr_t region_lo = r < regions ? base_ + (r << region_shift_) : UINTPTR_MAX;
         if (i < npools_ && pools_[i].start <= region_lo) {
             add(pools_[i].start, relock_end(pools_[i]), lock_on_commit_ && !pools_[i].secret ? Relock::populate : Relock::on_fault);
             ++i;
         } else if (r < regions) {
-            std::size_t e = r + 1;
-            while (e < regions && region_locked_[e]) ++e;
             for_each_run_piece(r, e, add);
-            r = e;
+            r = e, e = locked_run(r, regions);
         } else {
             if (hi) each(lo, hi, how);
             return;
         }
     }
+}
+
+// The next run of regions mapped locked after start-up, of the first `regions`: moves r to its
+// first region (to `regions` when there is none) and returns where it ends.
+MLSHIM_FORK_CHILD_TEXT std::size_t SecureArena::locked_run(std::size_t &r, std::size_t regions) const noexcept {
+    while (r < regions && !region_locked_[r]) ++r;
+    std::size_t e = r;
+    while (e < regions && region_locked_[e]) ++e;
+    return e;
 }
 
 // The pieces of the run of regions [r, e) mapped locked after start-up, each with how a fork
@@ -1773,13 +1780,7 @@ bool SecureArena::relock_each(unsigned skip) noexcept {
     // tried whole, and like a run that does not lock, are left to relock_what_fits
     // (kRelockPart), which locks the pages in use first.
     const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
-    for (std::size_t r = 0; r < regions;) {
-        if (!region_locked_[r]) {
-            ++r;
-            continue;
-        }
-        std::size_t e = r + 1;
-        while (e < regions && region_locked_[e]) ++e;
+    for (std::size_t r = 0, e = locked_run(r, regions); r < regions; r = e, e = locked_run(r, regions)) {
         int rc = short_pools ? failed : 0;
         if (!rc)
             for_each_run_piece(r, e, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
@@ -1789,16 +1790,29 @@ bool SecureArena::relock_each(unsigned skip) noexcept {
             failed = rc;
             for (std::size_t k = r; k < e; ++k) region_locked_[k] = kRelockPart;
         }
-        r = e;
     }
     if (failed) {
-        tail_onfault_ = false;
-        if (stats_) stats_->lock_failures.fetch_add(1);
-        if (opts_.on_lock_failure == LockFailurePolicy::abort)
-            fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(failed));
+        relock_fell_short(failed);
         relock_what_fits(short_pools, failed);
     }
     return failed != 0;
+}
+
+// A fork child could not lock again all its parent held locked (err): the arena's last range
+// no longer locks on fault, the failure counts, and under policy abort the child stops here.
+void SecureArena::relock_fell_short(int err) noexcept {
+    tail_onfault_ = false;
+    if (stats_) stats_->lock_failures.fetch_add(1);
+    if (opts_.on_lock_failure == LockFailurePolicy::abort)
+        fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(err));
+}
+
+// After relock_fell_short, as the caller gives the process's one warning about locking: later
+// messages (a slab committed beyond what is locked) give the same reason.
+void SecureArena::relock_warned(int err) noexcept {
+    lock_error_ = err;
+    warned_lock_failure_.store(true);
+    if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
 }
 
 // Is page pg inside what postfork_child locks whole: a pool's start-up range or a region
@@ -1822,12 +1836,16 @@ void SecureArena::relock_loose_pages(bool report) noexcept {
     std::size_t unlocked = 0;
     int err = 0;
     for (std::size_t pg = 0; pg < pages;) {
+        // A stretch stays within one region, and so within one pool.
+        const std::size_t region_end = (pg / region_pages_ + 1) * region_pages_;
+        if (region_locked_[pg / region_pages_]) {
+            pg = region_end;  // locked whole
+            continue;
+        }
         if (!loose(pg)) {
             ++pg;
             continue;
         }
-        // A stretch stays within one region, and so within one pool.
-        const std::size_t region_end = (pg / region_pages_ + 1) * region_pages_;
         std::size_t end = pg + 1;
         while (end < std::min(pages, region_end) && loose(end)) ++end;
         Pool &pool = pools_[region_pool_[pg / region_pages_]];
@@ -1840,13 +1858,8 @@ void SecureArena::relock_loose_pages(bool report) noexcept {
         pg = end;
     }
     if (!err || !report) return;
-    tail_onfault_ = false;
-    if (stats_) stats_->lock_failures.fetch_add(1);
-    if (opts_.on_lock_failure == LockFailurePolicy::abort)
-        fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(err));
-    lock_error_ = err;
-    warned_lock_failure_.store(true);
-    if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
+    relock_fell_short(err);
+    relock_warned(err);
     if (!reporter_) return;
     char what[200];
     std::snprintf(what, sizeof what,
@@ -1963,11 +1976,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
         const std::size_t first = (r << region_shift_) / page_;
         settle(pools_[region_pool_[r]], first, ((r + 1) << region_shift_) / page_, first);
     }
-    // Later messages (a slab committed beyond what is locked) give this reason too, and the
-    // warning below is the process's one warning about locking.
-    lock_error_ = err;
-    warned_lock_failure_.store(true);
-    if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
+    relock_warned(err);
     if (!reporter_) return;
     char in_use[96] = "every page in use among them";
     if (used_locked < used)

@@ -207,6 +207,7 @@ private:
     // on fault; mlock (populated); or mapped locked again (remap_locked).
     enum class Relock : std::uint8_t { on_fault, populate, remap };
     template <typename F> void for_each_relock_stretch(unsigned skip, F each) const noexcept;
+    std::size_t locked_run(std::size_t &r, std::size_t regions) const noexcept;
     template <typename F> void for_each_run_piece(std::size_t r, std::size_t e, F each) const noexcept;
     int relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept;
     int remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept;
@@ -218,6 +219,8 @@ private:
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
     void relock_what_fits(unsigned pools, int err) noexcept;
+    void relock_fell_short(int err) noexcept;
+    void relock_warned(int err) noexcept;
     void set_secret(Pool &pool, bool secret) noexcept;
     const char *lock_why() const noexcept;
     void account(const Pool &pool, std::size_t first, std::size_t n, int sign) noexcept;

@@ -138,6 +138,9 @@ struct ProcessView {
     std::string rows;               // the rule rows of the slots with an owner (kStatsSlots rows,
                                     // zero where not read), when the page was read
     std::string why;                // when refused or the page could not be read: the errno text
+
+    // The counters page found is the memfd mapping.
+    bool page_in_memfd() const { return memfd && page_at == candidates[0]; }
 };
 
 bool readable_text(const std::string &path, std::string &out, int &err) {
@@ -491,7 +494,8 @@ std::vector<Region> read_arena(const std::string &smaps, std::uint64_t arena_sta
 }
 
 // The counters, from the copy of the page: checked (magic, layout, for a shared anonymous
-// page its pid among the target's PIDs, bounds) before use. Sets r.verdict and returns nullopt when they are not valid.
+// page its pid among the target's PIDs, bounds) before use. Sets r.verdict and returns
+// nullopt when they are not valid.
 std::optional<json> parse_counters(const ProcessView &v, Report &r) {
     const std::string where = "counters page at " + hex(v.page_at);
     if (v.page.size() != sizeof(mlshim::StatsPage)) {
@@ -504,7 +508,7 @@ std::optional<json> parse_counters(const ProcessView &v, Report &r) {
     // The memfd mapping is private: what it holds is this process's, made by it or by a process
     // it was forked from (a fork child does not write its pid there). A shared anonymous page
     // may be another process's (a fork child of a shim without memfd_create maps its own).
-    const bool memfd = v.memfd && v.page_at == v.candidates[0];
+    const bool memfd = v.page_in_memfd();
     const bool own_pid = memfd || std::find(v.nspids.begin(), v.nspids.end(), page.pid) != v.nspids.end() ||
                          (v.nspids.empty() && page.pid == r.pid);
     const std::uint64_t reserved = page.reserved_bytes.load();
@@ -609,7 +613,7 @@ Report inspect(int pid, bool named) {
         }
         return r;
     }
-    r.page_kind = v.memfd && v.page_at == v.candidates[0]
+    r.page_kind = v.page_in_memfd()
                       ? std::string("/memfd:") + mlshim::kStatsMemfdName
                       : "a shared anonymous page (no memfd_create)";
     r.counters = parse_counters(v, r);
