@@ -1910,21 +1910,28 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     std::size_t before = 0, used = 0, used_locked = 0;
     bool room = true;  // false once the limit refused part of a range: nothing more fits
     // Locks what fits of the pages holding blocks in [first, last): the slabs, runs and free
-    // runs are walked by their head pages, and each stretch of block holding pages is locked
-    // in one call. The short pools' start-up ranges first, then the regions mapped locked
-    // later that did not lock whole (kRelockPart).
+    // runs are walked by their head pages (the first may begin before `first`: a run that
+    // crosses into a region), and each stretch of block holding pages is locked in one call.
+    // The short pools' start-up ranges first, then the regions mapped locked later that did
+    // not lock whole (kRelockPart).
     auto lock_in_use = [&](std::size_t first, std::size_t last) {
         Pool &pool = pools_[region_pool_[first / region_pages_]];
         before += (last - first) * page_;
         auto holds_blocks = [&](std::size_t h) {
             return meta_[h].head == h && meta_[h].npages && (meta_[h].kind == kSlab || meta_[h].kind == kRun);
         };
+        // Where the slab or run holding blocks that page pg lies in ends; pg when none. (Every
+        // page of a slab or run names its head.)
+        auto blocks_end = [&](std::size_t pg) {
+            const std::size_t h = meta_[pg].head;
+            return h <= pg && holds_blocks(h) && pg < h + meta_[h].npages ? h + meta_[h].npages : pg;
+        };
         for (std::size_t pg = first; pg < last;) {
-            if (!holds_blocks(pg)) {
+            std::size_t end = blocks_end(pg);
+            if (end == pg) {
                 pg += meta_[pg].head == pg && meta_[pg].npages ? meta_[pg].npages : 1;
                 continue;
             }
-            std::size_t end = pg;
             while (end < last && holds_blocks(end)) end += meta_[end].npages;
             end = std::min(end, last);
             used += (end - pg) * page_;

@@ -927,6 +927,34 @@ Test(arena, pages_a_fork_child_locked_one_by_one_stay_locked_in_its_children) {
     for (void *b : blocks) arena.free(b);
 }
 
+// Under that limit, a page run that crosses from the first region into the one grown after
+// it keeps its pages in the grown region locked in the fork child: the pages in use there are
+// found from the run's head in the region before.
+Test(arena, a_run_crossing_into_a_region_that_did_not_lock_whole_stays_locked_after_fork) {
+    make_arena();
+    g_whole_at = stats->arena_start;
+    memlock_syscalls fake{nullptr, nullptr, nullptr, mlock2_limited, nullptr};
+    memlock_set_syscalls(&fake);
+    const std::uintptr_t boundary = g_whole_at + (2u << 20);
+    void *a = arena.alloc(0, 1900u << 10);
+    auto *b = static_cast<unsigned char *>(arena.alloc(0, 512u << 10));
+    cr_assert(a && b);
+    std::memset(b, 1, 512u << 10);
+    const auto at = reinterpret_cast<std::uintptr_t>(b);
+    cr_assert(at < boundary && at + (512u << 10) > boundary, "the run %p does not cross %#lx", b,
+              static_cast<unsigned long>(boundary));
+    const int status = status_of_fork_child([&] {
+        // 8: the grown region locked whole (the limit is not in force: nothing to check).
+        if (stats->lock_failures.load() == 0) return 8;
+        return range_has_flag(b, 512u << 10, "lo") && b[(512u << 10) - 1] == 1 ? 0 : 1;
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: the run's pages in the grown region are not locked)", status);
+    arena.free(b);
+    arena.free(a);
+}
+
 Test(arena, freed_neighbouring_runs_merge_and_are_reused) {
     make_arena();
     void *a = arena.alloc(0, 100000), *b = arena.alloc(0, 100000), *c = arena.alloc(0, 100000);
