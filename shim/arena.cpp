@@ -1983,6 +1983,13 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
         const std::size_t first = (r << region_shift_) / page_;
         settle(pools_[region_pool_[r]], first, ((r + 1) << region_shift_) / page_, first);
     }
+    // The figures count what locked whole as well: the other pools' ranges, the regions that
+    // locked.
+    std::size_t whole = 0;
+    for (unsigned i = 0; i < npools_; ++i)
+        if (!(pools >> i & 1)) whole += relock_end(pools_[i]) - pools_[i].start;
+    for (std::size_t r = 0; r < regions; ++r) whole += region_locked_[r] ? std::size_t{1} << region_shift_ : 0;
+    before += whole, after += whole;
     relock_warned(err);
     if (!reporter_) return;
     char in_use[96] = "every page in use among them";
