@@ -1646,7 +1646,8 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
     // Pages an ancestor locked one stretch at a time (loose_locked_, inherited) are locked
     // after the rest; when the rest fell short here, the one warning has been given.
     const bool loose = loose_locked_;
-    const bool short_here = !relock_merged(own_file) && relock_each(own_file);
+    const std::uintptr_t refused = relock_merged(own_file);
+    const bool short_here = refused != UINTPTR_MAX && relock_each(own_file, refused);
     if (loose) relock_loose_pages(!short_here);
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
@@ -1733,44 +1734,49 @@ MLSHIM_FORK_CHILD_TEXT int SecureArena::relock_piece(std::uintptr_t lo, std::uin
 
 // Without lock-on-fault, in a fork child: maps [lo, hi), pages of regions mapped locked that
 // were never committed (inaccessible, holding nothing), locked again, with their pools' advice
-// (dontdump). 0 or the error (EAGAIN past RLIMIT_MEMLOCK: nothing changed then). Fatal when
-// the advice is refused: the pages would be committed into core dumps.
+// (dontdump): made elsewhere, advised, and moved over them. 0 or the error (EAGAIN past
+// RLIMIT_MEMLOCK); on error [lo, hi) is as it was.
 int SecureArena::remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept {
-    if (int err = backing_map_locked(reinterpret_cast<void *>(lo), hi - lo, true)) return err;
+    void *fresh = nullptr;
+    if (int err = backing_map_locked_anywhere(hi - lo, &fresh)) return err;
     for (std::uintptr_t at = lo, next; at < hi; at = next) {
         const std::size_t r = (at - base_) >> region_shift_;
         next = std::min(hi, base_ + ((r + 1) << region_shift_));
         if (!(pools_[region_pool_[r]].actions & kActionDontdump)) continue;
-        if (int err = memlock_dontdump(reinterpret_cast<void *>(at), next - at))
-            fatal("cannot keep arena memory out of core dumps after fork", memlock_strerror(err));
+        if (int err = memlock_dontdump(static_cast<unsigned char *>(fresh) + (at - lo), next - at)) {
+            memlock_release(fresh, hi - lo);
+            return err;
+        }
     }
-    return 0;
+    return backing_move_over(fresh, reinterpret_cast<void *>(lo), hi - lo);
 }
 
-// Locks what postfork_child locks in one call per stretch (for_each_relock_stretch). True when
-// every call succeeded. Otherwise relock_each takes over from where things are: what the
-// calls before the refused one locked, it locks again at no cost (the kernel counts pages
-// already locked once against RLIMIT_MEMLOCK), and a call refused for the limit or the
-// right to lock has locked nothing. No munlock: a fork child's handler makes no system call
-// beyond those that lock.
-MLSHIM_FORK_CHILD_TEXT bool SecureArena::relock_merged(unsigned skip) noexcept {
-    bool ok = true;
+// Locks what postfork_child locks in one call per stretch (for_each_relock_stretch). Returns
+// where the refused call began, UINTPTR_MAX when none was. relock_each takes over from there:
+// a call refused for the limit or the right to lock has locked nothing, and what the calls
+// before it locked is not asked again (on kernels before 4.9, and for mappings, the kernel
+// would count it against RLIMIT_MEMLOCK twice). No munlock: a fork child's handler makes no
+// system call beyond those that lock.
+MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_merged(unsigned skip) noexcept {
+    std::uintptr_t refused = UINTPTR_MAX;
     for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
-        return ok = !relock_piece(lo, hi, how);
+        if (relock_piece(lo, hi, how)) refused = lo;
+        return refused == UINTPTR_MAX;
     });
-    return ok;
+    return refused;
 }
 
-// Locks what postfork_child locks piece by piece, when relock_merged could not lock it all:
-// each pool's range, then the runs of regions mapped locked after start-up, and what does not
-// lock as far as the limit lets (relock_what_fits), with the policy's outcome and warning.
-// True when part did not lock whole.
-bool SecureArena::relock_each(unsigned skip) noexcept {
+// Locks what postfork_child locks piece by piece, when relock_merged could not lock it all
+// (it locked what ends at or below `refused`): each pool's range, then the runs of regions
+// mapped locked after start-up, and what does not lock as far as the limit lets
+// (relock_what_fits), with the policy's outcome and warning. True when part did not lock
+// whole.
+bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
     unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        if (pool.lock_end == pool.start || (skip >> i & 1)) continue;
+        if (pool.lock_end == pool.start || (skip >> i & 1) || relock_end(pool) <= refused) continue;
         if (int rc = relock(pool, pool.start, relock_end(pool) - pool.start)) {
             failed = rc;
             short_pools |= 1u << i;
@@ -1784,7 +1790,7 @@ bool SecureArena::relock_each(unsigned skip) noexcept {
         int rc = short_pools ? failed : 0;
         if (!rc)
             for_each_run_piece(r, e, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
-                return !(rc = relock_piece(lo, hi, how));
+                return hi <= refused || !(rc = relock_piece(lo, hi, how));
             });
         if (rc) {
             failed = rc;

@@ -211,8 +211,8 @@ private:
     template <typename F> void for_each_run_piece(std::size_t r, std::size_t e, F each) const noexcept;
     int relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept;
     int remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept;
-    bool relock_merged(unsigned skip) noexcept;
-    bool relock_each(unsigned skip) noexcept;
+    std::uintptr_t relock_merged(unsigned skip) noexcept;
+    bool relock_each(unsigned skip, std::uintptr_t refused) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;

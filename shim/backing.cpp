@@ -16,20 +16,36 @@ int backing_lock(bool secret, void *start, std::size_t len) noexcept {
     return secret ? memlock_secret_map(start, len) : memlock_lock_onfault(start, len);
 }
 
-int backing_map_locked(void *start, std::size_t len, bool replace) noexcept {
+int backing_map_locked(void *start, std::size_t len) noexcept {
 #ifndef MAP_FIXED_NOREPLACE
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
     int saved = errno;
     // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and take start as a hint.
     void *p = ::mmap(start, len, PROT_NONE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (replace ? MAP_FIXED : MAP_FIXED_NOREPLACE) | MAP_LOCKED,
-                     -1, 0);
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE | MAP_LOCKED, -1, 0);
     int rc = p == MAP_FAILED ? errno : 0;
     if (!rc && p != start) {
         ::munmap(p, len);
         rc = EEXIST;
     }
+    errno = saved;
+    return rc;
+}
+
+int backing_map_locked_anywhere(std::size_t len, void **out) noexcept {
+    int saved = errno;
+    void *p = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_LOCKED, -1, 0);
+    int rc = p == MAP_FAILED ? errno : 0;
+    if (!rc) *out = p;
+    errno = saved;
+    return rc;
+}
+
+int backing_move_over(void *from, void *to, std::size_t len) noexcept {
+    int saved = errno;
+    int rc = ::mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED ? errno : 0;
+    if (rc) ::munmap(from, len);
     errno = saved;
     return rc;
 }

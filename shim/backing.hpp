@@ -27,9 +27,17 @@ int backing_lock(bool secret, void *start, std::size_t len) noexcept;
 // (mmap MAP_FIXED_NOREPLACE | MAP_LOCKED: no mlock call), for anonymous memory that locks
 // as it is committed. It counts against RLIMIT_MEMLOCK now (EAGAIN past it, EPERM without
 // the right to lock). 0, EEXIST when something is mapped there, or the error (nothing
-// mapped then). With `replace`, it maps over what is there (MAP_FIXED): pages of the arena's
-// own that hold nothing. pre: page-aligned.
-int backing_map_locked(void *start, std::size_t len, bool replace = false) noexcept;
+// mapped then). pre: page-aligned.
+int backing_map_locked(void *start, std::size_t len) noexcept;
+
+// The same, len bytes wherever the kernel puts them (*out), to be given their advice and moved
+// over address space of the arena's own that holds nothing (backing_move_over). 0 or the error.
+int backing_map_locked_anywhere(std::size_t len, void **out) noexcept;
+
+// Moves the mapping [from, from+len) over [to, to+len) (mremap MREMAP_FIXED: its flags and
+// advice go with it, and a locked one counts against RLIMIT_MEMLOCK once). On failure it unmaps
+// it, and [to, to+len) is as it was. 0 or the error. Both preserve errno. pre: page-aligned.
+int backing_move_over(void *from, void *to, std::size_t len) noexcept;
 
 // Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)
 // in place by len bytes (mremap, no move): the new range has its flags, so it is locked on

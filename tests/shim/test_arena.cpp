@@ -853,6 +853,11 @@ Test(arena, without_lock_on_fault_a_fork_child_keeps_grown_regions_locked) {
     const int status = status_of_fork_child([&] {
         if (!range_has_flag(a, 3u << 20, "lo")) return 1;
         if (stats->lock_failures.load()) return 2;
+        // The block the parent wrote is intact and writable (nothing was mapped over it).
+        auto *bytes = static_cast<unsigned char *>(a);
+        for (std::size_t i = 0; i < (3u << 20); ++i)
+            if (bytes[i] != 1) return 7;
+        std::memset(a, 2, 3u << 20);
         // Committed in the child, in what the grown region had left.
         auto *b = static_cast<unsigned char *>(arena.alloc(0, 512u << 10));
         if (!b) return 3;
@@ -866,7 +871,61 @@ Test(arena, without_lock_on_fault_a_fork_child_keeps_grown_regions_locked) {
     memlock_set_syscalls(nullptr);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "child status %#x (1: committed pages not locked, 2: locking failed, 3: no block, 4: the "
-              "new block is not locked or dumpable, 5: its pages are not locked, 6: fell back)", status);
+              "new block is not locked or dumpable, 5: its pages are not locked, 6: fell back, 7: the "
+              "parent's block changed)", status);
+    arena.free(a);
+}
+
+namespace {
+std::uintptr_t g_refuse_at = 0;  // mlock_refusing_once refuses one call here (EAGAIN)
+int mlock_refusing_once(const void *a, std::size_t n) {
+    if (reinterpret_cast<std::uintptr_t>(a) == g_refuse_at) return g_refuse_at = 0, EAGAIN;
+    return ::mlock(a, n) ? errno : 0;
+}
+std::atomic<int> g_dontdump_calls{0};
+int counting_madvise(void *a, std::size_t n, int advice) {
+    g_dontdump_calls += advice == MADV_DONTDUMP;
+    return ::madvise(a, n, advice) ? errno : 0;
+}
+}  // namespace
+
+// When one of a fork child's calls is refused, the calls after it are made one piece at a
+// time, and what the calls before it locked is not asked again: the pages never committed of
+// a region it mapped locked again are not mapped again (the kernel would count them against
+// RLIMIT_MEMLOCK twice). Two pools, each grown past its first region, without lock-on-fault;
+// the refused call is the one for the second pool's grown regions.
+Test(arena, a_fork_child_that_is_refused_one_call_maps_no_region_locked_again_twice) {
+    memlock_syscalls fake{mlock_refusing_once, nullptr, counting_madvise, mlock2_missing, nullptr};
+    memlock_set_syscalls(&fake);
+    stats = mlshim::stats_create(false);
+    cr_assert_not_null(stats);
+    stats->rules = mlshim::kStatsRules;
+    mlshim::ArenaOptions o;
+    o.pool_bytes = 64u << 20;
+    o.max_locked = 64u << 20;
+    const unsigned actions[2] = {mlshim::kActionAll, mlshim::kActionAll};
+    cr_assert_eq(arena.init(o, actions, 2, stats, nullptr), 0);
+    void *a = arena.alloc(0, 3u << 20);
+    void *b = arena.alloc(1, 3u << 20);
+    cr_assert(a && b);
+    std::memset(b, 1, 3u << 20);
+    // Each block starts a region run of its own, the second pool's after the first's: the
+    // child's calls lock [a, +3 MiB), map the rest of its run, and are refused at b.
+    g_refuse_at = reinterpret_cast<std::uintptr_t>(b);
+    cr_assert_gt(g_refuse_at, reinterpret_cast<std::uintptr_t>(a), "the second pool grew first");
+    const int before = g_dontdump_calls.load();
+    const int status = status_of_fork_child([&] {
+        if (g_refuse_at) return 1;  // no call was refused: nothing to check
+        if (stats->lock_failures.load()) return 2;
+        if (!range_has_flag(a, 3u << 20, "lo") || !range_has_flag(b, 3u << 20, "lo")) return 3;
+        // One region of each pool had pages never committed: two mapped again, one call each.
+        return g_dontdump_calls.load() - before == 2 ? 0 : 4 + (g_dontdump_calls.load() - before);
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: no call refused, 2: locking failed, 3: not locked, 4 + n: n regions mapped "
+              "locked again)", status);
+    arena.free(b);
     arena.free(a);
 }
 
