@@ -1735,20 +1735,31 @@ MLSHIM_FORK_CHILD_TEXT int SecureArena::relock_piece(std::uintptr_t lo, std::uin
 // Without lock-on-fault, in a fork child: maps [lo, hi), pages of regions mapped locked that
 // were never committed (inaccessible, holding nothing), locked again, with their pools' advice
 // (dontdump): made elsewhere, advised, and moved over them. 0 or the error (EAGAIN past
-// RLIMIT_MEMLOCK); on error [lo, hi) is as it was.
+// RLIMIT_MEMLOCK); on error [lo, hi) is reserved as it was. Fatal when it cannot be.
 int SecureArena::remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+    // Advises the pages of [lo, hi) as their pools ask, where they are mapped at `to`.
+    auto advise = [&](unsigned char *to) {
+        for (std::uintptr_t at = lo, next; at < hi; at = next) {
+            const std::size_t r = (at - base_) >> region_shift_;
+            next = std::min(hi, base_ + ((r + 1) << region_shift_));
+            if (!(pools_[region_pool_[r]].actions & kActionDontdump)) continue;
+            if (int err = memlock_dontdump(to + (at - lo), next - at)) return err;
+        }
+        return 0;
+    };
     void *fresh = nullptr;
     if (int err = backing_map_locked_anywhere(hi - lo, &fresh)) return err;
-    for (std::uintptr_t at = lo, next; at < hi; at = next) {
-        const std::size_t r = (at - base_) >> region_shift_;
-        next = std::min(hi, base_ + ((r + 1) << region_shift_));
-        if (!(pools_[region_pool_[r]].actions & kActionDontdump)) continue;
-        if (int err = memlock_dontdump(static_cast<unsigned char *>(fresh) + (at - lo), next - at)) {
-            memlock_release(fresh, hi - lo);
-            return err;
-        }
+    if (int err = advise(static_cast<unsigned char *>(fresh))) {
+        memlock_release(fresh, hi - lo);
+        return err;
     }
-    return backing_move_over(fresh, reinterpret_cast<void *>(lo), hi - lo);
+    const int err = backing_move_over(fresh, reinterpret_cast<void *>(lo), hi - lo);
+    if (!err) return 0;
+    // mremap may have unmapped the range before it failed: reserved again, with its advice.
+    int again = memlock_reserve_at(reinterpret_cast<void *>(lo), hi - lo);
+    if (!again) again = advise(reinterpret_cast<unsigned char *>(lo));
+    if (again && again != EEXIST) fatal("cannot keep the arena's address space after fork", memlock_strerror(again));
+    return err;
 }
 
 // Locks what postfork_child locks in one call per stretch (for_each_relock_stretch). Returns
@@ -1788,13 +1799,16 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
     const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
     for (std::size_t r = 0, e = locked_run(r, regions); r < regions; r = e, e = locked_run(r, regions)) {
         int rc = short_pools ? failed : 0;
+        std::size_t from = r;  // the regions from here on did not lock whole
         if (!rc)
             for_each_run_piece(r, e, [&](std::uintptr_t lo, std::uintptr_t hi, Relock how) {
-                return hi <= refused || !(rc = relock_piece(lo, hi, how));
+                if (hi <= refused || !(rc = relock_piece(lo, hi, how))) return true;
+                from = (lo - base_) >> region_shift_;
+                return false;
             });
         if (rc) {
             failed = rc;
-            for (std::size_t k = r; k < e; ++k) region_locked_[k] = kRelockPart;
+            for (std::size_t k = from; k < e; ++k) region_locked_[k] = kRelockPart;
         }
     }
     if (failed) {
@@ -1916,39 +1930,39 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     std::size_t before = 0, used = 0, used_locked = 0;
     bool room = true;  // false once the limit refused part of a range: nothing more fits
     // Locks what fits of the pages holding blocks in [first, last): the slabs, runs and free
-    // runs are walked by their head pages (the first may begin before `first`: a run that
-    // crosses into a region), and each stretch of block holding pages is locked in one call.
-    // The short pools' start-up ranges first, then the regions mapped locked later that did
-    // not lock whole (kRelockPart).
+    // runs are walked head to head from the start of the pool's extent that `first` lies in
+    // (no slab or run crosses it; a run may cross into `first`'s region, and the pages inside a
+    // free run keep what they held before, so only a walk from a head tells them), and each
+    // stretch of block holding pages is locked in one call. The short pools' start-up ranges
+    // first, then the regions mapped locked later that did not lock whole (kRelockPart).
     auto lock_in_use = [&](std::size_t first, std::size_t last) {
-        Pool &pool = pools_[region_pool_[first / region_pages_]];
+        const std::uint8_t mine = region_pool_[first / region_pages_];
+        Pool &pool = pools_[mine];
         before += (last - first) * page_;
         auto holds_blocks = [&](std::size_t h) {
             return meta_[h].head == h && meta_[h].npages && (meta_[h].kind == kSlab || meta_[h].kind == kRun);
         };
-        // Where the slab or run holding blocks that page pg lies in ends; pg when none. (Every
-        // page of a slab or run names its head.)
-        auto blocks_end = [&](std::size_t pg) {
-            const std::size_t h = meta_[pg].head;
-            return h <= pg && holds_blocks(h) && pg < h + meta_[h].npages ? h + meta_[h].npages : pg;
-        };
-        for (std::size_t pg = first; pg < last;) {
-            std::size_t end = blocks_end(pg);
-            if (end == pg) {
+        std::size_t r = first / region_pages_;
+        while (r > 0 && region_pool_[r - 1] == mine) --r;
+        for (std::size_t pg = std::min(first, r * region_pages_); pg < last;) {
+            if (!holds_blocks(pg)) {
                 pg += meta_[pg].head == pg && meta_[pg].npages ? meta_[pg].npages : 1;
                 continue;
             }
+            std::size_t end = pg;
             while (end < last && holds_blocks(end)) end += meta_[end].npages;
+            const std::size_t from = std::max(pg, first);
+            pg = end;
             end = std::min(end, last);
-            used += (end - pg) * page_;
+            if (from >= end) continue;
+            used += (end - from) * page_;
             if (room) {
-                const std::size_t got = relock_largest(pool, base_ + pg * page_, (end - pg) * page_, err);
-                for (std::size_t k = pg; k < pg + got / page_; ++k) meta_[k].flags |= kRelocked;
+                const std::size_t got = relock_largest(pool, base_ + from * page_, (end - from) * page_, err);
+                for (std::size_t k = from; k < from + got / page_; ++k) meta_[k].flags |= kRelocked;
                 loose_locked_ |= got > 0;
                 used_locked += got;
-                room = got == (end - pg) * page_;
+                room = got == (end - from) * page_;
             }
-            pg = end;
         }
     };
     const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;

@@ -36,7 +36,8 @@ int backing_map_locked_anywhere(std::size_t len, void **out) noexcept;
 
 // Moves the mapping [from, from+len) over [to, to+len) (mremap MREMAP_FIXED: its flags and
 // advice go with it, and a locked one counts against RLIMIT_MEMLOCK once). On failure it unmaps
-// it, and [to, to+len) is as it was. 0 or the error. Both preserve errno. pre: page-aligned.
+// it; [to, to+len) may be unmapped then (the kernel unmaps the target before some of its
+// checks). 0 or the error. Both preserve errno. pre: page-aligned.
 int backing_move_over(void *from, void *to, std::size_t len) noexcept;
 
 // Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)

@@ -877,9 +877,13 @@ Test(arena, without_lock_on_fault_a_fork_child_keeps_grown_regions_locked) {
 }
 
 namespace {
-std::uintptr_t g_refuse_at = 0;  // mlock_refusing_once refuses one call here (EAGAIN)
-int mlock_refusing_once(const void *a, std::size_t n) {
-    if (reinterpret_cast<std::uintptr_t>(a) == g_refuse_at) return g_refuse_at = 0, EAGAIN;
+std::uintptr_t g_refuse_at = 0;  // mlock_refusing refuses calls here (EAGAIN)
+bool g_refuse_once = true;        // only the first
+int mlock_refusing(const void *a, std::size_t n) {
+    if (reinterpret_cast<std::uintptr_t>(a) == g_refuse_at) {
+        if (g_refuse_once) g_refuse_at = 0;
+        return EAGAIN;
+    }
     return ::mlock(a, n) ? errno : 0;
 }
 std::atomic<int> g_dontdump_calls{0};
@@ -894,8 +898,13 @@ int counting_madvise(void *a, std::size_t n, int advice) {
 // a region it mapped locked again are not mapped again (the kernel would count them against
 // RLIMIT_MEMLOCK twice). Two pools, each grown past its first region, without lock-on-fault;
 // the refused call is the one for the second pool's grown regions.
-Test(arena, a_fork_child_that_is_refused_one_call_maps_no_region_locked_again_twice) {
-    memlock_syscalls fake{mlock_refusing_once, nullptr, counting_madvise, mlock2_missing, nullptr};
+// Two pools without lock-on-fault, each grown by 4 MiB of regions past its first region, 3 MiB
+// of which hold a block (a in the first pool, b in the second); the grown regions lie end to
+// end, the second pool's after the first's. The child's calls lock [a, +3 MiB), map the rest
+// of the first pool's regions again, and are refused at b (once, or every time).
+void *g_a, *g_b;
+void make_two_grown_pools(bool refuse_once) {
+    static memlock_syscalls fake{mlock_refusing, nullptr, counting_madvise, mlock2_missing, nullptr};
     memlock_set_syscalls(&fake);
     stats = mlshim::stats_create(false);
     cr_assert_not_null(stats);
@@ -905,14 +914,18 @@ Test(arena, a_fork_child_that_is_refused_one_call_maps_no_region_locked_again_tw
     o.max_locked = 64u << 20;
     const unsigned actions[2] = {mlshim::kActionAll, mlshim::kActionAll};
     cr_assert_eq(arena.init(o, actions, 2, stats, nullptr), 0);
-    void *a = arena.alloc(0, 3u << 20);
-    void *b = arena.alloc(1, 3u << 20);
-    cr_assert(a && b);
-    std::memset(b, 1, 3u << 20);
-    // Each block starts a region run of its own, the second pool's after the first's: the
-    // child's calls lock [a, +3 MiB), map the rest of its run, and are refused at b.
-    g_refuse_at = reinterpret_cast<std::uintptr_t>(b);
-    cr_assert_gt(g_refuse_at, reinterpret_cast<std::uintptr_t>(a), "the second pool grew first");
+    g_a = arena.alloc(0, 3u << 20);
+    g_b = arena.alloc(1, 3u << 20);
+    cr_assert(g_a && g_b);
+    std::memset(g_b, 1, 3u << 20);
+    g_refuse_at = reinterpret_cast<std::uintptr_t>(g_b);
+    g_refuse_once = refuse_once;
+    cr_assert_gt(g_refuse_at, reinterpret_cast<std::uintptr_t>(g_a), "the second pool grew first");
+}
+
+Test(arena, a_fork_child_that_is_refused_one_call_maps_no_region_locked_again_twice) {
+    make_two_grown_pools(true);
+    void *a = g_a, *b = g_b;
     const int before = g_dontdump_calls.load();
     const int status = status_of_fork_child([&] {
         if (g_refuse_at) return 1;  // no call was refused: nothing to check
@@ -925,6 +938,29 @@ Test(arena, a_fork_child_that_is_refused_one_call_maps_no_region_locked_again_tw
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
               "child status %#x (1: no call refused, 2: locking failed, 3: not locked, 4 + n: n regions mapped "
               "locked again)", status);
+    arena.free(b);
+    arena.free(a);
+}
+
+// Refused every time, only the regions from the refused call's on fall short: the first
+// pool's, before it, stay locked regions, and what the child commits there locks without a
+// fallback.
+Test(arena, a_fork_child_refused_in_a_run_of_regions_keeps_those_before_it_locked) {
+    make_two_grown_pools(false);
+    void *a = g_a, *b = g_b;
+    const int status = status_of_fork_child([&] {
+        if (stats->lock_failures.load() != 1) return 1;
+        const std::uint64_t fallbacks = stats->fallbacks.load();
+        void *c = arena.alloc(0, 512u << 10);  // in what the first pool's regions have left
+        if (!c) return 2;
+        std::memset(c, 1, 512u << 10);
+        if (!range_has_flag(c, 512u << 10, "lo")) return 3;
+        return stats->fallbacks.load() == fallbacks && stats->lock_failures.load() == 1 ? 0 : 4;
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: the refusal did not count once, 2: no block, 3: not locked, 4: served as a "
+              "fallback)", status);
     arena.free(b);
     arena.free(a);
 }
@@ -1026,6 +1062,31 @@ Test(arena, a_run_crossing_into_a_region_that_did_not_lock_whole_stays_locked_af
               status);
     arena.free(b);
     arena.free(a);
+}
+
+// Under that limit, freed runs hold no block: their pages are not locked again, though the
+// pages inside a free run still name the runs they belonged to (only a free run's first and
+// last pages are rewritten when runs merge).
+Test(arena, freed_runs_crossing_into_a_region_that_did_not_lock_whole_are_not_locked_after_fork) {
+    make_arena();
+    g_whole_at = stats->arena_start;
+    memlock_syscalls fake{nullptr, nullptr, nullptr, mlock2_limited, nullptr};
+    memlock_set_syscalls(&fake);
+    const std::uintptr_t boundary = g_whole_at + (2u << 20);
+    void *a = arena.alloc(0, 1000u << 10), *b = arena.alloc(0, 1400u << 10);
+    cr_assert(a && b);
+    const auto at = reinterpret_cast<std::uintptr_t>(b);
+    cr_assert(at < boundary && at + (1400u << 10) > boundary, "the run %p does not cross %#lx", b,
+              static_cast<unsigned long>(boundary));
+    arena.free(a);
+    arena.free(b);
+    const int status = status_of_fork_child([&] {
+        if (stats->lock_failures.load() == 0) return 8;  // the limit is not in force
+        return range_has_flag(reinterpret_cast<void *>(boundary), 2u << 20, "lo", false) ? 0 : 1;
+    });
+    memlock_set_syscalls(nullptr);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "child status %#x (1: pages of the grown region that hold no block are locked)", status);
 }
 
 Test(arena, freed_neighbouring_runs_merge_and_are_reused) {
