@@ -1686,7 +1686,7 @@ template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_relock_s
         // The next piece: the pool's range or the run of regions that starts first.
         const std::uintptr_t region_lo = r < regions ? base_ + (r << region_shift_) : UINTPTR_MAX;
         if (i < npools_ && pools_[i].start <= region_lo) {
-            add(pools_[i].start, relock_end(pools_[i]), lock_on_commit_ && !pools_[i].secret ? Relock::populate : Relock::on_fault);
+            add(pools_[i].start, relock_end(pools_[i]), relock_how(pools_[i]));
             ++i;
         } else if (r < regions) {
             for_each_run_piece(r, e, add);
@@ -1753,7 +1753,7 @@ int SecureArena::remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept {
         memlock_release(fresh, hi - lo);
         return err;
     }
-    const int err = backing_move_over(fresh, reinterpret_cast<void *>(lo), hi - lo);
+    const int err = memlock_move_over(fresh, reinterpret_cast<void *>(lo), hi - lo);
     if (!err) return 0;
     // mremap may have unmapped the range before it failed: reserved again, with its advice.
     int again = memlock_reserve_at(reinterpret_cast<void *>(lo), hi - lo);
@@ -1835,10 +1835,9 @@ void SecureArena::relock_warned(int err) noexcept {
     if (opts_.on_lock_failure == LockFailurePolicy::fallback && stats_) stats_->fallbacks.fetch_add(1);
 }
 
-// Is page pg inside what postfork_child locks whole: a pool's start-up range or a region
-// mapped locked?
+// Is page pg inside a pool's start-up range, which postfork_child locks whole (as it does the
+// regions mapped locked)?
 bool SecureArena::relock_covers(std::size_t pg) const noexcept {
-    if (region_locked_[pg / region_pages_]) return true;
     const std::uintptr_t at = base_ + pg * page_;
     for (unsigned i = 0; i < npools_; ++i)
         if (at >= pools_[i].start && at < relock_end(pools_[i])) return true;
@@ -1896,10 +1895,15 @@ MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_end(const Pool &pool) 
     return lock_on_commit_ && !pool.secret ? pool.locked_to : pool.lock_end;
 }
 
+// How the pages of `pool` lock again after fork: without lock-on-fault mlock populates (its
+// committed pages), otherwise on fault.
+MLSHIM_FORK_CHILD_TEXT SecureArena::Relock SecureArena::relock_how(const Pool &pool) const noexcept {
+    return lock_on_commit_ && !pool.secret ? Relock::populate : Relock::on_fault;
+}
+
 // Locks [at, at+bytes) of `pool` as it was locked before fork. 0 or the error.
 MLSHIM_FORK_CHILD_TEXT int SecureArena::relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept {
-    void *p = reinterpret_cast<void *>(at);
-    return lock_on_commit_ && !pool.secret ? memlock_lock(p, bytes) : memlock_lock_onfault(p, bytes);
+    return relock_piece(at, at + bytes, relock_how(pool));
 }
 
 // Locks the largest part [at, at+n) of [at, at+bytes) that the limit lets this process lock
@@ -1944,7 +1948,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
         };
         std::size_t r = first / region_pages_;
         while (r > 0 && region_pool_[r - 1] == mine) --r;
-        for (std::size_t pg = std::min(first, r * region_pages_); pg < last;) {
+        for (std::size_t pg = r * region_pages_; pg < last;) {
             if (!holds_blocks(pg)) {
                 pg += meta_[pg].head == pg && meta_[pg].npages ? meta_[pg].npages : 1;
                 continue;

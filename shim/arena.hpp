@@ -216,6 +216,7 @@ private:
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
+    Relock relock_how(const Pool &pool) const noexcept;
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
     void relock_what_fits(unsigned pools, int err) noexcept;

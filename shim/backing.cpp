@@ -42,14 +42,6 @@ int backing_map_locked_anywhere(std::size_t len, void **out) noexcept {
     return rc;
 }
 
-int backing_move_over(void *from, void *to, std::size_t len) noexcept {
-    int saved = errno;
-    int rc = ::mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) == MAP_FAILED ? errno : 0;
-    if (rc) ::munmap(from, len);
-    errno = saved;
-    return rc;
-}
-
 int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept {
     int saved = errno;
     void *last = static_cast<unsigned char *>(end) - page;

@@ -31,14 +31,9 @@ int backing_lock(bool secret, void *start, std::size_t len) noexcept;
 int backing_map_locked(void *start, std::size_t len) noexcept;
 
 // The same, len bytes wherever the kernel puts them (*out), to be given their advice and moved
-// over address space of the arena's own that holds nothing (backing_move_over). 0 or the error.
+// over address space of the arena's own that holds nothing (memlock_move_over). 0 or the
+// error. Preserves errno.
 int backing_map_locked_anywhere(std::size_t len, void **out) noexcept;
-
-// Moves the mapping [from, from+len) over [to, to+len) (mremap MREMAP_FIXED: its flags and
-// advice go with it, and a locked one counts against RLIMIT_MEMLOCK once). On failure it unmaps
-// it; [to, to+len) may be unmapped then (the kernel unmaps the target before some of its
-// checks). 0 or the error. Both preserve errno. pre: page-aligned.
-int backing_move_over(void *from, void *to, std::size_t len) noexcept;
 
 // Grows the mapping that ends at `end` (locked on fault: mlock2 MLOCK_ONFAULT, or grown so)
 // in place by len bytes (mremap, no move): the new range has its flags, so it is locked on

@@ -106,12 +106,20 @@ MEMLOCK_API size_t memlock_page_size(void);
  * mmap: maps them read-write without MAP_NORESERVE, never touched, and unmaps them. 0, or the
  * kernel's error (ENOMEM). A reservation (MAP_NORESERVE) is not accounted, and neither are
  * its commits: this asks before committing a large part of one.
- * For commit, release and can_commit, len == 0 succeeds without a system call. These four
- * calls do not go through the seam below. */
+ * For commit, release and can_commit, len == 0 succeeds without a system call. None of the
+ * calls of this group goes through the seam below. */
 MEMLOCK_API int memlock_reserve(size_t len, void **out);
 /* The same at exactly addr (page-aligned), never over an existing mapping: EEXIST when part
  * of [addr, addr+len) is mapped already (nothing is left mapped then). */
 MEMLOCK_API int memlock_reserve_at(void *addr, size_t len);
+/* Moves the mapping [from, from+len) over [to, to+len) in one mremap (MREMAP_FIXED), replacing
+ * what is there: its contents, protection and flags go with it (a MAP_LOCKED one counts against
+ * RLIMIT_MEMLOCK once), and so does its advice (MADV_DONTDUMP). A mapping made elsewhere and
+ * moved over a target replaces it whole or fails. On a kernel error [from, from+len) is
+ * unmapped, and [to, to+len) may be too (the kernel unmaps the target before some of its
+ * checks). Linux only (MEMLOCK_EUNSUPPORTED elsewhere). len == 0, or an address or len not
+ * page-aligned, is EINVAL, and nothing is unmapped. */
+MEMLOCK_API int memlock_move_over(void *from, void *to, size_t len);
 MEMLOCK_API int memlock_commit(void *addr, size_t len);
 MEMLOCK_API int memlock_release(void *addr, size_t len);
 MEMLOCK_API int memlock_can_commit(size_t len);

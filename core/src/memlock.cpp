@@ -206,17 +206,6 @@ int map_fresh(size_t len, int prot, bool anonymous, void **out) {
     if (!rc) *out = p;
     return rc;
 }
-
-// Moves the mapping [from, from+len) over [to, to+len) in one mremap; on failure unmaps it.
-// A mapping made elsewhere first and moved over the target leaves the target as it was when
-// the mapping cannot be made (a failed mmap with MAP_FIXED may leave a hole).
-int move_over(void *from, void *to, size_t len) {
-    ErrnoKeeper keep;
-    if (::mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) != MAP_FAILED) return 0;
-    const int rc = errno;
-    ::munmap(from, len);
-    return rc;
-}
 #endif
 
 #if MEMLOCK_HAVE_UNIX
@@ -368,6 +357,21 @@ int memlock_reserve_at(void *addr, size_t len) {
 #endif
 }
 
+int memlock_move_over(void *from, void *to, size_t len) {
+    if (len == 0 || !page_aligned(from, len) || !page_aligned(to, 0)) return EINVAL;
+#if MEMLOCK_HAVE_UNIX && defined(__linux__)
+    ErrnoKeeper keep;
+    if (::mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to) != MAP_FAILED) return 0;
+    const int rc = errno;
+    ::munmap(from, len);
+    return rc;
+#else
+    (void)from;
+    (void)to;
+    return MEMLOCK_EUNSUPPORTED;
+#endif
+}
+
 int memlock_commit(void *addr, size_t len) {
     if (len == 0) return 0;
 #if MEMLOCK_HAVE_UNIX
@@ -421,7 +425,7 @@ int memlock_secret_map(void *addr, size_t len) {
 #if MEMLOCK_HAVE_UNIX && defined(__linux__)
     void *fresh = nullptr;
     const int rc = map_fresh(len, PROT_NONE, false, &fresh);
-    return rc ? rc : move_over(fresh, addr, len);
+    return rc ? rc : memlock_move_over(fresh, addr, len);
 #else
     return MEMLOCK_EUNSUPPORTED;
 #endif
@@ -454,7 +458,7 @@ int memlock_secret_unshare(void *addr, size_t len, size_t rw_len, int anonymous)
         memlock_release(fresh, len);
         return rc;
     }
-    return move_over(fresh, addr, len);
+    return memlock_move_over(fresh, addr, len);
 #else
     (void)anonymous;
     return MEMLOCK_EUNSUPPORTED;

@@ -195,6 +195,39 @@ Test(wrappers, reserve_commit_release_argument_errors) {
     cr_assert_eq(memlock_commit(reinterpret_cast<char *>(&x) + 1, 8), EINVAL);  // unaligned
 }
 
+// A mapping made elsewhere, written and advised, replaces a reservation whole: its contents and
+// advice arrive, and where it was nothing is mapped. Refused by the kernel (here the ranges
+// overlap), the mapping moved is unmapped; argument errors unmap nothing.
+Test(wrappers, move_over_replaces_a_reservation_with_a_mapping_made_elsewhere) {
+    SKIP_UNDER_QEMU_USER("madvise does not reach the kernel");
+    const std::size_t page = memlock_page_size(), len = 2 * page;
+    void *to = nullptr;
+    cr_assert_eq(memlock_reserve(len, &to), 0);
+    Region fresh(2);
+    std::memset(fresh.data, 7, len);
+    cr_assert_eq(memlock_dontdump(fresh.data, len), 0);
+    cr_assert_eq(memlock_move_over(fresh.data, to, len), 0);
+    cr_assert(!find_mapping(fresh.data).has_value(), "still mapped where it was made");
+    fresh.data = nullptr;
+    const auto *bytes = static_cast<const unsigned char *>(to);
+    cr_assert(bytes[0] == 7 && bytes[len - 1] == 7);
+    cr_assert(range_has_flag(to, len, "dd"));
+    auto m = find_mapping(to);
+    cr_assert(m.has_value());
+    cr_assert_str_eq(m->perms.c_str(), "rw-p");
+
+    Region other(2);
+    cr_assert_eq(memlock_move_over(other.data, to, 0), EINVAL);
+    cr_assert_eq(memlock_move_over(other.data + 1, to, page), EINVAL);
+    cr_assert(find_mapping(other.data).has_value(), "an argument error unmapped the mapping");
+    errno = 4242;
+    cr_assert_eq(memlock_move_over(other.data, other.data + page, len), EINVAL);  // mremap(2): overlap
+    cr_assert_eq(errno, 4242);
+    cr_assert(!find_mapping(other.data).has_value(), "the refused mapping is still mapped");
+    other.data = nullptr;
+    cr_assert_eq(memlock_release(to, len), 0);
+}
+
 // A reservation (MAP_NORESERVE) of more than memory and swap together is granted; committing
 // that much is what the overcommit accounting refuses under the kernel's default heuristic.
 Test(wrappers, can_commit_asks_the_overcommit_accounting) {
