@@ -39,7 +39,7 @@ bool g_purge_at_once = false;
 void make_arena(std::size_t max_locked = 64u << 20,
                 mlshim::LockFailurePolicy policy = mlshim::LockFailurePolicy::fallback,
                 std::size_t prealloc = 0, unsigned actions = mlshim::kActionAll,
-                mlshim::ArenaReporter reporter = nullptr) {
+                mlshim::ArenaReporter reporter = nullptr, unsigned npools = 1) {
     stats = mlshim::stats_create(false);
     cr_assert_not_null(stats);
     stats->rules = mlshim::kStatsRules;  // every rule entry counted (the shim sets the rules in force)
@@ -49,7 +49,8 @@ void make_arena(std::size_t max_locked = 64u << 20,
     o.max_locked = max_locked;
     o.on_lock_failure = policy;
     o.prealloc = prealloc;
-    cr_assert_eq(arena.init(o, &actions, 1, stats, reporter), 0);
+    const std::vector<unsigned> each(npools, actions);  // the same actions for every pool
+    cr_assert_eq(arena.init(o, each.data(), npools, stats, reporter), 0);
 }
 
 // The process totals, as memlock-inspect sums them (rule totals plus the threads' rows).
@@ -907,14 +908,7 @@ void *g_a, *g_b;
 void make_two_grown_pools(bool refuse_once) {
     static memlock_syscalls fake{mlock_refusing, nullptr, counting_madvise, mlock2_missing, nullptr};
     memlock_set_syscalls(&fake);
-    stats = mlshim::stats_create(false);
-    cr_assert_not_null(stats);
-    stats->rules = mlshim::kStatsRules;
-    mlshim::ArenaOptions o;
-    o.pool_bytes = 64u << 20;
-    o.max_locked = 64u << 20;
-    const unsigned actions[2] = {mlshim::kActionAll, mlshim::kActionAll};
-    cr_assert_eq(arena.init(o, actions, 2, stats, nullptr), 0);
+    make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionAll, nullptr, 2);
     g_a = arena.alloc(0, 3u << 20);
     g_b = arena.alloc(1, 3u << 20);
     cr_assert(g_a && g_b);
