@@ -381,6 +381,9 @@ SHIM_EXPORT long syscall(long number, ...) {
 }
 #endif
 
+// _Fork runs no atfork handler: see shim_fork_bare.
+SHIM_EXPORT pid_t _Fork() { return shim_fork_bare(); }
+
 // glibc's clone(fn, stack, flags, arg, ...) runs no atfork handler either: see shim_clone.
 #if defined(__x86_64__) || defined(__aarch64__)
 // The optional parent_tid, tls and child_tid are read where a call with seven parameters

@@ -239,8 +239,9 @@ template <typename F> F lookup(const LibcTables &tables, const char *name, F fal
 // a first syscall(3) in a signal handler finds it set (a call before or during that lookup:
 // next_syscall).
 long (*g_next_syscall)(long, ...) = nullptr;
-// clone(3)'s, likewise.
+// clone(3)'s and _Fork's, likewise (glibc before 2.34 has no _Fork: nullptr).
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
+pid_t (*g_next_fork_bare)() = nullptr;
 
 // The lock is a flag of the shim's own, not a pthread mutex: the first call can come from a
 // library initialised before the shim (a sanitizer runtime's dlsym, while it sets up its own
@@ -267,6 +268,7 @@ void resolve_next() noexcept {
         n.malloc_usable_size = lookup<decltype(n.malloc_usable_size)>(libc, "malloc_usable_size", nullptr);
         __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr), __ATOMIC_RELEASE);
         __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>(libc, "clone", nullptr), __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next_fork_bare, lookup<decltype(g_next_fork_bare)>(libc, "_Fork", nullptr), __ATOMIC_RELEASE);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -344,9 +346,21 @@ void atfork_parent() {
     --t_fork_depth;
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
+// What makes a fork child's memory its own, with no lock taken (a child of _Fork may have
+// been made while another thread held one): its arena locked again (mlock is not inherited),
+// its counters in a page of its own. other_threads: the parent had threads besides the
+// forking one, whose counter slots are released.
+MLSHIM_FORK_CHILD_TEXT void own_child_memory(bool other_threads) {
+    fast_backtrace_after_fork_child();
+    if (StatsPage *own = stats_after_fork(g_stats, g_arena.thread_slot(), other_threads); own != g_stats) {
+        g_stats = own;
+        g_arena.set_stats(own);
+    }
+    g_arena.postfork_child();
+}
+
 MLSHIM_FORK_CHILD_TEXT void atfork_child() {
     if (!g_active) return;
-    fast_backtrace_after_fork_child();
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
     bool outermost = t_fork_depth == 1;
@@ -358,11 +372,7 @@ MLSHIM_FORK_CHILD_TEXT void atfork_child() {
         g_arena.postfork_child_locks();
         _IO_list_resetlock();
     }
-    if (StatsPage *own = stats_after_fork(g_stats, g_arena.thread_slot(), other_threads); own != g_stats) {
-        g_stats = own;
-        g_arena.set_stats(own);
-    }
-    g_arena.postfork_child();
+    own_child_memory(other_threads);
 }
 
 // A process made by the clone system call through syscall(3) (vsftpd makes its per-connection
@@ -1263,6 +1273,21 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
     atfork_parent();
     errno = saved;
     return rc;
+}
+
+// _Fork (glibc 2.34 and later, musl) makes a fork child without running the atfork handlers,
+// and may be called from a signal handler. The shim runs no handler around it either (its
+// prepare handler takes locks); the child only makes its memory its own, which takes none:
+// otherwise its arena would stay unlocked and its counters would be its parent's.
+pid_t shim_fork_bare() noexcept {
+    if (!next_known(g_next_fork_bare, "_Fork")) return -1;
+    const pid_t pid = g_next_fork_bare();
+    if (pid == 0 && g_active) {
+        const int saved = errno;
+        own_child_memory(t_fork_locked || !single_threaded());
+        errno = saved;
+    }
+    return pid;
 }
 
 // A matching allocation the arena cannot hold (its address space is used up, or the block is

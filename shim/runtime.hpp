@@ -184,6 +184,9 @@ long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
 // (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).
 // ptid, tls, ctid: clone's optional arguments, passed on as they are.
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept;
+// _Fork(), through to the next definition; its child locks its arena again and counts in a
+// page of its own, with no fork handler run. -1 with ENOSYS where libc has no _Fork.
+pid_t shim_fork_bare() noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;

@@ -1,4 +1,4 @@
-/* e2e_fork.c [MIB [clone|libc-clone|libc-clone-vfork]] - a shimmed program that forks while
+/* e2e_fork.c [MIB [clone|libc-clone|libc-clone-vfork|_Fork]] - a shimmed program that forks while
  * holding matching blocks.
  *
  * With "clone" it makes the child as vsftpd makes its connections' processes: with the clone
@@ -6,7 +6,8 @@
  * With "libc-clone" it makes it with glibc's clone(fn, stack, SIGCHLD | CLONE_PARENT_SETTID,
  * arg, &tid), as sandboxes do, which runs none either; the child runs on a stack of its own
  * and the parent checks that clone stored the child's pid in tid. "libc-clone-vfork" adds
- * CLONE_VFORK: the parent is suspended until the child exits.
+ * CLONE_VFORK: the parent is suspended until the child exits. With "_Fork" it makes it with
+ * glibc's _Fork (2.34 and later, looked up with dlsym), which runs no atfork handler either.
  *
  * Expects rules {size 32} and {min 512..2048}. The parent allocates matching blocks, fills
  * them (with MIB, also MIB MiB of 1000-byte blocks, kept live) and forks. The child checks it
@@ -17,6 +18,7 @@
  * copies and exits with the child's status.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -116,6 +118,14 @@ int main(int argc, char **argv) {
         child = libc_clone(0);
     else if (strcmp(how, "libc-clone-vfork") == 0)
         child = libc_clone(CLONE_VFORK);
+    else if (strcmp(how, "_Fork") == 0) {
+        pid_t (*bare_fork)(void) = (pid_t(*)(void))dlsym(RTLD_DEFAULT, "_Fork");
+        if (!bare_fork) {
+            printf("no _Fork\n");
+            return 2;
+        }
+        child = bare_fork();
+    }
     else
         child = fork();
     if (child < 0) return 2;

@@ -14,7 +14,11 @@
 //            leave outside it (4096): "ok" or the errno, one line per call
 //   pvalloc  malloc_usable_size of pvalloc(N) for N around 0 and a page: the next
 //            allocator's own rounding where no rule takes the call
+//   bare     _Fork (glibc 2.34 and later: no atfork handler, async-signal-safe) from a signal
+//            handler that interrupts the program's allocations while two other threads
+//            allocate, until 200 children have exited: "_Fork children: all exited 0"
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -189,6 +193,63 @@ static int mode_pvalloc(void) {
     return 0;
 }
 
+// ---- bare ----------------------------------------------------------------------------------
+
+static pid_t (*g_bare_fork)(void);
+static volatile sig_atomic_t g_bare_ok, g_bare_failed;
+
+// The child runs async-signal-safe code only, as a child of a multi-threaded process must.
+static void on_bare_alarm(int sig) {
+    (void)sig;
+    int saved = errno;
+    pid_t pid = g_bare_fork();
+    if (pid == 0) _exit(0);
+    int status = 0;
+    if (pid > 0) {
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            g_bare_ok++;
+        else
+            g_bare_failed++;
+    } else {
+        g_bare_failed++;
+    }
+    errno = saved;
+}
+
+static void *churner(void *arg) {
+    (void)arg;
+    while (!g_stop) free(malloc(32));
+    return NULL;
+}
+
+static int mode_bare(void) {
+    g_bare_fork = (pid_t(*)(void))dlsym(RTLD_DEFAULT, "_Fork");
+    if (!g_bare_fork) {
+        printf("no _Fork\n");
+        return 0;
+    }
+    pthread_t t[2];
+    for (int i = 0; i < 2; ++i) pthread_create(&t[i], NULL, churner, NULL);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_bare_alarm;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {{0, 300}, {0, 300}};
+    setitimer(ITIMER_REAL, &it, NULL);
+    while (g_bare_ok + g_bare_failed < 200) free(malloc(32));
+    memset(&it, 0, sizeof it);
+    setitimer(ITIMER_REAL, &it, NULL);
+    g_stop = 1;
+    for (int i = 0; i < 2; ++i) pthread_join(t[i], NULL);
+    if (g_bare_failed)
+        printf("_Fork children: %d failed\n", (int)g_bare_failed);
+    else
+        printf("_Fork children: all exited 0\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "signal")) return mode_signal();
@@ -197,6 +258,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "debug")) return mode_debug();
     if (!strcmp(mode, "aligned")) return mode_aligned();
     if (!strcmp(mode, "pvalloc")) return mode_pvalloc();
-    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned|pvalloc\n");
+    if (!strcmp(mode, "bare")) return mode_bare();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned|pvalloc|bare\n");
     return 2;
 }

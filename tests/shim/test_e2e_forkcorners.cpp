@@ -40,6 +40,16 @@ Test(e2e_fork_corners, fork_against_getline_and_fflush_never_hangs) {
     cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
 }
 
+// _Fork runs no fork handler and may be called from a signal handler: made while this thread
+// or another holds an arena lock (match-all: every malloc(32) takes one), its child locks its
+// arena again without taking a lock, and exits.
+Test(e2e_fork_corners, underscore_fork_from_a_signal_handler_among_allocating_threads_never_hangs) {
+    const ThreeWays t = corners("bare");
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "_Fork children: all exited 0\n");
+    cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
+}
+
 // posix_memalign returns ENOMEM and sets errno to ENOMEM, as glibc's does, on the arena path too.
 Test(e2e_fork_corners, posix_memalign_failure_sets_errno) {
     const ThreeWays t = corners("errno");

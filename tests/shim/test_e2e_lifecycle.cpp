@@ -79,6 +79,10 @@ Test(e2e_lifecycle, libc_clone_vfork_child_relocks_arena_and_frees_parent_blocks
     check_forked_child({"0", "libc-clone-vfork"});
 }
 
+// The same for a child made by _Fork (glibc 2.34 and later), which runs no atfork handler:
+// the shim makes the child's memory its own all the same, with no handler run.
+Test(e2e_lifecycle, underscore_fork_child_relocks_arena_and_frees_parent_blocks) { check_forked_child({"0", "_Fork"}); }
+
 namespace {
 
 // Runs e2e_clone MODE under the shim with the end-to-end rules; it must exit 0 within a minute.
