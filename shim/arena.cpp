@@ -1787,7 +1787,7 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        if (pool.lock_end == pool.start || (skip >> i & 1) || relock_end(pool) <= refused) continue;
+        if (relock_end(pool) == pool.start || (skip >> i & 1) || relock_end(pool) <= refused) continue;
         if (int rc = relock(pool, pool.start, relock_end(pool) - pool.start)) {
             failed = rc;
             short_pools |= 1u << i;
@@ -1890,7 +1890,7 @@ void SecureArena::relock_loose_pages(bool report) noexcept {
 }
 
 // Where a pool's locked range ends for locking it again after fork: without lock-on-fault
-// only its committed part is locked (mlock populates). pre: the pool's range locks at all.
+// only its committed part is locked (mlock populates). Its start when nothing is to be locked.
 MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_end(const Pool &pool) const noexcept {
     return lock_on_commit_ && !pool.secret ? pool.locked_to : pool.lock_end;
 }
