@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
+#include <gnu/libc-version.h>
 #include <fcntl.h>
 #include <gnu/lib-names.h>
 #include <link.h>
@@ -1275,11 +1276,23 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
     return rc;
 }
 
-// _Fork (glibc 2.34 and later, musl) makes a fork child without running the atfork handlers,
+// Does libc have _Fork (glibc 2.34 and later)? Read from its version string, not looked up:
+// this runs in an IFUNC resolver, while the loader relocates, where dlsym must not be called.
+bool libc_has_fork_bare() noexcept {
+    const char *v = gnu_get_libc_version();
+    unsigned part[2] = {0, 0};
+    for (unsigned i = 0; i < 2 && v; ++i) {
+        while (*v >= '0' && *v <= '9') part[i] = part[i] * 10 + static_cast<unsigned>(*v++ - '0');
+        if (*v++ != '.') break;
+    }
+    return part[0] > 2 || (part[0] == 2 && part[1] >= 34);
+}
+
+// _Fork (glibc 2.34 and later) makes a fork child without running the atfork handlers,
 // and may be called from a signal handler. The shim runs no handler around it either (its
 // prepare handler takes locks); the child only makes its memory its own, which takes none:
 // otherwise its arena would stay unlocked and its counters would be its parent's.
-pid_t shim_fork_bare() noexcept {
+MLSHIM_FORK_CHILD_TEXT pid_t shim_fork_bare() noexcept {
     if (!next_known(g_next_fork_bare, "_Fork")) return -1;
     const pid_t pid = g_next_fork_bare();
     if (pid == 0 && g_active) {

@@ -41,8 +41,9 @@ Test(e2e_fork_corners, fork_against_getline_and_fflush_never_hangs) {
 }
 
 // _Fork runs no fork handler and may be called from a signal handler: made while this thread
-// or another holds an arena lock (match-all: every malloc(32) takes one), its child locks its
-// arena again without taking a lock, and exits.
+// or another holds an arena lock (under match-all the three threads' bursts of blocks refill
+// and flush their caches under the pools' locks), its child locks its arena again without
+// taking a lock, and exits. (That the child's arena is locked: e2e_lifecycle.)
 Test(e2e_fork_corners, underscore_fork_from_a_signal_handler_among_allocating_threads_never_hangs) {
     const ThreeWays t = corners("bare");
     t.expect_same(0);
