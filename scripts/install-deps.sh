@@ -8,7 +8,7 @@ PACKAGES="
 build-essential pkg-config binutils file git python3 perl
 libcriterion-dev nlohmann-json3-dev
 clang-14 libclang-rt-14-dev
-gdb libcap2-bin util-linux openssl libjemalloc2
+gdb libcap2-bin util-linux openssl libjemalloc2 valgrind
 musl-tools debootstrap qemu-user g++-aarch64-linux-gnu
 mmdebstrap qemu-user-static
 podman runc debootstrap python3-yaml

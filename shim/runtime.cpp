@@ -795,6 +795,24 @@ std::string allocator_before_shim() {
     return name;
 }
 
+// The path of the library a valgrind tool that replaces the allocator preloads (memcheck,
+// helgrind, drd, massif, dhat: vgpreload_TOOL-ARCH-linux.so), when the program runs under one;
+// empty otherwise. Tools that leave the allocator alone (callgrind, cachegrind) preload only
+// vgpreload_core.
+std::string valgrind_preload() {
+    std::string found;
+    dl_iterate_phdr(
+        [](dl_phdr_info *info, size_t, void *out) {
+            const char *name = info->dlpi_name ? info->dlpi_name : "";
+            const char *slash = std::strrchr(name, '/'), *base = slash ? slash + 1 : name;
+            if (std::strncmp(base, "vgpreload_", 10) != 0 || std::strncmp(base + 10, "core-", 5) == 0) return 0;
+            *static_cast<std::string *>(out) = name;
+            return 1;
+        },
+        &found);
+    return found;
+}
+
 // Says at `level`, and in the counters, which object takes the program's malloc calls before
 // the shim, if one does. pre: the match window is closed.
 void report_allocator_before(const std::string &exe, LogLevel level) {
@@ -889,6 +907,17 @@ void runtime_start() {
         log_msg(LogLevel::info, "config %s has no rules: nothing to protect", path);
         // memlock-discover traces the program under a config without rules.
         if (g_tracing) report_allocator_before(exe, LogLevel::warn);
+        return;
+    }
+    // Valgrind's tools that track the heap take malloc, free and realloc wherever they are
+    // defined, the shim's too (valgrind_preload), but not its other allocation functions: a block the shim's
+    // calloc or aligned_alloc gave out would reach valgrind's free, an invalid free there.
+    // So the shim protects nothing under valgrind, and says so.
+    if (const std::string vg = valgrind_preload(); !vg.empty()) {
+        log_msg(path == kSystemConfig ? LogLevel::info : LogLevel::warn,
+                "running under valgrind (%s is loaded), whose allocator takes the program's: nothing is "
+                "protected, every allocation passes through",
+                vg.c_str());
         return;
     }
     for (const SizeRule &r : table.rules) g_rules[g_nrules++] = r;
