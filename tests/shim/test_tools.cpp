@@ -847,6 +847,28 @@ Test(tools, inspect_a_protected_process_matches_smaps) {
     cr_assert_eq(j["warnings"].size(), 0u);
 }
 
+// Under valgrind's memcheck the shim passes every allocation through (docs/operators.md):
+// memlock-inspect says so, naming valgrind's library, not "no config, no rules".
+Test(tools, inspect_says_the_shim_passes_everything_through_under_valgrind) {
+    cr_assert(file_exists("/usr/bin/valgrind"), "valgrind missing: run scripts/install-deps.sh");
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(config("size-only.json"), {"/usr/bin/valgrind", "-q", shim_program("tools_hold")})));
+    const std::string pid = std::to_string(child.pid());
+    const RunResult text = run({tool("memlock-inspect"), pid});
+    const RunResult js = run({tool("memlock-inspect"), "--json", pid});
+    child.finish();
+    cr_assert(text.exited_with(2), "%s", text.describe().c_str());
+    cr_assert(contains(text.out, "): not protected: the shim is loaded but passes every allocation through: the "
+                                 "program runs under valgrind (") &&
+                  contains(text.out, "/vgpreload_memcheck-") &&
+                  contains(text.out, ".so is loaded), whose allocator takes its malloc calls\n"),
+              "%s", text.out.c_str());
+    const nlohmann::json j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "not JSON:\n%s", js.out.c_str());
+    assert_text(j["status"].get<std::string>(), "not protected");
+    cr_assert(contains(j["reason"].get<std::string>(), "runs under valgrind"), "%s", js.out.c_str());
+}
+
 // A program that defines malloc itself (as programs that link jemalloc or mimalloc in do)
 // keeps every allocation from the shim, even under memlock-run, which preloads the shim first:
 // degraded, naming the program, and nothing in the arena.
