@@ -269,6 +269,15 @@ $(B)/progs/callers_%: tests/progs/callers_%.c tests/progs/callers_common.h $(CAL
 	@mkdir -p $(@D)
 	$(CC) -std=gnu11 -O1 -g $(WARN) -fno-builtin $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lsecretlib
 
+# Binds _Fork when the loader relocates it at start-up (-z now), before the shim's relocation.
+$(B)/libs/libforkref.so: tests/libs/forkref.c
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -shared -fPIC -O1 -g $(WARN) -Wl,-z,now -Wl,-soname,libforkref.so $< -o $@
+
+$(B)/progs/fork_bare_lib: tests/progs/fork_bare_lib.c $(B)/libs/libforkref.so
+	@mkdir -p $(@D)
+	$(CC) -std=gnu11 -O1 -g $(WARN) -Wl,-z,now $< -o $@ -L $(B)/libs -Wl,-rpath,$(abspath $(B)/libs) -lforkref
+
 # jemalloc's own interface, from libjemalloc.so.2 (after the shim in the lookup order).
 $(B)/progs/jemalloc_api: tests/progs/jemalloc_api.c
 	@mkdir -p $(@D)

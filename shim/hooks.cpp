@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstring>
 
-#include "fork_child.hpp"
 #include "memlock.h"
 #include "runtime.hpp"
 
@@ -382,15 +381,8 @@ SHIM_EXPORT long syscall(long number, ...) {
 }
 #endif
 
-// _Fork runs no atfork handler: see shim_fork_bare. Only where libc has one (glibc 2.34 and
-// later): elsewhere the resolver answers NULL, so that dlsym(RTLD_DEFAULT, "_Fork") finds none,
-// as without the shim, and a program that looks for it falls back as it would there. (A
-// program that calls it directly needs a libc that has it to start at all.)
-namespace {
-MLSHIM_FORK_CHILD_TEXT pid_t fork_bare() { return shim_fork_bare(); }
-}  // namespace
-extern "C" pid_t (*resolve_fork_bare())() { return libc_has_fork_bare() ? fork_bare : nullptr; }
-SHIM_EXPORT pid_t _Fork() __attribute__((ifunc("resolve_fork_bare")));
+// _Fork runs no atfork handler: see shim_fork_bare.
+SHIM_EXPORT pid_t _Fork() { return shim_fork_bare(); }
 
 // glibc's clone(fn, stack, flags, arg, ...) runs no atfork handler either: see shim_clone.
 #if defined(__x86_64__) || defined(__aarch64__)

@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <dlfcn.h>
-#include <gnu/libc-version.h>
 #include <fcntl.h>
 #include <gnu/lib-names.h>
 #include <link.h>
@@ -243,6 +242,7 @@ long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s and _Fork's, likewise (glibc before 2.34 has no _Fork: nullptr).
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
 pid_t (*g_next_fork_bare)() = nullptr;
+std::atomic<bool> g_next_resolved{false};  // resolve_next has looked up all of the above
 
 // The lock is a flag of the shim's own, not a pthread mutex: the first call can come from a
 // library initialised before the shim (a sanitizer runtime's dlsym, while it sets up its own
@@ -275,6 +275,7 @@ void resolve_next() noexcept {
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
             fatal("cannot find the next allocator's functions (dlsym RTLD_NEXT failed)");
         g_next = n;
+        g_next_resolved.store(true, std::memory_order_release);
         done.store(true, std::memory_order_release);
     }
     busy.clear(std::memory_order_release);
@@ -1305,25 +1306,21 @@ int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid,
     return rc;
 }
 
-// Does libc have _Fork (glibc 2.34 and later)? Read from its version string, not looked up:
-// this runs in an IFUNC resolver, while the loader relocates, where dlsym must not be called.
-bool libc_has_fork_bare() noexcept {
-    const char *v = gnu_get_libc_version();
-    unsigned part[2] = {0, 0};
-    for (unsigned i = 0; i < 2 && v; ++i) {
-        while (*v >= '0' && *v <= '9') part[i] = part[i] * 10 + static_cast<unsigned>(*v++ - '0');
-        if (*v++ != '.') break;
-    }
-    return part[0] > 2 || (part[0] == 2 && part[1] >= 34);
-}
-
 // _Fork (glibc 2.34 and later) makes a fork child without running the atfork handlers,
 // and may be called from a signal handler. The shim runs no handler around it either (its
 // prepare handler takes locks); the child only makes its memory its own, which takes none:
 // otherwise its arena would stay unlocked and its counters would be its parent's.
+//
+// Where libc has no _Fork (glibc before 2.34), the shim's export is what a program finds when
+// it looks for one: it is then fork(), what such a program falls back to when it finds none
+// (the fork handlers run, the shim's too). After start-up (resolve_next has looked _Fork up)
+// nothing is looked up here: dlsym allocates, and this may run in a signal handler.
 MLSHIM_FORK_CHILD_TEXT pid_t shim_fork_bare() noexcept {
-    if (!next_known(g_next_fork_bare, "_Fork")) return -1;
-    const pid_t pid = g_next_fork_bare();
+    pid_t (*next)() = __atomic_load_n(&g_next_fork_bare, __ATOMIC_ACQUIRE);
+    if (!next && !g_next_resolved.load(std::memory_order_acquire) && next_known(g_next_fork_bare, "_Fork"))
+        next = g_next_fork_bare;
+    if (!next) return ::fork();
+    const pid_t pid = next();
     if (pid == 0 && g_active) {
         const int saved = errno;
         own_child_memory(t_fork_locked || !single_threaded());

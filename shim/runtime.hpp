@@ -185,10 +185,8 @@ long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
 // ptid, tls, ctid: clone's optional arguments, passed on as they are.
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept;
 // _Fork(), through to the next definition; its child locks its arena again and counts in a
-// page of its own, with no fork handler run. -1 with ENOSYS where libc has no _Fork.
+// page of its own, with no fork handler run. fork() where libc has no _Fork.
 pid_t shim_fork_bare() noexcept;
-// Does libc define _Fork? Safe to call while the loader relocates (no lookup).
-bool libc_has_fork_bare() noexcept;
 // free and malloc_usable_size for blocks that are not in the arena.
 void free_other(void *p) noexcept;
 std::size_t usable_other(void *p) noexcept;

@@ -6,7 +6,6 @@
 #   - the tools run, and that system's programs run under memlock-run with a size rule and
 #     with module rules, a depth-2 one matching far more than the same rule at depth 1;
 #   - memlock-inspect, run inside, reports a live program protected;
-#   - a program that looks for _Fork (glibc 2.34 and later) finds none under the shim either;
 #   - that system's openssl works under the shim: an s_server under the OpenSSL key profile
 #     (config/openssl.json when it exists, else a module rule on libcrypto) completes a TLS
 #     handshake, is reported protected, and a gcore taken from outside the chroot holds no
@@ -76,14 +75,6 @@ cmp -s "$M/tmp/plain.out" "$M/tmp/shim.out" || fail "sort printed other bytes un
 stats=$(ls "$M"/tmp/size.*.json | sed "s|^$M||")
 [ "$(counter "$stats" matched_allocations)" -gt 0 ] || fail "sort: no allocation matched: $(cat "$M$stats")"
 [ "$(counter "$stats" lock_failures)" -eq 0 ] || fail "sort: lock failures: $(cat "$M$stats")"
-
-step "_Fork: glibc $glibc has none, and a program that looks for it under the shim finds none"
-# dlopen(NULL) and dlsym: what a program that falls back to fork when libc lacks _Fork does.
-probe='use DynaLoader; my $h = DynaLoader::dl_load_file("", 0) or die DynaLoader::dl_error();
-    print DynaLoader::dl_find_symbol($h, "_Fork") ? "found\n" : "none\n";'
-[ "$(inside perl -e "$probe")" = none ] || fail "_Fork found on glibc $glibc without the shim"
-[ "$(inside $RUN --config /tmp/size.json -- perl -e "$probe")" = none ] ||
-    fail "_Fork found on glibc $glibc under the shim (its export must not stand in for one libc lacks)"
 
 start perl $RUN --config /tmp/size.json -- perl -e '$| = 1; my @k = map { "k" x 40 } 1 .. 2000;
     print "ready\n"; sleep 1 while 1;'

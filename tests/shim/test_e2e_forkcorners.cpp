@@ -51,6 +51,17 @@ Test(e2e_fork_corners, underscore_fork_from_a_signal_handler_among_allocating_th
     cr_assert_gt(t.all().stats.total("matched_allocations"), 0u, "%s", t.all().stats.describe().c_str());
 }
 
+// A library loaded at start-up that binds _Fork when the loader relocates it (-z now), which
+// is before the preloaded shim's own relocation: the program starts, finds _Fork and makes a
+// child with it, as without the shim.
+Test(e2e_fork_corners, a_library_that_binds_underscore_fork_at_start_up_runs_as_without_the_shim) {
+    const std::string prog = shim_program("fork_bare_lib");
+    cr_assert(file_exists(prog), "%s missing: run `make progs`", prog.c_str());
+    const ThreeWays t = run_three_ways({prog});
+    t.expect_same(0);
+    cr_assert_str_eq(t.without().result.out.c_str(), "has _Fork: yes\nchild-exit 7\n");
+}
+
 // posix_memalign returns ENOMEM and sets errno to ENOMEM, as glibc's does, on the arena path too.
 Test(e2e_fork_corners, posix_memalign_failure_sets_errno) {
     const ThreeWays t = corners("errno");
