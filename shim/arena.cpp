@@ -1787,8 +1787,9 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
-        if (relock_end(pool) == pool.start || (skip >> i & 1) || relock_end(pool) <= refused) continue;
-        if (int rc = relock(pool, pool.start, relock_end(pool) - pool.start)) {
+        const std::uintptr_t end = relock_end(pool);
+        if (end == pool.start || (skip >> i & 1) || end <= refused) continue;
+        if (int rc = relock(pool, pool.start, end - pool.start)) {
             failed = rc;
             short_pools |= 1u << i;
         }

@@ -242,17 +242,16 @@ long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s and _Fork's, likewise (glibc before 2.34 has no _Fork: nullptr).
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
 pid_t (*g_next_fork_bare)() = nullptr;
-std::atomic<bool> g_next_resolved{false};  // resolve_next has looked up all of the above
+std::atomic<bool> g_next_resolved{false};  // resolve_next has looked up all of the above and g_next
 
 // The lock is a flag of the shim's own, not a pthread mutex: the first call can come from a
 // library initialised before the shim (a sanitizer runtime's dlsym, while it sets up its own
 // pthread_mutex_lock interceptor), and a mutex call would reach that library's half-made one.
 void resolve_next() noexcept {
-    static std::atomic<bool> done{false};
     static std::atomic_flag busy = ATOMIC_FLAG_INIT;
-    if (done.load(std::memory_order_acquire)) return;
+    if (g_next_resolved.load(std::memory_order_acquire)) return;
     while (busy.test_and_set(std::memory_order_acquire)) sched_yield();
-    if (!done.load(std::memory_order_relaxed)) {
+    if (!g_next_resolved.load(std::memory_order_relaxed)) {
         t_resolving = true;
         const LibcTables libc = libc_tables();
         NextAllocator n{};
@@ -276,7 +275,6 @@ void resolve_next() noexcept {
             fatal("cannot find the next allocator's functions (dlsym RTLD_NEXT failed)");
         g_next = n;
         g_next_resolved.store(true, std::memory_order_release);
-        done.store(true, std::memory_order_release);
     }
     busy.clear(std::memory_order_release);
 }
@@ -796,17 +794,15 @@ std::string allocator_before_shim() {
     return name;
 }
 
-// The path of the library a valgrind tool that replaces the allocator preloads (memcheck,
-// helgrind, drd, massif, dhat: vgpreload_TOOL-ARCH-linux.so), when the program runs under one;
-// empty otherwise. Tools that leave the allocator alone (callgrind, cachegrind) preload only
-// vgpreload_core.
+// The path of the library a valgrind tool that replaces the allocator preloads
+// (is_valgrind_allocator_preload), when the program runs under one; empty otherwise.
 std::string valgrind_preload() {
     std::string found;
     dl_iterate_phdr(
         [](dl_phdr_info *info, size_t, void *out) {
             const char *name = info->dlpi_name ? info->dlpi_name : "";
             const char *slash = std::strrchr(name, '/'), *base = slash ? slash + 1 : name;
-            if (std::strncmp(base, "vgpreload_", 10) != 0 || std::strncmp(base + 10, "core-", 5) == 0) return 0;
+            if (!is_valgrind_allocator_preload(base)) return 0;
             *static_cast<std::string *>(out) = name;
             return 1;
         },
@@ -911,7 +907,7 @@ void runtime_start() {
         return;
     }
     // Valgrind's tools that track the heap take malloc, free and realloc wherever they are
-    // defined, the shim's too (valgrind_preload), but not its other allocation functions: a block the shim's
+    // defined, the shim's too, but not its other allocation functions: a block the shim's
     // calloc or aligned_alloc gave out would reach valgrind's free, an invalid free there.
     // So the shim protects nothing under valgrind, and says so.
     if (const std::string vg = valgrind_preload(); !vg.empty()) {

@@ -34,6 +34,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace mlshim {
 
@@ -50,6 +51,14 @@ constexpr std::uint32_t kStatsBackingSecretmem = 1;
 // malloc (the shim's start-up warning, memlock-inspect, memlock-run --check).
 constexpr char kBeforeShim[] = "which comes before the shim in the lookup order: the program's allocations never "
                                "reach the shim, and no rule sees them";
+
+// Is `base` (a file name without its directory) the library that a valgrind tool replacing
+// the allocator preloads (memcheck, helgrind, drd, massif, dhat: vgpreload_TOOL-ARCH-linux.so)?
+// Tools that leave the allocator alone (callgrind, cachegrind) preload only vgpreload_core.
+// Under one the shim passes everything through (its start-up line, memlock-inspect).
+inline bool is_valgrind_allocator_preload(const char *base) {
+    return std::strncmp(base, "vgpreload_", 10) == 0 && std::strncmp(base + 10, "core-", 5) != 0;
+}
 
 // StatsPage::flags
 constexpr std::uint32_t kStatsAllRulesLock = 1;  // every rule in force has the lock action

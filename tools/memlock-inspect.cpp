@@ -551,12 +551,12 @@ std::string shimmed_parent(const ProcessView &v) {
     return c && (*c)["active"].get<bool>() ? parent.name + " (pid " + std::to_string(v.ppid) + ")" : "";
 }
 
-// The path of the library of a valgrind tool that replaces the allocator (vgpreload_TOOL-...,
-// not vgpreload_core-...) in a process's maps text, under which the shim passes everything
-// through (docs/operators.md); "" when there is none.
+// The path of the library of a valgrind tool that replaces the allocator
+// (mlshim::is_valgrind_allocator_preload) in a process's maps text, under which the shim
+// passes everything through (docs/operators.md); "" when there is none.
 std::string valgrind_tool_library(const std::string &maps) {
     for (std::size_t at = maps.find("/vgpreload_"); at != std::string::npos; at = maps.find("/vgpreload_", at + 1)) {
-        if (maps.compare(at + 11, 5, "core-") == 0) continue;
+        if (!mlshim::is_valgrind_allocator_preload(maps.c_str() + at + 1)) continue;
         const std::size_t begin = maps.rfind(' ', at) + 1, end = maps.find('\n', at);
         return maps.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
     }
@@ -571,9 +571,10 @@ std::string valgrind_tool_library(const std::string &maps) {
 void explain_unprotected(const ProcessView &v, Report &r, bool named) {
     r.listed = !v.shim_loaded && v.preload_names_shim;
     if (!named && !r.listed) return;  // --all shows no verdict of a process it does not list
-    if (v.shim_loaded && !valgrind_tool_library(v.maps).empty())
+    const std::string valgrind = v.shim_loaded ? valgrind_tool_library(v.maps) : "";
+    if (!valgrind.empty())
         r.verdict = "the shim is loaded but passes every allocation through: the program runs under valgrind (" +
-                    valgrind_tool_library(v.maps) + " is loaded), whose allocator takes its malloc calls";
+                    valgrind + " is loaded), whose allocator takes its malloc calls";
     else if (v.shim_loaded)
         r.verdict = "the shim is loaded but not protecting anything (no config, no rules, or the config's programs "
                     "do not match)";
