@@ -945,6 +945,7 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
         region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
         region_locked_[r] = (r - (span >> region_shift_)) < (locked >> region_shift_);
     }
+    if (fork_plan_ && fork_plan_->valid) fork_plan_->valid = false;  // a prepare handler may grow it
     if (!adjacent) pool.frontier = pool.committed = base_ + span;
     pool.end = base_ + new_span;
     __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
@@ -1617,6 +1618,33 @@ bool SecureArena::locked(const void *p) const noexcept {
 
 // Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
 // fork takes them in that order too.
+void SecureArena::plan_fork(bool wanted) noexcept {
+    if (!fork_plan_) return;
+    ForkPlan plan;
+    // Each of these needs postfork_child's reading of the arena in the child: no pages the
+    // kernel zeroes for it, populating or remapping instead of locking on fault, pages
+    // locked one stretch at a time, a secretmem file to copy.
+    plan.valid = wanted && !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
+    for (unsigned i = 0; i < npools_; ++i)
+        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) plan.valid = false;
+    if (plan.valid)
+        for_each_relock_stretch(0, [&](std::uintptr_t lo, std::uintptr_t hi, Relock) {
+            if (plan.n == kForkPlanStretches) return plan.valid = false;
+            plan.at[plan.n++] = {lo, hi};
+            return true;
+        });
+    if (!plan.valid) plan = ForkPlan{};
+    if (!(plan == *fork_plan_)) *fork_plan_ = plan;
+}
+
+MLSHIM_FORK_CHILD_TEXT_FIRST void SecureArena::postfork_child_planned(const ForkPlan &plan) noexcept {
+    for (unsigned i = 0; i < plan.n; ++i)
+        if (memlock_lock_onfault(reinterpret_cast<void *>(plan.at[i].lo), plan.at[i].hi - plan.at[i].lo)) {
+            relock_each(0, plan.at[i].lo);
+            return;
+        }
+}
+
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
     pthread_mutex_lock(&misc_lock_);

@@ -64,6 +64,23 @@
 namespace mlshim {
 
 constexpr unsigned kMaxPools = 8;
+
+// What a fork child's handler locks again, planned in the parent before fork
+// (SecureArena::plan_fork): when valid, the stretches [lo, hi) to lock on fault, in order.
+constexpr unsigned kForkPlanStretches = 16;
+struct ForkPlan {
+    bool valid = false;
+    unsigned n = 0;
+    struct Stretch {
+        std::uintptr_t lo, hi;
+    } at[kForkPlanStretches] = {};
+    bool operator==(const ForkPlan &o) const noexcept {
+        if (valid != o.valid || n != o.n) return false;
+        for (unsigned i = 0; i < n; ++i)
+            if (at[i].lo != o.at[i].lo || at[i].hi != o.at[i].hi) return false;
+        return true;
+    }
+};
 // Size classes: 16..128 by 16, then 4 per doubling to 16 KiB, then 8 per doubling to 64 KiB
 // (a block is wiped whole on free: the finer steps there keep the bytes wiped of a TLS record
 // buffer, 16 KiB and a few hundred bytes, within 11% of those asked for).
@@ -155,6 +172,21 @@ public:
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
+    // A fork child's handler can read a plan instead of the arena (plan_fork), each page of
+    // the arena's it reads costing it a trap. `plan` is where plan_fork writes it (nullptr:
+    // nowhere), and growing the arena makes it invalid.
+    void set_fork_plan(ForkPlan *plan) noexcept { fork_plan_ = plan; }
+    // Before fork, in the parent: makes the plan valid (when `wanted`) if what postfork_child
+    // would lock comes down to at most kForkPlanStretches stretches locked on fault (not for
+    // secretmem pools, without lock-on-fault or MADV_WIPEONFORK, nor after a fork that fell
+    // short), else invalid. Writes it only where it changes: after a fork, each page the
+    // parent writes is copied. Reads the arena without its locks: pre: no other thread
+    // changes it (the process has one thread, or the caller holds prefork's locks).
+    void plan_fork(bool wanted) noexcept;
+    // In the child of a fork whose plan was valid: locks its stretches and, where one is
+    // refused, the rest as postfork_child does. Reads nothing of the arena but the plan
+    // unless a stretch is refused.
+    void postfork_child_planned(const ForkPlan &plan) noexcept;
     // The calling thread's stats slot (nullptr: none).
     ThreadCounters *thread_slot() const noexcept;
     // Thread exit: returns the calling thread's cached blocks to the pools.
@@ -212,7 +244,7 @@ private:
     int relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept;
     int remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept;
     std::uintptr_t relock_merged(unsigned skip) noexcept;
-    bool relock_each(unsigned skip, std::uintptr_t refused) noexcept;
+    __attribute__((noinline)) bool relock_each(unsigned skip, std::uintptr_t refused) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
@@ -302,6 +334,7 @@ private:
     };
     ProcessMarks own_marks_{};
     ProcessMarks *marks_ = &own_marks_;
+    ForkPlan *fork_plan_ = nullptr;  // set_fork_plan
     std::atomic<bool> discard_locked_ok_{true};  // MADV_DONTNEED_LOCKED works
     std::atomic<bool> warned_lock_failure_{false};
     std::atomic<bool> warned_full_{false};

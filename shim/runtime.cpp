@@ -316,10 +316,30 @@ __thread bool t_fork_locked __attribute__((tls_model("initial-exec"))) = false;
 
 bool single_threaded() noexcept { return g_single_threaded && *g_single_threaded; }
 
-// A single-threaded fork (not nested in another) counts nothing: the parent's handler then
-// writes no memory, as every page the parent writes after fork costs a copy-on-write fault.
+// What the child's handler of a single-threaded fork reads, on a page of its own: each page
+// of the shim's that a fork child touches first costs it a trap (a fault, or on a hypervisor
+// that shadows page tables, an exit), which a child that execs or exits at once pays for
+// nothing. atfork_prepare writes it only when it changes, so that the parent does not
+// copy it on write after every fork.
+struct alignas(4096) SingleFork {
+    bool walked = false;  // fast_backtrace_after_fork_child has work
+    ForkPlan plan;        // set by the arena (SecureArena::plan_fork)
+};
+SingleFork g_single_fork;
+
+// Plans the child's work for a fork by a single-threaded process (`single`), or plans none.
+void plan_single_fork(bool single) noexcept {
+    g_arena.plan_fork(single && !stats_moves_after_fork(g_stats));
+    const bool walked = g_single_fork.plan.valid && fast_backtrace_child_work();
+    if (g_single_fork.walked != walked) g_single_fork.walked = walked;
+}
+
+// A single-threaded fork (not nested in another) takes no lock and counts nothing: the
+// parent's handler then writes no memory (but a changed plan), as every page the parent
+// writes after fork costs a copy-on-write fault.
 void atfork_prepare() {
-    if (!g_active || (t_fork_depth == 0 && single_threaded())) return;
+    if (!g_active) return;
+    if (t_fork_depth == 0 && single_threaded()) return plan_single_fork(true);
     if (t_fork_depth++ > 0) return;
     sigset_t all, old;
     sigfillset(&all);
@@ -327,6 +347,7 @@ void atfork_prepare() {
     _IO_list_lock();
     callers_prefork();
     g_arena.prefork();
+    plan_single_fork(false);
     t_fork_locked = true;
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
@@ -359,7 +380,12 @@ MLSHIM_FORK_CHILD_TEXT void own_child_memory(bool other_threads) {
     g_arena.postfork_child();
 }
 
-MLSHIM_FORK_CHILD_TEXT void atfork_child() {
+MLSHIM_FORK_CHILD_TEXT_FIRST void atfork_child() {
+    if (g_single_fork.plan.valid) {
+        if (g_single_fork.walked) fast_backtrace_after_fork_child();
+        g_arena.postfork_child_planned(g_single_fork.plan);
+        return;
+    }
     if (!g_active) return;
     // The outermost fork of this thread re-initialises the locks it took; a nested one leaves
     // them to the outer fork, which releases them in this process too.
@@ -964,6 +990,7 @@ void runtime_start() {
         return startup_error(kExitOsErr, std::string("cannot set up the secure arena: ") + memlock_strerror(rc),
                              exe);
     g_single_threaded = static_cast<const char *>(dlsym(RTLD_DEFAULT, "__libc_single_threaded"));
+    g_arena.set_fork_plan(&g_single_fork.plan);
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (g_stats) g_stats->active.store(1);
     g_active = true;

@@ -99,6 +99,8 @@ StatsPage *stats_create(bool visible) noexcept {
     return map_page(static_cast<int>(::getpid()), visible);
 }
 
+bool stats_moves_after_fork(const StatsPage *page) noexcept { return page && g_kind == PageKind::shared_anonymous; }
+
 MLSHIM_FORK_CHILD_TEXT StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept {
     if (!page) return nullptr;
     if (g_kind == PageKind::shared_anonymous) {

@@ -215,6 +215,8 @@ StatsPage *stats_create(bool visible) noexcept;
 // its pid never: the page's pid is the process that made it). A shared anonymous page (no
 // memfd_create) is copied into a new one with the child's pid, all its slots released.
 StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept;
+// Does a fork child of a single-threaded process get a new page (stats_after_fork)?
+bool stats_moves_after_fork(const StatsPage *page) noexcept;
 
 // Claims a slot for the calling thread (tid), or returns &page->shared when all are taken.
 ThreadCounters *stats_claim_slot(StatsPage *page, int tid) noexcept;

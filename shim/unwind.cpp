@@ -741,8 +741,12 @@ bool fast_backtrace_share() noexcept {
 // Writes g_child only where walks are possible: a store, even of the value already there,
 // costs the child a copy-on-write fault on its page. A process that shares the ring (a caller
 // rule deeper than depth 1) or has walked writes it; under size rules nothing is written.
-MLSHIM_FORK_CHILD_TEXT void fast_backtrace_after_fork_child() noexcept {
-    if (!g_child.hints_owner && g_walks.load(std::memory_order_relaxed) == 0) return;
+bool fast_backtrace_child_work() noexcept {
+    return g_child.hints_owner || g_walks.load(std::memory_order_relaxed) != 0;
+}
+
+MLSHIM_FORK_CHILD_TEXT_FIRST void fast_backtrace_after_fork_child() noexcept {
+    if (!fast_backtrace_child_work()) return;
     g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
     g_child.hints_owner = false;
 }
@@ -758,6 +762,7 @@ bool fast_backtrace_copy(std::uint64_t, std::uintptr_t *, int) noexcept { return
 void fast_backtrace_forget() noexcept {}
 bool fast_backtrace_share() noexcept { return false; }
 void fast_backtrace_after_fork_child() noexcept {}
+bool fast_backtrace_child_work() noexcept { return false; }
 namespace {
 std::atomic<unsigned long long> g_rules_made{0};
 std::atomic<unsigned long long> g_fallbacks{0};

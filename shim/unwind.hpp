@@ -60,6 +60,8 @@ bool fast_backtrace_share() noexcept;
 // system call and writes no thread-local variable.
 constexpr unsigned kFastBacktraceChildUnkept = 256;
 void fast_backtrace_after_fork_child() noexcept;
+// Has fast_backtrace_after_fork_child anything to do (the ring shared, or walks made)?
+bool fast_backtrace_child_work() noexcept;
 
 // Rules made since start-up, walks that fell back to libgcc, rules made from addresses fork
 // children posted, and walks that read their rules (not replayed), for tests and benchmarks.

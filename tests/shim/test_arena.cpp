@@ -32,6 +32,7 @@ namespace {
 
 SecureArena arena;
 mlshim::StatsPage *stats;
+mlshim::ForkPlan fork_plan;  // where the arena plans a fork child's work (as the shim's)
 
 // Purging as soon as anything is free (the unit tests' default is the shim's: 2 MiB of slack).
 bool g_purge_at_once = false;
@@ -51,6 +52,7 @@ void make_arena(std::size_t max_locked = 64u << 20,
     o.prealloc = prealloc;
     const std::vector<unsigned> each(npools, actions);  // the same actions for every pool
     cr_assert_eq(arena.init(o, each.data(), npools, stats, reporter), 0);
+    arena.set_fork_plan(&fork_plan);
 }
 
 // The process totals, as memlock-inspect sums them (rule totals plus the threads' rows).
@@ -83,16 +85,22 @@ std::size_t huge_page_size(void *&key) {
     return 0;
 }
 
-// Forks a child that takes the arena over as the shim's fork handlers do, its counters
-// included, and exits with what `child` returns there. Returns the child's wait status.
+// Forks a child that takes the arena over as the shim's fork handlers do in a process with
+// one thread, its counters included: by the plan where the arena could make one, else
+// reading the arena. Exits with what `child` returns there. Returns the child's wait status.
 template <typename F> int status_of_fork_child(F child) {
+    arena.plan_fork(true);
     arena.prefork();
     const pid_t pid = fork();
     if (pid == 0) {
         arena.postfork_child_locks();
-        stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
-        arena.set_stats(stats);
-        arena.postfork_child();
+        if (fork_plan.valid) {
+            arena.postfork_child_planned(fork_plan);
+        } else {
+            stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+            arena.set_stats(stats);
+            arena.postfork_child();
+        }
         _exit(child());
     }
     arena.postfork_parent();
@@ -777,6 +785,41 @@ Test(arena, a_forked_child_relocks_and_frees_blocks_from_before_the_fork) {
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %d", status);
     cr_assert_eq(p[0], 42, "the parent's block is untouched");
+}
+
+// What a fork child locks, planned in the parent: the stretches postfork_child would lock,
+// each whole, for as long as the arena does not grow (a block that grows it invalidates the
+// plan), and none when not wanted (a process with more than one thread).
+Test(arena, a_fork_plan_holds_what_the_child_locks_until_the_arena_grows) {
+    make_arena();
+    void *a = arena.alloc(0, 3u << 20);
+    cr_assert_not_null(a);
+    arena.plan_fork(true);
+    cr_assert(fork_plan.valid);
+    cr_assert_eq(fork_plan.n, 1u, "the first region and the one grown after it lie end to end");
+    const auto at = reinterpret_cast<std::uintptr_t>(a);
+    cr_assert(fork_plan.at[0].lo <= at && at + (3u << 20) <= fork_plan.at[0].hi);
+    arena.plan_fork(false);
+    cr_assert_not(fork_plan.valid);
+    cr_assert_eq(fork_plan.n, 0u);
+    arena.plan_fork(true);
+    cr_assert(fork_plan.valid);
+    void *b = arena.alloc(0, 3u << 20);
+    cr_assert_not_null(b);
+    cr_assert_not(fork_plan.valid, "the arena grew: the plan no longer holds");
+    arena.plan_fork(true);
+    const auto bt = reinterpret_cast<std::uintptr_t>(b);
+    cr_assert(fork_plan.valid && fork_plan.at[fork_plan.n - 1].lo <= bt && bt + (3u << 20) <= fork_plan.at[fork_plan.n - 1].hi);
+    // The planned child locks both blocks again, and frees them.
+    const int status = status_of_fork_child([&] {
+        if (!range_has_flag(a, 3u << 20, "lo") || !range_has_flag(b, 3u << 20, "lo")) return 1;
+        arena.free(a);
+        arena.free(b);
+        return 0;
+    });
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
+    arena.free(b);
+    arena.free(a);
 }
 
 namespace {

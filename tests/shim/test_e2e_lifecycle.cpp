@@ -176,6 +176,43 @@ Test(e2e_lifecycle, a_fork_child_writes_no_page_of_the_shim) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
 }
 
+// Each page of the shim's that a fork child touches first costs it a trap (on a hypervisor
+// that shadows page tables, even one whose entry fork copied), so the child of a
+// single-threaded process reads two pages of the shim's data: the plan its parent's fork
+// handler made, and the core's (its mlock2). fork makes the child's page table entries old
+// (and the parent cleared its pages' referenced bits right before): the child's smaps'
+// Referenced counts what it touched since, here stopped as soon as fork returned. Bound at
+// start-up (LD_BIND_NOW, as Debian links its daemons): a lazily bound child's first call
+// makes the dynamic loader read its records of the loaded objects, which may lie in pages
+// next to the shim's .bss (one mapping in smaps).
+Test(e2e_lifecycle, a_single_threaded_fork_child_reads_two_pages_of_the_shims_data) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_fork");
+    RunOptions opts = shim_options(config, {shim_program("e2e_fork"), "1", "fork-stop"});
+    opts.env.emplace_back("LD_BIND_NOW", "1");
+    LiveProgram prog;
+    cr_assert_not_null(start_program_into(prog, opts));
+    cr_assert(prog.wait_for_line("child-stopped"), "%s", prog.out().c_str());
+    const auto stopped = line_value(prog.out(), "stopped");
+    cr_assert(stopped.has_value(), "%s", prog.out().c_str());
+    const pid_t child = static_cast<pid_t>(std::stol(*stopped));
+    std::size_t referenced = 0;
+    std::uintptr_t shim_end = 0;
+    for (const auto &m : read_smaps(child)) {
+        const bool shim = m.path.find("libmemlock_shim.so") != std::string::npos;
+        const bool bss = m.path.empty() && m.start == shim_end && shim_end != 0;
+        if (shim) shim_end = m.end;
+        if ((shim && m.perms[1] == 'w') || bss) referenced += m.referenced_kb;
+    }
+    const std::size_t page_kb = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) / 1024;
+    cr_assert_leq(referenced, 2 * page_kb, "the fork child touched %zu kB of the shim's data", referenced);
+    cr_assert_eq(::kill(child, SIGCONT), 0);
+    cr_assert(prog.wait_for_line("ready"), "%s", prog.out().c_str());
+    const RunResult r = prog.finish();
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_empty(r.err.c_str());
+}
+
 namespace {
 
 // The THP mode in force (/sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise",
@@ -209,12 +246,13 @@ ArenaView arena_view(pid_t pid, const void *lo, const void *hi) {
 // Runs `argv` (e2e_fork with 4 MiB of blocks, as such or through a wrapper) and checks the
 // arena range holding the 4 MiB in the parent and in its fork child: locked (lo, and all of
 // its resident memory counted under Locked: Locked is the mapping's Pss when it is locked),
-// dontdump, resident; on huge pages (AnonHugePages) when `huge`, none when `small`.
-void check_fork_arena(const RunOptions &opts, bool huge, bool small) {
+// dontdump, resident; on huge pages (AnonHugePages) when `huge`, none when `small`. `range`:
+// the output line that gives the range ("bulk LO HI").
+void check_fork_arena(const RunOptions &opts, bool huge, bool small, const char *range = "bulk") {
     LiveProgram prog;
     start_until_ready(prog, opts);
     const auto parent = line_value(prog.out(), "parent"), child = line_value(prog.out(), "child");
-    const auto bulk = line_value(prog.out(), "bulk");
+    const auto bulk = line_value(prog.out(), range);
     cr_assert(parent && child && bulk, "%s", prog.out().c_str());
     const auto space = bulk->find(' ');
     const void *lo = parse_pointer(bulk->substr(0, space)), *hi = parse_pointer(bulk->substr(space + 1));
@@ -286,6 +324,22 @@ Test(e2e_lifecycle, without_lock_on_fault_a_grown_arena_is_locked_in_parent_and_
     check_fork_arena(shim_options(config, {shim_program("enosys_exec"), std::to_string(SYS_mlock2),
                                            shim_program("e2e_fork"), "4"}),
                      false, false);
+}
+
+// A fork handler that runs after the shim's (a library preloaded after the shim registers
+// its handler first) and allocates 4 MiB of matched blocks, growing the arena right before
+// the fork: the region the arena grew by is locked in the child too. (The shim's handler
+// plans what the child locks; growing the arena drops the plan.)
+Test(e2e_lifecycle, blocks_a_later_fork_handler_allocates_are_locked_in_the_fork_child) {
+    TempDir dir;
+    const std::string config = prepare_e2e(dir, "e2e_fork");
+    const std::string lib = shim_build_dir() + "/libs/libatfork_grow.so";
+    cr_assert(file_exists(lib), "%s missing", lib.c_str());
+    RunOptions opts = shim_options(config, {shim_program("e2e_fork"), "1"});
+    for (auto &[name, value] : opts.env)
+        if (name == "LD_PRELOAD") value += " " + lib;
+    opts.env.emplace_back("ATFORK_GROW_MIB", "4");
+    check_fork_arena(opts, false, false, "grown");
 }
 
 // 4 threads x 200k rounds of matched and unmatched allocations, some freed by another thread.

@@ -1,0 +1,34 @@
+/* libatfork_grow.so - a library whose fork prepare handler allocates.
+ *
+ * Preloaded after the shim, its constructor runs first and registers its handler before the
+ * shim's: prepare handlers run in the reverse order, so it runs after the shim's, right
+ * before the fork. With ATFORK_GROW_MIB=N it allocates N MiB of 1000-byte blocks there (kept
+ * live), filled, and prints "grown LO HI" (the range they lie in). */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static long grow_blocks;
+
+static void grow(void) {
+    unsigned char *lo = NULL, *hi = NULL;
+    for (long i = 0; i < grow_blocks; ++i) {
+        unsigned char *p = malloc(1000);
+        if (!p) abort();
+        memset(p, 0x3c, 1000);
+        if (!lo || p < lo) lo = p;
+        if (p + 1000 > hi) hi = p + 1000;
+    }
+    if (grow_blocks) {
+        printf("grown %p %p\n", (void *)lo, (void *)hi);
+        fflush(stdout);
+    }
+}
+
+__attribute__((constructor)) static void init(void) {
+    const char *mib = getenv("ATFORK_GROW_MIB");
+    grow_blocks = mib ? atol(mib) * 1024 * 1024 / 1000 : 0;
+    pthread_atfork(grow, NULL, NULL);
+}
