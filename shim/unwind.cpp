@@ -705,13 +705,21 @@ __attribute__((noinline)) int fast_backtrace(std::uintptr_t from, std::uintptr_t
     std::uintptr_t pc, sp, fp;
     // Where this frame is: the rule for the address after the lea is the rule for here.
     asm volatile("lea 0(%%rip), %0\n\tmov %%rsp, %1\n\tmov %%rbp, %2" : "=r"(pc), "=r"(sp), "=r"(fp));
-    const int again = replay(sp, fp, from, gen, max, pcs, walk, !copied, reinterpret_cast<std::uintptr_t>(__builtin_return_address(0)));
-    if (again >= 0) {
-        if (copied) *copied = false;
-        return again;
+    // A fork child's first walks look for no kept walk to replay: the table holds its
+    // parent's, whose call chains from the same stack addresses a child seldom repeats (a
+    // postgres backend replayed none of them), and each probe reads a page of the table,
+    // which a child touches first at the cost of a trap (docs/performance.md).
+    int n;
+    if (__builtin_expect(g_child.walks_unkept.load(std::memory_order_relaxed) != 0, 0)) {
+        n = walk_from<false>(pc, sp, fp, from, pcs, max, gen, walk);
+    } else {
+        const int again = replay(sp, fp, from, gen, max, pcs, walk, !copied, reinterpret_cast<std::uintptr_t>(__builtin_return_address(0)));
+        if (again >= 0) {
+            if (copied) *copied = false;
+            return again;
+        }
+        n = walk_from<true>(pc, sp, fp, from, pcs, max, gen, walk);
     }
-    int n = __builtin_expect(g_child.walks_unkept.load(std::memory_order_relaxed) != 0, 0) ? walk_from<false>(pc, sp, fp, from, pcs, max, gen, walk)
-                                                     : walk_from<true>(pc, sp, fp, from, pcs, max, gen, walk);
     // Not a tail call: the walk reads this frame, which a jump would hand to walk_from.
     asm volatile("" : "+r"(n));
     return n;
