@@ -945,11 +945,14 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
         region_pool_[r] = static_cast<std::uint8_t>(&pool - pools_);
         region_locked_[r] = (r - (span >> region_shift_)) < (locked >> region_shift_);
     }
-    if (fork_plan_ && fork_plan_->valid) fork_plan_->valid = false;  // a prepare handler may grow it
     if (!adjacent) pool.frontier = pool.committed = base_ + span;
     pool.end = base_ + new_span;
     __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
     if (stats_) stats_->reserved_bytes.store(new_span);
+    // A fork plan made before this point no longer holds (a prepare handler that runs after
+    // the shim's may grow the arena; a signal handler may fork while it grows).
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (fork_plan_) ++fork_plan_->growths;
     return true;
 }
 
@@ -1620,24 +1623,39 @@ bool SecureArena::locked(const void *p) const noexcept {
 // fork takes them in that order too.
 void SecureArena::plan_fork(bool wanted) noexcept {
     if (!fork_plan_) return;
-    ForkPlan plan;
+    ForkPlan &out = *fork_plan_;
+    // Growths are counted first: one under way while the plan is made leaves it not holding.
+    const std::uint32_t growths = out.growths;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
     // Each of these needs postfork_child's reading of the arena in the child: no pages the
     // kernel zeroes for it, populating or remapping instead of locking on fault, pages
     // locked one stretch at a time, a secretmem file to copy.
-    plan.valid = wanted && !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
-    for (unsigned i = 0; i < npools_; ++i)
-        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) plan.valid = false;
-    if (plan.valid)
+    bool valid = wanted && !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
+    for (unsigned i = 0; i < npools_ && valid; ++i)
+        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) valid = false;
+    ForkPlan::Stretch at[kForkPlanStretches];
+    unsigned n = 0;
+    if (valid)
         for_each_relock_stretch(0, [&](std::uintptr_t lo, std::uintptr_t hi, Relock) {
-            if (plan.n == kForkPlanStretches) return plan.valid = false;
-            plan.at[plan.n++] = {lo, hi};
+            if (n == kForkPlanStretches) return valid = false;
+            at[n++] = {lo, hi};
             return true;
         });
-    if (!plan.valid) plan = ForkPlan{};
-    if (!(plan == *fork_plan_)) *fork_plan_ = plan;
+    if (!valid) n = 0;
+    // Only what changed is written (a valid plan first made invalid, so that a torn one never holds).
+    bool same = valid == out.valid && n == out.n && (!valid || growths == out.planned);
+    for (unsigned i = 0; i < n && same; ++i) same = at[i].lo == out.at[i].lo && at[i].hi == out.at[i].hi;
+    if (same) return;
+    out.valid = false;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    for (unsigned i = 0; i < n; ++i) out.at[i] = at[i];
+    out.n = n;
+    out.planned = growths;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    out.valid = valid;
 }
 
-MLSHIM_FORK_CHILD_TEXT_FIRST void SecureArena::postfork_child_planned(const ForkPlan &plan) noexcept {
+MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const ForkPlan &plan) noexcept {
     for (unsigned i = 0; i < plan.n; ++i)
         if (memlock_lock_onfault(reinterpret_cast<void *>(plan.at[i].lo), plan.at[i].hi - plan.at[i].lo)) {
             relock_each(0, plan.at[i].lo);

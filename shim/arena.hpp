@@ -66,21 +66,22 @@ namespace mlshim {
 constexpr unsigned kMaxPools = 8;
 
 // What a fork child's handler locks again, planned in the parent before fork
-// (SecureArena::plan_fork): when valid, the stretches [lo, hi) to lock on fault, in order.
+// (SecureArena::plan_fork): the stretches [lo, hi) to lock on fault, in order. It holds when
+// it was made valid and the arena has not grown since (growths: counted by the arena, after
+// each growth is in place, so that a plan made while one was under way, by a signal handler
+// that forks, does not hold).
 constexpr unsigned kForkPlanStretches = 16;
 struct ForkPlan {
     bool valid = false;
     unsigned n = 0;
+    std::uint32_t growths = 0;   // the arena's growths so far
+    std::uint32_t planned = 0;   // growths when the plan was made
     struct Stretch {
         std::uintptr_t lo, hi;
     } at[kForkPlanStretches] = {};
-    bool operator==(const ForkPlan &o) const noexcept {
-        if (valid != o.valid || n != o.n) return false;
-        for (unsigned i = 0; i < n; ++i)
-            if (at[i].lo != o.at[i].lo || at[i].hi != o.at[i].hi) return false;
-        return true;
-    }
+    bool holds() const noexcept { return valid && planned == growths; }
 };
+
 // Size classes: 16..128 by 16, then 4 per doubling to 16 KiB, then 8 per doubling to 64 KiB
 // (a block is wiped whole on free: the finer steps there keep the bytes wiped of a TLS record
 // buffer, 16 KiB and a few hundred bytes, within 11% of those asked for).
@@ -174,18 +175,19 @@ public:
     void postfork_child() noexcept;
     // A fork child's handler can read a plan instead of the arena (plan_fork), each page of
     // the arena's it reads costing it a trap. `plan` is where plan_fork writes it (nullptr:
-    // nowhere), and growing the arena makes it invalid.
+    // nowhere), and where the arena counts its growths.
     void set_fork_plan(ForkPlan *plan) noexcept { fork_plan_ = plan; }
     // Before fork, in the parent: makes the plan valid (when `wanted`) if what postfork_child
     // would lock comes down to at most kForkPlanStretches stretches locked on fault (not for
-    // secretmem pools, without lock-on-fault or MADV_WIPEONFORK, nor after a fork that fell
-    // short), else invalid. Writes it only where it changes: after a fork, each page the
-    // parent writes is copied. Reads the arena without its locks: pre: no other thread
-    // changes it (the process has one thread, or the caller holds prefork's locks).
+    // secretmem pools, without lock-on-fault or MADV_WIPEONFORK, nor with pages locked one
+    // stretch at a time after a fork that fell short), else invalid. Writes only what
+    // changes: after a fork, each page the parent writes is copied. Reads the arena without
+    // its locks: pre: no other thread changes it (the process has one thread, or the caller
+    // holds prefork's locks).
     void plan_fork(bool wanted) noexcept;
-    // In the child of a fork whose plan was valid: locks its stretches and, where one is
-    // refused, the rest as postfork_child does. Reads nothing of the arena but the plan
-    // unless a stretch is refused.
+    // In the child of a fork whose plan holds: locks its stretches and, where one is refused,
+    // the rest as postfork_child does. Reads nothing of the arena but the plan unless a
+    // stretch is refused.
     void postfork_child_planned(const ForkPlan &plan) noexcept;
     // The calling thread's stats slot (nullptr: none).
     ThreadCounters *thread_slot() const noexcept;

@@ -11,6 +11,6 @@
 // child runs, and right after them the core's system-call wrappers (the Makefile links the
 // core first). A child of a single-threaded process runs about 1 KiB of it.
 #define MLSHIM_FORK_CHILD_TEXT __attribute__((section(".text.sorted.memlock_fork_child.1")))
-#define MLSHIM_FORK_CHILD_TEXT_FIRST __attribute__((section(".text.sorted.memlock_fork_child.2")))
+#define MLSHIM_FORK_CHILD_COMMON_TEXT __attribute__((section(".text.sorted.memlock_fork_child.2")))
 
 #endif

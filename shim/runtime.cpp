@@ -336,10 +336,12 @@ void plan_single_fork(bool single) noexcept {
 
 // A single-threaded fork (not nested in another) takes no lock and counts nothing: the
 // parent's handler then writes no memory (but a changed plan), as every page the parent
-// writes after fork costs a copy-on-write fault.
+// writes after fork costs a copy-on-write fault. Any other fork plans none, before anything
+// else: a signal handler may fork from here on, and its child must not take the planned path.
 void atfork_prepare() {
     if (!g_active) return;
     if (t_fork_depth == 0 && single_threaded()) return plan_single_fork(true);
+    plan_single_fork(false);
     if (t_fork_depth++ > 0) return;
     sigset_t all, old;
     sigfillset(&all);
@@ -347,7 +349,6 @@ void atfork_prepare() {
     _IO_list_lock();
     callers_prefork();
     g_arena.prefork();
-    plan_single_fork(false);
     t_fork_locked = true;
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
@@ -380,8 +381,8 @@ MLSHIM_FORK_CHILD_TEXT void own_child_memory(bool other_threads) {
     g_arena.postfork_child();
 }
 
-MLSHIM_FORK_CHILD_TEXT_FIRST void atfork_child() {
-    if (g_single_fork.plan.valid) {
+MLSHIM_FORK_CHILD_COMMON_TEXT void atfork_child() {
+    if (g_single_fork.plan.holds()) {
         if (g_single_fork.walked) fast_backtrace_after_fork_child();
         g_arena.postfork_child_planned(g_single_fork.plan);
         return;

@@ -753,7 +753,7 @@ bool fast_backtrace_child_work() noexcept {
     return g_child.hints_owner || g_walks.load(std::memory_order_relaxed) != 0;
 }
 
-MLSHIM_FORK_CHILD_TEXT_FIRST void fast_backtrace_after_fork_child() noexcept {
+MLSHIM_FORK_CHILD_COMMON_TEXT void fast_backtrace_after_fork_child() noexcept {
     if (!fast_backtrace_child_work()) return;
     g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
     g_child.hints_owner = false;

@@ -85,22 +85,31 @@ std::size_t huge_page_size(void *&key) {
     return 0;
 }
 
-// Forks a child that takes the arena over as the shim's fork handlers do in a process with
-// one thread, its counters included: by the plan where the arena could make one, else
-// reading the arena. Exits with what `child` returns there. Returns the child's wait status.
-template <typename F> int status_of_fork_child(F child) {
-    arena.plan_fork(true);
+// Before fork: plans the child's work as the shim's prepare handler does in a process with
+// one thread (`planned`), or plans none (as in a process with more).
+void plan_fork(bool planned) { arena.plan_fork(planned && !mlshim::stats_moves_after_fork(stats)); }
+
+// In a fork child: takes the arena over as the shim's child handler does, its counters
+// included: by the plan where it holds, else reading the arena.
+void take_over_in_child() {
+    arena.postfork_child_locks();
+    if (fork_plan.holds()) {
+        arena.postfork_child_planned(fork_plan);
+        return;
+    }
+    stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
+    arena.set_stats(stats);
+    arena.postfork_child();
+}
+
+// Forks a child that takes the arena over (plan_fork(planned), take_over_in_child) and exits
+// with what `child` returns there. Returns the child's wait status.
+template <typename F> int status_of_fork_child(F child, bool planned = true) {
+    plan_fork(planned);
     arena.prefork();
     const pid_t pid = fork();
     if (pid == 0) {
-        arena.postfork_child_locks();
-        if (fork_plan.valid) {
-            arena.postfork_child_planned(fork_plan);
-        } else {
-            stats = mlshim::stats_after_fork(stats, arena.thread_slot(), false);
-            arena.set_stats(stats);
-            arena.postfork_child();
-        }
+        take_over_in_child();
         _exit(child());
     }
     arena.postfork_parent();
@@ -795,21 +804,21 @@ Test(arena, a_fork_plan_holds_what_the_child_locks_until_the_arena_grows) {
     void *a = arena.alloc(0, 3u << 20);
     cr_assert_not_null(a);
     arena.plan_fork(true);
-    cr_assert(fork_plan.valid);
+    cr_assert(fork_plan.holds());
     cr_assert_eq(fork_plan.n, 1u, "the first region and the one grown after it lie end to end");
     const auto at = reinterpret_cast<std::uintptr_t>(a);
     cr_assert(fork_plan.at[0].lo <= at && at + (3u << 20) <= fork_plan.at[0].hi);
     arena.plan_fork(false);
-    cr_assert_not(fork_plan.valid);
+    cr_assert_not(fork_plan.holds());
     cr_assert_eq(fork_plan.n, 0u);
     arena.plan_fork(true);
-    cr_assert(fork_plan.valid);
+    cr_assert(fork_plan.holds());
     void *b = arena.alloc(0, 3u << 20);
     cr_assert_not_null(b);
-    cr_assert_not(fork_plan.valid, "the arena grew: the plan no longer holds");
+    cr_assert_not(fork_plan.holds(), "the arena grew: the plan no longer holds");
     arena.plan_fork(true);
     const auto bt = reinterpret_cast<std::uintptr_t>(b);
-    cr_assert(fork_plan.valid && fork_plan.at[fork_plan.n - 1].lo <= bt && bt + (3u << 20) <= fork_plan.at[fork_plan.n - 1].hi);
+    cr_assert(fork_plan.holds() && fork_plan.at[fork_plan.n - 1].lo <= bt && bt + (3u << 20) <= fork_plan.at[fork_plan.n - 1].hi);
     // The planned child locks both blocks again, and frees them.
     const int status = status_of_fork_child([&] {
         if (!range_has_flag(a, 3u << 20, "lo") || !range_has_flag(b, 3u << 20, "lo")) return 1;
@@ -838,7 +847,7 @@ int mlock2_upto_2mib(const void *a, std::size_t n, unsigned flags) {
 // A pool grown past its first region: 3 MiB live in `a` (the first region and the one grown
 // after it lie end to end). Forks; the child reports what it locked and how many lock and
 // unlock calls its fork handler made, and exits with child_status of those.
-template <typename F> void fork_with_grown_pool(F child_status) {
+template <typename F> void fork_with_grown_pool(F child_status, bool planned = true) {
     make_arena();
     void *a = arena.alloc(0, 3u << 20);
     cr_assert_not_null(a);
@@ -847,7 +856,7 @@ template <typename F> void fork_with_grown_pool(F child_status) {
     const int status = status_of_fork_child([&] {
         return child_status(range_has_flag(a, 3u << 20, "lo"), g_lock_calls.load() - locks,
                             g_unlock_calls.load() - unlocks);
-    });
+    }, planned);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "child status %#x", status);
     memlock_set_syscalls(nullptr);
     arena.free(a);
@@ -857,23 +866,31 @@ template <typename F> void fork_with_grown_pool(F child_status) {
 // mlock is not inherited: the fork child locks its arena again, one call for each stretch of
 // address space that locks the same way. Two calls on one mapping (the first region and a
 // region grown after it) would split it and join it again, each a walk of its pages.
-Test(arena, a_fork_child_locks_regions_end_to_end_in_one_call) {
+// The same with the plan the parent made (a process with one thread) and without one (the
+// child reads the arena, as after a fork in a process with more).
+void fork_locks_end_to_end_in_one_call(bool planned) {
     memlock_syscalls fake{counting_mlock, counting_munlock, nullptr, counting_mlock2, nullptr};
     memlock_set_syscalls(&fake);
     fork_with_grown_pool([](bool locked, int lock_calls, int unlock_calls) {
         return locked && lock_calls == 1 && unlock_calls == 0 ? 0 : 1 + (locked ? 0 : 1) + lock_calls * 4;
-    });
+    }, planned);
 }
+Test(arena, a_fork_child_locks_regions_end_to_end_in_one_call) { fork_locks_end_to_end_in_one_call(true); }
+Test(arena, a_fork_child_without_a_plan_locks_regions_end_to_end_in_one_call) { fork_locks_end_to_end_in_one_call(false); }
 
 // Where the one call is refused (the limit), the child locks piece by piece, as far as the
 // limit lets it, and unlocks nothing: here each region alone fits, and all ends locked.
-Test(arena, a_fork_child_refused_one_call_locks_piece_by_piece) {
+void fork_refused_one_call_locks_piece_by_piece(bool planned) {
     memlock_syscalls fake{counting_mlock, counting_munlock, nullptr, mlock2_upto_2mib, nullptr};
     memlock_set_syscalls(&fake);
     fork_with_grown_pool([](bool locked, int lock_calls, int unlock_calls) {
         const bool ok = locked && lock_calls == 3 && unlock_calls == 0 && stats->lock_failures.load() == 0;
         return ok ? 0 : 1 + (locked ? 0 : 1) + lock_calls * 4 + unlock_calls * 32;
-    });
+    }, planned);
+}
+Test(arena, a_fork_child_refused_one_call_locks_piece_by_piece) { fork_refused_one_call_locks_piece_by_piece(true); }
+Test(arena, a_fork_child_without_a_plan_refused_one_call_locks_piece_by_piece) {
+    fork_refused_one_call_locks_piece_by_piece(false);
 }
 
 namespace {
@@ -1044,11 +1061,11 @@ Test(arena, pages_a_fork_child_locked_one_by_one_stay_locked_in_its_children) {
         if (!range_has_flag(grown, grown_len, "lo")) return 1;
         if (stats->lock_failures.load() == 0) return 8;
         const std::uint64_t failures = stats->lock_failures.load();
+        plan_fork(true);  // a plan cannot hold the pages locked one by one: the child reads the arena
         arena.prefork();
         const pid_t pid = fork();
         if (pid == 0) {
-            arena.postfork_child_locks();
-            arena.postfork_child();
+            take_over_in_child();
             _exit((range_has_flag(grown, grown_len, "lo") ? 0 : 1) + (stats->lock_failures.load() != failures ? 2 : 0));
         }
         arena.postfork_parent();
