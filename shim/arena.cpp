@@ -950,9 +950,12 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
     __atomic_store_n(&span_, new_span, __ATOMIC_RELEASE);
     if (stats_) stats_->reserved_bytes.store(new_span);
     // A fork plan made before this point no longer holds (a prepare handler that runs after
-    // the shim's may grow the arena; a signal handler may fork while it grows).
+    // the shim's may grow the arena; a signal handler may fork while it grows). Counted only
+    // now that the growth is in place: see plan_fork. (One writer: misc_lock_ is held.)
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    if (fork_plan_) ++fork_plan_->growths;
+    if (fork_plan_)
+        __atomic_store_n(&fork_plan_->growths, __atomic_load_n(&fork_plan_->growths, __ATOMIC_RELAXED) + 1,
+                         __ATOMIC_RELAXED);
     return true;
 }
 
@@ -1619,18 +1622,25 @@ bool SecureArena::locked(const void *p) const noexcept {
 
 // ---- fork and thread exit ------------------------------------------------------------------
 
-// Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
-// fork takes them in that order too.
+// The plan's valid, planned and growths are read and written with relaxed atomics: a
+// process with threads drops the plan without a lock while another thread may grow the
+// arena, and the signal fences below order them against a signal handler that forks. The
+// order is what makes a plan made during a growth not hold: growths read first here, and
+// counted in grow only after the growth is in place.
 void SecureArena::plan_fork(bool wanted) noexcept {
     if (!fork_plan_) return;
     ForkPlan &out = *fork_plan_;
+    if (!wanted) {
+        if (__atomic_load_n(&out.valid, __ATOMIC_RELAXED)) __atomic_store_n(&out.valid, false, __ATOMIC_RELAXED);
+        return;
+    }
     // Growths are counted first: one under way while the plan is made leaves it not holding.
-    const std::uint32_t growths = out.growths;
+    const std::uint32_t growths = __atomic_load_n(&out.growths, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     // Each of these needs postfork_child's reading of the arena in the child: no pages the
     // kernel zeroes for it, populating or remapping instead of locking on fault, pages
     // locked one stretch at a time, a secretmem file to copy.
-    bool valid = wanted && !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
+    bool valid = !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
     for (unsigned i = 0; i < npools_ && valid; ++i)
         if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) valid = false;
     ForkPlan::Stretch at[kForkPlanStretches];
@@ -1643,16 +1653,17 @@ void SecureArena::plan_fork(bool wanted) noexcept {
         });
     if (!valid) n = 0;
     // Only what changed is written (a valid plan first made invalid, so that a torn one never holds).
-    bool same = valid == out.valid && n == out.n && (!valid || growths == out.planned);
+    bool same = valid == __atomic_load_n(&out.valid, __ATOMIC_RELAXED) && n == out.n &&
+                (!valid || growths == __atomic_load_n(&out.planned, __ATOMIC_RELAXED));
     for (unsigned i = 0; i < n && same; ++i) same = at[i].lo == out.at[i].lo && at[i].hi == out.at[i].hi;
     if (same) return;
-    out.valid = false;
+    __atomic_store_n(&out.valid, false, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     for (unsigned i = 0; i < n; ++i) out.at[i] = at[i];
     out.n = n;
-    out.planned = growths;
+    __atomic_store_n(&out.planned, growths, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
-    out.valid = valid;
+    __atomic_store_n(&out.valid, valid, __ATOMIC_RELAXED);
 }
 
 MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const ForkPlan &plan) noexcept {
@@ -1663,6 +1674,8 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const For
         }
 }
 
+// Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
+// fork takes them in that order too.
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
     pthread_mutex_lock(&misc_lock_);

@@ -79,7 +79,10 @@ struct ForkPlan {
     struct Stretch {
         std::uintptr_t lo, hi;
     } at[kForkPlanStretches] = {};
-    bool holds() const noexcept { return valid && planned == growths; }
+    bool holds() const noexcept {
+        return __atomic_load_n(&valid, __ATOMIC_RELAXED) &&
+               __atomic_load_n(&planned, __ATOMIC_RELAXED) == __atomic_load_n(&growths, __ATOMIC_RELAXED);
+    }
 };
 
 // Size classes: 16..128 by 16, then 4 per doubling to 16 KiB, then 8 per doubling to 64 KiB
@@ -181,9 +184,9 @@ public:
     // would lock comes down to at most kForkPlanStretches stretches locked on fault (not for
     // secretmem pools, without lock-on-fault or MADV_WIPEONFORK, nor with pages locked one
     // stretch at a time after a fork that fell short), else invalid. Writes only what
-    // changes: after a fork, each page the parent writes is copied. Reads the arena without
-    // its locks: pre: no other thread changes it (the process has one thread, or the caller
-    // holds prefork's locks).
+    // changes: after a fork, each page the parent writes is copied. Wanted, it reads the arena
+    // without its locks: pre: no other thread changes it (the process has one thread);
+    // unwanted, it only makes the plan invalid, which any thread may do at any time.
     void plan_fork(bool wanted) noexcept;
     // In the child of a fork whose plan holds: locks its stretches and, where one is refused,
     // the rest as postfork_child does. Reads nothing of the arena but the plan unless a

@@ -330,7 +330,8 @@ SingleFork g_single_fork;
 // Plans the child's work for a fork by a single-threaded process (`single`), or plans none.
 void plan_single_fork(bool single) noexcept {
     g_arena.plan_fork(single && !stats_moves_after_fork(g_stats));
-    const bool walked = g_single_fork.plan.valid && fast_backtrace_child_work();
+    if (!single) return;  // walked is read only where the plan holds
+    const bool walked = fast_backtrace_child_work();
     if (g_single_fork.walked != walked) g_single_fork.walked = walked;
 }
 
