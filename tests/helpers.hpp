@@ -69,7 +69,6 @@ struct Mapping {
     std::size_t anon_huge_kb = 0; // "AnonHugePages:" (transparent huge pages mapped whole)
     std::size_t locked_kb = 0;    // "Locked:" (the Pss of a locked mapping)
     std::size_t private_dirty_kb = 0;  // "Private_Dirty:" (written pages no other process maps)
-    std::size_t referenced_kb = 0;     // "Referenced:" (pages read or written since the bits were cleared)
     std::set<std::string> flags;  // "VmFlags:" tokens, e.g. "lo", "dd"
 
     bool has_flag(const std::string &f) const { return flags.count(f) != 0; }
@@ -129,7 +128,6 @@ inline std::vector<Mapping> read_smaps(pid_t pid = 0) {
         else if (auto h = detail::parse_kb_field(line, "AnonHugePages")) cur.anon_huge_kb = *h;
         else if (auto l = detail::parse_kb_field(line, "Locked")) cur.locked_kb = *l;
         else if (auto d = detail::parse_kb_field(line, "Private_Dirty")) cur.private_dirty_kb = *d;
-        else if (auto ref = detail::parse_kb_field(line, "Referenced")) cur.referenced_kb = *ref;
         else if (line.compare(0, 8, "VmFlags:") == 0) {
             std::istringstream fl(line.substr(8));
             std::string tok;

@@ -1,5 +1,5 @@
-/* e2e_fork.c [MIB [clone|libc-clone|libc-clone-vfork|_Fork|fork-stop]] - a shimmed program that
- * forks while holding matching blocks.
+/* e2e_fork.c [MIB [clone|libc-clone|libc-clone-vfork|_Fork]] - a shimmed program that forks while
+ * holding matching blocks.
  *
  * With "clone" it makes the child as vsftpd makes its connections' processes: with the clone
  * system call through syscall(3) (flags SIGCHLD, no stack), which runs no atfork handler.
@@ -8,10 +8,6 @@
  * and the parent checks that clone stored the child's pid in tid. "libc-clone-vfork" adds
  * CLONE_VFORK: the parent is suspended until the child exits. With "_Fork" it makes it with
  * glibc's _Fork (2.34 and later, looked up with dlsym), which runs no atfork handler either.
- * With "fork-stop" the parent clears its pages' referenced bits (/proc/self/clear_refs) and
- * forks; the child stops itself (SIGSTOP) as soon as fork returns, before any code of the
- * program's has touched memory; the parent waits until it has stopped and prints
- * "stopped PID" and "child-stopped" (the test reads the child's smaps, then sends SIGCONT).
  *
  * Expects rules {size 32} and {min 512..2048}. The parent allocates matching blocks, fills
  * them (with MIB, also MIB MiB of 1000-byte blocks, kept live) and forks. The child checks it
@@ -23,7 +19,6 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
-#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -130,21 +125,6 @@ int main(int argc, char **argv) {
             return 2;
         }
         child = bare_fork();
-    }
-    else if (strcmp(how, "fork-stop") == 0) {
-        /* Clears the referenced bits of every page this process maps (of the page cache's
-         * pages too, which the child's smaps would count as referenced otherwise). */
-        int refs = open("/proc/self/clear_refs", O_WRONLY);
-        if (refs < 0 || write(refs, "1", 1) != 1) return 2;
-        close(refs);
-        child = fork();
-        if (child == 0) raise(SIGSTOP);
-        if (child > 0) {
-            int stopped = 0;
-            if (waitpid(child, &stopped, WUNTRACED) != child || !WIFSTOPPED(stopped)) return 2;
-            printf("stopped %d\nchild-stopped\n", (int)child);
-            fflush(stdout);
-        }
     }
     else
         child = fork();

@@ -178,63 +178,6 @@ Test(e2e_lifecycle, a_fork_child_writes_no_page_of_the_shim) {
 
 namespace {
 
-// How many kB of the shim's data (its .data and .bss) a fork child of e2e_fork fork-stop
-// referenced between fork and the test's look at its smaps.
-std::size_t shim_data_a_fork_child_references(const std::string &config) {
-    RunOptions opts = shim_options(config, {shim_program("e2e_fork"), "1", "fork-stop"});
-    opts.env.emplace_back("LD_BIND_NOW", "1");
-    LiveProgram prog;
-    cr_assert_not_null(start_program_into(prog, opts));
-    cr_assert(prog.wait_for_line("child-stopped"), "%s", prog.out().c_str());
-    const auto stopped = line_value(prog.out(), "stopped");
-    cr_assert(stopped.has_value(), "%s", prog.out().c_str());
-    const pid_t child = static_cast<pid_t>(std::stol(*stopped));
-    std::size_t referenced = 0;
-    std::uintptr_t shim_end = 0;
-    for (const auto &m : read_smaps(child)) {
-        const bool shim = m.path.find("libmemlock_shim.so") != std::string::npos;
-        const bool bss = m.path.empty() && m.start == shim_end && shim_end != 0;
-        if (shim) shim_end = m.end;
-        if ((shim && m.perms[1] == 'w') || bss) referenced += m.referenced_kb;
-    }
-    cr_assert_eq(::kill(child, SIGCONT), 0);
-    cr_assert(prog.wait_for_line("ready"), "%s", prog.out().c_str());
-    const RunResult r = prog.finish();
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert_str_empty(r.err.c_str());
-    return referenced;
-}
-
-}  // namespace
-
-// Each page of the shim's that a fork child touches first costs it a trap (on a hypervisor
-// that shadows page tables, even one whose entry fork copied), so the child of a
-// single-threaded process reads two pages of the shim's data: the plan its parent's fork
-// handler made, and the core's (its mlock2). fork makes the child's page table entries old
-// (and the parent cleared its pages' referenced bits right before): the child's smaps'
-// Referenced counts what it touched since, here stopped as soon as fork returned. A monitor
-// of physical pages (DAMON, which these machines run) can mark a page the parent touched
-// meanwhile as referenced in both processes: it only ever adds, so the fewest of a few runs
-// is what the child touched. Bound at start-up (LD_BIND_NOW, as Debian links its daemons): a
-// lazily bound child's first call makes the dynamic loader read its records of the loaded
-// objects, which may lie in pages next to the shim's .bss (one mapping in smaps).
-Test(e2e_lifecycle, a_single_threaded_fork_child_reads_two_pages_of_the_shims_data) {
-    TempDir dir;
-    const std::string config = prepare_e2e(dir, "e2e_fork");
-    const std::size_t two_pages_kb = 2 * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) / 1024;
-    std::string runs;
-    std::size_t fewest = SIZE_MAX;
-    for (int run = 0; run < 5 && fewest > two_pages_kb; ++run) {
-        const std::size_t kb = shim_data_a_fork_child_references(config);
-        fewest = std::min(fewest, kb);
-        runs += " " + std::to_string(kb);
-    }
-    cr_assert_leq(fewest, two_pages_kb, "the fork child touched this many kB of the shim's data, run by run:%s",
-                  runs.c_str());
-}
-
-namespace {
-
 // The THP mode in force (/sys/kernel/mm/transparent_hugepage/enabled: "always", "madvise",
 // "never"), or "" where the kernel has no transparent huge pages.
 std::string thp_mode() {
