@@ -103,7 +103,7 @@ bool stats_moves_after_fork(const StatsPage *page) noexcept { return page && g_k
 
 MLSHIM_FORK_CHILD_TEXT StatsPage *stats_after_fork(StatsPage *page, ThreadCounters *keep, bool other_threads) noexcept {
     if (!page) return nullptr;
-    if (g_kind == PageKind::shared_anonymous) {
+    if (stats_moves_after_fork(page)) {
         StatsPage *own = map_page(static_cast<int>(::getpid()), true);
         if (!own) return nullptr;
         std::memcpy(static_cast<void *>(own), page, kPageBytes);  // the page and its rule rows

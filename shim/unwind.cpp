@@ -746,13 +746,13 @@ bool fast_backtrace_share() noexcept {
     return true;
 }
 
-// Writes g_child only where walks are possible: a store, even of the value already there,
-// costs the child a copy-on-write fault on its page. A process that shares the ring (a caller
-// rule deeper than depth 1) or has walked writes it; under size rules nothing is written.
 bool fast_backtrace_child_work() noexcept {
     return g_child.hints_owner || g_walks.load(std::memory_order_relaxed) != 0;
 }
 
+// Writes g_child only where walks are possible: a store, even of the value already there,
+// costs the child a copy-on-write fault on its page. A process that shares the ring (a caller
+// rule deeper than depth 1) or has walked writes it; under size rules nothing is written.
 MLSHIM_FORK_CHILD_COMMON_TEXT void fast_backtrace_after_fork_child() noexcept {
     if (!fast_backtrace_child_work()) return;
     g_child.walks_unkept.store(kFastBacktraceChildUnkept, std::memory_order_relaxed);
