@@ -1,6 +1,7 @@
 #include "arena.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -448,7 +449,10 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         first_span += first_extent[i];
     }
     cap = std::max(cap, first_span);
-    std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
+    // The pools and one thread cache per pool, in one mapping: each mapping of the process's
+    // is one more for fork to copy and for a child to unmap.
+    const std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
+    const std::size_t side_mapping = pools_bytes + npools * round_up(sizeof(PoolCache), page_);
     void *pools_mem = nullptr;
     int rc = 0;
     for (;; cap = std::max(first_span, cap / 2 / region * region)) {
@@ -456,9 +460,9 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         rc = place(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, first_span);
         if (!rc || cap == first_span) break;
     }
-    if (!rc) rc = memlock_reserve(pools_bytes, &pools_mem);
-    if (!rc) rc = memlock_commit(pools_mem, pools_bytes);
-    if (!rc) memlock_dontdump(pools_mem, pools_bytes);
+    if (!rc) rc = memlock_reserve(side_mapping, &pools_mem);
+    if (!rc) rc = memlock_commit(pools_mem, side_mapping);
+    if (!rc) memlock_dontdump(pools_mem, side_mapping);
     // Dontdump is a property of the whole pool, set before any block exists.
     for (unsigned i = 0, at = 0; i < npools && !rc; at += static_cast<unsigned>(first_extent[i] / region), ++i)
         if (pool_actions[i] & kActionDontdump)
@@ -470,12 +474,14 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             memlock_release(meta_, meta_len(first_span));
             memlock_release(reinterpret_cast<void *>(base_), first_span);
         }
-        if (pools_mem) memlock_release(pools_mem, pools_bytes);
+        if (pools_mem) memlock_release(pools_mem, side_mapping);
         meta_ = nullptr, state_ = nullptr, bits_ = nullptr, base_ = 0, cap_span_ = 0;
         return rc;
     }
-    side_bytes_ += pools_bytes;
+    side_bytes_ += side_mapping;
     pools_ = static_cast<Pool *>(pools_mem);
+    unused_caches_ = static_cast<unsigned char *>(pools_mem) + pools_bytes;
+    unused_count_ = npools;
     if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
     marks_->made_here = 1;
     npools_ = npools;
@@ -1292,9 +1298,17 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     ThreadState &ts = t_state;
     if (ts.caches[pool]) return ts.caches[pool];
     PoolCache *pc = nullptr;
+    bool fresh = false;  // caps to set
     {
         Guard g(misc_lock_);
-        if ((pc = spare_caches_)) spare_caches_ = pc->next_spare;
+        if ((pc = spare_caches_)) {
+            spare_caches_ = pc->next_spare;
+        } else if (unused_count_) {
+            pc = reinterpret_cast<PoolCache *>(unused_caches_);
+            unused_caches_ += round_up(sizeof(PoolCache), page_);
+            --unused_count_;
+            fresh = true;
+        }
     }
     if (!pc) {
         void *mem = nullptr;
@@ -1302,8 +1316,10 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
         memlock_dontdump(mem, bytes);
         pc = static_cast<PoolCache *>(mem);
-        for (unsigned c = 0; c < kNumClasses; ++c) pc->bins[c].cap = kClasses.info[c].cache_max;
+        fresh = true;
     }
+    if (fresh)
+        for (unsigned c = 0; c < kNumClasses; ++c) pc->bins[c].cap = kClasses.info[c].cache_max;
     pc->next_spare = nullptr;
     return ts.caches[pool] = pc;
 }
@@ -1652,23 +1668,29 @@ void SecureArena::plan_fork(bool wanted) noexcept {
             return true;
         });
     if (!valid) n = 0;
+    memlock_syscalls calls;
+    memlock_get_syscalls(&calls);
     // Only what changed is written (a valid plan first made invalid, so that a torn one never holds).
     bool same = valid == __atomic_load_n(&out.valid, __ATOMIC_RELAXED) && n == out.n &&
-                (!valid || growths == __atomic_load_n(&out.planned, __ATOMIC_RELAXED));
+                (!valid || (growths == __atomic_load_n(&out.planned, __ATOMIC_RELAXED) && calls.mlock2 == out.mlock2));
     for (unsigned i = 0; i < n && same; ++i) same = at[i].lo == out.at[i].lo && at[i].hi == out.at[i].hi;
     if (same) return;
     __atomic_store_n(&out.valid, false, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     for (unsigned i = 0; i < n; ++i) out.at[i] = at[i];
     out.n = n;
+    out.mlock2 = calls.mlock2;
     __atomic_store_n(&out.planned, growths, __ATOMIC_RELAXED);
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     __atomic_store_n(&out.valid, valid, __ATOMIC_RELAXED);
 }
 
+#ifndef MLOCK_ONFAULT
+#define MLOCK_ONFAULT 0x01
+#endif
 MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const ForkPlan &plan) noexcept {
     for (unsigned i = 0; i < plan.n; ++i)
-        if (memlock_lock_onfault(reinterpret_cast<void *>(plan.at[i].lo), plan.at[i].hi - plan.at[i].lo)) {
+        if (plan.mlock2(reinterpret_cast<void *>(plan.at[i].lo), plan.at[i].hi - plan.at[i].lo, MLOCK_ONFAULT)) {
             relock_each(0, plan.at[i].lo);
             return;
         }

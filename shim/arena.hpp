@@ -76,6 +76,9 @@ struct ForkPlan {
     unsigned n = 0;
     std::uint32_t growths = 0;   // the arena's growths so far
     std::uint32_t planned = 0;   // growths when the plan was made
+    // The core's mlock2 provider when the plan was made: called through from here, the child
+    // reads no page of the core's data.
+    int (*mlock2)(const void *, std::size_t, unsigned) = nullptr;
     struct Stretch {
         std::uintptr_t lo, hi;
     } at[kForkPlanStretches] = {};
@@ -316,8 +319,10 @@ private:
     PageMeta *meta_ = nullptr;       // one entry per page of the reservation
     std::uint8_t *state_ = nullptr;  // one byte per 16-byte granule of the reservation
     std::uint64_t *bits_ = nullptr;  // one bit per granule: free blocks of the slabs
-    Pool *pools_ = nullptr;          // npools_ entries, in a mapping of their own
+    Pool *pools_ = nullptr;          // npools_ entries, in the mapping of the first caches
     PoolCache *spare_caches_ = nullptr;  // caches of exited threads, under misc_lock_
+    unsigned char *unused_caches_ = nullptr;  // npools_ caches after the pools, not yet used
+    unsigned unused_count_ = 0;               // (under misc_lock_)
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)

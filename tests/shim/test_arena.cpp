@@ -433,6 +433,28 @@ Test(arena, address_space_beyond_the_arena_is_a_few_percent) {
                   (unsigned long long)reserved);
 }
 
+// Bytes of the mappings kept out of core dumps: the arena's, and no other in this process.
+std::uint64_t dontdump_bytes() {
+    std::uint64_t n = 0;
+    for (const Mapping &m : read_smaps())
+        if (m.has_flag("dd")) n += m.end - m.start;
+    return n;
+}
+
+// A thread's first cache of each pool lies in the mapping made at start-up for the pools:
+// each mapping more is one more for every fork to copy and for every fork child to unmap.
+Test(arena, the_first_threads_caches_map_no_memory) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::fallback, 0, mlshim::kActionAll, nullptr, 3);
+    const std::uint64_t before = dontdump_bytes();
+    for (unsigned pool = 0; pool < 3; ++pool) {
+        void *b = arena.alloc(pool, 32);
+        cr_assert_not_null(b);
+        arena.free(b);
+    }
+    cr_assert_eq(dontdump_bytes(), before, "the caches of three pools mapped %lld bytes more",
+                 static_cast<long long>(dontdump_bytes() - before));
+}
+
 // Only what is used is mapped: at start-up one region (not max_arena, not the lock budget),
 // later what the blocks need plus what is left of the last region; the side tables follow it.
 Test(arena, only_the_address_space_in_use_is_mapped) {
