@@ -1297,6 +1297,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     if (!thread_ready(this, stats_)) return nullptr;
     ThreadState &ts = t_state;
     if (ts.caches[pool]) return ts.caches[pool];
+    const std::size_t bytes = round_up(sizeof(PoolCache), page_);  // as init lays them out
     PoolCache *pc = nullptr;
     bool fresh = false;  // caps to set
     {
@@ -1305,14 +1306,13 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
             spare_caches_ = pc->next_spare;
         } else if (unused_count_) {
             pc = reinterpret_cast<PoolCache *>(unused_caches_);
-            unused_caches_ += round_up(sizeof(PoolCache), page_);
+            unused_caches_ += bytes;
             --unused_count_;
             fresh = true;
         }
     }
     if (!pc) {
         void *mem = nullptr;
-        std::size_t bytes = round_up(sizeof(PoolCache), page_);
         if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
         memlock_dontdump(mem, bytes);
         pc = static_cast<PoolCache *>(mem);
