@@ -412,7 +412,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     // side tables stay arrays indexed by offset, but only what is in use is mapped: a span
     // large enough for the growth cap is chosen at start-up (place()), and the arena maps
     // regions at its bottom as pools need them, each for one pool, at fixed addresses.
-    // [bits | state | meta | blocks]: each table at the bottom of a room it grows into.
+    // [bits | pools | state | meta | blocks]: the free bits at the top of their room, growing
+    // down; the states and the page table at the bottom of theirs, growing up.
     std::size_t cap = std::max(opts.max_reserve ? opts.max_reserve : total * kGrowthFactor, total);
     std::size_t region = kMinRegion;
     while (region < page_ || region * kMaxRegions < cap) region <<= 1;
@@ -449,38 +450,30 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         first_span += first_extent[i];
     }
     cap = std::max(cap, first_span);
-    // The pools and one thread cache per pool, in one mapping: each mapping of the process's
-    // is one more for fork to copy and for a child to unmap.
+    // The pools and one thread cache per pool, mapped between the free bits and the states
+    // (place()).
     const std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    const std::size_t side_mapping = pools_bytes + npools * round_up(sizeof(PoolCache), page_);
-    void *pools_mem = nullptr;
+    pools_len_ = pools_bytes + npools * round_up(sizeof(PoolCache), page_);
     int rc = 0;
     for (;; cap = std::max(first_span, cap / 2 / region * region)) {
         cap_span_ = cap;
-        rc = place(bits_len(cap) + state_len(cap) + meta_len(cap) + cap, first_span);
+        rc = place(bits_len(cap) + pools_len_ + state_len(cap) + meta_len(cap) + cap, first_span);
         if (!rc || cap == first_span) break;
     }
-    if (!rc) rc = memlock_reserve(side_mapping, &pools_mem);
-    if (!rc) rc = memlock_commit(pools_mem, side_mapping);
-    if (!rc) memlock_dontdump(pools_mem, side_mapping);
     // Dontdump is a property of the whole pool, set before any block exists.
     for (unsigned i = 0, at = 0; i < npools && !rc; at += static_cast<unsigned>(first_extent[i] / region), ++i)
         if (pool_actions[i] & kActionDontdump)
             rc = memlock_dontdump(reinterpret_cast<void *>(base_ + std::size_t{at} * region), first_extent[i]);
     if (rc) {
         if (meta_) {
-            memlock_release(bits_, bits_len(first_span));
-            memlock_release(state_, state_len(first_span));
-            memlock_release(meta_, meta_len(first_span));
+            release_side(first_span);
             memlock_release(reinterpret_cast<void *>(base_), first_span);
         }
-        if (pools_mem) memlock_release(pools_mem, side_mapping);
-        meta_ = nullptr, state_ = nullptr, bits_ = nullptr, base_ = 0, cap_span_ = 0;
+        meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, cap_span_ = 0;
         return rc;
     }
-    side_bytes_ += side_mapping;
-    pools_ = static_cast<Pool *>(pools_mem);
-    unused_caches_ = static_cast<unsigned char *>(pools_mem) + pools_bytes;
+    pools_ = reinterpret_cast<Pool *>(bits_top_);
+    unused_caches_ = reinterpret_cast<unsigned char *>(bits_top_) + pools_bytes;
     unused_count_ = npools;
     if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
     marks_->made_here = 1;
@@ -555,21 +548,25 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
 // 0 or an errno value (nothing mapped then).
 int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
     const std::size_t region = region_pages_ * page_;
-    const std::size_t sides = bits_len(cap_span_) + state_len(cap_span_) + meta_len(cap_span_);
+    const std::size_t sides = bits_len(cap_span_) + pools_len_ + state_len(cap_span_) + meta_len(cap_span_);
     auto map_at = [&](std::uintptr_t at) {
         base_ = round_up(at + sides, region);
-        bits_ = reinterpret_cast<std::uint64_t *>(base_ - sides);
-        state_ = reinterpret_cast<std::uint8_t *>(bits_) + bits_len(cap_span_);
+        bits_top_ = reinterpret_cast<std::uint64_t *>(base_ - sides + bits_len(cap_span_));
+        state_ = reinterpret_cast<std::uint8_t *>(bits_top_) + pools_len_;
         meta_ = reinterpret_cast<PageMeta *>(state_ + state_len(cap_span_));
         side_span_ = 0;
         side_bytes_ = 0;
-        if (map_side(0, first_span)) return EEXIST;
-        int rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span);
-        if (rc) {
-            memlock_release(bits_, bits_len(first_span));
-            memlock_release(state_, state_len(first_span));
-            memlock_release(meta_, meta_len(first_span));
+        int rc = memlock_reserve_at(bits_top_, pools_len_);
+        if (!rc && (rc = memlock_commit(bits_top_, pools_len_))) memlock_release(bits_top_, pools_len_);
+        if (rc) return rc;
+        memlock_dontdump(bits_top_, pools_len_);
+        side_bytes_ = pools_len_;
+        if (map_side(0, first_span)) {
+            memlock_release(bits_top_, pools_len_);
+            return EEXIST;
         }
+        rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span);
+        if (rc) release_side(first_span);
         return rc;
     };
     int rc = ENOMEM;
@@ -586,7 +583,7 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
         memlock_release(probe, room + region);
         rc = map_at(reinterpret_cast<std::uintptr_t>(probe));
     }
-    if (rc) meta_ = nullptr, state_ = nullptr, bits_ = nullptr, base_ = 0;
+    if (rc) meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0;
     return rc;
 }
 
@@ -594,25 +591,32 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
 // mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
 // dump either: they stay out too.
 int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
-    unsigned char *table[3] = {reinterpret_cast<unsigned char *>(bits_), state_,
-                               reinterpret_cast<unsigned char *>(meta_)};
-    const std::size_t lo[3] = {bits_len(from_span), state_len(from_span), meta_len(from_span)};
-    const std::size_t hi[3] = {bits_len(to_span), state_len(to_span), meta_len(to_span)};
+    unsigned char *const top = reinterpret_cast<unsigned char *>(bits_top_);
+    const std::size_t len[3] = {bits_len(to_span) - bits_len(from_span), state_len(to_span) - state_len(from_span),
+                                meta_len(to_span) - meta_len(from_span)};
+    unsigned char *const at[3] = {top - bits_len(to_span), state_ + state_len(from_span),
+                                  reinterpret_cast<unsigned char *>(meta_) + meta_len(from_span)};
     for (unsigned t = 0; t < 3; ++t) {
-        if (hi[t] <= lo[t]) continue;
-        int rc = memlock_reserve_at(table[t] + lo[t], hi[t] - lo[t]);
-        if (!rc && (rc = memlock_commit(table[t] + lo[t], hi[t] - lo[t])))
-            memlock_release(table[t] + lo[t], hi[t] - lo[t]);
+        if (!len[t]) continue;
+        int rc = memlock_reserve_at(at[t], len[t]);
+        if (!rc && (rc = memlock_commit(at[t], len[t]))) memlock_release(at[t], len[t]);
         if (rc) {
             for (unsigned u = 0; u < t; ++u)
-                if (hi[u] > lo[u]) memlock_release(table[u] + lo[u], hi[u] - lo[u]);
+                if (len[u]) memlock_release(at[u], len[u]);
             return rc;
         }
-        memlock_dontdump(table[t] + lo[t], hi[t] - lo[t]);
+        memlock_dontdump(at[t], len[t]);
+        side_bytes_ += len[t];
     }
-    for (unsigned t = 0; t < 3; ++t) side_bytes_ += hi[t] > lo[t] ? hi[t] - lo[t] : 0;
     side_span_ = to_span;
     return 0;
+}
+
+// Unmaps the side tables for [base_, base_ + span) and the pools' mapping.
+void SecureArena::release_side(std::size_t span) noexcept {
+    memlock_release(reinterpret_cast<unsigned char *>(bits_top_) - bits_len(span), bits_len(span) + pools_len_);
+    memlock_release(state_, state_len(span));
+    memlock_release(meta_, meta_len(span));
 }
 
 // ---- growing a pool --------------------------------------------------------------------------
@@ -1201,16 +1205,15 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
 // there is still fatal, reported as an invalid pointer rather than a double free). The
 // page table (meta_) stays: it marks the run. pre: pool.lock held.
 void SecureArena::discard_side(std::size_t first, std::size_t n) noexcept {
-    auto inside = [&](void *table, std::size_t bytes_per_page) {
-        std::size_t lo = round_up(first * bytes_per_page, page_), hi = (first + n) * bytes_per_page / page_ * page_;
-        if (hi > lo) memlock_discard(static_cast<unsigned char *>(table) + lo, hi - lo);
-    };
-    inside(state_, page_ / 16);
-    inside(bits_, page_ / 128);
+    std::size_t lo = round_up(first * (page_ / 16), page_), hi = (first + n) * (page_ / 16) / page_ * page_;
+    if (hi > lo) memlock_discard(state_ + lo, hi - lo);
+    // The free bits run down from bits_top_.
+    lo = round_up(first * (page_ / 128), page_), hi = (first + n) * (page_ / 128) / page_ * page_;
+    if (hi > lo) memlock_discard(reinterpret_cast<unsigned char *>(bits_top_) - hi, hi - lo);
 }
 
 // ---- small blocks --------------------------------------------------------------------------
-// A slab serves one size class. Its free blocks are bits in bits_ (a bit per 16-byte granule,
+// A slab serves one size class. Its free blocks are bits in bits_word() (a bit per 16-byte granule,
 // set at a free block's first granule); partly free slabs of a class form a list. A slab
 // whose blocks are all free goes back to the free runs (any class or page run can use its
 // pages), unless it is the class's last partly free slab.
@@ -1232,7 +1235,7 @@ bool SecureArena::new_slab(Pool &pool, unsigned cls) noexcept {
     std::memset(state_ + (off >> 4), 0, ci.slab_bytes >> 4);
     for (std::size_t b = 0; b < blocks; ++b) {
         std::uintptr_t o = off + b * ci.size;
-        bits_[o >> 10] |= std::uint64_t{1} << ((o >> 4) & 63);
+        bits_word(o >> 10) |= std::uint64_t{1} << ((o >> 4) & 63);
     }
     list_push(pool.partial[cls], head);
     return true;
@@ -1247,14 +1250,14 @@ unsigned SecureArena::refill(Pool &pool, unsigned cls, void **out, unsigned want
         PageMeta &h = meta_[head];
         std::uintptr_t word0 = (head * page_) >> 10;  // 64 granules, 1 KiB, per word
         for (std::size_t i = 0; i < (ci.slab_bytes >> 10) && got < want; ++i) {
-            std::uint64_t w = bits_[word0 + i];
+            std::uint64_t w = bits_word(word0 + i);
             while (w && got < want) {
                 unsigned b = static_cast<unsigned>(__builtin_ctzll(w));
                 w &= w - 1;
                 out[got++] = reinterpret_cast<void *>(base_ + ((word0 + i) << 10) + (std::uintptr_t{b} << 4));
                 --h.nfree;
             }
-            bits_[word0 + i] = w;
+            bits_word(word0 + i) = w;
         }
         if (!h.nfree) list_remove(pool.partial[cls], head);
     }
@@ -1272,13 +1275,13 @@ void SecureArena::flush(Pool &pool, unsigned cls, void *const *blocks, unsigned 
     const std::size_t per_slab = ci.slab_bytes / ci.size;
     for (unsigned i = 0; i < n; ++i) {
         std::uintptr_t off = reinterpret_cast<std::uintptr_t>(blocks[i]) - base_;
-        bits_[off >> 10] |= std::uint64_t{1} << ((off >> 4) & 63);
+        bits_word(off >> 10) |= std::uint64_t{1} << ((off >> 4) & 63);
         std::size_t head = meta_[off >> page_shift_].head;
         PageMeta &h = meta_[head];
         if (h.nfree++ == 0) list_push(pool.partial[cls], head);
         if (h.nfree == per_slab && (h.next_free || h.prev_free)) {
             list_remove(pool.partial[cls], head);
-            std::memset(bits_ + ((head * page_) >> 10), 0, ci.slab_bytes >> 7);
+            std::memset(bits_words((head * page_) >> 10, ci.slab_bytes >> 10), 0, ci.slab_bytes >> 7);
             release_pages(pool, head, h.npages);
         }
     }

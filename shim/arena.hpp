@@ -6,7 +6,8 @@
 //     region per pool (kMinRegion or more, or prealloc's size) at the bottom of a span chosen
 //     for the growth cap far from where the kernel places other mappings; then whole regions
 //     appended at fixed addresses (MAP_FIXED_NOREPLACE) as a pool needs them, with the side
-//     tables growing alike. Each region is marked MADV_DONTDUMP when it is mapped, before any
+//     tables growing alike (the free bits down and the states up from either side of the
+//     pools' mapping, so that the three are one mapping for fork to copy). Each region is marked MADV_DONTDUMP when it is mapped, before any
 //     block is handed out there (for pools with that action).
 //   - A pool with the lock action locks its first region on fault at start-up and maps the
 //     regions it grows by locked, up to its share of max_locked, counted against
@@ -297,6 +298,12 @@ private:
     static std::uint64_t now_ns() noexcept;
     void mark_run(std::size_t head, std::size_t first, std::size_t npages) noexcept;
     void note_peak() noexcept;
+    std::uint64_t &bits_word(std::size_t w) const noexcept { return bits_top_[-1 - static_cast<std::ptrdiff_t>(w)]; }
+    // Words [w, w + n) of the free bits, lowest address first.
+    std::uint64_t *bits_words(std::size_t w, std::size_t n) const noexcept {
+        return bits_top_ - static_cast<std::ptrdiff_t>(w + n);
+    }
+    void release_side(std::size_t span) noexcept;
     std::uint8_t &state_of(const void *p) const noexcept {
         return state_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> 4];
     }
@@ -318,7 +325,11 @@ private:
     ArenaReporter reporter_ = nullptr;
     PageMeta *meta_ = nullptr;       // one entry per page of the reservation
     std::uint8_t *state_ = nullptr;  // one byte per 16-byte granule of the reservation
-    std::uint64_t *bits_ = nullptr;  // one bit per granule: free blocks of the slabs
+    // One bit per granule: free blocks of the slabs. The words run down from bits_top_ (word w
+    // at bits_top_[-1 - w]) so that this table, the pools' mapping above it and state_ above
+    // that are one mapping: one fewer for fork to copy and for a child to unmap.
+    std::uint64_t *bits_top_ = nullptr;
+    std::size_t pools_len_ = 0;      // the pools and the first thread caches, at bits_top_
     Pool *pools_ = nullptr;          // npools_ entries, in the mapping of the first caches
     PoolCache *spare_caches_ = nullptr;  // caches of exited threads, under misc_lock_
     unsigned char *unused_caches_ = nullptr;  // npools_ caches after the pools, not yet used
