@@ -286,12 +286,15 @@ struct SecureArena::Pool {
 };
 
 // A thread's cache of free blocks of one pool: per class a count and a stack of blocks. The
-// counts of all classes share a cache line or two, and a class's stack is a power of two
-// bytes long, so that the fast paths index it with a shift.
+// counts of all classes share a few cache lines, and a class's stack is a power of two bytes
+// long, so that the fast paths index it with a shift. A bin keeps a copy of its stack's top:
+// malloc's block is one load away from what the last free() stored, not two (the count,
+// then the stack).
 struct SecureArena::PoolCache {
     struct Bin {
         std::uint32_t count;
         std::uint32_t cap;  // kClasses' cache_max for the bin's class (free() compares count with it)
+        void *top;          // blocks[cls][count - 1] while count > 0
     };
     PoolCache *next_spare;
     Bin bins[kNumClasses];
@@ -299,11 +302,21 @@ struct SecureArena::PoolCache {
 };
 static_assert((kCacheCap & (kCacheCap - 1)) == 0, "a class's stack is a power of two bytes long");
 
+// A thread's caches, one per pool, kCacheStride bytes apart: free() finds the one for a block's
+// pool with a shift, not a load that would wait for the block's page entry.
+constexpr unsigned kCacheShift = 14;
+constexpr std::size_t kCacheStride = std::size_t{1} << kCacheShift;
+static_assert(sizeof(SecureArena::PoolCache) <= kCacheStride, "a pool's cache fits its stride");
+inline SecureArena::PoolCache *cache_in(SecureArena::PoolCache *set, unsigned pool) noexcept {
+    return reinterpret_cast<SecureArena::PoolCache *>(reinterpret_cast<unsigned char *>(set) +
+                                                      (std::size_t{pool} << kCacheShift));
+}
+
 namespace {
 
 struct ThreadState {
     const SecureArena *arena;                      // owner of the caches (nullptr: none yet)
-    SecureArena::PoolCache *caches[kMaxPools];
+    SecureArena::PoolCache *caches;                // pool i's cache at cache_in(caches, i) (nullptr: none yet)
     ThreadCounters *slot;
     StatsRuleRow *rules;                           // slot's rule row (nullptr: the shared slot)
     bool slot_shared;                              // slot is shared: atomic updates
@@ -450,10 +463,10 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         first_span += first_extent[i];
     }
     cap = std::max(cap, first_span);
-    // The pools and one thread cache per pool, mapped between the free bits and the states
+    // The pools and the first thread's caches, mapped between the free bits and the states
     // (place()).
     const std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    pools_len_ = pools_bytes + npools * round_up(sizeof(PoolCache), page_);
+    pools_len_ = pools_bytes + round_up(std::size_t{npools} << kCacheShift, page_);
     int rc = 0;
     for (;; cap = std::max(first_span, cap / 2 / region * region)) {
         cap_span_ = cap;
@@ -473,8 +486,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
         return rc;
     }
     pools_ = reinterpret_cast<Pool *>(bits_top_);
-    unused_caches_ = reinterpret_cast<unsigned char *>(bits_top_) + pools_bytes;
-    unused_count_ = npools;
+    unused_caches_ = reinterpret_cast<PoolCache *>(reinterpret_cast<unsigned char *>(bits_top_) + pools_bytes);
     if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
     marks_->made_here = 1;
     npools_ = npools;
@@ -1299,32 +1311,32 @@ void SecureArena::flush_locked(Pool &pool, unsigned cls, void *const *blocks, un
 SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     if (!thread_ready(this, stats_)) return nullptr;
     ThreadState &ts = t_state;
-    if (ts.caches[pool]) return ts.caches[pool];
-    const std::size_t bytes = round_up(sizeof(PoolCache), page_);  // as init lays them out
-    PoolCache *pc = nullptr;
+    if (ts.caches) return cache_in(ts.caches, pool);
+    PoolCache *set = nullptr;
     bool fresh = false;  // caps to set
     {
         Guard g(misc_lock_);
-        if ((pc = spare_caches_)) {
-            spare_caches_ = pc->next_spare;
-        } else if (unused_count_) {
-            pc = reinterpret_cast<PoolCache *>(unused_caches_);
-            unused_caches_ += bytes;
-            --unused_count_;
+        if ((set = spare_caches_)) {
+            spare_caches_ = set->next_spare;
+        } else if ((set = unused_caches_)) {
+            unused_caches_ = nullptr;
             fresh = true;
         }
     }
-    if (!pc) {
+    if (!set) {
+        const std::size_t bytes = round_up(std::size_t{npools_} << kCacheShift, page_);
         void *mem = nullptr;
         if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
         memlock_dontdump(mem, bytes);
-        pc = static_cast<PoolCache *>(mem);
+        set = static_cast<PoolCache *>(mem);
         fresh = true;
     }
     if (fresh)
-        for (unsigned c = 0; c < kNumClasses; ++c) pc->bins[c].cap = kClasses.info[c].cache_max;
-    pc->next_spare = nullptr;
-    return ts.caches[pool] = pc;
+        for (unsigned i = 0; i < npools_; ++i)
+            for (unsigned c = 0; c < kNumClasses; ++c) cache_in(set, i)->bins[c].cap = kClasses.info[c].cache_max;
+    set->next_spare = nullptr;
+    ts.caches = set;
+    return cache_in(set, pool);
 }
 
 void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
@@ -1340,6 +1352,7 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
             if (!bin.count) return nullptr;
         }
         b = pc->blocks[cls][--bin.count];
+        if (bin.count) bin.top = pc->blocks[cls][bin.count - 1];
     } else {
         Guard g(pool.lock);
         if (!refill(pool, cls, &b, 1)) return nullptr;
@@ -1353,13 +1366,15 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
 // an empty one). No lock, no call.
 inline void *SecureArena::pop_cached(unsigned pool_index, unsigned cls, unsigned rule) noexcept {
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
-    if (__builtin_expect(!pc, 0)) return nullptr;
+    PoolCache *set = ts.arena == this ? ts.caches : nullptr;  // none once the thread exits
+    if (__builtin_expect(!set, 0)) return nullptr;
+    PoolCache *pc = cache_in(set, pool_index);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
     if (__builtin_expect(!n, 0)) return nullptr;
-    void *b = pc->blocks[cls][n - 1];
+    void *b = bin.top;
     bin.count = n - 1;
+    bin.top = pc->blocks[cls][n > 1 ? n - 2 : 0];  // stale, never read, at count 0
     state_of(b) = live_state(rule);
     count(stats_, rule, kClasses.info[cls].size, Count::alloc);
     return b;
@@ -1380,15 +1395,17 @@ void *SecureArena::alloc_fast(unsigned pool_index, std::size_t n, unsigned rule)
     if (__builtin_expect(n - 1 >= kInlineWipe, 0)) return nullptr;  // n == 0 too
     const std::size_t cls = (n - 1) >> 4;  // class_of(n) for 1 <= n <= kInlineWipe
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    PoolCache *set = ts.arena == this ? ts.caches : nullptr;  // none once the thread exits
     StatsRuleRow *row = ts.rules;
-    if (__builtin_expect(!pc || !row, 0)) return nullptr;
+    if (__builtin_expect(!set || !row, 0)) return nullptr;
+    PoolCache *pc = cache_in(set, pool_index);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned have = bin.count;
     if (__builtin_expect(!have, 0)) return nullptr;
-    void *b = pc->blocks[cls][have - 1];
+    void *b = bin.top;
     if (!b) __builtin_unreachable();  // a cache holds blocks: the caller need not test for nullptr
     bin.count = have - 1;
+    bin.top = pc->blocks[cls][have > 1 ? have - 2 : 0];  // stale, never read, at count 0
     state_of(b) = live_state(rule);
     count_row(stats_, row, rule, static_cast<std::int64_t>(fast_class_size(cls)), Count::alloc);
     return b;
@@ -1564,14 +1581,16 @@ void SecureArena::free(void *p) noexcept {
     const std::size_t size = fast_class_size(cls);
     if (wipe_pools_ >> pool_index & 1) wipe_small(p, size);
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this ? ts.caches[pool_index] : nullptr;  // none once the thread exits
+    PoolCache *set = ts.arena == this ? ts.caches : nullptr;  // none once the thread exits
     StatsRuleRow *row = ts.rules;
-    if (__builtin_expect(!pc || !row, 0)) return free_small_slow(p);
+    if (__builtin_expect(!set || !row, 0)) return free_small_slow(p);
+    PoolCache *pc = cache_in(set, pool_index);
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
     if (__builtin_expect(n == bin.cap, 0)) return free_small_slow(p);
     state = kFreed;
     pc->blocks[cls][n] = p;
+    bin.top = p;
     bin.count = n + 1;
     count_row(stats_, row, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
 }
@@ -1587,7 +1606,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
     if (pool.actions & kActionWipe) wipe_block(p, ci.size);
     state_of(p) = kFreed;
     ThreadState &ts = t_state;
-    PoolCache *pc = ts.arena == this && !ts.dead ? ts.caches[pool_index] : nullptr;
+    PoolCache *pc = ts.arena == this && !ts.dead && ts.caches ? cache_in(ts.caches, pool_index) : nullptr;
     if (!pc) pc = cache_for(pool_index);  // registers the thread
     if (pc) {
         PoolCache::Bin &bin = pc->bins[m.cls];
@@ -1598,6 +1617,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
             bin.count = keep;
         }
         pc->blocks[m.cls][bin.count++] = p;
+        bin.top = p;
     } else {
         flush_locked(pool, m.cls, &p, 1);
     }
@@ -2178,10 +2198,12 @@ ThreadCounters *SecureArena::thread_slot() const noexcept {
 void SecureArena::thread_exit() noexcept {
     ThreadState &ts = t_state;
     if (ts.arena != this) return;
-    for (unsigned p = 0; p < npools_; ++p) {
-        PoolCache *pc = ts.caches[p];
-        if (!pc) continue;
-        {
+    if (PoolCache *set = ts.caches) {
+        for (unsigned p = 0; p < npools_; ++p) {
+            PoolCache *pc = cache_in(set, p);
+            bool any = false;
+            for (unsigned c = 0; c < kNumClasses; ++c) any |= pc->bins[c].count != 0;
+            if (!any) continue;
             Guard g(pools_[p].lock);
             for (unsigned c = 0; c < kNumClasses; ++c) {
                 flush(pools_[p], c, pc->blocks[c], pc->bins[c].count);
@@ -2189,9 +2211,9 @@ void SecureArena::thread_exit() noexcept {
             }
         }
         Guard g(misc_lock_);
-        pc->next_spare = spare_caches_;
-        spare_caches_ = pc;
-        ts.caches[p] = nullptr;
+        set->next_spare = spare_caches_;
+        spare_caches_ = set;
+        ts.caches = nullptr;
     }
     if (stats_ && ts.slot) stats_release_slot(stats_, ts.slot);
     // What the thread still frees or allocates on its way out goes straight to the pools and

@@ -331,9 +331,8 @@ private:
     std::uint64_t *bits_top_ = nullptr;
     std::size_t pools_len_ = 0;      // the pools and the first thread caches, at bits_top_
     Pool *pools_ = nullptr;          // npools_ entries, in the mapping of the first caches
-    PoolCache *spare_caches_ = nullptr;  // caches of exited threads, under misc_lock_
-    unsigned char *unused_caches_ = nullptr;  // npools_ caches after the pools, not yet used
-    unsigned unused_count_ = 0;               // (under misc_lock_)
+    PoolCache *spare_caches_ = nullptr;   // cache sets of exited threads, under misc_lock_
+    PoolCache *unused_caches_ = nullptr;  // the set after the pools, until a thread takes it (misc_lock_)
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
