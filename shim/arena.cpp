@@ -203,10 +203,14 @@ __attribute__((target("avx2"))) void wipe_avx2(void *p, std::size_t size) noexce
     const __m256i zero = _mm256_setzero_si256();
     std::size_t i = 0;
     for (; i + 128 <= size; i += 128) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + i), zero);
-        _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + i + 32), zero);
-        _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + i + 64), zero);
-        _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + i + 96), zero);
+        auto *q = reinterpret_cast<__m256i *>(at + i);
+        const __m256i any = _mm256_or_si256(_mm256_or_si256(_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1)),
+                                            _mm256_or_si256(_mm256_loadu_si256(q + 2), _mm256_loadu_si256(q + 3)));
+        if (_mm256_testz_si256(any, any)) continue;
+        _mm256_storeu_si256(q, zero);
+        _mm256_storeu_si256(q + 1, zero);
+        _mm256_storeu_si256(q + 2, zero);
+        _mm256_storeu_si256(q + 3, zero);
     }
     for (; i < size; i += 32) _mm256_storeu_si256(reinterpret_cast<__m256i *>(at + i), zero);
     __asm__ __volatile__("" : : "r"(p) : "memory");

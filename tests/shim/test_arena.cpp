@@ -1489,3 +1489,26 @@ Test(arena, double_free_of_a_run_given_back_to_the_frontier_is_fatal, .signal = 
     arena.free(p);
     arena.free(p);
 }
+
+// Wide blocks are wiped 128 bytes at a time, stores only where a load found a byte that is not
+// zero: a single byte in any of a chunk's four 32-byte lanes, and in the block's tail, is found.
+Test(arena, a_single_byte_in_any_lane_of_a_wide_block_is_wiped) {
+    make_arena();
+    for (std::size_t n : {144u, 4096u, 18000u, 70000u}) {
+        auto *probe = static_cast<unsigned char *>(arena.alloc(0, n));
+        cr_assert_not_null(probe);
+        const std::size_t usable = arena.usable_size(probe);
+        arena.free(probe);
+        for (std::size_t at : {std::size_t{0}, std::size_t{31}, std::size_t{32}, std::size_t{63}, std::size_t{64},
+                               std::size_t{95}, std::size_t{96}, std::size_t{127}, std::size_t{128 + 100},
+                               usable - 33, usable - 1}) {
+            auto *p = static_cast<unsigned char *>(arena.alloc(0, n));
+            cr_assert_not_null(p);
+            p[at] = 0x5a;
+            arena.free(p);
+            const auto back = read_through_proc_mem(p, usable);
+            cr_assert(back.has_value(), "/proc/self/mem reads the freed block of %zu bytes", n);
+            cr_assert(all_zero(back->data(), usable), "the byte at %zu of a freed %zu-byte block is wiped", at, n);
+        }
+    }
+}
