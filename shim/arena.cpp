@@ -194,19 +194,27 @@ inline void wipe_small(void *p, std::size_t size) noexcept {
 }
 
 #if defined(__x86_64__)
-// Zeroes [p, p+size) with 32-byte stores, four a step (pre: size a multiple of 32). On the
-// AMD EPYC development machines glibc's memset (rep stosb from 2 KiB) takes 1.1 to 1.8 times
-// as long for 1 to 64 KiB in cache (docs/performance.md, "Wiping faster"). The empty asm
-// tells the compiler the memory is read afterwards, so the stores stay.
+// Zeroes [p, p+size) 128 bytes a step (pre: size a multiple of 32): four 32-byte loads, and
+// four 32-byte stores where a byte is not zero, so that what a program did not write since
+// the last wipe is read but not dirtied again (docs/performance.md, "make bench on this host,
+// before and after"). The first touch of each page is a store, as it was when every byte
+// was stored: a read would map a page never written to the zero page (on transparent huge
+// pages the huge zero page, which the program's next write splits). The empty asm tells the
+// compiler the memory is read afterwards, so the stores stay. The caller clears the vector
+// registers, which held what was read.
 __attribute__((target("avx2"))) void wipe_avx2(void *p, std::size_t size) noexcept {
     auto *at = static_cast<unsigned char *>(p);
     const __m256i zero = _mm256_setzero_si256();
     std::size_t i = 0;
     for (; i + 128 <= size; i += 128) {
         auto *q = reinterpret_cast<__m256i *>(at + i);
-        const __m256i any = _mm256_or_si256(_mm256_or_si256(_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1)),
-                                            _mm256_or_si256(_mm256_loadu_si256(q + 2), _mm256_loadu_si256(q + 3)));
-        if (_mm256_testz_si256(any, any)) continue;
+        const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(q);
+        const bool new_page = i == 0 || ((a - 1) ^ (a + 127)) >> 12;  // x86-64 pages are 4 KiB
+        if (!new_page) {
+            const __m256i any = _mm256_or_si256(_mm256_or_si256(_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1)),
+                                                _mm256_or_si256(_mm256_loadu_si256(q + 2), _mm256_loadu_si256(q + 3)));
+            if (_mm256_testz_si256(any, any)) continue;
+        }
         _mm256_storeu_si256(q, zero);
         _mm256_storeu_si256(q + 1, zero);
         _mm256_storeu_si256(q + 2, zero);
@@ -297,7 +305,8 @@ struct SecureArena::Pool {
 struct SecureArena::PoolCache {
     struct Bin {
         std::uint32_t count;
-        std::uint32_t cap;  // kClasses' cache_max for the bin's class (free() compares count with it)
+        std::uint32_t cap;  // kClasses' cache_max for the bin's class, set on the slow paths that
+                            // first fill the bin (0 before: free()'s comparison sends it there)
         void *top;          // blocks[cls][count - 1] while count > 0
     };
     PoolCache *next_spare;
@@ -603,8 +612,8 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
     return rc;
 }
 
-// Maps and commits the side tables' part for blocks [side_span, to_span): false (nothing
-// mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
+// Maps and commits the side tables' part for blocks [side_span, to_span): 0, or an errno
+// value (nothing mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
 // dump either: they stay out too.
 int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
     unsigned char *const top = reinterpret_cast<unsigned char *>(bits_top_);
@@ -622,8 +631,8 @@ int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
             return rc;
         }
         memlock_dontdump(at[t], len[t]);
-        side_bytes_ += len[t];
     }
+    for (unsigned t = 0; t < 3; ++t) side_bytes_ += len[t];
     side_span_ = to_span;
     return 0;
 }
@@ -1316,29 +1325,29 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
     if (!thread_ready(this, stats_)) return nullptr;
     ThreadState &ts = t_state;
     if (ts.caches) return cache_in(ts.caches, pool);
+    // A set's pages are written only for the pools the thread uses (the caps are set as
+    // bins are first used).
     PoolCache *set = nullptr;
-    bool fresh = false;  // caps to set
     {
         Guard g(misc_lock_);
         if ((set = spare_caches_)) {
             spare_caches_ = set->next_spare;
         } else if ((set = unused_caches_)) {
             unused_caches_ = nullptr;
-            fresh = true;
         }
     }
     if (!set) {
         const std::size_t bytes = round_up(std::size_t{npools_} << kCacheShift, page_);
         void *mem = nullptr;
-        if (memlock_reserve(bytes, &mem) || memlock_commit(mem, bytes)) return nullptr;
+        if (memlock_reserve(bytes, &mem)) return nullptr;
+        if (memlock_commit(mem, bytes)) {
+            memlock_release(mem, bytes);
+            return nullptr;
+        }
         memlock_dontdump(mem, bytes);
         set = static_cast<PoolCache *>(mem);
-        fresh = true;
     }
-    if (fresh)
-        for (unsigned i = 0; i < npools_; ++i)
-            for (unsigned c = 0; c < kNumClasses; ++c) cache_in(set, i)->bins[c].cap = kClasses.info[c].cache_max;
-    set->next_spare = nullptr;
+    if (set->next_spare) set->next_spare = nullptr;  // a spare set's link (a new one reads zero)
     ts.caches = set;
     return cache_in(set, pool);
 }
@@ -1349,6 +1358,7 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
     if (stats_ && t_state.arena == this) publish_rules(stats_);
     if (PoolCache *pc = cache_for(pool_index)) {
         PoolCache::Bin &bin = pc->bins[cls];
+        bin.cap = kClasses.info[cls].cache_max;
         if (!bin.count) {
             unsigned want = kClasses.info[cls].cache_max / 2 ? kClasses.info[cls].cache_max / 2 : 1;
             Guard g(pool.lock);
@@ -1614,6 +1624,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
     if (!pc) pc = cache_for(pool_index);  // registers the thread
     if (pc) {
         PoolCache::Bin &bin = pc->bins[m.cls];
+        bin.cap = ci.cache_max;
         if (bin.count == ci.cache_max) {
             unsigned keep = ci.cache_max / 2;
             if (stats_ && ts.arena == this) publish_rules(stats_);
