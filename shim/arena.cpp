@@ -496,6 +496,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             memlock_release(reinterpret_cast<void *>(base_), first_span);
         }
         meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, cap_span_ = 0;
+        side_bytes_ = 0, side_span_ = 0;
         return rc;
     }
     pools_ = reinterpret_cast<Pool *>(bits_top_);
@@ -608,11 +609,11 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
         memlock_release(probe, room + region);
         rc = map_at(reinterpret_cast<std::uintptr_t>(probe));
     }
-    if (rc) meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0;
+    if (rc) meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, side_bytes_ = 0, side_span_ = 0;
     return rc;
 }
 
-// Maps and commits the side tables' part for blocks [side_span, to_span): 0, or an errno
+// Maps and commits the side tables' part for blocks [from_span, to_span): 0, or an errno
 // value (nothing mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
 // dump either: they stay out too.
 int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
@@ -1332,6 +1333,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         Guard g(misc_lock_);
         if ((set = spare_caches_)) {
             spare_caches_ = set->next_spare;
+            set->next_spare = nullptr;
         } else if ((set = unused_caches_)) {
             unused_caches_ = nullptr;
         }
@@ -1347,7 +1349,6 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         memlock_dontdump(mem, bytes);
         set = static_cast<PoolCache *>(mem);
     }
-    if (set->next_spare) set->next_spare = nullptr;  // a spare set's link (a new one reads zero)
     ts.caches = set;
     return cache_in(set, pool);
 }
