@@ -308,6 +308,22 @@ struct SecureArena::PoolCache {
         std::uint32_t cap;  // kClasses' cache_max for the bin's class, set on the slow paths that
                             // first fill the bin (0 before: free()'s comparison sends it there)
         void *top;          // blocks[cls][count - 1] while count > 0
+
+        // The top block off the bin's stack, whose count the caller has read as n. pre: n > 0.
+        // (The callers' loads of count are their own: a byte store between two loads of it,
+        // such as a block's state, would make the compiler load it again.)
+        void *take(void *const *stack, unsigned n) noexcept {
+            void *b = top;
+            count = n - 1;
+            top = stack[n > 1 ? n - 2 : 0];  // stale, never read, at count 0
+            return b;
+        }
+        // p onto the bin's stack, whose count the caller has read as n. pre: n < cap.
+        void put(void **stack, void *p, unsigned n) noexcept {
+            stack[n] = p;
+            top = p;
+            count = n + 1;
+        }
     };
     PoolCache *next_spare;
     Bin bins[kNumClasses];
@@ -495,8 +511,8 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             release_side(first_span);
             memlock_release(reinterpret_cast<void *>(base_), first_span);
         }
-        meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, cap_span_ = 0;
-        side_bytes_ = 0, side_span_ = 0;
+        forget_place();
+        cap_span_ = 0;
         return rc;
     }
     pools_ = reinterpret_cast<Pool *>(bits_top_);
@@ -582,17 +598,8 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
         meta_ = reinterpret_cast<PageMeta *>(state_ + state_len(cap_span_));
         side_span_ = 0;
         side_bytes_ = 0;
-        int rc = memlock_reserve_at(bits_top_, pools_len_);
-        if (!rc && (rc = memlock_commit(bits_top_, pools_len_))) memlock_release(bits_top_, pools_len_);
-        if (rc) return rc;
-        memlock_dontdump(bits_top_, pools_len_);
-        side_bytes_ = pools_len_;
-        if (map_side(0, first_span)) {
-            memlock_release(bits_top_, pools_len_);
-            return EEXIST;
-        }
-        rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span);
-        if (rc) release_side(first_span);
+        int rc = map_side(0, first_span);
+        if (!rc && (rc = memlock_reserve_at(reinterpret_cast<void *>(base_), first_span))) release_side(first_span);
         return rc;
     };
     int rc = ENOMEM;
@@ -609,17 +616,23 @@ int SecureArena::place(std::size_t room, std::size_t first_span) noexcept {
         memlock_release(probe, room + region);
         rc = map_at(reinterpret_cast<std::uintptr_t>(probe));
     }
-    if (rc) meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, side_bytes_ = 0, side_span_ = 0;
+    if (rc) forget_place();
     return rc;
 }
 
-// Maps and commits the side tables' part for blocks [from_span, to_span): 0, or an errno
-// value (nothing mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core
-// dump either: they stay out too.
+// After a placement that failed, or one undone: no side table is mapped.
+void SecureArena::forget_place() noexcept {
+    meta_ = nullptr, state_ = nullptr, bits_top_ = nullptr, base_ = 0, side_bytes_ = 0, side_span_ = 0;
+}
+
+// Maps and commits the side tables' part for blocks [from_span, to_span), and with the first
+// part (from_span 0) the pools' mapping above the free bits: 0, or an errno value (nothing
+// mapped) when their rooms are taken. They hold no secrets, but nothing of use in a core dump
+// either: they stay out too.
 int SecureArena::map_side(std::size_t from_span, std::size_t to_span) noexcept {
     unsigned char *const top = reinterpret_cast<unsigned char *>(bits_top_);
-    const std::size_t len[3] = {bits_len(to_span) - bits_len(from_span), state_len(to_span) - state_len(from_span),
-                                meta_len(to_span) - meta_len(from_span)};
+    const std::size_t len[3] = {bits_len(to_span) - bits_len(from_span) + (from_span ? 0 : pools_len_),
+                                state_len(to_span) - state_len(from_span), meta_len(to_span) - meta_len(from_span)};
     unsigned char *const at[3] = {top - bits_len(to_span), state_ + state_len(from_span),
                                   reinterpret_cast<unsigned char *>(meta_) + meta_len(from_span)};
     for (unsigned t = 0; t < 3; ++t) {
@@ -1366,8 +1379,8 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
             bin.count = refill(pool, cls, pc->blocks[cls], want);
             if (!bin.count) return nullptr;
         }
-        b = pc->blocks[cls][--bin.count];
-        if (bin.count) bin.top = pc->blocks[cls][bin.count - 1];
+        bin.top = pc->blocks[cls][bin.count - 1];  // refill() fills the stack, not the copy of its top
+        b = bin.take(pc->blocks[cls], bin.count);
     } else {
         Guard g(pool.lock);
         if (!refill(pool, cls, &b, 1)) return nullptr;
@@ -1387,9 +1400,7 @@ inline void *SecureArena::pop_cached(unsigned pool_index, unsigned cls, unsigned
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned n = bin.count;
     if (__builtin_expect(!n, 0)) return nullptr;
-    void *b = bin.top;
-    bin.count = n - 1;
-    bin.top = pc->blocks[cls][n > 1 ? n - 2 : 0];  // stale, never read, at count 0
+    void *b = bin.take(pc->blocks[cls], n);
     state_of(b) = live_state(rule);
     count(stats_, rule, kClasses.info[cls].size, Count::alloc);
     return b;
@@ -1417,10 +1428,8 @@ void *SecureArena::alloc_fast(unsigned pool_index, std::size_t n, unsigned rule)
     PoolCache::Bin &bin = pc->bins[cls];
     const unsigned have = bin.count;
     if (__builtin_expect(!have, 0)) return nullptr;
-    void *b = bin.top;
+    void *b = bin.take(pc->blocks[cls], have);
     if (!b) __builtin_unreachable();  // a cache holds blocks: the caller need not test for nullptr
-    bin.count = have - 1;
-    bin.top = pc->blocks[cls][have > 1 ? have - 2 : 0];  // stale, never read, at count 0
     state_of(b) = live_state(rule);
     count_row(stats_, row, rule, static_cast<std::int64_t>(fast_class_size(cls)), Count::alloc);
     return b;
@@ -1581,7 +1590,7 @@ void SecureArena::bad_pointer(const void *p, const char *what) const noexcept {
 // The common case makes no call and saves no register: a live block of the kFastClasses
 // goes into the calling thread's cache, which has room, and is counted in the thread's rule
 // row. Everything else is a tail call.
-void SecureArena::free(void *p) noexcept {
+MLSHIM_HOT_ENTRY void SecureArena::free(void *p) noexcept {
     const std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
     std::uint8_t &state = state_[off >> 4];
@@ -1604,9 +1613,7 @@ void SecureArena::free(void *p) noexcept {
     const unsigned n = bin.count;
     if (__builtin_expect(n == bin.cap, 0)) return free_small_slow(p);
     state = kFreed;
-    pc->blocks[cls][n] = p;
-    bin.top = p;
-    bin.count = n + 1;
+    bin.put(pc->blocks[cls], p, n);
     count_row(stats_, row, was >> kRuleShift, -static_cast<std::int64_t>(size), Count::free);
 }
 
@@ -1632,8 +1639,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
             flush_locked(pool, m.cls, pc->blocks[m.cls] + keep, bin.count - keep);
             bin.count = keep;
         }
-        pc->blocks[m.cls][bin.count++] = p;
-        bin.top = p;
+        bin.put(pc->blocks[m.cls], p, bin.count);
     } else {
         flush_locked(pool, m.cls, &p, 1);
     }

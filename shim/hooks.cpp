@@ -89,7 +89,7 @@ __attribute__((noinline)) void *malloc_callers(std::size_t n, const void *ra, un
 
 // malloc_matching() spelled out, so that each way out is a tail call: the matched path saves
 // no register, and the caller's address is read only where a caller rule asks for it.
-SHIM_EXPORT void *malloc(std::size_t n) {
+SHIM_EXPORT MLSHIM_HOT_ENTRY void *malloc(std::size_t n) {
     if (__builtin_expect(!may_match(n), 1)) return g_next.malloc(n);
     const unsigned first = match_size(n);
     if (__builtin_expect(first < kSizeRuleCaller, 1)) return arena_malloc(static_cast<int>(first), n);
@@ -97,7 +97,7 @@ SHIM_EXPORT void *malloc(std::size_t n) {
     return malloc_callers(n, CALLER, first);
 }
 
-SHIM_EXPORT void free(void *p) {
+SHIM_EXPORT MLSHIM_HOT_ENTRY void free(void *p) {
     if (!p) return;  // as glibc's; programs free NULL often (nginx: about 50 times per request)
     if (g_arena.owns(p)) return g_arena.free(p);
     free_other(p);

@@ -1409,7 +1409,7 @@ __attribute__((noinline)) void *arena_malloc_uncached(int rule, std::size_t n) n
 }  // namespace
 
 // The fast path makes no call: rule and n stay in their registers for the tail call.
-void *arena_malloc(int rule, std::size_t n) noexcept {
+MLSHIM_HOT_ENTRY void *arena_malloc(int rule, std::size_t n) noexcept {
     const auto r = static_cast<unsigned>(rule);
     if (void *p = g_arena.alloc_fast(g_rules[r].pool, n, stats_rule_index(r))) return p;
     return arena_malloc_uncached(rule, n);
