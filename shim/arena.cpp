@@ -1378,8 +1378,8 @@ void *SecureArena::alloc_small_slow(unsigned pool_index, unsigned cls, unsigned 
             Guard g(pool.lock);
             bin.count = refill(pool, cls, pc->blocks[cls], want);
             if (!bin.count) return nullptr;
+            bin.top = pc->blocks[cls][bin.count - 1];  // refill() fills the stack, not the copy of its top
         }
-        bin.top = pc->blocks[cls][bin.count - 1];  // refill() fills the stack, not the copy of its top
         b = bin.take(pc->blocks[cls], bin.count);
     } else {
         Guard g(pool.lock);
