@@ -336,6 +336,10 @@ static_assert((kCacheCap & (kCacheCap - 1)) == 0, "a class's stack is a power of
 constexpr unsigned kCacheShift = 14;
 constexpr std::size_t kCacheStride = std::size_t{1} << kCacheShift;
 static_assert(sizeof(SecureArena::PoolCache) <= kCacheStride, "a pool's cache fits its stride");
+// The bytes of a set of caches for npools pools.
+inline std::size_t cache_set_bytes(unsigned npools, std::size_t page) noexcept {
+    return round_up(std::size_t{npools} << kCacheShift, page);
+}
 inline SecureArena::PoolCache *cache_in(SecureArena::PoolCache *set, unsigned pool) noexcept {
     return reinterpret_cast<SecureArena::PoolCache *>(reinterpret_cast<unsigned char *>(set) +
                                                       (std::size_t{pool} << kCacheShift));
@@ -495,7 +499,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     // The pools and the first thread's caches, mapped between the free bits and the states
     // (place()).
     const std::size_t pools_bytes = round_up(sizeof(Pool) * npools, page_);
-    pools_len_ = pools_bytes + round_up(std::size_t{npools} << kCacheShift, page_);
+    pools_len_ = pools_bytes + cache_set_bytes(npools, page_);
     int rc = 0;
     for (;; cap = std::max(first_span, cap / 2 / region * region)) {
         cap_span_ = cap;
@@ -1244,11 +1248,15 @@ void SecureArena::discard_pages(Pool &pool, std::size_t first, std::size_t n) no
 // there is still fatal, reported as an invalid pointer rather than a double free). The
 // page table (meta_) stays: it marks the run. pre: pool.lock held.
 void SecureArena::discard_side(std::size_t first, std::size_t n) noexcept {
-    std::size_t lo = round_up(first * (page_ / 16), page_), hi = (first + n) * (page_ / 16) / page_ * page_;
-    if (hi > lo) memlock_discard(state_ + lo, hi - lo);
+    // The whole pages [lo, hi) of a table with bytes_per_page bytes per page of the run.
+    auto inside = [&](std::size_t bytes_per_page, std::size_t &lo, std::size_t &hi) {
+        lo = round_up(first * bytes_per_page, page_), hi = (first + n) * bytes_per_page / page_ * page_;
+        return hi > lo;
+    };
+    std::size_t lo, hi;
+    if (inside(page_ / 16, lo, hi)) memlock_discard(state_ + lo, hi - lo);
     // The free bits run down from bits_top_.
-    lo = round_up(first * (page_ / 128), page_), hi = (first + n) * (page_ / 128) / page_ * page_;
-    if (hi > lo) memlock_discard(reinterpret_cast<unsigned char *>(bits_top_) - hi, hi - lo);
+    if (inside(page_ / 128, lo, hi)) memlock_discard(reinterpret_cast<unsigned char *>(bits_top_) - hi, hi - lo);
 }
 
 // ---- small blocks --------------------------------------------------------------------------
@@ -1352,7 +1360,7 @@ SecureArena::PoolCache *SecureArena::cache_for(unsigned pool) noexcept {
         }
     }
     if (!set) {
-        const std::size_t bytes = round_up(std::size_t{npools_} << kCacheShift, page_);
+        const std::size_t bytes = cache_set_bytes(npools_, page_);
         void *mem = nullptr;
         if (memlock_reserve(bytes, &mem)) return nullptr;
         if (memlock_commit(mem, bytes)) {
