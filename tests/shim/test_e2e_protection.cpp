@@ -140,6 +140,18 @@ Test(e2e_protection, realloc_of_a_dead_arena_pointer_aborts_naming_realloc) {
     }
 }
 
+// A pointer inside a live block is not a block: realloc and malloc_usable_size refuse it as
+// free does, in a small block and in a page-aligned one.
+Test(e2e_protection, pointer_inside_a_block_is_refused_by_realloc_and_usable_size) {
+    const std::string bad = "invalid pointer: not a live block of the secure arena";
+    RunResult r = expect_bad_free_aborts("realloc-unaligned", bad, "realloc");
+    cr_assert(r.out.find("a block") == std::string::npos, "%s", r.describe().c_str());
+    for (const char *mode : {"usable-unaligned", "usable-aligned"}) {
+        r = expect_bad_free_aborts(mode, bad, "malloc_usable_size");
+        cr_assert(r.out.find("usable") == std::string::npos, "%s: %s", mode, r.describe().c_str());
+    }
+}
+
 // A rule's actions choose what its blocks get: 32-byte blocks only dontdump (+ wipe), the
 // 512..2048 range only lock (+ wipe). Each action set is a pool of its own.
 Test(e2e_protection, rule_actions_select_lock_and_dontdump) {
