@@ -1674,8 +1674,8 @@ void SecureArena::free_not_slab(void *p) noexcept {
 std::size_t SecureArena::usable_size(const void *p, const char *what) const noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     const PageMeta &m = meta_[off >> page_shift_];
-    // A block's start, as free() accepts it: a pointer inside a block shares its state, but is
-    // no block, and the block's size counted from it would reach past the block.
+    // A block's start, as free() accepts it: an address in a block's first 16 bytes shares its
+    // state, but is no block, and the block's size counted from it would reach past the block.
     if ((state_[off >> 4] & kStateMask) == kLive && off % 16 == 0) {
         if (m.kind == kSlab) return kClasses.info[m.cls].size;
         if (m.kind == kRun && m.head == off >> page_shift_ && off % page_ == 0) return std::size_t{m.npages} * page_;
