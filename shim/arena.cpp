@@ -1654,6 +1654,11 @@ void SecureArena::free_small_slow(void *p) noexcept {
     if (ts.arena == this) count(stats_, rule, -static_cast<std::int64_t>(ci.size), Count::free);
 }
 
+inline bool SecureArena::live_run_at(std::uintptr_t off) const noexcept {
+    const PageMeta &m = meta_[off >> page_shift_];
+    return m.kind == kRun && m.head == off >> page_shift_ && off % page_ == 0 && (state_[off >> 4] & kStateMask) == kLive;
+}
+
 // Not a live slab block: a page run, a double free, or not a block at all.
 void SecureArena::free_not_slab(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
@@ -1662,7 +1667,7 @@ void SecureArena::free_not_slab(void *p) noexcept {
     std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
-    if (m.kind == kRun && (state & kStateMask) == kLive && m.head == off >> page_shift_ && off % page_ == 0) {
+    if (live_run_at(off)) {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
@@ -1676,10 +1681,8 @@ std::size_t SecureArena::usable_size(const void *p, const char *what) const noex
     const PageMeta &m = meta_[off >> page_shift_];
     // A block's start, as free() accepts it: an address in a block's first 16 bytes shares its
     // state, but is no block, and the block's size counted from it would reach past the block.
-    if ((state_[off >> 4] & kStateMask) == kLive && off % 16 == 0) {
-        if (m.kind == kSlab) return kClasses.info[m.cls].size;
-        if (m.kind == kRun && m.head == off >> page_shift_ && off % page_ == 0) return std::size_t{m.npages} * page_;
-    }
+    if (m.kind == kSlab && (state_[off >> 4] & kStateMask) == kLive && off % 16 == 0) return kClasses.info[m.cls].size;
+    if (live_run_at(off)) return std::size_t{m.npages} * page_;
     bad_pointer(p, what);
 }
 

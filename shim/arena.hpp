@@ -239,6 +239,8 @@ private:
     __attribute__((noinline)) void free_large(Pool &pool, PageMeta &head, void *p) noexcept;
     __attribute__((noinline)) void free_small_slow(void *p) noexcept;
     __attribute__((noinline)) void free_not_slab(void *p) noexcept;
+    // Is off (from base_) the first byte of a live page run, as free() and usable_size() ask?
+    bool live_run_at(std::uintptr_t off) const noexcept;
     // flush() under the pool's lock; preserves errno.
     __attribute__((noinline)) void flush_locked(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     void wipe_run(void *p, std::size_t bytes) const noexcept;

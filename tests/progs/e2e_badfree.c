@@ -51,7 +51,11 @@ int main(int argc, char **argv) {
     } else if (strncmp(argv[1], "usable-", 7) == 0) {
         const int unaligned = strcmp(argv[1], "usable-unaligned") == 0;
         void *v = NULL;
-        if (unaligned ? (v = malloc(32)) == NULL : posix_memalign(&v, 4096, 1000) != 0) return 2;
+        if (unaligned)
+            v = malloc(32);
+        else if (posix_memalign(&v, 4096, 1000) != 0)
+            v = NULL;
+        if (!v) return 2;
         char *q = (char *)v + (unaligned ? 1 : 8);
         printf("block %p\n", (void *)q);
         printf("usable %zu\n", malloc_usable_size(q));
