@@ -78,8 +78,11 @@ PIN(int, __pthread_key_create, (pthread_key_t *key, void (*destructor)(void *)),
 PIN(int, pthread_key_delete, (pthread_key_t key), (key))
 PIN(int, pthread_setspecific, (pthread_key_t key, const void *value), (key, value))
 PIN(void *, pthread_getspecific, (pthread_key_t key), (key))
-// A new version in 2.32 (same function).
+PIN(int, pthread_attr_getstack, (const pthread_attr_t *attr, void **addr, size_t *size), (attr, addr, size))
+PIN(int, pthread_attr_getguardsize, (const pthread_attr_t *attr, size_t *size), (attr, size))
+// New versions in 2.32 (same functions).
 PIN(int, pthread_sigmask, (int how, const sigset_t *set, sigset_t *old), (how, set, old))
+PIN(int, pthread_getattr_np, (pthread_t thread, pthread_attr_t *attr), (thread, attr))
 
 // ---- stat family (real functions since 2.33; before, inline calls of __xstat and friends) ------
 // struct stat and struct stat64 are one layout on both architectures.

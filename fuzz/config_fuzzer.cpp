@@ -106,6 +106,7 @@ void check_config(const Config &c, const std::string &source) {
     check(c.policy.max_arena >= kConfigMinArena && c.policy.max_arena <= kConfigMaxArena, "max_arena out of range");
     check(c.policy.max_locked <= kConfigMaxArena, "max_locked out of range");
     check(c.policy.prealloc <= c.policy.max_locked, "prealloc above max_locked");
+    check(c.policy.scrub_stack <= kConfigMaxScrubStack, "scrub_stack out of range");
     check(!c.log_file.empty(), "empty log file");
 }
 

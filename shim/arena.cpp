@@ -23,6 +23,7 @@
 #include "fork_child.hpp"
 #include "memlock.h"
 #include "procmaps.hpp"
+#include "stack_scrub.hpp"
 
 namespace mlshim {
 
@@ -524,13 +525,14 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
     marks_->made_here = 1;
     npools_ = npools;
-    wipe_pools_ = 0;
+    wipe_pools_ = scrub_pools_ = 0;
     std::uintptr_t next = base_;
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
+        if (p->actions & kActionWipe && opts.scrub_stack) scrub_pools_ |= 1u << i;
         p->start = p->frontier = p->committed = p->lock_end = p->locked_to = p->huge_from = next;
         marks_->huge_own[i] = 1;
         p->end = next += first_extent[i];
@@ -1607,7 +1609,7 @@ MLSHIM_HOT_ENTRY void SecureArena::free(void *p) noexcept {
     // clears them all), so a 16-aligned pointer with a live state is a live block's start.
     if (__builtin_expect(m.kind != kSlab || (was & kStateMask) != kLive || (off & 15), 0)) return free_not_slab(p);
     const unsigned cls = m.cls, pool_index = m.pool;
-    if (__builtin_expect(cls >= kFastClasses, 0)) return free_small_slow(p);
+    if (__builtin_expect(cls >= kFastClasses || (scrub_pools_ >> pool_index & 1), 0)) return free_small_slow(p);
     // Wiped first, so that the pool index is not needed past the cache's look-up; where the
     // slow path takes the block after all (rarely), it wipes it again.
     const std::size_t size = fast_class_size(cls);
@@ -1652,6 +1654,7 @@ void SecureArena::free_small_slow(void *p) noexcept {
         flush_locked(pool, m.cls, &p, 1);
     }
     if (ts.arena == this) count(stats_, rule, -static_cast<std::int64_t>(ci.size), Count::free);
+    if (scrub_pools_ >> pool_index & 1) scrub_dead_stack(opts_.scrub_stack);
 }
 
 inline bool SecureArena::live_run_at(std::uintptr_t off) const noexcept {
@@ -1663,7 +1666,8 @@ inline bool SecureArena::live_run_at(std::uintptr_t off) const noexcept {
 void SecureArena::free_not_slab(void *p) noexcept {
     std::uintptr_t off = reinterpret_cast<std::uintptr_t>(p) - base_;
     PageMeta &m = meta_[off >> page_shift_];
-    Pool &pool = pools_[region_pool_[off >> region_shift_]];
+    const unsigned pool_index = region_pool_[off >> region_shift_];
+    Pool &pool = pools_[pool_index];
     std::uint8_t state = state_[off >> 4];
     if (state == kFreed)
         fatal("free(): double free", "block of the secure arena freed twice", p);
@@ -1671,6 +1675,7 @@ void SecureArena::free_not_slab(void *p) noexcept {
         int saved = errno;
         free_large(pool, m, p);
         errno = saved;
+        if (scrub_pools_ >> pool_index & 1) scrub_dead_stack(opts_.scrub_stack);
         return;
     }
     bad_pointer(p, "free(): invalid pointer");

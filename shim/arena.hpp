@@ -112,6 +112,7 @@ struct ArenaOptions {
     LockFailurePolicy on_lock_failure = LockFailurePolicy::fallback;
     std::size_t prealloc = 0;           // bytes committed (and locked) up front, in pool 0
     Backing backing = Backing::anonymous;  // what the locked range of each locking pool is
+    std::size_t scrub_stack = 0;  // bytes of dead stack a free from a wiping pool scrubs (0: none)
     // Giving memory back: free pages beyond purge_slack go back to the kernel at the pool's
     // next operation off the thread cache once purge_delay_ns has passed since the last
     // purge, and at once beyond purge_slack + purge_burst (what an idle process keeps).
@@ -328,6 +329,7 @@ private:
     unsigned page_shift_ = 12;       // log2(page_)
     unsigned npools_ = 0;
     unsigned wipe_pools_ = 0;        // bit i: pool i has the wipe action
+    unsigned scrub_pools_ = 0;       // bit i: a free from pool i scrubs the caller's dead stack
     ArenaOptions opts_{};
     StatsPage *stats_ = nullptr;
     ArenaReporter reporter_ = nullptr;

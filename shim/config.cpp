@@ -504,7 +504,7 @@ std::vector<std::string> get_programs(const json &v, const std::string &path) {
 
 Policy get_policy(const json &v, const std::string &path) {
     require_object(v, path);
-    reject_unknown_keys(v, path, {"max_locked", "on_lock_failure", "prealloc", "max_arena", "backing"});
+    reject_unknown_keys(v, path, {"max_locked", "on_lock_failure", "prealloc", "max_arena", "backing", "scrub_stack"});
     Policy policy;
     if (const json *m = member(v, "max_locked")) {
         const std::string p = key_path(path, "max_locked");
@@ -531,6 +531,11 @@ Policy get_policy(const json &v, const std::string &path) {
     } else if (policy.max_arena < policy.max_locked) {
         policy.max_arena = policy.max_locked;  // the default grows to what may be locked
     }
+    if (const json *w = member(v, "scrub_stack")) {
+        const std::string p = key_path(path, "scrub_stack");
+        policy.scrub_stack = get_size(*w, p);
+        if (policy.scrub_stack > kConfigMaxScrubStack) fail_expected(p, "a size from 0 to 1 GiB", *w);
+    }
     if (policy.prealloc > policy.max_locked)
         fail(path, "\"prealloc\" (" + std::to_string(policy.prealloc) + ") exceeds \"max_locked\" (" +
                        std::to_string(policy.max_locked) + ")");
@@ -553,10 +558,15 @@ Config get_config(const json &root) {
     if (!rules) fail("", "missing required key \"rules\"");
     config.rules = get_rules(*rules, "rules");
     if (const json *p = member(root, "policy")) config.policy = get_policy(*p, "policy");
+    const auto no_rule_has = [&config](unsigned action) {
+        return !config.rules.empty() &&
+               std::none_of(config.rules.begin(), config.rules.end(), [action](const Rule &r) { return r.actions & action; });
+    };
     // secretmem memory is always locked: it backs only the blocks of rules that lock.
-    if (config.policy.backing == Backing::secretmem && !config.rules.empty() &&
-        std::none_of(config.rules.begin(), config.rules.end(), [](const Rule &r) { return r.actions & kActionLock; }))
+    if (config.policy.backing == Backing::secretmem && no_rule_has(kActionLock))
         fail("policy.backing", "\"secretmem\" backs the blocks of rules with the \"lock\" action, and no rule has it");
+    if (config.policy.scrub_stack && no_rule_has(kActionWipe))
+        fail("policy.scrub_stack", "the stack is scrubbed when a block of a rule with the \"wipe\" action is freed, and no rule has it");
     if (const json *log = member(root, "log")) {
         require_object(*log, "log");
         reject_unknown_keys(*log, "log", {"level", "file"});

@@ -28,6 +28,7 @@ constexpr unsigned kRuleMaxDepth = 64;                             // Rule::dept
 constexpr std::size_t kConfigMaxRules = 256;                       // rules in one config
 constexpr std::size_t kConfigMinArena = std::size_t{1} << 20;      // policy.max_arena >= 1 MiB
 constexpr std::size_t kConfigMaxArena = std::size_t{64} << 30;     // policy.max_arena <= 64 GiB
+constexpr std::size_t kConfigMaxScrubStack = std::size_t{1} << 30;  // policy.scrub_stack <= 1 GiB
 
 enum class LockFailurePolicy { fallback, deny, abort };
 // Where the memory of pools that lock comes from (policy.backing). secretmem: memfd_secret(2),
@@ -56,6 +57,7 @@ struct Policy {
     std::size_t prealloc = 0;             // bytes committed and locked at start-up
     std::size_t max_arena = 1u << 30;     // address space reserved for the arena
     Backing backing = Backing::anonymous;
+    std::size_t scrub_stack = 0;          // dead stack wiped below each free of a wiped block; 0: none
 };
 
 struct Config {

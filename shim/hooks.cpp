@@ -381,6 +381,17 @@ SHIM_EXPORT long syscall(long number, ...) {
 }
 #endif
 
+// Under policy.scrub_stack a new thread looks its stack up first (stack_scrub.hpp).
+SHIM_EXPORT int pthread_create(pthread_t *__restrict thread, const pthread_attr_t *__restrict attr,
+                               void *(*fn)(void *), void *__restrict arg) noexcept {
+    return shim_pthread_create(thread, attr, fn, arg);
+}
+
+// Notes the thread's signal stack, which policy.scrub_stack leaves alone (stack_scrub.hpp).
+SHIM_EXPORT int sigaltstack(const stack_t *__restrict ss, stack_t *__restrict old) noexcept {
+    return shim_sigaltstack(ss, old);
+}
+
 // _Fork runs no atfork handler: see shim_fork_bare.
 SHIM_EXPORT pid_t _Fork() { return shim_fork_bare(); }
 

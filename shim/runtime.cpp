@@ -28,6 +28,7 @@
 #include "fork_child.hpp"
 #include "memlock.h"
 #include "procmaps.hpp"
+#include "stack_scrub.hpp"
 #include "trace.hpp"
 #include "unwind.hpp"
 
@@ -242,6 +243,8 @@ long (*g_next_syscall)(long, ...) = nullptr;
 // clone(3)'s and _Fork's, likewise (glibc before 2.34 has no _Fork: nullptr).
 int (*g_next_clone)(int (*)(void *), void *, int, void *, ...) = nullptr;
 pid_t (*g_next_fork_bare)() = nullptr;
+// pthread_create(3)'s, likewise.
+int (*g_next_pthread_create)(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *) = nullptr;
 std::atomic<bool> g_next_resolved{false};  // resolve_next has looked up all of the above and g_next
 
 // The lock is a flag of the shim's own, not a pthread mutex: the first call can come from a
@@ -269,6 +272,8 @@ void resolve_next() noexcept {
         __atomic_store_n(&g_next_syscall, lookup<decltype(g_next_syscall)>(libc, "syscall", nullptr), __ATOMIC_RELEASE);
         __atomic_store_n(&g_next_clone, lookup<decltype(g_next_clone)>(libc, "clone", nullptr), __ATOMIC_RELEASE);
         __atomic_store_n(&g_next_fork_bare, lookup<decltype(g_next_fork_bare)>(libc, "_Fork", nullptr), __ATOMIC_RELEASE);
+        __atomic_store_n(&g_next_pthread_create, lookup<decltype(g_next_pthread_create)>(libc, "pthread_create", nullptr),
+                         __ATOMIC_RELEASE);
         t_resolving = false;  // libc stays open (it is never unloaded): no dlclose here
         if (!n.malloc || !n.free || !n.calloc || !n.realloc || !n.posix_memalign || !n.aligned_alloc ||
             !n.memalign || !n.valloc || !n.pvalloc || !n.malloc_usable_size)
@@ -288,6 +293,7 @@ bool g_active = false;
 // runs before the shim's (the program's own dependencies are initialised first) finds it unset.
 bool g_started = false;
 bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
+bool g_scrub_stack = false;  // policy.scrub_stack: threads look their stacks up (shim_pthread_create)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
@@ -982,6 +988,7 @@ void runtime_start() {
     opts.on_lock_failure = config->policy.on_lock_failure;
     opts.prealloc = config->policy.prealloc;
     opts.backing = config->policy.backing;
+    opts.scrub_stack = config->policy.scrub_stack;
     int rc;
     {
         BusyScope busy;
@@ -994,6 +1001,12 @@ void runtime_start() {
     g_single_threaded = static_cast<const char *>(dlsym(RTLD_DEFAULT, "__libc_single_threaded"));
     g_arena.set_fork_plan(&g_single_fork.plan);
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+    if (opts.scrub_stack) {
+        scrub_stack_prepare(true);
+        g_scrub_stack = true;
+        log_msg(LogLevel::info, "a free of a wiped block scrubs up to %zu bytes of the caller's dead stack",
+                opts.scrub_stack);
+    }
     if (g_stats) g_stats->active.store(1);
     g_active = true;
     log_msg(LogLevel::info, "protecting %u rule(s) from %s in %s", g_nrules, path, exe.c_str());
@@ -1253,6 +1266,7 @@ long next_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
 // syscall(number, ...) before libc's is known, and for a clone that makes a fork child
 // (between the shim's fork handlers).
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
+    if (number == SYS_sigaltstack) return shim_sigaltstack(reinterpret_cast<const stack_t *>(a1), reinterpret_cast<stack_t *>(a2));
     if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
     long rc = next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -1267,10 +1281,18 @@ __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long 
 
 }  // namespace
 
+// sigaltstack(2) as libc's, noting the thread's signal stack for the stack scrubber.
+int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept {
+    const long rc = next_syscall(SYS_sigaltstack, reinterpret_cast<long>(ss), reinterpret_cast<long>(old), 0, 0, 0, 0);
+    if (rc == 0) note_signal_stack(ss);
+    return static_cast<int>(rc);
+}
+
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     long (*next)(long, ...) = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE);
-    // The numbers makes_fork_child looks at further; every other call goes straight through.
-    const bool clone = number == SYS_clone
+    // The numbers makes_fork_child looks at further, and sigaltstack (shim_sigaltstack); every
+    // other call goes straight through.
+    const bool slow = number == SYS_clone || number == SYS_sigaltstack
 #ifdef SYS_clone3
                        || number == SYS_clone3
 #endif
@@ -1278,8 +1300,35 @@ long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
                        || number == SYS_fork
 #endif
         ;
-    if (__builtin_expect(!next || clone, 0)) return syscall_slow(number, a1, a2, a3, a4, a5, a6);
+    if (__builtin_expect(!next || slow, 0)) return syscall_slow(number, a1, a2, a3, a4, a5, a6);
     return next(number, a1, a2, a3, a4, a5, a6);
+}
+
+namespace {
+
+struct ThreadStart {
+    void *(*fn)(void *);
+    void *arg;
+};
+
+void *thread_start(void *p) {
+    const ThreadStart start = *static_cast<ThreadStart *>(p);
+    g_next.free(p);
+    scrub_stack_prepare(false);
+    return start.fn(start.arg);
+}
+
+}  // namespace
+
+int shim_pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) noexcept {
+    if (!next_known(g_next_pthread_create, "pthread_create")) return ENOSYS;
+    if (!g_scrub_stack || !fn) return g_next_pthread_create(thread, attr, fn, arg);
+    auto *start = static_cast<ThreadStart *>(g_next.malloc(sizeof(ThreadStart)));
+    if (!start) return EAGAIN;
+    *start = {fn, arg};
+    const int rc = g_next_pthread_create(thread, attr, thread_start, start);
+    if (rc != 0) g_next.free(start);
+    return rc;
 }
 
 // glibc's clone(fn, stack, flags, arg, ...) runs no atfork handler either (sandboxes and
@@ -1310,6 +1359,13 @@ int clone_child_start(void *start) {
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept {
     if (!next_known(g_next_clone, "clone")) return -1;
     const auto f = static_cast<unsigned long>(static_cast<unsigned>(flags));
+    if (g_scrub_stack && (f & CLONE_VM) && scrub_stack_clone_begin(f)) {
+        const int rc = g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
+        const int saved = errno;
+        scrub_stack_clone_end();
+        errno = saved;
+        return rc;
+    }
     if (!g_active || (f & kSharedMemory) || !fn || !stack) return g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
     if (f & CLONE_SETTLS) {
         static std::atomic<bool> warned{false};

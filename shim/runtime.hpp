@@ -8,6 +8,8 @@
 #ifndef MEMLOCK_SHIM_RUNTIME_HPP
 #define MEMLOCK_SHIM_RUNTIME_HPP
 
+#include <signal.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -180,10 +182,15 @@ int without_deepbind(const char *file, int mode) noexcept;
 // syscall(3), through to the next definition; a clone that makes a fork child runs the
 // shim's fork handlers around it, as fork(2) would.
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;
+// sigaltstack(2) through libc, noting the calling thread's signal stack (stack_scrub.hpp).
+int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept;
 // clone(3), through to the next definition; one that makes a process with memory of its own
 // (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).
 // ptid, tls, ctid: clone's optional arguments, passed on as they are.
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept;
+// pthread_create(3), through to the next definition; under policy.scrub_stack the new thread
+// looks its stack up (scrub_stack_prepare) before it calls fn(arg).
+int shim_pthread_create(pthread_t *thread, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) noexcept;
 // _Fork(), through to the next definition; its child locks its arena again and counts in a
 // page of its own, with no fork handler run. fork() where libc has no _Fork.
 pid_t shim_fork_bare() noexcept;

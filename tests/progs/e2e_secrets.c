@@ -23,17 +23,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hold_common.h"
+
 enum { kMarker = 16, kSecretBlocks = 16, kSecretSize = 1024, kKeyBlocks = 8, kKeySize = 32,
        kPublicSize = 16 * 1024, kSmallPublic = 8, kSmallSize = 64 };
-
-static uint64_t next_random(uint64_t *s) {
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    *s = x;
-    return x;
-}
 
 /* Writes a fresh 16-byte marker straight into dst (never through a local buffer). */
 static void make_marker(unsigned char *dst, uint64_t *state) {

@@ -1,11 +1,24 @@
-// hold_common.h - the allocate-then-wait loop of the programs that tests inspect while they run.
+// hold_common.h - the allocate-then-wait loop of the programs that tests inspect while they run,
+// and the generator of the markers they look for.
 #ifndef MEMLOCK_TESTS_HOLD_COMMON_H
 #define MEMLOCK_TESTS_HOLD_COMMON_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+// xorshift64: the next value of *s (pre: *s != 0). A test derives the same bytes from a
+// printed seed, so a marker's bytes exist only where the program writes them.
+static inline uint64_t next_random(uint64_t *s) {
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *s = x;
+    return x;
+}
 
 // Prints "ready" and waits for stdin to close. Returns 0.
 static inline int ready_until_eof(void) {

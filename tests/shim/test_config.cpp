@@ -587,6 +587,21 @@ Test(config_policy, max_arena) {
                  "x.json: policy: \"max_arena\" (1073741824) is less than \"max_locked\" (2147483648)");
 }
 
+Test(config_policy, scrub_stack) {
+    cr_assert_eq(parse_ok(with_policy("{}")).policy.scrub_stack, 0u, "off by default");
+    cr_assert_eq(parse_ok(with_policy(R"({"scrub_stack": "64KiB"})")).policy.scrub_stack, 65536u);
+    cr_assert_eq(parse_ok(with_policy(R"({"scrub_stack": 0})")).policy.scrub_stack, 0u);
+    EXPECT_ERROR(with_policy(R"({"scrub_stack": "2GiB"})"),
+                 "x.json: policy.scrub_stack: expected a size from 0 to 1 GiB, got \"2GiB\"");
+    EXPECT_ERROR(with_policy(R"({"scrub_stack": true})"),
+                 "x.json: policy.scrub_stack: expected a size (bytes as an integer or a string like \"64KiB\"), got true");
+    // The stack is scrubbed when a wiped block is freed: with no rule that wipes, never.
+    EXPECT_ERROR(R"({"version": 1, "rules": [{"name": "k", "size": 32, "actions": ["lock"]}],
+                    "policy": {"scrub_stack": 4096}})",
+                 "x.json: policy.scrub_stack: the stack is scrubbed when a block of a rule with the \"wipe\" action "
+                 "is freed, and no rule has it");
+}
+
 Test(config_policy, prealloc_within_max_locked) {
     EXPECT_ERROR(with_policy(R"({"max_locked": "1MiB", "prealloc": "2MiB"})"),
                  "x.json: policy: \"prealloc\" (2097152) exceeds \"max_locked\" (1048576)");
