@@ -19,6 +19,7 @@ lighttpd lighttpd-mod-openssl apache2
 mosquitto mosquitto-clients unbound vsftpd openvpn dovecot-imapd
 redis-server redis-tools
 libssl-dev gnutls-bin slapd ldap-utils
+krb5-kdc krb5-admin-server krb5-user
 "
 
 missing=""

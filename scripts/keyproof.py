@@ -22,12 +22,13 @@ usage: keyproof.py --build DIR --config FILE|none [--port N] [--kernel-core] [--
        `make test`, `make proof-keys`) never collide
        keyproof.py --table --build DIR [--port N]   (make proof-keys: no shim, size rules, profiles)
 DAEMON: nginx haproxy stunnel postgres sshd lighttpd apache mosquitto unbound redis vsftpd openvpn dovecot
-       linked gnutls-serv slapd
+       linked gnutls-serv slapd krb5kdc
        (lighttpd onwards: daemons the profile was not written for, in the table and a test;
        dovecot's profile column is config/dovecot.json, as sshd's is config/openssh.json;
        linked is tests/progs/tls_linked, an HTTPS server with OpenSSL linked in, whose
        profile column is config/openssl-linked.json; gnutls-serv's and slapd's, linked with
-       GnuTLS, config/gnutls.json)
+       GnuTLS, config/gnutls.json; krb5kdc's secret is its realm's master key, not a PEM key:
+       kinit and kvno drive it, and its profile is config/krb5kdc.json)
        and, only when named, postfix (smtpd with STARTTLS: installing postfix replaces the
        machine's mail transport agent), mariadb (a 45 MB server whose data directory takes
        seconds to make) and node (an https server; Node.js's own builds link OpenSSL in,
@@ -60,7 +61,7 @@ import time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAEMONS = ["nginx", "haproxy", "stunnel", "postgres", "sshd", "lighttpd", "apache", "mosquitto", "unbound", "redis",
-           "vsftpd", "openvpn", "dovecot", "linked", "gnutls-serv", "slapd"]
+           "vsftpd", "openvpn", "dovecot", "linked", "gnutls-serv", "slapd", "krb5kdc"]
 
 
 class Failure(Exception):
@@ -413,6 +414,7 @@ class Run:
         self.key_text = None  # the key file the daemon reads, when not the PEM file returned
         self.shielded = False  # the daemon shields its keys (sshd): look for the prekey
         self.made = []  # (label, how, pid, path): dumps the daemon's serve function made itself
+        self.needles = None  # the secret's needles, for a daemon whose secret is not a PEM key
 
     def prefix(self):
         if self.args.config == "none":
@@ -1014,6 +1016,42 @@ postlog unix-dgram n - n - 1 postlogd
     return key
 
 
+def serve_krb5kdc(r):
+    """MIT Kerberos's KDC with a realm of its own (kdb5_util create -s): 20 kinit and kvno. The
+    secret is the realm's master key, which the KDC reads from the stash file at start-up; its
+    bytes come from the stash (klist -K), and the needle is its first 16 bytes."""
+    realm, db = "KEYPROOF.TEST", os.path.join(r.work, "db")
+    os.mkdir(db)
+    krb5_conf, kdc_conf = os.path.join(r.work, "krb5.conf"), os.path.join(r.work, "kdc.conf")
+    with open(kdc_conf, "w") as f:
+        f.write("[kdcdefaults]\n kdc_ports = %d\n kdc_tcp_ports = %d\n[realms]\n %s = {\n"
+                "  database_name = %s/principal\n  key_stash_file = %s/stash\n  acl_file = %s/kadm5.acl\n"
+                "  master_key_type = aes256-cts-hmac-sha1-96\n  supported_enctypes = aes256-cts-hmac-sha1-96:normal\n"
+                " }\n[logging]\n kdc = STDERR\n" % (r.port, r.port, realm, db, db, db))
+    with open(krb5_conf, "w") as f:
+        f.write("[libdefaults]\n default_realm = %s\n dns_lookup_kdc = false\n dns_canonicalize_hostname = false\n"
+                "[realms]\n %s = {\n  kdc = 127.0.0.1:%d\n }\n" % (realm, realm, r.port))
+    env = dict(r.env(), KRB5_CONFIG=krb5_conf, KRB5_KDC_PROFILE=kdc_conf)
+    password = "keyproof-%d" % random.getrandbits(48)
+    run(["kdb5_util", "create", "-s", "-r", realm, "-P", password], env=env)
+    for princ in ("-pw %s alice" % password, "-randkey host/keyproof.test"):
+        run(["kadmin.local", "-r", realm, "-q", "addprinc " + princ], env=env)
+    listing = run(["klist", "-k", "-K", "FILE:" + os.path.join(db, "stash")], env=env)
+    m = re.search(r"K/M@%s.*\(0x([0-9a-f]+)\)" % re.escape(realm), listing)
+    if not m:
+        raise Failure("no master key in the stash listing: %r" % listing)
+    r.needles = [bytes.fromhex(m.group(1))[:16]]
+    wrap = ["env", "KRB5_CONFIG=" + krb5_conf, "KRB5_KDC_PROFILE=" + kdc_conf]
+    d = r.start(["krb5kdc", "-n", "-r", realm], "krb5kdc", wrap=wrap)
+    wait_port(r.port, d.proc, "krb5kdc")
+    cache = "FILE:" + os.path.join(r.work, "ccache")
+    for _ in range(20):
+        run(["kinit", "-c", cache, "alice@" + realm], env=env, input=(password + "\n").encode())
+        run(["kvno", "-c", cache, "host/keyproof.test@" + realm], env=env)
+    r.dumps = [("krb5kdc", d.proc.pid)]
+    return None
+
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 
 
@@ -1253,7 +1291,8 @@ SERVE = {"nginx": serve_nginx, "haproxy": serve_haproxy, "stunnel": serve_stunne
          "postgres": serve_postgres, "sshd": serve_sshd, "lighttpd": serve_lighttpd, "apache": serve_apache,
          "mosquitto": serve_mosquitto, "unbound": serve_unbound, "redis": serve_redis, "vsftpd": serve_vsftpd,
          "dovecot": serve_dovecot, "openvpn": serve_openvpn, "gnutls-serv": serve_gnutls_serv, "slapd": serve_slapd,
-         "mariadb": serve_mariadb, "postfix": serve_postfix, "linked": serve_linked, "node": serve_node}
+         "mariadb": serve_mariadb, "postfix": serve_postfix, "linked": serve_linked, "node": serve_node,
+         "krb5kdc": serve_krb5kdc}
 
 
 def inspect(args, pid):
@@ -1279,7 +1318,7 @@ def prove(args, daemon, port, kernel):
     result = {"daemon": daemon, "config": args.config, "ok": False, "error": "", "dumps": []}
     try:
         key = SERVE[daemon](r)
-        needles, pem = key_needles(key, r.key_text)
+        needles, pem = (r.needles, []) if r.needles else key_needles(key, r.key_text)
         blocks = {}
         for label, pid in r.dumps:
             dump = {"process": label, "pid": pid, "how": "gcore"}
@@ -1367,7 +1406,8 @@ def table(args, daemons):
     profile = {"sshd": os.path.join(TOP, "config", "openssh.json"), "dovecot": os.path.join(TOP, "config", "dovecot.json"),
                "linked": os.path.join(TOP, "config", "openssl-linked.json"),
                "node": os.path.join(TOP, "config", "openssl-linked.json"),
-               "gnutls-serv": os.path.join(TOP, "config", "gnutls.json"), "slapd": os.path.join(TOP, "config", "gnutls.json")}
+               "gnutls-serv": os.path.join(TOP, "config", "gnutls.json"), "slapd": os.path.join(TOP, "config", "gnutls.json"),
+               "krb5kdc": os.path.join(TOP, "config", "krb5kdc.json")}
     print("| daemon | process | " + " | ".join(c[0] for c in configs) + " |")
     print("| --- | --- |" + " --- |" * len(configs))
     for i, d in enumerate(daemons):

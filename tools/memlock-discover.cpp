@@ -1193,7 +1193,6 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
                     static_cast<unsigned long long>(copy->addr), what.c_str(), copy->where.c_str());
     }
     const std::size_t outside = c.total - c.by_place[int(Place::arena)];
-    const std::size_t unreachable = c.by_place[int(Place::stack)] + c.by_place[int(Place::static_data)];
     std::printf("summary: copies=%zu protected=%zu outside=%zu heap=%zu freed-heap=%zu stack=%zu static=%zu file=%zu anon=%zu\n",
                 c.total, c.by_place[int(Place::arena)], outside, c.by_place[int(Place::heap)],
                 c.by_place[int(Place::freed)], c.by_place[int(Place::stack)], c.by_place[int(Place::static_data)],
@@ -1203,9 +1202,12 @@ void print_report(const Snapshot &s, const Counts &c, bool traced) {
     if (c.rule_reachable())
         std::printf("  %zu heap copies (live or freed without a wipe) can be moved into the arena by rules.\n",
                     c.rule_reachable());
-    if (unreachable)
-        std::printf("  %zu copies on stacks or in static data: no rule can reach them (the program keeps them there).\n",
-                    unreachable);
+    if (const std::size_t stack = c.by_place[int(Place::stack)])
+        std::printf("  %zu copies on stacks: no rule moves them; policy.scrub_stack wipes what returned functions "
+                    "left there (docs/config.md).\n",
+                    stack);
+    if (const std::size_t static_data = c.by_place[int(Place::static_data)])
+        std::printf("  %zu copies in static data: no rule can reach them (the program keeps them there).\n", static_data);
     if (!traced && c.by_place[int(Place::anon)])
         std::printf("  %zu copies in the heap or other anonymous memory: memlock-discover -- PROGRAM shows which "
                     "allocations hold them and proposes the rules that move them.\n",
