@@ -293,7 +293,7 @@ bool g_active = false;
 // runs before the shim's (the program's own dependencies are initialised first) finds it unset.
 bool g_started = false;
 bool g_tracing = false;  // MEMLOCK_SHIM_TRACE: memlock-discover records the heap (trace.hpp)
-bool g_scrub_stack = false;  // policy.scrub_stack: threads look their stacks up (shim_pthread_create)
+bool g_scrub_stack = false;  // policy.scrub_stack, and new threads look their stacks up (shim_pthread_create)
 
 void report(LogLevel level, const char *what, const char *why) noexcept {
     BusyScope busy;
@@ -828,6 +828,24 @@ std::string allocator_before_shim() {
     return name;
 }
 
+// The object whose `name` takes the program's calls, when it is not the shim's own export
+// (a sanitizer runtime preloaded before the shim intercepts pthread_create); empty when the
+// shim's does.
+std::string definition_before_shim(const char *name) {
+    Dl_info info;
+    void *shim = nullptr;
+    if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
+    void *own = own_symbol(static_cast<const link_map *>(shim), name, nullptr);
+    // The program's handle searches the global scope in load order (RTLD_DEFAULT, from the
+    // shim, which is linked -Bsymbolic, would find the shim's own first).
+    void *program = dlopen(nullptr, RTLD_LAZY);
+    void *first = program ? dlsym(program, name) : nullptr;
+    std::string where;
+    if (own != first) where = first && dladdr(first, &info) && info.dli_fname ? info.dli_fname : "?";
+    dlerror();
+    return where;
+}
+
 // The path of the library a valgrind tool that replaces the allocator preloads
 // (is_valgrind_allocator_preload), when the program runs under one; empty otherwise.
 std::string valgrind_preload() {
@@ -1003,9 +1021,16 @@ void runtime_start() {
     pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
     if (opts.scrub_stack) {
         scrub_stack_prepare(true);
-        g_scrub_stack = true;
+        // A thread looks its stack up in the shim's pthread_create, before its start routine:
+        // behind another library's, that routine runs before the other library has set the
+        // thread up, and the look-up's allocations would reach it.
+        const std::string before = definition_before_shim("pthread_create");
+        g_scrub_stack = before.empty();
         log_msg(LogLevel::info, "a free of a wiped block scrubs up to %zu bytes of the caller's dead stack",
                 opts.scrub_stack);
+        if (!before.empty())
+            log_msg(LogLevel::warn, "policy.scrub_stack: %s defines pthread_create before the shim: only the main "
+                                    "thread's stack is scrubbed", before.c_str());
     }
     if (g_stats) g_stats->active.store(1);
     g_active = true;
@@ -1359,7 +1384,7 @@ int clone_child_start(void *start) {
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept {
     if (!next_known(g_next_clone, "clone")) return -1;
     const auto f = static_cast<unsigned long>(static_cast<unsigned>(flags));
-    if (g_scrub_stack && (f & CLONE_VM) && scrub_stack_clone_begin(f)) {
+    if ((f & CLONE_VM) && scrub_stack_clone_begin(f)) {
         const int rc = g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
         const int saved = errno;
         scrub_stack_clone_end();

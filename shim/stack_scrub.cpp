@@ -7,9 +7,9 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cstdint>
 
@@ -17,37 +17,42 @@ namespace mlshim {
 namespace {
 
 // [lo, hi): the calling thread's stack as looked up when it started (lo == hi: none), and
-// [alt_lo, alt_hi): its signal stack.
+// [alt_lo, alt_hi): its signal stack. paused, off: a CLONE_VM child that shares this
+// thread-local state may run (scrub_stack_clone_begin).
 struct ThreadStack {
     std::uintptr_t lo, hi;
     std::uintptr_t alt_lo, alt_hi;
+    unsigned paused;
+    bool off;
 };
-__thread ThreadStack t_stack __attribute__((tls_model("initial-exec"))) = {0, 0, 0, 0};
-
-// No thread scrubs while a CLONE_VM child may run on memory the scrub could reach (pauses),
-// or ever again once one without CLONE_VFORK was made (off).
-std::atomic<unsigned> g_paused{0};
-std::atomic<bool> g_off{false};
+__thread ThreadStack t_stack __attribute__((tls_model("initial-exec"))) = {0, 0, 0, 0, 0, false};
 
 constexpr std::uintptr_t kLine = 64;
 // Left alone below the zeroing loop's own frame: its red zone (128 bytes on x86-64) and more.
 constexpr std::uintptr_t kOwnFrame = 256;
 
-// The calling thread's stack from glibc, without the guard (glibc before 2.27 counts it in),
-// and for the main thread cut to the mapping that holds sp: glibc reports a main thread's
-// stack down to what RLIMIT_STACK allows, and a read below the mapping would grow it.
-__attribute__((noinline, cold)) ThreadStack look_up(std::uintptr_t sp, bool main_thread) noexcept {
-    ThreadStack none{0, 0, t_stack.alt_lo, t_stack.alt_hi};
+struct Bounds {
+    std::uintptr_t lo, hi;
+};
+
+// The calling thread's stack from glibc, without the guard (which glibc before 2.27 counts in,
+// as asked for rather than in whole pages), and cut to the mapping that holds sp where glibc's
+// bounds may hold more than that: the main thread's (reported down to what RLIMIT_STACK
+// allows; a read below the mapping would grow it), and a stack without glibc's guard (the
+// program's own, which may have an inaccessible page of its own at the bottom).
+__attribute__((noinline, cold)) Bounds look_up(std::uintptr_t sp, bool main_thread) noexcept {
     BusyScope busy;  // what pthread_getattr_np allocates goes to the next allocator
     pthread_attr_t attr;
-    if (pthread_getattr_np(pthread_self(), &attr) != 0) return none;
+    if (pthread_getattr_np(pthread_self(), &attr) != 0) return {0, 0};
     void *addr = nullptr;
     std::size_t size = 0, guard = 0;
     const int rc = pthread_attr_getstack(&attr, &addr, &size) | pthread_attr_getguardsize(&attr, &guard);
     pthread_attr_destroy(&attr);
-    if (rc != 0 || size <= guard) return none;
-    std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(addr) + guard, hi = lo - guard + size;
-    if (main_thread) {
+    if (rc != 0 || size <= guard) return {0, 0};
+    const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto base = reinterpret_cast<std::uintptr_t>(addr);
+    std::uintptr_t lo = (base + guard + page - 1) & ~(page - 1), hi = base + size;
+    if (main_thread || guard == 0) {
         std::uintptr_t map_lo = 0, map_hi = 0;
         each_mapping([&](std::uintptr_t start, std::uintptr_t end, const char *) {
             if (sp >= start && sp < end) {
@@ -59,8 +64,8 @@ __attribute__((noinline, cold)) ThreadStack look_up(std::uintptr_t sp, bool main
         lo = std::max(lo, map_lo);
         hi = std::min(hi, map_hi);
     }
-    if (!(lo <= sp && sp < hi)) return none;
-    return {lo, hi, none.alt_lo, none.alt_hi};
+    if (!(lo <= sp && sp < hi)) return {0, 0};
+    return {lo, hi};
 }
 
 // Zeroes the lines of [lo, hi) that are not zero (pre: both multiples of kLine), 16 bytes a
@@ -84,8 +89,8 @@ __attribute__((no_sanitize("address", "undefined"), noinline)) void zero_dead_li
 __attribute__((noinline)) void scrub_dead_stack(std::size_t window) noexcept {
     const auto sp = reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0));
     const ThreadStack &stack = t_stack;
-    if (!(stack.lo <= sp && sp < stack.hi) || (stack.alt_lo <= sp && sp < stack.alt_hi)) return;
-    if (g_off.load(std::memory_order_relaxed) || g_paused.load(std::memory_order_relaxed)) return;
+    if (!(stack.lo <= sp && sp < stack.hi) || (stack.alt_lo <= sp && sp < stack.alt_hi) || stack.paused || stack.off)
+        return;
     const std::uintptr_t top = sp & ~(kLine - 1);
     const std::uintptr_t reach = std::min<std::uintptr_t>(top - stack.lo, window);
     zero_dead_lines((top - reach + kLine - 1) & ~(kLine - 1), top);
@@ -93,7 +98,9 @@ __attribute__((noinline)) void scrub_dead_stack(std::size_t window) noexcept {
 
 void scrub_stack_prepare(bool main_thread) noexcept {
     const int saved = errno;
-    t_stack = look_up(reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), main_thread);
+    const Bounds b = look_up(reinterpret_cast<std::uintptr_t>(__builtin_frame_address(0)), main_thread);
+    t_stack.lo = b.lo;
+    t_stack.hi = b.hi;
     // A signal stack set before the shim knew (by a library initialised before it).
     stack_t cur;
     if (main_thread && sigaltstack(nullptr, &cur) == 0) note_signal_stack(&cur);
@@ -115,13 +122,13 @@ void note_signal_stack(const void *ss) noexcept {
 bool scrub_stack_clone_begin(unsigned long flags) noexcept {
     if (!(flags & CLONE_VM) || (flags & CLONE_SETTLS)) return false;
     if (!(flags & CLONE_VFORK)) {
-        g_off.store(true, std::memory_order_relaxed);
+        t_stack.off = true;
         return false;
     }
-    g_paused.fetch_add(1, std::memory_order_relaxed);
+    ++t_stack.paused;
     return true;
 }
 
-void scrub_stack_clone_end() noexcept { g_paused.fetch_sub(1, std::memory_order_relaxed); }
+void scrub_stack_clone_end() noexcept { --t_stack.paused; }
 
 }  // namespace mlshim

@@ -15,6 +15,8 @@
  *   e2e_stackscrub clone-vfork   the same with CLONE_VFORK
  *   e2e_stackscrub getattr       a second thread calls pthread_getattr_np, which frees a
  *                                32-byte block (its CPU set) under a lock of glibc's; exit 0
+ *   e2e_stackscrub own-stack     a thread on a 32 KiB stack the program mapped, with an
+ *                                inaccessible page of its own below, frees a 32-byte block
  *   e2e_stackscrub coroutine KIB as thread, but the thread's first 32-byte free is made on a
  *                                coroutine's stack (makecontext), before the key
  *
@@ -29,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -175,11 +178,29 @@ static void *getattr_main(void *arg) {
     return NULL;
 }
 
+static void *free_and_return(void *arg) {
+    free_a_matched_block();
+    return arg;
+}
+
+static int on_own_stack(void) {
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE), usable = 32 * 1024;
+    char *base = mmap(NULL, usable + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (base == MAP_FAILED || mprotect(base, page, PROT_NONE) != 0) return 2;
+    pthread_attr_t attr;
+    pthread_t t;
+    if (pthread_attr_init(&attr) != 0 || pthread_attr_setstack(&attr, base, usable + page) != 0 ||
+        pthread_create(&t, &attr, free_and_return, NULL) != 0 || pthread_join(t, NULL) != 0)
+        return 2;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "altstack") == 0) return altstack(0);
     if (argc == 2 && strcmp(argv[1], "altstack-syscall") == 0) return altstack(1);
     if (argc == 2 && strcmp(argv[1], "clone-vm") == 0) return clone_on_own_stack(CLONE_VM);
     if (argc == 2 && strcmp(argv[1], "clone-vfork") == 0) return clone_on_own_stack(CLONE_VM | CLONE_VFORK);
+    if (argc == 2 && strcmp(argv[1], "own-stack") == 0) return on_own_stack();
     if (argc == 2 && strcmp(argv[1], "getattr") == 0) {
         pthread_t t;
         void *rc = NULL;
@@ -189,7 +210,7 @@ int main(int argc, char **argv) {
     if (argc != 3 || (strcmp(argv[1], "main") != 0 && strcmp(argv[1], "thread") != 0 &&
                       strcmp(argv[1], "coroutine") != 0)) {
         fprintf(stderr, "usage: e2e_stackscrub main|thread|coroutine KIB | altstack | altstack-syscall | clone-vm | "
-                        "clone-vfork | getattr\n");
+                        "clone-vfork | getattr | own-stack\n");
         return 2;
     }
     struct Job job = {(uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 20 ^ 0x5851f42d4c957f2dull,
