@@ -525,14 +525,13 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
     if (void *marks = backing_map_wiped_on_fork(sizeof(ProcessMarks))) marks_ = static_cast<ProcessMarks *>(marks);
     marks_->made_here = 1;
     npools_ = npools;
-    wipe_pools_ = scrub_pools_ = 0;
+    wipe_pools_ = 0;
     std::uintptr_t next = base_;
     for (unsigned i = 0; i < npools; ++i) {
         Pool *p = new (&pools_[i]) Pool();
         pthread_mutex_init(&p->lock, nullptr);
         p->actions = pool_actions[i];
         if (p->actions & kActionWipe) wipe_pools_ |= 1u << i;
-        if (p->actions & kActionWipe && opts.scrub_stack) scrub_pools_ |= 1u << i;
         p->start = p->frontier = p->committed = p->lock_end = p->locked_to = p->huge_from = next;
         marks_->huge_own[i] = 1;
         p->end = next += first_extent[i];
@@ -549,6 +548,7 @@ int SecureArena::init(const ArenaOptions &opts, const unsigned *pool_actions, un
             if (lock_error_ || secret_missing_) p->lock_budget = p->locked_mapped;
         }
     }
+    scrub_pools_ = opts.scrub_stack ? wipe_pools_ : 0;
     if (stats_) {
         stats_->reserved_bytes.store(first_span);  // where blocks live: what memlock-inspect checks
         stats_->arena_start = base_;

@@ -804,6 +804,14 @@ void *own_symbol(const link_map *m, const char *name, const char *version) noexc
     return nullptr;
 }
 
+// The shim's own link map (nullptr if the loader cannot say).
+const link_map *shim_map() noexcept {
+    Dl_info info;
+    void *shim = nullptr;
+    if (!dladdr1(reinterpret_cast<void *>(&shim_map), &info, &shim, RTLD_DL_LINKMAP)) return nullptr;
+    return static_cast<const link_map *>(shim);
+}
+
 // The object loaded before the shim whose malloc takes the program's calls (the executable's
 // path when it is the program itself), or empty when they reach the shim: no object before
 // it in the lookup order (the order of loading, for the objects loaded at start-up) defines
@@ -811,10 +819,9 @@ void *own_symbol(const link_map *m, const char *name, const char *version) noexc
 // malloc with an address (the PLT entry of a non-PIE program that takes malloc's address) is
 // not a definition. pre: the match window is closed (the probe passes through).
 std::string allocator_before_shim() {
-    Dl_info info;
-    void *shim = nullptr;
-    if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
-    const link_map *m = static_cast<const link_map *>(shim);
+    const link_map *shim = shim_map();
+    if (!shim) return {};
+    const link_map *m = shim;
     while (m->l_prev) m = m->l_prev;
     const LibcTables libc = libc_tables();
     const char *version = libc_definition(libc, "malloc").version;
@@ -832,14 +839,14 @@ std::string allocator_before_shim() {
 // (a sanitizer runtime preloaded before the shim intercepts pthread_create); empty when the
 // shim's does.
 std::string definition_before_shim(const char *name) {
-    Dl_info info;
-    void *shim = nullptr;
-    if (!dladdr1(reinterpret_cast<void *>(&allocator_before_shim), &info, &shim, RTLD_DL_LINKMAP) || !shim) return {};
-    void *own = own_symbol(static_cast<const link_map *>(shim), name, nullptr);
+    const link_map *shim = shim_map();
+    if (!shim) return {};
+    void *own = own_symbol(shim, name, nullptr);
     // The program's handle searches the global scope in load order (RTLD_DEFAULT, from the
     // shim, which is linked -Bsymbolic, would find the shim's own first).
     void *program = dlopen(nullptr, RTLD_LAZY);
     void *first = program ? dlsym(program, name) : nullptr;
+    Dl_info info;
     std::string where;
     if (own != first) where = first && dladdr(first, &info) && info.dli_fname ? info.dli_fname : "?";
     dlerror();
@@ -1384,7 +1391,7 @@ int clone_child_start(void *start) {
 int shim_clone(int (*fn)(void *), void *stack, int flags, void *arg, void *ptid, void *tls, void *ctid) noexcept {
     if (!next_known(g_next_clone, "clone")) return -1;
     const auto f = static_cast<unsigned long>(static_cast<unsigned>(flags));
-    if ((f & CLONE_VM) && scrub_stack_clone_begin(f)) {
+    if (scrub_stack_clone_begin(f)) {
         const int rc = g_next_clone(fn, stack, flags, arg, ptid, tls, ctid);
         const int saved = errno;
         scrub_stack_clone_end();

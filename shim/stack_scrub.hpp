@@ -9,10 +9,9 @@
 //   - It writes only inside the thread's stack as scrub_stack_prepare found it when the
 //     thread started (pthread_getattr_np, without the guard; for the main thread and a stack
 //     without glibc's guard, cut to the mapping that held the stack pointer then), and not at
-//     all when the stack pointer
-//     lies outside it (a coroutine's or fiber's own stack), inside the thread's signal stack
-//     (note_signal_stack), or in a thread that made a CLONE_VM child which may still run on
-//     its memory (scrub_stack_clone_begin).
+//     all when the stack pointer lies outside it (a coroutine's or fiber's own stack), inside
+//     the thread's signal stack (note_signal_stack), or in a thread that made a CLONE_VM child
+//     which may still run on its memory (scrub_stack_clone_begin).
 //   - A line that is already zero is read, not written: a stack page never used stays
 //     unpopulated. It makes no system call and no allocation, takes no lock, and leaves errno
 //     alone.

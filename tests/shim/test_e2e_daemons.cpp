@@ -124,12 +124,25 @@ void expect_sshd_protected(const std::vector<Dump> &dumps) {
     }
 }
 
+// Copies of the key (components and key file text) in all of the daemon's dumps under `config`.
+unsigned long long copies_under(const std::string &daemon, const std::string &config) {
+    unsigned long long total = 0;
+    for (const auto &d : prove(daemon, config, false)) total += d.components + d.pem;
+    return total;
+}
+
 // Without the shim: some dump holds copies (so the search would have seen a leak).
 void expect_copies_without_shim(const std::string &daemon) {
-    unsigned long long total = 0;
-    for (const auto &d : prove(daemon, "none", false)) total += d.components + d.pem;
-    cr_assert_gt(total, 0u, "%s without the shim: no copy of the key found, so the search proves nothing",
-                 daemon.c_str());
+    cr_assert_gt(copies_under(daemon, "none"), 0u,
+                 "%s without the shim: no copy of the key found, so the search proves nothing", daemon.c_str());
+}
+
+// expect_protected, and memlock-inspect says protected of each process it dumped with gcore.
+void expect_protected_and_reported(const std::string &daemon, const std::string &config,
+                                   const std::vector<std::string> &processes) {
+    for (const auto &d : expect_protected(daemon, config, processes))
+        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on %s's %s: %s", daemon.c_str(),
+                     d.process.c_str(), d.inspect.c_str());
 }
 
 // Under a profile that does not cover the daemon's TLS library: its dumps hold the key, and
@@ -214,10 +227,8 @@ Test(e2e_daemons, redis_without_shim_holds_key_copies, .timeout = 300) {
 }
 Test(e2e_daemons, vsftpd_listener_and_connection_processes_under_the_default_config_hold_no_key_copy,
      .timeout = 300) {
-    for (const auto &d : expect_protected("vsftpd", "default.json",
-                                          {"listener", "connection", "connection/nobody", "connection/ftp"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on vsftpd's %s: %s", d.process.c_str(),
-                     d.inspect.c_str());
+    expect_protected_and_reported("vsftpd", "default.json",
+                                  {"listener", "connection", "connection/nobody", "connection/ftp"});
 }
 Test(e2e_daemons, vsftpd_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("vsftpd");
@@ -236,8 +247,7 @@ Test(e2e_daemons, openvpn_without_shim_holds_key_copies, .timeout = 300) {
 // no module to match: it protects nothing, and memlock-inspect must not say it does.
 // config/openssl-linked.json selects OpenSSL's allocation functions by name (CRYPTO_*).
 Test(e2e_daemons, openssl_linked_in_under_the_linked_profile_holds_no_key_copy, .timeout = 300) {
-    for (const auto &d : expect_protected("linked", "openssl-linked.json", {"tls_linked"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on tls_linked: %s", d.inspect.c_str());
+    expect_protected_and_reported("linked", "openssl-linked.json", {"tls_linked"});
 }
 Test(e2e_daemons, openssl_linked_in_under_the_library_profile_is_not_reported_protected, .timeout = 300) {
     expect_exposed_and_reported("linked", "default.json");
@@ -276,15 +286,13 @@ Test(e2e_daemons, dovecot_without_shim_holds_key_copies, .timeout = 300) {
 // libraries it decodes keys with (nettle, hogweed, GMP) and leaves no copy. The OpenSSL
 // profile protects nothing there, and memlock-inspect must not say protected.
 Test(e2e_daemons, gnutls_serv_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
-    for (const auto &d : expect_protected("gnutls-serv", "gnutls.json", {"gnutls-serv"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on gnutls-serv: %s", d.inspect.c_str());
+    expect_protected_and_reported("gnutls-serv", "gnutls.json", {"gnutls-serv"});
 }
 Test(e2e_daemons, gnutls_serv_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("gnutls-serv");
 }
 Test(e2e_daemons, slapd_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
-    for (const auto &d : expect_protected("slapd", "gnutls.json", {"slapd"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on slapd: %s", d.inspect.c_str());
+    expect_protected_and_reported("slapd", "gnutls.json", {"slapd"});
 }
 Test(e2e_daemons, slapd_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("slapd");
@@ -321,8 +329,7 @@ Test(e2e_daemons, sshd_without_cap_ipc_lock_under_8_mib_stays_protected, .timeou
 // blocks into the arena and scrubs the dead stack (policy.scrub_stack); the same rule without
 // the scrub leaves the stack's copies.
 Test(e2e_daemons, krb5kdc_under_its_profile_holds_no_master_key_copy, .timeout = 300) {
-    for (const auto &d : expect_protected("krb5kdc", "krb5kdc.json", {"krb5kdc"}))
-        cr_expect_eq(d.inspect, std::string("protected"), "memlock-inspect on krb5kdc: %s", d.inspect.c_str());
+    expect_protected_and_reported("krb5kdc", "krb5kdc.json", {"krb5kdc"});
 }
 Test(e2e_daemons, krb5kdc_without_shim_holds_master_key_copies, .timeout = 300) {
     expect_copies_without_shim("krb5kdc");
@@ -335,9 +342,8 @@ Test(e2e_daemons, krb5kdc_without_the_stack_scrub_keeps_copies_on_the_stack, .ti
     TempDir dir;
     const std::string config = dir.file("krb5kdc-no-scrub.json");
     cr_assert(write_file(config, std::regex_replace(*profile, scrub, "")));
-    unsigned long long copies = 0;
-    for (const auto &d : prove("krb5kdc", config, false)) copies += d.components;
-    cr_assert_gt(copies, 0u, "krb5kdc without the scrub: no copy of the master key left, so the scrub proves nothing");
+    cr_assert_gt(copies_under("krb5kdc", config), 0u,
+                 "krb5kdc without the scrub: no copy of the master key left, so the scrub proves nothing");
 }
 
 // Without the shim, Debian 12's sshd (OpenSSH 9.2) leaves no plaintext copy of its shielded
