@@ -1761,6 +1761,45 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const For
 
 // Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
 // fork takes them in that order too.
+int SecureArena::for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
+                                      int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept {
+    const std::uintptr_t alo = base_, ahi = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
+    if (!npools_ || hi <= alo || lo >= ahi) return each(lo, hi);
+    int first = 0;
+    auto piece = [&](std::uintptr_t plo, std::uintptr_t phi) {
+        if (plo >= phi) return;
+        const int rc = each(plo, phi);
+        if (!first) first = rc;
+    };
+    piece(lo, alo);
+    const std::uintptr_t end = std::min(hi, ahi);
+    std::uintptr_t open = 0;  // where the stretch of regions without `action` being gathered began
+    for (std::uintptr_t at = std::max(lo, alo), next; at < end; at = next) {
+        const std::size_t r = (at - base_) >> region_shift_;
+        next = std::min(end, base_ + ((r + 1) << region_shift_));
+        const bool kept = pools_[region_pool_[r]].actions & action;
+        if (kept && open) piece(open, at), open = 0;
+        if (!kept && !open) open = at;
+    }
+    if (open) piece(open, end);
+    piece(ahi, hi);
+    return first;
+}
+
+void SecureArena::relock_after_munlockall() noexcept {
+    prefork();
+    relock_cause_ = "the program's munlockall";
+    unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
+    for (unsigned i = 0; i < npools_; ++i)
+        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
+    const bool loose = loose_locked_;
+    const std::uintptr_t refused = relock_merged(secret);
+    const bool short_here = refused != UINTPTR_MAX && relock_each(secret, refused);
+    if (loose) relock_loose_pages(!short_here);
+    relock_cause_ = "fork";
+    postfork_parent();
+}
+
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
     pthread_mutex_lock(&misc_lock_);
@@ -1968,8 +2007,11 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
 void SecureArena::relock_fell_short(int err) noexcept {
     tail_onfault_ = false;
     if (stats_) stats_->lock_failures.fetch_add(1);
-    if (opts_.on_lock_failure == LockFailurePolicy::abort)
-        fatal("cannot lock arena memory after fork (policy on_lock_failure=abort)", memlock_strerror(err));
+    if (opts_.on_lock_failure == LockFailurePolicy::abort) {
+        char what[96];
+        std::snprintf(what, sizeof what, "cannot lock arena memory after %s (policy on_lock_failure=abort)", relock_cause_);
+        fatal(what, memlock_strerror(err));
+    }
 }
 
 // After relock_fell_short, as the caller gives the process's one warning about locking: later
@@ -2027,8 +2069,8 @@ void SecureArena::relock_loose_pages(bool report) noexcept {
     if (!reporter_) return;
     char what[200];
     std::snprintf(what, sizeof what,
-                  "cannot lock again after fork %zu KiB of arena pages that its parent held locked (policy %s)",
-                  unlocked * page_ >> 10,
+                  "cannot lock again after %s %zu KiB of arena pages that %s held locked (policy %s)",
+                  relock_cause_, unlocked * page_ >> 10, std::strcmp(relock_cause_, "fork") ? "it" : "its parent",
                   opts_.on_lock_failure == LockFailurePolicy::deny ? "deny" : "fallback: they stay unlocked, still "
                                                                               "wiped and out of core dumps");
     reporter_(LogLevel::warn, what, memlock_strerror(err));
@@ -2170,12 +2212,13 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
         std::snprintf(limit, sizeof limit, " (RLIMIT_MEMLOCK %llu KiB)", static_cast<unsigned long long>(rl.rlim_cur >> 10));
     char what[400];
     std::snprintf(what, sizeof what,
-                  "cannot lock all arena memory again after fork (policy %s): locked %zu of the %zu KiB locked "
-                  "before fork, %s; %zu KiB stays unlocked%s",
+                  "cannot lock all arena memory again after %s (policy %s): locked %zu of the %zu KiB locked "
+                  "before %s, %s; %zu KiB stays unlocked%s",
+                  relock_cause_,
                   opts_.on_lock_failure == LockFailurePolicy::deny
                       ? "deny: matching allocations that need memory beyond it fail with ENOMEM"
                       : "fallback: the rest is served unlocked, still wiped and out of core dumps",
-                  after >> 10, before >> 10, in_use, (before - after) >> 10, limit);
+                  after >> 10, before >> 10, relock_cause_, in_use, (before - after) >> 10, limit);
     reporter_(LogLevel::warn, what, memlock_strerror(err));
 }
 

@@ -168,6 +168,16 @@ public:
     unsigned pool_of(const void *p) const noexcept {
         return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> region_shift_];
     }
+    // The program's own munlock(2) or madvise(MADV_DODUMP) of [lo, hi) (page-aligned, lo < hi):
+    // calls each(lo, hi) for the stretches it may reach, those outside the blocks' range and
+    // in pools without `action` (kActionLock, kActionDontdump), so that a block's page keeps
+    // its pool's protection whatever the program asks of its own block. Returns the first
+    // nonzero value each() returned, after calling it for every stretch.
+    int for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
+                             int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept;
+    // After the program's munlockall(2): locks again what the arena had locked, as a fork child
+    // does (mlock is undone by munlockall as it is by fork), with every lock held.
+    void relock_after_munlockall() noexcept;
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
     // pre: owns(p), p live. Is p's page in a locked range?
@@ -351,6 +361,7 @@ private:
     std::atomic<bool> warned_secret_kept_{false};
     bool lock_on_commit_ = false;        // no lock-on-fault: pages are mlocked as committed
     bool tail_onfault_ = false;          // the range's last mapping is locked on fault: grow() extends it
+    const char *relock_cause_ = "fork";  // what undid the locks relock_* lock again, for their messages
     bool loose_locked_ = false;          // pages locked one stretch at a time after a fork (relock_what_fits)
     std::size_t huge_ = 0;               // transparent huge page size for pools that lock (0: none)
     bool ask_commit_ = true;             // large runs are asked of the overcommit accounting (kAskedCommit)

@@ -4,6 +4,7 @@
 // straight to the next allocator, and hands the rest to the runtime. Blocks are routed by
 // address: arena blocks to the arena, everything else to where it came from.
 #include <dlfcn.h>
+#include <sys/mman.h>
 
 #include <atomic>
 #include <cerrno>
@@ -391,6 +392,11 @@ SHIM_EXPORT int pthread_create(pthread_t *__restrict thread, const pthread_attr_
 SHIM_EXPORT int sigaltstack(const stack_t *__restrict ss, stack_t *__restrict old) noexcept {
     return shim_sigaltstack(ss, old);
 }
+
+// A page of the arena keeps its pool's protection: see shim_munlock.
+SHIM_EXPORT int munlock(const void *addr, std::size_t len) noexcept { return shim_munlock(addr, len); }
+SHIM_EXPORT int madvise(void *addr, std::size_t len, int advice) noexcept { return shim_madvise(addr, len, advice); }
+SHIM_EXPORT int munlockall() noexcept { return shim_munlockall(); }
 
 // _Fork runs no atfork handler: see shim_fork_bare.
 SHIM_EXPORT pid_t _Fork() { return shim_fork_bare(); }

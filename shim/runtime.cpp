@@ -9,6 +9,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/auxv.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -1299,6 +1300,9 @@ long next_syscall(long number, long a1, long a2, long a3, long a4, long a5, long
 // (between the shim's fork handlers).
 __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     if (number == SYS_sigaltstack) return shim_sigaltstack(reinterpret_cast<const stack_t *>(a1), reinterpret_cast<stack_t *>(a2));
+    if (number == SYS_munlock) return shim_munlock(reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2));
+    if (number == SYS_madvise) return shim_madvise(reinterpret_cast<void *>(a1), static_cast<std::size_t>(a2), static_cast<int>(a3));
+    if (number == SYS_munlockall) return shim_munlockall();
     if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
     long rc = next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -1320,11 +1324,67 @@ int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept {
     return static_cast<int>(rc);
 }
 
+namespace {
+
+int munlock_piece(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+    return next_syscall(SYS_munlock, static_cast<long>(lo), static_cast<long>(hi - lo), 0, 0, 0, 0) == 0 ? 0 : errno;
+}
+
+int dodump_piece(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+    return next_syscall(SYS_madvise, static_cast<long>(lo), static_cast<long>(hi - lo), MADV_DODUMP, 0, 0, 0) == 0 ? 0
+                                                                                                               : errno;
+}
+
+// The whole pages [lo, hi) a call on [addr, addr + len) covers, as the kernel rounds them.
+// False for an empty or wrapping range (the kernel answers those itself).
+bool page_span(const void *addr, std::size_t len, std::uintptr_t &lo, std::uintptr_t &hi) noexcept {
+    const std::uintptr_t page = static_cast<std::uintptr_t>(::getpagesize()), at = reinterpret_cast<std::uintptr_t>(addr);
+    if (!len || at + len < at || at + len > UINTPTR_MAX - page) return false;
+    lo = at & ~(page - 1);
+    hi = (at + len + page - 1) & ~(page - 1);
+    return true;
+}
+
+int pieces_result(int err) noexcept {
+    if (!err) return 0;
+    errno = err;
+    return -1;
+}
+
+}  // namespace
+
+int shim_munlock(const void *addr, std::size_t len) noexcept {
+    std::uintptr_t lo, hi;
+    if (!g_active || !page_span(addr, len, lo, hi))
+        return static_cast<int>(next_syscall(SYS_munlock, reinterpret_cast<long>(addr), static_cast<long>(len), 0, 0, 0, 0));
+    return pieces_result(g_arena.for_each_unprotected(lo, hi, kActionLock, munlock_piece));
+}
+
+int shim_madvise(void *addr, std::size_t len, int advice) noexcept {
+    std::uintptr_t lo, hi;
+    if (advice != MADV_DODUMP || !g_active || !page_span(addr, len, lo, hi) || lo != reinterpret_cast<std::uintptr_t>(addr))
+        return static_cast<int>(
+            next_syscall(SYS_madvise, reinterpret_cast<long>(addr), static_cast<long>(len), advice, 0, 0, 0));
+    return pieces_result(g_arena.for_each_unprotected(lo, hi, kActionDontdump, dodump_piece));
+}
+
+int shim_munlockall() noexcept {
+    const long rc = next_syscall(SYS_munlockall, 0, 0, 0, 0, 0, 0);
+    if (rc == 0 && g_active) {
+        const int saved = errno;
+        g_arena.relock_after_munlockall();
+        errno = saved;
+    }
+    return static_cast<int>(rc);
+}
+
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     long (*next)(long, ...) = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE);
-    // The numbers makes_fork_child looks at further, and sigaltstack (shim_sigaltstack); every
-    // other call goes straight through.
-    const bool slow = number == SYS_clone || number == SYS_sigaltstack
+    // The numbers makes_fork_child looks at further, sigaltstack (shim_sigaltstack), and the
+    // calls that could undo an arena page's protection (shim_munlock); every other call goes
+    // straight through.
+    const bool slow = number == SYS_clone || number == SYS_sigaltstack || number == SYS_munlock || number == SYS_madvise ||
+                      number == SYS_munlockall
 #ifdef SYS_clone3
                        || number == SYS_clone3
 #endif

@@ -184,6 +184,14 @@ int without_deepbind(const char *file, int mode) noexcept;
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept;
 // sigaltstack(2) through libc, noting the calling thread's signal stack (stack_scrub.hpp).
 int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept;
+// munlock(2), madvise(2) and munlockall(2) as the program calls them: a page of an arena pool
+// keeps what its pool's rules ask (libsodium's sodium_munlock, for one, advises its block
+// MADV_DODUMP and unlocks it). munlock leaves the pages of pools that lock locked and
+// madvise(MADV_DODUMP) leaves those of pools that exclude them from core dumps excluded;
+// each still reaches the rest of the range. munlockall locks the arena again at once.
+int shim_munlock(const void *addr, std::size_t len) noexcept;
+int shim_madvise(void *addr, std::size_t len, int advice) noexcept;
+int shim_munlockall() noexcept;
 // clone(3), through to the next definition; one that makes a process with memory of its own
 // (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).
 // ptid, tls, ctid: clone's optional arguments, passed on as they are.

@@ -127,6 +127,23 @@ inline std::string marker_bytes(const std::string &out, const char *key) {
     return bytes;
 }
 
+// What gcore dumps of the live process pid (the file is removed: dumps are large).
+inline std::string gcore_dump(const TempDir &dir, pid_t pid) {
+    cr_assert(have_program("gcore"), "gcore is not installed");
+    const std::string prefix = dir.file("gcore");
+    RunOptions g;
+    g.argv = {"gcore", "-o", prefix, std::to_string(pid)};
+    g.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG"};
+    const RunResult gr = run_program(g);
+    cr_assert(gr.exited_with(0), "gcore failed: %s", gr.describe().c_str());
+    const std::string path = prefix + "." + std::to_string(pid);
+    const auto dump = read_file(path);
+    cr_assert(dump.has_value() && !dump->empty(), "gcore wrote no %s", path.c_str());
+    std::error_code ec;
+    std::filesystem::remove(path, ec);
+    return *dump;
+}
+
 // One "match ADDR SIZE" or "plain ADDR SIZE" line (e2e_layout: a block the rules match, or not).
 struct PrintedBlock {
     std::string line;

@@ -106,23 +106,11 @@ struct DumpCounts {
     std::size_t secret, plain, own;
 };
 DumpCounts gcore_counts(const TempDir &dir, const LiveProgram &child) {
-    cr_assert(have_program("gcore"), "gcore is not installed");
-    const std::string prefix = dir.file("gcore");
-    RunOptions g;
-    g.argv = {"gcore", "-o", prefix, std::to_string(child.pid())};
-    g.unset_env = {"LD_PRELOAD", "MEMLOCK_SHIM_CONFIG"};
-    const RunResult gr = run_program(g);
-    cr_assert(gr.exited_with(0), "gcore failed: %s", gr.describe().c_str());
-    const std::string path = prefix + "." + std::to_string(child.pid());
-    const auto dump = read_file(path);
-    cr_assert(dump.has_value() && !dump->empty(), "gcore wrote no %s", path.c_str());
+    const std::string dump = gcore_dump(dir, child.pid());
     const std::string s = marker_bytes(child.out(), "secret_marker"), p = marker_bytes(child.out(), "plain_marker"),
                       o = marker_bytes(child.out(), "own_marker");
     cr_assert(s != p && p != o && s != o);
-    DumpCounts c{count_occurrences(*dump, s), count_occurrences(*dump, p), count_occurrences(*dump, o)};
-    std::error_code ec;
-    std::filesystem::remove(path, ec);  // large: do not keep it until the TempDir goes
-    return c;
+    return {count_occurrences(dump, s), count_occurrences(dump, p), count_occurrences(dump, o)};
 }
 
 // Starts a libsecretlib program under `s` and waits until its blocks are filled.

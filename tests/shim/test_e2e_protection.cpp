@@ -181,3 +181,32 @@ Test(e2e_protection, rule_actions_select_lock_and_dontdump) {
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     cr_assert_str_empty(r.err.c_str());
 }
+
+// A program that locks, advises and unlocks its own blocks (libsodium's sodium_mlock and
+// sodium_munlock: mlock, MADV_DONTDUMP, then MADV_DODUMP, munlock), through libc, through
+// syscall(2), or with mlockall and munlockall: the arena's pages stay locked and out of core
+// dumps, and a secret written there afterwards is in no dump; the same calls on a page the
+// program mapped itself still take effect there.
+Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protected) {
+    TempDir dir;
+    const std::string config = dir.file("all.json");
+    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    for (const char *mode : {"munlock", "sodium", "syscall", "munlockall"}) {
+        LiveProgram child;
+        start_until_ready(child, shim_options(config, {shim_program("e2e_ownlock"), mode}));
+        const pid_t pid = child.pid();
+        const auto secret = line_value(child.out(), "secret"), plain = line_value(child.out(), "plain");
+        cr_assert(secret && plain, "%s: %s", mode, child.out().c_str());
+        const void *at = parse_pointer(*secret), *own = parse_pointer(*plain);
+        cr_assert(at && own, "%s: %s", mode, child.out().c_str());
+        for (const char *flag : {"lo", "dd"}) {
+            cr_assert(range_has_flag(at, 16, flag, true, pid), "%s: the secret's page lacks %s", mode, flag);
+            cr_assert(range_has_flag(own, 1, flag, false, pid), "%s: the program's own page keeps %s", mode, flag);
+        }
+        const std::string key = marker_bytes(child.out(), "key");
+        cr_assert_eq(count_occurrences(gcore_dump(dir, pid), key), 0u, "%s: the secret is in the dump", mode);
+        const RunResult r = child.finish();
+        cr_assert(r.exited_with(0), "%s: %s", mode, r.describe().c_str());
+        cr_assert_str_empty(r.err.c_str(), "%s", mode);
+    }
+}
