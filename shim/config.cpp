@@ -384,6 +384,16 @@ std::string get_string(const json &v, const std::string &path) {
     return s;
 }
 
+// log.file or stats.file: an absolute path (or, where `stderr_ok`, "stderr"). A relative
+// path would name a file in each program's working directory: a setuid program run from a
+// directory its caller chose would create or append to the file there, as root.
+std::string get_output_path(const json &v, const std::string &path, bool stderr_ok) {
+    std::string s = get_string(v, path);
+    if (s[0] != '/' && !(stderr_ok && s == "stderr"))
+        fail_expected(path, stderr_ok ? "\"stderr\" or an absolute path" : "an absolute path", v);
+    return s;
+}
+
 std::string get_glob(const json &v, const std::string &path) {
     std::string s = get_string(v, path), why;
     if (!glob_valid(s, why)) fail(path, "invalid glob " + quote(s) + ": " + why);
@@ -576,12 +586,12 @@ Config get_config(const json &root) {
                                                             {"warn", LogLevel::warn},
                                                             {"info", LogLevel::info},
                                                             {"debug", LogLevel::debug}});
-        if (const json *f = member(*log, "file")) config.log_file = get_string(*f, "log.file");
+        if (const json *f = member(*log, "file")) config.log_file = get_output_path(*f, "log.file", true);
     }
     if (const json *stats = member(root, "stats")) {
         require_object(*stats, "stats");
         reject_unknown_keys(*stats, "stats", {"file"});
-        if (const json *f = member(*stats, "file")) config.stats_file = get_string(*f, "stats.file");
+        if (const json *f = member(*stats, "file")) config.stats_file = get_output_path(*f, "stats.file", false);
     }
     return config;
 }

@@ -531,23 +531,35 @@ bool root_owned_config(const char *path) noexcept {
 }
 
 // Opens a log or stats destination: no symlink followed, no blocking on a FIFO, created
-// 0600, regular files only. Returns the fd or -1 with errno (ELOOP: a symlink; EINVAL or
-// ENXIO, a FIFO nobody reads: not a regular file; fstat's error if it is refused). A file it
-// made itself (O_EXCL) and then refuses is removed.
-int open_output(const char *path, int extra_flags) noexcept {
-    const int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags,
-                          0600);
-    if (fd < 0) return -1;
+// 0600, regular files only, with one link; and in a process that runs as root or under secure
+// execution, only a file of its own user's (not one another user made or linked where root
+// writes). Returns the fd, or -1 with errno and `why` (when not null) set to the reason. A
+// file it made itself (O_EXCL) and then refuses is removed.
+int open_output(const char *path, int extra_flags, const char **why = nullptr) noexcept {
+    const char *reason = nullptr;
+    int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags, 0600);
+    int err = errno;
     struct stat st;
-    const bool stated = ::fstat(fd, &st) == 0;
-    if (!stated || !S_ISREG(st.st_mode)) {
-        const int err = stated ? EINVAL : errno;  // a refused fstat (a sandbox) keeps its error
+    if (fd < 0) {
+        reason = err == ELOOP ? "it is a symbolic link" : err == ENXIO ? "not a regular file" : memlock_strerror(err);
+    } else if (::fstat(fd, &st) != 0) {
+        err = errno;  // a refused fstat (a sandbox) keeps its error
+        reason = memlock_strerror(err);
+    } else if (!S_ISREG(st.st_mode)) {
+        err = EINVAL, reason = "not a regular file";
+    } else if (st.st_nlink != 1) {
+        err = EMLINK, reason = "it has other hard links";
+    } else if (st.st_uid != ::geteuid() && (::geteuid() == 0 || ::getauxval(AT_SECURE) != 0)) {
+        err = EPERM, reason = "it belongs to another user";
+    }
+    if (!reason) return fd;
+    if (fd >= 0) {
         ::close(fd);
         if (extra_flags & O_EXCL) ::unlink(path);  // made here: not left behind
-        errno = err;
-        return -1;
     }
-    return fd;
+    if (why) *why = reason;
+    errno = err;
+    return -1;
 }
 
 #ifndef MEMLOCK_SHIM_SYSCONFDIR
@@ -927,13 +939,10 @@ void runtime_start() {
     int log_fd = STDERR_FILENO;
     std::string log_error;
     if (config->log_file != "stderr") {
-        log_fd = open_output(config->log_file.c_str(), O_APPEND);
+        const char *why = nullptr;
+        log_fd = open_output(config->log_file.c_str(), O_APPEND, &why);
         if (log_fd < 0) {
-            const int err = errno;
-            log_error = std::string(path) + ": log.file: cannot open " + config->log_file + ": " +
-                        (err == ELOOP                    ? "it is a symbolic link"
-                         : err == EINVAL || err == ENXIO ? "not a regular file"
-                                                         : memlock_strerror(err));
+            log_error = std::string(path) + ": log.file: cannot open " + config->log_file + ": " + why;
             // A program's own config: an error like any other. The system config: other
             // users' programs cannot open root's log, and none may be stopped by it; theirs
             // log to stderr as under "stderr", what a user sees kept to warnings.
@@ -1048,11 +1057,13 @@ void runtime_start() {
 }
 
 // Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
-// renamed into place, so that no reader sees it half written. Only in the process that read
-// the config: a fork child may run in a sandbox (sshd's seccomp child) that kills it for an
+// renamed into place, so that no reader sees it half written; not under secure execution.
+// Only in the process that read the config: a fork child may run in a sandbox (sshd's seccomp child) that kills it for an
 // open or a rename, so its exit path makes no system call malloc would not make.
 void write_stats_file() noexcept {
     if (!g_config || g_config->stats_file.empty() || !g_stats || ::getpid() != g_config_pid) return;
+    // A setuid or setgid program's caller could leave a file of root's per run.
+    if (::getauxval(AT_SECURE) != 0) return;
     char path[4096];
     std::size_t used = 0;
     const std::string &pattern = g_config->stats_file;

@@ -614,6 +614,11 @@ Test(config_log_stats, errors) {
     EXPECT_ERROR(with_member(R"("log": {"level": "verbose"})"),
                  "x.json: log.level: expected one of \"error\", \"warn\", \"info\", \"debug\", got \"verbose\"");
     EXPECT_ERROR(with_member(R"("log": {"file": ""})"), "x.json: log.file: expected a non-empty string, got \"\"");
+    EXPECT_ERROR(with_member(R"("log": {"file": "logs/memlock.log"})"),
+                 "x.json: log.file: expected \"stderr\" or an absolute path, got \"logs/memlock.log\"");
+    EXPECT_ERROR(with_member(R"("stats": {"file": "stats.json"})"),
+                 "x.json: stats.file: expected an absolute path, got \"stats.json\"");
+    EXPECT_ERROR(with_member(R"("stats": {"file": "stderr"})"), "x.json: stats.file: expected an absolute path, got \"stderr\"");
     EXPECT_ERROR(with_member(R"("stats": {"file": false})"), "x.json: stats.file: expected a non-empty string, got false");
     EXPECT_ERROR(with_member(R"("stats": 1)"), "x.json: stats: expected an object, got 1");
 }

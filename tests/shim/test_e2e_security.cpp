@@ -158,17 +158,19 @@ Test(e2e_security, system_wide_mode_in_a_private_etc) {
     const std::string twice = refused + refused;
     assert_log_eq(r.err, twice.c_str());
     cr_assert(contains(r.err, "(program e2e_hello, pid "), "%s", r.err.c_str());
-    // Two stats files: the plain and the setuid e2e_hello, none for tools_pid or the last run.
+    // One stats file: the plain e2e_hello's. None for the setuid one (secure execution writes
+    // none, so that its caller cannot leave files of root's), tools_pid or the last run.
     std::vector<std::string> stats;
     for (const auto &e : std::filesystem::directory_iterator(d.dir.path()))
         if (e.path().filename().string().rfind("stats.", 0) == 0) stats.push_back(e.path());
-    cr_assert_eq(stats.size(), 2u);
+    cr_assert_eq(stats.size(), 1u);
     for (const auto &s : stats) cr_assert_geq(stat_value(read_stats(s), "matched_allocations"), 2u);
 }
 
 // System-wide mode with log.file and stats.file in a directory only root may write: a program
 // another user runs cannot open either, and runs protected and silent all the same (its log
-// goes to stderr, kept to warnings); root's programs, setuid ones included, write both.
+// goes to stderr, kept to warnings); root's programs, setuid ones included, write the log, and
+// only those outside secure execution the stats.
 Test(e2e_security, system_wide_log_and_stats_files_stop_no_users_program) {
     SharedDir d;
     const std::string plain = d.file("plain/e2e_hello"), suid = d.file("suid/e2e_hello");
@@ -192,7 +194,7 @@ Test(e2e_security, system_wide_log_and_stats_files_stop_no_users_program) {
     std::size_t stats = 0;
     for (const auto &e : std::filesystem::directory_iterator(priv))
         stats += e.path().filename().string().rfind("stats.", 0) == 0;
-    cr_assert_eq(stats, 2u);
+    cr_assert_eq(stats, 1u);
 }
 
 // ---- 2-5. the counters -----------------------------------------------------------------------
@@ -307,13 +309,16 @@ Test(e2e_security, p06_inspect_survives_a_hostile_target) {
 
 // ---- 7. files the shim opens ---------------------------------------------------------------------
 
+// Neither file is opened through a symlink, blocks on a FIFO, or (for root) appends to a file of
+// another user's or to one with other hard links.
 Test(e2e_security, p07_log_and_stats_files_refuse_symlinks_and_fifos) {
     SharedDir d;
     const std::string pub = d.pub();
     const std::string passwd = victim(d, "passwd", kPasswd), shadow = victim(d, "shadow", "root:*:1::::::\n");
     const RunResult plant = sh(kNobody + "sh -c " +
                                q("ln -s " + q(passwd) + " " + q(pub + "/log") + "; ln -s " + q(shadow) + " " +
-                                 q(pub + "/stats.json") + "; mkfifo " + q(pub + "/fifo")));
+                                 q(pub + "/stats.json") + "; mkfifo " + q(pub + "/fifo") + "; echo mine > " +
+                                 q(pub + "/planted")));
     cr_assert(plant.exited_with(0), "%s", plant.describe().c_str());
     auto config = [&](const std::string &name, const std::string &extra) {
         const std::string path = d.file(name);
@@ -338,6 +343,20 @@ Test(e2e_security, p07_log_and_stats_files_refuse_symlinks_and_fifos) {
     r = run_hello(config("fifo.json", R"("log": {"file": ")" + pub + R"(/fifo"})"));
     cr_assert(r.exited_with(78), "%s", r.describe().c_str());
     cr_assert(contains(r.err, "log.file: cannot open " + pub + "/fifo: not a regular file\n"), "%s", r.err.c_str());
+
+    // A file another user made where root writes, or another name of root's own file: root
+    // appends to neither.
+    r = run_hello(config("planted.json", R"("log": {"file": ")" + pub + R"(/planted"})"));
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "log.file: cannot open " + pub + "/planted: it belongs to another user\n"), "%s",
+              r.err.c_str());
+    assert_unchanged(pub + "/planted", "mine\n");
+    cr_assert_eq(::link(passwd.c_str(), (pub + "/hard").c_str()), 0);
+    r = run_hello(config("hard.json", R"("log": {"file": ")" + pub + R"(/hard"})"));
+    cr_assert(r.exited_with(78), "%s", r.describe().c_str());
+    cr_assert(contains(r.err, "log.file: cannot open " + pub + "/hard: it has other hard links\n"), "%s",
+              r.err.c_str());
+    assert_unchanged(passwd, kPasswd);
 
     r = run_hello(config("stats.json", R"("stats": {"file": ")" + pub + R"(/stats.json"})"));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
