@@ -885,6 +885,14 @@ const char *SecureArena::space_why() const noexcept {
     case ENOMEM:
         return "the kernel refused to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, "
                "vm.max_map_count or the commit limit)";
+    // What a seccomp filter answers for a call it does not allow: mprotect, which commits
+    // arena memory, where the program's own allocator needs only brk.
+    case ENOSYS:
+        return "a system call that commits arena memory was refused (ENOSYS, as from a seccomp filter): "
+               "policy.prealloc commits memory before the program enters a sandbox";
+    case EPERM:
+        return "a system call that commits arena memory was refused (EPERM, as from a seccomp filter): "
+               "policy.prealloc commits memory before the program enters a sandbox";
     default: return memlock_strerror(space_error_.load(std::memory_order_relaxed));
     }
 }

@@ -36,6 +36,10 @@
  *                               sandbox-seccomp-filter.c), then allocates and frees matched
  *                               blocks through slab reuse, page runs and purging; prints
  *                               "survived"
+ *   e2e_memory nomprotect       installs a seccomp filter that answers ENOSYS to mprotect
+ *                               (glibc's allocator needs only brk and mmap in one thread),
+ *                               then allocates and checks 20000 blocks of 1000 bytes; prints
+ *                               "nomprotect ok"
  *
  * Prints "pid N" first. Exits 1 if a block lost its contents.
  */
@@ -318,6 +322,32 @@ static int sandbox(void) {
     return 0;
 }
 
+static int nomprotect(void) {
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_mprotect, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof *f), f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) {
+        printf("seccomp: errno %d\n", errno);
+        return 2;
+    }
+    enum { kCount = 20000 };
+    static unsigned char *b[kCount];
+    for (int i = 0; i < kCount; ++i) {
+        if (!(b[i] = malloc(1000))) return 3;
+        memset(b[i], i & 0xff, 1000);
+    }
+    for (int i = 0; i < kCount; ++i) {
+        if (!check(b[i], 1000, (unsigned char)(i & 0xff))) return 1;
+        free(b[i]);
+    }
+    printf("nomprotect ok\n");
+    return 0;
+}
+
 static int hugegrow(size_t n) {
     unsigned char *p = malloc(40u << 20);
     if (!p) { printf("malloc(%u) failed: errno %d\n", 40u << 20, errno); return 2; }
@@ -341,6 +371,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "hugegrow") && argc > 2) return hugegrow(strtoull(argv[2], NULL, 0));
     if (!strcmp(argv[1], "grow") && argc > 3) return grow(atoi(argv[2]), strtoull(argv[3], NULL, 0));
     if (!strcmp(argv[1], "sandbox")) return sandbox();
+    if (!strcmp(argv[1], "nomprotect")) return nomprotect();
     if (!strcmp(argv[1], "asfull")) return asfull();
     if (!strcmp(argv[1], "vmsize")) return printf("vmsize %zu\n", vmsize()) < 0;
     if (!strcmp(argv[1], "margin") && argc > 2) return margin(strtoull(argv[2], NULL, 0));

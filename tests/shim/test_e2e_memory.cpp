@@ -215,6 +215,38 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
     cr_assert(contains(r.out, "filter installed\nsurvived\n"), "%s", r.describe().c_str());
 }
 
+// A sandbox whose filter answers ENOSYS to mprotect, with which the arena commits memory:
+// the blocks past what was committed before it go to the program's allocator, and the one
+// warning names the refused call and policy.prealloc, which commits memory up front: with it
+// every block is served from the arena.
+Test(e2e_memory, a_sandbox_that_refuses_mprotect_is_told_of_prealloc) {
+    TempDir dir;
+    need_built("e2e_memory");
+    const std::string stats = dir.file("stats.%p.json");
+    const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "buffers", "size": 1000}],
+  "stats": {"file": ")" + stats + R"("}})");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "nomprotect"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "nomprotect ok\n"), "%s", r.describe().c_str());
+    const std::string pid = *line_value(r.out, "pid");
+    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
+                                 "by the program's allocator, unprotected (counted in overflows): a system call that "
+                                 "commits arena memory was refused (ENOSYS, as from a seccomp filter): "
+                                 "policy.prealloc commits memory before the program enters a sandbox (program "
+                                 "e2e_memory, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    cr_assert_gt(stat_value(stats_of(dir, std::stoi(pid)), "overflows"), 0u);
+
+    const std::string preallocated = write_config(dir, R"({"version": 1, "rules": [{"name": "buffers", "size": 1000}],
+  "policy": {"prealloc": "32MiB"}, "stats": {"file": ")" + stats + R"("}})");
+    const RunResult p = run_program(shim_options(preallocated, {shim_program("e2e_memory"), "nomprotect"}));
+    cr_assert(p.exited_with(0), "%s", p.describe().c_str());
+    cr_assert_str_empty(p.err.c_str());
+    const std::string counts = stats_of(dir, std::stoi(*line_value(p.out, "pid")));
+    cr_assert_eq(stat_value(counts, "overflows"), 0u, "%s", counts.c_str());
+    cr_assert_eq(stat_value(counts, "matched_allocations"), 20000u, "%s", counts.c_str());
+}
+
 // When the kernel refuses the arena more address space (RLIMIT_AS lowered after start-up),
 // while the program's allocator still has free memory, the matching blocks it serves are
 // counted, and the one warning says what refused, not to raise policy.max_arena.
