@@ -283,8 +283,9 @@ Test(e2e_daemons, dovecot_without_shim_holds_key_copies, .timeout = 300) {
 
 // GnuTLS servers: gnutls-serv (curl over HTTPS) and OpenLDAP's slapd, which Debian links with
 // GnuTLS (ldaps and StartTLS; drops to user openldap). config/gnutls.json names GnuTLS and the
-// libraries it decodes keys with (nettle, hogweed, GMP) and leaves no copy. The OpenSSL
-// profile protects nothing there, and memlock-inspect must not say protected.
+// libraries it decodes keys with (nettle, hogweed, GMP) and leaves no copy, and so does the
+// default profile, which names them too. The OpenSSL profile protects nothing there, and
+// memlock-inspect must not say protected.
 Test(e2e_daemons, gnutls_serv_under_the_gnutls_profile_holds_no_key_copy, .timeout = 300) {
     expect_protected_and_reported("gnutls-serv", "gnutls.json", {"gnutls-serv"});
 }
@@ -297,8 +298,11 @@ Test(e2e_daemons, slapd_under_the_gnutls_profile_holds_no_key_copy, .timeout = 3
 Test(e2e_daemons, slapd_without_shim_holds_key_copies, .timeout = 300) {
     expect_copies_without_shim("slapd");
 }
-Test(e2e_daemons, slapd_under_the_openssl_profile_keeps_its_key_and_is_not_reported_protected, .timeout = 300) {
-    expect_exposed_and_reported("slapd", "default.json");
+Test(e2e_daemons, slapd_under_the_default_profile_holds_no_key_copy, .timeout = 300) {
+    expect_protected_and_reported("slapd", "default.json", {"slapd"});
+}
+Test(e2e_daemons, gnutls_serv_under_the_openssl_profile_keeps_its_key_and_is_not_reported_protected, .timeout = 300) {
+    expect_exposed_and_reported("gnutls-serv", "openssl.json");
 }
 
 // sshd under config/openssh.json: keyproof.py logs in three times with a key (as a user that
@@ -368,10 +372,21 @@ Test(e2e_daemons, sshd_without_shim_holds_the_host_key, .timeout = 300) {
     cr_assert_eq(seen, 3u, "sshd without the shim: the listener, the monitor or the signing monitor was not dumped");
 }
 
-// What the demo and the docs lead with is the OpenSSL key profile.
-Test(e2e_daemons, default_config_is_the_openssl_profile) {
+// What the demo and the docs lead with is the key profile of both TLS libraries: the OpenSSL
+// profile with GnuTLS's libraries (config/gnutls.json's) added to its rule.
+Test(e2e_daemons, default_config_is_the_openssl_and_gnutls_profiles_in_one) {
     const auto def = read_file(source_dir() + "/config/default.json");
     const auto openssl = read_file(source_dir() + "/config/openssl.json");
-    cr_assert(def.has_value() && openssl.has_value(), "config/default.json or config/openssl.json missing");
-    cr_assert(*def == *openssl, "config/default.json differs from config/openssl.json");
+    const auto gnutls = read_file(source_dir() + "/config/gnutls.json");
+    cr_assert(def && openssl && gnutls, "config/default.json, openssl.json or gnutls.json missing");
+    const std::string openssl_rule = R"({"name": "openssl-and-its-callees", "module": ["libcrypto.so*", "libssl.so*"])";
+    const std::string gnutls_modules = R"("libgnutls.so*", "libnettle.so*", "libhogweed.so*")";
+    cr_assert(contains(*gnutls, "[" + gnutls_modules + "]"), "config/gnutls.json names other modules");
+    std::string expected = *openssl;
+    const auto at = expected.find(openssl_rule);
+    cr_assert(at != std::string::npos, "config/openssl.json has another rule");
+    expected.replace(at, openssl_rule.size(),
+                     R"({"name": "tls-libraries-and-their-callees", "module": ["libcrypto.so*", "libssl.so*", )" +
+                         gnutls_modules + "]");
+    cr_assert_str_eq(def->c_str(), expected.c_str());
 }

@@ -167,9 +167,9 @@ Test(tools, run_check_reports_needs_and_has_and_runs_nothing) {
         "shim:    " + real(tool("libmemlock_shim.so")) + "\n" +
         "program: " + shim_program("tools_pid") + ": can be preloaded (loads " + real(shim_program("tools_pid")) +
         ")\n" +
-        "rules:   \"openssl-and-its-callees\": nothing " + real(shim_program("tools_pid")) +
-        " links matches \"libcrypto.so*\" or \"libssl.so*\": the rule protects nothing unless the program loads one "
-        "later (dlopen)\n" +
+        "rules:   \"tls-libraries-and-their-callees\": nothing " + real(shim_program("tools_pid")) +
+        " links matches \"libcrypto.so*\" or \"libssl.so*\" or \"libgnutls.so*\" or \"libnettle.so*\" or "
+        "\"libhogweed.so*\": the rule protects nothing unless the program loads one later (dlopen)\n" +
         "needs:   up to 64 MiB locked (policy.max_locked), 0 B locked at start-up (policy.prealloc), "
         "on_lock_failure fallback\n";
     cr_assert(r.out.rfind(expected, 0) == 0, "got:\n%s\nexpected to start with:\n%s", r.out.c_str(),
@@ -714,7 +714,7 @@ Test(tools, run_keeps_the_pid_and_loads_the_shim) {
     assert_text(r.out, "pid=" + std::to_string(child.pid()) + "\nshim=" + real(tool("libmemlock_shim.so")) + "\n");
 }
 
-// Under the key profile a shell script that loads no libcrypto hears once that the rule
+// Under the OpenSSL profile a shell script that loads no libcrypto hears once that the rule
 // protects nothing in it, from the program memlock-run started, and not again from each
 // command it runs (they inherit the preload); at info level those say it too. The program
 // memlock-run started keeps the warning through an exec (`exec sh`, as an entrypoint script
@@ -722,7 +722,7 @@ Test(tools, run_keeps_the_pid_and_loads_the_shim) {
 Test(tools, run_warns_of_an_unloaded_module_in_its_program_and_not_in_each_command) {
     const std::string unloaded = "rule \"openssl-and-its-callees\": no loaded object matches \"libcrypto.so*\" or "
                                  "\"libssl.so*\" yet (it may be loaded later)";
-    auto r = run(wrap(config("default.json"), {"/bin/sh", "-c", "ls / >/dev/null; cat </dev/null; echo $$; exec sh -c true"}));
+    auto r = run(wrap(config("openssl.json"), {"/bin/sh", "-c", "ls / >/dev/null; cat </dev/null; echo $$; exec sh -c true"}));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     const std::string pid = r.out.substr(0, r.out.find('\n'));
     const std::string warning = "memlock-shim: warning: " + unloaded + " (program sh, pid " + pid + ")\n";
