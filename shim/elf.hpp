@@ -23,26 +23,13 @@ namespace mlshim {
 class ElfView {
 public:
     explicit ElfView(const std::string &path) {
-        int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) return;
-        struct stat st;
-        if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-            void *m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-            if (m != MAP_FAILED) {
-                data_ = static_cast<const unsigned char *>(m);
-                size_ = static_cast<std::size_t>(st.st_size);
-            }
-        }
+        map(fd);
         ::close(fd);
-        const auto *eh = at<ElfW(Ehdr)>(0);
-        if (!eh || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
-            eh->e_shentsize != sizeof(ElfW(Shdr)) || !array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum)) {
-            unmap();
-            return;
-        }
-        sections_ = array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum);
-        nsections_ = eh->e_shnum;
     }
+    // The file open for reading on fd (a regular file, else no view); fd stays the caller's.
+    explicit ElfView(int fd) { map(fd); }
     ~ElfView() { unmap(); }
     ElfView(const ElfView &) = delete;
     ElfView &operator=(const ElfView &) = delete;
@@ -156,6 +143,24 @@ public:
     }
 
 private:
+    void map(int fd) {
+        struct stat st;
+        if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size >= static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
+            void *m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+            if (m != MAP_FAILED) {
+                data_ = static_cast<const unsigned char *>(m);
+                size_ = static_cast<std::size_t>(st.st_size);
+            }
+        }
+        const auto *eh = at<ElfW(Ehdr)>(0);
+        if (!eh || std::memcmp(eh->e_ident, ELFMAG, SELFMAG) != 0 || eh->e_ident[EI_CLASS] != ELFCLASS64 ||
+            eh->e_shentsize != sizeof(ElfW(Shdr)) || !array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum)) {
+            unmap();
+            return;
+        }
+        sections_ = array<ElfW(Shdr)>(eh->e_shoff, eh->e_shnum);
+        nsections_ = eh->e_shnum;
+    }
     void unmap() {
         if (data_) ::munmap(const_cast<unsigned char *>(data_), size_);
         data_ = nullptr;

@@ -15,6 +15,8 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -31,6 +33,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -359,7 +362,9 @@ const BlockTable::value_type *find_block(const BlockTable &t, std::uint64_t addr
 
 struct Mapping {
     std::uint64_t lo = 0, hi = 0, offset = 0;
-    std::string perms, path;
+    unsigned dev_major = 0, dev_minor = 0;  // the mapped file's device and inode (0 for anonymous memory)
+    std::uint64_t inode = 0;
+    std::string perms, path;  // path: as the kernel shows it (the target's to choose, escaped)
     bool dontdump = false, locked = false;
 };
 
@@ -377,14 +382,16 @@ std::vector<Mapping> read_maps(int pid) {
         }
         Mapping m;
         char perms[8] = {};
-        unsigned long long lo, hi, off;
+        unsigned long long lo, hi, off, inode;
         int name_at = 0;
-        if (std::sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %*s%n", &lo, &hi, perms, &off, &name_at) < 4 ||
+        if (std::sscanf(line.c_str(), "%llx-%llx %7s %llx %x:%x %llu%n", &lo, &hi, perms, &off, &m.dev_major, &m.dev_minor,
+                        &inode, &name_at) < 7 ||
             line.find(':') == std::string::npos || line.compare(0, 1, " ") == 0 || std::isupper(static_cast<unsigned char>(line[0])))
             continue;
         m.lo = lo;
         m.hi = hi;
         m.offset = off;
+        m.inode = inode;
         m.perms = perms;
         std::size_t p = static_cast<std::size_t>(name_at);
         while (p < line.size() && line[p] == ' ') ++p;
@@ -402,6 +409,31 @@ const Mapping *mapping_of(const std::vector<Mapping> &maps, std::uint64_t addr) 
 }
 
 bool is_file(const Mapping &m) { return !m.path.empty() && m.path[0] == '/' && m.path.find(" (deleted)") == std::string::npos; }
+
+// A descriptor open for reading on the file that mapping m of process pid maps, or -1. Its
+// path is the process's to choose: one in a mount namespace of its own names, from here,
+// whatever lies there (a symlink, a FIFO, another file, a symlink for a directory), and the
+// kernel shows a newline in a name as "\012", which can be another file's literal name. So the
+// file is reached through the kernel's own reference to it, /proc/PID/map_files/LO-HI (which
+// needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), else through the path without following a
+// symlink at its end, and is opened only when it is a regular file and, reached through the
+// path, has the device and inode of the maps line. Nothing is opened before that check
+// (O_PATH), so no FIFO or device is ever opened, and nothing here waits on the process.
+int open_mapped_file(int pid, const Mapping &m) {
+    char ref[80];
+    std::snprintf(ref, sizeof ref, "/proc/%d/map_files/%llx-%llx", pid, static_cast<unsigned long long>(m.lo),
+                  static_cast<unsigned long long>(m.hi));
+    int at = ::open(ref, O_PATH | O_CLOEXEC);
+    const bool by_kernel = at >= 0;
+    if (!by_kernel) at = ::open(m.path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (at < 0) return -1;
+    struct stat st;
+    const bool same = ::fstat(at, &st) == 0 && S_ISREG(st.st_mode) &&
+                      (by_kernel || (st.st_ino == m.inode && major(st.st_dev) == m.dev_major && minor(st.st_dev) == m.dev_minor));
+    const int fd = same ? ::open(("/proc/self/fd/" + std::to_string(at)).c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) : -1;
+    ::close(at);
+    return fd;
+}
 
 std::string base_name(const std::string &path) {
     const std::size_t slash = path.rfind('/');
@@ -423,13 +455,17 @@ struct Module {
 
 class Symbolizer {
 public:
-    const Module &module(const std::string &path) {
-        auto it = modules_.find(path);
+    // The module that file mapping `map` of process pid maps (read as open_mapped_file allows).
+    const Module &module(int pid, const Mapping &map) {
+        const Key key{map.path, map.dev_major, map.dev_minor, map.inode};
+        auto it = modules_.find(key);
         if (it != modules_.end()) return *it->second;
         auto m = std::make_unique<Module>();
-        m->path = path;
-        m->name = base_name(path);
-        mlshim::ElfView elf(path);
+        m->path = map.path;
+        m->name = base_name(map.path);
+        const int fd = open_mapped_file(pid, map);
+        const mlshim::ElfView elf(fd);
+        if (fd >= 0) ::close(fd);
         if (elf.ok()) {
             m->ok = true;
             const std::string so = elf.soname();
@@ -444,7 +480,7 @@ public:
             for (unsigned i = 0; i < n; ++i)
                 if (ph[i].p_type == PT_LOAD) m->loads.push_back(ph[i]);
         }
-        return *modules_.emplace(path, std::move(m)).first->second;
+        return *modules_.emplace(key, std::move(m)).first->second;
     }
 
     // The function containing the file address `vaddr` of module m, or "".
@@ -482,7 +518,8 @@ public:
     }
 
 private:
-    std::map<std::string, std::unique_ptr<Module>> modules_;
+    using Key = std::tuple<std::string, unsigned, unsigned, std::uint64_t>;  // path, device, inode
+    std::map<Key, std::unique_ptr<Module>> modules_;
 };
 
 struct Frame {
@@ -496,7 +533,7 @@ constexpr const char *kShimName = "libmemlock_shim.so";
 
 // Names the frames of a stack in the address space described by `maps`; drops the shim's own
 // frames at the top (the rest starts at the allocation's depth-1 caller, as the rules count).
-std::vector<Frame> symbolize(Symbolizer &sym, const std::vector<Mapping> &maps, const std::vector<std::uint64_t> &pcs,
+std::vector<Frame> symbolize(Symbolizer &sym, int pid, const std::vector<Mapping> &maps, const std::vector<std::uint64_t> &pcs,
                              std::unordered_map<std::uint64_t, Frame> &cache) {
     std::vector<Frame> out;
     bool top = true;
@@ -508,7 +545,7 @@ std::vector<Frame> symbolize(Symbolizer &sym, const std::vector<Mapping> &maps, 
         } else {
             const Mapping *m = mapping_of(maps, pc - 1);
             if (m && is_file(*m)) {
-                const Module &mod = sym.module(m->path);
+                const Module &mod = sym.module(pid, *m);
                 f.module = mod.name;
                 f.path = mod.path;
                 f.stripped = mod.stripped;
@@ -651,7 +688,7 @@ public:
         ::close(fd);
         for (auto &entry : found) snap.copies.push_back(std::move(entry.second));
         if (proc)
-            for (const auto &b : proc->live) snap.others.push_back({b.second.size, symbolize(sym_, maps, b.second.frames, cache)});
+            for (const auto &b : proc->live) snap.others.push_back({b.second.size, symbolize(sym_, pid, maps, b.second.frames, cache)});
         // Stripped modules among the callers a rule would look at, where a name was wanted.
         for (const Copy &c : snap.copies)
             for (std::size_t d = 0; d < c.frames.size() && d < kMaxRuleDepth; ++d)
@@ -664,32 +701,33 @@ private:
     // The earlier blocks at this address that could have left the copy (newest first, at most
     // two). Information for the operator: the rules cover the block that holds the copy, and
     // --verify shows whether the writer was an earlier one.
-    void add_earlier(Copy &c, const Block &b, const std::vector<Mapping> &maps, std::unordered_map<std::uint64_t, Frame> &cache) {
+    void add_earlier(Copy &c, const Block &b, int pid, const std::vector<Mapping> &maps,
+                     std::unordered_map<std::uint64_t, Frame> &cache) {
         for (auto it = b.prior.rbegin(); it != b.prior.rend() && c.earlier.size() < 2; ++it) {
-            c.earlier.push_back({it->size, symbolize(sym_, maps, it->frames, cache)});
+            c.earlier.push_back({it->size, symbolize(sym_, pid, maps, it->frames, cache)});
             c.where += "\n      reused memory: earlier a block of " + std::to_string(it->size) + " bytes allocated by " +
                        frames_text(c.earlier.back().frames);
         }
     }
 
     // Fills c for a copy inside a traced heap block (live or freed). Returns the block's address.
-    std::uint64_t heap_copy(Copy &c, Place place, const char *what, const BlockTable::value_type &b, const std::vector<Mapping> &maps,
-                            std::unordered_map<std::uint64_t, Frame> &cache) {
+    std::uint64_t heap_copy(Copy &c, Place place, const char *what, const BlockTable::value_type &b, int pid,
+                            const std::vector<Mapping> &maps, std::unordered_map<std::uint64_t, Frame> &cache) {
         c.place = place;
         c.block = b.first;
         c.block_size = b.second.size;
-        c.frames = symbolize(sym_, maps, b.second.frames, cache);
+        c.frames = symbolize(sym_, pid, maps, b.second.frames, cache);
         c.where = what + std::to_string(c.block_size) + " bytes allocated by " + frames_text(c.frames);
-        add_earlier(c, b.second, maps, cache);
+        add_earlier(c, b.second, pid, maps, cache);
         return b.first;
     }
 
     // Is anonymous mapping m the .bss of the object that file mapping prev (just below it) maps?
     // Only as far as the object's segment reaches: a runtime's own mmap can land right after a
     // library too (Erlang's carriers), and may then grow or merge with its .bss.
-    bool in_bss(const Mapping &prev, const Mapping &m) {
+    bool in_bss(int pid, const Mapping &prev, const Mapping &m) {
         if (!is_file(prev) || prev.hi != m.lo || !m.path.empty() || m.perms.size() < 2 || m.perms[1] != 'w') return false;
-        const Module &mod = sym_.module(prev.path);
+        const Module &mod = sym_.module(pid, prev);
         if (!mod.ok) return true;  // no segments to go by: what lies right after a file's mapping
         return m.hi <= Symbolizer::image_end(mod, prev, static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE)));
     }
@@ -707,9 +745,9 @@ private:
             c.place = Place::arena;
             c.where = std::string("protected memory (never dumped") + (m.locked ? ", locked" : ", NOT locked") + ")";
         } else if (const auto *b = proc ? find_block(proc->live, addr) : nullptr) {
-            key = heap_copy(c, Place::heap, "heap block of ", *b, maps, cache);
+            key = heap_copy(c, Place::heap, "heap block of ", *b, pid, maps, cache);
         } else if (const auto *fb = proc ? find_block(proc->freed, addr) : nullptr) {
-            key = heap_copy(c, Place::freed, "freed (not wiped) heap block of ", *fb, maps, cache);
+            key = heap_copy(c, Place::freed, "freed (not wiped) heap block of ", *fb, pid, maps, cache);
         } else if (m.path == "[stack]") {
             c.place = Place::stack;
             c.where = "the main thread's stack";
@@ -721,12 +759,12 @@ private:
             const bool shared = m.perms.size() > 3 && m.perms[3] == 's';
             // A module's .data is a private writable mapping of an ELF object; other files
             // mapped that way are the process's own copies of a file.
-            c.place = writable && !shared && sym_.module(m.path).ok ? Place::static_data : Place::file;
+            c.place = writable && !shared && sym_.module(pid, m).ok ? Place::static_data : Place::file;
             c.where = c.place == Place::static_data ? "static data of " + base_name(m.path)
                       : !writable                  ? "file-backed mapping of " + m.path
                       : shared                     ? "a shared writable mapping of " + m.path + " (written back to the file)"
                                                    : "a private writable mapping of " + m.path + " (the process's own copy)";
-        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(*prev, m)) {
+        } else if (const Mapping *prev = &m == maps.data() ? nullptr : &m - 1; prev && in_bss(pid, *prev, m)) {
             c.place = Place::static_data;
             c.where = "static data (.bss) of " + base_name(prev->path);
         } else {
@@ -1381,7 +1419,8 @@ std::string write_temp(const std::string &text) {
 // ---- scanning running processes (--pid) --------------------------------------------------------
 
 // Stops pid (unless it is stopped already), scans it, resumes it. The signals that end the
-// tool from a terminal are held meanwhile, so that it never leaves the process stopped.
+// tool from a terminal are held meanwhile, so that it never leaves the process stopped; no
+// file the scan reads can make it wait (open_mapped_file).
 void scan_stopped(int pid, Scanner &scanner, Snapshot &snap) {
     const std::string name = "pid " + std::to_string(pid);
     const char st = proc_state(pid);

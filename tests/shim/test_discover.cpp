@@ -5,8 +5,12 @@
 // same verification without those rules must find the copies (so the check can fail).
 #include <criterion/criterion.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -354,6 +358,71 @@ Test(discover, a_writable_file_mapping_is_static_data_only_for_a_module) {
     cr_expect(r.out.find("in a private writable mapping of " + file + ".private (the process's own copy)") != std::string::npos,
               "%s", r.out.c_str());
     expect_summary(r.out, "summary: copies=3 protected=0 outside=3 heap=0 freed-heap=0 stack=0 static=0 file=2 anon=1");
+}
+
+// The path /proc/PID/maps shows for a mapped file is the process's to choose. Mapping a file of
+// its own under a tmpfs only its mount namespace sees, it has memlock-discover (root, outside
+// that namespace) find at that path what was put there: a symlink to an ELF file, a FIFO, a
+// hard link to that ELF file, or a symlinked directory above one; or it names its file with a
+// newline, which the kernel shows as "\012", and a symlink or FIFO has that literal name. The
+// scan reads the mapped file only (through /proc/PID/map_files, or, without CAP_SYS_ADMIN and
+// CAP_CHECKPOINT_RESTORE, through a path that reaches the same device and inode): the copy in
+// it stays a file's copy, not static data of the ELF file, the scan ends instead of blocking
+// on the FIFO with the process stopped, and the process is resumed. The ELF file mapped under
+// its own name shows that a module is still read.
+Test(discover, reads_only_the_file_a_process_maps_not_what_its_path_names_elsewhere) {
+    need_built("discover_swapped");
+    const std::string elf = need_built("e2e_hello");
+    std::vector<std::vector<std::string>> routes = {{discover()}};
+    if (::geteuid() == 0 && have_program("setpriv"))
+        routes.push_back({"setpriv", "--bounding-set", "-sys_admin,-checkpoint_restore", discover()});
+    for (const auto &route : routes)
+        for (const std::string mode : {"symlink", "fifo", "file", "dir", "newline", "newline-fifo"}) {
+            const bool newline = mode.rfind("newline", 0) == 0;
+            if (!newline && ::geteuid() != 0) continue;  // a mount namespace of its own takes root
+            TempDir dir;
+            const std::string decoy = dir.file("decoy"), kept = dir.file("kept"), hide = dir.file("shadow");
+            for (const auto &to : {decoy, kept}) cr_assert(run_program(plain_env({"cp", elf, to})).exited_with(0));
+            cr_assert_eq(::mkdir(hide.c_str(), 0700), 0);
+            std::string file = hide + "/mapped";
+            int planted = -1;
+            if (mode == "symlink") {
+                planted = ::symlink(decoy.c_str(), file.c_str());
+            } else if (mode == "fifo") {
+                planted = ::mkfifo(file.c_str(), 0600);
+            } else if (mode == "file") {
+                planted = ::link(decoy.c_str(), file.c_str());
+            } else if (mode == "dir") {
+                const std::string other = dir.file("other");
+                planted = ::mkdir(other.c_str(), 0700) || ::link(decoy.c_str(), (other + "/mapped").c_str()) ||
+                          ::symlink(other.c_str(), (hide + "/sub").c_str());
+                file = hide + "/sub/mapped";
+            } else {
+                file = dir.file("mapped\n");
+                const std::string escaped = dir.file("mapped\\012");
+                planted = mode == "newline" ? ::symlink(decoy.c_str(), escaped.c_str()) : ::mkfifo(escaped.c_str(), 0600);
+            }
+            cr_assert_eq(planted, 0, "%s: %s", mode.c_str(), std::strerror(errno));
+            const std::string hex1 = random_hex(32), hex2 = random_hex(32);
+            std::vector<std::string> prog = {shim_program("discover_swapped"), file, kept, hex1, hex2};
+            if (!newline) prog.push_back(hide);
+            LiveProgram target;
+            start_until_ready(target, plain_env(prog));
+            std::vector<std::string> argv = route;
+            for (const auto &a : {std::string("--secret-hex"), hex1, std::string("--secret-hex"), hex2, std::string("--pid"),
+                                  std::to_string(target.pid())})
+                argv.push_back(a);
+            RunOptions o = tool_run(argv);
+            o.timeout_ms = 30000;  // SIGKILL then: a scan blocked on the FIFO fails rather than hangs
+            const RunResult r = run_program(o);
+            cr_assert(r.exited_with(1), "%s, %s: %s", route[0].c_str(), mode.c_str(), r.describe().c_str());
+            expect_copy(r.out, "[file]", "hex#1", "in a private writable mapping of " + dir.path() + "/");
+            expect_copy(r.out, "[static]", "hex#2", "in static data of kept");
+            expect_summary(r.out, "summary: copies=2 protected=0 outside=2 heap=0 freed-heap=0 stack=0 static=1 file=1 anon=0");
+            for (int i = 0; i < 2500 && proc_state_of(target.pid()) == 'T'; ++i) ::usleep(2000);
+            cr_expect_neq(proc_state_of(target.pid()), 'T', "%s, %s: the scanned process was not resumed", route[0].c_str(),
+                          mode.c_str());
+        }
 }
 
 Test(discover, rejects_bad_input_with_a_clear_message) {
