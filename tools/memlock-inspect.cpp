@@ -11,8 +11,13 @@
 // Reading maps, smaps and mem passes the kernel's ptrace access check. When it refuses and
 // memlock-inspect may change user (it runs as root), a child switches to the target's user
 // and group and reads them there (a container's root has no CAP_SYS_PTRACE, but may become
-// www-data). When the kernel still refuses (a target that is not dumpable, and no
-// CAP_SYS_PTRACE), the status is "unknown", never "not protected".
+// www-data). That user may stop or kill the child: it has kChildAnswerSeconds to answer, then it
+// is killed and the status is "unknown". A target that is not dumpable or holds capabilities
+// no process of its user may read either: no child is made, and the status is "unknown" too,
+// never "not protected".
+//
+// Text output shows what the target chose (its path, rule names, the allocator's path) through
+// mltool::printable: control characters and what is not UTF-8 as \xNN.
 //
 // Every value read from the target is copied first, then validated (magic, layout, pid,
 // bounds): the target may change or unmap it at any moment.
@@ -25,7 +30,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -33,9 +40,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
@@ -49,6 +58,7 @@
 
 using mltool::die;
 using mltool::human_bytes;
+using mltool::printable;
 using mltool::usage_error;
 using json = nlohmann::ordered_json;
 
@@ -119,12 +129,14 @@ std::string proc(int pid, const char *what) { return "/proc/" + std::to_string(p
 // What memlock-inspect reads of one process (copies, taken as this process or as the
 // target's user). read_process() fills it; everything after works on it alone.
 struct ProcessView {
-    enum Access : int { gone = 0, ok = 1, refused = 2 } access = gone;
+    // unanswered: the child reading as the target's user did not answer in time (killed).
+    enum Access : int { gone = 0, ok = 1, refused = 2, unanswered = 3 } access = gone;
     std::string name;               // status Name: (readable without ptrace access)
     std::string exe;                // /proc/PID/exe, if readable
     std::vector<int> nspids;        // NSpid: its PID in each namespace, ours first, its own last
     int ppid = 0;                   // PPid: its parent's PID in ours (0: none)
     int uid = -1, gid = -1;         // effective ids (status)
+    bool has_caps = false;          // CapPrm (status) is not empty
     bool switched = false;          // read as the target's user
     std::string maps, smaps;        // the texts, as read
     bool shim_loaded = false;       // maps names libmemlock_shim.so
@@ -289,12 +301,34 @@ bool take(const std::string &in, std::size_t &at, std::string &s) {
     return true;
 }
 
+// How long the child that reads as the target's user has to answer. That user may stop it
+// (SIGSTOP) or slow it, not trace it (a process that changed user is not dumpable).
+constexpr int kChildAnswerSeconds = 5;
+
+// Milliseconds from now until `deadline` (CLOCK_MONOTONIC), 0 when it has passed.
+int ms_until(const timespec &deadline) {
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    const long long ms = (deadline.tv_sec - now.tv_sec) * 1000LL + (deadline.tv_nsec - now.tv_nsec) / 1000000;
+    return ms > 0 ? static_cast<int>(ms) : 0;
+}
+
+// Can a process of the target's user read it once it has become that user (and holds no
+// capability)? Not when the target is not dumpable (the kernel then gives the files in its
+// /proc/PID to root) or holds capabilities: the kernel refuses the look to such a reader too.
+bool its_user_may_read(int pid, const ProcessView &v) {
+    struct stat st {};
+    return !v.has_caps && ::stat(proc(pid, "status").c_str(), &st) == 0 && static_cast<int>(st.st_uid) == v.uid;
+}
+
 // collect() in a child that first becomes the target's user and group (no supplementary
-// groups). false when the switch is not allowed or the child failed.
+// groups). false when the switch is not allowed or the child failed; when the child does not
+// answer within kChildAnswerSeconds, it is killed and v.access is unanswered.
 bool collect_as_target(int pid, ProcessView &v) {
     if (v.uid < 0 || v.gid < 0) return false;
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) return false;
+    const pid_t parent = ::getpid();
     const pid_t child = ::fork();
     if (child < 0) {
         ::close(fds[0]);
@@ -303,8 +337,10 @@ bool collect_as_target(int pid, ProcessView &v) {
     }
     if (child == 0) {
         ::close(fds[0]);
+        // A change of user clears the parent-death signal: it is set after.
         if (::setgroups(0, nullptr) != 0 || ::setresgid(v.gid, v.gid, v.gid) != 0 ||
-            ::setresuid(v.uid, v.uid, v.uid) != 0)
+            ::setresuid(v.uid, v.uid, v.uid) != 0 || ::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 ||
+            ::getppid() != parent)
             ::_exit(1);
         ProcessView w;
         collect(pid, w);
@@ -321,14 +357,33 @@ bool collect_as_target(int pid, ProcessView &v) {
         ::_exit(0);
     }
     ::close(fds[1]);
+    timespec deadline{};
+    ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += kChildAnswerSeconds;
     std::string in;
     char buf[65536];
-    ssize_t n;
-    while ((n = ::read(fds[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
-        if (n > 0) in.append(buf, static_cast<std::size_t>(n));
+    bool answered = false;  // read to the end
+    for (;;) {
+        pollfd p{fds[0], POLLIN, 0};
+        const int ready = ::poll(&p, 1, ms_until(deadline));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready <= 0) break;
+        const ssize_t n = ::read(fds[0], buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            answered = n == 0;
+            break;
+        }
+        in.append(buf, static_cast<std::size_t>(n));
+    }
     ::close(fds[0]);
+    if (!answered) ::kill(child, SIGKILL);
     int status = 0;
     while (::waitpid(child, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (!answered) {
+        v.access = ProcessView::unanswered;
+        return false;
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || in.empty()) return false;
     ProcessView w = v;
@@ -367,14 +422,20 @@ ProcessView read_process(int pid) {
         if (key == "Name:") std::getline(f >> std::ws, v.name);
         else if (key == "Uid:" && (f >> a >> b)) v.uid = b;
         else if (key == "Gid:" && (f >> a >> b)) v.gid = b;
+        else if (key == "CapPrm:") v.has_caps = line.find_first_not_of("0 \t", 7) != std::string::npos;
         else if (key == "PPid:") f >> v.ppid;
         else if (key == "NSpid:")
             while (f >> a) v.nspids.push_back(a);
     }
     collect(pid, v);
-    if (v.access == ProcessView::refused && static_cast<int>(::geteuid()) != v.uid) collect_as_target(pid, v);
+    if (v.access == ProcessView::refused && static_cast<int>(::geteuid()) != v.uid && its_user_may_read(pid, v))
+        collect_as_target(pid, v);
     return v;
 }
+
+// Where memlock-inspect has CAP_SYS_PTRACE.
+constexpr const char *kWhereCapSysPtrace =
+    "(as root on the host, or with `podman exec --privileged` / `docker exec --privileged` in a container)";
 
 bool have_cap_sys_ptrace() {
     std::string status;
@@ -391,8 +452,7 @@ std::string refused_remedy(const ProcessView &v) {
     if (!have_cap_sys_ptrace())
         return "the process is not dumpable (it changed user or called prctl(PR_SET_DUMPABLE, 0)) or holds "
                "capabilities memlock-inspect lacks, and memlock-inspect has no CAP_SYS_PTRACE: run it with "
-               "CAP_SYS_PTRACE (as root on the host, or with `podman exec --privileged` / `docker exec "
-               "--privileged` in a container)";
+               "CAP_SYS_PTRACE " + std::string(kWhereCapSysPtrace);
     return "it refuses even with CAP_SYS_PTRACE (another user namespace, or a security module): run "
            "memlock-inspect in the process's own namespace or on the host";
 }
@@ -605,13 +665,21 @@ Report inspect(int pid, bool named) {
     Report r;
     r.pid = pid;
     const ProcessView v = read_process(pid);
-    r.listed = v.page_at || v.access == ProcessView::refused;
+    r.listed = v.page_at || v.access == ProcessView::refused || v.access == ProcessView::unanswered;
     r.exe = v.exe.empty() ? v.name : v.exe;
     r.nspids = v.nspids;
     r.switched = v.switched;
     r.uid = v.uid;
     if (v.access == ProcessView::gone) {
         r.verdict = "no such process";
+        return r;
+    }
+    if (v.access == ProcessView::unanswered) {
+        r.status = kUnknown;
+        r.verdict = "memlock-inspect cannot read it: the process that reads it as its user (uid " +
+                    std::to_string(v.uid) + ") did not answer within " + std::to_string(kChildAnswerSeconds) +
+                    " s and was killed (that user can stop it): run memlock-inspect with CAP_SYS_PTRACE " +
+                    kWhereCapSysPtrace;
         return r;
     }
     if (v.access == ProcessView::refused) {
@@ -737,11 +805,21 @@ mltool::ProcessMetrics to_metrics(const Report &r) {
     return m;
 }
 
+// The VmFlags of a mapping that memlock-inspect reports, as smaps spells them: "lo dd", "lo",
+// "dd", or "-" for neither.
+std::string vm_flags(const Region &g) {
+    const std::string flags = std::string(g.lo ? " lo" : "") + (g.dd ? " dd" : "");
+    return flags.empty() ? "-" : flags.substr(1);
+}
+
+// What came from the target (its path, rule names, the allocator's path in a warning) is
+// printed through printable(): one line each, nothing a terminal acts on.
 void print_text(const Report &r) {
     const bool short_form = r.status == kNotShimmed || r.status == kUnknown;
     const bool with_reason = short_form || r.status == kNothingMatched;
-    std::printf("pid %d (%s): %s\n", r.pid, r.exe.empty() ? "?" : r.exe.c_str(),
-                with_reason ? (std::string(status_name(r.status)) + ": " + r.verdict).c_str() : status_name(r.status));
+    std::printf("pid %d (%s): %s\n", r.pid, r.exe.empty() ? "?" : printable(r.exe).c_str(),
+                with_reason ? (std::string(status_name(r.status)) + ": " + printable(r.verdict)).c_str()
+                            : status_name(r.status));
     if (r.nspids.size() > 1)
         std::printf("  pid %d in its own PID namespace\n", r.nspids.back());
     if (short_form) return;
@@ -765,15 +843,15 @@ void print_text(const Report &r) {
                         b("secret_bytes").c_str());
         std::printf("  rules (matched allocations, live, peak):\n");
         for (const auto &e : c["per_rule"]) {
-            std::string name = e["name"].get<std::string>() + (e.contains("truncated") ? "..." : "");
+            std::string name = printable(e["name"].get<std::string>()) + (e.contains("truncated") ? "..." : "");
             std::printf("    %-24s %12llu %10s %10s", name.c_str(),
                         static_cast<unsigned long long>(e["matched_allocations"].get<std::uint64_t>()),
                         human_bytes(e["live_bytes"].get<std::uint64_t>()).c_str(),
                         human_bytes(e["peak_bytes"].get<std::uint64_t>()).c_str());
             if (e.contains("caller"))
-                std::printf("  %s, checked %llu", e["caller"].get<std::string>().c_str(),
+                std::printf("  %s, checked %llu", printable(e["caller"].get<std::string>()).c_str(),
                             static_cast<unsigned long long>(e["consulted"].get<std::uint64_t>()));
-            if (e.contains("covers")) std::printf("  %s", e["covers"].get<std::string>().c_str());
+            if (e.contains("covers")) std::printf("  %s", printable(e["covers"].get<std::string>()).c_str());
             std::printf("\n");
         }
     }
@@ -781,11 +859,11 @@ void print_text(const Report &r) {
     for (const auto &g : r.arena)
         std::printf("    %s-%s %s %10s  rss %-10s locked %-10s %s\n", hex(g.start).c_str(), hex(g.end).c_str(),
                     g.perms.c_str(), human_bytes(g.size_kb * 1024).c_str(), human_bytes(g.rss_kb * 1024).c_str(),
-                    human_bytes(g.locked_kb * 1024).c_str(), g.lo ? "lo dd" : "dd");
+                    human_bytes(g.locked_kb * 1024).c_str(), vm_flags(g).c_str());
     std::printf("  arena total: resident %s, locked %s, unlocked %s\n", human_bytes(r.resident_kb * 1024).c_str(),
                 human_bytes(r.locked_kb * 1024).c_str(), human_bytes(r.unlocked_kb * 1024).c_str());
-    for (const auto &w : r.warnings) std::printf("  WARNING: %s\n", w.c_str());
-    for (const auto &n : r.notes) std::printf("  note: %s\n", n.c_str());
+    for (const auto &w : r.warnings) std::printf("  WARNING: %s\n", printable(w).c_str());
+    for (const auto &n : r.notes) std::printf("  note: %s\n", printable(n).c_str());
 }
 
 // The reports of the processes (but this one) --all lists, in any PID namespace, by PID: those

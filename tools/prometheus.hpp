@@ -3,7 +3,9 @@
 //
 // Promises: one HELP and one TYPE line per metric family, each family's samples together,
 // families in a fixed order, every family present even with no process (so an empty host
-// still says "0 processes"); label values escaped (\\, \", \n). Counters end in _total.
+// still says "0 processes"); label values valid UTF-8 (each ill-formed sequence of a program's
+// path or a rule's name replaced by U+FFFD: promtool rejects a text with any other) and escaped
+// (\\, \", \n). Counters end in _total.
 // Labels: pid and program on every per-process sample, rule on per-rule samples.
 // Input is what memlock-inspect already builds: the counters object (as the shim formats
 // it) and the arena sums from smaps; fields this formatter does not know are skipped, so a
@@ -19,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include "tool.hpp"
+
 namespace mltool {
 
 struct ProcessMetrics {
@@ -32,10 +36,11 @@ struct ProcessMetrics {
 
 namespace prom_detail {
 
-// "a\"b" for a"b: the escaping the exposition format defines for label values.
+// "a\"b" for a"b: the escaping the exposition format defines for label values, of v made valid
+// UTF-8 (mltool::valid_utf8).
 inline std::string label_value(const std::string &v) {
     std::string out;
-    for (char c : v) {
+    for (char c : valid_utf8(v)) {
         if (c == '\\') out += "\\\\";
         else if (c == '"') out += "\\\"";
         else if (c == '\n') out += "\\n";

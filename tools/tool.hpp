@@ -1,7 +1,7 @@
 // tool.hpp - what the operators' tools (memlock-run, memlock-inspect, memlock-discover) share:
-// one way to report an error and exit, warnings, byte counts written for people, what a
-// process's environment and auxiliary vector say, and which loader an executable names (musl
-// programs cannot be shimmed).
+// one way to report an error and exit, warnings, byte counts written for people, strings a
+// process chose made valid UTF-8 or printable, what a process's environment and auxiliary
+// vector say, and which loader an executable names (musl programs cannot be shimmed).
 //
 // Messages go to stderr, every line prefixed with "<tool>: ", and say what to do next.
 #ifndef MEMLOCK_TOOLS_TOOL_HPP
@@ -68,6 +68,69 @@ inline std::string human_bytes(std::uint64_t n) {
     else
         std::snprintf(buf, sizeof buf, "%.1f %s", static_cast<double>(n) / static_cast<double>(scale), units[u]);
     return buf;
+}
+
+// The UTF-8 sequence at s[at] (pre: at < s.size()), as RFC 3629 defines UTF-8. For a
+// well-formed character: its length, and valid is true. Otherwise valid is false and the
+// length is that of the longest start of a well-formed sequence there (Unicode's "maximal
+// subpart", at least 1): a byte that starts none, an overlong form, a surrogate, a code point
+// past U+10FFFF, a sequence cut short.
+inline std::size_t utf8_sequence(const std::string &s, std::size_t at, bool &valid) {
+    const unsigned char c = static_cast<unsigned char>(s[at]);
+    std::size_t n = 0;                   // 0: c starts no sequence
+    unsigned char lo = 0x80, hi = 0xbf;  // the range of the second byte
+    if (c < 0x80) n = 1;
+    else if (c >= 0xc2 && c <= 0xdf) n = 2;
+    else if (c == 0xe0) n = 3, lo = 0xa0;
+    else if (c == 0xed) n = 3, hi = 0x9f;
+    else if (c >= 0xe1 && c <= 0xef) n = 3;
+    else if (c == 0xf0) n = 4, lo = 0x90;
+    else if (c >= 0xf1 && c <= 0xf3) n = 4;
+    else if (c == 0xf4) n = 4, hi = 0x8f;
+    std::size_t len = 1;
+    for (; len < n && at + len < s.size(); ++len) {
+        const unsigned char b = static_cast<unsigned char>(s[at + len]);
+        if (b < (len == 1 ? lo : 0x80) || b > (len == 1 ? hi : 0xbf)) break;
+    }
+    valid = n > 0 && len == n;
+    return len;
+}
+
+// s with each ill-formed UTF-8 sequence (utf8_sequence) replaced by U+FFFD.
+inline std::string valid_utf8(const std::string &s) {
+    std::string out;
+    bool valid;
+    for (std::size_t at = 0, n; at < s.size(); at += n) {
+        n = utf8_sequence(s, at, valid);
+        if (valid) out.append(s, at, n);
+        else out += "\xef\xbf\xbd";
+    }
+    return out;
+}
+
+// s as the tools print what a process chose (its path, its rule names): control characters,
+// DEL and backslashes written as \xNN, as the shim's log lines have them (shim/fatal.hpp,
+// escape_into), and so every byte of an ill-formed UTF-8 sequence and of a C1 control character
+// (U+0080 to U+009F, which terminals may obey). The result is one line a terminal only shows.
+inline std::string printable(const std::string &s) {
+    std::string out;
+    bool valid;
+    for (std::size_t at = 0, n; at < s.size(); at += n) {
+        n = utf8_sequence(s, at, valid);
+        const unsigned char c = static_cast<unsigned char>(s[at]);
+        const bool shown = valid && (n == 1 ? c >= 0x20 && c != 0x7f && c != '\\'
+                                            : c != 0xc2 || static_cast<unsigned char>(s[at + 1]) >= 0xa0);
+        if (shown) {
+            out.append(s, at, n);
+            continue;
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(s[at + i]));
+            out += hex;
+        }
+    }
+    return out;
 }
 
 // The dynamic loader an ELF64 little-endian executable names (its first PT_INTERP, as the

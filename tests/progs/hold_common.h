@@ -30,17 +30,22 @@ static inline int ready_until_eof(void) {
     return 0;
 }
 
-// Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[],
-// writes to each, prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
-// failed.
-static inline int hold_blocks_until_eof(void *volatile *blocks, int n) {
+// Allocates n blocks the test configs match (32 bytes and 1 KiB, alternating) into blocks[]
+// and writes to each. Returns 0, or 1 when a malloc failed.
+static inline int fill_blocks(void *volatile *blocks, int n) {
     for (int i = 0; i < n; ++i) {
         const size_t size = i % 2 ? 32 : 1024;
         blocks[i] = malloc(size);
         if (!blocks[i]) return 1;
         memset(blocks[i], 0x5a, size);
     }
-    return ready_until_eof();
+    return 0;
+}
+
+// fill_blocks, then prints "ready" and waits for stdin to close. Returns 0, or 1 when a malloc
+// failed.
+static inline int hold_blocks_until_eof(void *volatile *blocks, int n) {
+    return fill_blocks(blocks, n) ? 1 : ready_until_eof();
 }
 
 #endif  // MEMLOCK_TESTS_HOLD_COMMON_H

@@ -97,3 +97,44 @@ Test(prometheus, an_empty_host_still_reports_zero_processes) {
     cr_assert(has_line(text, "# TYPE memlock_shim_status gauge"), "%s", text.c_str());
     cr_assert(text.find("memlock_shim_rule_") == std::string::npos, "%s", text.c_str());
 }
+
+// Label values are UTF-8, or promtool rejects the whole text: each ill-formed sequence (a byte
+// that starts none, an overlong form, a surrogate, a code point past U+10FFFF, a sequence cut
+// short) becomes one U+FFFD per maximal subpart; well-formed characters stay as they are.
+Test(prometheus, label_values_replace_what_is_not_utf8) {
+    using mltool::prom_detail::label_value;
+    const std::string r = "\xef\xbf\xbd";
+    const std::pair<std::string, std::string> cases[] = {
+        {"/tmp/m/evil\xff\xfe", "/tmp/m/evil" + r + r},
+        {"a\x80z", "a" + r + "z"},
+        {"\xc0\xaf\xc1\xbf", r + r + r + r},                 // overlong 2-byte forms
+        {"\xe0\x80\xaf", r + r + r},                         // overlong 3-byte form
+        {"\xf0\x80\x80\xaf", r + r + r + r},                 // overlong 4-byte form
+        {"\xed\xa0\x80\xed\xbf\xbf", r + r + r + r + r + r}, // surrogates D800, DFFF
+        {"\xf4\x90\x80\x80\xf5\x80", r + r + r + r + r + r}, // past U+10FFFF
+        {"a\xe2\x82", "a" + r},                              // cut short at the end
+        {"\xe2\x82z\xf0\x9f\x98", r + "z" + r},              // cut short before another byte
+        {"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\xed\x9f\xbf",
+         "\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\xf4\x8f\xbf\xbf\xed\x9f\xbf"},  // kept
+        {"q\"b\\n\n\xff", "q\\\"b\\\\n\\n" + r},
+    };
+    for (const auto &[in, want] : cases) {
+        const std::string got = label_value(in);
+        cr_assert(got == want, "label_value(%s): %s, not %s", in.c_str(), got.c_str(), want.c_str());
+    }
+
+    ProcessMetrics p;
+    p.pid = 7;
+    p.program = "/tmp/m/evil\xff\xfe";
+    p.status = 0;
+    const auto counters = nlohmann::ordered_json::parse(
+        R"({"active": true, "per_rule": [{"name": "keys", "matched_allocations": 1}]})");
+    auto bad_rule = counters;
+    bad_rule["per_rule"][0]["name"] = std::string("k\xed\xa0\x80y");
+    p.counters = &bad_rule;
+    const std::string text = format_prometheus({p});
+    assert_promtool_accepts(text);
+    cr_assert(has_line(text, "memlock_shim_rule_matched_allocations_total{pid=\"7\",program=\"/tmp/m/evil" + r + r +
+                                 "\",rule=\"k" + r + r + r + "y\"} 1"),
+              "%s", text.c_str());
+}

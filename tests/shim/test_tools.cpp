@@ -6,10 +6,14 @@
 #include <elf.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <linux/capability.h>
 
 #include <climits>
 #include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -18,6 +22,7 @@
 #include "memlock.h"
 #include "stats.hpp"
 #include "e2e.hpp"
+#include "../../tools/tool.hpp"
 
 using namespace memlock_test;
 
@@ -1296,6 +1301,206 @@ Test(tools, inspect_refuses_a_counters_page_of_another_layout) {
                                                 " (use the memlock-inspect of the shim's release)\n"),
               "%s", text.out.c_str());
     cr_assert_neq(mlshim::kStatsLayout, 3u);
+}
+
+// mltool::printable, which text output applies to what the target chose: control characters, DEL
+// and backslashes as \xNN (as the shim's log lines), and so each byte of an ill-formed UTF-8
+// sequence and of a C1 control character; well-formed characters as they are.
+Test(tools, printable_escapes_controls_backslashes_and_what_is_not_utf8) {
+    const std::pair<std::string, std::string> cases[] = {
+        {"/usr/sbin/sshd", "/usr/sbin/sshd"},
+        {"x): not protected\npid 1 (sshd): protected", "x): not protected\\x0apid 1 (sshd): protected"},
+        {"\x1b[2J\r\t\x7f\\", "\\x1b[2J\\x0d\\x09\\x7f\\x5c"},
+        {std::string("a\0b", 3), "a\\x00b"},
+        {"\xc2\x9b" "31m\xc2\x85", "\\xc2\\x9b31m\\xc2\\x85"},           // C1 controls
+        {"evil\xff\xfe\xc0\xaf\xed\xa0\x80\xe2\x82", "evil\\xff\\xfe\\xc0\\xaf\\xed\\xa0\\x80\\xe2\\x82"},
+        {"\xc2\xa0\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", "\xc2\xa0\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80"},  // kept
+    };
+    for (const auto &[in, want] : cases) assert_text(mltool::printable(in), want);
+}
+
+namespace {
+
+// A copy of build/progs/PROG in `dir` under `name` (any bytes but '/' and NUL: a user chooses
+// the names of the programs that run). Returns its path.
+std::string copy_program(const TempDir &dir, const std::string &prog, const std::string &name) {
+    const std::string path = dir.file(name);
+    std::error_code ec;
+    std::filesystem::copy_file(shim_program(prog), path, ec);
+    cr_assert(!ec && ::chmod(path.c_str(), 0755) == 0, "cannot copy %s: %s", prog.c_str(), ec.message().c_str());
+    return path;
+}
+
+// The lines of `text` that begin with "pid PID (".
+std::size_t report_lines(const std::string &text, const std::string &pid) {
+    std::size_t n = 0;
+    for (const auto &l : split_lines(text)) n += l.rfind("pid " + pid + " (", 0) == 0;
+    return n;
+}
+
+}  // namespace
+
+// Text output escapes what the target chose (its path, its rule names) as the shim's log lines
+// do: control characters, DEL and backslashes as \xNN, and so every byte of a sequence that is not
+// UTF-8. A path with a newline cannot forge a report line, nor an escape sequence reach the terminal.
+Test(tools, inspect_text_escapes_a_hostile_program_path_and_rule_name) {
+    TempDir dir;
+    const std::string name = "x): not protected\npid 1 (sshd): protected\x1b[2J\\\xff";
+    const std::string prog = copy_program(dir, "tools_hold", name);
+    const std::string cfg = dir.file("rules.json");
+    cr_assert(write_file(cfg, R"({"version": 1, "rules": [{"name": "keys\n  WARNING: \u001b[31mnone", "size": 32}]})"));
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(cfg, {prog})));
+    const std::string pid = std::to_string(child.pid());
+    const RunResult text = run({tool("memlock-inspect"), pid});
+    const RunResult all = run({tool("memlock-inspect"), "--all"});
+    child.finish();
+    cr_assert(text.exited_with(0), "%s", text.describe().c_str());
+    const std::string shown = "pid " + pid + " (" + real(dir.path()) +
+                              "/x): not protected\\x0apid 1 (sshd): protected\\x1b[2J\\x5c\\xff): protected\n";
+    cr_assert(text.out.rfind(shown, 0) == 0, "%s", text.out.c_str());
+    cr_assert(contains(text.out, "\n    keys\\x0a  WARNING: \\x1b[31mnone "), "%s", text.out.c_str());
+    for (const RunResult *r : {&text, &all}) {
+        cr_assert_eq(report_lines(r->out, pid), 1u, "%s", r->out.c_str());
+        cr_assert(!contains(r->out, "\npid 1 (sshd)") && !contains(r->out, "\x1b") && !contains(r->out, "\xff") &&
+                      !contains(r->out, "\n  WARNING: "),
+                  "%s", r->out.c_str());
+    }
+}
+
+// --prometheus on a process whose path is not UTF-8: its program label has U+FFFD for each
+// ill-formed sequence, and promtool accepts the whole text (a rejected text loses every process's
+// series).
+Test(tools, inspect_prometheus_replaces_what_is_not_utf8_in_a_program_path) {
+    cr_assert(have_program("promtool"), "promtool (package prometheus) is needed");
+    TempDir dir;
+    const std::string prog = copy_program(dir, "tools_hold", "evil\xff\xfe\xc0\xaf\xed\xa0\x80\xe2\x82");
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(config("size-only.json"), {prog})));
+    const std::string pid = std::to_string(child.pid());
+    const RunResult prom = run({tool("memlock-inspect"), "--all", "--prometheus"});
+    child.finish();
+    RunOptions check = tool_opts({"promtool", "check", "metrics"});
+    check.stdin_data = prom.out;
+    const auto lint = run_program(check);
+    cr_assert(lint.exited_with(0) && lint.err.empty() && lint.out.empty(), "promtool: %s\n%s",
+              lint.describe().c_str(), prom.out.c_str());
+    std::string fffd;
+    for (int i = 0; i < 8; ++i) fffd += "\xef\xbf\xbd";
+    cr_assert(contains(prom.out, "\nmemlock_shim_status{pid=\"" + pid + "\",program=\"" + real(dir.path()) + "/evil" +
+                                     fffd + "\"} 0\n"),
+              "%s", prom.out.c_str());
+}
+
+// An arena mapping that is locked but no longer excluded from core dumps (the program made a
+// page dumpable again) shows "lo" alone in text, as --json has "lo": true, "dd": false.
+Test(tools, inspect_text_shows_the_flags_each_arena_mapping_has) {
+    LiveProgram child;
+    start_until_ready(child, tool_opts(wrap(config("size-only.json"), {shim_program("tools_hold"), "dodump"})));
+    const auto at = line_value(child.out(), "dodump");
+    cr_assert(at, "%s", child.out().c_str());
+    const std::string pid = std::to_string(child.pid());
+    const RunResult text = run({tool("memlock-inspect"), pid});
+    const RunResult js = run({tool("memlock-inspect"), "--json", pid});
+    child.finish();
+    const auto j = nlohmann::json::parse(js.out, nullptr, false);
+    cr_assert(!j.is_discarded(), "%s", js.describe().c_str());
+    bool found = false;
+    for (const auto &g : j["arena"]["regions"])
+        if (g["start"] == *at) {
+            found = true;
+            cr_assert(g["lo"].get<bool>() && !g["dd"].get<bool>(), "%s", js.out.c_str());
+        }
+    cr_assert(found, "no region at %s in:\n%s", at->c_str(), js.out.c_str());
+    std::size_t lo_dd = 0, lo = 0;
+    for (const auto &l : split_lines(text.out)) {
+        if (l.rfind("    " + *at + "-", 0) == 0) cr_assert(l.size() > 3 && l.compare(l.size() - 3, 3, " lo") == 0, "%s", l.c_str());
+        lo_dd += l.size() > 6 && l.compare(l.size() - 6, 6, " lo dd") == 0;
+        lo += l.size() > 3 && l.compare(l.size() - 3, 3, " lo") == 0;
+    }
+    cr_assert(lo == 1 && lo_dd > 0, "%s", text.out.c_str());
+}
+
+namespace {
+
+// The output and exit status of argv run as root without CAP_SYS_PTRACE (a container's root), its
+// first fork child stopped before it runs (SIGSTOP, as the user it switches to may send):
+// traced until that fork, then let go. forked: that child's pid (0: argv did not fork).
+struct StoppedChildRun {
+    std::string out;
+    int status = -1;
+    pid_t forked = 0;
+};
+StoppedChildRun run_with_its_child_stopped(const std::vector<std::string> &argv) {
+    int out[2];
+    cr_assert(::pipe2(out, O_CLOEXEC) == 0);
+    const pid_t pid = ::fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        std::vector<char *> args;
+        for (const auto &a : argv) args.push_back(const_cast<char *>(a.c_str()));
+        args.push_back(nullptr);
+        if (::dup2(out[1], STDOUT_FILENO) < 0 || ::prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE) != 0 ||
+            ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr) != 0 || ::raise(SIGSTOP) != 0)
+            ::_exit(126);
+        ::execv(args[0], args.data());
+        ::_exit(127);
+    }
+    ::close(out[1]);
+    StoppedChildRun r;
+    int st = 0;
+    cr_assert(::waitpid(pid, &st, __WALL) == pid && WIFSTOPPED(st));
+    cr_assert(::ptrace(PTRACE_SETOPTIONS, pid, nullptr, PTRACE_O_TRACEFORK | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL) == 0);
+    cr_assert(::ptrace(PTRACE_CONT, pid, nullptr, nullptr) == 0);
+    while (::waitpid(pid, &st, __WALL) == pid && WIFSTOPPED(st)) {
+        const int event = st >> 16;
+        if (event == PTRACE_EVENT_FORK) {
+            unsigned long child = 0;
+            cr_assert(::ptrace(PTRACE_GETEVENTMSG, pid, nullptr, &child) == 0);
+            r.forked = static_cast<pid_t>(child);
+            int cst = 0;
+            cr_assert(::waitpid(r.forked, &cst, __WALL) == r.forked && WIFSTOPPED(cst));
+            // Queued while it is traced, the signal stops it once let go, before it runs.
+            cr_assert(::kill(r.forked, SIGSTOP) == 0);
+            cr_assert(::ptrace(PTRACE_DETACH, r.forked, nullptr, reinterpret_cast<void *>(SIGSTOP)) == 0);
+            cr_assert(::ptrace(PTRACE_DETACH, pid, nullptr, nullptr) == 0);
+            break;
+        }
+        const long sig = event == 0 && WSTOPSIG(st) != SIGTRAP ? WSTOPSIG(st) : 0;
+        cr_assert(::ptrace(PTRACE_CONT, pid, nullptr, reinterpret_cast<void *>(sig)) == 0);
+    }
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(out[0], buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0) r.out.append(buf, static_cast<std::size_t>(n));
+    ::close(out[0]);
+    if (r.forked) cr_assert(::waitpid(pid, &st, 0) == pid);
+    r.status = st;
+    return r;
+}
+
+}  // namespace
+
+// Root without CAP_SYS_PTRACE reads another user's process in a child that becomes that user,
+// whom the child cannot keep from stopping it. A stopped child is killed when its time is up: the
+// process is "unknown", memlock-inspect says why, and nothing is left behind.
+Test(tools, inspect_kills_its_reading_child_when_the_target_user_stops_it) {
+    LiveProgram target;
+    // Shimmed: its counters page is read through /proc/PID/mem, which only its user may read.
+    std::vector<std::string> argv{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"};
+    for (const auto &a : wrap(config("size-only.json"), {shim_program("tools_hold")}, {"--quiet"})) argv.push_back(a);
+    start_until_ready(target, tool_opts(argv));
+    const std::string pid = std::to_string(target.pid());
+    const StoppedChildRun r = run_with_its_child_stopped({tool("memlock-inspect"), pid});
+    target.finish();
+    cr_assert(r.forked > 0, "memlock-inspect did not fork: %s", r.out.c_str());
+    cr_assert(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 3, "status %d: %s", r.status, r.out.c_str());
+    // Its status Name: (its executable's link is not readable without CAP_SYS_PTRACE).
+    assert_text(r.out, "pid " + pid + " (tools_hold): unknown: memlock-inspect cannot read it: the process that reads it as its user "
+                           "(uid 65534) did not answer within 5 s and was killed (that user can stop it): run "
+                           "memlock-inspect with CAP_SYS_PTRACE (as root on the host, or with `podman exec "
+                           "--privileged` / `docker exec --privileged` in a container)\n");
+    cr_assert(::kill(r.forked, 0) != 0 && errno == ESRCH, "child %d is still there", r.forked);
 }
 
 // ---- make install ------------------------------------------------------------------------------
