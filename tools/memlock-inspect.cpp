@@ -731,8 +731,9 @@ Report inspect(int pid, bool named) {
     check("fallbacks", "fallback(s): arena memory served unlocked (" + human_bytes(count("unlocked_bytes")) +
                            "; still excluded from core dumps and wiped)");
     check("denied", "matching allocation(s) refused (ENOMEM)");
-    check("overflows", "matching allocation(s) served by the program's allocator, unprotected: the arena was "
-                       "full (raise policy.max_arena)");
+    check("overflows", "matching allocation(s) served by the program's allocator, unprotected: the arena could "
+                       "not grow (the shim's warning says why: policy.max_arena reached, the kernel refusing more "
+                       "address space, or a sandbox refusing mprotect, for which policy.prealloc)");
     const std::optional<bool> all_lock = c["all_rules_lock"].get<bool>();
     if (r.unlocked_kb > 0) {
         const std::string what = human_bytes(r.unlocked_kb * 1024) + " of arena memory is resident but not locked";
