@@ -1,6 +1,7 @@
 #include "arena.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -245,10 +246,26 @@ inline void wipe_block(void *p, std::size_t size) noexcept {
     }
 }
 
+// Arena locks the calling thread holds through Guard; a relock the program's munlockall asked
+// for while it held one (from a signal handler) runs when it lets the last one go.
+__thread unsigned t_guards __attribute__((tls_model("initial-exec"))) = 0;
+std::atomic<SecureArena *> g_relock_pending{nullptr};
+
 class Guard {
 public:
-    explicit Guard(pthread_mutex_t &m) noexcept : m_(m) { pthread_mutex_lock(&m_); }
-    ~Guard() { pthread_mutex_unlock(&m_); }
+    // Counted before the lock is taken and after it is let go, so that a signal handler on this
+    // thread never finds a lock held that the count does not show.
+    explicit Guard(pthread_mutex_t &m) noexcept : m_(m) {
+        ++t_guards;
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        pthread_mutex_lock(&m_);
+    }
+    ~Guard() {
+        pthread_mutex_unlock(&m_);
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        if (--t_guards == 0 && __builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0))
+            if (SecureArena *a = g_relock_pending.exchange(nullptr)) a->relock_after_munlockall(false);
+    }
     Guard(const Guard &) = delete;
     Guard &operator=(const Guard &) = delete;
 
@@ -885,14 +902,16 @@ const char *SecureArena::space_why() const noexcept {
     case ENOMEM:
         return "the kernel refused to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, "
                "vm.max_map_count or the commit limit)";
-    // What a seccomp filter answers for a call it does not allow: mprotect, which commits
-    // arena memory, where the program's own allocator needs only brk.
+    // What a seccomp filter answers for a call it does not allow: mprotect above all, with
+    // which the arena commits memory, where the program's own allocator needs only brk.
     case ENOSYS:
-        return "a system call that commits arena memory was refused (ENOSYS, as from a seccomp filter): "
-               "policy.prealloc commits memory before the program enters a sandbox";
+        return "the kernel refused a call the arena commits or maps memory with (mprotect, mmap or mremap: "
+               "ENOSYS, as from a seccomp filter); policy.prealloc commits memory for the first rule that "
+               "locks before the program enters a sandbox";
     case EPERM:
-        return "a system call that commits arena memory was refused (EPERM, as from a seccomp filter): "
-               "policy.prealloc commits memory before the program enters a sandbox";
+        return "the kernel refused a call the arena commits or maps memory with (mprotect, mmap or mremap: "
+               "EPERM, as from a seccomp filter); policy.prealloc commits memory for the first rule that "
+               "locks before the program enters a sandbox";
     default: return memlock_strerror(space_error_.load(std::memory_order_relaxed));
     }
 }
@@ -1771,8 +1790,11 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const For
 // fork takes them in that order too.
 int SecureArena::for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
                                       int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept {
-    const std::uintptr_t alo = base_, ahi = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
-    if (!npools_ || hi <= alo || lo >= ahi) return each(lo, hi);
+    // [span, cap_span_) is where the arena grows next: a region mapped there while this runs is
+    // not yet in span_, so that stretch is not reached at all.
+    const std::uintptr_t alo = base_, ahi = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE),
+                         cap = base_ + std::max(cap_span_, static_cast<std::size_t>(ahi - base_));
+    if (!npools_ || hi <= alo || lo >= cap) return each(lo, hi);
     int first = 0;
     auto piece = [&](std::uintptr_t plo, std::uintptr_t phi) {
         if (plo >= phi) return;
@@ -1790,12 +1812,21 @@ int SecureArena::for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsi
         if (!kept && !open) open = at;
     }
     if (open) piece(open, end);
-    piece(ahi, hi);
+    piece(cap, hi);
     return first;
 }
 
-void SecureArena::relock_after_munlockall() noexcept {
-    prefork();
+void SecureArena::relock_after_munlockall(bool held) noexcept {
+    if (!held && t_guards > 0) {
+        g_relock_pending.store(this);  // this thread holds a lock it would wait for
+        return;
+    }
+    // No signal handler may run on this thread while it holds the locks (one that allocates, or
+    // calls munlockall, would wait for them).
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    if (!held) prefork();
     relock_cause_ = "the program's munlockall";
     unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
     for (unsigned i = 0; i < npools_; ++i)
@@ -1805,7 +1836,8 @@ void SecureArena::relock_after_munlockall() noexcept {
     const bool short_here = refused != UINTPTR_MAX && relock_each(secret, refused);
     if (loose) relock_loose_pages(!short_here);
     relock_cause_ = "fork";
-    postfork_parent();
+    if (!held) postfork_parent();
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 void SecureArena::prefork() noexcept {

@@ -170,14 +170,18 @@ public:
     }
     // The program's own munlock(2) or madvise(MADV_DODUMP) of [lo, hi) (page-aligned, lo < hi):
     // calls each(lo, hi) for the stretches it may reach, those outside the blocks' range and
-    // in pools without `action` (kActionLock, kActionDontdump), so that a block's page keeps
-    // its pool's protection whatever the program asks of its own block. Returns the first
+    // the address space it may grow into, and in pools without `action` (kActionLock,
+    // kActionDontdump), so that a block's page keeps its pool's protection whatever the program
+    // asks of its own block. Returns the first
     // nonzero value each() returned, after calling it for every stretch.
     int for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
                              int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept;
     // After the program's munlockall(2): locks again what the arena had locked, as a fork child
-    // does (mlock is undone by munlockall as it is by fork), with every lock held.
-    void relock_after_munlockall() noexcept;
+    // does (mlock is undone by munlockall as it is by fork), with every lock held: `held` when
+    // the calling thread holds them all already (an atfork handler after the shim's), else it
+    // takes them, or, when it holds one (munlockall from a signal handler inside the arena),
+    // leaves the relock to the moment it lets that one go.
+    void relock_after_munlockall(bool held) noexcept;
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
     // pre: owns(p), p live. Is p's page in a locked range?

@@ -531,10 +531,9 @@ bool root_owned_config(const char *path) noexcept {
 }
 
 // Opens a log or stats destination: no symlink followed, no blocking on a FIFO, created
-// 0600, regular files only, with one link; and in a process that runs as root or under secure
-// execution, only a file of its own user's (not one another user made or linked where root
-// writes). Returns the fd, or -1 with errno and `why` (when not null) set to the reason. A
-// file it made itself (O_EXCL) and then refuses is removed.
+// 0600, regular files only, with one link (not another name of a file elsewhere, which root
+// would append to). Returns the fd, or -1 with errno and `why` (when not null) set to the
+// reason. A file it made itself (O_EXCL) and then refuses is removed.
 int open_output(const char *path, int extra_flags, const char **why = nullptr) noexcept {
     const char *reason = nullptr;
     int fd = ::open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW | O_NONBLOCK | extra_flags, 0600);
@@ -549,8 +548,6 @@ int open_output(const char *path, int extra_flags, const char **why = nullptr) n
         err = EINVAL, reason = "not a regular file";
     } else if (st.st_nlink != 1) {
         err = EMLINK, reason = "it has other hard links";
-    } else if (st.st_uid != ::geteuid() && (::geteuid() == 0 || ::getauxval(AT_SECURE) != 0)) {
-        err = EPERM, reason = "it belongs to another user";
     }
     if (!reason) return fd;
     if (fd >= 0) {
@@ -1350,9 +1347,10 @@ int dodump_piece(std::uintptr_t lo, std::uintptr_t hi) noexcept {
 // False for an empty or wrapping range (the kernel answers those itself).
 bool page_span(const void *addr, std::size_t len, std::uintptr_t &lo, std::uintptr_t &hi) noexcept {
     const std::uintptr_t page = static_cast<std::uintptr_t>(::getpagesize()), at = reinterpret_cast<std::uintptr_t>(addr);
-    if (!len || at + len < at || at + len > UINTPTR_MAX - page) return false;
+    std::uintptr_t end;
+    if (!len || __builtin_add_overflow(at, len, &end) || __builtin_add_overflow(end, page - 1, &end)) return false;
     lo = at & ~(page - 1);
-    hi = (at + len + page - 1) & ~(page - 1);
+    hi = end & ~(page - 1);
     return true;
 }
 
@@ -1383,7 +1381,7 @@ int shim_munlockall() noexcept {
     const long rc = next_syscall(SYS_munlockall, 0, 0, 0, 0, 0, 0);
     if (rc == 0 && g_active) {
         const int saved = errno;
-        g_arena.relock_after_munlockall();
+        g_arena.relock_after_munlockall(t_fork_locked);  // in an atfork handler after the shim's
         errno = saved;
     }
     return static_cast<int>(rc);

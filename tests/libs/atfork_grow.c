@@ -3,16 +3,20 @@
  * Preloaded after the shim, its constructor runs first and registers its handler before the
  * shim's: prepare handlers run in the reverse order, so it runs after the shim's, right
  * before the fork. With ATFORK_GROW_MIB=N it allocates N MiB of 1000-byte blocks there (kept
- * live), filled, and prints "grown LO HI" (the range they lie in). */
+ * live), filled, and prints "grown LO HI" (the range they lie in); with ATFORK_MUNLOCKALL=1 it
+ * calls munlockall() there, while the shim's handler holds the arena's locks. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static long grow_blocks;
+static int unlock_all;
 
 static void grow(void) {
+    if (unlock_all && munlockall() != 0) abort();
     unsigned char *lo = NULL, *hi = NULL;
     for (long i = 0; i < grow_blocks; ++i) {
         unsigned char *p = malloc(1000);
@@ -30,5 +34,6 @@ static void grow(void) {
 __attribute__((constructor)) static void init(void) {
     const char *mib = getenv("ATFORK_GROW_MIB");
     grow_blocks = mib ? atol(mib) * 1024 * 1024 / 1000 : 0;
+    unlock_all = getenv("ATFORK_MUNLOCKALL") != NULL;
     pthread_atfork(grow, NULL, NULL);
 }

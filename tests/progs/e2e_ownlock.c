@@ -7,6 +7,11 @@
  *               secret is then written into that block
  *   syscall     the same through syscall(2)
  *   munlockall  mlockall(MCL_CURRENT), then munlockall(); the secret is in a 32-byte block
+ *   signal      a timer's signal handler calls munlockall() while the program allocates and
+ *               frees (the handler may interrupt the arena holding a lock); then as munlockall
+ *   fork        forks from a second thread's presence (so that the shim's fork handler takes
+ *               the arena's locks); run with a fork handler that calls munlockall
+ *               (tests/libs/atfork_grow.c, ATFORK_MUNLOCKALL=1); then as munlockall
  *
  * Every mode does the same calls on a page it mapped itself ("plain"), which must end up
  * neither locked nor excluded from core dumps: the calls still reach the program's own
@@ -16,8 +21,12 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -52,6 +61,49 @@ static void release(int via_syscall, void *p, size_t n) {
     }
 }
 
+static volatile sig_atomic_t unlocks;
+
+static void on_alarm(int sig) {
+    (void)sig;
+    if (munlockall() == 0) ++unlocks;
+}
+
+/* Allocates and frees blocks of many sizes (thread-cache refills and flushes, slabs and page
+   runs, each under an arena lock) while a timer's handler calls munlockall. */
+static void churn_under_munlockall(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval every = {{0, 2000}, {0, 2000}};
+    setitimer(ITIMER_REAL, &every, NULL);
+    static void *held[512];
+    for (int round = 0; round < 200 || unlocks < 50; ++round) {
+        for (int i = 0; i < 512; ++i) {
+            held[i] = malloc((size_t)(16 + (i * 977 + round * 131) % 20000));
+            if (!held[i]) exit(2);
+            ((volatile char *)held[i])[0] = 1;
+        }
+        for (int i = 0; i < 512; ++i) free(held[i]);
+    }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+}
+
+static void *idle(void *arg) { return arg; }
+
+/* Forks while a second thread exists, so that the shim's fork handler takes the arena's locks. */
+static void fork_with_threads(void) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, idle, NULL) != 0) exit(2);
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    int status;
+    if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) exit(2);
+    pthread_join(t, NULL);
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) return 2;
     const char *mode = argv[1];
@@ -75,7 +127,9 @@ int main(int argc, char **argv) {
         release(via_syscall, secret, page);
         lock_and_exclude(via_syscall, plain, page);
         release(via_syscall, plain, page);
-    } else if (strcmp(mode, "munlockall") == 0) {
+    } else if (strcmp(mode, "munlockall") == 0 || strcmp(mode, "signal") == 0 || strcmp(mode, "fork") == 0) {
+        if (strcmp(mode, "signal") == 0) churn_under_munlockall();
+        if (strcmp(mode, "fork") == 0) fork_with_threads();
         secret = malloc(32);
         if (!secret) return 2;
         plain[0] = 1;

@@ -217,8 +217,8 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
 
 // A sandbox whose filter answers ENOSYS to mprotect, with which the arena commits memory:
 // the blocks past what was committed before it go to the program's allocator, and the one
-// warning names the refused call and policy.prealloc, which commits memory up front: with it
-// every block is served from the arena.
+// warning names the calls that may have been refused and policy.prealloc, which commits memory
+// up front: with it every block is served from the arena.
 Test(e2e_memory, a_sandbox_that_refuses_mprotect_is_told_of_prealloc) {
     TempDir dir;
     need_built("e2e_memory");
@@ -230,10 +230,10 @@ Test(e2e_memory, a_sandbox_that_refuses_mprotect_is_told_of_prealloc) {
     cr_assert(contains(r.out, "nomprotect ok\n"), "%s", r.describe().c_str());
     const std::string pid = *line_value(r.out, "pid");
     const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
-                                 "by the program's allocator, unprotected (counted in overflows): a system call that "
-                                 "commits arena memory was refused (ENOSYS, as from a seccomp filter): "
-                                 "policy.prealloc commits memory before the program enters a sandbox (program "
-                                 "e2e_memory, pid " + pid + ")\n";
+                                 "by the program's allocator, unprotected (counted in overflows): the kernel refused "
+                                 "a call the arena commits or maps memory with (mprotect, mmap or mremap: ENOSYS, as "
+                                 "from a seccomp filter); policy.prealloc commits memory for the first rule that locks "
+                                 "before the program enters a sandbox (program e2e_memory, pid " + pid + ")\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
     cr_assert_gt(stat_value(stats_of(dir, std::stoi(pid)), "overflows"), 0u);
 

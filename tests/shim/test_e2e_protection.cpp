@@ -184,16 +184,27 @@ Test(e2e_protection, rule_actions_select_lock_and_dontdump) {
 
 // A program that locks, advises and unlocks its own blocks (libsodium's sodium_mlock and
 // sodium_munlock: mlock, MADV_DONTDUMP, then MADV_DODUMP, munlock), through libc, through
-// syscall(2), or with mlockall and munlockall: the arena's pages stay locked and out of core
-// dumps, and a secret written there afterwards is in no dump; the same calls on a page the
-// program mapped itself still take effect there.
+// syscall(2), or with mlockall and munlockall (also from a signal handler that interrupts the
+// arena, and from a fork handler that runs while the shim's holds the arena's locks: neither
+// hangs): the arena's pages stay locked and out of core dumps, and a secret written there
+// afterwards is in no dump; the same calls on a page the program mapped itself still take
+// effect there.
 Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protected) {
     TempDir dir;
     const std::string config = dir.file("all.json");
     cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
-    for (const char *mode : {"munlock", "sodium", "syscall", "munlockall"}) {
+    const std::string atfork = shim_build_dir() + "/libs/libatfork_grow.so";
+    cr_assert(file_exists(atfork), "%s missing", atfork.c_str());
+    for (const char *mode : {"munlock", "sodium", "syscall", "munlockall", "signal", "fork"}) {
+        RunOptions opts = shim_options(config, {shim_program("e2e_ownlock"), mode});
+        if (std::string(mode) == "fork") {
+            for (auto &[name, value] : opts.env)
+                if (name == "LD_PRELOAD") value += " " + atfork;
+            opts.env.emplace_back("ATFORK_MUNLOCKALL", "1");
+        }
+        opts.timeout_ms = 120000;
         LiveProgram child;
-        start_until_ready(child, shim_options(config, {shim_program("e2e_ownlock"), mode}));
+        start_until_ready(child, opts);
         const pid_t pid = child.pid();
         const auto secret = line_value(child.out(), "secret"), plain = line_value(child.out(), "plain");
         cr_assert(secret && plain, "%s: %s", mode, child.out().c_str());
