@@ -25,7 +25,6 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/time.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -71,13 +70,7 @@ static void on_alarm(int sig) {
 /* Allocates and frees blocks of many sizes (thread-cache refills and flushes, slabs and page
    runs, each under an arena lock) while a timer's handler calls munlockall. */
 static void churn_under_munlockall(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_alarm;
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGALRM, &sa, NULL);
-    struct itimerval every = {{0, 2000}, {0, 2000}};
-    setitimer(ITIMER_REAL, &every, NULL);
+    alarm_every(on_alarm, 2000);
     static void *held[512];
     for (int round = 0; round < 200 || unlocks < 50; ++round) {
         for (int i = 0; i < 512; ++i) {
@@ -87,8 +80,7 @@ static void churn_under_munlockall(void) {
         }
         for (int i = 0; i < 512; ++i) free(held[i]);
     }
-    struct itimerval off = {{0, 0}, {0, 0}};
-    setitimer(ITIMER_REAL, &off, NULL);
+    alarm_every(NULL, 0);
 }
 
 static void *idle(void *arg) { return arg; }

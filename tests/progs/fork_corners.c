@@ -30,6 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "hold_common.h"
+
 static void reap(pid_t pid) {
     int status;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
@@ -239,16 +241,9 @@ static int mode_bare(void) {
     }
     pthread_t t[2];
     for (int i = 0; i < 2; ++i) pthread_create(&t[i], NULL, churner, NULL);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_bare_alarm;
-    sa.sa_flags = SA_RESTART;
-    sigaction(SIGALRM, &sa, NULL);
-    struct itimerval it = {{0, 300}, {0, 300}};
-    setitimer(ITIMER_REAL, &it, NULL);
+    alarm_every(on_bare_alarm, 300);
     while (g_bare_ok + g_bare_failed < 200) burst();
-    memset(&it, 0, sizeof it);
-    setitimer(ITIMER_REAL, &it, NULL);
+    alarm_every(NULL, 0);
     g_stop = 1;
     for (int i = 0; i < 2; ++i) pthread_join(t[i], NULL);
     if (g_bare_failed)

@@ -3,10 +3,12 @@
 #ifndef MEMLOCK_TESTS_HOLD_COMMON_H
 #define MEMLOCK_TESTS_HOLD_COMMON_H
 
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 // xorshift64: the next value of *s (pre: *s != 0). A test derives the same bytes from a
@@ -18,6 +20,20 @@ static inline uint64_t next_random(uint64_t *s) {
     x ^= x << 17;
     *s = x;
     return x;
+}
+
+// Calls handler on SIGALRM (SA_RESTART) every usec microseconds; alarm_every(NULL, 0) stops the
+// timer and leaves the handler.
+static inline void alarm_every(void (*handler)(int), long usec) {
+    if (handler) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = handler;
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGALRM, &sa, NULL);
+    }
+    struct itimerval it = {{0, usec}, {0, usec}};
+    setitimer(ITIMER_REAL, &it, NULL);
 }
 
 // Prints "ready" and waits for stdin to close. Returns 0.
