@@ -1789,11 +1789,25 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const For
 // Lock order: a pool's lock, then misc_lock_ (thread_exit holds the one and takes the other).
 // fork takes them in that order too.
 int SecureArena::for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
-                                      int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept {
-    // [span, cap_span_) is where the arena grows next: a region mapped there while this runs is
-    // not yet in span_, so that stretch is not reached at all.
-    const std::uintptr_t alo = base_, ahi = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE),
-                         cap = base_ + std::max(cap_span_, static_cast<std::size_t>(ahi - base_));
+                                      int (*each)(std::uintptr_t, std::uintptr_t)) noexcept {
+    // The arena grows at base_ + span_ under misc_lock_: held, the span is the arena. A thread
+    // that holds an arena lock already (a signal handler that interrupted the arena) takes none,
+    // and leaves out all the room the arena may grow into, [span, cap_span_), since a region
+    // mapped there meanwhile would not be in span_ yet.
+    if (t_guards == 0) {
+        Guard g(misc_lock_);
+        const std::uintptr_t span_end = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
+        return each_piece_outside(lo, hi, span_end, span_end, action, each);
+    }
+    const std::uintptr_t span_end = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
+    return each_piece_outside(lo, hi, span_end, std::max(base_ + cap_span_, span_end), action, each);
+}
+
+// for_each_unprotected's stretches, with the blocks' range ending at ahi and nothing reached
+// in [ahi, cap).
+int SecureArena::each_piece_outside(std::uintptr_t lo, std::uintptr_t hi, std::uintptr_t ahi, std::uintptr_t cap,
+                                    unsigned action, int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept {
+    const std::uintptr_t alo = base_;
     if (!npools_ || hi <= alo || lo >= cap) return each(lo, hi);
     int first = 0;
     auto piece = [&](std::uintptr_t plo, std::uintptr_t phi) {

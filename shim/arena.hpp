@@ -169,13 +169,13 @@ public:
         return region_pool_[(reinterpret_cast<std::uintptr_t>(p) - base_) >> region_shift_];
     }
     // The program's own munlock(2) or madvise(MADV_DODUMP) of [lo, hi) (page-aligned, lo < hi):
-    // calls each(lo, hi) for the stretches it may reach, those outside the blocks' range and
-    // the address space it may grow into, and in pools without `action` (kActionLock,
-    // kActionDontdump), so that a block's page keeps its pool's protection whatever the program
-    // asks of its own block. Returns the first
+    // calls each(lo, hi) for the stretches it may reach, those outside the blocks' range (and,
+    // called from inside the arena, as by a signal handler, the address space it may grow
+    // into) and in pools without `action` (kActionLock, kActionDontdump), so that a block's
+    // page keeps its pool's protection whatever the program asks of its own block. Returns the first
     // nonzero value each() returned, after calling it for every stretch.
     int for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
-                             int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept;
+                             int (*each)(std::uintptr_t, std::uintptr_t)) noexcept;
     // After the program's munlockall(2): locks again what the arena had locked, as a fork child
     // does (mlock is undone by munlockall as it is by fork), with every lock held: `held` when
     // the calling thread holds them all already (an atfork handler after the shim's), else it
@@ -279,6 +279,8 @@ private:
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
+    int each_piece_outside(std::uintptr_t lo, std::uintptr_t hi, std::uintptr_t ahi, std::uintptr_t cap, unsigned action,
+                           int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept;
     Relock relock_how(const Pool &pool) const noexcept;
     int relock(const Pool &pool, std::uintptr_t at, std::size_t bytes) noexcept;
     std::size_t relock_largest(const Pool &pool, std::uintptr_t at, std::size_t bytes, int &err) noexcept;
@@ -357,7 +359,7 @@ private:
     Pool *pools_ = nullptr;          // npools_ entries, in the mapping of the first caches
     PoolCache *spare_caches_ = nullptr;   // cache sets of exited threads, under misc_lock_
     PoolCache *unused_caches_ = nullptr;  // the set after the pools, until a thread takes it (misc_lock_)
-    pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches
+    pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches; growth of the span
     std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
     bool secret_ = false;                // lock pools' budgets are memfd_secret memory

@@ -402,10 +402,12 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void atfork_child() {
     bool other_threads = t_fork_locked || !single_threaded();
     if (t_fork_depth > 0) --t_fork_depth;
     if (outermost && t_fork_locked) {
-        t_fork_locked = false;
         callers_postfork_child();
         g_arena.postfork_child_locks();
         _IO_list_resetlock();
+        // Only now: a signal handler's munlockall before here finds the locks held by this
+        // thread (held across fork) and takes none.
+        t_fork_locked = false;
     }
     own_child_memory(other_threads);
 }
