@@ -1845,10 +1845,7 @@ void SecureArena::relock_after_munlockall(bool held) noexcept {
     unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
     for (unsigned i = 0; i < npools_; ++i)
         if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
-    const bool loose = loose_locked_;
-    const std::uintptr_t refused = relock_merged(secret);
-    const bool short_here = refused != UINTPTR_MAX && relock_each(secret, refused);
-    if (loose) relock_loose_pages(!short_here);
+    relock_all(secret);
     relock_cause_ = "fork";
     if (!held) postfork_parent();
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
@@ -1880,12 +1877,7 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         Pool &pool = pools_[i];
         if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
     }
-    // Pages an ancestor locked one stretch at a time (loose_locked_, inherited) are locked
-    // after the rest; when the rest fell short here, the one warning has been given.
-    const bool loose = loose_locked_;
-    const std::uintptr_t refused = relock_merged(own_file);
-    const bool short_here = refused != UINTPTR_MAX && relock_each(own_file, refused);
-    if (loose) relock_loose_pages(!short_here);
+    relock_all(own_file);
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
@@ -1894,6 +1886,17 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         ts.slot_shared = ts.slot == &stats_->shared;
         ts.rules = stats_rule_row(stats_, ts.slot);
     }
+}
+
+// Locks again what the arena held locked, but the pools in `skip`: in one call per stretch
+// where it can, else piece by piece as far as the limit lets it. Pages an ancestor locked one
+// stretch at a time (loose_locked_, inherited) are locked after the rest; when the rest fell
+// short here, the one warning has been given.
+MLSHIM_FORK_CHILD_TEXT void SecureArena::relock_all(unsigned skip) noexcept {
+    const bool loose = loose_locked_;
+    const std::uintptr_t refused = relock_merged(skip);
+    const bool short_here = refused != UINTPTR_MAX && relock_each(skip, refused);
+    if (loose) relock_loose_pages(!short_here);
 }
 
 // What postfork_child locks, one call per stretch of the arena's address space that locks the

@@ -172,8 +172,8 @@ public:
     // calls each(lo, hi) for the stretches it may reach, those outside the blocks' range (and,
     // called from inside the arena, as by a signal handler, the address space it may grow
     // into) and in pools without `action` (kActionLock, kActionDontdump), so that a block's
-    // page keeps its pool's protection whatever the program asks of its own block. Returns the first
-    // nonzero value each() returned, after calling it for every stretch.
+    // page keeps its pool's protection whatever the program asks of its own block. Returns the
+    // first nonzero value each() returned, after calling it for every stretch.
     int for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
                              int (*each)(std::uintptr_t, std::uintptr_t)) noexcept;
     // After the program's munlockall(2): locks again what the arena had locked, as a fork child
@@ -278,6 +278,7 @@ private:
     __attribute__((noinline)) bool relock_each(unsigned skip, std::uintptr_t refused) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
+    void relock_all(unsigned skip) noexcept;
     std::uintptr_t relock_end(const Pool &pool) const noexcept;
     int each_piece_outside(std::uintptr_t lo, std::uintptr_t hi, std::uintptr_t ahi, std::uintptr_t cap, unsigned action,
                            int (*each)(std::uintptr_t, std::uintptr_t)) const noexcept;

@@ -1057,8 +1057,9 @@ void runtime_start() {
 
 // Writes the counters to stats.file ("%p" = the pid, "%%" = "%"), through a temporary file
 // renamed into place, so that no reader sees it half written; not under secure execution.
-// Only in the process that read the config: a fork child may run in a sandbox (sshd's seccomp child) that kills it for an
-// open or a rename, so its exit path makes no system call malloc would not make.
+// Only in the process that read the config: a fork child may run in a sandbox (sshd's
+// seccomp child) that kills it for an open or a rename, so its exit path makes no system call
+// malloc would not make.
 void write_stats_file() noexcept {
     if (!g_config || g_config->stats_file.empty() || !g_stats || ::getpid() != g_config_pid) return;
     // A setuid or setgid program's caller could leave a file of root's per run.

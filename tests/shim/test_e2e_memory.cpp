@@ -215,6 +215,25 @@ Test(e2e_memory, a_sandbox_that_forbids_mlock_after_start_up_survives) {
     cr_assert(contains(r.out, "filter installed\nsurvived\n"), "%s", r.describe().c_str());
 }
 
+namespace {
+
+// Runs e2e_memory MODE under config (with a stats file in dir): it prints "MODE ok" and exits
+// 0, its stderr is exactly the one full-arena warning ending in `why`, and it counted overflows.
+void expect_full_arena(const TempDir &dir, const std::string &config, const std::string &mode, const std::string &why) {
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), mode}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, mode + " ok\n"), "%s", r.describe().c_str());
+    const std::string pid = *line_value(r.out, "pid");
+    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
+                                 "by the program's allocator, unprotected (counted in overflows): " + why +
+                                 " (program e2e_memory, pid " + pid + ")\n";
+    cr_assert_str_eq(r.err.c_str(), expected.c_str());
+    const std::string stats = stats_of(dir, std::stoi(pid));
+    cr_assert_gt(stat_value(stats, "overflows"), 0u, "%s", stats.c_str());
+}
+
+}  // namespace
+
 // A sandbox whose filter answers ENOSYS to mprotect, with which the arena commits memory:
 // the blocks past what was committed before it go to the program's allocator, and the one
 // warning names the calls that may have been refused and policy.prealloc, which commits memory
@@ -225,17 +244,10 @@ Test(e2e_memory, a_sandbox_that_refuses_mprotect_is_told_of_prealloc) {
     const std::string stats = dir.file("stats.%p.json");
     const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "buffers", "size": 1000}],
   "stats": {"file": ")" + stats + R"("}})");
-    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "nomprotect"}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "nomprotect ok\n"), "%s", r.describe().c_str());
-    const std::string pid = *line_value(r.out, "pid");
-    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
-                                 "by the program's allocator, unprotected (counted in overflows): the kernel refused "
-                                 "a call the arena commits or maps memory with (mprotect, mmap or mremap: ENOSYS, as "
-                                 "from a seccomp filter); policy.prealloc commits memory for the first rule that locks "
-                                 "before the program enters a sandbox (program e2e_memory, pid " + pid + ")\n";
-    cr_assert_str_eq(r.err.c_str(), expected.c_str());
-    cr_assert_gt(stat_value(stats_of(dir, std::stoi(pid)), "overflows"), 0u);
+    expect_full_arena(dir, config, "nomprotect",
+                      "the kernel refused a call the arena commits or maps memory with (mprotect, mmap or mremap: "
+                      "ENOSYS, as from a seccomp filter); policy.prealloc commits memory for the first rule that "
+                      "locks before the program enters a sandbox");
 
     const std::string preallocated = write_config(dir, R"({"version": 1, "rules": [{"name": "buffers", "size": 1000}],
   "policy": {"prealloc": "32MiB"}, "stats": {"file": ")" + stats + R"("}})");
@@ -255,17 +267,9 @@ Test(e2e_memory, an_arena_the_address_space_limit_stops_says_so) {
     need_built("e2e_memory");
     const std::string config = write_config(dir, R"({"version": 1, "rules": [{"name": "pages", "size": 4000}],
   "stats": {"file": ")" + dir.file("stats.%p.json") + R"("}})");
-    const RunResult r = run_program(shim_options(config, {shim_program("e2e_memory"), "asfull"}));
-    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
-    cr_assert(contains(r.out, "asfull ok\n"), "%s", r.describe().c_str());
-    const std::string pid = *line_value(r.out, "pid");
-    const std::string expected = "memlock-shim: warning: the secure arena is full: matching allocations are served "
-                                 "by the program's allocator, unprotected (counted in overflows): the kernel refused "
-                                 "to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, vm.max_map_count or "
-                                 "the commit limit) (program e2e_memory, pid " + pid + ")\n";
-    cr_assert_str_eq(r.err.c_str(), expected.c_str());
-    const std::string stats = stats_of(dir, std::stoi(pid));
-    cr_assert_gt(stat_value(stats, "overflows"), 0u, "%s", stats.c_str());
+    expect_full_arena(dir, config, "asfull",
+                      "the kernel refused to map more of it (ENOMEM: the address-space limit, RLIMIT_AS, "
+                      "vm.max_map_count or the commit limit)");
 }
 
 // A program that lowers RLIMIT_AS after start-up (here to 256 MiB) keeps its matched blocks
