@@ -2052,11 +2052,40 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
             for (std::size_t k = from; k < e; ++k) region_locked_[k] = kRelockPart;
         }
     }
+    if (failed == ENOMEM || failed == EAGAIN) short_pools |= unlock_whole(skip, short_pools);
     if (failed) {
         relock_fell_short(failed);
         relock_what_fits(short_pools, failed);
     }
     return failed != 0;
+}
+
+// The limit refused part of what a fork child locks again, and what locked whole (pool ranges
+// but those in `skip` or `short_pools`, regions mapped locked) may hold free pages that spend
+// it: unlocks them, and marks those regions kRelockPart, so that relock_what_fits locks the
+// pages that hold blocks first, wherever they are. Returns the pools it unlocked (bit i).
+// A memfd_secret pool stays as it is: its pages are locked by the kernel, not by mlock.
+unsigned SecureArena::unlock_whole(unsigned skip, unsigned short_pools) noexcept {
+    unsigned unlocked = 0;
+    for (unsigned i = 0; i < npools_; ++i) {
+        const Pool &pool = pools_[i];
+        const std::uintptr_t end = relock_end(pool);
+        if (end == pool.start || ((skip | short_pools) >> i & 1) || pool.secret) continue;
+        memlock_unlock(reinterpret_cast<void *>(pool.start), end - pool.start);
+        unlocked |= 1u << i;
+    }
+    const std::size_t regions = __atomic_load_n(&span_, __ATOMIC_RELAXED) >> region_shift_;
+    for (std::size_t r = 0; r < regions;) {
+        if (region_locked_[r] != 1) {
+            ++r;
+            continue;
+        }
+        std::size_t e = r;
+        while (e < regions && region_locked_[e] == 1) region_locked_[e++] = kRelockPart;
+        memlock_unlock(reinterpret_cast<void *>(base_ + (r << region_shift_)), (e - r) << region_shift_);
+        r = e;
+    }
+    return unlocked;
 }
 
 // A fork child could not lock again all its parent held locked (err): the arena's last range

@@ -252,32 +252,44 @@ pid_t start_forklimit(const TempDir &dir, LiveProgram &prog, std::size_t limit, 
     return static_cast<pid_t>(std::stol(*child));
 }
 
-}  // namespace
-
-// The child of a parent whose arena had 4 MiB mapped locked (of a 32 MiB max_locked) may lock
-// 1 MiB: it locks 1 MiB, first the pages that hold blocks (they lie above 3 MiB of freed pages
-// at the bottom of the arena, in a region mapped after start-up, so
-// locking from the bottom alone would miss them), and says once what stays unlocked and
-// why (not "policy.max_locked reached"), naming itself and its PID. What it allocates later,
-// beyond that, is served unlocked without another line.
-Test(e2e_policy, fork_child_under_a_lower_rlimit_locks_what_fits_pages_in_use_first) {
+// The child of a forklimit parent, allowed `limit_kib`, locks that much, every page that holds
+// a block among it, and says once what stays unlocked and why (not "policy.max_locked
+// reached"), naming itself and its PID. What it allocates later, beyond that, is served
+// unlocked without another line.
+void expect_pages_in_use_locked_first(std::size_t limit_kib) {
     TempDir dir;
     LiveProgram prog;
-    const pid_t child = start_forklimit(dir, prog, 1u << 20, "fallback");
+    const pid_t child = start_forklimit(dir, prog, limit_kib << 10, "fallback");
     const auto blocks = line_values(prog.out(), "block");
     cr_assert_eq(blocks.size(), 64u, "%s", prog.out().c_str());
     for (const auto &b : blocks)
         cr_assert(range_has_flag(parse_pointer(b), 1000, "lo", true, child), "child: block %s is not locked\n%s",
                   b.c_str(), prog.err().c_str());
-    cr_assert_eq(vm_locked_kb(child), 1024, "the child locks all that its RLIMIT_MEMLOCK allows");
+    cr_assert_eq(vm_locked_kb(child), limit_kib, "the child locks all that its RLIMIT_MEMLOCK allows");
     const RunResult r = prog.finish();
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string limit = std::to_string(limit_kib), unlocked = std::to_string(4096 - limit_kib);
     const std::string expected =
         "memlock-shim: warning: cannot lock all arena memory again after fork (policy fallback: the rest is served "
-        "unlocked, still wiped and out of core dumps): locked 1024 of the 4096 KiB locked before fork, every page in "
-        "use among them; 3072 KiB stays unlocked (RLIMIT_MEMLOCK 1024 KiB): " +
+        "unlocked, still wiped and out of core dumps): locked " + limit + " of the 4096 KiB locked before fork, every "
+        "page in use among them; " + unlocked + " KiB stays unlocked (RLIMIT_MEMLOCK " + limit + " KiB): " +
         std::string(memlock_strerror(ENOMEM)) + " (program e2e_forklimit, pid " + std::to_string(child) + ")\n";
     cr_assert_str_eq(r.err.c_str(), expected.c_str());
+}
+
+}  // namespace
+
+// The parent's arena had 4 MiB mapped locked (of a 32 MiB max_locked); its blocks lie above
+// 3 MiB of freed pages at the bottom of the arena, in a region mapped after start-up, so
+// locking from the bottom alone would miss them. A child that may lock 1 MiB locks them.
+Test(e2e_policy, fork_child_under_a_lower_rlimit_locks_what_fits_pages_in_use_first) {
+    expect_pages_in_use_locked_first(1024);
+}
+
+// A child that may lock 2 MiB could lock the start-up range of freed pages whole, which would
+// leave no room for the region that holds the blocks: the pages in use come first there too.
+Test(e2e_policy, fork_child_whose_rlimit_fits_a_range_of_free_pages_still_locks_the_pages_in_use) {
+    expect_pages_in_use_locked_first(2048);
 }
 
 // A limit below the pages in use: the child locks what fits of them, and says how much.
