@@ -326,6 +326,11 @@ struct Block {
     // Freed blocks this one was allocated over (oldest first): a copy inside it may be one
     // of theirs, left unwiped (malloc does not clear what it hands out).
     std::vector<Block> prior;
+    // For a freed block that later blocks reused in part: the bytes from its table address
+    // that nothing has reused since (0: all `size`). Its table address is then where that
+    // part starts; `size` stays the size it was allocated with, which rules select by.
+    std::uint64_t left = 0;
+    std::uint64_t extent() const { return left ? left : std::max<std::uint64_t>(size, 1); }
 };
 using BlockTable = std::map<std::uint64_t, Block>;
 
@@ -337,17 +342,36 @@ struct Process {
     bool scanned = false;
 };
 
-// Moves the entries of `t` that overlap [lo, hi) into `prior` (with their own history).
+// Moves the entries of `t` that overlap [lo, hi) into `prior` (with their own history). What
+// lies outside [lo, hi) of such an entry stays in `t`: malloc carves a smaller block out of a
+// larger freed one and leaves the rest as it was, copies included.
 void take_overlapping(BlockTable &t, std::uint64_t lo, std::uint64_t hi, std::vector<Block> &prior) {
     auto it = t.upper_bound(lo);
-    if (it != t.begin() && std::prev(it)->first + std::prev(it)->second.size > lo) --it;
+    if (it != t.begin() && std::prev(it)->first + std::prev(it)->second.extent() > lo) --it;
+    std::vector<BlockTable::value_type> rest;
     while (it != t.end() && it->first < hi) {
         Block &b = it->second;
+        const std::uint64_t start = it->first, end = start + b.extent();
+        if (start < lo || end > hi) {
+            Block part;
+            part.size = b.size;
+            part.frames = b.frames;
+            part.prior = b.prior;
+            if (start < lo) {
+                part.left = lo - start;
+                rest.emplace_back(start, part);
+            }
+            if (end > hi) {
+                part.left = end - hi;
+                rest.emplace_back(hi, std::move(part));
+            }
+        }
         for (Block &older : b.prior) prior.push_back(std::move(older));
         b.prior.clear();
         prior.push_back(std::move(b));
         it = t.erase(it);
     }
+    for (auto &r : rest) t.insert(std::move(r));
     if (prior.size() > kMaxPrior) prior.erase(prior.begin(), prior.end() - kMaxPrior);
 }
 
@@ -355,7 +379,7 @@ const BlockTable::value_type *find_block(const BlockTable &t, std::uint64_t addr
     auto it = t.upper_bound(addr);
     if (it == t.begin()) return nullptr;
     --it;
-    return addr < it->first + std::max<std::uint64_t>(it->second.size, 1) ? &*it : nullptr;
+    return addr < it->first + it->second.extent() ? &*it : nullptr;
 }
 
 // ---- a process's memory map, its modules and their symbols -----------------------------------

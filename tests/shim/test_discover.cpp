@@ -340,6 +340,31 @@ Test(discover, anonymous_memory_after_an_image_is_not_its_bss) {
     expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=0 stack=0 static=0 file=0 anon=1");
 }
 
+// malloc carves a smaller block out of the start of a larger freed one and leaves the rest as it
+// was: a copy there is still the freed block's, and the rule proposed for it selects the block
+// that was freed (rsyslog frees the buffer it read its key file into, and later blocks reuse its
+// start).
+Test(discover, a_copy_in_the_unreused_part_of_a_freed_block_is_that_block_s) {
+    need_built("discover_split");
+    TempDir dir;
+    const std::string secret = random_hex(32), proposed = dir.file("proposed.json");
+    RunResult r = run_program(
+        tool_run({discover(), "--secret-hex", secret, "--config-out", proposed, "--", shim_program("discover_split"), secret}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    expect_copy(r.out, "[freed-heap]", "hex#1", "freed (not wiped) heap block of 4096 bytes allocated by read_key_file <- main");
+    expect_summary(r.out, "summary: copies=1 protected=0 outside=1 heap=0 freed-heap=1 stack=0 static=0 file=0 anon=0");
+    mlshim::Config config;
+    std::string error;
+    cr_assert(mlshim::load_config_file(proposed, config, error), "%s", error.c_str());
+    cr_assert(!config.rules.empty(), "%s", r.out.c_str());
+
+    // Under the proposal the buffer is served from the arena and wiped when it is freed.
+    r = run_program(tool_run({discover(), "--secret-hex", secret, "--verify", "--config", proposed, "--",
+                              shim_program("discover_split"), secret}));
+    cr_expect(r.out.find("verify: 0 heap copies left outside the arena") != std::string::npos, "%s", r.describe().c_str());
+    cr_expect(summary(r.out).find(" outside=0 ") != std::string::npos, "%s", r.out.c_str());
+}
+
 // A writable file mapping is static data only when it is a module's .data (private, of an ELF
 // object); a shared one is a file's contents, which the kernel writes back, and a private one of
 // another file the process's own copy: the report says which.
