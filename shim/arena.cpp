@@ -719,6 +719,35 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
     }
 }
 
+// The program's own mlock was refused (err: ENOMEM or EAGAIN, RLIMIT_MEMLOCK) while pools hold
+// pages locked on fault at start-up that they have not committed, which count against the same
+// limit: the program's lock comes first, as without the shim. Unlocks each such pool's range
+// from where its committed pages end and returns the bytes given back. Pages committed there later follow policy.on_lock_failure, with err as
+// the reason. Takes no lock and gives nothing back when this thread holds an arena lock (a
+// signal handler that interrupted the arena).
+std::size_t SecureArena::give_back_unused_lock(int err) noexcept {
+    if (t_guards != 0 || lock_on_commit_) return 0;
+    std::size_t given = 0;
+    for (unsigned i = 0; i < npools_; ++i) {
+        Pool &pool = pools_[i];
+        if (!(pool.actions & kActionLock) || pool.secret) continue;
+        Guard pg(pool.lock);
+        Guard g(misc_lock_);
+        // A pool that carves from a later extent already committed its start-up range.
+        if (pool.committed < pool.start || pool.committed >= pool.lock_end) continue;
+        const std::uintptr_t keep = pool.committed;
+        if (memlock_unlock(reinterpret_cast<void *>(keep), pool.lock_end - keep)) continue;
+        given += pool.lock_end - keep;
+        pool.locked_mapped -= pool.lock_end - keep;
+        pool.lock_budget = pool.locked_mapped;
+        pool.lock_end = keep;
+        tail_onfault_ = false;
+        if (!lock_error_) lock_error_ = err;
+        void_fork_plan();
+    }
+    return given;
+}
+
 // memfd_secret is missing (err). Under "auto" the arena uses locked anonymous memory and says
 // so at info level. Under "secretmem" the lock-failure policy decides, as for an mlock error:
 // fallback uses anonymous memory after one warning; deny and abort lock nothing, so that
@@ -1033,12 +1062,18 @@ bool SecureArena::grow(Pool &pool, std::size_t bytes, bool contiguous_only) noex
     if (stats_) stats_->reserved_bytes.store(new_span);
     // A fork plan made before this point no longer holds (a prepare handler that runs after
     // the shim's may grow the arena; a signal handler may fork while it grows). Counted only
-    // now that the growth is in place: see plan_fork. (One writer: misc_lock_ is held.)
+    // now that the growth is in place: see plan_fork.
+    void_fork_plan();
+    return true;
+}
+
+// A change to what the arena maps or locks is in place: a fork plan made before it no longer
+// holds. pre: misc_lock_ held (one writer).
+void SecureArena::void_fork_plan() noexcept {
     __atomic_signal_fence(__ATOMIC_SEQ_CST);
     if (fork_plan_)
         __atomic_store_n(&fork_plan_->growths, __atomic_load_n(&fork_plan_->growths, __ATOMIC_RELAXED) + 1,
                          __ATOMIC_RELAXED);
-    return true;
 }
 
 void SecureArena::note_peak() noexcept {

@@ -176,6 +176,9 @@ public:
     // first nonzero value each() returned, after calling it for every stretch.
     int for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
                              int (*each)(std::uintptr_t, std::uintptr_t)) noexcept;
+    // The program's own mlock(2) was refused (err: ENOMEM or EAGAIN) by RLIMIT_MEMLOCK: gives
+    // back the pages locked at start-up that no block has used yet. Returns the bytes.
+    std::size_t give_back_unused_lock(int err) noexcept;
     // After the program's munlockall(2): locks again what the arena had locked, as a fork child
     // does (mlock is undone by munlockall as it is by fork), with every lock held: `held` when
     // the calling thread holds them all already (an atfork handler after the shim's), else it
@@ -264,6 +267,7 @@ private:
     void flush(Pool &pool, unsigned cls, void *const *blocks, unsigned n) noexcept;
     __attribute__((noinline)) PoolCache *cache_for(unsigned pool) noexcept;
     void lock_at_start(Pool &pool, std::size_t budget) noexcept;
+    void void_fork_plan() noexcept;
     bool secret_unavailable(int err) noexcept;
     bool unshare_after_fork(Pool &pool) noexcept;
     // How a fork child locks a stretch of the arena again (for_each_relock_stretch): mlock2

@@ -5,6 +5,7 @@
 // address: arena blocks to the arena, everything else to where it came from.
 #include <dlfcn.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 
 #include <atomic>
 #include <cerrno>
@@ -397,6 +398,11 @@ SHIM_EXPORT int sigaltstack(const stack_t *__restrict ss, stack_t *__restrict ol
 SHIM_EXPORT int munlock(const void *addr, std::size_t len) noexcept { return shim_munlock(addr, len); }
 SHIM_EXPORT int madvise(void *addr, std::size_t len, int advice) noexcept { return shim_madvise(addr, len, advice); }
 SHIM_EXPORT int munlockall() noexcept { return shim_munlockall(); }
+// The program's lock fits as it would without the shim: see shim_mlock.
+SHIM_EXPORT int mlock(const void *addr, std::size_t len) noexcept { return shim_mlock(SYS_mlock, addr, len, 0); }
+SHIM_EXPORT int mlock2(const void *addr, std::size_t len, unsigned flags) noexcept {
+    return shim_mlock(SYS_mlock2, addr, len, flags);
+}
 
 // _Fork runs no atfork handler: see shim_fork_bare.
 SHIM_EXPORT pid_t _Fork() { return shim_fork_bare(); }

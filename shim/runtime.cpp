@@ -1314,6 +1314,8 @@ __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long 
     if (number == SYS_munlock) return shim_munlock(reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2));
     if (number == SYS_madvise) return shim_madvise(reinterpret_cast<void *>(a1), static_cast<std::size_t>(a2), static_cast<int>(a3));
     if (number == SYS_munlockall) return shim_munlockall();
+    if (number == SYS_mlock || number == SYS_mlock2)
+        return shim_mlock(number, reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2), static_cast<unsigned>(a3));
     if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
     atfork_prepare();
     long rc = next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -1380,6 +1382,35 @@ int shim_madvise(void *addr, std::size_t len, int advice) noexcept {
     return pieces_result(g_arena.for_each_unprotected(lo, hi, kActionDontdump, dodump_piece));
 }
 
+// mlock(2) (number SYS_mlock) and mlock2(2) as libc's. Refused by RLIMIT_MEMLOCK while the
+// arena holds pages locked at start-up that it has not used, tried again once it has given
+// them back: without the shim the program's lock would fit.
+int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) noexcept {
+    auto call = [&] {
+        long rc = next_syscall(number, reinterpret_cast<long>(addr), static_cast<long>(len), flags, 0, 0, 0);
+        // glibc's mlock2 on a kernel without it: mlock for no flags, EINVAL for others.
+        if (rc != 0 && errno == ENOSYS && number == SYS_mlock2) {
+            if (flags) errno = EINVAL;
+            else rc = next_syscall(SYS_mlock, reinterpret_cast<long>(addr), static_cast<long>(len), 0, 0, 0, 0);
+        }
+        return static_cast<int>(rc);
+    };
+    const int rc = call();
+    if (rc == 0 || !g_active || (errno != ENOMEM && errno != EAGAIN)) return rc;
+    const int err = errno;
+    const std::size_t given = g_arena.give_back_unused_lock(err);
+    if (!given) {
+        errno = err;
+        return rc;
+    }
+    log_msg(LogLevel::info,
+            "the program's own mlock needs RLIMIT_MEMLOCK that arena pages locked at start-up and not used "
+            "yet held: %zu KiB given back; matching allocations beyond what stays locked follow "
+            "policy.on_lock_failure",
+            given >> 10);
+    return call();
+}
+
 int shim_munlockall() noexcept {
     const long rc = next_syscall(SYS_munlockall, 0, 0, 0, 0, 0, 0);
     if (rc == 0 && g_active) {
@@ -1393,10 +1424,11 @@ int shim_munlockall() noexcept {
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     long (*next)(long, ...) = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE);
     // The numbers makes_fork_child looks at further, sigaltstack (shim_sigaltstack), and the
-    // calls that could undo an arena page's protection (shim_munlock); every other call goes
+    // calls that could undo an arena page's protection (shim_munlock) or that the arena's
+    // locked pages could make fail (shim_mlock); every other call goes
     // straight through.
     const bool slow = number == SYS_clone || number == SYS_sigaltstack || number == SYS_munlock || number == SYS_madvise ||
-                      number == SYS_munlockall
+                      number == SYS_munlockall || number == SYS_mlock || number == SYS_mlock2
 #ifdef SYS_clone3
                        || number == SYS_clone3
 #endif

@@ -192,6 +192,7 @@ int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept;
 int shim_munlock(const void *addr, std::size_t len) noexcept;
 int shim_madvise(void *addr, std::size_t len, int advice) noexcept;
 int shim_munlockall() noexcept;
+int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) noexcept;
 // clone(3), through to the next definition; one that makes a process with memory of its own
 // (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).
 // ptid, tls, ctid: clone's optional arguments, passed on as they are.

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "e2e.hpp"
+#include "three_ways.hpp"
 
 using namespace memlock_test;
 
@@ -220,4 +221,34 @@ Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protect
         cr_assert(r.exited_with(0), "%s: %s", mode, r.describe().c_str());
         cr_assert_str_empty(r.err.c_str(), "%s", mode);
     }
+}
+
+// A program that locks 64 KiB of its own (as gpg-agent its secure memory) under a 256 KiB
+// RLIMIT_MEMLOCK and without CAP_IPC_LOCK, with mlock, mlock2 and syscall(2): the arena,
+// which locked on fault at start-up as much of its first region as the limit let it, gives
+// back what no block has used, so the program's lock succeeds as without the shim, under a
+// rule that matches every allocation and under the TLS profile, which matches none here. The
+// program's page is locked, and a block it allocates afterwards is out of core dumps.
+Test(e2e_protection, a_programs_own_mlock_fits_the_limit_the_arena_holds_unused) {
+    if (::geteuid() != 0) cr_skip_test("needs root: capsh drops CAP_IPC_LOCK");
+    need_limit_tools();
+    TempDir dir;
+    const std::string all = dir.file("all.json");
+    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    for (const std::string &config : {all, source_dir() + "/config/default.json"})
+        for (const char *call : {"mlock", "mlock2", "syscall"}) {
+            LiveProgram child;
+            start_until_ready(child, plain_env(shimmed_under_memlock_limit(256 << 10, config, shim_program("e2e_ownlimit"),
+                                                                           {std::to_string(64 << 10), call})));
+            const auto mlock = line_value(child.out(), "mlock"), own = line_value(child.out(), "own"),
+                       block = line_value(child.out(), "block");
+            cr_assert(mlock && own && block, "%s: %s", call, child.out().c_str());
+            cr_assert_str_eq(mlock->c_str(), "0", "%s under %s: the program's own lock failed\n%s", call, config.c_str(),
+                             child.err().c_str());
+            cr_assert(range_has_flag(parse_pointer(*own), 64 << 10, "lo", true, child.pid()), "%s", call);
+            if (config == all)
+                cr_assert(range_has_flag(parse_pointer(*block), 32, "dd", true, child.pid()), "%s", call);
+            const RunResult r = child.finish();
+            cr_assert(r.exited_with(0), "%s: %s", call, r.describe().c_str());
+        }
 }
