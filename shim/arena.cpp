@@ -262,9 +262,11 @@ public:
     }
     ~Guard() {
         pthread_mutex_unlock(&m_);
-        std::atomic_signal_fence(std::memory_order_seq_cst);
+        // Ordered with relock_after_munlockall's request then try: one that found this lock held
+        // is seen here (x86-64's unlock is a full barrier already).
+        std::atomic_thread_fence(std::memory_order_seq_cst);
         if (--t_guards == 0 && __builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0))
-            if (SecureArena *a = g_relock_pending.exchange(nullptr)) a->relock_after_munlockall(false);
+            if (SecureArena *a = g_relock_pending.load()) a->relock_after_munlockall(false);
     }
     Guard(const Guard &) = delete;
     Guard &operator=(const Guard &) = delete;
@@ -1866,29 +1868,54 @@ int SecureArena::each_piece_outside(std::uintptr_t lo, std::uintptr_t hi, std::u
 }
 
 void SecureArena::relock_after_munlockall(bool held) noexcept {
-    if (!held && t_guards > 0) {
-        g_relock_pending.store(this);  // this thread holds a lock it would wait for
-        return;
-    }
     // No signal handler may run on this thread while it holds the locks (one that allocates, or
     // calls munlockall, would wait for them).
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    if (!held) prefork();
-    relock_cause_ = "the program's munlockall";
-    unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
-    for (unsigned i = 0; i < npools_; ++i)
-        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
-    relock_all(secret);
-    relock_cause_ = "fork";
-    if (!held) postfork_parent();
+    auto relock = [&] {
+        relock_cause_ = "the program's munlockall";
+        unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
+        for (unsigned i = 0; i < npools_; ++i)
+            if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
+        relock_all(secret);
+        relock_cause_ = "fork";
+    };
+    if (held) {
+        g_relock_pending.store(nullptr);
+        relock();
+    } else {
+        // Asked first, then tried: whoever holds a lock now sees the request when it lets the
+        // last one go (Guard, atfork_parent), and nobody waits. Waiting could be forever: a
+        // fork holds every lock from its prepare handler on while glibc's fork waits for its
+        // allocator's locks, one of which the thread this signal handler interrupted may hold.
+        g_relock_pending.store(this);
+        while (t_guards == 0 && g_relock_pending.load() && try_prefork()) {
+            g_relock_pending.store(nullptr);
+            relock();
+            postfork_parent();
+        }
+    }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+void SecureArena::relock_if_pending() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (__builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0) && t_guards == 0)
+        relock_after_munlockall(false);
 }
 
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);
     pthread_mutex_lock(&misc_lock_);
+}
+
+bool SecureArena::try_prefork() noexcept {
+    unsigned taken = 0;
+    while (taken < npools_ && pthread_mutex_trylock(&pools_[taken].lock) == 0) ++taken;
+    if (taken == npools_ && pthread_mutex_trylock(&misc_lock_) == 0) return true;
+    while (taken-- > 0) pthread_mutex_unlock(&pools_[taken].lock);
+    return false;
 }
 
 void SecureArena::postfork_parent() noexcept {

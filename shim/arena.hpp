@@ -182,9 +182,14 @@ public:
     // After the program's munlockall(2): locks again what the arena had locked, as a fork child
     // does (mlock is undone by munlockall as it is by fork), with every lock held: `held` when
     // the calling thread holds them all already (an atfork handler after the shim's), else it
-    // takes them, or, when it holds one (munlockall from a signal handler inside the arena),
-    // leaves the relock to the moment it lets that one go.
+    // takes them if none is held, and never waits for one (munlockall may come from a signal
+    // handler): when one is held, by this thread (a signal handler inside the arena) or another
+    // (a fork between its prepare and parent handlers), the relock is left to whoever lets the
+    // last one go (relock_if_pending).
     void relock_after_munlockall(bool held) noexcept;
+    // The relock a munlockall left to the holder of the arena's locks, if one is pending: run
+    // after letting them go.
+    void relock_if_pending() noexcept;
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
     // pre: owns(p), p live. Is p's page in a locked range?
@@ -200,6 +205,8 @@ public:
     // were locked (mlock is not inherited; under a lower RLIMIT_MEMLOCK as much as fits, the
     // pages holding blocks first, with one warning) and gives the forking thread a stats slot.
     void prefork() noexcept;
+    // prefork if no lock is held (true), else takes none (false). Never waits.
+    bool try_prefork() noexcept;
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;

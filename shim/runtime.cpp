@@ -374,6 +374,7 @@ void atfork_parent() {
     _IO_list_unlock();
     t_fork_locked = false;
     --t_fork_depth;
+    g_arena.relock_if_pending();  // a munlockall while the fork held the arena's locks
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 // What makes a fork child's memory its own, with no lock taken (a child of _Fork may have

@@ -17,6 +17,9 @@
 //   bare     _Fork (glibc 2.34 and later: no atfork handler, async-signal-safe) from a signal
 //            handler that interrupts the program's allocations while two other threads
 //            allocate, until 200 children have exited: "_Fork children: all exited 0"
+//   unlockall  a fork loop against a thread that allocates blocks of 2 to 60 KiB, which glibc
+//            serves under its arena's lock when no rule matches them, and whose timer's signal
+//            handler calls munlockall (async-signal-safe: a system call): "forks: 1000"
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -253,6 +257,54 @@ static int mode_bare(void) {
     return 0;
 }
 
+// ---- unlockall -----------------------------------------------------------------------------
+
+static void on_unlockall_alarm(int sig) {
+    (void)sig;
+    int saved = errno;
+    munlockall();
+    errno = saved;
+}
+
+// The only thread that takes SIGALRM: its handler may interrupt glibc's allocator holding the
+// lock of its arena, which a fork in another thread waits for once its prepare handlers ran.
+static void *unlockall_churner(void *arg) {
+    (void)arg;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    void *keep[64] = {0};
+    for (unsigned i = 0; !g_stop; ++i) {
+        free(keep[i % 64]);
+        keep[i % 64] = malloc(2048 + (i * 7919) % 60000);  // past glibc's thread cache
+    }
+    for (int i = 0; i < 64; ++i) free(keep[i]);
+    return NULL;
+}
+
+static int mode_unlockall(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);  // the churner unblocks it
+    free(malloc(32));
+    pthread_t t;
+    pthread_create(&t, NULL, unlockall_churner, NULL);
+    alarm_every(on_unlockall_alarm, 100);
+    const int forks = 1000;
+    for (int i = 0; i < forks; ++i) {
+        pid_t pid = fork();
+        if (pid == 0) _exit(0);
+        if (pid > 0) reap(pid);
+    }
+    alarm_every(NULL, 0);
+    g_stop = 1;
+    pthread_join(t, NULL);
+    printf("forks: %d\n", forks);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "";
     if (!strcmp(mode, "signal")) return mode_signal();
@@ -262,6 +314,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "aligned")) return mode_aligned();
     if (!strcmp(mode, "pvalloc")) return mode_pvalloc();
     if (!strcmp(mode, "bare")) return mode_bare();
-    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned|pvalloc|bare\n");
+    if (!strcmp(mode, "unlockall")) return mode_unlockall();
+    fprintf(stderr, "usage: fork_corners signal|stdio|errno|debug|aligned|pvalloc|bare|unlockall\n");
     return 2;
 }
