@@ -1,6 +1,7 @@
 #include "arena.hpp"
 
 #include <fcntl.h>
+#include <linux/capability.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -2085,6 +2086,11 @@ MLSHIM_FORK_CHILD_TEXT std::uintptr_t SecureArena::relock_merged(unsigned skip) 
 // (relock_what_fits), with the policy's outcome and warning. True when part did not lock
 // whole.
 bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
+    if (limit_binds(skip)) {
+        relock_fell_short(ENOMEM);
+        relock_what_fits(unlock_whole(skip), ENOMEM);
+        return true;
+    }
     unsigned short_pools = 0;  // bit i: pool i's range did not lock whole
     int failed = 0;
     for (unsigned i = 0; i < npools_; ++i) {
@@ -2114,7 +2120,6 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
             for (std::size_t k = from; k < e; ++k) region_locked_[k] = kRelockPart;
         }
     }
-    if (failed == ENOMEM || failed == EAGAIN) short_pools |= unlock_whole(skip, short_pools);
     if (failed) {
         relock_fell_short(failed);
         relock_what_fits(short_pools, failed);
@@ -2122,17 +2127,34 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
     return failed != 0;
 }
 
-// The limit refused part of what a fork child locks again, and what locked whole (pool ranges
-// but those in `skip` or `short_pools`, regions mapped locked) may hold free pages that spend
-// it: unlocks them, and marks those regions kRelockPart, so that relock_what_fits locks the
-// pages that hold blocks first, wherever they are. Returns the pools it unlocked (bit i).
-// A memfd_secret pool stays as it is: its pages are locked by the kernel, not by mlock.
-unsigned SecureArena::unlock_whole(unsigned skip, unsigned short_pools) noexcept {
+// Does RLIMIT_MEMLOCK refuse this process all that relock_merged locks (`skip` as there)? Not
+// with CAP_IPC_LOCK, nor with no limit. Then a refusal is the limit's, not one range's.
+bool SecureArena::limit_binds(unsigned skip) const noexcept {
+    rlimit rl;
+    if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return false;
+    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[2]{};
+    if (::syscall(SYS_capget, &head, caps) != 0 || (caps[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1))
+        return false;
+    std::size_t total = 0;
+    for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, Relock) {
+        total += hi - lo;
+        return true;
+    });
+    return total > rl.rlim_cur;
+}
+
+// What relock_merged locked whole (pool ranges but those in `skip`, regions mapped locked)
+// holds free pages as well as blocks, and the limit refuses part of it (limit_binds): unlocks
+// it and marks those regions kRelockPart, so that relock_what_fits locks the pages that hold
+// blocks first, wherever they are. Returns the pools it unlocked (bit i). A memfd_secret pool
+// stays as it is: its pages are locked by the kernel, not by mlock.
+unsigned SecureArena::unlock_whole(unsigned skip) noexcept {
     unsigned unlocked = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         const Pool &pool = pools_[i];
         const std::uintptr_t end = relock_end(pool);
-        if (end == pool.start || ((skip | short_pools) >> i & 1) || pool.secret) continue;
+        if (end == pool.start || (skip >> i & 1) || pool.secret) continue;
         memlock_unlock(reinterpret_cast<void *>(pool.start), end - pool.start);
         unlocked |= 1u << i;
     }

@@ -287,7 +287,8 @@ private:
     int remap_locked(std::uintptr_t lo, std::uintptr_t hi) noexcept;
     std::uintptr_t relock_merged(unsigned skip) noexcept;
     __attribute__((noinline)) bool relock_each(unsigned skip, std::uintptr_t refused) noexcept;
-    unsigned unlock_whole(unsigned skip, unsigned short_pools) noexcept;
+    bool limit_binds(unsigned skip) const noexcept;
+    unsigned unlock_whole(unsigned skip) noexcept;
     bool relock_covers(std::size_t pg) const noexcept;
     void relock_loose_pages(bool report) noexcept;
     void relock_all(unsigned skip) noexcept;

@@ -401,7 +401,12 @@ SHIM_EXPORT int munlockall() noexcept { return shim_munlockall(); }
 // The program's lock fits as it would without the shim: see shim_mlock.
 SHIM_EXPORT int mlock(const void *addr, std::size_t len) noexcept { return shim_mlock(SYS_mlock, addr, len, 0); }
 SHIM_EXPORT int mlock2(const void *addr, std::size_t len, unsigned flags) noexcept {
-    return shim_mlock(SYS_mlock2, addr, len, flags);
+    const int rc = shim_mlock(SYS_mlock2, addr, len, flags);
+    if (rc == 0 || errno != ENOSYS) return rc;
+    // As glibc's on a kernel without mlock2: mlock for no flags, EINVAL for others.
+    if (!flags) return shim_mlock(SYS_mlock, addr, len, 0);
+    errno = EINVAL;
+    return -1;
 }
 
 // _Fork runs no atfork handler: see shim_fork_bare.

@@ -1388,13 +1388,7 @@ int shim_madvise(void *addr, std::size_t len, int advice) noexcept {
 // them back: without the shim the program's lock would fit.
 int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) noexcept {
     auto call = [&] {
-        long rc = next_syscall(number, reinterpret_cast<long>(addr), static_cast<long>(len), flags, 0, 0, 0);
-        // glibc's mlock2 on a kernel without it: mlock for no flags, EINVAL for others.
-        if (rc != 0 && errno == ENOSYS && number == SYS_mlock2) {
-            if (flags) errno = EINVAL;
-            else rc = next_syscall(SYS_mlock, reinterpret_cast<long>(addr), static_cast<long>(len), 0, 0, 0, 0);
-        }
-        return static_cast<int>(rc);
+        return static_cast<int>(next_syscall(number, reinterpret_cast<long>(addr), static_cast<long>(len), flags, 0, 0, 0));
     };
     const int rc = call();
     if (rc == 0 || !g_active || (errno != ENOMEM && errno != EAGAIN)) return rc;
