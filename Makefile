@@ -232,6 +232,7 @@ test: all progs $(B)/tests/test_core $(B)/tests/test_core_san $(B)/tests/test_sh
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/tests/test_core_san $(CRITERION_ARGS)
 	MEMLOCK_TEST_BUILD=$(CURDIR)/$(B) $(B)/tests/test_shim $(CRITERION_ARGS)
 	$(ROBUSTNESS_RUN)
+	$(MAKE) --no-print-directory difftest-smoke
 	$(MAKE) --no-print-directory test-containers
 	$(MAKE) --no-print-directory test-reach
 
@@ -409,6 +410,20 @@ test-robustness: all progs $(ROBUSTNESS_TESTS)
 # Prerequisites are expanded where a rule is read: ROBUSTNESS_TESTS exists only from here on.
 test: $(ROBUSTNESS_TESTS)
 # ---- end of robustness ------------------------------------------------------------------------
+
+# scripts/alloc-difftest.sh: a seeded random sequence of allocation calls checked against
+# glibc's contract (tests/progs/alloc_difftest.c), without the shim and under match-none,
+# match-all, size rules, a full arena, pools of mixed actions and a low RLIMIT_MEMLOCK; a
+# transcript that differs from the one without the shim fails. `make difftest` runs
+# DIFFTEST_SEEDS seeds of DIFFTEST_OPS calls in DIFFTEST_GROUPS; `make test` runs two short seeds.
+DIFFTEST_SEEDS ?= 1 2 3 4 5 6 7 8
+DIFFTEST_OPS ?= 20000
+DIFFTEST_GROUPS ?= plain tcache perturb
+.PHONY: difftest difftest-smoke
+difftest: all progs
+	@for s in $(DIFFTEST_SEEDS); do scripts/alloc-difftest.sh $(B) $$s $(DIFFTEST_OPS) $(DIFFTEST_GROUPS) || exit 1; done
+difftest-smoke: all progs
+	@for s in 1 2; do scripts/alloc-difftest.sh $(B) $$s 3000 plain || exit 1; done
 
 # ---- containers, systemd and Kubernetes (deploy/, tests/containers/) ----------------------
 # container-layer: the build context of deploy/container/Dockerfile.layer in build/container/layer
