@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <gnu/lib-names.h>
 #include <link.h>
+#include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -1360,6 +1361,27 @@ bool page_span(const void *addr, std::size_t len, std::uintptr_t &lo, std::uintp
     return true;
 }
 
+// Can RLIMIT_MEMLOCK be why the program's own mlock of [addr, addr+len) failed, and can the
+// call succeed once the arena gives back what it locked and has not used? Not with
+// CAP_IPC_LOCK or no limit, nor for more pages than the limit, nor for a range with pages not
+// mapped: mlock answers ENOMEM for those too, and the arena would give up its locks for a call
+// that fails all the same. Preserves errno.
+bool own_lock_may_fit(const void *addr, std::size_t len) noexcept {
+    const int saved = errno;
+    std::uintptr_t lo, hi;
+    rlimit rl;
+    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[2]{};
+    bool fits = page_span(addr, len, lo, hi) && ::getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
+                rl.rlim_cur != RLIM_INFINITY && hi - lo <= rl.rlim_cur &&
+                next_syscall(SYS_capget, reinterpret_cast<long>(&head), reinterpret_cast<long>(caps), 0, 0, 0, 0) == 0 &&
+                !(caps[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1);
+    // msync(MS_ASYNC) does nothing but answer ENOMEM when part of the range is not mapped.
+    if (fits) fits = next_syscall(SYS_msync, static_cast<long>(lo), static_cast<long>(hi - lo), MS_ASYNC, 0, 0, 0) == 0;
+    errno = saved;
+    return fits;
+}
+
 int pieces_result(int err) noexcept {
     if (!err) return 0;
     errno = err;
@@ -1391,7 +1413,7 @@ int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) n
         return static_cast<int>(next_syscall(number, reinterpret_cast<long>(addr), static_cast<long>(len), flags, 0, 0, 0));
     };
     const int rc = call();
-    if (rc == 0 || !g_active || (errno != ENOMEM && errno != EAGAIN)) return rc;
+    if (rc == 0 || !g_active || (errno != ENOMEM && errno != EAGAIN) || !own_lock_may_fit(addr, len)) return rc;
     const int err = errno;
     const std::size_t given = g_arena.give_back_unused_lock(err);
     if (!given) {

@@ -1,10 +1,12 @@
 /* e2e_ownlimit.c - a program that locks memory of its own under a low RLIMIT_MEMLOCK, as
  * gpg-agent locks its secure memory and libsodium its guarded buffers.
  *
- * usage: e2e_ownlimit BYTES mlock|mlock2|syscall
+ * usage: e2e_ownlimit BYTES mlock|mlock2|syscall|unmapped
  * Maps BYTES (whole pages) and locks them with mlock(2), mlock2(2) (no flags) or
- * syscall(SYS_mlock), then allocates a 32-byte block. Prints "own ADDR", "mlock 0" or
- * "mlock ERRNO-NAME", "block ADDR", "ready", then waits for its stdin to close and exits 0.
+ * syscall(SYS_mlock); unmapped: unmaps the last page first and locks with mlock(2), which
+ * answers ENOMEM whatever the limit. Then allocates a 32-byte block and a 16 KiB one. Prints
+ * "own ADDR", "mlock 0" or "mlock ERRNO-NAME", "block ADDR", "run ADDR", "ready", then waits
+ * for its stdin to close and exits 0.
  * Exit 2 on bad usage or a failed mapping or allocation.
  */
 #define _GNU_SOURCE
@@ -18,22 +20,30 @@
 
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
-    const size_t len = strtoull(argv[1], NULL, 10);
+    size_t len = strtoull(argv[1], NULL, 10);
     void *own = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (own == MAP_FAILED) return 2;
     int rc;
     if (!strcmp(argv[2], "mlock")) rc = mlock(own, len);
     else if (!strcmp(argv[2], "mlock2")) rc = mlock2(own, len, 0);
     else if (!strcmp(argv[2], "syscall")) rc = (int)syscall(SYS_mlock, own, len);
-    else return 2;
+    else if (!strcmp(argv[2], "unmapped") && len > 4096 && !munmap((char *)own + len - 4096, 4096)) {
+        rc = mlock(own, len);
+        len -= 4096;
+    } else return 2;
     const int err = errno;
     memset(own, 1, len);
     char *block = malloc(32);
     if (!block) return 2;
     memset(block, 2, 32);
-    printf("own %p\nmlock %s\nblock %p\nready\n", own, rc == 0 ? "0" : strerrorname_np(err), (void *)block);
+    char *run = malloc(16 << 10);
+    if (!run) return 2;
+    memset(run, 3, 16 << 10);
+    printf("own %p\nmlock %s\nblock %p\nrun %p\nready\n", own, rc == 0 ? "0" : strerrorname_np(err), (void *)block,
+           (void *)run);
     fflush(stdout);
     while (getchar() != EOF) {}
+    free(run);
     free(block);
     return 0;
 }

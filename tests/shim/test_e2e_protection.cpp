@@ -252,3 +252,33 @@ Test(e2e_protection, a_programs_own_mlock_fits_the_limit_the_arena_holds_unused)
             cr_assert(r.exited_with(0), "%s: %s", call, r.describe().c_str());
         }
 }
+
+// A program's own mlock that fails whatever the arena holds leaves the arena's locks alone:
+// as root (CAP_IPC_LOCK, so no limit) one of a range whose last page is not mapped, and under
+// a 256 KiB RLIMIT_MEMLOCK without CAP_IPC_LOCK one of 1 MiB. Both answer ENOMEM as without
+// the shim, and a 16 KiB block allocated afterwards, above what the arena had committed, is
+// locked: the arena gave back nothing for a call that could not succeed.
+Test(e2e_protection, a_programs_own_mlock_that_cannot_fit_leaves_the_arena_locked) {
+    if (::geteuid() != 0) cr_skip_test("needs root: capsh drops CAP_IPC_LOCK");
+    need_limit_tools();
+    TempDir dir;
+    const std::string all = dir.file("all.json");
+    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}],
+                                  "policy": {"on_lock_failure": "fallback"}})"));
+    const std::vector<RunOptions> runs = {
+        shim_options(all, {shim_program("e2e_ownlimit"), std::to_string(64 << 10), "unmapped"}),
+        plain_env(shimmed_under_memlock_limit(256 << 10, all, shim_program("e2e_ownlimit"), {std::to_string(1 << 20), "mlock"})),
+    };
+    for (const RunOptions &opts : runs) {
+        const char *how = opts.argv.back().c_str();
+        LiveProgram child;
+        start_until_ready(child, opts);
+        const auto mlock = line_value(child.out(), "mlock"), run = line_value(child.out(), "run");
+        cr_assert(mlock && run, "%s", child.out().c_str());
+        cr_assert_str_eq(mlock->c_str(), "ENOMEM", "%s", how);
+        cr_assert(range_has_flag(parse_pointer(*run), 16 << 10, "lo", true, child.pid()),
+                  "%s: the arena gave back its locks for a call that failed anyway\n%s", how, child.err().c_str());
+        const RunResult r = child.finish();
+        cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    }
+}
