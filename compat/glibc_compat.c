@@ -73,6 +73,7 @@ PIN_VERSION(int, dladdr1, dladdr1, DLADDR1_VERSION, (const void *addr, Dl_info *
 
 // ---- libpthread (in libc since 2.34) -----------------------------------------------------------
 PIN(int, pthread_once, (pthread_once_t *once, void (*init)(void)), (once, init))
+PIN(int, pthread_mutex_trylock, (pthread_mutex_t *mutex), (mutex))
 PIN(int, pthread_key_create, (pthread_key_t *key, void (*destructor)(void *)), (key, destructor))
 PIN(int, __pthread_key_create, (pthread_key_t *key, void (*destructor)(void *)), (key, destructor))
 PIN(int, pthread_key_delete, (pthread_key_t key), (key))

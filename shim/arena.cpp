@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 
 #include "backing.hpp"
@@ -261,8 +262,16 @@ public:
         std::atomic_signal_fence(std::memory_order_seq_cst);
         pthread_mutex_lock(&m_);
     }
+    // Takes m only if it is free (owns() tells): for calls the program may make from a signal
+    // handler or a fork handler, while this thread or a forking one holds it.
+    Guard(pthread_mutex_t &m, std::try_to_lock_t) noexcept : m_(m) {
+        ++t_guards;
+        std::atomic_signal_fence(std::memory_order_seq_cst);
+        owns_ = pthread_mutex_trylock(&m_) == 0;
+    }
+    bool owns() const noexcept { return owns_; }
     ~Guard() {
-        pthread_mutex_unlock(&m_);
+        if (owns_) pthread_mutex_unlock(&m_);
         // Ordered with relock_after_munlockall's request then try: one that found this lock held
         // is seen here (x86-64's unlock is a full barrier already).
         std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -274,6 +283,7 @@ public:
 
 private:
     pthread_mutex_t &m_;
+    bool owns_ = true;
 };
 
 }  // namespace
@@ -726,16 +736,18 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
 // pages locked on fault at start-up that they have not committed, which count against the same
 // limit: the program's lock comes first, as without the shim. Unlocks each such pool's range
 // from where its committed pages end and returns the bytes given back. Pages committed there later follow policy.on_lock_failure, with err as
-// the reason. Takes no lock and gives nothing back when this thread holds an arena lock (a
-// signal handler that interrupted the arena).
+// the reason. Never waits for a lock (the call may come from a signal handler, or from a fork
+// handler while the shim's holds them all): a pool whose locks are taken gives nothing back.
 std::size_t SecureArena::give_back_unused_lock(int err) noexcept {
     if (t_guards != 0 || lock_on_commit_) return 0;
     std::size_t given = 0;
     for (unsigned i = 0; i < npools_; ++i) {
         Pool &pool = pools_[i];
         if (!(pool.actions & kActionLock) || pool.secret) continue;
-        Guard pg(pool.lock);
-        Guard g(misc_lock_);
+        Guard pg(pool.lock, std::try_to_lock);
+        if (!pg.owns()) continue;
+        Guard g(misc_lock_, std::try_to_lock);
+        if (!g.owns()) continue;
         // A pool that carves from a later extent already committed its start-up range.
         if (pool.committed < pool.start || pool.committed >= pool.lock_end) continue;
         const std::uintptr_t keep = pool.committed;
@@ -1828,14 +1840,18 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void SecureArena::postfork_child_planned(const For
 // fork takes them in that order too.
 int SecureArena::for_each_unprotected(std::uintptr_t lo, std::uintptr_t hi, unsigned action,
                                       int (*each)(std::uintptr_t, std::uintptr_t)) noexcept {
-    // The arena grows at base_ + span_ under misc_lock_: held, the span is the arena. A thread
-    // that holds an arena lock already (a signal handler that interrupted the arena) takes none,
-    // and leaves out all the room the arena may grow into, [span, cap_span_), since a region
-    // mapped there meanwhile would not be in span_ yet.
+    // The arena grows at base_ + span_ under misc_lock_: held, the span is the arena. When it
+    // is not free (this thread holds an arena lock: a signal handler that interrupted the arena;
+    // or a fork holds them all: a fork handler after the shim's, or a signal handler while
+    // another thread forks), the call takes none and waits for none, and leaves out all the room
+    // the arena may grow into, [span, cap_span_), since a region mapped there meanwhile would
+    // not be in span_ yet.
     if (t_guards == 0) {
-        Guard g(misc_lock_);
-        const std::uintptr_t span_end = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
-        return each_piece_outside(lo, hi, span_end, span_end, action, each);
+        Guard g(misc_lock_, std::try_to_lock);
+        if (g.owns()) {
+            const std::uintptr_t span_end = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
+            return each_piece_outside(lo, hi, span_end, span_end, action, each);
+        }
     }
     const std::uintptr_t span_end = base_ + __atomic_load_n(&span_, __ATOMIC_ACQUIRE);
     return each_piece_outside(lo, hi, span_end, std::max(base_ + cap_span_, span_end), action, each);

@@ -1,10 +1,12 @@
 /* e2e_ownlimit.c - a program that locks memory of its own under a low RLIMIT_MEMLOCK, as
  * gpg-agent locks its secure memory and libsodium its guarded buffers.
  *
- * usage: e2e_ownlimit BYTES mlock|mlock2|syscall|unmapped
+ * usage: e2e_ownlimit BYTES mlock|mlock2|syscall|unmapped|fork
  * Maps BYTES (whole pages) and locks them with mlock(2), mlock2(2) (no flags) or
  * syscall(SYS_mlock); unmapped: unmaps the last page first and locks with mlock(2), which
- * answers ENOMEM whatever the limit. Then allocates a 32-byte block and a 16 KiB one. Prints
+ * answers ENOMEM whatever the limit; fork: locks nothing, and forks once while a second thread
+ * lives (so that the shim's fork handler takes the arena's locks), the child exiting 0 at
+ * once (run with tests/libs/atfork_grow.c's ATFORK_OWNLOCK=1, whose fork handler locks). Then allocates a 32-byte block and a 16 KiB one. Prints
  * "own ADDR", "mlock 0" or "mlock ERRNO-NAME", "block ADDR", "run ADDR", "ready", then waits
  * for its stdin to close and exits 0.
  * Exit 2 on bad usage or a failed mapping or allocation.
@@ -15,8 +17,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <pthread.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+static void *idle(void *arg) {
+    (void)arg;
+    pause();
+    return NULL;
+}
+
+/* One fork while a second thread lives; the child's exit status, or -1. */
+static int fork_once(void) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, idle, NULL) != 0) return -1;
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+    return WEXITSTATUS(status);
+}
 
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
@@ -30,6 +51,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[2], "unmapped") && len > 4096 && !munmap((char *)own + len - 4096, 4096)) {
         rc = mlock(own, len);
         len -= 4096;
+    } else if (!strcmp(argv[2], "fork")) {
+        rc = fork_once();
     } else return 2;
     const int err = errno;
     memset(own, 1, len);

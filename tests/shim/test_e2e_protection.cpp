@@ -282,3 +282,28 @@ Test(e2e_protection, a_programs_own_mlock_that_cannot_fit_leaves_the_arena_locke
         cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     }
 }
+
+// A fork handler that runs after the shim's, while it holds every arena lock, locks 64 KiB of
+// its own (refused under a 256 KiB RLIMIT_MEMLOCK, which the arena holds), advises them
+// MADV_DODUMP and unlocks them (tests/libs/atfork_grow.c, ATFORK_OWNLOCK=1): none of the
+// shim's answers waits for a lock, so the fork completes, with and without the limit.
+Test(e2e_protection, a_fork_handlers_own_mlock_munlock_and_dodump_never_hang) {
+    if (::geteuid() != 0) cr_skip_test("needs root: capsh drops CAP_IPC_LOCK");
+    need_limit_tools();
+    TempDir dir;
+    const std::string all = dir.file("all.json"), atfork = shim_build_dir() + "/libs/libatfork_grow.so";
+    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    cr_assert(file_exists(atfork), "%s missing", atfork.c_str());
+    const std::vector<std::string> cmd = {"env", "LD_PRELOAD=" + shim_library() + " " + atfork, "MEMLOCK_SHIM_CONFIG=" + all,
+                                          "ATFORK_OWNLOCK=1", shim_program("e2e_ownlimit"), "4096", "fork"};
+    for (bool limited : {false, true}) {
+        RunOptions opts = plain_env(limited ? with_memlock_limit(256 << 10, cmd) : cmd);
+        opts.timeout_ms = 60000;  // a watchdog for a hang
+        LiveProgram child;
+        start_until_ready(child, opts);
+        const auto forked = line_value(child.out(), "mlock");
+        cr_assert(forked && *forked == "0", "limited %d: the fork failed\n%s", limited, child.out().c_str());
+        const RunResult r = child.finish();
+        cr_assert(r.exited_with(0), "limited %d: %s", limited, r.describe().c_str());
+    }
+}
