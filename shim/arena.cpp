@@ -1,7 +1,6 @@
 #include "arena.hpp"
 
 #include <fcntl.h>
-#include <linux/capability.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -735,9 +734,10 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
 // The program's own mlock was refused (err: ENOMEM or EAGAIN, RLIMIT_MEMLOCK) while pools hold
 // pages locked on fault at start-up that they have not committed, which count against the same
 // limit: the program's lock comes first, as without the shim. Unlocks each such pool's range
-// from where its committed pages end and returns the bytes given back. Pages committed there later follow policy.on_lock_failure, with err as
-// the reason. Never waits for a lock (the call may come from a signal handler, or from a fork
-// handler while the shim's holds them all): a pool whose locks are taken gives nothing back.
+// from where its committed pages end and returns the bytes given back. Pages committed there
+// later follow policy.on_lock_failure, with err as the reason. Never waits for a lock (the
+// call may come from a signal handler, or from a fork handler while the shim's holds them
+// all): a pool whose locks are taken gives nothing back.
 std::size_t SecureArena::give_back_unused_lock(int err) noexcept {
     if (t_guards != 0 || lock_on_commit_) return 0;
     std::size_t given = 0;
@@ -2146,18 +2146,14 @@ bool SecureArena::relock_each(unsigned skip, std::uintptr_t refused) noexcept {
 // Does RLIMIT_MEMLOCK refuse this process all that relock_merged locks (`skip` as there)? Not
 // with CAP_IPC_LOCK, nor with no limit. Then a refusal is the limit's, not one range's.
 bool SecureArena::limit_binds(unsigned skip) const noexcept {
-    rlimit rl;
-    if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return false;
-    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct caps[2]{};
-    if (::syscall(SYS_capget, &head, caps) != 0 || (caps[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1))
-        return false;
+    const std::size_t limit = backing_lock_limit();
+    if (limit == SIZE_MAX) return false;
     std::size_t total = 0;
     for_each_relock_stretch(skip, [&](std::uintptr_t lo, std::uintptr_t hi, Relock) {
         total += hi - lo;
         return true;
     });
-    return total > rl.rlim_cur;
+    return total > limit;
 }
 
 // What relock_merged locked whole (pool ranges but those in `skip`, regions mapped locked)

@@ -1,10 +1,14 @@
 #include "backing.hpp"
 
 #include <fcntl.h>
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -69,6 +73,16 @@ void *backing_map_wiped_on_fork(std::size_t len) noexcept {
     }
     errno = saved;
     return p == MAP_FAILED ? nullptr : p;
+}
+
+std::size_t backing_lock_limit() noexcept {
+    rlimit rl;
+    if (::getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return SIZE_MAX;
+    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct caps[2]{};
+    if (::syscall(SYS_capget, &head, caps) != 0 || (caps[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1))
+        return SIZE_MAX;
+    return rl.rlim_cur;
 }
 
 bool backing_secret_missing(int err) noexcept {

@@ -47,6 +47,10 @@ int backing_grow_locked(void *end, std::size_t len, std::size_t page) noexcept;
 // disabled at boot, another platform), rather than a limit (EAGAIN, ENOMEM)?
 bool backing_secret_missing(int err) noexcept;
 
+// RLIMIT_MEMLOCK's soft limit in bytes when it binds this process (no CAP_IPC_LOCK, a finite
+// limit), else SIZE_MAX (also when either cannot be read).
+std::size_t backing_lock_limit() noexcept;
+
 // Can free pages of this kind go back to the kernel (MADV_DONTNEED[_LOCKED])? A secretmem
 // file's pages cannot: the kernel refuses MADV_DONTNEED, MADV_REMOVE and hole punching.
 inline bool backing_can_discard(bool secret) noexcept { return !secret; }

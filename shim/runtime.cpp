@@ -5,7 +5,6 @@
 #include <fcntl.h>
 #include <gnu/lib-names.h>
 #include <link.h>
-#include <linux/capability.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -24,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "backing.hpp"
 #include "callers.hpp"
 #include "config.hpp"
 #include "fatal.hpp"
@@ -1369,13 +1369,8 @@ bool page_span(const void *addr, std::size_t len, std::uintptr_t &lo, std::uintp
 bool own_lock_may_fit(const void *addr, std::size_t len) noexcept {
     const int saved = errno;
     std::uintptr_t lo, hi;
-    rlimit rl;
-    __user_cap_header_struct head{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct caps[2]{};
-    bool fits = page_span(addr, len, lo, hi) && ::getrlimit(RLIMIT_MEMLOCK, &rl) == 0 &&
-                rl.rlim_cur != RLIM_INFINITY && hi - lo <= rl.rlim_cur &&
-                next_syscall(SYS_capget, reinterpret_cast<long>(&head), reinterpret_cast<long>(caps), 0, 0, 0, 0) == 0 &&
-                !(caps[CAP_IPC_LOCK / 32].effective >> (CAP_IPC_LOCK % 32) & 1);
+    const std::size_t limit = backing_lock_limit();
+    bool fits = limit != SIZE_MAX && page_span(addr, len, lo, hi) && hi - lo <= limit;
     // msync(MS_ASYNC) does nothing but answer ENOMEM when part of the range is not mapped.
     if (fits) fits = next_syscall(SYS_msync, static_cast<long>(lo), static_cast<long>(hi - lo), MS_ASYNC, 0, 0, 0) == 0;
     errno = saved;
