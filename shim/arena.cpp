@@ -2045,10 +2045,8 @@ template <typename F> MLSHIM_FORK_CHILD_TEXT void SecureArena::for_each_run_piec
 
 // Locks [lo, hi) again after fork as `how` says. 0 or the error.
 MLSHIM_FORK_CHILD_TEXT int SecureArena::relock_piece(std::uintptr_t lo, std::uintptr_t hi, Relock how) noexcept {
-    void *at = reinterpret_cast<void *>(lo);
-    return how == Relock::on_fault ? memlock_lock_onfault(at, hi - lo)
-           : how == Relock::populate ? memlock_lock(at, hi - lo)
-                                     : remap_locked(lo, hi);
+    return how == Relock::remap ? remap_locked(lo, hi)
+                                : backing_relock(reinterpret_cast<void *>(lo), hi - lo, how == Relock::on_fault);
 }
 
 // Without lock-on-fault, in a fork child: maps [lo, hi), pages of regions mapped locked that

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -17,7 +18,31 @@
 namespace mlshim {
 
 int backing_lock(bool secret, void *start, std::size_t len) noexcept {
-    return secret ? memlock_secret_map(start, len) : memlock_lock_onfault(start, len);
+    return secret ? memlock_secret_map(start, len) : backing_relock(start, len, true);
+}
+
+namespace {
+// The program's mlockall and munlockall calls: how many began, and how many began and have not
+// returned (a fork child inherits a count from a call in another thread that never returns
+// there: its refusals are asked again, to no effect, 8 times).
+std::atomic<unsigned> g_lockall_begun{0}, g_lockall_open{0};
+}  // namespace
+
+void backing_lockall_begin() noexcept {
+    g_lockall_open.fetch_add(1);
+    g_lockall_begun.fetch_add(1);
+}
+
+void backing_lockall_end() noexcept { g_lockall_open.fetch_sub(1); }
+
+int backing_relock(void *start, std::size_t len, bool on_fault) noexcept {
+    for (int tries = 1;; ++tries) {
+        // Read before the call: one whose flags could land inside it either is open now or
+        // begins after this.
+        const unsigned begun = g_lockall_begun.load(), open = g_lockall_open.load();
+        const int err = on_fault ? memlock_lock_onfault(start, len) : memlock_lock(start, len);
+        if (err != ENOMEM || tries == 8 || (!open && !g_lockall_open.load() && g_lockall_begun.load() == begun)) return err;
+    }
 }
 
 int backing_map_locked(void *start, std::size_t len) noexcept {

@@ -23,6 +23,19 @@ namespace mlshim {
 // the range is as it was. pre: page-aligned.
 int backing_lock(bool secret, void *start, std::size_t len) noexcept;
 
+// Locks [start, start+len) again (after fork, or after the program's munlockall): on fault
+// (mlock2 MLOCK_ONFAULT) or populating it (mlock). The program's mlockall and munlockall
+// rewrite the lock flags of every mapping; one that runs between the kernel's two steps of
+// such a call (the flags set under the mmap lock, then the range populated after it is let
+// go) has the kernel populate a range asked to lock on fault, and where the range holds
+// inaccessible pages the call fails with ENOMEM that no limit refused. So a call refused
+// with ENOMEM while one of those ran beside it is made again (up to 8 times). 0 or the
+// error. pre: page-aligned.
+int backing_relock(void *start, std::size_t len, bool on_fault) noexcept;
+// Around the program's mlockall(2) and munlockall(2) (shim_lockall), for backing_relock.
+void backing_lockall_begin() noexcept;
+void backing_lockall_end() noexcept;
+
 // Maps [start, start+len) of address space that no mapping holds, inaccessible and locked
 // (mmap MAP_FIXED_NOREPLACE | MAP_LOCKED: no mlock call), for anonymous memory that locks
 // as it is committed. It counts against RLIMIT_MEMLOCK now (EAGAIN past it, EPERM without

@@ -397,7 +397,8 @@ SHIM_EXPORT int sigaltstack(const stack_t *__restrict ss, stack_t *__restrict ol
 // A page of the arena keeps its pool's protection: see shim_munlock.
 SHIM_EXPORT int munlock(const void *addr, std::size_t len) noexcept { return shim_munlock(addr, len); }
 SHIM_EXPORT int madvise(void *addr, std::size_t len, int advice) noexcept { return shim_madvise(addr, len, advice); }
-SHIM_EXPORT int munlockall() noexcept { return shim_munlockall(); }
+SHIM_EXPORT int munlockall() noexcept { return shim_lockall(SYS_munlockall, 0); }
+SHIM_EXPORT int mlockall(int flags) noexcept { return shim_lockall(SYS_mlockall, flags); }
 // The program's lock fits as it would without the shim: see shim_mlock.
 SHIM_EXPORT int mlock(const void *addr, std::size_t len) noexcept { return shim_mlock(SYS_mlock, addr, len, 0); }
 SHIM_EXPORT int mlock2(const void *addr, std::size_t len, unsigned flags) noexcept {

@@ -1315,7 +1315,7 @@ __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long 
     if (number == SYS_sigaltstack) return shim_sigaltstack(reinterpret_cast<const stack_t *>(a1), reinterpret_cast<stack_t *>(a2));
     if (number == SYS_munlock) return shim_munlock(reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2));
     if (number == SYS_madvise) return shim_madvise(reinterpret_cast<void *>(a1), static_cast<std::size_t>(a2), static_cast<int>(a3));
-    if (number == SYS_munlockall) return shim_munlockall();
+    if (number == SYS_munlockall || number == SYS_mlockall || number == SYS_mlockall) return shim_lockall(number, static_cast<int>(a1));
     if (number == SYS_mlock || number == SYS_mlock2)
         return shim_mlock(number, reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2), static_cast<unsigned>(a3));
     if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -1423,9 +1423,11 @@ int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) n
     return call();
 }
 
-int shim_munlockall() noexcept {
-    const long rc = next_syscall(SYS_munlockall, 0, 0, 0, 0, 0, 0);
-    if (rc == 0 && g_active) {
+int shim_lockall(long number, int flags) noexcept {
+    backing_lockall_begin();
+    const long rc = next_syscall(number, flags, 0, 0, 0, 0, 0);
+    backing_lockall_end();
+    if (number == SYS_munlockall && rc == 0 && g_active) {
         const int saved = errno;
         g_arena.relock_after_munlockall(t_fork_locked);  // in an atfork handler after the shim's
         errno = saved;

@@ -189,9 +189,11 @@ int shim_sigaltstack(const stack_t *ss, stack_t *old) noexcept;
 // MADV_DODUMP and unlocks it). munlock leaves the pages of pools that lock locked and
 // madvise(MADV_DODUMP) leaves those of pools that exclude them from core dumps excluded;
 // each still reaches the rest of the range. munlockall locks the arena again at once.
+// shim_lockall: mlockall(2) (number SYS_mlockall) or munlockall(2), seen by the arena's
+// relock (backing_relock).
 int shim_munlock(const void *addr, std::size_t len) noexcept;
 int shim_madvise(void *addr, std::size_t len, int advice) noexcept;
-int shim_munlockall() noexcept;
+int shim_lockall(long number, int flags) noexcept;
 int shim_mlock(long number, const void *addr, std::size_t len, unsigned flags) noexcept;
 // clone(3), through to the next definition; one that makes a process with memory of its own
 // (no CLONE_VM) runs the shim's fork handlers around it, the child's before fn(arg).

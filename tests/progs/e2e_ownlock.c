@@ -1,7 +1,7 @@
 /* e2e_ownlock.c - a program that locks, advises and unlocks its own heap blocks, as
  * libsodium's sodium_mlock and sodium_munlock do, then keeps a secret in the same pages.
  *
- * usage: e2e_ownlock munlock|sodium|syscall|munlockall
+ * usage: e2e_ownlock munlock|sodium|syscall|munlockall|signal|fork|race
  *   munlock     mlock and munlock a 32-byte block; the secret is in another 32-byte block
  *   sodium      a 4 KiB block: mlock, MADV_DONTDUMP, then wipe, MADV_DODUMP, munlock; the
  *               secret is then written into that block
@@ -12,6 +12,10 @@
  *   fork        forks from a second thread's presence (so that the shim's fork handler takes
  *               the arena's locks); run with a fork handler that calls munlockall
  *               (tests/libs/atfork_grow.c, ATFORK_MUNLOCKALL=1); then as munlockall
+ *   race        two threads each allocate, call munlockall and free 200,000 times, the
+ *               second also calling mlockall (MCL_CURRENT, with and without MCL_ONFAULT)
+ *               before every 128th munlockall: each call can land inside the relock that
+ *               the other thread's munlockall started; then as munlockall
  *
  * Every mode does the same calls on a page it mapped itself ("plain"), which must end up
  * neither locked nor excluded from core dumps: the calls still reach the program's own
@@ -85,6 +89,29 @@ static void churn_under_munlockall(void) {
 
 static void *idle(void *arg) { return arg; }
 
+/* Allocates, calls munlockall (the second thread now and then mlockall first) and frees,
+   200,000 times. */
+static void *unlock_in_turn(void *arg) {
+    const int second = arg != NULL;
+    for (int i = 0; i < 200000; ++i) {
+        void *p = malloc((size_t)(100 + i % 30000));
+        if (!p) exit(2);
+        ((volatile char *)p)[0] = 1;
+        if (second && i % 128 == 0) check(mlockall(i & 128 ? MCL_CURRENT : MCL_CURRENT | MCL_ONFAULT), "mlockall");
+        check(munlockall(), "munlockall");
+        free(p);
+    }
+    return NULL;
+}
+
+static void unlock_in_two_threads(void) {
+    pthread_t t;
+    static int second;
+    if (pthread_create(&t, NULL, unlock_in_turn, &second) != 0) exit(2);
+    unlock_in_turn(NULL);
+    pthread_join(t, NULL);
+}
+
 /* Forks while a second thread exists, so that the shim's fork handler takes the arena's locks. */
 static void fork_with_threads(void) {
     pthread_t t;
@@ -119,9 +146,11 @@ int main(int argc, char **argv) {
         release(via_syscall, secret, page);
         lock_and_exclude(via_syscall, plain, page);
         release(via_syscall, plain, page);
-    } else if (strcmp(mode, "munlockall") == 0 || strcmp(mode, "signal") == 0 || strcmp(mode, "fork") == 0) {
+    } else if (strcmp(mode, "munlockall") == 0 || strcmp(mode, "signal") == 0 || strcmp(mode, "fork") == 0 ||
+               strcmp(mode, "race") == 0) {
         if (strcmp(mode, "signal") == 0) churn_under_munlockall();
         if (strcmp(mode, "fork") == 0) fork_with_threads();
+        if (strcmp(mode, "race") == 0) unlock_in_two_threads();
         secret = malloc(32);
         if (!secret) return 2;
         plain[0] = 1;

@@ -223,6 +223,37 @@ Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protect
     }
 }
 
+// Two threads that call munlockall in turn, the second mlockall before each, 200,000 times
+// each (e2e_ownlock race): a call that lands inside the relock the other thread's munlockall
+// started rewrites the lock flags of the range being locked, and the relock's mlock2 fails
+// with ENOMEM that no limit gave (the process has CAP_IPC_LOCK). The arena asks again: under
+// config/default.json and under a rule that matches every allocation, no warning and no lock
+// failure (memlock-inspect; under match-all, protected as configured), and the secret's page
+// is locked and out of core dumps.
+Test(e2e_protection, munlockall_and_mlockall_beside_the_arena_s_relock_cost_it_no_lock) {
+    TempDir dir;
+    const std::string all = dir.file("all.json");
+    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    for (const std::string &config : {source_dir() + "/config/default.json", all}) {
+        RunOptions opts = shim_options(config, {shim_program("e2e_ownlock"), "race"});
+        opts.timeout_ms = 300000;
+        LiveProgram child;
+        start_until_ready(child, opts);
+        const RunResult in = run_program(plain_env({shim_build_dir() + "/memlock-inspect", std::to_string(child.pid())}));
+        cr_assert(contains(in.out, "lock failures 0, fallbacks 0,"), "%s: %s", config.c_str(), in.describe().c_str());
+        if (config == all) cr_assert(in.exited_with(0), "%s", in.describe().c_str());
+        if (config == all) {
+            const auto secret = line_value(child.out(), "secret");
+            cr_assert(secret, "%s", child.out().c_str());
+            for (const char *flag : {"lo", "dd"})
+                cr_assert(range_has_flag(parse_pointer(*secret), 16, flag, true, child.pid()), "the secret's page lacks %s", flag);
+        }
+        const RunResult r = child.finish();
+        cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+        cr_assert(!contains(r.err, "cannot lock"), "%s: %s", config.c_str(), r.err.c_str());
+    }
+}
+
 // A program that locks 64 KiB of its own (as gpg-agent its secure memory) under a 256 KiB
 // RLIMIT_MEMLOCK and without CAP_IPC_LOCK, with mlock, mlock2 and syscall(2): the arena,
 // which locked on fault at start-up as much of its first region as the limit let it, gives
