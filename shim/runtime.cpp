@@ -1461,10 +1461,19 @@ struct ThreadStart {
     void *arg;
 };
 
+// The stack's look-up allocates (this free, pthread_getattr_np's CPU set) before the
+// program's start routine runs, which may be the first to block signals: until then no signal
+// handler runs on the thread. One that ran while glibc's allocator held a lock, and reached a
+// cancellation point with the thread's cancellation pending, would end the thread with that
+// lock held, and every thread that later needed it (new threads, exiting ones) would hang.
 void *thread_start(void *p) {
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     const ThreadStart start = *static_cast<ThreadStart *>(p);
     g_next.free(p);
     scrub_stack_prepare(false);
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return start.fn(start.arg);
 }
 

@@ -15,6 +15,9 @@
  *   e2e_stackscrub clone-vfork   the same with CLONE_VFORK
  *   e2e_stackscrub getattr       a second thread calls pthread_getattr_np, which frees a
  *                                32-byte block (its CPU set) under a lock of glibc's; exit 0
+ *   e2e_stackscrub masked        8 threads, one after another, each blocking every signal
+ *                                first, then allocating and freeing a 32-byte block; exit 0
+ *                                (run with tests/libs/signal_in_free.c after the shim)
  *   e2e_stackscrub own-stack     a thread on a 32 KiB stack the program mapped, with an
  *                                inaccessible page of its own below, frees a 32-byte block
  *   e2e_stackscrub coroutine KIB as thread, but the thread's first 32-byte free is made on a
@@ -170,6 +173,17 @@ __attribute__((noinline)) static int clone_on_own_stack(int flags) {
     return 0;
 }
 
+/* A thread that no signal handler may interrupt while it allocates (as one that is cancelled
+   with pthread_cancel, and whose handlers reach cancellation points, must be). */
+static void *masked_main(void *arg) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    void *p = malloc(32);
+    free(p);
+    return arg;
+}
+
 static void *getattr_main(void *arg) {
     (void)arg;
     pthread_attr_t attr;
@@ -201,6 +215,13 @@ int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "clone-vm") == 0) return clone_on_own_stack(CLONE_VM);
     if (argc == 2 && strcmp(argv[1], "clone-vfork") == 0) return clone_on_own_stack(CLONE_VM | CLONE_VFORK);
     if (argc == 2 && strcmp(argv[1], "own-stack") == 0) return on_own_stack();
+    if (argc == 2 && strcmp(argv[1], "masked") == 0) {
+        for (int i = 0; i < 8; ++i) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, masked_main, NULL) != 0 || pthread_join(t, NULL) != 0) return 2;
+        }
+        return 0;
+    }
     if (argc == 2 && strcmp(argv[1], "getattr") == 0) {
         pthread_t t;
         void *rc = NULL;
@@ -210,7 +231,7 @@ int main(int argc, char **argv) {
     if (argc != 3 || (strcmp(argv[1], "main") != 0 && strcmp(argv[1], "thread") != 0 &&
                       strcmp(argv[1], "coroutine") != 0)) {
         fprintf(stderr, "usage: e2e_stackscrub main|thread|coroutine KIB | altstack | altstack-syscall | clone-vm | "
-                        "clone-vfork | getattr | own-stack\n");
+                        "clone-vfork | getattr | masked | own-stack\n");
         return 2;
     }
     struct Job job = {(uint64_t)time(NULL) * 2654435761u ^ (uint64_t)getpid() << 20 ^ 0x5851f42d4c957f2dull,

@@ -119,6 +119,29 @@ Test(e2e_stackscrub, live_frames_and_glibc_locks_are_left_alone) {
     }
 }
 
+// A thread that blocks every signal before it allocates (one that is cancelled, and whose
+// handlers reach a cancellation point, must: a handler that runs while glibc's allocator holds
+// a lock, in a thread whose cancellation is pending, ends the thread with the lock held, and
+// every later thread hangs on it) is not entered by the shim's look-up of its stack with
+// signals open: the shim's free and pthread_getattr_np's allocations run before the start
+// routine. A library after the shim raises SIGUSR1 in every free on another thread; its handler
+// runs inside none of them, as without the shim.
+Test(e2e_stackscrub, a_new_thread_allocates_nothing_with_signals_open_before_its_start_routine) {
+    need_built("e2e_stackscrub");
+    TempDir dir;
+    const std::string config = write_config(dir, "64k", R"({"scrub_stack": "64KiB"})");
+    const std::string lib = shim_build_dir() + "/libs/libsignal_in_free.so";
+    cr_assert(file_exists(lib), "%s missing", lib.c_str());
+    for (bool shim : {false, true}) {
+        RunOptions o = shim_options(config, {shim_program("e2e_stackscrub"), "masked"});
+        for (auto &kv : o.env)
+            if (kv.first == "LD_PRELOAD") kv.second = shim ? shim_library() + ":" + lib : lib;
+        const RunResult r = run_program(o);
+        cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+        cr_assert_str_eq(r.err.c_str(), "handlers inside free on other threads: 0\n", "%s the shim", shim ? "with" : "without");
+    }
+}
+
 // A library before the shim that intercepts pthread_create (a sanitizer runtime) starts its
 // threads in its own routine, which the shim's would run before: the shim does not look
 // thread stacks up then, says so, and the threads run (the library's realloc ends the process
