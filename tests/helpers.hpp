@@ -692,6 +692,7 @@ inline bool have_program(const std::string &name) {
 // ---- end-to-end runs of the built shim ------------------------------------------------------
 //
 //   shim_build_dir()           $MEMLOCK_TEST_BUILD, else "build" under the working directory
+//   source_dir()               the source tree: $MEMLOCK_TEST_SRCDIR, else found
 //   shim_library() / shim_program(name)   build/libmemlock_shim.so, build/progs/NAME
 //   shim_env(config)           LD_PRELOAD + MEMLOCK_SHIM_CONFIG for RunOptions::env
 //   line_value / json_uint     reading what children print (split_lines: see files)
@@ -704,6 +705,21 @@ inline std::string shim_build_dir() {
     auto abs = std::filesystem::absolute(p, ec);
     return ec ? p.string() : abs.lexically_normal().string();
 }
+// The source tree (config/, scripts/): $MEMLOCK_TEST_SRCDIR, the working directory or the
+// build directory's parent, the first that holds config/match-all.json.
+inline std::string source_dir() {
+    const char *env = std::getenv("MEMLOCK_TEST_SRCDIR");
+    std::vector<std::string> candidates;
+    if (env && *env) candidates.push_back(env);
+    std::error_code ec;
+    candidates.push_back(std::filesystem::current_path(ec).string());
+    candidates.push_back(shim_build_dir() + "/..");
+    for (const auto &c : candidates)
+        if (file_exists(c + "/config/match-all.json")) return c;
+    std::fprintf(stderr, "config/match-all.json not found (run from the repository root or set MEMLOCK_TEST_SRCDIR)\n");
+    std::abort();
+}
+
 inline std::string shim_library() { return shim_build_dir() + "/libmemlock_shim.so"; }
 inline std::string shim_program(const std::string &name) { return shim_build_dir() + "/progs/" + name; }
 

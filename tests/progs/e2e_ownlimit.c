@@ -4,11 +4,12 @@
  * usage: e2e_ownlimit BYTES mlock|mlock2|syscall|unmapped|fork
  * Maps BYTES (whole pages) and locks them with mlock(2), mlock2(2) (no flags) or
  * syscall(SYS_mlock); unmapped: unmaps the last page first and locks with mlock(2), which
- * answers ENOMEM whatever the limit; fork: locks nothing, and forks once while a second thread
- * lives (so that the shim's fork handler takes the arena's locks), the child exiting 0 at
- * once (run with tests/libs/atfork_grow.c's ATFORK_OWNLOCK=1, whose fork handler locks). Then allocates a 32-byte block and a 16 KiB one. Prints
- * "own ADDR", "mlock 0" or "mlock ERRNO-NAME", "block ADDR", "run ADDR", "ready", then waits
- * for its stdin to close and exits 0.
+ * answers ENOMEM whatever the limit; fork: locks nothing, and forks once while a second
+ * thread lives (so that the shim's fork handler takes the arena's locks), the child exiting
+ * 0 at once (run with tests/libs/atfork_grow.c's ATFORK_OWNLOCK=1, whose fork handler
+ * locks). Then allocates a 32-byte block and a 16 KiB one. Prints "own ADDR", "result 0" or
+ * "result ERRNO-NAME" (the lock's; fork: 0 when the child exited 0), "block ADDR",
+ * "run ADDR", "ready", then waits for its stdin to close and exits 0.
  * Exit 2 on bad usage or a failed mapping or allocation.
  */
 #define _GNU_SOURCE
@@ -62,7 +63,7 @@ int main(int argc, char **argv) {
     char *run = malloc(16 << 10);
     if (!run) return 2;
     memset(run, 3, 16 << 10);
-    printf("own %p\nmlock %s\nblock %p\nrun %p\nready\n", own, rc == 0 ? "0" : strerrorname_np(err), (void *)block,
+    printf("own %p\nresult %s\nblock %p\nrun %p\nready\n", own, rc == 0 ? "0" : strerrorname_np(err), (void *)block,
            (void *)run);
     fflush(stdout);
     while (getchar() != EOF) {}

@@ -25,7 +25,6 @@ using namespace memlock_test;
 
 namespace {
 
-std::string source_dir() { return shim_build_dir() + "/.."; }
 
 struct Dump {
     std::string process, how;

@@ -14,6 +14,13 @@ using namespace memlock_test;
 
 namespace {
 
+// dir/all.json: one rule that matches every allocation, no policy.
+std::string match_all(const TempDir &dir) {
+    const std::string path = dir.file("all.json");
+    cr_assert(write_file(path, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    return path;
+}
+
 // Runs PROG (e2e_layout or a build of it) under the end-to-end rules and checks from outside
 // that its matched blocks, and only those, are locked and excluded from dumps.
 void check_layout(const std::string &prog, const std::vector<std::pair<std::string, std::string>> &env = {}) {
@@ -192,8 +199,7 @@ Test(e2e_protection, rule_actions_select_lock_and_dontdump) {
 // effect there.
 Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protected) {
     TempDir dir;
-    const std::string config = dir.file("all.json");
-    cr_assert(write_file(config, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    const std::string config = match_all(dir);
     const std::string atfork = shim_build_dir() + "/libs/libatfork_grow.so";
     cr_assert(file_exists(atfork), "%s missing", atfork.c_str());
     for (const char *mode : {"munlock", "sodium", "syscall", "munlockall", "signal", "fork"}) {
@@ -232,8 +238,7 @@ Test(e2e_protection, a_programs_own_munlock_and_dodump_leave_arena_pages_protect
 // is locked and out of core dumps.
 Test(e2e_protection, munlockall_and_mlockall_beside_the_arena_s_relock_cost_it_no_lock) {
     TempDir dir;
-    const std::string all = dir.file("all.json");
-    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    const std::string all = match_all(dir);
     for (const std::string &config : {source_dir() + "/config/default.json", all}) {
         RunOptions opts = shim_options(config, {shim_program("e2e_ownlock"), "race"});
         opts.timeout_ms = 300000;
@@ -264,14 +269,13 @@ Test(e2e_protection, a_programs_own_mlock_fits_the_limit_the_arena_holds_unused)
     if (::geteuid() != 0) cr_skip_test("needs root: capsh drops CAP_IPC_LOCK");
     need_limit_tools();
     TempDir dir;
-    const std::string all = dir.file("all.json");
-    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    const std::string all = match_all(dir);
     for (const std::string &config : {all, source_dir() + "/config/default.json"})
         for (const char *call : {"mlock", "mlock2", "syscall"}) {
             LiveProgram child;
             start_until_ready(child, plain_env(shimmed_under_memlock_limit(256 << 10, config, shim_program("e2e_ownlimit"),
                                                                            {std::to_string(64 << 10), call})));
-            const auto mlock = line_value(child.out(), "mlock"), own = line_value(child.out(), "own"),
+            const auto mlock = line_value(child.out(), "result"), own = line_value(child.out(), "own"),
                        block = line_value(child.out(), "block");
             cr_assert(mlock && own && block, "%s: %s", call, child.out().c_str());
             cr_assert_str_eq(mlock->c_str(), "0", "%s under %s: the program's own lock failed\n%s", call, config.c_str(),
@@ -304,7 +308,7 @@ Test(e2e_protection, a_programs_own_mlock_that_cannot_fit_leaves_the_arena_locke
         const char *how = opts.argv.back().c_str();
         LiveProgram child;
         start_until_ready(child, opts);
-        const auto mlock = line_value(child.out(), "mlock"), run = line_value(child.out(), "run");
+        const auto mlock = line_value(child.out(), "result"), run = line_value(child.out(), "run");
         cr_assert(mlock && run, "%s", child.out().c_str());
         cr_assert_str_eq(mlock->c_str(), "ENOMEM", "%s", how);
         cr_assert(range_has_flag(parse_pointer(*run), 16 << 10, "lo", true, child.pid()),
@@ -322,8 +326,7 @@ Test(e2e_protection, a_fork_handlers_own_mlock_munlock_and_dodump_never_hang) {
     if (::geteuid() != 0) cr_skip_test("needs root: capsh drops CAP_IPC_LOCK");
     need_limit_tools();
     TempDir dir;
-    const std::string all = dir.file("all.json"), atfork = shim_build_dir() + "/libs/libatfork_grow.so";
-    cr_assert(write_file(all, R"({"version": 1, "rules": [{"name": "all", "min_size": 0}]})"));
+    const std::string all = match_all(dir), atfork = shim_build_dir() + "/libs/libatfork_grow.so";
     cr_assert(file_exists(atfork), "%s missing", atfork.c_str());
     const std::vector<std::string> cmd = {"env", "LD_PRELOAD=" + shim_library() + " " + atfork, "MEMLOCK_SHIM_CONFIG=" + all,
                                           "ATFORK_OWNLOCK=1", shim_program("e2e_ownlimit"), "4096", "fork"};
@@ -332,7 +335,7 @@ Test(e2e_protection, a_fork_handlers_own_mlock_munlock_and_dodump_never_hang) {
         opts.timeout_ms = 60000;  // a watchdog for a hang
         LiveProgram child;
         start_until_ready(child, opts);
-        const auto forked = line_value(child.out(), "mlock");
+        const auto forked = line_value(child.out(), "result");
         cr_assert(forked && *forked == "0", "limited %d: the fork failed\n%s", limited, child.out().c_str());
         const RunResult r = child.finish();
         cr_assert(r.exited_with(0), "limited %d: %s", limited, r.describe().c_str());

@@ -36,7 +36,6 @@ using namespace memlock_test;
 namespace {
 
 std::string tool(const std::string &name) { return shim_build_dir() + "/" + name; }
-std::string source_dir() { return shim_build_dir() + "/.."; }
 std::string config(const std::string &name) { return source_dir() + "/config/" + name; }
 
 // The tools' environment: nothing inherited that would choose the shim or config for them.

@@ -1,8 +1,6 @@
 // three_ways.hpp - runs one command without the shim, under config/match-none.json and under
 // config/match-all.json, and collects what each run printed and counted.
 //
-//   source_dir()                  the repository ($MEMLOCK_TEST_SRCDIR, the working directory,
-//                                 or the parent of the build directory: the first with config/)
 //   run_three_ways(argv, ...)     the three runs; each shimmed run gets its own stats directory
 //   ThreeWays::expect_same()      byte-identical stdout and the same exit status in all three
 //   StatsFiles::total / ::most    counters summed over, or the largest among, every process of a run
@@ -27,19 +25,6 @@ namespace memlock_test {
 enum class Mode { without_shim, match_none, match_all };
 inline const char *mode_name(Mode m) {
     return m == Mode::without_shim ? "without the shim" : m == Mode::match_none ? "match-none" : "match-all";
-}
-
-inline std::string source_dir() {
-    const char *env = std::getenv("MEMLOCK_TEST_SRCDIR");
-    std::vector<std::string> candidates;
-    if (env && *env) candidates.push_back(env);
-    std::error_code ec;
-    candidates.push_back(std::filesystem::current_path(ec).string());
-    candidates.push_back(shim_build_dir() + "/..");
-    for (const auto &c : candidates)
-        if (file_exists(c + "/config/match-all.json")) return c;
-    cr_assert_fail("config/match-all.json not found (run from the repository root or set MEMLOCK_TEST_SRCDIR)");
-    return {};
 }
 
 // The stats files every process of one shimmed run wrote (one per pid: children write their own).
