@@ -1178,24 +1178,35 @@ std::size_t SecureArena::claim_pages(const Pool &pool, std::size_t first, std::s
     return claimed;
 }
 
-// `bytes` of pages aligned to `align`, from a free run (first fit; runs inside the range
-// locked at start-up first) or from the frontier. pre: pool.lock held. 0 with errno ENOMEM.
+// `bytes` of pages aligned to `align`, from a free run that holds them at an aligned address
+// (first fit; runs inside the range locked at start-up first) or from the frontier, up to the
+// first aligned address there and no further: blocks of a large alignment whose size is a
+// multiple of it then lie side by side, rather than each spending up to `align` more of the
+// arena (and of max_locked, which counts the address space locked). pre: pool.lock held. 0
+// with errno ENOMEM.
 std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept {
-    std::size_t want = bytes + (align > page_ ? align - page_ : 0);
+    const std::uintptr_t mask = align > page_ ? align - 1 : 0;
+    auto aligned = [mask](std::uintptr_t at) { return (at + mask) & ~mask; };
     std::uintptr_t run = 0, run_end = 0;
     std::size_t in_use = 0;  // pages of [run, run_end) in use
     for (int pass = pool.lock_end > pool.start ? 0 : 1; pass < 2 && !run; ++pass) {
         for (std::uint32_t r = pool.free_runs; r; r = meta_[r - 1].next_free) {
             PageMeta &m = meta_[r - 1];
-            if (std::size_t{m.npages} * page_ >= want && (pass || (m.flags & kLockedPage))) {
-                run = base_ + std::size_t{r - 1} * page_;
-                run_end = run + std::size_t{m.npages} * page_;
+            const std::uintptr_t lo = base_ + std::size_t{r - 1} * page_, hi = lo + std::size_t{m.npages} * page_;
+            if (aligned(lo) + bytes <= hi && (pass || (m.flags & kLockedPage))) {
+                run = lo;
+                run_end = hi;
                 in_use = free_run_remove(pool, r - 1);
                 break;
             }
         }
     }
     if (!run) {
+        // The frontier stays where it is when the pool's extent holds the block or grows in
+        // place; a new extent elsewhere starts at an address not known here, so room for any
+        // start is carved then.
+        std::size_t want = aligned(pool.frontier) + bytes - pool.frontier;
+        if (want > pool.end - pool.frontier && !grow(pool, want, true)) want = bytes + (mask ? align - page_ : 0);
         unsigned char *fresh = carve(pool, want);
         if (!fresh) return 0;
         run = reinterpret_cast<std::uintptr_t>(fresh);
@@ -1203,7 +1214,7 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
         in_use = in_use_pages((run - base_) / page_, want / page_);
     }
     // Keep the aligned part asked for; the pages around it go back as free runs.
-    const std::uintptr_t at = align > page_ ? (run + align - 1) & ~(align - 1) : run;
+    const std::uintptr_t at = aligned(run);
     const std::size_t first = (run - base_) / page_, lead = (at - run) / page_, taken = bytes / page_;
     const std::size_t lead_in_use = in_use_pages(first, lead);
     const std::size_t taken_in_use = taken - claim_pages(pool, first + lead, taken);

@@ -239,6 +239,33 @@ Test(arena, every_power_of_two_alignment) {
     }
 }
 
+// Blocks of 2 MiB aligned to 2 MiB (huge-page buffers) lie side by side: 24 of them, 48 MiB,
+// fit a 64 MiB max_locked, locked, and the arena's address space grows by little more than
+// they take. Carving each with 2 MiB of room for its alignment spent 4 MiB of max_locked per
+// block, and the 17th was refused.
+Test(arena, blocks_of_a_large_alignment_spend_what_they_take) {
+    make_arena(64u << 20, mlshim::LockFailurePolicy::deny);
+    constexpr std::size_t kTwo = 2u << 20;
+    void *p[24];
+    for (auto &q : p) {
+        q = arena.alloc(0, kTwo, kTwo);
+        cr_assert_not_null(q, "block %zu of 24", static_cast<std::size_t>(&q - p));
+        cr_assert_eq(reinterpret_cast<std::uintptr_t>(q) % kTwo, 0u);
+        static_cast<unsigned char *>(q)[kTwo - 1] = 1;
+        cr_assert(range_has_flag(q, kTwo, "lo"));
+    }
+    const std::uint64_t reserved = stats->reserved_bytes.load();
+    cr_assert_leq(reserved, (24u + 2u) * kTwo, "%llu", static_cast<unsigned long long>(reserved));
+    for (void *q : p) arena.free(q);
+    // Freed, they are taken again where they were.
+    for (int round = 0; round < 4; ++round) {
+        void *q = arena.alloc(0, kTwo, kTwo);
+        cr_assert_not_null(q);
+        arena.free(q);
+    }
+    cr_assert_eq(stats->reserved_bytes.load(), reserved);
+}
+
 Test(arena, errno_is_preserved_by_free) {
     make_arena();
     void *small = arena.alloc(0, 40), *large = arena.alloc(0, 200000);
