@@ -1968,6 +1968,7 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
         if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
     }
     relock_all(own_file);
+    g_relock_pending.store(nullptr, std::memory_order_relaxed);  // a parent's munlockall: relocked above
     // The forking thread is the only one left. It keeps its stats slot when the child's page
     // is the parent's copy (stats_after_fork), and claims one in a new page.
     ThreadState &ts = t_state;
