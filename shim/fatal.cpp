@@ -97,11 +97,13 @@ void fatal(const char *what, const char *detail, const void *pointer) noexcept {
         append_hex(buf, sizeof buf - 1, &used, reinterpret_cast<std::uintptr_t>(pointer));
     }
     buf[used++] = '\n';
+    CancelOff no_cancel;
     write_all(STDERR_FILENO, buf, used);
     std::abort();
 }
 
 bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept {
+    CancelOff no_cancel;
     sigset_t xfsz, old, pending;
     sigemptyset(&xfsz);
     sigaddset(&xfsz, SIGXFSZ);

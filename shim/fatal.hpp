@@ -8,7 +8,27 @@
 
 #include "config.hpp"
 
+#include <pthread.h>
+
 namespace mlshim {
+
+// For its lifetime the calling thread's cancellation is disabled (pthread_setcancelstate), so
+// that a system call of the shim's that is a cancellation point (write, open, read, close,
+// sigtimedwait) never acts on a cancellation pending on the program's thread: the shim's
+// functions are noexcept, and the forced unwind would end the process in std::terminate (or,
+// past them, end the thread with the shim's locks held). The state is restored as it was;
+// re-enabling acts on no pending cancellation of the deferred type (the next cancellation
+// point of the program's does).
+class CancelOff {
+public:
+    CancelOff() noexcept { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &was_); }
+    ~CancelOff() { pthread_setcancelstate(was_, nullptr); }
+    CancelOff(const CancelOff &) = delete;
+    CancelOff &operator=(const CancelOff &) = delete;
+
+private:
+    int was_ = PTHREAD_CANCEL_ENABLE;
+};
 
 [[noreturn]] void fatal(const char *what, const char *detail = nullptr,
                         const void *pointer = nullptr) noexcept;
@@ -33,10 +53,10 @@ void log_set_program(const char *name) noexcept;
 // start a line of its own or hide in one.
 void log_msg(LogLevel level, const char *fmt, ...) noexcept __attribute__((format(printf, 2, 3)));
 
-// Writes buf[0, len) to fd with SIGXFSZ blocked: a write to a regular file at RLIMIT_FSIZE
-// fails with EFBIG instead of killing the process (the signal's default action), and the
-// signal the kernel raised for it is taken back (rt_sigtimedwait) before the mask is
-// restored. True if all of it was written.
+// Writes buf[0, len) to fd with SIGXFSZ blocked and cancellation disabled (CancelOff): a
+// write to a regular file at RLIMIT_FSIZE fails with EFBIG instead of killing the process
+// (the signal's default action), and the signal the kernel raised for it is taken back
+// (rt_sigtimedwait) before the mask is restored. True if all of it was written.
 bool write_unkilled(int fd, const char *buf, std::size_t len) noexcept;
 
 // Does RLIMIT_FSIZE (the soft limit, read now) let a file grow to `size` bytes? A write or

@@ -1466,13 +1466,21 @@ struct ThreadStart {
 // handler runs on the thread. One that ran while glibc's allocator held a lock, and reached a
 // cancellation point with the thread's cancellation pending, would end the thread with that
 // lock held, and every thread that later needed it (new threads, exiting ones) would hang.
+// And the look-up reads /proc/self/maps for a stack without glibc's guard (a guard size of 0,
+// a stack of the program's): open and read are cancellation points, and a thread cancelled as
+// soon as it was made would be unwound through the shim's noexcept look-up (std::terminate)
+// before its start routine ran. So cancellation is off until the start routine runs, which
+// meets the pending cancellation at its first cancellation point, as without the shim.
 void *thread_start(void *p) {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     const ThreadStart start = *static_cast<ThreadStart *>(p);
-    g_next.free(p);
-    scrub_stack_prepare(false);
+    {
+        CancelOff no_cancel;
+        g_next.free(p);
+        scrub_stack_prepare(false);
+    }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return start.fn(start.arg);
 }

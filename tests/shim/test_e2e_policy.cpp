@@ -162,6 +162,21 @@ Test(e2e_policy, fallback_when_max_locked_is_reached) {
     cr_assert_eq(stat_value(st, "max_locked"), 65536u, "%s", st.c_str());
 }
 
+// The same on a thread whose cancellation is pending (it cancelled itself, deferred) when it
+// allocates (e2e_cancel alloc): the warning's write, a cancellation point, does not act on it
+// inside malloc (the shim's noexcept code: std::terminate); the thread's pthread_testcancel does.
+Test(e2e_policy, a_warning_on_a_thread_with_a_pending_cancellation_does_not_act_on_it) {
+    TempDir dir;
+    need_built("e2e_cancel");
+    const Setup s = prepare(dir, "fallback", kMaxLocked64K);
+    RunOptions opts = plain_env({shim_program("e2e_cancel"), "alloc", kBlocks});
+    opts.env = shim_env(s.config);
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "allocated 1024\ncancelled\n", "%s", r.describe().c_str());
+    cr_assert(starts_with(single_stderr_line(r), kLockWarning), "%s", r.describe().c_str());
+}
+
 // The arena's address space used up (policy.max_arena) under fallback: new matching blocks
 // come from the next allocator, but a matched block shrunk by more than half stays in the
 // arena, where it was, instead of moving out of it.

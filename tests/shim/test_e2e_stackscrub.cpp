@@ -142,6 +142,19 @@ Test(e2e_stackscrub, a_new_thread_allocates_nothing_with_signals_open_before_its
     }
 }
 
+// Threads without a guard page (whose stack look-up reads /proc/self/maps: open and read are
+// cancellation points), each cancelled as soon as pthread_create returns (e2e_cancel start):
+// the look-up does not act on the pending cancellation (it would unwind through the shim's
+// noexcept code: std::terminate), and each thread's start routine meets it, as without the shim.
+Test(e2e_stackscrub, a_thread_cancelled_at_once_is_cancelled_in_its_start_routine) {
+    need_built("e2e_cancel");
+    TempDir dir;
+    const std::string config = write_config(dir, "64k", R"({"scrub_stack": "64KiB"})");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_cancel"), "start", "300"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "ran 300, cancelled 300 of 300\n");
+}
+
 // A library before the shim that intercepts pthread_create (a sanitizer runtime) starts its
 // threads in its own routine, which the shim's would run before: the shim does not look
 // thread stacks up then, says so, and the threads run (the library's realloc ends the process

@@ -1,0 +1,67 @@
+/* e2e_cancel.c - threads whose cancellation is pending while the shim works on them.
+ *
+ *   e2e_cancel start COUNT   COUNT times, one after another: a thread without a guard page
+ *                            (pthread_attr_setguardsize 0, so that policy.scrub_stack's look-up
+ *                            of its stack reads /proc/self/maps) is cancelled as soon as
+ *                            pthread_create returns, then joined. Prints "ran R, cancelled C of
+ *                            COUNT" (R: start routines that ran; C: threads that ended cancelled)
+ *   e2e_cancel alloc COUNT   a thread cancels itself (deferred: acted on at its next
+ *                            cancellation point), allocates COUNT blocks of 1000 bytes, writing
+ *                            to each, then reaches pthread_testcancel. Prints "allocated N" (the
+ *                            blocks it got) and "cancelled" or "not cancelled"
+ *
+ * Exits 0; 2 on a usage or pthread error. Without the shim both modes end every thread
+ * cancelled, after its routine (or allocations) ran.
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int ran, count, got;
+
+static void *wait_for_cancel(void *arg) {
+    __atomic_fetch_add(&ran, 1, __ATOMIC_RELAXED);
+    for (;;) pause(); /* a cancellation point */
+    return arg;
+}
+
+static void *allocate_cancelled(void *arg) {
+    pthread_cancel(pthread_self());
+    for (int i = 0; i < count; ++i) {
+        char *p = malloc(1000);
+        if (!p) break;
+        p[0] = 1;
+        ++got;
+    }
+    pthread_testcancel();
+    return arg;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    count = atoi(argv[2]);
+    pthread_t t;
+    void *res;
+    if (strcmp(argv[1], "start") == 0) {
+        pthread_attr_t attr;
+        int cancelled = 0;
+        if (pthread_attr_init(&attr) || pthread_attr_setguardsize(&attr, 0)) return 2;
+        for (int i = 0; i < count; ++i) {
+            if (pthread_create(&t, &attr, wait_for_cancel, NULL)) return 2;
+            pthread_cancel(t);
+            if (pthread_join(t, &res)) return 2;
+            cancelled += res == PTHREAD_CANCELED;
+        }
+        printf("ran %d, cancelled %d of %d\n", ran, cancelled, count);
+        return 0;
+    }
+    if (strcmp(argv[1], "alloc") == 0) {
+        if (pthread_create(&t, NULL, allocate_cancelled, NULL) || pthread_join(t, &res)) return 2;
+        printf("allocated %d\n%s\n", got, res == PTHREAD_CANCELED ? "cancelled" : "not cancelled");
+        return 0;
+    }
+    return 2;
+}
