@@ -1315,7 +1315,7 @@ __attribute__((noinline)) long syscall_slow(long number, long a1, long a2, long 
     if (number == SYS_sigaltstack) return shim_sigaltstack(reinterpret_cast<const stack_t *>(a1), reinterpret_cast<stack_t *>(a2));
     if (number == SYS_munlock) return shim_munlock(reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2));
     if (number == SYS_madvise) return shim_madvise(reinterpret_cast<void *>(a1), static_cast<std::size_t>(a2), static_cast<int>(a3));
-    if (number == SYS_munlockall || number == SYS_mlockall || number == SYS_mlockall) return shim_lockall(number, static_cast<int>(a1));
+    if (number == SYS_munlockall || number == SYS_mlockall) return shim_lockall(number, static_cast<int>(a1));
     if (number == SYS_mlock || number == SYS_mlock2)
         return shim_mlock(number, reinterpret_cast<const void *>(a1), static_cast<std::size_t>(a2), static_cast<unsigned>(a3));
     if (!g_active || !makes_fork_child(number, a1, a2)) return next_syscall(number, a1, a2, a3, a4, a5, a6);
@@ -1437,12 +1437,12 @@ int shim_lockall(long number, int flags) noexcept {
 
 long shim_syscall(long number, long a1, long a2, long a3, long a4, long a5, long a6) noexcept {
     long (*next)(long, ...) = __atomic_load_n(&g_next_syscall, __ATOMIC_ACQUIRE);
-    // The numbers makes_fork_child looks at further, sigaltstack (shim_sigaltstack), and the
+    // The numbers makes_fork_child looks at further, sigaltstack (shim_sigaltstack), the
     // calls that could undo an arena page's protection (shim_munlock) or that the arena's
-    // locked pages could make fail (shim_mlock); every other call goes
-    // straight through.
+    // locked pages could make fail (shim_mlock), and mlockall, which the arena's relock must
+    // see (shim_lockall); every other call goes straight through.
     const bool slow = number == SYS_clone || number == SYS_sigaltstack || number == SYS_munlock || number == SYS_madvise ||
-                      number == SYS_munlockall || number == SYS_mlock || number == SYS_mlock2
+                      number == SYS_munlockall || number == SYS_mlockall || number == SYS_mlock || number == SYS_mlock2
 #ifdef SYS_clone3
                        || number == SYS_clone3
 #endif
