@@ -32,6 +32,7 @@ __thread bool t_recording __attribute__((tls_model("initial-exec"))) = false;
 void send_record(TraceRecord &r) noexcept {
     int fd = g_fd.load(std::memory_order_relaxed);
     if (fd < 0) return;
+    CancelOff no_cancel;  // send is a cancellation point, and this runs inside malloc and free
     r.pid = g_pid;
     const std::size_t len = kTraceHeaderBytes + r.nframes * sizeof r.frames[0];
     ssize_t rc;

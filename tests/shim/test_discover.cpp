@@ -179,6 +179,17 @@ Test(discover, a_run_that_finds_no_copy_says_so_and_does_not_pass) {
               "%s", r.out.c_str());
 }
 
+// A traced thread whose cancellation is pending (it cancelled itself, deferred) allocates
+// (e2e_cancel alloc): the trace record's send, a cancellation point, does not act on it inside
+// malloc (the shim's noexcept code: std::terminate); its pthread_testcancel does.
+Test(discover, a_traced_thread_with_a_pending_cancellation_allocates_and_is_cancelled_after) {
+    const std::string prog = need_built("e2e_cancel");
+    const RunResult r = run_program(tool_run({discover(), "--secret-hex", random_hex(16), "--", prog, "alloc", "10"}));
+    cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+    cr_assert(!contains(r.err, "terminate"), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "allocated 10\ncancelled\n"), "%s", r.describe().c_str());
+}
+
 // A process of the program that runs without the shim's tracing (forked by a traced process,
 // then started again with its environment emptied, as postfix's master starts smtpd) is
 // scanned at the snapshot as well, by mapping, and named with the reason; its copies are not
