@@ -271,8 +271,10 @@ Index *build_index() {
 }
 
 // Re-indexes when the loaded objects changed since `seen` (the loader's load and unload
-// counters moved). Returns the index in force.
+// counters moved). Returns the index in force. It runs inside the program's malloc and reads
+// the new objects' files (open, read: cancellation points), with cancellation off (CancelOff).
 const Index *refresh(const Index *seen) noexcept {
+    CancelOff no_cancel;
     pthread_mutex_lock(&g_build_lock);
     const Index *now = g_index.load(std::memory_order_acquire);
     if (now == seen) {

@@ -9,11 +9,17 @@
  *                            cancellation point), allocates COUNT blocks of 1000 bytes, writing
  *                            to each, then reaches pthread_testcancel. Prints "allocated N" (the
  *                            blocks it got) and "cancelled" or "not cancelled"
+ *   e2e_cancel dlopen LIB    a thread opens LIB (tests/libs/memlock_testlib.c), cancels itself,
+ *                            allocates 32 bytes through LIB's memlock_testlib_malloc (under a
+ *                            symbol rule the shim reads LIB's file to index it then), then
+ *                            reaches pthread_testcancel. Prints "allocated N" (0 or 1) and
+ *                            "cancelled" or "not cancelled"
  *
  * Exits 0; 2 on a usage or pthread error. Without the shim both modes end every thread
  * cancelled, after its routine (or allocations) ran.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +46,20 @@ static void *allocate_cancelled(void *arg) {
     return arg;
 }
 
+static void *allocate_in_library_cancelled(void *lib) {
+    void *h = dlopen(lib, RTLD_NOW);
+    void *(*lib_malloc)(size_t) = h ? (void *(*)(size_t))dlsym(h, "memlock_testlib_malloc") : NULL;
+    if (!lib_malloc) exit(2);
+    pthread_cancel(pthread_self());
+    char *p = lib_malloc(32);
+    if (p) {
+        p[0] = 1;
+        ++got;
+    }
+    pthread_testcancel();
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
     count = atoi(argv[2]);
@@ -58,8 +78,11 @@ int main(int argc, char **argv) {
         printf("ran %d, cancelled %d of %d\n", ran, cancelled, count);
         return 0;
     }
-    if (strcmp(argv[1], "alloc") == 0) {
-        if (pthread_create(&t, NULL, allocate_cancelled, NULL) || pthread_join(t, &res)) return 2;
+    if (strcmp(argv[1], "alloc") == 0 || strcmp(argv[1], "dlopen") == 0) {
+        const int lib = strcmp(argv[1], "dlopen") == 0;
+        if (pthread_create(&t, NULL, lib ? allocate_in_library_cancelled : allocate_cancelled, lib ? argv[2] : NULL) ||
+            pthread_join(t, &res))
+            return 2;
         printf("allocated %d\n%s\n", got, res == PTHREAD_CANCELED ? "cancelled" : "not cancelled");
         return 0;
     }

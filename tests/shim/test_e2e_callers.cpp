@@ -241,6 +241,22 @@ Test(e2e_callers, symbol_rule_covers_a_library_dlopened_later) {
     cr_assert_eq(matched(s), kBlocksPerRound);
 }
 
+// A thread whose cancellation is pending (it cancelled itself, deferred) allocates through a
+// library it has just opened, under a symbol rule for that library's function (e2e_cancel
+// dlopen): the shim reads the library's file to index it (open and read, cancellation
+// points) without acting on the cancellation inside malloc. The block is the arena's, and
+// the thread's pthread_testcancel ends it cancelled, as without the shim.
+Test(e2e_callers, a_library_indexed_on_a_thread_with_a_pending_cancellation_does_not_act_on_it) {
+    need_build({"e2e_cancel"});
+    TempDir dir;
+    const Setup s = write_config(dir, R"({"name": "lib", "symbol": "memlock_testlib_malloc"})");
+    const std::string lib = shim_build_dir() + "/libs/libmemlock_testlib.so";
+    const RunResult r = run_program(shim_options(s.config, {shim_program("e2e_cancel"), "dlopen", lib}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "allocated 1\ncancelled\n", "%s", r.describe().c_str());
+    cr_assert_eq(matched(s), 1u);
+}
+
 Test(e2e_callers, symbol_rule_survives_dlclose_and_a_new_dlopen) {
     need_build({"callers_dlopen"});
     TempDir dir;
