@@ -1064,6 +1064,7 @@ void runtime_start() {
 // malloc would not make.
 void write_stats_file() noexcept {
     if (!g_config || g_config->stats_file.empty() || !g_stats || ::getpid() != g_config_pid) return;
+    CancelOff no_cancel;  // open and close are cancellation points; exit may run on any thread
     // A setuid or setgid program's caller could leave a file of root's per run.
     if (::getauxval(AT_SECURE) != 0) return;
     char path[4096];

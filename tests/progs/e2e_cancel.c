@@ -14,8 +14,10 @@
  *                            symbol rule the shim reads LIB's file to index it then), then
  *                            reaches pthread_testcancel. Prints "allocated N" (0 or 1) and
  *                            "cancelled" or "not cancelled"
+ *   e2e_cancel exit CODE     a thread allocates 1000 bytes, cancels itself and calls exit(CODE)
+ *                            while the main thread waits to join it
  *
- * Exits 0; 2 on a usage or pthread error. Without the shim both modes end every thread
+ * Exits 0 (exit: CODE); 2 on a usage or pthread error. Without the shim both modes end every thread
  * cancelled, after its routine (or allocations) ran.
  */
 #define _GNU_SOURCE
@@ -60,6 +62,14 @@ static void *allocate_in_library_cancelled(void *lib) {
     return NULL;
 }
 
+static void *exit_cancelled(void *arg) {
+    char *p = malloc(1000);
+    if (p) p[0] = 1;
+    pthread_cancel(pthread_self());
+    exit(count);
+    return arg;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
     count = atoi(argv[2]);
@@ -77,6 +87,11 @@ int main(int argc, char **argv) {
         }
         printf("ran %d, cancelled %d of %d\n", ran, cancelled, count);
         return 0;
+    }
+    if (strcmp(argv[1], "exit") == 0) {
+        if (pthread_create(&t, NULL, exit_cancelled, NULL)) return 2;
+        pthread_join(t, &res);
+        return 2;
     }
     if (strcmp(argv[1], "alloc") == 0 || strcmp(argv[1], "dlopen") == 0) {
         const int lib = strcmp(argv[1], "dlopen") == 0;

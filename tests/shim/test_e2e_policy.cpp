@@ -177,6 +177,22 @@ Test(e2e_policy, a_warning_on_a_thread_with_a_pending_cancellation_does_not_act_
     cr_assert(starts_with(single_stderr_line(r), kLockWarning), "%s", r.describe().c_str());
 }
 
+// A thread whose cancellation is pending calls exit (e2e_cancel exit 7): the shim's exit
+// handler writes stats.file (open, write, close: cancellation points) without acting on it,
+// and the process exits 7 with the file written, as it exits 7 without the shim ("terminate
+// called without an active exception" and SIGABRT, no file, before).
+Test(e2e_policy, exit_on_a_thread_with_a_pending_cancellation_writes_the_stats_file) {
+    TempDir dir;
+    need_built("e2e_cancel");
+    const Setup s = prepare(dir, "fallback");
+    RunOptions opts = plain_env({shim_program("e2e_cancel"), "exit", "7"});
+    opts.env = shim_env(s.config);
+    const RunResult r = run_program(opts);
+    cr_assert(r.exited_with(7), "%s", r.describe().c_str());
+    const std::string st = read_stats(s.stats);
+    cr_assert_geq(stat_value(st, "matched_allocations"), 1u, "%s", st.c_str());
+}
+
 // The arena's address space used up (policy.max_arena) under fallback: new matching blocks
 // come from the next allocator, but a matched block shrunk by more than half stays in the
 // arena, where it was, instead of moving out of it.
