@@ -2419,6 +2419,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
 // copies it into private anonymous memory, which the caller locks as after any fork, and
 // false. Fatal when neither works: the child must not share the parent's arena.
 bool SecureArena::unshare_after_fork(Pool &pool) noexcept {
+    CancelOff no_cancel;  // a close of the new file: the forking thread's pending cancellation stays pending
     void *at = reinterpret_cast<void *>(pool.start);
     std::size_t len = pool.lock_end - pool.start, rw = std::min(pool.committed, pool.lock_end) - pool.start;
     int rc = backing_unshare(at, len, rw, false);

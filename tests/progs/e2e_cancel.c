@@ -16,6 +16,11 @@
  *                            "cancelled" or "not cancelled"
  *   e2e_cancel exit CODE     a thread allocates 1000 bytes, cancels itself and calls exit(CODE)
  *                            while the main thread waits to join it
+ *   e2e_cancel fork COUNT    a thread allocates COUNT blocks of 1000 bytes, cancels itself and
+ *                            forks (the child inherits the pending cancellation; it exits 0 at
+ *                            once), waits for the child, then reaches pthread_testcancel.
+ *                            Prints "child STATUS" (the child's wait status in hex) and
+ *                            "cancelled" or "not cancelled"
  *
  * Exits 0 (exit: CODE); 2 on a usage or pthread error. Without the shim both modes end every thread
  * cancelled, after its routine (or allocations) ran.
@@ -26,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int ran, count, got;
@@ -70,6 +76,24 @@ static void *exit_cancelled(void *arg) {
     return arg;
 }
 
+static int child_status = -1;
+
+static void *fork_cancelled(void *arg) {
+    for (int i = 0; i < count; ++i) {
+        char *p = malloc(1000);
+        if (p) p[0] = 1;
+    }
+    pthread_cancel(pthread_self());
+    const pid_t pid = fork();
+    if (pid == 0) _exit(0);
+    int was;
+    pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &was); /* waitpid is a cancellation point */
+    if (pid > 0) waitpid(pid, &child_status, 0);
+    pthread_setcancelstate(was, NULL);
+    pthread_testcancel();
+    return arg;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) return 2;
     count = atoi(argv[2]);
@@ -86,6 +110,11 @@ int main(int argc, char **argv) {
             cancelled += res == PTHREAD_CANCELED;
         }
         printf("ran %d, cancelled %d of %d\n", ran, cancelled, count);
+        return 0;
+    }
+    if (strcmp(argv[1], "fork") == 0) {
+        if (pthread_create(&t, NULL, fork_cancelled, NULL) || pthread_join(t, &res)) return 2;
+        printf("child %#x\n%s\n", (unsigned)child_status, res == PTHREAD_CANCELED ? "cancelled" : "not cancelled");
         return 0;
     }
     if (strcmp(argv[1], "exit") == 0) {

@@ -53,6 +53,18 @@ std::string maps_of(pid_t pid) {
 
 }  // namespace
 
+// A thread whose cancellation is pending forks (e2e_cancel fork): the child, which inherits
+// the pending cancellation, gets a secretmem file of its own in the shim's fork handler
+// (whose close is a cancellation point) without acting on it, and exits 0, as without the
+// shim (SIGABRT in std::terminate before).
+Test(e2e_secretmem, a_fork_child_of_a_thread_with_a_pending_cancellation_gets_its_copy_and_runs) {
+    TempDir dir;
+    const std::string config = secretmem_config(dir, "e2e_cancel");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_cancel"), "fork", "64"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "child 0\ncancelled\n", "%s", r.describe().c_str());
+}
+
 Test(e2e_secretmem, root_cannot_read_live_secrets_while_the_program_uses_them) {
     TempDir dir;
     const std::string config = secretmem_config(dir, "e2e_secretmem");
