@@ -252,6 +252,16 @@ inline void wipe_block(void *p, std::size_t size) noexcept {
 __thread unsigned t_guards __attribute__((tls_model("initial-exec"))) = 0;
 std::atomic<SecureArena *> g_relock_pending{nullptr};
 
+// Runs the relock a munlockall left to whoever let the arena's last lock go, if one is pending
+// and this thread holds none. The fence orders it with relock_after_munlockall's request then
+// try: a request that found a lock held is seen here once it is let go (x86-64's unlock is a
+// full barrier already).
+inline void relock_pending() noexcept {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (t_guards == 0 && __builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0))
+        if (SecureArena *a = g_relock_pending.load()) a->relock_after_munlockall(false);
+}
+
 class Guard {
 public:
     // Counted before the lock is taken and after it is let go, so that a signal handler on this
@@ -271,11 +281,8 @@ public:
     bool owns() const noexcept { return owns_; }
     ~Guard() {
         if (owns_) pthread_mutex_unlock(&m_);
-        // Ordered with relock_after_munlockall's request then try: one that found this lock held
-        // is seen here (x86-64's unlock is a full barrier already).
-        std::atomic_thread_fence(std::memory_order_seq_cst);
-        if (--t_guards == 0 && __builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0))
-            if (SecureArena *a = g_relock_pending.load()) a->relock_after_munlockall(false);
+        --t_guards;
+        relock_pending();
     }
     Guard(const Guard &) = delete;
     Guard &operator=(const Guard &) = delete;
@@ -718,7 +725,6 @@ void SecureArena::lock_at_start(Pool &pool, std::size_t budget) noexcept {
         if (!err) {
             pool.lock_end = pool.start + len;
             pool.secret = secret;
-            locked_total_ += len;
             return;
         }
         if (secret && backing_secret_missing(err)) {
@@ -1898,9 +1904,7 @@ int SecureArena::each_piece_outside(std::uintptr_t lo, std::uintptr_t hi, std::u
 void SecureArena::relock_after_munlockall(bool held) noexcept {
     // No signal handler may run on this thread while it holds the locks (one that allocates, or
     // calls munlockall, would wait for them).
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    SignalsBlocked blocked;
     auto relock = [&] {
         relock_cause_ = "the program's munlockall";
         unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
@@ -1924,14 +1928,9 @@ void SecureArena::relock_after_munlockall(bool held) noexcept {
             postfork_parent();
         }
     }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
-void SecureArena::relock_if_pending() noexcept {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (__builtin_expect(g_relock_pending.load(std::memory_order_relaxed) != nullptr, 0) && t_guards == 0)
-        relock_after_munlockall(false);
-}
+void SecureArena::relock_if_pending() noexcept { relock_pending(); }
 
 void SecureArena::prefork() noexcept {
     for (unsigned i = 0; i < npools_; ++i) pthread_mutex_lock(&pools_[i].lock);

@@ -188,8 +188,8 @@ public:
     // last one go (relock_if_pending).
     void relock_after_munlockall(bool held) noexcept;
     // The relock a munlockall left to the holder of the arena's locks, if one is pending: run
-    // after letting them go.
-    void relock_if_pending() noexcept;
+    // after letting them go, with none held by this thread.
+    static void relock_if_pending() noexcept;
     // Does p's pool wipe on free?
     bool wipes(const void *p) const noexcept;
     // pre: owns(p), p live. Is p's page in a locked range?
@@ -374,7 +374,6 @@ private:
     PoolCache *spare_caches_ = nullptr;   // cache sets of exited threads, under misc_lock_
     PoolCache *unused_caches_ = nullptr;  // the set after the pools, until a thread takes it (misc_lock_)
     pthread_mutex_t misc_lock_ = PTHREAD_MUTEX_INITIALIZER;  // spare caches; growth of the span
-    std::uint64_t locked_total_ = 0;     // bytes locked at start-up
     int lock_error_ = 0;                 // why locking at start-up fell short (0: max_locked)
     bool secret_ = false;                // lock pools' budgets are memfd_secret memory
     bool secret_missing_ = false;        // memfd_secret is missing and the policy refused anonymous

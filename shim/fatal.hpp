@@ -9,6 +9,7 @@
 #include "config.hpp"
 
 #include <pthread.h>
+#include <signal.h>
 
 namespace mlshim {
 
@@ -28,6 +29,24 @@ public:
 
 private:
     int was_ = PTHREAD_CANCEL_ENABLE;
+};
+
+// For its lifetime every signal is blocked on the calling thread (pthread_sigmask), so that no
+// handler of the program's runs while the shim holds a lock or a half-made state the handler
+// could need (one that allocates, forks or calls munlockall). The mask is restored as it was.
+class SignalsBlocked {
+public:
+    SignalsBlocked() noexcept {
+        sigset_t all;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &was_);
+    }
+    ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &was_, nullptr); }
+    SignalsBlocked(const SignalsBlocked &) = delete;
+    SignalsBlocked &operator=(const SignalsBlocked &) = delete;
+
+private:
+    sigset_t was_;
 };
 
 [[noreturn]] void fatal(const char *what, const char *detail = nullptr,

@@ -352,14 +352,11 @@ void atfork_prepare() {
     if (t_fork_depth == 0 && single_threaded()) return plan_single_fork(true);
     plan_single_fork(false);
     if (t_fork_depth++ > 0) return;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    SignalsBlocked blocked;
     _IO_list_lock();
     callers_prefork();
     g_arena.prefork();
     t_fork_locked = true;
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 void atfork_parent() {
     if (!g_active || t_fork_depth == 0) return;
@@ -367,16 +364,13 @@ void atfork_parent() {
         --t_fork_depth;
         return;
     }
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    SignalsBlocked blocked;
     g_arena.postfork_parent();
     callers_postfork();
     _IO_list_unlock();
     t_fork_locked = false;
     --t_fork_depth;
     g_arena.relock_if_pending();  // a munlockall while the fork held the arena's locks
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 // What makes a fork child's memory its own, with no lock taken (a child of _Fork may have
 // been made while another thread held one): its arena locked again (mlock is not inherited),
@@ -1473,16 +1467,13 @@ struct ThreadStart {
 // before its start routine ran. So cancellation is off until the start routine runs, which
 // meets the pending cancellation at its first cancellation point, as without the shim.
 void *thread_start(void *p) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
     const ThreadStart start = *static_cast<ThreadStart *>(p);
     {
+        SignalsBlocked blocked;
         CancelOff no_cancel;
         g_next.free(p);
         scrub_stack_prepare(false);
     }
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return start.fn(start.arg);
 }
 
