@@ -352,6 +352,46 @@ SHIM_EXPORT void sdallocx(void *p, std::size_t n, int flags) {
     free_other(p);
 }
 
+// jemalloc's "arenas.lookup" control names the jemalloc arena that holds a block. Given an
+// address of the shim's arena, jemalloc 5.3.0 follows its radix tree into a leaf it never made
+// and the process dies; later versions answer EINVAL, as for any address not theirs. So the
+// lookup of an arena address, by name or by MIB, answers EINVAL here, and every other call
+// goes on to jemalloc's. Where jemalloc is not loaded no control exists (ENOENT).
+namespace {
+
+bool looks_up_arena_block(const void *newp, std::size_t newlen) {
+    if (!newp || newlen != sizeof(void *)) return false;
+    void *p;
+    std::memcpy(&p, newp, sizeof p);
+    return g_arena.owns(p);
+}
+
+// Is mib jemalloc's MIB for "arenas.lookup"? Asked of jemalloc each time: only a call that
+// passes an arena address asks.
+bool is_lookup_mib(const std::size_t *mib, std::size_t miblen) {
+    const auto nametomib = next_jemalloc().mallctlnametomib;
+    std::size_t lookup[4];
+    std::size_t len = 4;
+    return mib && nametomib && nametomib("arenas.lookup", lookup, &len) == 0 && miblen == len &&
+           std::memcmp(mib, lookup, len * sizeof lookup[0]) == 0;
+}
+
+}  // namespace
+
+SHIM_EXPORT int mallctl(const char *name, void *oldp, std::size_t *oldlenp, void *newp, std::size_t newlen) {
+    if (name && std::strcmp(name, "arenas.lookup") == 0 && looks_up_arena_block(newp, newlen)) return EINVAL;
+    if (auto next = next_jemalloc().mallctl) return next(name, oldp, oldlenp, newp, newlen);
+    return ENOENT;
+}
+
+SHIM_EXPORT int mallctlbymib(const std::size_t *mib, std::size_t miblen, void *oldp, std::size_t *oldlenp, void *newp,
+                             std::size_t newlen) {
+    const auto next = next_jemalloc().mallctlbymib;
+    if (!next) return ENOENT;
+    if (looks_up_arena_block(newp, newlen) && is_lookup_mib(mib, miblen)) return EINVAL;
+    return next(mib, miblen, oldp, oldlenp, newp, newlen);
+}
+
 // Caller rules index the loaded objects; an unloaded object's ranges must go with it.
 SHIM_EXPORT int dlclose(void *handle) { return shim_dlclose(handle); }
 

@@ -1230,9 +1230,14 @@ NextJemalloc next_jemalloc() noexcept {
     n.dallocx = reinterpret_cast<decltype(n.dallocx)>(dlsym(RTLD_NEXT, "dallocx"));
     n.sdallocx = reinterpret_cast<decltype(n.sdallocx)>(dlsym(RTLD_NEXT, "sdallocx"));
     n.nallocx = reinterpret_cast<decltype(n.nallocx)>(dlsym(RTLD_NEXT, "nallocx"));
+    n.mallctl = reinterpret_cast<decltype(n.mallctl)>(dlsym(RTLD_NEXT, "mallctl"));
+    n.mallctlnametomib = reinterpret_cast<decltype(n.mallctlnametomib)>(dlsym(RTLD_NEXT, "mallctlnametomib"));
+    n.mallctlbymib = reinterpret_cast<decltype(n.mallctlbymib)>(dlsym(RTLD_NEXT, "mallctlbymib"));
     // A name not found leaves its error for the program's next dlerror(), which would report a
     // failure of a call the program did not make: taken back, as a successful call leaves it.
-    if (!n.mallocx || !n.rallocx || !n.xallocx || !n.sallocx || !n.dallocx || !n.sdallocx || !n.nallocx) dlerror();
+    if (!n.mallocx || !n.rallocx || !n.xallocx || !n.sallocx || !n.dallocx || !n.sdallocx || !n.nallocx ||
+        !n.mallctl || !n.mallctlnametomib || !n.mallctlbymib)
+        dlerror();
     int expected = 0;
     if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
         published = n;

@@ -169,6 +169,9 @@ struct NextJemalloc {
     void (*dallocx)(void *, int) = nullptr;
     void (*sdallocx)(void *, std::size_t, int) = nullptr;
     std::size_t (*nallocx)(std::size_t, int) = nullptr;
+    int (*mallctl)(const char *, void *, std::size_t *, void *, std::size_t) = nullptr;
+    int (*mallctlnametomib)(const char *, std::size_t *, std::size_t *) = nullptr;
+    int (*mallctlbymib)(const std::size_t *, std::size_t, void *, std::size_t *, void *, std::size_t) = nullptr;
 };
 NextJemalloc next_jemalloc() noexcept;
 // dlclose, through to the next definition; caller rules re-index after it.

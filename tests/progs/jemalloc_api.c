@@ -5,7 +5,10 @@
  * real size nallocx promises, then prints the checks
  * made and "jemalloc api ok" (or the first failure, exit 1). With "hold" it then prints the
  * address of a live 64-byte block holding the secret and "ready", and waits for its input to
- * close (tests/shim/test_e2e_programs.cpp reads the block's mapping in smaps). */
+ * close (tests/shim/test_e2e_programs.cpp reads the block's mapping in smaps). With "lookup"
+ * it asks jemalloc's "arenas.lookup" control, by name and by MIB, which arena holds a 64-byte
+ * mallocx block and a 64-byte malloc block, and prints the four results ("lookup 0 0 0 0":
+ * each one jemalloc's). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +21,9 @@ size_t sallocx(const void *ptr, int flags);
 void dallocx(void *ptr, int flags);
 void sdallocx(void *ptr, size_t size, int flags);
 size_t nallocx(size_t size, int flags);
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+int mallctlnametomib(const char *name, size_t *mibp, size_t *miblenp);
+int mallctlbymib(const size_t *mib, size_t miblen, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
 
 #define LG_ALIGN(la) ((int)(la))
 #define ZERO 0x40
@@ -33,7 +39,30 @@ static int zeroed(const unsigned char *p, size_t n) {
     return 1;
 }
 
+/* The two answers of "arenas.lookup" for p: by name, then by MIB. */
+static void lookup(void *p, int rc[2]) {
+    unsigned arena;
+    size_t len = sizeof arena;
+    rc[0] = mallctl("arenas.lookup", &arena, &len, &p, sizeof p);
+    size_t mib[4], miblen = 4;
+    rc[1] = mallctlnametomib("arenas.lookup", mib, &miblen);
+    if (rc[1] == 0) {
+        len = sizeof arena;
+        rc[1] = mallctlbymib(mib, miblen, &arena, &len, &p, sizeof p);
+    }
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "lookup") == 0) {
+        void *x = mallocx(64, 0), *m = malloc(64);
+        int a[2], b[2];
+        lookup(x, a);
+        lookup(m, b);
+        printf("lookup %d %d %d %d\n", a[0], a[1], b[0], b[1]);
+        dallocx(x, 0);
+        free(m);
+        return 0;
+    }
     static const size_t sizes[] = {16, 64, 300, 4096, 20000, 300000};
     unsigned checks = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; ++i) {
