@@ -1207,6 +1207,7 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
             }
         }
     }
+    if (!run && extend_tail_run(pool, bytes, mask, run, run_end, in_use) && !run) return 0;
     if (!run) {
         // The frontier stays where it is when the pool's extent holds the block or grows in
         // place; a new extent elsewhere starts at an address not known here, so room for any
@@ -1228,6 +1229,30 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
     if (run_end > at + bytes)
         free_run_insert(pool, first + lead + taken, (run_end - at - bytes) / page_, in_use - lead_in_use - taken_in_use);
     return at;
+}
+
+// A free run too small for the block that ends at the pool's frontier grows into it, by what
+// the block lacks, instead of the block being carved after it: a program that frees a large
+// block and asks for a larger one (a buffer that grows) then reuses the address space, and the
+// locked range, it had. False when there is no such run or the extent cannot grow in place;
+// else true, with the run taken off the free list ([run, run_end), in_use of its pages in use),
+// or run 0 when the pages it lacks could not be committed (carve said why).
+// pre: pool.lock held, no free run holds the block.
+bool SecureArena::extend_tail_run(Pool &pool, std::size_t bytes, std::uintptr_t mask, std::uintptr_t &run,
+                                  std::uintptr_t &run_end, std::size_t &in_use) noexcept {
+    const std::size_t tail = (pool.frontier - base_) / page_;
+    if (tail == 0 || region_pool_[(tail - 1) / region_pages_] != static_cast<std::uint8_t>(&pool - pools_) ||
+        meta_[tail - 1].kind != kFreeRun)
+        return false;
+    const std::size_t head = meta_[tail - 1].head;
+    const std::uintptr_t lo = base_ + head * page_, from = pool.frontier;
+    const std::size_t more = ((lo + mask) & ~mask) + bytes - from;
+    if (more > pool.end - from && !grow(pool, more, true)) return false;
+    if (!carve(pool, more)) return true;
+    in_use = free_run_remove(pool, head) + in_use_pages(tail, more / page_);
+    run = lo;
+    run_end = from + more;
+    return true;
 }
 
 // Pages [first, first+n) are free: one run with the free runs on either side. pre: pool.lock held.

@@ -328,6 +328,8 @@ private:
     std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
     std::size_t secret_pages(const Pool &pool, std::size_t first, std::size_t n) const noexcept;
     std::size_t claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
+    bool extend_tail_run(Pool &pool, std::size_t bytes, std::uintptr_t mask, std::uintptr_t &run, std::uintptr_t &run_end,
+                         std::size_t &in_use) noexcept;
     std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;

@@ -266,6 +266,25 @@ Test(arena, blocks_of_a_large_alignment_spend_what_they_take) {
     cr_assert_eq(stats->reserved_bytes.load(), reserved);
 }
 
+// A buffer that grows, freed and asked for again larger each time (1 MiB, 2 MiB, ... 40 MiB,
+// one live at a time), takes its free pages back and carves only what it lacks: 40 MiB of
+// blocks fit a 48 MiB max_locked. Carved after its free run instead, each doubling spent the
+// address space and the lock of all the sizes before it, and the 32 MiB block was refused.
+Test(arena, a_block_larger_than_the_free_run_at_the_frontier_grows_it) {
+    make_arena(48u << 20, mlshim::LockFailurePolicy::deny);
+    constexpr std::size_t kMiB = 1u << 20;
+    for (std::size_t k = 1; k <= 40; ++k) {
+        auto *p = static_cast<unsigned char *>(arena.alloc(0, k * kMiB));
+        cr_assert_not_null(p, "%zu MiB", k);
+        p[k * kMiB - 1] = 1;
+        cr_assert(range_has_flag(p, k * kMiB, "lo"), "%zu MiB", k);
+        arena.free(p);
+    }
+    const std::uint64_t reserved = stats->reserved_bytes.load();
+    cr_assert_leq(reserved, 48 * kMiB, "%llu", static_cast<unsigned long long>(reserved));
+    cr_assert_eq(stats->denied.load(), 0u);
+}
+
 Test(arena, errno_is_preserved_by_free) {
     make_arena();
     void *small = arena.alloc(0, 40), *large = arena.alloc(0, 200000);
