@@ -137,6 +137,7 @@ struct ProcessView {
     int ppid = 0;                   // PPid: its parent's PID in ours (0: none)
     int uid = -1, gid = -1;         // effective ids (status)
     bool has_caps = false;          // CapPrm (status) is not empty
+    bool exited = false;            // State: Z or X (status): it has exited, no memory is left to read
     bool switched = false;          // read as the target's user
     std::string maps, smaps;        // the texts, as read
     bool shim_loaded = false;       // maps names libmemlock_shim.so
@@ -424,6 +425,10 @@ ProcessView read_process(int pid) {
         else if (key == "Gid:" && (f >> a >> b)) v.gid = b;
         else if (key == "CapPrm:") v.has_caps = line.find_first_not_of("0 \t", 7) != std::string::npos;
         else if (key == "PPid:") f >> v.ppid;
+        else if (key == "State:") {
+            char state = 0;
+            v.exited = (f >> state) && (state == 'Z' || state == 'X');
+        }
         else if (key == "NSpid:")
             while (f >> a) v.nspids.push_back(a);
     }
@@ -672,6 +677,10 @@ Report inspect(int pid, bool named) {
     r.uid = v.uid;
     if (v.access == ProcessView::gone) {
         r.verdict = "no such process";
+        return r;
+    }
+    if (v.exited) {  // a zombie has no maps: without this it would read as a process without the shim
+        r.verdict = "the process has exited (a zombie its parent has not reaped): it has no memory left to inspect";
         return r;
     }
     if (v.access == ProcessView::unanswered) {

@@ -9,6 +9,7 @@
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <linux/capability.h>
 
 #include <climits>
@@ -969,6 +970,33 @@ Test(tools, inspect_all_prometheus_covers_protected_and_degraded_processes) {
     cr_assert_gt(series("memlock_shim_fallbacks_total", degraded), 0u);
     cr_assert_gt(series("memlock_shim_arena_unlocked_bytes", degraded), 0u);
     cr_assert_eq(count_occurrences(prom.out, "# TYPE memlock_shim_status gauge\n"), 1u);
+}
+
+// A process that has exited and is not yet reaped (a zombie) has no maps: memlock-inspect says it
+// has exited, not that it runs without the shim, and exits 2 as for a process that is gone.
+Test(tools, inspect_a_zombie_says_it_has_exited) {
+    const pid_t child = ::fork();
+    cr_assert(child >= 0);
+    if (child == 0) ::_exit(0);
+    std::string state;
+    for (int i = 0; i < 500 && state != "Z"; ++i) {  // until the child is a zombie (at most 5 s)
+        const auto stat = read_file("/proc/" + std::to_string(child) + "/stat");
+        state = stat && stat->rfind(')') != std::string::npos ? stat->substr(stat->rfind(')') + 2, 1) : "";
+        if (state != "Z") ::usleep(10000);
+    }
+    cr_assert_eq(state, "Z");
+    auto r = run({tool("memlock-inspect"), std::to_string(child)});
+    auto j = run({tool("memlock-inspect"), "--json", std::to_string(child)});
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    cr_assert(r.exited_with(2), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "): not protected: the process has exited (a zombie its parent has not reaped)"), "%s",
+              r.out.c_str());
+    cr_assert(!contains(r.out, "the shim is not loaded"), "%s", r.out.c_str());
+    cr_assert(j.exited_with(2), "%s", j.describe().c_str());
+    const auto doc = nlohmann::json::parse(j.out, nullptr, false);
+    cr_assert(!doc.is_discarded(), "%s", j.out.c_str());
+    cr_assert(contains(doc["reason"].get<std::string>(), "the process has exited"), "%s", j.out.c_str());
 }
 
 Test(tools, inspect_unshimmed_missing_and_usage) {
