@@ -2438,6 +2438,12 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     reporter_(LogLevel::warn, what, memlock_strerror(err));
 }
 
+bool SecureArena::fork_child_copies_secretmem() const noexcept {
+    for (unsigned i = 0; i < npools_; ++i)
+        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) return true;
+    return false;
+}
+
 // A secretmem mapping is shared with the fork child: the child copies it into a file of its
 // own before the program runs in it. True when it did; otherwise (policy permitting) the child
 // copies it into private anonymous memory, which the caller locks as after any fork, and

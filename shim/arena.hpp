@@ -210,6 +210,9 @@ public:
     void postfork_parent() noexcept;
     void postfork_child_locks() noexcept;
     void postfork_child() noexcept;
+    // A pool's locked range is a memfd_secret mapping, which fork shares with the child until
+    // the child's postfork_child copies it into a file of its own (unshare_after_fork).
+    bool fork_child_copies_secretmem() const noexcept;
     // A fork child's handler can read a plan instead of the arena (plan_fork), each page of
     // the arena's it reads costing it a trap. `plan` is where plan_fork writes it (nullptr:
     // nowhere), and where the arena counts its growths.

@@ -343,12 +343,71 @@ void plan_single_fork(bool single) noexcept {
     if (g_single_fork.walked != walked) g_single_fork.walked = walked;
 }
 
+// A secretmem pool is a shared mapping: fork gives the child the parent's pages, not a copy,
+// and the child's handler copies them into a file of its own (postfork_child). Until it has,
+// what the parent writes there after fork would be in the child's copy (blocks the parent
+// rewrites or frees and wipes at once: the child would find them changed or zeroed). So the
+// forking thread waits in the parent's handler, signals blocked, until the child has its
+// copy: the child writes a byte to a pipe made before fork; EOF when the child ended first or
+// fork failed. Only the outermost fork of a thread waits (a signal handler's fork nested in
+// it does not); t_fork_gate_level is 0 when no fork of this thread waits. Other threads of the
+// parent are not held: their writes in that window still reach the child's copy
+// (docs/config.md, backing). pipe2 failing (EMFILE) leaves the fork unwaited, as before.
+// read, write and close are cancellation points: they run with cancellation disabled, so a
+// pending cancellation stays pending.
+__thread int t_fork_gate[2] __attribute__((tls_model("initial-exec"))) = {-1, -1};
+__thread unsigned t_fork_gate_level __attribute__((tls_model("initial-exec"))) = 0;
+
+void fork_gate_open() noexcept {
+    if (t_fork_gate_level != 0) {  // nested in a fork that waits
+        ++t_fork_gate_level;
+        return;
+    }
+    if (!g_arena.fork_child_copies_secretmem()) return;
+    t_fork_gate_level = 1;
+    const int saved = errno;
+    CancelOff no_cancel;
+    if (::pipe2(t_fork_gate, O_CLOEXEC) != 0) t_fork_gate[0] = t_fork_gate[1] = -1;
+    errno = saved;
+}
+
+void fork_gate_wait() noexcept {
+    if (t_fork_gate_level == 0) return;
+    if (--t_fork_gate_level != 0 || t_fork_gate[0] < 0) return;
+    const int saved = errno;
+    CancelOff no_cancel;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    ::close(t_fork_gate[1]);
+    char c;
+    while (::read(t_fork_gate[0], &c, 1) < 0 && errno == EINTR) {}
+    ::close(t_fork_gate[0]);
+    t_fork_gate[0] = t_fork_gate[1] = -1;
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = saved;
+}
+
+MLSHIM_FORK_CHILD_TEXT void fork_gate_release() noexcept {
+    if (t_fork_gate_level == 0) return;
+    if (--t_fork_gate_level != 0 || t_fork_gate[0] < 0) return;
+    const int saved = errno;
+    CancelOff no_cancel;
+    ::close(t_fork_gate[0]);
+    const char c = 1;
+    while (::write(t_fork_gate[1], &c, 1) < 0 && errno == EINTR) {}
+    ::close(t_fork_gate[1]);
+    t_fork_gate[0] = t_fork_gate[1] = -1;
+    errno = saved;
+}
+
 // A single-threaded fork (not nested in another) takes no lock and counts nothing: the
 // parent's handler then writes no memory (but a changed plan), as every page the parent
 // writes after fork costs a copy-on-write fault. Any other fork plans none, before anything
 // else: a signal handler may fork from here on, and its child must not take the planned path.
 void atfork_prepare() {
     if (!g_active) return;
+    fork_gate_open();
     if (t_fork_depth == 0 && single_threaded()) return plan_single_fork(true);
     plan_single_fork(false);
     if (t_fork_depth++ > 0) return;
@@ -359,7 +418,9 @@ void atfork_prepare() {
     t_fork_locked = true;
 }
 void atfork_parent() {
-    if (!g_active || t_fork_depth == 0) return;
+    if (!g_active) return;
+    fork_gate_wait();
+    if (t_fork_depth == 0) return;
     if (t_fork_depth > 1 || !t_fork_locked) {
         --t_fork_depth;
         return;
@@ -386,7 +447,7 @@ MLSHIM_FORK_CHILD_TEXT void own_child_memory(bool other_threads) {
 }
 
 MLSHIM_FORK_CHILD_COMMON_TEXT void atfork_child() {
-    if (g_single_fork.plan.holds()) {
+    if (g_single_fork.plan.holds()) {  // never under secretmem (plan_fork): no pipe to write
         if (g_single_fork.walked) fast_backtrace_after_fork_child();
         g_arena.postfork_child_planned(g_single_fork.plan);
         return;
@@ -406,6 +467,7 @@ MLSHIM_FORK_CHILD_COMMON_TEXT void atfork_child() {
         t_fork_locked = false;
     }
     own_child_memory(other_threads);
+    fork_gate_release();
 }
 
 // A process made by the clone system call through syscall(3) (vsftpd makes its per-connection
@@ -1565,11 +1627,15 @@ MLSHIM_FORK_CHILD_TEXT pid_t shim_fork_bare() noexcept {
     if (!next && !g_next_resolved.load(std::memory_order_acquire) && next_known(g_next_fork_bare, "_Fork"))
         next = g_next_fork_bare;
     if (!next) return ::fork();
+    if (g_active) fork_gate_open();
     const pid_t pid = next();
     if (pid == 0 && g_active) {
         const int saved = errno;
         own_child_memory(t_fork_locked || !single_threaded());
         errno = saved;
+        fork_gate_release();
+    } else if (g_active) {
+        fork_gate_wait();
     }
     return pid;
 }

@@ -11,6 +11,11 @@
  *                        writes 'P' meanwhile, must see none of it and the child none of the
  *                        parent's; then the other way round with a second fork started from
  *                        a child. Prints "fork ok" and exits 0, else a reason and exits 1.
+ *   e2e_secretmem snapshot  32 matching blocks hold 'A'...; 20 times a child forked checks
+ *                        them a moment later while the parent rewrites them with 'P' right
+ *                        after fork: each child must see them as they were at the fork.
+ *                        Prints "snapshot N of 20" (children that saw a parent's write) and
+ *                        exits 0 when N is 0.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -116,9 +121,37 @@ static int run_fork(void) {
     return ok ? 0 : 1;
 }
 
+static int run_snapshot(void) {
+    enum { kCount = 32, kRounds = 20 };
+    unsigned char *b[kCount];
+    for (int i = 0; i < kCount; ++i)
+        if (!(b[i] = malloc(i % 2 ? kKey : kSize))) return 3;
+    int bad = 0;
+    for (int round = 0; round < kRounds; ++round) {
+        for (int i = 0; i < kCount; ++i) memset(b[i], 'A', i % 2 ? kKey : kSize);
+        pid_t pid = fork();
+        if (pid < 0) return 3;
+        if (pid == 0) {
+            struct timespec ts = {0, 20 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            int ok = 1;
+            for (int i = 0; i < kCount; ++i)
+                for (int k = 0; k < (i % 2 ? kKey : kSize); ++k) ok &= b[i][k] == 'A';
+            _exit(ok ? 0 : 1);
+        }
+        for (int i = 0; i < kCount; ++i) memset(b[i], 'P', i % 2 ? kKey : kSize);
+        int status = 0;
+        if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) ++bad;
+    }
+    for (int i = 0; i < kCount; ++i) free(b[i]);
+    printf("snapshot %d of %d\n", bad, kRounds);
+    return bad ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "wait") == 0) return run_wait();
     if (argc == 2 && strcmp(argv[1], "fork") == 0) return run_fork();
-    fprintf(stderr, "usage: e2e_secretmem wait|fork\n");
+    if (argc == 2 && strcmp(argv[1], "snapshot") == 0) return run_snapshot();
+    fprintf(stderr, "usage: e2e_secretmem wait|fork|snapshot\n");
     return 2;
 }

@@ -112,6 +112,19 @@ Test(e2e_secretmem, fork_children_and_parents_keep_their_own_copies) {
     cr_assert_str_empty(r.err.c_str());
 }
 
+// fork gives the child the secretmem pages themselves, which its handler copies: the parent,
+// which rewrites its blocks right after fork, waits until the child has its copy, so that
+// each child sees the blocks as they were at the fork (without the wait, 20 of 20 children
+// saw the parent's writes).
+Test(e2e_secretmem, a_fork_child_sees_the_blocks_as_they_were_at_the_fork) {
+    TempDir dir;
+    const std::string config = secretmem_config(dir, "e2e_secretmem");
+    const RunResult r = run_program(shim_options(config, {shim_program("e2e_secretmem"), "snapshot"}));
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert_str_eq(r.out.c_str(), "snapshot 0 of 20\n", "%s", r.describe().c_str());
+    cr_assert_str_empty(r.err.c_str());
+}
+
 // gcore of the live process and the kernel's core dump hold no copy of the secret marker
 // (e2e_secrets: 1024+ copies in matching blocks; the public marker is counted as a control).
 Test(e2e_secretmem, gcore_and_kernel_core_dump_hold_no_marker) {
