@@ -352,7 +352,7 @@ void plan_single_fork(bool single) noexcept {
 // fork failed. Only the outermost fork of a thread waits (a signal handler's fork nested in
 // it does not); t_fork_gate_level is 0 when no fork of this thread waits. Other threads of the
 // parent are not held: their writes in that window still reach the child's copy
-// (docs/config.md, backing). pipe2 failing (EMFILE) leaves the fork unwaited, as before.
+// (docs/config.md, backing). pipe2 failing (EMFILE) leaves the fork unwaited.
 // read, write and close are cancellation points: they run with cancellation disabled, so a
 // pending cancellation stays pending.
 __thread int t_fork_gate[2] __attribute__((tls_model("initial-exec"))) = {-1, -1};
@@ -376,15 +376,12 @@ void fork_gate_wait() noexcept {
     if (--t_fork_gate_level != 0 || t_fork_gate[0] < 0) return;
     const int saved = errno;
     CancelOff no_cancel;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
+    SignalsBlocked blocked;
     ::close(t_fork_gate[1]);
     char c;
     while (::read(t_fork_gate[0], &c, 1) < 0 && errno == EINTR) {}
     ::close(t_fork_gate[0]);
     t_fork_gate[0] = t_fork_gate[1] = -1;
-    pthread_sigmask(SIG_SETMASK, &old, nullptr);
     errno = saved;
 }
 
