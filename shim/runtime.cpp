@@ -1530,14 +1530,26 @@ struct ThreadStart {
 // soon as it was made would be unwound through the shim's noexcept look-up (std::terminate)
 // before its start routine ran. So cancellation is off until the start routine runs, which
 // meets the pending cancellation at its first cancellation point, as without the shim.
+// Returns with every signal still blocked, and the creator's mask in `was`.
+__attribute__((noinline)) void thread_look_up(void *p, sigset_t *was) noexcept {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, was);
+    CancelOff no_cancel;
+    g_next.free(p);
+    scrub_stack_prepare(false);
+}
+
+// A signal left pending meanwhile is handled as the creator's mask comes back, and its
+// handler may act on the thread's pending cancellation (a write, say): the forced unwind then
+// passes through this frame, which must have no cleanup (no object with a destructor), so
+// that it has no table of the calls that may throw, where glibc's pthread_sigmask, declared
+// not to throw, would be missing and the unwinder would call std::terminate.
 void *thread_start(void *p) {
     const ThreadStart start = *static_cast<ThreadStart *>(p);
-    {
-        SignalsBlocked blocked;
-        CancelOff no_cancel;
-        g_next.free(p);
-        scrub_stack_prepare(false);
-    }
+    sigset_t was;
+    thread_look_up(p, &was);
+    pthread_sigmask(SIG_SETMASK, &was, nullptr);
     return start.fn(start.arg);
 }
 

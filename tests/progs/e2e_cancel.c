@@ -5,6 +5,10 @@
  *                            of its stack reads /proc/self/maps) is cancelled as soon as
  *                            pthread_create returns, then joined. Prints "ran R, cancelled C of
  *                            COUNT" (R: start routines that ran; C: threads that ended cancelled)
+ *   e2e_cancel signal COUNT  as start, with a SIGUSR1 handler that writes a byte to /dev/null
+ *                            (write is a cancellation point); run with tests/libs/signal_in_free.c
+ *                            after the shim, whose free raises SIGUSR1 in each new thread's first
+ *                            free (the shim's, before the start routine). Prints as start
  *   e2e_cancel alloc COUNT   a thread cancels itself (deferred: acted on at its next
  *                            cancellation point), allocates COUNT blocks of 1000 bytes, writing
  *                            to each, then reaches pthread_testcancel. Prints "allocated N" (the
@@ -27,14 +31,21 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int ran, count, got;
+static int ran, count, got, devnull = -1;
+
+static void write_on_signal(int sig) {
+    (void)sig;
+    if (write(devnull, "s", 1) < 0) devnull = -1;
+}
 
 static void *wait_for_cancel(void *arg) {
     __atomic_fetch_add(&ran, 1, __ATOMIC_RELAXED);
@@ -99,7 +110,14 @@ int main(int argc, char **argv) {
     count = atoi(argv[2]);
     pthread_t t;
     void *res;
-    if (strcmp(argv[1], "start") == 0) {
+    const int signalled = strcmp(argv[1], "signal") == 0;
+    if (signalled || strcmp(argv[1], "start") == 0) {
+        if (signalled) {
+            struct sigaction sa;
+            memset(&sa, 0, sizeof sa);
+            sa.sa_handler = write_on_signal;
+            if ((devnull = open("/dev/null", O_WRONLY | O_CLOEXEC)) < 0 || sigaction(SIGUSR1, &sa, NULL)) return 2;
+        }
         pthread_attr_t attr;
         int cancelled = 0;
         if (pthread_attr_init(&attr) || pthread_attr_setguardsize(&attr, 0)) return 2;

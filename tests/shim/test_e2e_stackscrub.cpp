@@ -155,6 +155,28 @@ Test(e2e_stackscrub, a_thread_cancelled_at_once_is_cancelled_in_its_start_routin
     cr_assert_str_eq(r.out.c_str(), "ran 300, cancelled 300 of 300\n");
 }
 
+// A signal that arrives while the stack's look-up blocks signals (here raised by the look-up's
+// own free: tests/libs/signal_in_free.c after the shim) is handled as the creator's mask comes
+// back, before the start routine, and its handler's write acts on the pending cancellation:
+// the thread ends cancelled, as it would at its start routine's first instruction. Restored in
+// a frame with cleanups and no entry for that call, the forced unwind ended the process in
+// std::terminate ("terminate called without an active exception").
+Test(e2e_stackscrub, a_signal_handled_as_a_cancelled_thread_starts_ends_it_cancelled) {
+    need_built("e2e_cancel");
+    TempDir dir;
+    const std::string config = write_config(dir, "64k", R"({"scrub_stack": "64KiB"})");
+    const std::string lib = shim_build_dir() + "/libs/libsignal_in_free.so";
+    cr_assert(file_exists(lib), "%s missing", lib.c_str());
+    RunOptions o = shim_options(config, {shim_program("e2e_cancel"), "signal", "300"});
+    for (auto &kv : o.env)
+        if (kv.first == "LD_PRELOAD") kv.second = shim_library() + ":" + lib;
+    const RunResult r = run_program(o);
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    const std::string tail = "cancelled 300 of 300\n";
+    cr_assert(r.out.size() > tail.size() && r.out.compare(r.out.size() - tail.size(), tail.size(), tail) == 0, "%s",
+              r.describe().c_str());
+}
+
 // A library before the shim that intercepts pthread_create (a sanitizer runtime) starts its
 // threads in its own routine, which the shim's would run before: the shim does not look
 // thread stacks up then, says so, and the threads run (the library's realloc ends the process
