@@ -563,6 +563,11 @@ void check_limits(const mlshim::Config &c, bool report) {
 
     const bool enough = !locks || cap || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need;
     if (report) std::printf("limits:  %s\n", enough ? "sufficient" : "INSUFFICIENT");
+    if (report && locks && cap && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        std::printf("note:    sufficient through CAP_IPC_LOCK alone: a process that drops it (a user switch, see "
+                    "--user; or a daemon that drops its capabilities and stays root) locks up to RLIMIT_MEMLOCK "
+                    "(%s) in all, and policy.prealloc beyond it\n",
+                    rlim_text(rl.rlim_cur).c_str());
     if (enough) return;
 
     const std::string n = std::to_string(need);

@@ -409,6 +409,27 @@ Test(tools, run_check_under_noroot_securebits_reports_no_cap_ipc_lock) {
     cr_assert(contains(r.out, "; CAP_IPC_LOCK no\n"), "%s", r.out.c_str());
 }
 
+// Root with CAP_IPC_LOCK under a limit below max_locked: sufficient, and a note says what a
+// process that drops the capability keeps (a daemon that drops its capabilities and stays root
+// is not a user switch, which --user models).
+Test(tools, run_check_notes_a_limit_that_holds_only_through_cap_ipc_lock) {
+    if (::geteuid() != 0 || !have_program("prlimit")) cr_skip_test("needs root and prlimit");
+    auto r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config", config("default.json"),
+                  "--check"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "has:     RLIMIT_MEMLOCK soft 8 MiB, hard 8 MiB; CAP_IPC_LOCK yes\n"
+                              "limits:  sufficient\n"
+                              "note:    sufficient through CAP_IPC_LOCK alone: a process that drops it (a user "
+                              "switch, see --user; or a daemon that drops its capabilities and stays root) locks up "
+                              "to RLIMIT_MEMLOCK (8 MiB) in all, and policy.prealloc beyond it\n"),
+              "%s", r.out.c_str());
+    TempDir dir;
+    r = run({"prlimit", "--memlock=8388608:8388608", tool("memlock-run"), "--config",
+             policy_config(dir, "fallback", "8MiB"), "--check"});
+    cr_assert(r.exited_with(0), "%s", r.describe().c_str());
+    cr_assert(contains(r.out, "limits:  sufficient\n") && !contains(r.out, "note:"), "%s", r.out.c_str());
+}
+
 Test(tools, run_low_limit_check_output) {
     TempDir dir;
     auto r = run(with_memlock_limit(65536, {tool("memlock-run"), "--config", policy_config(dir, "fallback"), "--check"}));
