@@ -334,6 +334,13 @@ struct SecureArena::Pool {
     std::uint32_t partial[kNumClasses];  // first slab with free blocks, per class (head page + 1)
 };
 
+inline unsigned SecureArena::secret_pools() const noexcept {
+    unsigned secret = 0;
+    for (unsigned i = 0; i < npools_; ++i)
+        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
+    return secret;
+}
+
 // A thread's cache of free blocks of one pool: per class a count and a stack of blocks. The
 // counts of all classes share a few cache lines, and a class's stack is a power of two bytes
 // long, so that the fast paths index it with a shift. A bin keeps a copy of its stack's top:
@@ -1241,10 +1248,8 @@ std::uintptr_t SecureArena::take_pages(Pool &pool, std::size_t bytes, std::size_
 bool SecureArena::extend_tail_run(Pool &pool, std::size_t bytes, std::uintptr_t mask, std::uintptr_t &run,
                                   std::uintptr_t &run_end, std::size_t &in_use) noexcept {
     const std::size_t tail = (pool.frontier - base_) / page_;
-    if (tail == 0 || region_pool_[(tail - 1) / region_pages_] != static_cast<std::uint8_t>(&pool - pools_) ||
-        meta_[tail - 1].kind != kFreeRun)
-        return false;
-    const std::size_t head = meta_[tail - 1].head;
+    std::size_t head;
+    if (!free_run_ends_before(pool, tail, head)) return false;
     const std::uintptr_t lo = base_ + head * page_, from = pool.frontier;
     const std::size_t more = ((lo + mask) & ~mask) + bytes - from;
     if (more > pool.end - from && !grow(pool, more, true)) return false;
@@ -1252,6 +1257,15 @@ bool SecureArena::extend_tail_run(Pool &pool, std::size_t bytes, std::uintptr_t 
     in_use = free_run_remove(pool, head) + in_use_pages(tail, more / page_);
     run = lo;
     run_end = from + more;
+    return true;
+}
+
+// Is page - 1 the last page of one of pool's free runs? Then head is that run's first page.
+bool SecureArena::free_run_ends_before(const Pool &pool, std::size_t page, std::size_t &head) const noexcept {
+    if (page == 0 || region_pool_[(page - 1) / region_pages_] != static_cast<std::uint8_t>(&pool - pools_) ||
+        meta_[page - 1].kind != kFreeRun)
+        return false;
+    head = meta_[page - 1].head;
     return true;
 }
 
@@ -1267,8 +1281,7 @@ void SecureArena::release_pages(Pool &pool, std::size_t first, std::size_t n) no
         n += meta_[after].npages;
         in_use += free_run_remove(pool, after);
     }
-    if (first > 0 && same_pool(first - 1) && meta_[first - 1].kind == kFreeRun) {
-        std::size_t before = meta_[first - 1].head;
+    if (std::size_t before; free_run_ends_before(pool, first, before)) {
         n += meta_[before].npages;
         in_use += free_run_remove(pool, before);
         first = before;
@@ -1838,9 +1851,7 @@ void SecureArena::plan_fork(bool wanted) noexcept {
     // Each of these needs postfork_child's reading of the arena in the child: no pages the
     // kernel zeroes for it, populating or remapping instead of locking on fault, pages
     // locked one stretch at a time, a secretmem file to copy.
-    bool valid = !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_;
-    for (unsigned i = 0; i < npools_ && valid; ++i)
-        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) valid = false;
+    bool valid = !lock_on_commit_ && marks_ != &own_marks_ && !loose_locked_ && !secret_pools();
     ForkPlan::Stretch at[kForkPlanStretches];
     unsigned n = 0;
     if (valid)
@@ -1932,10 +1943,7 @@ void SecureArena::relock_after_munlockall(bool held) noexcept {
     SignalsBlocked blocked;
     auto relock = [&] {
         relock_cause_ = "the program's munlockall";
-        unsigned secret = 0;  // bit i: pool i is a secretmem mapping, which munlockall leaves locked
-        for (unsigned i = 0; i < npools_; ++i)
-            if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) secret |= 1u << i;
-        relock_all(secret);
+        relock_all(secret_pools());  // munlockall leaves secretmem mappings locked
         relock_cause_ = "fork";
     };
     if (held) {
@@ -1986,11 +1994,9 @@ MLSHIM_FORK_CHILD_TEXT void SecureArena::postfork_child() noexcept {
     // regions mapped locked after it (the pages in use fault in locked, the others lock as
     // they are touched). A secretmem pool gets a file of its own, or else a private anonymous
     // copy that is locked on fault like any other pool.
-    unsigned own_file = 0;  // bit i: pool i has a secretmem file of its own (locked by the kernel)
-    for (unsigned i = 0; i < npools_; ++i) {
-        Pool &pool = pools_[i];
-        if (pool.lock_end != pool.start && pool.secret && unshare_after_fork(pool)) own_file |= 1u << i;
-    }
+    unsigned own_file = secret_pools();  // bit i: pool i has a secretmem file of its own (locked by the kernel)
+    for (unsigned i = 0; i < npools_; ++i)
+        if (((own_file >> i) & 1) && !unshare_after_fork(pools_[i])) own_file &= ~(1u << i);
     relock_all(own_file);
     g_relock_pending.store(nullptr, std::memory_order_relaxed);  // a parent's munlockall: relocked above
     // The forking thread is the only one left. It keeps its stats slot when the child's page
@@ -2438,11 +2444,7 @@ void SecureArena::relock_what_fits(unsigned pools, int err) noexcept {
     reporter_(LogLevel::warn, what, memlock_strerror(err));
 }
 
-bool SecureArena::fork_child_copies_secretmem() const noexcept {
-    for (unsigned i = 0; i < npools_; ++i)
-        if (pools_[i].secret && pools_[i].lock_end != pools_[i].start) return true;
-    return false;
-}
+bool SecureArena::fork_child_copies_secretmem() const noexcept { return secret_pools() != 0; }
 
 // A secretmem mapping is shared with the fork child: the child copies it into a file of its
 // own before the program runs in it. True when it did; otherwise (policy permitting) the child

@@ -331,9 +331,13 @@ private:
     std::size_t in_use_pages(std::size_t first, std::size_t n) const noexcept;
     std::size_t secret_pages(const Pool &pool, std::size_t first, std::size_t n) const noexcept;
     std::size_t claim_pages(const Pool &pool, std::size_t first, std::size_t n) noexcept;
+    bool free_run_ends_before(const Pool &pool, std::size_t page, std::size_t &head) const noexcept;
     bool extend_tail_run(Pool &pool, std::size_t bytes, std::uintptr_t mask, std::uintptr_t &run, std::uintptr_t &run_end,
                          std::size_t &in_use) noexcept;
     std::uintptr_t take_pages(Pool &pool, std::size_t bytes, std::size_t align) noexcept;
+    // Bit i: pool i's locked range is a memfd_secret mapping (shared with a fork child until
+    // it copies it; left locked by munlockall).
+    unsigned secret_pools() const noexcept;
     void release_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;
     void maybe_purge(Pool &pool) noexcept;
     void discard_pages(Pool &pool, std::size_t first, std::size_t n) noexcept;

@@ -371,9 +371,15 @@ void fork_gate_open() noexcept {
     errno = saved;
 }
 
+// Ends this thread's innermost fork gate: true when that was the outermost one and it has a
+// pipe, which the caller then uses up and closes.
+inline bool fork_gate_end() noexcept {
+    if (t_fork_gate_level == 0) return false;
+    return --t_fork_gate_level == 0 && t_fork_gate[0] >= 0;
+}
+
 void fork_gate_wait() noexcept {
-    if (t_fork_gate_level == 0) return;
-    if (--t_fork_gate_level != 0 || t_fork_gate[0] < 0) return;
+    if (!fork_gate_end()) return;
     const int saved = errno;
     CancelOff no_cancel;
     SignalsBlocked blocked;
@@ -386,8 +392,7 @@ void fork_gate_wait() noexcept {
 }
 
 MLSHIM_FORK_CHILD_TEXT void fork_gate_release() noexcept {
-    if (t_fork_gate_level == 0) return;
-    if (--t_fork_gate_level != 0 || t_fork_gate[0] < 0) return;
+    if (!fork_gate_end()) return;
     const int saved = errno;
     CancelOff no_cancel;
     ::close(t_fork_gate[0]);

@@ -30,6 +30,17 @@ std::string write_config(const TempDir &dir, const char *name, const std::string
     return path;
 }
 
+// RunOptions that preload tests/libs/signal_in_free.c (its free raises SIGUSR1 on every thread
+// but the main one), after the shim with `config` or, without shim, alone.
+RunOptions with_signal_in_free(const std::string &config, std::vector<std::string> argv, bool shim) {
+    const std::string lib = shim_build_dir() + "/libs/libsignal_in_free.so";
+    cr_assert(file_exists(lib), "%s missing", lib.c_str());
+    RunOptions o = shim_options(config, std::move(argv));
+    for (auto &kv : o.env)
+        if (kv.first == "LD_PRELOAD") kv.second = shim ? shim_library() + ":" + lib : lib;
+    return o;
+}
+
 // The 32-byte key e2e_stackscrub derives from its printed seed.
 std::string key_of(const std::string &out) {
     const auto hex = line_value(out, "seed");
@@ -130,13 +141,8 @@ Test(e2e_stackscrub, a_new_thread_allocates_nothing_with_signals_open_before_its
     need_built("e2e_stackscrub");
     TempDir dir;
     const std::string config = write_config(dir, "64k", R"({"scrub_stack": "64KiB"})");
-    const std::string lib = shim_build_dir() + "/libs/libsignal_in_free.so";
-    cr_assert(file_exists(lib), "%s missing", lib.c_str());
     for (bool shim : {false, true}) {
-        RunOptions o = shim_options(config, {shim_program("e2e_stackscrub"), "masked"});
-        for (auto &kv : o.env)
-            if (kv.first == "LD_PRELOAD") kv.second = shim ? shim_library() + ":" + lib : lib;
-        const RunResult r = run_program(o);
+        const RunResult r = run_program(with_signal_in_free(config, {shim_program("e2e_stackscrub"), "masked"}, shim));
         cr_assert(r.exited_with(0), "%s", r.describe().c_str());
         cr_assert_str_eq(r.err.c_str(), "handlers inside free on other threads: 0\n", "%s the shim", shim ? "with" : "without");
     }
@@ -165,12 +171,7 @@ Test(e2e_stackscrub, a_signal_handled_as_a_cancelled_thread_starts_ends_it_cance
     need_built("e2e_cancel");
     TempDir dir;
     const std::string config = write_config(dir, "64k", R"({"scrub_stack": "64KiB"})");
-    const std::string lib = shim_build_dir() + "/libs/libsignal_in_free.so";
-    cr_assert(file_exists(lib), "%s missing", lib.c_str());
-    RunOptions o = shim_options(config, {shim_program("e2e_cancel"), "signal", "300"});
-    for (auto &kv : o.env)
-        if (kv.first == "LD_PRELOAD") kv.second = shim_library() + ":" + lib;
-    const RunResult r = run_program(o);
+    const RunResult r = run_program(with_signal_in_free(config, {shim_program("e2e_cancel"), "signal", "300"}, true));
     cr_assert(r.exited_with(0), "%s", r.describe().c_str());
     const std::string tail = "cancelled 300 of 300\n";
     cr_assert(r.out.size() > tail.size() && r.out.compare(r.out.size() - tail.size(), tail.size(), tail) == 0, "%s",
